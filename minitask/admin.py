@@ -1,0 +1,366 @@
+"""The operator's commands: status, call, purge, inspect, result, and remote control.
+
+Each talks to the broker through `minitask.client` and prints a table that fits 80 columns,
+or one JSON document with ``--json``. Remote control (``inspect``, ``control``) publishes a
+command on the control exchange and gathers the workers' replies until a timeout; a worker
+that does not answer in time is simply not in the reply.
+"""
+
+import json
+import sys
+import time
+import uuid
+
+from . import control
+from .exceptions import MinitaskError, TimeoutError
+
+__all__ = ["add_commands", "broadcast", "format_table"]
+
+INSPECT_METHODS = ("active", "scheduled", "reserved", "revoked", "registered", "stats", "ping")
+CONTROL_METHODS = ("ping", "rate_limit", "revoke", "shutdown", "add_consumer",
+                   "cancel_consumer")
+
+
+def add_commands(commands, parser_class):
+    status = commands.add_parser("status", help="queues, depths, consumers and workers")
+    _common(status)
+    status.set_defaults(run=run_status)
+
+    call = commands.add_parser("call", help="send a task by name")
+    call.add_argument("name", help="registered task name, e.g. tasks.add")
+    call.add_argument("args", nargs="?", default="[]", help="positional arguments as a JSON "
+                      "list (default [])")
+    call.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    call.add_argument("--countdown", type=float, help="seconds to wait before it runs")
+    call.add_argument("--queue", help="send straight to this queue (default exchange)")
+    call.add_argument("--exchange", help="exchange (default DEFAULT_EXCHANGE)")
+    call.add_argument("--routing-key", help="routing key (default DEFAULT_ROUTING_KEY)")
+    call.add_argument("--priority", type=int, choices=range(10), metavar="0..9")
+    call.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    call.add_argument("--timeout", type=float, default=None, help="with --wait: give up after "
+                      "this many seconds")
+    _common(call)
+    call.set_defaults(run=run_call)
+
+    purge = commands.add_parser("purge", help="drop every waiting message of a queue")
+    purge.add_argument("queue")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    _common(purge)
+    purge.set_defaults(run=run_purge)
+
+    inspect = commands.add_parser("inspect", help="ask workers what they are doing")
+    inspect.add_argument("method", nargs="?", default="active", choices=INSPECT_METHODS)
+    inspect.add_argument("--timeout", type=float, default=1.0,
+                         help="seconds to wait for replies (default 1)")
+    inspect.add_argument("-d", "--destination", help="comma-separated worker names")
+    _common(inspect)
+    inspect.set_defaults(run=run_inspect)
+
+    ctl = commands.add_parser("control", help="tell workers to do something")
+    ctl.add_argument("method", choices=CONTROL_METHODS)
+    ctl.add_argument("arguments", nargs="*", help="rate_limit TASK RATE | revoke TASK_ID... | "
+                     "add_consumer QUEUE | cancel_consumer QUEUE")
+    ctl.add_argument("--terminate", action="store_true", help="revoke: also stop it if running")
+    ctl.add_argument("--timeout", type=float, default=1.0)
+    ctl.add_argument("-d", "--destination", help="comma-separated worker names")
+    _common(ctl)
+    ctl.set_defaults(run=run_control)
+
+    result = commands.add_parser("result", help="show a task's state and result")
+    result.add_argument("task_id")
+    result.add_argument("--wait", action="store_true", help="wait for a final state")
+    result.add_argument("--timeout", type=float, default=None)
+    _common(result)
+    result.set_defaults(run=run_result)
+
+
+def _common(parser):
+    parser.add_argument("--broker", help="broker URL (default BROKER_URL)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _settings(args):
+    from .config import configure
+    overrides = {"BROKER_URL": args.broker} if getattr(args, "broker", None) else {}
+    return configure(**overrides)
+
+
+def _connect(settings):
+    from .client import Connection
+    conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
+                      ca_file=settings.BROKER_CA_FILE, client="minitask-cli")
+    return conn.connect()
+
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def format_table(headers, rows, widths=None):
+    """Rows as aligned columns, each cut to fit an 80-column terminal."""
+    widths = widths or [max([len(str(h))] + [len(str(r[i])) for r in rows])
+                        for i, h in enumerate(headers)]
+    total = sum(widths) + 2 * (len(widths) - 1)
+    if total > 80:                  # shrink the first (name) column
+        widths[0] = max(8, widths[0] - (total - 80))
+    lines = ["  ".join(_cell(h, w, i) for i, (h, w) in enumerate(zip(headers, widths)))]
+    for row in rows:
+        lines.append("  ".join(_cell(c, w, i) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _cell(value, width, index):
+    text = str(value)
+    if len(text) > width:
+        text = text[:max(1, width - 1)] + "~"
+    return text.ljust(width) if index == 0 else text.rjust(width)
+
+
+# -- status ------------------------------------------------------------------------------------
+
+def run_status(args):
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        report = conn.status()
+    if args.json:
+        _print_json(report)
+        return 0
+    broker = report["broker"]
+    print("broker %s  up %s  %d connections  journal %s (fsync %s)" % (
+        settings.BROKER_URL, _duration(broker["uptime"]), broker["connections"],
+        _size(broker["journal_bytes"]) if broker["persistent"] else "off", broker["fsync"]))
+    rows = [(q["name"], q["ready"], q["unacked"], q["delayed"], q["dead"], q["consumers"])
+            for q in report["queues"] if not q["name"].startswith("mt.gen-")]
+    print()
+    print(format_table(("queue", "ready", "unacked", "delayed", "dead", "consumers"), rows))
+    print()
+    workers = report["workers"]
+    if not workers:
+        print("no workers connected")
+    else:
+        rows = [(w.get("hostname", "?"), w.get("pid", "?"), w.get("concurrency", "?"),
+                 w["unacked"], w["handed_over"], _duration(w["connected_for"]))
+                for w in workers]
+        print(format_table(("worker", "pid", "procs", "reserved", "running", "uptime"), rows))
+    return 0
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%ds" % seconds
+    if seconds < 7200:
+        return "%dm" % (seconds // 60)
+    if seconds < 172800:
+        return "%dh" % (seconds // 3600)
+    return "%dd" % (seconds // 86400)
+
+
+def _size(count):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return "%d %s" % (count, unit) if unit == "B" else "%.1f %s" % (count, unit)
+        count /= 1024.0
+
+
+# -- call, purge, result -----------------------------------------------------------------------
+
+def _parse_json(text, what, kind):
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise MinitaskError("%s is not valid JSON: %s" % (what, exc)) from None
+    if not isinstance(value, kind):
+        raise MinitaskError("%s must be a JSON %s" % (what, "list" if kind is list
+                                                      else "object"))
+    return value
+
+
+def run_call(args):
+    from .message import TaskMessage
+    from .result import AsyncResult
+    settings = _settings(args)
+    arguments = _parse_json(args.args, "ARGS", list)
+    kwargs = _parse_json(args.kwargs, "--kwargs", dict)
+    eta = time.time() + args.countdown if args.countdown else 0.0
+    if args.queue:
+        exchange, routing_key = "", args.queue
+    else:
+        exchange = settings.DEFAULT_EXCHANGE if args.exchange is None else args.exchange
+        routing_key = args.routing_key or settings.DEFAULT_ROUTING_KEY
+    message = TaskMessage(args.name, arguments, kwargs, eta=eta, exchange=exchange,
+                          routing_key=routing_key, priority=args.priority,
+                          serializer=settings.TASK_SERIALIZER)
+    with _connect(settings) as conn:
+        from .client import declare_topology
+        declare_topology(conn, settings)
+        conn.publish(message.encode())
+        result = {"task_id": message.id}
+        if args.wait:
+            state, meta = _wait(AsyncResult(message.id, connection=conn), args.timeout)
+            result.update(state=state, result=meta)
+    if args.json:
+        _print_json(result)
+    else:
+        print(result["task_id"])
+        if args.wait:
+            print("%s: %s" % (result["state"], result["result"]))
+    return 0 if not args.wait or result["state"] == "SUCCESS" else 1
+
+
+def _wait(result, timeout):
+    try:
+        value = result.get(timeout=timeout, propagate=False)
+    except TimeoutError:
+        return result.state, None
+    return result.state, value if result.state == "SUCCESS" else repr(value)
+
+
+def run_purge(args):
+    settings = _settings(args)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise MinitaskError("purge %r would drop its messages; add --yes to confirm"
+                                % args.queue)
+        answer = input("Drop every waiting message of queue %r? [y/N] " % args.queue)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing purged")
+            return 1
+    with _connect(settings) as conn:
+        count = conn.purge(args.queue)
+    if args.json:
+        _print_json({"queue": args.queue, "purged": count})
+    else:
+        print("purged %d messages from %s" % (count, args.queue))
+    return 0
+
+
+def run_result(args):
+    from .result import AsyncResult
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        result = AsyncResult(args.task_id, connection=conn)
+        if args.wait:
+            state, value = _wait(result, args.timeout)
+        else:
+            state = result.state
+            value = result.result
+            value = value if state == "SUCCESS" or value is None else repr(value)
+        traceback = result.traceback
+    if args.json:
+        _print_json({"task_id": args.task_id, "state": state, "result": value,
+                     "traceback": traceback})
+    else:
+        print("%s: %s" % (state, value))
+        if traceback:
+            print(traceback.rstrip())
+    return 0
+
+
+# -- remote control ----------------------------------------------------------------------------
+
+def broadcast(conn, method, arguments=None, destination=None, timeout=1.0, reply=True,
+              limit=None):
+    """Send a control command to every worker; returns ``{hostname: reply}`` gathered until
+    `timeout` (or until `limit` workers answered)."""
+    reply_queue = None
+    if reply:
+        reply_queue = conn.declare_queue("", durable=False, exclusive=True,
+                                         auto_delete=True)["queue"]
+        conn.consume(reply_queue, no_ack=True)
+    ticket = uuid.uuid4().hex
+    conn.publish(control.command_message(method, arguments, destination, reply_queue, ticket))
+    replies = {}
+    if not reply:
+        return replies
+    deadline = time.monotonic() + timeout
+    while limit is None or len(replies) < limit:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        delivery = conn.get_delivery(remaining)
+        if delivery is None:
+            break
+        try:
+            body = control.decode_body(delivery.message.body)
+        except MinitaskError:
+            continue
+        if body.get("ticket") == ticket:
+            replies[body.get("hostname", "?")] = body.get("reply")
+    return replies
+
+
+def _destination(args):
+    return [name.strip() for name in args.destination.split(",")] if args.destination else None
+
+
+def run_inspect(args):
+    settings = _settings(args)
+    with _connect(settings) as conn:
+        replies = broadcast(conn, args.method, destination=_destination(args),
+                            timeout=args.timeout)
+    if args.json:
+        _print_json(replies)
+        return 0 if replies else 1
+    if not replies:
+        print("no workers answered within %gs" % args.timeout)
+        return 1
+    for hostname in sorted(replies):
+        reply = replies[hostname]
+        print("%s:" % hostname)
+        if isinstance(reply, list):
+            if not reply:
+                print("  (none)")
+            for item in reply:
+                if isinstance(item, dict):
+                    print("  %s[%s]%s" % (item.get("name"), item.get("id"),
+                                          "  eta %s" % _when(item["eta"]) if "eta" in item
+                                          else ""))
+                else:
+                    print("  %s" % (item,))
+        elif isinstance(reply, dict):
+            for key in sorted(reply):
+                print("  %s: %s" % (key, reply[key]))
+        else:
+            print("  %s" % (reply,))
+    return 0
+
+
+def _when(epoch):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def run_control(args):
+    settings = _settings(args)
+    method, rest = args.method, args.arguments
+    if method == "rate_limit":
+        if len(rest) != 2:
+            raise MinitaskError("rate_limit needs TASK_NAME and RATE (e.g. 10/s, 0 for off)")
+        arguments = {"task_name": rest[0], "rate_limit": rest[1]}
+    elif method == "revoke":
+        if not rest:
+            raise MinitaskError("revoke needs at least one task id")
+        arguments = {"task_ids": rest, "terminate": args.terminate}
+    elif method in ("add_consumer", "cancel_consumer"):
+        if len(rest) != 1:
+            raise MinitaskError("%s needs one QUEUE" % method)
+        arguments = {"queue": rest[0]}
+    else:
+        arguments = {}
+    with _connect(settings) as conn:
+        if method == "revoke":
+            conn.revoke(arguments["task_ids"], terminate=args.terminate)
+            replies = {}
+        else:
+            replies = broadcast(conn, method, arguments, _destination(args), args.timeout)
+    if args.json:
+        _print_json(replies)
+    elif method == "revoke":
+        print("revoked %s" % ", ".join(arguments["task_ids"]))
+    elif not replies:
+        print("no workers answered within %gs" % args.timeout)
+    else:
+        for hostname in sorted(replies):
+            print("%s: %s" % (hostname, replies[hostname]))
+    return 0 if replies or method == "revoke" else 1
+

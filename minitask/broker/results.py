@@ -1,0 +1,238 @@
+"""The broker's result store, the set of revoked task ids, and tasks handed to workers.
+
+Pure bookkeeping with times passed in: `BrokerState` drives it and turns what it returns into
+replies and journal records.
+
+- `ResultStore`: task id -> `ResultEntry` (state, content type, payload), each expiring
+  `ttl` seconds after it was set; blocking waits are kept per task id and answered the moment
+  a final state arrives (the caller gets the waiters back from `set()`); a wait that times out
+  is answered with the current state.
+- `Revoked`: task ids revoked, kept until their results would have expired.
+- `Handovers`: tasks that started under a connection without being acked late. When that
+  connection is lost they become orphans; a reconnecting worker may claim them within the
+  grace period, after which the broker stores FAILURE / WorkerLostError for them.
+"""
+
+import heapq
+
+__all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers"]
+
+
+class ResultEntry:
+    __slots__ = ("task_id", "state", "content_type", "payload", "date_done", "expires_at",
+                 "segment")
+
+    def __init__(self, task_id, state, content_type, payload, date_done, expires_at):
+        self.task_id = task_id
+        self.state = state
+        self.content_type = content_type
+        self.payload = payload
+        self.date_done = date_done
+        self.expires_at = expires_at
+        self.segment = None
+
+
+class ResultStore:
+    """Results by task id, with expiry and waiters."""
+
+    def __init__(self):
+        self.entries = {}
+        self.inflight = {}              # task id -> "RECEIVED" / "STARTED" with no result yet
+        self._expiry = []               # heap of (expires_at, seq, task_id); lazily cleaned
+        self._seq = 0
+        self.waiters = {}               # task id -> list of Waiter
+        self._wait_deadlines = []       # heap of (deadline, seq, Waiter)
+
+    def __len__(self):
+        return len(self.entries)
+
+    def get(self, task_id):
+        return self.entries.get(task_id)
+
+    def state_of(self, task_id):
+        entry = self.entries.get(task_id)
+        if entry is not None:
+            return entry.state
+        return self.inflight.get(task_id, "PENDING")
+
+    def set(self, entry):
+        """Store `entry`; returns the entry it replaced (or None) for journal accounting."""
+        old = self.entries.get(entry.task_id)
+        self.entries[entry.task_id] = entry
+        self.inflight.pop(entry.task_id, None)
+        self._seq += 1
+        heapq.heappush(self._expiry, (entry.expires_at, self._seq, entry.task_id))
+        return old
+
+    def take_waiters(self, task_id):
+        """Waiters to answer now that `task_id` is in a final state."""
+        waiters = self.waiters.pop(task_id, ())
+        for waiter in waiters:
+            waiter.done = True
+        return waiters
+
+    def forget(self, task_id):
+        self.inflight.pop(task_id, None)
+        return self.entries.pop(task_id, None)
+
+    def expire(self, now, limit=10000):
+        """Remove up to `limit` results whose time is up; returns the removed entries."""
+        removed = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now and len(removed) < limit:
+            expires_at, _seq, task_id = heapq.heappop(heap)
+            entry = self.entries.get(task_id)
+            if entry is not None and entry.expires_at == expires_at:
+                del self.entries[task_id]
+                removed.append(entry)
+        if len(heap) > 2 * len(self.entries) + 1024:      # mostly stale: rebuild
+            self._expiry = [(e.expires_at, i, e.task_id)
+                            for i, e in enumerate(self.entries.values())]
+            heapq.heapify(self._expiry)
+            self._seq = len(self._expiry)
+        return removed
+
+    def next_expiry(self):
+        return self._expiry[0][0] if self._expiry else None
+
+    def add_waiter(self, waiter):
+        self.waiters.setdefault(waiter.task_id, []).append(waiter)
+        if waiter.deadline is not None:
+            self._seq += 1
+            heapq.heappush(self._wait_deadlines, (waiter.deadline, self._seq, waiter))
+
+    def timed_out_waiters(self, now):
+        """Waiters whose deadline passed; they are removed from their task's list."""
+        out = []
+        heap = self._wait_deadlines
+        while heap and heap[0][0] <= now:
+            waiter = heapq.heappop(heap)[2]
+            if waiter.done:
+                continue
+            waiter.done = True
+            waiting = self.waiters.get(waiter.task_id)
+            if waiting is not None:
+                waiting.remove(waiter)
+                if not waiting:
+                    del self.waiters[waiter.task_id]
+            out.append(waiter)
+        return out
+
+    def next_wait_deadline(self):
+        heap = self._wait_deadlines
+        while heap and heap[0][2].done:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def drop_waiters_of(self, session):
+        for task_id in list(self.waiters):
+            kept = [w for w in self.waiters[task_id] if w.session is not session]
+            for waiter in self.waiters[task_id]:
+                if waiter.session is session:
+                    waiter.done = True
+            if kept:
+                self.waiters[task_id] = kept
+            else:
+                del self.waiters[task_id]
+
+
+class Waiter:
+    __slots__ = ("session", "seq", "task_id", "deadline", "done")
+
+    def __init__(self, session, seq, task_id, deadline):
+        self.session = session
+        self.seq = seq
+        self.task_id = task_id
+        self.deadline = deadline
+        self.done = False
+
+
+class Revoked:
+    """Revoked task ids, each kept until `expires_at`."""
+
+    def __init__(self):
+        self.ids = {}                   # task id -> expires_at
+        self._expiry = []
+        self.segments = {}              # task id -> journal segment of its record
+
+    def __contains__(self, task_id):
+        return task_id in self.ids
+
+    def __len__(self):
+        return len(self.ids)
+
+    def add(self, task_id, expires_at):
+        self.ids[task_id] = expires_at
+        heapq.heappush(self._expiry, (expires_at, task_id))
+
+    def expire(self, now):
+        removed = []
+        while self._expiry and self._expiry[0][0] <= now:
+            expires_at, task_id = heapq.heappop(self._expiry)
+            if self.ids.get(task_id) == expires_at:
+                del self.ids[task_id]
+                removed.append(task_id)
+        return removed
+
+    def next_expiry(self):
+        return self._expiry[0][0] if self._expiry else None
+
+
+class Handovers:
+    """Started tasks owned by live connections, and orphans waiting to be claimed."""
+
+    def __init__(self, grace):
+        self.grace = grace
+        self.owner = {}                 # task id -> Session (None once orphaned)
+        self.orphans = {}               # task id -> deadline
+        self._deadlines = []
+
+    def __len__(self):
+        return len(self.owner)
+
+    def start(self, task_id, session):
+        self.owner[task_id] = session
+        self.orphans.pop(task_id, None)
+        if session is not None:
+            session.started.add(task_id)
+
+    def finish(self, task_id):
+        """The task's result arrived; returns True if it was handed over."""
+        session = self.owner.pop(task_id, False)
+        if session is False:
+            return False
+        self.orphans.pop(task_id, None)
+        if session is not None:
+            session.started.discard(task_id)
+        return True
+
+    def orphan_all(self, session, now):
+        for task_id in session.started:
+            self.orphan(task_id, now)
+        session.started = set()
+
+    def orphan(self, task_id, now):
+        self.owner[task_id] = None
+        deadline = now + self.grace
+        self.orphans[task_id] = deadline
+        heapq.heappush(self._deadlines, (deadline, task_id))
+
+    def claim(self, task_id, session):
+        if task_id in self.orphans:
+            self.start(task_id, session)
+            return True
+        return False
+
+    def lost(self, now):
+        """Orphans whose grace period is over: their workers are gone."""
+        out = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, task_id = heapq.heappop(self._deadlines)
+            if self.orphans.get(task_id) == deadline:
+                del self.orphans[task_id]
+                self.owner.pop(task_id, None)
+                out.append(task_id)
+        return out
+
+    def next_deadline(self):
+        return self._deadlines[0][0] if self._deadlines else None

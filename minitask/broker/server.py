@@ -1,0 +1,460 @@
+"""The broker's socket loop: bytes in, frames to the state, journal writes, bytes out.
+
+Everything about *what* happens lives in `BrokerState`; this module only moves bytes and
+decides *when*. One loop turn::
+
+    select(timeout = next timer)                 ─ timers: delays, expiry, fsync, heartbeats
+      ├─ accept new connections
+      ├─ recv() once per readable socket ─> Decoder ─> state.handle() per frame
+    state.tick(now)
+    journal.write(records of the turn)          ─ one write; + fsync under --fsync always
+      └─ failed? state.refuse_turn()            ─ those publishes get ERROR 507, nothing lost
+    state.confirm_turn()                         ─ CONFIRM frames, only now
+    journal.compact_step()                       ─ bounded; only when there is work
+    state.dispatch() ; journal.write(DELIVERED)
+    send() every session's frames in one call each; keep the rest for EVENT_WRITE
+
+Each connection's failures stay its own: a frame over the limit, a stalled handshake or
+partial frame, a reader too slow to keep its output under the cap — each costs only that
+connection a one-line ERROR and a close. `BrokerState.close_session` then requeues whatever it
+had not acked.
+"""
+
+import errno
+import logging
+import selectors
+import signal
+import socket
+import ssl
+import time
+
+from .. import protocol as P
+from ..exceptions import ProtocolError
+from .journal import JournalWriteError
+from .session import OPEN
+
+__all__ = ["BrokerServer", "Limits"]
+
+logger = logging.getLogger(__name__)
+
+_RECV_BYTES = 256 * 1024
+
+
+class Limits:
+    """How much any one client may cost the broker."""
+
+    def __init__(self, max_connections=1024, handshake_timeout=10.0, stall_timeout=30.0,
+                 max_output_bytes=64 * 1024 * 1024, max_frame_bytes=P.MAX_FRAME_BYTES,
+                 max_unconfirmed=10000):
+        self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        # A frame begun and not finished for this long is a stalled (or slowloris) client.
+        self.stall_timeout = stall_timeout
+        # A consumer that stops reading is cut off once this much waits for it.
+        self.max_output_bytes = max_output_bytes
+        self.max_frame_bytes = max_frame_bytes
+        self.max_unconfirmed = max_unconfirmed
+
+
+class _Connection:
+    __slots__ = ("sock", "session", "decoder", "wbuf", "writing", "partial_since", "peer",
+                 "tls_pending", "heartbeat_sent")
+
+    def __init__(self, sock, session, peer, max_handshake_bytes):
+        self.sock = sock
+        self.session = session
+        self.decoder = P.Decoder(max_handshake_bytes)
+        self.wbuf = bytearray()
+        self.writing = False
+        self.partial_since = None
+        self.peer = peer
+        self.tls_pending = isinstance(sock, ssl.SSLSocket)
+        self.heartbeat_sent = 0.0
+
+
+class BrokerServer:
+    """Listens, and runs the loop until `stop()` or SIGTERM/SIGINT."""
+
+    def __init__(self, state, host="127.0.0.1", port=P.DEFAULT_PORT, ssl_context=None,
+                 limits=None, clock=time.time, monotonic=time.monotonic):
+        self.state = state
+        self.journal = state.journal
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.limits = limits or Limits(max_frame_bytes=state.options.max_frame_bytes)
+        self.clock = clock
+        self.monotonic = monotonic
+        self.selector = selectors.DefaultSelector()
+        self.connections = {}
+        self._listener = None
+        self._next_id = 1
+        self._stopping = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._calls = []            # functions other threads want run in the loop
+        self._last_housekeeping = 0.0
+        self._compaction_checked = 0.0
+        self._refusals = {}         # reason -> (last log time, suppressed count)
+        self.address = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def bind(self):
+        """Open the listening socket; returns the (host, port) bound (port 0 picks one)."""
+        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _name, address = infos[0]
+        listener = socket.socket(family, kind, proto)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(512)
+        listener.setblocking(False)
+        self._listener = listener
+        self.selector.register(listener, selectors.EVENT_READ, "listen")
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.address = listener.getsockname()[:2]
+        return self.address
+
+    def install_signal_handlers(self):
+        """SIGTERM and SIGINT stop the loop cleanly (main thread only)."""
+        def _stop(signum, frame):
+            self._stopping = True
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        if hasattr(signal, "SIGXFSZ"):       # file size limit: let write() fail, not the process
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        if hasattr(signal, "SIGPIPE"):
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+
+    def stop(self):
+        """Ask the loop to stop (safe from any thread)."""
+        self._stopping = True
+        self.wake()
+
+    def wake(self):
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass                    # already has a wake-up byte queued, or closing
+
+    def call_in_loop(self, function):
+        """Run `function()` in the loop thread at the next turn (status page, tests)."""
+        self._calls.append(function)
+        self.wake()
+
+    def serve_forever(self):
+        try:
+            while not self._stopping:
+                self.run_once()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self):
+        records = self.state.take_records()
+        if records:
+            try:
+                self.journal.write(records)
+            except JournalWriteError as exc:
+                logger.error("final journal write failed: %s", exc)
+        self.state.confirm_turn()
+        self._flush_all()
+        for conn in list(self.connections.values()):
+            self._close(conn, "broker shutting down", requeue_log=False)
+        self.journal.close()
+        if self._listener is not None:
+            self.selector.unregister(self._listener)
+            self._listener.close()
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        logger.info("broker stopped")
+
+    # -- one turn ------------------------------------------------------------------------------
+
+    def run_once(self):
+        timeout = self._timeout()
+        for key, mask in self.selector.select(timeout):
+            data = key.data
+            if data == "listen":
+                self._accept()
+            elif data == "wake":
+                self._drain_wake()
+            else:
+                if mask & selectors.EVENT_READ:
+                    self._read(data)
+                if mask & selectors.EVENT_WRITE and data.session.id in self.connections:
+                    self._flush(data)
+        while self._calls:
+            self._calls.pop(0)()
+        now = self.clock()
+        state = self.state
+        state.tick(now)
+        records = state.take_records()
+        if records:
+            try:
+                self.journal.write(records)
+            except JournalWriteError as exc:
+                state.refuse_turn(str(exc), records)
+        state.confirm_turn()
+        self._maybe_compact()
+        state.dispatch()
+        records = state.take_records()
+        if records:
+            try:
+                self.journal.write(records)
+            except JournalWriteError:
+                state.retain(records)
+        self.journal.tick(self.monotonic())
+        self._flush_all()
+        mono = self.monotonic()
+        if mono - self._last_housekeeping >= 0.5:
+            self._last_housekeeping = mono
+            self._housekeeping(mono)
+
+    def _timeout(self):
+        if self._calls or self.state.dirty or self.journal.compacting is not None:
+            return 0
+        now = self.clock()
+        mono = self.monotonic()
+        timeout = 0.5                       # housekeeping: heartbeats, stalls
+        deadline = self.state.next_deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - now))
+        fsync_at = self.journal.next_fsync()
+        if fsync_at is not None:
+            timeout = min(timeout, max(0.0, fsync_at - mono))
+        return timeout
+
+    def _maybe_compact(self):
+        journal = self.journal
+        if journal.compacting is None:
+            mono = self.monotonic()
+            if mono - self._compaction_checked < 1.0:
+                return
+            self._compaction_checked = mono
+            if not journal.wants_compaction():
+                return
+        started = self.monotonic()
+        journal.compact_step(self.state)
+        pause = self.monotonic() - started
+        if pause > 0.05:
+            logger.info("compaction step took %.1f ms", pause * 1000)
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _accept(self):
+        for _ in range(64):
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:      # EMFILE and friends: log, keep serving the others
+                self._log_refusal("accept failed: %s" % exc, "")
+                return
+            peer_text = _peer_text(peer)
+            if len(self.connections) >= self.limits.max_connections:
+                self._refuse_socket(sock, P.UNAVAILABLE, "too many connections (limit %d)"
+                                    % self.limits.max_connections, peer_text)
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass                    # not TCP (tests over socketpairs)
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                        do_handshake_on_connect=False)
+                except (OSError, ssl.SSLError) as exc:
+                    self._log_refusal("TLS setup failed: %s" % exc, peer_text)
+                    sock.close()
+                    continue
+            self.adopt(sock, peer_text)
+
+    def adopt(self, sock, peer_text=""):
+        """Serve an already-connected socket (accept() and tests use it)."""
+        session_id = self._next_id
+        self._next_id += 1
+        session = self.state.open_session(session_id, peer_text)
+        conn = _Connection(sock, session, peer_text, P.MAX_HANDSHAKE_BYTES)
+        conn.partial_since = self.monotonic()        # the handshake must finish in time
+        self.connections[session_id] = conn
+        self.selector.register(sock, selectors.EVENT_READ, conn)
+        logger.debug("client %s connected (session %d)", peer_text, session_id)
+        return conn
+
+    def _refuse_socket(self, sock, code, text, peer):
+        try:
+            sock.setblocking(False)
+            sock.send(P.encode_error(0, code, text))
+        except OSError:
+            pass                        # it is being refused anyway
+        sock.close()
+        self._log_refusal(text, peer)
+
+    def _read(self, conn):
+        if conn.tls_pending and not self._tls_handshake(conn):
+            return
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except (OSError, ssl.SSLError) as exc:
+            self._close(conn, "read failed: %s" % _os_reason(exc))
+            return
+        if not data:
+            self._close(conn, "closed the connection")
+            return
+        session = conn.session
+        session.last_seen = self.monotonic()
+        decoder = conn.decoder
+        decoder.feed(data)
+        handle = self.state.handle
+        frames = 0
+        try:
+            for kind, seq, body in decoder.frames():
+                frames += 1
+                handle(session, kind, seq, body)
+                if session.want_close:
+                    break
+                if session.stage == OPEN and decoder.max_frame_bytes != self.limits.max_frame_bytes:
+                    decoder.max_frame_bytes = self.limits.max_frame_bytes
+        except ProtocolError as exc:
+            session.send(P.encode_error(0, P.TOO_LARGE if "limit" in str(exc) else P.BAD_FRAME,
+                                        str(exc)))
+            session.want_close = True
+            self._log_refusal(str(exc), conn.peer)
+            if not session.is_open and _looks_like_http(data):
+                session.out[-1:] = [_HTTP_REPLY]
+        if session.is_open:
+            # The stall clock runs from the start of the frame still incomplete, if any.
+            if frames:
+                conn.partial_since = session.last_seen if decoder.pending_bytes else None
+            elif decoder.pending_bytes and conn.partial_since is None:
+                conn.partial_since = session.last_seen
+
+    def _tls_handshake(self, conn):
+        try:
+            conn.sock.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except (OSError, ssl.SSLError) as exc:
+            self._log_refusal("TLS handshake failed: %s" % _os_reason(exc), conn.peer)
+            self._close(conn, "TLS handshake failed", requeue_log=False)
+            return False
+        conn.tls_pending = False
+        return True
+
+    def _flush_all(self):
+        for conn in list(self.connections.values()):
+            session = conn.session
+            if session.out:
+                conn.wbuf += b"".join(session.out)
+                session.out.clear()
+                if len(conn.wbuf) > self.limits.max_output_bytes:
+                    self._log_refusal("output buffer over %d bytes: client does not read"
+                                      % self.limits.max_output_bytes, conn.peer)
+                    self._close(conn, "stopped reading (output over the cap)")
+                    continue
+            if conn.wbuf and not conn.writing:
+                self._flush(conn)
+            if session.want_close and not conn.wbuf and conn.session.id in self.connections:
+                self._close(conn, "closed by the broker", requeue_log=True)
+
+    def _flush(self, conn):
+        try:
+            while conn.wbuf:
+                sent = conn.sock.send(conn.wbuf)
+                del conn.wbuf[:sent]
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            pass
+        except (OSError, ssl.SSLError) as exc:
+            self._close(conn, "write failed: %s" % _os_reason(exc))
+            return
+        want_write = bool(conn.wbuf)
+        if want_write != conn.writing:
+            conn.writing = want_write
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self.selector.modify(conn.sock, events, conn)
+        if not conn.wbuf and conn.session.want_close:
+            self._close(conn, "closed by the broker")
+
+    def _close(self, conn, reason, requeue_log=True):
+        if self.connections.pop(conn.session.id, None) is None:
+            return
+        try:
+            self.selector.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass                        # never registered (refused early)
+        try:
+            conn.sock.close()
+        except OSError:
+            pass                        # closing anyway
+        self.state.close_session(conn.session, reason if requeue_log else "")
+        logger.debug("client %s: %s", conn.peer, reason)
+
+    def _drain_wake(self):
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- timers --------------------------------------------------------------------------------
+
+    def _housekeeping(self, mono):
+        limits = self.limits
+        for conn in list(self.connections.values()):
+            session = conn.session
+            if conn.partial_since is not None:
+                limit = limits.stall_timeout if session.is_open else limits.handshake_timeout
+                if mono - conn.partial_since > limit:
+                    what = "a partial frame" if session.is_open else "the handshake"
+                    self._log_refusal("stalled in %s for over %gs" % (what, limit), conn.peer)
+                    session.send(P.encode_error(0, P.BAD_FRAME, "timed out waiting for %s"
+                                                % what))
+                    session.want_close = True
+                    continue
+            if session.heartbeat:
+                if mono - session.last_seen > 2 * session.heartbeat + 1:
+                    self._close(conn, "missed heartbeats")
+                    continue
+                if mono - conn.heartbeat_sent >= session.heartbeat / 2:
+                    conn.heartbeat_sent = mono
+                    session.send(P.HEADER.pack(0, P.HEARTBEAT, 0))
+        self._flush_all()
+
+    def _log_refusal(self, reason, peer):
+        """One log line per reason per 10 s, however many clients earn it."""
+        mono = self.monotonic()
+        key = reason.split(":")[0]
+        last, suppressed = self._refusals.get(key, (0.0, 0))
+        if mono - last >= 10.0:
+            more = " (and %d more like it)" % suppressed if suppressed else ""
+            logger.warning("refused client %s: %s%s", peer or "?", reason, more)
+            self._refusals[key] = (mono, 0)
+        else:
+            self._refusals[key] = (last, suppressed + 1)
+
+
+_HTTP_REPLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+               b"This is a minitask broker port, not HTTP. Use the status page (--http).\r\n")
+
+
+def _looks_like_http(data):
+    return data[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"OPTI", b"DELE")
+
+
+def _peer_text(peer):
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return "%s:%s" % (peer[0], peer[1])
+    return str(peer)
+
+
+def _os_reason(exc):
+    if isinstance(exc, OSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection reset"
+    return str(exc)

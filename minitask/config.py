@@ -1,0 +1,570 @@
+"""Settings: every name, its default, and where each value in force came from.
+
+    defaults < settings module < custom LOADER's read_configuration() < MINITASK_<NAME> < flags
+
+The settings module is the one MINITASK_CONFIG_MODULE names, else DJANGO_SETTINGS_MODULE's (a
+Django project needs no second file), else `minitaskconfig` if it exists. A custom loader's
+configuration counts only when its class overrides `read_configuration`; flags are the
+overrides given to `load_settings` or `configure`.
+
+`load_settings` builds one read-only `Settings` from those layers; `get_settings` keeps the one
+in force for the process. Every value is validated where it enters, so a mistake is reported as
+one `ConfigurationError` line naming the setting (as the user spelled it) and the value, at
+start-up rather than deep inside a worker. A settings module may use early Celery's names
+(`ALIASES`); environment variables use only ``MINITASK_<NAME>``.
+
+Left to others: the worker resolves `CONCURRENCY` None (CPU count) and `WORKER_QUEUES` None
+(`DEFAULT_QUEUE` plus `QUEUES`); `loaders` imports task modules; `serialization` knows which
+serializers exist.
+"""
+
+import copy
+import datetime
+import importlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import reprlib
+import threading
+
+from minitask import ratelimit
+from minitask.exceptions import ConfigurationError, MinitaskError
+
+__all__ = [
+    "DEFAULTS", "DESCRIPTIONS", "ALIASES", "Settings", "load_settings", "get_settings",
+    "configure", "reset", "parse_broker_url", "find_settings_module", "import_settings_module",
+    "read_settings_module",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODULE = "minitaskconfig"
+DEFAULT_PORT = 5679
+
+_SETTINGS = (   # name, default, the line the README's configuration reference shows
+    ("BROKER_URL", "minitask://127.0.0.1:5679", "The broker; minitasks:// for TLS."),
+    ("BROKER_SECRET", None, "Shared secret for the broker handshake (required beyond loopback)."),
+    ("BROKER_CA_FILE", None, "CA file to verify a minitasks:// broker; None: the system's."),
+    ("IMPORTS", [], "Modules a worker imports at start so that their tasks are registered."),
+    ("TASK_SERIALIZER", "json", "Encoding of task arguments and results: json, pickle, yaml, ..."),
+    ("ACCEPT_CONTENT", ["json"], "Serializers a worker accepts (pickle only when listed)."),
+    ("DEFAULT_RATE_LIMIT", None, "Rate limit of tasks that set none: \"100/m\", \"10/s\"."),
+    ("DEFAULT_EXCHANGE", "minitask", "Exchange of tasks that name none."),
+    ("DEFAULT_EXCHANGE_TYPE", "direct", "direct, topic, fanout or headers."),
+    ("DEFAULT_QUEUE", "minitask", "Queue the broker declares at start and workers consume."),
+    ("DEFAULT_ROUTING_KEY", "minitask", "Routing key of tasks that name none."),
+    ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}."),
+    ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept."),
+    ("ALWAYS_EAGER", False, "Run tasks in the calling process instead of sending them."),
+    ("SEND_TASK_ERROR_EMAILS", False, "E-mail ADMINS when a task fails."),
+    ("ADMINS", [], "(name, email) pairs that receive task error e-mails."),
+    ("SERVER_EMAIL", "minitask@localhost", "Sender address of error e-mails."),
+    ("EMAIL_HOST", "localhost", "SMTP host for error e-mails."),
+    ("EMAIL_PORT", 25, "SMTP port for error e-mails."),
+    ("LOADER", None, "Loader class, \"pkg.module.ClassName\" (or default, django)."),
+    ("CONCURRENCY", None, "Worker pool processes (-c); None: one per CPU."),
+    ("LOGLEVEL", "WARNING", "Worker log level (-l): DEBUG, INFO, WARNING, ERROR, CRITICAL."),
+    ("LOGFILE", None, "Worker log file (-f); None: stderr."),
+    ("PREFETCH_MULTIPLIER", 4, "Messages a worker reserves per pool process."),
+    ("MAX_TASKS_PER_CHILD", None, "Tasks a pool process runs before it is replaced."),
+    ("SHUTDOWN_TIMEOUT", 30.0, "Seconds a stopping worker waits for running tasks."),
+    ("WORKER_QUEUES", None, "Queues a worker consumes (-Q); None: DEFAULT_QUEUE plus QUEUES."),
+    ("BEAT", False, "Also send periodic tasks from this worker (--beat)."),
+    ("START_METHOD", None, "How pool processes start (--start-method): fork, spawn or "
+                           "forkserver; None: the platform's default."),
+)
+
+DEFAULTS = {name: default for name, default, _ in _SETTINGS}
+DESCRIPTIONS = {name: description for name, _, description in _SETTINGS}
+
+# Early Celery's names, accepted in a settings module only (never from the environment).
+ALIASES = dict(
+    {"CELERY_" + name: name for name in (
+        "BROKER_URL", "IMPORTS", "TASK_SERIALIZER", "ACCEPT_CONTENT", "DEFAULT_RATE_LIMIT",
+        "DEFAULT_EXCHANGE", "DEFAULT_EXCHANGE_TYPE", "DEFAULT_QUEUE", "DEFAULT_ROUTING_KEY",
+        "QUEUES", "RESULT_EXPIRES", "ALWAYS_EAGER", "SEND_TASK_ERROR_EMAILS", "LOADER")},
+    CELERY_TASK_RESULT_EXPIRES="RESULT_EXPIRES",
+    CELERYD_CONCURRENCY="CONCURRENCY",
+    CELERYD_LOG_LEVEL="LOGLEVEL",
+    CELERYD_LOG_FILE="LOGFILE",
+    CELERYD_PREFETCH_MULTIPLIER="PREFETCH_MULTIPLIER",
+    CELERYD_MAX_TASKS_PER_CHILD="MAX_TASKS_PER_CHILD",
+)
+
+# Spellings looked for in a settings module, first found wins: the plain name beats its aliases.
+_SPELLINGS = {name: (name, "MINITASK_" + name) + tuple(a for a, n in ALIASES.items() if n == name)
+              for name in DEFAULTS}
+
+# How MINITASK_<NAME> text is read when the default (None) does not tell.
+_ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list}
+_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
+_LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_QUEUE_KEYS = ("exchange", "exchange_type", "binding_key", "routing_key", "arguments", "durable")
+_BROKER_URL = re.compile(   # scheme :// ( [IPv6 with an optional %zone] | name ) [:port] [/]
+    r"([A-Za-z]+)://(?:\[([0-9A-Fa-f:.]+(?:%\w+)?)\]|([\w.-]+))(?::([0-9]+))?/?\Z")
+
+_repr = reprlib.Repr()   # keeps a huge bad value from swamping the one-line message
+_repr.maxstring = _repr.maxother = 100
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 8
+_repr.maxlevel = 3
+
+
+class Settings:
+    """The settings in force: read-only, by attribute (`s.BROKER_URL`) or key (`s["BROKER_URL"]`).
+
+    Read-only so that a setting can only change through `configure`, which validates it and
+    records its source. Names missing from `values` take their defaults.
+    """
+
+    def __init__(self, values=None, sources=None, module_name=None):
+        merged = copy.deepcopy(DEFAULTS)
+        merged.update(values or {})
+        object.__setattr__(self, "_values", merged)
+        sources = dict(dict.fromkeys(merged, "default"), **(sources or {}))
+        object.__setattr__(self, "_sources", sources)
+        object.__setattr__(self, "module_name", module_name)
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails; "_" names (pickle probing) are never settings.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting named {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"settings are read-only: use minitask.config.configure({name}=...)")
+
+    def __getitem__(self, name):
+        return self._values[name]
+
+    def __contains__(self, name):
+        return name in self._values
+
+    def get(self, name, default=None):
+        return self._values.get(name, default)
+
+    def as_dict(self):
+        """Return a copy of every setting, in `DEFAULTS` order."""
+        return copy.deepcopy(self._values)
+
+    def source(self, name):
+        """Return where `name`'s value came from: "default", "module X", "environment
+        MINITASK_X", "loader X" or "flag"."""
+        return self._sources[name]
+
+    def __repr__(self):
+        changed = sorted(n for n, s in self._sources.items() if s != "default")
+        return f"<Settings module={self.module_name!r} changed={changed}>"
+
+
+def load_settings(module=None, environ=None, overrides=None):
+    """Build `Settings` from the defaults, a settings module, the environment and `overrides`.
+
+    `module` is a module (or any object with attributes) or a module name; None finds it with
+    `find_settings_module`. Overrides that are None are skipped, so argparse's None defaults
+    do not hide the layers below.
+    """
+    environ = os.environ if environ is None else environ
+    if isinstance(module, str):
+        module = import_settings_module(module)
+    elif module is None:
+        module = find_settings_module(environ)
+    module_name = None if module is None else getattr(module, "__name__", repr(module))
+    values = copy.deepcopy(DEFAULTS)
+    sources = dict.fromkeys(DEFAULTS, "default")
+
+    def apply(layer, source):
+        for name, (label, value) in layer.items():
+            values[name] = _VALIDATORS[name](label, value)
+            sources[name] = source(label)
+
+    module_layer = {} if module is None else _layer(vars(module))
+    apply(module_layer, lambda label: "module " + module_name)
+    env_layer, flag_layer = _env_layer(environ), _flag_layer(overrides or {})
+    loader_path = values["LOADER"]
+    for layer in (env_layer, flag_layer):
+        if "LOADER" in layer:
+            loader_path = _VALIDATORS["LOADER"](*layer["LOADER"])
+    if loader_path:
+        # Only what the loader adds or changes: one that extends the settings module's
+        # configuration hands its values back, and they should still say "module".
+        loader_layer = _layer(_loader_configuration(loader_path))
+        apply({name: entry for name, entry in loader_layer.items()
+               if name not in module_layer or module_layer[name][1] != entry[1]},
+              lambda label: "loader " + loader_path)
+    apply(env_layer, lambda label: "environment " + label)
+    apply(flag_layer, lambda label: "flag")
+    values["QUEUES"] = _complete_queues(values)
+    return Settings(values, sources, module_name)
+
+
+def find_settings_module(environ=None):
+    """Return the settings module in force, or None when there is none.
+
+    MINITASK_CONFIG_MODULE, else DJANGO_SETTINGS_MODULE (so a Django project needs no second
+    file), else `minitaskconfig` if it exists. A module that exists but fails is an error.
+    """
+    environ = os.environ if environ is None else environ
+    name = environ.get("MINITASK_CONFIG_MODULE") or environ.get("DJANGO_SETTINGS_MODULE")
+    if name:
+        return import_settings_module(name)
+    try:
+        return importlib.import_module(DEFAULT_MODULE)
+    except ImportError as exc:
+        if exc.name == DEFAULT_MODULE:   # absent, not broken: the defaults apply
+            return None
+        raise _module_error(DEFAULT_MODULE, exc) from exc
+    except Exception as exc:
+        raise _module_error(DEFAULT_MODULE, exc) from exc
+
+
+def import_settings_module(name):
+    """Import the settings module `name`; any failure is one ConfigurationError line."""
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:   # its own bug or a missing module: either way, one line
+        raise _module_error(name, exc) from exc
+
+
+def read_settings_module(module):
+    """Return {setting: value} from a module's UPPERCASE names, aliases resolved, unchecked."""
+    return {name: value for name, (_, value) in _layer(vars(module)).items()}
+
+
+def parse_broker_url(url, name="BROKER_URL"):
+    """Split ``minitask[s]://HOST[:PORT]`` into (scheme, host, port, tls).
+
+    An IPv6 host is written in brackets and returned without them; the port defaults to 5679.
+    """
+    match = _BROKER_URL.match(url) if isinstance(url, str) else None
+    scheme = match.group(1).lower() if match else None
+    if scheme not in ("minitask", "minitasks"):
+        raise _bad(name, url, "expected minitask://HOST:PORT or minitasks://HOST:PORT")
+    ipv6, host, port = match.group(2), match.group(3), match.group(4)
+    if ipv6 is not None:
+        try:
+            ipaddress.IPv6Address(ipv6.split("%")[0])
+        except ValueError:
+            raise _bad(name, url, "expected an IPv6 address in the brackets") from None
+        host = ipv6
+    port = DEFAULT_PORT if port is None else int(port)
+    if not 1 <= port <= 65535:
+        raise _bad(name, url, "expected a port from 1 to 65535")
+    return scheme, host, port, scheme == "minitasks"
+
+
+# -- the settings in force for this process --------------------------------------------------
+
+_lock = threading.RLock()
+_current = None
+_overrides = {}
+_loading = False
+
+
+def get_settings():
+    """Return the process's settings, loading them on first use."""
+    global _current, _loading
+    with _lock:
+        if _current is None:
+            if _loading:   # only this thread can be here: something in the load asked again
+                raise ConfigurationError(
+                    "settings were asked for while loading them (does LOADER's module use them?)")
+            _loading = True
+            try:
+                _current = load_settings(overrides=_overrides)
+            finally:
+                _loading = False
+        return _current
+
+
+def configure(**overrides):
+    """Reload the settings with `overrides` (flag values) on top, and return them.
+
+    Each call replaces the previous call's overrides; on error the old settings stay.
+    """
+    global _current, _overrides
+    with _lock:
+        _current = load_settings(overrides=overrides)
+        _overrides = dict(overrides)
+        return _current
+
+
+def reset():
+    """Forget the settings in force and any overrides; the next `get_settings` loads afresh."""
+    global _current, _overrides
+    with _lock:
+        _current, _overrides = None, {}
+
+
+# -- layers ------------------------------------------------------------------------------------
+
+def _layer(namespace):
+    """Return {setting: (spelling found, value)} from a module's or mapping's names."""
+    layer = {}
+    for name, spellings in _SPELLINGS.items():
+        for label in spellings:
+            if label in namespace:
+                layer[name] = (label, namespace[label])
+                break
+    return layer
+
+
+def _env_layer(environ):
+    layer = {}
+    for var in sorted(environ):
+        if not var.startswith("MINITASK_") or var in _ENV_NOT_SETTINGS:
+            continue
+        name = var[len("MINITASK_"):]
+        if name not in DEFAULTS:
+            logger.warning("ignoring environment variable %s: there is no setting %s", var, name)
+            continue
+        layer[name] = (var, _from_text(name, var, environ[var]))
+    return layer
+
+
+def _flag_layer(overrides):
+    layer = {}
+    for key, value in overrides.items():
+        name = key.upper()
+        if name not in DEFAULTS:
+            raise ConfigurationError(f"unknown setting {key!r}")
+        if value is not None:
+            layer[name] = (name, value)
+    return layer
+
+
+def _loader_configuration(path):
+    """Return what a custom loader's own read_configuration() adds; {} for the built-in ones."""
+    from minitask import loaders   # here, not at the top: loaders imports this module
+
+    cls = loaders.loader_class(path)
+    if cls.read_configuration in (loaders.BaseLoader.read_configuration,
+                                  loaders.DefaultLoader.read_configuration):
+        return {}   # it would only read the settings module again
+    configuration = cls().read_configuration()
+    if not isinstance(configuration, dict):
+        raise ConfigurationError(f"LOADER={path!r}: read_configuration() returned "
+                                 f"{type(configuration).__name__}, expected a dict")
+    return configuration
+
+
+def _from_text(name, var, text):
+    """Read an environment variable's text as the setting's type; "" means None if that is
+    the default."""
+    default = DEFAULTS[name]
+    if default is None and text == "":
+        return None
+    parse, expected = _FROM_TEXT[_ENV_TYPES.get(name, str) if default is None else type(default)]
+    try:
+        return parse(text)
+    except ValueError:   # json.JSONDecodeError is a ValueError too
+        raise _bad(var, text, expected) from None
+
+
+def _json(kind):
+    def parse(text):
+        value = json.loads(text)
+        if not isinstance(value, kind):
+            raise ValueError(text)
+        return value
+    return parse
+
+
+def _boolean(text):
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(text)
+    return word in _TRUE
+
+
+_FROM_TEXT = {   # type: (parse, what the text should have been)
+    bool: (_boolean, "expected 1/0, true/false, yes/no or on/off"),
+    int: (int, "expected an integer"), float: (float, "expected a number"),
+    dict: (_json(dict), "expected a JSON object"),
+    list: (lambda text: _json(list)(text) if text.lstrip().startswith("[") else _split(text),
+           "expected a JSON list or comma-separated names"),
+    str: (str, None),
+}
+
+
+def _split(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _bad(label, value, expected):
+    return ConfigurationError(f"{label}={_repr.repr(value)}: {expected}")
+
+
+def _module_error(name, exc):
+    reason = " ".join(str(exc).split())
+    return ConfigurationError(f"settings module {name!r} failed: {type(exc).__name__}: {reason}")
+
+
+# -- validators: (label, value) -> normalised value, or ConfigurationError -----------------
+
+def _text(label, value):
+    if not isinstance(value, str) or not value:
+        raise _bad(label, value, "expected a non-empty string")
+    return value
+
+
+def _optional(check):
+    """Wrap `check` so that None (or "", as an empty environment variable gives) passes as None."""
+    return lambda label, value: None if value is None or value == "" else check(label, value)
+
+
+def _names(label, value):
+    if isinstance(value, str):
+        value = _split(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+        raise _bad(label, value, "expected a list of names")
+    return list(value)
+
+
+def _flag(label, value):
+    if not isinstance(value, bool):
+        raise _bad(label, value, "expected True or False")
+    return value
+
+
+def _integer(minimum, maximum=None):
+    def check(label, value):
+        if (not isinstance(value, int) or isinstance(value, bool) or value < minimum
+                or (maximum is not None and value > maximum)):
+            bounds = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            raise _bad(label, value, f"expected an integer {bounds}")
+        return value
+    return check
+
+
+def _seconds(minimum, strict):
+    def check(label, value):
+        if isinstance(value, datetime.timedelta):
+            value = value.total_seconds()
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value) or (value <= minimum if strict else value < minimum)):
+            above = "above" if strict else "at least"
+            raise _bad(label, value,
+                       f"expected seconds (a number {above} {minimum}, or a timedelta)")
+        return float(value)
+    return check
+
+
+def _serializer(label, value):
+    _text(label, value)
+    try:   # imported here so that config works before, and without, the serializers
+        serialization = importlib.import_module("minitask.serialization")
+    except ImportError as exc:
+        if exc.name != "minitask.serialization":
+            raise
+        return value
+    try:
+        serialization.check_serializer(value)
+    except MinitaskError as exc:
+        raise _bad(label, value, str(exc)) from exc
+    return value
+
+
+def _rate(label, value):
+    try:
+        rate = ratelimit.parse_rate(value)
+    except ConfigurationError:
+        raise _bad(label, value, "expected N/s, N/m or N/h, or a number per second") from None
+    return None if rate is None else value   # the user's spelling, "100/m", reads better
+
+
+def _exchange_type(label, value):
+    if value not in _EXCHANGE_TYPES:
+        raise _bad(label, value, "expected direct, topic, fanout or headers")
+    return value
+
+
+def _queues(label, value):
+    """Check QUEUES's shape; the exchange defaults are filled in by `_complete_queues`."""
+    if not isinstance(value, dict) or not all(isinstance(q, str) and q for q in value):
+        raise _bad(label, value, "expected a dict of queue name -> options")
+    return {queue: _queue(f"{label}[{queue!r}]", queue, options)
+            for queue, options in value.items()}
+
+
+def _queue(label, queue, options):
+    unknown = sorted(set(options) - set(_QUEUE_KEYS), key=str) if isinstance(options, dict) else 0
+    if unknown != [] or ("binding_key" in options and "routing_key" in options):
+        raise _bad(label, options, "expected a dict of " + ", ".join(_QUEUE_KEYS)
+                   + " (routing_key is binding_key's old name: give one)")
+    checked = {"binding_key": options.get("binding_key", options.get("routing_key", queue)),
+               "arguments": copy.deepcopy(options.get("arguments", {})),
+               "durable": _flag(f"{label}['durable']", options.get("durable", True))}
+    if "exchange" in options:
+        checked["exchange"] = _text(f"{label}['exchange']", options["exchange"])
+    if "exchange_type" in options:
+        checked["exchange_type"] = _exchange_type(f"{label}['exchange_type']",
+                                                  options["exchange_type"])
+    for key, kind in (("binding_key", str), ("arguments", dict)):
+        if not isinstance(checked[key], kind):
+            raise _bad(f"{label}[{key!r}]", checked[key], f"expected a {kind.__name__}")
+    return checked
+
+
+def _complete_queues(values):
+    """Give every queue its full form, exchange settings defaulting to the DEFAULT_ ones."""
+    return {queue: {"exchange": options.get("exchange", values["DEFAULT_EXCHANGE"]),
+                    "exchange_type": options.get("exchange_type", values["DEFAULT_EXCHANGE_TYPE"]),
+                    "binding_key": options["binding_key"],
+                    "arguments": options["arguments"],
+                    "durable": options["durable"]}
+            for queue, options in values["QUEUES"].items()}
+
+
+def _admins(label, value):
+    if (not isinstance(value, (list, tuple)) or not all(
+            isinstance(pair, (list, tuple)) and len(pair) == 2
+            and all(isinstance(part, str) for part in pair) for pair in value)):
+        raise _bad(label, value, "expected a list of (name, email) pairs")
+    return [tuple(pair) for pair in value]
+
+
+def _loglevel(label, value):
+    if not isinstance(value, str) or value.upper() not in _LOGLEVELS:
+        raise _bad(label, value, "expected one of " + ", ".join(_LOGLEVELS))
+    return value.upper()
+
+
+def _broker_url(label, value):
+    parse_broker_url(value, label)
+    return value
+
+
+def _start_method(label, value):
+    if value not in ("fork", "spawn", "forkserver"):
+        raise _bad(label, value, "expected fork, spawn or forkserver")
+    return value
+
+
+def _loader(label, value):
+    if not isinstance(value, str) or (value.lower() not in ("default", "django")
+                                      and "." not in value.strip(".")):
+        raise _bad(label, value, "expected pkg.module.ClassName, default or django")
+    return value
+
+
+_VALIDATORS = {
+    "BROKER_URL": _broker_url, "BROKER_SECRET": _optional(_text),
+    "BROKER_CA_FILE": _optional(_text), "IMPORTS": _names, "TASK_SERIALIZER": _serializer,
+    "ACCEPT_CONTENT": _names, "DEFAULT_RATE_LIMIT": _rate, "DEFAULT_EXCHANGE": _text,
+    "DEFAULT_EXCHANGE_TYPE": _exchange_type, "DEFAULT_QUEUE": _text, "DEFAULT_ROUTING_KEY": _text,
+    "QUEUES": _queues, "RESULT_EXPIRES": _seconds(0, strict=True), "ALWAYS_EAGER": _flag,
+    "SEND_TASK_ERROR_EMAILS": _flag, "ADMINS": _admins, "SERVER_EMAIL": _text,
+    "EMAIL_HOST": _text, "EMAIL_PORT": _integer(0, 65535), "LOADER": _optional(_loader),
+    "CONCURRENCY": _optional(_integer(1)), "LOGLEVEL": _loglevel, "LOGFILE": _optional(_text),
+    "PREFETCH_MULTIPLIER": _integer(1), "MAX_TASKS_PER_CHILD": _optional(_integer(1)),
+    "SHUTDOWN_TIMEOUT": _seconds(0, strict=False), "WORKER_QUEUES": _optional(_names),
+    "BEAT": _flag, "START_METHOD": _optional(_start_method),
+}

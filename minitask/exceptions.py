@@ -1,0 +1,134 @@
+"""Every exception minitask raises, under one base class, `MinitaskError`.
+
+Callers catch `MinitaskError` for "anything minitask refused or could not do"; the command line
+prints such errors as one line and never as a traceback. A task's own exceptions are not wrapped:
+they travel back to the caller as data (see `minitask.serialization`) and are raised again there.
+"""
+
+__all__ = [
+    "MinitaskError", "RetryTaskError", "MaxRetriesExceededError", "MaxRetriesExceeded",
+    "NotRegistered", "TimeoutError", "UnroutableError", "NotDeliverableError",
+    "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
+    "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
+    "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
+    "BrokerError",
+]
+
+
+class MinitaskError(Exception):
+    """Raised for anything minitask refuses or cannot do; the base of every class here."""
+
+
+class RetryTaskError(MinitaskError):
+    """Raised by `Task.retry()` to end the current run once the retry has been sent."""
+
+    def __init__(self, message=None, exc=None, countdown=None):
+        self.exc = exc
+        self.countdown = countdown
+        if message is None:
+            message = "Retry in %ss" % (countdown,) if countdown is not None else "Retry"
+            if exc is not None:
+                message += ": %r" % (exc,)
+        super().__init__(message)
+
+
+class MaxRetriesExceededError(MinitaskError):
+    """Raised by `Task.retry()` when the task has already been retried `max_retries` times."""
+
+
+MaxRetriesExceeded = MaxRetriesExceededError   # the name early Celery used
+
+
+class NotRegistered(MinitaskError, KeyError):
+    """Raised when a task name is not in the registry."""
+
+    def __str__(self):
+        # KeyError quotes its argument; the message reads better without the quotes.
+        return str(self.args[0]) if self.args else "task not registered"
+
+
+class TimeoutError(MinitaskError):   # noqa: A001 - the name the guide uses
+    """Raised when waiting for a result takes longer than the timeout given."""
+
+
+class UnroutableError(MinitaskError):
+    """Raised when a `mandatory` message matched no queue."""
+
+
+class NotDeliverableError(MinitaskError):
+    """Raised when an `immediate` message found no consumer able to take it at once."""
+
+
+class PublishRefusedError(MinitaskError):
+    """Raised when the broker refuses a message: queue full, disk trouble, message too big."""
+
+
+class ContentDisallowed(MinitaskError):
+    """Raised when a message's content type is not in `ACCEPT_CONTENT`."""
+
+
+class SerializationError(MinitaskError):
+    """Raised when a value cannot be encoded, or a body cannot be decoded."""
+
+
+class ConfigurationError(MinitaskError):
+    """Raised when a setting, option or command-line value is malformed."""
+
+
+class WorkerLostError(MinitaskError):
+    """Raised (as a task's result) when the process running the task died before it finished."""
+
+
+class TaskRevokedError(MinitaskError):
+    """Raised (as a task's result) when the task was revoked or expired before it ran."""
+
+
+class TimeLimitExceeded(MinitaskError):
+    """Raised (as a task's result) when a task ran past its hard `time_limit` and was killed."""
+
+
+class SoftTimeLimitExceeded(MinitaskError):
+    """Raised inside a task when it runs past its `soft_time_limit`; the task may clean up."""
+
+
+class RemoteTaskError(MinitaskError):
+    """Raised by `AsyncResult.get()` for a task exception whose class is not importable here.
+
+    Carries what the worker saw: `type_name` (e.g. ``"myapp.errors.QuotaError"``), the message
+    and the remote traceback text.
+    """
+
+    def __init__(self, type_name, message="", traceback_text=None):
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+        super().__init__("%s: %s" % (type_name, message) if message else type_name)
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, self.message, self.traceback_text))
+
+
+class BrokerConnectionError(MinitaskError):
+    """Raised when the broker cannot be reached or the connection to it was lost."""
+
+
+class AuthenticationError(BrokerConnectionError):
+    """Raised when the broker refuses the handshake: wrong or missing secret."""
+
+
+class ProtocolError(MinitaskError):
+    """Raised when a peer sends bytes that break the wire protocol; that connection is closed."""
+
+
+class BrokerError(MinitaskError):
+    """Raised when the broker answers a command with an error that has no more specific class.
+
+    `code` is the protocol's numeric error code (404 no such queue, 406 precondition...).
+    """
+
+    def __init__(self, message="", code=500):
+        self.code = code
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.code))

@@ -1,0 +1,68 @@
+"""Logging set-up shared by the command line, the worker and `Task.get_logger()`.
+
+Only `setup_logging` (called by cli.py and the worker's pool children) touches the root
+logger. Task loggers write their own lines, each naming the task and its id, to the file the
+task's `logfile` names (the worker's, when run there) and do not propagate, so a line is never
+written twice.
+"""
+
+import logging
+import sys
+import threading
+
+__all__ = ["setup_logging", "task_logger", "FORMAT", "TASK_FORMAT"]
+
+FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
+TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
+               "%(task_name)s[%(task_id)s]: %(message)s")
+
+_handlers = {}                  # (logfile or None, format) -> shared handler
+_lock = threading.Lock()
+
+
+def _handler(logfile, fmt):
+    key = (logfile, fmt)
+    with _lock:
+        handler = _handlers.get(key)
+        if handler is None:
+            if logfile:
+                handler = logging.FileHandler(logfile, encoding="utf-8")
+            else:
+                handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter(fmt))
+            _handlers[key] = handler
+        return handler
+
+
+def level_of(loglevel, default=logging.WARNING):
+    if loglevel is None:
+        return default
+    if isinstance(loglevel, int):
+        return loglevel
+    level = logging.getLevelName(str(loglevel).upper())
+    return level if isinstance(level, int) else default
+
+
+def setup_logging(loglevel="WARNING", logfile=None):
+    """Send minitask's own log lines to `logfile` (stderr when None) at `loglevel`."""
+    root = logging.getLogger()
+    handler = _handler(logfile, FORMAT)
+    if handler not in root.handlers:
+        for old in [h for h in root.handlers if h in _handlers.values()]:
+            root.removeHandler(old)
+        root.addHandler(handler)
+    root.setLevel(level_of(loglevel))
+    return root
+
+
+def task_logger(task_name, task_id, logfile=None, loglevel=None):
+    """A logger adapter for one task run: `logfile` at `loglevel`, task name and id on each line."""
+    logger = logging.getLogger("minitask.tasks.%s" % task_name)
+    handler = _handler(logfile, TASK_FORMAT)
+    if handler not in logger.handlers:
+        for old in [h for h in logger.handlers if h in _handlers.values()]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+    logger.setLevel(level_of(loglevel))
+    logger.propagate = False
+    return logging.LoggerAdapter(logger, {"task_name": task_name, "task_id": task_id or "-"})

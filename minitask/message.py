@@ -1,0 +1,211 @@
+"""What a task and its result carry on the wire.
+
+A task message is a broker message (`minitask.protocol.Message`, protocol section 3.1) whose
+properties carry what the broker and the worker's main process need without decoding the
+body, and whose body carries the call itself, serialized with the task's serializer:
+
+=================  ==========================================================================
+property           meaning
+=================  ==========================================================================
+``message_id``     the task id (a UUID string unless the caller chose one)
+``type``           the task's registered name; never code
+``content_type``   how the body is serialized (checked against ``ACCEPT_CONTENT`` first)
+``not_before``     the ETA as epoch seconds (0 = now): the broker holds it until then
+``expires_at``     epoch seconds after which the task must not run (0 = never)
+``priority``       0..9, 0 first; None = the queue's default (4)
+``exchange``,      where the client sent it
+``routing_key``
+flags              ``mandatory``, ``immediate``, persistent (always, for tasks)
+=================  ==========================================================================
+
+Body, version 1 (an object; unknown keys are ignored, so later versions may add some)::
+
+    {"v": 1, "id": str, "task": str, "args": [...], "kwargs": {...}, "retries": int,
+     "eta": ISO-8601 UTC str or null, "expires": ISO-8601 UTC str or null}
+
+``id`` and ``task`` repeat the properties so a body read on its own still says what it is.
+
+A result ("meta") is serialized the same way and stored by the broker's result store::
+
+    {"v": 1, "task_id": str, "task": str, "status": state, "result": value or exception,
+     "traceback": str or null, "retries": int, "date_done": epoch seconds}
+
+Exceptions travel as tagged JSON (`minitask.serialization`); they are rebuilt as their own
+class only under the SPEC "Results" rule.
+"""
+
+import datetime
+import uuid
+
+from . import protocol, serialization
+from .exceptions import ContentDisallowed, ProtocolError, SerializationError
+
+__all__ = ["TaskMessage", "ResultMeta", "new_task_id", "to_epoch", "from_epoch",
+           "encode_result_meta", "decode_result_meta", "BODY_VERSION"]
+
+BODY_VERSION = 1
+UTC = datetime.timezone.utc
+
+
+def new_task_id():
+    return str(uuid.uuid4())
+
+
+def to_epoch(value):
+    """Epoch seconds for a datetime (a naive one is taken as UTC), a number, or None -> 0."""
+    if value is None:
+        return 0.0
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.timestamp()
+    return float(value)
+
+
+def from_epoch(value):
+    """An aware UTC datetime for epoch seconds; None for 0."""
+    if not value:
+        return None
+    return datetime.datetime.fromtimestamp(value, UTC)
+
+
+def _iso(epoch):
+    return from_epoch(epoch).isoformat() if epoch else None
+
+
+class TaskMessage:
+    """One call of one task: who, with what, when, and where it is routed."""
+
+    __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "exchange",
+                 "routing_key", "priority", "mandatory", "immediate", "serializer",
+                 "redelivered", "delivery_tag")
+
+    def __init__(self, task, args=(), kwargs=None, id=None, retries=0, eta=0.0, expires=0.0,
+                 exchange="", routing_key="", priority=None, mandatory=False,
+                 immediate=False, serializer="json"):
+        self.id = id or new_task_id()
+        self.task = task
+        self.args = tuple(args or ())
+        self.kwargs = dict(kwargs or {})
+        self.retries = retries
+        self.eta = to_epoch(eta)            # epoch seconds, 0 = none
+        self.expires = to_epoch(expires)
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.priority = priority
+        self.mandatory = mandatory
+        self.immediate = immediate
+        self.serializer = serializer
+        self.redelivered = False
+        self.delivery_tag = None
+
+    def __repr__(self):
+        return "<TaskMessage %s[%s] retries=%d>" % (self.task, self.id, self.retries)
+
+    def to_dict(self):
+        return {"v": BODY_VERSION, "id": self.id, "task": self.task, "args": self.args,
+                "kwargs": self.kwargs, "retries": self.retries, "eta": _iso(self.eta),
+                "expires": _iso(self.expires)}
+
+    def encode(self):
+        """The broker message for this call. Raises SerializationError in the caller's process
+        for arguments the serializer cannot carry, naming the argument's type."""
+        content_type, body = serialization.dumps(self.to_dict(), self.serializer)
+        flags = protocol.PERSISTENT
+        if self.mandatory:
+            flags |= protocol.MANDATORY
+        if self.immediate:
+            flags |= protocol.IMMEDIATE
+        return protocol.Message(
+            body=body, exchange=self.exchange, routing_key=self.routing_key,
+            message_id=self.id, type=self.task, content_type=content_type,
+            priority=self.priority, not_before=self.eta, expires_at=self.expires, flags=flags)
+
+    @classmethod
+    def decode(cls, message, accept=None):
+        """Rebuild a call from a broker message. Raises ContentDisallowed before decoding
+        anything whose content type is not accepted, SerializationError for a bad body."""
+        body = serialization.loads(message.body, message.content_type, accept)
+        if not isinstance(body, dict):
+            raise SerializationError("task message body is a %s, expected an object"
+                                     % type(body).__name__)
+        args, kwargs = body.get("args", ()), body.get("kwargs", {})
+        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+            raise SerializationError("task message args must be a list and kwargs an object")
+        if not all(isinstance(key, str) for key in kwargs):
+            raise SerializationError("task message kwargs must have string keys")
+        retries = body.get("retries", 0)
+        if not isinstance(retries, int) or retries < 0:
+            raise SerializationError("task message retries %r is not a count" % (retries,))
+        self = cls(message.type or body.get("task", ""), args, kwargs,
+                   id=message.message_id or body.get("id"), retries=retries,
+                   eta=message.not_before, expires=message.expires_at,
+                   exchange=message.exchange, routing_key=message.routing_key,
+                   priority=message.priority,
+                   mandatory=bool(message.flags & protocol.MANDATORY),
+                   immediate=bool(message.flags & protocol.IMMEDIATE),
+                   serializer=_name_or_type(message.content_type))
+        return self
+
+    @classmethod
+    def from_bytes(cls, data, accept=None):
+        """Decode an encoded broker message (3.1) straight into a TaskMessage."""
+        return cls.decode(protocol.decode_message(data), accept)
+
+
+def _name_or_type(content_type):
+    try:
+        return serialization.name_for(content_type)
+    except Exception:           # an unregistered type was already refused by loads()
+        return content_type
+
+
+class ResultMeta:
+    """A decoded result: the state, the value or exception, the remote traceback."""
+
+    __slots__ = ("task_id", "task", "status", "result", "traceback", "retries", "date_done")
+
+    def __init__(self, task_id, status, result=None, traceback=None, task="", retries=0,
+                 date_done=0.0):
+        self.task_id = task_id
+        self.task = task
+        self.status = status
+        self.result = result
+        self.traceback = traceback
+        self.retries = retries
+        self.date_done = date_done
+
+    def __repr__(self):
+        return "<ResultMeta %s %s>" % (self.task_id, self.status)
+
+
+def encode_result_meta(meta, serializer="json"):
+    """``(content_type, payload)`` for a result. A result the task's serializer cannot carry
+    is stored as a FAILURE saying so, rather than lost."""
+    value = {"v": BODY_VERSION, "task_id": meta.task_id, "task": meta.task,
+             "status": meta.status, "result": meta.result, "traceback": meta.traceback,
+             "retries": meta.retries, "date_done": meta.date_done}
+    try:
+        return serialization.dumps(value, serializer)
+    except SerializationError as exc:
+        value["status"] = "FAILURE"
+        value["result"] = exc
+        value["traceback"] = None
+        return serialization.dumps(value, "json")
+
+
+def decode_result_meta(task_id, state, content_type, payload, accept=None):
+    """Rebuild a ResultMeta from what the broker stored; PENDING and friends have no payload."""
+    if not payload:
+        return ResultMeta(task_id, state)
+    try:
+        value = serialization.loads(payload, content_type, accept)
+    except ContentDisallowed:
+        raise
+    except SerializationError as exc:
+        raise ProtocolError("result of %s cannot be decoded: %s" % (task_id, exc)) from exc
+    if not isinstance(value, dict):
+        raise ProtocolError("result of %s is not an object" % task_id)
+    return ResultMeta(task_id, state, value.get("result"), value.get("traceback"),
+                      value.get("task", ""), value.get("retries", 0),
+                      value.get("date_done", 0.0))

@@ -1,0 +1,583 @@
+"""The minitask wire protocol: frames, commands, replies. Pure functions; no sockets.
+
+This docstring is the specification. It is enough to write a client in another language.
+
+1. Transport
+------------
+A TCP stream (or TLS, for ``minitasks://`` URLs), by default on port 5679. Every integer is
+big-endian. Strings are UTF-8. Times are seconds since the Unix epoch as IEEE-754 doubles.
+
+2. Frames
+---------
+Both directions carry the same frames::
+
+    +------------+---------+-----------+----------------------+
+    | length u32 | type u8 | seq u32   | body (length bytes)  |
+    +------------+---------+-----------+----------------------+
+
+``length`` counts the body only. ``seq`` ties a reply to its command: the client numbers the
+commands it wants answered 1, 2, 3, ... (wrapping after 2**32-1, skipping 0) and the broker
+answers with the same number. A command sent with ``seq = 0`` gets no reply on success (acks,
+heartbeats, fire-and-forget results); if it fails, the ERROR frame carries seq 0. Frames from
+the broker that answer nothing (DELIVER, HEARTBEAT) carry seq 0.
+
+Several frames may travel in one TCP segment and one frame may be split across many: a reader
+buffers bytes and cuts frames as they complete (see `Decoder`). Before the handshake completes
+a frame body may be at most 4 KiB (`MAX_HANDSHAKE_BYTES`); after it, at most the broker's
+``max_frame_bytes`` (announced in WELCOME; default 16 MiB). A longer length prefix is a
+protocol error: the broker answers ERROR 413 and closes the connection.
+
+3. Bodies
+---------
+JSON bodies are a UTF-8 JSON object. Binary bodies are laid out below; ``str8`` is a u8 length
+followed by that many bytes of UTF-8, ``str16`` likewise with a u16 length.
+
+3.1 The message (PUBLISH body; stored and delivered unchanged)::
+
+    flags        u8    bit 0 mandatory, bit 1 immediate, bit 2 persistent
+    priority     u8    0..9, 0 is the highest; 255 = none given (the broker uses 4)
+    not_before   f64   deliver no earlier than this (0 = now); a delayed message
+    expires_at   f64   drop it (and mark its task REVOKED) after this (0 = never)
+    message_id   str8  for task messages, the task id
+    exchange     str8  "" is the default exchange
+    routing_key  str8
+    type         str8  for task messages, the task name
+    content_type str8  e.g. "application/json"
+    headers      str16 a JSON object, or empty; matched by headers exchanges
+    body         the rest of the frame, opaque to the broker
+
+3.2 DELIVER body: ``delivery_tag u64, consumer_tag u32, flags u8 (bit 0 redelivered),
+deliveries u8`` followed by the message exactly as published (3.1).
+
+3.3 ACK and REJECT bodies: ``flags u8, count u32, count x tag u64``. ACK flags: bit 0
+multiple (also every unacked tag below the largest one given), bit 1 started (the message is
+a task that has just started and stays the connection's until its result arrives; see 5).
+REJECT flags: bit 0 requeue (else the message is dropped, or dead-lettered if its queue has
+a dead-letter queue). START has the same layout (flags 0): the tasks started but are not acked
+yet (``acks_late``).
+
+3.4 RESULT_SET body, and the RESULT reply::
+
+    task_id      str8
+    state        u8    see STATES (0 PENDING .. 6 REVOKED)
+    flags        u8    RESULT_SET: bit 0 store (0 = the task finished but nothing is stored:
+                       ignore_result); RESULT: bit 0 ready (a final state)
+    time         f64   RESULT_SET: time to live (0 = the broker's RESULT_EXPIRES);
+                       RESULT: when the state was set (0 = unknown)
+    content_type str8
+    payload      the rest: the serialized result meta (see minitask.result)
+
+4. Commands (client -> broker) and their replies
+-----------------------------------------------
+``type``  name              body    reply
+0x01      HELLO             JSON    WELCOME, or CHALLENGE when a secret is required
+0x03      AUTH              JSON    WELCOME, or ERROR 401 and close
+0x05      HEARTBEAT         empty   none (either side may send it at any time)
+0x06      CLOSE             empty   none; the broker closes after flushing its replies
+0x10      DECLARE_EXCHANGE  JSON    OK {}
+0x11      DELETE_EXCHANGE   JSON    OK {}
+0x12      DECLARE_QUEUE     JSON    OK {"queue", "messages", "consumers"}
+0x13      BIND              JSON    OK {}
+0x14      UNBIND            JSON    OK {}
+0x15      PURGE             JSON    OK {"messages": purged}
+0x16      DELETE_QUEUE      JSON    OK {"messages": dropped}
+0x20      PUBLISH           3.1     CONFIRM, or ERROR 312 / 313 / 507 / 413
+0x21      CONSUME           JSON    OK {"consumer_tag"}
+0x22      CANCEL            JSON    OK {}
+0x23      QOS               JSON    OK {}
+0x24      ACK               3.3     none
+0x25      REJECT            3.3     none
+0x26      START             3.3     none
+0x30      RESULT_SET        3.4     CONFIRM (when seq != 0)
+0x31      RESULT_GET        JSON    RESULT
+0x32      RESULT_WAIT       JSON    RESULT once the state is final, or at the timeout
+0x33      RESULT_FORGET     JSON    OK {}
+0x34      REVOKE            JSON    OK {}
+0x35      CLAIM             JSON    OK {"claimed": n}
+0x40      STATUS            JSON    OK {...}
+0x41      LEASE             JSON    OK {"granted", "holder", "expires_in"}
+0x42      KV_SET            JSON    OK {}
+0x43      KV_GET            JSON    OK {"value"}
+0x44      REVOKED           JSON    OK {"task_ids": [...]}
+
+Broker -> client: 0x02 WELCOME (JSON), 0x04 CHALLENGE (JSON), 0x05 HEARTBEAT, 0x60 CONFIRM
+(empty: every command numbered up to and including ``seq`` that has no reply of its own and
+no ERROR has succeeded; publishes are in the journal), 0x61 ERROR (``code u16`` + UTF-8 text),
+0x62 DELIVER (3.2), 0x63 RESULT (3.4), 0x64 OK (JSON).
+
+JSON arguments (``?`` = optional, with its default):
+
+- HELLO ``{"protocol": 1, "client": str?, "nonce": hex str?, "heartbeat": s? (0 = off),
+  "worker": {hostname, pid, concurrency, queues, ...}?}``; WELCOME ``{"protocol": 1,
+  "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?}``.
+  CHALLENGE ``{"nonce": hex}``; AUTH ``{"proof": hex}`` (see 6).
+- DECLARE_EXCHANGE ``{"exchange", "type": "direct"|"topic"|"fanout"|"headers",
+  "durable": true?, "auto_delete": false?, "passive": false?}``; DELETE_EXCHANGE
+  ``{"exchange"}``.
+- DECLARE_QUEUE ``{"queue", "durable": true?, "exclusive": false?, "auto_delete": false?,
+  "passive": false?, "max_length": int?, "max_redeliveries": 10?,
+  "dead_letter_queue": str?}``. ``queue`` "" asks the broker to name a new exclusive queue.
+  Declaring an existing queue with other arguments is ERROR 406.
+- BIND / UNBIND ``{"queue", "exchange", "binding_key": ""?, "arguments": {}?}``; for headers
+  exchanges ``arguments`` holds the header values to match and ``"x-match": "all"|"any"``.
+- PURGE / DELETE_QUEUE ``{"queue"}``.
+- CONSUME ``{"queue", "no_ack": false?, "consumer_tag": int?}`` (a tag of the client's own
+  choosing, or the broker picks one); CANCEL ``{"consumer_tag"}``;
+  QOS ``{"prefetch_count": int}`` (0 = unlimited; counts the connection's unacked messages
+  over all its consumers).
+- RESULT_GET ``{"task_id"}``; RESULT_WAIT ``{"task_id", "timeout": s?}`` (no timeout = wait as
+  long as the connection lives); RESULT_FORGET ``{"task_ids": [...]}``.
+- REVOKE ``{"task_ids": [...], "terminate": false?, "signal": "SIGTERM"?}``: the broker keeps
+  the ids until the results expire, drops queued messages of those tasks, marks them REVOKED
+  and tells every worker through the control exchange.
+- CLAIM ``{"task_ids": [...]}``: a worker that reconnects names the tasks it is still running.
+- STATUS ``{}``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,
+  KV_GET ``{"key"}``. REVOKED ``{}``.
+
+5. Delivery rules
+-----------------
+Messages leave a queue in priority order (0 first), FIFO within a priority. A consumer's
+connection gets messages while its unacked count is below its prefetch (QOS). A delivered
+message stays the connection's until ACK or REJECT. When the connection closes or misses its
+heartbeats, its unacked messages return to their queues ahead of newer ones, flagged
+redelivered; a message delivered more than its queue's ``max_redeliveries`` times goes to the
+dead-letter queue (``<queue>.dead`` unless named) instead. ACK with the started flag hands a
+task over to the connection: if the connection is lost and no CLAIM for it arrives within the
+broker's grace period (a few seconds), the broker stores FAILURE / WorkerLostError for it.
+
+6. Handshake and lifecycle
+--------------------------
+::
+
+    client                                      broker
+      | HELLO {protocol, nonce_c} ------------------> |
+      | <------------------------------- WELCOME {...} |   no secret configured
+      |                                               |
+      | <---------------------- CHALLENGE {nonce_b}    |   a secret is configured
+      | AUTH {proof_c} -----------------------------> |   proof_c = HMAC-SHA256(secret,
+      | <---------------------- WELCOME {proof_b}      |       "client" + nonce_c + nonce_b)
+      |                                               |   proof_b = HMAC-SHA256(secret,
+      | commands, replies, deliveries ...    <------> |       "broker" + nonce_b + nonce_c)
+      | CLOSE ------------------------------------->  |
+      |                                       (close) |
+
+Nonces are 32 random bytes written as hex. Anything but HELLO first, or AUTH when no
+CHALLENGE was sent, or any command before WELCOME, is ERROR 405 and a closed connection.
+
+7. Errors
+---------
+ERROR codes (the client raises the class named):
+312 UnroutableError, 313 NotDeliverableError, 400 ProtocolError (malformed body; the
+connection is closed when the stream can no longer be trusted), 401 AuthenticationError,
+404 BrokerError (no such queue or exchange), 405 ProtocolError (unknown command or wrong
+state), 406 BrokerError (precondition: redeclared differently, default exchange bound),
+408 TimeoutError, 409 BrokerError (exclusive queue in use), 413 PublishRefusedError
+(message too big), 503 BrokerConnectionError (shutting down, too many connections),
+507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
+"""
+
+import json
+import struct
+
+from .exceptions import (
+    AuthenticationError, BrokerConnectionError, BrokerError, NotDeliverableError,
+    ProtocolError, PublishRefusedError, TimeoutError, UnroutableError,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION", "HEADER", "Decoder", "encode_frame", "encode_json", "decode_json",
+    "Message", "encode_message", "decode_message", "message_id_of",
+    "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
+    "encode_result", "decode_result", "encode_error", "decode_error", "error_for",
+    "STATES", "STATE_CODES", "READY_STATES",
+]
+
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 5679
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_HANDSHAKE_BYTES = 4096
+
+HEADER = struct.Struct("!IBI")
+
+# Frame types, client -> broker
+HELLO, AUTH, HEARTBEAT, CLOSE = 0x01, 0x03, 0x05, 0x06
+DECLARE_EXCHANGE, DELETE_EXCHANGE, DECLARE_QUEUE = 0x10, 0x11, 0x12
+BIND, UNBIND, PURGE, DELETE_QUEUE = 0x13, 0x14, 0x15, 0x16
+PUBLISH, CONSUME, CANCEL, QOS, ACK, REJECT, START = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
+RESULT_SET, RESULT_GET, RESULT_WAIT, RESULT_FORGET = 0x30, 0x31, 0x32, 0x33
+REVOKE, CLAIM = 0x34, 0x35
+STATUS, LEASE, KV_SET, KV_GET, REVOKED = 0x40, 0x41, 0x42, 0x43, 0x44
+# Frame types, broker -> client
+WELCOME, CHALLENGE = 0x02, 0x04
+CONFIRM, ERROR, DELIVER, RESULT, OK = 0x60, 0x61, 0x62, 0x63, 0x64
+
+COMMAND_NAMES = {
+    HELLO: "HELLO", AUTH: "AUTH", HEARTBEAT: "HEARTBEAT", CLOSE: "CLOSE",
+    DECLARE_EXCHANGE: "DECLARE_EXCHANGE", DELETE_EXCHANGE: "DELETE_EXCHANGE",
+    DECLARE_QUEUE: "DECLARE_QUEUE", BIND: "BIND", UNBIND: "UNBIND", PURGE: "PURGE",
+    DELETE_QUEUE: "DELETE_QUEUE", PUBLISH: "PUBLISH", CONSUME: "CONSUME", CANCEL: "CANCEL",
+    QOS: "QOS", ACK: "ACK", REJECT: "REJECT", START: "START", RESULT_SET: "RESULT_SET",
+    RESULT_GET: "RESULT_GET", RESULT_WAIT: "RESULT_WAIT", RESULT_FORGET: "RESULT_FORGET",
+    REVOKE: "REVOKE", CLAIM: "CLAIM", STATUS: "STATUS", LEASE: "LEASE", KV_SET: "KV_SET",
+    KV_GET: "KV_GET", REVOKED: "REVOKED", WELCOME: "WELCOME", CHALLENGE: "CHALLENGE",
+    CONFIRM: "CONFIRM", ERROR: "ERROR", DELIVER: "DELIVER", RESULT: "RESULT", OK: "OK",
+}
+
+# Error codes (section 7)
+UNROUTABLE, NOT_DELIVERABLE = 312, 313
+BAD_FRAME, AUTH_FAILED, NOT_FOUND, COMMAND_INVALID = 400, 401, 404, 405
+PRECONDITION_FAILED, TIMED_OUT, RESOURCE_LOCKED, TOO_LARGE = 406, 408, 409, 413
+INTERNAL, UNAVAILABLE, REFUSED = 500, 503, 507
+
+_ERROR_CLASSES = {
+    UNROUTABLE: UnroutableError, NOT_DELIVERABLE: NotDeliverableError,
+    BAD_FRAME: ProtocolError, AUTH_FAILED: AuthenticationError, NOT_FOUND: BrokerError,
+    COMMAND_INVALID: ProtocolError, PRECONDITION_FAILED: BrokerError, TIMED_OUT: TimeoutError,
+    RESOURCE_LOCKED: BrokerError, TOO_LARGE: PublishRefusedError, INTERNAL: BrokerError,
+    UNAVAILABLE: BrokerConnectionError, REFUSED: PublishRefusedError,
+}
+
+# Task states, in the order a task moves through them; the index is the wire code.
+STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
+STATE_CODES = {name: code for code, name in enumerate(STATES)}
+READY_STATES = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
+
+# Message flags (3.1), delivery flags (3.2), ack flags (3.3), result flags (3.4)
+MANDATORY, IMMEDIATE, PERSISTENT = 0x01, 0x02, 0x04
+REDELIVERED = 0x01
+MULTIPLE, STARTED = 0x01, 0x02
+REQUEUE = 0x01
+STORE, READY = 0x01, 0x01
+NO_PRIORITY = 255
+DEFAULT_PRIORITY = 4
+
+
+class Decoder:
+    """Cut a byte stream into frames; a frame split across reads is the normal case.
+
+    The buffer holds at most one incomplete frame plus whatever one `feed` brought, so a
+    peer cannot make it grow past its frame limit: a length prefix over the limit raises
+    `ProtocolError` before any of that body is buffered.
+    """
+
+    def __init__(self, max_frame_bytes=MAX_FRAME_BYTES):
+        self._buffer = bytearray()
+        self._offset = 0
+        self.max_frame_bytes = max_frame_bytes
+
+    def feed(self, data):
+        if self._offset:
+            del self._buffer[:self._offset]
+            self._offset = 0
+        self._buffer += data
+
+    def next_frame(self):
+        """Return the next whole frame as ``(type, seq, body)``, or None until more bytes come."""
+        buffer, start = self._buffer, self._offset
+        if len(buffer) - start < 9:
+            return None
+        length, kind, seq = HEADER.unpack_from(buffer, start)
+        if length > self.max_frame_bytes:
+            raise ProtocolError("frame of %d bytes is over the %d-byte limit"
+                                % (length, self.max_frame_bytes))
+        end = start + 9 + length
+        if len(buffer) < end:
+            return None
+        self._offset = end
+        return kind, seq, bytes(buffer[start + 9:end])
+
+    def frames(self):
+        """Yield every whole frame buffered so far."""
+        frame = self.next_frame()
+        while frame is not None:
+            yield frame
+            frame = self.next_frame()
+
+    @property
+    def pending_bytes(self):
+        """Bytes of an incomplete frame still waiting for the rest (used for stall timeouts)."""
+        return len(self._buffer) - self._offset
+
+
+def encode_frame(kind, seq, body=b""):
+    return HEADER.pack(len(body), kind, seq) + body
+
+
+def encode_json(kind, seq, obj):
+    return encode_frame(kind, seq, json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def decode_json(body, what="command"):
+    """Parse a JSON object body; anything else is a ProtocolError naming what was wrong."""
+    try:
+        obj = json.loads(body.decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ProtocolError("%s body is not valid JSON: %s" % (what, exc)) from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("%s body must be a JSON object, got %s" % (what, type(obj).__name__))
+    return obj
+
+
+# --- messages (3.1) -----------------------------------------------------------------------
+
+_MESSAGE_FIXED = struct.Struct("!BBdd")
+_U8 = struct.Struct("!B")
+_U16 = struct.Struct("!H")
+
+
+class Message:
+    """A decoded message: everything in 3.1. The broker decodes only what it routes on."""
+
+    __slots__ = ("flags", "priority", "not_before", "expires_at", "message_id", "exchange",
+                 "routing_key", "type", "content_type", "headers", "body")
+
+    def __init__(self, body=b"", exchange="", routing_key="", message_id="", type="",
+                 content_type="application/json", headers=None, priority=None,
+                 not_before=0.0, expires_at=0.0, flags=PERSISTENT):
+        self.flags = flags
+        self.priority = priority
+        self.not_before = not_before
+        self.expires_at = expires_at
+        self.message_id = message_id
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.type = type
+        self.content_type = content_type
+        self.headers = headers or {}
+        self.body = body
+
+    def __repr__(self):
+        return "<Message %s %r -> %r/%r>" % (self.message_id, self.type, self.exchange,
+                                             self.routing_key)
+
+
+def _str8(value, what):
+    data = value.encode("utf-8")
+    if len(data) > 255:
+        raise ProtocolError("%s is %d bytes long; the limit is 255" % (what, len(data)))
+    return _U8.pack(len(data)) + data
+
+
+def encode_message(message):
+    """Encode a Message as a PUBLISH body (3.1)."""
+    priority = NO_PRIORITY if message.priority is None else message.priority
+    headers = (json.dumps(message.headers, separators=(",", ":")).encode("utf-8")
+               if message.headers else b"")
+    if len(headers) > 0xFFFF:
+        raise ProtocolError("message headers are %d bytes; the limit is 65535" % len(headers))
+    return b"".join((
+        _MESSAGE_FIXED.pack(message.flags, priority, message.not_before or 0.0,
+                            message.expires_at or 0.0),
+        _str8(message.message_id, "message_id"), _str8(message.exchange, "exchange"),
+        _str8(message.routing_key, "routing_key"), _str8(message.type, "type"),
+        _str8(message.content_type, "content_type"),
+        _U16.pack(len(headers)), headers, message.body))
+
+
+def _read_str8(data, offset):
+    length = data[offset]
+    end = offset + 1 + length
+    if end > len(data):
+        raise ProtocolError("message field runs past the end of the frame")
+    return data[offset + 1:end].decode("utf-8"), end
+
+
+def decode_message(data):
+    """Decode a PUBLISH body (3.1) into a Message; malformed input raises ProtocolError."""
+    try:
+        flags, priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
+        offset = _MESSAGE_FIXED.size
+        message_id, offset = _read_str8(data, offset)
+        exchange, offset = _read_str8(data, offset)
+        routing_key, offset = _read_str8(data, offset)
+        kind, offset = _read_str8(data, offset)
+        content_type, offset = _read_str8(data, offset)
+        (headers_length,) = _U16.unpack_from(data, offset)
+        offset += 2
+        headers = {}
+        if headers_length:
+            raw = data[offset:offset + headers_length]
+            if len(raw) != headers_length:
+                raise ProtocolError("message headers run past the end of the frame")
+            headers = decode_json(bytes(raw), "message headers")
+            offset += headers_length
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed message: %s" % (exc,)) from None
+    if priority != NO_PRIORITY and priority > 9:
+        raise ProtocolError("message priority %d is outside 0..9" % priority)
+    return Message(bytes(data[offset:]), exchange, routing_key, message_id, kind, content_type,
+                   headers, None if priority == NO_PRIORITY else priority, not_before,
+                   expires_at, flags)
+
+
+def message_id_of(data):
+    """The message_id of an encoded message, without decoding the rest (broker hot path)."""
+    length = data[18]
+    return data[19:19 + length].decode("utf-8")
+
+
+def task_fields(data):
+    """``(message_id, type, not_before, expires_at)`` of an encoded message (worker hot path)."""
+    try:
+        _flags, _priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
+        length = data[18]
+        message_id = data[19:19 + length].decode("utf-8")
+        offset = 19 + length
+        offset += 1 + data[offset]                   # skip exchange
+        offset += 1 + data[offset]                   # skip routing_key
+        length = data[offset]
+        kind = data[offset + 1:offset + 1 + length].decode("utf-8")
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed message: %s" % (exc,)) from None
+    return message_id, kind, not_before, expires_at
+
+
+def routing_fields(data):
+    """``(flags, priority, not_before, expires_at, exchange, routing_key, headers_offset)``.
+
+    What the broker needs to route a published message, decoded as cheaply as possible.
+    Raises ProtocolError on anything malformed.
+    """
+    try:
+        flags, priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
+        offset = 19 + data[18]                       # skip message_id
+        length = data[offset]
+        exchange = data[offset + 1:offset + 1 + length].decode("utf-8")
+        offset += 1 + length
+        length = data[offset]
+        routing_key = data[offset + 1:offset + 1 + length].decode("utf-8")
+        offset += 1 + length
+        offset += 1 + data[offset]                   # skip type
+        offset += 1 + data[offset]                   # skip content_type
+        if offset + 2 > len(data):
+            raise ProtocolError("malformed message: truncated before headers")
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed message: %s" % (exc,)) from None
+    if priority != NO_PRIORITY and priority > 9:
+        raise ProtocolError("message priority %d is outside 0..9" % priority)
+    return flags, priority, not_before, expires_at, exchange, routing_key, offset
+
+
+def headers_of(data, offset):
+    """The headers object of an encoded message, given routing_fields' headers offset."""
+    (length,) = _U16.unpack_from(data, offset)
+    if not length:
+        return {}
+    raw = data[offset + 2:offset + 2 + length]
+    if len(raw) != length:
+        raise ProtocolError("message headers run past the end of the frame")
+    return decode_json(bytes(raw), "message headers")
+
+
+# --- deliveries (3.2) ---------------------------------------------------------------------
+
+_DELIVER = struct.Struct("!IBIQIBB")     # frame header + delivery prefix, packed at once
+
+
+def encode_deliver(delivery_tag, consumer_tag, redelivered, deliveries, message_data):
+    """A whole DELIVER frame (header included) for an already-encoded message."""
+    return _DELIVER.pack(14 + len(message_data), DELIVER, 0, delivery_tag, consumer_tag,
+                         REDELIVERED if redelivered else 0, min(deliveries, 255)) + message_data
+
+
+_DELIVER_PREFIX = struct.Struct("!QIBB")
+
+
+def decode_deliver(body):
+    """``(delivery_tag, consumer_tag, redelivered, deliveries, message_data)``."""
+    if len(body) < _DELIVER_PREFIX.size:
+        raise ProtocolError("DELIVER body is %d bytes, shorter than its prefix" % len(body))
+    tag, consumer_tag, flags, deliveries = _DELIVER_PREFIX.unpack_from(body, 0)
+    return tag, consumer_tag, bool(flags & REDELIVERED), deliveries, body[_DELIVER_PREFIX.size:]
+
+
+# --- acks, rejects, starts (3.3) ----------------------------------------------------------
+
+_TAGS_HEAD = struct.Struct("!BI")
+
+
+def encode_tags(kind, flags, tags, seq=0):
+    """A whole ACK / REJECT / START frame for these delivery tags."""
+    body = _TAGS_HEAD.pack(flags, len(tags)) + struct.pack("!%dQ" % len(tags), *tags)
+    return HEADER.pack(len(body), kind, seq) + body
+
+
+def decode_tags(body):
+    """``(flags, [tags])``; raises ProtocolError when the count and the length disagree."""
+    if len(body) < 5:
+        raise ProtocolError("tag list body is %d bytes; at least 5 expected" % len(body))
+    flags, count = _TAGS_HEAD.unpack_from(body, 0)
+    if len(body) != 5 + 8 * count:
+        raise ProtocolError("tag list says %d tags but carries %d bytes" % (count, len(body) - 5))
+    return flags, list(struct.unpack_from("!%dQ" % count, body, 5))
+
+
+# --- results (3.4) ------------------------------------------------------------------------
+
+_RESULT_FIXED = struct.Struct("!BBd")
+
+
+def encode_result(kind, seq, task_id, state, flags, time, content_type, payload):
+    """A whole RESULT_SET or RESULT frame."""
+    body = b"".join((_str8(task_id, "task_id"),
+                     _RESULT_FIXED.pack(STATE_CODES[state], flags, time or 0.0),
+                     _str8(content_type, "content_type"), payload))
+    return HEADER.pack(len(body), kind, seq) + body
+
+
+def decode_result(body):
+    """``(task_id, state, flags, time, content_type, payload)``."""
+    try:
+        task_id, offset = _read_str8(body, 0)
+        code, flags, time = _RESULT_FIXED.unpack_from(body, offset)
+        content_type, offset = _read_str8(body, offset + _RESULT_FIXED.size)
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolError("malformed result: %s" % (exc,)) from None
+    if code >= len(STATES):
+        raise ProtocolError("result state code %d is unknown" % code)
+    return task_id, STATES[code], flags, time, content_type, bytes(body[offset:])
+
+
+# --- errors (7) ---------------------------------------------------------------------------
+
+_U16_ERROR = struct.Struct("!H")
+
+
+def encode_error(seq, code, text):
+    body = _U16_ERROR.pack(code) + text.encode("utf-8")[:4000]
+    return HEADER.pack(len(body), ERROR, seq) + body
+
+
+def decode_error(body):
+    if len(body) < 2:
+        return INTERNAL, "malformed ERROR frame"
+    (code,) = _U16_ERROR.unpack_from(body, 0)
+    return code, body[2:].decode("utf-8", "replace")
+
+
+def error_for(code, text):
+    """The exception a client raises for an ERROR frame."""
+    cls = _ERROR_CLASSES.get(code, BrokerError)
+    return cls(text, code) if cls is BrokerError else cls(text)
+
+
+def code_for(exc):
+    """The ERROR code the broker sends for an exception raised while handling a command."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    for candidate, cls in _CODE_ORDER:
+        if isinstance(exc, cls):
+            return candidate
+    return INTERNAL
+
+
+# Most specific classes first, so a subclass is not answered with its parent's code.
+_CODE_ORDER = [(UNROUTABLE, UnroutableError), (NOT_DELIVERABLE, NotDeliverableError),
+               (AUTH_FAILED, AuthenticationError), (REFUSED, PublishRefusedError),
+               (TIMED_OUT, TimeoutError), (BAD_FRAME, ProtocolError),
+               (UNAVAILABLE, BrokerConnectionError)]
+
+
+def command_name(kind):
+    return COMMAND_NAMES.get(kind, "0x%02x" % kind)

@@ -1,0 +1,230 @@
+"""Task results as the caller sees them: `AsyncResult`, `EagerResult` and `ResultSet`.
+
+States, in the order a task moves through them: PENDING (nothing known yet), RECEIVED (a
+worker has it), STARTED, RETRY (waiting to run again; the result is the "tombstone": the
+exception that caused the retry), then one of the final states SUCCESS, FAILURE, REVOKED.
+
+Waiting is push-based: `get()` sends one RESULT_WAIT and the broker answers the moment the
+result arrives. A FAILURE comes back as its own exception class only when that class is a
+builtin, in `minitask.exceptions`, or in a module already imported here; otherwise as
+`RemoteTaskError` (see `minitask.serialization`).
+"""
+
+import time
+
+from .exceptions import TaskRevokedError, TimeoutError
+from .message import decode_result_meta
+from .protocol import READY_STATES, STATES
+
+__all__ = ["AsyncResult", "EagerResult", "ResultSet", "STATES", "READY_STATES",
+           "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+
+PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = STATES
+
+
+class _ResultBase:
+    """What AsyncResult and EagerResult share: the states' questions and `get()`'s raising."""
+
+    def ready(self):
+        return self.state in READY_STATES
+
+    def successful(self):
+        return self.state == SUCCESS
+
+    def failed(self):
+        return self.state == FAILURE
+
+    @property
+    def status(self):
+        return self.state
+
+    def _outcome(self, meta, propagate):
+        if meta.status == SUCCESS or not propagate:
+            return meta.result
+        error = meta.result
+        if not isinstance(error, BaseException):
+            error = TaskRevokedError("task %s was revoked" % self.task_id) \
+                if meta.status == REVOKED else RuntimeError(repr(error))
+        if meta.traceback and not hasattr(error, "remote_traceback"):
+            try:
+                error.remote_traceback = meta.traceback
+            except AttributeError:
+                pass                    # exceptions with __slots__: the message still says it
+        raise error
+
+    def __repr__(self):
+        return "<%s: %s>" % (type(self).__name__, self.task_id)
+
+    def __str__(self):
+        return self.task_id
+
+    def __eq__(self, other):
+        if isinstance(other, _ResultBase):
+            return self.task_id == other.task_id
+        return self.task_id == other
+
+    def __hash__(self):
+        return hash(self.task_id)
+
+
+class AsyncResult(_ResultBase):
+    """The result of a task sent to the broker, fetched from the broker's result store."""
+
+    def __init__(self, task_id, task_name=None, connection=None):
+        self.task_id = self.id = task_id
+        self.task_name = task_name
+        self._connection = connection
+        self._meta = None               # cached once final
+
+    def _conn(self):
+        if self._connection is not None:
+            return self._connection.connect()
+        from .client import connection
+        return connection()
+
+    def _accept(self):
+        from .config import get_settings
+        return get_settings().ACCEPT_CONTENT
+
+    def _decode(self, state, content_type, payload):
+        return decode_result_meta(self.task_id, state, content_type, payload, self._accept())
+
+    def _fetch(self):
+        if self._meta is not None:
+            return self._meta
+        state, ready, _date, content_type, payload = self._conn().get_result(self.task_id)
+        meta = self._decode(state, content_type, payload)
+        if ready:
+            self._meta = meta
+        return meta
+
+    @property
+    def state(self):
+        return self._fetch().status
+
+    @property
+    def result(self):
+        """The return value, the exception of a failure, the tombstone of a retry, or None."""
+        return self._fetch().result
+
+    info = result
+
+    @property
+    def traceback(self):
+        return self._fetch().traceback
+
+    def get(self, timeout=None, propagate=True, interval=None):
+        """Wait for the final state; return the value or raise the task's exception.
+
+        Raises `minitask.exceptions.TimeoutError` when `timeout` seconds pass first.
+        (`interval` is accepted for Celery compatibility; nothing polls.)
+        """
+        meta = self._meta
+        if meta is None:
+            started = time.monotonic()
+            state, ready, _date, content_type, payload = self._conn().wait_result(
+                self.task_id, timeout)
+            if not ready:
+                waited = time.monotonic() - started
+                raise TimeoutError("task %s did not finish within %.3gs (state %s)"
+                                   % (self.task_id, max(waited, timeout or 0), state))
+            meta = self._meta = self._decode(state, content_type, payload)
+        return self._outcome(meta, propagate)
+
+    wait = get
+
+    def revoke(self, terminate=False, signal="SIGTERM"):
+        """Make sure the task never runs (and stop it if running, with `terminate`)."""
+        self._conn().revoke([self.task_id], terminate=terminate, signal=signal)
+
+    def forget(self):
+        """Remove the result from the broker's store."""
+        self._conn().forget([self.task_id])
+        self._meta = None
+
+
+class EagerResult(_ResultBase):
+    """The result of `Task.apply()`: the task already ran, here."""
+
+    def __init__(self, task_id, result, state, traceback=None):
+        self.task_id = self.id = task_id
+        self._result = result
+        self._state = state
+        self._traceback = traceback
+
+    @property
+    def state(self):
+        return self._state
+
+    @property
+    def result(self):
+        return self._result
+
+    info = result
+
+    @property
+    def traceback(self):
+        return self._traceback
+
+    def get(self, timeout=None, propagate=True, interval=None):
+        from .message import ResultMeta
+        return self._outcome(ResultMeta(self.task_id, self._state, self._result,
+                                        self._traceback), propagate)
+
+    wait = get
+
+    def revoke(self, terminate=False, signal="SIGTERM"):
+        pass                           # it already ran
+
+    def forget(self):
+        pass
+
+
+class ResultSet:
+    """Several results waited on together (`group(...).apply_async()`, `map_async`)."""
+
+    def __init__(self, results):
+        self.results = list(results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self):
+        return len(self.results)
+
+    def __getitem__(self, index):
+        return self.results[index]
+
+    def ready(self):
+        return all(result.ready() for result in self.results)
+
+    def successful(self):
+        return all(result.successful() for result in self.results)
+
+    def failed(self):
+        return any(result.failed() for result in self.results)
+
+    def waiting(self):
+        return not self.ready()
+
+    def completed_count(self):
+        """How many have finished successfully."""
+        return sum(1 for result in self.results if result.successful())
+
+    def join(self, timeout=None, propagate=True):
+        """The list of values, in order; the first failure is raised when `propagate`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        values = []
+        for result in self.results:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            values.append(result.get(timeout=remaining, propagate=propagate))
+        return values
+
+    get = join
+
+    def revoke(self, terminate=False):
+        for result in self.results:
+            result.revoke(terminate=terminate)
+
+    def __repr__(self):
+        return "<ResultSet: %d results>" % len(self.results)

@@ -1,0 +1,110 @@
+"""Periodic tasks: a worker started with ``--beat`` sends each `PeriodicTask` every `run_every`.
+
+Several workers may run with ``--beat``; a lease held in the broker (LEASE, renewed well
+before it runs out) lets exactly one of them send, and another takes over within a lease
+time of the holder dying. The time each task was last sent is a durable broker setting
+(KV_SET, in the journal), written in the same write as the task itself, so a restart of the
+worker or the broker neither skips nor repeats a beat. After a long pause a task that missed
+several beats is sent once, not once per beat missed.
+
+Runs in a thread of the worker's main process with its own connection, so a slow broker
+answer never holds up the worker's loop.
+"""
+
+import logging
+import threading
+import time
+
+from .. import protocol as P
+from ..client import Connection, declare_topology
+from ..exceptions import MinitaskError
+from ..task import registry
+
+__all__ = ["Beat", "LEASE_NAME", "LEASE_SECONDS"]
+
+logger = logging.getLogger(__name__)
+
+LEASE_NAME = "minitask.beat"
+# The holder renews at a third of this; a dead holder is replaced within it.
+LEASE_SECONDS = 6.0
+
+
+def _kv_key(task_name):
+    return "beat.last_run.%s" % task_name
+
+
+class Beat:
+    """Sends due periodic tasks while this worker holds the beat lease."""
+
+    def __init__(self, settings, holder, clock=time.time):
+        self.settings = settings
+        self.holder = holder
+        self.clock = clock
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="minitask-beat", daemon=True)
+        self.conn = None
+        self.holding = False
+        self.last_run = {}
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self._stop.set()
+        self.thread.join(5.0)
+
+    def _run(self):
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if self.conn is None:
+                    self.conn = Connection(self.settings.BROKER_URL,
+                                           secret=self.settings.BROKER_SECRET,
+                                           ca_file=self.settings.BROKER_CA_FILE,
+                                           client="minitask-beat")
+                    self.conn.connect()
+                    declare_topology(self.conn, self.settings)
+                    self.holding = False
+                wait = self.tick()
+                backoff = 0.5
+            except MinitaskError as exc:
+                logger.warning("beat: %s; trying again in %.1fs", exc, backoff)
+                if self.conn is not None:
+                    self.conn.close()
+                self.conn = None
+                self.holding = False
+                wait, backoff = backoff, min(backoff * 2, 5.0)
+            self._stop.wait(wait)
+        if self.conn is not None:
+            self.conn.close()
+
+    def tick(self):
+        """Renew the lease and send what is due; returns seconds until the next look."""
+        lease = self.conn.call(P.LEASE, {"name": LEASE_NAME, "holder": self.holder,
+                                         "ttl": LEASE_SECONDS})
+        if not lease["granted"]:
+            if self.holding:
+                logger.info("beat: %s now sends the periodic tasks", lease["holder"])
+            self.holding = False
+            return min(LEASE_SECONDS / 3, max(0.1, lease["expires_in"]))
+        if not self.holding:
+            logger.info("beat: this worker now sends the periodic tasks")
+            self.holding = True
+            self.last_run = {}
+        wait = LEASE_SECONDS / 3
+        for name, task in sorted(registry.tasks.periodic().items()):
+            if name not in self.last_run:
+                self.last_run[name] = self.conn.call(P.KV_GET, {"key": _kv_key(name)})["value"]
+            now = self.clock()
+            due, next_in = task.is_due(self.last_run[name], now)
+            if due:
+                self.send(task, now)
+            wait = min(wait, next_in)
+        return max(0.01, wait)
+
+    def send(self, task, now):
+        """Send one periodic task and record when, in one write (see the module docstring)."""
+        message = task.build_message(settings=self.settings)
+        self.conn.publish_with_record(message.encode(), _kv_key(task.name), now)
+        self.last_run[task.name] = now
+        logger.info("beat: sent %s[%s]", task.name, message.id)

@@ -1,0 +1,167 @@
+"""Running one task: default kwargs, the request context, retry, the outcome and its result.
+
+Used in two places, so the rules live once: a pool child runs every delivered task through
+`execute_delivery`, and `Task.apply()` runs a task eagerly through `run_eagerly` (retries
+inline). Neither talks to the broker except through `Task.retry()`, which re-sends the task
+before this module sees the `RetryTaskError` (so a crash between the two never loses it).
+
+Outcomes: SUCCESS with the return value; RETRY with the tombstone (the ``exc`` given to
+``retry()``, else the RetryTaskError itself); FAILURE with the exception and its traceback;
+REVOKED when the task expired before it could start.
+"""
+
+import logging
+import time
+import traceback
+
+from .. import protocol
+from ..exceptions import (
+    ContentDisallowed, NotRegistered, ProtocolError, RetryTaskError, SerializationError,
+    TaskRevokedError,
+)
+from ..message import ResultMeta, TaskMessage, encode_result_meta
+from ..task import Request, default_kwargs_for, pop_request, push_request, registry
+
+__all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome:
+    """How one run of a task ended."""
+
+    __slots__ = ("state", "result", "traceback", "runtime", "retry")
+
+    def __init__(self, state, result=None, traceback=None, runtime=0.0, retry=None):
+        self.state = state
+        self.result = result
+        self.traceback = traceback
+        self.runtime = runtime
+        self.retry = retry
+
+    def __repr__(self):
+        return "<Outcome %s %r>" % (self.state, self.result)
+
+
+def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
+    """Run `task` for `message` in this process and say how it ended. Never raises for the
+    task's own exceptions; they are the outcome."""
+    defaults = {"logfile": logfile, "loglevel": loglevel, "task_id": message.id,
+                "task_name": task.name, "task_retries": message.retries}
+    injected = default_kwargs_for(task.run, defaults)
+    kwargs = dict(injected)
+    kwargs.update(message.kwargs)                   # the caller's own values win
+    push_request(Request(message.id, task.name, message.args, kwargs, message.retries,
+                         is_eager, logfile, loglevel, message.exchange, message.routing_key,
+                         message.priority, injected))
+    started = time.perf_counter()
+    try:
+        value = task(*message.args, **kwargs)
+        return Outcome("SUCCESS", value, None, time.perf_counter() - started)
+    except RetryTaskError as exc:
+        tombstone = exc.exc if exc.exc is not None else exc
+        return Outcome("RETRY", tombstone, _traceback_of(exc), time.perf_counter() - started,
+                       retry=exc)
+    except (Exception, SystemExit) as exc:     # the task's failure is its result
+        return Outcome("FAILURE", exc, traceback.format_exc(), time.perf_counter() - started)
+    finally:
+        pop_request()
+
+
+def _traceback_of(exc):
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def run_eagerly(task, args=None, kwargs=None, task_id=None, retries=0,
+                honour_countdown=False, logfile=None, loglevel=None):
+    """Run a task here with its retries inline; returns ``(final outcome, last message)``."""
+    message = TaskMessage(task.name, args or (), kwargs or {}, id=task_id, retries=retries)
+    while True:
+        outcome = run_task(task, message, logfile, loglevel, is_eager=True)
+        if outcome.state != "RETRY":
+            return outcome, message
+        retry = outcome.retry
+        if honour_countdown and retry.countdown:
+            time.sleep(retry.countdown)
+        message = TaskMessage(task.name, retry.retry_args, retry.retry_kwargs, id=message.id,
+                              retries=message.retries + 1)
+
+
+class Executed:
+    """What a pool child reports for one delivery (sent back to the worker's main process)."""
+
+    __slots__ = ("state", "frame", "runtime", "task_id", "task_name", "summary")
+
+    def __init__(self, state, frame, runtime, task_id, task_name, summary):
+        self.state = state
+        self.frame = frame            # RESULT_SET frame to forward, or None (ignore_result)
+        self.runtime = runtime
+        self.task_id = task_id
+        self.task_name = task_name
+        self.summary = summary        # one line for the log and `inspect`
+
+
+def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
+                     on_failure=None):
+    """Decode, check and run one delivered task message; build its RESULT_SET frame.
+
+    Every problem of the message itself — refused content type, a body that does not
+    decode, an unregistered name, an expiry already past — becomes a stored FAILURE or
+    REVOKED for that task id; the child carries on with the next one.
+    """
+    try:
+        task_id = protocol.message_id_of(data)
+    except (IndexError, UnicodeDecodeError):
+        task_id = ""
+    name = ""
+    try:
+        message = TaskMessage.from_bytes(data, accept)
+        name = message.task
+        task = registry.tasks[name]
+    except (ContentDisallowed, SerializationError, ProtocolError, NotRegistered) as exc:
+        logger.error("Task %s[%s] refused: %s", name or "?", task_id, exc)
+        return _executed(task_id, name, "FAILURE", exc, None, 0.0, "json",
+                         "refused: %s" % exc)
+    if message.expires and message.expires <= (now or time.time()):
+        exc = TaskRevokedError("task %s expired before it could start" % task_id)
+        logger.info("Task %s[%s] expired before it started", name, task_id)
+        return _executed(task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
+    from ..loaders import current_loader
+    current_loader().on_task_init(task_id, task)
+    outcome = run_task(task, message, logfile, loglevel)
+    serializer = message.serializer if message.serializer in ("json", "pickle", "yaml") \
+        else "json"
+    if outcome.state == "SUCCESS":
+        summary = "succeeded in %.6fs: %s" % (outcome.runtime, _short(repr_safe(outcome.result)))
+        logger.info("Task %s[%s] %s", name, task_id, summary)
+        if task.ignore_result:
+            return Executed("SUCCESS", None, outcome.runtime, task_id, name, summary)
+    elif outcome.state == "RETRY":
+        summary = "retry: %s" % outcome.retry
+        logger.info("Task %s[%s] %s", name, task_id, summary)
+    else:
+        summary = "raised %s: %s" % (type(outcome.result).__name__, outcome.result)
+        logger.error("Task %s[%s] %s\n%s", name, task_id, summary, outcome.traceback)
+        if on_failure is not None:
+            on_failure(task, message, outcome)
+    return _executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
+                     outcome.runtime, serializer, summary, message.retries)
+
+
+def _executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+    meta = ResultMeta(task_id, state, result, tb, name, retries, time.time())
+    content_type, payload = encode_result_meta(meta, serializer)
+    frame = protocol.encode_result(protocol.RESULT_SET, 0, task_id, state, protocol.STORE, 0.0,
+                                   content_type, payload)
+    return Executed(state, frame, runtime, task_id, name, summary)
+
+
+def repr_safe(value):
+    try:
+        return repr(value)
+    except Exception as exc:            # a broken __repr__ must not fail the task
+        return "<unrepresentable %s: %s>" % (type(value).__name__, exc)
+
+
+def _short(text, limit=200):
+    return text if len(text) <= limit else text[:limit - 3] + "..."

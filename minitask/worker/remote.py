@@ -1,0 +1,126 @@
+"""Remote control: what a worker does with a command from the control exchange.
+
+Each handler takes the worker and the command's arguments and returns a JSON-able reply,
+which goes back to the asker's queue when the command names one (`minitask.control`).
+Unknown methods and bad arguments get an ``{"error": ...}`` reply; they never stop the worker.
+"""
+
+import logging
+import signal as signals
+import time
+
+from .. import control
+from ..exceptions import MinitaskError
+from ..task import registry
+
+__all__ = ["handle_control", "HANDLERS"]
+
+logger = logging.getLogger(__name__)
+
+
+def handle_control(worker, body):
+    destination = body.get("destination")
+    if destination and worker.hostname not in destination:
+        return
+    method = body.get("method")
+    arguments = body.get("arguments") or {}
+    handler = HANDLERS.get(method)
+    if handler is None:
+        reply = {"error": "unknown control method %r" % (method,)}
+    elif not isinstance(arguments, dict):
+        reply = {"error": "arguments must be an object"}
+    else:
+        try:
+            reply = handler(worker, **arguments)
+        except (TypeError, ValueError, KeyError, MinitaskError) as exc:
+            reply = {"error": "%s: %s" % (method, exc)}
+    reply_to = body.get("reply_to")
+    if reply_to and worker.consumer.connected:
+        worker.consumer.publish(control.reply_message(reply_to, body.get("ticket", ""),
+                                                      worker.hostname, reply))
+
+
+def ping(worker):
+    return "pong"
+
+
+def revoke(worker, task_ids, terminate=False, signal="SIGTERM"):
+    if isinstance(task_ids, str):
+        task_ids = [task_ids]
+    signum = getattr(signals, str(signal).upper(), None)
+    if not isinstance(signum, int):
+        raise ValueError("unknown signal %r" % (signal,))
+    worker.revoke(task_ids, terminate=terminate, signum=signum)
+    return {"ok": "revoked %d task(s)" % len(task_ids)}
+
+
+def rate_limit(worker, task_name, rate_limit):
+    worker.set_rate_limit(task_name, rate_limit)
+    logger.info("rate limit of %s set to %r", task_name, rate_limit)
+    return {"ok": "rate limit of %s set to %r" % (task_name, rate_limit)}
+
+
+def shutdown(worker):
+    worker.stop()
+    return {"ok": "shutting down"}
+
+
+def add_consumer(worker, queue):
+    if worker.consumer.add_queue(queue):
+        return {"ok": "consuming from %r" % queue}
+    return {"ok": "already consuming from %r" % queue}
+
+
+def cancel_consumer(worker, queue):
+    if worker.consumer.cancel_queue(queue):
+        return {"ok": "no longer consuming from %r" % queue}
+    return {"error": "not consuming from %r" % queue}
+
+
+def _job_info(job, now=None):
+    info = {"id": job.task_id, "name": job.task_name, "redelivered": job.redelivered,
+            "acks_late": job.acks_late}
+    if job.started_at:
+        info["time_start"] = job.started_at
+        info["runtime"] = round((now or time.time()) - job.started_at, 6)
+    if job.child is not None:
+        info["worker_pid"] = job.child.pid
+    return info
+
+
+def active(worker):
+    now = time.time()
+    jobs = [worker.pool.running_job(child) for child in worker.pool.alive()]
+    return [_job_info(job, now) for job in jobs if job is not None]
+
+
+def scheduled(worker):
+    return [dict(_job_info(job), eta=due) for due, job in worker.scheduler.items()]
+
+
+def reserved(worker):
+    running = {id(job) for job in (worker.pool.running_job(child)
+                                   for child in worker.pool.alive()) if job is not None}
+    queued = [job for child in worker.pool.alive() for job in child.jobs
+              if id(job) not in running and not job.start_noticed]
+    return [_job_info(job) for job in list(worker.ready) + queued]
+
+
+def revoked(worker):
+    return sorted(worker.revoked)
+
+
+def registered(worker):
+    return sorted(registry.tasks)
+
+
+def stats(worker):
+    return worker.stats()
+
+
+HANDLERS = {
+    "ping": ping, "revoke": revoke, "rate_limit": rate_limit, "shutdown": shutdown,
+    "add_consumer": add_consumer, "cancel_consumer": cancel_consumer, "active": active,
+    "scheduled": scheduled, "reserved": reserved, "revoked": revoked,
+    "registered": registered, "stats": stats,
+}

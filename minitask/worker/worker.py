@@ -1,0 +1,593 @@
+"""The worker's main process: one loop between the broker, the pool and the clock.
+
+Data flow::
+
+    broker ──DELIVER──> Consumer.read() ──> _receive(): revoked? expired? ──> REVOKED
+                                               │ ETA ahead / no rate token ──> Scheduler
+                                               v
+                                           ready deque ──Pool.assign()──> children
+                                                                              │
+    broker <── RESULT_SET, ACK (one frame per turn) <── _finished() <─────────┘
+           <── ACK(started) / START  <── Pool.notice_starts() (shared memory)
+
+One thread; every wait is a `select()` whose timeout is the next thing due (a scheduled task,
+a time limit, a heartbeat, a reconnect attempt, or a 20 ms look at children that started
+something not yet reported). Acks and started notices are batched per turn.
+
+Lifecycle: SIGTERM or SIGINT is a warm shutdown — stop consuming, hand back everything not
+started, let running tasks finish for up to ``--shutdown-timeout`` seconds — and a second one
+is a cold shutdown. A lost broker connection is retried with backoff while running tasks
+carry on; their results are sent once connected again.
+"""
+
+import collections
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+
+from .. import control, protocol as P
+from ..exceptions import BrokerConnectionError, WorkerLostError
+from ..message import ResultMeta, encode_result_meta
+from ..ratelimit import TokenBucket, parse_rate
+from ..task import registry
+from .consumer import HEARTBEAT, Consumer, worker_info
+from .pool import ChildConfig, Job, Pool
+from .scheduler import Scheduler
+
+__all__ = ["Worker"]
+
+logger = logging.getLogger(__name__)
+
+# Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
+# they never use up the credit other tasks need; past it the broker keeps the rest.
+MAX_HELD = 10000
+# How often to look for tasks that started but whose start is not reported yet.
+START_POLL = 0.02
+
+
+class Worker:
+    """`python -m minitask worker`: consume, run in the pool, report, until stopped."""
+
+    def __init__(self, settings, concurrency=None, queues=None, hostname=None,
+                 prefetch_multiplier=None, max_tasks_per_child=None, shutdown_timeout=None,
+                 start_method=None, loglevel=None, logfile=None, imports=(), beat=False,
+                 settings_overrides=None):
+        self.settings = settings
+        self.concurrency = concurrency or settings.CONCURRENCY or os.cpu_count() or 1
+        self.queues = list(queues or settings.WORKER_QUEUES or
+                           [settings.DEFAULT_QUEUE] + [q for q in settings.QUEUES
+                                                       if q != settings.DEFAULT_QUEUE])
+        self.hostname = hostname or "%s@%s" % (os.getpid(), socket.gethostname())
+        multiplier = prefetch_multiplier or settings.PREFETCH_MULTIPLIER
+        self.prefetch = self.concurrency * multiplier
+        self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None \
+            else shutdown_timeout
+        self.loglevel = loglevel or settings.LOGLEVEL
+        self.logfile = logfile or settings.LOGFILE
+        self.imports = list(imports)
+        self.beat = beat
+        self.clock = time.time
+        self.scheduler = Scheduler(self.clock)
+        self.selector = selectors.DefaultSelector()
+        self.ready = collections.deque()
+        self.held = 0
+        self.buckets = {}
+        self.revoked = {}               # task id -> when we heard (bounded)
+        self.pending_frames = []        # results waiting for a connection
+        self.seq = 0
+        self.stopping = None            # None, "warm", "cold"
+        self.stop_deadline = None
+        self.started_at = time.time()
+        self.counts = collections.Counter()
+        self._reconnect_at = 0.0
+        self._backoff = 0.1
+        self._last_send = 0.0
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.consumer = Consumer(settings, self.queues, self.prefetch,
+                                 worker_info(self.hostname, self.concurrency, self.queues),
+                                 self.hostname)
+        config = ChildConfig(settings_overrides, self.imports, self.loglevel, self.logfile,
+                             settings.ACCEPT_CONTENT,
+                             environ={"MINITASK_WORKER_HOSTNAME": self.hostname})
+        self.pool = Pool(self.concurrency, config, start_method,
+                         max_tasks_per_child or settings.MAX_TASKS_PER_CHILD,
+                         close_in_child=self._fds_for_children)
+        self.beat_service = None
+        self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
+        self._signals = 0
+
+    def _fds_for_children(self):
+        fds = [self._wake_r.fileno(), self._wake_w.fileno()]
+        try:
+            fds.append(self.selector.fileno())
+        except (AttributeError, ValueError):
+            pass                        # a selector without its own descriptor
+        if self.consumer.connected:
+            fds.append(self.consumer.fileno())
+        return fds
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self):
+        """Run until stopped; returns the process exit code."""
+        self._install_signals()
+        self.pool.start()
+        for child in self.pool.children.values():
+            self._watch_child(child)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        logger.info("worker %s: %d pool processes (%s), queues %s, prefetch %d",
+                    self.hostname, self.concurrency, self.pool.start_method,
+                    ", ".join(self.queues), self.prefetch)
+        self._connect()
+        if self.beat:
+            from .beat import Beat
+            self.beat_service = Beat(self.settings, self.hostname)
+            self.beat_service.start()
+        try:
+            while not self._finished_stopping():
+                self._turn()
+        finally:
+            self._close()
+        return 0
+
+    def _install_signals(self):
+        def on_signal(signum, frame):
+            self._signals += 1          # acted on by the loop, never inside the handler
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.set_wakeup_fd(self._wake_w.fileno())
+
+    def stop(self, cold=False):
+        """Warm shutdown (or cold when `cold`, or when already stopping)."""
+        if cold:
+            if self.stopping != "cold":
+                logger.warning("worker %s: cold shutdown", self.hostname)
+            self.stopping = "cold"
+        elif self.stopping is None:
+            logger.warning("worker %s: warm shutdown (finishing running tasks for up to %gs; "
+                           "signal again to stop at once)", self.hostname, self.shutdown_timeout)
+            self.stopping = "warm"
+            self.stop_deadline = time.monotonic() + self.shutdown_timeout
+            self._hand_back_unstarted()
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass                        # a wake-up is already pending
+
+    def _finished_stopping(self):
+        if self.stopping == "cold":
+            return True
+        if self.stopping == "warm":
+            if self.pool.idle() or time.monotonic() >= self.stop_deadline:
+                if not self.pool.idle():
+                    logger.warning("worker %s: shutdown timeout; stopping running tasks",
+                                   self.hostname)
+                    self.stopping = "cold"
+                return True
+        return False
+
+    def _turn(self):
+        while self._signals:
+            self._signals -= 1
+            self.stop(cold=self.stopping is not None)
+        if self._finished_stopping():
+            return
+        timeout = self._timeout()
+        for key, mask in self.selector.select(timeout):
+            data = key.data
+            if data == "wake":
+                try:
+                    while self._wake_r.recv(512):
+                        pass
+                except (BlockingIOError, InterruptedError):
+                    pass
+            elif data == "broker":
+                self._read_broker(mask)
+            elif data[0] == "out":
+                for job, report in self.pool.read(data[1]):
+                    self._finished(job, report)
+            elif data[0] == "in":
+                self._flush_child(data[1])
+            elif data[0] == "died":
+                self._child_died(data[1])
+        now = self.clock()
+        for item in self.scheduler.pop_due(now):
+            self._due(item)
+        self._assign()
+        for job in self.pool.notice_starts():
+            self._notice_start(job)
+        for job in self.pool.time_limits(now):
+            logger.error("Task %s[%s] ran past its time limit of %ss; killing its process",
+                         job.task_name, job.task_id, job.time_limit)
+        self._send()
+
+    def _timeout(self):
+        if self.ready and self._can_assign():
+            return 0
+        now = self.clock()
+        timeout = HEARTBEAT / 2
+        due = self.scheduler.next_due()
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - now))
+        limit = self.pool.next_limit(now)
+        if limit is not None:
+            timeout = min(timeout, limit)
+        if any(not job.start_noticed for child in self.pool.children.values()
+               for job in child.jobs):
+            timeout = min(timeout, START_POLL)
+        if not self.consumer.connected:
+            timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
+        if self.stopping == "warm":
+            timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()), 0.1)
+        return timeout
+
+    # -- the broker ------------------------------------------------------------------------------
+
+    def _connect(self):
+        """Try to (re)connect; on failure schedule the next try with backoff."""
+        if self.stopping:
+            return
+        try:
+            early = self.consumer.connect()
+        except BrokerConnectionError as exc:
+            self._reconnect_at = time.monotonic() + self._backoff
+            logger.error("worker %s: %s; retrying in %.1fs", self.hostname, exc, self._backoff)
+            self._backoff = min(self._backoff * 2, 5.0)
+            return
+        self._backoff = 0.1
+        self.selector.register(self.consumer.conn.sock, selectors.EVENT_READ, "broker")
+        logger.info("worker %s: connected to %s", self.hostname, self.settings.BROKER_URL)
+        handed_over = [job.task_id for child in self.pool.children.values()
+                       for job in child.jobs if job.handed_over]
+        if handed_over:
+            self.consumer.claim(handed_over)
+        for frame in self.pending_frames:
+            self.consumer.send(frame)
+        self.pending_frames = []
+        for delivery in early:
+            self._receive(delivery)
+
+    def _connection_lost(self, exc):
+        logger.error("worker %s: %s; running tasks carry on, reconnecting", self.hostname, exc)
+        try:
+            self.selector.unregister(self.consumer.conn.sock)
+        except (KeyError, ValueError, AttributeError):
+            pass                        # never registered
+        self.consumer.lost()
+        # The broker has put back every message it had given us that we had not acked:
+        # whatever of those has not started must not start here now.
+        self.pool.new_epoch()
+        self.ready = collections.deque()
+        self.scheduler = Scheduler(self.clock)
+        self.held = 0
+        self.consumer.set_extra_credit(0)
+        self._reconnect_at = time.monotonic()
+
+    def _read_broker(self, mask):
+        try:
+            if mask & selectors.EVENT_READ:
+                for delivery in self.consumer.read():
+                    if delivery.consumer_tag == self.consumer.control_tag:
+                        self._control(delivery)
+                    else:
+                        self._receive(delivery)
+            if mask & selectors.EVENT_WRITE:
+                self._flush_broker()
+        except BrokerConnectionError as exc:
+            self._connection_lost(exc)
+
+    def _send(self):
+        consumer = self.consumer
+        if not consumer.connected:
+            if not self.stopping and time.monotonic() >= self._reconnect_at:
+                self._connect()
+            return
+        consumer.set_extra_credit(min(self.held, MAX_HELD))
+        mono = time.monotonic()
+        if mono - self._last_send >= HEARTBEAT / 2:
+            consumer.heartbeat()
+        consumer.end_turn()
+        if consumer.out:
+            self._last_send = mono
+            self._flush_broker()
+
+    def _flush_broker(self):
+        try:
+            left = self.consumer.flush()
+        except BrokerConnectionError as exc:
+            self._connection_lost(exc)
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if left else 0)
+        key = self.selector.get_key(self.consumer.conn.sock)
+        if key.events != events:
+            self.selector.modify(self.consumer.conn.sock, events, "broker")
+
+    # -- deliveries ------------------------------------------------------------------------------
+
+    def _receive(self, delivery):
+        """A task message arrived: refuse, hold, or queue it for the pool."""
+        data = delivery.data
+        try:
+            task_id, name, not_before, expires_at = P.task_fields(data)
+        except Exception as exc:        # a malformed message must not take the worker down
+            logger.error("dropped a malformed message (delivery %d): %s",
+                         delivery.delivery_tag, exc)
+            self.consumer.ack(delivery.delivery_tag)
+            return
+        task = registry.tasks.get(name)
+        self.seq += 1
+        job = Job(self.seq, delivery.delivery_tag, task_id, name, data, delivery.redelivered,
+                  acks_late=bool(task and task.acks_late),
+                  time_limit=task.time_limit if task else None,
+                  soft_time_limit=task.soft_time_limit if task else None,
+                  generation=self.consumer.generation)
+        job.received_at = time.time()
+        self.counts["received"] += 1
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Received task: %s[%s]%s", name, task_id,
+                        " (redelivered)" if delivery.redelivered else "")
+        if self.stopping:
+            self.consumer.reject(job.tag)
+            return
+        if task_id in self.revoked:
+            self._store_final(job, "REVOKED", "revoked before it started")
+            return
+        if expires_at and expires_at <= job.received_at:
+            self._store_final(job, "REVOKED", "expired before it started")
+            return
+        if not_before and not_before > job.received_at:
+            self._hold(job, not_before)
+            return
+        self._queue(job, task)
+
+    def _queue(self, job, task=None):
+        task = task or registry.tasks.get(job.task_name)
+        rate = self._bucket(task) if task is not None else None
+        if rate is not None and not rate.consume():
+            self._hold(job, self.clock() + rate.wait_time())
+            return
+        self.ready.append(job)
+
+    def _hold(self, job, due):
+        self.held += 1
+        self.scheduler.enter(due, job)
+
+    def _due(self, job):
+        self.held -= 1
+        if job.generation != self.consumer.generation:
+            return
+        if job.task_id in self.revoked:
+            self._store_final(job, "REVOKED", "revoked before it started")
+            return
+        self._queue(job)
+
+    def _bucket(self, task):
+        limit = task.effective_rate_limit(self.settings)
+        if limit is None:
+            return None
+        bucket = self.buckets.get(task.name)
+        rate = parse_rate(limit)
+        if rate is None:
+            return None
+        if bucket is None:
+            bucket = self.buckets[task.name] = TokenBucket(rate, clock=time.monotonic)
+        return bucket
+
+    def set_rate_limit(self, task_name, rate_limit):
+        task = registry.tasks[task_name]
+        rate = parse_rate(rate_limit)
+        task.rate_limit = rate_limit if rate is not None else 0
+        if rate is None:
+            self.buckets.pop(task_name, None)
+        elif task_name in self.buckets:
+            self.buckets[task_name].set_rate(rate)
+
+    def _can_assign(self):
+        return any(not child.jobs for child in self.pool.alive()) or \
+            (self.ready and self.pool.is_fast(self.ready[0].task_name))
+
+    def _assign(self):
+        ready = self.ready
+        while ready:
+            job = ready[0]
+            if job.task_id in self.revoked:
+                ready.popleft()
+                self._store_final(job, "REVOKED", "revoked before it started")
+                continue
+            if not self.pool.assign(job):
+                break
+            ready.popleft()
+            self._flush_child(job.child)
+
+    def _flush_child(self, child):
+        if child.closed:
+            return
+        left = self.pool.flush(child)
+        if left and child not in self._writing_children:
+            self.selector.register(child.in_fd, selectors.EVENT_WRITE, ("in", child))
+            self._writing_children.add(child)
+        elif not left and child in self._writing_children:
+            self.selector.unregister(child.in_fd)
+            self._writing_children.discard(child)
+
+    def _notice_start(self, job):
+        if job.generation != self.consumer.generation or not self.consumer.connected:
+            return
+        if job.acks_late:
+            self.consumer.started(job.tag)
+        else:
+            self.consumer.ack_started(job.tag)
+            job.handed_over = True
+
+    # -- results ---------------------------------------------------------------------------------
+
+    def _finished(self, job, report):
+        same_connection = job.generation == self.consumer.generation and \
+            self.consumer.connected
+        if report[0] == "skipped":
+            if same_connection:
+                self.consumer.reject(job.tag)
+            return
+        state, frame = report[0], report[1]
+        self.counts[state.lower()] += 1
+        self.counts["processed"] += 1
+        if frame is None and job.handed_over:
+            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"")
+        if frame is not None:
+            self._send_frame(frame)
+        if same_connection and not job.handed_over:
+            self.consumer.ack(job.tag)
+
+    def _send_frame(self, frame):
+        if self.consumer.connected:
+            self.consumer.send(frame)
+        else:
+            self.pending_frames.append(frame)
+
+    def _store_final(self, job, state, why, exc=None):
+        """Store a final state the worker decided itself (revoked, expired, lost) and ack."""
+        if exc is None:
+            from ..exceptions import TaskRevokedError
+            exc = TaskRevokedError("task %s %s" % (job.task_id, why))
+        if state == "REVOKED":
+            logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
+        meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
+        content_type, payload = encode_result_meta(meta)
+        self._send_frame(P.encode_result(P.RESULT_SET, 0, job.task_id, state, P.STORE, 0.0,
+                                         content_type, payload))
+        if job.generation == self.consumer.generation and self.consumer.connected \
+                and not job.handed_over:
+            self.consumer.ack(job.tag)
+        self.counts[state.lower()] += 1
+
+    # -- the pool's children ---------------------------------------------------------------------
+
+    def _watch_child(self, child):
+        self.selector.register(child.out_fd, selectors.EVENT_READ, ("out", child))
+        self.selector.register(child.process.sentinel, selectors.EVENT_READ, ("died", child))
+
+    def _unwatch_child(self, child):
+        for fd in (child.out_fd, child.process.sentinel):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass                    # not registered
+        if child in self._writing_children:
+            self._writing_children.discard(child)
+            try:
+                self.selector.unregister(child.in_fd)
+            except (KeyError, ValueError):
+                pass                    # not registered
+
+    def _child_died(self, child):
+        for job, report in self.pool.read(child):      # what it managed to report
+            self._finished(job, report)
+        how = self.pool.exit_description(child)
+        lost, unstarted = self.pool.reap(child)
+        self._unwatch_child(child)
+        retiring = child.retiring and not lost
+        if not retiring:
+            logger.error("pool process %d died (%s)", child.pid, how)
+        for job in lost:
+            self._lost(job, how)
+        if self.stopping != "cold":
+            replacement = self.pool.replace(child)
+            self._watch_child(replacement)
+        else:
+            self.pool._close_child(child)
+        for job in reversed(unstarted):
+            if job.generation == self.consumer.generation:
+                self.ready.appendleft(job)
+
+    def _lost(self, job, how):
+        if job.kill_reason is not None:
+            state = "REVOKED" if "revoked" in str(job.kill_reason) else "FAILURE"
+            logger.error("Task %s[%s] %s", job.task_name, job.task_id, job.kill_reason)
+            self._store_final(job, state, str(job.kill_reason), job.kill_reason)
+        elif job.acks_late and not job.handed_over:
+            logger.error("Task %s[%s]: its process died (%s); it goes back to its queue",
+                         job.task_name, job.task_id, how)
+            if job.generation == self.consumer.generation and self.consumer.connected:
+                self.consumer.reject(job.tag)
+        else:
+            self._store_final(job, "FAILURE", "lost", WorkerLostError(
+                "worker process running task %s[%s] died: %s"
+                % (job.task_name, job.task_id, how)))
+
+    def _hand_back_unstarted(self):
+        """Warm shutdown: stop consuming; everything not started goes back to the broker."""
+        self.consumer.cancel_all()
+        for job in self.ready:
+            if job.generation == self.consumer.generation:
+                self.consumer.reject(job.tag)
+        self.ready.clear()
+        for _due, job in self.scheduler.items():
+            if job.generation == self.consumer.generation:
+                self.consumer.reject(job.tag)
+        self.scheduler = Scheduler(self.clock)
+        self.held = 0
+        self.consumer.set_extra_credit(0)
+        self.pool.new_epoch()
+
+    # -- remote control --------------------------------------------------------------------------
+
+    def _control(self, delivery):
+        from .remote import handle_control
+        try:
+            body = control.decode_body(delivery.message.body)
+        except Exception as exc:        # a bad control message must not hurt the worker
+            logger.error("dropped a malformed control message: %s", exc)
+            return
+        handle_control(self, body)
+
+    def revoke(self, task_ids, terminate=False, signum=signal.SIGTERM):
+        now = time.time()
+        for task_id in task_ids:
+            self.revoked[task_id] = now
+        while len(self.revoked) > 50000:
+            self.revoked.pop(next(iter(self.revoked)))
+        self.pool.broadcast_revoke(task_ids)
+        for child in self.pool.alive():
+            self._flush_child(child)
+            if terminate:
+                job = self.pool.running_job(child)
+                if job is not None and job.task_id in task_ids:
+                    from ..exceptions import TaskRevokedError
+                    job.kill_reason = TaskRevokedError("task %s revoked and terminated"
+                                                       % job.task_id)
+                    self.pool.kill(child, signum)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def _close(self):
+        if self.beat_service is not None:
+            self.beat_service.stop()
+        if self.stopping == "cold":
+            for child in self.pool.alive():
+                job = self.pool.running_job(child)
+                if job is not None:
+                    logger.warning("Task %s[%s] stopped by cold shutdown", job.task_name,
+                                   job.task_id)
+        else:
+            for child in self.pool.alive():
+                for job, report in self.pool.read(child):
+                    self._finished(job, report)
+        self.consumer.close()
+        self.pool.stop(timeout=0.0 if self.stopping == "cold" else 2.0)
+        self.selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        logger.info("worker %s stopped", self.hostname)
+
+    def stats(self):
+        return {"hostname": self.hostname, "pid": os.getpid(),
+                "concurrency": self.concurrency, "queues": list(self.queues),
+                "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
+                "counts": dict(self.counts), "start_method": self.pool.start_method,
+                "pool": [child.pid for child in self.pool.alive()],
+                "broker": self.settings.BROKER_URL}
