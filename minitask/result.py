@@ -45,7 +45,7 @@ class _ResultBase:
         if not isinstance(error, BaseException):
             error = TaskRevokedError("task %s was revoked" % self.task_id) \
                 if meta.status == REVOKED else RuntimeError(repr(error))
-        if meta.traceback and not hasattr(error, "remote_traceback"):
+        if meta.traceback and not getattr(error, "remote_traceback", None):
             try:
                 error.remote_traceback = meta.traceback
             except AttributeError:

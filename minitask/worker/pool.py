@@ -165,7 +165,8 @@ class Pool:
         if self.start_method == "fork":
             close = [fd for fd in self.close_in_child() if fd is not None]
             for child in self.children.values():
-                close.extend((child.in_fd, child.out_fd))
+                if not child.closed:        # a closed child's numbers may be reused by now
+                    close.extend((child.in_fd, child.out_fd))
             close.extend((parent_in.fileno(), parent_out.fileno()))
         process = self.context.Process(
             target=child_main, name="minitask-pool-%d" % (slot + 1),

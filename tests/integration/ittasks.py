@@ -1,0 +1,218 @@
+"""Tasks the integration tests send to real workers (imported by them with ``-I ittasks``).
+
+Tasks that must leave a trace across processes append one line to a file in the test's
+temporary folder (``ITTASKS_DIR``): appends of a short line are atomic, so the tests can count
+runs even when pool processes die.
+"""
+
+import os
+import signal
+import time
+
+from minitask import Task, task
+from minitask.exceptions import SoftTimeLimitExceeded
+
+
+def _trace(name, line):
+    path = os.path.join(os.environ.get("ITTASKS_DIR", "/tmp"), "trace-%s.log" % name)
+    with open(path, "a") as handle:
+        handle.write("%s\n" % line)
+
+
+def read_trace(directory, name):
+    path = os.path.join(str(directory), "trace-%s.log" % name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [line.rstrip("\n") for line in handle]
+
+
+@task(name="it.add")
+def add(x, y):
+    return x + y
+
+
+@task(name="it.echo")
+def echo(value):
+    return value
+
+
+@task(name="it.mul", acks_late=True)
+def mul(x, y):
+    return x * y
+
+
+@task(name="it.fail")
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+@task(name="it.sleep")
+def sleep(seconds, tag=""):
+    if tag:
+        _trace(tag, "start")
+    time.sleep(seconds)
+    if tag:
+        _trace(tag, "end")
+    return seconds
+
+
+@task(name="it.sleep_late", acks_late=True)
+def sleep_late(seconds, tag=""):
+    if tag:
+        _trace(tag, "start")
+    time.sleep(seconds)
+    return seconds
+
+
+@task(name="it.record")
+def record(tag, value):
+    """Append `value` to the trace `tag` (order of execution across the worker)."""
+    _trace(tag, value)
+    return value
+
+
+@task(name="it.record_late", acks_late=True)
+def record_late(tag, value):
+    _trace(tag, value)
+    return value
+
+
+@task(name="it.flaky", max_retries=5, default_retry_delay=0.1)
+def flaky(tag, failures, use_exc=True, **kwargs):
+    """Fail `failures` times (retrying each time), recording each run's task_retries."""
+    retries = kwargs["task_retries"]
+    _trace(tag, retries)
+    if retries < failures:
+        exc = KeyError("failure %d" % retries) if use_exc else None
+        flaky.retry(args=[tag, failures, use_exc], kwargs=kwargs, exc=exc)
+    return "done after %d" % retries
+
+
+class PlannedRetry(Task):
+    """A retry plan: fail `failures` times with `max_retries` and a countdown."""
+
+    name = "it.planned_retry"
+    max_retries = 3
+    default_retry_delay = 0.05
+
+    def run(self, tag, failures, max_retries, countdown=None, use_exc=True, task_retries=0):
+        _trace(tag, task_retries)
+        if task_retries < failures:
+            exc = RuntimeError("planned failure %d" % task_retries) if use_exc else None
+            self.retry(args=[tag, failures, max_retries, countdown, use_exc], exc=exc,
+                       countdown=countdown, max_retries=max_retries)
+        return task_retries
+
+
+class CreateUserTask(Task):
+    """The guide's first example."""
+
+    def run(self, username, password):
+        _trace("users", "%s:%s" % (username, password))
+        return username
+
+
+@task(name="it.kwargs_all")
+def kwargs_all(**kwargs):
+    return sorted(kwargs)
+
+
+@task(name="it.kwargs_some")
+def kwargs_some(x, task_id=None, task_retries=None):
+    return {"x": x, "task_id": task_id, "task_retries": task_retries}
+
+
+@task(name="it.kwargs_none")
+def kwargs_none(x):
+    return x
+
+
+@task(name="it.log")
+def log(x, y, **kwargs):
+    logger = log.get_logger(**kwargs)
+    logger.info("Adding %s + %s" % (x, y))
+    return x + y
+
+
+@task(name="it.exit")
+def exit_now(code=3):
+    os._exit(code)
+
+
+@task(name="it.exit_late", acks_late=True, max_retries=0)
+def exit_late(tag, times=1):
+    """Dies (os._exit) the first `times` runs, then succeeds."""
+    runs = len([1 for _ in open(os.path.join(os.environ["ITTASKS_DIR"], "trace-%s.log" % tag))]) \
+        if os.path.exists(os.path.join(os.environ["ITTASKS_DIR"], "trace-%s.log" % tag)) else 0
+    _trace(tag, "run")
+    if runs < times:
+        os._exit(1)
+    return "survived"
+
+
+@task(name="it.segfault")
+def segfault():
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+@task(name="it.hard_limit", time_limit=0.5)
+def hard_limit(seconds):
+    time.sleep(seconds)
+    return "finished"
+
+
+@task(name="it.soft_limit", soft_time_limit=0.3)
+def soft_limit(seconds):
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+@task(name="it.rate_limited", rate_limit="5/s")
+def rate_limited(tag):
+    _trace(tag, "%.6f" % time.time())
+    return tag
+
+
+@task(name="it.unlimited")
+def unlimited(tag):
+    _trace(tag, "%.6f" % time.time())
+    return tag
+
+
+@task(name="it.when")
+def when(tag):
+    """Record when it ran (epoch seconds) to measure countdown lateness."""
+    now = time.time()
+    _trace(tag, "%.6f" % now)
+    return now
+
+
+@task(name="it.ignored", ignore_result=True)
+def ignored(x):
+    return x
+
+
+@task(name="it.ignored_fail", ignore_result=True)
+def ignored_fail():
+    raise RuntimeError("failures are still stored")
+
+
+@task(name="it.pid")
+def pid():
+    return os.getpid()
+
+
+@task(name="it.subtask")
+def subtask(x, y):
+    """A task that sends another task from inside a pool process."""
+    return add.delay(x, y).id
+
+
+@task(name="it.priority", acks_late=True)
+def priority_record(tag, value):
+    _trace(tag, value)
+    return value

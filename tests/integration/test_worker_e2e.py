@@ -1,0 +1,322 @@
+"""A real broker and a real worker, driven through the public API as a user would."""
+
+import json
+import time
+
+import pytest
+
+import ittasks
+from conftest import wait_for
+from minitask import group
+from minitask.exceptions import (
+    ContentDisallowed, MaxRetriesExceededError, NotRegistered, RemoteTaskError,
+    TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError,
+)
+from minitask.result import AsyncResult
+
+
+def test_add_returns_its_sum(broker, start_worker):
+    start_worker()
+    result = ittasks.add.delay(2, 2)
+    assert result.get(timeout=10) == 4
+    assert result.state == "SUCCESS" and result.successful() and result.ready()
+
+
+def test_the_guides_task_class_is_called_on_the_class_itself(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.CreateUserTask.delay("bob", "pw")
+    assert result.get(timeout=10) == "bob"
+    assert ittasks.read_trace(tmp_path, "users") == ["bob:pw"]
+
+
+def test_a_failure_comes_back_as_its_own_exception_with_the_remote_traceback(broker,
+                                                                              start_worker):
+    start_worker()
+    result = ittasks.fail.delay("no way")
+    with pytest.raises(ValueError, match="no way") as info:
+        result.get(timeout=10)
+    assert "raise ValueError(message)" in info.value.remote_traceback
+    assert result.state == "FAILURE" and result.failed()
+    assert isinstance(result.result, ValueError)
+    assert "ValueError" in result.traceback
+
+
+def test_get_with_propagate_false_returns_the_exception(broker, start_worker):
+    start_worker()
+    value = ittasks.fail.delay("quiet").get(timeout=10, propagate=False)
+    assert isinstance(value, ValueError) and str(value) == "quiet"
+
+
+def test_get_times_out_with_minitask_timeout_error(broker):
+    result = ittasks.add.delay(1, 1)                 # no worker: it stays PENDING
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.3)
+    assert 0.25 <= time.monotonic() - started < 5
+    assert result.state == "PENDING"
+
+
+def test_tasks_sent_before_any_worker_wait_in_their_queue(broker, start_worker):
+    results = [ittasks.add.delay(i, i) for i in range(20)]
+    assert broker.queue()["ready"] == 20
+    start_worker()
+    assert [r.get(timeout=10) for r in results] == [2 * i for i in range(20)]
+
+
+def test_retry_with_exc_runs_until_success_and_sees_retries_in_order(broker, start_worker,
+                                                                     tmp_path):
+    start_worker()
+    result = ittasks.flaky.delay("flaky", 3)
+    assert result.get(timeout=20) == "done after 3"
+    assert ittasks.read_trace(tmp_path, "flaky") == ["0", "1", "2", "3"]
+
+
+def test_retry_beyond_max_retries_raises_the_exc_given(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.flaky.delay("many", 9)          # max_retries=5
+    with pytest.raises(KeyError):
+        result.get(timeout=20)
+    assert ittasks.read_trace(tmp_path, "many") == [str(i) for i in range(6)]
+    assert result.state == "FAILURE"
+
+
+def test_retry_without_exc_ends_with_max_retries_exceeded(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.flaky.delay("noexc", 9, False)
+    with pytest.raises(MaxRetriesExceededError):
+        result.get(timeout=20)
+    assert len(ittasks.read_trace(tmp_path, "noexc")) == 6
+
+
+def test_a_retrying_task_shows_retry_and_its_tombstone_while_it_waits(broker, start_worker):
+    start_worker()
+    result = ittasks.PlannedRetry.delay("tomb", 1, 3, 3.0)        # waits 3 s before run 2
+    wait_for(lambda: result.state == "RETRY", 10, what="the RETRY state")
+    assert isinstance(result.result, RuntimeError)
+    assert "planned failure 0" in str(result.result)
+    assert result.get(timeout=15) == 1
+
+
+def test_a_retry_without_exc_leaves_the_retry_error_as_tombstone(broker, start_worker):
+    start_worker()
+    result = ittasks.PlannedRetry.delay("tomb2", 1, 3, 3.0, False)
+    wait_for(lambda: result.state == "RETRY", 10, what="the RETRY state")
+    assert type(result.result).__name__ == "RetryTaskError"
+    assert result.get(timeout=15) == 1
+
+
+def test_default_kwargs_are_given_exactly_as_named(broker, start_worker):
+    start_worker()
+    assert ittasks.kwargs_all.delay().get(timeout=10) == [
+        "logfile", "loglevel", "task_id", "task_name", "task_retries"]
+    some = ittasks.kwargs_some.delay(5)
+    assert some.get(timeout=10) == {"x": 5, "task_id": some.id, "task_retries": 0}
+    assert ittasks.kwargs_none.delay(7).get(timeout=10) == 7
+
+
+def test_get_logger_writes_to_the_worker_logfile_with_task_name_and_id(broker, start_worker):
+    worker = start_worker()
+    result = ittasks.log.delay(2, 3)
+    assert result.get(timeout=10) == 5
+    line = wait_for(lambda: next((l for l in open(worker.logfile)
+                                  if "Adding 2 + 3" in l), None), 10, what="the log line")
+    assert "it.log[%s]" % result.id in line
+    log = open(worker.logfile).read()
+    assert "Received task: it.log[%s]" % result.id in log
+    assert "Task it.log[%s] succeeded in" % result.id in log
+
+
+def test_a_countdown_runs_on_time_and_not_before(broker, start_worker, tmp_path):
+    start_worker()
+    sent = time.time()
+    result = ittasks.when.apply_async(("eta",), countdown=1.5)
+    ran_at = result.get(timeout=15)
+    assert ran_at >= sent + 1.5
+    assert ran_at - (sent + 1.5) < 0.5
+
+
+def test_an_eta_in_the_past_runs_at_once(broker, start_worker):
+    from datetime import datetime, timedelta, timezone
+    start_worker()
+    result = ittasks.add.apply_async((1, 2), eta=datetime.now(timezone.utc) - timedelta(1))
+    assert result.get(timeout=10) == 3
+
+
+def test_expires_in_the_past_never_runs_and_ends_revoked(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.record.apply_async(("expired", "ran"), countdown=0.5, expires=0.2)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert result.state == "REVOKED"
+    assert ittasks.read_trace(tmp_path, "expired") == []
+
+
+def test_ignore_result_stores_successes_nothing_but_failures_still(broker, start_worker):
+    start_worker()
+    ok = ittasks.ignored.delay(1)
+    failing = ittasks.ignored_fail.delay()
+    with pytest.raises(RuntimeError):
+        failing.get(timeout=10)
+    wait_for(lambda: broker.queue()["unacked"] == 0 and broker.queue()["ready"] == 0, 10,
+             what="the queue to empty")
+    assert ok.state == "PENDING"
+
+
+def test_an_unknown_task_name_fails_with_not_registered(broker, start_worker):
+    from minitask.message import TaskMessage
+    start_worker()
+    message = TaskMessage("no.such.task", [1], {}, exchange="minitask", routing_key="minitask")
+    with broker.connect() as conn:
+        conn.publish(message.encode())
+    with pytest.raises(NotRegistered, match="no.such.task"):
+        AsyncResult(message.id).get(timeout=10)
+
+
+def test_pickle_is_refused_unless_accepted_and_the_worker_carries_on(broker, start_worker):
+    start_worker()
+    refused = ittasks.add.apply_async((1, 2), serializer="pickle")
+    with pytest.raises(ContentDisallowed):
+        refused.get(timeout=10)
+    assert ittasks.add.delay(2, 3).get(timeout=10) == 5
+
+
+def test_pickle_works_where_it_is_accepted(broker, start_worker):
+    start_worker(env={"MINITASK_ACCEPT_CONTENT": '["json", "pickle"]'})
+    assert ittasks.add.apply_async((1, 2), serializer="pickle").get(timeout=10) == 3
+
+
+def test_a_task_can_send_another_task_from_a_pool_process(broker, start_worker):
+    start_worker()
+    child_id = ittasks.subtask.delay(20, 22).get(timeout=10)
+    assert AsyncResult(child_id).get(timeout=10) == 42
+
+
+def test_group_and_map_async_join_in_order(broker, start_worker):
+    start_worker()
+    results = group(ittasks.add.s(i, i) for i in range(10)).apply_async()
+    assert results.join(timeout=15) == [2 * i for i in range(10)]
+    assert results.ready() and results.completed_count() == 10
+    mapped = ittasks.add.map_async([(1, 1), (2, 2), (3, 3)])
+    assert mapped.join(timeout=15) == [2, 4, 6]
+
+
+def test_the_hard_time_limit_kills_the_task_and_the_pool_recovers(broker, start_worker):
+    start_worker()
+    result = ittasks.hard_limit.delay(30)
+    with pytest.raises(TimeLimitExceeded):
+        result.get(timeout=15)
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
+
+
+def test_the_soft_time_limit_raises_inside_the_task(broker, start_worker):
+    start_worker()
+    assert ittasks.soft_limit.delay(10).get(timeout=15) == "cleaned up"
+
+
+def test_a_pool_process_that_exits_fails_its_task_with_worker_lost(broker, start_worker):
+    start_worker()
+    with pytest.raises(WorkerLostError):
+        ittasks.exit_now.delay().get(timeout=15)
+    assert ittasks.add.delay(3, 4).get(timeout=10) == 7
+
+
+def test_a_segfault_fails_its_task_with_worker_lost(broker, start_worker):
+    start_worker()
+    with pytest.raises(WorkerLostError, match="SIGSEGV"):
+        ittasks.segfault.delay().get(timeout=15)
+
+
+def test_an_acks_late_task_whose_process_dies_runs_again(broker, start_worker, tmp_path):
+    start_worker()
+    assert ittasks.exit_late.delay("late", 1).get(timeout=20) == "survived"
+    assert ittasks.read_trace(tmp_path, "late") == ["run", "run"]
+
+
+def test_max_tasks_per_child_replaces_pool_processes(broker, start_worker):
+    start_worker(args=["-c", "1", "--max-tasks-per-child", "2"])
+    pids = [ittasks.pid.delay().get(timeout=10) for _ in range(6)]
+    assert len(set(pids)) == 3
+
+
+def test_the_spawn_start_method_imports_tasks_in_the_children(broker, start_worker):
+    start_worker(args=["--start-method", "spawn"])
+    assert ittasks.add.delay(20, 1).get(timeout=20) == 21
+    assert ittasks.CreateUserTask.delay("s", "p").get(timeout=10) == "s"
+
+
+def test_revoke_before_start_never_runs_and_ends_revoked(broker, start_worker, tmp_path):
+    result = ittasks.record.apply_async(("revoked", "ran"), countdown=1)
+    result.revoke()
+    start_worker()
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert result.state == "REVOKED"
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
+    assert ittasks.read_trace(tmp_path, "revoked") == []
+
+
+def test_revoke_reaches_a_running_worker_holding_the_countdown(broker, start_worker,
+                                                               tmp_path):
+    start_worker()
+    result = ittasks.record.apply_async(("held", "ran"), countdown=2.5)
+    wait_for(lambda: broker.queue()["unacked"] == 1, 10, what="the worker to hold it")
+    result.revoke()
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    time.sleep(0)
+    assert ittasks.read_trace(tmp_path, "held") == []
+
+
+def test_revoke_with_terminate_stops_a_running_task(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.sleep.delay(30, "term")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "term") == ["start"], 10,
+             what="the task to start")
+    result.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert ittasks.add.delay(1, 2).get(timeout=10) == 3
+
+
+def test_routing_to_a_queue_of_the_queues_setting(broker, start_worker):
+    queues = {"video": {"exchange": "media", "exchange_type": "topic",
+                        "binding_key": "video.#"}}
+    from minitask import config
+    config.configure(BROKER_URL=broker.url, QUEUES=queues)
+    from minitask.client import reset_connection
+    reset_connection()
+    result = ittasks.add.apply_async((2, 5), exchange="media", routing_key="video.compress")
+    assert broker.queue("video")["ready"] == 1
+    start_worker(args=["-Q", "video"], env={"MINITASK_QUEUES": json.dumps(queues)})
+    assert result.get(timeout=10) == 7
+
+
+def test_priorities_run_highest_first(broker, start_worker, tmp_path):
+    for value, priority in [("p9", 9), ("p4", 4), ("p0", 0), ("p5", 5), ("p1", 1)]:
+        ittasks.priority_record.apply_async(("prio", value), priority=priority)
+    start_worker(args=["-c", "1", "--prefetch-multiplier", "1"])
+    wait_for(lambda: len(ittasks.read_trace(tmp_path, "prio")) == 5, 15,
+             what="all five to run")
+    assert ittasks.read_trace(tmp_path, "prio") == ["p0", "p1", "p4", "p5", "p9"]
+
+
+def test_a_rate_limited_task_never_exceeds_its_rate_nor_delays_others(broker, start_worker,
+                                                                      tmp_path):
+    start_worker()
+    limited = [ittasks.rate_limited.delay("rl") for _ in range(8)]
+    quick = [ittasks.unlimited.delay("fast") for _ in range(4)]
+    assert [r.get(timeout=10) for r in quick] == ["fast"] * 4
+    assert [r.get(timeout=20) for r in limited] == ["rl"] * 8
+    times = sorted(float(t) for t in ittasks.read_trace(tmp_path, "rl"))
+    fast_done = max(float(t) for t in ittasks.read_trace(tmp_path, "fast"))
+    assert fast_done < times[-1]
+    for i in range(len(times)):              # 5/s with a burst of 1: any 1 s holds <= 6
+        assert sum(1 for t in times if times[i] <= t < times[i] + 1.0) <= 6
+
+
+def test_result_forget_removes_the_result(broker, start_worker):
+    start_worker()
+    result = ittasks.add.delay(5, 5)
+    assert result.get(timeout=10) == 10
+    result.forget()
+    assert AsyncResult(result.id).state == "PENDING"
