@@ -96,6 +96,10 @@ def build_parser():
                         help="largest message accepted (default 16 MiB)")
     broker.add_argument("--http", type=_host_port, metavar="HOST:PORT",
                         help="also serve the status page there")
+    broker.add_argument("--worker-lost-grace", type=_seconds, default=10.0, metavar="S",
+                        help="seconds a worker whose connection dropped has to come back and "
+                        "claim its running tasks before they fail with WorkerLostError "
+                        "(default 10)")
     broker.add_argument("-l", "--loglevel", default="INFO", help="log level (default INFO)")
     broker.add_argument("-f", "--logfile", help="log file (default stderr)")
     broker.set_defaults(run=_run_broker)
@@ -183,7 +187,8 @@ def _run_broker(args):
         data_dir=args.data_dir, persist=not args.no_persist, fsync=args.fsync,
         secret=_read_secret(args.secret_file) or settings.BROKER_SECRET,
         certfile=args.certfile, keyfile=args.keyfile,
-        max_message_bytes=args.max_message_bytes, http=args.http)
+        max_message_bytes=args.max_message_bytes, http=args.http,
+        handover_grace=args.worker_lost_grace)
 
     def announce(line):
         print(line, flush=True)

@@ -422,10 +422,10 @@ class BrokerState:
             names = (key,) if key in self.queues else ()
         session.published += 1
         if not names:
-            self.unroutable += 1
             if flags & P.MANDATORY:
                 raise UnroutableError("message to exchange %r with routing key %r matched no "
                                       "queue" % (exchange_name, key))
+            self.unroutable += 1                # dropped, as AMQP does; counted for status
             self._confirmable(session, seq)
             return
         queues = [self.queues[name] for name in names]

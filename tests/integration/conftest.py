@@ -203,9 +203,13 @@ class Worker:
 
 
 @pytest.fixture
-def broker(tmp_path):
-    """A running broker with a journal in a temporary folder; the client settings point at it."""
-    instance = Broker(tmp_path).start()
+def broker(tmp_path, request):
+    """A running broker with a journal in a temporary folder; the client settings point at it.
+
+    ``@pytest.mark.broker_args("--flag", "value")`` passes extra command-line flags.
+    """
+    marker = request.node.get_closest_marker("broker_args")
+    instance = Broker(tmp_path, args=marker.args if marker else ()).start()
     config.configure(BROKER_URL=instance.url, ACCEPT_CONTENT=["json", "pickle"])
     reset_connection()
     os.environ["ITTASKS_DIR"] = str(tmp_path)

@@ -1,0 +1,90 @@
+"""Stopping, killing and reconnecting workers: nothing lost, nothing left STARTED."""
+
+import os
+import signal
+import time
+
+import pytest
+
+import ittasks
+from conftest import wait_for
+from minitask.exceptions import WorkerLostError
+
+
+def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start_worker,
+                                                                   tmp_path):
+    worker = start_worker(args=["-c", "1"])
+    running = ittasks.sleep.delay(1.0, "warm")
+    waiting = [ittasks.add.delay(i, i) for i in range(3)]
+    wait_for(lambda: ittasks.read_trace(tmp_path, "warm") == ["start"], 10,
+             what="the long task to start")
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.process.wait(20) == 0
+    assert running.get(timeout=5) == 1.0
+    assert ittasks.read_trace(tmp_path, "warm") == ["start", "end"]
+    assert all(r.state == "PENDING" for r in waiting)
+    assert broker.queue()["ready"] == 3
+    start_worker()
+    assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
+
+
+def test_a_second_signal_is_a_cold_shutdown(broker, start_worker, tmp_path):
+    worker = start_worker(args=["-c", "1", "--shutdown-timeout", "60"])
+    ittasks.sleep_late.delay(30, "cold")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "cold") == ["start"], 10,
+             what="the task to start")
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    time.sleep(0.3)              # a person pressing Ctrl-C twice; the worker is waiting
+    os.kill(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.process.wait(10) == 0
+    wait_for(lambda: broker.queue()["ready"] == 1, 10, what="the acks_late task to return")
+
+
+@pytest.mark.broker_args("--worker-lost-grace", "1")
+def test_a_killed_worker_fails_its_started_tasks_and_returns_its_prefetched_ones(
+        broker, start_worker, tmp_path):
+    worker = start_worker(args=["-c", "1"])
+    started = ittasks.sleep.delay(30, "killed")
+    prefetched = [ittasks.add.delay(i, 1) for i in range(3)]
+    wait_for(lambda: ittasks.read_trace(tmp_path, "killed") == ["start"], 10,
+             what="the task to start")
+    wait_for(lambda: started.state == "STARTED", 10, what="the STARTED state")
+    worker.kill()
+    with pytest.raises(WorkerLostError):
+        started.get(timeout=15)
+    assert broker.queue()["ready"] == 3
+    start_worker()
+    assert [r.get(timeout=10) for r in prefetched] == [1, 2, 3]
+
+
+def test_an_acks_late_task_of_a_killed_worker_runs_again_redelivered(broker, start_worker,
+                                                                     tmp_path):
+    worker = start_worker(args=["-c", "1"])
+    result = ittasks.record_late.apply_async(("again", "run"), countdown=0)
+    ittasks.sleep_late.delay(30, "blocker")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "again") == ["run"], 10,
+             what="the first run")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "blocker") == ["start"], 10,
+             what="the blocker to start")
+    worker.kill()
+    start_worker(name="second")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "blocker") == ["start", "start"], 15,
+             what="the acks_late blocker to run again")
+    assert result.get(timeout=10) == "run"
+
+
+def test_a_worker_survives_a_broker_restart_and_reports_running_tasks(broker, start_worker,
+                                                                      tmp_path):
+    worker = start_worker(args=["-c", "1"])
+    result = ittasks.sleep.delay(2.0, "across")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "across") == ["start"], 10,
+             what="the task to start")
+    wait_for(lambda: result.state == "STARTED", 10, what="the STARTED state")
+    broker.kill()
+    broker.start()
+    from minitask.client import reset_connection
+    reset_connection()
+    worker.wait_ready(20)
+    assert result.get(timeout=20) == 2.0
+    assert ittasks.add.delay(2, 2).get(timeout=10) == 4
+    assert "connected to" in worker.output()
