@@ -38,6 +38,8 @@ __all__ = ["BrokerServer", "Limits"]
 logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
+# Past this much unsent output for one client, the broker stops reading from it.
+_PAUSE_READING_BYTES = 1024 * 1024
 
 
 class Limits:
@@ -48,27 +50,28 @@ class Limits:
                  max_unconfirmed=10000):
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
+        # Frames (so publishes awaiting their confirm) taken from one client per loop turn.
+        self.max_unconfirmed = max_unconfirmed
         # A frame begun and not finished for this long is a stalled (or slowloris) client.
         self.stall_timeout = stall_timeout
         # A consumer that stops reading is cut off once this much waits for it.
         self.max_output_bytes = max_output_bytes
         self.max_frame_bytes = max_frame_bytes
-        self.max_unconfirmed = max_unconfirmed
 
 
 class _Connection:
-    __slots__ = ("sock", "session", "decoder", "wbuf", "writing", "partial_since", "peer",
-                 "tls_pending", "heartbeat_sent")
+    __slots__ = ("sock", "session", "decoder", "wbuf", "events", "partial_since", "peer",
+                 "tls", "tls_pending", "heartbeat_sent")
 
     def __init__(self, sock, session, peer, max_handshake_bytes):
         self.sock = sock
         self.session = session
         self.decoder = P.Decoder(max_handshake_bytes)
         self.wbuf = bytearray()
-        self.writing = False
+        self.events = selectors.EVENT_READ
         self.partial_since = None
         self.peer = peer
-        self.tls_pending = isinstance(sock, ssl.SSLSocket)
+        self.tls = self.tls_pending = isinstance(sock, ssl.SSLSocket)
         self.heartbeat_sent = 0.0
 
 
@@ -94,6 +97,7 @@ class BrokerServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._calls = []            # functions other threads want run in the loop
+        self._backlog = set()       # connections with frames left over from their turn
         self._last_housekeeping = 0.0
         self._compaction_checked = 0.0
         self._refusals = {}         # reason -> (last log time, suppressed count)
@@ -187,6 +191,11 @@ class BrokerServer:
                     self._read(data)
                 if mask & selectors.EVENT_WRITE and data.session.id in self.connections:
                     self._flush(data)
+        if self._backlog:
+            backlog, self._backlog = self._backlog, set()
+            for conn in backlog:
+                if conn.session.id in self.connections:
+                    self._process(conn)
         while self._calls:
             self._calls.pop(0)()
         now = self.clock()
@@ -215,7 +224,8 @@ class BrokerServer:
             self._housekeeping(mono)
 
     def _timeout(self):
-        if self._calls or self.state.dirty or self.journal.compacting is not None:
+        if self._calls or self._backlog or self.state.dirty \
+                or self.journal.compacting is not None:
             return 0
         now = self.clock()
         mono = self.monotonic()
@@ -296,10 +306,15 @@ class BrokerServer:
         self._log_refusal(text, peer)
 
     def _read(self, conn):
+        if conn in self._backlog:           # still has frames from the last read to handle
+            return
         if conn.tls_pending and not self._tls_handshake(conn):
             return
         try:
             data = conn.sock.recv(_RECV_BYTES)
+            if conn.tls and data:
+                while conn.sock.pending():      # decrypted bytes select() cannot see
+                    data += conn.sock.recv(_RECV_BYTES)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
         except (OSError, ssl.SSLError) as exc:
@@ -308,20 +323,31 @@ class BrokerServer:
         if not data:
             self._close(conn, "closed the connection")
             return
-        session = conn.session
-        session.last_seen = self.monotonic()
-        decoder = conn.decoder
-        decoder.feed(data)
+        conn.session.last_seen = self.monotonic()
+        conn.decoder.feed(data)
+        self._process(conn, data)
+
+    def _process(self, conn, data=b""):
+        """Hand the connection's whole frames to the state, at most `max_unconfirmed` per
+        turn: the rest wait in its decoder (and it is not read from) until the next turn,
+        so no client can make one turn's journal batch, or its unconfirmed publishes, huge."""
+        session, decoder = conn.session, conn.decoder
         handle = self.state.handle
+        budget = self.limits.max_unconfirmed
         frames = 0
         try:
-            for kind, seq, body in decoder.frames():
+            while frames < budget:
+                frame = decoder.next_frame()
+                if frame is None:
+                    break
                 frames += 1
-                handle(session, kind, seq, body)
+                handle(session, *frame)
                 if session.want_close:
                     break
                 if session.stage == OPEN and decoder.max_frame_bytes != self.limits.max_frame_bytes:
                     decoder.max_frame_bytes = self.limits.max_frame_bytes
+            else:
+                self._backlog.add(conn)
         except ProtocolError as exc:
             session.send(P.encode_error(0, P.TOO_LARGE if "limit" in str(exc) else P.BAD_FRAME,
                                         str(exc)))
@@ -359,7 +385,7 @@ class BrokerServer:
                                       % self.limits.max_output_bytes, conn.peer)
                     self._close(conn, "stopped reading (output over the cap)")
                     continue
-            if conn.wbuf and not conn.writing:
+            if conn.wbuf and not conn.events & selectors.EVENT_WRITE:
                 self._flush(conn)
             if session.want_close and not conn.wbuf and conn.session.id in self.connections:
                 self._close(conn, "closed by the broker", requeue_log=True)
@@ -374,10 +400,12 @@ class BrokerServer:
         except (OSError, ssl.SSLError) as exc:
             self._close(conn, "write failed: %s" % _os_reason(exc))
             return
-        want_write = bool(conn.wbuf)
-        if want_write != conn.writing:
-            conn.writing = want_write
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+        # Backpressure: a client that does not read what we send (confirms, deliveries) is not
+        # read from either until it catches up, so it cannot make us buffer without bound.
+        events = (selectors.EVENT_READ if len(conn.wbuf) < _PAUSE_READING_BYTES else 0) \
+            | (selectors.EVENT_WRITE if conn.wbuf else 0)
+        if events != conn.events:
+            conn.events = events
             self.selector.modify(conn.sock, events, conn)
         if not conn.wbuf and conn.session.want_close:
             self._close(conn, "closed by the broker")
