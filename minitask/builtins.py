@@ -29,9 +29,10 @@ def ping():
 @task(name="minitask.delete_expired_task_meta")
 def delete_expired_task_meta():
     """Remove expired results now (the broker also does this on its own as they expire)."""
-    from .client import connection
+    from .client import with_connection
     from . import protocol
-    return connection().call(protocol.RESULT_FORGET, {"task_ids": [], "expired": True})
+    return with_connection(lambda conn: conn.call(protocol.RESULT_FORGET,
+                                                  {"task_ids": [], "expired": True}))
 
 
 @task(name="minitask.execute_remote")

@@ -8,9 +8,10 @@ the connection files away whatever else arrives: deliveries into `deliveries`, c
 errors of other commands into their own slots, so pipelined publishes (`publish_many`) and a
 consumer's stream never get in each other's way.
 
-`connection()` gives each process (and each fork of it) one shared connection made from the
-settings; it declares the exchanges, queues and bindings of ``QUEUES`` once per connection,
-so tasks sent before any worker starts wait in their queue.
+`connection()` gives each thread (of each process, forks included) its own connection made
+from the settings; it declares the exchanges, queues and bindings of ``QUEUES`` once per
+connection, so tasks sent before any worker starts wait in their queue. `with_connection()`
+runs a call on it, reconnecting with backoff when a connection that worked is lost.
 """
 
 import collections
@@ -28,7 +29,8 @@ from .exceptions import (
     AuthenticationError, BrokerConnectionError, MinitaskError, ProtocolError, TimeoutError,
 )
 
-__all__ = ["Connection", "Delivery", "connection", "reset_connection"]
+__all__ = ["Connection", "Delivery", "connection", "with_connection", "reset_connection",
+           "declare_topology"]
 
 logger = logging.getLogger(__name__)
 
@@ -476,41 +478,81 @@ def _proof(secret, role, first, second):
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
 
 
-# -- the process's shared connection -----------------------------------------------------------
+# -- each thread's own connection ---------------------------------------------------------------
 
-_shared = {"pid": None, "connection": None}
-_shared_lock = threading.Lock()
+# A lost connection is tried again for this long (a broker restart takes about a second);
+# a broker that was never reached is reported at once.
+RECONNECT_SECONDS = 5.0
+
+_local = threading.local()
+_generation = [0]           # bumped by reset_connection(): every thread makes a new one
 
 
 def connection(settings=None):
-    """This process's connection to the configured broker, made (and remade after a fork or a
-    lost connection) on demand."""
-    with _shared_lock:
-        conn = _shared["connection"]
-        if conn is not None and _shared["pid"] == os.getpid() and conn.connected:
-            return conn
-        if conn is not None and _shared["pid"] == os.getpid():
-            conn.close()
+    """This thread's connection to the configured broker, made on demand, and made again
+    after a fork, a lost connection or `reset_connection()`.
+
+    One per thread, so a thread blocked in `AsyncResult.get()` never holds up another
+    thread's `delay()`.
+    """
+    conn = getattr(_local, "connection", None)
+    if conn is not None and (_local.pid != os.getpid() or _local.generation != _generation[0]):
+        if _local.pid == os.getpid():
+            _close_quietly(conn)
+        conn = None
+    if conn is None:
         if settings is None:
             from .config import get_settings
             settings = get_settings()
         conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
                           ca_file=settings.BROKER_CA_FILE, client="minitask-client",
                           on_connect=lambda c: declare_topology(c, settings))
-        _shared.update(pid=os.getpid(), connection=conn)
-    return conn.connect()
+        _local.connection, _local.pid, _local.generation = conn, os.getpid(), _generation[0]
+        _local.reached = False
+    if not conn.connected:
+        conn.connect()
+    _local.reached = True
+    return conn
+
+
+def with_connection(function):
+    """``function(connection)``, tried again with backoff (for up to RECONNECT_SECONDS) when a
+    connection that worked is lost. A message may then be published twice, never not at all
+    (at-least-once, as every broker client that retries)."""
+    deadline = None
+    pause = 0.05
+    while True:
+        reached = getattr(_local, "reached", False) and getattr(_local, "pid", None) == os.getpid()
+        try:
+            return function(connection())
+        except AuthenticationError:
+            raise
+        except BrokerConnectionError:
+            if not reached:
+                raise
+            deadline = deadline or time.monotonic() + RECONNECT_SECONDS
+            if time.monotonic() + pause > deadline:
+                raise
+            logger.warning("lost the connection to the broker; trying again in %.2fs", pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+
+def _close_quietly(conn):
+    try:
+        conn.close()
+    except MinitaskError:
+        pass                        # it was already broken; we are dropping it anyway
 
 
 def reset_connection():
-    """Forget the shared connection (tests, or after the settings changed)."""
-    with _shared_lock:
-        conn = _shared["connection"]
-        if conn is not None and _shared["pid"] == os.getpid():
-            try:
-                conn.close()
-            except MinitaskError:
-                pass                    # it was already broken; we are dropping it anyway
-        _shared.update(pid=None, connection=None)
+    """Forget every thread's connection (tests, or after the settings changed)."""
+    conn = getattr(_local, "connection", None)
+    if conn is not None and getattr(_local, "pid", None) == os.getpid():
+        _close_quietly(conn)
+    _local.connection = None
+    _local.reached = False
+    _generation[0] += 1
 
 
 def declare_topology(conn, settings):

@@ -64,8 +64,9 @@ class group:
             return self.apply()
         messages = [sig.task.build_message(sig.args, sig.kwargs,
                                            **dict(sig.options, **options)) for sig in self]
-        from .client import connection
-        connection().publish_many([message.encode() for message in messages])
+        from .client import with_connection
+        encoded = [message.encode() for message in messages]
+        with_connection(lambda conn: conn.publish_many(encoded))
         return ResultSet(AsyncResult(message.id, task_name=message.task) for message in messages)
 
     def apply(self):

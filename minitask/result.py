@@ -76,11 +76,12 @@ class AsyncResult(_ResultBase):
         self._connection = connection
         self._meta = None               # cached once final
 
-    def _conn(self):
+    def _call(self, function):
+        """``function(connection)`` on the connection given, or this thread's (reconnecting)."""
         if self._connection is not None:
-            return self._connection.connect()
-        from .client import connection
-        return connection()
+            return function(self._connection.connect())
+        from .client import with_connection
+        return with_connection(function)
 
     def _accept(self):
         from .config import get_settings
@@ -92,7 +93,8 @@ class AsyncResult(_ResultBase):
     def _fetch(self):
         if self._meta is not None:
             return self._meta
-        state, ready, _date, content_type, payload = self._conn().get_result(self.task_id)
+        state, ready, _date, content_type, payload = self._call(
+            lambda conn: conn.get_result(self.task_id))
         meta = self._decode(state, content_type, payload)
         if ready:
             self._meta = meta
@@ -122,8 +124,12 @@ class AsyncResult(_ResultBase):
         meta = self._meta
         if meta is None:
             started = time.monotonic()
-            state, ready, _date, content_type, payload = self._conn().wait_result(
-                self.task_id, timeout)
+
+            def wait(conn):             # after a reconnect, only what is left of the timeout
+                left = None if timeout is None else max(0.0, timeout - (time.monotonic()
+                                                                        - started))
+                return conn.wait_result(self.task_id, left)
+            state, ready, _date, content_type, payload = self._call(wait)
             if not ready:
                 waited = time.monotonic() - started
                 raise TimeoutError("task %s did not finish within %.3gs (state %s)"
@@ -135,11 +141,11 @@ class AsyncResult(_ResultBase):
 
     def revoke(self, terminate=False, signal="SIGTERM"):
         """Make sure the task never runs (and stop it if running, with `terminate`)."""
-        self._conn().revoke([self.task_id], terminate=terminate, signal=signal)
+        self._call(lambda conn: conn.revoke([self.task_id], terminate=terminate, signal=signal))
 
     def forget(self):
         """Remove the result from the broker's store."""
-        self._conn().forget([self.task_id])
+        self._call(lambda conn: conn.forget([self.task_id]))
         self._meta = None
 
 

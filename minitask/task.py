@@ -237,8 +237,9 @@ class Task(metaclass=TaskType):
                                      exchange=exchange, mandatory=mandatory,
                                      immediate=immediate, priority=priority,
                                      serializer=serializer, retries=retries, settings=settings)
-        from .client import connection
-        connection().publish(message.encode())
+        from .client import with_connection
+        data = message.encode()
+        with_connection(lambda conn: conn.publish(data))
         from .result import AsyncResult
         return AsyncResult(message.id, task_name=self.name)
 

@@ -1,13 +1,16 @@
 """What `python -m minitask status` and the status page show, computed from the broker state.
 
 Plain data (JSON-ready dicts); rates are left to whoever polls, from the counters here.
+`failed_results` hands over raw stored bytes instead, for the status page to decode outside
+the broker's loop.
 """
 
 import os
 
 from .. import protocol as P
+from ..exceptions import ProtocolError
 
-__all__ = ["status_report"]
+__all__ = ["status_report", "failed_results"]
 
 
 def status_report(state):
@@ -27,6 +30,7 @@ def status_report(state):
                  for exchange in sorted(state.exchanges.values(), key=lambda e: e.name)
                  if exchange.name]
     workers = []
+    running_rows = []
     clients = 0
     for session in state.sessions.values():
         if session.stage != "open":
@@ -35,11 +39,18 @@ def status_report(state):
             clients += 1
             continue
         info = dict(session.info)
+        started_late = _started_unacked(session, state.results.inflight)
         info.update(peer=session.peer, session=session.id,
                     connected_for=round(now - session.connected_at, 3),
                     unacked=len(session.unacked), prefetch=session.prefetch,
-                    handed_over=len(session.started), delivered=session.delivered)
+                    handed_over=len(session.started), delivered=session.delivered,
+                    reserved=len(session.unacked) - len(started_late),
+                    running=len(session.started) + len(started_late))
         workers.append(info)
+        for task_id, data in started_late:
+            running_rows.append(_running_row(task_id, data, info))
+        for task_id in sorted(session.started):
+            running_rows.append(_running_row(task_id, None, info))
     running = sorted(state.results.inflight.items())
     journal = state.journal
     return {
@@ -60,4 +71,48 @@ def status_report(state):
         "recent_failures": [{"time": when, "task_id": task_id}
                             for when, task_id in reversed(state.recent_failures)],
         "states": list(P.STATES),
+        "running": running_rows[:_RUNNING_ROWS],
     }
+
+
+# Enough to see what the workers are busy with; the count per worker is always exact.
+_RUNNING_ROWS = 200
+
+
+def _started_unacked(session, inflight):
+    """``(task_id, data)`` of the messages this session started but has not acked (acks late)."""
+    out = []
+    for message in session.unacked.values():
+        task_id = P.message_id_of(message.data)
+        if inflight.get(task_id) == "STARTED":
+            out.append((task_id, message.data))
+    return out
+
+
+def _running_row(task_id, data, worker):
+    """A running task; its name is known only while its message is unacked (acks late)."""
+    name = ""
+    if data is not None:
+        try:
+            name = P.task_fields(data)[1]
+        except ProtocolError:
+            name = ""               # a message the broker could route is all we need here
+    return {"task_id": task_id, "task": name, "worker": str(worker.get("hostname") or ""),
+            "pid": worker.get("pid"), "session": worker["session"]}
+
+
+def failed_results(state):
+    """The recent failures, newest first, each with its stored result as raw bytes.
+
+    ``(time, task_id, result_state, content_type, payload)``; the last three are None when the
+    result has expired or been forgotten. The payload is an immutable bytes object, safe to
+    hand to another thread; decoding it is left to that thread.
+    """
+    out = []
+    for when, task_id in reversed(state.recent_failures):
+        entry = state.results.get(task_id)
+        if entry is None:
+            out.append((when, task_id, None, None, None))
+        else:
+            out.append((when, task_id, entry.state, entry.content_type, bytes(entry.payload)))
+    return out

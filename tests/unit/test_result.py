@@ -1,0 +1,225 @@
+"""minitask.result without a broker: EagerResult's surface, ResultSet over EagerResults, and
+groups and map_async run eagerly (ALWAYS_EAGER) or with apply()."""
+import os
+
+import pytest
+
+from minitask import client, config, group, registry, task
+from minitask.exceptions import SerializationError, TaskRevokedError
+from minitask.group import Signature
+from minitask.result import (
+    FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STATES, SUCCESS, EagerResult, ResultSet,
+)
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    for var in list(os.environ):
+        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
+            monkeypatch.delenv(var)
+    config.reset()
+    client.reset_connection()
+    saved = dict(registry.tasks)
+    yield
+    registry.tasks.clear()
+    registry.tasks.update(saved)
+    config.reset()
+    client.reset_connection()
+
+
+@pytest.fixture
+def no_broker(monkeypatch):
+    def refuse(*args, **kwargs):
+        pytest.fail("a connection to the broker was attempted")
+    monkeypatch.setattr(client, "connection", refuse)
+
+
+@pytest.fixture
+def eager(no_broker):
+    config.configure(ALWAYS_EAGER=True)
+
+
+class Oops(Exception):
+    pass
+
+
+class Unsendable:
+    """No serializer carries this."""
+
+
+@task(name="tests.result.add")
+def add(x, y):
+    return x + y
+
+
+@task(name="tests.result.fail")
+def fail(message):
+    raise Oops(message)
+
+
+# -- states ------------------------------------------------------------------------------------
+
+def test_the_states_are_the_spec_ones_in_order():
+    assert STATES == ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE",
+                      "REVOKED")
+    assert READY_STATES == {"SUCCESS", "FAILURE", "REVOKED"}
+
+
+# -- EagerResult -------------------------------------------------------------------------------
+
+def test_a_successful_eager_result_reports_success():
+    result = add.apply((2, 3))
+    assert isinstance(result, EagerResult)
+    assert result.state == result.status == SUCCESS
+    assert result.result == 5 and result.info == 5
+    assert result.traceback is None
+    assert result.ready() and result.successful() and not result.failed()
+    assert result.get() == 5 and result.wait() == 5
+    assert result.get(propagate=False) == 5
+
+
+def test_a_failed_eager_result_raises_its_exception_on_get():
+    result = fail.apply(("it broke",))
+    assert result.state == result.status == FAILURE
+    assert isinstance(result.result, Oops) and str(result.result) == "it broke"
+    assert result.ready() and result.failed() and not result.successful()
+    with pytest.raises(Oops, match="it broke"):
+        result.get()
+    with pytest.raises(Oops):
+        result.wait()
+
+
+def test_a_failed_eager_result_returns_its_exception_without_propagate():
+    result = fail.apply(("quietly",))
+    returned = result.get(propagate=False)
+    assert isinstance(returned, Oops) and str(returned) == "quietly"
+
+
+def test_a_failed_eager_result_keeps_the_traceback():
+    result = fail.apply(("traced",))
+    assert "Traceback (most recent call last)" in result.traceback
+    assert "Oops: traced" in result.traceback
+    assert "def fail" in result.traceback or "raise Oops" in result.traceback
+
+
+def test_an_eager_result_has_its_task_id():
+    result = add.apply((1, 1), task_id="eager-1")
+    assert result.task_id == result.id == "eager-1"
+    assert str(result) == "eager-1"
+    assert result == "eager-1" and result == EagerResult("eager-1", None, SUCCESS)
+    assert hash(result) == hash(EagerResult("eager-1", 0, FAILURE))
+
+
+@pytest.mark.parametrize("state, ready", [(PENDING, False), (RETRY, False), ("STARTED", False),
+                                          (SUCCESS, True), (FAILURE, True), (REVOKED, True)])
+def test_an_eager_result_is_ready_only_in_a_final_state(state, ready):
+    assert EagerResult("x", None, state).ready() is ready
+
+
+def test_a_revoked_eager_result_raises_task_revoked_error():
+    result = EagerResult("x", None, REVOKED)
+    with pytest.raises(TaskRevokedError, match="x"):
+        result.get()
+    assert not result.successful() and not result.failed()
+
+
+def test_revoke_and_forget_of_an_eager_result_do_nothing():
+    result = add.apply((1, 2))
+    result.revoke()
+    result.forget()
+    assert result.get() == 3
+
+
+# -- ResultSet over EagerResults ---------------------------------------------------------------
+
+def test_a_result_set_joins_values_in_order():
+    results = ResultSet([add.apply((1, 1)), add.apply((2, 2)), add.apply((3, 3))])
+    assert results.join() == [2, 4, 6] and results.get() == [2, 4, 6]
+    assert results.ready() and results.successful() and not results.failed()
+    assert results.completed_count() == 3
+    assert len(results) == 3 and results[1].get() == 4
+    assert [r.get() for r in results] == [2, 4, 6]
+
+
+def test_a_result_set_with_a_failure_raises_it_on_join():
+    results = ResultSet([add.apply((1, 1)), fail.apply(("second",)), add.apply((3, 3))])
+    with pytest.raises(Oops, match="second"):
+        results.join()
+    values = results.join(propagate=False)
+    assert values[0] == 2 and isinstance(values[1], Oops) and values[2] == 6
+    assert results.ready() and results.failed() and not results.successful()
+    assert results.completed_count() == 2
+
+
+def test_a_result_set_is_ready_only_when_every_result_is():
+    results = ResultSet([EagerResult("a", 1, SUCCESS), EagerResult("b", None, PENDING)])
+    assert not results.ready() and results.waiting()
+    assert results.completed_count() == 1
+
+
+def test_an_empty_result_set_is_ready_and_joins_to_nothing():
+    results = ResultSet([])
+    assert results.ready() and results.join() == [] and results.completed_count() == 0
+
+
+# -- groups and map_async ----------------------------------------------------------------------
+
+def test_a_signature_holds_a_call_without_sending_it():
+    signature = add.s(2, y=3)
+    assert isinstance(signature, Signature)
+    assert (signature.task, signature.args, signature.kwargs) == (add, (2,), {"y": 3})
+    assert signature.apply().get() == 5
+    assert repr(signature) == "tests.result.add(2, y=3)"
+
+
+def test_group_apply_runs_every_call_here_and_returns_a_result_set(no_broker):
+    results = group(add.s(1, 2), add.s(3, 4)).apply()
+    assert isinstance(results, ResultSet)
+    assert all(isinstance(r, EagerResult) for r in results)
+    assert results.join() == [3, 7] and results.completed_count() == 2
+
+
+def test_group_takes_a_list_of_signatures_too(no_broker):
+    assert group([add.s(i, i) for i in range(4)]).apply().join() == [0, 2, 4, 6]
+
+
+def test_group_apply_async_under_always_eager_runs_here(eager):
+    results = group(add.s(1, 2), fail.s("in a group"), add.s(5, 5)).apply_async()
+    assert isinstance(results, ResultSet) and results.ready()
+    assert results.completed_count() == 2
+    with pytest.raises(Oops, match="in a group"):
+        results.join()
+
+
+def test_map_async_under_always_eager_runs_each_argument_tuple(eager):
+    results = add.map_async([(1, 2), (3, 4), [5, 6]])
+    assert isinstance(results, ResultSet)
+    assert results.join() == [3, 7, 11]
+    assert results.ready() and results.completed_count() == 3
+
+
+def test_map_async_takes_single_arguments_as_one_argument_calls(eager):
+    @task()
+    def square(x):
+        return x * x
+
+    assert square.map_async(range(4)).join() == [0, 1, 4, 9]
+
+
+def test_map_async_on_a_class_works_like_on_the_object(eager):
+    from minitask import Task
+
+    class Double(Task):
+        def run(self, x):
+            return 2 * x
+
+    assert Double.map_async([1, 2]).join() == [2, 4]
+
+
+def test_a_group_refuses_unserializable_arguments_before_any_connection(no_broker):
+    with pytest.raises(SerializationError, match="Unsendable"):
+        group(add.s(1, 2), add.s(Unsendable(), 1)).apply_async()
+
+
+def test_delay_of_a_signature_adds_arguments(eager):
+    assert add.s(1).delay(2).get() == 3
