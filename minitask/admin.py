@@ -126,9 +126,12 @@ def run_status(args):
         _print_json(report)
         return 0
     broker = report["broker"]
-    print("broker %s  up %s  %d connections  journal %s (fsync %s)" % (
-        settings.BROKER_URL, _duration(broker["uptime"]), broker["connections"],
-        _size(broker["journal_bytes"]) if broker["persistent"] else "off", broker["fsync"]))
+    print("broker %s, up %s, %d connections" % (settings.BROKER_URL,
+                                                  _duration(broker["uptime"]),
+                                                  broker["connections"]))
+    print("journal %s (fsync %s), %d results, %d revoked, %d unroutable" % (
+        _size(broker["journal_bytes"]) if broker["persistent"] else "off (--no-persist)",
+        broker["fsync"], broker["results"], broker["revoked"], broker["unroutable"]))
     rows = [(q["name"], q["ready"], q["unacked"], q["delayed"], q["dead"], q["consumers"])
             for q in report["queues"] if not q["name"].startswith("mt.gen-")]
     print()

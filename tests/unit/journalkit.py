@@ -255,6 +255,9 @@ class Client:
     def consume(self, queue, no_ack=False):
         return self.call(P.CONSUME, {"queue": queue, "no_ack": no_ack})
 
+    def cancel(self, consumer_tag):
+        return self.call(P.CANCEL, {"consumer_tag": consumer_tag})
+
     def qos(self, prefetch_count):
         return self.call(P.QOS, {"prefetch_count": prefetch_count})
 

@@ -376,12 +376,12 @@ def test_a_torn_tail_at_any_offset_keeps_every_complete_record_and_appends_clean
         if warnings:
             assert last in warnings[0].getMessage()
         assert live_ids(reopened.state) == expected, cut
-        assert read_records(str(work / "journal" / last)) == complete
+        assert os.path.getsize(str(work / "journal" / last)) == complete[-1][1]
         writer = reopened.connect()
         _publish_turns(reopened, writer, ["after"])
         caplog.clear()
         again = reopened.reopen()
-        assert caplog.records == [] or not journal_logs(caplog, logging.WARNING)
+        assert journal_logs(caplog, logging.WARNING) == []
         assert live_ids(again.state) == sorted(expected + ["after"]), cut
         again.crash()
 
@@ -391,11 +391,10 @@ def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut
     broker = Broker(tmp_path, segment_bytes=1024)
     client = broker.connect()
     client.declare_queue("q")
-    while len(segment_files(tmp_path)) < 2 or broker.journal.head.size > len(jr.FILE_HEADER):
+    while not broker.journal._rotate_next:
         _publish_turns(broker, client, ["m%d" % broker.state.next_message_id], body=b"x" * 90)
-        if broker.journal._rotate_next:
-            broker = broker.reopen()                        # opens a fresh, empty head
-            client = broker.connect()
+    broker = broker.reopen()                                # the head is full: a fresh one
+    assert len(segment_files(tmp_path)) == 2
     expected = live_ids(broker.state)
     broker.crash()
     head = segment_files(tmp_path)[-1]
@@ -522,10 +521,11 @@ def _busy_broker(data_dir, published=200, delivered=190, acked=175):
         _publish_turns(broker, client, ["m%03d" % n for n in range(i, i + 5)], body=b"z" * 60)
     worker = broker.connect(worker="w1")
     worker.qos(delivered)
-    worker.consume("q")
+    consume = worker.consume("q")
     broker.turn()
     deliveries = worker.take_deliveries()
     assert len(deliveries) == delivered
+    worker.cancel(worker.oks[consume]["consumer_tag"])     # nothing more comes
     for delivery in deliveries[:acked]:
         worker.ack(delivery.tag)
         if delivery.tag % 10 == 0:
@@ -568,12 +568,9 @@ def test_compaction_never_resurrects_a_message_acked_in_a_later_segment(tmp_path
     broker.turn()
     early = worker.take_deliveries()
     for i in range(60):                                     # later segments
-        _publish_turns(broker, client, ["f%d" % i], body=b"f" * 200)
-        if i % 7 == 0 and early[:8]:
+        _publish_turns(broker, client, ["f%d" % i], queue="filler", body=b"f" * 200)
+        if i % 6 == 0 and len(early) > 2:
             worker.ack(early.pop(0).tag)                    # ACKs for PUBLISHes in segment 1
-    while early[:-2]:
-        worker.ack(early.pop(0).tag)
-        _publish_turns(broker, client, ["g%d" % len(early)], body=b"g" * 200)
     filler = broker.connect()
     filler.consume("filler")
     broker.turn()
@@ -627,9 +624,29 @@ def test_compaction_is_wanted_only_for_mostly_dead_sealed_segments(tmp_path):
     assert broker.journal.wants_compaction()
 
 
+def _thinned_broker(data_dir):
+    """300 messages delivered, two of every three acked: every segment a third alive."""
+    broker = Broker(data_dir, segment_bytes=4096)
+    client = broker.connect()
+    client.declare_queue("q")
+    for i in range(0, 300, 5):
+        _publish_turns(broker, client, ["m%03d" % n for n in range(i, i + 5)], body=b"t" * 100)
+    worker = broker.connect()
+    worker.consume("q")
+    broker.turn()
+    for delivery in worker.take_deliveries():
+        if int(delivery.task_id[1:]) % 3:
+            worker.ack(delivery.tag)
+    broker.turn()
+    assert len(live_ids(broker.state)) == 100
+    assert broker.journal.wants_compaction()
+    return broker
+
+
 def test_a_compaction_step_writes_about_its_budget(tmp_path):
-    broker, _worker = _busy_broker(tmp_path, published=400, delivered=300, acked=150)
-    budget = 1000
+    broker = _thinned_broker(tmp_path)
+    budget = 300
+    disk_before = broker.journal.total_bytes()
     largest = max(len(broker.state.record_for(obj)) for obj in broker.state.live_objects())
     snapshot = len(b"".join(broker.state.snapshot_records()))
     steps = 0
@@ -643,12 +660,13 @@ def test_a_compaction_step_writes_about_its_budget(tmp_path):
         if not more:
             break
         assert steps < 1000
-    assert steps > 5                                        # the work was spread out
-    assert live_ids(broker.reopen().state) == live_ids(broker.state)
+    assert steps > 20                                       # the work was spread out
+    assert broker.journal.total_bytes() < disk_before / 2
+    assert live_ids(broker.reopen().state) == ["m%03d" % n for n in range(0, 300, 3)]
 
 
 def test_compaction_paused_by_disk_trouble_loses_nothing_and_resumes(tmp_path):
-    broker, _worker = _busy_broker(tmp_path / "data")
+    broker = _thinned_broker(tmp_path / "data")
     reference = _recover_copy(tmp_path / "data", tmp_path / "before")
     oldest = broker.journal.segments[0].path
     assert broker.journal.compact_step(broker.state, budget_bytes=400) is True
@@ -666,7 +684,7 @@ def test_compaction_paused_by_disk_trouble_loses_nothing_and_resumes(tmp_path):
     assert not os.path.exists(oldest)
     after = broker.reopen()
     assert ready_view(after.state, "q") == ready_view(reference.state, "q")
-    assert _results_view(after.state) == _results_view(reference.state)
+    assert [d for _t, d in ready_view(after.state, "q")] == [1] * 100
 
 
 def test_compaction_keeps_topology_results_revoked_settings_and_handovers(tmp_path):

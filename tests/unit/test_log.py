@@ -1,0 +1,142 @@
+"""minitask.log and `Task.get_logger()`: a task's lines go to its logfile at its loglevel, each
+naming the task and its id, and never twice."""
+import logging
+import os
+
+import pytest
+
+from minitask import client, config, registry, task
+from minitask.log import TASK_FORMAT, level_of, task_logger
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch):
+    for var in list(os.environ):
+        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
+            monkeypatch.delenv(var)
+    config.reset()
+    client.reset_connection()
+    saved = dict(registry.tasks)
+    yield
+    for name in list(registry.tasks):
+        for handler in logging.getLogger("minitask.tasks." + name).handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+    registry.tasks.clear()
+    registry.tasks.update(saved)
+    config.reset()
+    client.reset_connection()
+
+
+def lines_of(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+@task(name="tests.log.add")
+def add(x, y, **kwargs):
+    logger = add.get_logger(**kwargs)
+    logger.info("Adding %s + %s" % (x, y))
+    logger.debug("only at debug")
+    logger.warning("added")
+    return x + y
+
+
+def test_get_logger_writes_to_the_logfile_with_task_name_and_id_on_each_line(tmp_path):
+    logfile = str(tmp_path / "task.log")
+    logger = add.get_logger(logfile=logfile, loglevel="INFO", task_id="id-1")
+    logger.info("first")
+    logger.warning("second")
+    lines = lines_of(logfile)
+    assert len(lines) == 2
+    assert all("tests.log.add" in line and "id-1" in line for line in lines)
+    assert lines[0].endswith("first") and lines[1].endswith("second")
+    assert "INFO" in lines[0] and "WARNING" in lines[1]
+
+
+def test_a_task_run_with_a_logfile_logs_there_under_its_own_id(tmp_path):
+    logfile = str(tmp_path / "run.log")
+    first = add.apply((1, 2), logfile=logfile, loglevel="INFO")
+    second = add.apply((3, 4), logfile=logfile, loglevel="INFO")
+    assert (first.get(), second.get()) == (3, 7)
+    lines = lines_of(logfile)
+    assert len(lines) == 4
+    assert all("tests.log.add" in line for line in lines)
+    assert [first.task_id in line for line in lines] == [True, True, False, False]
+    assert [second.task_id in line for line in lines] == [False, False, True, True]
+    assert "Adding 1 + 2" in lines[0] and "Adding 3 + 4" in lines[2]
+
+
+def test_lines_below_the_loglevel_are_not_written(tmp_path):
+    logfile = str(tmp_path / "warn.log")
+    add.apply((1, 2), logfile=logfile, loglevel="WARNING")
+    lines = lines_of(logfile)
+    assert len(lines) == 1 and lines[0].endswith("added")
+
+
+def test_debug_loglevel_writes_debug_lines(tmp_path):
+    logfile = str(tmp_path / "debug.log")
+    add.apply((1, 2), logfile=logfile, loglevel="DEBUG")
+    assert any(line.endswith("only at debug") for line in lines_of(logfile))
+
+
+def test_get_logger_inside_a_task_takes_the_id_and_logfile_of_the_running_task(tmp_path):
+    logfile = str(tmp_path / "inside.log")
+
+    @task()
+    def plain(x):
+        plain.get_logger().info("plain %s", x)
+        return x
+
+    result = plain.apply((5,), logfile=logfile, loglevel="INFO")
+    [line] = lines_of(logfile)
+    assert plain.name in line and result.task_id in line and line.endswith("plain 5")
+
+
+def test_get_logger_on_a_class_task_names_it(tmp_path):
+    from minitask import Task
+
+    class Mailer(Task):
+        def run(self, **kwargs):
+            self.get_logger(**kwargs).info("sending")
+
+    logfile = str(tmp_path / "class.log")
+    result = Mailer.apply(logfile=logfile, loglevel="INFO")
+    [line] = lines_of(logfile)
+    assert Mailer.name in line and result.task_id in line
+
+
+def test_task_lines_are_not_propagated_so_never_written_twice(tmp_path):
+    logger = task_logger("tests.log.lonely", "id-2", str(tmp_path / "x.log"), "INFO")
+    assert logger.logger.propagate is False
+    logger.info("once")
+    assert len(lines_of(str(tmp_path / "x.log"))) == 1
+    for handler in logger.logger.handlers:
+        handler.close()
+
+
+def test_a_new_logfile_for_the_same_task_replaces_the_old_one(tmp_path):
+    first, second = str(tmp_path / "a.log"), str(tmp_path / "b.log")
+    add.get_logger(logfile=first, loglevel="INFO", task_id="id-a").info("to a")
+    add.get_logger(logfile=second, loglevel="INFO", task_id="id-b").info("to b")
+    assert [line.endswith("to a") for line in lines_of(first)] == [True]
+    assert [line.endswith("to b") for line in lines_of(second)] == [True]
+
+
+def test_a_logger_outside_a_task_without_an_id_says_so_with_a_dash(tmp_path):
+    logfile = str(tmp_path / "dash.log")
+    add.get_logger(logfile=logfile, loglevel="INFO").info("no id")
+    [line] = lines_of(logfile)
+    assert "tests.log.add[-]" in line
+
+
+def test_the_task_format_names_task_and_id():
+    assert "%(task_name)s" in TASK_FORMAT and "%(task_id)s" in TASK_FORMAT
+
+
+@pytest.mark.parametrize("given, level", [
+    (None, logging.WARNING), ("info", logging.INFO), ("DEBUG", logging.DEBUG),
+    ("error", logging.ERROR), (logging.CRITICAL, logging.CRITICAL), ("nonsense", logging.WARNING),
+])
+def test_level_of_reads_names_in_any_case_and_numbers(given, level):
+    assert level_of(given) == level
