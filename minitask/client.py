@@ -90,6 +90,8 @@ class Connection:
         self._waiting = set()                     # seqs whose replies we still want
         self.on_error = None                      # callback(exc) for ERRORs of seq-0 commands
         self.last_received = 0.0
+        self._scratch = bytearray(_RECV_BYTES)         # reused by every recv (see _read_some)
+        self._scratch_view = memoryview(self._scratch)
 
     # -- connecting ------------------------------------------------------------------------------
 
@@ -223,13 +225,14 @@ class Connection:
             raise BrokerConnectionError("not connected to %s" % self.url)
         sock.settimeout(timeout)
         try:
-            data = sock.recv(_RECV_BYTES)
+            count = sock.recv_into(self._scratch)
+            data = self._scratch_view[:count]
         except socket.timeout:
             return False
         except OSError as exc:
             self._drop()
             raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) from None
-        if not data:
+        if not count:
             self._drop()
             raise BrokerConnectionError("the broker at %s closed the connection" % self.url)
         self.last_received = time.monotonic()

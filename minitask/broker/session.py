@@ -23,8 +23,10 @@ class Consumer:
 class Session:
     """What one connection owns in the broker."""
 
-    def __init__(self, id, peer="", now=0.0):
+    def __init__(self, id, peer="", now=0.0, outgoing=None):
         self.id = id
+        # The broker's set of sessions with frames to send this turn (the server empties it).
+        self.outgoing = outgoing if outgoing is not None else set()
         self.peer = peer
         self.stage = HELLO_STAGE
         self.out = []                   # encoded frames waiting for the socket
@@ -59,3 +61,8 @@ class Session:
 
     def send(self, frame):
         self.out.append(frame)
+        self.outgoing.add(self)
+
+    def close_after_flush(self):
+        self.want_close = True
+        self.outgoing.add(self)

@@ -85,6 +85,7 @@ class BrokerState:
         self._turn_publishes = []       # (session, seq, [StoredMessage]) persisted this turn
         self._confirm = []              # sessions with something to confirm this turn
         self.dirty = set()              # queues that may be able to deliver
+        self.outgoing = set()           # sessions with frames to send (see Session.send)
         self._delayed = []              # heap of (release_at, id, StoredMessage)
         self._expiring = []             # heap of (expires_at, id, StoredMessage)
         self.next_message_id = 1
@@ -116,7 +117,7 @@ class BrokerState:
     # -- sessions ------------------------------------------------------------------------------
 
     def open_session(self, session_id, peer=""):
-        session = Session(session_id, peer, self.clock())
+        session = Session(session_id, peer, self.clock(), self.outgoing)
         self.sessions[session_id] = session
         return session
 
@@ -142,7 +143,7 @@ class BrokerState:
     def _error(self, session, seq, code, text, close=False):
         session.send(P.encode_error(seq, code, text))
         if close:
-            session.want_close = True
+            session.close_after_flush()
 
     def _reply(self, session, seq, obj):
         if seq:
@@ -577,6 +578,7 @@ class BrokerState:
         results_inflight = self.results.inflight
         revoked = self.revoked.ids
         encode = P.encode_deliver
+        outgoing = self.outgoing
         while idle < count and queue.ready:
             consumer = consumers[index]
             index = (index + 1) % count
@@ -616,6 +618,7 @@ class BrokerState:
                     results_inflight[task_id] = "RECEIVED"
             session.out.append(encode(tag, consumer.tag, message.deliveries > 1,
                                       message.deliveries, message.data))
+            outgoing.add(session)
         queue.next_consumer = index
 
     def _return(self, message):
@@ -909,7 +912,7 @@ class BrokerState:
         pass
 
     def _close(self, session, seq, body):
-        session.want_close = True
+        session.close_after_flush()
 
     def _status(self, session, seq, body):
         from .status import status_report
@@ -955,14 +958,14 @@ class BrokerState:
 
     def next_deadline(self):
         """The earliest time tick() has something to do, or None."""
-        candidates = [self.results.next_wait_deadline(), self.results.next_expiry(),
-                      self.revoked.next_expiry(), self.handovers.next_deadline()]
-        if self._delayed:
-            candidates.append(self._delayed[0][0])
-        if self._expiring:
-            candidates.append(self._expiring[0][0])
-        candidates = [when for when in candidates if when is not None]
-        return min(candidates) if candidates else None
+        soonest = None
+        for when in (self._delayed[0][0] if self._delayed else None,
+                     self._expiring[0][0] if self._expiring else None,
+                     self.results.next_wait_deadline(), self.results.next_expiry(),
+                     self.revoked.next_expiry(), self.handovers.next_deadline()):
+            if when is not None and (soonest is None or when < soonest):
+                soonest = when
+        return soonest
 
     # -- journal support -------------------------------------------------------------------------
 

@@ -156,13 +156,14 @@ class Consumer:
         """Deliveries that have arrived (a list); raises BrokerConnectionError when lost."""
         conn = self.conn
         try:
-            data = conn.sock.recv(256 * 1024)
+            count = conn.sock.recv_into(conn._scratch)
+            data = conn._scratch_view[:count]
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             return []
         except (OSError, ssl.SSLError) as exc:
             raise BrokerConnectionError("connection to %s lost: %s"
                                         % (self.settings.BROKER_URL, exc)) from None
-        if not data:
+        if not count:
             raise BrokerConnectionError("the broker at %s closed the connection"
                                         % self.settings.BROKER_URL)
         conn.decoder.feed(data)
