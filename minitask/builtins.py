@@ -56,10 +56,13 @@ def send_callable(function, *args, **kwargs):
 
 
 @task(name="minitask.map_async")
-def map_async(task_name, args_list):
-    """Run the task named `task_name` here, once per argument tuple; return the results."""
+def map_async(name, args_list):
+    """Run the task called `name` here, once per argument tuple; return the results.
+
+    (Not ``task_name``: that is a default keyword argument the worker would fill in.)
+    """
     from .registry import tasks
-    function = tasks[task_name]
+    function = tasks[name]
     return [function(*_as_tuple(args)) for args in args_list]
 
 

@@ -249,10 +249,11 @@ class Connection:
         if kind == P.DELIVER:
             self.deliveries.append(Delivery(*P.decode_deliver(body)))
         elif kind == P.CONFIRM:
+            # Every command numbered up to `seq` is confirmed (serial-number order: the
+            # numbers wrap); one that got an ERROR left the queue already.
             unconfirmed = self._unconfirmed
-            while unconfirmed:
-                if unconfirmed.popleft() == seq:
-                    break
+            while unconfirmed and (seq - unconfirmed[0]) % 0x100000000 < 0x80000000:
+                unconfirmed.popleft()
         elif kind == P.ERROR:
             code, text = P.decode_error(body)
             exc = P.error_for(code, text)

@@ -181,15 +181,15 @@ class ResultMeta:
 
 def encode_result_meta(meta, serializer="json"):
     """``(content_type, payload)`` for a result. A result the task's serializer cannot carry
-    is stored as a FAILURE saying so, rather than lost."""
+    is stored as a FAILURE saying so, rather than lost (and `meta.status` says FAILURE)."""
     value = {"v": BODY_VERSION, "task_id": meta.task_id, "task": meta.task,
              "status": meta.status, "result": meta.result, "traceback": meta.traceback,
              "retries": meta.retries, "date_done": meta.date_done}
     try:
         return serialization.dumps(value, serializer)
     except SerializationError as exc:
-        value["status"] = "FAILURE"
-        value["result"] = exc
+        value["status"] = meta.status = "FAILURE"
+        value["result"] = meta.result = exc
         value["traceback"] = None
         return serialization.dumps(value, "json")
 

@@ -155,13 +155,14 @@ broker's grace period (a few seconds), the broker stores FAILURE / WorkerLostErr
       |                                               |
       | <---------------------- CHALLENGE {nonce_b}    |   a secret is configured
       | AUTH {proof_c} -----------------------------> |   proof_c = HMAC-SHA256(secret,
-      | <---------------------- WELCOME {proof_b}      |       "client" + nonce_c + nonce_b)
+      | <---------------------- WELCOME {proof_b}      |       "client:" nonce_c ":" nonce_b)
       |                                               |   proof_b = HMAC-SHA256(secret,
-      | commands, replies, deliveries ...    <------> |       "broker" + nonce_b + nonce_c)
+      | commands, replies, deliveries ...    <------> |       "broker:" nonce_b ":" nonce_c)
       | CLOSE ------------------------------------->  |
       |                                       (close) |
 
-Nonces are 32 random bytes written as hex. Anything but HELLO first, or AUTH when no
+Nonces are 32 random bytes written as lowercase hex; the HMAC input is the UTF-8 text
+``role:first_nonce:second_nonce`` and a proof is the HMAC digest in lowercase hex. Anything but HELLO first, or AUTH when no
 CHALLENGE was sent, or any command before WELCOME, is ERROR 405 and a closed connection.
 
 7. Errors
@@ -427,6 +428,8 @@ def task_fields(data):
         offset += 1 + data[offset]                   # skip routing_key
         length = data[offset]
         kind = data[offset + 1:offset + 1 + length].decode("utf-8")
+        if offset + 1 + length + 3 > len(data):       # content_type and headers length follow
+            raise ProtocolError("malformed message: cut short after its type")
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ProtocolError("malformed message: %s" % (exc,)) from None
     return message_id, kind, not_before, expires_at
@@ -440,7 +443,8 @@ def routing_fields(data):
     """
     try:
         flags, priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
-        offset = 19 + data[18]                       # skip message_id
+        offset = 19 + data[18]
+        data[19:offset].decode("utf-8")              # the broker reads it later: check it now
         length = data[offset]
         exchange = data[offset + 1:offset + 1 + length].decode("utf-8")
         offset += 1 + length

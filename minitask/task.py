@@ -321,6 +321,7 @@ class Task(metaclass=TaskType):
         countdown = policy.next_countdown(countdown, eta, self.default_retry_delay)
         error = RetryTaskError(exc=exc, countdown=countdown)
         error.retry_args, error.retry_kwargs = tuple(args or ()), kwargs
+        error.retry_task_id, error.retry_retries = task_id, retries + 1
         if request is None or not request.is_eager:
             if request is not None:
                 options.setdefault("exchange", request.exchange)

@@ -141,11 +141,12 @@ class Queue:
 
     def iter_ready(self):
         """Live waiting messages in delivery order (status, compaction)."""
-        for entry in sorted(self.returned):
-            if entry[2].where == READY:
-                yield entry[2]
-        for priority in self._priorities:
-            for message in self.levels[priority]:
+        returned = sorted(self.returned)
+        for priority in sorted(set(self._priorities) | {entry[0] for entry in returned}):
+            for entry in returned:
+                if entry[0] == priority and entry[2].where == READY:
+                    yield entry[2]
+            for message in self.levels.get(priority, ()):
                 if message.where == READY:
                     yield message
 

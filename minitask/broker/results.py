@@ -86,10 +86,11 @@ class ResultStore:
                 del self.entries[task_id]
                 removed.append(entry)
         if len(heap) > 2 * len(self.entries) + 1024:      # mostly stale: rebuild
-            self._expiry = [(e.expires_at, i, e.task_id)
-                            for i, e in enumerate(self.entries.values())]
+            self._expiry = []
+            for entry in self.entries.values():
+                self._seq += 1
+                self._expiry.append((entry.expires_at, self._seq, entry.task_id))
             heapq.heapify(self._expiry)
-            self._seq = len(self._expiry)
         return removed
 
     def next_expiry(self):

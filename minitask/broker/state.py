@@ -300,6 +300,7 @@ class BrokerState:
         if args.get("passive"):
             if queue is None:
                 raise _refuse(P.NOT_FOUND, "no queue %r" % name)
+            self._check_exclusive(session, queue)
         elif queue is None:
             if not name:
                 name = "mt.gen-%s" % os.urandom(8).hex()
@@ -347,6 +348,7 @@ class BrokerState:
 
     def _bind(self, session, seq, body):
         exchange, queue, key, arguments = self._binding_args(body, "BIND")
+        self._check_exclusive(session, queue)
         if exchange.bind(queue.name, key, arguments) and exchange.durable and queue.durable \
                 and not queue.exclusive:
             self._topology("bind", queue=queue.name, exchange=exchange.name, binding_key=key,
@@ -495,6 +497,8 @@ class BrokerState:
                 message.queue.published -= 1
             if seq:
                 self._error(session, seq, P.REFUSED, "publish refused: %s" % reason)
+                if session.confirm_seq == seq:      # nothing after it to confirm
+                    session.confirm_seq = 0
         self._turn_publishes = []
         self.records = [record for record in records if record[8] != jr.PUBLISH] + self.records
         logger.error("journal write failed (%s): %d publishes refused; acks and results will "
@@ -634,7 +638,7 @@ class BrokerState:
 
     def _dead_letter(self, message, why):
         queue = message.queue
-        name = queue.dead_letter_queue or queue.name + ".dead"
+        name = queue.dead_letter_queue or dead_letter_name(queue.name)
         target = self.queues.get(name)
         if target is None:
             target = self._make_queue(name, {"durable": queue.durable, "max_redeliveries": None})
@@ -935,7 +939,7 @@ class BrokerState:
             if message.where in (READY, DELAYED):
                 self._expire(message)
         for waiter in self.results.timed_out_waiters(now):
-            self._answer_waiter(waiter, None)
+            self._answer_waiter(waiter, self.results.get(waiter.task_id))
         if self.results.next_expiry() is not None and self.results.next_expiry() <= now:
             self._expire_results(now)
         self.revoked.expire(now)
@@ -1024,6 +1028,12 @@ def expires_at_known(message):
     return message.expires_at is not None
 
 
+def dead_letter_name(queue_name):
+    """``<queue>.dead``, its queue part cut (on a character boundary) to fit in 255 bytes."""
+    data = queue_name.encode("utf-8")[:250]
+    return data.decode("utf-8", "ignore") + ".dead"
+
+
 def auth_proof(secret, role, first_nonce, second_nonce):
     """HMAC-SHA256 proof of knowing the secret, bound to both nonces and the prover's role."""
     text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
@@ -1047,9 +1057,10 @@ def _names(args, key):
     values = args.get(key)
     if isinstance(values, str):
         values = [values]
-    if not isinstance(values, list) or not all(isinstance(v, str) and len(v) <= 255
-                                               for v in values):
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ProtocolError("%r must be a list of strings" % key)
+    if any(len(v.encode("utf-8")) > 255 for v in values):
+        raise ProtocolError("%r holds a string longer than 255 bytes" % key)
     return values
 
 

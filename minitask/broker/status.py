@@ -23,9 +23,10 @@ def status_report(state):
         "published": queue.published, "delivered": queue.delivered, "acked": queue.acked,
         "dead_lettered": queue.dead_lettered, "max_length": queue.max_length,
     } for queue in sorted(state.queues.values(), key=lambda q: q.name)]
+    from .state import dead_letter_name
     for row in queues:
-        row["dead"] = state.queues[row["name"] + ".dead"].ready \
-            if row["name"] + ".dead" in state.queues else 0
+        dead = state.queues.get(dead_letter_name(row["name"]))
+        row["dead"] = dead.ready if dead is not None else 0
     exchanges = [dict(exchange.describe(), bindings=len(exchange.bindings))
                  for exchange in sorted(state.exchanges.values(), key=lambda e: e.name)
                  if exchange.name]

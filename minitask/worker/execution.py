@@ -83,8 +83,9 @@ def run_eagerly(task, args=None, kwargs=None, task_id=None, retries=0,
         retry = outcome.retry
         if honour_countdown and retry.countdown:
             time.sleep(retry.countdown)
-        message = TaskMessage(task.name, retry.retry_args, retry.retry_kwargs, id=message.id,
-                              retries=message.retries + 1)
+        message = TaskMessage(task.name, retry.retry_args, retry.retry_kwargs,
+                              id=getattr(retry, "retry_task_id", None) or message.id,
+                              retries=getattr(retry, "retry_retries", message.retries + 1))
 
 
 class Executed:
@@ -151,6 +152,9 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
 def _executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
     meta = ResultMeta(task_id, state, result, tb, name, retries, time.time())
     content_type, payload = encode_result_meta(meta, serializer)
+    if meta.status != state:            # the result itself could not be carried
+        state, summary = meta.status, "result not serializable: %s" % meta.result
+        logger.error("Task %s[%s] %s", name, task_id, summary)
     frame = protocol.encode_result(protocol.RESULT_SET, 0, task_id, state, protocol.STORE, 0.0,
                                    content_type, payload)
     return Executed(state, frame, runtime, task_id, name, summary)
