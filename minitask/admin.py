@@ -72,6 +72,8 @@ def add_commands(commands, parser_class):
     result.add_argument("--timeout", type=float, default=None)
     _common(result)
     result.set_defaults(run=run_result)
+    from .bench import add_command as add_bench
+    add_bench(commands)
 
 
 def _common(parser):

@@ -5,9 +5,10 @@ They travel on their own queue (`QUEUE`), so a bench pointed at a shared broker 
 ``--broker`` never hands them to another worker, nor takes that worker's tasks.
 
 `noop` counts its runs the way the peers' harness does (``../shared/peers/common.py``): each
-run appends to one ``O_APPEND`` file named by ``MINITASK_BENCH_COUNTER``, which works across
-pool processes and forks with no lock. It appends its 4-byte index rather than one byte, so
-the file's size still counts runs and its content also shows which task ran twice.
+run appends to one ``O_APPEND`` file named by ``BENCH_COUNTER`` (the harness's name; a
+``MINITASK_`` name would be taken for a setting), which works across pool processes and forks
+with no lock. It appends its 4-byte index rather than one byte, so the file's size still
+counts runs and its content also shows which task ran twice.
 """
 
 import os
@@ -18,7 +19,7 @@ from .decorators import task
 __all__ = ["QUEUE", "COUNTER_ENV", "INDEX", "noop", "echo", "record"]
 
 QUEUE = "minitask.bench"
-COUNTER_ENV = "MINITASK_BENCH_COUNTER"
+COUNTER_ENV = "BENCH_COUNTER"
 INDEX = struct.Struct("=I")         # the machine's own byte order: one machine writes and reads
 
 _counter = {"pid": None, "fd": None}

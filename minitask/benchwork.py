@@ -21,18 +21,23 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 
-from .benchtasks import COUNTER_ENV, INDEX, QUEUE
+from . import protocol as P
+from .benchtasks import COUNTER_ENV, INDEX, QUEUE, noop
 from .exceptions import MinitaskError
 
 __all__ = ["Lab", "Progress", "percentile", "rss_bytes", "journal_bytes", "count_runs",
-           "wait_drained", "tcp_floor", "mp_context"]
+           "wait_drained", "tcp_floor", "mp_context", "consume_all", "raw_messages",
+           "BODY_BYTES"]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_PREFIX = "minitask broker listening on "
 # A drain that makes no progress for this long is stuck: stop and report what is missing.
 STALL_SECONDS = 60.0
 FLOOR_MESSAGE_BYTES = 200
+BODY_BYTES = 100                # broker-only messages: the bodies the issue names
+NOOP_NAME = noop.name
 
 
 def percentile(values, fraction):
@@ -193,6 +198,7 @@ class Lab:
     def start_worker(self, url, concurrency, counter=None):
         """Start `python -m minitask worker` on the bench queue; returns the Popen."""
         env = dict(self.env)
+        env.pop(COUNTER_ENV, None)
         if counter:
             env[COUNTER_ENV] = counter
         command = [sys.executable, "-m", "minitask", "worker", "--broker", url,
@@ -248,7 +254,11 @@ class Lab:
 
 def _ignoring_sigint(target, *args):
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # the parent stops us; no traceback here
-    target(*args)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # not the bench's handler, inherited by fork
+    try:
+        target(*args)
+    except MinitaskError:
+        sys.exit(1)                 # the broker went away: the parent is stopping or reports it
 
 
 def _signal_group(process, signum):
@@ -331,6 +341,42 @@ def wait_drained(path, tasks, started, worker, progress=None):
         time.sleep(0.001)
 
 
+# -- the broker workload's consumer and messages -----------------------------------------------
+
+def consume_all(url, secret, queue, count, prefetch, pipe):
+    """Consumer process of the broker workload: ack everything, report when all are acked."""
+    from .client import Connection
+    conn = Connection(url, secret=secret, timeout=60.0, client="minitask-bench").connect()
+    conn.declare_queue(queue)
+    conn.qos(prefetch)
+    conn.consume(queue)
+    pipe.send("ready")
+    received = acked = last = 0
+    while received < count:
+        delivery = conn.get_delivery(timeout=60.0)
+        if delivery is None:
+            break
+        received += 1
+        last = delivery.delivery_tag
+        # One ack frame per batch read (multiple=True acks every tag up to `last`).
+        if not conn.deliveries or received - acked >= prefetch // 2:
+            conn.ack([last], multiple=True)
+            acked = received
+    if last:
+        conn.ack([last], multiple=True)
+    conn.status()                   # one round trip: the broker has applied every ack
+    pipe.send(received)
+    conn.close()
+
+
+def raw_messages(count, queue, not_before=0.0):
+    """Broker messages of BODY_BYTES-byte bodies, shaped like tasks (a UUID id, a task name)."""
+    body = b"x" * BODY_BYTES
+    for _ in range(count):
+        yield P.encode_message(P.Message(body, "", queue, str(uuid.uuid4()), NOOP_NAME,
+                                         not_before=not_before))
+
+
 # -- the floor: pure-Python localhost TCP (the method of ../shared/peers/limits.py) -----------
 
 def _recv_exact(sock, buffer):
@@ -388,6 +434,7 @@ def tcp_floor(lab, round_trips=2000, warm=20, one_way=200000):
         _recv_exact(sock, buffer)
         latencies.append(clock() - started)
     sock.close()
+    server.join(10.0)               # it leaves when we close
     lab.stop(server)
     server, pipe, sock = _client(lab, "sink", one_way)
     for _ in range(one_way):
@@ -396,5 +443,6 @@ def tcp_floor(lab, round_trips=2000, warm=20, one_way=200000):
         raise MinitaskError("the TCP sink did not report")
     elapsed = pipe.recv()
     sock.close()
+    server.join(10.0)
     lab.stop(server)
     return latencies[warm:], (one_way - 1) / elapsed

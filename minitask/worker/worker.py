@@ -149,8 +149,8 @@ class Worker:
                 logger.warning("worker %s: cold shutdown", self.hostname)
             self.stopping = "cold"
         elif self.stopping is None:
-            logger.warning("worker %s: warm shutdown (finishing running tasks for up to %gs; "
-                           "signal again to stop at once)", self.hostname, self.shutdown_timeout)
+            logger.info("worker %s: warm shutdown (finishing running tasks for up to %gs; "
+                        "signal again to stop at once)", self.hostname, self.shutdown_timeout)
             self.stopping = "warm"
             self.stop_deadline = time.monotonic() + self.shutdown_timeout
             self._hand_back_unstarted()

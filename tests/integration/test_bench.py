@@ -1,0 +1,90 @@
+"""`python -m minitask bench` works end to end and its JSON has the documented shape.
+
+A smoke test, not a benchmark: the figures depend on the machine, so nothing here asserts
+how fast anything is, only that every figure is there, is a number, and nothing was lost.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minitask.benchtasks import INDEX
+from minitask.benchwork import count_runs, percentile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DEFAULT_KEYS = {
+    "floor": {"tcp_echo_p50_ms", "tcp_echo_p99_ms", "tcp_oneway_msgs_per_s"},
+    "drain": {"tasks", "concurrency", "enqueue_per_s", "drain_per_s", "drain_steady_per_s",
+              "lost", "duplicates"},
+    "rtt": {"calls", "p50_ms", "p99_ms", "max_ms"},
+    "broker": {"everysec_msgs_per_s", "always_msgs_per_s"},
+    "machine": {"python", "cpus"},
+}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def test_bench_json_has_every_default_workload_and_loses_nothing(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env.pop("MINITASK_CONFIG_MODULE", None)
+    done = subprocess.run([sys.executable, "-m", "minitask", "bench", "--tasks", "200",
+                           "--json"], cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    report = json.loads(done.stdout.decode("utf-8"))
+    assert set(report) == set(DEFAULT_KEYS)
+    for workload, keys in DEFAULT_KEYS.items():
+        assert set(report[workload]) == keys, workload
+        for key in keys - {"python"}:
+            assert _is_number(report[workload][key]), (workload, key, report[workload][key])
+    assert isinstance(report["machine"]["python"], str)
+    assert report["drain"]["tasks"] == 200
+    assert report["drain"]["lost"] == 0
+    assert report["drain"]["duplicates"] == 0
+    assert report["rtt"]["calls"] >= 40
+
+
+def test_bench_refuses_an_unknown_workload():
+    done = subprocess.run([sys.executable, "-m", "minitask", "bench", "nosuch"], cwd=ROOT,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 2
+    assert b"unknown workload 'nosuch'" in done.stderr
+
+
+@pytest.mark.parametrize("fraction, expected", [
+    (0.0, 1), (0.01, 1), (0.5, 50), (0.99, 99), (0.995, 100), (1.0, 100)])
+def test_percentile_is_nearest_rank(fraction, expected):
+    assert percentile(list(range(100, 0, -1)), fraction) == expected
+
+
+def test_percentile_of_one_value_is_that_value():
+    assert percentile([7.5], 0.5) == 7.5
+    assert percentile([7.5], 0.99) == 7.5
+
+
+def test_percentile_matches_the_peers_harness_on_the_rtt_sample_size():
+    # run.py: xs[max(0, ceil(p * len(xs)) - 1)] over 280 kept samples
+    values = [float(v) for v in range(280)]
+    assert percentile(values, 0.50) == 139.0
+    assert percentile(values, 0.99) == 277.0
+
+
+def test_percentile_refuses_nothing_and_bad_fractions():
+    with pytest.raises(ValueError):
+        percentile([], 0.5)
+    with pytest.raises(ValueError):
+        percentile([1.0], 1.5)
+
+
+def test_count_runs_finds_the_lost_and_the_duplicated(tmp_path):
+    counter = tmp_path / "counter"
+    counter.write_bytes(b"".join(INDEX.pack(index) for index in (0, 2, 2, 3, 0, 2)))
+    assert count_runs(str(counter), 5) == (6, 2, 3)     # 1 and 4 lost; 0 once, 2 twice again
