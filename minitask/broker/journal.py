@@ -50,6 +50,7 @@ Invariants:
   broker has written everything live into a fresh segment.
 """
 
+import errno
 import json
 import logging
 import os
@@ -296,8 +297,8 @@ class Journal:
             with open(segment.path, "rb") as handle:
                 data = handle.read()
             is_last = index == len(numbers) - 1
-            if data[:4] != MAGIC:
-                if is_last and len(data) < len(FILE_HEADER) and MAGIC.startswith(data[:4]):
+            if data[:4] != MAGIC or len(data) < len(FILE_HEADER):
+                if is_last and len(data) < len(FILE_HEADER) and FILE_HEADER.startswith(data):
                     data = b""           # crashed while creating it: nothing in it yet
                 else:
                     logger.error("journal segment %s has no valid header; moved aside",
@@ -356,7 +357,8 @@ class Journal:
         segment = Segment(number, self._path(number))
         fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
-            os.write(fd, FILE_HEADER)
+            if os.write(fd, FILE_HEADER) != len(FILE_HEADER):   # a full disk, part-way
+                raise OSError(errno.ENOSPC, "short write of the segment header")
         except OSError:
             os.close(fd)
             os.unlink(segment.path)

@@ -143,13 +143,14 @@ def _apply_snapshot(state, found, snapshot):
 
 
 def _place_messages(state, found, now):
-    placed = delayed = redelivered = orphaned = 0
+    placed = delayed = redelivered = 0
+    orphaned = []
     track = state.journal.track
     for message_id in sorted(found.messages):
         queue_name, data, deliveries, segment = found.messages[message_id]
         queue = state.queues.get(queue_name)
         if queue is None:
-            orphaned += 1
+            orphaned.append(message_id)
             continue
         _flags, priority, not_before, expires_at, _ex, _key, _h = P.routing_fields(data)
         if priority == P.NO_PRIORITY:
@@ -172,7 +173,8 @@ def _place_messages(state, found, now):
         state.next_message_id = max(found.messages) + 1
     if orphaned:
         logger.warning("%d journalled messages belong to queues that no longer exist; dropped",
-                       orphaned)
+                       len(orphaned))
+        state.records.append(jr.ids_record(jr.ACK, orphaned))    # so they stay gone
     return {"messages": placed, "delayed": delayed, "redelivered": redelivered}
 
 

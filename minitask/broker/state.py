@@ -392,6 +392,13 @@ class BrokerState:
 
     def _drop_queue(self, queue):
         self._retire_all(queue.drain())
+        unacked = [message for session in self.sessions.values()
+                   for message in session.unacked.values()
+                   if message.queue is queue and message.segment is not None]
+        for message in unacked:             # gone with the queue, whatever the consumer does
+            self.journal.untrack(message)
+        if unacked:
+            self.records.append(jr.ids_record(jr.ACK, [message.id for message in unacked]))
         for message in self._delayed_of(queue):
             self._retire(message)
         for consumer in list(queue.consumers):
@@ -491,8 +498,10 @@ class BrokerState:
         were not delivered: dispatch comes after the write) and answered with ERROR 507.
         Every other record (acks, results, declarations) is written again next turn.
         """
+        refused = set()
         for session, seq, messages in self._turn_publishes:
             for message in messages:
+                refused.add(message.id)
                 self._retire(message, record=False)
                 message.queue.published -= 1
             if seq:
@@ -500,9 +509,11 @@ class BrokerState:
                 if session.confirm_seq == seq:      # nothing after it to confirm
                     session.confirm_seq = 0
         self._turn_publishes = []
-        self.records = [record for record in records if record[8] != jr.PUBLISH] + self.records
+        # Publish records of messages the broker made itself (dead-letter copies) are kept.
+        self.records = [record for record in records if record[8] != jr.PUBLISH
+                        or jr.decode_publish(record[9:])[0] not in refused] + self.records
         logger.error("journal write failed (%s): %d publishes refused; acks and results will "
-                     "be written again", reason, sum(1 for _ in records if _[8] == jr.PUBLISH))
+                     "be written again", reason, len(refused))
 
     def take_records(self):
         records, self.records = self.records, []
@@ -687,10 +698,12 @@ class BrokerState:
 
     # -- acks ------------------------------------------------------------------------------------
 
-    def _take_unacked(self, session, body):
+    def _take_unacked(self, session, body, multiple=True):
+        """Take the messages of these tags from the session; `multiple` honours ACK's bit 0
+        (REJECT's bit 0 means requeue instead)."""
         flags, tags = P.decode_tags(body)
         unacked = session.unacked
-        if flags & P.MULTIPLE and tags:
+        if multiple and flags & P.MULTIPLE and tags:
             top = max(tags)
             tags = [tag for tag in unacked if tag <= top]
         taken = []
@@ -728,7 +741,7 @@ class BrokerState:
                 self.records.append(jr.names_record(jr.STARTED, started_ids))
 
     def _reject(self, session, seq, body):
-        flags, messages = self._take_unacked(session, body)
+        flags, messages = self._take_unacked(session, body, multiple=False)
         for message in messages:
             self._inflight_clear(message)
             if flags & P.REQUEUE:

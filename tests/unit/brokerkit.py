@@ -110,6 +110,7 @@ class Client:
         self.session = session
         self.seq = 0
         self._decoder = P.Decoder()
+        self._held = []             # frames that came with a reply but answer something else
 
     # -- sending --
 
@@ -130,7 +131,7 @@ class Client:
         """Send a JSON command and return the body of its OK reply."""
         seq = self.next_seq()
         frames = self.send_json(kind, obj or {}, seq)
-        replies = [f for f in frames if f[1] == seq]
+        replies = self._split(frames, seq)
         if [f[0] for f in replies] != [P.OK]:
             raise AssertionError("%s answered %r" % (P.command_name(kind), describe(frames)))
         return P.decode_json(replies[0][2])
@@ -140,10 +141,10 @@ class Client:
         seq = self.next_seq() if seq is None else seq
         frames = (self.send_json(kind, body, seq) if isinstance(body, dict)
                   else self.send(kind, body, seq))
-        errors = [f for f in frames if f[0] == P.ERROR]
-        if len(errors) != 1 or errors[0][1] != seq:
+        replies = self._split(frames, seq)
+        if [(f[0], f[1]) for f in replies] != [(P.ERROR, seq)]:
             raise AssertionError("%s answered %r" % (P.command_name(kind), describe(frames)))
-        return P.decode_error(errors[0][2])
+        return P.decode_error(replies[0][2])
 
     def publish(self, seq=None, **fields):
         """Publish a Message built from `fields`; returns the seq used."""
@@ -177,9 +178,10 @@ class Client:
         """RESULT_GET: ``(task_id, state, flags, time, content_type, payload)``."""
         seq = self.next_seq()
         frames = self.send_json(P.RESULT_GET, {"task_id": task_id}, seq)
-        if [(f[0], f[1]) for f in frames] != [(P.RESULT, seq)]:
+        replies = self._split(frames, seq)
+        if [f[0] for f in replies] != [P.RESULT]:
             raise AssertionError("RESULT_GET answered %r" % (describe(frames),))
-        return P.decode_result(frames[0][2])
+        return P.decode_result(replies[0][2])
 
     # -- receiving --
 
@@ -188,7 +190,17 @@ class Client:
         data = b"".join(self.session.out)
         del self.session.out[:]
         self._decoder.feed(data)
-        return list(self._decoder.frames())
+        held, self._held = self._held, []
+        return held + list(self._decoder.frames())
+
+    def _split(self, frames, seq):
+        """The frames answering `seq`; the rest are kept for the next `frames()` call.
+
+        A reply seq of 0 answers nothing, so deliveries and confirms are always kept.
+        """
+        mine = [f for f in frames if f[1] == seq and f[0] not in (P.CONFIRM, P.DELIVER)]
+        self._held.extend(f for f in frames if f not in mine)
+        return mine
 
     def deliveries(self, frames=None):
         """The DELIVER frames among `frames` (default: new frames), decoded."""

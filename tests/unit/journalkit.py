@@ -170,10 +170,8 @@ class Broker:
         raise AssertionError("compaction still busy after %d steps" % max_steps)
 
     def crash(self):
-        """kill -9: what os.write put in the files stays, nothing else happens."""
-        if self.journal._fd is not None:
-            os.close(self.journal._fd)
-            self.journal._fd = None
+        """kill -9: what os.write put in the files stays; nothing pending is written."""
+        self.journal.close()
 
     def reopen(self, **changes):
         """Crash, then start a new broker on the same data directory."""
@@ -324,7 +322,7 @@ class Client:
         return seq <= self.confirmed and seq not in self.errors
 
 
-# -- looking at a state ----------------------------------------------------------------------------
+# -- looking at a state --------------------------------------------------------------------------
 
 def live_messages(state):
     """Every persisted message the state holds (ready, delayed, unacked) as StoredMessage."""

@@ -1,0 +1,520 @@
+"""minitask.broker.recovery and the journal side of BrokerState: what survives a kill -9.
+
+Each test drives a broker the way broker/server.py does (journalkit.Broker), "crashes" it
+by dropping it without a clean shutdown, and recovers a new BrokerState from the same data
+directory. Time moves only through the fake clock.
+"""
+
+import logging
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from journalkit import Broker, FakeClock, live_ids, live_messages, ready_view  # noqa: E402
+from minitask import protocol as P  # noqa: E402
+from minitask import serialization  # noqa: E402
+from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker.journal import Journal, NullJournal  # noqa: E402
+from minitask.broker.queue import DELAYED, READY  # noqa: E402
+from minitask.broker.state import BrokerOptions, BrokerState  # noqa: E402
+from minitask.exceptions import WorkerLostError  # noqa: E402
+
+
+@pytest.fixture
+def broker(tmp_path):
+    return Broker(tmp_path / "data")
+
+
+def publish(broker, client, queue, *task_ids, **kwargs):
+    seqs = [client.publish(queue, task_id, **kwargs) for task_id in task_ids]
+    broker.turn()
+    for seq in seqs:
+        assert client.is_confirmed(seq), client.errors.get(seq)
+
+
+def worker_with(broker, queue, prefetch=0):
+    worker = broker.connect(worker="w1")
+    if prefetch:
+        worker.qos(prefetch)
+    worker.consume(queue)
+    broker.turn()
+    return worker
+
+
+# -- a fresh start -------------------------------------------------------------------------------
+
+def test_a_fresh_directory_recovers_to_the_default_topology(broker):
+    opts = broker.state.options
+    assert broker.summary["messages"] == 0 and broker.summary["records"] == 0
+    assert set(broker.state.queues) == {opts.default_queue}
+    assert opts.default_exchange in broker.state.exchanges
+    after = broker.reopen()
+    assert set(after.state.queues) == {opts.default_queue}
+    assert after.summary["records"] == 0
+
+
+def test_recovery_summary_counts_what_it_found(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b")
+    publish(broker, client, "q", "later", not_before=broker.clock() + 60)
+    worker = worker_with(broker, "q")
+    assert len(worker.take_deliveries()) == 2
+    worker.set_result("x", "SUCCESS")
+    broker.turn()
+    after = broker.reopen()
+    summary = after.summary
+    assert (summary["messages"], summary["delayed"], summary["redelivered"]) == (3, 1, 2)
+    assert summary["results"] == 1 and summary["orphans"] == 0
+    assert summary["records"] >= 6
+
+
+# -- messages ------------------------------------------------------------------------------------
+
+def test_published_then_acked_messages_do_not_come_back(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b", "c", "d")
+    worker = worker_with(broker, "q")
+    a, b, c, d = worker.take_deliveries()
+    worker.ack(a.tag)
+    worker.ack(c.tag)
+    worker.reject(d.tag)                                    # dropped: no dead-letter queue
+    broker.turn()
+    after = broker.reopen()
+    assert live_ids(after.state) == ["b"]
+    assert after.summary["messages"] == 1
+
+
+def test_unacked_messages_return_redelivered_ahead_of_never_delivered_ones(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "old1", "old2", "old3")
+    worker = worker_with(broker, "q", prefetch=2)
+    first, second = worker.take_deliveries()
+    worker.ack(first.tag)
+    broker.turn()                                           # old3 goes out too
+    publish(broker, client, "q", "new1", "new2")
+    assert ready_view(broker.state, "q") == [("new1", 0), ("new2", 0)]
+
+    after = broker.reopen()
+    assert ready_view(after.state, "q") == [("old2", 1), ("old3", 1), ("new1", 0), ("new2", 0)]
+    consumer = worker_with(after, "q")
+    got = [(d.task_id, d.redelivered, d.deliveries) for d in consumer.take_deliveries()]
+    assert got == [("old2", True, 2), ("old3", True, 2), ("new1", False, 1), ("new2", False, 1)]
+
+
+def test_messages_requeued_before_the_crash_keep_their_delivery_count(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b")
+    for _ in range(3):
+        worker = worker_with(broker, "q")
+        for delivery in worker.take_deliveries():
+            if delivery.task_id == "a":
+                worker.reject(delivery.tag, requeue=True)
+        worker.close()                                      # b comes back too
+        broker.turn()
+    assert sorted(ready_view(broker.state, "q")) == [("a", 3), ("b", 3)]
+    after = broker.reopen()
+    assert ready_view(after.state, "q") == [("a", 3), ("b", 3)]
+
+
+def test_requeueing_one_message_returns_only_that_one_and_a_restart_agrees(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b", "c")
+    worker = worker_with(broker, "q")
+    a, b, c = worker.take_deliveries()
+    worker.reject(c.tag, requeue=True)                      # REJECT bit 0 is requeue only
+    broker.turn()
+    assert [(d.task_id, d.deliveries) for d in worker.take_deliveries()] == [("c", 2)]
+    assert sorted(worker.session.unacked) == [a.tag, b.tag, c.tag + 1]
+    worker.ack(a.tag)
+    worker.ack(b.tag)
+    broker.turn()
+    after = broker.reopen()
+    assert ready_view(after.state, "q") == [("c", 2)]
+
+
+def test_delayed_messages_keep_their_not_before_and_are_released_on_time(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    due = broker.clock() + 100.0
+    publish(broker, client, "q", "later", not_before=due)
+    publish(broker, client, "q", "now")
+    ahead = broker.state.options.release_ahead
+
+    broker.clock.advance(30.0)
+    after = broker.reopen()
+    [later] = [m for m in live_messages(after.state) if P.message_id_of(m.data) == "later"]
+    assert later.where == DELAYED
+    assert P.routing_fields(later.data)[2] == due
+    assert after.state.queues["q"].delayed == 1
+    consumer = worker_with(after, "q")
+    assert [d.task_id for d in consumer.take_deliveries()] == ["now"]
+    after.clock.advance(due - ahead - after.clock() - 0.01)
+    after.turn()
+    assert consumer.take_deliveries() == []
+    after.clock.advance(0.01)
+    after.turn()
+    assert [d.task_id for d in consumer.take_deliveries()] == ["later"]
+
+
+def test_a_delayed_message_due_during_the_downtime_is_ready_at_once(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "later", not_before=broker.clock() + 100.0)
+    broker.clock.advance(500.0)
+    after = broker.reopen()
+    assert after.summary["delayed"] == 0
+    assert [m.where for m in live_messages(after.state)] == [READY]
+    assert ready_view(after.state, "q") == [("later", 0)]
+
+
+def test_priorities_are_kept(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    for task_id, priority in [("p9", 9), ("p0", 0), ("none", None), ("p4", 4), ("p0b", 0),
+                              ("p2", 2)]:
+        publish(broker, client, "q", task_id, priority=priority)
+    before = [task_id for task_id, _d in ready_view(broker.state, "q")]
+    assert before == ["p0", "p0b", "p2", "none", "p4", "p9"]
+    after = broker.reopen()
+    assert [task_id for task_id, _d in ready_view(after.state, "q")] == before
+    priorities = {P.message_id_of(m.data): m.priority for m in live_messages(after.state)}
+    assert priorities == {"p9": 9, "p0": 0, "none": 4, "p4": 4, "p0b": 0, "p2": 2}
+
+
+def test_new_messages_get_ids_after_the_recovered_ones(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b", "c")
+    highest = max(m.id for m in live_messages(broker.state))
+    after = broker.reopen()
+    assert after.state.next_message_id > highest
+    publish(after, after.connect(), "q", "d")
+    again = after.reopen()
+    assert live_ids(again.state) == ["a", "b", "c", "d"]
+
+
+def test_messages_that_are_not_persistent_or_in_non_durable_queues_do_not_survive(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("scratch", durable=False)
+    publish(broker, client, "q", "kept")
+    publish(broker, client, "q", "transient", flags=0)
+    publish(broker, client, "scratch", "in-scratch")
+    after = broker.reopen()
+    assert live_ids(after.state) == ["kept"]
+    assert "scratch" not in after.state.queues
+
+
+def test_a_message_that_expired_during_the_downtime_is_revoked_not_delivered(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "stale", expires_at=broker.clock() + 10.0)
+    publish(broker, client, "q", "fresh")
+    broker.clock.advance(60.0)
+    after = broker.reopen()
+    consumer = worker_with(after, "q")
+    assert [d.task_id for d in consumer.take_deliveries()] == ["fresh"]
+    assert after.state.results.get("stale").state == "REVOKED"
+    assert live_ids(after.reopen().state) == ["fresh"]
+
+
+def test_recovering_twice_in_a_row_gives_the_same_state(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b", "c")
+    worker = worker_with(broker, "q", prefetch=1)
+    worker.take_deliveries()
+    worker.set_result("a", "SUCCESS", b'"A"')
+    broker.turn()
+    first = broker.reopen()
+    second = first.reopen()
+    assert ready_view(second.state, "q") == ready_view(first.state, "q") == \
+        [("a", 1), ("b", 0), ("c", 0)]
+    assert second.state.results.get("a").payload == b'"A"'
+
+
+# -- queues: deleted, purged ---------------------------------------------------------------------
+
+def test_messages_of_a_deleted_queue_do_not_come_back(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "ready1", "ready2")
+    publish(broker, client, "q", "delayed", not_before=broker.clock() + 100.0)
+    client.delete_queue("q")
+    broker.turn()
+    after = broker.reopen()
+    assert "q" not in after.state.queues
+    assert live_ids(after.state) == []
+    client = after.connect()
+    client.declare_queue("q")
+    after.turn()
+    again = after.reopen()
+    assert live_ids(again.state) == []
+    again.clock.advance(200.0)
+    again.turn()
+    assert live_ids(again.state) == []
+
+
+def test_an_unacked_message_of_a_deleted_queue_does_not_return_to_a_new_queue_of_that_name(
+        broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "x")
+    holder = worker_with(broker, "q")
+    assert [d.task_id for d in holder.take_deliveries()] == ["x"]
+    client.delete_queue("q")
+    client.declare_queue("q")                               # a new queue, same name
+    broker.turn()
+    assert broker.state.queues["q"].ready == 0
+    after = broker.reopen()
+    assert ready_view(after.state, "q") == []
+
+
+def test_a_message_dropped_at_recovery_for_want_of_its_queue_stays_dropped(tmp_path, caplog):
+    # A journal whose queue was deleted while one of its messages was out, unacked.
+    journal = Journal(str(tmp_path), fsync="no")
+    list(journal.replay())
+    data = P.encode_message(P.Message(b"{}", routing_key="q", message_id="x"))
+    journal.write([jr.json_record(jr.TOPOLOGY, {"op": "declare_queue", "queue": "q"}),
+                   jr.publish_record(1, 0, "q", data), jr.ids_record(jr.DELIVERED, [1]),
+                   jr.json_record(jr.TOPOLOGY, {"op": "delete_queue", "queue": "q"})])
+    journal.close()
+    after = Broker(tmp_path)
+    assert "q" not in after.state.queues
+    assert any("no longer exist" in r.getMessage() for r in caplog.records
+               if r.levelno == logging.WARNING)
+    client = after.connect()
+    client.declare_queue("q")
+    after.turn()
+    again = after.reopen()
+    assert ready_view(again.state, "q") == []
+
+
+def test_messages_of_a_purged_queue_do_not_come_back(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "a", "b", "c")
+    reply = client.purge("q")
+    broker.turn()
+    client.pump()
+    assert client.oks[reply] == {"messages": 3}
+    publish(broker, client, "q", "after-purge")
+    after = broker.reopen()
+    assert live_ids(after.state) == ["after-purge"]
+
+
+# -- results, revoked ids, settings --------------------------------------------------------------
+
+def test_results_survive_with_state_and_payload(broker):
+    worker = broker.connect(worker="w1")
+    stored_at = broker.clock()
+    worker.set_result("ok", "SUCCESS", b'{"result": [1, 2]}')
+    worker.set_result("bad", "FAILURE", b"\x80\x04pickled", "application/x-python-serialize")
+    worker.set_result("retrying", "RETRY", b"{}")
+    worker.set_result("short", "SUCCESS", b"1", ttl=30.0)
+    broker.turn()
+    broker.clock.advance(5.0)
+    after = broker.reopen()
+    results = after.state.results
+    for task_id, state, content_type, payload in [
+            ("ok", "SUCCESS", "application/json", b'{"result": [1, 2]}'),
+            ("bad", "FAILURE", "application/x-python-serialize", b"\x80\x04pickled"),
+            ("retrying", "RETRY", "application/json", b"{}")]:
+        entry = results.get(task_id)
+        assert (entry.state, entry.content_type, entry.payload) == (state, content_type, payload)
+        assert entry.date_done == stored_at
+        assert entry.expires_at == stored_at + after.state.options.result_expires
+    assert results.get("short").expires_at == stored_at + 30.0
+    asker = after.connect()
+    seq = asker.call(P.RESULT_GET, {"task_id": "ok"})
+    asker.pump()
+    assert asker.results[seq][1:] == ("SUCCESS", P.READY, stored_at, "application/json",
+                                      b'{"result": [1, 2]}')
+
+
+def test_the_newest_result_of_a_task_wins(broker):
+    worker = broker.connect()
+    worker.set_result("t", "RETRY", b'"first"')
+    broker.turn()
+    worker.set_result("t", "SUCCESS", b'"second"')
+    broker.turn()
+    after = broker.reopen()
+    assert after.state.results.get("t").payload == b'"second"'
+
+
+def test_forgotten_and_expired_results_do_not_come_back(broker):
+    worker = broker.connect()
+    worker.set_result("forgotten", "SUCCESS")
+    worker.set_result("expiring", "SUCCESS", ttl=10.0)
+    worker.set_result("kept", "SUCCESS")
+    broker.turn()
+    worker.forget("forgotten")
+    broker.turn()
+    broker.clock.advance(11.0)
+    after = broker.reopen()
+    assert sorted(after.state.results.entries) == ["kept"]
+    assert after.summary["results"] == 1
+
+
+def test_revoked_ids_survive_until_they_expire(broker):
+    client = broker.connect()
+    client.declare_queue("q")
+    client.revoke("r1", "r2")
+    broker.turn()
+    expires_at = broker.clock() + broker.state.options.result_expires
+    publish(broker, client, "q", "r1", "other")
+    after = broker.reopen()
+    assert after.state.revoked.ids == {"r1": expires_at, "r2": expires_at}
+    consumer = worker_with(after, "q")
+    assert [d.task_id for d in consumer.take_deliveries()] == ["other"]
+    assert after.state.results.get("r1").state == "REVOKED"
+    after.clock.advance(after.state.options.result_expires + 1)
+    later = after.reopen()
+    assert later.state.revoked.ids == {}
+
+
+def test_settings_survive_with_their_newest_value(broker):
+    client = broker.connect()
+    client.kv_set("beat:add", 1.5)
+    client.kv_set("beat:mul", {"last": [1, 2]})
+    broker.turn()
+    client.kv_set("beat:add", 2.5)
+    broker.turn()
+    after = broker.reopen()
+    assert after.state.kv == {"beat:add": 2.5, "beat:mul": {"last": [1, 2]}}
+
+
+# -- topology ------------------------------------------------------------------------------------
+
+def test_durable_exchanges_queues_and_bindings_survive_and_non_durable_ones_do_not(broker):
+    client = broker.connect()
+    client.declare_exchange("tasks", "topic")
+    client.declare_exchange("events", "fanout", durable=False)
+    client.declare_exchange("dropped", "direct")
+    client.declare_queue("q1", max_length=100, max_redeliveries=3, dead_letter_queue="q1.dlq")
+    client.declare_queue("q2")
+    client.declare_queue("temp", durable=False)
+    client.bind("q1", "tasks", "add.#")
+    client.bind("q2", "tasks", "mul.*")
+    client.bind("q2", "tasks", "gone.*")
+    client.bind("q2", "events")
+    client.bind("temp", "tasks", "temp.#")
+    broker.turn()
+    client.unbind("q2", "tasks", "gone.*")
+    client.delete_exchange("dropped")
+    broker.turn()
+    assert all(seq not in client.errors for seq in range(1, 14))
+
+    after = broker.reopen()
+    state = after.state
+    assert state.exchanges["tasks"].type == "topic" and state.exchanges["tasks"].durable
+    assert "events" not in state.exchanges and "dropped" not in state.exchanges
+    assert "temp" not in state.queues
+    assert state.queues["q1"].arguments() == broker.state.queues["q1"].arguments()
+    assert state.queues["q2"].arguments() == broker.state.queues["q2"].arguments()
+    assert sorted((q, key) for q, key, _a in state.exchanges["tasks"].bindings) == \
+        [("q1", "add.#"), ("q2", "mul.*")]
+    assert state.exchanges["tasks"].route("add.x.y") == {"q1"}
+    client = after.connect()
+    publish(after, client, "", "m1", exchange="tasks", routing_key="mul.now")
+    assert ready_view(after.state, "q2") == [("m1", 0)]
+
+
+# -- tasks handed over to workers ----------------------------------------------------------------
+
+def _hand_over(broker, *task_ids):
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", *task_ids)
+    worker = worker_with(broker, "q")
+    for delivery in worker.take_deliveries():
+        worker.ack(delivery.tag, started=True)
+    broker.turn()
+    return worker
+
+
+def test_a_handed_over_task_without_a_result_fails_with_worker_lost_after_the_grace(broker):
+    _hand_over(broker, "lost")
+    after = broker.reopen()
+    assert after.summary["orphans"] == 1
+    assert live_ids(after.state) == []                      # acked: it does not run again
+    assert after.state.results.state_of("lost") == "STARTED"
+    grace = after.state.options.handover_grace
+    after.clock.advance(grace - 0.5)
+    after.turn()
+    assert after.state.results.get("lost") is None
+    after.clock.advance(0.5)
+    after.turn()
+    entry = after.state.results.get("lost")
+    assert entry.state == "FAILURE"
+    meta = serialization.loads(entry.payload, entry.content_type)
+    assert meta["status"] == "FAILURE" and isinstance(meta["result"], WorkerLostError)
+    again = after.reopen()                                  # the failure was journalled
+    assert again.state.results.get("lost").state == "FAILURE"
+    assert again.summary["orphans"] == 0
+
+
+def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
+    _hand_over(broker, "running")
+    after = broker.reopen()
+    worker = after.connect(worker="w1")
+    seq = worker.claim("running", "unknown")
+    after.turn()
+    worker.pump()
+    assert worker.oks[seq] == {"claimed": 1}
+    after.clock.advance(after.state.options.handover_grace * 3)
+    after.turn()
+    assert after.state.results.get("running") is None
+    worker.set_result("running", "SUCCESS", b'"done"')
+    after.turn()
+    assert after.reopen().state.results.get("running").payload == b'"done"'
+
+
+def test_handed_over_tasks_that_finished_are_not_orphans(broker):
+    worker = _hand_over(broker, "stored", "ignored")
+    worker.set_result("stored", "SUCCESS", b'"yes"')
+    worker.set_result("ignored", "SUCCESS", b"", store=False)
+    broker.turn()
+    after = broker.reopen()
+    assert after.summary["orphans"] == 0
+    after.clock.advance(after.state.options.handover_grace * 2)
+    after.turn()
+    assert after.state.results.get("stored").payload == b'"yes"'
+    assert after.state.results.get("ignored") is None
+
+
+def test_the_grace_period_is_the_brokers_option(tmp_path):
+    first = Broker(tmp_path, options=BrokerOptions(handover_grace=60.0))
+    _hand_over(first, "slow")
+    after = first.reopen()
+    after.clock.advance(59.0)
+    after.turn()
+    assert after.state.results.get("slow") is None
+    after.clock.advance(1.0)
+    after.turn()
+    assert after.state.results.get("slow").state == "FAILURE"
+
+
+# -- --no-persist --------------------------------------------------------------------------------
+
+def test_without_a_journal_nothing_is_recorded_and_nothing_comes_back(tmp_path):
+    state = BrokerState(FakeClock(), NullJournal())
+    assert state.recover()["records"] == 0
+    session = state.open_session(1)
+    state.handle(session, P.HELLO, 1, b'{"protocol": 1}')
+    state.handle(session, P.DECLARE_QUEUE, 2, b'{"queue": "q"}')
+    data = P.encode_message(P.Message(b"{}", routing_key="q", message_id="t"))
+    state.handle(session, P.PUBLISH, 3, data)
+    assert state.take_records() == []
+    state.confirm_turn()
+    assert state.queues["q"].ready == 1
+    assert list(state.live_objects()) == []
+    assert os.listdir(str(tmp_path)) == []
