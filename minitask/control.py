@@ -18,7 +18,6 @@ import json
 import uuid
 
 from . import protocol
-from .exceptions import ProtocolError
 
 __all__ = ["CONTROL_EXCHANGE", "CONTROL_TYPE", "REPLY_TYPE", "command_message",
            "reply_message", "decode_body"]

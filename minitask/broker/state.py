@@ -14,30 +14,31 @@ Invariants:
   a crash, and a refused publish was never delivered.
 - Every message is in exactly one place: a queue (READY), the delay heap (DELAYED), one
   session's `unacked` (UNACKED), or nowhere (DEAD).
+
+The commands live by concept: this module publishes, delivers and acks; `handshake.py`,
+`topology.py` and `result_commands.py` hold the rest as mixins of `BrokerState`.
 """
 
-import hashlib
 import heapq
-import hmac
 import logging
-import os
 
-from .. import control, protocol, serialization
+from .. import control, protocol as P
 from ..exceptions import (
-    AuthenticationError, BrokerError, MinitaskError, NotDeliverableError, ProtocolError,
-    PublishRefusedError, UnroutableError, WorkerLostError,
+    MinitaskError, NotDeliverableError, ProtocolError, PublishRefusedError, UnroutableError,
 )
 from . import journal as jr
-from .queue import DEAD, DELAYED, READY, UNACKED, Queue, StoredMessage
-from .results import Handovers, ResultEntry, ResultStore, Revoked, Waiter
-from .routing import EXCHANGE_TYPES, Exchange
-from .session import AUTH_STAGE, CLOSED, HELLO_STAGE, OPEN, Consumer, Session
+from .arguments import refuse
+from .handshake import Handshake, auth_proof
+from .queue import DEAD, DELAYED, READY, UNACKED, StoredMessage
+from .result_commands import ResultCommands, broker_meta
+from .results import Handovers, ResultStore, Revoked
+from .routing import Exchange
+from .session import CLOSED, OPEN, Consumer, Session
+from .topology import TopologyCommands, dead_letter_name
 
-__all__ = ["BrokerState", "BrokerOptions"]
+__all__ = ["BrokerState", "BrokerOptions", "auth_proof", "dead_letter_name", "broker_meta"]
 
 logger = logging.getLogger(__name__)
-
-P = protocol
 
 
 class BrokerOptions:
@@ -61,11 +62,7 @@ class BrokerOptions:
         self.version = version
 
 
-def _refuse(code, text):
-    return BrokerError(text, code)
-
-
-class BrokerState:
+class BrokerState(Handshake, TopologyCommands, ResultCommands):
     """Queues, exchanges, sessions, results: the broker without its sockets."""
 
     def __init__(self, clock, journal=None, options=None):
@@ -155,58 +152,6 @@ class BrokerState:
                 self._confirm.append(session)
             session.confirm_seq = seq
 
-    # -- handshake (protocol section 6) --
-
-    def _handshake(self, session, kind, seq, body):
-        if session.stage == HELLO_STAGE and kind == P.HELLO:
-            try:
-                hello = P.decode_json(body, "HELLO")
-            except ProtocolError as exc:
-                self._error(session, seq, P.BAD_FRAME, str(exc), close=True)
-                return
-            if hello.get("protocol") != P.PROTOCOL_VERSION:
-                self._error(session, seq, P.COMMAND_INVALID,
-                            "protocol version %r is not supported; this broker speaks %d"
-                            % (hello.get("protocol"), P.PROTOCOL_VERSION), close=True)
-                return
-            session.client = str(hello.get("client", ""))[:200]
-            info = hello.get("worker")
-            session.info = info if isinstance(info, dict) else {}
-            heartbeat = hello.get("heartbeat", 0)
-            session.heartbeat = float(heartbeat) if isinstance(heartbeat, (int, float)) \
-                and 0 <= heartbeat <= 3600 else 0.0
-            session.client_nonce = str(hello.get("nonce", ""))[:128]
-            if self.options.secret:
-                session.stage = AUTH_STAGE
-                session.nonce = os.urandom(32).hex()
-                session.send(P.encode_json(P.CHALLENGE, seq, {"nonce": session.nonce}))
-            else:
-                self._welcome(session, seq, None)
-        elif session.stage == AUTH_STAGE and kind == P.AUTH:
-            try:
-                proof = str(P.decode_json(body, "AUTH").get("proof", ""))
-            except ProtocolError:
-                proof = ""
-            expected = auth_proof(self.options.secret, "client", session.client_nonce,
-                                  session.nonce)
-            if not hmac.compare_digest(proof.encode("utf-8"), expected.encode("utf-8")):
-                self._error(session, seq, P.AUTH_FAILED, "authentication failed", close=True)
-                return
-            self._welcome(session, seq, auth_proof(self.options.secret, "broker", session.nonce,
-                                                   session.client_nonce))
-        else:
-            self._error(session, seq, P.COMMAND_INVALID,
-                        "%s before the handshake finished" % P.command_name(kind), close=True)
-
-    def _welcome(self, session, seq, proof):
-        session.stage = OPEN
-        welcome = {"protocol": P.PROTOCOL_VERSION, "broker": self.options.version,
-                   "max_frame_bytes": self.options.max_frame_bytes,
-                   "heartbeat": session.heartbeat, "session": session.id}
-        if proof:
-            welcome["proof"] = proof
-        session.send(P.encode_json(P.WELCOME, seq, welcome))
-
     def close_session(self, session, reason=""):
         """The connection is gone: requeue its unacked messages, orphan its handed-over tasks."""
         if session.stage == CLOSED:
@@ -233,190 +178,6 @@ class BrokerState:
             logger.warning("client %s %s: %d unacked messages requeued", session.peer,
                            reason or "closed", requeued)
 
-    # -- topology ------------------------------------------------------------------------------
-
-    def _make_exchange(self, name, kind, durable, auto_delete):
-        exchange = self.exchanges[name] = Exchange(name, kind, durable, auto_delete)
-        return exchange
-
-    def _make_queue(self, name, args, owner=None):
-        queue = Queue(name, durable=bool(args.get("durable", True)),
-                      exclusive=bool(args.get("exclusive", False)),
-                      auto_delete=bool(args.get("auto_delete", False)),
-                      max_length=args.get("max_length"),
-                      max_redeliveries=args.get("max_redeliveries", 10),
-                      dead_letter_queue=args.get("dead_letter_queue"), owner=owner)
-        self.queues[name] = queue
-        if owner is not None:
-            owner.exclusive_queues.append(queue)
-        return queue
-
-    def _topology(self, op, **fields):
-        if self.persist:
-            fields["op"] = op
-            self.records.append(jr.json_record(jr.TOPOLOGY, fields))
-
-    def _declare_exchange(self, session, seq, body):
-        args = P.decode_json(body, "DECLARE_EXCHANGE")
-        name = _name(args, "exchange")
-        kind = args.get("type", "direct")
-        existing = self.exchanges.get(name)
-        if args.get("passive"):
-            if existing is None:
-                raise _refuse(P.NOT_FOUND, "no exchange %r" % name)
-        elif existing is not None:
-            if existing.type != kind:
-                raise _refuse(P.PRECONDITION_FAILED, "exchange %r exists with type %r, not %r"
-                              % (name, existing.type, kind))
-        else:
-            if name == "" or name.startswith("amq."):
-                raise _refuse(P.PRECONDITION_FAILED, "exchange name %r is reserved" % name)
-            if kind not in EXCHANGE_TYPES:
-                raise ProtocolError("exchange type %r: expected one of %s"
-                                    % (kind, ", ".join(EXCHANGE_TYPES)))
-            durable = bool(args.get("durable", True))
-            self._make_exchange(name, kind, durable, bool(args.get("auto_delete", False)))
-            if durable:
-                self._topology("declare_exchange", **self.exchanges[name].describe())
-        self._reply(session, seq, {})
-
-    def _delete_exchange(self, session, seq, body):
-        name = _name(P.decode_json(body, "DELETE_EXCHANGE"), "exchange")
-        exchange = self.exchanges.get(name)
-        if name == "" or exchange is None:
-            raise _refuse(P.NOT_FOUND, "no exchange %r" % name)
-        del self.exchanges[name]
-        if exchange.durable:
-            self._topology("delete_exchange", exchange=name)
-        self._reply(session, seq, {})
-
-    def _declare_queue(self, session, seq, body):
-        args = P.decode_json(body, "DECLARE_QUEUE")
-        name = args.get("queue") or ""
-        if not isinstance(name, str) or len(name.encode("utf-8")) > 255:
-            raise ProtocolError("queue name must be a string of at most 255 bytes")
-        _check_queue_args(args)
-        queue = self.queues.get(name) if name else None
-        if args.get("passive"):
-            if queue is None:
-                raise _refuse(P.NOT_FOUND, "no queue %r" % name)
-            self._check_exclusive(session, queue)
-        elif queue is None:
-            if not name:
-                name = "mt.gen-%s" % os.urandom(8).hex()
-                args = dict(args, exclusive=True, durable=False, auto_delete=True)
-            owner = session if args.get("exclusive") else None
-            queue = self._make_queue(name, args, owner)
-            if queue.durable and not queue.exclusive:
-                self._topology("declare_queue", queue=name, **queue.arguments())
-            # Every queue is bound to the default exchange under its own name (AMQP).
-        else:
-            self._check_exclusive(session, queue)
-            wanted = dict(queue.arguments(), **{key: args[key] for key in queue.arguments()
-                                                if key in args})
-            wanted["durable"] = bool(wanted["durable"])
-            if wanted != queue.arguments():
-                raise _refuse(P.PRECONDITION_FAILED,
-                              "queue %r exists with other arguments: %s" % (name, {
-                                  key: value for key, value in queue.arguments().items()
-                                  if wanted[key] != value}))
-        self._reply(session, seq, {"queue": queue.name, "messages": queue.ready,
-                                   "consumers": len(queue.consumers)})
-
-    def _check_exclusive(self, session, queue):
-        if queue.exclusive and queue.owner is not session:
-            raise _refuse(P.RESOURCE_LOCKED, "queue %r is exclusive to another connection"
-                          % queue.name)
-
-    def _binding_args(self, body, what):
-        args = P.decode_json(body, what)
-        queue_name = _name(args, "queue")
-        exchange_name = _name(args, "exchange")
-        key = args.get("binding_key", args.get("routing_key", ""))
-        arguments = args.get("arguments") or {}
-        if not isinstance(key, str) or not isinstance(arguments, dict):
-            raise ProtocolError("binding_key must be a string and arguments an object")
-        if exchange_name == "":
-            raise _refuse(P.PRECONDITION_FAILED, "the default exchange cannot be bound to")
-        exchange = self.exchanges.get(exchange_name)
-        if exchange is None:
-            raise _refuse(P.NOT_FOUND, "no exchange %r" % exchange_name)
-        queue = self.queues.get(queue_name)
-        if queue is None:
-            raise _refuse(P.NOT_FOUND, "no queue %r" % queue_name)
-        return exchange, queue, key, arguments
-
-    def _bind(self, session, seq, body):
-        exchange, queue, key, arguments = self._binding_args(body, "BIND")
-        self._check_exclusive(session, queue)
-        if exchange.bind(queue.name, key, arguments) and exchange.durable and queue.durable \
-                and not queue.exclusive:
-            self._topology("bind", queue=queue.name, exchange=exchange.name, binding_key=key,
-                           arguments=arguments)
-        self._reply(session, seq, {})
-
-    def _unbind(self, session, seq, body):
-        exchange, queue, key, arguments = self._binding_args(body, "UNBIND")
-        if exchange.unbind(queue.name, key, arguments):
-            if exchange.durable and queue.durable:
-                self._topology("unbind", queue=queue.name, exchange=exchange.name,
-                               binding_key=key, arguments=arguments)
-            self._auto_delete_exchange(exchange)
-        self._reply(session, seq, {})
-
-    def _auto_delete_exchange(self, exchange):
-        if exchange.auto_delete and not exchange.bindings and exchange.name in self.exchanges:
-            del self.exchanges[exchange.name]
-            if exchange.durable:
-                self._topology("delete_exchange", exchange=exchange.name)
-
-    def _queue_for(self, session, args, what):
-        name = _name(args, "queue")
-        queue = self.queues.get(name)
-        if queue is None:
-            raise _refuse(P.NOT_FOUND, "no queue %r" % name)
-        self._check_exclusive(session, queue)
-        return queue
-
-    def _purge(self, session, seq, body):
-        queue = self._queue_for(session, P.decode_json(body, "PURGE"), "PURGE")
-        dropped = queue.drain()
-        self._retire_all(dropped)
-        self._reply(session, seq, {"messages": len(dropped)})
-
-    def _delete_queue(self, session, seq, body):
-        queue = self._queue_for(session, P.decode_json(body, "DELETE_QUEUE"), "DELETE_QUEUE")
-        count = queue.ready
-        self._drop_queue(queue)
-        self._reply(session, seq, {"messages": count})
-
-    def _drop_queue(self, queue):
-        self._retire_all(queue.drain())
-        unacked = [message for session in self.sessions.values()
-                   for message in session.unacked.values()
-                   if message.queue is queue and message.segment is not None]
-        for message in unacked:             # gone with the queue, whatever the consumer does
-            self.journal.untrack(message)
-        if unacked:
-            self.records.append(jr.ids_record(jr.ACK, [message.id for message in unacked]))
-        for message in self._delayed_of(queue):
-            self._retire(message)
-        for consumer in list(queue.consumers):
-            consumer.session.consumers.pop(consumer.tag, None)
-        queue.consumers = []
-        for exchange in list(self.exchanges.values()):
-            exchange.unbind_queue(queue.name)
-            self._auto_delete_exchange(exchange)
-        del self.queues[queue.name]
-        if queue.owner is not None and queue in queue.owner.exclusive_queues:
-            queue.owner.exclusive_queues.remove(queue)
-        if queue.durable and not queue.exclusive:
-            self._topology("delete_queue", queue=queue.name)
-
-    def _delayed_of(self, queue):
-        return [entry[2] for entry in self._delayed
-                if entry[2].queue is queue and entry[2].where == DELAYED]
-
     # -- publishing ----------------------------------------------------------------------------
 
     def _publish(self, session, seq, data):
@@ -425,7 +186,7 @@ class BrokerState:
         if exchange_name:
             exchange = self.exchanges.get(exchange_name)
             if exchange is None:
-                raise _refuse(P.NOT_FOUND, "no exchange %r" % exchange_name)
+                raise refuse(P.NOT_FOUND, "no exchange %r" % exchange_name)
             names = exchange.route(key, P.headers_of(data, headers_at)
                                    if exchange.type == "headers" else None)
         else:
@@ -537,7 +298,7 @@ class BrokerState:
         elif not isinstance(tag, int) or isinstance(tag, bool) or not 0 < tag < 2 ** 32:
             raise ProtocolError("consumer_tag must be an integer in 1..2**32-1")
         elif tag in session.consumers:
-            raise _refuse(P.PRECONDITION_FAILED, "consumer tag %d is in use" % tag)
+            raise refuse(P.PRECONDITION_FAILED, "consumer tag %d is in use" % tag)
         consumer = Consumer(tag, queue, session, bool(args.get("no_ack", False)))
         session.consumers[tag] = consumer
         queue.consumers.append(consumer)
@@ -548,7 +309,7 @@ class BrokerState:
         tag = P.decode_json(body, "CANCEL").get("consumer_tag")
         consumer = session.consumers.get(tag)
         if consumer is None:
-            raise _refuse(P.NOT_FOUND, "no consumer %r on this connection" % (tag,))
+            raise refuse(P.NOT_FOUND, "no consumer %r on this connection" % (tag,))
         self._remove_consumer(consumer)
         self._reply(session, seq, {})
 
@@ -767,163 +528,7 @@ class BrokerState:
                 and task_id not in self.handovers.owner:
             del self.results.inflight[task_id]
 
-    # -- results ---------------------------------------------------------------------------------
-
-    def _result_set(self, session, seq, body):
-        task_id, state, flags, ttl, content_type, payload = P.decode_result(body)
-        if not task_id:
-            raise ProtocolError("RESULT_SET needs a task_id")
-        if self.handovers.finish(task_id) and self.persist and not flags & P.STORE:
-            self.records.append(jr.names_record(jr.FINISHED, [task_id]))
-        if flags & P.STORE:
-            now = self.clock()
-            self.store_result(task_id, state, content_type, payload, now,
-                              now + (ttl if ttl > 0 else self.options.result_expires))
-        else:
-            self.results.inflight.pop(task_id, None)
-        self._confirmable(session, seq)
-
-    def store_result(self, task_id, state, content_type, payload, now, expires_at):
-        """Keep a result (journalled), and answer whoever waits for it if it is final."""
-        entry = ResultEntry(task_id, state, content_type, payload, now, expires_at)
-        old = self.results.set(entry)
-        if old is not None:
-            self.journal.untrack(old)
-        if self.persist:
-            self.records.append(jr.result_record(entry))
-            self.journal.track(entry)
-        if state == "FAILURE":
-            self.recent_failures.append((now, task_id))
-            del self.recent_failures[:-50]
-        if state in P.READY_STATES:
-            for waiter in self.results.take_waiters(task_id):
-                self._answer_waiter(waiter, entry)
-
-    def _answer_waiter(self, waiter, entry):
-        session = waiter.session
-        if session.stage != CLOSED:
-            session.send(self._result_frame(waiter.seq, waiter.task_id, entry))
-
-    def _result_frame(self, seq, task_id, entry):
-        if entry is None:
-            state = self.results.state_of(task_id)
-            return P.encode_result(P.RESULT, seq, task_id, state, 0, 0.0, "", b"")
-        ready = P.READY if entry.state in P.READY_STATES else 0
-        return P.encode_result(P.RESULT, seq, task_id, entry.state, ready, entry.date_done,
-                               entry.content_type, entry.payload)
-
-    def _result_get(self, session, seq, body):
-        task_id = _name(P.decode_json(body, "RESULT_GET"), "task_id")
-        session.send(self._result_frame(seq, task_id, self.results.get(task_id)))
-
-    def _result_wait(self, session, seq, body):
-        args = P.decode_json(body, "RESULT_WAIT")
-        task_id = _name(args, "task_id")
-        timeout = args.get("timeout")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ProtocolError("timeout must be a non-negative number of seconds")
-        entry = self.results.get(task_id)
-        if entry is not None and entry.state in P.READY_STATES:
-            session.send(self._result_frame(seq, task_id, entry))
-            return
-        deadline = None if timeout is None else self.clock() + timeout
-        self.results.add_waiter(Waiter(session, seq, task_id, deadline))
-
-    def _result_forget(self, session, seq, body):
-        args = P.decode_json(body, "RESULT_FORGET")
-        forgotten = []
-        if args.get("expired"):
-            self._expire_results(self.clock())
-        for task_id in _names(args, "task_ids"):
-            entry = self.results.forget(task_id)
-            if entry is not None:
-                self.journal.untrack(entry)
-                forgotten.append(task_id)
-        if forgotten and self.persist:
-            self.records.append(jr.names_record(jr.FORGET, forgotten))
-        self._reply(session, seq, {"forgotten": len(forgotten)})
-
-    def _task_revoked(self, task_id, why):
-        """Store REVOKED for a task that will never run (expired, revoked before it ran)."""
-        if not task_id:
-            return
-        entry = self.results.get(task_id)
-        if entry is not None and entry.state in P.READY_STATES:
-            return
-        from ..exceptions import TaskRevokedError
-        now = self.clock()
-        content_type, payload = _broker_meta(task_id, "REVOKED",
-                                             TaskRevokedError("task %s %s" % (task_id, why)), now)
-        self.store_result(task_id, "REVOKED", content_type, payload, now,
-                          now + self.options.result_expires)
-
-    def _revoke(self, session, seq, body):
-        args = P.decode_json(body, "REVOKE")
-        task_ids = _names(args, "task_ids")
-        now = self.clock()
-        expires_at = now + self.options.result_expires
-        for task_id in task_ids:
-            self.revoked.add(task_id, expires_at)
-            if task_id not in self.results.inflight and task_id not in self.handovers.owner:
-                self._task_revoked(task_id, "revoked")
-        if self.persist and task_ids:
-            self.records.append(jr.revoke_record(expires_at, task_ids))
-        arguments = {"task_ids": task_ids, "terminate": bool(args.get("terminate", False)),
-                     "signal": str(args.get("signal") or "SIGTERM")}
-        self.publish_internal(control.command_message("revoke", arguments))
-        self._reply(session, seq, {})
-
-    def publish_internal(self, message):
-        """Route a message the broker itself sends (control broadcasts); never persisted."""
-        data = P.encode_message(message)
-        exchange = self.exchanges.get(message.exchange)
-        if exchange is None:
-            return
-        now = self.clock()
-        for name in exchange.route(message.routing_key, message.headers):
-            queue = self.queues[name]
-            stored = StoredMessage(self.next_message_id, data, queue, P.DEFAULT_PRIORITY,
-                                   None, False)
-            self.next_message_id += 1
-            self._place(stored, 0.0, now)
-
-    def _revoked_list(self, session, seq, body):
-        self._reply(session, seq, {"task_ids": sorted(self.revoked.ids)})
-
-    def _claim(self, session, seq, body):
-        claimed = 0
-        for task_id in _names(P.decode_json(body, "CLAIM"), "task_ids"):
-            if self.handovers.claim(task_id, session):
-                self.results.inflight[task_id] = "STARTED"
-                claimed += 1
-        self._reply(session, seq, {"claimed": claimed})
-
-    # -- small durable settings and leases ---------------------------------------------------
-
-    def _lease(self, session, seq, body):
-        args = P.decode_json(body, "LEASE")
-        name, holder = _name(args, "name"), _name(args, "holder")
-        ttl = args.get("ttl", 10)
-        if not isinstance(ttl, (int, float)) or not 0 < ttl <= 3600:
-            raise ProtocolError("lease ttl must be a number of seconds in (0, 3600]")
-        now = self.clock()
-        current = self.leases.get(name)
-        if current is None or current[1] <= now or current[0] == holder:
-            self.leases[name] = current = (holder, now + ttl)
-        self._reply(session, seq, {"granted": current[0] == holder, "holder": current[0],
-                                   "expires_in": current[1] - now})
-
-    def _kv_set(self, session, seq, body):
-        args = P.decode_json(body, "KV_SET")
-        key = _name(args, "key")
-        self.kv[key] = args.get("value")
-        if self.persist:
-            self.records.append(jr.json_record(jr.KV, {"key": key, "value": self.kv[key]}))
-        self._reply(session, seq, {})
-
-    def _kv_get(self, session, seq, body):
-        self._reply(session, seq, {"value": self.kv.get(_name(P.decode_json(body, "KV_GET"),
-                                                              "key"))})
+    # -- connection-level commands ---------------------------------------------------------------
 
     def _heartbeat(self, session, seq, body):
         pass
@@ -958,20 +563,6 @@ class BrokerState:
         self.revoked.expire(now)
         for task_id in self.handovers.lost(now):
             self._worker_lost(task_id, now)
-
-    def _expire_results(self, now):
-        for entry in self.results.expire(now):
-            self.journal.untrack(entry)
-
-    def _worker_lost(self, task_id, now):
-        entry = self.results.get(task_id)
-        if entry is not None and entry.state in P.READY_STATES:
-            return
-        logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
-        content_type, payload = _broker_meta(
-            task_id, "FAILURE", WorkerLostError("the worker running the task was lost"), now)
-        self.store_result(task_id, "FAILURE", content_type, payload, now,
-                          now + self.options.result_expires)
 
     def next_deadline(self):
         """The earliest time tick() has something to do, or None."""
@@ -1041,55 +632,7 @@ def expires_at_known(message):
     return message.expires_at is not None
 
 
-def dead_letter_name(queue_name):
-    """``<queue>.dead``, its queue part cut (on a character boundary) to fit in 255 bytes."""
-    data = queue_name.encode("utf-8")[:250]
-    return data.decode("utf-8", "ignore") + ".dead"
-
-
-def auth_proof(secret, role, first_nonce, second_nonce):
-    """HMAC-SHA256 proof of knowing the secret, bound to both nonces and the prover's role."""
-    text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
-    return hmac.new(secret, text, hashlib.sha256).hexdigest()
-
-
 def _can_take_now(queue):
     return any(consumer.session.has_credit() for consumer in queue.consumers)
 
 
-def _name(args, key):
-    value = args.get(key)
-    if not isinstance(value, str):
-        raise ProtocolError("%r must be a string" % key)
-    if len(value.encode("utf-8")) > 255:
-        raise ProtocolError("%r is longer than 255 bytes" % key)
-    return value
-
-
-def _names(args, key):
-    values = args.get(key)
-    if isinstance(values, str):
-        values = [values]
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise ProtocolError("%r must be a list of strings" % key)
-    if any(len(v.encode("utf-8")) > 255 for v in values):
-        raise ProtocolError("%r holds a string longer than 255 bytes" % key)
-    return values
-
-
-def _check_queue_args(args):
-    for key in ("max_length", "max_redeliveries"):
-        value = args.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                  or value < 0):
-            raise ProtocolError("%s must be a non-negative integer or null" % key)
-    dlq = args.get("dead_letter_queue")
-    if dlq is not None and not isinstance(dlq, str):
-        raise ProtocolError("dead_letter_queue must be a queue name")
-
-
-def _broker_meta(task_id, state, exc, now):
-    """A result written by the broker itself (REVOKED, WorkerLostError), in JSON."""
-    value = {"v": 1, "task_id": task_id, "task": "", "status": state, "result": exc,
-             "traceback": None, "retries": 0, "date_done": now}
-    return serialization.dumps(value, "json")
