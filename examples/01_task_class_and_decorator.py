@@ -16,7 +16,7 @@ from minitask import Task, task
 
 def create_user(username, password):
     """Stands in for the guide's ``User.objects.create(username=..., password=...)``."""
-    return "created user %r" % username
+    return "created user %s" % username
 
 
 class CreateUserTask(Task):

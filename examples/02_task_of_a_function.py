@@ -17,14 +17,14 @@ from minitask import registry, task
 
 def create_user(username, password):
     """A function some other part of the program already calls directly."""
-    return "created user %r" % username
+    return "created user %s" % username
 
 
 create_user_task = task()(create_user)
 
 
 def rename_user(old, new):
-    return "renamed %r to %r" % (old, new)
+    return "renamed %s to %s" % (old, new)
 
 
 rename_user_task = task()(rename_user)

@@ -45,7 +45,8 @@ def main(cluster):
           % takes_none.delay(21).get(timeout=10))
     print("where_it_logs(logfile, loglevel) = %r   (the worker's -f and -l)"
           % (tuple(where_it_logs.delay().get(timeout=10)),))
-    print("called here, a task gets none: takes_some(5) = %r" % takes_some(5))
+    print("called here, like a function, it gets none: takes_some(5)['task_id'] = %r"
+          % takes_some(5)["task_id"])
 
 
 if __name__ == "__main__":

@@ -79,10 +79,11 @@ class Cluster:
         env.update(extra or {})
         return env
 
-    def _spawn(self, name, command, env):
+    def _spawn(self, name, command, env, read_stdout=False):
         output = open(os.path.join(self.scratch, name + ".out"), "wb")
         process = subprocess.Popen(command, cwd=self.scratch, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=output,
+                                   stdout=subprocess.PIPE if read_stdout else output,
+                                   stderr=output,
                                    start_new_session=True)    # its pool children stop with it
         output.close()
         self._processes.append((name, process))
@@ -90,8 +91,8 @@ class Cluster:
 
     def start_broker(self):
         command = [sys.executable, "-m", "minitask", "broker", "--port", "0",
-                   "--data-dir", os.path.join(self.scratch, "broker-data"), "-l", "WARNING"]
-        process = self._spawn("broker", command, self._env({}))
+                   "--data-dir", os.path.join(self.scratch, "broker-data"), "-l", "INFO"]
+        process = self._spawn("broker", command, self._env({}), read_stdout=True)
         lines = []
         reader = threading.Thread(target=lambda: lines.append(process.stdout.readline()),
                                   daemon=True)
@@ -162,7 +163,8 @@ class Cluster:
             except (ProcessLookupError, PermissionError):
                 pass
             process.wait()
-            process.stdout.close()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def _as_environment(settings):
@@ -185,14 +187,17 @@ def example(path, worker=True, worker_args=("-c", "2"), env=None, settings=None)
     `settings` apply to both sides (``minitask.configure`` here, MINITASK_<NAME> for the
     worker); `env` only to the worker. With ``worker=False`` the example starts its own.
     """
-    import minitask
+    from minitask import configure
     from minitask.client import reset_connection
+    # SIGTERM (a test runner's timeout, say) ends the example through `finally` below, so
+    # its broker and worker never outlive it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     module_name = os.path.splitext(os.path.basename(path))[0]
     scratch = tempfile.mkdtemp(prefix="minitask-example-")
     cluster = Cluster(module_name, scratch)
     failed = True
     try:
-        minitask.configure(BROKER_URL=cluster.start_broker(), **(settings or {}))
+        configure(BROKER_URL=cluster.start_broker(), **(settings or {}))
         reset_connection()
         if worker:
             cluster.start_worker(worker_args, env=env, settings=settings)

@@ -1,0 +1,1 @@
+"""A blog app whose comments are checked for spam in the background."""

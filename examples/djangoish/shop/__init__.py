@@ -1,0 +1,1 @@
+"""A shop app, installed by its AppConfig path ("djangoish.shop.apps.ShopConfig")."""
