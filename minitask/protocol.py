@@ -451,7 +451,9 @@ def routing_fields(data):
         length = data[offset]
         routing_key = data[offset + 1:offset + 1 + length].decode("utf-8")
         offset += 1 + length
-        offset += 1 + data[offset]                   # skip type
+        length = data[offset]
+        data[offset + 1:offset + 1 + length].decode("utf-8")    # type: checked, read later
+        offset += 1 + length
         offset += 1 + data[offset]                   # skip content_type
         if offset + 2 > len(data):
             raise ProtocolError("malformed message: truncated before headers")

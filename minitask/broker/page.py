@@ -39,15 +39,15 @@ header .meta { color: var(--muted); font-size: 13px; }
 #live.ok::before { background: var(--good); } #live.bad::before { background: var(--bad); }
 #live.bad { color: var(--bad); }
 main { padding: 18px 24px 40px; max-width: 1400px; margin: 0 auto; }
-.tiles { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr));
+.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(112px, 1fr));
   gap: 12px; margin-bottom: 18px; }
 .tile { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
   padding: 10px 14px; }
-.tile .label { color: var(--muted); font-size: 12px; text-transform: uppercase;
-  letter-spacing: .6px; }
+.tile .label { color: var(--muted); font-size: 11px; text-transform: uppercase;
+  letter-spacing: .4px; white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .tile .value { font-size: 24px; font-weight: 600; margin-top: 2px; }
 .tile .value small { font-size: 12px; color: var(--muted); font-weight: 400; }
-.dot { display: inline-block; width: 9px; height: 9px; border-radius: 2px; margin-right: 6px; }
+.dot { display: inline-block; width: 8px; height: 8px; border-radius: 2px; margin-right: 5px; }
 section { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
   margin-bottom: 18px; overflow: hidden; }
 section h2 { font-size: 14px; margin: 0; padding: 10px 14px; border-bottom: 1px solid var(--line);
@@ -61,7 +61,7 @@ section h2 .count { color: var(--muted); font-weight: 400; }
   font-size: 11px; padding-bottom: 6px; }
 .scroll { overflow-x: auto; }
 table { width: 100%; border-collapse: collapse; }
-th, td { text-align: left; padding: 6px 14px; border-bottom: 1px solid var(--line);
+th, td { text-align: left; padding: 6px 12px; border-bottom: 1px solid var(--line);
   white-space: nowrap; }
 th { color: var(--muted); font-weight: 500; font-size: 12px; background: var(--panel); }
 td.n, th.n { text-align: right; }
@@ -73,7 +73,7 @@ td.wrap { white-space: normal; word-break: break-all; }
 .spark { vertical-align: middle; }
 .empty { padding: 14px; color: var(--muted); }
 .chip { display: inline-block; padding: 0 6px; border-radius: 4px; background: var(--chip);
-  font-size: 12px; margin-right: 4px; }
+  font-size: 12px; margin-left: 6px; font-family: system-ui, sans-serif; }
 .failures { list-style: none; margin: 0; padding: 0; }
 .failures li { border-bottom: 1px solid var(--line); }
 .failures li:last-child { border-bottom: 0; }
@@ -86,15 +86,17 @@ td.wrap { white-space: normal; word-break: break-all; }
 footer { color: var(--muted); font-size: 12px; text-align: center; padding: 8px; }
 a { color: var(--accent); }
 /* Colours by class, never by style attribute, so the CSP allows no inline styles but this. */
-.dot.c1, #dot-published { background: var(--c1); }
-.dot.c2, #dot-delivered { background: var(--c2); }
-.dot.c3, #dot-acked { background: var(--c3); }
+.dot.c1 { background: var(--c1); } .dot.c2 { background: var(--c2); }
+.dot.c3 { background: var(--c3); }
+.tile.rate { border-top: 3px solid var(--line); } .tile.c1 { border-top-color: var(--c1); }
+.tile.c2 { border-top-color: var(--c2); } .tile.c3 { border-top-color: var(--c3); }
 svg .line { fill: none; stroke-width: 1.5; stroke-linejoin: round; }
 svg .line.thin { stroke-width: 1; }
 svg .line.wide { stroke-width: 2; vector-effect: non-scaling-stroke; }
 svg .area { stroke: none; fill-opacity: .18; }
 svg .line.c1 { stroke: var(--c1); } svg .line.c2 { stroke: var(--c2); }
-svg .line.c3 { stroke: var(--c3); } svg .area.c1 { fill: var(--c1); }
+svg .line.c3 { stroke: var(--c3); } svg .line.wide.c3 { stroke-dasharray: 6 4; }
+svg .area.c1 { fill: var(--c1); }
 svg .grid { stroke: var(--line); stroke-width: 1; vector-effect: non-scaling-stroke; }
 """
 
@@ -156,7 +158,8 @@ SCRIPT = """
     var out = [], n = values.length, step = n > 1 ? width / (n - 1) : 0;
     for (var i = 0; i < n; i++) {
       var v = values[i] || 0;
-      out.push((i * step).toFixed(1) + "," + (height - 1 - (top ? v / top : 0) * (height - 3)).toFixed(1));
+      var y = height - 1 - (top ? v / top : 0) * (height - 3);
+      out.push((i * step).toFixed(1) + "," + y.toFixed(1));
     }
     return out.join(" ");
   }
@@ -171,10 +174,10 @@ SCRIPT = """
                               "class": "spark", role: "img"});
     var top = maxOf([ready, unacked]);
     if (ready.length > 1) {
-      svg.appendChild(svgNode("polygon", {points: "0," + height + " " + points(ready, width, height, top) +
-        " " + width + "," + height, "class": "area c1"}));
-      svg.appendChild(svgNode("polyline", {points: points(ready, width, height, top),
-        "class": "line c1"}));
+      var line = points(ready, width, height, top);
+      var area = "0," + height + " " + line + " " + width + "," + height;
+      svg.appendChild(svgNode("polygon", {points: area, "class": "area c1"}));
+      svg.appendChild(svgNode("polyline", {points: line, "class": "line c1"}));
       svg.appendChild(svgNode("polyline", {points: points(unacked, width, height, top),
         "class": "line thin c3"}));
     }
@@ -204,8 +207,8 @@ SCRIPT = """
         "class": "line wide c" + (i + 1)}));
     });
     $("chart-top").textContent = fmtRate(top) + " msg/s";
-    $("chart-span").textContent = samples.length > 1 ?
-      "last " + fmtDuration(samples[samples.length - 1].time - samples[0].time) : "collecting\\u2026";
+    var span = samples.length > 1 ? samples[samples.length - 1].time - samples[0].time : 0;
+    $("chart-span").textContent = span ? "last " + fmtDuration(span) : "collecting\\u2026";
   }
 
   function setTile(id, text, title) {
@@ -262,7 +265,7 @@ SCRIPT = """
       tr.appendChild(numCell(q.published, "published"));
       tr.appendChild(numCell(q.acked, "acked"));
       var spark = el("td");
-      spark.appendChild(sparkline(queueSeries(q.name, 0), queueSeries(q.name, 1), 160, 26));
+      spark.appendChild(sparkline(queueSeries(q.name, 0), queueSeries(q.name, 1), 110, 24));
       tr.appendChild(spark);
       body.appendChild(tr);
     });
@@ -284,7 +287,9 @@ SCRIPT = """
       var tr = el("tr");
       tr.setAttribute("data-worker", String(w.hostname || ""));
       tr.appendChild(el("td", "mono", w.hostname || "?"));
-      tr.appendChild(numCell(w.pid, "pid"));
+      var pid = el("td", "n", w.pid);
+      pid.setAttribute("data-field", "pid");
+      tr.appendChild(pid);
       tr.appendChild(numCell(w.concurrency, "concurrency"));
       tr.appendChild(numCell(w.reserved, "reserved"));
       tr.appendChild(numCell(w.running, "running", "hot"));
@@ -306,7 +311,9 @@ SCRIPT = """
       var tr = el("tr");
       tr.setAttribute("data-task-id", t.task_id);
       tr.appendChild(el("td", "mono", t.task_id));
-      tr.appendChild(el("td", t.task ? "mono" : "muted", t.task || "(name not kept after ack)"));
+      var name = el("td", t.task ? "mono" : "muted", t.task || "\u2014");
+      if (!t.task) name.title = "the broker keeps a task's name only until it is acked";
+      tr.appendChild(name);
       tr.appendChild(el("td", "mono", t.worker + (t.pid ? " [" + t.pid + "]" : "")));
       body.appendChild(tr);
     });
@@ -362,7 +369,8 @@ SCRIPT = """
     var node = $("live");
     if (errorText) {
       node.className = "bad";
-      node.textContent = errorText + (lastOk ? " \\u00b7 last update " + fmtTime(lastOk / 1000) : "");
+      var since = lastOk ? " \\u00b7 last update " + fmtTime(lastOk / 1000) : "";
+      node.textContent = errorText + since;
     } else {
       node.className = "ok";
       node.textContent = "live \\u00b7 " + fmtTime(Date.now() / 1000);
@@ -405,22 +413,13 @@ _BODY = """
 </header>
 <main>
   <div class="tiles">
-    <div class="tile"><div class="label"><span class="dot" id="dot-published"></span>published/s</div>
-      <div class="value num" id="rate-published">\u2013</div></div>
-    <div class="tile"><div class="label"><span class="dot" id="dot-delivered"></span>delivered/s</div>
-      <div class="value num" id="rate-delivered">\u2013</div></div>
-    <div class="tile"><div class="label"><span class="dot" id="dot-acked"></span>acked/s</div>
-      <div class="value num" id="rate-acked">\u2013</div></div>
-    <div class="tile"><div class="label">ready</div><div class="value num" id="total-ready">\u2013</div></div>
-    <div class="tile"><div class="label">unacked</div><div class="value num" id="total-unacked">\u2013</div></div>
-    <div class="tile"><div class="label">delayed</div><div class="value num" id="total-delayed">\u2013</div></div>
-    <div class="tile"><div class="label">workers</div><div class="value num" id="count-workers">\u2013</div></div>
-    <div class="tile"><div class="label">connections</div><div class="value num" id="count-connections">\u2013</div></div>
-    <div class="tile"><div class="label">results</div><div class="value num" id="count-results">\u2013</div></div>
+%(tiles)s
   </div>
   <section>
     <h2>Throughput <span class="count" id="chart-span"></span>
-      <span class="legend"><span><span class="dot c1"></span>published</span><span><span class="dot c2"></span>delivered</span><span><span class="dot c3"></span>acked</span></span></h2>
+      <span class="legend"><span><span class="dot c1"></span>published</span>
+        <span><span class="dot c2"></span>delivered</span>
+        <span><span class="dot c3"></span>acked</span></span></h2>
     <div class="chart">
       <div class="axis"><span id="chart-top"></span><span>messages per second</span></div>
       <svg id="throughput" viewBox="0 0 1000 120" preserveAspectRatio="none" role="img"
@@ -466,6 +465,16 @@ _BODY = """
   \u00b7 <a href="metrics">metrics</a></footer>
 """
 
+
+_TILES = (("rate c1", "published/s", "rate-published"),
+          ("rate c2", "delivered/s", "rate-delivered"), ("rate c3", "acked/s", "rate-acked"),
+          ("", "ready", "total-ready"), ("", "unacked", "total-unacked"),
+          ("", "delayed", "total-delayed"), ("", "workers", "count-workers"),
+          ("", "connections", "count-connections"), ("", "results", "count-results"))
+
+_BODY %= {"tiles": "\n".join(
+    '    <div class="tile %s"><div class="label">%s</div>\n'
+    '      <div class="value num" id="%s">\u2013</div></div>' % tile for tile in _TILES)}
 
 PAGE = ("<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"

@@ -185,14 +185,17 @@ class Handovers:
     def __init__(self, grace):
         self.grace = grace
         self.owner = {}                 # task id -> Session (None once orphaned)
+        self.names = {}                 # task id -> task name, for status
         self.orphans = {}               # task id -> deadline
         self._deadlines = []
 
     def __len__(self):
         return len(self.owner)
 
-    def start(self, task_id, session):
+    def start(self, task_id, session, name=None):
         self.owner[task_id] = session
+        if name:
+            self.names[task_id] = name
         self.orphans.pop(task_id, None)
         if session is not None:
             session.started.add(task_id)
@@ -202,6 +205,7 @@ class Handovers:
         session = self.owner.pop(task_id, False)
         if session is False:
             return False
+        self.names.pop(task_id, None)
         self.orphans.pop(task_id, None)
         if session is not None:
             session.started.discard(task_id)
@@ -232,6 +236,7 @@ class Handovers:
             if self.orphans.get(task_id) == deadline:
                 del self.orphans[task_id]
                 self.owner.pop(task_id, None)
+                self.names.pop(task_id, None)
                 out.append(task_id)
         return out
 

@@ -198,8 +198,6 @@ class BrokerServer:
             for conn in backlog:
                 if conn.session.id in self.connections:
                     self._process(conn)
-        while self._calls:
-            self._calls.pop(0)()
         state = self.state
         mono = self.monotonic()
         if self._deadline is not None and self.clock() >= self._deadline:
@@ -222,6 +220,12 @@ class BrokerServer:
                 except JournalWriteError:
                     state.retain(records)
         self.journal.tick(mono)
+        while self._calls:                  # after the turn's writes: they see settled state
+            function = self._calls.pop(0)
+            try:
+                function()
+            except Exception:           # another thread's request must not stop the broker
+                logger.exception("a call run in the broker loop for another thread failed")
         self._flush_all()
         if mono - self._last_housekeeping >= 0.5:
             self._last_housekeeping = mono

@@ -88,7 +88,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         self.next_message_id = 1
         self.unroutable = 0
         self.started_at = clock()
-        self.recent_failures = []       # (time, task id, task name), newest last
+        self.recent_failures = []       # (time, task id), newest last
         self._handlers = {
             P.DECLARE_EXCHANGE: self._declare_exchange, P.DELETE_EXCHANGE: self._delete_exchange,
             P.DECLARE_QUEUE: self._declare_queue, P.BIND: self._bind, P.UNBIND: self._unbind,
@@ -335,27 +335,34 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 self.dirty.add(consumer.queue)
 
     def dispatch(self):
-        """Hand ready messages to consumers with credit; DELIVERED records go to `records`."""
+        """Hand ready messages to consumers with credit; DELIVERED records go to `records`.
+
+        Queues take turns, one round of their consumers each per pass, so a consumer of
+        several queues fills its credit from all of them, not from whichever comes first.
+        """
         delivered = []
         while self.dirty:
-            dirty, self.dirty = self.dirty, set()
-            for queue in dirty:
-                if queue.ready and queue.consumers:
-                    self._dispatch_queue(queue, delivered)
+            queues, self.dirty = list(self.dirty), set()
+            while queues:
+                queues = [queue for queue in queues
+                          if queue.ready and queue.consumers
+                          and self._dispatch_queue(queue, delivered, len(queue.consumers))]
         if delivered:
             self.records.append(jr.ids_record(jr.DELIVERED, delivered))
 
-    def _dispatch_queue(self, queue, delivered):
+    def _dispatch_queue(self, queue, delivered, limit):
+        """Deliver up to `limit` messages of `queue` round-robin; True if it delivered any."""
         consumers = queue.consumers
         count = len(consumers)
         index = queue.next_consumer % count
         idle = 0
+        given = 0
         now = None
         results_inflight = self.results.inflight
         revoked = self.revoked.ids
         encode = P.encode_deliver
         outgoing = self.outgoing
-        while idle < count and queue.ready:
+        while idle < count and queue.ready and given < limit:
             consumer = consumers[index]
             index = (index + 1) % count
             session = consumer.session
@@ -376,6 +383,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 self._retire(message)
                 continue
             idle = 0
+            given += 1
             message.deliveries += 1
             queue.delivered += 1
             session.delivered += 1
@@ -396,6 +404,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                                       message.deliveries, message.data))
             outgoing.add(session)
         queue.next_consumer = index
+        return given > 0
 
     def _return(self, message):
         """An unacked message comes back: to its queue, or dead-lettered after too many tries."""
@@ -485,13 +494,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         for message in messages:
             message.queue.acked += 1
             message.where = DEAD
-            task_id = P.message_id_of(message.data)
             if started:
-                self.handovers.start(task_id, session)
+                task_id, name, _eta, _expires = P.task_fields(message.data)
+                self.handovers.start(task_id, session, name)
                 inflight[task_id] = "STARTED"
                 started_ids.append(task_id)
             else:
-                inflight.pop(task_id, None)
+                inflight.pop(P.message_id_of(message.data), None)
             if message.segment is not None:
                 self.journal.untrack(message)
                 ids.append(message.id)

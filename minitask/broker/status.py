@@ -39,6 +39,8 @@ def status_report(state):
         if not session.info:
             clients += 1
             continue
+        if not session.consumers:       # still setting up: not yet able to answer control
+            continue
         info = dict(session.info)
         started_late = _started_unacked(session, state.results.inflight)
         info.update(peer=session.peer, session=session.id,
@@ -51,7 +53,8 @@ def status_report(state):
         for task_id, data in started_late:
             running_rows.append(_running_row(task_id, data, info))
         for task_id in sorted(session.started):
-            running_rows.append(_running_row(task_id, None, info))
+            running_rows.append(_running_row(task_id, None, info,
+                                             state.handovers.names.get(task_id, "")))
     running = sorted(state.results.inflight.items())
     journal = state.journal
     return {
@@ -90,9 +93,8 @@ def _started_unacked(session, inflight):
     return out
 
 
-def _running_row(task_id, data, worker):
-    """A running task; its name is known only while its message is unacked (acks late)."""
-    name = ""
+def _running_row(task_id, data, worker, name=""):
+    """A running task: named by its unacked message (acks late) or by its handover."""
     if data is not None:
         try:
             name = P.task_fields(data)[1]
