@@ -355,9 +355,19 @@ class Connection:
                 self._send(P.encode_frame(P.PUBLISH, 0, data))
                 return
             seq = self._next_seq()
-            self._unconfirmed.append(seq)
-            self._send(P.encode_frame(P.PUBLISH, seq, data))
-            self._wait_confirms([seq], self.timeout if timeout is None else timeout)
+            unconfirmed = self._unconfirmed
+            unconfirmed.append(seq)
+            self._send(P.HEADER.pack(len(data), P.PUBLISH, seq) + data)
+            # The common case, inlined: the CONFIRM is usually in the very next read.
+            timeout = self.timeout if timeout is None else timeout
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while seq in unconfirmed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError("no confirm from %s within %ss" % (self.url, timeout))
+                self._read_some(remaining)
+            if seq in self._failed:
+                raise self._failed.pop(seq)
 
     def publish_with_record(self, message, key, value, timeout=None):
         """Set a durable broker setting and publish, in one write: a broker crash keeps both

@@ -103,7 +103,7 @@ class TaskMessage:
         return "<TaskMessage %s[%s] retries=%d>" % (self.task, self.id, self.retries)
 
     def to_dict(self):
-        return {"v": BODY_VERSION, "id": self.id, "task": self.task, "args": self.args,
+        return {"v": BODY_VERSION, "id": self.id, "task": self.task, "args": list(self.args),
                 "kwargs": self.kwargs, "retries": self.retries, "eta": _iso(self.eta),
                 "expires": _iso(self.expires)}
 

@@ -359,6 +359,19 @@ def _str8(value, what):
     return _U8.pack(len(data)) + data
 
 
+_str8_cache = {}
+
+
+def _cached_str8(value, what):
+    """`_str8` for the few names every message repeats (exchange, key, type, content type)."""
+    encoded = _str8_cache.get(value)
+    if encoded is None:
+        encoded = _str8(value, what)
+        if len(_str8_cache) < 4096:
+            _str8_cache[value] = encoded
+    return encoded
+
+
 def encode_message(message):
     """Encode a Message as a PUBLISH body (3.1)."""
     priority = NO_PRIORITY if message.priority is None else message.priority
@@ -369,9 +382,9 @@ def encode_message(message):
     return b"".join((
         _MESSAGE_FIXED.pack(message.flags, priority, message.not_before or 0.0,
                             message.expires_at or 0.0),
-        _str8(message.message_id, "message_id"), _str8(message.exchange, "exchange"),
-        _str8(message.routing_key, "routing_key"), _str8(message.type, "type"),
-        _str8(message.content_type, "content_type"),
+        _str8(message.message_id, "message_id"), _cached_str8(message.exchange, "exchange"),
+        _cached_str8(message.routing_key, "routing_key"), _cached_str8(message.type, "type"),
+        _cached_str8(message.content_type, "content_type"),
         _U16.pack(len(headers)), headers, message.body))
 
 

@@ -17,8 +17,11 @@ import threading
 import time
 
 from . import registry as _registry_module
+from .client import with_connection
+from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
 from .message import TaskMessage, new_task_id, to_epoch
+from .result import AsyncResult as _AsyncResult
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
            "default_kwargs_for", "DEFAULT_KWARG_NAMES"]
@@ -225,7 +228,6 @@ class Task(metaclass=TaskType):
         Returns once the broker has the message in its journal (publisher confirms).
         Raises SerializationError here, in the caller, for arguments that cannot be sent.
         """
-        from .config import get_settings
         settings = get_settings()
         if options:
             raise TypeError("apply_async() got unexpected options: %s"
@@ -237,11 +239,9 @@ class Task(metaclass=TaskType):
                                      exchange=exchange, mandatory=mandatory,
                                      immediate=immediate, priority=priority,
                                      serializer=serializer, retries=retries, settings=settings)
-        from .client import with_connection
         data = message.encode()
         with_connection(lambda conn: conn.publish(data))
-        from .result import AsyncResult
-        return AsyncResult(message.id, task_name=self.name)
+        return _AsyncResult(message.id, task_name=self.name)
 
     def build_message(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,
                       task_id=None, routing_key=None, exchange=None, mandatory=None,
@@ -249,7 +249,6 @@ class Task(metaclass=TaskType):
                       settings=None):
         """The TaskMessage apply_async would send (options resolved against the settings)."""
         if settings is None:
-            from .config import get_settings
             settings = get_settings()
         priority = self.priority if priority is None else priority
         if priority is not None and (not _is_int(priority) or not 0 <= priority <= 9):
@@ -333,8 +332,7 @@ class Task(metaclass=TaskType):
 
     @_OnInstance
     def AsyncResult(self, task_id):
-        from .result import AsyncResult
-        return AsyncResult(task_id, task_name=self.name)
+        return _AsyncResult(task_id, task_name=self.name)
 
     @_OnInstance
     def get_logger(self, **kwargs):
@@ -364,7 +362,6 @@ class Task(metaclass=TaskType):
         if self.rate_limit is not None:
             return self.rate_limit
         if settings is None:
-            from .config import get_settings
             settings = get_settings()
         return settings.DEFAULT_RATE_LIMIT
 
