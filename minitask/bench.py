@@ -15,11 +15,14 @@ queue (`benchtasks.QUEUE`)::
              journal bytes per message, restart time after kill -9
     scaling  drain/s first->last at 10k, 100k and 1M tasks (enqueued with publish_many
              pipelining of prebuilt task messages), and the per-task cost ratio 1M / 10k
+    chaos    (``--chaos [--duration S]``, `minitask.benchchaos`) acks_late tasks under load
+             while the broker and workers are killed with kill -9 and restarted: confirmed,
+             completed, lost, duplicates, recovery time p50/max
 
-``--broker`` applies to drain, rtt and scaling; floor needs no broker, and broker and memory
-measure broker processes of their own, so they always start them.
+``--broker`` applies to drain, rtt and scaling; floor needs no broker, and broker, memory and
+chaos measure (or kill) broker processes of their own, so they always start them.
 
-Adding a workload (``chaos`` next): write ``run_<name>(bench) -> Outcome``, add it to
+Adding a workload: write ``run_<name>(bench) -> Outcome``, add it to
 `WORKLOADS`; its figures become ``<name>`` in the JSON and its rows a block of the table.
 Methods match ``../shared/peers/run.py`` and ``limits.py``, so the figures compare with the
 peers' (see `minitask.benchwork`).
@@ -35,10 +38,11 @@ import textwrap
 import time
 
 from . import protocol as P
+from .benchchaos import DEFAULT_DURATION, run_chaos
 from .benchtasks import QUEUE, echo, noop
 from .benchwork import (
-    BODY_BYTES, Lab, Progress, consume_all, count_runs, journal_bytes, mp_context, percentile,
-    raw_messages, rss_bytes, tcp_floor, wait_drained,
+    BODY_BYTES, Lab, Outcome, Progress, consume_all, count_runs, journal_bytes, mp_context,
+    percentile, raw_messages, rss_bytes, tcp_floor, wait_drained,
 )
 from .exceptions import MinitaskError
 
@@ -55,17 +59,6 @@ CHUNK = 5000                # messages per publish_many call, so progress can be
 LATE_DUPLICATES_WAIT = 1.0  # as the peers' harness: look again for runs after the last one
 DAY = 86400.0
 BROKER_QUEUE = "minitask.bench.broker"
-
-
-class Outcome:
-    """What one workload measured: JSON figures, table rows, and the guarantee they had."""
-
-    def __init__(self, figures, rows, setup, guarantee, lost=0):
-        self.figures = figures
-        self.rows = rows            # (label, value text, ratio-to-floor text)
-        self.setup = setup
-        self.guarantee = guarantee
-        self.lost = lost
 
 
 class Bench:
@@ -380,7 +373,7 @@ def run_scaling(bench):
 
 
 WORKLOADS = {"floor": run_floor, "drain": run_drain, "rtt": run_rtt, "broker": run_broker,
-             "memory": run_memory, "scaling": run_scaling}
+             "memory": run_memory, "scaling": run_scaling, "chaos": run_chaos}
 DEFAULT_WORKLOADS = ("floor", "drain", "rtt", "broker")
 
 
@@ -443,6 +436,17 @@ def _positive_int(text):
     return value
 
 
+def _positive_float(text):
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("%r must be more than 0" % text)
+    return value
+
+
 def _workload(text):
     import argparse
     if text not in WORKLOADS:
@@ -467,6 +471,12 @@ def add_command(commands):
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--broker", help="use this broker for drain, rtt and scaling instead "
                        "of starting one (workers are still the bench's own)")
+    bench.add_argument("--chaos", action="store_true", help="also run chaos (alone when no "
+                       "WORKLOAD is named): acks_late tasks under load while the broker and "
+                       "workers are killed with kill -9 and restarted; counts what was lost")
+    bench.add_argument("--duration", type=_positive_float, default=DEFAULT_DURATION,
+                       metavar="S", help="seconds of chaos before the drain (default %g)"
+                       % DEFAULT_DURATION)
     bench.set_defaults(run=run_bench)
 
 
@@ -475,8 +485,14 @@ def _interrupt(signum, frame):
 
 
 def selected_workloads(args):
-    """The workloads to run, in `WORKLOADS` order (floor first: the others' ratios need it)."""
-    return [name for name in WORKLOADS if name in (args.workloads or DEFAULT_WORKLOADS)]
+    """The workloads to run, in `WORKLOADS` order (floor first: the others' ratios need it).
+
+    ``--chaos`` adds chaos; alone (no WORKLOAD named) it runs only chaos.
+    """
+    chosen = set(args.workloads or ())
+    if getattr(args, "chaos", False):
+        chosen.add("chaos")
+    return [name for name in WORKLOADS if name in (chosen or DEFAULT_WORKLOADS)]
 
 
 def run_bench(args):

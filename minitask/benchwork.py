@@ -27,9 +27,9 @@ from . import protocol as P
 from .benchtasks import COUNTER_ENV, INDEX, QUEUE, noop
 from .exceptions import MinitaskError
 
-__all__ = ["Lab", "Progress", "percentile", "rss_bytes", "journal_bytes", "count_runs",
-           "wait_drained", "tcp_floor", "mp_context", "consume_all", "raw_messages",
-           "BODY_BYTES"]
+__all__ = ["Lab", "Progress", "Outcome", "percentile", "rss_bytes", "journal_bytes",
+           "count_runs", "wait_drained", "tcp_floor", "mp_context", "consume_all",
+           "raw_messages", "BODY_BYTES"]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 READY_PREFIX = "minitask broker listening on "
@@ -38,6 +38,17 @@ STALL_SECONDS = 60.0
 FLOOR_MESSAGE_BYTES = 200
 BODY_BYTES = 100                # broker-only messages: the bodies the issue names
 NOOP_NAME = noop.name
+
+
+class Outcome:
+    """What one workload measured: JSON figures, table rows, and the guarantee they had."""
+
+    def __init__(self, figures, rows, setup, guarantee, lost=0):
+        self.figures = figures
+        self.rows = rows            # (label, value text, ratio-to-floor or note text)
+        self.setup = setup
+        self.guarantee = guarantee
+        self.lost = lost
 
 
 def percentile(values, fraction):
@@ -180,11 +191,15 @@ class Lab:
         self.processes.append(process)
         return process
 
-    def start_broker(self, fsync="everysec", data_dir=None, timeout=120.0):
-        """Start `python -m minitask broker` (journal on) and wait for its ready line."""
+    def start_broker(self, fsync="everysec", data_dir=None, timeout=120.0, port=0):
+        """Start `python -m minitask broker` (journal on) and wait for its ready line.
+
+        `port` 0 picks a free one; a restart after a kill passes the old one (and data_dir).
+        """
         data_dir = data_dir or self.path("broker-data")
         command = [sys.executable, "-m", "minitask", "broker", "--host", "127.0.0.1",
-                   "--port", "0", "--data-dir", data_dir, "--fsync", fsync, "-l", "WARNING"]
+                   "--port", str(port), "--data-dir", data_dir, "--fsync", fsync,
+                   "-l", "WARNING"]
         started = time.perf_counter()
         process = self._popen(command, "broker", stdout=subprocess.PIPE)
         line = _read_line(process, READY_PREFIX, timeout)

@@ -100,6 +100,9 @@ def build_parser():
                         help="seconds a worker whose connection dropped has to come back and "
                         "claim its running tasks before they fail with WorkerLostError "
                         "(default 10)")
+    broker.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="S",
+                        help="cut off a client that leaves a frame half sent, or reads none "
+                        "of what the broker sends it, for this long (default 30)")
     broker.add_argument("-l", "--loglevel", default="INFO", help="log level (default INFO)")
     broker.add_argument("-f", "--logfile", help="log file (default stderr)")
     broker.set_defaults(run=_run_broker)
@@ -188,7 +191,7 @@ def _run_broker(args):
         secret=_read_secret(args.secret_file) or settings.BROKER_SECRET,
         certfile=args.certfile, keyfile=args.keyfile,
         max_message_bytes=args.max_message_bytes, http=args.http,
-        handover_grace=args.worker_lost_grace)
+        handover_grace=args.worker_lost_grace, stall_timeout=args.stall_timeout)
 
     def announce(line):
         print(line, flush=True)

@@ -90,6 +90,7 @@ class Connection:
         self._waiting = set()                     # seqs whose replies we still want
         self.on_error = None                      # callback(exc) for ERRORs of seq-0 commands
         self.last_received = 0.0
+        self._closing_error = None
         self._scratch = bytearray(_RECV_BYTES)         # reused by every recv (see _read_some)
         self._scratch_view = memoryview(self._scratch)
 
@@ -185,6 +186,8 @@ class Connection:
         self.sock = None
 
     def _reset_pending(self):
+        self._closing_error = None
+        self.welcome = {}
         self._seq = 0
         self._unconfirmed.clear()
         self._failed.clear()
@@ -227,13 +230,15 @@ class Connection:
         try:
             count = sock.recv_into(self._scratch)
             data = self._scratch_view[:count]
-        except socket.timeout:
+        except (socket.timeout, BlockingIOError):      # BlockingIOError: a timeout of 0
             return False
         except OSError as exc:
             self._drop()
             raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) from None
         if not count:
             self._drop()
+            if self._closing_error is not None:        # it said why before it closed
+                raise self._closing_error
             raise BrokerConnectionError("the broker at %s closed the connection" % self.url)
         self.last_received = time.monotonic()
         self.decoder.feed(data)
@@ -263,10 +268,12 @@ class Connection:
                     self._unconfirmed.remove(seq)
                 except ValueError:
                     pass            # it was waiting for a reply, not a confirm
-            elif self.on_error is not None:
-                self.on_error(exc)
             else:
-                logger.warning("broker %s: %s", self.url, exc)
+                self._closing_error = exc           # raised if the broker closes next
+                if self.on_error is not None:
+                    self.on_error(exc)
+                elif self.welcome:
+                    logger.warning("broker %s: %s", self.url, exc)
         elif kind == P.HEARTBEAT:
             pass
         elif seq in self._waiting:

@@ -100,7 +100,8 @@ _SPELLINGS = {name: (name, "MINITASK_" + name) + tuple(a for a, n in ALIASES.ite
 
 # How MINITASK_<NAME> text is read when the default (None) does not tell.
 _ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list}
-_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE"}
+# MINITASK_LONG_TESTS is the switch of tests/run.py --long, not a setting.
+_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_LONG_TESTS"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 _LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

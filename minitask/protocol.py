@@ -251,6 +251,8 @@ REQUEUE = 0x01
 STORE, READY = 0x01, 0x01
 NO_PRIORITY = 255
 DEFAULT_PRIORITY = 4
+# Times past this (the year 5138) are refused: NaN and infinities would break every timer.
+_FAR_FUTURE = 1e11
 
 
 class Decoder:
@@ -474,6 +476,8 @@ def routing_fields(data):
         raise ProtocolError("malformed message: %s" % (exc,)) from None
     if priority != NO_PRIORITY and priority > 9:
         raise ProtocolError("message priority %d is outside 0..9" % priority)
+    if not (0.0 <= not_before < _FAR_FUTURE and 0.0 <= expires_at < _FAR_FUTURE):
+        raise ProtocolError("message not_before/expires_at must be epoch seconds (or 0)")
     return flags, priority, not_before, expires_at, exchange, routing_key, offset
 
 

@@ -52,8 +52,10 @@ class Handshake:
                 proof = ""
             expected = auth_proof(self.options.secret, "client", session.client_nonce,
                                   session.nonce)
-            if not hmac.compare_digest(proof.encode("utf-8"), expected.encode("utf-8")):
+            if not hmac.compare_digest(proof.encode("utf-8", "replace"),
+                                       expected.encode("utf-8")):
                 self._error(session, seq, P.AUTH_FAILED, "authentication failed", close=True)
+                session.refusal = "authentication failed"
                 return
             self._welcome(session, seq, auth_proof(self.options.secret, "broker", session.nonce,
                                                    session.client_nonce))

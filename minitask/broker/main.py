@@ -51,7 +51,7 @@ class BrokerConfig:
     def __init__(self, host="127.0.0.1", port=5679, data_dir=None, persist=True,
                  fsync="everysec", secret=None, certfile=None, keyfile=None,
                  max_message_bytes=16 * 1024 * 1024, http=None, segment_bytes=None,
-                 handover_grace=10.0):
+                 handover_grace=10.0, stall_timeout=30.0):
         self.host = host
         self.port = port
         self.data_dir = data_dir
@@ -64,6 +64,7 @@ class BrokerConfig:
         self.http = http
         self.segment_bytes = segment_bytes
         self.handover_grace = handover_grace
+        self.stall_timeout = stall_timeout
 
 
 def build(config, settings):
@@ -107,7 +108,8 @@ def build(config, settings):
             ssl_context.load_cert_chain(config.certfile, config.keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError("cannot load --certfile/--keyfile: %s" % exc) from None
-    limits = Limits(max_frame_bytes=options.max_frame_bytes)
+    limits = Limits(max_frame_bytes=options.max_frame_bytes,
+                    stall_timeout=config.stall_timeout)
     server = BrokerServer(state, config.host, config.port, ssl_context=ssl_context,
                           limits=limits)
     server.data_dir, server.lock, server.recovery = data_dir, lock, summary

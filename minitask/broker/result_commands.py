@@ -7,11 +7,12 @@ worker claims it within the grace period, the broker stores FAILURE / WorkerLost
 """
 
 import logging
+import math
 
 from .. import control, protocol as P, serialization
 from ..exceptions import ProtocolError, WorkerLostError
 from . import journal as jr
-from .arguments import name_arg, names_arg
+from .arguments import name_arg, names_arg, seconds_arg
 from .queue import StoredMessage
 from .results import ResultEntry, Waiter
 from .session import CLOSED
@@ -28,6 +29,8 @@ class ResultCommands:
         task_id, state, flags, ttl, content_type, payload = P.decode_result(body)
         if not task_id:
             raise ProtocolError("RESULT_SET needs a task_id")
+        if not math.isfinite(ttl) or ttl < 0:
+            raise ProtocolError("RESULT_SET time to live must be a finite number of seconds")
         if self.handovers.finish(task_id) and self.persist and not flags & P.STORE:
             self.records.append(jr.names_record(jr.FINISHED, [task_id]))
         if flags & P.STORE:
@@ -74,9 +77,7 @@ class ResultCommands:
     def _result_wait(self, session, seq, body):
         args = P.decode_json(body, "RESULT_WAIT")
         task_id = name_arg(args, "task_id")
-        timeout = args.get("timeout")
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ProtocolError("timeout must be a non-negative number of seconds")
+        timeout = seconds_arg(args, "timeout")
         entry = self.results.get(task_id)
         if entry is not None and entry.state in P.READY_STATES:
             session.send(self._result_frame(seq, task_id, entry))
@@ -156,9 +157,9 @@ class ResultCommands:
     def _lease(self, session, seq, body):
         args = P.decode_json(body, "LEASE")
         name, holder = name_arg(args, "name"), name_arg(args, "holder")
-        ttl = args.get("ttl", 10)
-        if not isinstance(ttl, (int, float)) or not 0 < ttl <= 3600:
-            raise ProtocolError("lease ttl must be a number of seconds in (0, 3600]")
+        ttl = seconds_arg(dict({"ttl": 10}, **args), "ttl", maximum=3600)
+        if not ttl:
+            raise ProtocolError("'ttl' must be a number of seconds up to 3600")
         now = self.clock()
         current = self.leases.get(name)
         if current is None or current[1] <= now or current[0] == holder:

@@ -38,6 +38,8 @@ __all__ = ["BrokerServer", "Limits"]
 logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
+# Refused sockets closed gently at once, at most; past this they are simply closed.
+_MAX_LINGERING = 256
 # Past this much unsent output for one client, the broker stops reading from it.
 _PAUSE_READING_BYTES = 1024 * 1024
 
@@ -61,7 +63,7 @@ class Limits:
 
 class _Connection:
     __slots__ = ("sock", "session", "decoder", "wbuf", "events", "partial_since", "peer",
-                 "tls", "tls_pending", "heartbeat_sent")
+                 "tls", "tls_pending", "heartbeat_sent", "sent_at")
 
     def __init__(self, sock, session, peer, max_handshake_bytes):
         self.sock = sock
@@ -73,6 +75,7 @@ class _Connection:
         self.peer = peer
         self.tls = self.tls_pending = isinstance(sock, ssl.SSLSocket)
         self.heartbeat_sent = 0.0
+        self.sent_at = time.monotonic()     # the last time the client took some output
 
 
 class BrokerServer:
@@ -98,6 +101,7 @@ class BrokerServer:
         self._wake_w.setblocking(False)
         self._calls = []            # functions other threads want run in the loop
         self._backlog = set()       # connections with frames left over from their turn
+        self._lingering = {}        # refused sockets being closed gently -> deadline
         self._deadline = None       # when the state next has something due (see _timeout)
         self._scratch = bytearray(_RECV_BYTES)
         self._scratch_view = memoryview(self._scratch)
@@ -170,6 +174,8 @@ class BrokerServer:
         self._flush_all()
         for conn in list(self.connections.values()):
             self._close(conn, "broker shutting down", requeue_log=False)
+        for sock in list(self._lingering):
+            self._end_linger(sock)
         self.journal.close()
         if self._listener is not None:
             self.selector.unregister(self._listener)
@@ -188,6 +194,8 @@ class BrokerServer:
                 self._accept()
             elif data == "wake":
                 self._drain_wake()
+            elif data == "linger":
+                self._linger(key.fileobj)
             else:
                 if mask & selectors.EVENT_READ:
                     self._read(data)
@@ -266,7 +274,7 @@ class BrokerServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:      # EMFILE and friends: log, keep serving the others
-                self._log_refusal("accept failed: %s" % exc, "")
+                self._log_refusal("accept failed", str(exc), "")
                 return
             peer_text = _peer_text(peer)
             if len(self.connections) >= self.limits.max_connections:
@@ -283,7 +291,7 @@ class BrokerServer:
                     sock = self.ssl_context.wrap_socket(sock, server_side=True,
                                                         do_handshake_on_connect=False)
                 except (OSError, ssl.SSLError) as exc:
-                    self._log_refusal("TLS setup failed: %s" % exc, peer_text)
+                    self._log_refusal("TLS setup failed", str(exc), peer_text)
                     sock.close()
                     continue
             self.adopt(sock, peer_text)
@@ -301,13 +309,41 @@ class BrokerServer:
         return conn
 
     def _refuse_socket(self, sock, code, text, peer):
+        """Say why in one ERROR frame, then close gently: closing at once while the client's
+        HELLO sits unread makes the kernel send a reset, which can destroy the ERROR before
+        the client reads it. So: FIN after the frame, drain its input, close on its EOF (or
+        after a second)."""
+        self._log_refusal("refused", text, peer)
         try:
             sock.setblocking(False)
             sock.send(P.encode_error(0, code, text))
+            sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass                        # it is being refused anyway
+            sock.close()                # it is gone already
+            return
+        if len(self._lingering) >= _MAX_LINGERING:
+            sock.close()
+            return
+        self._lingering[sock] = self.monotonic() + 1.0
+        self.selector.register(sock, selectors.EVENT_READ, "linger")
+
+    def _linger(self, sock):
+        try:
+            done = not sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            done = False
+        except OSError:
+            done = True
+        if done:
+            self._end_linger(sock)
+
+    def _end_linger(self, sock):
+        self._lingering.pop(sock, None)
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass                        # not registered
         sock.close()
-        self._log_refusal(text, peer)
 
     def _read(self, conn):
         if conn in self._backlog:           # still has frames from the last read to handle
@@ -360,9 +396,17 @@ class BrokerServer:
             session.send(P.encode_error(0, P.TOO_LARGE if "limit" in str(exc) else P.BAD_FRAME,
                                         str(exc)))
             session.close_after_flush()
-            self._log_refusal(str(exc), conn.peer)
+            self._log_refusal("bad frame", str(exc), conn.peer)
             if not session.is_open and _looks_like_http(data):
                 session.out[-1:] = [_HTTP_REPLY]
+        except Exception:
+            # A bug met while handling this client's command. Only this connection goes:
+            # its unacked messages are requeued by close_session, every other client and
+            # everything already confirmed carry on, as they would after a dropped client.
+            logger.exception("internal error handling a command from %s; closing that "
+                             "connection", conn.peer)
+            session.send(P.encode_error(0, P.INTERNAL, "internal error; connection closed"))
+            session.close_after_flush()
         if session.is_open:
             # The stall clock runs from the start of the frame still incomplete, if any.
             if frames:
@@ -376,7 +420,7 @@ class BrokerServer:
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return False
         except (OSError, ssl.SSLError) as exc:
-            self._log_refusal("TLS handshake failed: %s" % _os_reason(exc), conn.peer)
+            self._log_refusal("TLS handshake failed", _os_reason(exc), conn.peer)
             self._close(conn, "TLS handshake failed", requeue_log=False)
             return False
         conn.tls_pending = False
@@ -395,41 +439,60 @@ class BrokerServer:
                 session.out.clear()
                 continue
             if session.out:
+                if not conn.wbuf:               # the write-stall clock starts now
+                    conn.sent_at = self.monotonic()
                 conn.wbuf += b"".join(session.out)
                 session.out.clear()
                 if len(conn.wbuf) > self.limits.max_output_bytes:
-                    self._log_refusal("output buffer over %d bytes: client does not read"
+                    self._log_refusal("does not read", "output over %d bytes"
                                       % self.limits.max_output_bytes, conn.peer)
                     self._close(conn, "stopped reading (output over the cap)")
                     continue
             if conn.wbuf and not conn.events & selectors.EVENT_WRITE:
                 self._flush(conn)
-            elif not conn.wbuf and session.want_close:
-                self._close(conn, "closed by the broker")
+            else:
+                self._watch(conn)
 
     def _flush(self, conn):
         try:
             while conn.wbuf:
                 sent = conn.sock.send(conn.wbuf)
                 del conn.wbuf[:sent]
+                conn.sent_at = self.monotonic()
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             pass
         except (OSError, ssl.SSLError) as exc:
             self._close(conn, "write failed: %s" % _os_reason(exc))
             return
-        # Backpressure: a client that does not read what we send (confirms, deliveries) is not
-        # read from either until it catches up, so it cannot make us buffer without bound.
-        events = (selectors.EVENT_READ if len(conn.wbuf) < _PAUSE_READING_BYTES else 0) \
-            | (selectors.EVENT_WRITE if conn.wbuf else 0)
+        self._watch(conn)
+
+    def _watch(self, conn):
+        """Select on what the connection needs now; close it if it is done.
+
+        Backpressure: a client that does not read what we send (confirms, deliveries) is not
+        read from either until it catches up, and gets no more deliveries, so it cannot make
+        the broker buffer without bound.
+        """
+        session = conn.session
+        unsent = len(conn.wbuf)
+        if session.unsent != unsent:
+            was_held = session.unsent >= session.MAX_UNSENT
+            session.unsent = unsent
+            if was_held and unsent < session.MAX_UNSENT:
+                self.state.output_drained(session)
+        events = (selectors.EVENT_READ if unsent < _PAUSE_READING_BYTES else 0) \
+            | (selectors.EVENT_WRITE if unsent else 0)
         if events != conn.events:
             conn.events = events
             self.selector.modify(conn.sock, events, conn)
-        if not conn.wbuf and conn.session.want_close:
+        if not unsent and session.want_close:
             self._close(conn, "closed by the broker")
 
     def _close(self, conn, reason, requeue_log=True):
         if self.connections.pop(conn.session.id, None) is None:
             return
+        if conn.session.refusal:
+            self._log_refusal(conn.session.refusal, "", conn.peer)
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -452,13 +515,22 @@ class BrokerServer:
 
     def _housekeeping(self, mono):
         limits = self.limits
+        for sock, deadline in list(self._lingering.items()):
+            if mono >= deadline:
+                self._end_linger(sock)
         for conn in list(self.connections.values()):
             session = conn.session
-            if conn.partial_since is not None:
+            if conn.wbuf and mono - conn.sent_at > limits.stall_timeout:
+                self._log_refusal("does not read", "nothing taken for over %gs"
+                                  % limits.stall_timeout, conn.peer)
+                self._close(conn, "stopped reading for over %gs" % limits.stall_timeout)
+                continue
+            if conn.partial_since is not None and conn.events & selectors.EVENT_READ:
                 limit = limits.stall_timeout if session.is_open else limits.handshake_timeout
                 if mono - conn.partial_since > limit:
                     what = "a partial frame" if session.is_open else "the handshake"
-                    self._log_refusal("stalled in %s for over %gs" % (what, limit), conn.peer)
+                    self._log_refusal("stalled", "in %s for over %gs" % (what, limit),
+                                      conn.peer)
                     session.send(P.encode_error(0, P.BAD_FRAME, "timed out waiting for %s"
                                                 % what))
                     session.close_after_flush()
@@ -472,17 +544,17 @@ class BrokerServer:
                     session.send(P.HEADER.pack(0, P.HEARTBEAT, 0))
         self._flush_all()
 
-    def _log_refusal(self, reason, peer):
-        """One log line per reason per 10 s, however many clients earn it."""
+    def _log_refusal(self, reason, detail, peer):
+        """One log line per kind of refusal per 10 s, however many clients earn it."""
         mono = self.monotonic()
-        key = reason.split(":")[0]
-        last, suppressed = self._refusals.get(key, (0.0, 0))
+        last, suppressed = self._refusals.get(reason, (-1e9, 0))
         if mono - last >= 10.0:
             more = " (and %d more like it)" % suppressed if suppressed else ""
-            logger.warning("refused client %s: %s%s", peer or "?", reason, more)
-            self._refusals[key] = (mono, 0)
+            logger.warning("refused client %s: %s%s%s", peer or "?", reason,
+                           ": " + detail if detail else "", more)
+            self._refusals[reason] = (mono, 0)
         else:
-            self._refusals[key] = (last, suppressed + 1)
+            self._refusals[reason] = (last, suppressed + 1)
 
 
 _HTTP_REPLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"

@@ -23,6 +23,10 @@ class Consumer:
 class Session:
     """What one connection owns in the broker."""
 
+    # No more deliveries while this much output waits for a client to read it (the rest
+    # stays in the queue, where any other consumer may take it).
+    MAX_UNSENT = 1024 * 1024
+
     def __init__(self, id, peer="", now=0.0, outgoing=None):
         self.id = id
         # The broker's set of sessions with frames to send this turn (the server empties it).
@@ -46,6 +50,8 @@ class Session:
         self.nonce = None               # our nonce during the handshake
         self.client_nonce = None
         self.want_close = False         # close once `out` is flushed
+        self.refusal = ""               # why the broker turned this client away, for the log
+        self.unsent = 0                 # bytes waiting for the client to read (set by server)
         self.published = 0
         self.delivered = 0
 

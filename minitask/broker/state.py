@@ -307,6 +307,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
 
     def _cancel(self, session, seq, body):
         tag = P.decode_json(body, "CANCEL").get("consumer_tag")
+        if not isinstance(tag, int) or isinstance(tag, bool):
+            raise ProtocolError("consumer_tag must be an integer")
         consumer = session.consumers.get(tag)
         if consumer is None:
             raise refuse(P.NOT_FOUND, "no consumer %r on this connection" % (tag,))
@@ -328,6 +330,10 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         session.prefetch = count
         self._mark_dirty(session)
         self._reply(session, seq, {})
+
+    def output_drained(self, session):
+        """The client read its backlog: it may be given messages again."""
+        self._mark_dirty(session)
 
     def _mark_dirty(self, session):
         for consumer in session.consumers.values():
@@ -366,7 +372,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             consumer = consumers[index]
             index = (index + 1) % count
             session = consumer.session
-            if session.prefetch and len(session.unacked) >= session.prefetch:
+            if session.prefetch and len(session.unacked) >= session.prefetch \
+                    or session.unsent >= session.MAX_UNSENT:
                 idle += 1
                 continue
             message = queue.pop()
@@ -400,8 +407,10 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                     delivered.append(message.id)
                 if task_id and task_id not in results_inflight:
                     results_inflight[task_id] = "RECEIVED"
-            session.out.append(encode(tag, consumer.tag, message.deliveries > 1,
-                                      message.deliveries, message.data))
+            frame = encode(tag, consumer.tag, message.deliveries > 1, message.deliveries,
+                           message.data)
+            session.out.append(frame)
+            session.unsent += len(frame)
             outgoing.add(session)
         queue.next_consumer = index
         return given > 0

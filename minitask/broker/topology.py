@@ -11,7 +11,7 @@ import os
 from .. import protocol as P
 from ..exceptions import ProtocolError
 from . import journal as jr
-from .arguments import check_queue_args, name_arg, refuse
+from .arguments import check_queue_args, name_arg, refuse, utf8_length
 from .queue import DELAYED, Queue
 from .routing import EXCHANGE_TYPES, Exchange
 
@@ -79,7 +79,7 @@ class TopologyCommands:
     def _declare_queue(self, session, seq, body):
         args = P.decode_json(body, "DECLARE_QUEUE")
         name = args.get("queue") or ""
-        if not isinstance(name, str) or len(name.encode("utf-8")) > 255:
+        if not isinstance(name, str) or utf8_length(name, "queue") > 255:
             raise ProtocolError("queue name must be a string of at most 255 bytes")
         check_queue_args(args)
         queue = self.queues.get(name) if name else None

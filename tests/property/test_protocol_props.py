@@ -28,8 +28,8 @@ messages = st.builds(
     type=names(), content_type=names(),
     headers=st.dictionaries(st.text(max_size=15), json_values, max_size=5),
     priority=st.one_of(st.none(), st.integers(0, 9)),
-    not_before=st.floats(min_value=0, max_value=1e12),
-    expires_at=st.floats(min_value=0, max_value=1e12),
+    not_before=st.floats(min_value=0, max_value=9e10),
+    expires_at=st.floats(min_value=0, max_value=9e10),
     flags=st.integers(0, 255))
 
 

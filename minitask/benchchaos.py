@@ -1,0 +1,238 @@
+"""`python -m minitask bench --chaos`: real work while the broker and workers are killed.
+
+A fixed workload, the same on every machine::
+
+    producers (PRODUCERS processes, RATE tasks/s each)   workers (WORKERS x -c CONCURRENCY)
+      noop.delay(i), confirms --> broker (journal, everysec) --> acks_late noop(i)
+      | confirmed i -> one file each                              | every run -> counter file
+    every KILL_EVERY s, in turn: the broker | every worker | both:
+      kill -9 (the whole process group), restart at once on the same port and data folder
+      recovery = from the kill to the first task completed after the restart
+
+After ``--duration`` seconds the producers stop; the bench waits until every confirmed task
+has run (or nothing moves for `STALL_SECONDS`), then counts: confirmed, completed (distinct
+tasks that ran), lost (confirmed and never ran: must be 0), duplicates (runs beyond the
+first: allowed, acks_late is at-least-once). A producer's ``delay()`` that raised (the broker
+gone for longer than the client retries) is not confirmed and not counted as lost; a task
+that ran without ever being sent would be a stray, reported as an error.
+
+Always on brokers of its own (``--broker`` cannot be killed from here). Counting works as for
+``drain``: workers append each task's 4-byte index to an ``O_APPEND`` file.
+"""
+
+import logging
+import os
+import time
+
+from .benchtasks import INDEX
+from .benchwork import Outcome, mp_context, percentile
+from .exceptions import MinitaskError
+
+__all__ = ["run_chaos", "DEFAULT_DURATION"]
+
+DEFAULT_DURATION = 60.0     # seconds of producing and killing: ~12 kills, under 2 min in all
+PRODUCERS = 2
+RATE = 200.0                # tasks/s per producer: steady work a 2-core machine keeps up with
+WORKERS = 2
+CONCURRENCY = 2             # pool processes per worker
+WARM_UP = 2.0               # seconds of undisturbed work before the first kill
+KILL_EVERY = 5.0            # seconds from one recovery to the next kill
+TARGETS = ("broker", "workers", "both")
+RECOVERY_TIMEOUT = 60.0     # a kill not recovered from by then is reported as a stall
+STALL_SECONDS = 60.0        # the final drain gives up when nothing ran for this long
+LATE_DUPLICATES_WAIT = 1.0  # as drain: look again for runs after the last one
+POLL = 0.002
+
+
+class _Cluster:
+    """The broker and workers under fire; restarted on the same port and data folder."""
+
+    def __init__(self, lab, counter):
+        self.lab = lab
+        self.counter = counter
+        self.broker = lab.start_broker("everysec")
+        self.port = int(self.broker.url.rsplit(":", 1)[1])
+        self.workers = [self.start_worker() for _ in range(WORKERS)]
+
+    def start_worker(self):
+        return self.lab.start_worker(self.broker.url, CONCURRENCY, self.counter)
+
+    def kill(self, target):
+        """kill -9 `target` and start it again; returns when the restart is under way."""
+        if target in ("broker", "both"):
+            self._kill(self.broker.process)
+        if target in ("workers", "both"):
+            for worker in self.workers:
+                self._kill(worker)
+        if target in ("broker", "both"):
+            self.broker = self.lab.start_broker("everysec", data_dir=self.broker.data_dir,
+                                                port=self.port)
+        if target in ("workers", "both"):
+            self.workers = [self.start_worker() for _ in range(WORKERS)]
+
+    def _kill(self, process):
+        self.lab.kill(process)
+        self.lab.stop(process)          # already dead: only forgets it
+
+
+def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
+    """A producer process: ``noop.delay(i)`` at `rate`/s; each confirmed `i` to its file."""
+    from .benchtasks import noop
+    from .client import reset_connection
+    from .config import configure
+    # delay() warns on each reconnect; here that is the workload, not news for the table.
+    logging.getLogger("minitask.client").addHandler(logging.NullHandler())
+    logging.getLogger("minitask.client").propagate = False
+    configure(BROKER_URL=url)
+    reset_connection()
+    fd = os.open(confirmed_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    index, attempted, failed = first, 0, 0
+    next_at = time.monotonic()
+    while not stop.is_set():
+        attempted += 1
+        try:
+            noop.delay(index)
+            os.write(fd, INDEX.pack(index))
+        except MinitaskError:           # the broker was gone longer than delay() retries
+            failed += 1
+        index += stride
+        next_at = max(next_at + 1.0 / rate, time.monotonic() - 0.2)
+        stop.wait(max(0.0, next_at - time.monotonic()))
+    os.close(fd)
+    pipe.send((attempted, failed))
+
+
+def _read_indexes(path):
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return [index for (index,) in INDEX.iter_unpack(data[:len(data) - len(data)
+                                                         % INDEX.size])]
+
+
+def _size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _await_recovery(counter, since, timeout=RECOVERY_TIMEOUT):
+    """When the counter first grows past `since` bytes (perf_counter), or None at timeout."""
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if _size(counter) > since:
+            return time.perf_counter()
+        time.sleep(POLL)
+    return None
+
+
+def _kill_on_schedule(bench, cluster, duration):
+    """Kill in turn until `duration` has passed; returns ``[(target, recovery s or None)]``."""
+    kills = []
+    began = time.perf_counter()
+    next_kill = began + WARM_UP
+    while True:
+        now = time.perf_counter()
+        if next_kill - began >= duration:
+            time.sleep(max(0.0, began + duration - now))
+            return kills
+        bench.progress.update()
+        if now < next_kill:             # the workload's schedule, not a wait for something
+            time.sleep(min(0.1, next_kill - now))
+            continue
+        target = TARGETS[len(kills) % len(TARGETS)]
+        killed_at = time.perf_counter()
+        cluster.kill(target)
+        recovered = _await_recovery(cluster.counter, _size(cluster.counter))
+        kills.append((target, None if recovered is None else recovered - killed_at))
+        next_kill = time.perf_counter() + KILL_EVERY
+
+
+def _drain(counter, confirmed, progress):
+    """Wait until every confirmed index has run, or nothing ran for STALL_SECONDS."""
+    last_size, last_move = -1, time.perf_counter()
+    while True:
+        size = _size(counter)
+        now = time.perf_counter()
+        if size != last_size:
+            if confirmed <= set(_read_indexes(counter)):
+                return True
+            last_size, last_move = size, now
+        elif now - last_move > STALL_SECONDS:
+            return False
+        progress.update()
+        time.sleep(0.05)
+
+
+def run_chaos(bench):
+    lab, duration = bench.lab, bench.args.duration
+    counter = lab.new_counter()
+    bench.progress.start("chaos: starting")
+    cluster = _Cluster(lab, counter)
+    bench.client(cluster.broker.url)    # declares the bench queue (durable) before any task
+    context = mp_context()
+    stop = context.Event()
+    producers = []
+    for number in range(PRODUCERS):
+        parent, child = context.Pipe()
+        path = lab.path("confirmed-%d" % number)
+        process = lab.start_child(_produce, cluster.broker.url, number, PRODUCERS, RATE, path,
+                                  stop, child)
+        producers.append((process, parent, path))
+    bench.progress.start("chaos: %gs of kills under load" % duration)
+    kills = _kill_on_schedule(bench, cluster, duration)
+    stop.set()
+    attempted = set()
+    for number, (process, pipe, _path) in enumerate(producers):
+        if not pipe.poll(RECOVERY_TIMEOUT):
+            raise MinitaskError("chaos producer %d did not stop" % number)
+        count, _failed = pipe.recv()
+        attempted.update(range(number, number + count * PRODUCERS, PRODUCERS))
+        lab.stop(process)
+    confirmed = set()
+    for _process, _pipe, path in producers:
+        confirmed.update(_read_indexes(path))
+    bench.progress.start("chaos: drain")
+    if _drain(counter, confirmed, bench.progress):
+        time.sleep(LATE_DUPLICATES_WAIT)
+    runs = _read_indexes(counter)
+    ran = set(runs)
+    strays = ran - attempted
+    if strays:
+        raise MinitaskError("chaos: %d tasks ran that were never sent (e.g. %s)"
+                            % (len(strays), sorted(strays)[:5]))
+    return _outcome(kills, confirmed, attempted, runs, ran, duration)
+
+
+def _outcome(kills, confirmed, attempted, runs, ran, duration):
+    recoveries = [seconds for _target, seconds in kills if seconds is not None]
+    stalled = len(kills) - len(recoveries)
+    figures = {"kills": len(kills), "confirmed": len(confirmed), "completed": len(ran),
+               "lost": len(confirmed - ran), "duplicates": len(runs) - len(ran),
+               "recovery_p50_s": percentile(recoveries, 0.5) if recoveries else None,
+               "recovery_max_s": max(recoveries) if recoveries else None}
+    by_target = {target: sorted(s for t, s in kills if t == target and s is not None)
+                 for target in TARGETS}
+    rows = [("kills (kill -9, then restart)", "%d" % len(kills), ", ".join(
+                "%s %d" % (t, sum(1 for k, _s in kills if k == t)) for t in TARGETS)),
+            ("tasks confirmed", "{:,}".format(len(confirmed)),
+             "%s not confirmed" % "{:,}".format(len(attempted - confirmed))),
+            ("tasks completed", "{:,}".format(len(ran)), ""),
+            ("lost", "%d" % figures["lost"], "must be 0"),
+            ("duplicates", "{:,}".format(figures["duplicates"]), "acks_late: at-least-once")]
+    if recoveries:
+        rows.append(("recovery p50 / max", "%.2f / %.2f s" % (figures["recovery_p50_s"],
+                                                              figures["recovery_max_s"]), ""))
+    for target in TARGETS:
+        if by_target[target]:
+            rows.append(("  %s kills: p50 / max" % target, "%.2f / %.2f s" % (
+                percentile(by_target[target], 0.5), by_target[target][-1]), ""))
+    if stalled:
+        rows.append(("kills not recovered from", "%d" % stalled,
+                     "no task ran within %gs" % RECOVERY_TIMEOUT))
+    setup = ("%gs: %d producers at %g tasks/s each (delay(), confirms), %d workers -c %d; "
+             "every %gs in turn the broker, every worker, or both killed with kill -9 and "
+             "restarted; recovery = kill to the first task completed after the restart"
+             % (duration, PRODUCERS, RATE, WORKERS, CONCURRENCY, KILL_EVERY))
+    return Outcome(figures, rows, setup, "at-least-once, confirms, acks_late, journal fsync "
+                   "everysec", lost=figures["lost"])
