@@ -277,7 +277,10 @@ class Pool:
                 job = child.by_seq.pop(item[0], None)
                 if job is None:
                     continue
-                child.jobs.remove(job) if child.jobs[0] is not job else child.jobs.popleft()
+                if child.jobs[0] is job:        # children answer in order: the usual case
+                    child.jobs.popleft()
+                else:
+                    child.jobs.remove(job)
                 if item[1] != "skipped":
                     self._learn_runtime(job.task_name, item[3])
                 done.append((job, item[1:]))
