@@ -4,14 +4,13 @@ socket: port 0, served from a thread, shut down after)."""
 import http.server
 import json
 import operator
-import os
 import pickle
 import threading
 import urllib.parse
 
 import pytest
 
-from minitask import client, config, registry, task
+from minitask import config, registry, task
 from minitask.builtins import send_callable
 from minitask.exceptions import (
     ContentDisallowed, MinitaskError, NotRegistered, ProtocolError, RemoteTaskError,
@@ -32,26 +31,7 @@ class Tripwire:
         return (record_unpickling, ("tripwire",))
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
-    yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    def refuse(*args, **kwargs):
-        pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 
 @task(name="tests.builtins.add")

@@ -1,12 +1,11 @@
 """minitask.worker.execution: `run_task`'s outcomes, `run_eagerly`, and `execute_delivery`
 fed encoded messages (`TaskMessage(...).encode()` through `protocol.encode_message`), its
 RESULT_SET frame decoded back to what the caller would see."""
-import os
 import time
 
 import pytest
 
-from minitask import client, config, protocol, registry, task
+from minitask import client, protocol, task
 from minitask.exceptions import (
     ContentDisallowed, NotRegistered, SerializationError, TaskRevokedError,
 )
@@ -15,26 +14,7 @@ from minitask.task import DEFAULT_KWARG_NAMES, current_request
 from minitask.worker.execution import execute_delivery, run_eagerly, run_task
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
-    yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    def refuse(*args, **kwargs):
-        pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 
 class Oops(Exception):

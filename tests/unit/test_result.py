@@ -1,10 +1,9 @@
 """minitask.result without a broker: EagerResult's surface, ResultSet over EagerResults, and
 groups and map_async run eagerly (ALWAYS_EAGER) or with apply()."""
-import os
 
 import pytest
 
-from minitask import client, config, group, registry, task
+from minitask import config, group, task
 from minitask.exceptions import SerializationError, TaskRevokedError
 from minitask.group import Signature
 from minitask.result import (
@@ -12,26 +11,7 @@ from minitask.result import (
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
-    yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    def refuse(*args, **kwargs):
-        pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ Eager runs (`apply()`) retry inline and skip countdowns; a worker's run (`run_ta
 would have been published.
 """
 import datetime
-import os
 import types
 
 import pytest
 
 import minitask.retry as policy
-from minitask import Task, client, config, registry, task
+from minitask import Task, client, registry, task
 from minitask.exceptions import (
     MaxRetriesExceeded, MaxRetriesExceededError, MinitaskError, RetryTaskError,
 )
@@ -23,26 +22,7 @@ from minitask.worker.execution import run_task
 UTC = datetime.timezone.utc
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
-    yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    def refuse(*args, **kwargs):
-        pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 
 class FakeConnection:

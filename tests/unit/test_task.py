@@ -6,7 +6,6 @@ Every test gets fresh settings and leaves the registry as it found it; tests tha
 reach a broker replace `minitask.client.connection` with one that fails the test.
 """
 import datetime
-import os
 import socket
 
 import pytest
@@ -30,26 +29,7 @@ SPEC_DEFAULTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
-    yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
-
-
-@pytest.fixture
-def no_broker(monkeypatch):
-    def refuse(*args, **kwargs):
-        pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 
 def closed_port():
