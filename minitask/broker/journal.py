@@ -9,14 +9,18 @@ Data flow::
     background: compact_step() copies the live records of the oldest segment to the head,
                 a bounded batch per loop turn, then deletes that segment
 
-Files: ``<data_dir>/journal/<number>.seg``, numbered upwards. Each starts with an 8-byte header,
-``b"MTJ1"`` and the format version as u32 (``VERSION``). Then records::
+Files: ``<data_dir>/journal/<number>.seg``, numbered upwards. Each starts with a 12-byte header:
+``b"MTJ1"``, the format version as u32 (``VERSION``), and the segment's CRC seed as u32 (random
+for every segment, never 0). Then records::
 
     +------------+------------------+---------+---------+
     | length u32 | crc32 u32        | type u8 | payload |
     +------------+------------------+---------+---------+
 
-``length`` counts type and payload; the CRC-32 (zlib) covers them too. Integers big-endian,
+``length`` counts type and payload; the CRC-32 (zlib) covers them too and is stored XORed
+with the segment's seed. A publisher chooses its message bodies, and a body could hold bytes
+that look like records; without the seed it cannot make them check out, so resynchronising
+after a bad record can never take a message body for records. Integers big-endian,
 ``str8`` a u8 length and UTF-8 bytes, ``ids`` a u32 count and that many u64, ``names`` a u32
 count and that many str8. Record types:
 
@@ -65,7 +69,35 @@ logger = logging.getLogger(__name__)
 
 VERSION = 1
 MAGIC = b"MTJ1"
-FILE_HEADER = MAGIC + struct.pack("!I", VERSION)
+HEADER_BYTES = 12
+
+
+def file_header(seed):
+    """The 12 bytes that open a segment whose records' CRCs are XORed with `seed`."""
+    return MAGIC + struct.pack("!II", VERSION, seed)
+
+
+# A segment header with seed 0 (stored CRCs are plain CRCs); the journal itself never uses 0.
+FILE_HEADER = file_header(0)
+
+
+def new_seed():
+    while True:
+        seed = struct.unpack("!I", os.urandom(4))[0]
+        if seed:
+            return seed
+
+
+def seal(records, seed):
+    """The bytes to append for `records` (as the encoders make them) in a segment of `seed`."""
+    if not seed:
+        return b"".join(records)
+    parts = []
+    for record in records:
+        parts.append(record[:4])
+        parts.append(_SEED.pack(_SEED.unpack_from(record, 4)[0] ^ seed))
+        parts.append(memoryview(record)[8:])
+    return b"".join(parts)
 FSYNC_POLICIES = ("always", "everysec", "no")
 SEGMENT_BYTES = 64 * 1024 * 1024
 
@@ -74,6 +106,7 @@ TOPOLOGY, KV, STARTED, FINISHED, SNAPSHOT = 7, 8, 9, 10, 11
 RECORD_TYPES = range(1, 12)
 
 _HEAD = struct.Struct("!IIB")          # length, crc, type
+_SEED = struct.Struct("!I")
 _PUBLISH = struct.Struct("!QB")
 _COUNT = struct.Struct("!I")
 _RESULT = struct.Struct("!Bdd")
@@ -190,12 +223,13 @@ def decode_json(payload):
 class Segment:
     """One journal file, and the live objects whose newest record is in it."""
 
-    __slots__ = ("number", "path", "size", "live_bytes", "members")
+    __slots__ = ("number", "path", "size", "live_bytes", "members", "seed")
 
-    def __init__(self, number, path, size=len(FILE_HEADER)):
+    def __init__(self, number, path, size=HEADER_BYTES, seed=0):
         self.number = number
         self.path = path
         self.size = size
+        self.seed = seed
         self.live_bytes = 0
         self.members = set()
 
@@ -206,21 +240,22 @@ class Segment:
 class _Scan:
     """Iterate a segment's records, noting a torn tail or damage in the middle."""
 
-    def __init__(self, data, name, is_last):
+    def __init__(self, data, name, seed):
         self.data = data
         self.name = name
-        self.is_last = is_last
+        self.seed = seed
         self.torn_at = None          # offset of a torn tail, to truncate
         self.damaged_at = []         # offsets of bad records followed by good ones
 
     def __iter__(self):
         data = self.data
         end = len(data)
-        offset = len(FILE_HEADER)
+        offset = HEADER_BYTES
+        seed = self.seed
         while offset < end:
-            record = _read_record(data, offset)
+            record = _read_record(data, offset, seed)
             if record is None:
-                resume = _find_next_record(data, offset + 1)
+                resume = _find_next_record(data, offset + 1, seed)
                 if resume is None:
                     self.torn_at = offset
                     return
@@ -232,7 +267,7 @@ class _Scan:
             offset = offset_next
 
 
-def _read_record(data, offset):
+def _read_record(data, offset, seed):
     if offset + 9 > len(data):
         return None
     length, crc, kind = _HEAD.unpack_from(data, offset)
@@ -240,17 +275,17 @@ def _read_record(data, offset):
     if length < 1 or end > len(data) or kind not in RECORD_TYPES:
         return None
     typed = data[offset + 8:end]
-    if _crc32(typed) != crc:
+    if _crc32(typed) ^ seed != crc:
         return None
     return kind, typed[1:], end
 
 
-def _find_next_record(data, start):
+def _find_next_record(data, start, seed):
     """The offset of the next sound record after damage, or None (a torn tail)."""
     for offset in range(start, len(data) - 8):
         length, crc, kind = _HEAD.unpack_from(data, offset)
         if kind in RECORD_TYPES and 1 <= length <= len(data) - offset - 8:
-            if _crc32(data[offset + 8:offset + 8 + length]) == crc:
+            if _crc32(data[offset + 8:offset + 8 + length]) ^ seed == crc:
                 return offset
     return None
 
@@ -297,8 +332,8 @@ class Journal:
             with open(segment.path, "rb") as handle:
                 data = handle.read()
             is_last = index == len(numbers) - 1
-            if data[:4] != MAGIC or len(data) < len(FILE_HEADER):
-                if is_last and len(data) < len(FILE_HEADER) and FILE_HEADER.startswith(data):
+            if data[:4] != MAGIC or len(data) < HEADER_BYTES:
+                if is_last and len(data) < HEADER_BYTES and FILE_HEADER[:8].startswith(data[:8]):
                     data = b""           # crashed while creating it: nothing in it yet
                 else:
                     logger.error("journal segment %s has no valid header; moved aside",
@@ -310,10 +345,11 @@ class Journal:
                                         "reads version %d" % (segment.path,
                                                               struct.unpack("!I", data[4:8])[0],
                                                               VERSION))
-            scan = _Scan(data, segment.path, is_last)
+            segment.seed = _SEED.unpack_from(data, 8)[0] if data else new_seed()
+            scan = _Scan(data, segment.path, segment.seed)
             for _offset, kind, payload in scan:
                 yield segment, kind, payload
-            segment.size = len(data) if data else len(FILE_HEADER)
+            segment.size = len(data) if data else HEADER_BYTES
             if scan.torn_at is not None:
                 logger.warning("journal %s: torn record at offset %d (a crash mid-write) "
                                "dropped; it was never confirmed", segment.path, scan.torn_at)
@@ -326,7 +362,7 @@ class Journal:
                              segment.path, offset)
                 self.damaged.append((segment, offset))
             if not data:
-                self._write_header(segment.path)
+                self._write_header(segment.path, segment.seed)
             self.segments.append(segment)
         self._open_head()
 
@@ -344,9 +380,9 @@ class Journal:
     def _path(self, number):
         return os.path.join(self.directory, "%010d.seg" % number)
 
-    def _write_header(self, path):
+    def _write_header(self, path, seed):
         with open(path, "wb") as handle:
-            handle.write(FILE_HEADER)
+            handle.write(file_header(seed))
 
     def _truncate(self, path, size):
         with open(path, "r+b") as handle:
@@ -354,10 +390,10 @@ class Journal:
 
     def _new_segment(self):
         number = self.segments[-1].number + 1 if self.segments else 1
-        segment = Segment(number, self._path(number))
+        segment = Segment(number, self._path(number), seed=new_seed())
         fd = os.open(segment.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
-            if os.write(fd, FILE_HEADER) != len(FILE_HEADER):   # a full disk, part-way
+            if os.write(fd, file_header(segment.seed)) != HEADER_BYTES:    # a full disk
                 raise OSError(errno.ENOSPC, "short write of the segment header")
         except OSError:
             os.close(fd)
@@ -417,7 +453,7 @@ class Journal:
         """
         if self._rotate_next:
             self._rotate_or_fail()
-        data = b"".join(records)
+        data = seal(records, self.head.seed)
         fd = self._fd
         try:
             view = memoryview(data)

@@ -467,6 +467,7 @@ class _ChildRunner:
         self.current = None
         self.done = 0
         self.eof = False
+        self.parent = os.getppid()
 
     def setup(self):
         os.environ.update(self.config.environ)
@@ -505,6 +506,10 @@ class _ChildRunner:
             if self.shm[_REVOKE_GEN] != self.revoke_gen:
                 self.revoke_gen = self.shm[_REVOKE_GEN]
                 self.receive(block=False)
+            if os.getppid() != self.parent:
+                # The worker died: the broker gives its unacked tasks to another worker now,
+                # so starting one more here would run it twice.
+                return
             seq, epoch, data = self.pending.popleft()
             if epoch < shm[_EPOCH]:
                 self.results.append((seq, "skipped"))

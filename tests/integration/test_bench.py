@@ -88,3 +88,44 @@ def test_count_runs_finds_the_lost_and_the_duplicated(tmp_path):
     counter = tmp_path / "counter"
     counter.write_bytes(b"".join(INDEX.pack(index) for index in (0, 2, 2, 3, 0, 2)))
     assert count_runs(str(counter), 5) == (6, 2, 3)     # 1 and 4 lost; 0 once, 2 twice again
+
+
+CHAOS_KEYS = {"kills", "confirmed", "completed", "lost", "duplicates", "recovery_p50_s",
+              "recovery_max_s"}
+
+
+def test_bench_chaos_kills_and_loses_nothing(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env.pop("MINITASK_CONFIG_MODULE", None)
+    done = subprocess.run([sys.executable, "-m", "minitask", "bench", "--chaos", "--duration",
+                           "15", "--json"], cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=180)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    report = json.loads(done.stdout.decode("utf-8"))
+    assert set(report) == {"chaos", "machine"}        # --chaos alone runs only chaos
+    chaos = report["chaos"]
+    assert set(chaos) == CHAOS_KEYS
+    for key in CHAOS_KEYS:
+        assert _is_number(chaos[key]), (key, chaos[key])
+    assert chaos["kills"] >= 2
+    assert chaos["lost"] == 0
+    assert chaos["confirmed"] > 0
+    assert chaos["completed"] >= chaos["confirmed"]
+
+
+def test_bench_chaos_is_added_to_named_workloads_and_refuses_a_bad_duration():
+    from minitask.bench import add_command, selected_workloads
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_command(parser.add_subparsers())
+    assert selected_workloads(parser.parse_args(["bench", "--chaos"])) == ["chaos"]
+    assert selected_workloads(parser.parse_args(["bench", "floor", "--chaos"])) == \
+        ["floor", "chaos"]
+    assert selected_workloads(parser.parse_args(["bench"])) == \
+        ["floor", "drain", "rtt", "broker"]
+    done = subprocess.run([sys.executable, "-m", "minitask", "bench", "--chaos", "--duration",
+                           "0"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 2
+    assert b"--duration" in done.stderr

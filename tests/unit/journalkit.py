@@ -92,18 +92,20 @@ def segment_files(data_dir, suffix=".seg"):
 
 def read_records(path):
     """``[(start, end, type, payload)]`` of one segment, read straight from journal.py's
-    docstring (length u32, crc32 u32, type u8, payload): a reference independent of the
-    journal's own reader. Stops at the first record that does not check out."""
+    docstring (a 12-byte header: "MTJ1", version u32, seed u32; then length u32, crc32 u32
+    XORed with the seed, type u8, payload): a reference independent of the journal's own
+    reader. Stops at the first record that does not check out."""
     with open(path, "rb") as handle:
         data = handle.read()
     if data[:8] != b"MTJ1" + struct.pack("!I", 1):
         raise AssertionError("%s: bad file header %r" % (path, data[:8]))
-    records, offset = [], 8
+    (seed,) = struct.unpack_from("!I", data, 8)
+    records, offset = [], 12
     while offset + 9 <= len(data):
         length, crc = struct.unpack_from("!II", data, offset)
         end = offset + 8 + length
         typed = data[offset + 8:end]
-        if length < 1 or end > len(data) or zlib.crc32(typed) != crc:
+        if length < 1 or end > len(data) or zlib.crc32(typed) ^ seed != crc:
             break
         records.append((offset, end, typed[0], typed[1:]))
         offset = end
