@@ -12,6 +12,7 @@ import time
 import uuid
 
 from . import control
+from .argtypes import positive_seconds, seconds
 from .exceptions import MinitaskError, TimeoutError
 
 __all__ = ["add_commands", "broadcast", "format_table"]
@@ -31,13 +32,13 @@ def add_commands(commands, parser_class):
     call.add_argument("args", nargs="?", default="[]", help="positional arguments as a JSON "
                       "list (default [])")
     call.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
-    call.add_argument("--countdown", type=float, help="seconds to wait before it runs")
+    call.add_argument("--countdown", type=seconds, help="seconds to wait before it runs")
     call.add_argument("--queue", help="send straight to this queue (default exchange)")
     call.add_argument("--exchange", help="exchange (default DEFAULT_EXCHANGE)")
     call.add_argument("--routing-key", help="routing key (default DEFAULT_ROUTING_KEY)")
     call.add_argument("--priority", type=int, choices=range(10), metavar="0..9")
     call.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    call.add_argument("--timeout", type=float, default=None, help="with --wait: give up after "
+    call.add_argument("--timeout", type=seconds, default=None, help="with --wait: give up after "
                       "this many seconds")
     _common(call)
     call.set_defaults(run=run_call)
@@ -50,7 +51,7 @@ def add_commands(commands, parser_class):
 
     inspect = commands.add_parser("inspect", help="ask workers what they are doing")
     inspect.add_argument("method", nargs="?", default="active", choices=INSPECT_METHODS)
-    inspect.add_argument("--timeout", type=float, default=1.0,
+    inspect.add_argument("--timeout", type=positive_seconds, default=1.0,
                          help="seconds to wait for replies (default 1)")
     inspect.add_argument("-d", "--destination", help="comma-separated worker names")
     _common(inspect)
@@ -61,7 +62,7 @@ def add_commands(commands, parser_class):
     ctl.add_argument("arguments", nargs="*", help="rate_limit TASK RATE | revoke TASK_ID... | "
                      "add_consumer QUEUE | cancel_consumer QUEUE")
     ctl.add_argument("--terminate", action="store_true", help="revoke: also stop it if running")
-    ctl.add_argument("--timeout", type=float, default=1.0)
+    ctl.add_argument("--timeout", type=positive_seconds, default=1.0)
     ctl.add_argument("-d", "--destination", help="comma-separated worker names")
     _common(ctl)
     ctl.set_defaults(run=run_control)
@@ -69,7 +70,7 @@ def add_commands(commands, parser_class):
     result = commands.add_parser("result", help="show a task's state and result")
     result.add_argument("task_id")
     result.add_argument("--wait", action="store_true", help="wait for a final state")
-    result.add_argument("--timeout", type=float, default=None)
+    result.add_argument("--timeout", type=seconds, default=None)
     _common(result)
     result.set_defaults(run=run_result)
     from .bench import add_command as add_bench

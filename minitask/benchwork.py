@@ -19,20 +19,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 
 from . import protocol as P
 from .benchtasks import COUNTER_ENV, INDEX, QUEUE, noop
 from .exceptions import MinitaskError
+from .processes import READY_PREFIX, read_line
 
 __all__ = ["Lab", "Progress", "Outcome", "percentile", "rss_bytes", "journal_bytes",
            "count_runs", "wait_drained", "tcp_floor", "mp_context", "consume_all",
            "raw_messages", "BODY_BYTES"]
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-READY_PREFIX = "minitask broker listening on "
 # A drain that makes no progress for this long is stuck: stop and report what is missing.
 STALL_SECONDS = 60.0
 FLOOR_MESSAGE_BYTES = 200
@@ -202,7 +201,7 @@ class Lab:
                    "-l", "WARNING"]
         started = time.perf_counter()
         process = self._popen(command, "broker", stdout=subprocess.PIPE)
-        line = _read_line(process, READY_PREFIX, timeout)
+        line = read_line(process, READY_PREFIX, timeout)
         ready_s = time.perf_counter() - started
         if line is None:
             self.stop(process)
@@ -284,22 +283,6 @@ def _signal_group(process, signum):
             process.send_signal(signum)
     except (ProcessLookupError, PermissionError, OSError):
         pass                            # already gone
-
-
-def _read_line(process, prefix, timeout):
-    """The first stdout line starting with `prefix`, or None at the timeout or exit."""
-    found = {}
-
-    def read():
-        for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").strip()
-            if line.startswith(prefix):
-                found["line"] = line
-                return
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return found.get("line")
 
 
 def _tail(path, lines=5):

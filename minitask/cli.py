@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 
+from .argtypes import comma_list, host_port, port, positive_int, seconds
 from .exceptions import MinitaskError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
@@ -29,47 +30,6 @@ class _UsageError(MinitaskError):
     """A command was used wrongly in a way argparse cannot see."""
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a whole number" % text) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("%r must be at least 1" % text)
-    return value
-
-
-def _port(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a port number" % text) from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError("port %r is outside 0..65535" % text)
-    return value
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number of seconds" % text) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("%r must not be negative" % text)
-    return value
-
-
-def _host_port(text):
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError("%r: expected HOST:PORT" % text)
-    return host.strip("[]"), _port(port)
-
-
-def _comma_list(text):
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def build_parser():
     parser = _Parser(prog="minitask", description="A distributed task queue in the spirit of "
                      "early Celery, on the Python standard library alone.")
@@ -80,7 +40,7 @@ def build_parser():
     broker = commands.add_parser("broker", help="run the broker")
     broker.add_argument("--host", help="address to listen on (default: BROKER_URL's, "
                         "127.0.0.1)")
-    broker.add_argument("--port", type=_port, help="port (default: BROKER_URL's, 5679; 0 picks "
+    broker.add_argument("--port", type=port, help="port (default: BROKER_URL's, 5679; 0 picks "
                         "a free one)")
     broker.add_argument("--data-dir", help="where the journal lives (default: the user's data "
                         "directory)")
@@ -92,15 +52,15 @@ def build_parser():
                         "BROKER_SECRET)")
     broker.add_argument("--certfile", help="TLS certificate (PEM)")
     broker.add_argument("--keyfile", help="TLS private key (PEM)")
-    broker.add_argument("--max-message-bytes", type=_positive_int, default=16 * 1024 * 1024,
+    broker.add_argument("--max-message-bytes", type=positive_int, default=16 * 1024 * 1024,
                         help="largest message accepted (default 16 MiB)")
-    broker.add_argument("--http", type=_host_port, metavar="HOST:PORT",
+    broker.add_argument("--http", type=host_port, metavar="HOST:PORT",
                         help="also serve the status page there")
-    broker.add_argument("--worker-lost-grace", type=_seconds, default=10.0, metavar="S",
+    broker.add_argument("--worker-lost-grace", type=seconds, default=10.0, metavar="S",
                         help="seconds a worker whose connection dropped has to come back and "
                         "claim its running tasks before they fail with WorkerLostError "
                         "(default 10)")
-    broker.add_argument("--stall-timeout", type=_seconds, default=30.0, metavar="S",
+    broker.add_argument("--stall-timeout", type=seconds, default=30.0, metavar="S",
                         help="cut off a client that leaves a frame half sent, or reads none "
                         "of what the broker sends it, for this long (default 30)")
     broker.add_argument("-l", "--loglevel", default="INFO", help="log level (default INFO)")
@@ -109,20 +69,20 @@ def build_parser():
 
     worker = commands.add_parser("worker", help="run a worker")
     worker.add_argument("--broker", help="broker URL (default BROKER_URL)")
-    worker.add_argument("-I", "--include", type=_comma_list, default=[], metavar="MODULES",
+    worker.add_argument("-I", "--include", type=comma_list, default=[], metavar="MODULES",
                         help="comma-separated task modules to import (besides IMPORTS)")
-    worker.add_argument("-c", "--concurrency", type=_positive_int,
+    worker.add_argument("-c", "--concurrency", type=positive_int,
                         help="pool processes (default: CONCURRENCY, or one per CPU)")
-    worker.add_argument("-Q", "--queues", type=_comma_list, metavar="QUEUES",
+    worker.add_argument("-Q", "--queues", type=comma_list, metavar="QUEUES",
                         help="comma-separated queues (default: DEFAULT_QUEUE plus QUEUES)")
     worker.add_argument("-l", "--loglevel", help="log level (default: LOGLEVEL, WARNING)")
     worker.add_argument("-f", "--logfile", help="log file (default: LOGFILE, stderr)")
     worker.add_argument("-n", "--hostname", help="name of this worker (default pid@host)")
-    worker.add_argument("--prefetch-multiplier", type=_positive_int,
+    worker.add_argument("--prefetch-multiplier", type=positive_int,
                         help="messages reserved per pool process (default 4)")
-    worker.add_argument("--max-tasks-per-child", type=_positive_int,
+    worker.add_argument("--max-tasks-per-child", type=positive_int,
                         help="replace a pool process after this many tasks")
-    worker.add_argument("--shutdown-timeout", type=_seconds,
+    worker.add_argument("--shutdown-timeout", type=seconds,
                         help="seconds a warm shutdown waits for running tasks (default 30)")
     worker.add_argument("--beat", action="store_true", default=None,
                         help="also send periodic tasks (one beat sends at a time)")

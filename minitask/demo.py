@@ -11,10 +11,10 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 from .decorators import task
+from .processes import READY_PREFIX, read_line
 
 __all__ = ["run_demo", "add", "flaky", "hello"]
 
@@ -45,20 +45,6 @@ def _start(command, env, cwd):
                             start_new_session=True)
 
 
-def _read_line(process, prefix, timeout):
-    found = {}
-
-    def read():
-        for line in process.stdout:
-            if line.startswith(prefix):
-                found["line"] = line.strip()
-                return
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return found.get("line")
-
-
 def _stop(process, timeout=10.0):
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -83,7 +69,7 @@ def run_demo(out=print):
         broker = _start([sys.executable, "-m", "minitask", "broker", "--port", "0",
                          "--data-dir", os.path.join(scratch, "data"), "-l", "WARNING"],
                         env, scratch)
-        line = _read_line(broker, "minitask broker listening on ", 20.0)
+        line = read_line(broker, READY_PREFIX, 20.0)
         if line is None:
             out("the broker did not start; its output:\n%s" % _drain(broker))
             return 1

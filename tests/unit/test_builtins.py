@@ -31,6 +31,8 @@ class Tripwire:
         return (record_unpickling, ("tripwire",))
 
 
+from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 

@@ -14,6 +14,8 @@ from minitask.task import DEFAULT_KWARG_NAMES, current_request
 from minitask.worker.execution import execute_delivery, run_eagerly, run_task
 
 
+from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 

@@ -11,6 +11,8 @@ from minitask.result import (
 )
 
 
+from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 

@@ -22,6 +22,8 @@ from minitask.worker.execution import run_task
 UTC = datetime.timezone.utc
 
 
+from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 

@@ -29,6 +29,8 @@ SPEC_DEFAULTS = {
 }
 
 
+from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
 

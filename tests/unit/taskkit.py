@@ -1,4 +1,5 @@
-"""Fixtures the task-API unit tests share."""
+"""Fixtures the task-API unit tests share (imported by name: a conftest.py here would clash
+with the integration tests' own `conftest` module)."""
 
 import os
 
