@@ -21,6 +21,8 @@ import logging
 import os
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 
@@ -67,7 +69,7 @@ class Connection:
 
     def __init__(self, url="minitask://127.0.0.1:5679", secret=None, ca_file=None,
                  timeout=10.0, heartbeat=0.0, client="minitask", worker_info=None,
-                 on_connect=None):
+                 on_connect=None, local=True):
         from .config import parse_broker_url
         self.url = url
         _scheme, self.host, self.port, self.tls = parse_broker_url(url)
@@ -78,6 +80,7 @@ class Connection:
         self.client = client
         self.worker_info = worker_info
         self.on_connect = on_connect        # callback(connection) after each handshake
+        self.local = local                  # try the broker's local socket first (Linux)
         self.sock = None
         self.decoder = None
         self.welcome = {}
@@ -105,16 +108,23 @@ class Connection:
         with self.lock:
             if self.sock is not None:
                 return self
+            sock = None if self.tls else self._connect_local()
+            if sock is None:
+                try:
+                    sock = socket.create_connection((self.host, self.port),
+                                                    timeout=self.timeout)
+                except OSError as exc:
+                    raise BrokerConnectionError(
+                        "cannot connect to %s: %s (is `python -m minitask broker` running "
+                        "there?)" % (self.url, exc.strerror or exc)) from None
             try:
-                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-            except OSError as exc:
-                raise BrokerConnectionError(
-                    "cannot connect to %s: %s (is `python -m minitask broker` running there?)"
-                    % (self.url, exc.strerror or exc)) from None
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if sock.family != getattr(socket, "AF_UNIX", None):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if self.tls:
                     sock = self._wrap_tls(sock)
+                self._read_timeout = _UNSET
+                self._kernel_timeouts = not self.tls and _set_kernel_timeouts(sock,
+                                                                              self.timeout)
                 self.sock = sock
                 self.decoder = P.Decoder()
                 self._reset_pending()
@@ -125,6 +135,20 @@ class Connection:
             if self.on_connect is not None:
                 self.on_connect(self)
             return self
+
+    def _connect_local(self):
+        """The broker's local socket, when the URL names this machine and it has one."""
+        name = P.local_socket_name(self.port) if _is_loopback(self.host) else None
+        if name is None or not self.local:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(name)
+        except OSError:                 # no broker listening there: TCP it is
+            sock.close()
+            return None
+        return sock
 
     def _wrap_tls(self, sock):
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -169,12 +193,14 @@ class Connection:
                                            P.MAX_FRAME_BYTES) + 64
 
     def close(self):
+        """Say CLOSE if the socket takes it at once (never wait for that), then close."""
         with self.lock:
             if self.sock is not None:
                 try:
-                    self.sock.sendall(P.encode_frame(P.CLOSE, 0))
-                except OSError:
-                    pass            # closing anyway
+                    self.sock.setblocking(False)
+                    self.sock.send(P.encode_frame(P.CLOSE, 0))
+                except (OSError, ValueError):
+                    pass            # closing anyway: the broker sees the connection end
             self._drop()
 
     def _drop(self):
@@ -226,7 +252,8 @@ class Connection:
         sock = self.sock
         if sock is None:
             raise BrokerConnectionError("not connected to %s" % self.url)
-        sock.settimeout(timeout)
+        if timeout != self._read_timeout:
+            self._set_read_timeout(sock, timeout)
         try:
             count = sock.recv_into(self._scratch)
             data = self._scratch_view[:count]
@@ -249,6 +276,20 @@ class Connection:
             self._drop()
             raise
         return True
+
+    def _set_read_timeout(self, sock, timeout):
+        """Where the kernel can time out a blocking recv (SO_RCVTIMEO), use that: Python's own
+        socket timeouts cost a poll() before every recv and a syscall to change them."""
+        if self._kernel_timeouts:
+            if timeout is not None and timeout <= 0:
+                sock.setblocking(False)
+            else:
+                sock.setblocking(True)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                                _timeval(timeout or 0.0))
+        else:
+            sock.settimeout(timeout)
+        self._read_timeout = timeout
 
     def _file(self, kind, seq, body):
         if kind == P.DELIVER:
@@ -369,10 +410,9 @@ class Connection:
             timeout = self.timeout if timeout is None else timeout
             deadline = None if timeout is None else time.monotonic() + timeout
             while seq in unconfirmed:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError("no confirm from %s within %ss" % (self.url, timeout))
-                self._read_some(remaining)
+                self._read_some(timeout)        # the same value each time: no syscall to set it
             if seq in self._failed:
                 raise self._failed.pop(seq)
 
@@ -494,6 +534,39 @@ class Connection:
             self._read_some(timeout)
 
 
+_UNSET = object()
+
+
+def _is_loopback(host):
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+_TIMEVAL = struct.Struct("@ll")
+
+
+def _timeval(seconds):
+    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO; 0 means no timeout at all, so a positive
+    time under a microsecond is rounded up to one, never down to "wait forever"."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6)
+    if seconds > 0 and not whole and not micros:
+        micros = 1
+    return _TIMEVAL.pack(whole, micros)
+
+
+def _set_kernel_timeouts(sock, timeout):
+    """Blocking mode with SO_RCVTIMEO/SO_SNDTIMEO where this platform has them (Linux);
+    False where it has not, and the connection then uses Python's socket timeouts."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout or 0.0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout or 0.0))
+    except (OSError, AttributeError):
+        sock.settimeout(timeout)
+        return False
+    return True
+
+
 def _proof(secret, role, first, second):
     text = ("%s:%s:%s" % (role, first, second)).encode("utf-8")
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
@@ -509,6 +582,17 @@ _local = threading.local()
 _generation = [0]           # bumped by reset_connection(): every thread makes a new one
 
 
+def _forget_after_fork():
+    """A forked child must not share its parent's sockets: it starts with no connection."""
+    global _local
+    _local = threading.local()
+    _generation[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def connection(settings=None):
     """This thread's connection to the configured broker, made on demand, and made again
     after a fork, a lost connection or `reset_connection()`.
@@ -517,9 +601,8 @@ def connection(settings=None):
     thread's `delay()`.
     """
     conn = getattr(_local, "connection", None)
-    if conn is not None and (_local.pid != os.getpid() or _local.generation != _generation[0]):
-        if _local.pid == os.getpid():
-            _close_quietly(conn)
+    if conn is not None and _local.generation != _generation[0]:
+        _close_quietly(conn)
         conn = None
     if conn is None:
         if settings is None:
@@ -528,7 +611,7 @@ def connection(settings=None):
         conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
                           ca_file=settings.BROKER_CA_FILE, client="minitask-client",
                           on_connect=lambda c: declare_topology(c, settings))
-        _local.connection, _local.pid, _local.generation = conn, os.getpid(), _generation[0]
+        _local.connection, _local.generation = conn, _generation[0]
         _local.reached = False
     if not conn.connected:
         conn.connect()
@@ -543,7 +626,7 @@ def with_connection(function):
     deadline = None
     pause = 0.05
     while True:
-        reached = getattr(_local, "reached", False) and getattr(_local, "pid", None) == os.getpid()
+        reached = getattr(_local, "reached", False)
         try:
             return function(connection())
         except AuthenticationError:
@@ -569,7 +652,7 @@ def _close_quietly(conn):
 def reset_connection():
     """Forget every thread's connection (tests, or after the settings changed)."""
     conn = getattr(_local, "connection", None)
-    if conn is not None and getattr(_local, "pid", None) == os.getpid():
+    if conn is not None:
         _close_quietly(conn)
     _local.connection = None
     _local.reached = False

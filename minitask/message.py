@@ -35,6 +35,8 @@ class only under the SPEC "Results" rule.
 """
 
 import datetime
+import os
+import random
 import uuid
 
 from . import protocol, serialization
@@ -47,8 +49,17 @@ BODY_VERSION = 1
 UTC = datetime.timezone.utc
 
 
+# Task ids are random UUIDs (version 4). They need to be unique, not secret, so they come
+# from a generator of our own, seeded from the OS and again in every forked child, rather
+# than one os.urandom() call (a syscall) per task; the global `random` is not used, so a
+# program that seeds it cannot make two processes share ids.
+_ids = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)
+
+
 def new_task_id():
-    return str(uuid.uuid4())
+    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
 
 
 def to_epoch(value):

@@ -4,8 +4,11 @@ This docstring is the specification. It is enough to write a client in another l
 
 1. Transport
 ------------
-A TCP stream (or TLS, for ``minitasks://`` URLs), by default on port 5679. Every integer is
-big-endian. Strings are UTF-8. Times are seconds since the Unix epoch as IEEE-754 doubles.
+A TCP stream (or TLS, for ``minitasks://`` URLs), by default on port 5679. On Linux a broker
+without TLS also listens on the abstract UNIX socket ``"\0minitask-<port>"``; a client of a
+loopback address may use it instead (the same frames, handshake and rules), and falls back
+to TCP when it is not there. Every integer is big-endian. Strings are UTF-8. Times are
+seconds since the Unix epoch as IEEE-754 doubles.
 
 2. Frames
 ---------
@@ -179,6 +182,7 @@ state), 406 BrokerError (precondition: redeclared differently, default exchange 
 
 import json
 import struct
+import sys
 
 from .exceptions import (
     AuthenticationError, BrokerConnectionError, BrokerError, NotDeliverableError,
@@ -300,6 +304,16 @@ class Decoder:
     def pending_bytes(self):
         """Bytes of an incomplete frame still waiting for the rest (used for stall timeouts)."""
         return len(self._buffer) - self._offset
+
+
+def local_socket_name(port):
+    """The abstract UNIX socket a broker on `port` also listens on (Linux), or None.
+
+    Clients of a loopback URL try it first and fall back to TCP (see `client.Connection`).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    return "\0minitask-%d" % port
 
 
 def encode_frame(kind, seq, body=b""):

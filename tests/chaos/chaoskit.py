@@ -19,7 +19,6 @@ test longer (`BUDGET`); the short form is what CI runs.
 """
 
 import collections
-import importlib.util
 import os
 import random
 import signal
@@ -35,18 +34,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 
-def _load_harness():
-    name = "integration_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(INTEGRATION,
-                                                                         "conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+import cluster as harness  # noqa: E402  (tests/integration, put on the path above)
 
-
-harness = _load_harness()
 Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_for, harness.ROOT
 
 from minitask import config  # noqa: E402  (after the harness put the project on the path)

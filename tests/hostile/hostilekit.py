@@ -16,7 +16,6 @@ bigger (`BUDGET`); the short form is what CI runs.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import resource
@@ -32,18 +31,8 @@ if INTEGRATION not in sys.path:
     sys.path.insert(0, INTEGRATION)        # the harness, and ittasks for the workers
 
 
-def _load_harness():
-    name = "integration_harness"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(INTEGRATION,
-                                                                         "conftest.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+import cluster as harness  # noqa: E402  (tests/integration, put on the path above)
 
-
-harness = _load_harness()
 Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_for, harness.ROOT
 child_env = harness._env
 

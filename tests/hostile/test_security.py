@@ -131,7 +131,8 @@ def test_failed_authentications_are_logged_once_per_ten_seconds_naming_the_peer(
         with pytest.raises(AuthenticationError):
             Connection(secret_arena.url, secret="guess", timeout=5.0).connect()
     lines = [line for line in secret_arena.log().splitlines()
-             if "authentication" in line.lower() and "127.0.0.1:" in line]
+             if "authentication" in line.lower()
+             and ("127.0.0.1:" in line or "local pid" in line)]
     assert 1 <= len(lines) <= 2, "broker log lines about the 5 failed logins: %r" % lines
 
 

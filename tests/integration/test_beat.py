@@ -4,7 +4,7 @@ import time
 
 import itbeat  # noqa: F401  (registers the periodic task here too, as a client would)
 import ittasks
-from conftest import wait_for
+from cluster import wait_for
 
 
 def runs(tmp_path):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, Broker, _env, wait_for
+from cluster import ROOT, Broker, _env, wait_for
 from minitask import protocol as P
 from minitask.client import Connection
 from minitask.exceptions import (

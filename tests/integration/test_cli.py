@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import ittasks
-from conftest import ROOT, _env, wait_for
+from cluster import ROOT, _env, wait_for
 
 COMMANDS = ["broker", "worker", "demo", "status", "call", "purge", "inspect", "control",
             "result", "bench"]

@@ -18,7 +18,7 @@ import urllib.parse
 import pytest
 
 import guidetasks
-from conftest import wait_for
+from cluster import wait_for
 from minitask.builtins import http_dispatch
 from minitask.exceptions import RemoteTaskError
 

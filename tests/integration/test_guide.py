@@ -13,7 +13,7 @@ import time
 import pytest
 
 import guidetasks
-from conftest import wait_for
+from cluster import wait_for
 from minitask import config, registry
 from minitask.admin import broadcast
 from minitask.builtins import ping

@@ -24,7 +24,7 @@ def model(failures, max_retries, use_exc):
 
 @pytest.fixture(scope="module")
 def one_worker(tmp_path_factory):
-    from conftest import Broker, Worker
+    from cluster import Broker, Worker
     from minitask import config
     from minitask.client import reset_connection
     import os

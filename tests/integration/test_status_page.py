@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Broker, wait_for
+from cluster import Broker, wait_for
 from minitask import protocol as P
 from minitask.client import Connection
 from minitask.message import ResultMeta, TaskMessage, encode_result_meta

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import ittasks
-from conftest import wait_for
+from cluster import wait_for
 from minitask import group
 from minitask.exceptions import (
     ContentDisallowed, MaxRetriesExceededError, NotRegistered, RemoteTaskError,

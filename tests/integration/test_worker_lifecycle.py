@@ -7,7 +7,7 @@ import time
 import pytest
 
 import ittasks
-from conftest import wait_for
+from cluster import wait_for
 from minitask.exceptions import WorkerLostError
 
 

@@ -24,7 +24,7 @@ def main():
     parser.add_argument("--tasks", type=int, default=500)
     parser.add_argument("--spread", type=float, default=5.0)
     args = parser.parse_args()
-    from conftest import Broker, Worker
+    from cluster import Broker, Worker
     from minitask import config
     import pathlib
     import ittasks
