@@ -63,7 +63,8 @@ def main():
             if acked:
                 state.handle(session, P.ACK, 0, P.encode_tags(P.ACK, 0, acked)[9:])
             turn(state, journal)
-            session.out.clear()
+            session.out.clear()          # as if the client read everything:
+            session.unsent = 0           # the server would say so after its send
         before = journal.total_bytes()
         steps = []
         while True:
