@@ -4,6 +4,7 @@ Refuses, before anything is opened, to listen beyond loopback without a secret, 
 a data directory with another running broker (a lock file held for the broker's life).
 """
 
+import gc
 import ipaddress
 import logging
 import os
@@ -94,7 +95,7 @@ def build(config, settings):
     else:
         data_dir, lock, journal = None, None, NullJournal()
     state = BrokerState(time.time, journal, options)
-    summary = state.recover()
+    summary = _recover(state)
     if config.persist:
         logger.info("recovered %d messages (%d delayed, %d redelivered), %d results and %d "
                     "revoked ids from %s in %.3fs", summary["messages"], summary["delayed"],
@@ -127,6 +128,22 @@ def url_of(server, tls=False):
     if ":" in host:
         host = "[%s]" % host
     return "%s://%s:%d" % ("minitasks" if tls else "minitask", host, port)
+
+
+def _recover(state):
+    """Replay the journal with the cyclic collector off, then freeze what it loaded.
+
+    Replay makes an object or two per message and no garbage cycles; with the collector on,
+    each full collection walks every message loaded so far (restart with 1M messages took
+    twice as long). Frozen, the recovered messages are no longer walked by the collections of
+    the running broker either; they are still freed as usual once acked.
+    """
+    gc.disable()
+    try:
+        return state.recover()
+    finally:
+        gc.enable()
+        gc.freeze()
 
 
 def _lock_data_dir(data_dir):
