@@ -2,18 +2,40 @@
 with the integration tests' own `conftest` module)."""
 
 import os
+import sys
 
 import pytest
 
 from minitask import client, config, registry
 
+# Settings modules the configuration and loader tests import (mtfix_*.py, minitaskconfig.py).
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def clear_environment(monkeypatch):
+    """Remove every MINITASK_* variable (and DJANGO_SETTINGS_MODULE) for this test."""
+    for var in list(os.environ):
+        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
+            monkeypatch.delenv(var)
+
+
+@pytest.fixture
+def isolated_settings(monkeypatch):
+    """No MINITASK_* environment, fresh settings, the fixture settings modules importable, and
+    those modules forgotten afterwards so each test imports them anew."""
+    clear_environment(monkeypatch)
+    monkeypatch.syspath_prepend(FIXTURES)
+    config.reset()
+    yield
+    config.reset()
+    for name in [n for n in sys.modules if n.startswith(("mtfix_", "minitaskconfig"))]:
+        del sys.modules[name]
+
 
 @pytest.fixture
 def isolated_tasks(monkeypatch):
     """No MINITASK_* environment, fresh settings and connection, and the registry as it was."""
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
+    clear_environment(monkeypatch)
     config.reset()
     client.reset_connection()
     saved = dict(registry.tasks)

@@ -5,7 +5,6 @@ The settings modules live in tests/unit/fixtures (all named mtfix_*); each test 
 on sys.path, a clean environment and fresh settings, and its mtfix_* modules are forgotten after.
 """
 import datetime
-import os
 import pickle
 import sys
 import types
@@ -16,20 +15,9 @@ from minitask import config
 from minitask.config import DEFAULTS, DESCRIPTIONS, Settings, load_settings, parse_broker_url
 from minitask.exceptions import ConfigurationError
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+from taskkit import isolated_settings  # noqa: E402,F401  (fixtures)
 
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    monkeypatch.syspath_prepend(FIXTURES)
-    config.reset()
-    yield
-    config.reset()
-    for name in [n for n in sys.modules if n.startswith(("mtfix_", "minitaskconfig"))]:
-        del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 def settings_module(name="mtfix_inline", **values):

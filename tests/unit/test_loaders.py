@@ -5,7 +5,6 @@ mtfix_*). Each test gets that folder on sys.path, a clean environment and fresh 
 mtfix_* modules are forgotten afterwards, so `mtfix_record.IMPORTED` lists only what that test
 imported.
 """
-import os
 import sys
 
 import pytest
@@ -14,20 +13,9 @@ from minitask import config, loaders
 from minitask.exceptions import ConfigurationError
 from minitask.loaders import BaseLoader, DefaultLoader, DjangoLoader, get_loader
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+from taskkit import isolated_settings  # noqa: E402,F401  (fixtures)
 
-
-@pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    monkeypatch.syspath_prepend(FIXTURES)
-    config.reset()
-    yield
-    config.reset()
-    for name in [n for n in sys.modules if n.startswith("mtfix_")]:
-        del sys.modules[name]
+pytestmark = pytest.mark.usefixtures("isolated_settings")
 
 
 def imported():

@@ -1,31 +1,24 @@
 """minitask.log and `Task.get_logger()`: a task's lines go to its logfile at its loglevel, each
 naming the task and its id, and never twice."""
 import logging
-import os
 
 import pytest
 
-from minitask import client, config, registry, task
+from minitask import registry, task
 from minitask.log import TASK_FORMAT, level_of, task_logger
 
 
+from taskkit import isolated_tasks  # noqa: E402,F401  (fixtures)
+
+
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
+def isolated(isolated_tasks):  # noqa: F811  (the fixture imported above)
+    """The shared isolation, and the tasks' log files closed before their tasks are forgotten."""
     yield
     for name in list(registry.tasks):
         for handler in logging.getLogger("minitask.tasks." + name).handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()
-    registry.tasks.clear()
-    registry.tasks.update(saved)
-    config.reset()
-    client.reset_connection()
 
 
 def lines_of(path):

@@ -9,7 +9,6 @@ the serializer cannot carry becomes a FAILURE saying so.
 import datetime
 import decimal
 import json
-import pickle
 import pickletools
 import threading
 
