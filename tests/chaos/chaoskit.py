@@ -152,24 +152,10 @@ class SmallSegmentBroker(Broker):
         super().__init__(tmp_path, args, env)
         self.segment_bytes = segment_bytes
 
-    def start(self, timeout=20.0):
-        self.starts += 1
-        command = [sys.executable, os.path.join(HERE, "smallsegments.py"),
-                   str(self.segment_bytes), "broker", "--port", str(self.port), "-l", "INFO",
-                   "--data-dir", self.data_dir] + self.args
-        self.proc = harness._Process(command, str(self.tmp_path / ("broker-%d.log"
-                                                                   % self.starts)),
-                                     harness._env(self.env), ROOT)
-        line = wait_for(lambda: next((l for l in self.proc.lines
-                                      if l.startswith("minitask broker listening on")), None)
-                        or (not self.proc.alive() and "dead"),
-                        timeout, what="the broker to listen")
-        if line == "dead":
-            raise AssertionError("broker exited with %s:\n%s" % (self.proc.process.returncode,
-                                                                   self.proc.output()))
-        self.url = line.rsplit(" ", 1)[1]
-        self.port = int(self.url.rsplit(":", 1)[1])
-        return self
+    def command(self):
+        return [sys.executable, os.path.join(HERE, "smallsegments.py"), str(self.segment_bytes),
+                "broker", "--port", str(self.port), "-l", "INFO",
+                "--data-dir", self.data_dir] + self.args
 
 
 class Cluster:

@@ -121,13 +121,17 @@ class Broker:
         self.proc = None
         self.starts = 0
 
-    def start(self, timeout=20.0):
-        self.starts += 1
+    def command(self):
+        """The command line that starts this broker (subclasses may run it differently)."""
         command = [sys.executable, "-m", "minitask", "broker", "--port", str(self.port),
                    "-l", "INFO"] + self.args
         if "--no-persist" not in self.args:
             command += ["--data-dir", self.data_dir]
-        self.proc = _Process(command, str(self.tmp_path / ("broker-%d.log" % self.starts)),
+        return command
+
+    def start(self, timeout=20.0):
+        self.starts += 1
+        self.proc = _Process(self.command(), str(self.tmp_path / ("broker-%d.log" % self.starts)),
                              _env(self.env), ROOT)
         line = wait_for(lambda: next((l for l in self.proc.lines
                                       if l.startswith("minitask broker listening on")), None)
