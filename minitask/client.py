@@ -37,6 +37,7 @@ __all__ = ["Connection", "Delivery", "connection", "with_connection", "reset_con
 logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
+_CONFIRM_BYTES = P.HEADER.size           # a CONFIRM is a bare header
 
 
 class Delivery:
@@ -268,6 +269,12 @@ class Connection:
                 raise self._closing_error
             raise BrokerConnectionError("the broker at %s closed the connection" % self.url)
         self.last_received = time.monotonic()
+        if count == _CONFIRM_BYTES and not self.decoder.pending_bytes:
+            # The usual answer to a publish, alone in its read: no need for the decoder.
+            length, kind, seq = P.HEADER.unpack_from(self._scratch)
+            if kind == P.CONFIRM and not length:
+                self._confirmed(seq)
+                return True
         self.decoder.feed(data)
         try:
             for frame in self.decoder.frames():
@@ -295,11 +302,7 @@ class Connection:
         if kind == P.DELIVER:
             self.deliveries.append(Delivery(*P.decode_deliver(body)))
         elif kind == P.CONFIRM:
-            # Every command numbered up to `seq` is confirmed (serial-number order: the
-            # numbers wrap); one that got an ERROR left the queue already.
-            unconfirmed = self._unconfirmed
-            while unconfirmed and (seq - unconfirmed[0]) % 0x100000000 < 0x80000000:
-                unconfirmed.popleft()
+            self._confirmed(seq)
         elif kind == P.ERROR:
             code, text = P.decode_error(body)
             exc = P.error_for(code, text)
@@ -319,6 +322,13 @@ class Connection:
             pass
         elif seq in self._waiting:
             self._replies[seq] = (kind, body)
+
+    def _confirmed(self, seq):
+        """Every command numbered up to `seq` is confirmed (serial-number order: the numbers
+        wrap); one that got an ERROR left the queue already."""
+        unconfirmed = self._unconfirmed
+        while unconfirmed and (seq - unconfirmed[0]) % 0x100000000 < 0x80000000:
+            unconfirmed.popleft()
 
     def _wait_reply(self, seq, timeout):
         """Wait for the reply (or ERROR) numbered `seq`; returns ``(kind, body)``."""

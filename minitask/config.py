@@ -126,6 +126,9 @@ class Settings:
         merged = copy.deepcopy(DEFAULTS)
         merged.update(values or {})
         object.__setattr__(self, "_values", merged)
+        # Every setting (all capitals, so never a method's name) is also a plain attribute:
+        # reading one, several times per delay(), is then an ordinary lookup.
+        self.__dict__.update((name, value) for name, value in merged.items() if name.isupper())
         sources = dict(dict.fromkeys(merged, "default"), **(sources or {}))
         object.__setattr__(self, "_sources", sources)
         object.__setattr__(self, "module_name", module_name)

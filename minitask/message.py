@@ -37,7 +37,6 @@ class only under the SPEC "Results" rule.
 import datetime
 import os
 import random
-import uuid
 
 from . import protocol, serialization
 from .exceptions import ContentDisallowed, ProtocolError, SerializationError
@@ -58,8 +57,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)
 
 
+# A version 4 UUID: 122 random bits, version 0100 and variant 10 in the places RFC 4122 says.
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_task_id():
-    return str(uuid.UUID(int=_ids.getrandbits(128), version=4))
+    """A random UUID (version 4) as text, as `str(uuid.uuid4())` but from `_ids`."""
+    text = "%032x" % (_ids.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
 
 
 def to_epoch(value):

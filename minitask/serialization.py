@@ -340,12 +340,18 @@ def _encode_dict(value):
         if type(key) is not str or key == _TAG:
             pairs = [[_to_jsonable(k), _to_jsonable(v)] for k, v in value.items()]
             return {_TAG: "dict", "v": pairs}
-        encoded[key] = item if type(item) in _PLAIN else _to_jsonable(item)
+        cls = type(item)
+        if cls in _PLAIN or cls is int and item.bit_length() <= _MAX_PLAIN_INT_BITS:
+            encoded[key] = item             # the fast path of _to_jsonable, inlined
+        else:
+            encoded[key] = _to_jsonable(item)
     return encoded
 
 
 def _encode_list(value):
-    return [item if type(item) in _PLAIN else _to_jsonable(item) for item in value]
+    return [item if type(item) in _PLAIN
+            or type(item) is int and item.bit_length() <= _MAX_PLAIN_INT_BITS
+            else _to_jsonable(item) for item in value]
 
 
 def _tagged_items(tag):
