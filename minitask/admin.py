@@ -13,7 +13,7 @@ import uuid
 
 from . import control
 from .argtypes import positive_seconds, seconds
-from .exceptions import MinitaskError, TimeoutError
+from .exceptions import ConfigurationError, MinitaskError, TimeoutError
 
 __all__ = ["add_commands", "broadcast", "format_table"]
 
@@ -175,9 +175,9 @@ def _parse_json(text, what, kind):
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise MinitaskError("%s is not valid JSON: %s" % (what, exc)) from None
+        raise ConfigurationError("%s is not valid JSON: %s" % (what, exc)) from None
     if not isinstance(value, kind):
-        raise MinitaskError("%s must be a JSON %s" % (what, "list" if kind is list
+        raise ConfigurationError("%s must be a JSON %s" % (what, "list" if kind is list
                                                       else "object"))
     return value
 
@@ -260,7 +260,8 @@ def run_result(args):
         print("%s: %s" % (state, value))
         if traceback:
             print(traceback.rstrip())
-    return 0
+    # Waiting is asking for the outcome: as `call --wait`, anything but SUCCESS is a failure.
+    return 0 if not args.wait or state == "SUCCESS" else 1
 
 
 # -- remote control ----------------------------------------------------------------------------
@@ -341,15 +342,15 @@ def run_control(args):
     method, rest = args.method, args.arguments
     if method == "rate_limit":
         if len(rest) != 2:
-            raise MinitaskError("rate_limit needs TASK_NAME and RATE (e.g. 10/s, 0 for off)")
+            raise ConfigurationError("rate_limit needs TASK_NAME and RATE (e.g. 10/s, 0 for off)")
         arguments = {"task_name": rest[0], "rate_limit": rest[1]}
     elif method == "revoke":
         if not rest:
-            raise MinitaskError("revoke needs at least one task id")
+            raise ConfigurationError("revoke needs at least one task id")
         arguments = {"task_ids": rest, "terminate": args.terminate}
     elif method in ("add_consumer", "cancel_consumer"):
         if len(rest) != 1:
-            raise MinitaskError("%s needs one QUEUE" % method)
+            raise ConfigurationError("%s needs one QUEUE" % method)
         arguments = {"queue": rest[0]}
     else:
         arguments = {}
@@ -368,5 +369,8 @@ def run_control(args):
     else:
         for hostname in sorted(replies):
             print("%s: %s" % (hostname, replies[hostname]))
-    return 0 if replies or method == "revoke" else 1
+    if method == "revoke":
+        return 0
+    refused = any(isinstance(reply, dict) and "error" in reply for reply in replies.values())
+    return 0 if replies and not refused else 1
 

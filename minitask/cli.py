@@ -118,6 +118,11 @@ def main(argv=None):
         return EXIT_USAGE if type(exc).__name__ == "ConfigurationError" else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader left early (`minitask status | head`): stop quietly, as Unix tools do.
+        # Python would complain again flushing stdout at exit, so point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 def _setup_logging(level, logfile):

@@ -54,7 +54,8 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
     ("DEFAULT_RATE_LIMIT", None, "Rate limit of tasks that set none: \"100/m\", \"10/s\"."),
     ("DEFAULT_EXCHANGE", "minitask", "Exchange of tasks that name none."),
     ("DEFAULT_EXCHANGE_TYPE", "direct", "direct, topic, fanout or headers."),
-    ("DEFAULT_QUEUE", "minitask", "Queue the broker declares at start and workers consume."),
+    ("DEFAULT_QUEUE", "minitask", "Queue the broker declares at start and workers consume "
+                                  "(set it alike for both)."),
     ("DEFAULT_ROUTING_KEY", "minitask", "Routing key of tasks that name none."),
     ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}."),
     ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept."),

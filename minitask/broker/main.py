@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, MinitaskError
 from .journal import Journal, NullJournal
 from .server import BrokerServer, Limits
 from .state import BrokerOptions, BrokerState
@@ -118,7 +118,8 @@ def build(config, settings):
         server.bind()
     except OSError as exc:
         journal.close()
-        raise ConfigurationError("cannot listen on %s:%s: %s"
+        # Not bad use (the command line was fine) but a failure to do what was asked: exit 1.
+        raise MinitaskError("cannot listen on %s:%s: %s"
                                  % (config.host, config.port, exc.strerror or exc)) from None
     return server
 

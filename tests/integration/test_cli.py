@@ -1,6 +1,7 @@
 """The command line as an operator uses it: tables, --json, exit codes, one-line errors."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_call_sends_a_task_by_name_and_waits_for_its_result(broker, start_worker
 
 def test_call_with_bad_json_arguments_is_one_line(broker):
     result = minitask("call", "it.add", "[1,", broker=broker)
-    assert result.returncode == 1
+    assert result.returncode == 2                    # bad use
     assert result.stderr.count("\n") == 1 and "not valid JSON" in result.stderr
 
 
@@ -146,6 +147,44 @@ def test_control_changes_a_rate_limit_at_run_time(broker, start_worker):
         second.get(timeout=1.5)                      # held back by the new limit
     minitask("control", "rate_limit", "it.add", "0", broker=broker)
     ittasks.add.delay(0, 0).get(timeout=10)
+
+
+def test_control_that_a_worker_refuses_exits_1(broker, start_worker):
+    start_worker(name="strict")
+    result = minitask("control", "rate_limit", "it.add", "10/x", broker=broker)
+    assert result.returncode == 1
+    assert "strict:" in result.stdout and "error" in result.stdout
+
+
+def test_result_wait_that_times_out_exits_1(broker):
+    result = minitask("result", "no-such-task", "--wait", "--timeout", "0.3", broker=broker)
+    assert result.returncode == 1
+    assert result.stdout.startswith("PENDING")
+
+
+def test_a_port_in_use_is_a_failure_not_bad_use(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = minitask("broker", "--port", str(port), "--data-dir", str(tmp_path / "data"),
+                          "-l", "WARNING", timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "cannot listen on" in result.stderr
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(broker):
+    """`minitask status | head -1`: the pipe closes under the command; it stops quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                               # every write now fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "minitask", "status", "--broker",
+                                 broker.url], env=_env(), cwd=ROOT, stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
 
 
 def test_control_add_consumer_starts_consuming_another_queue(broker, start_worker):
