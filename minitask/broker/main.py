@@ -139,11 +139,13 @@ def _recover(state):
     twice as long). Frozen, the recovered messages are no longer walked by the collections of
     the running broker either; they are still freed as usual once acked.
     """
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
         return state.recover()
     finally:
-        gc.enable()
+        if was_enabled:
+            gc.enable()
         gc.freeze()
 
 
