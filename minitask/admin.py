@@ -194,8 +194,9 @@ def run_call(args):
     else:
         exchange = settings.DEFAULT_EXCHANGE if args.exchange is None else args.exchange
         routing_key = args.routing_key or settings.DEFAULT_ROUTING_KEY
+    # Mandatory: a typo in --queue is an error here, not a message silently dropped.
     message = TaskMessage(args.name, arguments, kwargs, eta=eta, exchange=exchange,
-                          routing_key=routing_key, priority=args.priority,
+                          routing_key=routing_key, priority=args.priority, mandatory=True,
                           serializer=settings.TASK_SERIALIZER)
     with _connect(settings) as conn:
         from .client import declare_topology

@@ -149,6 +149,12 @@ def test_control_changes_a_rate_limit_at_run_time(broker, start_worker):
     ittasks.add.delay(0, 0).get(timeout=10)
 
 
+def test_call_to_a_queue_that_does_not_exist_is_an_error(broker):
+    result = minitask("call", "it.add", "[1, 2]", "--queue", "no-such-queue", broker=broker)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no-such-queue" in result.stderr
+
+
 def test_control_that_a_worker_refuses_exits_1(broker, start_worker):
     start_worker(name="strict")
     result = minitask("control", "rate_limit", "it.add", "10/x", broker=broker)
