@@ -6,39 +6,29 @@ unregistered and the module forgotten after each test.
 """
 import datetime
 import logging
-import os
 import pickle
 import pickletools
 import sys
 
 import pytest
 
-from minitask import Task, client, config, registry
+from minitask import Task, registry
 from minitask.decorators import periodic_task, task
 from minitask.exceptions import ConfigurationError, NotRegistered
 from minitask.result import EagerResult
 from minitask.task import PeriodicTask
+from taskkit import FIXTURES, isolated_tasks  # noqa: F401  (a fixture)
 
-FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch):
-    for var in list(os.environ):
-        if var.startswith("MINITASK_") or var == "DJANGO_SETTINGS_MODULE":
-            monkeypatch.delenv(var)
+def isolated(isolated_tasks, monkeypatch):  # noqa: F811  (the fixture imported above)
+    """The shared isolation, with the fixture modules importable and forgotten afterwards."""
     monkeypatch.syspath_prepend(FIXTURES)
-    config.reset()
-    client.reset_connection()
-    saved = dict(registry.tasks)
     yield
-    registry.tasks.clear()
-    registry.tasks.update(saved)
     for name in [n for n in sys.modules if n.startswith("mttask_")]:
         del sys.modules[name]
-    config.reset()
-    client.reset_connection()
 
 
 @pytest.fixture
