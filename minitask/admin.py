@@ -177,8 +177,8 @@ def _parse_json(text, what, kind):
     except ValueError as exc:
         raise ConfigurationError("%s is not valid JSON: %s" % (what, exc)) from None
     if not isinstance(value, kind):
-        raise ConfigurationError("%s must be a JSON %s" % (what, "list" if kind is list
-                                                      else "object"))
+        raise ConfigurationError("%s must be a JSON %s"
+                                 % (what, "list" if kind is list else "object"))
     return value
 
 

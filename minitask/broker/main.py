@@ -120,7 +120,7 @@ def build(config, settings):
         journal.close()
         # Not bad use (the command line was fine) but a failure to do what was asked: exit 1.
         raise MinitaskError("cannot listen on %s:%s: %s"
-                                 % (config.host, config.port, exc.strerror or exc)) from None
+                            % (config.host, config.port, exc.strerror or exc)) from None
     return server
 
 
