@@ -180,6 +180,8 @@ state), 406 BrokerError (precondition: redeclared differently, default exchange 
 507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
 """
 
+import hashlib
+import hmac
 import json
 import struct
 import sys
@@ -194,7 +196,7 @@ __all__ = [
     "Message", "encode_message", "decode_message", "message_id_of",
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "encode_error", "decode_error", "error_for",
-    "STATES", "STATE_CODES", "READY_STATES",
+    "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
 ]
 
 PROTOCOL_VERSION = 1
@@ -314,6 +316,15 @@ def local_socket_name(port):
     if not sys.platform.startswith("linux"):
         return None
     return "\0minitask-%d" % port
+
+
+def auth_proof(secret, role, first_nonce, second_nonce):
+    """The handshake's proof of knowing `secret` (section 6): HMAC-SHA256 over the prover's
+    role and both nonces, in lowercase hex. Bound to both nonces, so a recorded proof is
+    useless on another connection; bound to the role, so one side's proof cannot be
+    reflected back as the other's."""
+    text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
+    return hmac.new(secret, text, hashlib.sha256).hexdigest()
 
 
 def encode_frame(kind, seq, body=b""):

@@ -1,0 +1,208 @@
+"""The transport seam: everything the task API, results, the CLI and the worker ask of a broker.
+
+Nothing above this line knows how a broker is reached. A transport gives two objects:
+
+- a `Client`, one per thread, for producers: publish with confirms, topology, results and
+  waits, revocations, remote control, the beat lease, status;
+- a `Consumer`, one per worker, for the worker's loop: deliveries with prefetch, acks and
+  rejects, task starts, results with what they unlock, control replies. It is non-blocking and
+  selectable (`fileno()`), so the worker waits on the broker, its pool and its clock at once.
+
+Messages cross the seam already encoded, in the layout of `minitask.protocol` section 3.1
+(`protocol.encode_message`), whatever the transport stores them in: the task API builds them
+once, the worker reads the few fields it needs without decoding the body, and a transport
+never decodes a task's payload (it may be pickled).
+
+Results cross as ``Result(state, ready, date_done, content_type, payload)``: the payload is a
+serialized result meta (`minitask.message`), opaque to the transport.
+
+One operation exists for workflows: `Consumer.store_result(..., publish=[...])` stores a
+task's result and publishes the messages it unlocks (the next link of a chain, callbacks) in
+one atomic, durable step: after a crash, both happened or neither did.
+
+Errors: a lost connection is `BrokerConnectionError`; a refused publish is
+`UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; anything else the broker
+refuses is `BrokerError` with its protocol code. A transport raises nothing else.
+
+Transports register by URL scheme (`minitask.transport.transport_for`); the contract every
+one of them keeps is `tests/contract/`.
+"""
+
+import collections
+
+__all__ = ["Client", "Consumer", "Result"]
+
+Result = collections.namedtuple("Result", "state ready date_done content_type payload")
+
+
+class Client:
+    """A producer's connection. Every method may raise BrokerConnectionError."""
+
+    url = ""
+
+    def connect(self):
+        """Connect (and authenticate) if not connected; returns self."""
+        raise NotImplementedError
+
+    @property
+    def connected(self):
+        raise NotImplementedError
+
+    def close(self):
+        raise NotImplementedError
+
+    # -- topology (AMQP's model: exchanges, queues, bindings) --
+
+    def declare_exchange(self, exchange, type="direct", durable=True, auto_delete=False,
+                         passive=False):
+        raise NotImplementedError
+
+    def declare_queue(self, queue, durable=True, exclusive=False, auto_delete=False,
+                      passive=False, **arguments):
+        """Returns ``{"queue": name, "messages": ready, "consumers": n}``; "" names a new
+        exclusive queue."""
+        raise NotImplementedError
+
+    def bind(self, queue, exchange, binding_key="", arguments=None):
+        raise NotImplementedError
+
+    def purge(self, queue):
+        """Drop the waiting messages of `queue`; returns how many."""
+        raise NotImplementedError
+
+    # -- publishing --
+
+    def publish(self, data, confirm=True, timeout=None):
+        """Publish one encoded message; with `confirm`, return once the broker holds it."""
+        raise NotImplementedError
+
+    def publish_many(self, messages, timeout=None):
+        """Publish many encoded messages, pipelined; return once every one is held."""
+        raise NotImplementedError
+
+    def publish_with_record(self, data, key, value, timeout=None):
+        """Set the durable setting `key` and publish, atomically (the beat's send record)."""
+        raise NotImplementedError
+
+    # -- results --
+
+    def get_result(self, task_id):
+        """The `Result` as the broker has it now (state PENDING when it knows nothing)."""
+        raise NotImplementedError
+
+    def wait_result(self, task_id, timeout=None):
+        """The `Result` once its state is final, or as it is when `timeout` seconds passed.
+        Pushed by the broker, never polled."""
+        raise NotImplementedError
+
+    def forget(self, task_ids):
+        raise NotImplementedError
+
+    def revoke(self, task_ids, terminate=False, signal="SIGTERM"):
+        """Revoke tasks everywhere, workers that start later included."""
+        raise NotImplementedError
+
+    # -- the rest --
+
+    def broadcast(self, method, arguments=None, destination=None, timeout=1.0, reply=True,
+                  limit=None):
+        """Send a remote-control command to every worker (or those in `destination`);
+        returns ``{hostname: reply}`` gathered until `timeout` or `limit` replies."""
+        raise NotImplementedError
+
+    def lease(self, name, holder, ttl):
+        """Take or renew the lease `name` for `holder`; returns ``{"granted", "holder",
+        "expires_in"}``. At most one holder at a time, across every client."""
+        raise NotImplementedError
+
+    def kv_get(self, key):
+        raise NotImplementedError
+
+    def status(self):
+        """A JSON-ready report: queues, workers, running tasks (see `minitask status`)."""
+        raise NotImplementedError
+
+
+class Consumer:
+    """A worker's connection: consume, ack, report. Non-blocking after `connect()`.
+
+    Everything said to the broker (acks, starts, rejects, results, replies) is buffered and
+    written by `flush()`; `end_turn()` turns a loop turn's acks into as few frames as it can.
+    `generation` counts connections: a delivery tag means something only on the connection
+    that delivered it, so a worker drops what it kept for an older generation.
+    """
+
+    generation = 0
+    control_tag = None
+
+    def connect(self, timeout=5.0):
+        """Connect, declare, start consuming; returns deliveries that arrived meanwhile."""
+        raise NotImplementedError
+
+    @property
+    def connected(self):
+        raise NotImplementedError
+
+    def fileno(self):
+        """What the worker's selector waits on for `read()`."""
+        raise NotImplementedError
+
+    def read(self):
+        """Deliveries that have arrived, a list (control commands have `control_tag`)."""
+        raise NotImplementedError
+
+    def ack(self, tag):
+        raise NotImplementedError
+
+    def ack_started(self, tag):
+        """Ack a task as it starts, handing it over: if this worker is lost before its result
+        arrives, the broker stores FAILURE / WorkerLostError for it."""
+        raise NotImplementedError
+
+    def started(self, tag):
+        """Report an acks-late task as started, leaving it unacked."""
+        raise NotImplementedError
+
+    def reject(self, tag, requeue=True):
+        raise NotImplementedError
+
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
+        """Store a task's result and publish the encoded messages it unlocks, atomically.
+        `store=False`: the task finished but keeps no result (ignore_result)."""
+        raise NotImplementedError
+
+    def reply(self, reply_to, data):
+        """Send an encoded control reply to the asker's queue (no confirm)."""
+        raise NotImplementedError
+
+    def claim(self, task_ids):
+        """After a reconnect: these handed-over tasks still run here."""
+        raise NotImplementedError
+
+    def set_extra_credit(self, held):
+        """Messages the worker holds itself (ETAs, rate limits) raise its prefetch by as many."""
+        raise NotImplementedError
+
+    def add_queue(self, name):
+        raise NotImplementedError
+
+    def cancel_queue(self, name):
+        raise NotImplementedError
+
+    def heartbeat(self):
+        raise NotImplementedError
+
+    def end_turn(self):
+        raise NotImplementedError
+
+    def flush(self):
+        """Write what the connection takes now; True when something is left to write."""
+        raise NotImplementedError
+
+    def lost(self):
+        """Forget a failed connection; everything unacked goes back to its queue."""
+        raise NotImplementedError
+
+    def close(self):
+        """Send what is buffered (briefly), then close."""
+        raise NotImplementedError

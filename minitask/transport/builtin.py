@@ -1,0 +1,738 @@
+"""The built-in broker's transport (``minitask://``, ``minitasks://`` for TLS) over sockets.
+
+Two classes share one `Link` (the socket) and one `Conversation` (the protocol state):
+
+- `Connection`, the blocking `Client`: each call sends its frames and reads until the
+  conversation says its answer came. Whatever else arrives meanwhile (deliveries, other
+  commands' confirms) is filed away by the conversation, so pipelined publishes and a
+  consumer's stream never get in each other's way.
+- `Consumer`, the worker's side: set up with blocking calls, then non-blocking; `read()`
+  returns deliveries as they come and everything the worker says back is buffered and
+  written by `flush()`.
+
+On Linux a broker without TLS also listens on the abstract UNIX socket of its port, and a
+client of a loopback URL tries it first: a round trip costs a fraction of one over loopback
+TCP. Any local process could have bound that name, so before sending a byte the client asks
+the kernel who is listening (``SO_PEERCRED``) and uses the socket only when that is itself,
+root or the configured broker user; otherwise it falls back to TCP.
+"""
+
+import logging
+import os
+import socket
+import ssl
+import struct
+import sys
+import time
+
+from .. import control, protocol as P
+from ..exceptions import BrokerConnectionError, ProtocolError, TimeoutError
+from . import base
+from .conversation import Conversation, Delivery
+
+__all__ = ["Connection", "Consumer", "Delivery", "HEARTBEAT"]
+
+logger = logging.getLogger(__name__)
+
+_RECV_BYTES = 256 * 1024
+# Seconds between heartbeats a worker promises; the broker drops it after missing two.
+HEARTBEAT = 10.0
+
+
+class Link:
+    """One socket to the broker: connecting (local, TCP, TLS), timeouts, reads into a buffer."""
+
+    def __init__(self, url, host, port, tls, ca_file, timeout, local=True, broker_uid=None):
+        self.url = url
+        self.host, self.port, self.tls = host, port, tls
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self.local = local and not tls
+        self.broker_uid = broker_uid
+        self.sock = None
+        self._read_timeout = _UNSET
+        self._kernel_timeouts = False
+        self.scratch = bytearray(_RECV_BYTES)       # reused by every recv: no allocation
+        self.view = memoryview(self.scratch)
+
+    def open(self):
+        sock = self._open_local() if self.local and _is_loopback(self.host) else None
+        if sock is None:
+            try:
+                sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            except OSError as exc:
+                raise BrokerConnectionError(
+                    "cannot connect to %s: %s (is `python -m minitask broker` running there?)"
+                    % (self.url, exc.strerror or exc)) from None
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls:
+                sock = self._wrap_tls(sock)
+        self._read_timeout = _UNSET
+        self._kernel_timeouts = not self.tls and _set_kernel_timeouts(sock, self.timeout)
+        self.sock = sock
+
+    def _open_local(self):
+        name = P.local_socket_name(self.port)
+        if name is None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(name)
+        except OSError:                 # no broker listening there: TCP it is
+            sock.close()
+            return None
+        uid = _peer_uid(sock)
+        if uid not in (os.getuid(), 0, self.broker_uid):
+            _warn_once("the local socket of port %d belongs to uid %s, not to the broker's "
+                       "user; using TCP (set BROKER_UID if the broker runs as that user)"
+                       % (self.port, uid))
+            sock.close()
+            return None
+        return sock
+
+    def _wrap_tls(self, sock):
+        context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            return context.wrap_socket(sock, server_hostname=self.host)
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            sock.close()
+            raise BrokerConnectionError("TLS handshake with %s failed: %s"
+                                        % (self.url, exc)) from None
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass                    # already gone
+        self.sock = None
+
+    def send(self, data):
+        if self.sock is None:
+            raise BrokerConnectionError("not connected to %s" % self.url)
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            self.close()
+            raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) from None
+
+    def recv(self, timeout):
+        """Bytes read in one call (a view of the shared buffer), or None on timeout."""
+        sock = self.sock
+        if sock is None:
+            raise BrokerConnectionError("not connected to %s" % self.url)
+        if timeout != self._read_timeout:
+            self._set_read_timeout(sock, timeout)
+        try:
+            count = sock.recv_into(self.scratch)
+        except (socket.timeout, BlockingIOError, ssl.SSLWantReadError):
+            return None
+        except (OSError, ssl.SSLError) as exc:
+            self.close()
+            raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) from None
+        if not count:
+            self.close()
+            raise BrokerConnectionError("the broker at %s closed the connection" % self.url)
+        return self.view[:count]
+
+    def pending(self):
+        """Decrypted TLS bytes that select() cannot see."""
+        pending = getattr(self.sock, "pending", None)
+        return bool(pending and pending())
+
+    def _set_read_timeout(self, sock, timeout):
+        """Where the kernel can time out a blocking recv (SO_RCVTIMEO), use that: Python's own
+        socket timeouts cost a poll() before every recv and a syscall to change them."""
+        if self._kernel_timeouts:
+            if timeout is not None and timeout <= 0:
+                sock.setblocking(False)
+            else:
+                sock.setblocking(True)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout or 0))
+        else:
+            sock.settimeout(timeout)
+        self._read_timeout = timeout
+
+
+class Connection(base.Client):
+    """One blocking connection to one broker. Methods raise BrokerConnectionError when lost."""
+
+    def __init__(self, url="minitask://127.0.0.1:5679", secret=None, ca_file=None,
+                 timeout=10.0, heartbeat=0.0, client="minitask", worker_info=None,
+                 on_connect=None, local=True, broker_uid=None):
+        from ..config import parse_broker_url
+        self.url = url
+        _scheme, host, port, tls = parse_broker_url(url)
+        self.link = Link(url, host, port, tls, ca_file, timeout, local, broker_uid)
+        self.secret = secret
+        self.timeout = timeout
+        self.heartbeat = heartbeat
+        self.client = client
+        self.worker_info = worker_info
+        self.on_connect = on_connect        # callback(connection) after each handshake
+        self.conversation = None
+
+    @property
+    def connected(self):
+        return self.link.sock is not None
+
+    @property
+    def deliveries(self):
+        return self.conversation.deliveries
+
+    @property
+    def welcome(self):
+        return self.conversation.welcome if self.conversation else {}
+
+    def connect(self):
+        """Open the socket and do the handshake. Raises BrokerConnectionError naming the URL."""
+        if self.link.sock is not None:
+            return self
+        self.link.open()
+        self.conversation = Conversation(self.secret, self.client, self.heartbeat,
+                                         self.worker_info, peer="the broker at %s" % self.url)
+        try:
+            self.conversation.hello()
+            self._flush()
+            self._wait(self._handshake_step, self.timeout, "answer to the handshake")
+        except BaseException:
+            self.link.close()
+            raise
+        if self.on_connect is not None:
+            self.on_connect(self)
+        return self
+
+    def _handshake_step(self):
+        self._flush()                       # AUTH, once the CHALLENGE came
+        return self.conversation.is_open
+
+    def close(self):
+        """Say CLOSE if the socket takes it at once (never wait for that), then close."""
+        sock = self.link.sock
+        if sock is not None:
+            try:
+                sock.setblocking(False)
+                sock.send(P.encode_frame(P.CLOSE, 0))
+            except (OSError, ValueError):
+                pass            # closing anyway: the broker sees the connection end
+        self.link.close()
+
+    def __enter__(self):
+        return self.connect()
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- moving bytes --
+
+    def _flush(self):
+        outgoing = self.conversation.outgoing
+        if outgoing:
+            self.conversation.outgoing = bytearray()
+            self.link.send(outgoing)
+
+    def _read(self, timeout):
+        """Receive once and let the conversation file it; False on timeout."""
+        data = self.link.recv(timeout)
+        if data is None:
+            return False
+        try:
+            self.conversation.receive(data)
+        except ProtocolError:
+            self.link.close()
+            raise
+        except BrokerConnectionError:       # the handshake failed: drop the socket too
+            self.link.close()
+            raise
+        return True
+
+    def _wait(self, done, timeout, what):
+        """Read until ``done()`` is true (it may raise the command's error); `what` names
+        the answer awaited, for the TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("no %s from %s within %ss" % (what, self.url, timeout))
+                self._read(left)
+        except BrokerConnectionError:
+            closing = self.conversation.closing_error
+            if closing is not None and not self.connected:
+                raise closing from None     # the broker said why before it closed
+            raise
+
+    def send_frames(self, data):
+        """Send already-encoded frames (acks, results) without waiting for anything."""
+        self.conversation.send_frames(data)
+        self._flush()
+
+    def call(self, kind, args=None, timeout=None):
+        """Send a JSON command and return its OK reply as a dict."""
+        reply_kind, body = self._request(kind, args, timeout)
+        return P.decode_json(body, P.command_name(reply_kind))
+
+    def _request(self, kind, args, timeout):
+        conversation = self.conversation or self.connect().conversation
+        seq = conversation.command(kind, args)
+        self._flush()
+        answer = []
+
+        def done():
+            reply = conversation.reply(seq)
+            if reply is not None:
+                answer.append(reply)
+            return bool(answer)
+        try:
+            self._wait(done, self.timeout if timeout is None else timeout, "reply")
+        except TimeoutError:
+            conversation.abandon(seq)
+            raise
+        return answer[0]
+
+    # -- topology --
+
+    def declare_exchange(self, exchange, type="direct", durable=True, auto_delete=False,
+                         passive=False):
+        return self.call(P.DECLARE_EXCHANGE, {"exchange": exchange, "type": type,
+                                              "durable": durable, "auto_delete": auto_delete,
+                                              "passive": passive})
+
+    def declare_queue(self, queue, durable=True, exclusive=False, auto_delete=False,
+                      passive=False, **arguments):
+        args = {"queue": queue, "durable": durable, "exclusive": exclusive,
+                "auto_delete": auto_delete, "passive": passive}
+        args.update(arguments)
+        return self.call(P.DECLARE_QUEUE, args)
+
+    def bind(self, queue, exchange, binding_key="", arguments=None):
+        return self.call(P.BIND, {"queue": queue, "exchange": exchange,
+                                  "binding_key": binding_key, "arguments": arguments or {}})
+
+    def unbind(self, queue, exchange, binding_key="", arguments=None):
+        return self.call(P.UNBIND, {"queue": queue, "exchange": exchange,
+                                    "binding_key": binding_key, "arguments": arguments or {}})
+
+    def purge(self, queue):
+        return self.call(P.PURGE, {"queue": queue})["messages"]
+
+    def delete_queue(self, queue):
+        return self.call(P.DELETE_QUEUE, {"queue": queue})["messages"]
+
+    def delete_exchange(self, exchange):
+        return self.call(P.DELETE_EXCHANGE, {"exchange": exchange})
+
+    # -- publishing --
+
+    def publish(self, data, confirm=True, timeout=None):
+        """Publish an encoded message; with `confirm`, return once the broker holds it."""
+        conversation = self.conversation or self.connect().conversation
+        seq = conversation.publish(data, confirm)
+        self._flush()
+        if confirm:
+            self._wait(lambda: conversation.confirmed(seq),
+                       self.timeout if timeout is None else timeout, "confirm")
+
+    def publish_with_record(self, data, key, value, timeout=None):
+        """Set a durable broker setting and publish, in one write: a broker crash keeps both
+        or neither (periodic tasks' last send times)."""
+        conversation = self.conversation or self.connect().conversation
+        kv_seq = conversation.command(P.KV_SET, {"key": key, "value": value})
+        seq = conversation.publish(data)
+        self._flush()
+        timeout = self.timeout if timeout is None else timeout
+        self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
+        self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
+
+    def publish_many(self, messages, window=100, timeout=None):
+        """Publish many messages keeping up to `window` unconfirmed; return once all are held."""
+        conversation = self.conversation or self.connect().conversation
+        timeout = self.timeout if timeout is None else timeout
+        what = "confirm"
+        batch = []
+        for data in messages:
+            batch.append(conversation.publish(data))
+            if len(batch) >= window:
+                self._flush()
+                older, batch = batch[:window // 2], batch[window // 2:]
+                self._wait(lambda: conversation.all_confirmed(older), timeout, what)
+        self._flush()
+        self._wait(lambda: conversation.all_confirmed(batch), timeout, what)
+
+    # -- consuming (the CLI's control replies, tests) --
+
+    def qos(self, prefetch_count):
+        return self.call(P.QOS, {"prefetch_count": prefetch_count})
+
+    def consume(self, queue, no_ack=False):
+        """Start consuming `queue`; returns the consumer tag. Messages arrive in `deliveries`."""
+        return self.call(P.CONSUME, {"queue": queue, "no_ack": no_ack})["consumer_tag"]
+
+    def cancel(self, consumer_tag):
+        return self.call(P.CANCEL, {"consumer_tag": consumer_tag})
+
+    def get_delivery(self, timeout=None):
+        """The next delivery, waiting up to `timeout` seconds; None when none came."""
+        deliveries = self.conversation.deliveries
+        try:
+            self._wait(lambda: bool(deliveries), timeout, "delivery")
+        except TimeoutError:
+            return None
+        return deliveries.popleft()
+
+    def ack(self, tags, multiple=False, started=False):
+        flags = (P.MULTIPLE if multiple else 0) | (P.STARTED if started else 0)
+        self.send_frames(P.encode_tags(P.ACK, flags, list(tags)))
+
+    def reject(self, tags, requeue=True):
+        self.send_frames(P.encode_tags(P.REJECT, P.REQUEUE if requeue else 0, list(tags)))
+
+    def drain(self, timeout=0.0):
+        """Read whatever has arrived (deliveries, confirms) within `timeout`."""
+        self._read(timeout)
+
+    # -- results --
+
+    def set_result(self, task_id, state, content_type, payload, ttl=0.0, store=True):
+        conversation = self.conversation or self.connect().conversation
+        seq = conversation.confirmable(P.RESULT_SET, _result_body(
+            task_id, state, P.STORE if store else 0, ttl, content_type, payload))
+        self._flush()
+        self._wait(lambda: conversation.confirmed(seq), self.timeout, "confirm")
+
+    def get_result(self, task_id):
+        return self._result(P.RESULT_GET, {"task_id": task_id}, self.timeout)
+
+    def wait_result(self, task_id, timeout=None):
+        args = {"task_id": task_id}
+        if timeout is not None:
+            args["timeout"] = max(0.0, timeout)
+        # The broker answers at the timeout; allow a little for the trip back.
+        return self._result(P.RESULT_WAIT, args,
+                            None if timeout is None else timeout + max(5.0, self.timeout))
+
+    def _result(self, kind, args, timeout):
+        reply_kind, body = self._request(kind, args, timeout)
+        if reply_kind != P.RESULT:
+            raise ProtocolError("expected RESULT, got %s" % P.command_name(reply_kind))
+        _task_id, state, flags, date_done, content_type, payload = P.decode_result(body)
+        return base.Result(state, bool(flags & P.READY), date_done, content_type, payload)
+
+    def forget(self, task_ids):
+        return self.call(P.RESULT_FORGET, {"task_ids": list(task_ids)})
+
+    def revoke(self, task_ids, terminate=False, signal="SIGTERM"):
+        return self.call(P.REVOKE, {"task_ids": list(task_ids), "terminate": terminate,
+                                    "signal": signal})
+
+    # -- the rest --
+
+    def broadcast(self, method, arguments=None, destination=None, timeout=1.0, reply=True,
+                  limit=None):
+        reply_queue = None
+        if reply:
+            reply_queue = self.declare_queue("", durable=False, exclusive=True,
+                                             auto_delete=True)["queue"]
+            self.consume(reply_queue, no_ack=True)
+        message = control.command_message(method, arguments, destination, reply_queue)
+        ticket = message.message_id
+        self.publish(P.encode_message(message))
+        replies = {}
+        deadline = time.monotonic() + timeout
+        while reply and (limit is None or len(replies) < limit):
+            delivery = self.get_delivery(max(0.0, deadline - time.monotonic()))
+            if delivery is None:
+                break
+            try:
+                body = control.decode_body(delivery.message.body)
+            except ProtocolError:
+                continue            # not a reply of ours
+            if body.get("ticket") == ticket:
+                replies[body.get("hostname", "?")] = body.get("reply")
+        return replies
+
+    def lease(self, name, holder, ttl):
+        return self.call(P.LEASE, {"name": name, "holder": holder, "ttl": ttl})
+
+    def kv_get(self, key):
+        return self.call(P.KV_GET, {"key": key})["value"]
+
+    def status(self):
+        return self.call(P.STATUS, {})
+
+
+class Consumer(base.Consumer):
+    """A worker's connection: blocking set-up, then a non-blocking stream (see the module)."""
+
+    def __init__(self, settings, queues, prefetch, worker_info, hostname):
+        self.settings = settings
+        self.queues = list(queues)
+        self.prefetch = prefetch
+        self.extra_credit = 0           # messages held by the worker (ETA, rate limits)
+        self.worker_info = worker_info
+        self.hostname = hostname
+        self.conn = None
+        self.generation = 0
+        self.consumer_tags = {}         # consumer tag -> queue name
+        self.control_tag = None
+        self.control_queue = None
+        self.out = bytearray()
+        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._qos_sent = None
+
+    def connect(self, timeout=5.0):
+        from . import declare_topology
+        settings = self.settings
+        conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
+                          ca_file=settings.BROKER_CA_FILE, timeout=timeout,
+                          heartbeat=HEARTBEAT, client="minitask-worker",
+                          worker_info=self.worker_info)
+        conn.connect()
+        try:
+            declare_topology(conn, settings)
+            for name in self.queues:
+                self._declare_queue(conn, name)
+            self.control_queue = conn.declare_queue(
+                "", durable=False, exclusive=True, auto_delete=True)["queue"]
+            conn.bind(self.control_queue, control.CONTROL_EXCHANGE)
+            conn.qos(self.prefetch + self.extra_credit)
+            self._qos_sent = self.prefetch + self.extra_credit
+            self.consumer_tags = {}
+            for name in self.queues:
+                self.consumer_tags[conn.consume(name)] = name
+            self.control_tag = conn.consume(self.control_queue, no_ack=True)
+        except BaseException:
+            conn.link.close()
+            raise
+        conn.link.sock.setblocking(False)
+        self.conn = conn
+        self.generation += 1
+        self.out = bytearray()
+        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        early = list(conn.deliveries)       # arrived while we waited for the last reply
+        conn.deliveries.clear()
+        return early
+
+    def _declare_queue(self, conn, name):
+        if name in self.settings.QUEUES:
+            return                      # declare_topology did it
+        conn.declare_queue(name)
+        if name != self.settings.DEFAULT_QUEUE:
+            conn.bind(name, self.settings.DEFAULT_EXCHANGE, name)
+
+    @property
+    def connected(self):
+        return self.conn is not None and self.conn.connected
+
+    def fileno(self):
+        return self.conn.link.sock.fileno()
+
+    def read(self):
+        conn = self.conn
+        try:
+            while True:
+                data = conn.link.recv(0)
+                if data is None:
+                    break
+                conn.conversation.receive(data)
+                if not conn.link.pending():
+                    break
+        except ProtocolError as exc:
+            raise BrokerConnectionError("broker sent a malformed frame: %s" % exc) from None
+        conversation = conn.conversation
+        while conversation.errors:
+            logger.error("broker refused a command: %s", conversation.errors.popleft())
+        deliveries = list(conversation.deliveries)
+        conversation.deliveries.clear()
+        return deliveries
+
+    # -- what the worker says --
+
+    def ack(self, tag):
+        self._acks.append(tag)
+
+    def ack_started(self, tag):
+        self._started.append(tag)
+
+    def started(self, tag):
+        self._starts.append(tag)
+
+    def reject(self, tag, requeue=True):
+        if requeue:
+            self._rejects.append(tag)
+        else:
+            self.out += P.encode_tags(P.REJECT, 0, [tag])
+
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
+        if publish:
+            raise NotImplementedError("publishing with a result needs a broker that joins "
+                                      "workflows")
+        self.out += P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0,
+                                    0.0, content_type, payload)
+
+    def send(self, frame):
+        """Queue an already-encoded frame (results built in a pool process)."""
+        self.out += frame
+
+    def reply(self, reply_to, data):
+        self.out += P.encode_frame(P.PUBLISH, 0, data)
+
+    def claim(self, task_ids):
+        self.out += P.encode_json(P.CLAIM, 0, {"task_ids": list(task_ids)})
+
+    def heartbeat(self):
+        self.out += P.HEADER.pack(0, P.HEARTBEAT, 0)
+
+    def set_extra_credit(self, held):
+        self.extra_credit = held
+
+    def add_queue(self, name):
+        """Start consuming one more queue (remote control `add_consumer`)."""
+        if name in self.queues:
+            return False
+        self.queues.append(name)
+        self.out += P.encode_json(P.DECLARE_QUEUE, 0, {"queue": name})
+        if name != self.settings.DEFAULT_QUEUE:
+            self.out += P.encode_json(P.BIND, 0, {"queue": name,
+                                                  "exchange": self.settings.DEFAULT_EXCHANGE,
+                                                  "binding_key": name})
+        tag = max(list(self.consumer_tags) + [self.control_tag or 0, 1000]) + 1
+        self.consumer_tags[tag] = name
+        self.out += P.encode_json(P.CONSUME, 0, {"queue": name, "consumer_tag": tag})
+        return True
+
+    def cancel_queue(self, name):
+        """Stop consuming `name` (remote control `cancel_consumer`, warm shutdown)."""
+        for tag, queue in list(self.consumer_tags.items()):
+            if queue == name:
+                self.out += P.encode_json(P.CANCEL, 0, {"consumer_tag": tag})
+                del self.consumer_tags[tag]
+        if name in self.queues:
+            self.queues.remove(name)
+            return True
+        return False
+
+    def cancel_all(self):
+        for name in list(self.queues):
+            self.cancel_queue(name)
+
+    def end_turn(self):
+        """Turn this turn's acks, starts and rejects into frames, and adjust QOS."""
+        if self._started:
+            self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
+            self._started = []
+        if self._starts:
+            self.out += P.encode_tags(P.START, 0, self._starts)
+            self._starts = []
+        if self._acks:
+            self.out += P.encode_tags(P.ACK, 0, self._acks)
+            self._acks = []
+        if self._rejects:
+            self.out += P.encode_tags(P.REJECT, P.REQUEUE, self._rejects)
+            self._rejects = []
+        wanted = self.prefetch + self.extra_credit
+        if self._qos_sent is not None and wanted != self._qos_sent:
+            self.out += P.encode_json(P.QOS, 0, {"prefetch_count": wanted})
+            self._qos_sent = wanted
+
+    def flush(self):
+        out = self.out
+        if not out or self.conn is None:
+            return False
+        try:
+            sent = self.conn.link.sock.send(out)
+            del out[:sent]
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+            return True
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerConnectionError("connection to %s lost: %s"
+                                        % (self.settings.BROKER_URL, exc)) from None
+        return bool(out)
+
+    def lost(self):
+        if self.conn is not None:
+            self.conn.link.close()
+        self.conn = None
+        self.out = bytearray()
+        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._qos_sent = None
+
+    def close(self):
+        if self.conn is None:
+            return
+        self.end_turn()
+        sock = self.conn.link.sock
+        if self.out and sock is not None:
+            sock.settimeout(2.0)
+            try:
+                sock.sendall(bytes(self.out))
+            except OSError as exc:
+                logger.warning("could not send the last acks and results: %s", exc)
+            self.out = bytearray()
+        try:
+            self.conn.close()
+        except (OSError, BrokerConnectionError) as exc:
+            logger.debug("closing the broker connection: %s", exc)
+        self.conn = None
+
+
+def _result_body(task_id, state, flags, ttl, content_type, payload):
+    return P.encode_result(P.RESULT_SET, 0, task_id, state, flags, ttl, content_type,
+                           payload)[P.HEADER.size:]
+
+
+_UNSET = object()
+_TIMEVAL = struct.Struct("@ll")
+_warned = set()
+
+
+def _warn_once(text):
+    if text not in _warned:
+        _warned.add(text)
+        logger.warning(text)
+
+
+def _is_loopback(host):
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def _peer_uid(sock):
+    """The uid of the process that listens at the other end of a UNIX socket (Linux)."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None
+    return struct.unpack("3i", creds)[1]
+
+
+def _timeval(seconds):
+    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO; 0 means no timeout at all, so a positive
+    time under a microsecond is rounded up to one, never down to "wait forever"."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1e6)
+    if seconds > 0 and not whole and not micros:
+        micros = 1
+    return _TIMEVAL.pack(whole, micros)
+
+
+def _set_kernel_timeouts(sock, timeout):
+    """Blocking mode with SO_RCVTIMEO/SO_SNDTIMEO where this platform has them (Linux);
+    False where it has not, and the link then uses Python's socket timeouts."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        sock.setblocking(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout or 0.0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout or 0.0))
+    except (OSError, AttributeError):
+        sock.settimeout(timeout)
+        return False
+    return True
+
+
+def client(settings, client="minitask-client", on_connect=None, timeout=10.0):
+    """A `Connection` made from the settings (see `minitask.transport.client_for`)."""
+    return Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
+                      ca_file=settings.BROKER_CA_FILE, timeout=timeout, client=client,
+                      on_connect=on_connect, broker_uid=settings.get("BROKER_UID"))
