@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from minitask.benchtasks import INDEX
-from minitask.benchwork import count_runs, percentile
+from minitask.bench.tasks import INDEX
+from minitask.bench.work import count_runs, percentile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -22,10 +22,10 @@ import tempfile
 import time
 import uuid
 
-from . import protocol as P
-from .benchtasks import COUNTER_ENV, INDEX, QUEUE, noop
-from .exceptions import MinitaskError
-from .processes import READY_PREFIX, read_line
+from .. import protocol as P
+from .tasks import COUNTER_ENV, INDEX, QUEUE, noop
+from ..exceptions import MinitaskError
+from ..processes import READY_PREFIX, read_line
 
 __all__ = ["Lab", "Progress", "Outcome", "percentile", "rss_bytes", "journal_bytes",
            "count_runs", "wait_drained", "tcp_floor", "mp_context", "consume_all",
@@ -172,7 +172,7 @@ class Lab:
         return os.path.join(self.scratch, "%02d-%s" % (self._serial, name))
 
     def new_counter(self):
-        """A fresh, empty counter file for `benchtasks.record`."""
+        """A fresh, empty counter file for `tasks.record`."""
         self._serial += 1
         path = os.path.join(self.counters, "counter-%02d" % self._serial)
         open(path, "wb").close()
@@ -216,7 +216,7 @@ class Lab:
         if counter:
             env[COUNTER_ENV] = counter
         command = [sys.executable, "-m", "minitask", "worker", "--broker", url,
-                   "-I", "minitask.benchtasks", "-Q", QUEUE, "-c", str(concurrency),
+                   "-I", "minitask.bench.tasks", "-Q", QUEUE, "-c", str(concurrency),
                    "-l", "WARNING"]
         return self._popen(command, "worker", env=env)
 
@@ -297,7 +297,7 @@ def _tail(path, lines=5):
 # -- counting runs -----------------------------------------------------------------------------
 
 def count_runs(path, tasks):
-    """``(runs, lost, duplicates)`` from a counter file written by `benchtasks.noop`."""
+    """``(runs, lost, duplicates)`` from a counter file written by `tasks.noop`."""
     with open(path, "rb") as handle:
         data = handle.read()
     data = data[:len(data) - len(data) % INDEX.size]  # a torn write cannot happen; be safe
@@ -343,7 +343,7 @@ def wait_drained(path, tasks, started, worker, progress=None):
 
 def consume_all(url, secret, queue, count, prefetch, pipe):
     """Consumer process of the broker workload: ack everything, report when all are acked."""
-    from .client import Connection
+    from ..client import Connection
     conn = Connection(url, secret=secret, timeout=60.0, client="minitask-bench").connect()
     conn.declare_queue(queue)
     conn.qos(prefetch)

@@ -1,5 +1,5 @@
 """The tasks `python -m minitask bench` sends; its workers import this module
-(``-I minitask.benchtasks``).
+(``-I minitask.bench.tasks``).
 
 They travel on their own queue (`QUEUE`), so a bench pointed at a shared broker with
 ``--broker`` never hands them to another worker, nor takes that worker's tasks.
@@ -14,7 +14,7 @@ counts runs and its content also shows which task ran twice.
 import os
 import struct
 
-from .decorators import task
+from ..decorators import task
 
 __all__ = ["QUEUE", "COUNTER_ENV", "INDEX", "noop", "echo", "record"]
 

@@ -24,9 +24,9 @@ import logging
 import os
 import time
 
-from .benchtasks import INDEX
-from .benchwork import Outcome, mp_context, percentile
-from .exceptions import MinitaskError
+from .tasks import INDEX
+from .work import Outcome, mp_context, percentile
+from ..exceptions import MinitaskError
 
 __all__ = ["run_chaos"]
 PRODUCERS = 2
@@ -75,9 +75,9 @@ class _Cluster:
 
 def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
     """A producer process: ``noop.delay(i)`` at `rate`/s; each confirmed `i` to its file."""
-    from .benchtasks import noop
-    from .client import reset_connection
-    from .config import configure
+    from .tasks import noop
+    from ..client import reset_connection
+    from ..config import configure
     # delay() warns on each reconnect; here that is the workload, not news for the table.
     logging.getLogger("minitask.client").addHandler(logging.NullHandler())
     logging.getLogger("minitask.client").propagate = False

@@ -1,9 +1,9 @@
-"""The workloads of `python -m minitask bench` (the command itself is `minitask.bench`).
+"""The workloads of `python -m minitask bench` (the command itself is in `minitask.bench`).
 
 Workloads (issue 11), each on its own freshly started broker (journal on, ``--fsync
 everysec``, a scratch folder, a free port) unless ``--broker URL`` names one; workers are
 always the bench's own (they count runs into its counter file) and consume only the bench's
-queue (`benchtasks.QUEUE`)::
+queue (`tasks.QUEUE`)::
 
     floor    pure-Python localhost TCP: echo round trip p50/p99, one-way 200-byte msgs/s
     drain    N x noop.delay(i) (confirms on, results off, acks_late), then one worker -c C:
@@ -15,7 +15,7 @@ queue (`benchtasks.QUEUE`)::
              journal bytes per message, restart time after kill -9
     scaling  drain/s first->last at 10k, 100k and 1M tasks (enqueued with publish_many
              pipelining of prebuilt task messages), and the per-task cost ratio 1M / 10k
-    chaos    (``--chaos [--duration S]``, `minitask.benchchaos`) acks_late tasks under load
+    chaos    (``--chaos [--duration S]``, `minitask.bench.chaos`) acks_late tasks under load
              while the broker and workers are killed with kill -9 and restarted: confirmed,
              completed, lost, duplicates, recovery time p50/max
 
@@ -25,7 +25,7 @@ chaos measure (or kill) broker processes of their own, so they always start them
 Adding a workload: write ``run_<name>(bench) -> Outcome``, add it to
 `WORKLOADS`; its figures become ``<name>`` in the JSON and its rows a block of the table.
 Methods match ``../shared/peers/run.py`` and ``limits.py``, so the figures compare with the
-peers' (see `minitask.benchwork`).
+peers' (see `minitask.bench.work`).
 """
 
 import contextlib
@@ -37,15 +37,15 @@ import sys
 import textwrap
 import time
 
-from . import protocol as P
-from .bench import DEFAULT_TASKS, WORKLOAD_NAMES
-from .benchchaos import run_chaos
-from .benchtasks import QUEUE, echo, noop
-from .benchwork import (
+from .. import protocol as P
+from . import DEFAULT_TASKS, WORKLOAD_NAMES
+from .chaos import run_chaos
+from .tasks import QUEUE, echo, noop
+from .work import (
     BODY_BYTES, Lab, Outcome, Progress, consume_all, count_runs, journal_bytes, mp_context,
     percentile, raw_messages, rss_bytes, tcp_floor, wait_drained,
 )
-from .exceptions import MinitaskError
+from ..exceptions import MinitaskError
 
 __all__ = ["run", "WORKLOADS", "Outcome"]
 RTT_CALLS = 500             # at the default --tasks; scaled with it
@@ -85,8 +85,8 @@ class Bench:
 
     def client(self, url):
         """Point this process's tasks at `url`; declare (and empty) the bench queue."""
-        from .client import connection, reset_connection
-        from .config import configure
+        from ..client import connection, reset_connection
+        from ..config import configure
         settings = configure(BROKER_URL=url)
         reset_connection()
         conn = connection(settings)
@@ -110,8 +110,8 @@ class Bench:
 
 
 def _connect(url):
-    from .client import Connection
-    from .config import get_settings
+    from ..client import Connection
+    from ..config import get_settings
     settings = get_settings()
     return Connection(url, secret=settings.BROKER_SECRET, ca_file=settings.BROKER_CA_FILE,
                       timeout=60.0, client="minitask-bench").connect()
@@ -243,7 +243,7 @@ def run_rtt(bench):
 
 def _pump(bench, fsync, count):
     """Publish `count` messages through a fresh broker to one consumer; msgs/s end to end."""
-    from .config import get_settings
+    from ..config import get_settings
     broker = bench.lab.start_broker(fsync)
     consumer = None
     try:
@@ -339,7 +339,7 @@ def run_memory(bench):
 
 def _prebuilt(bench):
     def enqueue(conn, tasks):
-        from .config import get_settings
+        from ..config import get_settings
         settings = get_settings()
         messages = (P.encode_message(noop.build_message((index,), settings=settings).encode())
                     for index in range(tasks))
@@ -374,7 +374,7 @@ def run_scaling(bench):
 WORKLOADS = {"floor": run_floor, "drain": run_drain, "rtt": run_rtt, "broker": run_broker,
              "memory": run_memory, "scaling": run_scaling, "chaos": run_chaos}
 if tuple(WORKLOADS) != WORKLOAD_NAMES:           # the command lists them without importing us
-    raise ImportError("bench.WORKLOAD_NAMES is out of step with benchrun.WORKLOADS")
+    raise ImportError("minitask.bench.WORKLOAD_NAMES is out of step with minitask.bench.run.WORKLOADS")
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ def run(args, names):
                     _print_block(name, outcome, time.perf_counter() - started)
                     sys.stdout.flush()
     finally:
-        from .client import reset_connection
+        from ..client import reset_connection
         reset_connection()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -1,4 +1,4 @@
-"""`python -m minitask bench`: the command. The workloads live in `minitask.benchrun`.
+"""`python -m minitask bench`: the command. The workloads live in `minitask.bench.run`.
 
 This module only declares the command, so that every `python -m minitask` process (workers
 included) can build its parser without importing the bench, or registering its tasks.
@@ -6,7 +6,7 @@ included) can build its parser without importing the bench, or registering its t
 
 import argparse
 
-from .argtypes import positive_int, positive_seconds
+from ..argtypes import positive_int, positive_seconds
 
 __all__ = ["add_command", "selected_workloads", "run_bench", "WORKLOAD_NAMES",
            "DEFAULT_WORKLOADS", "DEFAULT_TASKS", "DEFAULT_DURATION"]
@@ -63,5 +63,5 @@ def selected_workloads(args):
 
 def run_bench(args):
     """Run the chosen workloads; raises MinitaskError (exit code 1) if any task was lost."""
-    from .benchrun import run
+    from .run import run
     return run(args, selected_workloads(args))
