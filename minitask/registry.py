@@ -34,17 +34,17 @@ class TaskRegistry(dict):
         except KeyError:
             raise NotRegistered("task %r is not registered" % (name,)) from None
 
+    def filter_types(self, type):
+        """The tasks of one type ("regular" or "periodic"), by name (early Celery's name)."""
+        return {name: task for name, task in self.items() if task.type == type}
+
     def regular(self):
-        return {name: task for name, task in self.items() if task.type == "regular"}
+        return self.filter_types("regular")
 
     def periodic(self):
-        return {name: task for name, task in self.items() if task.type == "periodic"}
+        return self.filter_types("periodic")
 
-    # early Celery's names
-    get_all = dict.copy
-
-    def filter_types(self, type):
-        return {name: task for name, task in self.items() if task.type == type}
+    get_all = dict.copy             # early Celery's name
 
 
 tasks = TaskRegistry()
