@@ -180,6 +180,7 @@ state), 406 BrokerError (precondition: redeclared differently, default exchange 
 507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
 """
 
+import collections
 import hashlib
 import hmac
 import json
@@ -193,7 +194,8 @@ from .exceptions import (
 
 __all__ = [
     "PROTOCOL_VERSION", "HEADER", "Decoder", "encode_frame", "encode_json", "decode_json",
-    "Message", "encode_message", "decode_message", "message_id_of",
+    "Message", "MessageFields", "encode_message", "decode_message", "parse_message",
+    "message_id_of", "headers_of",
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "encode_error", "decode_error", "error_for",
     "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
@@ -415,106 +417,78 @@ def encode_message(message):
         _U16.pack(len(headers)), headers, message.body))
 
 
-def _read_str8(data, offset):
-    length = data[offset]
-    end = offset + 1 + length
+# The five str8 fields follow the fixed part in this order; message_id's length byte is at
+# `_ID_AT`, which lets `message_id_of` read it without walking the rest.
+_ID_AT = _MESSAGE_FIXED.size
+
+MessageFields = collections.namedtuple(
+    "MessageFields", "flags priority not_before expires_at message_id exchange routing_key "
+                     "type content_type headers_at")
+MessageFields.__doc__ = """An encoded message's fields but its headers and body (3.1).
+
+`priority` is None when none was given; `headers_at` is where the headers' u16 length is,
+for `headers_of`."""
+
+
+def _str8_at(data, offset):
+    end = offset + 1 + data[offset]
     if end > len(data):
-        raise ProtocolError("message field runs past the end of the frame")
+        raise ProtocolError("a field runs past the end of the frame")
     return data[offset + 1:end].decode("utf-8"), end
 
 
-def decode_message(data):
-    """Decode a PUBLISH body (3.1) into a Message; malformed input raises ProtocolError."""
-    try:
-        flags, priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
-        offset = _MESSAGE_FIXED.size
-        message_id, offset = _read_str8(data, offset)
-        exchange, offset = _read_str8(data, offset)
-        routing_key, offset = _read_str8(data, offset)
-        kind, offset = _read_str8(data, offset)
-        content_type, offset = _read_str8(data, offset)
-        (headers_length,) = _U16.unpack_from(data, offset)
-        offset += 2
-        headers = {}
-        if headers_length:
-            raw = data[offset:offset + headers_length]
-            if len(raw) != headers_length:
-                raise ProtocolError("message headers run past the end of the frame")
-            headers = decode_json(bytes(raw), "message headers")
-            offset += headers_length
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise ProtocolError("malformed message: %s" % (exc,)) from None
-    if priority != NO_PRIORITY and priority > 9:
-        raise ProtocolError("message priority %d is outside 0..9" % priority)
-    return Message(bytes(data[offset:]), exchange, routing_key, message_id, kind, content_type,
-                   headers, None if priority == NO_PRIORITY else priority, not_before,
-                   expires_at, flags)
+def parse_message(data):
+    """The fields of an encoded message (3.1), checked: the one parser of the layout.
 
-
-def message_id_of(data):
-    """The message_id of an encoded message, without decoding the rest (broker hot path)."""
-    length = data[18]
-    return data[19:19 + length].decode("utf-8")
-
-
-def task_fields(data):
-    """``(message_id, type, not_before, expires_at)`` of an encoded message (worker hot path)."""
-    try:
-        _flags, _priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
-        length = data[18]
-        message_id = data[19:19 + length].decode("utf-8")
-        offset = 19 + length
-        offset += 1 + data[offset]                   # skip exchange
-        offset += 1 + data[offset]                   # skip routing_key
-        length = data[offset]
-        kind = data[offset + 1:offset + 1 + length].decode("utf-8")
-        if offset + 1 + length + 3 > len(data):       # content_type and headers length follow
-            raise ProtocolError("malformed message: cut short after its type")
-    except (struct.error, IndexError, UnicodeDecodeError) as exc:
-        raise ProtocolError("malformed message: %s" % (exc,)) from None
-    return message_id, kind, not_before, expires_at
-
-
-def routing_fields(data):
-    """``(flags, priority, not_before, expires_at, exchange, routing_key, headers_offset)``.
-
-    What the broker needs to route a published message, decoded as cheaply as possible.
-    Raises ProtocolError on anything malformed.
+    The broker routes on these, the worker schedules on them; neither needs the headers
+    (`headers_of`) or the body. Raises ProtocolError on anything malformed.
     """
     try:
         flags, priority, not_before, expires_at = _MESSAGE_FIXED.unpack_from(data, 0)
-        offset = 19 + data[18]
-        data[19:offset].decode("utf-8")              # the broker reads it later: check it now
-        length = data[offset]
-        exchange = data[offset + 1:offset + 1 + length].decode("utf-8")
-        offset += 1 + length
-        length = data[offset]
-        routing_key = data[offset + 1:offset + 1 + length].decode("utf-8")
-        offset += 1 + length
-        length = data[offset]
-        data[offset + 1:offset + 1 + length].decode("utf-8")    # type: checked, read later
-        offset += 1 + length
-        offset += 1 + data[offset]                   # skip content_type
-        if offset + 2 > len(data):
-            raise ProtocolError("malformed message: truncated before headers")
+        message_id, offset = _str8_at(data, _ID_AT)
+        exchange, offset = _str8_at(data, offset)
+        routing_key, offset = _str8_at(data, offset)
+        kind, offset = _str8_at(data, offset)
+        content_type, offset = _str8_at(data, offset)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ProtocolError("malformed message: %s" % (exc,)) from None
-    if priority != NO_PRIORITY and priority > 9:
+    if offset + 2 > len(data):
+        raise ProtocolError("malformed message: cut short before its headers")
+    if priority == NO_PRIORITY:
+        priority = None
+    elif priority > 9:
         raise ProtocolError("message priority %d is outside 0..9" % priority)
     if not (0.0 <= not_before < _FAR_FUTURE and 0.0 <= expires_at < _FAR_FUTURE):
         raise ProtocolError("message not_before/expires_at must be epoch seconds (or 0)")
-    return flags, priority, not_before, expires_at, exchange, routing_key, offset
+    return MessageFields(flags, priority, not_before, expires_at, message_id, exchange,
+                         routing_key, kind, content_type, offset)
 
 
-def headers_of(data, offset):
-    """The headers object of an encoded message, given routing_fields' headers offset."""
-    (length,) = _U16.unpack_from(data, offset)
+def message_id_of(data):
+    """The message_id of an encoded message that was parsed once already (the broker's hot
+    path: a delivery or an ack needs the task id and nothing else)."""
+    return data[_ID_AT + 1:_ID_AT + 1 + data[_ID_AT]].decode("utf-8")
+
+
+def headers_of(data, headers_at):
+    """The headers object of an encoded message, given `parse_message`'s ``headers_at``."""
+    (length,) = _U16.unpack_from(data, headers_at)
     if not length:
         return {}
-    raw = data[offset + 2:offset + 2 + length]
+    raw = data[headers_at + 2:headers_at + 2 + length]
     if len(raw) != length:
         raise ProtocolError("message headers run past the end of the frame")
     return decode_json(bytes(raw), "message headers")
+
+
+def decode_message(data):
+    """Decode an encoded message (3.1) whole into a Message; ProtocolError when malformed."""
+    fields = parse_message(data)
+    headers = headers_of(data, fields.headers_at)
+    body_at = fields.headers_at + 2 + _U16.unpack_from(data, fields.headers_at)[0]
+    return Message(bytes(data[body_at:]), fields.exchange, fields.routing_key,
+                   fields.message_id, fields.type, fields.content_type, headers,
+                   fields.priority, fields.not_before, fields.expires_at, fields.flags)
 
 
 # --- deliveries (3.2) ---------------------------------------------------------------------
@@ -576,9 +550,9 @@ def encode_result(kind, seq, task_id, state, flags, time, content_type, payload)
 def decode_result(body):
     """``(task_id, state, flags, time, content_type, payload)``."""
     try:
-        task_id, offset = _read_str8(body, 0)
+        task_id, offset = _str8_at(body, 0)
         code, flags, time = _RESULT_FIXED.unpack_from(body, offset)
-        content_type, offset = _read_str8(body, offset + _RESULT_FIXED.size)
+        content_type, offset = _str8_at(body, offset + _RESULT_FIXED.size)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ProtocolError("malformed result: %s" % (exc,)) from None
     if code >= len(STATES):

@@ -31,7 +31,7 @@ __all__ = ["Lab", "Progress", "Outcome", "percentile", "rss_bytes", "journal_byt
            "count_runs", "wait_drained", "tcp_floor", "mp_context", "consume_all",
            "raw_messages", "BODY_BYTES"]
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A drain that makes no progress for this long is stuck: stop and report what is missing.
 STALL_SECONDS = 60.0
 FLOOR_MESSAGE_BYTES = 200

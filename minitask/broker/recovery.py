@@ -152,9 +152,9 @@ def _place_messages(state, found, now):
         if queue is None:
             orphaned.append(message_id)
             continue
-        _flags, priority, not_before, expires_at, _ex, _key, _h = P.routing_fields(data)
-        if priority == P.NO_PRIORITY:
-            priority = P.DEFAULT_PRIORITY
+        fields = P.parse_message(data)
+        priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
+        not_before, expires_at = fields.not_before, fields.expires_at
         message = StoredMessage(message_id, data, queue, priority, expires_at or None, True,
                                 deliveries)
         track(message, segment)

@@ -181,13 +181,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
     # -- publishing ----------------------------------------------------------------------------
 
     def _publish(self, session, seq, data):
-        flags, priority, not_before, expires_at, exchange_name, key, headers_at = \
-            P.routing_fields(data)
+        fields = P.parse_message(data)
+        flags, exchange_name, key = fields.flags, fields.exchange, fields.routing_key
         if exchange_name:
             exchange = self.exchanges.get(exchange_name)
             if exchange is None:
                 raise refuse(P.NOT_FOUND, "no exchange %r" % exchange_name)
-            names = exchange.route(key, P.headers_of(data, headers_at)
+            names = exchange.route(key, P.headers_of(data, fields.headers_at)
                                    if exchange.type == "headers" else None)
         else:
             names = (key,) if key in self.queues else ()
@@ -208,12 +208,12 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 raise PublishRefusedError("queue %r is full (max_length %d)"
                                           % (queue.name, queue.max_length))
         now = self.clock()
+        expires_at = fields.expires_at
         if expires_at and expires_at <= now:
-            self._task_revoked(P.message_id_of(data), "expired before it was queued")
+            self._task_revoked(fields.message_id, "expired before it was queued")
             self._confirmable(session, seq)
             return
-        if priority == P.NO_PRIORITY:
-            priority = P.DEFAULT_PRIORITY
+        priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
         persistent = bool(flags & P.PERSISTENT)
         stored = []
         for queue in queues:
@@ -225,7 +225,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 self.records.append(jr.publish_record(message.id, 0, queue.name, data))
                 self.journal.track(message)
                 stored.append(message)
-            self._place(message, not_before, now)
+            self._place(message, fields.not_before, now)
         if stored:
             self._turn_publishes.append((session, seq, stored))
         self._confirmable(session, seq)
@@ -504,7 +504,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             message.queue.acked += 1
             message.where = DEAD
             if started:
-                task_id, name, _eta, _expires = P.task_fields(message.data)
+                fields = P.parse_message(message.data)
+                task_id, name = fields.message_id, fields.type
                 self.handovers.start(task_id, session, name)
                 inflight[task_id] = "STARTED"
                 started_ids.append(task_id)

@@ -97,7 +97,7 @@ def _running_row(task_id, data, worker, name=""):
     """A running task: named by its unacked message (acks late) or by its handover."""
     if data is not None:
         try:
-            name = P.task_fields(data)[1]
+            name = P.parse_message(data).type
         except ProtocolError:
             name = ""               # a message the broker could route is all we need here
     return {"task_id": task_id, "task": name, "worker": str(worker.get("hostname") or ""),

@@ -313,7 +313,9 @@ class Worker:
         """A task message arrived: refuse, hold, or queue it for the pool."""
         data = delivery.data
         try:
-            task_id, name, not_before, expires_at = P.task_fields(data)
+            fields = P.parse_message(data)
+            task_id, name = fields.message_id, fields.type
+            not_before, expires_at = fields.not_before, fields.expires_at
         except Exception as exc:        # a malformed message must not take the worker down
             logger.error("dropped a malformed message (delivery %d): %s",
                          delivery.delivery_tag, exc)

@@ -250,8 +250,7 @@ def test_a_message_truncated_before_its_body_is_a_protocol_error_at_every_offset
         with pytest.raises(ProtocolError):
             P.decode_message(data[:cut])
         with pytest.raises(ProtocolError):
-            fields = P.routing_fields(data[:cut])
-            P.headers_of(data[:cut], fields[-1])
+            P.headers_of(data[:cut], P.parse_message(data[:cut]).headers_at)
 
 
 def test_a_message_cut_inside_its_body_is_a_shorter_body_not_an_error():
@@ -261,14 +260,15 @@ def test_a_message_cut_inside_its_body_is_a_shorter_body_not_an_error():
         assert P.decode_message(data[:cut]).body == data[start:cut]
 
 
-def test_task_fields_refuses_a_message_cut_before_its_type_ends():
+def test_parse_message_refuses_a_message_cut_before_its_headers_length():
     data = P.encode_message(full_message())
-    type_end = 18
-    for _ in range(4):                       # message_id, exchange, routing_key, type
-        type_end += 1 + data[type_end]
-    for cut in range(type_end):
+    headers_at = 18
+    for _ in range(5):                       # the five names
+        headers_at += 1 + data[headers_at]
+    for cut in range(headers_at + 2):
         with pytest.raises(ProtocolError):
-            P.task_fields(data[:cut])
+            P.parse_message(data[:cut])
+    assert P.parse_message(data[:headers_at + 2]).headers_at == headers_at
 
 
 @pytest.mark.parametrize("priority", [10, 100, 254])
@@ -278,7 +278,7 @@ def test_a_priority_outside_0_to_9_is_refused(priority):
     with pytest.raises(ProtocolError, match="priority"):
         P.decode_message(bytes(data))
     with pytest.raises(ProtocolError, match="priority"):
-        P.routing_fields(bytes(data))
+        P.parse_message(bytes(data))
 
 
 @pytest.mark.parametrize("field_index", range(5))
@@ -299,25 +299,29 @@ def test_headers_that_are_not_a_json_object_are_a_protocol_error(headers):
     with pytest.raises(ProtocolError):
         P.decode_message(data)
     with pytest.raises(ProtocolError):
-        P.headers_of(data, P.routing_fields(data)[-1])
+        P.headers_of(data, P.parse_message(data).headers_at)
 
 
-def test_routing_fields_task_fields_and_message_id_of_agree_with_decode_message():
+def test_parse_message_and_message_id_of_read_what_decode_message_reads():
     data = P.encode_message(full_message())
     message = P.decode_message(data)
-    flags, priority, not_before, expires_at, exchange, key, at = P.routing_fields(data)
-    assert (flags, priority, not_before, expires_at, exchange, key) == (
-        message.flags, message.priority, message.not_before, message.expires_at,
-        message.exchange, message.routing_key)
-    assert P.headers_of(data, at) == message.headers
-    assert P.task_fields(data) == (message.message_id, message.type, message.not_before,
-                                   message.expires_at)
+    fields = P.parse_message(data)
+    assert fields[:9] == (message.flags, message.priority, message.not_before,
+                          message.expires_at, message.message_id, message.exchange,
+                          message.routing_key, message.type, message.content_type)
+    assert P.headers_of(data, fields.headers_at) == message.headers
     assert P.message_id_of(data) == message.message_id
 
 
-def test_routing_fields_reports_no_priority_as_255():
-    data = P.encode_message(full_message(priority=None))
-    assert P.routing_fields(data)[1] == P.NO_PRIORITY
+def test_parse_message_reports_no_priority_as_none():
+    assert P.parse_message(P.encode_message(full_message(priority=None))).priority is None
+
+
+@pytest.mark.parametrize("when", [float("nan"), float("inf"), -1.0, 2e11])
+def test_times_that_are_not_epoch_seconds_are_refused(when):
+    data = P.encode_message(full_message(not_before=when))
+    with pytest.raises(ProtocolError, match="epoch seconds"):
+        P.parse_message(data)
 
 
 # -- DELIVER (3.2) -----------------------------------------------------------------------------
