@@ -1,0 +1,1 @@
+"""Transports: how the task API and the worker reach a broker."""
