@@ -111,9 +111,10 @@ class _Link:
     """One socket and its decoder: sends commands and reads their replies. Any failure closes
     it and raises BrokerConnectionError (ProtocolError for bytes that are not RESP)."""
 
-    def __init__(self, sock, where):
+    def __init__(self, sock, where, address):
         self.sock = sock
         self.where = where
+        self.address = address
         self.pid = os.getpid()
         self.decoder = resp.Decoder()
         self._timeout = _UNSET
@@ -220,7 +221,6 @@ class RedisClient:
         self.on_push = on_push              # callback(Push); without one pushes are dropped
         self.server_name = None             # from HELLO: "redis" or "valkey"
         self.server_version = None          # from HELLO, e.g. (7, 0, 15)
-        self.address = None                 # (host, port) of the server connected to
         self._connector = connector         # (address, timeout) -> socket; tests pass fakes
         self._sleep = sleep
         self._clock = clock
@@ -241,6 +241,11 @@ class RedisClient:
     @property
     def connected(self):
         return self._link is not None and self._link.sock is not None
+
+    @property
+    def address(self):
+        """(host, port) of the server connected to, or None."""
+        return self._link.address if self.connected else None
 
     def connect(self):
         """Connect now, if not connected, rather than on the first command."""
@@ -321,9 +326,9 @@ class RedisClient:
         for reply in replies:
             if isinstance(reply, ReplyError) and reply.prefix in _RETRY_PREFIXES:
                 retryable.append(reply)
-        if any(reply.prefix != "LOADING" for reply in retryable):
+        if any(reply.prefix != "LOADING" for reply in retryable) and self._link is not None:
             logger.warning("%s: %s: %s is no longer the primary; reconnecting",
-                           self.url.display, retryable[0].prefix, hostport(*self.address))
+                           self.url.display, retryable[0].prefix, hostport(*self._link.address))
             self._drop()
         return retryable[0] if len(retryable) == len(replies) else None
 
@@ -365,13 +370,12 @@ class RedisClient:
         host, port = self._resolve() if url.sentinel else url.hosts[0]
         where = ("%s (primary at %s)" % (url.display, hostport(host, port)) if url.sentinel
                  else url.display)
-        link = _Link(self._open(host, port), where)
+        link = _Link(self._open(host, port), where, (host, port))
         try:
             self._handshake(link)
         except BaseException:
             link.close()
             raise
-        self.address = (host, port)
         self._reached = True
         logger.info("connected to %s at %s (%s %s)", url.display, hostport(host, port),
                     self.server_name, ".".join(map(str, self.server_version)))
@@ -434,8 +438,9 @@ class RedisClient:
                 raise ConfigurationError("%s: %s failed: %s" % (url.display, command[0], reply))
             if command[0] == "ROLE" and (not reply or reply[0] != b"master"):
                 raise BrokerConnectionError(
-                    "%s: Sentinel named %s as the primary, but it is a %s (failover under way?)"
-                    % (url.display, link.where, _text(reply[0]) if reply else "server"))
+                    "Sentinel named %s as the primary of %r, but it is a %s (failover under "
+                    "way?)" % (hostport(*link.address), url.service,
+                               _text(reply[0]) if reply else "server"))
 
     def _check_hello(self, link, reply):
         url = self.url
@@ -487,7 +492,8 @@ class RedisClient:
 
     def _ask_sentinel(self, host, port):
         url = self.url
-        link = _Link(self._open(host, port, "Sentinel"), "Sentinel %s" % hostport(host, port))
+        link = _Link(self._open(host, port, "Sentinel"), "Sentinel %s" % hostport(host, port),
+                     (host, port))
         try:
             commands = [("SENTINEL", "get-master-addr-by-name", url.service)]
             if url.sentinel_password is not None:

@@ -153,7 +153,7 @@ def parse_redis_url(url, name="BROKER_URL"):
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
     userinfo, at, hostlist = netloc.rpartition("@")
-    shown = "%s://%s/%s" % (scheme, hostlist, path)
+    shown = "%s://%s%s" % (scheme, hostlist, "/" + path if path else "")
 
     def bad(why):
         return ConfigurationError("%s %s: %s" % (name, shown, why))

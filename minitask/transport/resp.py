@@ -221,7 +221,7 @@ class Decoder:
         buffer, start = self._buffer, self._offset
         end = buffer.find(b"\r\n", start)
         if end < 0:
-            if len(buffer) - start > self.max_line_bytes:
+            if len(buffer) - start > self.max_line_bytes + 1:     # + 1: its CR may be here
                 raise ProtocolError("reply line over %d bytes without CRLF" % self.max_line_bytes)
             return NEED_DATA
         if end - start > self.max_line_bytes:
