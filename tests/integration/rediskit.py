@@ -7,6 +7,8 @@ import socket
 import subprocess
 import time
 
+from cluster import wait_for  # noqa: F401  (for the Redis tests)
+
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = ("redis-server not found on PATH: the Redis tests skip "
                "(install it with `apt-get install redis-server`)")
@@ -17,18 +19,6 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(predicate, seconds, what):
-    """Poll `predicate` until it is true; AssertionError naming `what` after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("gave up after %.0fs waiting for %s" % (seconds, what))
-        time.sleep(0.02)
 
 
 class RedisServer:

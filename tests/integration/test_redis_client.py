@@ -181,13 +181,26 @@ def test_a_blocking_read_returns_what_another_client_adds(server):
         thread = threading.Thread(target=lambda: got.update(
             reply=reader.execute("BLPOP", "q", 0, block=None)))
         thread.start()
-        wait_for(lambda: _blocked_clients(writer) == 1, 10, "the reader to block")
+        wait_for(lambda: _blocked_clients(writer) == 1, 10, what="the reader to block")
         writer.execute("RPUSH", "q", "job")
         thread.join(10)
         assert got["reply"] == [b"q", b"job"]
     finally:
         reader.close()
         writer.close()
+
+
+def _read_in_background(client, stream, seconds=30):
+    """Start a thread blocked in XREADGROUP on `stream`; its reply lands in got["reply"]."""
+    got = {}
+
+    def read():
+        got["reply"] = client.execute("XREADGROUP", "GROUP", "g", "c", "BLOCK",
+                                      int(seconds * 1000), "STREAMS", stream, ">",
+                                      block=seconds)
+    reader = threading.Thread(target=read)
+    reader.start()
+    return reader, got
 
 
 def _blocked_clients(client):
@@ -287,24 +300,19 @@ def test_a_primary_demoted_under_a_blocked_read_is_survived(fresh_server, caplog
     admin_other = RedisClient(other.url())
     try:
         admin.execute("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
-        wait_for(lambda: admin_other.execute("EXISTS", "s") == 1, 10, "the replica to sync")
-        got = {}
-
-        def read():
-            got["reply"] = client.execute("XREADGROUP", "GROUP", "g", "c", "BLOCK", 20000,
-                                          "STREAMS", "s", ">", block=20)
-        reader = threading.Thread(target=read)
+        wait_for(lambda: admin_other.execute("EXISTS", "s") == 1, 10, what="the replica to sync")
         with caplog.at_level(logging.WARNING, "minitask.transport.redis_client"):
-            reader.start()
-            wait_for(lambda: _blocked_clients(admin) == 1, 10, "the read to block")
+            reader, got = _read_in_background(client, "s")
+            wait_for(lambda: _blocked_clients(admin) == 1, 10, what="the read to block")
             # A failover: the replica takes over and the old primary follows it.
             admin_other.execute("REPLICAOF", "NO", "ONE")
             admin.execute("REPLICAOF", "127.0.0.1", other.port)
-            wait_for(lambda: "READONLY" in caplog.text, 15, "the retried read to meet READONLY")
+            wait_for(lambda: "READONLY" in caplog.text, 15,
+                     what="the retried read to meet READONLY")
             assert "UNBLOCKED" in caplog.text
             # This URL names one server, so the client keeps trying it: promote it back.
             admin.execute("REPLICAOF", "NO", "ONE")
-            wait_for(lambda: _blocked_clients(admin) == 1, 15, "the read to block again")
+            wait_for(lambda: _blocked_clients(admin) == 1, 15, what="the read to block again")
             admin.execute("XADD", "s", "*", "task", "t1")
             reader.join(15)
         [[stream, [[_entry_id, fields]]]] = got["reply"]
@@ -406,25 +414,19 @@ def test_sentinel_names_the_primary_and_a_failover_is_survived(fresh_server, cap
     try:
         client.execute("XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
         assert client.address == ("127.0.0.1", primary.port)
-        wait_for(lambda: on_replica.execute("EXISTS", "s") == 1, 10, "the replica to sync")
+        wait_for(lambda: on_replica.execute("EXISTS", "s") == 1, 10, what="the replica to sync")
         wait_for(lambda: _sentinel_knows_replica(ask, replica.port), 20,
-                 "Sentinel to find the replica")
-        got = {}
-
-        def read():
-            got["reply"] = client.execute("XREADGROUP", "GROUP", "g", "c", "BLOCK", 30000,
-                                          "STREAMS", "s", ">", block=30)
-        reader = threading.Thread(target=read)
+                 what="Sentinel to find the replica")
         with caplog.at_level(logging.WARNING, "minitask.transport.redis_client"):
-            reader.start()
-            wait_for(lambda: _blocked_clients(on_primary) == 1, 10, "the read to block")
+            reader, got = _read_in_background(client, "s")
+            wait_for(lambda: _blocked_clients(on_primary) == 1, 10, what="the read to block")
             assert ask.execute("SENTINEL", "FAILOVER", "mymaster") == "OK"
             wait_for(lambda: ask.execute("SENTINEL", "get-master-addr-by-name", "mymaster")
-                     == [b"127.0.0.1", b"%d" % replica.port], 30, "the failover")
+                     == [b"127.0.0.1", b"%d" % replica.port], 30, what="the failover")
             # Sentinel turns the old primary into a replica within seconds; do it now.
             on_primary.execute("REPLICAOF", "127.0.0.1", replica.port)
             wait_for(lambda: _blocked_clients(on_replica) == 1, 20,
-                     "the read to block on the new primary")
+                     what="the read to block on the new primary")
             on_replica.execute("XADD", "s", "*", "task", "t1")
             reader.join(15)
         [[stream, [[_entry_id, fields]]]] = got["reply"]

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "unit"))
 
+from test_protocol_props import split  # noqa: E402
 from respkit import (  # noqa: E402
     FEEDS, NEXT_REPLY_START, chunks_for, encode_reply, expected, is_push,
 )
@@ -55,16 +56,6 @@ replies = st.recursive(scalars, _containers, max_leaves=25)
 # Pushes only at the top level, as servers send them.
 top_level = st.one_of(replies, st.lists(replies, max_size=4).map(lambda v: ("push", v)))
 streams = st.lists(top_level, max_size=8)
-
-
-def split(data, cuts):
-    """`data` cut at the given offsets (any order, repeats allowed)."""
-    points = sorted({cut % (len(data) + 1) for cut in cuts})
-    pieces, start = [], 0
-    for point in points + [len(data)]:
-        pieces.append(data[start:point])
-        start = point
-    return pieces
 
 
 def decode_pieces(pieces):
