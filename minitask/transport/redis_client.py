@@ -5,10 +5,10 @@ on first use and again whenever the connection is lost, asking Sentinel anew eac
 
 Connecting
 ----------
-``HELLO <protocol> [AUTH user password] [SETNAME name]`` logs in, picks the RESP version (2
-unless the URL says 3: RESP2 is what every command documents its replies in) and names the
-server and its version in one round trip, pipelined with ``SELECT db`` and, under Sentinel,
-``ROLE``. A server older than Redis 6.2 is refused (ConfigurationError naming the version it
+``HELLO <protocol> [AUTH user password] [SETNAME name]`` logs in, picks the RESP version and
+names the server and its version in one round trip, pipelined with ``SELECT db`` and, under
+Sentinel, ``ROLE``. The version is 2 unless the URL says 3: in RESP3 some replies change
+shape (XREADGROUP answers a map, HGETALL too), and callers would need to read both. A server older than Redis 6.2 is refused (ConfigurationError naming the version it
 reported): minitask needs XAUTOCLAIM, XPENDING IDLE and ZMSCORE. Under Sentinel, the client
 asks each Sentinel in turn ``SENTINEL get-master-addr-by-name SERVICE``, checks that the
 address it got really is a primary (``ROLE``), and does both again on every reconnect.
@@ -397,8 +397,9 @@ class RedisClient:
                 sock = self._tls().wrap_socket(sock, server_hostname=host)
         except OSError as exc:
             sock.close()
-            raise BrokerConnectionError("TLS handshake with %s at %s failed: %s" % (
-                what, hostport(host, port), exc)) from None
+            raise BrokerConnectionError("%s with %s at %s failed: %s" % (
+                "TLS handshake" if url.tls else "setting up the connection", what,
+                hostport(host, port), exc)) from None
         return sock
 
     def _tls(self):
