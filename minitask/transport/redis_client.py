@@ -483,7 +483,7 @@ class RedisClient:
             if address is None:
                 errors.append("%s knows no service %r" % (hostport(host, port), url.service))
                 continue
-            # The Sentinel that answered is asked first next time (the Sentinel client guide).
+            # Ask the one that answered first next time, not one that may be down again.
             self._sentinels.insert(0, self._sentinels.pop(index))
             logger.debug("Sentinel %s: the primary of %r is at %s", hostport(host, port),
                          url.service, hostport(*address))

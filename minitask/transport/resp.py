@@ -57,12 +57,12 @@ __all__ = ["encode_command", "encode_commands", "Decoder", "Push", "NEED_DATA",
            "MAX_BULK_BYTES", "MAX_LINE_BYTES", "MAX_AGGREGATE_LENGTH", "MAX_DEPTH"]
 
 MAX_BULK_BYTES = 512 * 1024 * 1024
-# Status texts and error messages are short; a Lua error with its traceback is a few KiB.
+# Status texts and error messages are single lines of text, rarely over a few hundred bytes.
 MAX_LINE_BYTES = 64 * 1024
 # XRANGE or LRANGE without COUNT can legitimately return millions of elements.
 MAX_AGGREGATE_LENGTH = 1 << 28
-# minitask's deepest reply (XREADGROUP over several streams) nests 5 deep; scripts can
-# return deeper tables, but not this deep.
+# XREADGROUP's reply (streams, entries, fields) nests 5 deep; a script can return deeper
+# tables, but not this deep.
 MAX_DEPTH = 64
 # CPython 3.11+ refuses longer decimal strings (int_max_str_digits), and older versions take
 # quadratic time on them: a hostile big number must not stall the client.
