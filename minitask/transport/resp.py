@@ -131,8 +131,10 @@ def encode_commands(commands):
     """Several commands (sequences of arguments) as one buffer: a pipeline."""
     parts = []
     for args in commands:
-        if not args:
-            raise TypeError("a Redis command needs at least its name")
+        if not args or isinstance(args, (str, bytes)):
+            # ("PING") is a str, not a command of one word: it would go as P, I, N, G.
+            raise TypeError("a Redis command is a non-empty sequence of arguments, got %r"
+                            % (args,))
         _encode_into(parts, args)
     return b"".join(parts)
 

@@ -64,6 +64,11 @@ def test_an_empty_command_is_refused():
         resp.encode_commands([("PING",), ()])
 
 
+def test_a_pipeline_of_bare_strings_is_refused_not_spelled_out():
+    with pytest.raises(TypeError, match="sequence of arguments, got 'PING'"):
+        resp.encode_commands([("PING")])
+
+
 def test_a_pipeline_is_the_commands_one_after_another():
     commands = [("PING",), ("SET", "a", 1), ("GET", "a")]
     assert resp.encode_commands(commands) == b"".join(
