@@ -11,7 +11,7 @@ __all__ = [
     "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
-    "BrokerError",
+    "BrokerError", "ReplyError",
 ]
 
 
@@ -132,3 +132,19 @@ class BrokerError(MinitaskError):
 
     def __reduce__(self):
         return (type(self), (str(self), self.code))
+
+
+class ReplyError(BrokerError):
+    """Raised when Redis or Valkey answers a command with an error reply.
+
+    Also a value: a pipeline returns it in place of that command's reply, since the other
+    commands ran. `prefix` is the error's first word (``NOSCRIPT``, ``LOADING``, ``READONLY``,
+    ``BUSYGROUP``, ``WRONGTYPE``, ``ERR``...), which is what a caller acts on.
+    """
+
+    def __init__(self, message=""):
+        self.prefix = message.split(" ", 1)[0]
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self),))

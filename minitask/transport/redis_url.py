@@ -1,0 +1,198 @@
+"""Redis URLs: where the Redis transport connects, as whom, and under which virtual host.
+
+Pure: parsing only; `redis_client` does the connecting.
+
+The URL
+-------
+::
+
+    redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?OPTIONS]
+    rediss://...                     the same over TLS
+    redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,SENTINEL[:PORT]...]/SERVICE[/DB][?OPTIONS]
+    rediss+sentinel://...            the same, with TLS to the Sentinels and to the primary
+
+HOST defaults to localhost, PORT to 6379 (26379 for a Sentinel), DB to 0. USER and PASSWORD
+are percent-decoded (write ``@ : / ? #`` in them as ``%40`` ...); a PASSWORD alone logs in as
+the ``default`` user. IPv6 addresses go in brackets. OPTIONS are ``name=value`` pairs joined
+by ``&``; an unknown name is an error, so a typo is never silently ignored:
+
+    vhost=NAME                  the virtual host (below); default ``minitask``
+    protocol=2|3                the RESP version HELLO asks for; default 2
+    socket_timeout=SECONDS      how long to wait for a reply (plus any BLOCK time); default 10
+    socket_connect_timeout=S    how long to wait for a connection; default 5
+    client_name=NAME            shown by CLIENT LIST
+    ssl_ca_certs=PATH           CA file that signed the server's certificate (default: the
+                                ``ca_file`` given to the client, else the system's CAs)
+    ssl_certfile=PATH, ssl_keyfile=PATH   a client certificate, for ``tls-auth-clients yes``
+    ssl_cert_reqs=required|optional|none  verify the server's certificate; default required
+                                (Celery's spellings CERT_REQUIRED... are accepted too)
+    sentinel_username=U, sentinel_password=P   credentials for the Sentinels (the USER and
+                                PASSWORD in front of the hosts are the primary's)
+
+The virtual host
+----------------
+Several applications (or test runs) can share one Redis under different virtual hosts, as
+with RabbitMQ's. `RedisURL.hash_tag`, ``{NAME}``, starts every key of a vhost (e.g.
+``{myapp}:q:default``): one vhost never sees another's keys, and all of a vhost's keys hash
+to one Redis Cluster slot, so one script may touch any of them. NAME is 1 to 64 letters,
+digits, ``_``, ``.`` or ``-``. (A DB number separates too, but a Cluster has only DB 0.)
+"""
+
+import re
+import ssl
+from urllib.parse import parse_qsl, unquote
+
+from ..exceptions import ConfigurationError
+
+__all__ = ["RedisURL", "parse_redis_url", "DEFAULT_PORT", "SENTINEL_PORT", "DEFAULT_VHOST",
+           "CERT_REQS", "hostport"]
+
+DEFAULT_PORT = 6379
+SENTINEL_PORT = 26379
+DEFAULT_VHOST = "minitask"
+
+_SCHEMES = {"redis": (False, False), "rediss": (True, False),
+            "redis+sentinel": (False, True), "rediss+sentinel": (True, True)}
+_HOST = re.compile(r"^(?:\[([^\]]+)\]|([^\[\]:]*))(?::(\d+))?$")
+_VHOST = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CLIENT_NAME = re.compile(r"^[!-~]{1,128}$")      # CLIENT SETNAME refuses spaces
+CERT_REQS = {"required": ssl.CERT_REQUIRED, "cert_required": ssl.CERT_REQUIRED,
+             "optional": ssl.CERT_OPTIONAL, "cert_optional": ssl.CERT_OPTIONAL,
+             "none": ssl.CERT_NONE, "cert_none": ssl.CERT_NONE}
+
+
+def _seconds(text):
+    value = float(text)
+    if not 0 < value < 1e6:
+        raise ValueError("expected seconds above 0")
+    return value
+
+
+def _choice(*allowed):
+    def convert(text):
+        if text.lower() not in allowed:
+            raise ValueError("expected one of %s" % ", ".join(allowed))
+        return text.lower()
+    return convert
+
+
+def _matching(pattern, expected):
+    def convert(text):
+        if not pattern.match(text):
+            raise ValueError(expected)
+        return text
+    return convert
+
+
+# name -> (converter, default, needs): needs is "tls" or "sentinel" for options that mean
+# nothing without them.
+_OPTIONS = {
+    "vhost": (_matching(_VHOST, "expected 1-64 letters, digits, '_', '.' or '-'"),
+              DEFAULT_VHOST, None),
+    "protocol": (lambda text: int(_choice("2", "3")(text)), 2, None),
+    "socket_timeout": (_seconds, 10.0, None),
+    "socket_connect_timeout": (_seconds, 5.0, None),
+    "client_name": (_matching(_CLIENT_NAME, "expected a name without spaces"), None, None),
+    "ssl_ca_certs": (str, None, "tls"),
+    "ssl_certfile": (str, None, "tls"),
+    "ssl_keyfile": (str, None, "tls"),
+    "ssl_cert_reqs": (_choice(*CERT_REQS), "required", "tls"),
+    "sentinel_username": (str, None, "sentinel"),
+    "sentinel_password": (str, None, "sentinel"),
+}
+
+
+class RedisURL:
+    """A parsed Redis URL: where to connect, as whom, with which options (see the module
+    docstring). `display` is the URL without credentials, for messages and logs."""
+
+    def __init__(self, scheme, hosts, db=0, service=None, username=None, password=None,
+                 **options):
+        self.scheme = scheme
+        self.tls, self.sentinel = _SCHEMES[scheme]
+        self.hosts = list(hosts)
+        self.db = db
+        self.service = service
+        self.username = username
+        self.password = password
+        for name, (_convert, default, _needs) in _OPTIONS.items():
+            setattr(self, name, options.pop(name, default))
+        if options:
+            raise TypeError("unknown options: %s" % ", ".join(sorted(options)))
+
+    @property
+    def hash_tag(self):
+        """``{vhost}``: the prefix of every key this vhost owns."""
+        return "{%s}" % self.vhost
+
+    @property
+    def display(self):
+        hosts = ",".join(hostport(host, port) for host, port in self.hosts)
+        path = "/%s/%d" % (self.service, self.db) if self.sentinel else "/%d" % self.db
+        return "%s://%s%s" % (self.scheme, hosts, path)
+
+    def __repr__(self):
+        return "<RedisURL %s vhost=%s>" % (self.display, self.vhost)
+
+
+def hostport(host, port):
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def parse_redis_url(url, name="BROKER_URL"):
+    """Parse a ``redis://``, ``rediss://`` or ``redis+sentinel://`` URL into a RedisURL.
+
+    Raises ConfigurationError naming what is wrong; the message never repeats the password.
+    """
+    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
+    scheme = scheme.lower()
+    if not sep or scheme not in _SCHEMES:
+        raise ConfigurationError("%s: expected redis://, rediss:// or redis+sentinel:// "
+                                 "(got %r)" % (name, (url.split("@")[-1] if sep else url)))
+    tls, sentinel = _SCHEMES[scheme]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    shown = "%s://%s%s" % (scheme, hostlist, "/" + path if path else "")
+
+    def bad(why):
+        return ConfigurationError("%s %s: %s" % (name, shown, why))
+
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        if not colon:
+            raise bad("a user name without a password; write USER:PASSWORD@ or :PASSWORD@")
+        username, password = unquote(user) or None, unquote(secret)
+    hosts = []
+    for item in hostlist.split(","):
+        match = _HOST.match(item)
+        if not match or not (match.group(1) or match.group(2) or not sentinel):
+            raise bad("expected HOST[:PORT]%s, got %r" % (",..." if sentinel else "", item))
+        port = int(match.group(3) or (SENTINEL_PORT if sentinel else DEFAULT_PORT))
+        if not 1 <= port <= 65535:
+            raise bad("port %d is not between 1 and 65535" % port)
+        hosts.append((match.group(1) or match.group(2) or "localhost", port))
+    if len(hosts) > 1 and not sentinel:
+        raise bad("several hosts are for redis+sentinel:// only")
+    parts = [part for part in path.split("/") if part] if path else []
+    service = parts.pop(0) if sentinel and parts else None
+    if sentinel and service is None:
+        raise bad("expected the Sentinel service name after the hosts: /SERVICE[/DB]")
+    if len(parts) > 1 or (parts and not parts[0].isdigit()):
+        raise bad("expected /%sDB, a database number, got /%s"
+                  % ("SERVICE/" if sentinel else "", path))
+    db = int(parts[0]) if parts else 0
+    options = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in _OPTIONS:
+            raise bad("unknown option %r; expected one of %s" % (key, ", ".join(_OPTIONS)))
+        convert, _default, needs = _OPTIONS[key]
+        if (needs == "tls" and not tls) or (needs == "sentinel" and not sentinel):
+            raise bad("option %s needs a %s URL" % (
+                key, "rediss://" if needs == "tls" else "redis+sentinel://"))
+        try:
+            options[key] = convert(value)
+        except ValueError as exc:
+            raise bad("%s=%r: %s" % (key, value, exc)) from None
+    return RedisURL(scheme, hosts, db, service, username, password, **options)

@@ -1,0 +1,99 @@
+"""Real redis-server processes for tests: a free port, a temporary folder, AOF on, and always
+stopped. Tests skip, saying why, where redis-server is not installed."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from cluster import wait_for  # noqa: F401  (for the Redis tests)
+
+REDIS_SERVER = shutil.which("redis-server")
+SKIP_REASON = ("redis-server not found on PATH: the Redis tests skip "
+               "(install it with `apt-get install redis-server`)")
+START_SECONDS = 15.0
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """One redis-server (or Sentinel, with ``sentinel_conf``) in `folder`, on a free port.
+
+    ``start()`` again after ``kill()`` restarts it on the same port and folder, so it loads
+    what it persisted.
+    """
+
+    def __init__(self, folder, *args, port=None, tls=False, sentinel_conf=None):
+        self.folder = str(folder)
+        self.port = port or free_port()
+        self.args = list(args)
+        self.tls = tls
+        self.sentinel_conf = sentinel_conf
+        self.process = None
+        self.log_path = os.path.join(self.folder, "redis-%d.log" % self.port)
+
+    def command(self, *extra):
+        if self.sentinel_conf is not None:
+            conf = os.path.join(self.folder, "sentinel-%d.conf" % self.port)
+            with open(conf, "w") as handle:
+                handle.write("port %d\ndir %s\n%s" % (self.port, self.folder,
+                                                       self.sentinel_conf))
+            return [REDIS_SERVER, conf, "--sentinel"] + self.args + list(extra)
+        ports = (["--port", "0", "--tls-port", str(self.port)] if self.tls
+                 else ["--port", str(self.port)])
+        # No 5-second pause before a replica's first sync: tests fail over at once.
+        return ([REDIS_SERVER] + ports + ["--bind", "127.0.0.1", "--save", "",
+                                          "--appendonly", "yes", "--dir", self.folder,
+                                          "--repl-diskless-sync-delay", "0"]
+                + self.args + list(extra))
+
+    def start(self, *extra):
+        """Start (again) and wait until the port takes connections; it may still be loading."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(*extra), cwd=self.folder, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + START_SECONDS
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError("redis-server exited with %s: %s"
+                                   % (self.process.returncode, self.log_tail()))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not listen on %d within %.0fs: %s"
+                                       % (self.port, START_SECONDS, self.log_tail()))
+                time.sleep(0.02)
+
+    def log_tail(self):
+        try:
+            with open(self.log_path, "rb") as handle:
+                return handle.read()[-2000:].decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def kill(self):
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def url(self, path="", **query):
+        scheme = "rediss" if self.tls else "redis"
+        host = "localhost" if self.tls else "127.0.0.1"
+        tail = "&".join("%s=%s" % item for item in query.items())
+        return "%s://%s:%d%s%s" % (scheme, host, self.port, path, "?" + tail if tail else "")

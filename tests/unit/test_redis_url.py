@@ -1,0 +1,117 @@
+"""minitask.transport.redis_url: every URL form, its defaults, the vhost, and clear refusals."""
+import re
+
+import pytest
+
+from minitask.exceptions import ConfigurationError
+from minitask.transport.redis_url import parse_redis_url
+
+
+def test_a_bare_url_means_localhost_6379_db_0_vhost_minitask():
+    url = parse_redis_url("redis://")
+    assert (url.hosts, url.db, url.vhost, url.tls, url.sentinel) == (
+        [("localhost", 6379)], 0, "minitask", False, False)
+    assert (url.username, url.password, url.protocol) == (None, None, 2)
+    assert (url.socket_timeout, url.socket_connect_timeout) == (10.0, 5.0)
+
+
+def test_host_port_db_and_vhost():
+    url = parse_redis_url("redis://cache.example.com:6380/3?vhost=myapp")
+    assert (url.hosts, url.db, url.vhost) == ([("cache.example.com", 6380)], 3, "myapp")
+
+
+def test_the_hash_tag_of_the_vhost_starts_every_key():
+    assert parse_redis_url("redis://h/0?vhost=myapp").hash_tag == "{myapp}"
+    assert parse_redis_url("redis://h").hash_tag == "{minitask}"
+
+
+def test_credentials_are_percent_decoded_and_a_password_alone_has_no_user():
+    url = parse_redis_url("redis://:p%40ss%3Aw%2Fd@h")
+    assert (url.username, url.password) == (None, "p@ss:w/d")
+    url = parse_redis_url("redis://alice:s3cret@h")
+    assert (url.username, url.password) == ("alice", "s3cret")
+
+
+def test_an_at_sign_in_a_password_is_taken_up_to_the_last_at():
+    assert parse_redis_url("redis://:a@b@h:1").password == "a@b"
+
+
+def test_ipv6_hosts_go_in_brackets():
+    url = parse_redis_url("rediss://[::1]:6390")
+    assert url.hosts == [("::1", 6390)] and url.tls
+    assert url.display == "rediss://[::1]:6390/0"
+
+
+def test_the_display_form_never_shows_credentials():
+    url = parse_redis_url("redis://alice:s3cret@h:1/2?vhost=v")
+    assert "s3cret" not in url.display and "s3cret" not in repr(url)
+    assert url.display == "redis://h:1/2"
+
+
+def test_sentinel_urls_list_sentinels_then_the_service_and_db():
+    url = parse_redis_url("redis+sentinel://:pw@s1,s2:26380,[::1]/mymaster/2"
+                          "?sentinel_password=spw&vhost=app")
+    assert url.sentinel and not url.tls
+    assert url.hosts == [("s1", 26379), ("s2", 26380), ("::1", 26379)]
+    assert (url.service, url.db, url.password, url.sentinel_password, url.vhost) == (
+        "mymaster", 2, "pw", "spw", "app")
+    assert url.display == "redis+sentinel://s1:26379,s2:26380,[::1]:26379/mymaster/2"
+    assert parse_redis_url("rediss+sentinel://s1/m").tls
+
+
+def test_tls_options():
+    url = parse_redis_url("rediss://h?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
+                          "&ssl_keyfile=/k.pem&ssl_cert_reqs=CERT_NONE")
+    assert (url.ssl_ca_certs, url.ssl_certfile, url.ssl_keyfile, url.ssl_cert_reqs) == (
+        "/ca.pem", "/c.pem", "/k.pem", "cert_none")
+
+
+def test_other_options():
+    url = parse_redis_url("redis://h?protocol=3&socket_timeout=2.5&socket_connect_timeout=1"
+                          "&client_name=worker-1")
+    assert (url.protocol, url.socket_timeout, url.socket_connect_timeout, url.client_name) == (
+        3, 2.5, 1.0, "worker-1")
+
+
+@pytest.mark.parametrize("url,message", [
+    ("amqp://h", "expected redis://"),
+    ("h:6379", "expected redis://"),
+    ("redis://h:0", "port 0 is not between 1 and 65535"),
+    ("redis://h:99999", "not between"),
+    ("redis://h:x", "expected HOST[:PORT]"),
+    ("redis://a,b", "several hosts are for redis+sentinel"),
+    ("redis://h/db1", "a database number"),
+    ("redis://h/1/2", "a database number"),
+    ("redis://alice@h", "a user name without a password"),
+    ("redis+sentinel://s1", "the Sentinel service name"),
+    ("redis+sentinel://s1/m/x", "a database number"),
+    ("redis+sentinel://s1,/m", "expected HOST[:PORT]"),
+    ("redis://h?vhost=", "vhost=''"),
+    ("redis://h?vhost=a{b}", "letters, digits"),
+    ("redis://h?vhost=" + "x" * 65, "1-64"),
+    ("redis://h?vhots=x", "unknown option 'vhots'"),
+    ("redis://h?protocol=4", "expected one of 2, 3"),
+    ("redis://h?socket_timeout=0", "above 0"),
+    ("redis://h?socket_timeout=nan", "above 0"),
+    ("redis://h?socket_timeout=soon", "socket_timeout='soon'"),
+    ("redis://h?client_name=a b", "without spaces"),
+    ("redis://h?ssl_ca_certs=/ca.pem", "needs a rediss:// URL"),
+    ("redis://h?sentinel_password=x", "needs a redis+sentinel:// URL"),
+    ("rediss://h?ssl_cert_reqs=maybe", "expected one of required"),
+])
+def test_bad_urls_are_refused_naming_what_is_wrong(url, message):
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        parse_redis_url(url)
+
+
+def test_a_refusal_never_repeats_the_password():
+    for url in ("redis://:hunter2@h:0", "redis://:hunter2@h?x=1", "ftp://:hunter2@h",
+                "redis+sentinel://:hunter2@s1"):
+        with pytest.raises(ConfigurationError) as caught:
+            parse_redis_url(url)
+        assert "hunter2" not in str(caught.value)
+
+
+def test_a_refusal_names_the_setting():
+    with pytest.raises(ConfigurationError, match="^RESULT_BACKEND"):
+        parse_redis_url("redis://h:0", name="RESULT_BACKEND")
