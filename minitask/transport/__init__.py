@@ -19,7 +19,7 @@ import time
 from ..exceptions import AuthenticationError, BrokerConnectionError, ConfigurationError
 
 __all__ = ["SCHEMES", "transport_for", "client_for", "consumer_for", "connection",
-           "with_connection", "reset_connection", "declare_topology"]
+           "with_connection", "reset_connection", "declare_topology", "declare_worker_queues"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,3 +141,15 @@ def declare_topology(conn, settings):
         conn.declare_exchange(spec["exchange"], spec["exchange_type"])
         conn.declare_queue(name, durable=spec.get("durable", True))
         conn.bind(name, spec["exchange"], spec["binding_key"], spec.get("arguments") or {})
+
+
+def declare_worker_queues(conn, settings, queues):
+    """Declare the queues a worker consumes that ``QUEUES`` does not describe, each bound to
+    the default exchange under its own name; the default queue is the broker's own, bound
+    already under DEFAULT_ROUTING_KEY."""
+    for name in queues:
+        if name in settings.QUEUES:
+            continue                    # declare_topology did it
+        conn.declare_queue(name)
+        if name != settings.DEFAULT_QUEUE:
+            conn.bind(name, settings.DEFAULT_EXCHANGE, name)

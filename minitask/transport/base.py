@@ -21,8 +21,10 @@ task's result and publishes the messages it unlocks (the next link of a chain, c
 one atomic, durable step: after a crash, both happened or neither did.
 
 Errors: a lost connection is `BrokerConnectionError`; a refused publish is
-`UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; anything else the broker
-refuses is `BrokerError` with its protocol code. A transport raises nothing else.
+`UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; a malformed message or
+argument is `ProtocolError`; anything else the broker refuses is `BrokerError` with its
+protocol code (404 no such queue or exchange, 406 declared otherwise, 409 exclusive to
+another connection). A transport raises nothing else.
 
 Transports register by URL scheme (`minitask.transport.transport_for`); the contract every
 one of them keeps is `tests/contract/`.
@@ -30,9 +32,38 @@ one of them keeps is `tests/contract/`.
 
 import collections
 
-__all__ = ["Client", "Consumer", "Result"]
+from .. import protocol as P
+
+__all__ = ["Client", "Consumer", "Delivery", "Result"]
 
 Result = collections.namedtuple("Result", "state ready date_done content_type payload")
+
+
+class Delivery:
+    """One message handed to a consumer: ack or reject it by `delivery_tag` (0 for a queue
+    consumed without acks, such as the control queue). `deliveries` counts the times the
+    message was delivered, this one included; `redelivered` is ``deliveries > 1``."""
+
+    __slots__ = ("delivery_tag", "consumer_tag", "redelivered", "deliveries", "data",
+                 "_message")
+
+    def __init__(self, delivery_tag, consumer_tag, redelivered, deliveries, data):
+        self.delivery_tag = delivery_tag
+        self.consumer_tag = consumer_tag
+        self.redelivered = redelivered
+        self.deliveries = deliveries
+        self.data = data
+        self._message = None
+
+    @property
+    def message(self):
+        """The decoded `protocol.Message` (decoded on first use)."""
+        if self._message is None:
+            self._message = P.decode_message(self.data)
+        return self._message
+
+    def __repr__(self):
+        return "<Delivery %d of consumer %d>" % (self.delivery_tag, self.consumer_tag)
 
 
 class Client:
@@ -148,7 +179,8 @@ class Consumer:
         raise NotImplementedError
 
     def read(self):
-        """Deliveries that have arrived, a list (control commands have `control_tag`)."""
+        """The `Delivery`s that have arrived, in order; control commands come with
+        ``consumer_tag == control_tag``."""
         raise NotImplementedError
 
     def ack(self, tag):

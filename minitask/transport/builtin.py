@@ -27,8 +27,9 @@ import time
 
 from .. import control, protocol as P
 from ..exceptions import BrokerConnectionError, ProtocolError, TimeoutError
-from . import base
-from .conversation import Conversation, Delivery
+from . import base, declare_topology, declare_worker_queues
+from .base import Delivery
+from .conversation import Conversation
 
 __all__ = ["Connection", "Consumer", "Delivery", "HEARTBEAT"]
 
@@ -482,7 +483,6 @@ class Consumer(base.Consumer):
         self._qos_sent = None
 
     def connect(self, timeout=5.0):
-        from . import declare_topology
         settings = self.settings
         conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
                           ca_file=settings.BROKER_CA_FILE, timeout=timeout,
@@ -491,8 +491,7 @@ class Consumer(base.Consumer):
         conn.connect()
         try:
             declare_topology(conn, settings)
-            for name in self.queues:
-                self._declare_queue(conn, name)
+            declare_worker_queues(conn, settings, self.queues)
             self.control_queue = conn.declare_queue(
                 "", durable=False, exclusive=True, auto_delete=True)["queue"]
             conn.bind(self.control_queue, control.CONTROL_EXCHANGE)
@@ -513,13 +512,6 @@ class Consumer(base.Consumer):
         early = list(conn.deliveries)       # arrived while we waited for the last reply
         conn.deliveries.clear()
         return early
-
-    def _declare_queue(self, conn, name):
-        if name in self.settings.QUEUES:
-            return                      # declare_topology did it
-        conn.declare_queue(name)
-        if name != self.settings.DEFAULT_QUEUE:
-            conn.bind(name, self.settings.DEFAULT_EXCHANGE, name)
 
     @property
     def connected(self):

@@ -24,39 +24,15 @@ import os
 
 from .. import protocol as P
 from ..exceptions import AuthenticationError, ProtocolError
+from .base import Delivery
 
-__all__ = ["Conversation", "Delivery", "HELLO_SENT", "AUTH_SENT", "OPEN"]
+__all__ = ["Conversation", "HELLO_SENT", "AUTH_SENT", "OPEN"]
 
 NEW, HELLO_SENT, AUTH_SENT, OPEN = "new", "hello sent", "auth sent", "open"
 
 _SEQ_MODULUS = 0x100000000
 _HALF = 0x80000000
 _CONFIRM_FRAME = P.HEADER.size          # a CONFIRM is a bare header
-
-
-class Delivery:
-    """One message handed to this connection: ack or reject it by `delivery_tag`."""
-
-    __slots__ = ("delivery_tag", "consumer_tag", "redelivered", "deliveries", "data",
-                 "_message")
-
-    def __init__(self, delivery_tag, consumer_tag, redelivered, deliveries, data):
-        self.delivery_tag = delivery_tag
-        self.consumer_tag = consumer_tag
-        self.redelivered = redelivered
-        self.deliveries = deliveries
-        self.data = data
-        self._message = None
-
-    @property
-    def message(self):
-        """The decoded `protocol.Message` (decoded on first use)."""
-        if self._message is None:
-            self._message = P.decode_message(self.data)
-        return self._message
-
-    def __repr__(self):
-        return "<Delivery %d of consumer %d>" % (self.delivery_tag, self.consumer_tag)
 
 
 class Conversation:
