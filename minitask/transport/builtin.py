@@ -17,6 +17,7 @@ the kernel who is listening (``SO_PEERCRED``) and uses the socket only when that
 root or the configured broker user; otherwise it falls back to TCP.
 """
 
+import collections
 import logging
 import os
 import socket
@@ -431,17 +432,27 @@ class Connection(base.Client):
 
     def broadcast(self, method, arguments=None, destination=None, timeout=1.0, reply=True,
                   limit=None):
-        reply_queue = None
-        if reply:
-            reply_queue = self.declare_queue("", durable=False, exclusive=True,
-                                             auto_delete=True)["queue"]
-            self.consume(reply_queue, no_ack=True)
+        if not reply:
+            self.publish(P.encode_message(control.command_message(method, arguments,
+                                                                  destination)))
+            return {}
+        reply_queue = self.declare_queue("", durable=False, exclusive=True,
+                                         auto_delete=True)["queue"]
+        tag = self.consume(reply_queue, no_ack=True)
         message = control.command_message(method, arguments, destination, reply_queue)
-        ticket = message.message_id
-        self.publish(P.encode_message(message))
+        try:
+            self.publish(P.encode_message(message))
+            return self._gather(tag, message.message_id, timeout, limit)
+        finally:
+            self.cancel(tag)            # the reply queue goes with its consumer
+            self.conversation.deliveries = collections.deque(
+                delivery for delivery in self.conversation.deliveries
+                if delivery.consumer_tag != tag)    # late replies, no ack needed
+
+    def _gather(self, tag, ticket, timeout, limit):
         replies = {}
         deadline = time.monotonic() + timeout
-        while reply and (limit is None or len(replies) < limit):
+        while limit is None or len(replies) < limit:
             delivery = self.get_delivery(max(0.0, deadline - time.monotonic()))
             if delivery is None:
                 break
@@ -449,7 +460,7 @@ class Connection(base.Client):
                 body = control.decode_body(delivery.message.body)
             except ProtocolError:
                 continue            # not a reply of ours
-            if body.get("ticket") == ticket:
+            if delivery.consumer_tag == tag and body.get("ticket") == ticket:
                 replies[body.get("hostname", "?")] = body.get("reply")
         return replies
 
@@ -632,8 +643,11 @@ class Consumer(base.Consumer):
         out = self.out
         if not out or self.conn is None:
             return False
+        sock = self.conn.link.sock
+        if sock is None:                # a read found the connection gone
+            raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
         try:
-            sent = self.conn.link.sock.send(out)
+            sent = sock.send(out)
             del out[:sent]
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
             return True
