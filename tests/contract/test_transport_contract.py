@@ -6,6 +6,7 @@ another transport is held to exactly these behaviours by adding it there. A cons
 what it says (acks, results) with `Stream.say()`: end the turn, flush.
 """
 
+import sys
 import threading
 import time
 
@@ -20,6 +21,14 @@ from minitask.exceptions import (
     BrokerConnectionError, BrokerError, NotDeliverableError, PublishRefusedError, TaskRevokedError, UnroutableError,
     WorkerLostError,
 )
+
+
+def inside(thread, function):
+    """True while `thread` runs `function` (somewhere down its stack)."""
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None and frame.f_code.co_name != function:
+        frame = frame.f_back
+    return frame is not None
 
 
 def waiting(conn, queue):
@@ -339,6 +348,7 @@ def test_waiter_in_another_thread_wakes_when_the_result_is_stored(transport):
     got = []
     thread = threading.Thread(target=lambda: got.append(waiter.wait_result("t2", 60.0)))
     thread.start()
+    wait_for(lambda: inside(thread, "wait_result"), what="the waiter to wait")
     content_type, payload = result_payload("t2")
     stream.consumer.store_result("t2", "SUCCESS", content_type, payload)
     stream.say()
@@ -508,6 +518,7 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     wait_for(lambda: conn.get_result(task_id(lost)).state == "STARTED", what="the handover")
     stream.consumer.lost()
     orphaned = time.monotonic()
+    wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
     back = transport.consumer(["jobs"], hostname="w1")
     back.consumer.claim([task_id(claimed)])
     back.say()
@@ -523,13 +534,14 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
 
 def test_lease_is_held_by_one_holder_until_it_expires(transport):
     first, second = transport.client(), transport.client()
-    assert first.lease("beat", "a", 0.5)["granted"]
-    taken = second.lease("beat", "b", 0.5)
+    assert first.lease("beat", "a", 30.0)["granted"]
+    taken = second.lease("beat", "b", 30.0)
     assert (taken["granted"], taken["holder"]) == (False, "a")
-    assert 0 < taken["expires_in"] <= 0.5
-    assert first.lease("beat", "a", 0.5)["granted"]        # renewed by its holder
-    wait_for(lambda: second.lease("beat", "b", 10.0)["granted"], what="the lease to expire")
-    assert first.lease("beat", "a", 0.5)["holder"] == "b"
+    assert 0 < taken["expires_in"] <= 30.0
+    renewed = first.lease("beat", "a", 0.3)               # its holder may renew it, shorter
+    assert renewed["granted"] and renewed["expires_in"] <= 0.3
+    wait_for(lambda: second.lease("beat", "b", 30.0)["granted"], what="the lease to expire")
+    assert first.lease("beat", "a", 30.0)["holder"] == "b"
 
 
 def test_publish_with_record_sets_the_record_and_publishes(transport):
