@@ -4,7 +4,8 @@ Everything here goes through `minitask.transport` (`client_for`, `consumer_for`)
 interface of `minitask.transport.base`, never a transport's own extras, so a new transport
 is tested by adding it to the `transport` fixture and nothing else.
 
-Waits are polls or selects with deadlines; none is a bare sleep.
+Waits are polls (`wait_for`, the integration suite's) or selects with deadlines; none is a
+bare sleep.
 """
 
 import collections
@@ -13,6 +14,7 @@ import select
 import time
 import uuid
 
+from cluster import wait_for  # noqa: F401  (tests/integration, on the path: conftest.py)
 from minitask import config, control, protocol as P, transport
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta
 
@@ -25,18 +27,6 @@ RELEASE_AHEAD_AT_MOST = 1.0
 LATE_AT_MOST = 3.0
 # Deadline of every wait for something that must happen.
 PATIENCE = 15.0
-
-
-def wait_for(predicate, timeout=PATIENCE, what="condition"):
-    """Poll `predicate` until it returns something true; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %gs waiting for %s" % (timeout, what))
-        time.sleep(0.01)
 
 
 def message(routing_key, exchange="", body=b"{}", message_id=None, priority=None,
@@ -138,6 +128,14 @@ class Harness:
         consumer = transport.consumer_for(self.settings, queues, prefetch, info, hostname)
         self._closers.append(consumer.close)
         return Stream(consumer, consumer.connect())
+
+    def jobs(self, *messages):
+        """A client, once it has declared the queue ``jobs`` and published `messages` to it."""
+        conn = self.client()
+        conn.declare_queue("jobs")
+        for data in messages:
+            conn.publish(data)
+        return conn
 
     def queue_row(self, conn, name):
         """The status row of queue `name` (None when there is no such queue)."""

@@ -109,8 +109,7 @@ def test_publish_to_an_exchange_that_does_not_exist_is_refused_with_404(transpor
 
 
 def test_immediate_message_needs_a_consumer_with_credit_now(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
+    conn = transport.jobs()
     with pytest.raises(NotDeliverableError):
         conn.publish(message("jobs", immediate=True))
     stream = transport.consumer(["jobs"], prefetch=1)
@@ -151,10 +150,7 @@ def test_publish_many_holds_every_message(transport):
 
 
 def test_purge_drops_waiting_messages_and_counts_them(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    for _ in range(3):
-        conn.publish(message("jobs"))
+    conn = transport.jobs(*[message("jobs") for _ in range(3)])
     assert conn.purge("jobs") == 3
     assert waiting(conn, "jobs") == 0
     later = message("jobs")
@@ -166,12 +162,9 @@ def test_purge_drops_waiting_messages_and_counts_them(transport):
 # -- order, prefetch, rejects, redelivery --------------------------------------------------
 
 def test_messages_leave_in_priority_order_fifo_within_a_priority(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     priorities = [5, 0, 9, 0, 5, None, 9, 0]
     sent = [message("jobs", priority=priority) for priority in priorities]
-    for data in sent:
-        conn.publish(data)
+    transport.jobs(*sent)
     got = [delivery.data for delivery in transport.consumer(["jobs"]).receive(len(sent))]
     expected = sorted(range(len(sent)), key=lambda i: (4 if priorities[i] is None
                                                          else priorities[i], i))
@@ -179,10 +172,7 @@ def test_messages_leave_in_priority_order_fifo_within_a_priority(transport):
 
 
 def test_consumer_gets_no_more_than_its_prefetch_until_it_acks(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    for _ in range(5):
-        conn.publish(message("jobs"))
+    conn = transport.jobs(*[message("jobs") for _ in range(5)])
     stream = transport.consumer(["jobs"], prefetch=2)
     first, second = stream.receive(2)
     row = transport.queue_row(conn, "jobs")
@@ -196,10 +186,7 @@ def test_consumer_gets_no_more_than_its_prefetch_until_it_acks(transport):
 
 
 def test_extra_credit_raises_the_prefetch_by_as_many(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    for _ in range(6):
-        conn.publish(message("jobs"))
+    conn = transport.jobs(*[message("jobs") for _ in range(6)])
     stream = transport.consumer(["jobs"], prefetch=2)
     stream.receive(2)
     stream.consumer.set_extra_credit(3)
@@ -210,11 +197,8 @@ def test_extra_credit_raises_the_prefetch_by_as_many(transport):
 
 
 def test_rejected_message_with_requeue_comes_back_redelivered_ahead_of_newer_ones(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     older, newer = message("jobs"), message("jobs")
-    conn.publish(older)
-    conn.publish(newer)
+    conn = transport.jobs(older, newer)
     stream = transport.consumer(["jobs"], prefetch=1)
     [delivery] = stream.receive()
     assert delivery.data == older
@@ -225,11 +209,8 @@ def test_rejected_message_with_requeue_comes_back_redelivered_ahead_of_newer_one
 
 
 def test_rejected_message_without_requeue_is_dropped(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     dropped, kept = message("jobs"), message("jobs")
-    conn.publish(dropped)
-    conn.publish(kept)
+    conn = transport.jobs(dropped, kept)
     stream = transport.consumer(["jobs"], prefetch=1)
     [delivery] = stream.receive()
     stream.consumer.reject(delivery.delivery_tag, requeue=False)
@@ -241,11 +222,8 @@ def test_rejected_message_without_requeue_is_dropped(transport):
 
 @pytest.mark.parametrize("ending", ["lost", "closed"])
 def test_unacked_messages_of_a_lost_consumer_return_ahead_of_newer_ones(transport, ending):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     first, second, newer = message("jobs"), message("jobs"), message("jobs")
-    conn.publish(first)
-    conn.publish(second)
+    conn = transport.jobs(first, second)
     stream = transport.consumer(["jobs"], prefetch=2)
     stream.receive(2)
     conn.publish(newer)
@@ -259,10 +237,8 @@ def test_unacked_messages_of_a_lost_consumer_return_ahead_of_newer_ones(transpor
 
 
 def test_message_delivered_more_than_max_redeliveries_goes_to_the_dead_letter_queue(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     data = message("jobs")
-    conn.publish(data)
+    conn = transport.jobs(data)
     stream = transport.consumer(["jobs"], prefetch=1)
     for count in range(1, 12):              # the default max_redeliveries is 10
         [delivery] = stream.receive()
@@ -304,11 +280,8 @@ def test_delayed_message_is_delivered_neither_early_nor_late(transport):
 
 
 def test_expired_message_is_never_delivered_and_its_task_is_revoked(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     expiring, lasting = message("jobs", expires_at=time.time() + 0.5), message("jobs")
-    conn.publish(expiring)
-    conn.publish(lasting)
+    conn = transport.jobs(expiring, lasting)
     result = conn.wait_result(task_id(expiring), timeout=PATIENCE)
     assert (result.state, result.ready) == ("REVOKED", True)
     assert isinstance(result_value(task_id(expiring), result), TaskRevokedError)
@@ -320,10 +293,8 @@ def test_expired_message_is_never_delivered_and_its_task_is_revoked(transport):
 
 
 def test_message_published_already_expired_is_revoked_at_once(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     data = message("jobs", expires_at=time.time() - 1.0)
-    conn.publish(data)
+    conn = transport.jobs(data)
     assert conn.get_result(task_id(data)).state == "REVOKED"
     assert waiting(conn, "jobs") == 0
 
@@ -366,10 +337,8 @@ def test_wait_for_a_result_that_never_comes_returns_not_ready_at_the_timeout(tra
 
 
 def test_result_reads_received_then_started_while_the_task_runs(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     data = message("jobs")
-    conn.publish(data)
+    conn = transport.jobs(data)
     stream = transport.consumer(["jobs"])
     [delivery] = stream.receive()
     assert conn.get_result(task_id(data)).state == "RECEIVED"
@@ -415,10 +384,8 @@ def test_ignored_result_is_not_stored(transport):
 # -- revocation and remote control -------------------------------------------------------
 
 def test_revoked_task_is_never_delivered_and_reads_as_revoked(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     revoked, kept = message("jobs"), message("jobs")
-    conn.publish(revoked)
+    conn = transport.jobs(revoked)
     conn.revoke([task_id(revoked)])
     result = conn.get_result(task_id(revoked))
     assert (result.state, result.ready) == ("REVOKED", True)
@@ -441,10 +408,8 @@ def test_revoke_reaches_the_control_stream_of_every_consumer(transport):
 
 
 def test_revoking_a_delivered_task_leaves_its_result_to_the_worker(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     data = message("jobs")
-    conn.publish(data)
+    conn = transport.jobs(data)
     stream = transport.consumer(["jobs"])
     stream.receive()
     conn.revoke([task_id(data)])
@@ -506,11 +471,8 @@ def test_broadcast_leaves_no_reply_queue_behind(transport):
 # -- handovers -------------------------------------------------------------------------------
 
 def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_grace(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     claimed, lost = message("jobs"), message("jobs")
-    conn.publish(claimed)
-    conn.publish(lost)
+    conn = transport.jobs(claimed, lost)
     stream = transport.consumer(["jobs"])
     for delivery in stream.receive(2):
         stream.consumer.ack_started(delivery.delivery_tag)
@@ -619,10 +581,8 @@ def test_closed_client_can_connect_again(transport):
 
 
 def test_reconnected_consumer_has_a_new_generation_and_gets_its_messages_again(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     data = message("jobs")
-    conn.publish(data)
+    conn = transport.jobs(data)
     stream = transport.consumer(["jobs"])
     stream.receive()
     generation = stream.consumer.generation
@@ -635,9 +595,7 @@ def test_reconnected_consumer_has_a_new_generation_and_gets_its_messages_again(t
 
 
 def test_broker_gone_is_a_connection_error_for_consumers_and_clients(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    conn.publish(message("jobs"))
+    conn = transport.jobs(message("jobs"))
     stream = transport.consumer(["jobs"])
     [delivery] = stream.receive()
     transport.stop_broker()
@@ -662,11 +620,8 @@ def test_broker_gone_is_a_connection_error_for_consumers_and_clients(transport):
 
 
 def test_status_lists_the_tasks_each_worker_runs(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
     handed, late = message("jobs"), message("jobs")
-    conn.publish(handed)
-    conn.publish(late)
+    conn = transport.jobs(handed, late)
     stream = transport.consumer(["jobs"], hostname="w1")
     first, second = stream.receive(2)
     stream.consumer.ack_started(first.delivery_tag)
