@@ -347,7 +347,7 @@ class Connection(base.Client):
         self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
-    def publish_many(self, messages, window=100, timeout=None):
+    def publish_many(self, messages, timeout=None, window=100):
         """Publish many messages keeping up to `window` unconfirmed; return once all are held."""
         conversation = self.conversation or self.connect().conversation
         timeout = self.timeout if timeout is None else timeout

@@ -143,10 +143,9 @@ def test_redeclaring_a_queue_otherwise_is_refused_and_a_missing_one_is_not_found
 
 
 def test_publish_many_holds_every_message(transport):
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    conn.publish_many([message("jobs") for _ in range(25)])
-    assert waiting(conn, "jobs") == 25
+    conn = transport.jobs()
+    conn.publish_many([message("jobs") for _ in range(250)], PATIENCE)
+    assert waiting(conn, "jobs") == 250
 
 
 def test_purge_drops_waiting_messages_and_counts_them(transport):
