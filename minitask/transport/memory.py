@@ -19,15 +19,17 @@ results with waits; revocations and remote control through the control exchange;
 durable settings; a status report of the built-in broker's shape.
 
 Threads: one lock guards everything. The `Broker` methods that take a session are the
-commands, and run with the lock held through `Broker.run()`, which afterwards delivers what
-became deliverable and wakes, through one condition, whoever waits: clients for results and
-control replies, and the timer thread that releases delayed messages and expires what is due.
-A consumer's `fileno()` is one end of a socket pair the broker writes a byte to when the
-consumer's inbox gets its first delivery, so a worker's selector wakes for it as for a socket.
+commands, and run with the lock held through `Broker.run_all()`, which afterwards delivers
+what became deliverable and wakes the clients that wait (for a result, for control replies).
+A timer thread releases delayed messages and expires what is due, woken early when a sooner
+timer is set. A consumer's `fileno()` is one end of a socket pair the broker writes a byte
+to when the consumer's inbox gets its first delivery, so a worker's selector wakes for it as
+for a socket.
 """
 
 import collections
 import heapq
+import inspect
 import json
 import logging
 import os
@@ -187,7 +189,8 @@ class Broker:
         self.release_ahead = release_ahead
         self.result_expires = result_expires
         self.lock = threading.Lock()
-        self.changed = threading.Condition(self.lock)
+        self.changed = threading.Condition(self.lock)     # for clients that wait
+        self.timers_changed = threading.Condition(self.lock)    # for the timer thread
         self.closed = False
         self.exchanges = {"": Exchange(""), default_exchange: Exchange(
             default_exchange, default_exchange_type), control.CONTROL_EXCHANGE: Exchange(
@@ -249,6 +252,8 @@ class Broker:
 
     def _at(self, when, action, *args):
         heapq.heappush(self._timers, (when, self._next(), action, args))
+        if self._timers[0][0] == when:
+            self.timers_changed.notify()    # sooner than the timer thread sleeps until
 
     def _run_timers(self):
         """The timer thread: do what is due, then sleep until the next timer or a change."""
@@ -264,7 +269,7 @@ class Broker:
                         self.changed.notify_all()
                 except Exception:       # a bug here must not stop every later timer
                     logger.exception("memory://%s: a timer failed", self.name)
-                self.changed.wait(self._timers[0][0] - now if self._timers else None)
+                self.timers_changed.wait(self._timers[0][0] - now if self._timers else None)
 
     def open_session(self, client, info=None):
         with self.lock:
@@ -307,6 +312,7 @@ class Broker:
                 self._close(session)
             self.closed = True
             self.changed.notify_all()
+            self.timers_changed.notify()
 
     # -- topology -----------------------------------------------------------------------------
 
@@ -805,6 +811,7 @@ def _command(name):
         return self._run(name, *args, **kwargs)
     command.__name__ = name
     command.__doc__ = getattr(base.Client, name).__doc__
+    command.__signature__ = inspect.signature(getattr(base.Client, name))
     return command
 
 
