@@ -38,7 +38,7 @@ import threading
 import time
 
 from .. import __version__, control, protocol as P
-from ..broker.routing import EXCHANGE_TYPES, Exchange
+from ..broker.routing import Exchange
 from ..exceptions import (
     BrokerConnectionError, BrokerError, MinitaskError, NotDeliverableError, ProtocolError,
     PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,

@@ -514,6 +514,15 @@ def test_publish_with_record_sets_the_record_and_publishes(transport):
     assert conn.kv_get("never-set") is None
 
 
+def test_refused_publish_with_record_leaves_the_record_as_it_was(transport):
+    if transport.name == "minitask":
+        pytest.xfail("the broker sets the record before it refuses the publish")
+    conn = transport.client()
+    with pytest.raises(UnroutableError):
+        conn.publish_with_record(message("nowhere", mandatory=True), "beat:last", 1)
+    assert conn.kv_get("beat:last") is None
+
+
 def test_add_queue_starts_consuming_it_and_cancel_queue_stops(transport):
     stream = transport.consumer(["jobs"])
     conn = transport.client()
