@@ -421,19 +421,18 @@ class Broker:
     def _route(self, data):
         """Where a message goes, checked against every rule that may refuse it (raising the
         refusal). Changes nothing, so that several publishes can be checked before any."""
-        flags, priority, not_before, expires_at, exchange_name, key, headers_at = \
-            P.routing_fields(data)
-        exchange = self._exchange(exchange_name)
-        if exchange_name:
-            names = exchange.route(key, P.headers_of(data, headers_at)
+        fields = P.parse_message(data)
+        exchange, key = self._exchange(fields.exchange), fields.routing_key
+        if exchange.name:
+            names = exchange.route(key, P.headers_of(data, fields.headers_at)
                                    if exchange.type == "headers" else None)
         else:
             names = {key} & set(self.queues)
         queues = [self.queues[name] for name in sorted(names)]
-        if not queues and flags & P.MANDATORY:
+        if not queues and fields.flags & P.MANDATORY:
             raise UnroutableError("message to exchange %r with routing key %r matched no "
-                                  "queue" % (exchange_name, key))
-        if queues and flags & P.IMMEDIATE and not any(
+                                  "queue" % (exchange.name, key))
+        if queues and fields.flags & P.IMMEDIATE and not any(
                 consumer.session.has_credit() for queue in queues for consumer in queue.consumers):
             raise NotDeliverableError("no consumer of %s can take the message now"
                                       % ", ".join(repr(queue.name) for queue in queues))
@@ -441,8 +440,8 @@ class Broker:
             if queue.args["max_length"] is not None and queue.ready >= queue.args["max_length"]:
                 raise PublishRefusedError("queue %r is full (max_length %d)"
                                           % (queue.name, queue.args["max_length"]))
-        priority = P.DEFAULT_PRIORITY if priority == P.NO_PRIORITY else priority
-        return bytes(data), queues, priority, not_before, expires_at
+        priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
+        return bytes(data), queues, priority, fields.not_before, fields.expires_at
 
     def _enqueue(self, route):
         data, queues, priority, not_before, expires_at = route
@@ -584,7 +583,7 @@ class Broker:
             message.where = DEAD
             task_id = P.message_id_of(message.data)
             if started:
-                self.handovers[task_id] = [session, P.task_fields(message.data)[1]]
+                self.handovers[task_id] = [session, P.parse_message(message.data).type]
                 self.orphans.pop(task_id, None)
                 session.started.add(task_id)
                 self.inflight[task_id] = "STARTED"
@@ -790,7 +789,7 @@ class Broker:
 
     def _worker_row(self, session, now, running):
         """A worker's status row; its running tasks are added to `running`."""
-        late = [P.task_fields(message.data)[:2] for message in session.unacked.values()
+        late = [P.parse_message(message.data) for message in session.unacked.values()
                 if self.inflight.get(P.message_id_of(message.data)) == "STARTED"]
         row = dict(session.info, peer="memory", session=session.id,
                    connected_for=round(now - session.connected_at, 3),
@@ -798,10 +797,11 @@ class Broker:
                    handed_over=len(session.started), delivered=session.delivered,
                    reserved=len(session.unacked) - len(late),
                    running=len(session.started) + len(late))
+        tasks = [(fields.message_id, fields.type) for fields in late]
+        tasks += [(task_id, self.handovers[task_id][1]) for task_id in sorted(session.started)]
         running.extend({"task_id": task_id, "task": name, "pid": row.get("pid"),
                         "worker": str(row.get("hostname") or ""), "session": session.id}
-                       for task_id, name in late + [(task_id, self.handovers[task_id][1])
-                                                    for task_id in sorted(session.started)])
+                       for task_id, name in tasks)
         return row
 
 
