@@ -85,6 +85,7 @@ class Connection:
         self.sock = None
         self.decoder = None
         self.welcome = {}
+        self.features = frozenset()         # commands beyond protocol 1 the broker knows
         self.lock = threading.RLock()
         self.deliveries = collections.deque()
         self._seq = 0
@@ -190,6 +191,9 @@ class Connection:
         else:
             raise ProtocolError("expected WELCOME, got %s" % P.command_name(kind))
         self.welcome = welcome
+        features = welcome.get("features")
+        self.features = frozenset(name for name in features if isinstance(name, str)) \
+            if isinstance(features, list) else frozenset()
         self.decoder.max_frame_bytes = max(int(welcome.get("max_frame_bytes", 0)),
                                            P.MAX_FRAME_BYTES) + 64
 
@@ -427,16 +431,29 @@ class Connection:
                 raise self._failed.pop(seq)
 
     def publish_with_record(self, message, key, value, timeout=None):
-        """Set a durable broker setting and publish, in one write: a broker crash keeps both
-        or neither (periodic tasks' last send times)."""
+        """Set a durable broker setting and publish, as one unit: a broker crash keeps both
+        or neither (periodic tasks' last send times).
+
+        A broker that lists "atomic" in its WELCOME gets one ATOMIC frame, which it journals
+        as one record. An older broker gets KV_SET and PUBLISH in one write: two records in
+        one write, which a crash tearing that very write could split.
+        """
         data = message if isinstance(message, (bytes, bytearray)) else P.encode_message(message)
         with self.lock:
+            timeout = self.timeout if timeout is None else timeout
+            if "atomic" in self.features:
+                seq = self._next_seq()
+                self._unconfirmed.append(seq)
+                self._send(P.encode_atomic(seq, [
+                    P.encode_json(P.KV_SET, 0, {"key": key, "value": value}),
+                    P.encode_frame(P.PUBLISH, 0, data)]))
+                self._wait_confirms([seq], timeout)
+                return
             kv_seq = self._next_seq()
             seq = self._next_seq()
             self._unconfirmed.append(seq)
             self._send(P.encode_json(P.KV_SET, kv_seq, {"key": key, "value": value})
                        + P.encode_frame(P.PUBLISH, seq, data))
-            timeout = self.timeout if timeout is None else timeout
             self._wait_reply(kv_seq, timeout)
             self._wait_confirms([seq], timeout)
 

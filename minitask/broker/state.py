@@ -35,7 +35,8 @@ from . import journal as jr
 from .arguments import refuse
 from .handshake import Handshake, auth_proof
 from .queue import DEAD, DELAYED, READY, UNACKED, StoredMessage
-from .result_commands import ResultCommands, broker_meta
+from .atomic import AtomicCommands
+from .result_commands import MISSING, ResultCommands, broker_meta
 from .results import Handovers, ResultStore, Revoked
 from .routing import Exchange
 from .session import CLOSED, OPEN, Consumer, Session
@@ -67,7 +68,7 @@ class BrokerOptions:
         self.version = version
 
 
-class BrokerState(Handshake, TopologyCommands, ResultCommands):
+class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
     """Queues, exchanges, sessions, results: the broker without its sockets."""
 
     def __init__(self, clock, journal=None, options=None):
@@ -84,7 +85,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         self.kv = {}
         self.leases = {}                # name -> (holder, expires_at)
         self.records = []               # journal records of this turn
-        # (session, seq, [StoredMessage]) persisted this turn: what a failed write takes back
+        # (session, seq, [StoredMessage], [(key, previous, value)]) persisted this turn: what
+        # a failed write takes back (an ATOMIC unit's settings too).
         self._turn_publishes = []
         self._turn_timers = []          # (heap, entry) of this turn's persisted messages
         self._confirm = []              # sessions with something to confirm this turn
@@ -108,6 +110,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             P.REVOKE: self._revoke, P.CLAIM: self._claim, P.STATUS: self._status,
             P.LEASE: self._lease, P.KV_SET: self._kv_set, P.KV_GET: self._kv_get,
             P.REVOKED: self._revoked_list, P.HEARTBEAT: self._heartbeat, P.CLOSE: self._close,
+            P.ATOMIC: self._atomic,
         }
         self._declare_defaults()
 
@@ -189,6 +192,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
     # -- publishing ----------------------------------------------------------------------------
 
     def _publish(self, session, seq, data):
+        """Route and place one message; returns the messages placed (one per queue)."""
         flags, priority, not_before, expires_at, exchange_name, key, headers_at = \
             P.routing_fields(data)
         if exchange_name:
@@ -224,6 +228,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             priority = P.DEFAULT_PRIORITY
         persistent = bool(flags & P.PERSISTENT)
         stored = []
+        placed = []
         for queue in queues:
             message = StoredMessage(self.next_message_id, data, queue, priority,
                                     expires_at or None, persistent)
@@ -236,9 +241,11 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 self._place(message, not_before, now, self._turn_timers)
             else:
                 self._place(message, not_before, now)
+            placed.append(message)
         if stored:
-            self._turn_publishes.append((session, seq, stored))
+            self._turn_publishes.append((session, seq, stored, ()))
         self._confirmable(session, seq)
+        return placed
 
     def _place(self, message, not_before, now, timers=None):
         """Put a new (or recovered) message in its queue, or in the delay heap until due.
@@ -294,15 +301,21 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         """The journal write of this turn failed: refuse its publishes, keep the rest for later.
 
         Publishes that were in the failed write are taken back out of their queues (they
-        were not delivered: dispatch comes after the write) and answered with ERROR 507.
-        Every other record (acks, results, declarations) is written again next turn.
-        Returns how many were refused.
+        were not delivered: dispatch comes after the write) and answered with ERROR 507;
+        an ATOMIC unit's settings are put back as they were. Every other record (acks,
+        results, declarations) is written again next turn. Returns how many were refused.
         """
         refused = set()
-        for session, seq, messages in reversed(self._turn_publishes):
+        for session, seq, messages, settings in reversed(self._turn_publishes):
             for message in reversed(messages):        # newest first: each at its queue's tail
                 refused.add(message.id)
                 self._take_back(message)
+            for key, previous, value in settings:
+                if self.kv.get(key, MISSING) is value:  # not set again since
+                    if previous is MISSING:
+                        del self.kv[key]
+                    else:
+                        self.kv[key] = previous
             if seq:
                 self._error(session, seq, P.REFUSED, "publish refused: %s" % reason)
                 if session.confirm_seq == seq:      # nothing after it to confirm

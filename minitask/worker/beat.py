@@ -3,9 +3,10 @@
 Several workers may run with ``--beat``; a lease held in the broker (LEASE, renewed well
 before it runs out) lets exactly one of them send, and another takes over within a lease
 time of the holder dying. The time each task was last sent is a durable broker setting
-(KV_SET, in the journal), written in the same write as the task itself, so a restart of the
-worker or the broker neither skips nor repeats a beat. After a long pause a task that missed
-several beats is sent once, not once per beat missed.
+(KV_SET), sent with the task itself as one ATOMIC unit that the broker journals as one record,
+so a restart of the worker or the broker, even a crash mid-write, neither skips nor repeats a
+beat. After a long pause a task that missed several beats is sent once, not once per beat
+missed.
 
 Runs in a thread of the worker's main process with its own connection, so a slow broker
 answer never holds up the worker's loop.
@@ -103,7 +104,7 @@ class Beat:
         return max(0.01, wait)
 
     def send(self, task, now):
-        """Send one periodic task and record when, in one write (see the module docstring)."""
+        """Send one periodic task and record when, as one unit (see the module docstring)."""
         message = task.build_message(settings=self.settings)
         self.conn.publish_with_record(message.encode(), _kv_key(task.name), now)
         self.last_run[task.name] = now

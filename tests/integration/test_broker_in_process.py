@@ -1,5 +1,5 @@
 """A broker run in this process (its loop in a thread, real sockets), where the journal's disk
-can be made slow: what clients see of it.
+can be made slow or its features changed: what clients see of it.
 
 The disk is journalkit's `DiskFaults` standing in for `os` inside the journal module; every
 wait is on a frame, an event or a condition polled with a deadline.
@@ -12,12 +12,15 @@ import sys
 import threading
 import time
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "unit"))
 
 from cluster import wait_for  # noqa: E402
-from journalkit import disk_faults  # noqa: E402
+from journalkit import disk_faults, read_records, segment_files  # noqa: E402
 from minitask import protocol as P  # noqa: E402
+from minitask.broker import journal as jr  # noqa: E402
 from minitask.broker.journal import Journal  # noqa: E402
 from minitask.broker.server import BrokerServer  # noqa: E402
 from minitask.broker.state import BrokerOptions, BrokerState  # noqa: E402
@@ -113,3 +116,49 @@ def test_a_stuck_fsync_stops_no_round_trip_and_confirms_wait_once_it_is_two_seco
         finally:
             gate.set()
             client.close()
+
+
+def _compound_records(data_dir):
+    return [kind for path in segment_files(data_dir) for _s, _e, kind, _p in read_records(path)
+            if kind in (jr.COMPOUND, jr.KV, jr.PUBLISH)]
+
+
+def test_publish_with_record_is_one_atomic_unit_for_a_broker_that_knows_it(tmp_path):
+    with broker_in_thread(tmp_path, fsync="always") as (_server, url):
+        with Connection(url).connect() as conn:
+            conn.declare_queue("q")
+            assert "atomic" in conn.features
+            conn.publish_with_record(_publish_body("beat-1"), "beat.last_run.t", 5.0)
+            assert conn.call(P.KV_GET, {"key": "beat.last_run.t"})["value"] == 5.0
+    assert _compound_records(tmp_path) == [jr.COMPOUND]
+
+
+def test_publish_with_record_falls_back_for_a_broker_without_atomic(tmp_path, monkeypatch):
+    """A broker of the release before ATOMIC names no features: the client sends KV_SET and
+    PUBLISH as it always did (one write, two records)."""
+    monkeypatch.setattr(P, "FEATURES", ())
+    with broker_in_thread(tmp_path, fsync="always") as (_server, url):
+        with Connection(url).connect() as conn:
+            conn.declare_queue("q")
+            assert conn.features == frozenset()
+            conn.publish_with_record(_publish_body("beat-1"), "beat.last_run.t", 5.0)
+            conn.consume("q")
+            assert conn.get_delivery(5.0).message.message_id == "beat-1"
+    assert _compound_records(tmp_path) == [jr.KV, jr.PUBLISH]
+
+
+@pytest.mark.parametrize("features", [None, "atomic", 5, [5, None]])
+def test_junk_in_welcome_features_means_no_features(tmp_path, monkeypatch, features):
+    from minitask.broker import handshake
+    original = handshake.Handshake._welcome
+
+    def welcome(self, session, seq, proof):
+        original(self, session, seq, proof)
+        frame = session.out.pop()
+        body = P.decode_json(frame[P.HEADER.size:])
+        body["features"] = features
+        session.send(P.encode_json(P.WELCOME, seq, body))
+    monkeypatch.setattr(handshake.Handshake, "_welcome", welcome)
+    with broker_in_thread(tmp_path, fsync="no") as (_server, url):
+        with Connection(url).connect() as conn:
+            assert conn.features == frozenset()
