@@ -113,6 +113,8 @@ class Journal:
         self.faults = []              # one line per fault found by replay
         self.records_lost = 0         # data records those faults lost, where known
         self._faulty = set()          # numbers of segments to move aside (cut short, damaged)
+        self._rewrite_at = 0.0        # when a failed rewrite may be tried again (clock)
+        self._rewrite_wait = 1.0      # ... doubling up to a minute while the disk refuses it
         self._retired = {}            # segment number -> end, from RETIRED records
         self._unrecorded = []         # (number, end) of segments found missing, to retire
         self._replayed = []           # (Segment, its ROTATE or None, its end was cut off)
@@ -294,21 +296,21 @@ class Journal:
         missing = [n for n in numbers if n not in self._retired]
         if not missing:
             return
-        names = ", ".join(os.path.basename(self._path(n)) for n in missing)
+        names = ", ".join(self._path(n) for n in missing)
         text = "journal segment%s %s %s missing (%s): %s lost" % (
             "s" if len(missing) > 1 else "", names, "are" if len(missing) > 1 else "is",
             where, _records_text(lost))
-        self._count(text, lost)
+        self._count(text, lost, "the broker serves the rest and records the segment as gone")
         self._unrecorded.extend((n, 0) for n in missing)
 
     def _fault(self, segment, what, lost, damaged_at=()):
         text = "journal segment %s is %s: %s lost" % (segment.path, what, _records_text(lost))
-        self._count(text, lost)
+        self._count(text, lost, "the broker rewrites what it recovered into a fresh segment")
         self._faulty.add(segment.number)
         self.damaged.extend((segment, offset) for offset in damaged_at)
 
-    def _count(self, text, lost):
-        logger.error("%s; the broker rewrites what it recovered into a fresh segment", text)
+    def _count(self, text, lost, then):
+        logger.error("%s; %s", text, then)
         self.faults.append(text)
         self.records_lost += lost or 0
 
@@ -329,7 +331,7 @@ class Journal:
                              exc.strerror or exc)
         if self.fsync_policy == "everysec":
             self._syncer = Syncer(lambda fd: os.fsync(fd), self._fsync_directory,
-                                  self.clock, throttle=self.throttle)
+                                  throttle=self.throttle)
             self._syncer.notify = self._notify
             self._syncer.use(self._fd)
 
@@ -572,7 +574,7 @@ class Journal:
         """True when the oldest sealed segment is worth copying forward (or simply deleting),
         or faults found at start still wait for their rewrite."""
         if self._faulty:
-            return True
+            return self.clock() >= self._rewrite_at
         if self.compacting is not None:
             return True
         if len(self.segments) < 2:
@@ -596,7 +598,8 @@ class Journal:
         A rewrite still owed after faults found at start (see `rewrite_faulty`) comes first.
         """
         if self._faulty:
-            self.rewrite_faulty(state)
+            if self.clock() >= self._rewrite_at:
+                self.rewrite_faulty(state)
             return False
         if self.compacting is None:
             if not self.wants_compaction():
@@ -721,6 +724,9 @@ class Journal:
             self._write([rc.retired_record(retired)] + records, len(records))
             self.sync()
         except (OSError, JournalWriteError) as exc:
+            # Each try writes everything live: not every second while the disk is full.
+            self._rewrite_at = self.clock() + self._rewrite_wait
+            self._rewrite_wait = min(60.0, self._rewrite_wait * 2)
             counts = self.throttle.allow("rewrite failed")
             if counts is not None:
                 logger.error("cannot rewrite the journal after the faults found at start: %s; "

@@ -96,8 +96,8 @@ def main():
                 lost = conn.status()["broker"]["journal_records_lost"]
         finally:
             kill(process, log)
-        print("\nsegment 8 %s: the broker holds %d of %d messages; status says %d records "
-              "lost" % (name, held, published, lost))
+        print("\nsegment 8 %s: the broker holds %d of %d messages; status says "
+              "journal_records_lost %d" % (name, held, published, lost))
         with open(log_path) as handle:
             for line in handle:
                 if "journal" in line and ("ERROR" in line or "WARNING" in line):

@@ -147,7 +147,8 @@ class Broker:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.options = options
-        self.journal = Journal(self.data_dir, fsync=fsync, segment_bytes=segment_bytes)
+        self.journal = Journal(self.data_dir, fsync=fsync, segment_bytes=segment_bytes,
+                               clock=self.clock)
         self.state = BrokerState(self.clock, self.journal, options or BrokerOptions())
         self.summary = self.state.recover()
         self._next_session = 1

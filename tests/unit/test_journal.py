@@ -1051,6 +1051,9 @@ def test_starting_on_a_full_disk_with_a_damaged_segment_serves_what_it_recovered
     accepted = writer.publish("q", "accepted")
     reopened.turn(compact=True)
     assert writer.is_confirmed(accepted)
+    assert not os.path.exists(head + ".damaged")            # tried again a second later
+    reopened.clock.advance(1.0)
+    reopened.turn(compact=True)
     assert os.path.exists(head + ".damaged")                # rewritten once the disk took it
     caplog.clear()
     again = reopened.reopen()
