@@ -117,7 +117,7 @@ class Journal:
         self._rewrite_wait = 1.0      # ... doubling up to a minute while the disk refuses it
         self._retired = {}            # segment number -> end, from RETIRED records
         self._unrecorded = []         # (number, end) of segments found missing, to retire
-        self._replayed = []           # (Segment, its ROTATE or None, its end was cut off)
+        self._replayed = []           # (Segment, its OPEN, its ROTATE) as replay found them
         self.compacting = None        # the segment being copied forward
         self._todo = []
         self._retiring = None         # compaction: the segment whose RETIRED record is written
@@ -316,8 +316,10 @@ class Journal:
 
     def _open_head(self):
         last = self.segments[-1] if self.segments else None
+        sealed = bool(self._replayed) and self._replayed[-1][2] is not None
         if last is not None and last.version == VERSION and last.first is not None \
-                and last.number not in self._faulty and last.size < self.segment_bytes:
+                and last.number not in self._faulty and last.size < self.segment_bytes \
+                and not sealed:
             self.head = last
             self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND)
         else:
