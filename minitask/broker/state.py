@@ -252,22 +252,24 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
 
         With `timers`, its heap entries (delay, expiry) wait there until the turn's write
         succeeded (`settle_turn`), so a refused publish never enters a heap."""
-        entries = []
         if expires_at_known(message):
-            entries.append((self._expiring, (message.expires_at, message.id, message)))
+            entry = (message.expires_at, message.id, message)
+            if timers is None:
+                heapq.heappush(self._expiring, entry)
+            else:
+                timers.append((self._expiring, entry))
         release_at = not_before - self.options.release_ahead
         if not_before and release_at > now:
             message.where = DELAYED
             message.queue.delayed += 1
-            entries.append((self._delayed, (release_at, message.id, message)))
+            entry = (release_at, message.id, message)
+            if timers is None:
+                heapq.heappush(self._delayed, entry)
+            else:
+                timers.append((self._delayed, entry))
         else:
             message.queue.push(message)
             self.dirty.add(message.queue)
-        if timers is not None:
-            timers.extend(entries)
-        else:
-            for heap, entry in entries:
-                heapq.heappush(heap, entry)
 
     def settle_turn(self):
         """The turn's write is done (or refused): its surviving messages' timers start."""
