@@ -348,3 +348,15 @@ def test_a_torn_tail_is_cut_off_with_one_warning(bare_broker):
     with bare_broker.connect() as conn:
         conn.consume("q")
         assert bodies(take(conn, 10)) == [b"%d" % i for i in range(10)]
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "journal").write_text("a file where the journal folder goes")
+    result = subprocess.run([sys.executable, "-m", "minitask", "broker", "--port", "0",
+                             "--data-dir", str(data_dir)], env=_env(), cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "cannot open the journal: %s" % (data_dir / "journal") in result.stderr
