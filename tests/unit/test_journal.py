@@ -143,6 +143,33 @@ def test_json_record_round_trips(kind, obj):
     assert jr.decode_json(payload) == obj
 
 
+def test_a_compound_record_holds_its_records_in_order():
+    parts = [jr.json_record(jr.KV, {"key": "a", "value": 1}),
+             jr.publish_record(9, 0, "q", message_data("t9")), jr.ids_record(jr.ACK, [3])]
+    kind, payload = parse(jr.compound_record(parts))
+    assert kind == jr.COMPOUND
+    assert jr.decode_compound(payload) == [parse(part) for part in parts]
+    assert jr.publish_ids(jr.compound_record(parts)) == (9,)
+
+
+@pytest.mark.parametrize("inner", [
+    jr.compound_record([jr.ids_record(jr.ACK, [1])]),
+    jr.rotate_record(2, 1, 5), jr.open_record(1, 1, 0, 0, 0), jr.retired_record([(1, 3)]),
+], ids=["compound", "rotate", "open", "retired"])
+def test_a_compound_record_holds_data_records_only(inner):
+    with pytest.raises(ValueError):
+        jr.compound_record([inner])
+    length = struct.pack("!I", len(inner) - 8)
+    with pytest.raises(ValueError):                          # nor is one read back
+        jr.decode_compound(length + inner[8:])
+
+
+@pytest.mark.parametrize("payload", [b"\0\0\0", b"\0\0\0\x09\x01abc", b"\0\0\0\0\x01"])
+def test_a_compound_record_that_does_not_add_up_is_refused(payload):
+    with pytest.raises(ValueError):
+        jr.decode_compound(payload)
+
+
 def _one_of_each():
     entry = ResultEntry("t1", "FAILURE", "application/json", b'{"e": 1}', 10.0, 20.0)
     return [
