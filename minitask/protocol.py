@@ -125,8 +125,10 @@ JSON arguments (``?`` = optional, with its default):
   "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
   ``features`` names the commands added since protocol 1 first shipped that this broker
   knows (``"atomic"``: ATOMIC). A client uses such a command only when the broker names it:
-  a broker that does not know a command answers ERROR 405 and closes the connection. A
-  broker ignores WELCOME keys and HELLO keys it does not know, and so must a client.
+  an older broker, which sends no ``features``, answers an unknown command with ERROR 405
+  and closes the connection. A broker ignores HELLO keys it does not know and a client
+  ignores WELCOME keys it does not know, so an older client simply never uses the newer
+  commands.
   CHALLENGE ``{"nonce": hex}``; AUTH ``{"proof": hex}`` (see 6).
 - DECLARE_EXCHANGE ``{"exchange", "type": "direct"|"topic"|"fanout"|"headers",
   "durable": true?, "auto_delete": false?, "passive": false?}``; DELETE_EXCHANGE
