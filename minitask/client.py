@@ -88,6 +88,7 @@ class Connection:
         self.features = frozenset()         # commands beyond protocol 1 the broker knows
         self.lock = threading.RLock()
         self.deliveries = collections.deque()
+        self.declared_queues = set()        # declared by ensure_queue on this connection
         self._seq = 0
         self._unconfirmed = collections.deque()   # seqs waiting for CONFIRM, in order
         self._failed = {}                         # seq -> exception from an ERROR frame
@@ -130,6 +131,7 @@ class Connection:
                 self.sock = sock
                 self.decoder = P.Decoder()
                 self._reset_pending()
+                self.declared_queues = set()
                 self._handshake()
             except BaseException:
                 self._drop()
@@ -389,6 +391,13 @@ class Connection:
                 "auto_delete": auto_delete, "passive": passive}
         args.update(arguments)
         return self.call(P.DECLARE_QUEUE, args)
+
+    def ensure_queue(self, queue):
+        """Declare durable `queue` unless this connection did already: a call routed to a
+        queue that is not in QUEUES (Celery's task_create_missing_queues)."""
+        if queue not in self.declared_queues:
+            self.declare_queue(queue)
+            self.declared_queues.add(queue)
 
     def bind(self, queue, exchange, binding_key="", arguments=None):
         return self.call(P.BIND, {"queue": queue, "exchange": exchange,
