@@ -6,13 +6,21 @@ import time
 
 import pytest
 
-from minitask import config, crontab, periodic_task, protocol as P, task
+from minitask import config, crontab, periodic_task, protocol as P, registry, task
 from minitask.message import TaskMessage
 from minitask.worker.beat import LEASE_SECONDS, Beat
 
 from taskkit import isolated_tasks  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
+
+
+@pytest.fixture(autouse=True)
+def no_other_periodic_tasks(isolated_tasks):  # noqa: F811  (the fixture imported above)
+    """Only the periodic tasks a test defines: other suites' modules may have registered some
+    (isolated_tasks puts them back afterwards)."""
+    for name in list(registry.tasks.periodic()):
+        registry.tasks.unregister(name)
 
 UTC = datetime.timezone.utc
 
