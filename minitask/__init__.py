@@ -21,7 +21,8 @@ from .exceptions import (  # noqa: E402  (the version is read by the modules bel
     AuthenticationError, ProtocolError,
 )
 from . import registry  # noqa: E402
-from .task import Task, TaskType, PeriodicTask, send_task  # noqa: E402
+from .task import Task, TaskType, PeriodicTask  # noqa: E402
+from .sending import send_task  # noqa: E402
 from .decorators import task, shared_task, periodic_task  # noqa: E402
 from .result import AsyncResult, EagerResult, ResultSet  # noqa: E402
 from .group import group, Signature, subtask, chain, chord  # noqa: E402

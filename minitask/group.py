@@ -79,7 +79,7 @@ class group:
             return self.apply()
         from .client import with_connection
         from .options import check_call_options
-        from .task import compose_message
+        from .sending import compose_message
         messages, declare = [], set()
         for sig in self:
             call = dict(sig.options, **options)

@@ -25,7 +25,8 @@ import time
 from .. import protocol as P
 from ..client import Connection, declare_topology
 from ..exceptions import MinitaskError
-from ..task import compose_message, registry
+from ..sending import compose_message
+from ..task import registry
 
 __all__ = ["Beat", "ScheduleEntry", "LEASE_NAME", "LEASE_SECONDS"]
 

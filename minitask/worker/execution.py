@@ -57,7 +57,8 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
         message.id, task.name, message.args, kwargs, message.retries, is_eager, logfile,
         loglevel, message.exchange, message.routing_key, message.priority, injected,
         eta=_iso(message.eta), expires=_iso(message.expires), hostname=_hostname(is_eager),
-        timelimit=(task.effective("time_limit"), task.effective("soft_time_limit")), ignore_result=task.ignore_result))
+        timelimit=(task.effective("time_limit"), task.effective("soft_time_limit")),
+        ignore_result=task.ignore_result))
     started = time.perf_counter()
     try:
         try:
