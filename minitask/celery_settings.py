@@ -15,8 +15,15 @@ Only names Celery documents count among the lower-case ones: a settings module's
 (``import os``, ``def helper()``, ``timezone`` imported from datetime) are not settings.
 """
 
+import difflib
+import reprlib
+import types
+
 __all__ = ["MAPPED", "ACCEPTED", "ADVICE", "CELERY_NAMES", "OLD_NAMES", "celery_name",
-           "advice_for"]
+           "advice_for", "classify", "warning"]
+
+_repr = reprlib.Repr()          # a long value must not swamp the one-line warning
+_repr.maxstring = _repr.maxother = 60
 
 MAPPED = {
     "broker_url": "BROKER_URL",
@@ -350,3 +357,43 @@ def advice_for(name):
     if name.startswith(_RESULT_BACKEND_PREFIXES):
         return RESULTS
     return None
+
+
+def classify(label, value, setting_of):
+    """What a settings module's name `label` is: ``("setting", NAME)`` for a spelling of a
+    minitask setting (`setting_of` maps them); ``("celery", name)`` for a Celery setting with
+    no counterpart; ``("unknown", None)`` for an upper-case name that looks like a setting
+    (CELERY..., MINITASK_...) but is none; ``(None, None)`` for anything else."""
+    if not isinstance(label, str) or label.startswith("_"):
+        return None, None
+    name = setting_of.get(label)
+    celery = None if name is not None else celery_name(label)
+    if name is None and celery is not None:
+        name = MAPPED.get(celery)
+    if name is not None or celery is not None:
+        # A module's lower-case names include its imports (`from datetime import timezone`):
+        # a module or a class is never a setting's value.
+        if label.islower() and isinstance(value, (types.ModuleType, type)):
+            return None, None
+        return ("setting", name) if name is not None else ("celery", celery)
+    if label.isupper() and label.startswith(("CELERY", "MINITASK_")):
+        return "unknown", None
+    return None, None
+
+
+def warning(label, celery, value, settings, spellings):
+    """The warning for a name `classify` found without effect here, naming it and the minitask
+    way (a close spelling for a typo); None for a Celery setting whose value is what minitask
+    does anyway (`settings`: the final values)."""
+    if celery in ACCEPTED:
+        is_fine, reason = ACCEPTED[celery]
+        if is_fine(value, settings):
+            return None
+        return "%s=%s has no effect in minitask: %s" % (label, _repr.repr(value), reason)
+    if celery is not None:
+        advice = advice_for(celery)
+        return "ignoring %s: minitask has no such setting%s" % (
+            label, "; " + advice if advice else "")
+    close = difflib.get_close_matches(label, spellings, n=1, cutoff=0.85)
+    return "ignoring %s: there is no such setting%s" % (
+        label, " (did you mean %s?)" % close[0] if close else "")

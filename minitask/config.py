@@ -20,7 +20,6 @@ serializers exist.
 
 import copy
 import datetime
-import difflib
 import importlib
 import ipaddress
 import json
@@ -30,11 +29,9 @@ import os
 import re
 import reprlib
 import threading
-import types
 
 from minitask import celery_settings, ratelimit, routes, schedules
 from minitask.exceptions import ConfigurationError, MinitaskError
-from minitask.options import check_call_options
 
 __all__ = [
     "DEFAULTS", "DESCRIPTIONS", "ALIASES", "Settings", "load_settings", "get_settings",
@@ -349,7 +346,7 @@ def _layer(namespace, notes=None):
     """
     found = {}
     for label, value in namespace.items():
-        kind, name = _classify(label, value)
+        kind, name = celery_settings.classify(label, value, _SETTING_OF)
         if kind == "setting":
             found.setdefault(name, []).append((label, value))
         elif kind is not None and notes is not None:
@@ -367,27 +364,6 @@ def _layer(namespace, notes=None):
     return layer
 
 
-def _classify(label, value):
-    """``("setting", NAME)`` for a spelling of a minitask setting; ``("celery", name)`` for a
-    Celery setting with no counterpart; ``("unknown", None)`` for an upper-case name that looks
-    like a setting (CELERY..., MINITASK_...) but is none; ``(None, None)`` for anything else."""
-    if not isinstance(label, str) or label.startswith("_"):
-        return None, None
-    name = _SETTING_OF.get(label)
-    celery = None if name is not None else celery_settings.celery_name(label)
-    if name is None and celery is not None:
-        name = celery_settings.MAPPED.get(celery)
-    if name is not None or celery is not None:
-        # A module's lower-case names include its imports (`from datetime import timezone`):
-        # a module or a class is never a setting's value.
-        if label.islower() and isinstance(value, (types.ModuleType, type)):
-            return None, None
-        return ("setting", name) if name is not None else ("celery", celery)
-    if label.isupper() and label.startswith(("CELERY", "MINITASK_")):
-        return "unknown", None
-    return None, None
-
-
 _warned = set()
 
 
@@ -396,19 +372,9 @@ def _warn_about(notes, values):
     here, naming it and the minitask way; silence for Celery names whose value is what
     minitask does anyway."""
     for label, celery, value in notes:
-        if celery in celery_settings.ACCEPTED:
-            is_fine, reason = celery_settings.ACCEPTED[celery]
-            if is_fine(value, values):
-                continue
-            message = f"{label}={_repr.repr(value)} has no effect in minitask: {reason}"
-        elif celery is not None:
-            advice = celery_settings.advice_for(celery)
-            message = f"ignoring {label}: minitask has no such setting" + (
-                f"; {advice}" if advice else "")
-        else:
-            close = difflib.get_close_matches(label, _SETTING_OF, n=1, cutoff=0.85)
-            message = f"ignoring {label}: there is no such setting" + (
-                f" (did you mean {close[0]}?)" if close else "")
+        message = celery_settings.warning(label, celery, value, values, _SETTING_OF)
+        if message is None:
+            continue
         if label not in _warned:
             _warned.add(label)
             logger.warning("%s", message)
@@ -658,42 +624,6 @@ def _routes(label, value):
     return None if value is None else routes.check_routes(label, value)
 
 
-_ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options", "relative")
-
-
-def _beat_schedule(label, value):
-    """Check Celery's beat_schedule shape: {name: {task, schedule, args, kwargs, options}}."""
-    if not isinstance(value, dict) or not all(isinstance(name, str) and name for name in value):
-        raise _bad(label, value, "expected a dict of entry name -> {task, schedule, args, "
-                                 "kwargs, options}")
-    return {name: _beat_entry(f"{label}[{name!r}]", entry) for name, entry in value.items()}
-
-
-def _beat_entry(label, entry):
-    unknown = sorted(set(entry) - set(_ENTRY_KEYS), key=str) if isinstance(entry, dict) else 0
-    if unknown != [] or "task" not in entry or "schedule" not in entry:
-        raise _bad(label, entry, "expected a dict with task and schedule, and maybe args, "
-                                 "kwargs, options")
-    if entry.get("relative", False) is not False:
-        raise _bad(f"{label}['relative']", entry["relative"],
-                   "not supported: a schedule counts from the entry's last send")
-    args, kwargs = entry.get("args", ()), entry.get("kwargs", {})
-    if not isinstance(args, (list, tuple)):
-        raise _bad(f"{label}['args']", args, "expected a list or tuple")
-    if not isinstance(kwargs, dict):
-        raise _bad(f"{label}['kwargs']", kwargs, "expected a dict")
-    options = entry.get("options", {})
-    try:
-        schedule = schedules.as_schedule(entry["schedule"])
-        if not isinstance(options, dict):
-            raise ConfigurationError("expected a dict of call options")
-        options = check_call_options(None, options)
-    except ConfigurationError as exc:
-        raise ConfigurationError(f"{label}: {exc}") from None
-    return {"task": _text(f"{label}['task']", entry["task"]), "schedule": schedule,
-            "args": tuple(args), "kwargs": dict(kwargs), "options": options}
-
-
 def _timezone(label, value):
     try:
         schedules.get_timezone(value)
@@ -718,5 +648,5 @@ _VALIDATORS = {
     "BEAT": _flag, "START_METHOD": _optional(_start_method), "TASK_ACKS_LATE": _flag,
     "TASK_TIME_LIMIT": _optional(_seconds(0, strict=True)),
     "TASK_SOFT_TIME_LIMIT": _optional(_seconds(0, strict=True)), "TASK_ROUTES": _routes,
-    "BEAT_SCHEDULE": _beat_schedule, "TIMEZONE": _timezone,
+    "BEAT_SCHEDULE": schedules.check_beat_schedule, "TIMEZONE": _timezone,
 }

@@ -25,8 +25,10 @@ import calendar
 import datetime
 
 from .exceptions import ConfigurationError
+from .options import check_call_options
 
-__all__ = ["schedule", "crontab", "as_schedule", "get_timezone", "DAY_NAMES", "MONTH_NAMES"]
+__all__ = ["schedule", "crontab", "as_schedule", "get_timezone", "check_beat_schedule",
+           "DAY_NAMES", "MONTH_NAMES"]
 
 UTC = datetime.timezone.utc
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -79,6 +81,54 @@ def as_schedule(value):
     if isinstance(value, (schedule, crontab)):
         return value
     return schedule(value)
+
+
+# -- the BEAT_SCHEDULE setting (Celery's beat_schedule) -------------------------------------
+
+_ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options", "relative")
+
+
+def check_beat_schedule(label, value):
+    """Check a beat_schedule: {name: {task, schedule, args, kwargs, options}}; returns it with
+    each schedule a schedule object and each entry complete. Raises ConfigurationError naming
+    the entry and key."""
+    if not isinstance(value, dict) or not all(isinstance(name, str) and name for name in value):
+        raise _bad(label, value, "expected a dict of entry name -> {task, schedule, args, "
+                                 "kwargs, options}")
+    return {name: _entry("%s[%r]" % (label, name), entry) for name, entry in value.items()}
+
+
+def _entry(label, entry):
+    unknown = sorted(set(entry) - set(_ENTRY_KEYS), key=str) if isinstance(entry, dict) else 0
+    if unknown != [] or "task" not in entry or "schedule" not in entry:
+        raise _bad(label, entry, "expected a dict with task and schedule, and maybe args, "
+                                 "kwargs, options")
+    if not isinstance(entry["task"], str) or not entry["task"]:
+        raise _bad(label + "['task']", entry["task"], "expected a non-empty string")
+    if entry.get("relative", False) is not False:
+        raise _bad(label + "['relative']", entry["relative"],
+                   "not supported: a schedule counts from the entry's last send")
+    args, kwargs = entry.get("args", ()), entry.get("kwargs", {})
+    if not isinstance(args, (list, tuple)):
+        raise _bad(label + "['args']", args, "expected a list or tuple")
+    if not isinstance(kwargs, dict):
+        raise _bad(label + "['kwargs']", kwargs, "expected a dict")
+    options = entry.get("options", {})
+    try:
+        every = as_schedule(entry["schedule"])
+        if not isinstance(options, dict):
+            raise ConfigurationError("expected a dict of call options")
+        options = check_call_options(None, options)
+    except ConfigurationError as exc:
+        raise ConfigurationError("%s: %s" % (label, exc)) from None
+    return {"task": entry["task"], "schedule": every, "args": tuple(args),
+            "kwargs": dict(kwargs), "options": options}
+
+
+def _bad(label, value, expected):
+    text = repr(value)
+    return ConfigurationError("%s=%s: %s" % (label, text if len(text) <= 100 else
+                                             text[:97] + "...", expected))
 
 
 class crontab:
