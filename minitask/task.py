@@ -14,11 +14,14 @@ object pickles as a reference by name, never as code.
 
 import datetime
 import inspect
+import os
+import socket
 import threading
 
 from . import registry as _registry_module
 from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
+from .message import from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
     workflows_refused
 from .result import AsyncResult as _AsyncResult
@@ -71,6 +74,7 @@ class Request:
     `called_directly` (True when the task was called as a plain function), `timelimit`
     (hard, soft), `ignore_result`, `correlation_id` and `root_id` (the id: minitask has no
     parent tasks yet), `parent_id` and `group` (None). `get(name, default)` as in Celery.
+    Made for every task run, so what few tasks ask for is worked out only when asked.
     """
 
     parent_id = None
@@ -79,8 +83,7 @@ class Request:
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
-                 injected=(), eta=None, expires=None, hostname=None, called_directly=False,
-                 timelimit=(None, None), ignore_result=False):
+                 injected=(), eta=0.0, expires=0.0, called_directly=False, task_object=None):
         self.id = id
         self.name = self.task = name
         self.args = args
@@ -93,12 +96,37 @@ class Request:
         self.routing_key = routing_key
         self.priority = priority
         self.injected = frozenset(injected)
-        self.eta = eta
-        self.expires = expires
-        self.hostname = hostname
         self.called_directly = called_directly
-        self.timelimit = tuple(timelimit)
-        self.ignore_result = ignore_result
+        self._eta = eta                 # epoch seconds, 0 = none
+        self._expires = expires
+        self._task = task_object
+
+    @property
+    def eta(self):
+        return from_epoch(self._eta).isoformat() if self._eta else None
+
+    @property
+    def expires(self):
+        return from_epoch(self._expires).isoformat() if self._expires else None
+
+    @property
+    def hostname(self):
+        """The worker's name (``-n``) in its pool processes; this machine's for an eager run;
+        None for a direct call (as in Celery)."""
+        if self.called_directly:
+            return None
+        name = None if self.is_eager else os.environ.get("MINITASK_WORKER_HOSTNAME")
+        return name or socket.gethostname()
+
+    @property
+    def timelimit(self):
+        if self._task is None:
+            return (None, None)
+        return (self._task.effective("time_limit"), self._task.effective("soft_time_limit"))
+
+    @property
+    def ignore_result(self):
+        return bool(self._task is not None and self._task.ignore_result)
 
     @property
     def delivery_info(self):

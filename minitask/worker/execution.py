@@ -11,8 +11,6 @@ REVOKED when the task expired before it could start.
 """
 
 import logging
-import os
-import socket
 import time
 import traceback
 
@@ -21,8 +19,8 @@ from ..exceptions import (
     ContentDisallowed, NotRegistered, ProtocolError, RetryTaskError, SerializationError,
     TaskRevokedError,
 )
-from ..message import ResultMeta, TaskMessage, encode_result_meta, from_epoch
-from ..task import Request, default_kwargs_for, pop_request, push_request, registry
+from ..message import ResultMeta, TaskMessage, encode_result_meta
+from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
 
@@ -56,23 +54,38 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
     push_request(Request(
         message.id, task.name, message.args, kwargs, message.retries, is_eager, logfile,
         loglevel, message.exchange, message.routing_key, message.priority, injected,
-        eta=_iso(message.eta), expires=_iso(message.expires), hostname=_hostname(is_eager),
-        timelimit=(task.effective("time_limit"), task.effective("soft_time_limit")),
-        ignore_result=task.ignore_result))
+        message.eta, message.expires, task_object=task))
+    hooks = _hooks_of(task)
     started = time.perf_counter()
     try:
         try:
-            task.before_start(message.id, message.args, message.kwargs)
+            if "before_start" in hooks:
+                task.before_start(message.id, message.args, message.kwargs)
             value = task(*message.args, **kwargs)
             outcome = Outcome("SUCCESS", value, None, time.perf_counter() - started)
         except RetryTaskError as exc:
             outcome = _retried(exc, started)
         except (Exception, SystemExit) as exc:     # the task's failure is its result
             outcome = _failed(task, exc, started)
-        _call_hooks(task, message, outcome)
+        if hooks:
+            _call_hooks(task, message, outcome)
         return outcome
     finally:
         pop_request()
+
+
+_HOOKS = ("before_start", "on_success", "on_retry", "on_failure", "after_return")
+_hooked = {}                            # Task subclass -> the hooks it overrides
+
+
+def _hooks_of(task):
+    """The hooks `task`'s class overrides (most override none: then none is called)."""
+    cls = type(task)
+    hooks = _hooked.get(cls)
+    if hooks is None:
+        hooks = _hooked[cls] = frozenset(
+            name for name in _HOOKS if getattr(cls, name) is not getattr(Task, name))
+    return hooks
 
 
 def _retried(exc, started):
@@ -141,18 +154,6 @@ def _call_hooks(task, message, outcome):
             getattr(task, hook)(*arguments)
         except Exception:               # the user's hook; the task's outcome stands
             logger.exception("Task %s[%s] %s() raised", task.name, task_id, hook)
-
-
-def _iso(epoch):
-    return from_epoch(epoch).isoformat() if epoch else None
-
-
-def _hostname(is_eager):
-    """The worker's name in a pool process (its environment says), else this machine's."""
-    name = os.environ.get("MINITASK_WORKER_HOSTNAME")
-    if name is None or is_eager:
-        name = socket.gethostname()
-    return name
 
 
 def _traceback_of(exc):
