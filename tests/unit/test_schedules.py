@@ -276,3 +276,78 @@ def test_a_crontab_survives_pickling_and_copying():
     if HAVE_ZONES:
         zoned = crontab(minute=1, tz="Europe/Berlin")
         assert pickle.loads(pickle.dumps(zoned)) == zoned
+
+
+# -- Celery's documented examples (the "Crontab schedules" table of its periodic-tasks guide) --
+
+def times_in(cron, start, end):
+    """Every time of `cron` from `start` up to `end` (epoch seconds), as naive UTC datetimes."""
+    found, when = [], start - 1
+    while True:
+        when = cron.next_after(when)
+        if when >= end:
+            return found
+        found.append(utc(when))
+
+
+JAN_2024 = (at(2024, 1, 1), at(2024, 2, 1))      # 2024-01-01 is a Monday
+
+
+def test_celerys_every_minute_and_daily_at_midnight():
+    minutes = times_in(crontab(tz="UTC"), at(2024, 1, 1), at(2024, 1, 1, 1))
+    assert len(minutes) == 60 and minutes[1] - minutes[0] == datetime.timedelta(minutes=1)
+    assert times_in(crontab(minute=0, hour=0, tz="UTC"), at(2024, 1, 1), at(2024, 1, 4)) == [
+        datetime.datetime(2024, 1, day) for day in (1, 2, 3)]
+
+
+def test_celerys_every_three_hours_in_two_spellings():
+    hours = [t.hour for t in times_in(crontab(minute=0, hour="*/3", tz="UTC"),
+                                      at(2024, 1, 1), at(2024, 1, 2))]
+    assert hours == [0, 3, 6, 9, 12, 15, 18, 21]
+    assert crontab(minute=0, hour="*/3") == crontab(minute=0, hour="0,3,6,9,12,15,18,21")
+
+
+def test_celerys_every_quarter_hour_and_every_minute_on_sundays():
+    assert len(times_in(crontab(minute="*/15", tz="UTC"), at(2024, 1, 1), at(2024, 1, 2))) == 96
+    sundays = times_in(crontab(day_of_week="sunday", tz="UTC"), *JAN_2024)
+    assert len(sundays) == 4 * 1440 and {t.weekday() for t in sundays} == {6}
+    assert crontab(day_of_week="sunday") == crontab(minute="*", hour="*", day_of_week="sun")
+
+
+def test_celerys_every_ten_minutes_at_three_hours_on_thursdays_and_fridays():
+    times = times_in(crontab(minute="*/10", hour="3,17,22", day_of_week="thu,fri", tz="UTC"),
+                     *JAN_2024)
+    assert {t.weekday() for t in times} == {3, 4} and {t.hour for t in times} == {3, 17, 22}
+    assert {t.minute for t in times} == {0, 10, 20, 30, 40, 50}
+    assert len(times) == 8 * 3 * 6             # 8 Thursdays and Fridays in January 2024
+
+
+@pytest.mark.parametrize("hour, expected", [
+    ("*/2,*/3", set(range(24)) - {1, 5, 7, 11, 13, 17, 19, 23}),
+    ("*/5", {0, 5, 10, 15, 20}),
+    ("*/3,8-17", {0, 3, 6, 9, 12, 15, 18, 21} | set(range(8, 18))),
+])
+def test_celerys_hour_lists_and_steps(hour, expected):
+    day = times_in(crontab(minute=0, hour=hour, tz="UTC"), at(2024, 1, 1), at(2024, 1, 2))
+    assert {t.hour for t in day} == expected
+
+
+@pytest.mark.parametrize("fields, days", [
+    ({"day_of_month": "2"}, {(month, 2) for month in range(1, 13)}),
+    ({"day_of_month": "2-30/2"}, None),
+    ({"day_of_month": "1-7,15-21"}, None),
+    ({"day_of_month": "11", "month_of_year": "5"}, {(5, 11)}),
+    ({"month_of_year": "*/3"}, None),
+])
+def test_celerys_days_of_the_month_and_months(fields, days):
+    times = times_in(crontab(0, 0, tz="UTC", **fields), at(2024, 1, 1), at(2025, 1, 1))
+    found = {(t.month, t.day) for t in times}
+    assert all(t.hour == 0 and t.minute == 0 for t in times)
+    if days is not None:
+        assert found == days
+    elif fields.get("day_of_month") == "2-30/2":
+        assert {day for _, day in found} == set(range(2, 31, 2))
+    elif fields.get("day_of_month") == "1-7,15-21":
+        assert {day for _, day in found} == set(range(1, 8)) | set(range(15, 22))
+    else:                                       # the first month of every quarter, every day
+        assert {month for month, _ in found} == {1, 4, 7, 10} and len(found) == 31 + 30 + 31 + 31
