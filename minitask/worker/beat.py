@@ -6,8 +6,8 @@ before it runs out) lets exactly one of them send, and another takes over within
 time of the holder dying. The time each entry was last sent is a durable broker setting
 (KV_SET), sent with the task itself as one ATOMIC unit that the broker journals as one record,
 so a restart of the worker or the broker, even a crash mid-write, neither skips nor repeats a
-beat. After a long pause an entry that missed
-several beats is sent once, not once per beat missed.
+beat. After a long pause an entry that missed several beats is sent once, not once per beat
+missed.
 
 An interval is sent as soon as the beat first meets it. A crontab is not (it waits for its
 next time, as Celery's beat does): the first holder to meet it writes "now" as its last run,
