@@ -135,6 +135,10 @@ def run_status(args):
     print("journal %s (fsync %s), %d results, %d revoked, %d unroutable" % (
         _size(broker["journal_bytes"]) if broker["persistent"] else "off (--no-persist)",
         broker["fsync"], broker["results"], broker["revoked"], broker["unroutable"]))
+    if broker.get("journal_faults"):        # a broker before format 2 does not say
+        lost = broker.get("journal_records_lost", 0)
+        print("journal faults found at start: %d, %d record%s lost (see the broker's log)"
+              % (broker["journal_faults"], lost, "" if lost == 1 else "s"))
     rows = [(q["name"], q["ready"], q["unacked"], q["delayed"], q["dead"], q["consumers"])
             for q in report["queues"] if not q["name"].startswith("mt.gen-")]
     print()

@@ -70,6 +70,15 @@ yet (``acks_late``).
     content_type str8
     payload      the rest: the serialized result meta (see minitask.result)
 
+3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1) or a
+KV_SET (JSON) with seq 0; at least 1 and at most 64 of them. The broker applies them in
+order as one unit: one journal record holds everything they write, so a crash keeps all of
+it or none of it (a periodic task's send and the record of when it was sent). One reply for
+the unit: CONFIRM of the ATOMIC's seq once that record is written, or one ERROR (with the
+code the failing command would have had, or 507 for a failed journal write), in which case
+nothing of the unit took effect. A frame of another type, a seq other than 0, or bodies that
+do not add up to whole frames are ERROR 400.
+
 4. Commands (client -> broker) and their replies
 -----------------------------------------------
 ``type``  name              body    reply
@@ -91,6 +100,7 @@ yet (``acks_late``).
 0x24      ACK               3.3     none
 0x25      REJECT            3.3     none
 0x26      START             3.3     none
+0x27      ATOMIC            3.5     CONFIRM, or ERROR (the unit's first failure)
 0x30      RESULT_SET        3.4     CONFIRM (when seq != 0)
 0x31      RESULT_GET        JSON    RESULT
 0x32      RESULT_WAIT       JSON    RESULT once the state is final, or at the timeout
@@ -112,7 +122,13 @@ JSON arguments (``?`` = optional, with its default):
 
 - HELLO ``{"protocol": 1, "client": str?, "nonce": hex str?, "heartbeat": s? (0 = off),
   "worker": {hostname, pid, concurrency, queues, ...}?}``; WELCOME ``{"protocol": 1,
-  "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?}``.
+  "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
+  ``features`` names the commands added since protocol 1 first shipped that this broker
+  knows (``"atomic"``: ATOMIC). A client uses such a command only when the broker names it:
+  an older broker, which sends no ``features``, answers an unknown command with ERROR 405
+  and closes the connection. A broker ignores HELLO keys it does not know and a client
+  ignores WELCOME keys it does not know, so an older client simply never uses the newer
+  commands.
   CHALLENGE ``{"nonce": hex}``; AUTH ``{"proof": hex}`` (see 6).
 - DECLARE_EXCHANGE ``{"exchange", "type": "direct"|"topic"|"fanout"|"headers",
   "durable": true?, "auto_delete": false?, "passive": false?}``; DELETE_EXCHANGE
@@ -198,7 +214,7 @@ __all__ = [
     "message_id_of", "headers_of",
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "encode_error", "decode_error", "error_for",
-    "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
+    "encode_atomic", "decode_atomic", "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
 ]
 
 PROTOCOL_VERSION = 1
@@ -213,6 +229,7 @@ HELLO, AUTH, HEARTBEAT, CLOSE = 0x01, 0x03, 0x05, 0x06
 DECLARE_EXCHANGE, DELETE_EXCHANGE, DECLARE_QUEUE = 0x10, 0x11, 0x12
 BIND, UNBIND, PURGE, DELETE_QUEUE = 0x13, 0x14, 0x15, 0x16
 PUBLISH, CONSUME, CANCEL, QOS, ACK, REJECT, START = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
+ATOMIC = 0x27
 RESULT_SET, RESULT_GET, RESULT_WAIT, RESULT_FORGET = 0x30, 0x31, 0x32, 0x33
 REVOKE, CLAIM = 0x34, 0x35
 STATUS, LEASE, KV_SET, KV_GET, REVOKED = 0x40, 0x41, 0x42, 0x43, 0x44
@@ -225,7 +242,8 @@ COMMAND_NAMES = {
     DECLARE_EXCHANGE: "DECLARE_EXCHANGE", DELETE_EXCHANGE: "DELETE_EXCHANGE",
     DECLARE_QUEUE: "DECLARE_QUEUE", BIND: "BIND", UNBIND: "UNBIND", PURGE: "PURGE",
     DELETE_QUEUE: "DELETE_QUEUE", PUBLISH: "PUBLISH", CONSUME: "CONSUME", CANCEL: "CANCEL",
-    QOS: "QOS", ACK: "ACK", REJECT: "REJECT", START: "START", RESULT_SET: "RESULT_SET",
+    QOS: "QOS", ACK: "ACK", REJECT: "REJECT", START: "START", ATOMIC: "ATOMIC",
+    RESULT_SET: "RESULT_SET",
     RESULT_GET: "RESULT_GET", RESULT_WAIT: "RESULT_WAIT", RESULT_FORGET: "RESULT_FORGET",
     REVOKE: "REVOKE", CLAIM: "CLAIM", STATUS: "STATUS", LEASE: "LEASE", KV_SET: "KV_SET",
     KV_GET: "KV_GET", REVOKED: "REVOKED", WELCOME: "WELCOME", CHALLENGE: "CHALLENGE",
@@ -516,6 +534,44 @@ def decode_deliver(body):
 # --- acks, rejects, starts (3.3) ----------------------------------------------------------
 
 _TAGS_HEAD = struct.Struct("!BI")
+
+
+# --- ATOMIC (3.5) --------------------------------------------------------------------------
+
+ATOMIC_COMMANDS = (PUBLISH, KV_SET)
+MAX_ATOMIC_FRAMES = 64
+# What WELCOME's "features" lists: commands a client may use only when the broker names them.
+FEATURES = ("atomic",)
+
+
+def encode_atomic(seq, frames):
+    """A whole ATOMIC frame around `frames` (whole encoded frames, each with seq 0)."""
+    body = b"".join(frames)
+    return HEADER.pack(len(body), ATOMIC, seq) + body
+
+
+def decode_atomic(body):
+    """``[(type, body)]`` of the frames an ATOMIC body holds; ProtocolError if malformed."""
+    frames, offset, end = [], 0, len(body)
+    while offset < end:
+        if end - offset < HEADER.size:
+            raise ProtocolError("ATOMIC body ends inside a frame header")
+        length, kind, seq = HEADER.unpack_from(body, offset)
+        stop = offset + HEADER.size + length
+        if stop > end:
+            raise ProtocolError("ATOMIC body ends inside a %s frame" % command_name(kind))
+        if kind not in ATOMIC_COMMANDS:
+            raise ProtocolError("ATOMIC may hold PUBLISH and KV_SET frames, not %s"
+                                % command_name(kind))
+        if seq:
+            raise ProtocolError("a frame inside ATOMIC must have seq 0, not %d" % seq)
+        frames.append((kind, body[offset + HEADER.size:stop]))
+        offset = stop
+        if len(frames) > MAX_ATOMIC_FRAMES:
+            raise ProtocolError("ATOMIC holds more than %d frames" % MAX_ATOMIC_FRAMES)
+    if not frames:
+        raise ProtocolError("ATOMIC holds no frame")
+    return frames
 
 
 def encode_tags(kind, flags, tags, seq=0):

@@ -17,7 +17,16 @@ from .queue import StoredMessage
 from .results import ResultEntry, Waiter
 from .session import CLOSED
 
-__all__ = ["ResultCommands", "broker_meta"]
+__all__ = ["ResultCommands", "broker_meta", "kv_args", "MISSING"]
+
+# What a setting that was never set "was", for undoing a setting.
+MISSING = object()
+
+
+def kv_args(body):
+    """``(key, value)`` of a KV_SET body; ProtocolError when the key is not a short string."""
+    args = P.decode_json(body, "KV_SET")
+    return name_arg(args, "key"), args.get("value")
 
 logger = logging.getLogger(__name__)
 
@@ -168,12 +177,16 @@ class ResultCommands:
                                    "expires_in": current[1] - now})
 
     def _kv_set(self, session, seq, body):
-        args = P.decode_json(body, "KV_SET")
-        key = name_arg(args, "key")
-        self.kv[key] = args.get("value")
-        if self.persist:
-            self.records.append(jr.json_record(jr.KV, {"key": key, "value": self.kv[key]}))
+        self._set_setting(*kv_args(body))
         self._reply(session, seq, {})
+
+    def _set_setting(self, key, value):
+        """Set a durable setting; returns ``(key, previous or MISSING, value)`` to undo it."""
+        previous = self.kv.get(key, MISSING)
+        self.kv[key] = value
+        if self.persist:
+            self.records.append(jr.json_record(jr.KV, {"key": key, "value": value}))
+        return key, previous, value
 
     def _kv_get(self, session, seq, body):
         self._reply(session, seq, {"value": self.kv.get(name_arg(P.decode_json(body, "KV_GET"),

@@ -66,6 +66,8 @@ def status_report(state):
                    "fsync": journal.fsync_policy,
                    "journal_bytes": journal.total_bytes(),
                    "journal_live_bytes": journal.live_bytes(),
+                   "journal_records_lost": journal.records_lost,
+                   "journal_faults": len(journal.faults),
                    "next_message_id": state.next_message_id},
         "queues": queues,
         "exchanges": exchanges,

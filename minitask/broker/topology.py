@@ -200,7 +200,9 @@ class TopologyCommands:
             self._topology("delete_queue", queue=queue.name)
 
     def _delayed_of(self, queue):
-        return [entry[2] for entry in self._delayed
+        """Its delayed messages: in the heap, or published this turn (not in it yet)."""
+        pending = [entry for heap, entry in self._turn_timers if heap is self._delayed]
+        return [entry[2] for entry in self._delayed + pending
                 if entry[2].queue is queue and entry[2].where == DELAYED]
 
 

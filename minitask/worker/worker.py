@@ -75,6 +75,7 @@ class Worker:
         self.ready = collections.deque()
         self.held = 0
         self.buckets = {}
+        self._options = {}              # task name -> (acks_late, time_limit, soft_time_limit)
         self.revoked = {}               # task id -> when we heard (bounded)
         self.pending_frames = []        # results waiting for a connection
         self.seq = 0
@@ -323,10 +324,9 @@ class Worker:
             return
         task = registry.tasks.get(name)
         self.seq += 1
+        acks_late, time_limit, soft_time_limit = self._delivery_options(name, task)
         job = Job(self.seq, delivery.delivery_tag, task_id, name, data, delivery.redelivered,
-                  acks_late=bool(task and task.acks_late),
-                  time_limit=task.time_limit if task else None,
-                  soft_time_limit=task.soft_time_limit if task else None,
+                  acks_late=acks_late, time_limit=time_limit, soft_time_limit=soft_time_limit,
                   generation=self.consumer.generation)
         job.received_at = time.time()
         self.counts["received"] += 1
@@ -346,6 +346,22 @@ class Worker:
             self._hold(job, not_before)
             return
         self._queue(job, task)
+
+    def _delivery_options(self, name, task):
+        """``(acks_late, time_limit, soft_time_limit)`` in force for task `name`: the task's
+        own, else the TASK_* settings; worked out once per task name."""
+        options = self._options.get(name)
+        if options is None:
+            settings = self.settings
+            if task is None:            # refused in the pool process; settings decide the ack
+                options = (bool(settings.TASK_ACKS_LATE), None, None)
+            else:
+                options = (bool(task.effective("acks_late", settings)),
+                           task.effective("time_limit", settings),
+                           task.effective("soft_time_limit", settings))
+            if len(self._options) < 10000:
+                self._options[name] = options
+        return options
 
     def _queue(self, job, task=None):
         task = task or registry.tasks.get(job.task_name)

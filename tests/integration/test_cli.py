@@ -210,3 +210,34 @@ def test_control_shutdown_stops_a_worker(broker, start_worker):
     result = minitask("control", "shutdown", broker=broker)
     assert "bye:" in result.stdout
     assert worker.proc.process.wait(20) == 0
+
+
+def test_status_and_metrics_say_how_many_journal_records_were_found_lost(tmp_path):
+    """A broker started on a journal with a damaged record in the middle."""
+    from cluster import Broker
+    from minitask import protocol as P
+    from minitask.broker.http import metrics_text
+    broker = Broker(tmp_path).start()
+    try:
+        with broker.connect() as conn:
+            conn.declare_queue("q")
+            for i in range(5):
+                conn.publish(P.Message(b"body-%d" % i, routing_key="q", message_id="m%d" % i,
+                                       flags=P.PERSISTENT))
+        broker.kill()
+        segment = os.path.join(broker.data_dir, "journal", "0000000001.seg")
+        with open(segment, "rb") as handle:
+            data = handle.read()
+        at = data.index(b"body-2")
+        with open(segment, "r+b") as handle:
+            handle.seek(at)
+            handle.write(b"BODY-2")
+        broker.start()
+        table = minitask("status", broker=broker)
+        assert "journal faults found at start: 1, 1 record lost" in table.stdout
+        report = json.loads(minitask("status", "--json", broker=broker).stdout)
+        assert report["broker"]["journal_records_lost"] == 1
+        assert "minitask_journal_records_lost_total 1\n" in metrics_text(report)
+        assert "journal segment" in broker.output() and "1 record lost" in broker.output()
+    finally:
+        broker.proc.close()
