@@ -16,7 +16,7 @@ import uuid
 
 from . import control, protocol as P
 from .argtypes import comma_list, positive_seconds, seconds
-from .exceptions import ConfigurationError, MinitaskError, TimeoutError
+from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
 
 __all__ = ["add_commands", "broadcast", "format_table", "format_mapping", "duration_text"]
 
@@ -251,7 +251,6 @@ def _wait(result, timeout):
 
 
 def run_purge(args):
-    from .exceptions import BrokerError
     settings = _settings(args)
     named = list(dict.fromkeys(args.queues + args.queue_list))
     queues = [queue for queue in named or _configured_queues(settings)
@@ -496,5 +495,5 @@ def run_control(args):
     if method == "revoke":
         return 0
     refused = any(isinstance(reply, dict) and "error" in reply for reply in replies.values())
-    return 0 if replies and not refused else 1
+    return 1 if refused else 0
 

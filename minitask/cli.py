@@ -45,8 +45,6 @@ class _Parser(argparse.ArgumentParser):
         raise _ArgumentError(self.prog.partition(" ")[2] or None, message, see_help=True)
 
 
-COMMAND_NAMES = ("broker", "worker", "demo", "status", "call", "purge", "inspect", "control",
-                 "result", "bench")
 # Options before the command that take a value (to find the command word in an argv).
 _GLOBAL_VALUED = ("-A", "--app", "-b", "--broker")
 

@@ -74,7 +74,7 @@ _COMMANDS = {
     "shell": "start python3 and import your task modules; they reach the broker by BROKER_URL",
     "report": "minitask --version tells the versions; minitask status tells the rest",
     "amqp": "minitask's broker is its own: minitask status, call, purge and result",
-    "list": "minitask status lists the queues (--json: also the exchanges and bindings)",
+    "list": "minitask status lists the queues (--json: also the exchanges)",
     "migrate": "minitask has no migrate: its broker is the only one",
     "upgrade": "minitask reads Celery's setting names in the settings module; nothing to "
                "upgrade",

@@ -116,7 +116,7 @@ def scheduled_report(state, limit):
         try:
             task_id, name, eta, _expires_at = P.task_fields(message.data)
         except ProtocolError:
-            continue                # routed, so well-formed enough; never seen, but not a task
+            continue                # checked when published; a listing must not fail for one
         out.append({"id": task_id, "name": name, "eta": eta, "queue": message.queue.name,
                     "priority": message.priority})
     return out

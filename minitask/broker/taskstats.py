@@ -16,7 +16,6 @@ counter may. Memory is bounded: past `MAX_NAMES` names, the rest are counted und
 """
 
 import bisect
-import math
 
 __all__ = ["TaskStats", "EVENTS", "RUNTIME_BUCKETS", "MAX_NAMES", "OTHER"]
 
@@ -28,6 +27,7 @@ RUNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.
                    2.5, 5.0, 7.5, 10.0, 30.0, 60.0, 300.0)
 MAX_NAMES = 1000
 OTHER = "(other)"
+_INFINITY = float("inf")
 # Types of messages that are not tasks (minitask.control's); never counted as tasks.
 _NOT_TASKS = (b"minitask.control", b"minitask.control.reply")
 
@@ -67,16 +67,21 @@ class TaskStats:
             return
         counts = self._tasks.get(name)
         if counts is None:
-            if len(self._tasks) >= MAX_NAMES:
-                name = OTHER
-            counts = self._tasks.get(name)
-            if counts is None:
-                counts = self._tasks[name] = _Counts()
+            counts = self._counts_of(name)
         counts.events[index] += 1
-        if index == 1 and runtime is not None and math.isfinite(runtime) and runtime >= 0:
+        if index == 1 and runtime is not None and 0.0 <= runtime < _INFINITY:    # not NaN
             counts.buckets[bisect.bisect_left(RUNTIME_BUCKETS, runtime)] += 1
             counts.runtime_sum += runtime
             counts.runtime_count += 1
+
+    def _counts_of(self, name):
+        """The counts of a name not seen yet (of OTHER once there are MAX_NAMES)."""
+        if len(self._tasks) >= MAX_NAMES:
+            name = OTHER
+        counts = self._tasks.get(name)
+        if counts is None:
+            counts = self._tasks[name] = _Counts()
+        return counts
 
     def report(self):
         """``{name: {"received": n, ..., "runtime": {"buckets": [cumulative counts, the last
