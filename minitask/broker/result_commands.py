@@ -35,11 +35,14 @@ class ResultCommands:
     """BrokerState's commands about results, revokes, handovers, leases and settings."""
 
     def _result_set(self, session, seq, body):
-        task_id, state, flags, ttl, content_type, payload = P.decode_result(body)
+        task_id, state, flags, ttl, content_type, payload, name, runtime = \
+            P.decode_result_set(body)
         if not task_id:
             raise ProtocolError("RESULT_SET needs a task_id")
         if not math.isfinite(ttl) or ttl < 0:
             raise ProtocolError("RESULT_SET time to live must be a finite number of seconds")
+        # An older worker does not describe its results: name those the broker knows.
+        self.task_stats.finished(name or self.handovers.names.get(task_id), state, runtime)
         if self.handovers.finish(task_id) and self.persist and not flags & P.STORE:
             self.records.append(jr.names_record(jr.FINISHED, [task_id]))
         if flags & P.STORE:
@@ -197,9 +200,11 @@ class ResultCommands:
             self.journal.untrack(entry)
 
     def _worker_lost(self, task_id, now):
+        name = self.handovers.names.pop(task_id, None)
         entry = self.results.get(task_id)
         if entry is not None and entry.state in P.READY_STATES:
             return
+        self.task_stats.finished(name, "FAILURE")
         logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
         content_type, payload = broker_meta(
             task_id, "FAILURE", WorkerLostError("the worker running the task was lost"), now)

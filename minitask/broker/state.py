@@ -40,11 +40,15 @@ from .result_commands import MISSING, ResultCommands, broker_meta
 from .results import Handovers, ResultStore, Revoked
 from .routing import Exchange
 from .session import CLOSED, OPEN, Consumer, Session
+from .taskstats import TaskStats
 from .topology import TopologyCommands, dead_letter_name
 
 __all__ = ["BrokerState", "BrokerOptions", "auth_proof", "dead_letter_name", "broker_meta"]
 
 logger = logging.getLogger(__name__)
+
+# STATUS lists at most this many of the broker's countdowns (its delayed messages).
+MAX_SCHEDULED_LISTED = 10000
 
 
 class BrokerOptions:
@@ -99,6 +103,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         self.started_at = clock()
         self.recent_failures = []       # (time, task id), newest last
         self._throttle = Throttle(clock=clock)
+        self.task_stats = TaskStats()   # per task name, for /metrics
         self._handlers = {
             P.DECLARE_EXCHANGE: self._declare_exchange, P.DELETE_EXCHANGE: self._delete_exchange,
             P.DECLARE_QUEUE: self._declare_queue, P.BIND: self._bind, P.UNBIND: self._unbind,
@@ -222,6 +227,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         now = self.clock()
         expires_at = fields.expires_at
         if expires_at and expires_at <= now:
+            self._count_dropped(data)
             self._task_revoked(fields.message_id, "expired before it was queued")
             self._confirmable(session, seq)
             return
@@ -435,6 +441,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         revoked = self.revoked.ids
         encode = P.encode_deliver
         outgoing = self.outgoing
+        count_received = self.task_stats.received
+        type_of = P.type_bytes_of
         while idle < count and queue.ready and given < limit:
             consumer = consumers[index]
             index = (index + 1) % count
@@ -453,6 +461,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
                     continue
             task_id = P.message_id_of(message.data)
             if revoked and task_id in revoked:
+                self._count_dropped(message.data)
                 self._task_revoked(task_id, "revoked")
                 self._retire(message)
                 continue
@@ -474,6 +483,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
                     delivered.append(message.id)
                 if task_id and task_id not in results_inflight:
                     results_inflight[task_id] = "RECEIVED"
+                count_received(type_of(message.data))
             frame = encode(tag, consumer.tag, message.deliveries > 1, message.deliveries,
                            message.data)
             session.out.append(frame)
@@ -539,8 +549,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
             self.records.append(jr.ids_record(jr.ACK, ids))
 
     def _expire(self, message):
+        self._count_dropped(message.data)
         self._task_revoked(P.message_id_of(message.data), "expired")
         self._retire(message)
+
+    def _count_dropped(self, data):
+        """A task's message is dropped unrun (revoked, expired): counted as revoked."""
+        self.task_stats.finished(P.type_bytes_of(data).decode("utf-8", "replace"), "REVOKED")
 
     # -- acks ------------------------------------------------------------------------------------
 
@@ -623,8 +638,31 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         session.close_after_flush()
 
     def _status(self, session, seq, body):
-        from .status import status_report
-        self._reply(session, seq, status_report(self))
+        from .status import scheduled_report, status_report
+        scheduled = P.decode_json(body, "STATUS").get("scheduled")
+        if scheduled is not None and (not isinstance(scheduled, int) or isinstance(scheduled, bool)
+                                      or not 0 <= scheduled <= MAX_SCHEDULED_LISTED):
+            raise ProtocolError("'scheduled' must be a whole number from 0 to %d"
+                                % MAX_SCHEDULED_LISTED)
+        report = status_report(self)
+        if scheduled is not None:
+            report["scheduled"] = scheduled_report(self, scheduled)
+        self._reply(session, seq, report)
+
+    def delayed_messages(self, limit):
+        """Up to `limit` delayed messages, soonest first, found without disturbing the heap:
+        a walk of its tree that only ever opens the children of what it has taken."""
+        heap = self._delayed
+        out = []
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier and len(out) < limit:
+            entry, index = heapq.heappop(frontier)
+            if entry[2].where == DELAYED:
+                out.append(entry[2])
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
     # -- time ------------------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ class TopologyCommands:
             self._check_exclusive(session, queue)
         elif queue is None:
             if not name:
-                name = "mt.gen-%s" % os.urandom(8).hex()
+                name = P.GENERATED_QUEUE_PREFIX + os.urandom(8).hex()
                 args = dict(args, exclusive=True, durable=False, auto_delete=True)
             owner = session if args.get("exclusive") else None
             queue = self._make_queue(name, args, owner)

@@ -248,7 +248,7 @@ def _executed(task_id, name, state, result, tb, runtime, serializer, summary, re
         state, summary = meta.status, "result not serializable: %s" % meta.result
         logger.error("Task %s[%s] %s", name, task_id, summary)
     frame = protocol.encode_result(protocol.RESULT_SET, 0, task_id, state, protocol.STORE, 0.0,
-                                   content_type, payload)
+                                   content_type, payload, name, runtime)
     return Executed(state, frame, runtime, task_id, name, summary)
 
 

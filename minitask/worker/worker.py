@@ -248,7 +248,7 @@ class Worker:
         if handed_over:
             self.consumer.claim(handed_over)
         for frame in self.pending_frames:
-            self.consumer.send(frame)
+            self.consumer.send_result(frame)
         self.pending_frames = []
         for delivery in early:
             self._receive(delivery)
@@ -451,19 +451,23 @@ class Worker:
             if same_connection:
                 self.consumer.reject(job.tag)
             return
-        state, frame = report[0], report[1]
+        state, frame, runtime = report[0], report[1], report[2]
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
-        if frame is None and job.handed_over:
-            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"")
+        # Nothing to store (ignore_result): a task handed over must still be finished, and a
+        # broker that counts per task name must still hear how it ended.
+        if frame is None and (job.handed_over or self.consumer.describes_results):
+            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"",
+                                    job.task_name, runtime)
         if frame is not None:
             self._send_frame(frame)
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
     def _send_frame(self, frame):
+        """Send a RESULT_SET now, or once connected again."""
         if self.consumer.connected:
-            self.consumer.send(frame)
+            self.consumer.send_result(frame)
         else:
             self.pending_frames.append(frame)
 
@@ -477,7 +481,7 @@ class Worker:
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         self._send_frame(P.encode_result(P.RESULT_SET, 0, job.task_id, state, P.STORE, 0.0,
-                                         content_type, payload))
+                                         content_type, payload, job.task_name))
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)

@@ -68,8 +68,10 @@ def stored(executed):
     length, kind, seq = protocol.HEADER.unpack_from(executed.frame)
     assert kind == protocol.RESULT_SET
     assert length == len(executed.frame) - protocol.HEADER.size
-    task_id, state, _flags, _time, content_type, payload = protocol.decode_result(
-        executed.frame[protocol.HEADER.size:])
+    task_id, state, _flags, _time, content_type, payload, name, runtime = \
+        protocol.decode_result_set(executed.frame[protocol.HEADER.size:])
+    assert name == executed.task_name           # described, for the broker's counts
+    assert runtime is None or runtime == executed.runtime
     return task_id, state, decode_result_meta(task_id, state, content_type, payload)
 
 
