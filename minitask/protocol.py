@@ -657,7 +657,7 @@ def decode_result_set(body):
     task_name = runtime = None
     if flags & DESCRIBED:
         try:
-            task_name, offset = _read_str8(body, offset)
+            task_name, offset = _str8_at(body, offset)
             (runtime,) = _F64.unpack_from(body, offset)
         except (struct.error, IndexError, UnicodeDecodeError) as exc:
             raise ProtocolError("malformed result description: %s" % (exc,)) from None
