@@ -304,10 +304,11 @@ def worker_overrides(args):
 def _run_worker(args):
     from .config import configure
     from .loaders import current_loader
-    from .worker import Worker
+    from .worker import Worker, djangofixup
     overrides = {key: value for key, value in worker_overrides(args).items()
                  if value is not None}
     settings = configure(**overrides)
+    djangofixup.setup()                 # before any tasks module: they may import models
     _setup_logging(settings.LOGLEVEL, settings.LOGFILE)
     loader = current_loader()
     loader.on_worker_init()

@@ -87,7 +87,7 @@ do not add up to whole frames are ERROR 400.
 ``type``  name              body    reply
 0x01      HELLO             JSON    WELCOME, or CHALLENGE when a secret is required
 0x03      AUTH              JSON    WELCOME, or ERROR 401 and close
-0x05      HEARTBEAT         empty   none (either side may send it at any time)
+0x05      HEARTBEAT         empty*  none (either side may send it at any time)
 0x06      CLOSE             empty   none; the broker closes after flushing its replies
 0x10      DECLARE_EXCHANGE  JSON    OK {}
 0x11      DELETE_EXCHANGE   JSON    OK {}
@@ -155,6 +155,9 @@ JSON arguments (``?`` = optional, with its default):
   the ids until the results expire, drops queued messages of those tasks, marks them REVOKED
   and tells every worker through the control exchange.
 - CLAIM ``{"task_ids": [...]}``: a worker that reconnects names the tasks it is still running.
+- HEARTBEAT (*) from a worker may carry ``{"worker": {...}}``: its HELLO ``worker`` object
+  as it is now (say ``"state": "degraded"``), which STATUS shows from then on. A broker
+  before this one ignores the body. At most 4 KiB.
 - STATUS ``{"scheduled": n?}``: queues, exchanges, workers and counts; with ``scheduled``,
   also the first n (at most 10000) messages the broker holds until their ``not_before``,
   soonest first, as ``"scheduled": [{"id", "name", "eta", "queue", "priority"}]``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,

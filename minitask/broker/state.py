@@ -631,7 +631,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
     # -- connection-level commands ---------------------------------------------------------------
 
     def _heartbeat(self, session, seq, body):
-        pass
+        if body and session.info:
+            # A worker telling how it is now (its HELLO object, updated): status shows it.
+            if len(body) > P.MAX_HANDSHAKE_BYTES:
+                raise ProtocolError("HEARTBEAT body over %d bytes" % P.MAX_HANDSHAKE_BYTES)
+            worker = P.decode_json(body, "HEARTBEAT").get("worker")
+            if isinstance(worker, dict):
+                session.info = worker
 
     def _close(self, session, seq, body):
         session.close_after_flush()
