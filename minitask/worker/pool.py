@@ -561,7 +561,7 @@ class _ChildRunner:
             raise SoftTimeLimitExceeded("soft time limit exceeded")
 
     def run(self):
-        self.setup()
+        """Run jobs until the inbox closes (after `setup`)."""
         accept = self.config.accept
         shm, base = self.shm, self.base
         while True:

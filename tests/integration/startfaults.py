@@ -29,3 +29,19 @@ class FailingWorkerInit(DefaultLoader):
         if in_pool_process():
             raise RuntimeError("the worker's start-up hook cannot run twice")
         super().on_worker_init()
+
+
+class RecordingLoader(DefaultLoader):
+    """Notes which hook ran in which process, in ``<ITTASKS_DIR>/hooks.log``."""
+
+    def _note(self, hook):
+        path = os.path.join(os.environ["ITTASKS_DIR"], "hooks.log")
+        with open(path, "a") as handle:
+            handle.write("%s %s\n" % (multiprocessing.current_process().name, hook))
+
+    def on_worker_init(self):
+        self._note("on_worker_init")
+        super().on_worker_init()
+
+    def on_worker_process_init(self):
+        self._note("on_worker_process_init")

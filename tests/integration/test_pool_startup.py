@@ -6,6 +6,9 @@ runs it again (forkserver), and a loader's ``on_worker_process_init`` that fails
 the test where the fault goes away).
 """
 
+import subprocess
+import sys
+
 import pytest
 
 import ittasks
@@ -82,6 +85,11 @@ def test_a_worker_whose_new_pool_process_cannot_start_hands_back_its_tasks_and_r
     assert "startfaults.py, line" in degraded["degraded"]
     assert degraded["taking_tasks"] is False
     assert status_of(broker, worker.name)["state"] == "degraded"
+    shown = subprocess.run([sys.executable, "-m", "minitask", "status", "--broker", broker.url],
+                           stdout=subprocess.PIPE, text=True, timeout=30).stdout
+    assert [line.split()[-1] for line in shown.splitlines()
+            if line.startswith("w1 ") and "is degraded" not in line] == ["degraded"]
+    assert "w1 is degraded: RuntimeError: the licence server is unreachable" in shown
     assert running.get(timeout=10) == 0.5
     queue = broker.queue()
     assert (queue["ready"], queue["unacked"], queue["consumers"]) == (3, 0, 0)
@@ -102,3 +110,16 @@ def test_pool_processes_a_worker_spawns_do_not_warn_about_its_own_variables(brok
     worker = start_worker(args=["--start-method", "spawn", "-c", "1"])
     assert ittasks.add.delay(3, 4).get(timeout=20) == 7
     assert "ignoring environment variable" not in worker.output()
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_every_pool_process_runs_the_loaders_hooks_its_start_method_needs(
+        broker, start_worker, tmp_path, method):
+    start_worker(args=["--start-method", method, "-c", "1"],
+                 env={"MINITASK_LOADER": "startfaults.RecordingLoader"})
+    assert ittasks.add.delay(1, 1).get(timeout=20) == 2
+    hooks = (tmp_path / "hooks.log").read_text().splitlines()
+    # a forked process has the worker's set-up already; the others replay it
+    replayed = [] if method == "fork" else ["minitask-pool-1 on_worker_init"]
+    assert hooks == ["MainProcess on_worker_init"] + replayed + [
+        "minitask-pool-1 on_worker_process_init"]
