@@ -141,8 +141,8 @@ class Consumer:
     def pause(self):
         """Stop taking tasks, keeping the queues to take them from when resumed."""
         self.paused = True
-        for tag in list(self.consumer_tags):
-            if self.connected:
+        if self.connected:
+            for tag in self.consumer_tags:
                 self.out += P.encode_json(P.CANCEL, 0, {"consumer_tag": tag})
         self.consumer_tags = {}
 

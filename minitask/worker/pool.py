@@ -36,6 +36,7 @@ import select
 import signal
 import struct
 import sys
+import sysconfig
 import time
 import traceback
 
@@ -486,7 +487,10 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
         runner.setup()
     except Exception as exc:            # the user's modules or loader: report it, once
         logger.debug("pool process could not start", exc_info=True)
-        runner.send(("failed", start_failure(exc)))
+        try:
+            runner.send(("failed", start_failure(exc)))
+        except OSError:
+            pass                        # the worker is gone: nobody to tell
         sys.exit(START_FAILED_EXIT)
     runner.send(("ready", os.getpid()))
     runner.run()
@@ -495,17 +499,28 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
 def start_failure(exc):
     """One line on why a child could not set up: the error and where in the user's code.
 
-    A loader's ConfigurationError already names the module; the innermost frame outside
-    minitask and importlib (the line that failed) is added when the message lacks it.
+    A loader's ConfigurationError already names the module; the innermost frame of the
+    project's own code (not minitask's, the standard library's or an installed package's)
+    is added when the message lacks it: that is the line to look at.
     """
     cause = exc.__cause__ or exc
     text = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    elsewhere = _not_the_projects()
     frames = [frame for frame in traceback.extract_tb(cause.__traceback__)
-              if not frame.filename.startswith(("<", here))]
+              if not frame.filename.startswith(elsewhere)]
     if frames and "line %d" % frames[-1].lineno not in text:
         text += " (%s, line %d)" % (frames[-1].filename, frames[-1].lineno)
     return text
+
+
+def _not_the_projects():
+    """Where code that is not the project's lives: frozen modules, minitask, the standard
+    library and installed packages (a virtual environment's and its base Python's)."""
+    paths = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    for base in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        found = sysconfig.get_paths(vars=base)
+        paths.update(found[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    return ("<",) + tuple(sorted(paths))
 
 
 class _ChildRunner:
@@ -588,12 +603,12 @@ class _ChildRunner:
                                      TaskRevokedError("revoked before it started"), None, 0.0,
                                      "json", "revoked")
             else:
+                if self.django:
+                    djangofixup.before_task()
                 self.current = seq
                 shm[base] = float(seq)
                 shm[base + 1] = time.time()
                 shm[base + 2] = 1.0
-                if self.django:
-                    djangofixup.before_task()
                 try:
                     executed = self.execute(data, accept, self.config.logfile,
                                             self.config.loglevel, on_failure=self.on_failure)

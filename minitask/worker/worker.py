@@ -629,11 +629,12 @@ class Worker:
 
     def _info(self):
         """What this worker says about itself to the broker (HELLO, and status)."""
-        info = worker_info(self.hostname, self.concurrency, self.queues)
-        info["state"] = "ok" if self.degraded is None else "degraded"
-        if self.degraded is not None:
-            info["degraded"] = self.degraded
-        return info
+        return dict(worker_info(self.hostname, self.concurrency, self.queues), **self._health())
+
+    def _health(self):
+        if self.degraded is None:
+            return {"state": "ok"}
+        return {"state": "degraded", "degraded": self.degraded}
 
     def _hand_back_unstarted(self):
         """Warm shutdown: stop consuming; everything not started goes back to the broker."""
@@ -705,14 +706,10 @@ class Worker:
         logger.info("worker %s stopped", self.hostname)
 
     def stats(self):
-        stats = {"hostname": self.hostname, "pid": os.getpid(),
-                 "concurrency": self.concurrency, "queues": list(self.queues),
-                 "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
-                 "counts": dict(self.counts), "start_method": self.pool.start_method,
-                 "pool": [child.pid for child in self.pool.alive()],
-                 "broker": self.settings.BROKER_URL, "taking_tasks": self.taking_tasks,
-                 "state": "ok" if self.degraded is None else "degraded",
-                 "start_failures": self.start_failures}
-        if self.degraded is not None:
-            stats["degraded"] = self.degraded
-        return stats
+        return dict({"hostname": self.hostname, "pid": os.getpid(),
+                     "concurrency": self.concurrency, "queues": list(self.queues),
+                     "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
+                     "counts": dict(self.counts), "start_method": self.pool.start_method,
+                     "pool": [child.pid for child in self.pool.alive()],
+                     "broker": self.settings.BROKER_URL, "taking_tasks": self.taking_tasks,
+                     "start_failures": self.start_failures}, **self._health())
