@@ -155,7 +155,9 @@ class Connection:
         kernel says it belongs to a user we trust; None (use TCP) otherwise.
 
         Connecting sends no bytes, so a socket another user bound under the broker's name
-        (before it started, or while it restarted) learns nothing before we close it.
+        (before it started, or while it restarted) learns nothing before we close it. Nor
+        does it wait: with a timeout set, a listener whose backlog is full (one that never
+        accepts) fails the connect at once (EAGAIN) instead of holding the client.
         """
         name = P.local_socket_name(self.port) if _is_loopback(self.host) else None
         if name is None or not self.local:

@@ -78,7 +78,8 @@ class Limits:
 
 class _Connection:
     __slots__ = ("sock", "session", "decoder", "wbuf", "events", "partial_since", "peer",
-                 "peer_key", "handshaking", "held", "tls", "tls_pending", "heartbeat_sent",
+                 "peer_key", "handshaking", "partial_bytes", "tls", "tls_pending",
+                 "heartbeat_sent",
                  "sent_at")
 
     def __init__(self, sock, session, peer, max_handshake_bytes, peer_key=None):
@@ -91,7 +92,7 @@ class _Connection:
         self.peer = peer
         self.peer_key = peer if peer_key is None else peer_key     # whose share it uses
         self.handshaking = True         # not WELCOMEd yet: counted by Admission
-        self.held = 0                   # bytes of unfinished frames, counted by PartialFrames
+        self.partial_bytes = 0          # of unfinished frames, as counted by PartialFrames
         self.tls = self.tls_pending = isinstance(sock, ssl.SSLSocket)
         self.heartbeat_sent = 0.0
         self.sent_at = time.monotonic()     # the last time the client took some output
@@ -364,8 +365,6 @@ class BrokerServer:
                 self._refuse_socket(sock, P.UNAVAILABLE, "too many connections (limit %d)"
                                     % self.limits.max_connections, peer_text)
                 continue
-            if victim is not None:
-                self._evict(victim)
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -379,6 +378,8 @@ class BrokerServer:
                     self._log_refusal("TLS setup failed", str(exc), peer_text)
                     sock.close()
                     continue
+            if victim is not None:
+                self._evict(victim)
             # Read at once: a client sends its HELLO right after connecting, and one whose
             # HELLO is in is no longer the first to make room for newcomers (`admission`).
             self._read(self.adopt(sock, peer_text, peer_key))
@@ -509,9 +510,9 @@ class BrokerServer:
                 conn.partial_since = session.last_seen if decoder.pending_bytes else None
             elif decoder.pending_bytes and conn.partial_since is None:
                 conn.partial_since = session.last_seen
-        if decoder.pending_bytes != conn.held:
-            self.partial.hold(conn, decoder.pending_bytes)
-            conn.held = decoder.pending_bytes
+        if decoder.pending_bytes != conn.partial_bytes:
+            conn.partial_bytes = decoder.pending_bytes
+            self.partial.hold(conn, conn.partial_bytes)
 
     def _tls_handshake(self, conn):
         try:
@@ -595,9 +596,9 @@ class BrokerServer:
         if conn.session.refusal:
             self._log_refusal(conn.session.refusal, "", conn.peer)
         self.admission.remove(conn)
-        if conn.held:
+        if conn.partial_bytes:
+            conn.partial_bytes = 0
             self.partial.hold(conn, 0)
-            conn.held = 0
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -634,9 +635,9 @@ class BrokerServer:
                           "%d largest holder(s)" % (total, cap, len(victims)),
                           victims[0].peer, level=logging.ERROR)
         for conn in victims:
-            text = ("the broker holds too much of unfinished frames (%d bytes of %d "
-                    "allowed); this connection held the most (%d bytes) and is cut off"
-                    % (total, cap, conn.held))
+            text = ("the broker held too much in unfinished frames (%d bytes, %d allowed); "
+                    "this connection held %d of them, among the most, and is cut off"
+                    % (total, cap, conn.partial_bytes))
             self._close(conn, "cut off: unfinished frames over the broker's cap",
                         last_words=P.encode_error(0, P.UNAVAILABLE, text))
 

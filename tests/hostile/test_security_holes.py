@@ -213,6 +213,39 @@ def test_a_local_socket_taken_while_the_broker_restarts_gets_not_one_byte(tmp_pa
         broker.proc.close()
 
 
+def test_a_local_socket_that_never_accepts_does_not_hold_the_client(tmp_path):
+    """A listener on the broker's name whose backlog is full (it never accepts): connecting
+    to it must not wait out the client's timeout before TCP is tried."""
+    port = _free_port()
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fillers = []
+    broker = Broker(tmp_path)
+    broker.port = port
+    try:
+        squatter.bind(P.local_socket_name(port))
+        squatter.listen(0)
+        while True:                                         # until its backlog is full
+            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            fillers.append(filler)
+            filler.setblocking(False)
+            try:
+                filler.connect(P.local_socket_name(port))
+            except BlockingIOError:
+                break
+        broker.start()
+        started = time.monotonic()
+        with Connection(broker.url, timeout=10.0) as conn:
+            assert conn.sock.family == socket.AF_INET
+            assert conn.status()
+        assert time.monotonic() - started < 5.0             # not the 10 s timeout
+    finally:
+        for filler in fillers:
+            filler.close()
+        squatter.close()
+        if broker.proc is not None:
+            broker.proc.close()
+
+
 # -- 2. a WELCOME nobody asked for -------------------------------------------------------------
 
 def test_a_client_with_a_secret_refuses_a_welcome_without_a_challenge():
