@@ -148,7 +148,9 @@ class BrokerServer:
         listener = socket.socket(family, kind, proto)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
-        listener.listen(512)
+        # Room for a burst of connects (the kernel caps it at net.core.somaxconn): when the
+        # accept queue is full, a connect's SYN is dropped and the client waits a second.
+        listener.listen(4096)
         listener.setblocking(False)
         self._listener = listener
         self.selector.register(listener, selectors.EVENT_READ, "listen")
