@@ -5,6 +5,7 @@
     another user binds the local socket's name      clients check its owner (SO_PEERCRED) and
       before the broker starts, or while it          use TCP: the squatter gets not one byte;
       restarts after kill -9                         the broker warns and serves TCP
+    a listener on that name that never accepts      the client does not wait: TCP at once
     a server that says WELCOME without CHALLENGE    a client with a secret refuses it, naming
       to a client holding a secret                   the URL (AuthenticationError)
     hundreds of sockets parked half-way through     each address keeps a small share of the
@@ -165,7 +166,8 @@ def test_a_local_socket_taken_before_the_broker_starts_gets_not_one_byte(tmp_pat
                     assert conn.sock.family == socket.AF_INET      # TCP, not the squatter's
                     conn.declare_queue("squat.q")
                     conn.publish(P.Message(b"%d" % number, routing_key="squat.q"))
-        warnings = [r.getMessage() for r in caplog.records if "uid %d" % NOBODY in r.getMessage()]
+        warnings = [record.getMessage() for record in caplog.records
+                    if "uid %d" % NOBODY in record.getMessage()]
         assert len(warnings) == 1, warnings                         # once, not per connection
         with Connection(broker.url, timeout=5.0, local=False) as tcp:
             assert tcp.declare_queue("squat.q")["messages"] == 3     # the real broker has them

@@ -199,7 +199,8 @@ class GoodClient:
         self.published = 0
         self.slowest_confirm = 0.0
         self.errors = []
-        self.newcomers = {False: [0, [], 0.0], True: [0, [], 0.0]}   # local -> ok, failed, slowest
+        # local? -> [connected, [failures], slowest handshake]
+        self.newcomers = {False: [0, [], 0.0], True: [0, [], 0.0]}
         self.stop = threading.Event()
 
     def publisher(self):
