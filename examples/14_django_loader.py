@@ -2,13 +2,16 @@
 
 When DJANGO_SETTINGS_MODULE is set, minitask picks `minitask.loaders.DjangoLoader`. Besides
 the IMPORTS setting, it imports ``<app>.tasks`` for each app in that settings module's
-INSTALLED_APPS that has one, without importing Django itself (nor apps that have no tasks).
-The settings module is also where the worker reads minitask's settings from.
+INSTALLED_APPS that has one. When Django is installed the worker first calls
+``django.setup()`` (so a tasks module may import its models); without Django, it reads
+INSTALLED_APPS from the module and imports no app that has no tasks. The settings module is
+also where the worker reads minitask's settings from.
 
 The "project" is ``examples/djangoish/``: a settings module and the apps ``blog`` and
-``shop`` (with tasks) and ``pages`` (without); Django itself is not installed. The worker
-gets ``DJANGO_SETTINGS_MODULE=djangoish.settings`` and no ``-I``. This process imports the
-apps' tasks modules to send to them, as a Django view would.
+``shop`` (with tasks) and ``pages`` (without), which need no database. It runs with or
+without Django installed. The worker gets ``DJANGO_SETTINGS_MODULE=djangoish.settings`` and
+no ``-I``. This process imports the apps' tasks modules to send to them, as a Django view
+would.
 
 Run it:  python examples/14_django_loader.py
 """

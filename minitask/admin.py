@@ -169,9 +169,13 @@ def run_status(args):
         print("no workers connected")
     else:
         rows = [(w.get("hostname", "?"), w.get("pid", "?"), w.get("concurrency", "?"),
-                 w["unacked"], w["handed_over"], _duration(w["connected_for"]))
-                for w in workers]
-        print(format_table(("worker", "pid", "procs", "reserved", "running", "uptime"), rows))
+                 w["unacked"], w["handed_over"], _duration(w["connected_for"]),
+                 w.get("state", "ok")) for w in workers]
+        print(format_table(("worker", "pid", "procs", "reserved", "running", "uptime", "state"),
+                           rows))
+        for worker in workers:
+            if worker.get("degraded"):
+                print("%s is degraded: %s" % (worker.get("hostname", "?"), worker["degraded"]))
     return 0
 
 

@@ -14,7 +14,8 @@ import os
 import sys
 
 from . import habits
-from .argtypes import comma_list, host_port, loglevel, pool, port, positive_int, seconds
+from .argtypes import (comma_list, host_port, loglevel, pool, port, positive_int,
+                       positive_seconds, seconds)
 from .exceptions import MinitaskError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
@@ -88,6 +89,15 @@ def build_parser():
     broker.add_argument("--stall-timeout", type=seconds, default=30.0, metavar="S",
                         help="cut off a client that leaves a frame half sent, or reads none "
                         "of what the broker sends it, for this long (default 30)")
+    broker.add_argument("--handshake-timeout", type=positive_seconds, default=10.0,
+                        metavar="S", help="cut off a client that has not finished its "
+                        "handshake (TLS included) this long after connecting (default 10)")
+    broker.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
+                        help="connections served at once; a quarter of them are for clients "
+                        "still in their handshake (default 1024)")
+    broker.add_argument("--max-partial-bytes", type=positive_int, default=256 * 1024 * 1024,
+                        metavar="N", help="bytes of unfinished frames held for all clients "
+                        "together; past it the largest holders are cut off (default 256 MiB)")
     broker.add_argument("-l", "--loglevel", type=loglevel, default="INFO",
                         help="log level (default INFO)")
     broker.add_argument("-f", "--logfile", help="log file (default stderr)")
@@ -284,7 +294,9 @@ def _run_broker(args):
         secret=_read_secret(args.secret_file) or settings.BROKER_SECRET,
         certfile=args.certfile, keyfile=args.keyfile,
         max_message_bytes=args.max_message_bytes, http=args.http,
-        handover_grace=args.worker_lost_grace, stall_timeout=args.stall_timeout)
+        handover_grace=args.worker_lost_grace, stall_timeout=args.stall_timeout,
+        handshake_timeout=args.handshake_timeout, max_connections=args.max_connections,
+        max_partial_bytes=args.max_partial_bytes)
 
     def announce(line):
         print(line, flush=True)
@@ -304,10 +316,11 @@ def worker_overrides(args):
 def _run_worker(args):
     from .config import configure
     from .loaders import current_loader
-    from .worker import Worker
+    from .worker import Worker, djangofixup
     overrides = {key: value for key, value in worker_overrides(args).items()
                  if value is not None}
     settings = configure(**overrides)
+    djangofixup.setup()                 # before any tasks module: they may import models
     _setup_logging(settings.LOGLEVEL, settings.LOGFILE)
     loader = current_loader()
     loader.on_worker_init()

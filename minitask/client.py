@@ -8,6 +8,13 @@ the connection files away whatever else arrives: deliveries into `deliveries`, c
 errors of other commands into their own slots, so pipelined publishes (`publish_many`) and a
 consumer's stream never get in each other's way.
 
+Over loopback, a client first tries the broker's local socket (Linux), and only after the kernel
+has told it which user listens there (`SO_PEERCRED`): its own, root, or ``BROKER_UID``. Anyone
+on the machine can bind that name before the broker does; such a socket is closed unused and
+the client takes TCP instead. A client with a secret accepts only a broker that proves it
+knows the secret (protocol section 6), so whatever else listens where it connects learns
+nothing and can say nothing.
+
 `connection()` gives each thread (of each process, forks included) its own connection made
 from the settings; it declares the exchanges, queues and bindings of ``QUEUES`` once per
 connection, so tasks sent before any worker starts wait in their queue. `with_connection()`
@@ -38,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
 _CONFIRM_BYTES = P.HEADER.size           # a CONFIRM is a bare header
+_PEERCRED = struct.Struct("3i")          # struct ucred: pid, uid, gid
+_FROM_SETTINGS = object()                # broker_uid: BROKER_UID of the settings in force
 
 
 class Delivery:
@@ -70,7 +79,7 @@ class Connection:
 
     def __init__(self, url="minitask://127.0.0.1:5679", secret=None, ca_file=None,
                  timeout=10.0, heartbeat=0.0, client="minitask", worker_info=None,
-                 on_connect=None, local=True):
+                 on_connect=None, local=True, broker_uid=_FROM_SETTINGS):
         from .config import parse_broker_url
         self.url = url
         _scheme, self.host, self.port, self.tls = parse_broker_url(url)
@@ -82,6 +91,7 @@ class Connection:
         self.worker_info = worker_info
         self.on_connect = on_connect        # callback(connection) after each handshake
         self.local = local                  # try the broker's local socket first (Linux)
+        self.broker_uid = broker_uid        # a user the local socket may belong to, besides ours
         self.sock = None
         self.decoder = None
         self.welcome = {}
@@ -141,7 +151,14 @@ class Connection:
             return self
 
     def _connect_local(self):
-        """The broker's local socket, when the URL names this machine and it has one."""
+        """The broker's local socket, when the URL names this machine, it has one, and the
+        kernel says it belongs to a user we trust; None (use TCP) otherwise.
+
+        Connecting sends no bytes, so a socket another user bound under the broker's name
+        (before it started, or while it restarted) learns nothing before we close it. Nor
+        does it wait: with a timeout set, a listener whose backlog is full (one that never
+        accepts) fails the connect at once (EAGAIN) instead of holding the client.
+        """
         name = P.local_socket_name(self.port) if _is_loopback(self.host) else None
         if name is None or not self.local:
             return None
@@ -149,10 +166,22 @@ class Connection:
         try:
             sock.settimeout(self.timeout)
             sock.connect(name)
+            uid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                   _PEERCRED.size))[1]
         except OSError:                 # no broker listening there: TCP it is
             sock.close()
             return None
+        if uid != os.geteuid() and uid != 0 and uid != self._broker_uid():
+            sock.close()
+            _warn_untrusted_local(name, uid)
+            return None
         return sock
+
+    def _broker_uid(self):
+        if self.broker_uid is _FROM_SETTINGS:
+            from .config import get_settings
+            return get_settings().BROKER_UID
+        return self.broker_uid
 
     def _wrap_tls(self, sock):
         context = ssl.create_default_context(cafile=self.ca_file)
@@ -189,6 +218,13 @@ class Connection:
                 raise AuthenticationError("the broker at %s could not prove it knows the secret"
                                           % self.url)
         elif kind == P.WELCOME:
+            if self.secret:
+                # Anything can say WELCOME; only the broker can prove it knows the secret,
+                # and it is asked to only after a CHALLENGE.
+                raise AuthenticationError(
+                    "the server at %s let us in without asking for the secret: it is not a "
+                    "broker holding BROKER_SECRET (another program on its port, or a broker "
+                    "started without the secret)" % self.url)
             welcome = P.decode_json(body, "WELCOME")
         else:
             raise ProtocolError("expected WELCOME, got %s" % P.command_name(kind))
@@ -575,6 +611,20 @@ _UNSET = object()
 
 def _is_loopback(host):
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+_warned_local = set()           # local socket names already warned about, in this process
+
+
+def _warn_untrusted_local(name, uid):
+    """One warning per local socket name and process: a connection per thread would else
+    repeat it."""
+    if name not in _warned_local:
+        _warned_local.add(name)
+        logger.warning("the local socket %r belongs to uid %d, not to this user, root or "
+                       "BROKER_UID: not using it, connecting over TCP instead", name, uid)
+
+
 _TIMEVAL = struct.Struct("@ll")
 
 
@@ -645,7 +695,8 @@ def connection(settings=None):
             from .config import get_settings
             settings = get_settings()
         conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
-                          ca_file=settings.BROKER_CA_FILE, client="minitask-client",
+                          ca_file=settings.BROKER_CA_FILE, broker_uid=settings.BROKER_UID,
+                          client="minitask-client",
                           on_connect=lambda c: declare_topology(c, settings))
         _local.connection, _local.generation = conn, _generation[0]
         _local.reached = False

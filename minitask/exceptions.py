@@ -11,7 +11,7 @@ __all__ = [
     "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
-    "BrokerError", "ReplyError",
+    "BrokerError", "ReplyError", "PoolStartupError",
 ]
 
 
@@ -77,6 +77,10 @@ class ConfigurationError(MinitaskError):
 
 class WorkerLostError(MinitaskError):
     """Raised (as a task's result) when the process running the task died before it finished."""
+
+
+class PoolStartupError(MinitaskError):
+    """Raised by a worker that stops because its pool processes failed to start too often."""
 
 
 class TaskRevokedError(MinitaskError):

@@ -21,7 +21,7 @@ from .exceptions import ConfigurationError
 
 __all__ = ["PUBLISH_OPTIONS", "WORKFLOWS", "TASK_ACCEPTED", "TASK_REFUSED", "CALL_ACCEPTED",
            "CALL_REFUSED", "DECORATOR_OPTIONS", "check_task_attributes", "check_decorator_options",
-           "check_call_options", "workflows_refused"]
+           "check_call_options", "is_call_option", "workflows_refused"]
 
 # The call options minitask acts on (besides args and kwargs): when, where, how encoded.
 PUBLISH_OPTIONS = ("countdown", "eta", "expires", "task_id", "queue", "exchange",
@@ -162,6 +162,13 @@ def check_decorator_options(task_name, options, base):
                 and name not in TASK_REFUSED and not hasattr(base, name)):
             raise ConfigurationError("task %s: unknown option %s (the task options are listed "
                                      "in the README's \"Task options\")" % (task_name, name))
+
+
+def is_call_option(name):
+    """Whether `name` is a call option: one minitask acts on, or one of Celery's it accepts
+    with no effect or refuses (`check_call_options` says which)."""
+    return (name in PUBLISH_OPTIONS or name in CALL_ACCEPTED or name in CALL_REFUSED
+            or name in _SAME_AS_TASK)
 
 
 def check_call_options(task, options, known=PUBLISH_OPTIONS):

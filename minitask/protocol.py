@@ -7,7 +7,11 @@ This docstring is the specification. It is enough to write a client in another l
 A TCP stream (or TLS, for ``minitasks://`` URLs), by default on port 5679. On Linux a broker
 without TLS also listens on the abstract UNIX socket ``"\0minitask-<port>"``; a client of a
 loopback address may use it instead (the same frames, handshake and rules), and falls back
-to TCP when it is not there. Every integer is big-endian. Strings are UTF-8. Times are
+to TCP when it is not there. Any local user can bind that name first, so before sending a
+byte over it a client asks the kernel who listens there (``SO_PEERCRED``) and uses it only
+when that is its own user, root or the user it was told the broker runs as; otherwise it
+closes it unused and takes TCP. A broker that finds the name taken serves TCP alone.
+Every integer is big-endian. Strings are UTF-8. Times are
 seconds since the Unix epoch as IEEE-754 doubles.
 
 2. Frames
@@ -28,7 +32,10 @@ Several frames may travel in one TCP segment and one frame may be split across m
 buffers bytes and cuts frames as they complete (see `Decoder`). Before the handshake completes
 a frame body may be at most 4 KiB (`MAX_HANDSHAKE_BYTES`); after it, at most the broker's
 ``max_frame_bytes`` (announced in WELCOME; default 16 MiB). A longer length prefix is a
-protocol error: the broker answers ERROR 413 and closes the connection.
+protocol error: the broker answers ERROR 413 and closes the connection. A frame begun must be
+finished: one left incomplete for the broker's stall timeout (30 s) is ERROR 400 and a close,
+and when the unfinished frames of all connections together hold more than the broker's cap
+(256 MiB), the connections holding the most get ERROR 503 and are closed.
 
 3. Bodies
 ---------
@@ -87,7 +94,7 @@ do not add up to whole frames are ERROR 400.
 ``type``  name              body    reply
 0x01      HELLO             JSON    WELCOME, or CHALLENGE when a secret is required
 0x03      AUTH              JSON    WELCOME, or ERROR 401 and close
-0x05      HEARTBEAT         empty   none (either side may send it at any time)
+0x05      HEARTBEAT         empty*  none (either side may send it at any time)
 0x06      CLOSE             empty   none; the broker closes after flushing its replies
 0x10      DECLARE_EXCHANGE  JSON    OK {}
 0x11      DELETE_EXCHANGE   JSON    OK {}
@@ -155,6 +162,9 @@ JSON arguments (``?`` = optional, with its default):
   the ids until the results expire, drops queued messages of those tasks, marks them REVOKED
   and tells every worker through the control exchange.
 - CLAIM ``{"task_ids": [...]}``: a worker that reconnects names the tasks it is still running.
+- HEARTBEAT (*) from a worker may carry ``{"worker": {...}}``: its HELLO ``worker`` object
+  as it is now (say ``"state": "degraded"``), which STATUS shows from then on. A broker
+  before this one ignores the body. At most 4 KiB.
 - STATUS ``{"scheduled": n?}``: queues, exchanges, workers and counts; with ``scheduled``,
   also the first n (at most 10000) messages the broker holds until their ``not_before``,
   soonest first, as ``"scheduled": [{"id", "name", "eta", "queue", "priority"}]``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,
@@ -188,8 +198,27 @@ broker's grace period (a few seconds), the broker stores FAILURE / WorkerLostErr
       |                                       (close) |
 
 Nonces are 32 random bytes written as lowercase hex; the HMAC input is the UTF-8 text
-``role:first_nonce:second_nonce`` and a proof is the HMAC digest in lowercase hex. Anything but HELLO first, or AUTH when no
-CHALLENGE was sent, or any command before WELCOME, is ERROR 405 and a closed connection.
+``role:first_nonce:second_nonce`` and a proof is the HMAC digest in lowercase hex. Anything
+but HELLO first, or AUTH when no CHALLENGE was sent, or any command before WELCOME (also
+while an AUTH waits for its answer), is ERROR 405 and a closed connection.
+
+A client that holds a secret accepts only the WELCOME that answers its AUTH and carries
+``proof_b``: a WELCOME in answer to HELLO means the other end does not hold the secret (it is
+not the broker, or a broker started without it), and the client refuses it.
+
+What the broker allows a connection before WELCOME:
+
+- The handshake, TLS included, must be done within the handshake timeout (10 s) of
+  connecting; then ERROR 400 and a close (just a close while TLS has not started).
+- Connections before WELCOME share a quarter of the broker's connection slots, and one peer
+  (an IP address over TCP, a user on the local socket) a quarter of that. A newcomer over a
+  share takes the slot of the oldest connection still in its handshake of its own peer (over
+  the overall share: of the peer holding the most), one that has not sent its whole HELLO
+  first; that connection gets ERROR 503 and is closed. A WELCOMEd connection is never closed
+  to make room; when every slot is one, a newcomer gets ERROR 503.
+- After a peer has failed AUTH five times, the broker holds its answers to that peer's later
+  AUTHs, right or wrong: 0.1 s, doubling with each further failure, up to 2 s; a peer's
+  failures are forgotten a minute after its last one. A client waits for the answer.
 
 7. Errors
 ---------
@@ -199,7 +228,8 @@ connection is closed when the stream can no longer be trusted), 401 Authenticati
 404 BrokerError (no such queue or exchange), 405 ProtocolError (unknown command or wrong
 state), 406 BrokerError (precondition: redeclared differently, default exchange bound),
 408 TimeoutError, 409 BrokerError (exclusive queue in use), 413 PublishRefusedError
-(message too big), 503 BrokerConnectionError (shutting down, too many connections),
+(message too big), 503 BrokerConnectionError (shutting down, too many connections, a
+handshake dropped to make room, too much held in unfinished frames),
 507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
 """
 

@@ -23,7 +23,7 @@ from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
 from .message import from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
-    workflows_refused
+    is_call_option, workflows_refused
 from .result import AsyncResult as _AsyncResult
 from .schedules import as_schedule
 from .sending import compose_message, publish, send_task
@@ -412,16 +412,25 @@ class Task(metaclass=TaskType):
               max_retries=None, **options):
         """Send this task again with ``task_retries + 1``, then raise RetryTaskError.
 
-        The id and retry count come from the default kwargs in `kwargs` when given, else from
-        the running task. When no retry is left: raises `exc`, or MaxRetriesExceededError.
+        Every form of early Celery's guide works: ``retry(args=[...], exc=exc, **kwargs)``,
+        ``retry([x, y], exc=exc, countdown=60, **kwargs)`` and ``retry(args, kwargs=kwargs)``.
+        So the default keyword arguments may arrive in `options`, in `kwargs`, or not at all:
+        the id and retry count come from them when given, else from the running task, and
+        none of them is sent on (the worker offers them afresh). The rest of `options` are
+        call options, as `apply_async` takes them; any other name is a ConfigurationError.
+        When no retry is left: raises `exc`, or MaxRetriesExceededError.
         """
         from . import retry as policy
+        defaults, options = _split_retry_options(self, options)
         request = current_request()
-        kwargs = dict(kwargs) if kwargs is not None else None
-        task_id = (kwargs or {}).get("task_id") or (request.id if request else None)
+        if kwargs is not None:
+            kwargs = dict(kwargs)
+            defaults = dict({name: kwargs.pop(name) for name in DEFAULT_KWARG_NAMES
+                             if name in kwargs}, **defaults)
+        task_id = defaults.get("task_id") or (request.id if request else None)
         if task_id is None:
             raise RetryTaskError("retry() called outside a running task and without task_id")
-        retries = (kwargs or {}).get("task_retries")
+        retries = defaults.get("task_retries")
         if retries is None:
             retries = request.retries if request else 0
         max_retries = self.max_retries if max_retries is None else max_retries
@@ -430,10 +439,9 @@ class Task(metaclass=TaskType):
         if args is None and request is not None:
             args = request.args
         if kwargs is None:
-            kwargs = dict(request.kwargs) if request is not None else {}
-        injected = request.injected if request is not None else frozenset(DEFAULT_KWARG_NAMES)
-        for name in injected:
-            kwargs.pop(name, None)
+            kwargs = {name: value for name, value in
+                      (request.kwargs if request is not None else {}).items()
+                      if name not in DEFAULT_KWARG_NAMES}
         countdown = policy.next_countdown(countdown, eta, self.default_retry_delay)
         error = RetryTaskError(exc=exc, countdown=countdown)
         error.retry_args, error.retry_kwargs = tuple(args or ()), kwargs
@@ -526,6 +534,26 @@ class Task(metaclass=TaskType):
 
 def _as_args(item):
     return tuple(item) if isinstance(item, (list, tuple)) else (item,)
+
+
+
+def _split_retry_options(task, options):
+    """Split retry()'s ``**options`` into (default kwargs, publish options to send with).
+
+    The guide spreads the task's ``**kwargs`` into retry(), so the default keyword arguments
+    land here. The rest must be call options: the publish options are kept, Celery's others
+    are accepted with no effect or refused as `apply_async` does, and any other name is
+    refused rather than sent on.
+    """
+    defaults = {name: options.pop(name) for name in DEFAULT_KWARG_NAMES if name in options}
+    unknown = sorted(name for name in options if not is_call_option(name))
+    if unknown:
+        raise ConfigurationError(
+            "retry() of %s got %s: expected a default keyword argument (%s) or a call option "
+            "(%s); pass the task's own keyword arguments as kwargs={...}"
+            % (task.name, ", ".join(repr(name) for name in unknown),
+               ", ".join(DEFAULT_KWARG_NAMES), ", ".join(PUBLISH_OPTIONS)))
+    return defaults, check_call_options(task, options)
 
 
 def _task_by_name(name, module=None):

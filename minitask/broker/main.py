@@ -52,7 +52,8 @@ class BrokerConfig:
     def __init__(self, host="127.0.0.1", port=5679, data_dir=None, persist=True,
                  fsync="everysec", secret=None, certfile=None, keyfile=None,
                  max_message_bytes=16 * 1024 * 1024, http=None, segment_bytes=None,
-                 handover_grace=10.0, stall_timeout=30.0):
+                 handover_grace=10.0, stall_timeout=30.0, handshake_timeout=10.0,
+                 max_connections=1024, max_partial_bytes=256 * 1024 * 1024):
         self.host = host
         self.port = port
         self.data_dir = data_dir
@@ -66,6 +67,9 @@ class BrokerConfig:
         self.segment_bytes = segment_bytes
         self.handover_grace = handover_grace
         self.stall_timeout = stall_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.max_partial_bytes = max_partial_bytes
 
 
 def build(config, settings):
@@ -114,7 +118,10 @@ def build(config, settings):
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError("cannot load --certfile/--keyfile: %s" % exc) from None
     limits = Limits(max_frame_bytes=options.max_frame_bytes,
-                    stall_timeout=config.stall_timeout)
+                    stall_timeout=config.stall_timeout,
+                    handshake_timeout=config.handshake_timeout,
+                    max_connections=config.max_connections,
+                    max_partial_bytes=config.max_partial_bytes)
     server = BrokerServer(state, config.host, config.port, ssl_context=ssl_context,
                           limits=limits)
     server.data_dir, server.lock, server.recovery = data_dir, lock, summary

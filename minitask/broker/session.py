@@ -5,9 +5,10 @@ delivery tag, in delivery order), the tasks handed over to it, and the highest c
 it may be sent a CONFIRM for. The server moves `out` to the socket after each loop turn.
 """
 
-__all__ = ["Session", "Consumer", "HELLO_STAGE", "AUTH_STAGE", "OPEN", "CLOSED"]
+__all__ = ["Session", "Consumer", "HELLO_STAGE", "AUTH_STAGE", "HELD_STAGE", "OPEN", "CLOSED"]
 
-HELLO_STAGE, AUTH_STAGE, OPEN, CLOSED = "hello", "auth", "open", "closed"
+# HELD_STAGE: its AUTH is in, and the answer waits on a timer (see handshake.AuthThrottle).
+HELLO_STAGE, AUTH_STAGE, HELD_STAGE, OPEN, CLOSED = "hello", "auth", "held", "open", "closed"
 
 
 class Consumer:
@@ -49,6 +50,8 @@ class Session:
         self.client = ""
         self.nonce = None               # our nonce during the handshake
         self.client_nonce = None
+        self.peer_key = peer            # whose failed AUTHs slow this one down (the server
+                                        # sets it: an IP address, or a uid on the local socket)
         self.want_close = False         # close once `out` is flushed
         self.refusal = ""               # why the broker turned this client away, for the log
         self.unsent = 0                 # bytes waiting for the client to read (set by server)

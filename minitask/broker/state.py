@@ -33,7 +33,7 @@ from ..exceptions import (
 from ..log import Throttle, folded
 from . import journal as jr
 from .arguments import refuse
-from .handshake import Handshake, auth_proof
+from .handshake import AuthThrottle, Handshake, auth_proof
 from .queue import DEAD, DELAYED, READY, UNACKED, StoredMessage
 from .atomic import AtomicCommands
 from .result_commands import MISSING, ResultCommands, broker_meta
@@ -104,6 +104,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         self.recent_failures = []       # (time, task id), newest last
         self._throttle = Throttle(clock=clock)
         self.task_stats = TaskStats()   # per task name, for /metrics
+        self.auth_throttle = AuthThrottle()
         self._handlers = {
             P.DECLARE_EXCHANGE: self._declare_exchange, P.DELETE_EXCHANGE: self._delete_exchange,
             P.DECLARE_QUEUE: self._declare_queue, P.BIND: self._bind, P.UNBIND: self._unbind,
@@ -632,7 +633,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
     # -- connection-level commands ---------------------------------------------------------------
 
     def _heartbeat(self, session, seq, body):
-        pass
+        if body and session.info:
+            # A worker telling how it is now (its HELLO object, updated): status shows it.
+            if len(body) > P.MAX_HANDSHAKE_BYTES:
+                raise ProtocolError("HEARTBEAT body over %d bytes" % P.MAX_HANDSHAKE_BYTES)
+            worker = P.decode_json(body, "HEARTBEAT").get("worker")
+            if isinstance(worker, dict):
+                session.info = worker
 
     def _close(self, session, seq, body):
         session.close_after_flush()
@@ -687,6 +694,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         self.revoked.expire(now)
         for task_id in self.handovers.lost(now):
             self._worker_lost(task_id, now)
+        self.answer_held_auths(now)
 
     def next_deadline(self):
         """The earliest time tick() has something to do, or None."""
@@ -694,7 +702,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
         for when in (self._delayed[0][0] if self._delayed else None,
                      self._expiring[0][0] if self._expiring else None,
                      self.results.next_wait_deadline(), self.results.next_expiry(),
-                     self.revoked.next_expiry(), self.handovers.next_deadline()):
+                     self.revoked.next_expiry(), self.handovers.next_deadline(),
+                     self.auth_throttle.next_due()):
             if when is not None and (soonest is None or when < soonest):
                 soonest = when
         return soonest

@@ -9,6 +9,10 @@ appended to one output buffer that `flush()` writes as far as the socket takes i
 `generation` counts connections: a delivery tag means something only on the connection that
 delivered it, so the worker drops acks of an older generation (the broker has already put
 those messages back in their queues).
+
+A consumer starts `paused`: connected (so remote control reaches the worker) but taking no
+tasks until the worker calls `resume()`, once its pool processes are ready; `pause()` stops
+taking tasks again without forgetting which queues to take them from.
 """
 
 import logging
@@ -50,6 +54,7 @@ class Consumer:
         self._starts = []
         self._rejects = []
         self._qos_sent = None
+        self.paused = True              # no task consumers until resume()
 
     # -- connecting --
 
@@ -71,8 +76,9 @@ class Consumer:
             conn.qos(self.prefetch + self.extra_credit)
             self._qos_sent = self.prefetch + self.extra_credit
             self.consumer_tags = {}
-            for name in self.queues:
-                self.consumer_tags[conn.consume(name)] = name
+            if not self.paused:
+                for name in self.queues:
+                    self.consumer_tags[conn.consume(name)] = name
             self.control_tag = conn.consume(self.control_queue, no_ack=True)
         except BaseException:
             conn._drop()
@@ -108,10 +114,14 @@ class Consumer:
             self.out += P.encode_json(P.BIND, 0, {"queue": name,
                                                   "exchange": self.settings.DEFAULT_EXCHANGE,
                                                   "binding_key": name})
+        if not self.paused:
+            self._consume(name)
+        return True
+
+    def _consume(self, name):
         tag = max(list(self.consumer_tags) + [self.control_tag or 0, 1000]) + 1
         self.consumer_tags[tag] = name
         self.out += P.encode_json(P.CONSUME, 0, {"queue": name, "consumer_tag": tag})
-        return True
 
     def cancel_queue(self, name):
         """Stop consuming `name` (remote control `cancel_consumer`, warm shutdown)."""
@@ -127,6 +137,30 @@ class Consumer:
     def cancel_all(self):
         for name in list(self.queues):
             self.cancel_queue(name)
+
+    def pause(self):
+        """Stop taking tasks, keeping the queues to take them from when resumed."""
+        self.paused = True
+        if self.connected:
+            for tag in self.consumer_tags:
+                self.out += P.encode_json(P.CANCEL, 0, {"consumer_tag": tag})
+        self.consumer_tags = {}
+
+    def resume(self):
+        """Take tasks from every queue (now, or as soon as connected)."""
+        if not self.paused:
+            return
+        self.paused = False
+        if self.connected:
+            for name in self.queues:
+                self._consume(name)
+
+    def report(self, info):
+        """The worker's description changed: say so in HELLO from now on, and to the broker
+        now (a heartbeat carrying it, which status shows)."""
+        self.worker_info = info
+        if self.connected:
+            self.out += P.encode_json(P.HEARTBEAT, 0, {"worker": info})
 
     @property
     def connected(self):

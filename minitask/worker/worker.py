@@ -14,10 +14,18 @@ One thread; every wait is a `select()` whose timeout is the next thing due (a sc
 a time limit, a heartbeat, a reconnect attempt, or a 20 ms look at children that started
 something not yet reported). Acks and started notices are batched per turn.
 
-Lifecycle: SIGTERM or SIGINT is a warm shutdown — stop consuming, hand back everything not
-started, let running tasks finish for up to ``--shutdown-timeout`` seconds — and a second one
-is a cold shutdown. A lost broker connection is retried with backoff while running tasks
-carry on; their results are sent once connected again.
+Lifecycle: the worker takes tasks once every pool process has reported ready. SIGTERM or
+SIGINT is a warm shutdown — stop consuming, hand back everything not started, let running
+tasks finish for up to ``--shutdown-timeout`` seconds — and a second one is a cold shutdown.
+A lost broker connection is retried with backoff while running tasks carry on; their results
+are sent once connected again.
+
+Pool processes that cannot start (a tasks module that fails to import in them, a loader
+hook that raises) degrade the worker: it logs the cause in one line, stops taking tasks,
+hands back what it had reserved, says "degraded" in status and `inspect stats`, and starts
+them again after a backoff. Once they all start it takes tasks again; after
+`MAX_START_FAILURES` failed tries in a row it exits with PoolStartupError (exit code 1), for
+a supervisor to restart it. No task is failed for it: none was given to those processes.
 """
 
 import collections
@@ -29,7 +37,7 @@ import socket
 import time
 
 from .. import control, protocol as P
-from ..exceptions import BrokerConnectionError, WorkerLostError
+from ..exceptions import BrokerConnectionError, PoolStartupError, WorkerLostError
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
 from ..task import registry
@@ -46,6 +54,12 @@ logger = logging.getLogger(__name__)
 MAX_HELD = 10000
 # How often to look for tasks that started but whose start is not reported yet.
 START_POLL = 0.02
+# Pool processes that fail to start this many times in a row stop the worker. Between tries
+# it waits START_BACKOFF seconds, doubling up to MAX_START_BACKOFF: a broken tasks module
+# costs a few lines and a few seconds, never a busy loop.
+MAX_START_FAILURES = 5
+START_BACKOFF = 0.5
+MAX_START_BACKOFF = 8.0
 
 
 class Worker:
@@ -89,8 +103,8 @@ class Worker:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.consumer = Consumer(settings, self.queues, self.prefetch,
-                                 worker_info(self.hostname, self.concurrency, self.queues),
+        self.degraded = None            # why pool processes cannot start, while they cannot
+        self.consumer = Consumer(settings, self.queues, self.prefetch, self._info(),
                                  self.hostname)
         config = ChildConfig(settings_overrides, self.imports, self.loglevel, self.logfile,
                              settings.ACCEPT_CONTENT,
@@ -101,6 +115,10 @@ class Worker:
         self.beat_service = None
         self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
         self._signals = 0
+        self.taking_tasks = False       # consuming the task queues
+        self.start_failures = 0         # failed tries to start them, in a row
+        self._restart_at = None         # when to try again (time.monotonic())
+        self.exit_error = None          # what run() raises once stopped
 
     def _fds_for_children(self):
         fds = [self._wake_r.fileno(), self._wake_w.fileno()]
@@ -134,6 +152,8 @@ class Worker:
                 self._turn()
         finally:
             self._close()
+        if self.exit_error is not None:
+            raise self.exit_error
         return 0
 
     def _install_signals(self):
@@ -190,12 +210,18 @@ class Worker:
             elif data == "broker":
                 self._read_broker(mask)
             elif data[0] == "out":
-                for job, report in self.pool.read(data[1]):
+                child = data[1]
+                was_ready = child.ready
+                for job, report in self.pool.read(child):
                     self._finished(job, report)
+                if child.ready and not was_ready:
+                    self._child_ready(child)
             elif data[0] == "in":
                 self._flush_child(data[1])
             elif data[0] == "died":
                 self._child_died(data[1])
+        if self._restart_at is not None and time.monotonic() >= self._restart_at:
+            self._restart_missing()
         now = self.clock()
         for item in self.scheduler.pop_due(now):
             self._due(item)
@@ -223,6 +249,8 @@ class Worker:
             timeout = min(timeout, START_POLL)
         if not self.consumer.connected:
             timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
+        if self._restart_at is not None:
+            timeout = min(timeout, max(0.0, self._restart_at - time.monotonic()))
         if self.stopping == "warm":
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()), 0.1)
         return timeout
@@ -406,7 +434,7 @@ class Worker:
             self.buckets[task_name].set_rate(rate)
 
     def _can_assign(self):
-        return any(not child.jobs for child in self.pool.alive()) or \
+        return self.pool.has_free_child() or \
             (self.ready and self.pool.is_fast(self.ready[0].task_name))
 
     def _assign(self):
@@ -510,6 +538,11 @@ class Worker:
         for job, report in self.pool.read(child):      # what it managed to report
             self._finished(job, report)
         how = self.pool.exit_description(child)
+        if not child.ready:             # it never took a job: it could not start
+            self._unwatch_child(child)
+            self.pool.close_child(child)
+            self._start_failed(child.failure or "it exited (%s) before it was ready" % how)
+            return
         lost, unstarted = self.pool.reap(child)
         self._unwatch_child(child)
         retiring = child.retiring and not lost
@@ -521,7 +554,7 @@ class Worker:
             replacement = self.pool.replace(child)
             self._watch_child(replacement)
         else:
-            self.pool._close_child(child)
+            self.pool.close_child(child)
         for job in reversed(unstarted):
             if job.generation == self.consumer.generation:
                 self.ready.appendleft(job)
@@ -541,9 +574,77 @@ class Worker:
                 "worker process running task %s[%s] died: %s"
                 % (job.task_name, job.task_id, how)))
 
+    # -- pool processes that start, or cannot --------------------------------------------------
+
+    def _child_ready(self, child):
+        """A child set itself up. Once every slot has one, take tasks (again)."""
+        if not self.pool.complete() or self._restart_at is not None:
+            return
+        self.start_failures = 0
+        if self.degraded is not None:
+            logger.info("worker %s: pool processes started; taking tasks again", self.hostname)
+            self.degraded = None
+            self.consumer.report(self._info())
+        if not self.taking_tasks and not self.stopping:
+            self.taking_tasks = True
+            self.consumer.resume()
+
+    def _start_failed(self, cause):
+        """A child could not start: stop taking tasks and try again later, or give up."""
+        if self.stopping:
+            return
+        if self._restart_at is not None:        # another child of the same try
+            logger.debug("worker %s: another pool process could not start: %s",
+                         self.hostname, cause)
+            return
+        self.start_failures += 1
+        self._degrade(cause)
+        if self.start_failures >= MAX_START_FAILURES:
+            self.exit_error = PoolStartupError(
+                "pool processes could not start %d times in a row, the last time because: "
+                "%s; stopping (exit code 1) so that a supervisor can restart the worker"
+                % (self.start_failures, cause))
+            logger.critical("worker %s: %s", self.hostname, self.exit_error)
+            self.stop()
+            return
+        delay = min(START_BACKOFF * 2 ** (self.start_failures - 1), MAX_START_BACKOFF)
+        self._restart_at = time.monotonic() + delay
+        logger.error("worker %s: a pool process could not start: %s; taking no tasks, trying "
+                     "again in %gs (%d of %d)", self.hostname, cause, delay,
+                     self.start_failures, MAX_START_FAILURES)
+
+    def _degrade(self, cause):
+        if self.taking_tasks:
+            self.taking_tasks = False
+            self.consumer.pause()
+            self._put_back_reserved()
+        if self.degraded != cause:
+            self.degraded = cause
+            self.consumer.report(self._info())
+
+    def _restart_missing(self):
+        self._restart_at = None
+        if self.stopping:
+            return
+        for slot in self.pool.missing_slots():
+            self._watch_child(self.pool.start_slot(slot))
+
+    def _info(self):
+        """What this worker says about itself to the broker (HELLO, and status)."""
+        return dict(worker_info(self.hostname, self.concurrency, self.queues), **self._health())
+
+    def _health(self):
+        if self.degraded is None:
+            return {"state": "ok"}
+        return {"state": "degraded", "degraded": self.degraded}
+
     def _hand_back_unstarted(self):
         """Warm shutdown: stop consuming; everything not started goes back to the broker."""
         self.consumer.cancel_all()
+        self._put_back_reserved()
+
+    def _put_back_reserved(self):
+        """Reject (requeue) every message held here and not started; children skip theirs."""
         for job in self.ready:
             if job.generation == self.consumer.generation:
                 self.consumer.reject(job.tag)
@@ -607,9 +708,10 @@ class Worker:
         logger.info("worker %s stopped", self.hostname)
 
     def stats(self):
-        return {"hostname": self.hostname, "pid": os.getpid(),
-                "concurrency": self.concurrency, "queues": list(self.queues),
-                "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
-                "counts": dict(self.counts), "start_method": self.pool.start_method,
-                "pool": [child.pid for child in self.pool.alive()],
-                "broker": self.settings.BROKER_URL}
+        return dict({"hostname": self.hostname, "pid": os.getpid(),
+                     "concurrency": self.concurrency, "queues": list(self.queues),
+                     "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
+                     "counts": dict(self.counts), "start_method": self.pool.start_method,
+                     "pool": [child.pid for child in self.pool.alive()],
+                     "broker": self.settings.BROKER_URL, "taking_tasks": self.taking_tasks,
+                     "start_failures": self.start_failures}, **self._health())

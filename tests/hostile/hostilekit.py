@@ -20,7 +20,9 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -525,6 +527,26 @@ def frame_problems(frames):
 def errors_in(frames):
     """``[(code, text)]`` of the ERROR frames among `frames`."""
     return [P.decode_error(body) for kind, _seq, body in frames if kind == P.ERROR]
+
+
+def make_certificate(directory, name, alt_names):
+    """A self-signed certificate and key (PEM) made with openssl; skips the test without it."""
+    import pytest
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        reason = "openssl not found on PATH: cannot make a self-signed certificate"
+        print("skipped: " + reason)
+        pytest.skip(reason)
+    cert, key = str(directory / (name + ".pem")), str(directory / (name + ".key"))
+    result = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
+         cert, "-days", "2", "-subj", "/CN=" + name, "-addext",
+         "subjectAltName=" + alt_names], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        reason = "openssl could not make a certificate: %s" % result.stderr.strip()[-300:]
+        print("skipped: " + reason)
+        pytest.skip(reason)
+    return cert, key
 
 
 # -- the arena ---------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ runs beside a `GoodClient` that has the secret (or the CA), as in the hostile su
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +28,8 @@ import types
 import pytest
 
 from hostilekit import (
-    ROOT, Arena, Worker, child_env, errors_in, frame_problems, open_socket, running, wait_for,
+    ROOT, Arena, Worker, child_env, errors_in, frame_problems, make_certificate, open_socket,
+    running, wait_for,
 )
 from minitask import config
 from minitask import protocol as P
@@ -239,28 +239,9 @@ def test_a_worker_with_the_secret_in_its_environment_runs_tasks_and_a_wrong_one_
 
 # -- TLS ---------------------------------------------------------------------------------------
 
-def _make_certificate(directory, name, alt_names):
-    """A self-signed certificate and key (PEM) made with openssl; skips the test without it."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        reason = "openssl not found on PATH: cannot make a self-signed certificate"
-        print("skipped: " + reason)
-        pytest.skip(reason)
-    cert, key = str(directory / (name + ".pem")), str(directory / (name + ".key"))
-    result = subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
-         cert, "-days", "2", "-subj", "/CN=" + name, "-addext",
-         "subjectAltName=" + alt_names], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        reason = "openssl could not make a certificate: %s" % result.stderr.strip()[-300:]
-        print("skipped: " + reason)
-        pytest.skip(reason)
-    return cert, key
-
-
 @pytest.fixture
 def certificate(tmp_path):
-    return _make_certificate(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+    return make_certificate(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
 
 
 @pytest.fixture
@@ -307,7 +288,7 @@ def test_tls_without_the_ca_fails_verification_and_the_broker_carries_on(tls_are
 
 
 def test_tls_checks_the_host_name_by_default(tmp_path):
-    cert, key = _make_certificate(tmp_path, "elsewhere", "DNS:elsewhere.example")
+    cert, key = make_certificate(tmp_path, "elsewhere", "DNS:elsewhere.example")
     arena = Arena(tmp_path, args=["--certfile", cert, "--keyfile", key])
     arena.broker.start()
     try:

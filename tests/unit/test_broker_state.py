@@ -717,6 +717,27 @@ def test_heartbeat_is_silent_and_close_asks_to_close(client):
     assert client.session.want_close
 
 
+def test_a_workers_heartbeat_may_tell_status_how_it_is_now(kit, client):
+    worker = kit.connect(worker={"hostname": "w1", "pid": 1, "state": "ok"})
+    worker.consume("minitask")
+    assert worker.send_json(P.HEARTBEAT, {"worker": {
+        "hostname": "w1", "pid": 1, "state": "degraded", "degraded": "cannot import x"}},
+        seq=0) == []
+    [row] = client.ok(P.STATUS)["workers"]
+    assert (row["state"], row["degraded"]) == ("degraded", "cannot import x")
+
+
+def test_a_heartbeat_body_from_a_client_that_is_no_worker_changes_nothing(kit, client):
+    assert client.send_json(P.HEARTBEAT, {"worker": {"hostname": "fake"}}, seq=0) == []
+    assert client.ok(P.STATUS)["workers"] == []
+
+
+def test_a_heartbeat_body_over_4_kib_is_a_bad_frame(kit):
+    worker = kit.connect(worker={"hostname": "w1"})
+    code, _ = worker.error(P.HEARTBEAT, {"worker": {"hostname": "w1", "x": "y" * 5000}})
+    assert code == P.BAD_FRAME and not worker.session.want_close
+
+
 def test_closing_a_session_twice_is_harmless(kit, client):
     kit.close(client)
     kit.close(client)
