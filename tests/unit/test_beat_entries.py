@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from minitask import config, crontab, periodic_task, protocol as P, registry, task
+from minitask import config, crontab, periodic_task, registry, task
 from minitask.message import TaskMessage
 from minitask.worker.beat import LEASE_SECONDS, Beat
 
