@@ -17,8 +17,7 @@ Run it:  python examples/14_django_loader.py
 """
 import _run  # noqa: F401  (first: it makes a checkout's minitask importable)
 
-from minitask.admin import broadcast
-from minitask.transport.builtin import Connection
+from minitask.transport import connection
 
 from djangoish.blog.tasks import spam_filter
 from djangoish.shop.tasks import charge_order
@@ -29,8 +28,7 @@ def registered_on_workers(cluster):
 
     A worker hears such questions once it has bound its control queue: a moment after it
     connects, and before it takes any task. So ask after it has run one."""
-    with Connection(cluster.url).connect() as conn:
-        return broadcast(conn, "registered", timeout=10, limit=1)
+    return connection().broadcast("registered", timeout=10, limit=1)
 
 
 def main(cluster):

@@ -742,8 +742,7 @@ def test_a_consumer_that_never_acks_gets_everything_back_requeued_when_it_goes(a
     polite.qos(5)
     polite.consume("hostile.noack")
     assert polite.get_delivery(0.3) is None          # nothing left for anyone else
-    greedy.sock.close()                              # vanishes without a CLOSE
-    greedy.sock = None
+    greedy.link.close()                              # vanishes without a CLOSE
     again = []
     while len(again) < 300:
         delivery = polite.get_delivery(10.0)

@@ -258,7 +258,7 @@ def test_tls_with_a_self_signed_certificate_and_its_ca_file(tls_arena, certifica
     cert, _key = certificate
     for url in ("minitasks://localhost:%d", "minitasks://127.0.0.1:%d"):
         with Connection(url % tls_arena.port, ca_file=cert, timeout=10.0) as conn:
-            assert conn.sock.version() is not None          # really TLS
+            assert conn.link.sock.version() is not None          # really TLS
             conn.declare_queue("tls.q")
             conn.publish(P.Message(b"secret stuff", routing_key="tls.q"))
             conn.consume("tls.q")

@@ -164,7 +164,7 @@ def test_a_local_socket_taken_before_the_broker_starts_gets_not_one_byte(tmp_pat
         with caplog.at_level(logging.WARNING, logger="minitask.transport.builtin"):
             for number in range(3):
                 with Connection(broker.url, timeout=5.0) as conn:
-                    assert conn.sock.family == socket.AF_INET      # TCP, not the squatter's
+                    assert conn.link.sock.family == socket.AF_INET      # TCP, not the squatter's
                     conn.declare_queue("squat.q")
                     conn.publish(P.Message(b"%d" % number, routing_key="squat.q"))
         warnings = [record.getMessage() for record in caplog.records
@@ -196,14 +196,14 @@ def test_a_local_socket_taken_while_the_broker_restarts_gets_not_one_byte(tmp_pa
     squatter = Squatter(broker.port)
     try:
         with broker.connect(timeout=5.0) as conn:
-            assert conn.sock.family == socket.AF_UNIX                # the broker's own: trusted
+            assert conn.link.sock.family == socket.AF_UNIX                # the broker's own: trusted
             conn.declare_queue("restart.q")
             conn.publish(P.Message(b"before", routing_key="restart.q"))
         broker.kill()                                   # kill -9: the name is free ...
         squatter.start()                                # ... and another user takes it
         broker.start()                                  # the same port and data
         with broker.connect(timeout=5.0) as conn:
-            assert conn.sock.family == socket.AF_INET
+            assert conn.link.sock.family == socket.AF_INET
             conn.publish(P.Message(b"after", routing_key="restart.q"))
             conn.consume("restart.q")
             bodies = sorted(conn.get_delivery(5.0).message.body for _ in range(2))
@@ -238,7 +238,7 @@ def test_a_local_socket_that_never_accepts_does_not_hold_the_client(tmp_path):
         broker.start()
         started = time.monotonic()
         with Connection(broker.url, timeout=10.0) as conn:
-            assert conn.sock.family == socket.AF_INET
+            assert conn.link.sock.family == socket.AF_INET
             assert conn.status()
         assert time.monotonic() - started < 5.0             # not the 10 s timeout
     finally:
@@ -356,7 +356,7 @@ class PartialHellos:
 
 def _publish_some(url, local, count=20):
     with Connection(url, secret=SECRET, timeout=10.0, local=local) as conn:
-        assert (conn.sock.family == socket.AF_UNIX) == local
+        assert (conn.link.sock.family == socket.AF_UNIX) == local
         conn.declare_queue("lockout.q")
         for number in range(count):
             conn.publish(P.Message(b"%d" % number, routing_key="lockout.q"))
@@ -438,7 +438,7 @@ def test_a_socket_that_never_starts_tls_is_closed_at_the_handshake_timeout(tmp_p
             assert closed and 0.9 <= seconds <= 3.0, (closed, seconds)
             sock.close()
         with Connection(arena.url, ca_file=cert, timeout=5.0) as conn:   # TLS clients fine
-            assert conn.sock.version() is not None and conn.status()
+            assert conn.link.sock.version() is not None and conn.status()
 
 
 class _Clock:

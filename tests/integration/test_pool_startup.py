@@ -13,7 +13,6 @@ import pytest
 
 import ittasks
 from cluster import wait_for
-from minitask.admin import broadcast
 
 CAUSES = {
     "spawn": ({}, "ittasks,brokentasks",
@@ -28,7 +27,7 @@ CAUSES = {
 
 def stats(broker, name):
     with broker.connect() as conn:
-        return broadcast(conn, "stats", destination=[name], timeout=5, limit=1).get(name)
+        return conn.broadcast("stats", destination=[name], timeout=5, limit=1).get(name)
 
 
 def status_of(broker, name):

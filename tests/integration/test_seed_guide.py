@@ -24,7 +24,6 @@ import pytest
 import seedguide
 from cluster import HERE, ROOT, Broker, Worker
 from minitask import config, registry
-from minitask.admin import broadcast
 from minitask.transport import reset_connection
 
 RETRY_DELAY = 0.3
@@ -251,7 +250,7 @@ def test_09_the_registry_lists_the_builtin_tasks(seed):
                 "minitask.execute_remote", "minitask.map_async", "minitask.http_dispatch"}
     assert all(repr(name) in shown.stdout for name in builtins)
     with seed.broker.connect() as conn:
-        on_worker = broadcast(conn, "registered", destination=["seed"], timeout=10,
+        on_worker = conn.broadcast("registered", destination=["seed"], timeout=10,
                               limit=1)["seed"]
     assert builtins <= set(on_worker)
     show("09 >>> registry.tasks", *shown.stdout.strip().split(", "))
@@ -264,7 +263,7 @@ def test_10_an_abstract_task_is_not_registered_but_its_subclass_is(seed):
     result = extras.ConcreteTask.delay()
     assert result.get(timeout=10) == "a subclass of the abstract MyTask runs"
     with seed.broker.connect() as conn:
-        on_worker = broadcast(conn, "registered", destination=["seed"], timeout=10,
+        on_worker = conn.broadcast("registered", destination=["seed"], timeout=10,
                               limit=1)["seed"]
     assert "seed_10_abstract.MyTask" not in on_worker
     assert "seed_extras.ConcreteTask" in on_worker
