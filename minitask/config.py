@@ -126,10 +126,9 @@ _SETTING_OF = {spelling: name for name, spellings in _SPELLINGS.items()
 # How MINITASK_<NAME> text is read when the default (None) does not tell.
 _ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list,
               "TASK_TIME_LIMIT": float, "TASK_SOFT_TIME_LIMIT": float, "TASK_ROUTES": "json"}
-# Not settings: MINITASK_LONG_TESTS is the switch of tests/run.py --long, and a worker sets
-# MINITASK_WORKER_HOSTNAME for its pool processes (their tasks may read it).
-_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_LONG_TESTS",
-                     "MINITASK_WORKER_HOSTNAME"}
+# Not settings: the settings module's name, and the worker's name that a worker sets for its
+# pool processes (their tasks may read it).
+_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_WORKER_HOSTNAME"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 _LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

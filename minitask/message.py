@@ -31,7 +31,7 @@ A result ("meta") is serialized the same way and stored by the broker's result s
      "traceback": str or null, "retries": int, "date_done": epoch seconds}
 
 Exceptions travel as tagged JSON (`minitask.serialization`); they are rebuilt as their own
-class only under the SPEC "Results" rule.
+class only when it is a builtin, in `minitask.exceptions`, or in a module already imported.
 """
 
 import datetime

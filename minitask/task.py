@@ -34,7 +34,8 @@ __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_r
 
 registry = _registry_module
 
-# The keyword arguments the worker offers every task (SPEC "Default keyword arguments").
+# The keyword arguments the worker offers every task (early Celery's "default keyword
+# arguments").
 DEFAULT_KWARG_NAMES = ("logfile", "loglevel", "task_id", "task_name", "task_retries")
 
 # What retry_kwargs may hold: retry()'s own arguments and the publish options it passes on.

@@ -116,7 +116,7 @@ def main(argv):
     quick = "--quick" in argv
     extra = [arg for arg in argv if arg not in ("--quick", "--long")]
     if "--long" in argv:
-        os.environ["MINITASK_LONG_TESTS"] = "1"
+        os.environ["LONG_MINITASK_TESTS"] = "1"
     failures = 0
     try:
         python = test_python(sys.executable)

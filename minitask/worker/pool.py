@@ -5,7 +5,7 @@ Data flow::
     Worker ──assign(job)──> Child.wbuf ──pipe──> child: run jobs in order ──pipe──> results
                  ^                                    |  writes "started seq, at" into
                  |                                    v  shared memory before each job
-               Pool.check(now): start notices, soft/hard time limits, from shared memory
+          Pool.notice_starts(), Pool.time_limits(now): read from shared memory
 
 Jobs go down a pipe as pickled batches and results come back the same way, so a child never
 waits on the network and the main process pays one write per batch, not one per task. A
@@ -50,10 +50,13 @@ __all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "START_FAILED_EXIT"]
 logger = logging.getLogger(__name__)
 
 _LEN = struct.Struct("!I")
-_SLOT = 4                       # doubles per child: last started seq, started at, running, soft
-_EPOCH = 0                      # global doubles before the slots: epoch, revoke generation
-_REVOKE_GEN = 1
-_GLOBALS = 2
+# The shared memory: _GLOBALS doubles, then one slot of _SLOT doubles per child.
+_EPOCH, _REVOKE_GEN = 0, 1              # globals: jobs queued before the epoch are skipped;
+_GLOBALS = 2                            # the revoke list changed (children read their inbox)
+# In a child's slot: the seq of the last job it started, when, whether it still runs it, and
+# the seq of the job a soft time limit was meant for (a signal must not hit the next job).
+_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ = 0, 1, 2, 3
+_SLOT = 4
 
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
@@ -330,7 +333,8 @@ class Pool:
     def slot_state(self, child):
         """``(last started seq, started at, running)`` from shared memory."""
         base = _GLOBALS + child.slot * _SLOT
-        return int(self.shm[base]), self.shm[base + 1], self.shm[base + 2] > 0
+        return (int(self.shm[base + _STARTED_SEQ]), self.shm[base + _STARTED_AT],
+                self.shm[base + _RUNNING] > 0)
 
     def notice_starts(self):
         """Jobs that started since last asked (for STARTED acks), each reported once."""
@@ -369,7 +373,7 @@ class Pool:
                 killed.append(job)
             elif job.soft_time_limit and elapsed >= job.soft_time_limit and not job.soft_sent:
                 job.soft_sent = True
-                self.shm[_GLOBALS + child.slot * _SLOT + 3] = float(job.seq)
+                self.shm[_GLOBALS + child.slot * _SLOT + _SOFT_SEQ] = float(job.seq)
                 _signal(child.pid, getattr(signal, "SIGUSR1", signal.SIGTERM))
         return killed
 
@@ -571,8 +575,8 @@ class _ChildRunner:
         self.on_failure = failure_mailer()
 
     def _soft_limit(self, signum, frame):
-        if self.current is not None and self.shm[self.base + 3] == float(self.current) \
-                and self.shm[self.base + 2] > 0:
+        if self.current is not None and self.shm[self.base + _SOFT_SEQ] == float(self.current) \
+                and self.shm[self.base + _RUNNING] > 0:
             raise SoftTimeLimitExceeded("soft time limit exceeded")
 
     def run(self):
@@ -604,9 +608,9 @@ class _ChildRunner:
                 if self.django:
                     djangofixup.before_task()
                 self.current = seq
-                shm[base] = float(seq)
-                shm[base + 1] = time.time()
-                shm[base + 2] = 1.0
+                shm[base + _STARTED_SEQ] = float(seq)
+                shm[base + _STARTED_AT] = time.time()
+                shm[base + _RUNNING] = 1.0
                 try:
                     report = self.execute(data, accept, self.config.logfile,
                                           self.config.loglevel, on_failure=self.on_failure)
@@ -614,7 +618,7 @@ class _ChildRunner:
                     report = executed(message_id_of(data), "", "FAILURE", exc, None, 0.0, "json",
                                       "soft time limit exceeded")
                 finally:
-                    shm[base + 2] = 0.0
+                    shm[base + _RUNNING] = 0.0
                     self.current = None
                 if self.django:
                     djangofixup.after_task()

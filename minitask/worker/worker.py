@@ -567,7 +567,7 @@ class Worker:
 
     def _lost(self, job, how):
         if job.kill_reason is not None:
-            state = "REVOKED" if "revoked" in str(job.kill_reason) else "FAILURE"
+            state = "REVOKED" if isinstance(job.kill_reason, TaskRevokedError) else "FAILURE"
             logger.error("Task %s[%s] %s", job.task_name, job.task_id, job.kill_reason)
             self._store_final(job, state, str(job.kill_reason), job.kill_reason)
         elif job.acks_late and not job.handed_over:

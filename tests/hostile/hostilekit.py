@@ -11,7 +11,7 @@ The broker process comes from the integration harness (``tests/integration/conft
 loaded here under its own module name: several folders of the suite have a ``conftest.py``,
 so the bare name ``conftest`` means whichever pytest imported last.
 
-``MINITASK_LONG_TESTS=1`` (``python3 tests/run.py --long``) makes every attack longer and
+``LONG_MINITASK_TESTS=1`` (``python3 tests/run.py --long``) makes every attack longer and
 bigger (`BUDGET`); the short form is what CI runs.
 """
 
@@ -42,12 +42,12 @@ from minitask import protocol as P  # noqa: E402  (after the harness put the pro
 from minitask.transport.builtin import Connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
-LONG = os.environ.get("MINITASK_LONG_TESTS") == "1"
+LONG = os.environ.get("LONG_MINITASK_TESTS") == "1"
 MIB = 1024 * 1024
 
 
 class Budget:
-    """How hard each attack pushes: short for every run, long under MINITASK_LONG_TESTS=1."""
+    """How hard each attack pushes: short for every run, long under LONG_MINITASK_TESTS=1."""
 
     def __init__(self, long):
         self.long = long

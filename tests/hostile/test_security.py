@@ -45,7 +45,7 @@ def _refused_env():
     # The suite's own switch is named like a setting, and a minitask process warns about it
     # on stderr; the one-line rule is about the broker's own words.
     env = child_env()
-    env.pop("MINITASK_LONG_TESTS", None)
+    env.pop("LONG_MINITASK_TESTS", None)
     return env
 
 
