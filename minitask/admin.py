@@ -17,6 +17,10 @@ from . import protocol as P
 from .argtypes import comma_list, positive_seconds, seconds
 from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
 from .transport import client_for, declare_topology
+from .bench import add_command as add_bench
+from .config import configure
+from .message import TaskMessage
+from .result import AsyncResult
 
 __all__ = ["add_commands", "format_table", "format_mapping", "duration_text"]
 
@@ -91,7 +95,6 @@ def add_commands(commands, parser_class):
                         help="no effect: the broker finds the result by its id alone")
     _common(result)
     result.set_defaults(run=run_result)
-    from .bench import add_command as add_bench
     add_bench(commands)
 
 
@@ -103,7 +106,6 @@ def _common(parser, celery_json=False):
 
 
 def _settings(args):
-    from .config import configure
     overrides = {"BROKER_URL": args.broker} if getattr(args, "broker", None) else {}
     return configure(**overrides)
 
@@ -208,8 +210,6 @@ def _parse_json(text, what, kind):
 
 
 def run_call(args):
-    from .message import TaskMessage
-    from .result import AsyncResult
     settings = _settings(args)
     if args.args_option is not None and args.args != "[]":
         raise ConfigurationError("give the arguments once: ARGS or -a/--args, not both")
@@ -290,7 +290,6 @@ def _configured_queues(settings):
 
 
 def run_result(args):
-    from .result import AsyncResult
     settings = _settings(args)
     with _connect(settings) as conn:
         result = AsyncResult(args.task_id, connection=conn)

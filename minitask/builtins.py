@@ -14,6 +14,10 @@ import urllib.request
 from .decorators import task
 from .exceptions import ContentDisallowed, ProtocolError, RemoteTaskError
 from .transport import with_connection
+from .config import get_settings
+from .serialization import content_type_for, normalize_accept
+from .registry import tasks
+from .task import DEFAULT_KWARG_NAMES
 
 __all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "http_dispatch",
            "send_callable"]
@@ -36,8 +40,6 @@ def delete_expired_task_meta():
 @task(name="minitask.execute_remote")
 def execute_remote(ser_callable, fargs=(), fkwargs=None):
     """Run a pickled callable with these arguments. Needs "pickle" in ACCEPT_CONTENT."""
-    from .config import get_settings
-    from .serialization import content_type_for, normalize_accept
     accepted = normalize_accept(get_settings().ACCEPT_CONTENT)
     if content_type_for("pickle") not in accepted:
         raise ContentDisallowed("minitask.execute_remote runs pickled code; refused because "
@@ -59,7 +61,6 @@ def map_async(name, args_list):
 
     (Not ``task_name``: that is a default keyword argument the worker would fill in.)
     """
-    from .registry import tasks
     function = tasks[name]
     return [function(*_as_tuple(args)) for args in args_list]
 
@@ -75,7 +76,6 @@ def http_dispatch(url, method="GET", timeout=HTTP_TIMEOUT, **kwargs):
     The answer must be JSON: ``{"status": "success", "retval": ...}`` gives the result,
     ``{"status": "failure", "reason": ...}`` a failure.
     """
-    from .task import DEFAULT_KWARG_NAMES
     params = {key: value for key, value in kwargs.items() if key not in DEFAULT_KWARG_NAMES}
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):

@@ -17,6 +17,14 @@ from . import habits
 from .argtypes import (comma_list, host_port, loglevel, pool, port, positive_int,
                        positive_seconds, seconds)
 from .exceptions import MinitaskError
+from .admin import add_commands
+from . import __version__
+from .loaders import app_modules, current_loader
+from .log import setup_logging
+from .broker.main import BrokerConfig, run_broker
+from .config import configure, parse_broker_url
+from .worker import Worker, djangofixup
+from .demo import run_demo
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -140,13 +148,11 @@ def build_parser():
     demo = commands.add_parser("demo", help="broker, worker and a few tasks, on the defaults")
     demo.set_defaults(run=_run_demo)
 
-    from .admin import add_commands
     add_commands(commands, _Parser)
     return parser
 
 
 def _version():
-    from . import __version__
     return "minitask %s (Python %s)" % (__version__, sys.version.split()[0])
 
 
@@ -247,13 +253,11 @@ def _fail(command, message, code, as_json, json_message=None):
 def _apply_global_options(args):
     """-A and -b before the command (Celery 5's order): -A imports, or adds task modules to a
     worker; -b is the command's --broker."""
-    from .loaders import app_modules
     modules = [name for spec in args.app + getattr(args, "worker_app", [])
                for name in app_modules(spec)]
     if args.command == "worker":
         args.include = modules + [name for name in args.include if name not in modules]
     elif modules:
-        from .loaders import current_loader
         for name in modules:
             current_loader().import_module(name)
     if args.global_broker:
@@ -264,7 +268,6 @@ def _apply_global_options(args):
 
 
 def _setup_logging(level, logfile):
-    from .log import setup_logging
     setup_logging(level, logfile)
 
 
@@ -283,8 +286,6 @@ def _read_secret(path):
 
 
 def _run_broker(args):
-    from .broker.main import BrokerConfig, run_broker
-    from .config import configure, parse_broker_url
     settings = configure()
     _setup_logging(args.loglevel, args.logfile)
     _scheme, host, port, _tls = parse_broker_url(settings.BROKER_URL)
@@ -314,9 +315,6 @@ def worker_overrides(args):
 
 
 def _run_worker(args):
-    from .config import configure
-    from .loaders import current_loader
-    from .worker import Worker, djangofixup
     overrides = {key: value for key, value in worker_overrides(args).items()
                  if value is not None}
     settings = configure(**overrides)
@@ -332,5 +330,4 @@ def _run_worker(args):
 
 
 def _run_demo(args):
-    from .demo import run_demo
     return run_demo()

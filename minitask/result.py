@@ -16,6 +16,8 @@ from .exceptions import TaskRevokedError, TimeoutError
 from .message import decode_result_meta
 from .protocol import READY_STATES, STATES
 from .transport import with_connection
+from .config import get_settings
+from .message import ResultMeta
 
 __all__ = ["AsyncResult", "EagerResult", "ResultSet", "STATES", "READY_STATES",
            "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
@@ -84,7 +86,6 @@ class AsyncResult(_ResultBase):
         return with_connection(function)
 
     def _accept(self):
-        from .config import get_settings
         return get_settings().ACCEPT_CONTENT
 
     def _decode(self, state, content_type, payload):
@@ -173,7 +174,6 @@ class EagerResult(_ResultBase):
         return self._traceback
 
     def get(self, timeout=None, propagate=True, interval=None):
-        from .message import ResultMeta
         return self._outcome(ResultMeta(self.task_id, self._state, self._result,
                                         self._traceback), propagate)
 

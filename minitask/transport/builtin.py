@@ -31,6 +31,8 @@ from ..exceptions import BrokerConnectionError, BrokerError, ProtocolError, Time
 from . import base, declare_topology, declare_worker_queues
 from .base import HEARTBEAT, Delivery
 from .conversation import Conversation
+from ..config import get_settings
+from ..config import parse_broker_url
 
 __all__ = ["Connection", "Consumer", "Delivery", "client"]
 
@@ -38,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
 _FROM_SETTINGS = object()                # broker_uid: BROKER_UID of the settings in force
+RETRY_HANDSHAKE_FOR = 5.0               # connect() without a timeout: how long it asks again
 
 
 class Link:
@@ -87,7 +90,6 @@ class Link:
         uid = _peer_uid(sock)
         broker_uid = self.broker_uid
         if broker_uid is _FROM_SETTINGS:
-            from ..config import get_settings      # config imports this package's parent
             broker_uid = get_settings().BROKER_UID
         if uid not in (os.geteuid(), 0, broker_uid):
             _warn_once("the local socket of port %d belongs to uid %s, not to the broker's "
@@ -167,7 +169,6 @@ class Connection(base.Client):
     def __init__(self, url="minitask://127.0.0.1:5679", secret=None, ca_file=None,
                  timeout=10.0, heartbeat=0.0, client="minitask", worker_info=None,
                  on_connect=None, local=True, broker_uid=_FROM_SETTINGS):
-        from ..config import parse_broker_url
         self.url = url
         _scheme, host, port, tls = parse_broker_url(url)
         self.link = Link(url, host, port, tls, ca_file, timeout, local, broker_uid)
@@ -200,9 +201,28 @@ class Connection(base.Client):
             if isinstance(features, list) else frozenset()
 
     def connect(self):
-        """Open the socket and do the handshake. Raises BrokerConnectionError naming the URL."""
+        """Open the socket and do the handshake. Raises BrokerConnectionError naming the URL.
+
+        A broker that turns the handshake away for want of room (it makes room for newer
+        handshakes by dropping the oldest, see `broker.admission`) is asked again, with a
+        short backoff, until the connect timeout: a process flooding our address with
+        half-open handshakes can push a slow client out once, not keep it out."""
         if self.link.sock is not None:
             return self
+        deadline = time.monotonic() + (self.timeout or RETRY_HANDSHAKE_FOR)
+        pause = 0.02
+        while True:
+            try:
+                return self._connect_once()
+            except BrokerConnectionError as exc:
+                turned_away = self.conversation is not None and \
+                    exc is self.conversation.closing_error
+                if not turned_away or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _connect_once(self):
         self.link.open()
         self.conversation = Conversation(self.secret, self.client, self.heartbeat,
                                          self.worker_info, peer="the broker at %s" % self.url)

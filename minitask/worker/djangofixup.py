@@ -24,6 +24,7 @@ finalise it, and hands Django a clean slate: it connects afresh when a task firs
 
 import logging
 import os
+from ..exceptions import ConfigurationError
 
 __all__ = ["active", "setup", "forget_inherited_connections", "before_task", "after_task"]
 
@@ -59,7 +60,6 @@ def setup():
     django = _django()
     if django is None:
         return False
-    from ..exceptions import ConfigurationError
     try:
         django.setup()
     except Exception as exc:        # the project's settings or apps: a configuration problem

@@ -22,6 +22,7 @@ from ..exceptions import (
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
+from ..loaders import current_loader
 
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
 
@@ -209,7 +210,6 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         exc = TaskRevokedError("task %s expired before it could start" % task_id)
         logger.info("Task %s[%s] expired before it started", name, task_id)
         return executed(task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
-    from ..loaders import current_loader
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel)
     serializer = message.serializer if message.serializer in ("json", "pickle", "yaml") \

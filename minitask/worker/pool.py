@@ -44,6 +44,10 @@ from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExcee
 from ..protocol import message_id_of
 from . import djangofixup
 from .execution import execute_delivery, executed
+from ..loaders import current_loader
+from ..log import setup_logging
+from .mail import failure_mailer
+from .. import config as settings_module
 
 __all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "START_FAILED_EXIT"]
 
@@ -552,12 +556,9 @@ class _ChildRunner:
         """Become a worker's pool process: as the worker set up (unless forked from it), then
         the loader's per-process hook. Raises whatever stops it."""
         os.environ.update(self.config.environ)
-        from ..loaders import current_loader
-        from ..log import setup_logging
         if self.config.start_method == "fork":
             djangofixup.forget_inherited_connections()
         else:
-            from .. import config as settings_module
             settings_module.configure(**self.config.settings_overrides)
             djangofixup.setup()         # before any tasks module: they may import models
         setup_logging(self.config.loglevel, self.config.logfile)
@@ -570,7 +571,6 @@ class _ChildRunner:
         self.django = djangofixup.active()
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._soft_limit)
-        from .mail import failure_mailer
         self.execute = execute_delivery
         self.on_failure = failure_mailer()
 

@@ -50,6 +50,8 @@ from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .pool import ChildConfig, Job, Pool
 from .scheduler import Scheduler
+from .beat import Beat
+from .remote import handle_control
 
 __all__ = ["Worker"]
 
@@ -151,7 +153,6 @@ class Worker:
                     ", ".join(self.queues), self.prefetch)
         self._connect()
         if self.beat:
-            from .beat import Beat
             self.beat_service = Beat(self.settings, self.hostname)
             self.beat_service.start()
         try:
@@ -668,7 +669,6 @@ class Worker:
     # -- remote control --------------------------------------------------------------------------
 
     def _control(self, delivery):
-        from .remote import handle_control
         try:
             body = control.decode_body(delivery.message.body)
         except Exception as exc:        # a bad control message must not hurt the worker
