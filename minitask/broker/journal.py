@@ -63,7 +63,7 @@ from .records import (  # noqa: F401  (re-exported: the journal's vocabulary, as
     RETIRED, REVOKE, ROTATE, SHAPE_TYPES, SNAPSHOT, STARTED, TOPOLOGY, compound_record,
     decode_compound, open_record, retired_record, rotate_record,
     decode_ids, decode_json, decode_names, decode_publish, decode_result, decode_revoke,
-    ids_record, json_record, live_size, names_record, publish_ids, publish_record,
+    ids_record, json_record, live_size, names_record, publish_record,
     result_record, revoke_record, seal,
 )
 from .segments import (  # noqa: F401  (re-exported likewise)

@@ -33,7 +33,7 @@ from hostilekit import (
 )
 from minitask import config
 from minitask import protocol as P
-from minitask.broker.state import auth_proof
+from minitask.protocol import auth_proof
 from minitask.client import Connection, reset_connection
 from minitask.exceptions import AuthenticationError, BrokerConnectionError
 

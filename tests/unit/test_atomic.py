@@ -129,9 +129,9 @@ def test_a_unit_of_settings_alone_is_one_record_too(broker):
     (P.encode_json(P.KV_SET, 7, {"key": "k", "value": 1}), "seq 0"),
     (kv_frame("k", 1)[:-2], "ends inside"),
     (kv_frame("k", 1)[:5], "inside a frame header"),
-    (kv_frame("k", 1) * 65, "more than 64"),
+    (kv_frame("k", 1) * (P.MAX_ATOMIC_FRAMES + 1), "more than %d" % P.MAX_ATOMIC_FRAMES),
     (P.encode_json(P.KV_SET, 0, {"key": 5}), "'key' must be a string"),
-])
+], ids=["empty", "ack", "seq", "cut body", "cut header", "too many", "bad key"])
 def test_a_malformed_unit_is_error_400_and_nothing_of_it_happens(body, message):
     kit = StateKit()
     client = kit.connect()

@@ -18,7 +18,7 @@ from brokerkit import Broker, BrokerOptions, FakeJournal, body_of, record_types 
 from minitask import control  # noqa: E402
 from minitask import protocol as P  # noqa: E402
 from minitask.broker import journal as jr  # noqa: E402
-from minitask.broker.state import auth_proof  # noqa: E402
+from minitask.protocol import auth_proof  # noqa: E402
 from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
 from minitask.message import decode_result_meta  # noqa: E402
 

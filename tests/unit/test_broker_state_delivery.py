@@ -113,7 +113,7 @@ def test_unroutable_without_mandatory_is_confirmed_dropped_and_counted(kit, clie
     seq = client.publish(exchange="minitask", routing_key="nowhere")
     kit.turn()
     assert kinds(client.frames()) == [(P.CONFIRM, seq)]
-    assert kit.state.unroutable == 1
+    assert kit.state.messages.unroutable == 1
     assert sum(queue.ready for queue in kit.state.queues.values()) == 0
 
 
@@ -126,7 +126,7 @@ def test_the_default_exchange_routes_by_queue_name(kit, client):
     client.publish(exchange="", routing_key="by-name")
     assert kit.queue("by-name").ready == 1
     client.publish(exchange="", routing_key="no-such-queue")
-    assert kit.state.unroutable == 1
+    assert kit.state.messages.unroutable == 1
     code = client.error(P.PUBLISH, P.encode_message(P.Message(
         exchange="", routing_key="no-such-queue", flags=P.MANDATORY)))[0]
     assert code == P.UNROUTABLE

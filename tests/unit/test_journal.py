@@ -149,7 +149,6 @@ def test_a_compound_record_holds_its_records_in_order():
     kind, payload = parse(jr.compound_record(parts))
     assert kind == jr.COMPOUND
     assert jr.decode_compound(payload) == [parse(part) for part in parts]
-    assert jr.publish_ids(jr.compound_record(parts)) == (9,)
 
 
 @pytest.mark.parametrize("inner", [
@@ -450,7 +449,7 @@ def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut
     client = broker.connect()
     client.declare_queue("q")
     while broker.journal.head.size < broker.journal.segment_bytes:
-        _publish_turns(broker, client, ["m%d" % broker.state.next_message_id], body=b"x" * 90)
+        _publish_turns(broker, client, ["m%d" % broker.state.messages.next_message_id], body=b"x" * 90)
     broker = broker.reopen()                                # the head is full: a fresh one
     assert len(segment_files(tmp_path)) == 2
     expected = live_ids(broker.state)
@@ -854,7 +853,7 @@ def test_a_short_write_of_a_new_segment_header_never_costs_confirmed_records(tmp
     client = broker.connect()
     client.declare_queue("q")
     while broker.journal.head.size < broker.journal.segment_bytes:
-        _publish_turns(broker, client, ["m%d" % broker.state.next_message_id], body=b"x" * 90)
+        _publish_turns(broker, client, ["m%d" % broker.state.messages.next_message_id], body=b"x" * 90)
     with disk_faults() as faults:
         faults.room = room                                  # a few bytes of room left
         refused = client.publish("q", "refused")
@@ -926,14 +925,14 @@ def test_acks_results_and_settings_of_a_refused_turn_are_written_next_turn(tmp_p
         client.declare_queue("late")
         refused = client.publish("q", "refused")
         broker.turn()
-        kinds = sorted(record[8] for record in broker.state.records)
+        kinds = sorted(record[8] for record in broker.state.sink.records)
         assert kinds == sorted([jr.ACK, jr.ACK, jr.RESULT, jr.KV, jr.TOPOLOGY])
         assert not client.is_confirmed(refused)
         crashed = _recover_copy(tmp_path, tmp_path.parent / (tmp_path.name + "-crash"))
         assert live_ids(crashed.state) == ["a", "b"]        # acks not on disk yet
         crashed.crash()
     broker.turn()
-    assert broker.state.records == []
+    assert broker.state.sink.records == []
     after = broker.reopen()
     assert live_ids(after.state) == []
     assert after.state.results.get("a").payload == b'{"result": "A"}'
@@ -972,7 +971,7 @@ def test_delivered_records_of_a_failed_write_are_written_later(tmp_path):
         faults.full = True
         broker.turn()                                       # delivers; DELIVERED not written
         assert len(worker.take_deliveries()) == 1
-        assert [record[8] for record in broker.state.records] == [jr.DELIVERED]
+        assert [record[8] for record in broker.state.sink.records] == [jr.DELIVERED]
     broker.turn()
     after = broker.reopen()
     assert ready_view(after.state, "q") == [("a", 1)]
@@ -1037,8 +1036,8 @@ def test_refused_publishes_leave_nothing_behind_however_long_the_disk_is_full(tm
     assert queue.ready == 1 + len(kept) and queue.delayed == 0
     assert sum(len(level) for level in queue.levels.values()) + len(queue.returned) \
         == queue.ready                                      # no dead entries waiting
-    assert state._delayed == [] and state._expiring == []
-    assert state.records == [] and state._turn_publishes == [] and state._turn_timers == []
+    assert state.messages.delayed == [] and state.messages.expiring == []
+    assert state.sink.records == [] and state.sink.written() == []    # no unit left behind
     assert sorted(P.message_id_of(m.data) for m in _stored_messages()
                   if m.where != DEAD) == sorted(["before"] + kept)
     assert not any(P.message_id_of(m.data).startswith("r") for m in _stored_messages())

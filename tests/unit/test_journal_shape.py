@@ -188,7 +188,7 @@ def test_a_failed_write_that_could_not_be_cut_back_is_never_replayed(tmp_path, c
     for i in range(3):
         client.publish("q", "ok%d" % i)
         broker.turn()
-    first = jr.publish_record(broker.state.next_message_id, 0, "q", P.encode_message(
+    first = jr.publish_record(broker.state.messages.next_message_id, 0, "q", P.encode_message(
         P.Message(b"{}", routing_key="q", message_id="refused-0", type="tasks.add",
                   flags=P.PERSISTENT)))                    # as journalkit's Client makes it
     with disk_faults() as disk:

@@ -198,7 +198,7 @@ def test_new_messages_get_ids_after_the_recovered_ones(broker):
     publish(broker, client, "q", "a", "b", "c")
     highest = max(m.id for m in live_messages(broker.state))
     after = broker.reopen()
-    assert after.state.next_message_id > highest
+    assert after.state.messages.next_message_id > highest
     publish(after, after.connect(), "q", "d")
     again = after.reopen()
     assert live_ids(again.state) == ["a", "b", "c", "d"]
