@@ -14,8 +14,8 @@ Invariants: broker state is read only inside the loop thread, by functions hande
 such call is queued at a time, and a loop that does not run it within `LOOP_TIMEOUT` gets the
 request a 503, never a stuck thread. Result payloads are decoded here, as JSON only (a pickle
 is never loaded in the broker). Access follows the broker port's rule: beyond loopback only
-with the broker secret; with a secret, every request needs HTTP Basic auth whose password is
-the secret. With ``--certfile/--keyfile`` the page is served over TLS with the same context.
+with the broker secret (the broker refuses to start otherwise); with a secret, every request
+needs HTTP Basic auth whose password is the secret. With ``--certfile/--keyfile`` the page is served over TLS with the same context.
 """
 
 import base64
@@ -38,7 +38,6 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
-from .main import is_loopback
 from .status import failed_results, status_report
 from .taskstats import EVENTS, RUNTIME_BUCKETS
 
@@ -72,10 +71,6 @@ class StatusHTTPServer:
 
     def __init__(self, broker, address, secret=None, ssl_context=None):
         host, port = address
-        if not is_loopback(host) and not secret:
-            raise ConfigurationError(
-                "refusing to serve the status page on %s without a secret: give --secret-file "
-                "or BROKER_SECRET, or use --http 127.0.0.1:PORT" % host)
         self.broker = broker
         self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self.ssl_context = ssl_context

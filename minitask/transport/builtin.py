@@ -337,13 +337,22 @@ class Connection(base.Client):
                        self.timeout if timeout is None else timeout, "confirm")
 
     def publish_with_record(self, data, key, value, timeout=None):
-        """Set a durable broker setting and publish, in one write: a broker crash keeps both
-        or neither (periodic tasks' last send times)."""
+        """Set a durable broker setting and publish, as one unit: a broker crash keeps both
+        or neither, and a refused publish leaves the setting as it was (periodic tasks' last
+        send times). A broker without "atomic" in its WELCOME gets KV_SET and PUBLISH in one
+        write instead: two journal records, which a crash tearing that write could split."""
         conversation = self.conversation or self.connect().conversation
+        timeout = self.timeout if timeout is None else timeout
+        kv = P.encode_json(P.KV_SET, 0, {"key": key, "value": value})
+        if "atomic" in self.welcome.get("features", ()):
+            seq = conversation.confirmable(P.ATOMIC, P.encode_atomic(
+                0, [kv, P.encode_frame(P.PUBLISH, 0, data)])[P.HEADER.size:])
+            self._flush()
+            self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
+            return
         kv_seq = conversation.command(P.KV_SET, {"key": key, "value": value})
         seq = conversation.publish(data)
         self._flush()
-        timeout = self.timeout if timeout is None else timeout
         self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
@@ -568,11 +577,19 @@ class Consumer(base.Consumer):
             self.out += P.encode_tags(P.REJECT, 0, [tag])
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
-        if publish:
-            raise NotImplementedError("publishing with a result needs a broker that joins "
-                                      "workflows")
-        self.out += P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0,
-                                    0.0, content_type, payload)
+        """With `publish`, one ATOMIC unit: the broker journals the result and the messages
+        as one record. A broker without "atomic_results" in its WELCOME gets the RESULT_SET
+        and the PUBLISHes in one write instead, which a crash tearing it could split."""
+        frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0,
+                                0.0, content_type, payload)
+        if not publish:
+            self.out += frame
+            return
+        frames = [frame] + [P.encode_frame(P.PUBLISH, 0, data) for data in publish]
+        if "atomic_results" in self.conn.welcome.get("features", ()):
+            self.out += P.encode_atomic(0, frames)
+        else:
+            self.out += b"".join(frames)
 
     def send(self, frame):
         """Queue an already-encoded frame (results built in a pool process)."""
