@@ -44,7 +44,8 @@ _heappush, _heappop = heapq.heappush, heapq.heappop
 class Messages:
     """Every message the broker holds, and the commands that move them."""
 
-    def __init__(self, clock, options, sink, topology, results, sessions, task_stats):
+    def __init__(self, clock, options, sink, topology, results, sessions, outgoing,
+                 task_stats):
         self.clock = clock
         # Delayed messages reach the worker this early; its own scheduler starts them on time.
         self.release_ahead = options.release_ahead
@@ -52,6 +53,7 @@ class Messages:
         self.topology = topology
         self.results = results
         self.sessions = sessions                # id -> Session, kept by BrokerState
+        self.outgoing = outgoing                # sessions with frames to send (Session.send)
         self.task_stats = task_stats
         self.dirty = set()                      # queues that may be able to deliver
         self.delayed = []                       # heap of (release_at, id, StoredMessage)
@@ -265,6 +267,7 @@ class Messages:
         drop_reason, message_id_of, encode = P.drop_reason, P.message_id_of, P.encode_deliver
         count_received = self.task_stats.received
         type_of = P.type_bytes_of
+        outgoing = self.outgoing
         while idle < count and queue.ready and given < limit:
             consumer = consumers[index]
             index = (index + 1) % count
@@ -303,8 +306,9 @@ class Messages:
                 count_received(type_of(message.data))
             frame = encode(tag, consumer.tag, message.deliveries > 1, message.deliveries,
                            message.data)
-            session.send(frame)
+            session.out.append(frame)               # Session.send, inline: the hot path
             session.unsent += len(frame)            # no more for it once over MAX_UNSENT
+            outgoing.add(session)
         queue.next_consumer = index
         return given > 0
 
@@ -346,8 +350,10 @@ class Messages:
             if message.segment is not None:
                 self.sink.untrack(message)
                 ids.append(message.id)
-        self.sink.ids(rc.ACK, ids)
-        self.sink.names(rc.STARTED, started_ids)
+        if ids:
+            self.sink.ids(rc.ACK, ids)
+        if started_ids:
+            self.sink.names(rc.STARTED, started_ids)
 
     def reject(self, session, seq, body):
         flags, messages = self._take_unacked(session, body, multiple=False)

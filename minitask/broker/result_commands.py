@@ -79,12 +79,13 @@ class ResultCommands:
         """Keep a result (journalled), and answer whoever waits for it if it is final."""
         entry = ResultEntry(task_id, state, content_type, payload, now, expires_at)
         store, sink = self.store, self.sink
-        old = store.get(task_id)
-        if sink.open is not None:
+        unit = sink.open
+        if unit is not None:
+            old = store.get(task_id)
             sink.on_refuse(functools.partial(self._undo_store, entry, old,
                                              old.segment if old else None,
                                              store.inflight.get(task_id)))
-        store.set(entry)
+        old = store.set(entry)
         if old is not None:
             sink.untrack(old)
         if sink.persist:
@@ -94,9 +95,9 @@ class ResultCommands:
             self.recent_failures.append((now, task_id))
             del self.recent_failures[:-RECENT_FAILURES]
         if state in P.READY_STATES:
-            if sink.open is not None:
+            if unit is not None:
                 sink.after_write(functools.partial(self._answer_waiters, task_id))
-            else:
+            elif task_id in store.waiters:
                 self._answer_waiters(task_id)
 
     def _undo_store(self, entry, old, segment, inflight):

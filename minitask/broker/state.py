@@ -85,7 +85,8 @@ class BrokerState:
         self.topology = Topology(self.options, self.sink)
         self.result_commands = ResultCommands(clock, self.options, self.sink, self.task_stats)
         self.messages = Messages(clock, self.options, self.sink, self.topology,
-                                 self.result_commands, self.sessions, self.task_stats)
+                                 self.result_commands, self.sessions, self.outgoing,
+                                 self.task_stats)
         # What the parts keep, under the names status reports and tests read it by.
         self.exchanges, self.queues = self.topology.exchanges, self.topology.queues
         tasks = self.result_commands
