@@ -103,7 +103,8 @@ class Journal:
         self.head = None
         self._fd = None
         self._syncer = None           # the everysec fsync thread
-        self._notify = None
+        # Called (from the fsync thread) when an everysec fsync completes: held confirms.
+        self.notify = None
         self._rotate_next = False
         self._cut_failed = False      # a failed write could not be cut back off the head
         self.next_number = 1          # the number the next data record gets
@@ -154,11 +155,9 @@ class Journal:
         infos = [survey_file(number, self._path(number)) for number in numbers]
         for info in infos:
             if info.problem == "version":
-                with open(info.path, "rb") as handle:
-                    version = int.from_bytes(handle.read(8)[4:8], "big")
                 raise JournalWriteError(
                     "journal segment %s is format version %d; this broker reads versions %s"
-                    % (info.path, version, " and ".join(str(v) for v in VERSIONS)))
+                    % (info.path, info.version, " and ".join(str(v) for v in VERSIONS)))
         files = []
         for index, info in enumerate(infos):
             newest = index == len(infos) - 1
@@ -334,7 +333,7 @@ class Journal:
         if self.fsync_policy == "everysec":
             self._syncer = Syncer(lambda fd: os.fsync(fd), self._fsync_directory,
                                   throttle=self.throttle)
-            self._syncer.notify = self._notify
+            self._syncer.notify = self._synced
             self._syncer.use(self._fd)
 
     def _path(self, number):
@@ -512,16 +511,10 @@ class Journal:
 
     # -- fsync ------------------------------------------------------------------------------
 
-    @property
-    def notify(self):
-        return self._notify
-
-    @notify.setter
-    def notify(self, function):
-        """Called (from another thread) when an everysec fsync completes: held confirms."""
-        self._notify = function
-        if self._syncer is not None:
-            self._syncer.notify = function
+    def _synced(self):
+        notify = self.notify
+        if notify is not None:
+            notify()
 
     @property
     def generation(self):

@@ -410,16 +410,21 @@ class Messages:
         target.push(moved)
         self.dirty.add(target)
 
-    def _retire(self, message):
-        """The message is gone for good (acked, expired, dropped)."""
-        if message.where == READY:
-            message.queue.discard(message)
-        elif message.where == DELAYED:
-            message.queue.delayed -= 1
-        message.where = DEAD
-        if message.segment is not None:
-            self.sink.untrack(message)
-            self.sink.ids(rc.ACK, [message.id])
+    def _retire(self, *messages):
+        """The messages are gone for good (acked, expired, dropped, purged): one ACK record
+        for those journalled."""
+        ids = []
+        for message in messages:
+            if message.where == READY:
+                message.queue.discard(message)
+            elif message.where == DELAYED:
+                message.queue.delayed -= 1
+            message.where = DEAD
+            if message.segment is not None:
+                self.sink.untrack(message)
+                ids.append(message.id)
+        if ids:
+            self.sink.ids(rc.ACK, ids)
 
     def _drop(self, message, task_id, why):
         """A task's message is dropped unrun (`why`: "revoked" or "expired")."""
@@ -451,7 +456,7 @@ class Messages:
     def purge(self, session, seq, body):
         queue = self.topology.queue_for(session, P.decode_json(body, "PURGE"))
         dropped = queue.drain()
-        self._retire_all(dropped)
+        self._retire(*dropped)
         session.reply(seq, {"messages": len(dropped)})
 
     def delete_queue(self, session, seq, body):
@@ -462,9 +467,9 @@ class Messages:
 
     def drop_queue(self, queue):
         """Delete a queue with every message it holds, waiting, delayed or unacked."""
-        self._retire_all(queue.drain())
-        self._retire_all(entry[2] for entry in self.delayed + [e for _h, e in self._timers]
-                         if entry[2].queue is queue and entry[2].where == DELAYED)
+        self._retire(*queue.drain())
+        self._retire(*[entry[2] for entry in self.delayed + [e for _h, e in self._timers]
+                       if entry[2].queue is queue and entry[2].where == DELAYED])
         unacked = [message for session in self.sessions.values()
                    for message in session.unacked.values()
                    if message.queue is queue and message.segment is not None]
@@ -475,17 +480,6 @@ class Messages:
             consumer.session.consumers.pop(consumer.tag, None)
         queue.consumers = []
         self.topology.remove_queue(queue)
-
-    def _retire_all(self, messages):
-        ids = []
-        for message in messages:
-            if message.where == DELAYED:
-                message.queue.delayed -= 1
-            message.where = DEAD
-            if message.segment is not None:
-                self.sink.untrack(message)
-                ids.append(message.id)
-        self.sink.ids(rc.ACK, ids)
 
     # -- time ----------------------------------------------------------------------------------
 

@@ -64,7 +64,8 @@ class ResultCommands:
         self.task_stats.finished(name or self.handovers.names.get(task_id), state, runtime)
         if self.sink.open is not None:
             self.sink.on_refuse(functools.partial(
-                self.handovers.restore, task_id, self.handovers.checkpoint(task_id)))
+                self._undo_finish, task_id, self.handovers.checkpoint(task_id),
+                self.store.inflight.get(task_id)))
         if self.handovers.finish(task_id) and not flags & P.STORE:
             self.sink.names(rc.FINISHED, [task_id])
         if flags & P.STORE:
@@ -72,8 +73,14 @@ class ResultCommands:
             self.store_result(task_id, state, content_type, payload, now,
                               now + (ttl if ttl > 0 else self.result_expires))
         else:
-            self._set_inflight(task_id, None)
+            self.store.inflight.pop(task_id, None)
         self.sink.confirm(session, seq)
+
+    def _undo_finish(self, task_id, handover, inflight):
+        """Put back the handover and in-flight state a refused unit's RESULT_SET ended."""
+        self.handovers.restore(task_id, handover)
+        if inflight is not None:
+            self.store.inflight[task_id] = inflight
 
     def store_result(self, task_id, state, content_type, payload, now, expires_at):
         """Keep a result (journalled), and answer whoever waits for it if it is final."""
@@ -107,17 +114,6 @@ class ResultCommands:
             self.sink.untrack(self.store.restore(entry.task_id, old, inflight))
             if segment is not None:
                 self.sink.track(old, segment)
-
-    def _set_inflight(self, task_id, state):
-        inflight = self.store.inflight
-        if self.sink.open is not None:
-            self.sink.on_refuse(functools.partial(self.store.restore, task_id,
-                                                  self.store.get(task_id),
-                                                  inflight.get(task_id)))
-        if state is None:
-            inflight.pop(task_id, None)
-        else:
-            inflight[task_id] = state
 
     def _answer_waiters(self, task_id):
         entry = self.store.get(task_id)

@@ -170,9 +170,6 @@ class Revoked:
         self.ids = {}                   # task id -> expires_at
         self._expiry = []
 
-    def __contains__(self, task_id):
-        return task_id in self.ids
-
     def __len__(self):
         return len(self.ids)
 

@@ -27,6 +27,7 @@ import time
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
+from ..log import Throttle, folded
 from .admission import REFUSE, Admission, PartialFrames
 from .loop import Loop
 from .session import CLOSED, OPEN
@@ -101,7 +102,6 @@ class BrokerServer:
         self.port = port
         self.ssl_context = ssl_context
         self.limits = limits or Limits(max_frame_bytes=state.options.max_frame_bytes)
-        self.clock = clock
         self.monotonic = monotonic
         self.selector = selectors.DefaultSelector()
         self.connections = {}
@@ -118,7 +118,7 @@ class BrokerServer:
         self._scratch = bytearray(_RECV_BYTES)
         self._scratch_view = memoryview(self._scratch)
         self._last_housekeeping = 0.0
-        self._refusals = {}         # reason -> (last log time, suppressed count)
+        self._refusals = Throttle(clock=monotonic)     # a log line per kind of refusal
         self.loop = Loop(state, clock, monotonic)
         self.journal.notify = self.wake     # an fsync finished: held confirms may go
         limits = self.limits
@@ -611,15 +611,10 @@ class BrokerServer:
 
     def _log_refusal(self, reason, detail, peer, level=logging.WARNING):
         """One log line per kind of refusal per 10 s, however many clients earn it."""
-        mono = self.monotonic()
-        last, suppressed = self._refusals.get(reason, (-1e9, 0))
-        if mono - last >= 10.0:
-            more = " (and %d more like it)" % suppressed if suppressed else ""
+        counts = self._refusals.allow(reason)
+        if counts is not None:
             logger.log(level, "refused client %s: %s%s%s", peer or "?", reason,
-                       ": " + detail if detail else "", more)
-            self._refusals[reason] = (mono, 0)
-        else:
-            self._refusals[reason] = (last, suppressed + 1)
+                       ": " + detail if detail else "", folded(counts))
 
 
 _HTTP_REPLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"

@@ -515,7 +515,7 @@ def test_revoke_tells_every_worker_through_the_control_exchange(kit, client):
 def test_revoke_with_no_control_queue_bound_is_just_remembered(kit, client):
     client.ok(P.REVOKE, {"task_ids": ["t1"]})
     assert sum(queue.ready for queue in kit.state.queues.values()) == 0
-    assert "t1" in kit.state.revoked
+    assert "t1" in kit.state.revoked.ids
 
 
 def test_revoking_a_delivered_task_leaves_its_state_to_the_worker(kit, client):
