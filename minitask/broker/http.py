@@ -38,10 +38,11 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
-from .status import failed_results, status_report
+from .status import status_report
 from .taskstats import EVENTS, RUNTIME_BUCKETS
 
-__all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure"]
+__all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure",
+           "failed_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,6 +242,23 @@ def rates_over(samples, window):
 
 def _history_sample(sample):
     return {key: value for key, value in sample.items() if key != "counters"}
+
+
+def failed_results(state):
+    """The recent failures, newest first, each with its stored result as raw bytes.
+
+    ``(time, task_id, result_state, content_type, payload)``; the last three are None when the
+    result has expired or been forgotten. The payload is an immutable bytes object, safe to
+    hand to another thread; decoding it is left to that thread.
+    """
+    out = []
+    for when, task_id in reversed(state.result_commands.recent_failures):
+        entry = state.results.get(task_id)
+        if entry is None:
+            out.append((when, task_id, None, None, None))
+        else:
+            out.append((when, task_id, entry.state, entry.content_type, bytes(entry.payload)))
+    return out
 
 
 def describe_failure(when, task_id, result_state, content_type, payload):

@@ -110,7 +110,6 @@ class Journal:
         self.next_number = 1          # the number the next data record gets
         self._highest = 0             # the highest segment number seen, present or not
         self.damaged = []             # (segment, offset) of damaged records found by replay
-        self.torn = []                # (segment, offset) torn tails cut off by replay
         self.faults = []              # one line per fault found by replay
         self.records_lost = 0         # data records those faults lost, where known
         self._faulty = set()          # numbers of segments to move aside (cut short, damaged)
@@ -236,7 +235,6 @@ class Journal:
         if scan.torn_at is not None:
             logger.warning("journal %s: torn record at offset %d (a crash mid-write) dropped; "
                            "it was never confirmed", segment.path, scan.torn_at)
-            self.torn.append((segment, scan.torn_at))
             self._truncate(segment.path, scan.torn_at)
             segment.size = scan.torn_at
         if scan.damaged_at:
@@ -759,7 +757,6 @@ class NullJournal:
     compacting = None
     fsync_policy = "no"
     damaged = ()
-    torn = ()
     faults = ()
     records_lost = 0
     bytes_written = 0

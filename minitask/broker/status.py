@@ -1,9 +1,7 @@
 """What `python -m minitask status` and the status page show, computed from the broker state.
 
 Plain data (JSON-ready dicts); rates are left to whoever polls, from the counters here.
-`failed_results` hands over raw stored bytes instead, for the status page to decode outside
-the broker's loop. `scheduled_report` lists the countdowns the broker holds, for ``inspect
-scheduled``.
+`scheduled_report` lists the countdowns the broker holds, for ``inspect scheduled``.
 """
 
 import os
@@ -13,7 +11,7 @@ from ..exceptions import ProtocolError
 from .session import OPEN
 from .topology import dead_letter_name
 
-__all__ = ["status_report", "failed_results", "scheduled_report"]
+__all__ = ["status_report", "scheduled_report"]
 
 
 def status_report(state):
@@ -120,21 +118,4 @@ def scheduled_report(messages):
             continue                # checked when published; a listing must not fail for one
         out.append({"id": fields.message_id, "name": fields.type, "eta": fields.not_before,
                     "queue": message.queue.name, "priority": message.priority})
-    return out
-
-
-def failed_results(state):
-    """The recent failures, newest first, each with its stored result as raw bytes.
-
-    ``(time, task_id, result_state, content_type, payload)``; the last three are None when the
-    result has expired or been forgotten. The payload is an immutable bytes object, safe to
-    hand to another thread; decoding it is left to that thread.
-    """
-    out = []
-    for when, task_id in reversed(state.result_commands.recent_failures):
-        entry = state.results.get(task_id)
-        if entry is None:
-            out.append((when, task_id, None, None, None))
-        else:
-            out.append((when, task_id, entry.state, entry.content_type, bytes(entry.payload)))
     return out
