@@ -4,10 +4,13 @@ The part of `BrokerState` that moves messages. It routes through `Topology`, rea
 updates what `ResultCommands` knows of tasks (in flight, revoked, handed over), and hands
 its journal records to the `Sink`::
 
-    publish ─> Topology.route ─> place ─┬─> Queue ─────────────> dispatch ─> Session.unacked
-                                         └─> delay heap ─ tick ─┘              │
-                            ack: gone ─┬─ reject / connection lost: back to the queue,
-                                       └─ or (too many tries, no requeue) a dead letter
+    publish ─> Topology.route ─> place ─┬──────────────────────> Queue ─> dispatch ─┐
+                                         └─> delay heap ─ tick ─┘                    │
+                  Session.unacked <──────────────────────────────────────────────────┘
+                    ├─ ack: gone
+                    ├─ reject with requeue, or its connection lost: back to its queue
+                    │  (to the dead-letter queue once delivered too many times)
+                    └─ reject without: gone, or to the queue's dead-letter queue
 
 Invariants:
 
@@ -104,7 +107,7 @@ class Messages:
             queue.published += 1
             if persistent and queue.durable and sink.persist:
                 record = rc.publish_record(message.id, 0, queue.name, data)
-                sink.add(record)
+                sink.records.append(record)         # sink.add, inline: the hot path
                 sink.track(message)
                 records.append(record)
                 self._place(message, fields.not_before, now, self._timers)

@@ -4,9 +4,9 @@ Pure bookkeeping with times passed in: `BrokerState` drives it and turns what it
 replies and journal records.
 
 - `ResultStore`: task id -> `ResultEntry` (state, content type, payload), each expiring
-  `ttl` seconds after it was set; blocking waits are kept per task id and answered the moment
-  a final state arrives (the caller gets the waiters back from `set()`); a wait that times out
-  is answered with the current state.
+  `ttl` seconds after it was set; blocking waits are kept per task id until a final state
+  arrives (the caller takes them with `take_waiters()` and answers them); a wait that times
+  out is answered with the current state.
 - `Revoked`: task ids revoked, kept until their results would have expired.
 - `Handovers`: tasks that started under a connection without being acked late. When that
   connection is lost they become orphans; a reconnecting worker may claim them within the
