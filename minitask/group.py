@@ -77,7 +77,7 @@ class group:
         settings = get_settings()
         if settings.ALWAYS_EAGER:
             return self.apply()
-        from .client import with_connection
+        from .transport import with_connection
         from .options import check_call_options
         from .sending import compose_message
         messages, declare = [], set()

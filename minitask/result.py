@@ -15,6 +15,7 @@ import time
 from .exceptions import TaskRevokedError, TimeoutError
 from .message import decode_result_meta
 from .protocol import READY_STATES, STATES
+from .transport import with_connection
 
 __all__ = ["AsyncResult", "EagerResult", "ResultSet", "STATES", "READY_STATES",
            "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
@@ -80,7 +81,6 @@ class AsyncResult(_ResultBase):
         """``function(connection)`` on the connection given, or this thread's (reconnecting)."""
         if self._connection is not None:
             return function(self._connection.connect())
-        from .client import with_connection
         return with_connection(function)
 
     def _accept(self):

@@ -10,7 +10,7 @@ thread's connection, first declaring a queue the call was routed to that is not 
 import datetime
 import time
 
-from .client import with_connection
+from .transport import with_connection
 from .config import get_settings
 from .exceptions import ConfigurationError
 from .message import TaskMessage, new_task_id, to_epoch
