@@ -58,18 +58,10 @@ from ..exceptions import MinitaskError
 from ..log import Throttle, folded
 from . import records as rc
 from .fsync import MAX_LAG, Syncer
-from .records import (  # noqa: F401  (re-exported: the journal's vocabulary, as jr.*)
-    ACK, COMPOUND, DELIVERED, FINISHED, FORGET, KV, OPEN, PUBLISH, RECORD_TYPES, RESULT,
-    RETIRED, REVOKE, ROTATE, SHAPE_TYPES, SNAPSHOT, STARTED, TOPOLOGY, compound_record,
-    decode_compound, open_record, retired_record, rotate_record,
-    decode_ids, decode_json, decode_names, decode_publish, decode_result, decode_revoke,
-    ids_record, json_record, live_size, names_record, publish_record,
-    result_record, revoke_record, seal,
-)
-from .segments import (  # noqa: F401  (re-exported likewise)
-    FILE_HEADER, HEADER_BYTES, MAGIC, OPENING_BYTES, VERSION, VERSIONS, Scan, Segment,
-    count_records,
-    file_header, is_rotate_record, new_seed, survey_file,
+from .records import live_size, seal
+from .segments import (
+    HEADER_BYTES, VERSION, VERSIONS, Scan, Segment, count_records, file_header,
+    is_rotate_record, new_seed, survey_file,
 )
 
 __all__ = ["Journal", "NullJournal", "JournalWriteError", "FSYNC_POLICIES"]

@@ -20,7 +20,7 @@ from journalkit import (  # noqa: E402
     Broker, disk_faults, live_ids, read_records, segment_files,
 )
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
 
 
 def kv_frame(key, value):
@@ -72,8 +72,8 @@ def test_a_unit_is_confirmed_and_journalled_as_one_compound_record(broker):
     assert broker.state.kv == {"beat.last_run.t": 1234.5}
     assert live_ids(broker.state) == ["beat-1"]
     *_rest, (_start, _end, kind, payload) = read_records(segment_files(broker.data_dir)[-1])
-    assert kind == jr.COMPOUND
-    assert [sub for sub, _payload in jr.decode_compound(payload)] == [jr.KV, jr.PUBLISH]
+    assert kind == rc.COMPOUND
+    assert [sub for sub, _payload in rc.decode_compound(payload)] == [rc.KV, rc.PUBLISH]
     after = broker.reopen()
     assert after.state.kv == {"beat.last_run.t": 1234.5}
     assert live_ids(after.state) == ["beat-1"]
@@ -139,7 +139,7 @@ def test_a_unit_of_settings_alone_is_one_record_too(broker):
     broker.turn()
     assert client.is_confirmed(seq)
     *_rest, (_s, _e, kind, _payload) = read_records(segment_files(broker.data_dir)[-1])
-    assert kind == jr.COMPOUND
+    assert kind == rc.COMPOUND
     assert broker.reopen().state.kv == {"a": 1, "b": 2}
 
 
@@ -199,9 +199,9 @@ def test_a_result_and_the_messages_it_unlocks_are_one_compound_record(broker):
     assert live_ids(broker.state) == ["next-1", "next-2"]
     assert "t1" not in broker.state.handovers.owner
     *_rest, (_start, _end, kind, payload) = read_records(segment_files(broker.data_dir)[-1])
-    assert kind == jr.COMPOUND
-    assert [sub for sub, _p in jr.decode_compound(payload)] == [jr.RESULT, jr.PUBLISH,
-                                                                  jr.PUBLISH]
+    assert kind == rc.COMPOUND
+    assert [sub for sub, _p in rc.decode_compound(payload)] == [rc.RESULT, rc.PUBLISH,
+                                                                  rc.PUBLISH]
     after = broker.reopen()
     assert after.state.results.get("t1").state == "SUCCESS"
     assert live_ids(after.state) == ["next-1", "next-2"]
@@ -286,7 +286,7 @@ def test_an_ignored_result_with_its_messages_ends_the_handover_in_the_same_recor
     atomic(worker, result_frame("t1", store=False), publish_frame("q", "next-1"))
     broker.turn()
     *_rest, (_start, _end, kind, payload) = read_records(segment_files(broker.data_dir)[-1])
-    assert [sub for sub, _p in jr.decode_compound(payload)] == [jr.FINISHED, jr.PUBLISH]
+    assert [sub for sub, _p in rc.decode_compound(payload)] == [rc.FINISHED, rc.PUBLISH]
     after = broker.reopen()
     assert after.summary["orphans"] == 0 and live_ids(after.state) == ["next-1"]
 
