@@ -121,7 +121,18 @@ class AuthenticationError(BrokerConnectionError):
 
 
 class ProtocolError(MinitaskError):
-    """Raised when a peer sends bytes that break the wire protocol; that connection is closed."""
+    """Raised when a peer sends bytes that break the wire protocol; that connection is closed.
+
+    `code` is the protocol's error code to answer with when it is not the usual 400 (413 for
+    a frame over the size limit); None means 400.
+    """
+
+    def __init__(self, message="", code=None):
+        self.code = code
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.code))
 
 
 class BrokerError(MinitaskError):

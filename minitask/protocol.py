@@ -80,14 +80,18 @@ yet (``acks_late``).
     runtime      f64   only when described: seconds the task ran (negative = it did not run)
     payload      the rest: the serialized result meta (see minitask.result)
 
-3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1) or a
-KV_SET (JSON) with seq 0; at least 1 and at most 64 of them. The broker applies them in
-order as one unit: one journal record holds everything they write, so a crash keeps all of
-it or none of it (a periodic task's send and the record of when it was sent). One reply for
-the unit: CONFIRM of the ATOMIC's seq once that record is written, or one ERROR (with the
-code the failing command would have had, or 507 for a failed journal write), in which case
-nothing of the unit took effect. A frame of another type, a seq other than 0, or bodies that
-do not add up to whole frames are ERROR 400.
+3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1), a
+KV_SET (JSON) or a RESULT_SET (3.4), with seq 0; at least 1 and at most 10000 of them (and
+no more than one frame holds: enough for a chord of a thousand tasks and its body). The
+broker applies them in order as one unit: one journal record holds everything they write, so
+a crash keeps all of it or none of it (a periodic task's send and the record of when it was
+sent; a task's result and the tasks it unlocks). One reply for the unit: CONFIRM of the
+ATOMIC's seq once that record is written, or one ERROR (with the code the failing command
+would have had, or 507 for a failed journal write), in which case nothing of the unit took
+effect. Waits on a result the unit stores are answered once that record is written. A frame
+of another type, a seq other than 0, or bodies that do not add up to whole frames are ERROR
+400. RESULT_SET inside ATOMIC needs the ``"atomic_results"`` feature (4): a broker without
+it answers such a unit with ERROR 400 and applies none of it.
 
 4. Commands (client -> broker) and their replies
 -----------------------------------------------
@@ -134,8 +138,8 @@ JSON arguments (``?`` = optional, with its default):
   "worker": {hostname, pid, concurrency, queues, ...}?}``; WELCOME ``{"protocol": 1,
   "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
   ``features`` names what this broker understands beyond protocol 1 as first shipped:
-  ``"atomic"`` (the ATOMIC command, 3.5) and ``"described_results"`` (RESULT_SET's bit 1,
-  3.4). A client uses such a thing only when the broker names it: an older broker, which
+  ``"atomic"`` (the ATOMIC command with PUBLISH and KV_SET, 3.5), ``"atomic_results"``
+  (RESULT_SET inside ATOMIC too) and ``"described_results"`` (RESULT_SET's bit 1, 3.4). A client uses such a thing only when the broker names it: an older broker, which
   sends no ``features``, answers an unknown command with ERROR 405 and closes the
   connection, and would read a described result's two extra fields as payload. A broker
   ignores HELLO keys it does not know and a client ignores WELCOME keys it does not know,
@@ -252,7 +256,7 @@ __all__ = [
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "decode_result_set", "plain_result", "type_bytes_of",
     "encode_error", "decode_error", "error_for", "encode_atomic", "decode_atomic",
-    "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
+    "STATES", "STATE_CODES", "READY_STATES", "auth_proof", "drop_reason",
 ]
 
 PROTOCOL_VERSION = 1
@@ -315,7 +319,7 @@ REQUEUE = 0x01
 STORE, READY = 0x01, 0x01
 DESCRIBED = 0x02
 # WELCOME's features (4): what this broker understands beyond protocol 1 as first published.
-FEATURES = ("atomic", "described_results")
+FEATURES = ("atomic", "atomic_results", "described_results")
 # Queues the broker names itself (DECLARE_QUEUE with queue ""): replies, workers' control.
 GENERATED_QUEUE_PREFIX = "mt.gen-"
 NO_PRIORITY = 255
@@ -351,7 +355,7 @@ class Decoder:
         length, kind, seq = HEADER.unpack_from(buffer, start)
         if length > self.max_frame_bytes:
             raise ProtocolError("frame of %d bytes is over the %d-byte limit"
-                                % (length, self.max_frame_bytes))
+                                % (length, self.max_frame_bytes), TOO_LARGE)
         end = start + 9 + length
         if len(buffer) < end:
             return None
@@ -388,6 +392,18 @@ def auth_proof(secret, role, first_nonce, second_nonce):
     reflected back as the other's."""
     text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
+
+
+def drop_reason(task_id, expires_at, now, revoked=()):
+    """Why a task's message must not be handed on at `now`: "revoked" when `task_id` is in
+    `revoked`, "expired" when its `expires_at` (0 or None: never) has passed; None when it
+    may go on. The one rule, asked by the broker before a message goes to a queue or a
+    consumer and when its expiry comes, and by the worker before it starts the task."""
+    if revoked and task_id in revoked:
+        return "revoked"
+    if expires_at and expires_at <= now:
+        return "expired"
+    return None
 
 
 def encode_frame(kind, seq, body=b""):
@@ -590,8 +606,8 @@ _TAGS_HEAD = struct.Struct("!BI")
 
 # --- ATOMIC (3.5) --------------------------------------------------------------------------
 
-ATOMIC_COMMANDS = (PUBLISH, KV_SET)
-MAX_ATOMIC_FRAMES = 64
+ATOMIC_COMMANDS = (PUBLISH, KV_SET, RESULT_SET)
+MAX_ATOMIC_FRAMES = 10000
 
 
 def encode_atomic(seq, frames):
@@ -611,8 +627,8 @@ def decode_atomic(body):
         if stop > end:
             raise ProtocolError("ATOMIC body ends inside a %s frame" % command_name(kind))
         if kind not in ATOMIC_COMMANDS:
-            raise ProtocolError("ATOMIC may hold PUBLISH and KV_SET frames, not %s"
-                                % command_name(kind))
+            raise ProtocolError("ATOMIC may hold PUBLISH, KV_SET and RESULT_SET frames, "
+                                "not %s" % command_name(kind))
         if seq:
             raise ProtocolError("a frame inside ATOMIC must have seq 0, not %d" % seq)
         frames.append((kind, body[offset + HEADER.size:stop]))
@@ -730,7 +746,7 @@ def decode_error(body):
 def error_for(code, text):
     """The exception a client raises for an ERROR frame."""
     cls = _ERROR_CLASSES.get(code, BrokerError)
-    return cls(text, code) if cls is BrokerError else cls(text)
+    return cls(text, code) if cls in (BrokerError, ProtocolError) else cls(text)
 
 
 def code_for(exc):

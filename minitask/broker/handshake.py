@@ -12,7 +12,6 @@ otherwise a quick WELCOME would tell the guesser which answers were wrong withou
 """
 
 import collections
-import hashlib
 import heapq
 import hmac
 import itertools
@@ -22,7 +21,7 @@ from .. import protocol as P
 from ..exceptions import ProtocolError
 from .session import AUTH_STAGE, CLOSED, HELD_STAGE, HELLO_STAGE, OPEN
 
-__all__ = ["Handshake", "AuthThrottle", "auth_proof"]
+__all__ = ["Handshake", "AuthThrottle"]
 
 
 class AuthThrottle:
@@ -89,84 +88,90 @@ class AuthThrottle:
 
 
 class Handshake:
-    """BrokerState's handling of frames that arrive before a session is open."""
+    """The part of `BrokerState` that answers frames before a session is open."""
 
-    def _handshake(self, session, kind, seq, body):
+    def __init__(self, clock, options, throttle=None):
+        self.clock = clock
+        self.secret = options.secret
+        self.version = options.version
+        self.max_frame_bytes = options.max_frame_bytes
+        self.throttle = throttle or AuthThrottle()
+
+    def handle(self, session, kind, seq, body):
         if session.stage == HELLO_STAGE and kind == P.HELLO:
-            try:
-                hello = P.decode_json(body, "HELLO")
-            except ProtocolError as exc:
-                self._error(session, seq, P.BAD_FRAME, str(exc), close=True)
-                return
-            if hello.get("protocol") != P.PROTOCOL_VERSION:
-                self._error(session, seq, P.COMMAND_INVALID,
-                            "protocol version %r is not supported; this broker speaks %d"
-                            % (hello.get("protocol"), P.PROTOCOL_VERSION), close=True)
-                return
-            session.client = str(hello.get("client", ""))[:200]
-            info = hello.get("worker")
-            session.info = info if isinstance(info, dict) else {}
-            heartbeat = hello.get("heartbeat", 0)
-            session.heartbeat = float(heartbeat) if isinstance(heartbeat, (int, float)) \
-                and 0 <= heartbeat <= 3600 else 0.0
-            session.client_nonce = str(hello.get("nonce", ""))[:128]
-            if self.options.secret:
-                session.stage = AUTH_STAGE
-                session.nonce = os.urandom(32).hex()
-                session.send(P.encode_json(P.CHALLENGE, seq, {"nonce": session.nonce}))
-            else:
-                self._welcome(session, seq, None)
+            self._hello(session, seq, body)
         elif session.stage == AUTH_STAGE and kind == P.AUTH:
-            try:
-                proof = str(P.decode_json(body, "AUTH").get("proof", ""))
-            except ProtocolError:
-                proof = ""
-            secret = self.options.secret
-            expected = auth_proof(secret, "client", session.client_nonce, session.nonce)
-            right = hmac.compare_digest(proof.encode("utf-8", "replace"),
-                                        expected.encode("utf-8"))
-            answer = auth_proof(secret, "broker", session.nonce, session.client_nonce) \
-                if right else None
-            now = self.clock()
-            delay = self.auth_throttle.delay(session.peer_key, now)
-            if not right:
-                self.auth_throttle.failed(session.peer_key, now)
-            if delay:
-                session.stage = HELD_STAGE          # anything more from it now is a 405
-                self.auth_throttle.hold(now + delay, session, seq, answer)
-            else:
-                self._answer_auth(session, seq, answer)
+            self._auth(session, seq, body)
         else:
-            self._error(session, seq, P.COMMAND_INVALID,
-                        "%s before the handshake finished" % P.command_name(kind), close=True)
+            session.error(seq, P.COMMAND_INVALID, "%s before the handshake finished"
+                          % P.command_name(kind), close=True)
+
+    def _hello(self, session, seq, body):
+        try:
+            hello = P.decode_json(body, "HELLO")
+        except ProtocolError as exc:
+            session.error(seq, P.BAD_FRAME, str(exc), close=True)
+            return
+        if hello.get("protocol") != P.PROTOCOL_VERSION:
+            session.error(seq, P.COMMAND_INVALID, "protocol version %r is not supported; this "
+                          "broker speaks %d" % (hello.get("protocol"), P.PROTOCOL_VERSION),
+                          close=True)
+            return
+        session.client = str(hello.get("client", ""))[:200]
+        info = hello.get("worker")
+        session.info = info if isinstance(info, dict) else {}
+        heartbeat = hello.get("heartbeat", 0)
+        session.heartbeat = float(heartbeat) if isinstance(heartbeat, (int, float)) \
+            and 0 <= heartbeat <= 3600 else 0.0
+        session.client_nonce = str(hello.get("nonce", ""))[:128]
+        if self.secret:
+            session.stage = AUTH_STAGE
+            session.nonce = os.urandom(32).hex()
+            session.send(P.encode_json(P.CHALLENGE, seq, {"nonce": session.nonce}))
+        else:
+            self._welcome(session, seq, None)
+
+    def _auth(self, session, seq, body):
+        try:
+            proof = str(P.decode_json(body, "AUTH").get("proof", ""))
+        except ProtocolError:
+            proof = ""
+        expected = P.auth_proof(self.secret, "client", session.client_nonce, session.nonce)
+        right = hmac.compare_digest(proof.encode("utf-8", "replace"), expected.encode("utf-8"))
+        answer = P.auth_proof(self.secret, "broker", session.nonce, session.client_nonce) \
+            if right else None
+        now = self.clock()
+        delay = self.throttle.delay(session.peer_key, now)
+        if not right:
+            self.throttle.failed(session.peer_key, now)
+        if delay:
+            session.stage = HELD_STAGE              # anything more from it now is a 405
+            self.throttle.hold(now + delay, session, seq, answer)
+        else:
+            self._answer_auth(session, seq, answer)
 
     def _answer_auth(self, session, seq, proof):
         if session.stage == CLOSED or session.want_close:    # it went while its answer waited
             return
         if proof is None:
-            self._error(session, seq, P.AUTH_FAILED, "authentication failed", close=True)
+            session.error(seq, P.AUTH_FAILED, "authentication failed", close=True)
             session.refusal = "authentication failed"
             return
         self._welcome(session, seq, proof)
 
-    def answer_held_auths(self, now):
-        """Send the answers `AuthThrottle` held whose time has come (from `tick`)."""
-        for session, seq, proof in self.auth_throttle.due(now):
+    def tick(self, now):
+        """Send the answers `AuthThrottle` held whose time has come."""
+        for session, seq, proof in self.throttle.due(now):
             self._answer_auth(session, seq, proof)
+
+    def next_deadline(self):
+        return self.throttle.next_due()
 
     def _welcome(self, session, seq, proof):
         session.stage = OPEN
-        welcome = {"protocol": P.PROTOCOL_VERSION, "broker": self.options.version,
-                   "max_frame_bytes": self.options.max_frame_bytes,
-                   "heartbeat": session.heartbeat, "session": session.id,
-                   "features": list(P.FEATURES)}
+        welcome = {"protocol": P.PROTOCOL_VERSION, "broker": self.version,
+                   "max_frame_bytes": self.max_frame_bytes, "heartbeat": session.heartbeat,
+                   "session": session.id, "features": list(P.FEATURES)}
         if proof:
             welcome["proof"] = proof
         session.send(P.encode_json(P.WELCOME, seq, welcome))
-
-
-def auth_proof(secret, role, first_nonce, second_nonce):
-    """HMAC-SHA256 proof of knowing the secret, bound to both nonces and the prover's role."""
-    text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
-    return hmac.new(secret, text, hashlib.sha256).hexdigest()
-

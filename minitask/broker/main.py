@@ -9,13 +9,20 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 
+from .. import __version__
 from ..exceptions import ConfigurationError, MinitaskError
 from .journal import Journal, NullJournal
 from .server import BrokerServer, Limits
 from .state import BrokerOptions, BrokerState
+
+try:
+    import fcntl
+except ImportError:                     # Windows: no advisory locks; one broker per folder
+    fcntl = None
 
 __all__ = ["BrokerConfig", "run_broker", "default_data_dir", "is_loopback"]
 
@@ -78,6 +85,10 @@ def build(config, settings):
         raise ConfigurationError(
             "refusing to listen on %s without a secret: give --secret-file or BROKER_SECRET, "
             "or listen on 127.0.0.1" % config.host)
+    if config.http and not is_loopback(config.http[0]) and not config.secret:
+        raise ConfigurationError(
+            "refusing to serve the status page on %s without a secret: give --secret-file "
+            "or BROKER_SECRET, or use --http 127.0.0.1:PORT" % config.http[0])
     if config.certfile and not config.keyfile or config.keyfile and not config.certfile:
         raise ConfigurationError("--certfile and --keyfile go together")
     options = BrokerOptions(
@@ -85,7 +96,7 @@ def build(config, settings):
         default_exchange_type=settings.DEFAULT_EXCHANGE_TYPE,
         default_queue=settings.DEFAULT_QUEUE, default_routing_key=settings.DEFAULT_ROUTING_KEY,
         max_frame_bytes=config.max_message_bytes + 1024, secret=config.secret,
-        handover_grace=config.handover_grace, version="minitask %s" % _version())
+        handover_grace=config.handover_grace, version="minitask %s" % __version__)
     if config.persist:
         data_dir = config.data_dir or default_data_dir()
         try:
@@ -111,7 +122,6 @@ def build(config, settings):
                     journal.directory, summary["seconds"])
     ssl_context = None
     if config.certfile:
-        import ssl
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             ssl_context.load_cert_chain(config.certfile, config.keyfile)
@@ -164,9 +174,7 @@ def _lock_data_dir(data_dir):
     """Hold an exclusive lock on the data directory for the broker's life."""
     path = os.path.join(data_dir, "broker.lock")
     handle = open(path, "a+")
-    try:
-        import fcntl
-    except ImportError:                 # Windows: no advisory locks; one broker per folder
+    if fcntl is None:
         return handle
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -183,17 +191,13 @@ def _lock_data_dir(data_dir):
     return handle
 
 
-def _version():
-    from .. import __version__
-    return __version__
-
-
 def run_broker(config, settings, announce=print):
     """Build, announce the listening line, serve until SIGTERM/SIGINT."""
     server = build(config, settings)
     server.install_signal_handlers()
     http = None
     if config.http:
+        # The status page is optional: it and http.server load only when it is asked for.
         from .http import StatusHTTPServer
         http = StatusHTTPServer(server, config.http, secret=config.secret,
                                 ssl_context=server.ssl_context)

@@ -6,13 +6,7 @@ decides *when*. One loop turn::
     select(timeout = next timer)                 ─ timers: delays, expiry, fsync, heartbeats
       ├─ accept new connections
       ├─ recv() once per readable socket ─> Decoder ─> state.handle() per frame
-    state.tick(now)
-    journal.write(records of the turn)          ─ one write; + fsync under --fsync always
-      └─ failed? state.refuse_turn()            ─ those publishes get ERROR 507, nothing lost
-    state.confirm_turn()                         ─ CONFIRM frames, only now; held instead
-                                                   while an everysec fsync is over 2 s late
-    journal.compact_step()                       ─ bounded; only when there is work
-    state.dispatch() ; journal.write(DELIVERED)
+    Loop.turn(): tick, write, confirm (or refuse), compact, dispatch   ─ see loop.py
     send() every session's frames in one call each; keep the rest for EVENT_WRITE
 
 Each connection's failures stay its own: a frame over the limit, a stalled handshake or
@@ -22,7 +16,6 @@ had not acked. What many connections cost together is capped too (`admission`): 
 still in their handshake get a share of the slots, and unfinished frames a share of memory.
 """
 
-import collections
 import errno
 import logging
 import selectors
@@ -34,9 +27,9 @@ import time
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
-from .fsync import MAX_LAG
+from ..log import Throttle, folded
 from .admission import REFUSE, Admission, PartialFrames
-from .journal import JournalWriteError
+from .loop import Loop
 from .session import CLOSED, OPEN
 
 __all__ = ["BrokerServer", "Limits"]
@@ -109,7 +102,6 @@ class BrokerServer:
         self.port = port
         self.ssl_context = ssl_context
         self.limits = limits or Limits(max_frame_bytes=state.options.max_frame_bytes)
-        self.clock = clock
         self.monotonic = monotonic
         self.selector = selectors.DefaultSelector()
         self.connections = {}
@@ -123,14 +115,11 @@ class BrokerServer:
         self._calls = []            # functions other threads want run in the loop
         self._backlog = set()       # connections with frames left over from their turn
         self._lingering = {}        # refused sockets being closed gently -> deadline
-        self._deadline = None       # when the state next has something due (see _timeout)
         self._scratch = bytearray(_RECV_BYTES)
         self._scratch_view = memoryview(self._scratch)
         self._last_housekeeping = 0.0
-        self._compaction_checked = 0.0
-        self._refusals = {}         # reason -> (last log time, suppressed count)
-        # (journal generation, [(session, seq)]): confirms waiting for an fsync, oldest first
-        self._held = collections.deque()
+        self._refusals = Throttle(clock=monotonic)     # a log line per kind of refusal
+        self.loop = Loop(state, clock, monotonic)
         self.journal.notify = self.wake     # an fsync finished: held confirms may go
         limits = self.limits
         self.admission = Admission(limits.max_connections, limits.max_unauthenticated,
@@ -223,16 +212,7 @@ class BrokerServer:
             self._shutdown()
 
     def _shutdown(self):
-        records = self.state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                logger.error("final journal write failed: %s", exc)
-        self.journal.sync()
-        while self._held:
-            self.state.send_confirms(self._held.popleft()[1])
-        self.state.confirm_turn()
+        self.loop.close()
         self._flush_all()
         for conn in list(self.connections.values()):
             self._close(conn, "broker shutting down", requeue_log=False)
@@ -271,27 +251,7 @@ class BrokerServer:
                     self._process(conn)
         if self.partial.over:
             self._shed_partial_frames()
-        state = self.state
-        mono = self.monotonic()
-        if self._deadline is not None and self.clock() >= self._deadline:
-            state.tick(self.clock())
-        records = state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                state.refuse_turn(str(exc), records)
-        self._confirm_turn()
-        if self.journal.has_work() or mono - self._compaction_checked >= 1.0:
-            self._maybe_compact(mono)
-        if state.dirty:
-            state.dispatch()
-            records = state.take_records()
-            if records:
-                try:
-                    self.journal.write(records)
-                except JournalWriteError:
-                    state.retain(records)
+        self.loop.turn()
         while self._calls:                  # after the turn's writes: they see settled state
             function = self._calls.pop(0)
             try:
@@ -299,53 +259,16 @@ class BrokerServer:
             except Exception:           # another thread's request must not stop the broker
                 logger.exception("a call run in the broker loop for another thread failed")
         self._flush_all()
+        mono = self.monotonic()
         if mono - self._last_housekeeping >= 0.5:
             self._last_housekeeping = mono
             self._housekeeping(mono)
 
     def _timeout(self):
-        """Seconds select() may wait: until the next thing due, at most half a second."""
-        self._deadline = deadline = self.state.next_deadline()
-        if self._calls or self._backlog or self.state.dirty or self.journal.has_work():
-            return 0
-        timeout = 0.5                       # housekeeping: heartbeats, stalls
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - self.clock()))
-        return timeout
-
-    def _confirm_turn(self):
-        """Send the turn's confirms, or hold them while the disk is behind.
-
-        Under ``everysec`` an fsync runs in its own thread; once the oldest write no fsync
-        covers is over two seconds old (`Journal.lagging`), confirms wait, in order, until
-        an fsync covers their write, so a power cut can never take more than about two
-        seconds of confirmed publishes however slow the disk. The loop keeps serving
-        everything else meanwhile.
-        """
-        state, journal, held = self.state, self.journal, self._held
-        while held and journal.is_synced(held[0][0]):
-            state.send_confirms(held.popleft()[1])
-        if held or journal.lagging():
-            confirms = state.take_confirms()
-            if confirms:
-                if not held and journal.throttle.allow("confirms held") is not None:
-                    logger.warning("journal fsync is over %gs behind (a slow disk): confirms "
-                                   "wait for it", MAX_LAG)
-                held.append((journal.generation, confirms))
-        else:
-            state.confirm_turn()
-
-    def _maybe_compact(self, mono):
-        journal = self.journal
-        if journal.compacting is None:
-            self._compaction_checked = mono
-            if not journal.wants_compaction():
-                return
-        started = self.monotonic()
-        journal.compact_step(self.state)
-        pause = self.monotonic() - started
-        if pause > 0.05:
-            logger.info("compaction step took %.1f ms", pause * 1000)
+        """Seconds select() may wait: until the next thing due, at most half a second (for
+        housekeeping: heartbeats, stalls)."""
+        timeout = self.loop.timeout(0.5)
+        return 0 if self._calls or self._backlog or self.loop.busy() else timeout
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -492,8 +415,7 @@ class BrokerServer:
             else:
                 self._backlog.add(conn)
         except ProtocolError as exc:
-            session.send(P.encode_error(0, P.TOO_LARGE if "limit" in str(exc) else P.BAD_FRAME,
-                                        str(exc)))
+            session.send(P.encode_error(0, P.code_for(exc), str(exc)))
             session.close_after_flush()
             self._log_refusal("bad frame", str(exc), conn.peer)
             if not session.is_open and _looks_like_http(data):
@@ -689,15 +611,10 @@ class BrokerServer:
 
     def _log_refusal(self, reason, detail, peer, level=logging.WARNING):
         """One log line per kind of refusal per 10 s, however many clients earn it."""
-        mono = self.monotonic()
-        last, suppressed = self._refusals.get(reason, (-1e9, 0))
-        if mono - last >= 10.0:
-            more = " (and %d more like it)" % suppressed if suppressed else ""
+        counts = self._refusals.allow(reason)
+        if counts is not None:
             logger.log(level, "refused client %s: %s%s%s", peer or "?", reason,
-                       ": " + detail if detail else "", more)
-            self._refusals[reason] = (mono, 0)
-        else:
-            self._refusals[reason] = (last, suppressed + 1)
+                       ": " + detail if detail else "", folded(counts))
 
 
 _HTTP_REPLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"

@@ -358,8 +358,6 @@ def test_forgotten_result_reads_as_pending(transport):
 
 
 def test_result_stored_with_what_it_unlocks_makes_both_visible_at_once(transport):
-    if transport.name == "minitask":
-        pytest.xfail("needs the broker's atomic store-and-publish (coming)")
     stream = transport.consumer(["jobs"])
     conn = transport.client()
     conn.declare_queue("next")
@@ -515,8 +513,6 @@ def test_publish_with_record_sets_the_record_and_publishes(transport):
 
 
 def test_refused_publish_with_record_leaves_the_record_as_it_was(transport):
-    if transport.name == "minitask":
-        pytest.xfail("the broker sets the record before it refuses the publish")
     conn = transport.client()
     with pytest.raises(UnroutableError):
         conn.publish_with_record(message("nowhere", mandatory=True), "beat:last", 1)

@@ -427,12 +427,11 @@ class RawClient:
 
     def hello(self, secret=None, **fields):
         """HELLO (and AUTH when challenged); returns the WELCOME frame, or what came instead."""
-        from minitask.broker.state import auth_proof
         nonce = os.urandom(32).hex()
         frame = self.call(P.HELLO, dict({"protocol": 1, "nonce": nonce}, **fields))
         if frame is not None and frame[0] == P.CHALLENGE and secret is not None:
             broker_nonce = json.loads(frame[2].decode())["nonce"]
-            proof = auth_proof(secret.encode(), "client", nonce, broker_nonce)
+            proof = P.auth_proof(secret.encode(), "client", nonce, broker_nonce)
             frame = self.call(P.AUTH, {"proof": proof})
         return frame
 

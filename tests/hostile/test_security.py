@@ -33,7 +33,7 @@ from hostilekit import (
 )
 from minitask import config
 from minitask import protocol as P
-from minitask.broker.state import auth_proof
+from minitask.protocol import auth_proof
 from minitask.transport import reset_connection
 from minitask.transport.builtin import Connection
 from minitask.exceptions import AuthenticationError, BrokerConnectionError

@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from minitask import protocol as P  # noqa: E402
-from minitask.broker.state import auth_proof  # noqa: E402
+from minitask.protocol import auth_proof  # noqa: E402
 from minitask.transport.builtin import Connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 

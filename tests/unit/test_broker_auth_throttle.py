@@ -6,7 +6,8 @@ from brokerkit import Broker
 from minitask import protocol as P
 from minitask.broker.handshake import AuthThrottle
 from minitask.broker.session import HELD_STAGE
-from minitask.broker.state import BrokerOptions, auth_proof
+from minitask.broker.state import BrokerOptions
+from minitask.protocol import auth_proof
 
 PEER = "10.0.0.5"
 

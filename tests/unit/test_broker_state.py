@@ -17,8 +17,8 @@ from brokerkit import Broker, BrokerOptions, FakeJournal, body_of, record_types 
 
 from minitask import control  # noqa: E402
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
-from minitask.broker.state import auth_proof  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
+from minitask.protocol import auth_proof  # noqa: E402
 from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
 from minitask.message import decode_result_meta  # noqa: E402
 
@@ -515,7 +515,7 @@ def test_revoke_tells_every_worker_through_the_control_exchange(kit, client):
 def test_revoke_with_no_control_queue_bound_is_just_remembered(kit, client):
     client.ok(P.REVOKE, {"task_ids": ["t1"]})
     assert sum(queue.ready for queue in kit.state.queues.values()) == 0
-    assert "t1" in kit.state.revoked
+    assert "t1" in kit.state.revoked.ids
 
 
 def test_revoking_a_delivered_task_leaves_its_state_to_the_worker(kit, client):
@@ -755,9 +755,9 @@ def test_a_persistent_publish_to_a_durable_queue_is_recorded_before_its_confirm(
     kit = journalled
     client = kit.connect()
     declare(client, "q")
-    assert record_types(kit.state.take_records()) == [jr.TOPOLOGY]
+    assert record_types(kit.state.take_records()) == [rc.TOPOLOGY]
     seq = client.publish(routing_key="q")
-    assert record_types(kit.state.take_records()) == [jr.PUBLISH]
+    assert record_types(kit.state.take_records()) == [rc.PUBLISH]
     assert client.frames() == []
     kit.state.confirm_turn()
     assert confirms(client.frames()) == [seq]
@@ -783,27 +783,27 @@ def test_deliveries_acks_and_handovers_are_recorded(journalled):
     worker.consume("q")
     kit.state.take_records()
     kit.turn()
-    assert record_types(kit.state.take_records()) == [jr.DELIVERED]
+    assert record_types(kit.state.take_records()) == [rc.DELIVERED]
     first, second = worker.deliveries()
     worker.ack([first.tag])
-    assert record_types(kit.state.take_records()) == [jr.ACK]
+    assert record_types(kit.state.take_records()) == [rc.ACK]
     worker.ack([second.tag], flags=P.STARTED)
-    assert record_types(kit.state.take_records()) == [jr.ACK, jr.STARTED]
+    assert record_types(kit.state.take_records()) == [rc.ACK, rc.STARTED]
     worker.set_result("t2", "SUCCESS", b"{}")
-    assert record_types(kit.state.take_records()) == [jr.RESULT]
+    assert record_types(kit.state.take_records()) == [rc.RESULT]
 
 
 def test_results_revokes_settings_and_forgets_are_recorded(journalled):
     kit = journalled
     client = kit.connect()
     client.ok(P.KV_SET, {"key": "k", "value": 1})
-    assert record_types(kit.state.take_records()) == [jr.KV]
+    assert record_types(kit.state.take_records()) == [rc.KV]
     client.set_result("t", "SUCCESS", b"")
-    assert record_types(kit.state.take_records()) == [jr.RESULT]
+    assert record_types(kit.state.take_records()) == [rc.RESULT]
     client.ok(P.RESULT_FORGET, {"task_ids": ["t"]})
-    assert record_types(kit.state.take_records()) == [jr.FORGET]
+    assert record_types(kit.state.take_records()) == [rc.FORGET]
     client.ok(P.REVOKE, {"task_ids": ["u"]})
-    assert sorted(record_types(kit.state.take_records())) == sorted([jr.RESULT, jr.REVOKE])
+    assert sorted(record_types(kit.state.take_records())) == sorted([rc.RESULT, rc.REVOKE])
 
 
 def refused_publish(kit):
