@@ -894,8 +894,12 @@ def _checked_dict(d):
             or not isinstance(options, dict):
         raise ConfigurationError("signature of %s: expected args a list, kwargs and options "
                                  "dicts" % task)
-    return {"task": task, "args": tuple(args), "kwargs": dict(kwargs),
-            "options": dict(options), "subtask_type": d.get("subtask_type"),
+    options = dict(options)
+    for name in ("link", "link_error"):         # callbacks come back as signatures too
+        if options.get(name) is not None:
+            options[name] = [maybe_signature(sig) for sig in _as_list(options[name])]
+    return {"task": task, "args": tuple(args), "kwargs": dict(kwargs), "options": options,
+            "subtask_type": d.get("subtask_type"),
             "immutable": bool(d.get("immutable", False))}
 
 

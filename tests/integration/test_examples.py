@@ -171,6 +171,26 @@ EXPECTED = {
         "  djangoish.blog.tasks.spam_filter",
         "  djangoish.shop.tasks.charge_order",
     ],
+    "15_workflows.py": [
+        "(add.s(2, 2) | mul.s(8) | add.s(1)).delay().get() = 33",
+        "  .parent.get() = 32, .parent.parent.get() = 4",
+        "chain(add.s(4), mul.s(8))(16).get() = 160",
+        "(add.si(1, 1) | add.si(2, 2)).delay().get() = 4   (immutable: no result passed)",
+        "group(add.s(i, i) for i in range(5))().get() = [0, 2, 4, 6, 8]",
+        "chord((add.s(i, i) for i in range(10)), tsum.s())().get() = 90",
+        "(group(add.s(1, 1), add.s(2, 2)) | tsum.s()).delay().get() = 6",
+        "tsum.map([[1, 2], [3, 4]]).delay().get() = [3, 7]",
+        "add.starmap([(1, 2), (3, 4)]).delay().get() = [3, 7]",
+        "add.chunks(zip(range(6), range(6)), 4)().get() = [[0, 2, 4, 6], [8, 10]]",
+        "add.apply_async((2, 2), link=mul.s(10)): 4, its callback 40",
+        "a chain whose divide.s(0) fails: state FAILURE, and its last task's too: FAILURE",
+        "  log_error got the failed task's id: True",
+        "  .get() raises the error: ZeroDivisionError: division by zero",
+        "a chord whose header fails: the body never runs; ChordError names the task: True",
+        "stored as JSON (352 characters) and rebuilt: 15_workflows.add(3, 3) | "
+        "15_workflows.mul(7) = 42",
+        "AsyncResult ids exist before anything runs: True",
+    ],
 }
 
 
