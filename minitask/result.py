@@ -284,7 +284,8 @@ class GroupResult(ResultSet):
             return self.id == other.id and self.results == other.results
         return NotImplemented
 
-    __hash__ = None
+    def __hash__(self):
+        return hash(self.id)
 
     def __repr__(self):
         return "<GroupResult: %s [%s]>" % (self.id, ", ".join(str(getattr(r, "id", r))

@@ -609,6 +609,24 @@ def test_revoking_a_workflows_result_revokes_every_task_it_links_to_in_one_reque
         "alone"]
 
 
+def test_a_chords_result_reaches_its_header_when_revoked(sent):
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).freeze()
+    result.revoke(terminate=True)
+    assert sent.calls == [("revoke", [result.id, result.parent[0].id, result.parent[1].id])]
+    assert hash(result.parent) == hash(result.parent.id)
+
+
+def test_a_signatures_apply_async_takes_link_and_link_error_as_a_tasks_does(sent):
+    result = add.s(1).apply_async((2,), link=mul.s(3), link_error=log_error.s())
+    [message] = sent.published()
+    assert (message.args, message.callbacks[0]["options"]["task_id"]) == (
+        (2, 1), result.children[0].id)
+    assert [decode(e).args for e in errbacks_of(message.headers)] == [(result.id,)]
+    config.configure(ALWAYS_EAGER=True)
+    eager = add.s(1).apply_async((2,), link=mul.s(3))
+    assert (eager.get(), eager.children[0].get()) == (3, 9)
+
+
 def test_a_workflow_too_big_for_a_messages_headers_is_refused_naming_the_limit(no_broker):
     workflow = chord([add.s(i, i) for i in range(2000)], tsum.s())._settled()
     workflow.freeze()
