@@ -18,7 +18,7 @@ Run it:  python examples/14_django_loader.py
 import _run  # noqa: F401  (first: it makes a checkout's minitask importable)
 
 from minitask.admin import broadcast
-from minitask.client import Connection
+from minitask.transport.builtin import Connection
 
 from djangoish.blog.tasks import spam_filter
 from djangoish.shop.tasks import charge_order

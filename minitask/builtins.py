@@ -14,6 +14,7 @@ import urllib.request
 
 from .decorators import task
 from .exceptions import ContentDisallowed, ProtocolError, RemoteTaskError
+from .transport import with_connection
 
 __all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "xmap",
            "xstarmap", "http_dispatch", "send_callable"]
@@ -30,10 +31,7 @@ def ping():
 @task(name="minitask.delete_expired_task_meta")
 def delete_expired_task_meta():
     """Remove expired results now (the broker also does this on its own as they expire)."""
-    from .client import with_connection
-    from . import protocol
-    return with_connection(lambda conn: conn.call(protocol.RESULT_FORGET,
-                                                  {"task_ids": [], "expired": True}))
+    return with_connection(lambda conn: conn.forget([], expired=True))
 
 
 @task(name="minitask.execute_remote")

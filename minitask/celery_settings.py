@@ -58,7 +58,7 @@ SECURITY = ("messages are not signed; use BROKER_SECRET (an HMAC handshake) and 
 PROCESS = "minitask does not manage its own process; use your service manager"
 BEAT = "the beat runs inside a worker started with --beat; its state lives in the broker"
 NO_PARENTS = "minitask does not record a task's parent; set priority= on the tasks"
-RECONNECT = ("a lost connection is tried again for 5 s (client.RECONNECT_SECONDS), a "
+RECONNECT = ("a lost connection is tried again for 5 s (minitask.transport.RECONNECT_SECONDS), a "
              "worker's forever with backoff")
 QUEUE_TYPE = "queues are minitask's own (durable, with priorities 0..9)"
 

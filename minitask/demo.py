@@ -58,7 +58,7 @@ def _stop(process, timeout=10.0):
 def run_demo(out=print):
     """Run the demo; returns 0 when every task gave the expected answer."""
     from .config import configure
-    from .client import reset_connection
+    from .transport import reset_connection
     scratch = tempfile.mkdtemp(prefix="minitask-demo-")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -91,7 +91,7 @@ TASK_REFUSED = {
 CALL_ACCEPTED = {
     "add_to_parent": (_ALWAYS, "minitask results keep no list of the tasks a task sent"),
     "retry": ((True,), "a lost connection is always tried again for up to 5 s "
-                       "(minitask.client.RECONNECT_SECONDS)"),
+                       "(minitask.transport.RECONNECT_SECONDS)"),
     "delivery_mode": ((2, "persistent"), "task messages are always persistent"),
 }
 
@@ -114,7 +114,7 @@ CALL_REFUSED = {
     "publisher": "each thread sends through its own connection; use group() to send many "
                  "calls in one batch",
     "retry_policy": "a lost connection is always tried again for up to 5 s "
-                    "(minitask.client.RECONNECT_SECONDS)",
+                    "(minitask.transport.RECONNECT_SECONDS)",
     "headers": "task messages carry no custom headers; pass what the task needs as kwargs",
     "content_type": "use serializer=",
     "content_encoding": "use serializer=",

@@ -374,7 +374,7 @@ class Decoder:
 def local_socket_name(port):
     """The abstract UNIX socket a broker on `port` also listens on (Linux), or None.
 
-    Clients of a loopback URL try it first and fall back to TCP (see `client.Connection`).
+    Clients of a loopback URL try it first and fall back to TCP (see `minitask.transport.builtin`).
     """
     if not sys.platform.startswith("linux"):
         return None

@@ -23,6 +23,7 @@ import time
 from .exceptions import TaskRevokedError, TimeoutError
 from .message import decode_result_meta
 from .protocol import READY_STATES, STATES
+from .transport import with_connection
 
 __all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult", "STATES",
            "READY_STATES",
@@ -95,7 +96,6 @@ class AsyncResult(ResultBase):
         """``function(connection)`` on the connection given, or this thread's (reconnecting)."""
         if self._connection is not None:
             return function(self._connection.connect())
-        from .client import with_connection
         return with_connection(function)
 
     def _accept(self):
@@ -256,7 +256,6 @@ class ResultSet:
         """Revoke every task of the set (and of the workflows they belong to) in one request."""
         ids = workflow_ids(self)
         if ids:
-            from .client import with_connection
             with_connection(lambda conn: conn.revoke(ids, terminate=terminate, signal=signal))
 
     def __repr__(self):

@@ -29,13 +29,13 @@ import json
 import time
 
 from . import protocol
-from .client import with_connection
 from .config import get_settings
 from .exceptions import ConfigurationError, SerializationError
 from .message import TaskMessage, new_task_id, to_epoch
 from .options import WORKFLOW_OPTIONS, PUBLISH_OPTIONS, check_call_options
 from .result import AsyncResult
 from .routes import destination, router_for
+from .transport import with_connection
 
 __all__ = ["compose_message", "publish", "send_task", "compose_signature", "compose_unlocked",
            "errbacks_of", "send_workflow", "publish_all", "publish_chords"]
@@ -215,7 +215,10 @@ def publish_chords(workflow, settings=None):
 
 def publish_all(messages, declare=()):
     """Publish encoded messages through this thread's connection in one pipelined batch (one
-    round of confirms), declaring the queues in `declare` first."""
+    round of confirms), declaring the queues in `declare` first. Messages cross the transport
+    seam as bytes (protocol 3.1): a `protocol.Message` is encoded here."""
+    messages = [_encoded(data) for data in messages]
+
     def send(conn):
         for queue in sorted(declare):
             conn.ensure_queue(queue)
@@ -317,6 +320,10 @@ def _check_header_size(sig, headers):
             "%r: its workflow headers would be %d bytes (%s entries); a message's headers "
             "hold at most %d: split the workflow into smaller ones"
             % (sig, size, parts, MAX_HEADER_BYTES))
+
+
+def _encoded(data):
+    return data if isinstance(data, (bytes, bytearray)) else protocol.encode_message(data)
 
 
 def _flat(ids):

@@ -40,8 +40,10 @@ import sysconfig
 import time
 import traceback
 
-from ..exceptions import SoftTimeLimitExceeded
+from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from ..protocol import message_id_of
 from . import djangofixup
+from .execution import execute_delivery, executed
 
 __all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "START_FAILED_EXIT"]
 
@@ -289,7 +291,7 @@ class Pool:
 
     def read(self, child):
         """Results waiting in `child`'s pipe: a list of ``(job, report)``; report is
-        ``("skipped",)`` or ``(state, frame, runtime, summary)``."""
+        ``("skipped",)`` or ``(state, content_type, payload, store, runtime, summary)``."""
         try:
             while True:
                 data = os.read(child.out_fd, 1 << 20)
@@ -317,7 +319,7 @@ class Pool:
                 else:
                     child.jobs.remove(job)
                 if item[1] != "skipped":
-                    self._learn_runtime(job.task_name, item[3])
+                    self._learn_runtime(job.task_name, item[5])
                 done.append((job, item[1:]))
         return done
 
@@ -360,7 +362,6 @@ class Pool:
                 continue
             elapsed = now - at
             if job.time_limit and elapsed >= job.time_limit and job.kill_reason is None:
-                from ..exceptions import TimeLimitExceeded
                 job.kill_reason = TimeLimitExceeded(
                     "task %s[%s] ran past its time limit of %ss"
                     % (job.task_name, job.task_id, job.time_limit))
@@ -565,7 +566,6 @@ class _ChildRunner:
         self.django = djangofixup.active()
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._soft_limit)
-        from .execution import execute_delivery
         from .mail import failure_mailer
         self.execute = execute_delivery
         self.on_failure = failure_mailer()
@@ -596,12 +596,10 @@ class _ChildRunner:
             if epoch < shm[_EPOCH]:
                 self.results.append((seq, "skipped"))
                 continue
-            if self.revoked and _task_id(data) in self.revoked:
-                from ..exceptions import TaskRevokedError
-                from .execution import _executed
-                executed = _executed(_task_id(data), "", "REVOKED",
-                                     TaskRevokedError("revoked before it started"), None, 0.0,
-                                     "json", "revoked")
+            if self.revoked and message_id_of(data) in self.revoked:
+                report = executed(message_id_of(data), "", "REVOKED",
+                                  TaskRevokedError("revoked before it started"), None, 0.0,
+                                  "json", "revoked")
             else:
                 if self.django:
                     djangofixup.before_task()
@@ -610,19 +608,18 @@ class _ChildRunner:
                 shm[base + 1] = time.time()
                 shm[base + 2] = 1.0
                 try:
-                    executed = self.execute(data, accept, self.config.logfile,
-                                            self.config.loglevel, on_failure=self.on_failure)
+                    report = self.execute(data, accept, self.config.logfile,
+                                          self.config.loglevel, on_failure=self.on_failure)
                 except SoftTimeLimitExceeded as exc:    # landed just outside the task's code
-                    from .execution import _executed
-                    executed = _executed(_task_id(data), "", "FAILURE", exc, None, 0.0, "json",
-                                         "soft time limit exceeded")
+                    report = executed(message_id_of(data), "", "FAILURE", exc, None, 0.0, "json",
+                                      "soft time limit exceeded")
                 finally:
                     shm[base + 2] = 0.0
                     self.current = None
                 if self.django:
                     djangofixup.after_task()
-            self.results.append((seq, executed.state, executed.frame, executed.runtime,
-                                 executed.summary))
+            self.results.append((seq, report.state, report.content_type, report.payload,
+                                 report.store, report.runtime, report.summary))
             self.done += 1
             if self.config.max_tasks and self.done >= self.config.max_tasks:
                 self.flush()
@@ -666,6 +663,3 @@ class _ChildRunner:
             view = view[written:]
 
 
-def _task_id(data):
-    from ..protocol import message_id_of
-    return message_id_of(data)

@@ -2,13 +2,16 @@
 
 Data flow::
 
-    broker ──DELIVER──> Consumer.read() ──> _receive(): revoked? expired? ──> REVOKED
+    broker ──delivery─> Consumer.read() ──> _receive(): revoked? expired? ──> REVOKED
                                                │ ETA ahead / no rate token ──> Scheduler
                                                v
                                            ready deque ──Pool.assign()──> children
                                                                               │
-    broker <── RESULT_SET, ACK (one frame per turn) <── _finished() <─────────┘
-           <── ACK(started) / START  <── Pool.notice_starts() (shared memory)
+    broker <── store_result, acks (flushed once per turn) <── _finished() <───┘
+           <── ack_started / started <── Pool.notice_starts() (shared memory)
+
+The broker is reached only through the transport seam (`minitask.transport`): the Consumer
+`BROKER_URL` names, selectable by its `fileno()`.
 
 One thread; every wait is a `select()` whose timeout is the next thing due (a scheduled task,
 a time limit, a heartbeat, a reconnect attempt, or a 20 ms look at children that started
@@ -37,11 +40,14 @@ import socket
 import time
 
 from .. import control, protocol as P
-from ..exceptions import BrokerConnectionError, PoolStartupError, WorkerLostError
+from ..exceptions import (
+    BrokerConnectionError, PoolStartupError, TaskRevokedError, WorkerLostError,
+)
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
 from ..task import registry
-from .consumer import HEARTBEAT, Consumer, worker_info
+from ..transport import consumer_for
+from ..transport.base import HEARTBEAT
 from .pool import ChildConfig, Job, Pool
 from .scheduler import Scheduler
 
@@ -91,7 +97,7 @@ class Worker:
         self.buckets = {}
         self._options = {}              # task name -> (acks_late, time_limit, soft_time_limit)
         self.revoked = {}               # task id -> when we heard (bounded)
-        self.pending_frames = []        # results waiting for a connection
+        self.pending_results = []       # store_result() arguments waiting for a connection
         self.seq = 0
         self.stopping = None            # None, "warm", "cold"
         self.stop_deadline = None
@@ -104,8 +110,9 @@ class Worker:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.degraded = None            # why pool processes cannot start, while they cannot
-        self.consumer = Consumer(settings, self.queues, self.prefetch, self._info(),
-                                 self.hostname)
+        self.consumer = consumer_for(settings, self.queues, self.prefetch, self._info(),
+                                     self.hostname)
+        self._broker_fd = None          # what the selector watches for the consumer
         config = ChildConfig(settings_overrides, self.imports, self.loglevel, self.logfile,
                              settings.ACCEPT_CONTENT,
                              environ={"MINITASK_WORKER_HOSTNAME": self.hostname})
@@ -269,24 +276,27 @@ class Worker:
             self._backoff = min(self._backoff * 2, 5.0)
             return
         self._backoff = 0.1
-        self.selector.register(self.consumer.conn.sock, selectors.EVENT_READ, "broker")
+        self._broker_fd = self.consumer.fileno()
+        self.selector.register(self._broker_fd, selectors.EVENT_READ, "broker")
         logger.info("worker %s: connected to %s", self.hostname, self.settings.BROKER_URL)
         handed_over = [job.task_id for child in self.pool.children.values()
                        for job in child.jobs if job.handed_over]
         if handed_over:
             self.consumer.claim(handed_over)
-        for frame in self.pending_frames:
-            self.consumer.send_result(frame)
-        self.pending_frames = []
+        for arguments in self.pending_results:
+            self.consumer.store_result(**arguments)
+        self.pending_results = []
         for delivery in early:
             self._receive(delivery)
 
     def _connection_lost(self, exc):
         logger.error("worker %s: %s; running tasks carry on, reconnecting", self.hostname, exc)
-        try:
-            self.selector.unregister(self.consumer.conn.sock)
-        except (KeyError, ValueError, AttributeError):
-            pass                        # never registered
+        if self._broker_fd is not None:
+            try:
+                self.selector.unregister(self._broker_fd)
+            except (KeyError, ValueError):
+                pass                    # never registered
+            self._broker_fd = None
         self.consumer.lost()
         # The broker has put back every message it had given us that we had not acked:
         # whatever of those has not started must not start here now.
@@ -318,23 +328,23 @@ class Worker:
             return
         consumer.set_extra_credit(min(self.held, MAX_HELD))
         mono = time.monotonic()
-        if mono - self._last_send >= HEARTBEAT / 2:
-            consumer.heartbeat()
-        consumer.end_turn()
-        if consumer.out:
+        if mono - self._last_send >= HEARTBEAT / 2:     # a few bytes every 5 s: no need to
+            consumer.heartbeat()                       # skip it when other frames went
             self._last_send = mono
-            self._flush_broker()
+        consumer.end_turn()
+        self._flush_broker()
 
     def _flush_broker(self):
+        """Write what the consumer has buffered; watch for writability while some is left."""
         try:
             left = self.consumer.flush()
         except BrokerConnectionError as exc:
             self._connection_lost(exc)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if left else 0)
-        key = self.selector.get_key(self.consumer.conn.sock)
+        key = self.selector.get_key(self._broker_fd)
         if key.events != events:
-            self.selector.modify(self.consumer.conn.sock, events, "broker")
+            self.selector.modify(self._broker_fd, events, "broker")
 
     # -- deliveries ------------------------------------------------------------------------------
 
@@ -479,37 +489,33 @@ class Worker:
             if same_connection:
                 self.consumer.reject(job.tag)
             return
-        state, frame, runtime = report[0], report[1], report[2]
+        state, content_type, payload, store, runtime = report[:5]
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
-        # Nothing to store (ignore_result): a task handed over must still be finished, and a
-        # broker that counts per task name must still hear how it ended.
-        if frame is None and (job.handed_over or self.consumer.describes_results):
-            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"",
-                                    job.task_name, runtime)
-        if frame is not None:
-            self._send_frame(frame)
+        # Even with nothing to store (ignore_result) the broker hears how the task ended: a
+        # task handed over must be finished, and the broker counts per task name.
+        self._store(job.task_id, state, content_type, payload, store, job.task_name, runtime)
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
-    def _send_frame(self, frame):
-        """Send a RESULT_SET now, or once connected again."""
+    def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None):
+        """Store a result now, or once connected again."""
+        arguments = dict(task_id=task_id, state=state, content_type=content_type,
+                         payload=payload, store=store, task_name=task_name, runtime=runtime)
         if self.consumer.connected:
-            self.consumer.send_result(frame)
+            self.consumer.store_result(**arguments)
         else:
-            self.pending_frames.append(frame)
+            self.pending_results.append(arguments)
 
     def _store_final(self, job, state, why, exc=None):
         """Store a final state the worker decided itself (revoked, expired, lost) and ack."""
         if exc is None:
-            from ..exceptions import TaskRevokedError
             exc = TaskRevokedError("task %s %s" % (job.task_id, why))
         if state == "REVOKED":
             logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
-        self._send_frame(P.encode_result(P.RESULT_SET, 0, job.task_id, state, P.STORE, 0.0,
-                                         content_type, payload, job.task_name))
+        self._store(job.task_id, state, content_type, payload, True, job.task_name)
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)
@@ -631,7 +637,9 @@ class Worker:
 
     def _info(self):
         """What this worker says about itself to the broker (HELLO, and status)."""
-        return dict(worker_info(self.hostname, self.concurrency, self.queues), **self._health())
+        return dict({"hostname": self.hostname, "pid": os.getpid(),
+                     "concurrency": self.concurrency, "queues": list(self.queues)},
+                    **self._health())
 
     def _health(self):
         if self.degraded is None:
@@ -680,7 +688,6 @@ class Worker:
             if terminate:
                 job = self.pool.running_job(child)
                 if job is not None and job.task_id in task_ids:
-                    from ..exceptions import TaskRevokedError
                     job.kill_reason = TaskRevokedError("task %s revoked and terminated"
                                                        % job.task_id)
                     self.pool.kill(child, signum)

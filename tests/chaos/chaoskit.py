@@ -39,7 +39,7 @@ import cluster as harness  # noqa: E402  (tests/integration, put on the path abo
 Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_for, harness.ROOT
 
 from minitask import config  # noqa: E402  (after the harness put the project on the path)
-from minitask.client import reset_connection  # noqa: E402
+from minitask.transport import reset_connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
 import chaostasks  # noqa: E402

@@ -645,3 +645,23 @@ def test_status_lists_the_tasks_each_worker_runs(transport):
     assert set(running) == {task_id(handed), task_id(late)}
     assert {r["task"] for r in running.values()} == {"contract.task"}
     assert {r["worker"] for r in running.values()} == {"w1"}
+
+
+def test_a_paused_consumer_takes_no_tasks_until_resumed_but_hears_control(transport):
+    data = message("jobs")
+    conn = transport.jobs(data)
+    stream = transport.consumer(["jobs"], paused=True)
+    conn.broadcast("ping", reply=False)
+    assert stream.command()["method"] == "ping"
+    stream.pump(0.3)
+    assert not stream.tasks                     # it heard the command, and took no task
+    stream.consumer.resume()
+    stream.say()
+    [delivery] = stream.receive()
+    assert delivery.data == data
+    stream.consumer.pause()
+    stream.consumer.ack(delivery.delivery_tag)
+    stream.say()
+    conn.publish(message("jobs"))
+    stream.pump(0.3)
+    assert not stream.tasks

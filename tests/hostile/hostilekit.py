@@ -39,7 +39,7 @@ Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_fo
 child_env = harness._env
 
 from minitask import protocol as P  # noqa: E402  (after the harness put the project on the path)
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
 LONG = os.environ.get("MINITASK_LONG_TESTS") == "1"

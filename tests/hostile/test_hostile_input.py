@@ -48,7 +48,7 @@ from hostilekit import (
 from minitask import protocol as P
 from minitask.broker.journal import NullJournal
 from minitask.broker.state import BrokerOptions, BrokerState
-from minitask.client import Connection
+from minitask.transport.builtin import Connection
 from minitask.exceptions import BrokerConnectionError, BrokerError, ProtocolError
 
 

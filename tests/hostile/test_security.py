@@ -34,7 +34,8 @@ from hostilekit import (
 from minitask import config
 from minitask import protocol as P
 from minitask.broker.state import auth_proof
-from minitask.client import Connection, reset_connection
+from minitask.transport import reset_connection
+from minitask.transport.builtin import Connection
 from minitask.exceptions import AuthenticationError, BrokerConnectionError
 
 SECRET = "correct horse battery staple"

@@ -43,7 +43,8 @@ from minitask import protocol as P
 from minitask.broker.journal import NullJournal
 from minitask.broker.server import BrokerServer, Limits
 from minitask.broker.state import BrokerOptions, BrokerState
-from minitask.client import Connection, reset_connection
+from minitask.transport import reset_connection
+from minitask.transport.builtin import Connection
 from minitask.exceptions import AuthenticationError, MinitaskError
 
 SECRET = "correct horse battery staple"
@@ -160,7 +161,7 @@ def test_a_local_socket_taken_before_the_broker_starts_gets_not_one_byte(tmp_pat
     try:
         squatter.start()
         broker.start()
-        with caplog.at_level(logging.WARNING, logger="minitask.client"):
+        with caplog.at_level(logging.WARNING, logger="minitask.transport.builtin"):
             for number in range(3):
                 with Connection(broker.url, timeout=5.0) as conn:
                     assert conn.sock.family == socket.AF_INET      # TCP, not the squatter's

@@ -24,7 +24,7 @@ from minitask.broker import journal as jr  # noqa: E402
 from minitask.broker.journal import Journal  # noqa: E402
 from minitask.broker.server import BrokerServer  # noqa: E402
 from minitask.broker.state import BrokerOptions, BrokerState  # noqa: E402
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 
 
 @contextlib.contextmanager

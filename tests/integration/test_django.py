@@ -23,7 +23,7 @@ import pytest
 import seedguide
 from cluster import ROOT, Broker, _Process, wait_for
 from minitask import config, registry
-from minitask.client import reset_connection
+from minitask.transport import reset_connection
 from minitask.decorators import task
 
 django = pytest.importorskip("django", reason="Django is not installed (tests/run.py "

@@ -17,7 +17,7 @@ from cluster import wait_for
 from minitask import config, registry
 from minitask.admin import broadcast
 from minitask.builtins import ping
-from minitask.client import reset_connection
+from minitask.transport import reset_connection
 from minitask.decorators import task
 from minitask.exceptions import (
     MaxRetriesExceededError, NotDeliverableError, NotRegistered, RetryTaskError,

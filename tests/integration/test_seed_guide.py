@@ -25,7 +25,7 @@ import seedguide
 from cluster import HERE, ROOT, Broker, Worker
 from minitask import config, registry
 from minitask.admin import broadcast
-from minitask.client import reset_connection
+from minitask.transport import reset_connection
 
 RETRY_DELAY = 0.3
 

@@ -41,7 +41,7 @@ sys.path.insert(0, ROOT)
 
 from minitask import protocol as P  # noqa: E402
 from minitask.broker.state import auth_proof  # noqa: E402
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
 SECRET = "perf secret"

@@ -170,17 +170,17 @@ class _RetryProbe(Task):
                                                    "routing_key": st.sampled_from(("a", "b"))}))
 def test_retry_takes_the_default_kwargs_out_wherever_they_arrive(places, told, pass_kwargs,
                                                                  user, sent, publish):
-    from minitask import client
+    from minitask import transport
     _RetryProbe.plan = {"places": places, "told": told, "pass_kwargs": pass_kwargs,
                         "user": user, "publish": publish}
     recorder = _Recorder()
-    saved = client.connection
-    client.connection = lambda *a, **k: recorder
+    saved = transport.connection
+    transport.connection = lambda *a, **k: recorder
     try:
         message = TaskMessage(_RetryProbe.name, (), sent, id="from-request", retries=1)
         outcome = run_task(_RetryProbe._instance(), message, logfile="w.log", loglevel="INFO")
     finally:
-        client.connection = saved
+        transport.connection = saved
     assert outcome.state == "RETRY", outcome.traceback
     [resent] = recorder.published
     def given(name):    # what retry() was told, if it was told anything but the truth

@@ -9,14 +9,15 @@ import pytest
 
 import minitask
 from minitask import (
-    AsyncResult, EagerResult, GroupResult, Signature, chain, chord, chunks, client, config,
-    group, protocol, signature, subtask, task, xmap, xstarmap,
+    AsyncResult, EagerResult, GroupResult, Signature, chain, chord, chunks, config, group,
+    protocol, signature, subtask, task, transport, xmap, xstarmap,
 )
 from minitask.exceptions import ChordError, ConfigurationError, NotRegistered, \
     SerializationError
 from minitask.message import TaskMessage
 from minitask.result import workflow_ids
 from minitask.sending import compose_signature, compose_unlocked, errbacks_of
+from minitask.transport import builtin, memory
 
 from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
 
@@ -459,7 +460,7 @@ class RecordingConnection:
     def declare_queue(self, queue, durable=True, **options):
         self.calls.append(("declare_queue", queue))
 
-    ensure_queue = client.Connection.ensure_queue
+    ensure_queue = builtin.Connection.ensure_queue
 
     def publish(self, message, confirm=True, timeout=None):
         self.calls.append(("publish", [message]))
@@ -484,8 +485,37 @@ def decode(data):
 @pytest.fixture
 def sent(monkeypatch):
     conn = RecordingConnection()
-    monkeypatch.setattr(client, "connection", lambda settings=None: conn)
+    monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
     return conn
+
+
+def test_workflows_cross_the_transport_seam_as_encoded_messages(monkeypatch):
+    """Through the in-memory transport (a real one, in this process): what a consumer gets
+    decodes to the workflow's messages, headers and body keys included."""
+    name = "canvas-%d" % id(monkeypatch)
+    memory.open_broker(name)
+    settings = config.Settings({"BROKER_URL": "memory://" + name})
+    conn = transport.client_for(settings).connect()
+    consumer = None
+    try:
+        transport.declare_topology(conn, config.get_settings())
+        monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
+        chained = (add.s(1, 1) | mul.s(2)).on_error(log_error.s()).apply_async()
+        grouped = group(add.s(i, i) for i in range(3)).apply_async()
+        consumer = transport.consumer_for(settings, ["minitask"], 10,
+                                          {"hostname": "w", "queues": ["minitask"]}, "w")
+        consumer.resume()
+        deliveries = consumer.connect() + consumer.read()
+        messages = {m.id: m for m in (TaskMessage.from_bytes(d.data) for d in deliveries)}
+        assert set(messages) == {chained.parent.id} | {r.id for r in grouped}
+        first = messages[chained.parent.id]
+        assert first.chain[0]["options"]["task_id"] == chained.id
+        assert [decode(e).args for e in errbacks_of(first.headers)] == [(first.id,)]
+    finally:
+        if consumer is not None:
+            consumer.close()
+        conn.close()
+        memory.drop_broker(name)
 
 
 def test_a_group_is_published_in_one_pipelined_batch(sent):

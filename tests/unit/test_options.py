@@ -10,7 +10,8 @@ import time
 import pytest
 
 import minitask
-from minitask import Task, chain, chord, client, config, registry, send_task, shared_task, task
+from minitask import Task, chain, chord, config, registry, send_task, shared_task, task, transport
+from minitask.transport import builtin
 from minitask.exceptions import ConfigurationError
 from minitask.options import (
     CALL_ACCEPTED, CALL_REFUSED, PUBLISH_OPTIONS, TASK_ACCEPTED, TASK_REFUSED,
@@ -38,7 +39,7 @@ class RecordingConnection:
     def declare_queue(self, queue, durable=True, **options):
         self.calls.append(("declare_queue", queue, durable))
 
-    ensure_queue = client.Connection.ensure_queue
+    ensure_queue = builtin.Connection.ensure_queue
 
     def publish(self, message, confirm=True, timeout=None):
         self.calls.append(("publish", message))
@@ -51,7 +52,7 @@ class RecordingConnection:
 @pytest.fixture
 def sent(monkeypatch):
     conn = RecordingConnection()
-    monkeypatch.setattr(client, "connection", lambda settings=None: conn)
+    monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
     return conn
 
 

@@ -10,7 +10,7 @@ import types
 import pytest
 
 import minitask.retry as policy
-from minitask import Task, client, registry, task
+from minitask import Task, registry, task, transport
 from minitask.exceptions import (
     MaxRetriesExceeded, MaxRetriesExceededError, MinitaskError, RetryTaskError,
 )
@@ -41,7 +41,7 @@ class FakeConnection:
 @pytest.fixture
 def broker(monkeypatch):
     fake = FakeConnection()
-    monkeypatch.setattr(client, "connection", lambda *a, **k: fake)
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: fake)
     return fake
 
 

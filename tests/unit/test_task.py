@@ -3,7 +3,7 @@ options, calling methods on classes and objects, default kwargs, and `apply_asyn
 (through `build_message`, so no broker is needed).
 
 Every test gets fresh settings and leaves the registry as it found it; tests that must not
-reach a broker replace `minitask.client.connection` with one that fails the test.
+reach a broker replace `minitask.transport.connection` with one that fails the test.
 """
 import datetime
 import socket
@@ -11,7 +11,7 @@ import socket
 import pytest
 
 import minitask
-from minitask import Task, client, config, protocol, registry, task
+from minitask import Task, config, protocol, registry, task, transport
 from minitask.exceptions import (
     BrokerConnectionError, ConfigurationError, MinitaskError, SerializationError,
 )
@@ -452,7 +452,7 @@ def test_apply_async_publishes_the_built_message_and_returns_its_async_result(mo
         def publish(self, message):
             published.append(message)
 
-    monkeypatch.setattr(client, "connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: FakeConnection())
     result = CreateUserTask.apply_async(("bob", "pw"), task_id="sent-id", priority=1)
     assert result.task_id == "sent-id"
     assert [m.message_id for m in published] == ["sent-id"]
