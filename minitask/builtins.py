@@ -1,5 +1,6 @@
 """The built-in tasks, always registered: ping, delete_expired_task_meta, execute_remote,
-map_async and http_dispatch (early Celery's ``rest`` tasks, on `urllib`).
+map_async, map and starmap (Celery's celery.map and celery.starmap, behind ``task.map(it)`` and
+``task.starmap(it)``) and http_dispatch (early Celery's ``rest`` tasks, on `urllib`).
 
 ``execute_remote`` is the only one that unpickles anything, and only where ``pickle`` is in
 ``ACCEPT_CONTENT``; everywhere else it fails with ContentDisallowed before touching the bytes.
@@ -19,8 +20,8 @@ from .serialization import content_type_for, normalize_accept
 from .registry import tasks
 from .task import DEFAULT_KWARG_NAMES
 
-__all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "http_dispatch",
-           "send_callable"]
+__all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "xmap",
+           "xstarmap", "http_dispatch", "send_callable"]
 
 HTTP_TIMEOUT = 30.0
 
@@ -67,6 +68,23 @@ def map_async(name, args_list):
 
 def _as_tuple(args):
     return tuple(args) if isinstance(args, (list, tuple)) else (args,)
+
+
+@task(name="minitask.map")
+def xmap(task, it):
+    """Call the task of signature `task` on each item of `it`, here, in order; return the
+    results. (The names are Celery's, which ``task.map(it)`` sends.)"""
+    from .canvas import signature
+    function = signature(task).type
+    return [function(item) for item in it]
+
+
+@task(name="minitask.starmap")
+def xstarmap(task, it):
+    """As minitask.map, each item of `it` being the argument tuple of one call."""
+    from .canvas import signature
+    function = signature(task).type
+    return [function(*_as_tuple(args)) for args in it]
 
 
 @task(name="minitask.http_dispatch")

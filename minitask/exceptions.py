@@ -11,7 +11,7 @@ __all__ = [
     "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
-    "BrokerError", "ReplyError", "PoolStartupError",
+    "BrokerError", "ReplyError", "PoolStartupError", "ChordError",
 ]
 
 
@@ -85,6 +85,10 @@ class PoolStartupError(MinitaskError):
 
 class TaskRevokedError(MinitaskError):
     """Raised (as a task's result) when the task was revoked or expired before it ran."""
+
+
+class ChordError(MinitaskError):
+    """Raised (as a chord's result) when a task of its header failed, so its body never ran."""
 
 
 class TimeLimitExceeded(MinitaskError):

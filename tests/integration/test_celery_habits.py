@@ -112,8 +112,8 @@ def test_a_worker_reads_celery_names_and_warns_once_about_the_one_it_cannot_use(
 
 
 def test_a_refused_option_fails_where_it_is_written_never_in_the_worker(broker):
-    with pytest.raises(ConfigurationError, match="link: not supported yet: workflows"):
-        ittasks.add.apply_async((1, 2), link=ittasks.add.s(3))
+    with pytest.raises(ConfigurationError, match="stamped_headers is not supported"):
+        ittasks.add.apply_async((1, 2), stamped_headers=["x"])
     with pytest.raises(ConfigurationError, match="compression is not supported"):
         ittasks.add.apply_async((1, 2), compression="zlib")
     assert broker.queue()["ready"] == 0

@@ -713,7 +713,8 @@ def test_enable_utc_false_with_a_timezone_is_silent(caplog):
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "args": "ab"}},
      "BEAT_SCHEDULE['x']['args']='ab': expected a list or tuple"),
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "options": {"link": "y"}}},
-     "BEAT_SCHEDULE['x']: send_task(): link: not supported yet: workflows"),
+     "BEAT_SCHEDULE['x']: send_task(): link is not supported here: callbacks and errbacks "
+     "are set on apply_async()"),
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "relative": True}},
      "BEAT_SCHEDULE['x']['relative']=True: not supported"),
     ("BEAT_SCHEDULE", {"x": {"task": "", "schedule": 5}},

@@ -520,6 +520,18 @@ def test_through_apply_a_task_naming_task_id_gets_its_own_id():
     assert fresh.get() == fresh.task_id
 
 
+def test_a_positional_argument_filling_a_default_kwargs_parameter_wins_over_the_workers():
+    # Celery's errback(task_id) is called with the failed task's id; the worker's own
+    # task_id must not collide with it ("got multiple values"), nor replace it.
+    @task()
+    def errback(task_id, note=None):
+        return task_id, note
+
+    assert errback.apply(("failed-id",)).get() == ("failed-id", None)
+    assert errback.apply(("failed-id", "n"), task_id="own").get() == ("failed-id", "n")
+    assert errback.apply(kwargs={"note": "n"}, task_id="own").get() == ("own", "n")
+
+
 def test_through_apply_a_task_that_names_none_never_gets_unknown_kwargs():
     @task()
     def strict(x, y):
