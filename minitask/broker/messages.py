@@ -69,14 +69,18 @@ class Messages:
 
     def publish(self, session, seq, data):
         fields = P.parse_message(data)
-        flags = fields.flags
-        queues = self.topology.route(fields, data)
+        flags, priority, not_before, expires_at, message_id, exchange, key = fields[:7]
+        if exchange:
+            queues = self.topology.route(fields, data)
+        else:                                   # the default exchange, inline: the hot path
+            queue = self.topology.queues.get(key)
+            queues = [queue] if queue is not None else ()
         session.published += 1
         sink = self.sink
         if not queues:
             if flags & P.MANDATORY:
                 raise UnroutableError("message to exchange %r with routing key %r matched no "
-                                      "queue" % (fields.exchange, fields.routing_key))
+                                      "queue" % (exchange, key))
             self.unroutable += 1
             sink.confirm(session, seq)
             return
@@ -89,16 +93,17 @@ class Messages:
                                           % (queue.name, queue.max_length))
         now = self.clock()
         revoked = self.results.revoked.ids
-        if revoked or fields.expires_at:
-            why = P.drop_reason(fields.message_id, fields.expires_at, now, revoked)
+        if revoked or expires_at:
+            why = P.drop_reason(message_id, expires_at, now, revoked)
             if why is not None:
                 self._count_dropped(data)
-                self.results.task_revoked(fields.message_id, why + " before it was queued")
+                self.results.task_revoked(message_id, why + " before it was queued")
                 sink.confirm(session, seq)
                 return
-        priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
+        if priority is None:
+            priority = P.DEFAULT_PRIORITY
         persistent = bool(flags & P.PERSISTENT)
-        expires_at = fields.expires_at or None
+        expires_at = expires_at or None
         placed, records = [], []
         for queue in queues:
             message = StoredMessage(self.next_message_id, data, queue, priority, expires_at,
@@ -110,13 +115,16 @@ class Messages:
                 sink.records.append(record)         # sink.add, inline: the hot path
                 sink.track(message)
                 records.append(record)
-                self._place(message, fields.not_before, now, self._timers)
+                self._place(message, not_before, now, self._timers)
             else:
-                self._place(message, fields.not_before, now)
+                self._place(message, not_before, now)
             placed.append(message)
         if records or sink.open is not None:
             sink.unit(session, seq, placed, records)
-        sink.confirm(session, seq)
+        if seq:                                 # sink.confirm, inline: the hot path
+            if not session.confirm_seq:
+                sink.confirming.append(session)
+            session.confirm_seq = seq
 
     def publish_internal(self, message):
         """Route a message the broker itself sends (control broadcasts); never persisted."""

@@ -31,7 +31,7 @@ class Sink:
         self.records = []
         self.open = None                # the ATOMIC being applied: [messages, undo, after, start]
         self._units = []                # (session, seq, messages, records, undo, after)
-        self._confirm = []              # sessions with a confirm_seq to answer this turn
+        self.confirming = []              # sessions with a confirm_seq to answer this turn
 
     # -- records -------------------------------------------------------------------------------
 
@@ -64,7 +64,7 @@ class Sink:
         """Send `session` a CONFIRM up to `seq` once the turn's write succeeded."""
         if seq:
             if not session.confirm_seq:
-                self._confirm.append(session)
+                self.confirming.append(session)
             session.confirm_seq = seq
 
     def unit(self, session, seq, messages, records):
@@ -111,11 +111,11 @@ class Sink:
         for unit in units:
             for action in unit[5]:
                 action()
-        confirms = [(session, session.confirm_seq) for session in self._confirm
+        confirms = [(session, session.confirm_seq) for session in self.confirming
                     if session.confirm_seq]
-        for session in self._confirm:
+        for session in self.confirming:
             session.confirm_seq = 0
-        self._confirm = []
+        self.confirming = []
         return confirms
 
     def refuse(self, records):
