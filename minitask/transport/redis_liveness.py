@@ -36,8 +36,9 @@ LOST_WHY = "the worker running the task was lost"
 
 
 def backstop_idle(heartbeat):
-    """Seconds an entry may go unrenewed before the backstop takes it: many renewals."""
-    return max(60.0, 6 * heartbeat)
+    """Seconds an entry may go unrenewed before the backstop takes it: eighteen renewals
+    missed (a consumer renews every third of a heartbeat), a minute by default."""
+    return 6.0 * heartbeat
 
 
 def housekeeping(client):

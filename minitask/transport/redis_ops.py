@@ -8,6 +8,7 @@ reply. Nothing here does I/O, so the layouts are tested without a server.
 import collections
 
 from .. import protocol as P
+from ..exceptions import ProtocolError
 from . import redis_scripts as S
 from .redis_keys import pack, unpack
 
@@ -30,8 +31,10 @@ class Held:
     def __init__(self, tag, queue, level, returned, id, data, deliveries):
         self.tag, self.queue, self.level, self.returned = tag, queue, level, returned
         self.id, self.data, self.deliveries = id, data, deliveries
-        self.task_id = P.message_id_of(data) if len(data) > 18 and \
-            len(data) > 19 + data[18] else ""
+        try:
+            self.task_id = P.message_id_of(data)
+        except (IndexError, UnicodeDecodeError):    # malformed, or not read (b"")
+            self.task_id = ""
 
     def stream(self, keys):
         return keys.stream(self.queue, self.level, self.returned)
@@ -40,7 +43,7 @@ class Held:
     def task_name(self):
         try:
             return P.parse_message(self.data).type
-        except P.ProtocolError:
+        except ProtocolError:
             return ""
 
 

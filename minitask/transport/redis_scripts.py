@@ -156,7 +156,6 @@ end
 -- Nothing happens unless the entry is still pending for `owner`: acked meanwhile, or given
 -- back by someone else, it stays as it is. Returns {task id, queue, dead-letter queue} when
 -- the copy went to the dead-letter queue, else nil.
-local GIVE_BACK_KEYS, GIVE_BACK_ARGS = 9, 11
 local function give_back(globals)
   local stream, stats, owner_stats, back, bell = next_key(), next_key(), next_key(),
                                                   next_key(), next_key()
