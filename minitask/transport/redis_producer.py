@@ -76,6 +76,7 @@ class Client(base.Client):
         self.topology = None
         self.ttl_ms = ops.ms(settings.RESULT_EXPIRES)
         self._exclusive = set()
+        self._set_up = False
 
     def __repr__(self):
         return "<redis Client %s>" % self.options.display
@@ -85,12 +86,15 @@ class Client(base.Client):
         return self.redis.connected
 
     def connect(self):
-        if self.connected:
+        """Connect, check the server (once per process), read the topology and declare the
+        broker's defaults; then `on_connect`."""
+        if self.connected and self._set_up:
             return self
         self.redis.connect()
         check_server(self)
         self.reload()
         self._declare_defaults()
+        self._set_up = True
         if self.on_connect is not None:
             self.on_connect(self)
         return self
@@ -103,6 +107,7 @@ class Client(base.Client):
             except MinitaskError as exc:
                 logger.debug("could not delete exclusive queue %r: %s", name, exc)
         self._exclusive.clear()
+        self._set_up = False
         self.redis.close()
 
     def __enter__(self):
