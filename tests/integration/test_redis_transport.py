@@ -146,17 +146,24 @@ def test_a_select_loop_consumes_everything_once_and_leaves_the_streams_empty(vho
     assert (row["ready"], row["unacked"], row["acked"]) == (0, 0, 300)
 
 
-def test_credit_coming_back_wakes_the_reader_every_time(vhost):
-    """With prefetch 1 each message waits for the ack of the one before; the wake after an
-    ack must never be lost (it would show as a wait of a whole block, over a second)."""
-    conn = vhost.client()
-    conn.declare_queue("jobs")
-    conn.publish_many([message() for _ in range(40)])
-    loop = vhost.consumer(prefetch=1)
-    for _ in range(40):
-        [delivery] = loop.receive(timeout=1.0)
-        loop.consumer.ack(delivery.delivery_tag)
-        loop.turn(0)
+def test_credit_coming_back_wakes_the_reader_every_time(server):
+    """With prefetch 1 each message waits for the ack or reject of the one before; the wake
+    after it must never be lost (it would show as a wait of a whole block: 5 s with a long
+    heartbeat)."""
+    setup = Setup(server.url("/0", vhost="wake-%s" % uuid.uuid4().hex[:8], heartbeat=60))
+    try:
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        conn.publish_many([message() for _ in range(30)])
+        loop = setup.consumer(prefetch=1)
+        for count in range(60):
+            [delivery] = loop.receive(timeout=2.0)
+            if count % 2:
+                loop.consumer.ack(delivery.delivery_tag)
+            else:
+                loop.consumer.reject(delivery.delivery_tag, requeue=True)
+    finally:
+        setup.close()
 
 
 def test_a_message_held_longer_than_the_backstop_allows_is_not_given_to_another(vhost):
