@@ -7,17 +7,18 @@ Two connections:
   and, while the worker has credit, its queues' bells. When it answers (a bell rang, a
   control command came, it was woken, or its block ran out), the socket is readable, and
   `read()` takes what it answered and arms it again;
-- the *writer* (a `redis.Client`): in `read()`, a FETCH of up to the worker's credit; in
-  `flush()`, once per loop turn, everything the worker said (results with what they
-  unlock, acks, starts, rejects, control replies) in one pipelined round trip.
+- the *writer* (a `redis_producer.Client`): in `read()`, a FETCH of up to the worker's
+  credit; in `flush()`, once per loop turn, everything the worker said (results with what
+  they unlock, acks, starts, rejects, control replies) in one pipelined round trip.
 
 Credit is the worker's prefetch (plus what it holds itself, `set_extra_credit`) less the
-messages it holds. A worker out of credit does not wait on the bells; when an ack gives
-credit back, `flush()` writes to the consumer's wake stream, so the reader answers and the
-next `read()` fetches. (A stream rather than CLIENT UNBLOCK: an unblock that reaches Redis
-before the XREAD it means to end is lost, an entry is not.) Before each block, `read()` renews the worker's heartbeat and leases when due,
-sweeps for dead workers when due, and does what is due on Redis's clock (`redis_liveness`);
-a block never lasts past the next of those.
+messages it holds. A worker out of credit does not wait on the bells. When an ack gives
+credit back, `flush()` fetches in the same round trip and writes to the consumer's wake
+stream, so the reader answers and the next `read()` hands over what came. (A stream rather
+than CLIENT UNBLOCK: an unblock that reaches Redis before the XREAD it means to end is lost,
+an entry is not.) Before each block, `read()` renews the worker's heartbeat and leases when
+due, sweeps for dead workers when due, and does what is due on Redis's clock
+(`redis_liveness`); a block never lasts past the next of those.
 
 Deliveries are the seam's `Delivery`; a tag names one held entry (`redis_ops.Held`) and
 means something only in the generation (connection) that delivered it.
@@ -153,7 +154,8 @@ class Consumer(base.Consumer):
         self._calls = []                # script calls and commands for the next flush
         self._unblock = False           # the reader must stop blocking and fetch (flush)
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
-        self._drops = []                # (tag, mode, why) for entries never handed out
+        self._stash = []                # deliveries fetched by flush(), for read()
+        self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
 
     # -- options ----------------------------------------------------------------------------
 
@@ -219,36 +221,45 @@ class Consumer(base.Consumer):
     def read(self):
         if not self.connected:
             raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
-        deliveries = []
-        woken = False
+        deliveries, self._stash = self._stash, []
+        woken = rang = False
         try:
             for reply in self.reader.replies():
                 woken = True
-                deliveries += self._control(reply)
+                control, bells = self._control(reply)
+                deliveries += control
+                rang = rang or bells
             if woken or not self.reader.waiting:
-                deliveries += self._fetch_and_arm(fetch=True)
+                # A wake after flush() fetched needs no fetch of its own.
+                fetch = rang or not self._fetched
+                self._fetched = False
+                deliveries += self._fetch_and_arm(fetch)
         except BrokerConnectionError:
             self._drop_connections()
             raise
         return deliveries
 
     def _control(self, reply):
-        """Control commands in an XREAD reply (bells only wake the reader)."""
-        deliveries = []
+        """The control commands in an XREAD reply, and whether it calls for a fetch (a bell
+        rang, or the block ran out: None)."""
+        if reply is None:
+            return [], True
+        deliveries, rang = [], False
         keys = self.client.keys
         control_key = keys.control.encode("utf-8")
         wake_key = keys.wake(self.id).encode("utf-8")
-        for stream, entries in reply or ():
+        for stream, entries in reply:
             if stream == wake_key:
                 self._wake_id = entries[-1][0].decode("ascii")
             if stream != control_key:
+                rang = rang or stream != wake_key
                 continue
             for entry_id, fields in entries:
                 self._control_id = entry_id.decode("ascii")
                 data = dict(zip(fields[0::2], fields[1::2])).get(b"m")
                 if data is not None:
                     deliveries.append(base.Delivery(0, CONTROL_TAG, False, 1, data))
-        return deliveries
+        return deliveries, rang
 
     def _fetch_and_arm(self, fetch):
         """Do what is due, fetch up to the credit (when `fetch`), and arm the reader."""
@@ -264,19 +275,25 @@ class Consumer(base.Consumer):
         return deliveries
 
     def _fetch(self):
-        client, keys = self.client, self.client.keys
-        credit = self.credit()
-        live_until = self._live_until()
+        return self._take(self.client.script(self._fetch_call()))
+
+    def _fetch_call(self):
         self._first = (self._first + 1) % len(self.queues)
-        fetched = ops.parse_fetch(client.script(ops.fetch_call(
-            keys, self.id, credit, live_until, self._first, self.queues)))
+        return ops.fetch_call(self.client.keys, self.id, self.credit(), self._live_until(),
+                              self._first, self.queues)
+
+    def _take(self, reply):
+        """The deliveries of a FETCH reply; the entries flagged to be dropped are dropped
+        now, so that nobody sees them as unacked meanwhile."""
+        client, keys = self.client, self.client.keys
+        fetched = ops.parse_fetch(reply)
         if fetched is None:
             raise BrokerConnectionError("%s: this worker (%s) was presumed dead by a sweeper; "
                                         "reconnecting" % (client.options.display, self.id))
         self._set_due(fetched.now, fetched.next_due)
         self._more = fetched.more
         self._bells = dict(zip(self.queues, fetched.bells))
-        deliveries = []
+        deliveries, drops = [], []
         for queue_index, level, returned, entry_id, data, before, flag in fetched.entries:
             queue = self.queues[queue_index]
             tag = self._next_tag
@@ -289,13 +306,12 @@ class Consumer(base.Consumer):
             else:
                 if flag == ops.MALFORMED:
                     logger.error("dropped a malformed message %s of queue %r", entry_id, queue)
-                self._drops.append((tag, "drop", _WHY[flag]))
-        if self._drops:                 # now, so nobody sees them as unacked meanwhile
+                drops.append((tag, _WHY[flag]))
+        if drops:
             settlement = ops.Settlement(keys)
-            for tag, mode, why in self._drops:
-                settlement.give_back(self.held.pop(tag), self.id, mode, client.topology,
+            for tag, why in drops:
+                settlement.give_back(self.held.pop(tag), self.id, "drop", client.topology,
                                      why=why)
-            self._drops = []
             client.script(settlement.call(client.ttl_ms))
         return deliveries
 
@@ -477,9 +493,13 @@ class Consumer(base.Consumer):
         reader = self.reader
         if reader.waiting and (self._unblock or (
                 self.credit() > 0 and self.queues and (self._more or not reader.with_bells))):
-            # Credit came back (or the queues changed): the reader is to fetch now.
-            self._calls.append(("XADD", self.client.keys.wake(self.id), "MAXLEN", "1", "*",
-                                "w", "1"))
+            # Credit came back (or the queues changed): fetch in this same round trip, and
+            # wake the reader, so that the worker's select returns and read() hands over
+            # what came.
+            if self.credit() > 0 and self.queues:
+                self._calls.append(("fetch",))
+            self._calls.append(("XADD", self.client.keys.wake(self.id), "MAXLEN", "~", 100,
+                                "*", "w", "1"))
         self._unblock = False
         calls, self._calls = self._calls, []
         try:
@@ -507,7 +527,12 @@ class Consumer(base.Consumer):
                 if built_call is None:
                     continue
                 reply = next(replies)
-                if isinstance(reply, ReplyError):
+                if call[0] == "fetch":
+                    if isinstance(reply, ReplyError):
+                        raise refused(reply)
+                    self._stash += self._take(reply)
+                    self._fetched = True
+                elif isinstance(reply, ReplyError):
                     error = refused(reply)
                     if error is STALE:
                         stale.append(call)
@@ -522,6 +547,8 @@ class Consumer(base.Consumer):
     def _build(self, call):
         """A buffered call as what `client.run` takes (None for a result that cannot be
         routed, which is logged)."""
+        if call[0] == "fetch":
+            return self._fetch_call()
         if call[0] != "result":
             return call
         client = self.client
@@ -532,8 +559,7 @@ class Consumer(base.Consumer):
             logger.error("result of %s not stored: what it unlocks cannot be published: %s",
                          result[0], exc)
             return None
-        return ops.publish_call(client.keys, client.topology.version, client.ttl_ms,
-                                publications, result=result)
+        return client.publish_call(publications, result=result)
 
     # -- ending -----------------------------------------------------------------------------
 

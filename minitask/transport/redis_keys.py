@@ -11,8 +11,8 @@ any of them; scripts still name every key they touch in KEYS, never building one
     mt:{v}:q:QUEUE:pN          STREAM  new messages of priority N (0..9), group "w"
     mt:{v}:q:QUEUE:bN          STREAM  messages given back (rejected, of lost workers),
                                        read before the new ones of their priority
-    mt:{v}:qstats:QUEUE        HASH    ready0..ready9, unacked, delayed, published,
-                                       delivered, acked, dead_lettered
+    mt:{v}:qstats:QUEUE        HASH    readyN and backN (waiting in pN, bN), unacked,
+                                       delayed, published, delivered, acked, dead_lettered
     mt:{v}:qconsumers:QUEUE    HASH    consumer id -> "CREDIT LIVE_UNTIL_MS"
     mt:{v}:bell:QUEUE          STREAM  one entry, rewritten whenever the queue gets a message:
                                        what idle consumers block on
@@ -44,10 +44,13 @@ the only suffix (a stream's level) has a fixed length, so no two names share a k
 few strings, each as ``<length>:<bytes>``, which the Lua side writes with the same bytes.
 """
 
-__all__ = ["Keys", "LEVELS", "GROUP", "pack", "unpack"]
+__all__ = ["Keys", "LEVELS", "GROUP", "WAITING_FIELDS", "pack", "unpack"]
 
 LEVELS = range(10)
 GROUP = "w"
+# The fields of a queue's stats that count messages waiting in its streams.
+WAITING_FIELDS = tuple("ready%d" % level for level in LEVELS) + tuple(
+    "back%d" % level for level in LEVELS)
 
 
 class Keys:

@@ -66,57 +66,67 @@ def commit_call(keys, version, changes, delete=()):
 # -- publishing ------------------------------------------------------------------------------
 
 class Publication:
-    """One message routed by a cached topology: its part of a PUBLISH call."""
+    """One message routed by a cached topology: where it goes, at which priority."""
 
-    __slots__ = ("data", "fields", "targets", "keys", "args")
+    __slots__ = ("data", "fields", "targets", "level", "control", "group")
 
-    def __init__(self, data, fields, targets, keys, args):
-        self.data, self.fields, self.targets, self.keys, self.args = \
-            data, fields, targets, keys, args
+    def __init__(self, data, fields, targets, level, control):
+        self.data, self.fields, self.targets, self.level = data, fields, targets, level
+        self.control = control
+        # Consecutive messages of one group share one header in a PUBLISH call.
+        self.group = (control, bool(fields.flags & P.IMMEDIATE), level, tuple(targets))
 
 
-def publication(topology, keys, data, release_ahead):
+def publication(topology, data, fields=None):
     """Route an encoded message with `topology`: ProtocolError when it is malformed,
     BrokerError 404 when its exchange does not exist (reload the topology first)."""
     data = bytes(data)
-    fields = P.parse_message(data)
+    fields = fields or P.parse_message(data)
     names = topology.route(fields, data)
-    control = names is None
-    targets = [] if control else names
     level = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
-    release = ms(fields.not_before - release_ahead) if fields.not_before else 0
-    expires = ms(fields.expires_at) if fields.expires_at else 0
-    call_keys = [keys.result(fields.message_id)]
-    args = [data, fields.message_id, level, release, expires,
-            int(bool(fields.flags & P.IMMEDIATE)), int(bool(fields.flags & P.MANDATORY)),
-            int(control), len(targets)]
-    for name in targets:
-        max_length = topology.queues[name].args["max_length"]
-        args += [name, "" if max_length is None else max_length]
-        call_keys += [keys.queue_stats(name), keys.queue_consumers(name), keys.bell(name),
-                      keys.stream(name, level)]
-    return Publication(data, fields, targets, call_keys, args)
+    return Publication(data, fields, names or [], level, names is None)
 
 
-def publish_call(keys, version, ttl_ms, publications, all_or_nothing=True, record=None,
-                 result=None):
+def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=True,
+                 record=None, result=None, release_ahead=0.5):
     """PUBLISH of `publications` under topology `version`; with `record` ``(key, json)``
-    set first, with `result` ``(task_id, state, content_type, payload, store)`` stored."""
+    set first, with `result` ``(task_id, state, content_type, payload, store)`` stored.
+    Delayed messages are released `release_ahead` seconds before they are due."""
     call_keys = [keys.topology, keys.stats, keys.delayed, keys.delayed_messages,
-                 keys.expiring, keys.control, keys.kv, keys.inflight, keys.handovers,
-                 keys.orphans, keys.failures]
-    args = [version, ttl_ms, "all" if all_or_nothing else "each"]
-    args += list(record) if record is not None else ["", ""]
-    if result is not None:
-        task_id, state, content_type, payload, store = result
-        call_keys.append(keys.result(task_id))
-        args += ["1", task_id, state, content_type, payload, int(bool(store))]
+                 keys.expiring, keys.control]
+    args = [version, ttl_ms, "all" if all_or_nothing else "each", ms(release_ahead)]
+    if record is not None:
+        call_keys.append(keys.kv)
+        args += ["1", record[0], record[1]]
     else:
         args.append("0")
-    args.append(len(publications))
+    if result is not None:
+        call_keys += [keys.result(result[0]), keys.inflight, keys.handovers, keys.orphans,
+                      keys.failures]
+        args += ["1"] + list(result[:4]) + [int(bool(result[4]))]
+    else:
+        args.append("0")
+    groups = []
     for item in publications:
-        call_keys += item.keys
-        args += item.args
+        if groups and groups[-1][0].group == item.group:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    args.append(len(groups))
+    for group in groups:
+        control, immediate, level, targets = group[0].group
+        args += [int(control), int(immediate), level, len(targets)]
+        for name in targets:
+            max_length = topology.queues[name].args["max_length"]
+            args += [name, "" if max_length is None else max_length]
+            call_keys += [keys.queue_stats(name), keys.bell(name), keys.stream(name, level)]
+            if immediate:
+                call_keys.append(keys.queue_consumers(name))
+        args.append(len(group))
+        for item in group:
+            args.append(item.data)
+            if item.fields.expires_at:
+                call_keys.append(keys.result(item.fields.message_id))
     return S.PUBLISH, call_keys, args
 
 
@@ -147,39 +157,46 @@ def parse_fetch(reply):
         return None
     now, next_due, more, bells, flat = reply
     entries = []
-    for at in range(0, len(flat), 7):
-        queue, level, kind, id, data, before, flag = flat[at:at + 7]
-        entries.append((queue - 1, level, kind == b"b", id.decode("ascii"), data,
-                        int(before), flag))
+    for at in range(0, len(flat), 2):
+        queue, level, kind, id, before, flag = flat[at].split()
+        entries.append((int(queue) - 1, int(level), kind == b"b", id.decode("ascii"),
+                        flat[at + 1], int(before), int(flag)))
     return Fetched(int(now), int(next_due) if next_due else None, bool(more),
                    [bell.decode("ascii") for bell in bells], entries)
 
 
 class Settlement:
-    """SETTLE operations of one turn (or one sweep), in the order they are added."""
+    """SETTLE operations of one turn (or one sweep). Acks are gathered per stream and sent
+    as one operation each, before the rest, which keep the order they were added in."""
 
     def __init__(self, keys):
         self.keys = keys
         self.op_keys = []
         self.op_args = []
-        self.count = 0
+        self.count = 0                  # entries settled
+        self._ops = 0                   # operations in op_keys/op_args
+        self._acks = {}                 # (stream, queue, owner, handover) -> [args]
 
     def __bool__(self):
         return bool(self.count)
 
     def ack(self, held, owner, handover=False):
         """Ack `held`; `handover`: the task starts now and is handed over to `owner`."""
-        keys = self.keys
-        self.op_keys += [held.stream(keys), keys.queue_stats(held.queue),
-                         keys.consumer_stats(owner)]
-        self.op_args += ["handover" if handover else "ack", held.queue, held.id, owner,
-                         held.task_id, held.task_name if handover else ""]
+        key = (held.stream(self.keys), held.queue, owner, handover)
+        args = self._acks.get(key)
+        if args is None:
+            args = self._acks[key] = []
+        if handover:
+            args += (held.id, held.task_id, held.task_name)
+        else:
+            args += (held.id, held.task_id)
         self.count += 1
 
     def start(self, held, owner):
         self.op_keys.append(held.stream(self.keys))
         self.op_args += ["start", held.id, owner, held.task_id, held.task_name]
         self.count += 1
+        self._ops += 1
 
     def give_back(self, held, owner, mode, topology, min_idle=0, why=""):
         """Give `held` back (mode 'requeue', 'dead' or 'drop'; see the SETTLE script)."""
@@ -200,12 +217,19 @@ class Settlement:
                          "" if max_redeliveries is None else max_redeliveries, dead_name,
                          dead_definition, held.task_id, why]
         self.count += 1
+        self._ops += 1
 
     def call(self, ttl_ms):
         keys = self.keys
+        op_keys, op_args = [], []
+        for (stream, queue, owner, handover), args in self._acks.items():
+            op_keys += [stream, keys.queue_stats(queue), keys.consumer_stats(owner)]
+            op_args += ["acks", queue, owner, int(handover),
+                        len(args) // (3 if handover else 2)]
+            op_args += args
         return (S.SETTLE, [keys.topology, keys.queues, keys.inflight, keys.handovers,
-                           keys.orphans, keys.failures] + self.op_keys,
-                [ttl_ms, self.count] + self.op_args)
+                           keys.orphans, keys.failures] + op_keys + self.op_keys,
+                [ttl_ms, len(self._acks) + self._ops] + op_args + self.op_args)
 
 
 # -- liveness --------------------------------------------------------------------------------

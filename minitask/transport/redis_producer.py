@@ -29,7 +29,7 @@ from ..exceptions import (
 from . import base
 from . import redis_ops as ops
 from .redis_client import RedisClient, Script
-from .redis_keys import Keys
+from .redis_keys import WAITING_FIELDS, Keys
 from .redis_liveness import housekeeping
 from .redis_replies import STALE, control_body, live_consumers, read_result, redis_ms, refused
 from .redis_scripts import SCRIPTS
@@ -217,8 +217,7 @@ class Client(base.Client):
     def _queue_counts(self, name):
         """Messages ready in queue `name`, and its consumers alive now."""
         stats, consumers, now = self.run([
-            ("HMGET", self.keys.queue_stats(name)) + tuple("ready%d" % level
-                                                           for level in range(10)),
+            ("HMGET", self.keys.queue_stats(name)) + WAITING_FIELDS,
             ("HGETALL", self.keys.queue_consumers(name)), ("TIME",)])
         return (sum(int(count or 0) for count in stats),
                 len(live_consumers(consumers, redis_ms(now))))
@@ -275,20 +274,22 @@ class Client(base.Client):
         """Route encoded messages with the cached topology (reloaded first when one names an
         exchange it does not know): `ops.Publication`s, all of one topology version."""
         topology = self.topology or self.reload()
-        fields = [P.parse_message(data) for data in messages]
-        if not all(topology.has_exchange(item.exchange) for item in fields):
+        parsed = [(bytes(data), P.parse_message(data)) for data in messages]
+        if not all(topology.has_exchange(fields.exchange) for _data, fields in parsed):
             topology = self.reload()
-        return [ops.publication(topology, self.keys, data, RELEASE_AHEAD)
-                for data in messages]
+        return [ops.publication(topology, data, fields) for data, fields in parsed]
+
+    def publish_call(self, publications, all_or_nothing=True, record=None, result=None):
+        """The PUBLISH call of `publications` (routed with the cached topology)."""
+        return ops.publish_call(self.keys, self.topology.version, self.ttl_ms, self.topology,
+                                publications, all_or_nothing, record, result, RELEASE_AHEAD)
 
     def _publish(self, messages, all_or_nothing=True, record=None):
         pending = [messages[at:at + PUBLISH_CHUNK]
                    for at in range(0, len(messages), PUBLISH_CHUNK)]
         for _ in range(STALE_ATTEMPTS):
-            publications = [self.publications(chunk) for chunk in pending]
-            version = self.topology.version
-            calls = [ops.publish_call(self.keys, version, self.ttl_ms, chunk, all_or_nothing,
-                                      record) for chunk in publications]
+            calls = [self.publish_call(self.publications(chunk), all_or_nothing, record)
+                     for chunk in pending]
             stale = []
             for at in range(0, len(calls), PIPELINE_CALLS):
                 group = calls[at:at + PIPELINE_CALLS]
@@ -297,7 +298,7 @@ class Client(base.Client):
                 for chunk, reply in zip(pending[at:at + PIPELINE_CALLS], replies):
                     if isinstance(reply, ReplyError):
                         error = refused(reply)
-                        if not error is STALE:
+                        if error is not STALE:
                             raise error
                         stale.append(chunk)
             if not stale:

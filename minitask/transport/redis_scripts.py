@@ -17,6 +17,8 @@ a copy with ``n`` one higher and acks and deletes the original, so a delivery's 
 ``n + 1`` and streams keep only what is waiting or being worked on.
 """
 
+import re
+
 from .redis_client import Script
 
 __all__ = ["SCRIPTS"] + ["SNAPSHOT", "COMMIT", "PUBLISH", "FETCH", "SETTLE", "RETIRE",
@@ -31,8 +33,15 @@ local function next_arg() arg_index = arg_index + 1; return ARGV[arg_index] end
 local function next_number() return tonumber(next_arg()) end
 
 local GROUP = 'w'
-local READY, READY_FIELDS = {}, {}       -- READY[level], and the ten as a list for HMGET
-for level = 0, 9 do READY[level] = 'ready' .. level; READY_FIELDS[level + 1] = READY[level] end
+-- The counters of what waits in a queue's streams: READY[level] new messages (stream pN),
+-- BACK[level] messages given back (stream bN); WAITING, all twenty for HMGET.
+local READY = {[0] = 'ready0', 'ready1', 'ready2', 'ready3', 'ready4', 'ready5', 'ready6',
+               'ready7', 'ready8', 'ready9'}
+local BACK = {[0] = 'back0', 'back1', 'back2', 'back3', 'back4', 'back5', 'back6', 'back7',
+              'back8', 'back9'}
+local WAITING = {'ready0', 'ready1', 'ready2', 'ready3', 'ready4', 'ready5', 'ready6',
+                 'ready7', 'ready8', 'ready9', 'back0', 'back1', 'back2', 'back3', 'back4',
+                 'back5', 'back6', 'back7', 'back8', 'back9'}
 local FINAL = {SUCCESS = true, FAILURE = true, REVOKED = true}
 
 -- Lua numbers are doubles: integers are written with %d, never tostring() (1.7e+12).
@@ -77,10 +86,58 @@ local function ensure_stream(stream)
   end
 end
 
--- Idle consumers block in XREAD on their queues' bells; one entry wakes them all.
-local function ring(bell) redis.call('XADD', bell, 'MAXLEN', '1', '*', 'r', '1') end
+-- A command on one key with many arguments (after `first`), a thousand at a time: Lua's
+-- unpack() has a limit. Returns the sum of the replies (0 for no arguments at all).
+local function call_many(command, key, items, first)
+  local total = 0
+  for at = 1, #items, 1000 do
+    local chunk = first and {command, key, first} or {command, key}
+    for i = at, math.min(at + 999, #items) do chunk[#chunk + 1] = items[i] end
+    total = total + redis.call(unpack(chunk))
+  end
+  return total
+end
 
-local function queue_exists(queues, name) return redis.call('HEXISTS', queues, name) == 1 end
+-- Idle consumers block in XREAD on their queues' bells; one entry wakes them all.
+local function ring(bell) redis.call('XADD', bell, 'MAXLEN', '~', '100', '*', 'r', '1') end
+
+local function queue_exists(queues, name)
+  if type(queues) == 'table' then                       -- globals, with their cache
+    local known = queues.exists[name]
+    if known == nil then
+      known = redis.call('HEXISTS', queues.queues, name) == 1
+      queues.exists[name] = known
+    end
+    return known
+  end
+  return redis.call('HEXISTS', queues, name) == 1
+end
+
+-- Scripts that settle many entries (SETTLE) add up counter changes and ring bells once, at
+-- the end (`apply_counts`), and ask whether a queue exists once per queue.
+local function new_globals(globals)
+  globals.changes, globals.exists, globals.bells = {}, {}, {}
+  return globals
+end
+local function count(globals, key, field, delta)
+  local changes = globals.changes[key]
+  if not changes then
+    changes = {}
+    globals.changes[key] = changes
+  end
+  changes[field] = (changes[field] or 0) + delta
+end
+local function apply_counts(globals)
+  for key, changes in pairs(globals.changes) do
+    -- A consumer's stats may be gone (retired): do not bring them back.
+    if not globals.owner_stats[key] or redis.call('EXISTS', key) == 1 then
+      for field, delta in pairs(changes) do
+        if delta ~= 0 then redis.call('HINCRBY', key, field, delta) end
+      end
+    end
+  end
+  for bell in pairs(globals.bells) do ring(bell) end
+end
 
 -- An entry's fields as a table.
 local function fields_of(list)
@@ -165,6 +222,7 @@ local function give_back(globals)
   local dead_name, dead_definition, task_id, why = next_arg(), next_arg(), next_arg(),
                                                    next_arg()
   if pending_owner(stream, id, min_idle) ~= owner then return nil end
+  globals.owner_stats[owner_stats] = true
   local entry = redis.call('XRANGE', stream, id, id)[1]
   local fields = entry and fields_of(entry[2]) or {}
   if task_id == '' and fields['m'] then       -- a sweeper names entries by id alone
@@ -173,12 +231,10 @@ local function give_back(globals)
   end
   redis.call('XACK', stream, GROUP, id)
   redis.call('XDEL', stream, id)
-  if redis.call('EXISTS', owner_stats) == 1 then     -- not for a consumer retired already
-    redis.call('HINCRBY', owner_stats, 'unacked', -1)
-  end
+  count(globals, owner_stats, 'unacked', -1)
   clear_inflight(globals.inflight, task_id, owner)
-  local exists = queue_exists(globals.queues, queue)
-  if exists then redis.call('HINCRBY', stats, 'unacked', -1) end
+  local exists = queue_exists(globals, queue)
+  if exists then count(globals, stats, 'unacked', -1) end
   if mode == 'drop' then
     if why ~= '' then
       store_final(result, 'REVOKED', why, globals.ttl_ms, globals.now, globals.failures,
@@ -189,28 +245,48 @@ local function give_back(globals)
   if not entry or not exists then return nil end       -- nothing to copy, or nowhere to
   local deliveries = (tonumber(fields['n']) or 0) + 1
   if mode == 'dead' or (max_redeliveries and deliveries > max_redeliveries) then
-    if not queue_exists(globals.queues, dead_name) then
+    if not queue_exists(globals, dead_name) then
       redis.call('HSET', globals.queues, dead_name, dead_definition)
       redis.call('INCR', globals.topology)
+      globals.exists[dead_name] = true
     end
     ensure_stream(dead)
     redis.call('XADD', dead, '*', 'm', fields['m'], 'n', int(deliveries))
-    redis.call('HINCRBY', dead_stats, READY[level], 1)
-    redis.call('HINCRBY', stats, 'dead_lettered', 1)
-    ring(dead_bell)
+    count(globals, dead_stats, READY[level], 1)
+    count(globals, stats, 'dead_lettered', 1)
+    globals.bells[dead_bell] = true
     return {task_id, queue, dead_name}
   end
   ensure_stream(back)
   redis.call('XADD', back, '*', 'm', fields['m'], 'n', int(deliveries))
-  redis.call('HINCRBY', stats, READY[level], 1)
-  ring(bell)
+  count(globals, stats, BACK[level], 1)
+  globals.bells[bell] = true
   return nil
 end
 """
 
 
+def _blocks(prelude):
+    """The prelude's blocks (separated by blank lines), each with the names it defines."""
+    for block in prelude.strip().split("\n\n"):
+        names = re.findall(r"^local function (\w+)", block, re.M)
+        for assigned in re.findall(r"^local ([\w, ]+?) =", block, re.M):
+            names += [name.strip() for name in assigned.split(",")]
+        yield names, block
+
+
+_BLOCKS = list(_blocks(PRELUDE))
+
+
 def _script(body):
-    return Script(PRELUDE + body)
+    """A script of `body` and the prelude blocks it uses, directly or through another
+    block: the prelude is run on every call, so each script defines only what it needs."""
+    needed, chosen = body, []
+    for names, block in reversed(_BLOCKS):
+        if any(re.search(r"\b%s\b" % name, needed) for name in names):
+            chosen.append(block)
+            needed += block
+    return Script("\n\n".join(reversed(chosen)) + "\n" + body)
 
 
 # -- topology ---------------------------------------------------------------------------------
@@ -249,55 +325,78 @@ return tonumber(expected)
 # is written, so a refusal leaves everything as it was. Mode 'each': each message is
 # checked and written in turn; a refusal stops there (publish_many).
 #
-# Per message, ARGV: data, task id, priority level, release time in ms (0: now), expiry in
-# ms (0: never), immediate, mandatory, control, targets, then per target its queue name and
-# max_length ('' none); KEYS: its result, then per target the queue's stats, consumers,
-# bell and the stream of its priority.
+# Messages come in groups that go to the same queues at the same priority. Per group, ARGV:
+# control, immediate, level, targets, per target its queue name and max_length ('' none),
+# then the count of messages and each message; KEYS: per target the queue's stats, bell and
+# stream of that priority (and its consumers when immediate), then the result of each
+# message that has an expiry. Everything else a message needs is read from it here.
 PUBLISH = _script(r"""
 local topology, stats, delayed, delayed_messages = next_key(), next_key(), next_key(),
                                                    next_key()
-local expiring, control, kv = next_key(), next_key(), next_key()
-local inflight, handovers, orphans, failures = next_key(), next_key(), next_key(), next_key()
-local expected, ttl_ms, mode = next_arg(), next_number(), next_arg()
-if (redis.call('GET', topology) or '0') ~= expected then return redis.error_reply('STALE the topology changed') end
+local expiring, control = next_key(), next_key()
+local expected, ttl_ms, mode, ahead_ms = next_arg(), next_number(), next_arg(), next_number()
+if (redis.call('GET', topology) or '0') ~= expected then
+  return redis.error_reply('STALE the topology changed')
+end
 local now = now_ms()
 
-local record_key, record_value = next_arg(), next_arg()
-local result = nil
+local record, result = nil, nil
+if next_arg() == '1' then record = {kv = next_key(), key = next_arg(), value = next_arg()} end
 if next_arg() == '1' then
-  result = {key = next_key(), task_id = next_arg(), state = next_arg(),
-            content_type = next_arg(), payload = next_arg(), store = next_arg() == '1'}
+  result = {key = next_key(), inflight = next_key(), handovers = next_key(),
+            orphans = next_key(), failures = next_key(), task_id = next_arg(),
+            state = next_arg(), content_type = next_arg(), payload = next_arg(),
+            store = next_arg() == '1'}
 end
 
-local messages = {}
-for i = 1, next_number() do
-  local m = {result = next_key(), data = next_arg(), task_id = next_arg(),
-             level = next_number(), release = next_number(), expires = next_number(),
-             immediate = next_arg() == '1', mandatory = next_arg() == '1',
-             control = next_arg() == '1', targets = {}}
+local messages, targets = {}, {}
+for _ = 1, next_number() do
+  local group = {control = next_arg() == '1', immediate = next_arg() == '1',
+                 level = next_number(), targets = {}}
   for t = 1, next_number() do
-    m.targets[t] = {name = next_arg(), max_length = tonumber(next_arg()), stats = next_key(),
-                    consumers = next_key(), bell = next_key(), stream = next_key()}
+    local target = {name = next_arg(), max_length = tonumber(next_arg()),
+                    stats = next_key(), bell = next_key(), stream = next_key(),
+                    level = group.level, planned = 0, published = 0, added = 0, delayed = 0}
+    if group.immediate then target.consumers = next_key() end
+    group.targets[t] = target
+    targets[#targets + 1] = target
   end
-  messages[i] = m
+  for _ = 1, next_number() do
+    local data = next_arg()
+    local not_before, expires = struct.unpack('>dd', data, 3)
+    local m = {data = data, group = group, flags = string.byte(data, 1),
+               release = math.floor(not_before * 1000) - ahead_ms,
+               expires = math.floor(expires * 1000), task_id = str8(data, 19)}
+    if m.expires > 0 then m.result = next_key() end
+    m.expired = m.expires > 0 and m.expires <= now
+    m.queued = not m.expired and m.release <= now
+    messages[#messages + 1] = m
+  end
 end
 
--- Refusals, before anything is written. An immediate message reserves one unit of credit
--- a live consumer announced; that consumer's next fetch says what it really has left.
+-- Refusals, before a message is written. An immediate message reserves one unit of the
+-- credit a live consumer announced; that consumer's next fetch says what it has left.
+local reserved = {}
 local function check(m)
-  if m.control then return end
-  if #m.targets == 0 and m.mandatory then
-    local _, _, _, exchange, key = message_fields(m.data)
-    refuse(312, 'message to exchange \'' .. exchange .. '\' with routing key \'' .. key ..
-           '\' matched no queue')
+  local group = m.group
+  if group.control then return end
+  if #group.targets == 0 then
+    if m.flags % 2 == 1 then                            -- mandatory
+      local _, _, _, exchange, key = message_fields(m.data)
+      refuse(312, 'message to exchange \'' .. exchange .. '\' with routing key \'' .. key ..
+             '\' matched no queue')
+    end
+    return
   end
-  if m.immediate and #m.targets > 0 then
-    for _, target in ipairs(m.targets) do
+  if math.floor(m.flags / 2) % 2 == 1 then              -- immediate
+    for _, target in ipairs(group.targets) do
       local consumers = redis.call('HGETALL', target.consumers)
       for c = 1, #consumers, 2 do
         local credit, live_until = string.match(consumers[c + 1], '^(%-?%d+) (%d+)$')
-        if tonumber(credit) > 0 and tonumber(live_until) > now then
-          m.reserve = {target.consumers, consumers[c], tonumber(credit) - 1, live_until}
+        local slot = target.consumers .. '\0' .. consumers[c]
+        local left = tonumber(credit) - (reserved[slot] or 0)
+        if left > 0 and tonumber(live_until) > now then
+          m.reserve = {target.consumers, consumers[c], slot, credit, live_until}
           break
         end
       end
@@ -305,101 +404,129 @@ local function check(m)
     end
     if not m.reserve then
       local names = {}
-      for t, target in ipairs(m.targets) do names[t] = '\'' .. target.name .. '\'' end
+      for t, target in ipairs(group.targets) do names[t] = '\'' .. target.name .. '\'' end
       refuse(313, 'no consumer of ' .. table.concat(names, ', ') .. ' can take the ' ..
              'message now')
     end
+    reserved[m.reserve[3]] = (reserved[m.reserve[3]] or 0) + 1
   end
-  for _, target in ipairs(m.targets) do
-    if target.max_length then
-      local ready = 0
-      for _, count in ipairs(redis.call('HMGET', target.stats, unpack(READY_FIELDS))) do
-        ready = ready + (tonumber(count) or 0)
+  if m.queued then
+    for _, target in ipairs(group.targets) do
+      if target.max_length then
+        if not target.ready then
+          target.ready = 0
+          for _, waiting in ipairs(redis.call('HMGET', target.stats, unpack(WAITING))) do
+            target.ready = target.ready + (tonumber(waiting) or 0)
+          end
+        end
+        if target.ready + target.planned >= target.max_length then
+          refuse(507, 'queue \'' .. target.name .. '\' is full (max_length ' ..
+                 int(target.max_length) .. ')')
+        end
       end
-      if ready >= target.max_length then
-        refuse(507, 'queue \'' .. target.name .. '\' is full (max_length ' ..
-               int(target.max_length) .. ')')
+      target.planned = target.planned + 1
+    end
+  end
+end
+
+local unroutable, written = 0, 0
+local function write(m)
+  local group = m.group
+  written = written + 1
+  if group.control then
+    redis.call('XADD', control, 'MAXLEN', '~', '1000', '*', 'm', m.data)
+    return
+  end
+  if #group.targets == 0 then
+    unroutable = unroutable + 1                         -- dropped, as AMQP does; counted
+    return
+  end
+  if m.expired then
+    store_final(m.result, 'REVOKED', 'expired before it was queued', ttl_ms, now, nil,
+                m.task_id)
+    return
+  end
+  if m.reserve then
+    local r = m.reserve
+    redis.call('HSET', r[1], r[2], int(tonumber(r[4]) - reserved[r[3]]) .. ' ' .. r[5])
+  end
+  local level = int(group.level)
+  for _, target in ipairs(group.targets) do
+    target.published = target.published + 1
+    if not m.queued then
+      -- Delayed: held in Redis until it is due, then promoted to its stream (PROMOTE).
+      local serial = int(redis.call('HINCRBY', stats, 'delayed_serial', 1))
+      local member = pack(target.name, m.task_id, level, serial)
+      redis.call('ZADD', delayed, m.release, member)
+      redis.call('HSET', delayed_messages, member, m.data)
+      target.delayed = target.delayed + 1
+      if m.expires > 0 then
+        redis.call('ZADD', expiring, m.expires, pack(target.name, m.task_id, level, 'd', serial))
+      end
+    else
+      if target.added == 0 then ensure_stream(target.stream) end
+      local id = redis.call('XADD', target.stream, '*', 'm', m.data)
+      target.added = target.added + 1
+      if m.expires > 0 then
+        redis.call('ZADD', expiring, m.expires, pack(target.name, m.task_id, level, 'p', id))
       end
     end
   end
 end
 
-local bells = {}
-local function write(m)
-  if m.control then
-    redis.call('XADD', control, 'MAXLEN', '~', '1000', '*', 'm', m.data)
-    return
-  end
-  if #m.targets == 0 then
-    redis.call('HINCRBY', stats, 'unroutable', 1)      -- dropped, as AMQP does; counted
-    return
-  end
-  if m.expires > 0 and m.expires <= now then
-    store_final(m.result, 'REVOKED', 'expired before it was queued', ttl_ms, now, failures,
-                m.task_id)
-    return
-  end
-  if m.reserve then
-    redis.call('HSET', m.reserve[1], m.reserve[2], int(m.reserve[3]) .. ' ' .. m.reserve[4])
-  end
-  for _, target in ipairs(m.targets) do
-    redis.call('HINCRBY', target.stats, 'published', 1)
-    if m.release > now then
-      -- Delayed: held in Redis until it is due, then promoted to its stream (PROMOTE).
-      local serial = int(redis.call('HINCRBY', stats, 'delayed_serial', 1))
-      local member = pack(target.name, m.task_id, int(m.level), serial)
-      redis.call('ZADD', delayed, m.release, member)
-      redis.call('HSET', delayed_messages, member, m.data)
-      redis.call('HINCRBY', target.stats, 'delayed', 1)
-      bells[target.bell] = true         -- its consumers learn when to wake up for it
-      if m.expires > 0 then
-        redis.call('ZADD', expiring, m.expires,
-                   pack(target.name, m.task_id, int(m.level), 'd', serial))
+-- The counters, once per target; and the bells, which wake the queues' idle consumers
+-- (for a delayed message, so that they learn when to look again).
+local function finish()
+  for _, target in ipairs(targets) do
+    if target.published > 0 then
+      redis.call('HINCRBY', target.stats, 'published', target.published)
+      if target.added > 0 then
+        redis.call('HINCRBY', target.stats, READY[target.level], target.added)
       end
-    else
-      ensure_stream(target.stream)
-      local id = redis.call('XADD', target.stream, '*', 'm', m.data)
-      redis.call('HINCRBY', target.stats, READY[m.level], 1)
-      bells[target.bell] = true
-      if m.expires > 0 then
-        redis.call('ZADD', expiring, m.expires,
-                   pack(target.name, m.task_id, int(m.level), 'p', id))
-      end
+      if target.delayed > 0 then redis.call('HINCRBY', target.stats, 'delayed', target.delayed) end
+      ring(target.bell)
     end
   end
+  if unroutable > 0 then redis.call('HINCRBY', stats, 'unroutable', unroutable) end
 end
 
 if mode == 'all' then
   for _, m in ipairs(messages) do check(m) end
 end
-if record_key ~= '' then redis.call('HSET', kv, record_key, record_value) end
+if record then redis.call('HSET', record.kv, record.key, record.value) end
 if result then
   if result.store then
     store_result(result.key, result.state, result.content_type, result.payload, nil, ttl_ms,
-                 now, failures, result.task_id)
+                 now, result.failures, result.task_id)
   end
-  redis.call('HDEL', inflight, result.task_id)
-  redis.call('HDEL', handovers, result.task_id)
-  redis.call('ZREM', orphans, result.task_id)
+  redis.call('HDEL', result.inflight, result.task_id)
+  redis.call('HDEL', result.handovers, result.task_id)
+  redis.call('ZREM', result.orphans, result.task_id)
 end
 for _, m in ipairs(messages) do
-  if mode ~= 'all' then check(m) end
+  if mode ~= 'all' then
+    local ok, refusal = pcall(check, m)
+    if not ok then
+      finish()                  -- what was written before the refusal is counted
+      error(refusal)
+    end
+  end
   write(m)
 end
-for bell in pairs(bells) do ring(bell) end
-return #messages
+finish()
+return written
 """)
 
 # -- consuming --------------------------------------------------------------------------------
 
 # Take up to `credit` messages for a consumer from its queues: priority 0 first, within a
 # priority the messages given back before the new ones, the queues taking turns (`first`
-# rotates). Each queue's ready counters say which streams have anything, so an idle fetch
-# reads no stream at all. Revoked and expired messages are flagged (1, 2) and malformed
+# rotates). Each queue's counters say which streams have anything waiting, so a fetch reads
+# only those, and an idle fetch reads none. Revoked and expired messages are flagged (1, 2) and malformed
 # ones (3): the consumer drops them (SETTLE) rather than handing them to its worker.
 #
 # Returns {now, next due time or '', more ready (1/0), the bells' last ids, entries}, with
-# per entry: queue index, level, 'b'|'p', id, message, earlier deliveries, flag. Returns
+# per entry "queue-index level b|p id earlier-deliveries flag", then the message. Returns
 # {'GONE'} when the consumer is not registered: a sweeper presumed it dead.
 FETCH = _script(r"""
 local consumers, cstats, inflight, revoked = next_key(), next_key(), next_key(), next_key()
@@ -416,20 +543,28 @@ for q = 1, count do
     queue.streams.b[level] = next_key()
     queue.streams.p[level] = next_key()
   end
-  local counts = redis.call('HMGET', queue.stats, unpack(READY_FIELDS))
-  queue.ready = {}
-  for level = 0, 9 do queue.ready[level] = tonumber(counts[level + 1]) or 0 end
+  local counts = redis.call('HMGET', queue.stats, unpack(WAITING))
+  queue.waiting = {p = {}, b = {}}
+  for level = 0, 9 do
+    queue.waiting.p[level] = tonumber(counts[level + 1]) or 0
+    queue.waiting.b[level] = tonumber(counts[level + 11]) or 0
+  end
   queue.taken = 0
   queues[q] = queue
 end
 local any_revoked = redis.call('ZCARD', revoked) > 0
 
-local entries = {}
+local entries, received = {}, {}
+local RECEIVED = 'RECEIVED\t' .. consumer
+local function expiry_and_task(data)       -- the task's name is not needed here
+  if #data < 19 or #data < 19 + string.byte(data, 19) then error('short') end
+  return math.floor(struct.unpack('>d', data, 11) * 1000), str8(data, 19)
+end
 local function deliver(q, level, kind, entry)
-  local fields = fields_of(entry[2])
-  local data = fields['m'] or ''
+  -- Entries are written as m [n]: no table of fields for each.
+  local data, before = entry[2][2] or '', entry[2][4] or '0'
   local flag = 0
-  local ok, task_id, name, expires = pcall(message_fields, data)
+  local ok, expires, task_id = pcall(expiry_and_task, data)
   if not ok then
     flag = 3
   elseif any_revoked and task_id ~= '' and
@@ -438,41 +573,44 @@ local function deliver(q, level, kind, entry)
   elseif expires > 0 and expires <= now then
     flag = 2
   elseif task_id ~= '' then
-    redis.call('HSET', inflight, task_id, 'RECEIVED\t' .. consumer .. '\t' .. name)
+    received[#received + 1] = task_id
+    received[#received + 1] = RECEIVED
   end
-  for _, value in ipairs({q, level, kind, entry[1], data, fields['n'] or '0', flag}) do
-    entries[#entries + 1] = value
-  end
+  -- Two values an entry: the reply of a fetch of hundreds is cut up quickly.
+  entries[#entries + 1] = q .. ' ' .. level .. ' ' .. kind .. ' ' .. entry[1] .. ' ' ..
+                          before .. ' ' .. flag
+  entries[#entries + 1] = data
 end
 
+local COUNTERS = {b = BACK, p = READY}
 for level = 0, 9 do
   for j = 0, count - 1 do
     if credit <= 0 then break end
     local q = (first + j) % count + 1
     local queue = queues[q]
-    local ready = queue.ready[level]
-    if ready > 0 then
-      local want, got = math.min(credit, ready), 0
-      for _, kind in ipairs({'b', 'p'}) do
-        if got < want then
-          local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT',
-                                    want - got, 'STREAMS', queue.streams[kind][level], '>')
-          if type(reply) == 'table' and reply[1] then
-            for _, entry in ipairs(reply[1][2]) do
-              got = got + 1
-              deliver(q, level, kind, entry)
-            end
+    for _, kind in ipairs({'b', 'p'}) do
+      local waiting = queue.waiting[kind][level]
+      if credit > 0 and waiting > 0 then
+        local want, got = math.min(credit, waiting), 0
+        local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want,
+                                  'STREAMS', queue.streams[kind][level], '>')
+        if type(reply) == 'table' and reply[1] then
+          for _, entry in ipairs(reply[1][2]) do
+            got = got + 1
+            deliver(q, level, kind, entry)
           end
         end
+        -- Fewer than the counter promised: the stream is empty, whatever it said.
+        queue.waiting[kind][level] = (got < want) and 0 or (waiting - got)
+        redis.call('HSET', queue.stats, COUNTERS[kind][level],
+                   int(queue.waiting[kind][level]))
+        queue.taken = queue.taken + got
+        credit = credit - got
       end
-      -- Fewer than the counter promised: both streams are empty, whatever it said.
-      queue.ready[level] = (got < want) and 0 or (ready - got)
-      redis.call('HSET', queue.stats, READY[level], int(queue.ready[level]))
-      queue.taken = queue.taken + got
-      credit = credit - got
     end
   end
 end
+call_many('HSET', inflight, received)
 
 local more, bells = 0, {}
 for q, queue in ipairs(queues) do
@@ -481,13 +619,13 @@ for q, queue in ipairs(queues) do
     redis.call('HINCRBY', queue.stats, 'unacked', queue.taken)
   end
   for level = 0, 9 do
-    if queue.ready[level] > 0 then more = 1 end
+    if queue.waiting.p[level] + queue.waiting.b[level] > 0 then more = 1 end
   end
   redis.call('HSET', queue.consumers, consumer, int(credit) .. ' ' .. live_until)
   local last = redis.call('XREVRANGE', queue.bell, '+', '-', 'COUNT', 1)[1]
   bells[q] = last and last[1] or '0-0'
 end
-local taken = #entries / 7
+local taken = #entries / 2
 if taken > 0 then
   redis.call('HINCRBY', cstats, 'unacked', int(taken))
   redis.call('HINCRBY', cstats, 'delivered', int(taken))
@@ -503,16 +641,17 @@ end
 return {int(now), next_due and int(next_due) or '', more, bells, entries}
 """)
 
-# A consumer's turn: acks ('ack'), acks of tasks that start now and are handed over to it
-# ('handover': if it is lost, they fail with WorkerLostError), starts of tasks acked late
-# ('start'), and entries given back ('back', see give_back). Also used by sweepers to give
-# back the entries of consumers that are gone. Returns the tasks dead-lettered, each as
+# A consumer's turn: acks, per stream ('acks'; with `handover`, of tasks that start now and
+# are handed over to the consumer: if it is lost, they fail with WorkerLostError), starts
+# of tasks acked late ('start'), and entries given back ('back', see give_back). Also used
+# by sweepers to give back the entries of consumers that are gone. Returns the tasks dead-lettered, each as
 # {task id, queue, dead-letter queue}, for the caller to log.
 SETTLE = _script(r"""
-local globals = {topology = next_key(), queues = next_key(), inflight = next_key(),
-                 handovers = next_key(), orphans = next_key(), failures = next_key()}
+local globals = new_globals({topology = next_key(), queues = next_key(),
+                             inflight = next_key(), handovers = next_key(),
+                             orphans = next_key(), failures = next_key(), owner_stats = {}})
 globals.ttl_ms, globals.now = next_number(), now_ms()
-local dead_lettered = {}
+local dead_lettered, done, handed = {}, {}, {}
 for _ = 1, next_number() do
   local op = next_arg()
   if op == 'back' then
@@ -524,25 +663,51 @@ for _ = 1, next_number() do
     if task_id ~= '' and pending_owner(stream, id, 0) == owner then
       redis.call('HSET', globals.inflight, task_id, 'STARTED\t' .. owner .. '\t' .. name)
     end
-  else                                                 -- 'ack' or 'handover'
+  else                                                 -- 'acks' of one stream
     local stream, stats, owner_stats = next_key(), next_key(), next_key()
-    local queue, id, owner, task_id, name = next_arg(), next_arg(), next_arg(), next_arg(),
-                                            next_arg()
-    if redis.call('XACK', stream, GROUP, id) == 1 then
-      redis.call('XDEL', stream, id)
-      redis.call('HINCRBY', owner_stats, 'unacked', -1)
-      if queue_exists(globals.queues, queue) then
-        redis.call('HINCRBY', stats, 'unacked', -1)
-        redis.call('HINCRBY', stats, 'acked', 1)
+    local queue, owner, handover = next_arg(), next_arg(), next_arg() == '1'
+    local ids, task_ids, names = {}, {}, {}
+    for i = 1, next_number() do
+      ids[i], task_ids[i] = next_arg(), next_arg()
+      if handover then names[i] = next_arg() end
+    end
+    local kept = ids
+    if call_many('XACK', stream, ids, GROUP) < #ids then
+      -- Some were given back meanwhile (a sweeper took this consumer for dead), and deleted
+      -- then: only the entries still there were this consumer's to ack.
+      kept = {}
+      for i, id in ipairs(ids) do
+        if redis.call('XRANGE', stream, id, id)[1] then kept[#kept + 1] = id else
+          task_ids[i] = '' end
       end
-      clear_inflight(globals.inflight, task_id, owner)
-      if op == 'handover' and task_id ~= '' then
-        redis.call('HSET', globals.handovers, task_id, owner .. '\t' .. name)
-        redis.call('ZREM', globals.orphans, task_id)
+    end
+    call_many('XDEL', stream, kept)
+    for i, task_id in ipairs(task_ids) do
+      if task_id ~= '' then
+        if handover then
+          handed[#handed + 1] = task_id
+          handed[#handed + 1] = owner .. '\t' .. names[i]
+        end
+        done[#done + 1] = task_id
       end
+    end
+    globals.owner_stats[owner_stats] = true
+    count(globals, owner_stats, 'unacked', -#kept)
+    if queue_exists(globals, queue) then
+      count(globals, stats, 'unacked', -#kept)
+      count(globals, stats, 'acked', #kept)
     end
   end
 end
+-- What the acks change, a command per kind rather than per ack.
+call_many('HDEL', globals.inflight, done)
+if #handed > 0 then
+  call_many('HSET', globals.handovers, handed)
+  local handed_ids = {}
+  for i = 1, #handed, 2 do handed_ids[#handed_ids + 1] = handed[i] end
+  call_many('ZREM', globals.orphans, handed_ids)
+end
+apply_counts(globals)
 return dead_lettered
 """)
 
@@ -800,7 +965,7 @@ for i = key_index + 1, #KEYS do
     redis.pcall('XGROUP', 'DELCONSUMER', KEYS[i], GROUP, 'mt.purge')
   end
 end
-for level = 0, 9 do redis.call('HSET', stats, READY[level], 0) end
+for level = 0, 9 do redis.call('HSET', stats, READY[level], 0, BACK[level], 0) end
 return purged
 """)
 

@@ -10,6 +10,7 @@ import json
 from .. import __version__, protocol as P
 from ..exceptions import ReplyError
 from . import redis_ops as ops
+from .redis_keys import WAITING_FIELDS
 from .redis_replies import live_consumers, redis_ms
 from .redis_topology import Topology
 
@@ -59,7 +60,7 @@ def status_report(client):
         definition = topology.queues[name]
         rows[name] = dict(
             {field: counts.get(field, 0) for field in _COUNTERS}, name=name,
-            ready=sum(counts.get("ready%d" % level, 0) for level in range(10)),
+            ready=sum(counts.get(field, 0) for field in WAITING_FIELDS),
             consumers=len(live_consumers(queue_replies[2 * at + 1] or [], now_ms)),
             durable=definition.args["durable"], exclusive=definition.args["exclusive"],
             max_length=definition.args["max_length"])

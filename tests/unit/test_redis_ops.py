@@ -27,63 +27,73 @@ def encoded(routing_key="jobs", priority=None, not_before=0.0, expires_at=0.0, f
                                       expires_at=expires_at, flags=flags))
 
 
-def test_a_publication_names_its_queue_stream_of_its_priority_and_its_result():
-    item = ops.publication(topology_with("jobs", max_length=5), KEYS,
-                           encoded(priority=2, flags=P.MANDATORY | P.IMMEDIATE), 0.5)
-    assert item.targets == ["jobs"]
-    assert item.keys == ["mt:{v}:result:task-1", "mt:{v}:qstats:jobs", "mt:{v}:qconsumers:jobs",
-                         "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p2"]
-    assert item.args[1:] == ["task-1", 2, 0, 0, 1, 1, 0, 1, "jobs", 5]
-
-
-def test_no_priority_is_the_default_one_and_times_are_milliseconds():
-    item = ops.publication(topology_with("jobs"), KEYS,
-                           encoded(not_before=1000.0, expires_at=2000.5), 0.5)
-    assert item.keys[-1] == "mt:{v}:q:jobs:p%d" % P.DEFAULT_PRIORITY
-    assert item.args[2:5] == [P.DEFAULT_PRIORITY, 999500, 2000500]
-    assert item.args[-1] == ""                  # no max_length
+def test_a_publication_is_routed_at_its_priority():
+    item = ops.publication(topology_with("jobs"), encoded(priority=2, flags=P.IMMEDIATE))
+    assert (item.targets, item.level, item.control) == (["jobs"], 2, False)
+    assert item.group == (False, True, 2, ("jobs",))
+    assert ops.publication(topology_with("jobs"), encoded()).level == P.DEFAULT_PRIORITY
+    assert ops.publication(topology_with("jobs"), encoded("ghost")).targets == []
 
 
 def test_a_control_message_has_no_queue():
     from minitask import control
-    item = ops.publication(Topology(), KEYS, P.encode_message(
-        control.command_message("ping")), 0.5)
-    assert (item.targets, item.args[7], item.args[8]) == ([], 1, 0)
+    item = ops.publication(Topology(), P.encode_message(control.command_message("ping")))
+    assert (item.targets, item.control) == ([], True)
 
 
 def test_a_malformed_message_is_a_protocol_error():
     with pytest.raises(P.ProtocolError):
-        ops.publication(topology_with("jobs"), KEYS, b"\x00\x01", 0.5)
+        ops.publication(topology_with("jobs"), b"\x00\x01")
+
+
+def test_publish_call_groups_messages_going_alike_and_names_results_of_expiring_ones():
+    topology = topology_with("jobs", "other", max_length=5)
+    items = [ops.publication(topology, data) for data in (
+        encoded(), encoded(expires_at=2000.0), encoded("other"), encoded(flags=P.IMMEDIATE))]
+    script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items, release_ahead=0.5)
+    assert script is S.PUBLISH and args[:6] == [7, 1000, "all", 500, "0", "0"]
+    assert args[6] == 3                                     # groups
+    jobs = ["mt:{v}:qstats:jobs", "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p4"]
+    assert args[7:14] == [0, 0, 4, 1, "jobs", 5, 2]
+    assert args[14:16] == [items[0].data, items[1].data]
+    assert keys[6:10] == jobs + ["mt:{v}:result:task-1"]    # only the expiring one's result
+    assert args[16:23] == [0, 0, 4, 1, "other", 5, 1]
+    assert args[24:31] == [0, 1, 4, 1, "jobs", 5, 1]        # immediate: its own group
+    assert keys[-4:] == jobs + ["mt:{v}:qconsumers:jobs"]
 
 
 def test_publish_call_puts_record_and_result_before_the_messages():
-    item = ops.publication(topology_with("jobs"), KEYS, encoded(), 0.5)
-    script, keys, args = ops.publish_call(KEYS, 7, 1000, [item], record=("k", "1"),
+    topology = topology_with("jobs")
+    item = ops.publication(topology, encoded())
+    script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, [item], record=("k", "1"),
                                           result=("t9", "SUCCESS", "application/json",
                                                   b"{}", True))
-    assert script is S.PUBLISH
-    assert args[:10] == [7, 1000, "all", "k", "1", "1", "t9", "SUCCESS", "application/json",
-                         b"{}"]
-    assert args[10:12] == [1, 1] and args[12:] == item.args
-    assert keys[11] == "mt:{v}:result:t9" and keys[12:] == item.keys
+    assert args[4:13] == ["1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}", 1]
+    assert keys[6:12] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
+                          "mt:{v}:handovers", "mt:{v}:orphans", "mt:{v}:failures"]
 
 
 def test_each_settle_operation_has_its_fixed_layout():
     held = ops.Held(1, "jobs", 3, True, "5-0", encoded(), 1)
+    other = ops.Held(2, "jobs", 3, True, "6-0", encoded(), 1)
     settlement = ops.Settlement(KEYS)
-    settlement.ack(held, "c1")
-    settlement.ack(held, "c1", handover=True)
     settlement.start(held, "c1")
+    settlement.ack(held, "c1")
+    settlement.ack(other, "c1")
+    settlement.ack(held, "c1", handover=True)
     settlement.give_back(held, "c1", "requeue", topology_with("jobs"))
     script, keys, args = settlement.call(1000)
-    assert script is S.SETTLE and args[:2] == [1000, 4]
-    assert keys[6:9] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
-    assert args[2:8] == ["ack", "jobs", "5-0", "c1", "task-1", ""]
-    assert args[8:14] == ["handover", "jobs", "5-0", "c1", "task-1", "t.add"]
-    assert args[14:19] == ["start", "5-0", "c1", "task-1", "t.add"]
-    back = args[19:]
+    assert script is S.SETTLE and settlement.count == 5
+    assert args[:2] == [1000, 4]            # two groups of acks, the start, the give-back
+    ack_keys = ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
+    assert keys[6:12] == ack_keys * 2
+    assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
+    assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
+    assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
+    back = args[24:]
     assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
     assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
+    assert keys[12] == "mt:{v}:q:jobs:b3"          # the start's stream
     assert keys[-9:] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1",
                          "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
                          "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
@@ -92,7 +102,7 @@ def test_each_settle_operation_has_its_fixed_layout():
 
 def test_fetch_reply_is_read_into_entries():
     reply = [b"1000", b"", 1, [b"1-0", b"0-0"],
-             [1, 4, b"b", b"7-0", b"data", b"2", 0, 2, 0, b"p", b"8-0", b"x", b"0", 1]]
+             [b"1 4 b 7-0 2 0", b"data", b"2 0 p 8-0 0 1", b"x"]]
     fetched = ops.parse_fetch(reply)
     assert (fetched.now, fetched.next_due, fetched.more, fetched.bells) == (
         1000, None, True, ["1-0", "0-0"])
@@ -108,7 +118,7 @@ def test_every_key_of_every_call_is_under_the_vhost_hash_tag():
     settlement.give_back(held, "c1", "dead", topology)
     member = pack("jobs", "task-1", "4", "9")
     calls = [
-        ops.publish_call(KEYS, 7, 1, [ops.publication(topology, KEYS, encoded(), 0.5)]),
+        ops.publish_call(KEYS, 7, 1, topology, [ops.publication(topology, encoded())]),
         ops.snapshot_call(KEYS), ops.commit_call(KEYS, 7, [], KEYS.queue_keys("jobs")),
         ops.fetch_call(KEYS, "c1", 10, 0, 0, ["jobs"]), settlement.call(1),
         ops.register_call(KEYS, "c1", "{}", 1, 1),
