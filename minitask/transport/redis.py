@@ -12,6 +12,7 @@ the broker's work in scripts that change it atomically. The parts, one concept a
     redis_replies    what the scripts answer and store, read back
     redis_producer   Client: publish, declare, results, revoke, control, lease, status
     redis_consumer   Consumer: the worker's selectable, non-blocking side
+    redis_reader     the consumer's reader: the socket the worker's selector waits on
     redis_liveness   heartbeats, sweeps of dead workers, the backstop, Redis's clock
     redis_status     the status report
 

@@ -27,17 +27,16 @@ means something only in the generation (connection) that delivered it.
 import json
 import logging
 import os
-import ssl
 import time
 import uuid
 
-from ..exceptions import BrokerConnectionError, MinitaskError, ProtocolError, ReplyError
-from . import base, declare_topology, declare_worker_queues, resp
+from ..exceptions import BrokerConnectionError, MinitaskError, ReplyError
+from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
 from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
-from .redis_replies import STALE, refused
-from .redis_client import RedisClient
 from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
+from .redis_reader import Reader
+from .redis_replies import STALE, refused
 
 __all__ = ["Consumer", "CONTROL_TAG"]
 
@@ -47,77 +46,7 @@ CONTROL_TAG = 1
 # The longest a reader blocks even with nothing due (a failover is noticed at least this
 # often).
 MAX_BLOCK = 5.0
-_RECV_BYTES = 256 * 1024
 _WHY = {ops.REVOKED: "revoked", ops.EXPIRED: "expired", ops.MALFORMED: ""}
-
-
-class _Reader:
-    """The reader connection: one blocking XREAD at a time, driven without blocking."""
-
-    def __init__(self, options, ca_file):
-        redis = RedisClient(options, ca_file=ca_file)
-        self.url = options.display
-        self.sock, self.decoder = redis.detach()
-        self.sock.setblocking(False)
-        self.waiting = False            # an XREAD is outstanding
-        self.with_bells = False         # ... and it waits on the bells too
-        self.out = bytearray()
-        self.scratch = bytearray(_RECV_BYTES)
-
-    def fileno(self):
-        return self.sock.fileno()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass                        # closing anyway
-
-    def send(self, command):
-        self.out += resp.encode_command(*command)
-        self.flush()
-
-    def flush(self):
-        while self.out:
-            try:
-                sent = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-                return                  # the rest goes with the next read()
-            except OSError as exc:
-                raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) \
-                    from None
-            del self.out[:sent]
-
-    def replies(self):
-        """Every whole reply that has arrived; BrokerConnectionError when the connection
-        ended or the server sent an error (UNBLOCKED in a failover, for one)."""
-        while True:
-            try:
-                count = self.sock.recv_into(self.scratch)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-                break
-            except OSError as exc:
-                raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) \
-                    from None
-            if not count:
-                raise BrokerConnectionError("%s closed the connection" % self.url)
-            self.decoder.feed(memoryview(self.scratch)[:count])
-            pending = getattr(self.sock, "pending", None)
-            if not (pending and pending()) and count < len(self.scratch):
-                break
-        out = []
-        try:
-            for reply in self.decoder.replies():
-                if isinstance(reply, ReplyError):
-                    raise BrokerConnectionError("%s: %s" % (self.url, reply))
-                out.append(reply)
-        except ProtocolError as exc:
-            raise BrokerConnectionError("%s sent bytes that are not RESP: %s"
-                                        % (self.url, exc)) from None
-        if out:
-            self.waiting = False
-        self.flush()
-        return out
 
 
 class Consumer(base.Consumer):
@@ -186,7 +115,7 @@ class Consumer(base.Consumer):
                                             ops.ms(client.options.heartbeat), self.prefetch))
             last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
             self._control_id = last[0][0].decode("ascii") if last else "0-0"
-            reader = _Reader(client.options, self.settings.get("BROKER_CA_FILE"))
+            reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
         except BaseException:
             client.redis.close()
             raise
@@ -517,9 +446,12 @@ class Consumer(base.Consumer):
         client = self.client
         for _ in range(STALE_ATTEMPTS):
             built = [self._build(call) for call in calls]
-            replies = client.run([call for call in built if call is not None]
-                                 + client.confirm_commands())
-            results = replies[:len(replies) - len(client.confirm_commands())]
+            # publish_confirm waits for what results and publishes wrote, not for acks: an
+            # ack lost in a failover means a redelivery, never a lost task.
+            confirm = client.confirm_commands() if any(
+                call[0] == "result" for call in calls) else []
+            replies = client.run([call for call in built if call is not None] + confirm)
+            results = replies[:len(replies) - len(confirm)]
             client.check_confirm(replies[len(results):])
             stale = []
             replies = iter(results)

@@ -270,6 +270,40 @@ def test_a_worker_presumed_dead_hears_so_and_comes_back_with_its_messages(vhost)
     assert paused.consumer.connected
 
 
+def test_a_reader_blocked_when_its_primary_becomes_a_replica_hears_it_and_reconnects(tmp_path):
+    """Redis answers a blocked XREAD with UNBLOCKED when its server turns replica (a
+    failover): the consumer says its connection is lost, and connects again once there is a
+    primary."""
+    primary = RedisServer(tmp_path).start()
+    other = RedisServer(tmp_path).start()
+    try:
+        setup = Setup(primary.url("/0", vhost="unblocked", retry_seconds=0))
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        loop = setup.consumer()
+        loop.turn(0.1)                  # blocked, idle
+        conn.execute("REPLICAOF", "127.0.0.1", str(other.port))
+        with pytest.raises(BrokerConnectionError, match="UNBLOCKED|READONLY|closed|lost"):
+            deadline = time.monotonic() + PATIENCE
+            while time.monotonic() < deadline:
+                loop.turn(0.1)
+        assert not loop.consumer.connected
+        loop.consumer.lost()
+        conn.execute("REPLICAOF", "NO", "ONE")
+        wait_for(lambda: b"role:master" in conn.execute("INFO", "replication"),
+                 what="a primary again")
+        conn.declare_queue("jobs")
+        data = message()
+        conn.publish(data)
+        loop.tasks = [d for d in loop.consumer.connect()
+                      if d.consumer_tag != loop.consumer.control_tag]
+        assert [d.data for d in loop.receive()] == [data]
+        setup.close()
+    finally:
+        other.stop()
+        primary.stop()
+
+
 # -- time ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("countdown", [1.0, 2.5])

@@ -9,7 +9,10 @@ run uses a fresh virtual host. Prints the median (min-max) of the runs:
 
 - publish, one round trip each: `Client.publish` in a loop (a confirmed ``delay()``);
 - publish, batched: `Client.publish_many` (100 messages a script, 10 scripts a round trip);
-- the same two with ``publish_confirm=wait:1`` against the replica;
+- "raw" rows: the plain Redis commands the transport's scripts stand on, on the same client,
+  as the floor to compare with;
+- the publish rows again with a replica attached, without and with ``publish_confirm=wait:1``
+  (alternating: the cost of WAIT);
 - consume + ack at prefetch 10 and 100: a `Consumer` driven as the worker drives it (a
   select loop; every delivery acked; acks said once per turn), the queue filled beforehand;
 - wake latency: a consumer blocked with nothing to do, one message published; from the
@@ -147,6 +150,39 @@ def summary(values, unit="/s", digits=0):
                              show(max(values)))
 
 
+def raw_xadd(url_of, count):
+    """The floor of a confirmed publish: one plain XADD a round trip, on the same client."""
+    from minitask.transport.redis_client import RedisClient
+    with RedisClient(url_of()) as client:
+        key = "{raw-%s}:s" % uuid.uuid4().hex[:8]
+        started = time.perf_counter()
+        for _ in range(count):
+            client.execute("XADD", key, "*", "m", BODY)
+        elapsed = time.perf_counter() - started
+        client.execute("DEL", key)
+    return count / elapsed
+
+
+def raw_consume(url_of, count):
+    """The floor of consume + ack: XREADGROUP COUNT 100, then XACK + XDEL pipelined."""
+    from minitask.transport.redis_client import RedisClient
+    with RedisClient(url_of()) as client:
+        key = "{raw-%s}:s" % uuid.uuid4().hex[:8]
+        client.execute("XGROUP", "CREATE", key, "w", "0", "MKSTREAM")
+        client.pipeline([("XADD", key, "*", "m", BODY)] * count)
+        started = time.perf_counter()
+        done = 0
+        while done < count:
+            reply = client.execute("XREADGROUP", "GROUP", "w", "c", "COUNT", 100, "STREAMS",
+                                   key, ">")
+            ids = tuple(entry[0] for entry in reply[0][1])
+            client.pipeline([("XACK", key, "w") + ids, ("XDEL", key) + ids])
+            done += len(ids)
+        elapsed = time.perf_counter() - started
+        client.execute("DEL", key)
+    return count / elapsed
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -158,33 +194,41 @@ def main():
     folder = tempfile.mkdtemp(prefix="minitask-perf-")
     primary = RedisServer(folder, "--appendfsync", args.appendfsync).start()
     replica = RedisServer(folder, "--appendfsync", args.appendfsync)
-    try:
-        replica.start("--replicaof", "127.0.0.1", str(primary.port))
+    count = args.messages
 
-        def url_of(**query):
-            return primary.url("/0", **query)
-        count = args.messages
-        rows = [
-            ("publish, one round trip each", lambda: publish_one_by_one(url_of, count // 4)),
-            ("publish, batched (publish_many)", lambda: publish_batched(url_of, count)),
-            ("publish, one round trip each, wait:1",
-             lambda: publish_one_by_one(url_of, count // 4, publish_confirm="wait:1")),
-            ("publish, batched, wait:1 per 1000",
-             lambda: publish_batched(url_of, count, publish_confirm="wait:1")),
-            ("consume + ack, prefetch 10", lambda: consume_and_ack(url_of, count, 10)),
-            ("consume + ack, prefetch 100", lambda: consume_and_ack(url_of, count, 100)),
-        ]
-        print("Python %s, redis-server %s, appendfsync %s, %d messages, %d runs"
-              % (sys.version.split()[0], _server_version(url_of), args.appendfsync, count,
-                 args.runs))
-        for name, run in rows:
-            print("%-40s %s" % (name, summary([run() for _ in range(args.runs)])), flush=True)
+    def url_of(**query):
+        return primary.url("/0", **query)
+
+    def show(name, run):
+        print("%-44s %s" % (name, summary([run() for _ in range(args.runs)])), flush=True)
+    try:
+        print("Python %s, redis-server %s, appendfsync %s, %d messages, median (min-max) of "
+              "%d runs" % (sys.version.split()[0], _server_version(url_of), args.appendfsync,
+                           count, args.runs))
+        show("raw XADD, one round trip each", lambda: raw_xadd(url_of, count // 4))
+        show("publish, one round trip each", lambda: publish_one_by_one(url_of, count // 4))
+        show("publish, batched (publish_many)", lambda: publish_batched(url_of, count))
+        show("raw XREADGROUP COUNT 100 + XACK + XDEL", lambda: raw_consume(url_of, count))
+        show("consume + ack, prefetch 10", lambda: consume_and_ack(url_of, count, 10))
+        show("consume + ack, prefetch 100", lambda: consume_and_ack(url_of, count, 100))
         wakes = [wake_latency(url_of, args.samples) for _ in range(args.runs)]
-        print("%-40s p50 %s, p99 %s" % ("wake: publish -> read() returns it",
+        print("%-44s p50 %s, p99 %s" % ("wake: publish() called -> read() returns it",
                                        summary([w[0] for w in wakes], " ms", 3),
                                        summary([w[1] for w in wakes], " ms", 3)))
-        print("%-40s %s" % ("memory per waiting message", summary(
+        print("%-44s %s" % ("memory per waiting message", summary(
             [bytes_per_message(url_of, count) for _ in range(args.runs)], " B")))
+        replica.start("--replicaof", "127.0.0.1", str(primary.port))
+        print("with a replica on the same machine, alternating without and with wait:1:")
+        one, one_wait, batch, batch_wait = [], [], [], []
+        for _ in range(args.runs):
+            one.append(publish_one_by_one(url_of, count // 4))
+            one_wait.append(publish_one_by_one(url_of, count // 4, publish_confirm="wait:1"))
+            batch.append(publish_batched(url_of, count))
+            batch_wait.append(publish_batched(url_of, count, publish_confirm="wait:1"))
+        print("%-44s %s" % ("publish, one round trip each", summary(one)))
+        print("%-44s %s" % ("publish, one round trip each, wait:1", summary(one_wait)))
+        print("%-44s %s" % ("publish, batched", summary(batch)))
+        print("%-44s %s" % ("publish, batched, WAIT 1 per 1000 messages", summary(batch_wait)))
     finally:
         replica.kill()
         primary.stop()
