@@ -113,11 +113,13 @@ def _encode_into(parts, args):
     parts.append(b"*%d\r\n" % len(args))
     append = parts.append
     for arg in args:
-        kind = type(arg)                # bytes and str first: keys and values, the most
+        kind = type(arg)                # the common types first, without a call
         if kind is bytes:
             data = arg
         elif kind is str:
             data = arg.encode("utf-8")
+        elif kind is int:
+            data = b"%d" % arg
         else:
             data = _argument(arg)
         append(b"$%d\r\n" % len(data))
