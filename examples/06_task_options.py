@@ -64,7 +64,8 @@ def main(cluster):
         default = "(generated)" if option == "name" else repr(getattr(plain, option))
         print("%-22s %-16s %r" % (option, default, getattr(ResizeImageTask, option)))
     print("(None: the setting decides: DEFAULT_RATE_LIMIT (off), TASK_SERIALIZER ('json'),")
-    print(" DEFAULT_ROUTING_KEY and DEFAULT_EXCHANGE ('minitask'); priority None is 4)")
+    print(" DEFAULT_ROUTING_KEY and DEFAULT_EXCHANGE ('minitask'), TASK_ACKS_LATE (False),")
+    print(" TASK_TIME_LIMIT and TASK_SOFT_TIME_LIMIT (none); priority None is 4)")
     print("MediaTask is registered: %s; ResizeImageTask is: %s"
           % (MediaTask.name in registry.tasks, "images.resize" in registry.tasks))
     print("thumbnail: name %r, rate_limit %r, priority %r, time_limit %r"

@@ -22,15 +22,18 @@ from .exceptions import (  # noqa: E402  (the version is read by the modules bel
 )
 from . import registry  # noqa: E402
 from .task import Task, TaskType, PeriodicTask  # noqa: E402
-from .decorators import task, periodic_task  # noqa: E402
+from .sending import send_task  # noqa: E402
+from .decorators import task, shared_task, periodic_task  # noqa: E402
 from .result import AsyncResult, EagerResult, ResultSet  # noqa: E402
-from .group import group, Signature, subtask  # noqa: E402
+from .group import group, Signature, subtask, chain, chord  # noqa: E402
+from .schedules import crontab, schedule  # noqa: E402
 from .config import configure, get_settings  # noqa: E402
 from . import builtins as _builtins  # noqa: E402,F401  (registers the built-in tasks)
 
 __all__ = [
-    "__version__", "Task", "TaskType", "PeriodicTask", "registry", "task", "periodic_task",
-    "AsyncResult", "EagerResult", "ResultSet", "group", "Signature", "subtask", "configure",
+    "__version__", "Task", "TaskType", "PeriodicTask", "registry", "task", "shared_task",
+    "periodic_task", "send_task", "crontab", "schedule", "AsyncResult", "EagerResult",
+    "ResultSet", "group", "Signature", "subtask", "chain", "chord", "configure",
     "get_settings", "MinitaskError", "RetryTaskError", "MaxRetriesExceededError",
     "MaxRetriesExceeded", "NotRegistered", "TimeoutError", "UnroutableError",
     "NotDeliverableError", "PublishRefusedError", "ContentDisallowed", "SerializationError",

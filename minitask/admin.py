@@ -3,7 +3,10 @@
 Each talks to the broker through `minitask.client` and prints a table that fits 80 columns,
 or one JSON document with ``--json``. Remote control (``inspect``, ``control``) publishes a
 command on the control exchange and gathers the workers' replies until a timeout; a worker
-that does not answer in time is simply not in the reply.
+that does not answer in time is simply not in the reply. ``inspect scheduled`` also asks the
+broker for the countdowns it holds itself (a worker is handed a countdown only shortly before
+it is due). Celery's spellings of these commands' flags work too (``purge -f``, ``inspect
+-t 5 -j``, ``call -a '[1]' -k '{}'``).
 """
 
 import json
@@ -11,15 +14,17 @@ import sys
 import time
 import uuid
 
-from . import control
-from .argtypes import positive_seconds, seconds
-from .exceptions import ConfigurationError, MinitaskError, TimeoutError
+from . import control, protocol as P
+from .argtypes import comma_list, positive_seconds, seconds
+from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
 
-__all__ = ["add_commands", "broadcast", "format_table"]
+__all__ = ["add_commands", "broadcast", "format_table", "format_mapping", "duration_text"]
 
 INSPECT_METHODS = ("active", "scheduled", "reserved", "revoked", "registered", "stats", "ping")
 CONTROL_METHODS = ("ping", "rate_limit", "revoke", "shutdown", "add_consumer",
                    "cancel_consumer")
+# `inspect scheduled` lists at most this many of the broker's own countdowns.
+SCHEDULED_LISTED = 1000
 
 
 def add_commands(commands, parser_class):
@@ -31,7 +36,9 @@ def add_commands(commands, parser_class):
     call.add_argument("name", help="registered task name, e.g. tasks.add")
     call.add_argument("args", nargs="?", default="[]", help="positional arguments as a JSON "
                       "list (default [])")
-    call.add_argument("--kwargs", default="{}", help="keyword arguments as a JSON object")
+    call.add_argument("-a", "--args", dest="args_option", metavar="JSON",
+                      help="the same as ARGS (Celery's spelling)")
+    call.add_argument("-k", "--kwargs", default="{}", help="keyword arguments as a JSON object")
     call.add_argument("--countdown", type=seconds, help="seconds to wait before it runs")
     call.add_argument("--queue", help="send straight to this queue (default exchange)")
     call.add_argument("--exchange", help="exchange (default DEFAULT_EXCHANGE)")
@@ -43,18 +50,24 @@ def add_commands(commands, parser_class):
     _common(call)
     call.set_defaults(run=run_call)
 
-    purge = commands.add_parser("purge", help="drop every waiting message of a queue")
-    purge.add_argument("queue")
-    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge = commands.add_parser("purge", help="drop every waiting message of queues")
+    purge.add_argument("queues", nargs="*", metavar="QUEUE", help="queues to purge (default: "
+                       "every queue of the settings, DEFAULT_QUEUE and QUEUES)")
+    purge.add_argument("-Q", "--queues", dest="queue_list", type=comma_list, default=[],
+                       metavar="QUEUES", help="comma-separated queues, as QUEUE")
+    purge.add_argument("-X", "--exclude-queues", type=comma_list, default=[],
+                       metavar="QUEUES", help="comma-separated queues not to purge")
+    purge.add_argument("-f", "--force", "--yes", dest="yes", action="store_true",
+                       help="do not ask")
     _common(purge)
     purge.set_defaults(run=run_purge)
 
     inspect = commands.add_parser("inspect", help="ask workers what they are doing")
     inspect.add_argument("method", nargs="?", default="active", choices=INSPECT_METHODS)
-    inspect.add_argument("--timeout", type=positive_seconds, default=1.0,
+    inspect.add_argument("-t", "--timeout", type=positive_seconds, default=1.0,
                          help="seconds to wait for replies (default 1)")
     inspect.add_argument("-d", "--destination", help="comma-separated worker names")
-    _common(inspect)
+    _common(inspect, celery_json=True)
     inspect.set_defaults(run=run_inspect)
 
     ctl = commands.add_parser("control", help="tell workers to do something")
@@ -62,24 +75,31 @@ def add_commands(commands, parser_class):
     ctl.add_argument("arguments", nargs="*", help="rate_limit TASK RATE | revoke TASK_ID... | "
                      "add_consumer QUEUE | cancel_consumer QUEUE")
     ctl.add_argument("--terminate", action="store_true", help="revoke: also stop it if running")
-    ctl.add_argument("--timeout", type=positive_seconds, default=1.0)
+    ctl.add_argument("-t", "--timeout", type=positive_seconds, default=1.0,
+                     help="seconds to wait for replies (default 1)")
     ctl.add_argument("-d", "--destination", help="comma-separated worker names")
-    _common(ctl)
+    _common(ctl, celery_json=True)
     ctl.set_defaults(run=run_control)
 
     result = commands.add_parser("result", help="show a task's state and result")
     result.add_argument("task_id")
     result.add_argument("--wait", action="store_true", help="wait for a final state")
     result.add_argument("--timeout", type=seconds, default=None)
+    result.add_argument("--traceback", action="store_true",
+                        help="no effect: a failure's traceback is always shown")
+    result.add_argument("-t", "--task", metavar="NAME",
+                        help="no effect: the broker finds the result by its id alone")
     _common(result)
     result.set_defaults(run=run_result)
     from .bench import add_command as add_bench
     add_bench(commands)
 
 
-def _common(parser):
+def _common(parser, celery_json=False):
     parser.add_argument("--broker", help="broker URL (default BROKER_URL)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    flags = ("-j", "--json") if celery_json else ("--json",)
+    parser.add_argument(*flags, action="store_true", help="print JSON for scripts (a failure: "
+                        "{\"error\": ..., \"command\": ...})")
 
 
 def _settings(args):
@@ -135,8 +155,12 @@ def run_status(args):
     print("journal %s (fsync %s), %d results, %d revoked, %d unroutable" % (
         _size(broker["journal_bytes"]) if broker["persistent"] else "off (--no-persist)",
         broker["fsync"], broker["results"], broker["revoked"], broker["unroutable"]))
+    if broker.get("journal_faults"):        # a broker before format 2 does not say
+        lost = broker.get("journal_records_lost", 0)
+        print("journal faults found at start: %d, %d record%s lost (see the broker's log)"
+              % (broker["journal_faults"], lost, "" if lost == 1 else "s"))
     rows = [(q["name"], q["ready"], q["unacked"], q["delayed"], q["dead"], q["consumers"])
-            for q in report["queues"] if not q["name"].startswith("mt.gen-")]
+            for q in report["queues"] if not q["name"].startswith(P.GENERATED_QUEUE_PREFIX)]
     print()
     print(format_table(("queue", "ready", "unacked", "delayed", "dead", "consumers"), rows))
     print()
@@ -186,7 +210,10 @@ def run_call(args):
     from .message import TaskMessage
     from .result import AsyncResult
     settings = _settings(args)
-    arguments = _parse_json(args.args, "ARGS", list)
+    if args.args_option is not None and args.args != "[]":
+        raise ConfigurationError("give the arguments once: ARGS or -a/--args, not both")
+    arguments = _parse_json(args.args if args.args_option is None else args.args_option,
+                            "ARGS", list)
     kwargs = _parse_json(args.kwargs, "--kwargs", dict)
     eta = time.time() + args.countdown if args.countdown else 0.0
     if args.queue:
@@ -225,21 +252,41 @@ def _wait(result, timeout):
 
 def run_purge(args):
     settings = _settings(args)
+    named = list(dict.fromkeys(args.queues + args.queue_list))
+    queues = [queue for queue in named or _configured_queues(settings)
+              if queue not in args.exclude_queues]
+    if not queues:
+        raise ConfigurationError("no queue left to purge: --exclude-queues names them all")
+    names = ", ".join(queues)
     if not args.yes:
         if not sys.stdin.isatty():
-            raise MinitaskError("purge %r would drop its messages; add --yes to confirm"
-                                % args.queue)
-        answer = input("Drop every waiting message of queue %r? [y/N] " % args.queue)
+            raise MinitaskError("purge %s would drop their waiting messages; add --yes (or -f) "
+                                "to confirm" % names)
+        answer = input("Drop every waiting message of %s? [y/N] " % names)
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing purged")
             return 1
+    purged = {}
     with _connect(settings) as conn:
-        count = conn.purge(args.queue)
+        for queue in queues:
+            try:
+                purged[queue] = conn.purge(queue)
+            except BrokerError as exc:
+                if named or exc.code != 404:
+                    raise
+                purged[queue] = None            # in the settings, not declared yet: empty
     if args.json:
-        _print_json({"queue": args.queue, "purged": count})
+        _print_json({"purged": sum(n or 0 for n in purged.values()), "queues": purged})
     else:
-        print("purged %d messages from %s" % (count, args.queue))
+        for queue, count in purged.items():
+            print("purged %d messages from %s" % (count, queue) if count is not None
+                  else "no queue %s in the broker yet" % queue)
     return 0
+
+
+def _configured_queues(settings):
+    """Celery's `purge` with no queue named: every queue the settings name."""
+    return list(dict.fromkeys([settings.DEFAULT_QUEUE] + list(settings.QUEUES)))
 
 
 def run_result(args):
@@ -304,38 +351,113 @@ def _destination(args):
 
 def run_inspect(args):
     settings = _settings(args)
+    held = None
     with _connect(settings) as conn:
         replies = broadcast(conn, args.method, destination=_destination(args),
                             timeout=args.timeout)
+        if args.method == "scheduled":
+            # None from a broker older than the "scheduled" argument of STATUS.
+            held = conn.call(P.STATUS, {"scheduled": SCHEDULED_LISTED}).get("scheduled")
+    if not replies and held is None:
+        raise TimeoutError("no workers answered within %gs" % args.timeout)
+    if held is not None:
+        replies["broker" if "broker" not in replies else settings.BROKER_URL] = held
     if args.json:
         _print_json(replies)
-        return 0 if replies else 1
-    if not replies:
-        print("no workers answered within %gs" % args.timeout)
-        return 1
-    for hostname in sorted(replies):
+        return 0
+    for hostname in sorted(replies, key=lambda name: (replies[name] is held, name)):
         reply = replies[hostname]
-        print("%s:" % hostname)
+        if reply is held:
+            print("broker (the countdowns it holds until shortly before they are due):")
+        else:
+            print("%s:" % hostname)
         if isinstance(reply, list):
-            if not reply:
-                print("  (none)")
-            for item in reply:
-                if isinstance(item, dict):
-                    print("  %s[%s]%s" % (item.get("name"), item.get("id"),
-                                          "  eta %s" % _when(item["eta"]) if "eta" in item
-                                          else ""))
-                else:
-                    print("  %s" % (item,))
+            print("\n".join("  " + _describe_item(item) for item in reply) or "  (none)")
         elif isinstance(reply, dict):
-            for key in sorted(reply):
-                print("  %s: %s" % (key, reply[key]))
+            print(format_mapping(reply, indent=2))
         else:
             print("  %s" % (reply,))
+    if held is not None and len(replies) == 1:
+        print("(no workers answered within %gs)" % args.timeout)
     return 0
+
+
+def _describe_item(item):
+    """One task of an inspect list, as a line: name[id] and what is known about it."""
+    if not isinstance(item, dict):
+        return str(item)
+    parts = ["%s[%s]" % (item.get("name"), item.get("id"))]
+    if isinstance(item.get("runtime"), (int, float)):
+        parts.append("running for %s" % duration_text(item["runtime"]))
+    if isinstance(item.get("eta"), (int, float)):
+        parts.append("eta %s" % _when(item["eta"]))
+    if item.get("queue"):
+        parts.append("queue %s" % item["queue"])
+    if item.get("worker_pid"):
+        parts.append("pid %s" % item["worker_pid"])
+    if item.get("redelivered"):
+        parts.append("redelivered")
+    return "  ".join(parts)
+
+
+# Reply keys whose numbers are durations or points in time (epoch seconds).
+_DURATION_KEYS = ("uptime", "runtime", "connected_for")
+_TIME_KEYS = ("eta", "time_start", "date_done", "time")
+
+
+def format_mapping(mapping, indent=0):
+    """A reply object as aligned ``key  value`` lines: durations and times in words, lists
+    comma-separated, objects inline (``key value, ...``)."""
+    width = max((len(str(key)) for key in mapping), default=0)
+    return "\n".join("%s%s  %s" % (" " * indent, str(key).ljust(width), _value_text(key, value))
+                     for key, value in mapping.items())
+
+
+def _value_text(key, value):
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: "-"}[value]
+    if isinstance(value, (int, float)) and key in _DURATION_KEYS:
+        return duration_text(value)
+    if isinstance(value, (int, float)) and key in _TIME_KEYS:
+        return _when(value)
+    if isinstance(value, float):
+        return "%.6g" % value
+    if isinstance(value, list):
+        return ", ".join(_value_text(key, item) for item in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join("%s %s" % (name, _value_text(name, item))
+                         for name, item in sorted(value.items())) or "-"
+    return str(value)
+
+
+def duration_text(seconds):
+    """A duration as people say it: 0.35s, 42.0s, 3m 07s, 5h 02m, 2d 03h."""
+    if seconds < 10:
+        return "%.2fs" % seconds
+    if seconds < 60:
+        return "%.1fs" % seconds
+    seconds = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                      ("m", 60, "s", 1)):
+        if seconds >= size:
+            return "%d%s %02d%s" % (seconds // size, unit, seconds % size // sub_size, sub)
+    return "%ds" % seconds
 
 
 def _when(epoch):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _reply_text(reply):
+    """A worker's answer to a control command, as a line: "pong", the "ok" text, or
+    "error: ..." (anything else as aligned key/values)."""
+    if isinstance(reply, dict) and set(reply) == {"ok"}:
+        return str(reply["ok"])
+    if isinstance(reply, dict) and set(reply) == {"error"}:
+        return "error: %s" % reply["error"]
+    if isinstance(reply, dict):
+        return "\n" + format_mapping(reply, indent=2)
+    return str(reply)
 
 
 def run_control(args):
@@ -361,17 +483,17 @@ def run_control(args):
             replies = {}
         else:
             replies = broadcast(conn, method, arguments, _destination(args), args.timeout)
+    if not replies and method != "revoke":
+        raise TimeoutError("no workers answered within %gs" % args.timeout)
     if args.json:
         _print_json(replies)
     elif method == "revoke":
         print("revoked %s" % ", ".join(arguments["task_ids"]))
-    elif not replies:
-        print("no workers answered within %gs" % args.timeout)
     else:
         for hostname in sorted(replies):
-            print("%s: %s" % (hostname, replies[hostname]))
+            print("%s: %s" % (hostname, _reply_text(replies[hostname])))
     if method == "revoke":
         return 0
     refused = any(isinstance(reply, dict) and "error" in reply for reply in replies.values())
-    return 0 if replies and not refused else 1
+    return 1 if refused else 0
 

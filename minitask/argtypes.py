@@ -6,7 +6,8 @@ wherever it is made.
 
 import argparse
 
-__all__ = ["positive_int", "seconds", "positive_seconds", "port", "host_port", "comma_list"]
+__all__ = ["positive_int", "seconds", "positive_seconds", "port", "host_port", "comma_list",
+           "loglevel", "pool"]
 
 
 def positive_int(text):
@@ -56,3 +57,25 @@ def host_port(text):
 
 def comma_list(text):
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+# Celery takes its levels in any case, and FATAL and WARN besides.
+_LOGLEVELS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARNING", "WARN": "WARNING",
+              "ERROR": "ERROR", "CRITICAL": "CRITICAL", "FATAL": "CRITICAL"}
+
+
+def loglevel(text):
+    """A log level in any case (``--loglevel=info`` as Celery users type it)."""
+    level = _LOGLEVELS.get(text.strip().upper())
+    if level is None:
+        raise argparse.ArgumentTypeError("%r is not a log level: DEBUG, INFO, WARNING, ERROR "
+                                         "or CRITICAL" % text)
+    return level
+
+
+def pool(text):
+    """Celery's ``-P``: minitask has one pool, of processes (Celery's prefork)."""
+    if text.strip().lower() in ("prefork", "processes"):
+        return "prefork"
+    raise argparse.ArgumentTypeError("%r: minitask runs tasks in pool processes only "
+                                     "(prefork); size the pool with -c N (-c 1 for one)" % text)

@@ -1,15 +1,20 @@
 """The command line: `python -m minitask COMMAND ...` (also installed as `minitask`).
 
-The only place that prints errors: a user's mistake is one line on stderr and exit code 2
-(bad use) or 1 (could not do it, e.g. no broker there); tracebacks are for bugs.
+The only place that prints errors: a user's mistake is one line on stderr, ``minitask
+COMMAND: ...``, and exit code 2 (bad use) or 1 (could not do it, e.g. no broker there); with
+``--json`` the same line is a JSON object on stdout. Tracebacks are for bugs. Celery's flags
+and commands that minitask does not take are answered with the minitask way
+(`minitask.habits`).
 """
 
 import argparse
+import json
 import logging
 import os
 import sys
 
-from .argtypes import comma_list, host_port, port, positive_int, seconds
+from . import habits
+from .argtypes import comma_list, host_port, loglevel, pool, port, positive_int, seconds
 from .exceptions import MinitaskError
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
@@ -19,21 +24,41 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 logger = logging.getLogger(__name__)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and the exit code is 2)."""
-
-    def error(self, message):
-        self.exit(EXIT_USAGE, "%s: error: %s (see --help)\n" % (self.prog, message))
-
-
 class _UsageError(MinitaskError):
     """A command was used wrongly in a way argparse cannot see."""
+
+
+class _ArgumentError(Exception):
+    """The command line was refused; `command` is the subcommand it names, if any, and
+    `see_help` says whether --help would tell more (argparse's own errors)."""
+
+    def __init__(self, command, message, see_help=False):
+        super().__init__(message)
+        self.command = command
+        self.see_help = see_help
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised for `main` to print in one line (exit code 2)."""
+
+    def error(self, message):
+        raise _ArgumentError(self.prog.partition(" ")[2] or None, message, see_help=True)
+
+
+# Options before the command that take a value (to find the command word in an argv).
+_GLOBAL_VALUED = ("-A", "--app", "-b", "--broker")
 
 
 def build_parser():
     parser = _Parser(prog="minitask", description="A distributed task queue in the spirit of "
                      "early Celery, on the Python standard library alone.")
     parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("-A", "--app", action="append", default=[], metavar="MODULE",
+                        help="import MODULE[:ATTR] before the command, as Celery's -A proj "
+                        "(and MODULE.tasks if it is a package that has one); for a worker, "
+                        "these are task modules, as -I")
+    parser.add_argument("-b", "--broker", dest="global_broker", metavar="URL",
+                        help="broker URL, as the command's own --broker")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
 
@@ -63,7 +88,8 @@ def build_parser():
     broker.add_argument("--stall-timeout", type=seconds, default=30.0, metavar="S",
                         help="cut off a client that leaves a frame half sent, or reads none "
                         "of what the broker sends it, for this long (default 30)")
-    broker.add_argument("-l", "--loglevel", default="INFO", help="log level (default INFO)")
+    broker.add_argument("-l", "--loglevel", type=loglevel, default="INFO",
+                        help="log level (default INFO)")
     broker.add_argument("-f", "--logfile", help="log file (default stderr)")
     broker.set_defaults(run=_run_broker)
 
@@ -75,7 +101,8 @@ def build_parser():
                         help="pool processes (default: CONCURRENCY, or one per CPU)")
     worker.add_argument("-Q", "--queues", type=comma_list, metavar="QUEUES",
                         help="comma-separated queues (default: DEFAULT_QUEUE plus QUEUES)")
-    worker.add_argument("-l", "--loglevel", help="log level (default: LOGLEVEL, WARNING)")
+    worker.add_argument("-l", "--loglevel", type=loglevel,
+                        help="log level, any case (default: LOGLEVEL, WARNING)")
     worker.add_argument("-f", "--logfile", help="log file (default: LOGFILE, stderr)")
     worker.add_argument("-n", "--hostname", help="name of this worker (default pid@host)")
     worker.add_argument("--prefetch-multiplier", type=positive_int,
@@ -84,10 +111,20 @@ def build_parser():
                         help="replace a pool process after this many tasks")
     worker.add_argument("--shutdown-timeout", type=seconds,
                         help="seconds a warm shutdown waits for running tasks (default 30)")
-    worker.add_argument("--beat", action="store_true", default=None,
+    worker.add_argument("-B", "--beat", action="store_true", default=None,
                         help="also send periodic tasks (one beat sends at a time)")
     worker.add_argument("--start-method", choices=("fork", "spawn", "forkserver"),
                         help="how pool processes start (default: the platform's)")
+    celery = worker.add_argument_group("taken as Celery takes them")
+    celery.add_argument("-A", "--app", dest="worker_app", action="append", default=[],
+                        metavar="MODULE", help="the same as -I MODULE (and MODULE.tasks if it "
+                        "is a package that has one)")
+    celery.add_argument("-P", "--pool", type=pool, metavar="prefork",
+                        help="the only pool minitask has: processes")
+    for flag in ("--without-gossip", "--without-mingle", "--without-heartbeat"):
+        celery.add_argument(flag, action="store_true",
+                            help="no effect: minitask workers never gossip, mingle or send "
+                            "event heartbeats")
     worker.set_defaults(run=_run_worker)
 
     demo = commands.add_parser("demo", help="broker, worker and a few tasks, on the defaults")
@@ -106,16 +143,22 @@ def _version():
 def main(argv=None):
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())      # task modules next to the caller, as `python -m`
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = parse(argv)
+    except _ArgumentError as exc:
+        message = "error: %s%s" % (exc, " (see --help)" if exc.see_help else "")
+        return _fail(exc.command, message, EXIT_USAGE, "--json" in argv or "-j" in argv,
+                     str(exc))
+    as_json = bool(getattr(args, "json", False))
+    try:
+        _apply_global_options(args)
         return args.run(args) or EXIT_OK
     except _UsageError as exc:
-        print("minitask %s: %s" % (args.command, exc), file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, str(exc), EXIT_USAGE, as_json)
     except MinitaskError as exc:
-        print("minitask %s: %s" % (args.command, exc), file=sys.stderr)
-        return EXIT_USAGE if type(exc).__name__ == "ConfigurationError" else EXIT_FAILURE
+        code = EXIT_USAGE if type(exc).__name__ == "ConfigurationError" else EXIT_FAILURE
+        return _fail(args.command, str(exc), code, as_json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -123,6 +166,91 @@ def main(argv=None):
         # Python would complain again flushing stdout at exit, so point it at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
+
+
+def parse(argv):
+    """The parsed command line; raises _ArgumentError naming the subcommand on bad use.
+
+    A Celery habit (a flag or command minitask does not take) is answered with the minitask
+    way, even where argparse stumbled over it first (``inspect -A proj active`` reads as the
+    method "proj").
+    """
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except _ArgumentError as exc:
+        before, word, after = _split_at_command(argv)
+        command = exc.command
+        flag, answer = _habit_in(after if command else before, command)
+        if not answer and command is None and word is not None:
+            answer = habits.command_answer(word)
+            command = word if answer else None
+        if answer:
+            raise _ArgumentError(command, "%s: %s" % (flag, answer) if flag else answer) \
+                from None
+        raise
+    if extra:
+        flag, answer = _habit_in(extra, args.command)
+        if answer:
+            raise _ArgumentError(args.command, "%s: %s" % (flag, answer))
+        raise _ArgumentError(args.command, "unrecognized arguments: %s" % " ".join(extra),
+                             see_help=True)
+    return args
+
+
+def _split_at_command(argv):
+    """``(words before, the command word, words after)``: the command word is the first that
+    is neither an option nor the value of -A or -b (None when there is none)."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in _GLOBAL_VALUED:
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            return argv[:index], word, argv[index + 1:]
+    return argv, None, []
+
+
+def _habit_in(words, command):
+    """``(flag, answer)`` for the first flag in `words` that is a Celery habit `command`
+    does not take (None: before any command), else ``(None, None)``."""
+    for word in words:
+        if word.startswith("-"):
+            answer = habits.flag_answer(command, word)
+            if answer:
+                return habits.flag_of(word), answer
+    return None, None
+
+
+def _fail(command, message, code, as_json, json_message=None):
+    """Say why the command failed, in one line (stderr, or a JSON object on stdout with
+    --json); returns its exit code."""
+    if as_json:
+        print(json.dumps({"error": json_message or message, "command": command}))
+    else:
+        print("minitask%s: %s" % (" " + command if command else "", message), file=sys.stderr)
+    return code
+
+
+def _apply_global_options(args):
+    """-A and -b before the command (Celery 5's order): -A imports, or adds task modules to a
+    worker; -b is the command's --broker."""
+    from .loaders import app_modules
+    modules = [name for spec in args.app + getattr(args, "worker_app", [])
+               for name in app_modules(spec)]
+    if args.command == "worker":
+        args.include = modules + [name for name in args.include if name not in modules]
+    elif modules:
+        from .loaders import current_loader
+        for name in modules:
+            current_loader().import_module(name)
+    if args.global_broker:
+        if not hasattr(args, "broker"):
+            raise _UsageError("-b/--broker names a broker to talk to; this command has none "
+                              "(a broker listens on --host and --port)")
+        args.broker = args.broker or args.global_broker
 
 
 def _setup_logging(level, logfile):

@@ -85,8 +85,10 @@ class Connection:
         self.sock = None
         self.decoder = None
         self.welcome = {}
+        self.features = frozenset()         # commands beyond protocol 1 the broker knows
         self.lock = threading.RLock()
         self.deliveries = collections.deque()
+        self.declared_queues = set()        # declared by ensure_queue on this connection
         self._seq = 0
         self._unconfirmed = collections.deque()   # seqs waiting for CONFIRM, in order
         self._failed = {}                         # seq -> exception from an ERROR frame
@@ -129,6 +131,7 @@ class Connection:
                 self.sock = sock
                 self.decoder = P.Decoder()
                 self._reset_pending()
+                self.declared_queues = set()
                 self._handshake()
             except BaseException:
                 self._drop()
@@ -190,6 +193,9 @@ class Connection:
         else:
             raise ProtocolError("expected WELCOME, got %s" % P.command_name(kind))
         self.welcome = welcome
+        features = welcome.get("features")
+        self.features = frozenset(name for name in features if isinstance(name, str)) \
+            if isinstance(features, list) else frozenset()
         self.decoder.max_frame_bytes = max(int(welcome.get("max_frame_bytes", 0)),
                                            P.MAX_FRAME_BYTES) + 64
 
@@ -386,6 +392,13 @@ class Connection:
         args.update(arguments)
         return self.call(P.DECLARE_QUEUE, args)
 
+    def ensure_queue(self, queue):
+        """Declare durable `queue` unless this connection did already: a call routed to a
+        queue that is not in QUEUES (Celery's task_create_missing_queues)."""
+        if queue not in self.declared_queues:
+            self.declare_queue(queue)
+            self.declared_queues.add(queue)
+
     def bind(self, queue, exchange, binding_key="", arguments=None):
         return self.call(P.BIND, {"queue": queue, "exchange": exchange,
                                   "binding_key": binding_key, "arguments": arguments or {}})
@@ -427,16 +440,29 @@ class Connection:
                 raise self._failed.pop(seq)
 
     def publish_with_record(self, message, key, value, timeout=None):
-        """Set a durable broker setting and publish, in one write: a broker crash keeps both
-        or neither (periodic tasks' last send times)."""
+        """Set a durable broker setting and publish, as one unit: a broker crash keeps both
+        or neither (periodic tasks' last send times).
+
+        A broker that lists "atomic" in its WELCOME gets one ATOMIC frame, which it journals
+        as one record. An older broker gets KV_SET and PUBLISH in one write: two records in
+        one write, which a crash tearing that very write could split.
+        """
         data = message if isinstance(message, (bytes, bytearray)) else P.encode_message(message)
         with self.lock:
+            timeout = self.timeout if timeout is None else timeout
+            if "atomic" in self.features:
+                seq = self._next_seq()
+                self._unconfirmed.append(seq)
+                self._send(P.encode_atomic(seq, [
+                    P.encode_json(P.KV_SET, 0, {"key": key, "value": value}),
+                    P.encode_frame(P.PUBLISH, 0, data)]))
+                self._wait_confirms([seq], timeout)
+                return
             kv_seq = self._next_seq()
             seq = self._next_seq()
             self._unconfirmed.append(seq)
             self._send(P.encode_json(P.KV_SET, kv_seq, {"key": key, "value": value})
                        + P.encode_frame(P.PUBLISH, seq, data))
-            timeout = self.timeout if timeout is None else timeout
             self._wait_reply(kv_seq, timeout)
             self._wait_confirms([seq], timeout)
 

@@ -30,7 +30,7 @@ import re
 import reprlib
 import threading
 
-from minitask import ratelimit
+from minitask import celery_settings, ratelimit, routes, schedules
 from minitask.exceptions import ConfigurationError, MinitaskError
 
 __all__ = [
@@ -76,6 +76,15 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
     ("BEAT", False, "Also send periodic tasks from this worker (--beat)."),
     ("START_METHOD", None, "How pool processes start (--start-method): fork, spawn or "
                            "forkserver; None: the platform's default."),
+    ("TASK_ACKS_LATE", False, "acks_late of tasks that set none (ack when they finish)."),
+    ("TASK_TIME_LIMIT", None, "time_limit (s) of tasks that set none."),
+    ("TASK_SOFT_TIME_LIMIT", None, "soft_time_limit (s) of tasks that set none."),
+    ("TASK_ROUTES", None, "Task name or glob -> queue, or {exchange, routing_key}; or "
+                          "router functions (Celery's task_routes)."),
+    ("BEAT_SCHEDULE", {}, "{name: {task, schedule, args, kwargs, options}} sent by --beat "
+                          "(Celery's beat_schedule)."),
+    ("TIMEZONE", "UTC", "Timezone of crontab schedules: UTC, local, or a name such as "
+                        "Europe/Berlin (Python 3.9+)."),
 )
 
 DEFAULTS = {name: default for name, default, _ in _SETTINGS}
@@ -95,12 +104,26 @@ ALIASES = dict(
     CELERYD_MAX_TASKS_PER_CHILD="MAX_TASKS_PER_CHILD",
 )
 
-# Spellings looked for in a settings module, first found wins: the plain name beats its aliases.
-_SPELLINGS = {name: (name, "MINITASK_" + name) + tuple(a for a, n in ALIASES.items() if n == name)
-              for name in DEFAULTS}
+
+def _celery_spellings(name):
+    """Celery 4/5's names for setting `name`: lower case, the Django ``CELERY_`` namespace's
+    upper case, and Celery 3's old upper-case names."""
+    lower = [celery for celery, target in celery_settings.MAPPED.items() if target == name]
+    return tuple(lower) + tuple("CELERY_" + celery.upper() for celery in lower) + tuple(
+        old for old, celery in celery_settings.OLD_NAMES.items() if celery in lower)
+
+
+# Every spelling a settings module may use, the plain name first (reported as the source when
+# several spellings agree; when they disagree, that is an error naming both).
+_SPELLINGS = {name: tuple(dict.fromkeys(
+    (name, "MINITASK_" + name) + tuple(a for a, n in ALIASES.items() if n == name)
+    + _celery_spellings(name))) for name in DEFAULTS}
+_SETTING_OF = {spelling: name for name, spellings in _SPELLINGS.items()
+               for spelling in spellings}
 
 # How MINITASK_<NAME> text is read when the default (None) does not tell.
-_ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list}
+_ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list,
+              "TASK_TIME_LIMIT": float, "TASK_SOFT_TIME_LIMIT": float, "TASK_ROUTES": "json"}
 # MINITASK_LONG_TESTS is the switch of tests/run.py --long, not a setting.
 _ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_LONG_TESTS"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -191,7 +214,8 @@ def load_settings(module=None, environ=None, overrides=None):
             values[name] = _VALIDATORS[name](label, value)
             sources[name] = source(label)
 
-    module_layer = {} if module is None else _layer(vars(module))
+    notes = []
+    module_layer = {} if module is None else _layer(vars(module), notes)
     apply(module_layer, lambda label: "module " + module_name)
     env_layer, flag_layer = _env_layer(environ), _flag_layer(overrides or {})
     loader_path = values["LOADER"]
@@ -201,13 +225,14 @@ def load_settings(module=None, environ=None, overrides=None):
     if loader_path:
         # Only what the loader adds or changes: one that extends the settings module's
         # configuration hands its values back, and they should still say "module".
-        loader_layer = _layer(_loader_configuration(loader_path))
+        loader_layer = _layer(_loader_configuration(loader_path), notes)
         apply({name: entry for name, entry in loader_layer.items()
                if name not in module_layer or module_layer[name][1] != entry[1]},
               lambda label: "loader " + loader_path)
     apply(env_layer, lambda label: "environment " + label)
     apply(flag_layer, lambda label: "flag")
     values["QUEUES"] = _complete_queues(values)
+    _warn_about(notes, values)
     return Settings(values, sources, module_name)
 
 
@@ -240,7 +265,7 @@ def import_settings_module(name):
 
 
 def read_settings_module(module):
-    """Return {setting: value} from a module's UPPERCASE names, aliases resolved, unchecked."""
+    """Return {setting: value} from a module's setting names (every spelling), unchecked."""
     return {name: value for name, (_, value) in _layer(vars(module)).items()}
 
 
@@ -312,23 +337,57 @@ def configure(**overrides):
 
 
 def reset():
-    """Forget the settings in force and any overrides; the next `get_settings` loads afresh."""
+    """Forget the settings in force and any overrides; the next `get_settings` loads afresh
+    (and warns again about names it does not use)."""
     global _current, _overrides
     with _lock:
         _current, _overrides = None, {}
+        _warned.clear()
 
 
 # -- layers ------------------------------------------------------------------------------------
 
-def _layer(namespace):
-    """Return {setting: (spelling found, value)} from a module's or mapping's names."""
+def _layer(namespace, notes=None):
+    """Return {setting: (spelling found, value)} from a module's or mapping's names.
+
+    Several spellings of one setting must agree (ConfigurationError naming both). Names that
+    look like settings but are none here go to `notes` as ``(label, Celery name or None,
+    value)``, for `_warn_about`.
+    """
+    found = {}
+    for label, value in namespace.items():
+        kind, name = celery_settings.classify(label, value, _SETTING_OF)
+        if kind == "setting":
+            found.setdefault(name, []).append((label, value))
+        elif kind is not None and notes is not None:
+            notes.append((label, name, value))
     layer = {}
-    for name, spellings in _SPELLINGS.items():
-        for label in spellings:
-            if label in namespace:
-                layer[name] = (label, namespace[label])
-                break
+    for name, spellings in found.items():
+        spellings.sort(key=lambda entry: _SPELLINGS[name].index(entry[0]))
+        first_label, first_value = spellings[0]
+        for label, value in spellings[1:]:
+            if _VALIDATORS[name](label, value) != _VALIDATORS[name](first_label, first_value):
+                raise ConfigurationError(
+                    f"{first_label}={_repr.repr(first_value)} and {label}={_repr.repr(value)} "
+                    f"are two spellings of {name} that disagree: keep one")
+        layer[name] = spellings[0]
     return layer
+
+
+_warned = set()
+
+
+def _warn_about(notes, values):
+    """One warning per process for each name a settings module gives that changes nothing
+    here, naming it and the minitask way; silence for Celery names whose value is what
+    minitask does anyway."""
+    for label, celery, value in notes:
+        message = celery_settings.warning(label, celery, value, values, _SETTING_OF)
+        if message is None:
+            continue
+        if label not in _warned:
+            _warned.add(label)
+            logger.warning("%s", message)
 
 
 def _env_layer(environ):
@@ -406,6 +465,7 @@ _FROM_TEXT = {   # type: (parse, what the text should have been)
     list: (lambda text: _json(list)(text) if text.lstrip().startswith("[") else _split(text),
            "expected a JSON list or comma-separated names"),
     str: (str, None),
+    "json": (json.loads, "expected JSON (an object or a list)"),
 }
 
 
@@ -570,6 +630,20 @@ def _loader(label, value):
     return value
 
 
+def _routes(label, value):
+    return None if value is None else routes.check_routes(label, value)
+
+
+def _timezone(label, value):
+    try:
+        schedules.get_timezone(value)
+    except ConfigurationError:
+        raise _bad(label, value, "expected \"UTC\", \"local\" or a timezone name such as "
+                                 "\"Europe/Berlin\" (Python 3.9+ with the timezone database)") \
+            from None
+    return value
+
+
 _VALIDATORS = {
     "BROKER_URL": _broker_url, "BROKER_SECRET": _optional(_text),
     "BROKER_CA_FILE": _optional(_text), "IMPORTS": _names, "TASK_SERIALIZER": _serializer,
@@ -581,5 +655,8 @@ _VALIDATORS = {
     "CONCURRENCY": _optional(_integer(1)), "LOGLEVEL": _loglevel, "LOGFILE": _optional(_text),
     "PREFETCH_MULTIPLIER": _integer(1), "MAX_TASKS_PER_CHILD": _optional(_integer(1)),
     "SHUTDOWN_TIMEOUT": _seconds(0, strict=False), "WORKER_QUEUES": _optional(_names),
-    "BEAT": _flag, "START_METHOD": _optional(_start_method),
+    "BEAT": _flag, "START_METHOD": _optional(_start_method), "TASK_ACKS_LATE": _flag,
+    "TASK_TIME_LIMIT": _optional(_seconds(0, strict=True)),
+    "TASK_SOFT_TIME_LIMIT": _optional(_seconds(0, strict=True)), "TASK_ROUTES": _routes,
+    "BEAT_SCHEDULE": schedules.check_beat_schedule, "TIMEZONE": _timezone,
 }

@@ -5,9 +5,10 @@ batch (one round of confirms instead of one per call) and returns a `ResultSet` 
 `join()` gives the values in order.
 """
 
+from .options import workflows_refused
 from .result import ResultSet
 
-__all__ = ["Signature", "group", "subtask"]
+__all__ = ["Signature", "group", "subtask", "chain", "chord"]
 
 
 class Signature:
@@ -32,6 +33,20 @@ class Signature:
     def set(self, **options):
         self.options.update(options)
         return self
+
+    # Workflows come later; until then each of their entry points says so where it is used.
+    def __or__(self, other):
+        raise workflows_refused("sig | sig (a chain)")
+
+    __ror__ = __or__
+
+    def link(self, callback):
+        raise workflows_refused("link()")
+
+    def link_error(self, errback):
+        raise workflows_refused("link_error()")
+
+    on_error = link_error
 
     def __repr__(self):
         arguments = [repr(arg) for arg in self.args]
@@ -62,15 +77,45 @@ class group:
         settings = get_settings()
         if settings.ALWAYS_EAGER:
             return self.apply()
-        messages = [sig.task.build_message(sig.args, sig.kwargs,
-                                           **dict(sig.options, **options)) for sig in self]
         from .client import with_connection
+        from .options import check_call_options
+        from .sending import compose_message
+        messages, declare = [], set()
+        for sig in self:
+            call = dict(sig.options, **options)
+            retries = call.pop("retries", 0) or 0
+            message, queue = compose_message(sig.task.name, sig.args, sig.kwargs, sig.task,
+                                             settings, retries=retries,
+                                             **check_call_options(sig.task, call))
+            messages.append(message)
+            if queue is not None:
+                declare.add(queue)
         encoded = [message.encode() for message in messages]
-        with_connection(lambda conn: conn.publish_many(encoded))
+
+        def send(conn):
+            for queue in sorted(declare):
+                conn.ensure_queue(queue)
+            conn.publish_many(encoded)
+        with_connection(send)
         return ResultSet(AsyncResult(message.id, task_name=message.task) for message in messages)
+
+    def __or__(self, other):
+        raise workflows_refused("group | sig (a chord)")
+
+    __ror__ = __or__
 
     def apply(self):
         return ResultSet(sig.apply() for sig in self)
 
     def __repr__(self):
         return "group(%s)" % ", ".join(repr(sig) for sig in self)
+
+
+def chain(*tasks, **options):
+    """Celery's chain: refused until workflows exist."""
+    raise workflows_refused("chain()")
+
+
+def chord(header, body=None, **options):
+    """Celery's chord: refused until workflows exist."""
+    raise workflows_refused("chord()")

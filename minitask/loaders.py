@@ -32,6 +32,7 @@ from minitask.exceptions import ConfigurationError
 
 __all__ = [
     "BaseLoader", "DefaultLoader", "DjangoLoader", "loader_class", "get_loader", "current_loader",
+    "app_modules",
 ]
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,27 @@ def current_loader():
         if _current[0] is not settings:
             _current = (settings, get_loader(settings))
         return _current[1]
+
+
+def app_modules(spec):
+    """The task modules Celery's ``-A spec`` stands for: ``proj``, ``proj:app`` -> ``["proj"]``,
+    plus ``proj.tasks`` when `proj` is a package that has one.
+
+    minitask has no application object: tasks register themselves when their module is
+    imported, so the attribute after ``:`` (Celery's app) is not needed and is not looked at.
+    The ``tasks`` submodule is where Celery's ``autodiscover_tasks()`` looks; it is found on
+    disk, without importing anything.
+    """
+    module = spec.partition(":")[0].strip()
+    if not module or any(not part.isidentifier() for part in module.split(".")):
+        raise ConfigurationError(f"-A {spec!r}: expected a module name, e.g. -A proj")
+    names = [module]
+    try:
+        if _module_exists(module) and _module_exists(module + ".tasks"):
+            names.append(module + ".tasks")
+    except (ImportError, ValueError):
+        pass        # a parent that cannot be found: importing `module` will say so
+    return names
 
 
 def _app_package(entry):

@@ -9,8 +9,9 @@ written twice.
 import logging
 import sys
 import threading
+import time
 
-__all__ = ["setup_logging", "task_logger", "FORMAT", "TASK_FORMAT"]
+__all__ = ["setup_logging", "task_logger", "Throttle", "folded", "FORMAT", "TASK_FORMAT"]
 
 FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
@@ -66,3 +67,40 @@ def task_logger(task_name, task_id, logfile=None, loglevel=None):
     logger.setLevel(level_of(loglevel))
     logger.propagate = False
     return logging.LoggerAdapter(logger, {"task_name": task_name, "task_id": task_id or "-"})
+
+
+class Throttle:
+    """At most one log line per reason per `interval` seconds; counts what it folded.
+
+    A fault that repeats on every loop turn (a full disk) would otherwise write thousands of
+    lines a second. `allow(reason, amount)` returns None when the line is to be folded, else
+    ``(lines, amount)``: how many lines, and how much of `amount`, were folded since the last
+    line logged for that reason (``(0, 0)`` the first time).
+    """
+
+    def __init__(self, interval=10.0, clock=time.monotonic):
+        self.interval = interval
+        self.clock = clock
+        self._last = {}                 # reason -> [time logged, lines folded, amount folded]
+        self._lock = threading.Lock()   # the journal's fsync thread uses it too
+
+    def allow(self, reason, amount=0):
+        now = self.clock()
+        with self._lock:
+            entry = self._last.get(reason)
+            if entry is not None and now - entry[0] < self.interval:
+                entry[1] += 1
+                entry[2] += amount
+                return None
+            self._last[reason] = [now, 0, 0]
+            return (entry[1], entry[2]) if entry is not None else (0, 0)
+
+
+def folded(counts, what=""):
+    """" (and N more like it[: M what])" for a line that `Throttle.allow` let through."""
+    lines, amount = counts
+    if not lines:
+        return ""
+    if what:
+        return " (and %d more like it: %d %s)" % (lines, amount, what)
+    return " (and %d more like it)" % lines

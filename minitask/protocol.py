@@ -64,11 +64,23 @@ yet (``acks_late``).
     task_id      str8
     state        u8    see STATES (0 PENDING .. 6 REVOKED)
     flags        u8    RESULT_SET: bit 0 store (0 = the task finished but nothing is stored:
-                       ignore_result); RESULT: bit 0 ready (a final state)
+                       ignore_result), bit 1 described (the two fields below are present);
+                       RESULT: bit 0 ready (a final state)
     time         f64   RESULT_SET: time to live (0 = the broker's RESULT_EXPIRES);
                        RESULT: when the state was set (0 = unknown)
     content_type str8
+    task_name    str8  only when described: the task's name, for the broker's counts
+    runtime      f64   only when described: seconds the task ran (negative = it did not run)
     payload      the rest: the serialized result meta (see minitask.result)
+
+3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1) or a
+KV_SET (JSON) with seq 0; at least 1 and at most 64 of them. The broker applies them in
+order as one unit: one journal record holds everything they write, so a crash keeps all of
+it or none of it (a periodic task's send and the record of when it was sent). One reply for
+the unit: CONFIRM of the ATOMIC's seq once that record is written, or one ERROR (with the
+code the failing command would have had, or 507 for a failed journal write), in which case
+nothing of the unit took effect. A frame of another type, a seq other than 0, or bodies that
+do not add up to whole frames are ERROR 400.
 
 4. Commands (client -> broker) and their replies
 -----------------------------------------------
@@ -91,6 +103,7 @@ yet (``acks_late``).
 0x24      ACK               3.3     none
 0x25      REJECT            3.3     none
 0x26      START             3.3     none
+0x27      ATOMIC            3.5     CONFIRM, or ERROR (the unit's first failure)
 0x30      RESULT_SET        3.4     CONFIRM (when seq != 0)
 0x31      RESULT_GET        JSON    RESULT
 0x32      RESULT_WAIT       JSON    RESULT once the state is final, or at the timeout
@@ -112,14 +125,22 @@ JSON arguments (``?`` = optional, with its default):
 
 - HELLO ``{"protocol": 1, "client": str?, "nonce": hex str?, "heartbeat": s? (0 = off),
   "worker": {hostname, pid, concurrency, queues, ...}?}``; WELCOME ``{"protocol": 1,
-  "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?}``.
+  "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
+  ``features`` names what this broker understands beyond protocol 1 as first shipped:
+  ``"atomic"`` (the ATOMIC command, 3.5) and ``"described_results"`` (RESULT_SET's bit 1,
+  3.4). A client uses such a thing only when the broker names it: an older broker, which
+  sends no ``features``, answers an unknown command with ERROR 405 and closes the
+  connection, and would read a described result's two extra fields as payload. A broker
+  ignores HELLO keys it does not know and a client ignores WELCOME keys it does not know,
+  so an older client simply never uses the newer commands.
   CHALLENGE ``{"nonce": hex}``; AUTH ``{"proof": hex}`` (see 6).
 - DECLARE_EXCHANGE ``{"exchange", "type": "direct"|"topic"|"fanout"|"headers",
   "durable": true?, "auto_delete": false?, "passive": false?}``; DELETE_EXCHANGE
   ``{"exchange"}``.
 - DECLARE_QUEUE ``{"queue", "durable": true?, "exclusive": false?, "auto_delete": false?,
   "passive": false?, "max_length": int?, "max_redeliveries": 10?,
-  "dead_letter_queue": str?}``. ``queue`` "" asks the broker to name a new exclusive queue.
+  "dead_letter_queue": str?}``. ``queue`` "" asks the broker to name a new exclusive queue
+  (``mt.gen-`` and 16 hex digits).
   Declaring an existing queue with other arguments is ERROR 406.
 - BIND / UNBIND ``{"queue", "exchange", "binding_key": ""?, "arguments": {}?}``; for headers
   exchanges ``arguments`` holds the header values to match and ``"x-match": "all"|"any"``.
@@ -134,7 +155,9 @@ JSON arguments (``?`` = optional, with its default):
   the ids until the results expire, drops queued messages of those tasks, marks them REVOKED
   and tells every worker through the control exchange.
 - CLAIM ``{"task_ids": [...]}``: a worker that reconnects names the tasks it is still running.
-- STATUS ``{}``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,
+- STATUS ``{"scheduled": n?}``: queues, exchanges, workers and counts; with ``scheduled``,
+  also the first n (at most 10000) messages the broker holds until their ``not_before``,
+  soonest first, as ``"scheduled": [{"id", "name", "eta", "queue", "priority"}]``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,
   KV_GET ``{"key"}``. REVOKED ``{}``.
 
 5. Delivery rules
@@ -197,7 +220,8 @@ __all__ = [
     "Message", "MessageFields", "encode_message", "decode_message", "parse_message",
     "message_id_of", "headers_of",
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
-    "encode_result", "decode_result", "encode_error", "decode_error", "error_for",
+    "encode_result", "decode_result", "decode_result_set", "plain_result", "type_bytes_of",
+    "encode_error", "decode_error", "error_for", "encode_atomic", "decode_atomic",
     "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
 ]
 
@@ -213,6 +237,7 @@ HELLO, AUTH, HEARTBEAT, CLOSE = 0x01, 0x03, 0x05, 0x06
 DECLARE_EXCHANGE, DELETE_EXCHANGE, DECLARE_QUEUE = 0x10, 0x11, 0x12
 BIND, UNBIND, PURGE, DELETE_QUEUE = 0x13, 0x14, 0x15, 0x16
 PUBLISH, CONSUME, CANCEL, QOS, ACK, REJECT, START = 0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26
+ATOMIC = 0x27
 RESULT_SET, RESULT_GET, RESULT_WAIT, RESULT_FORGET = 0x30, 0x31, 0x32, 0x33
 REVOKE, CLAIM = 0x34, 0x35
 STATUS, LEASE, KV_SET, KV_GET, REVOKED = 0x40, 0x41, 0x42, 0x43, 0x44
@@ -225,7 +250,8 @@ COMMAND_NAMES = {
     DECLARE_EXCHANGE: "DECLARE_EXCHANGE", DELETE_EXCHANGE: "DELETE_EXCHANGE",
     DECLARE_QUEUE: "DECLARE_QUEUE", BIND: "BIND", UNBIND: "UNBIND", PURGE: "PURGE",
     DELETE_QUEUE: "DELETE_QUEUE", PUBLISH: "PUBLISH", CONSUME: "CONSUME", CANCEL: "CANCEL",
-    QOS: "QOS", ACK: "ACK", REJECT: "REJECT", START: "START", RESULT_SET: "RESULT_SET",
+    QOS: "QOS", ACK: "ACK", REJECT: "REJECT", START: "START", ATOMIC: "ATOMIC",
+    RESULT_SET: "RESULT_SET",
     RESULT_GET: "RESULT_GET", RESULT_WAIT: "RESULT_WAIT", RESULT_FORGET: "RESULT_FORGET",
     REVOKE: "REVOKE", CLAIM: "CLAIM", STATUS: "STATUS", LEASE: "LEASE", KV_SET: "KV_SET",
     KV_GET: "KV_GET", REVOKED: "REVOKED", WELCOME: "WELCOME", CHALLENGE: "CHALLENGE",
@@ -257,6 +283,11 @@ REDELIVERED = 0x01
 MULTIPLE, STARTED = 0x01, 0x02
 REQUEUE = 0x01
 STORE, READY = 0x01, 0x01
+DESCRIBED = 0x02
+# WELCOME's features (4): what this broker understands beyond protocol 1 as first published.
+FEATURES = ("atomic", "described_results")
+# Queues the broker names itself (DECLARE_QUEUE with queue ""): replies, workers' control.
+GENERATED_QUEUE_PREFIX = "mt.gen-"
 NO_PRIORITY = 255
 DEFAULT_PRIORITY = 4
 # Times past this (the year 5138) are refused: NaN and infinities would break every timer.
@@ -470,6 +501,15 @@ def message_id_of(data):
     return data[_ID_AT + 1:_ID_AT + 1 + data[_ID_AT]].decode("utf-8")
 
 
+def type_bytes_of(data):
+    """The type (for tasks, the name) of an encoded message that was parsed once already, as
+    undecoded bytes (the broker's hot path: counted per delivery, decoded when reported)."""
+    offset = _ID_AT
+    for _ in range(3):                      # past message_id, exchange and routing_key
+        offset += 1 + data[offset]
+    return data[offset + 1:offset + 1 + data[offset]]
+
+
 def headers_of(data, headers_at):
     """The headers object of an encoded message, given `parse_message`'s ``headers_at``."""
     (length,) = _U16.unpack_from(data, headers_at)
@@ -518,6 +558,42 @@ def decode_deliver(body):
 _TAGS_HEAD = struct.Struct("!BI")
 
 
+# --- ATOMIC (3.5) --------------------------------------------------------------------------
+
+ATOMIC_COMMANDS = (PUBLISH, KV_SET)
+MAX_ATOMIC_FRAMES = 64
+
+
+def encode_atomic(seq, frames):
+    """A whole ATOMIC frame around `frames` (whole encoded frames, each with seq 0)."""
+    body = b"".join(frames)
+    return HEADER.pack(len(body), ATOMIC, seq) + body
+
+
+def decode_atomic(body):
+    """``[(type, body)]`` of the frames an ATOMIC body holds; ProtocolError if malformed."""
+    frames, offset, end = [], 0, len(body)
+    while offset < end:
+        if end - offset < HEADER.size:
+            raise ProtocolError("ATOMIC body ends inside a frame header")
+        length, kind, seq = HEADER.unpack_from(body, offset)
+        stop = offset + HEADER.size + length
+        if stop > end:
+            raise ProtocolError("ATOMIC body ends inside a %s frame" % command_name(kind))
+        if kind not in ATOMIC_COMMANDS:
+            raise ProtocolError("ATOMIC may hold PUBLISH and KV_SET frames, not %s"
+                                % command_name(kind))
+        if seq:
+            raise ProtocolError("a frame inside ATOMIC must have seq 0, not %d" % seq)
+        frames.append((kind, body[offset + HEADER.size:stop]))
+        offset = stop
+        if len(frames) > MAX_ATOMIC_FRAMES:
+            raise ProtocolError("ATOMIC holds more than %d frames" % MAX_ATOMIC_FRAMES)
+    if not frames:
+        raise ProtocolError("ATOMIC holds no frame")
+    return frames
+
+
 def encode_tags(kind, flags, tags, seq=0):
     """A whole ACK / REJECT / START frame for these delivery tags."""
     body = _TAGS_HEAD.pack(flags, len(tags)) + struct.pack("!%dQ" % len(tags), *tags)
@@ -537,18 +613,26 @@ def decode_tags(body):
 # --- results (3.4) ------------------------------------------------------------------------
 
 _RESULT_FIXED = struct.Struct("!BBd")
+_F64 = struct.Struct("!d")
 
 
-def encode_result(kind, seq, task_id, state, flags, time, content_type, payload):
-    """A whole RESULT_SET or RESULT frame."""
+def encode_result(kind, seq, task_id, state, flags, time, content_type, payload,
+                  task_name=None, runtime=None):
+    """A whole RESULT_SET or RESULT frame; a RESULT_SET with `task_name` is described (3.4),
+    with `runtime` None for a task that did not run."""
+    described = b""
+    if task_name is not None:
+        flags |= DESCRIBED
+        described = _str8(task_name, "task name") + _F64.pack(
+            -1.0 if runtime is None else runtime)
     body = b"".join((_str8(task_id, "task_id"),
                      _RESULT_FIXED.pack(STATE_CODES[state], flags, time or 0.0),
-                     _str8(content_type, "content_type"), payload))
+                     _str8(content_type, "content_type"), described, payload))
     return HEADER.pack(len(body), kind, seq) + body
 
 
-def decode_result(body):
-    """``(task_id, state, flags, time, content_type, payload)``."""
+def _result_head(body):
+    """``(task_id, state, flags, time, content_type, offset of what follows)``."""
     try:
         task_id, offset = _str8_at(body, 0)
         code, flags, time = _RESULT_FIXED.unpack_from(body, offset)
@@ -557,7 +641,43 @@ def decode_result(body):
         raise ProtocolError("malformed result: %s" % (exc,)) from None
     if code >= len(STATES):
         raise ProtocolError("result state code %d is unknown" % code)
-    return task_id, STATES[code], flags, time, content_type, bytes(body[offset:])
+    return task_id, STATES[code], flags, time, content_type, offset
+
+
+def decode_result(body):
+    """``(task_id, state, flags, time, content_type, payload)`` of a RESULT reply."""
+    task_id, state, flags, time, content_type, offset = _result_head(body)
+    return task_id, state, flags, time, content_type, bytes(body[offset:])
+
+
+def decode_result_set(body):
+    """``(task_id, state, flags, ttl, content_type, payload, task_name, runtime)`` of a
+    RESULT_SET; the last two are None unless it is described (runtime None: did not run)."""
+    task_id, state, flags, ttl, content_type, offset = _result_head(body)
+    task_name = runtime = None
+    if flags & DESCRIBED:
+        try:
+            task_name, offset = _str8_at(body, offset)
+            (runtime,) = _F64.unpack_from(body, offset)
+        except (struct.error, IndexError, UnicodeDecodeError) as exc:
+            raise ProtocolError("malformed result description: %s" % (exc,)) from None
+        offset += _F64.size
+        if not runtime >= 0.0:              # negative, or NaN
+            runtime = None
+    return task_id, state, flags, ttl, content_type, bytes(body[offset:]), task_name, runtime
+
+
+def plain_result(frame):
+    """A described RESULT_SET frame without its description, for a broker that lacks the
+    feature; any other frame unchanged."""
+    if frame[4] != RESULT_SET or not frame[HEADER.size + 1 + frame[HEADER.size] + 1] \
+            & DESCRIBED:
+        return frame
+    task_id, state, flags, ttl, content_type, payload, _name, _runtime = \
+        decode_result_set(frame[HEADER.size:])
+    (seq,) = struct.unpack_from("!I", frame, 5)
+    return encode_result(RESULT_SET, seq, task_id, state, flags & ~DESCRIBED, ttl,
+                         content_type, payload)
 
 
 # --- errors (7) ---------------------------------------------------------------------------

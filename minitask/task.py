@@ -6,30 +6,40 @@ say ``abstract = True`` (their subclasses register). `@task()` builds such a cla
 function (see `minitask.decorators`). Calling methods work on the instance and on the class
 alike: ``CreateUserTask.delay("bob", "pw")`` is the registered instance's `delay`.
 
-Sending a call (`apply_async`) builds a `TaskMessage` and publishes it with confirms through
-this process's connection (`minitask.client.connection`); with ``ALWAYS_EAGER`` it runs here
-instead (`apply`). A task object pickles as a reference by name, never as code.
+Sending a call (`apply_async`) builds a `TaskMessage` and publishes it with confirms
+(`minitask.sending`, where `send_task` sends one by name alone); with ``ALWAYS_EAGER`` it runs
+here instead (`apply`). Which Celery options do what is `minitask.options`'s business. A task
+object pickles as a reference by name, never as code.
 """
 
 import datetime
 import inspect
+import os
+import socket
 import threading
-import time
 
 from . import registry as _registry_module
-from .client import with_connection
 from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
-from .message import TaskMessage, new_task_id, to_epoch
+from .message import from_epoch
+from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
+    workflows_refused
 from .result import AsyncResult as _AsyncResult
+from .schedules import as_schedule
+from .sending import compose_message, publish, send_task
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
-           "default_kwargs_for", "DEFAULT_KWARG_NAMES"]
+           "default_kwargs_for", "DEFAULT_KWARG_NAMES", "PUBLISH_OPTIONS", "send_task",
+           "compose_message"]
 
 registry = _registry_module
 
 # The keyword arguments the worker offers every task (SPEC "Default keyword arguments").
 DEFAULT_KWARG_NAMES = ("logfile", "loglevel", "task_id", "task_name", "task_retries")
+
+# What retry_kwargs may hold: retry()'s own arguments and the publish options it passes on.
+_RETRY_KWARGS = ("countdown", "eta", "max_retries") + tuple(
+    name for name in PUBLISH_OPTIONS if name not in ("countdown", "eta", "task_id"))
 
 _signature_cache = {}
 
@@ -56,13 +66,26 @@ def default_kwargs_for(fun, defaults):
 
 
 class Request:
-    """What the running task may ask about its own call (id, retries, how it was routed)."""
+    """What the running task may ask about its own call: Celery's `self.request`.
+
+    Celery's attribute names: `id`, `task` (the name), `args`, `kwargs` (with the default
+    kwargs the task takes), `retries`, `is_eager`, `eta` and `expires` (ISO 8601 UTC text or
+    None), `hostname` (the worker's), `delivery_info` (exchange, routing_key, priority),
+    `called_directly` (True when the task was called as a plain function), `timelimit`
+    (hard, soft), `ignore_result`, `correlation_id` and `root_id` (the id: minitask has no
+    parent tasks yet), `parent_id` and `group` (None). `get(name, default)` as in Celery.
+    Made for every task run, so what few tasks ask for is worked out only when asked.
+    """
+
+    parent_id = None
+    group = None
+    reply_to = None
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
-                 injected=()):
+                 injected=(), eta=0.0, expires=0.0, called_directly=False, task_object=None):
         self.id = id
-        self.name = name
+        self.name = self.task = name
         self.args = args
         self.kwargs = kwargs or {}
         self.retries = retries
@@ -73,6 +96,56 @@ class Request:
         self.routing_key = routing_key
         self.priority = priority
         self.injected = frozenset(injected)
+        self.called_directly = called_directly
+        self._eta = eta                 # epoch seconds, 0 = none
+        self._expires = expires
+        self._task = task_object
+
+    @property
+    def eta(self):
+        return from_epoch(self._eta).isoformat() if self._eta else None
+
+    @property
+    def expires(self):
+        return from_epoch(self._expires).isoformat() if self._expires else None
+
+    @property
+    def hostname(self):
+        """The worker's name (``-n``) in its pool processes; this machine's for an eager run;
+        None for a direct call (as in Celery)."""
+        if self.called_directly:
+            return None
+        name = None if self.is_eager else os.environ.get("MINITASK_WORKER_HOSTNAME")
+        return name or socket.gethostname()
+
+    @property
+    def timelimit(self):
+        if self._task is None:
+            return (None, None)
+        return (self._task.effective("time_limit"), self._task.effective("soft_time_limit"))
+
+    @property
+    def ignore_result(self):
+        return bool(self._task is not None and self._task.ignore_result)
+
+    @property
+    def delivery_info(self):
+        return {"exchange": self.exchange, "routing_key": self.routing_key,
+                "priority": self.priority}
+
+    @property
+    def correlation_id(self):
+        return self.id
+
+    @property
+    def root_id(self):
+        return self.id
+
+    def get(self, name, default=None):
+        return getattr(self, name, default)
+
+    def __repr__(self):
+        return "<Request %s[%s] retries=%d>" % (self.name, self.id, self.retries)
 
 
 _context = threading.local()
@@ -137,10 +210,38 @@ def _check_options(cls):
             check_serializer(cls.serializer)
         except ConfigurationError as exc:
             raise ConfigurationError("task %s: %s" % (cls.name, exc)) from None
-    for option in ("routing_key", "exchange"):
+    for option in ("routing_key", "exchange", "queue"):
         value = getattr(cls, option)
         if value is not None and not isinstance(value, str):
             raise bad(option, value, "a string or None")
+    if cls.queue == "":
+        raise bad("queue", cls.queue, "a queue name or None")
+    if cls.expires is not None and not isinstance(cls.expires, (datetime.timedelta,
+                                                                 datetime.datetime)) \
+            and (not _is_number(cls.expires) or cls.expires <= 0):
+        raise bad("expires", cls.expires, "seconds > 0, a timedelta, a datetime or None")
+    for option in ("autoretry_for", "dont_autoretry_for", "throws"):
+        value = getattr(cls, option)
+        if not isinstance(value, tuple):
+            value = tuple(value) if isinstance(value, list) else (value,)
+            setattr(cls, option, value)
+        if not all(isinstance(item, type) and issubclass(item, BaseException)
+                   for item in value):
+            raise bad(option, value, "a tuple of exception classes")
+    if cls.retry_kwargs is not None and (not isinstance(cls.retry_kwargs, dict) or any(
+            key not in _RETRY_KWARGS for key in cls.retry_kwargs)):
+        raise bad("retry_kwargs", cls.retry_kwargs, "a dict of " + ", ".join(_RETRY_KWARGS))
+    if not isinstance(cls.retry_backoff, bool) and (
+            not _is_number(cls.retry_backoff) or cls.retry_backoff < 0):
+        raise bad("retry_backoff", cls.retry_backoff, "True, False or a factor in seconds")
+    if not _is_number(cls.retry_backoff_max) or cls.retry_backoff_max < 0:
+        raise bad("retry_backoff_max", cls.retry_backoff_max, "seconds >= 0")
+    for option in ("retry_jitter", "bind"):
+        if not isinstance(getattr(cls, option), bool):
+            raise bad(option, getattr(cls, option), "True or False")
+    for option in ("acks_late", "typing"):
+        if getattr(cls, option) not in (None, True, False):
+            raise bad(option, getattr(cls, option), "True, False or None")
 
 
 def _is_int(value):
@@ -161,6 +262,7 @@ class TaskType(type):
         if not explicit_name:
             cls.name = "%s.%s" % (attrs.get("__module__", "__main__"), name)
         cls._shared_instance = None
+        check_task_attributes(cls.name, attrs)
         _check_options(cls)
         if not cls.abstract:
             registry.tasks.register(cls)
@@ -184,9 +286,20 @@ class Task(metaclass=TaskType):
     mandatory = False
     immediate = False
     priority = None                   # None: 4; 0 is the highest
-    acks_late = False
-    time_limit = None
-    soft_time_limit = None
+    queue = None                      # a queue name: sent straight to it (see minitask.routes)
+    expires = None                    # default expires= of every call
+    acks_late = None                  # None: the TASK_ACKS_LATE setting
+    time_limit = None                 # None: TASK_TIME_LIMIT
+    soft_time_limit = None            # None: TASK_SOFT_TIME_LIMIT
+    bind = False                      # True: run(self, ...) of a decorated function
+    autoretry_for = ()                # exceptions that retry the task by themselves
+    dont_autoretry_for = ()           # ... except these
+    retry_kwargs = None               # retry()'s arguments for those retries
+    retry_backoff = False             # True or a factor: countdown factor * 2**retries
+    retry_backoff_max = 600           # seconds, the most a backoff waits
+    retry_jitter = True               # a random countdown from 0 up to the backoff
+    throws = ()                       # expected exceptions: FAILURE, logged without traceback
+    typing = None                     # True: check the arguments against run() when called
 
     @classmethod
     def _instance(cls):
@@ -210,7 +323,36 @@ class Task(metaclass=TaskType):
 
     @property
     def request(self):
-        return current_request()
+        """The running call's Request; outside one, a Request saying `called_directly`."""
+        request = current_request()
+        if request is None:
+            return Request(None, self.name, called_directly=True)
+        return request
+
+    def effective(self, option, settings=None):
+        """`acks_late`, `time_limit` or `soft_time_limit` in force: the task's own, else the
+        TASK_* setting's."""
+        value = getattr(self, option)
+        if value is None:
+            value = (settings or get_settings())["TASK_" + option.upper()]
+        return value
+
+    # -- hooks: override them in a Task subclass (they run in the pool process) --
+
+    def before_start(self, task_id, args, kwargs):
+        """Called just before the task runs; an exception here fails the task."""
+
+    def on_success(self, retval, task_id, args, kwargs):
+        """Called after the task returned `retval`."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        """Called after the task asked to be retried (`exc` is the tombstone)."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        """Called after the task failed with `exc`; `einfo.traceback` is the text."""
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        """Called after any of the three above, with the final state."""
 
     # -- calling --
 
@@ -222,59 +364,33 @@ class Task(metaclass=TaskType):
     @_OnInstance
     def apply_async(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,
                     task_id=None, routing_key=None, exchange=None, mandatory=None,
-                    immediate=None, priority=None, serializer=None, retries=0, **options):
-        """Send a call with every option of SPEC section 2; returns its AsyncResult.
+                    immediate=None, priority=None, serializer=None, retries=0, queue=None,
+                    **options):
+        """Send a call; returns its AsyncResult. The options are listed in the README's "Task
+        options" (Celery's others are accepted with no effect, or refused, by name).
 
         Returns once the broker has the message in its journal (publisher confirms).
         Raises SerializationError here, in the caller, for arguments that cannot be sent.
         """
         settings = get_settings()
         if options:
-            raise TypeError("apply_async() got unexpected options: %s"
-                            % ", ".join(sorted(options)))
+            check_call_options(self, options, known=())
+        if self.typing:
+            _check_arguments(self, args, kwargs)
         if settings.ALWAYS_EAGER:
             return self.apply(args, kwargs, task_id=task_id, retries=retries)
-        message = self.build_message(args, kwargs, countdown=countdown, eta=eta,
-                                     expires=expires, task_id=task_id, routing_key=routing_key,
-                                     exchange=exchange, mandatory=mandatory,
-                                     immediate=immediate, priority=priority,
-                                     serializer=serializer, retries=retries, settings=settings)
-        data = message.encode()
-        with_connection(lambda conn: conn.publish(data))
+        message, declare = compose_message(
+            self.name, args, kwargs, self, settings, countdown=countdown, eta=eta,
+            expires=expires, task_id=task_id, queue=queue, routing_key=routing_key,
+            exchange=exchange, mandatory=mandatory, immediate=immediate, priority=priority,
+            serializer=serializer, retries=retries)
+        publish(message.encode(), declare)
         return _AsyncResult(message.id, task_name=self.name)
 
-    def build_message(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,
-                      task_id=None, routing_key=None, exchange=None, mandatory=None,
-                      immediate=None, priority=None, serializer=None, retries=0,
-                      settings=None):
+    def build_message(self, args=None, kwargs=None, settings=None, **options):
         """The TaskMessage apply_async would send (options resolved against the settings)."""
-        if settings is None:
-            settings = get_settings()
-        priority = self.priority if priority is None else priority
-        if priority is not None and (not _is_int(priority) or not 0 <= priority <= 9):
-            raise ConfigurationError("priority %r: expected 0..9 (0 is the highest)"
-                                     % (priority,))
-        now = time.time()
-        if countdown is not None:
-            eta = now + float(countdown)
-        if isinstance(expires, (int, float)) and not isinstance(expires, bool):
-            expires = now + expires
-        elif isinstance(expires, datetime.timedelta):
-            expires = now + expires.total_seconds()
-        if args is not None and not isinstance(args, (list, tuple)):
-            raise TypeError("args must be a list or tuple, not %s" % type(args).__name__)
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise TypeError("kwargs must be a dict, not %s" % type(kwargs).__name__)
-        return TaskMessage(
-            self.name, args or (), kwargs or {}, id=task_id or new_task_id(), retries=retries,
-            eta=to_epoch(eta), expires=to_epoch(expires),
-            exchange=settings.DEFAULT_EXCHANGE if exchange is None and self.exchange is None
-            else (self.exchange if exchange is None else exchange),
-            routing_key=routing_key or self.routing_key or settings.DEFAULT_ROUTING_KEY,
-            priority=priority,
-            mandatory=self.mandatory if mandatory is None else mandatory,
-            immediate=self.immediate if immediate is None else immediate,
-            serializer=serializer or self.serializer or settings.TASK_SERIALIZER)
+        return compose_message(self.name, args, kwargs, self, settings or get_settings(),
+                               **options)[0]
 
     @_OnInstance
     def apply(self, args=None, kwargs=None, task_id=None, retries=0, honour_countdown=False,
@@ -285,6 +401,7 @@ class Task(metaclass=TaskType):
         """
         from .result import EagerResult
         from .worker.execution import run_eagerly
+        check_call_options(self, options)
         outcome, message = run_eagerly(self, args, kwargs, task_id=task_id, retries=retries,
                                        honour_countdown=honour_countdown, logfile=logfile,
                                        loglevel=loglevel)
@@ -353,6 +470,47 @@ class Task(metaclass=TaskType):
     subtask = s
 
     @_OnInstance
+    def signature(self, args=None, kwargs=None, **options):
+        """A signature with call options: ``add.signature((2, 2), countdown=10)``."""
+        from .group import Signature
+        return Signature(self, args or (), kwargs, options)
+
+    @_OnInstance
+    def si(self, *args, **kwargs):
+        raise workflows_refused("si() (an immutable signature)")
+
+    @_OnInstance
+    def chunks(self, iterable, n):
+        raise workflows_refused("chunks()")
+
+    @_OnInstance
+    def map(self, iterable):
+        raise workflows_refused("map() (use map_async())")
+
+    @_OnInstance
+    def starmap(self, iterable):
+        raise workflows_refused("starmap() (use map_async())")
+
+    @_OnInstance
+    def replace(self, sig):
+        raise workflows_refused("replace()")
+
+    @_OnInstance
+    def add_to_chord(self, sig, lazy=False):
+        raise workflows_refused("add_to_chord()")
+
+    @_OnInstance
+    def update_state(self, task_id=None, state=None, meta=None, **kwargs):
+        raise ConfigurationError("update_state() is not supported: a task's states are "
+                                 "minitask's own (PENDING ... SUCCESS); report progress "
+                                 "through a result or a task of your own")
+
+    @_OnInstance
+    def send_event(self, type_, **fields):
+        raise ConfigurationError("send_event() is not supported: minitask has no event "
+                                 "stream; log instead (get_logger())")
+
+    @_OnInstance
     def map_async(self, iterable, **options):
         """Send one call per item of `iterable` (an argument tuple each); returns a ResultSet."""
         from .group import group
@@ -383,7 +541,8 @@ def _task_by_name(name, module=None):
 
 
 class PeriodicTask(Task):
-    """A task a worker started with ``--beat`` sends every `run_every` (seconds or timedelta)."""
+    """A task a worker started with ``--beat`` sends on its schedule: `run_every` is seconds, a
+    timedelta or a `minitask.crontab` (see `minitask.schedules`)."""
 
     abstract = True
     type = "periodic"
@@ -391,27 +550,31 @@ class PeriodicTask(Task):
 
     def __init__(self):
         if self.run_every is None:
-            raise ConfigurationError("periodic task %s needs run_every (seconds or a timedelta)"
-                                     % self.name)
-        self.run_every_seconds = timedelta_seconds(self.run_every)
-        if self.run_every_seconds <= 0:
-            raise ConfigurationError("periodic task %s: run_every %r: expected a positive "
-                                     "interval" % (self.name, self.run_every))
+            raise ConfigurationError("periodic task %s needs run_every (seconds, a timedelta "
+                                     "or a crontab)" % self.name)
+        try:
+            self.schedule = as_schedule(self.run_every)
+        except ConfigurationError as exc:
+            raise ConfigurationError("periodic task %s: %s" % (self.name, exc)) from None
+        self.run_every_seconds = getattr(self.schedule, "seconds", None)
 
     def is_due(self, last_run_at, now):
         """``(due, seconds until the next check)`` for a task last sent at `last_run_at`."""
-        if last_run_at is None:
-            return True, self.run_every_seconds
-        remaining = last_run_at + self.run_every_seconds - now
-        if remaining <= 0:
-            return True, self.run_every_seconds
-        return False, remaining
+        return self.schedule.is_due(last_run_at, now)
 
 
-def timedelta_seconds(value):
-    if isinstance(value, datetime.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigurationError("run_every %r: expected seconds or a timedelta" % (value,))
-
+def _check_arguments(task, args, kwargs):
+    """``typing=True``: refuse a call that run() could not take, here rather than in a worker
+    (the default keyword arguments a worker adds need not be given)."""
+    try:
+        signature = inspect.signature(task.run)
+    except (TypeError, ValueError):     # no signature to check against
+        return
+    given = dict(kwargs or {})
+    for parameter in signature.parameters.values():
+        if parameter.name in DEFAULT_KWARG_NAMES and parameter.name not in given:
+            given[parameter.name] = None
+    try:
+        signature.bind(*(args or ()), **given)
+    except TypeError as exc:
+        raise TypeError("%s%s: %s" % (task.name, signature, exc)) from None

@@ -67,7 +67,8 @@ class Handshake:
         session.stage = OPEN
         welcome = {"protocol": P.PROTOCOL_VERSION, "broker": self.options.version,
                    "max_frame_bytes": self.options.max_frame_bytes,
-                   "heartbeat": session.heartbeat, "session": session.id}
+                   "heartbeat": session.heartbeat, "session": session.id,
+                   "features": list(P.FEATURES)}
         if proof:
             welcome["proof"] = proof
         session.send(P.encode_json(P.WELCOME, seq, welcome))

@@ -33,12 +33,14 @@ import time
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
+from .. import protocol as P
 from ..exceptions import BrokerError, ConfigurationError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
 from .main import is_loopback
 from .status import failed_results, status_report
+from .taskstats import EVENTS, RUNTIME_BUCKETS
 
 __all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure"]
 
@@ -285,6 +287,12 @@ _BROKER_METRICS = (
     ("minitask_journal_bytes", "gauge", "Size of the journal on disk.", "journal_bytes"),
     ("minitask_journal_live_bytes", "gauge", "Journal bytes still needed after compaction.",
      "journal_live_bytes"),
+    ("minitask_journal_records_lost_total", "counter",
+     "Journal records found lost or damaged when the broker started (see its log).",
+     "journal_records_lost"),
+    ("minitask_journal_faults_total", "counter",
+     "Faults (missing, cut short or damaged segments) found in the journal at start.",
+     "journal_faults"),
     ("minitask_unroutable_total", "counter", "Messages published that matched no queue.",
      "unroutable"),
     ("minitask_uptime_seconds", "gauge", "Seconds since the broker started.", "uptime"),
@@ -301,26 +309,65 @@ _QUEUE_METRICS = (
 )
 
 
+# Queues the broker named (workers' control queues, replies) get a new name at every
+# connection: their gauges are summed under this one label, their counters left out (a sum
+# over queues that come and go would go down, which Prometheus reads as a counter reset).
+GENERATED_QUEUES = P.GENERATED_QUEUE_PREFIX + "*"
+
+
 def metrics_text(report):
     """The report in the Prometheus text exposition format (version 0.0.4)."""
     broker = dict(report["broker"], workers=len(report["workers"]),
                   running=sum(w.get("running", 0) for w in report["workers"]))
+    named, generated = [], []
+    for queue in report["queues"]:
+        generated_name = queue["name"].startswith(P.GENERATED_QUEUE_PREFIX)
+        (generated if generated_name else named).append(queue)
+    gauge_rows = named + ([dict({field: sum(q[field] for q in generated)
+                                 for field in QUEUE_FIELDS + ("consumers",)},
+                                name=GENERATED_QUEUES)] if generated else [])
     lines = ["# HELP minitask_info The broker's version.", "# TYPE minitask_info gauge",
              "minitask_info%s 1" % _labels(version=broker["version"]),
              "# HELP minitask_queue_messages Messages in the queue, by state "
-             "(dead: waiting in its .dead queue).", "# TYPE minitask_queue_messages gauge"]
-    for queue in report["queues"]:
+             "(dead: waiting in its .dead queue; %s: the broker-named queues together)."
+             % GENERATED_QUEUES, "# TYPE minitask_queue_messages gauge"]
+    for queue in gauge_rows:
         lines += ["minitask_queue_messages%s %s" % (_labels(queue=queue["name"], state=field),
                                                     _number(queue[field]))
                   for field in QUEUE_FIELDS]
     for name, kind, help_text, field in _QUEUE_METRICS:
         lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s %s" % (name, kind)]
         lines += ["%s%s %s" % (name, _labels(queue=queue["name"]), _number(queue[field]))
-                  for queue in report["queues"]]
+                  for queue in (gauge_rows if kind == "gauge" else named)]
     for name, kind, help_text, key in _BROKER_METRICS:
         lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s %s" % (name, kind),
                   "%s %s" % (name, _number(broker[key]))]
+    lines += task_metric_lines(report.get("task_stats", {}))
     return "\n".join(lines) + "\n"
+
+
+def task_metric_lines(task_stats):
+    """Per task name: what happened to its tasks (counters) and how long they ran."""
+    lines = ["# HELP minitask_task_events_total Tasks by name and what happened to them: "
+             "received (delivered to a worker), succeeded, failed, retried, revoked.",
+             "# TYPE minitask_task_events_total counter"]
+    for task, row in task_stats.items():
+        lines += ["minitask_task_events_total%s %s" % (_labels(task=task, event=event),
+                                                       _number(row[event]))
+                  for event in EVENTS]
+    lines += ["# HELP minitask_task_runtime_seconds Run time of the tasks that succeeded, "
+              "as their worker measured it.", "# TYPE minitask_task_runtime_seconds histogram"]
+    bounds = [repr(float(bound)) for bound in RUNTIME_BUCKETS] + ["+Inf"]
+    for task, row in task_stats.items():
+        runtime = row["runtime"]
+        lines += ["minitask_task_runtime_seconds_bucket%s %s" % (_labels(task=task, le=bound),
+                                                                 _number(count))
+                  for bound, count in zip(bounds, runtime["buckets"])]
+        lines += ["minitask_task_runtime_seconds_sum%s %s" % (_labels(task=task),
+                                                              _number(float(runtime["sum"]))),
+                  "minitask_task_runtime_seconds_count%s %s" % (_labels(task=task),
+                                                                _number(runtime["count"]))]
+    return lines
 
 
 def _labels(**labels):

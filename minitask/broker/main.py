@@ -95,7 +95,11 @@ def build(config, settings):
     else:
         data_dir, lock, journal = None, None, NullJournal()
     state = BrokerState(time.time, journal, options)
-    summary = _recover(state)
+    try:
+        summary = _recover(state)
+    except OSError as exc:      # the journal cannot be read at all: one line, not a traceback
+        raise MinitaskError("cannot open the journal: %s: %s"
+                            % (exc.filename or data_dir, exc.strerror or exc)) from None
     if config.persist:
         logger.info("recovered %d messages (%d delayed, %d redelivered), %d results and %d "
                     "revoked ids from %s in %.3fs", summary["messages"], summary["delayed"],

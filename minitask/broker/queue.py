@@ -10,9 +10,10 @@ Invariants:
 - `pop()` takes the highest priority first (0 before 9); within a priority, messages that came
   back (requeued, or unacked when their connection closed) go before every other message of
   that priority, oldest id first; the rest leave in the order they arrived.
-- Removing a message from the middle (expiry, revoke, a refused publish) only marks it
-  `DEAD`; `pop()` skips dead messages, and `ready` counts only live ones. That keeps every
-  operation O(1) or O(log n) however long the queue is.
+- Removing a message from the middle (expiry, revoke) only marks it `DEAD`; `pop()` skips
+  dead messages, and `ready` counts only live ones. That keeps every operation O(1) or
+  O(log n) however long the queue is. A refused publish is different: its message was pushed
+  moments ago, so `take_back()` finds it at the tail and removes it for good.
 """
 
 import collections
@@ -92,6 +93,25 @@ class Queue:
         level.append(message)
         message.where = READY
         self.ready += 1
+
+    def take_back(self, message):
+        """Remove a message pushed this turn (its publish was refused), leaving no trace.
+
+        It sits at the tail of its priority, behind only what was pushed after it in the same
+        turn: taking a turn's messages back newest first finds each one right at the tail.
+        """
+        level = self.levels.get(message.priority)
+        behind = []
+        while level:
+            last = level.pop()
+            if last is message:
+                break
+            behind.append(last)
+        if level is not None:
+            level.extend(reversed(behind))
+        if message.where == READY:
+            self.ready -= 1
+        message.where = DEAD
 
     def requeue(self, message):
         """Put a message back ahead of newer ones of its priority."""

@@ -57,9 +57,9 @@ def recover(state):
             state.handovers.orphan(task_id, now)
             state.results.inflight[task_id] = "STARTED"
             orphans += 1
-    state.journal.retire_damaged(state)
+    state.journal.rewrite_faulty(state)
     summary.update(records=found.records, orphans=orphans, revoked=len(state.revoked),
-                   seconds=time.monotonic() - began)
+                   records_lost=state.journal.records_lost, seconds=time.monotonic() - began)
     return summary
 
 
@@ -104,6 +104,9 @@ def _apply(state, found, segment, kind, payload):
         _apply_topology(state, jr.decode_json(payload))
     elif kind == jr.SNAPSHOT:
         _apply_snapshot(state, found, jr.decode_json(payload))
+    elif kind == jr.COMPOUND:                   # decoded whole first: all of it or none
+        for sub_kind, sub_payload in jr.decode_compound(payload):
+            _apply(state, found, segment, sub_kind, sub_payload)
 
 
 def _apply_topology(state, op):

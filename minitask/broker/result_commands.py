@@ -17,7 +17,16 @@ from .queue import StoredMessage
 from .results import ResultEntry, Waiter
 from .session import CLOSED
 
-__all__ = ["ResultCommands", "broker_meta"]
+__all__ = ["ResultCommands", "broker_meta", "kv_args", "MISSING"]
+
+# What a setting that was never set "was", for undoing a setting.
+MISSING = object()
+
+
+def kv_args(body):
+    """``(key, value)`` of a KV_SET body; ProtocolError when the key is not a short string."""
+    args = P.decode_json(body, "KV_SET")
+    return name_arg(args, "key"), args.get("value")
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +35,14 @@ class ResultCommands:
     """BrokerState's commands about results, revokes, handovers, leases and settings."""
 
     def _result_set(self, session, seq, body):
-        task_id, state, flags, ttl, content_type, payload = P.decode_result(body)
+        task_id, state, flags, ttl, content_type, payload, name, runtime = \
+            P.decode_result_set(body)
         if not task_id:
             raise ProtocolError("RESULT_SET needs a task_id")
         if not math.isfinite(ttl) or ttl < 0:
             raise ProtocolError("RESULT_SET time to live must be a finite number of seconds")
+        # An older worker does not describe its results: name those the broker knows.
+        self.task_stats.finished(name or self.handovers.names.get(task_id), state, runtime)
         if self.handovers.finish(task_id) and self.persist and not flags & P.STORE:
             self.records.append(jr.names_record(jr.FINISHED, [task_id]))
         if flags & P.STORE:
@@ -168,12 +180,16 @@ class ResultCommands:
                                    "expires_in": current[1] - now})
 
     def _kv_set(self, session, seq, body):
-        args = P.decode_json(body, "KV_SET")
-        key = name_arg(args, "key")
-        self.kv[key] = args.get("value")
-        if self.persist:
-            self.records.append(jr.json_record(jr.KV, {"key": key, "value": self.kv[key]}))
+        self._set_setting(*kv_args(body))
         self._reply(session, seq, {})
+
+    def _set_setting(self, key, value):
+        """Set a durable setting; returns ``(key, previous or MISSING, value)`` to undo it."""
+        previous = self.kv.get(key, MISSING)
+        self.kv[key] = value
+        if self.persist:
+            self.records.append(jr.json_record(jr.KV, {"key": key, "value": value}))
+        return key, previous, value
 
     def _kv_get(self, session, seq, body):
         self._reply(session, seq, {"value": self.kv.get(name_arg(P.decode_json(body, "KV_GET"),
@@ -184,9 +200,11 @@ class ResultCommands:
             self.journal.untrack(entry)
 
     def _worker_lost(self, task_id, now):
+        name = self.handovers.names.pop(task_id, None)
         entry = self.results.get(task_id)
         if entry is not None and entry.state in P.READY_STATES:
             return
+        self.task_stats.finished(name, "FAILURE")
         logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
         content_type, payload = broker_meta(
             task_id, "FAILURE", WorkerLostError("the worker running the task was lost"), now)

@@ -229,14 +229,14 @@ class Handovers:
         return False
 
     def lost(self, now):
-        """Orphans whose grace period is over: their workers are gone."""
+        """Orphans whose grace period is over: their workers are gone. Their names stay in
+        `names` for the caller to take."""
         out = []
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, task_id = heapq.heappop(self._deadlines)
             if self.orphans.get(task_id) == deadline:
                 del self.orphans[task_id]
                 self.owner.pop(task_id, None)
-                self.names.pop(task_id, None)
                 out.append(task_id)
         return out
 

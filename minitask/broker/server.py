@@ -9,7 +9,8 @@ decides *when*. One loop turn::
     state.tick(now)
     journal.write(records of the turn)          ─ one write; + fsync under --fsync always
       └─ failed? state.refuse_turn()            ─ those publishes get ERROR 507, nothing lost
-    state.confirm_turn()                         ─ CONFIRM frames, only now
+    state.confirm_turn()                         ─ CONFIRM frames, only now; held instead
+                                                   while an everysec fsync is over 2 s late
     journal.compact_step()                       ─ bounded; only when there is work
     state.dispatch() ; journal.write(DELIVERED)
     send() every session's frames in one call each; keep the rest for EVENT_WRITE
@@ -20,6 +21,7 @@ connection a one-line ERROR and a close. `BrokerState.close_session` then requeu
 had not acked.
 """
 
+import collections
 import errno
 import logging
 import selectors
@@ -31,6 +33,7 @@ import time
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
+from .fsync import MAX_LAG
 from .journal import JournalWriteError
 from .session import OPEN
 
@@ -110,6 +113,9 @@ class BrokerServer:
         self._last_housekeeping = 0.0
         self._compaction_checked = 0.0
         self._refusals = {}         # reason -> (last log time, suppressed count)
+        # (journal generation, [(session, seq)]): confirms waiting for an fsync, oldest first
+        self._held = collections.deque()
+        self.journal.notify = self.wake     # an fsync finished: held confirms may go
         self.address = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -195,6 +201,9 @@ class BrokerServer:
                 self.journal.write(records)
             except JournalWriteError as exc:
                 logger.error("final journal write failed: %s", exc)
+        self.journal.sync()
+        while self._held:
+            self.state.send_confirms(self._held.popleft()[1])
         self.state.confirm_turn()
         self._flush_all()
         for conn in list(self.connections.values()):
@@ -242,8 +251,8 @@ class BrokerServer:
                 self.journal.write(records)
             except JournalWriteError as exc:
                 state.refuse_turn(str(exc), records)
-        state.confirm_turn()
-        if self.journal.compacting is not None or mono - self._compaction_checked >= 1.0:
+        self._confirm_turn()
+        if self.journal.has_work() or mono - self._compaction_checked >= 1.0:
             self._maybe_compact(mono)
         if state.dirty:
             state.dispatch()
@@ -253,7 +262,6 @@ class BrokerServer:
                     self.journal.write(records)
                 except JournalWriteError:
                     state.retain(records)
-        self.journal.tick(mono)
         while self._calls:                  # after the turn's writes: they see settled state
             function = self._calls.pop(0)
             try:
@@ -268,16 +276,34 @@ class BrokerServer:
     def _timeout(self):
         """Seconds select() may wait: until the next thing due, at most half a second."""
         self._deadline = deadline = self.state.next_deadline()
-        if self._calls or self._backlog or self.state.dirty \
-                or self.journal.compacting is not None:
+        if self._calls or self._backlog or self.state.dirty or self.journal.has_work():
             return 0
         timeout = 0.5                       # housekeeping: heartbeats, stalls
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - self.clock()))
-        fsync_at = self.journal.next_fsync()
-        if fsync_at is not None:
-            timeout = min(timeout, max(0.0, fsync_at - self.monotonic()))
         return timeout
+
+    def _confirm_turn(self):
+        """Send the turn's confirms, or hold them while the disk is behind.
+
+        Under ``everysec`` an fsync runs in its own thread; once the oldest write no fsync
+        covers is over two seconds old (`Journal.lagging`), confirms wait, in order, until
+        an fsync covers their write, so a power cut can never take more than about two
+        seconds of confirmed publishes however slow the disk. The loop keeps serving
+        everything else meanwhile.
+        """
+        state, journal, held = self.state, self.journal, self._held
+        while held and journal.is_synced(held[0][0]):
+            state.send_confirms(held.popleft()[1])
+        if held or journal.lagging():
+            confirms = state.take_confirms()
+            if confirms:
+                if not held and journal.throttle.allow("confirms held") is not None:
+                    logger.warning("journal fsync is over %gs behind (a slow disk): confirms "
+                                   "wait for it", MAX_LAG)
+                held.append((journal.generation, confirms))
+        else:
+            state.confirm_turn()
 
     def _maybe_compact(self, mono):
         journal = self.journal

@@ -6,6 +6,7 @@ One loop turn, as the server drives it::
 
     handle() x N --> records --> journal.write() --+--> confirm_turn() --> dispatch() --> send
                                                     +--> refuse_turn() on a failed write
+                                        (confirms may be held: take_confirms/send_confirms)
 
 Invariants:
 
@@ -14,6 +15,9 @@ Invariants:
   a crash, and a refused publish was never delivered.
 - Every message is in exactly one place: a queue (READY), the delay heap (DELAYED), one
   session's `unacked` (UNACKED), or nowhere (DEAD).
+- A refused publish leaves nothing behind: its messages are taken back out of their queues
+  (they sit at the tail: nothing was delivered before the write), and the timers of this
+  turn's persisted messages (delay, expiry) only enter their heaps once the write succeeded.
 
 The commands live by concept: this module publishes, delivers and acks; `handshake.py`,
 `topology.py` and `result_commands.py` hold the rest as mixins of `BrokerState`.
@@ -26,19 +30,25 @@ from .. import control, protocol as P
 from ..exceptions import (
     MinitaskError, NotDeliverableError, ProtocolError, PublishRefusedError, UnroutableError,
 )
+from ..log import Throttle, folded
 from . import journal as jr
 from .arguments import refuse
 from .handshake import Handshake, auth_proof
 from .queue import DEAD, DELAYED, READY, UNACKED, StoredMessage
-from .result_commands import ResultCommands, broker_meta
+from .atomic import AtomicCommands
+from .result_commands import MISSING, ResultCommands, broker_meta
 from .results import Handovers, ResultStore, Revoked
 from .routing import Exchange
 from .session import CLOSED, OPEN, Consumer, Session
+from .taskstats import TaskStats
 from .topology import TopologyCommands, dead_letter_name
 
 __all__ = ["BrokerState", "BrokerOptions", "auth_proof", "dead_letter_name", "broker_meta"]
 
 logger = logging.getLogger(__name__)
+
+# STATUS lists at most this many of the broker's countdowns (its delayed messages).
+MAX_SCHEDULED_LISTED = 10000
 
 
 class BrokerOptions:
@@ -62,7 +72,7 @@ class BrokerOptions:
         self.version = version
 
 
-class BrokerState(Handshake, TopologyCommands, ResultCommands):
+class BrokerState(Handshake, TopologyCommands, ResultCommands, AtomicCommands):
     """Queues, exchanges, sessions, results: the broker without its sockets."""
 
     def __init__(self, clock, journal=None, options=None):
@@ -79,7 +89,10 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         self.kv = {}
         self.leases = {}                # name -> (holder, expires_at)
         self.records = []               # journal records of this turn
-        self._turn_publishes = []       # (session, seq, [StoredMessage]) persisted this turn
+        # (session, seq, [StoredMessage], [(key, previous, value)]) persisted this turn: what
+        # a failed write takes back (an ATOMIC unit's settings too).
+        self._turn_publishes = []
+        self._turn_timers = []          # (heap, entry) of this turn's persisted messages
         self._confirm = []              # sessions with something to confirm this turn
         self.dirty = set()              # queues that may be able to deliver
         self.outgoing = set()           # sessions with frames to send (see Session.send)
@@ -89,6 +102,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         self.unroutable = 0
         self.started_at = clock()
         self.recent_failures = []       # (time, task id), newest last
+        self._throttle = Throttle(clock=clock)
+        self.task_stats = TaskStats()   # per task name, for /metrics
         self._handlers = {
             P.DECLARE_EXCHANGE: self._declare_exchange, P.DELETE_EXCHANGE: self._delete_exchange,
             P.DECLARE_QUEUE: self._declare_queue, P.BIND: self._bind, P.UNBIND: self._unbind,
@@ -100,6 +115,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             P.REVOKE: self._revoke, P.CLAIM: self._claim, P.STATUS: self._status,
             P.LEASE: self._lease, P.KV_SET: self._kv_set, P.KV_GET: self._kv_get,
             P.REVOKED: self._revoked_list, P.HEARTBEAT: self._heartbeat, P.CLOSE: self._close,
+            P.ATOMIC: self._atomic,
         }
         self._declare_defaults()
 
@@ -181,6 +197,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
     # -- publishing ----------------------------------------------------------------------------
 
     def _publish(self, session, seq, data):
+        """Route and place one message; returns the messages placed (one per queue)."""
         fields = P.parse_message(data)
         flags, exchange_name, key = fields.flags, fields.exchange, fields.routing_key
         if exchange_name:
@@ -210,12 +227,14 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         now = self.clock()
         expires_at = fields.expires_at
         if expires_at and expires_at <= now:
+            self._count_dropped(data)
             self._task_revoked(fields.message_id, "expired before it was queued")
             self._confirmable(session, seq)
             return
         priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
         persistent = bool(flags & P.PERSISTENT)
         stored = []
+        placed = []
         for queue in queues:
             message = StoredMessage(self.next_message_id, data, queue, priority,
                                     expires_at or None, persistent)
@@ -225,56 +244,110 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                 self.records.append(jr.publish_record(message.id, 0, queue.name, data))
                 self.journal.track(message)
                 stored.append(message)
-            self._place(message, fields.not_before, now)
+                self._place(message, fields.not_before, now, self._turn_timers)
+            else:
+                self._place(message, fields.not_before, now)
+            placed.append(message)
         if stored:
-            self._turn_publishes.append((session, seq, stored))
+            self._turn_publishes.append((session, seq, stored, ()))
         self._confirmable(session, seq)
+        return placed
 
-    def _place(self, message, not_before, now):
-        """Put a new (or recovered) message in its queue, or in the delay heap until due."""
+    def _place(self, message, not_before, now, timers=None):
+        """Put a new (or recovered) message in its queue, or in the delay heap until due.
+
+        With `timers`, its heap entries (delay, expiry) wait there until the turn's write
+        succeeded (`settle_turn`), so a refused publish never enters a heap."""
         if expires_at_known(message):
-            heapq.heappush(self._expiring, (message.expires_at, message.id, message))
+            entry = (message.expires_at, message.id, message)
+            if timers is None:
+                heapq.heappush(self._expiring, entry)
+            else:
+                timers.append((self._expiring, entry))
         release_at = not_before - self.options.release_ahead
         if not_before and release_at > now:
             message.where = DELAYED
             message.queue.delayed += 1
-            heapq.heappush(self._delayed, (release_at, message.id, message))
+            entry = (release_at, message.id, message)
+            if timers is None:
+                heapq.heappush(self._delayed, entry)
+            else:
+                timers.append((self._delayed, entry))
         else:
             message.queue.push(message)
             self.dirty.add(message.queue)
 
+    def settle_turn(self):
+        """The turn's write is done (or refused): its surviving messages' timers start."""
+        for heap, entry in self._turn_timers:
+            if entry[2].where != DEAD:
+                heapq.heappush(heap, entry)
+        self._turn_timers = []
+        self._turn_publishes = []
+
     def confirm_turn(self):
         """Send the CONFIRMs of this turn; the journal write that they promise has happened."""
+        self.send_confirms(self.take_confirms())
+
+    def take_confirms(self):
+        """The turn's ``(session, seq)`` to confirm, for a server that holds them back until
+        an fsync covers their write (everysec, a slow disk); `send_confirms` sends them."""
+        self.settle_turn()
+        confirms = [(session, session.confirm_seq) for session in self._confirm
+                    if session.confirm_seq]
         for session in self._confirm:
-            if session.confirm_seq:
-                session.send(P.HEADER.pack(0, P.CONFIRM, session.confirm_seq))
-                session.confirm_seq = 0
+            session.confirm_seq = 0
         self._confirm = []
-        self._turn_publishes = []
+        return confirms
+
+    def send_confirms(self, confirms):
+        for session, seq in confirms:
+            if self.sessions.get(session.id) is session:
+                session.send(P.HEADER.pack(0, P.CONFIRM, seq))
 
     def refuse_turn(self, reason, records):
         """The journal write of this turn failed: refuse its publishes, keep the rest for later.
 
         Publishes that were in the failed write are taken back out of their queues (they
-        were not delivered: dispatch comes after the write) and answered with ERROR 507.
-        Every other record (acks, results, declarations) is written again next turn.
+        were not delivered: dispatch comes after the write) and answered with ERROR 507;
+        an ATOMIC unit's settings are put back as they were. Every other record (acks,
+        results, declarations) is written again next turn. Returns how many were refused.
         """
         refused = set()
-        for session, seq, messages in self._turn_publishes:
-            for message in messages:
+        for session, seq, messages, settings in reversed(self._turn_publishes):
+            for message in reversed(messages):        # newest first: each at its queue's tail
                 refused.add(message.id)
-                self._retire(message, record=False)
-                message.queue.published -= 1
+                self._take_back(message)
+            for key, previous, value in settings:
+                if self.kv.get(key, MISSING) is value:  # not set again since
+                    if previous is MISSING:
+                        del self.kv[key]
+                    else:
+                        self.kv[key] = previous
             if seq:
                 self._error(session, seq, P.REFUSED, "publish refused: %s" % reason)
                 if session.confirm_seq == seq:      # nothing after it to confirm
                     session.confirm_seq = 0
-        self._turn_publishes = []
+        self.settle_turn()
         # Publish records of messages the broker made itself (dead-letter copies) are kept.
-        self.records = [record for record in records if record[8] != jr.PUBLISH
-                        or jr.decode_publish(record[9:])[0] not in refused] + self.records
-        logger.error("journal write failed (%s): %d publishes refused; acks and results will "
-                     "be written again", reason, len(refused))
+        self.records = [record for record in records
+                        if not refused.intersection(jr.publish_ids(record))] + self.records
+        counts = self._throttle.allow(reason, len(refused))
+        if counts is not None:
+            logger.error("journal write failed (%s): %d publishes refused; acks and results "
+                         "will be written again%s", reason, len(refused),
+                         folded(counts, "publishes refused"))
+        return len(refused)
+
+    def _take_back(self, message):
+        """Undo the placing of a message whose publish was refused: nothing of it stays."""
+        if message.where == READY:
+            message.queue.take_back(message)
+        elif message.where == DELAYED:
+            message.queue.delayed -= 1
+        message.where = DEAD
+        message.queue.published -= 1
+        self.journal.untrack(message)
 
     def take_records(self):
         records, self.records = self.records, []
@@ -368,6 +441,8 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         revoked = self.revoked.ids
         encode = P.encode_deliver
         outgoing = self.outgoing
+        count_received = self.task_stats.received
+        type_of = P.type_bytes_of
         while idle < count and queue.ready and given < limit:
             consumer = consumers[index]
             index = (index + 1) % count
@@ -386,6 +461,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                     continue
             task_id = P.message_id_of(message.data)
             if revoked and task_id in revoked:
+                self._count_dropped(message.data)
                 self._task_revoked(task_id, "revoked")
                 self._retire(message)
                 continue
@@ -407,6 +483,7 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
                     delivered.append(message.id)
                 if task_id and task_id not in results_inflight:
                     results_inflight[task_id] = "RECEIVED"
+                count_received(type_of(message.data))
             frame = encode(tag, consumer.tag, message.deliveries > 1, message.deliveries,
                            message.data)
             session.out.append(frame)
@@ -472,8 +549,13 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
             self.records.append(jr.ids_record(jr.ACK, ids))
 
     def _expire(self, message):
+        self._count_dropped(message.data)
         self._task_revoked(P.message_id_of(message.data), "expired")
         self._retire(message)
+
+    def _count_dropped(self, data):
+        """A task's message is dropped unrun (revoked, expired): counted as revoked."""
+        self.task_stats.finished(P.type_bytes_of(data).decode("utf-8", "replace"), "REVOKED")
 
     # -- acks ------------------------------------------------------------------------------------
 
@@ -556,8 +638,31 @@ class BrokerState(Handshake, TopologyCommands, ResultCommands):
         session.close_after_flush()
 
     def _status(self, session, seq, body):
-        from .status import status_report
-        self._reply(session, seq, status_report(self))
+        from .status import scheduled_report, status_report
+        scheduled = P.decode_json(body, "STATUS").get("scheduled")
+        if scheduled is not None and (not isinstance(scheduled, int) or isinstance(scheduled, bool)
+                                      or not 0 <= scheduled <= MAX_SCHEDULED_LISTED):
+            raise ProtocolError("'scheduled' must be a whole number from 0 to %d"
+                                % MAX_SCHEDULED_LISTED)
+        report = status_report(self)
+        if scheduled is not None:
+            report["scheduled"] = scheduled_report(self, scheduled)
+        self._reply(session, seq, report)
+
+    def delayed_messages(self, limit):
+        """Up to `limit` delayed messages, soonest first, found without disturbing the heap:
+        a walk of its tree that only ever opens the children of what it has taken."""
+        heap = self._delayed
+        out = []
+        frontier = [(heap[0], 0)] if heap else []
+        while frontier and len(out) < limit:
+            entry, index = heapq.heappop(frontier)
+            if entry[2].where == DELAYED:
+                out.append(entry[2])
+            for child in (2 * index + 1, 2 * index + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
+        return out
 
     # -- time ------------------------------------------------------------------------------------
 

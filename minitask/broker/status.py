@@ -2,7 +2,8 @@
 
 Plain data (JSON-ready dicts); rates are left to whoever polls, from the counters here.
 `failed_results` hands over raw stored bytes instead, for the status page to decode outside
-the broker's loop.
+the broker's loop. `scheduled_report` lists the countdowns the broker holds, for ``inspect
+scheduled``.
 """
 
 import os
@@ -10,7 +11,7 @@ import os
 from .. import protocol as P
 from ..exceptions import ProtocolError
 
-__all__ = ["status_report", "failed_results"]
+__all__ = ["status_report", "failed_results", "scheduled_report"]
 
 
 def status_report(state):
@@ -66,6 +67,8 @@ def status_report(state):
                    "fsync": journal.fsync_policy,
                    "journal_bytes": journal.total_bytes(),
                    "journal_live_bytes": journal.live_bytes(),
+                   "journal_records_lost": journal.records_lost,
+                   "journal_faults": len(journal.faults),
                    "next_message_id": state.next_message_id},
         "queues": queues,
         "exchanges": exchanges,
@@ -76,6 +79,7 @@ def status_report(state):
                             for when, task_id in reversed(state.recent_failures)],
         "states": list(P.STATES),
         "running": running_rows[:_RUNNING_ROWS],
+        "task_stats": state.task_stats.report(),
     }
 
 
@@ -102,6 +106,20 @@ def _running_row(task_id, data, worker, name=""):
             name = ""               # a message the broker could route is all we need here
     return {"task_id": task_id, "task": name, "worker": str(worker.get("hostname") or ""),
             "pid": worker.get("pid"), "session": worker["session"]}
+
+
+def scheduled_report(state, limit):
+    """The first `limit` messages the broker holds until their ETA, soonest first:
+    ``[{"id", "name", "eta", "queue", "priority"}]``."""
+    out = []
+    for message in state.delayed_messages(limit):
+        try:
+            fields = P.parse_message(message.data)
+        except ProtocolError:
+            continue                # checked when published; a listing must not fail for one
+        out.append({"id": fields.message_id, "name": fields.type, "eta": fields.not_before,
+                    "queue": message.queue.name, "priority": message.priority})
+    return out
 
 
 def failed_results(state):

@@ -89,7 +89,7 @@ class TopologyCommands:
             self._check_exclusive(session, queue)
         elif queue is None:
             if not name:
-                name = "mt.gen-%s" % os.urandom(8).hex()
+                name = P.GENERATED_QUEUE_PREFIX + os.urandom(8).hex()
                 args = dict(args, exclusive=True, durable=False, auto_delete=True)
             owner = session if args.get("exclusive") else None
             queue = self._make_queue(name, args, owner)
@@ -200,7 +200,9 @@ class TopologyCommands:
             self._topology("delete_queue", queue=queue.name)
 
     def _delayed_of(self, queue):
-        return [entry[2] for entry in self._delayed
+        """Its delayed messages: in the heap, or published this turn (not in it yet)."""
+        pending = [entry for heap, entry in self._turn_timers if heap is self._delayed]
+        return [entry[2] for entry in self._delayed + pending
                 if entry[2].queue is queue and entry[2].where == DELAYED]
 
 

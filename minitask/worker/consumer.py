@@ -40,6 +40,7 @@ class Consumer:
         self.hostname = hostname
         self.conn = None
         self.generation = 0
+        self.describes_results = False  # the broker takes described RESULT_SETs (3.4)
         self.consumer_tags = {}         # consumer tag -> queue name
         self.control_tag = None
         self.control_queue = None
@@ -79,6 +80,9 @@ class Consumer:
         conn.sock.setblocking(False)
         self.conn = conn
         self.generation += 1
+        features = conn.welcome.get("features")
+        self.describes_results = isinstance(features, list) and \
+            "described_results" in features
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         # Deliveries that arrived while we waited for the last setup reply.
@@ -198,6 +202,10 @@ class Consumer:
 
     def send(self, frame):
         self.out += frame
+
+    def send_result(self, frame):
+        """A RESULT_SET frame, described (task name, run time) if the broker takes that."""
+        self.out += frame if self.describes_results else P.plain_result(frame)
 
     def publish(self, message):
         """Publish without waiting for a confirm (control replies)."""

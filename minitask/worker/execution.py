@@ -14,13 +14,13 @@ import logging
 import time
 import traceback
 
-from .. import protocol
+from .. import protocol, retry as retry_policy
 from ..exceptions import (
     ContentDisallowed, NotRegistered, ProtocolError, RetryTaskError, SerializationError,
     TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
-from ..task import Request, default_kwargs_for, pop_request, push_request, registry
+from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
 
@@ -45,27 +45,115 @@ class Outcome:
 
 def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
     """Run `task` for `message` in this process and say how it ended. Never raises for the
-    task's own exceptions; they are the outcome."""
+    task's own exceptions (or its hooks'); they are the outcome."""
     defaults = {"logfile": logfile, "loglevel": loglevel, "task_id": message.id,
                 "task_name": task.name, "task_retries": message.retries}
     injected = default_kwargs_for(task.run, defaults)
     kwargs = dict(injected)
     kwargs.update(message.kwargs)                   # the caller's own values win
-    push_request(Request(message.id, task.name, message.args, kwargs, message.retries,
-                         is_eager, logfile, loglevel, message.exchange, message.routing_key,
-                         message.priority, injected))
+    push_request(Request(
+        message.id, task.name, message.args, kwargs, message.retries, is_eager, logfile,
+        loglevel, message.exchange, message.routing_key, message.priority, injected,
+        message.eta, message.expires, task_object=task))
+    hooks = _hooks_of(task)
     started = time.perf_counter()
     try:
-        value = task(*message.args, **kwargs)
-        return Outcome("SUCCESS", value, None, time.perf_counter() - started)
-    except RetryTaskError as exc:
-        tombstone = exc.exc if exc.exc is not None else exc
-        return Outcome("RETRY", tombstone, _traceback_of(exc), time.perf_counter() - started,
-                       retry=exc)
-    except (Exception, SystemExit) as exc:     # the task's failure is its result
-        return Outcome("FAILURE", exc, traceback.format_exc(), time.perf_counter() - started)
+        try:
+            if "before_start" in hooks:
+                task.before_start(message.id, message.args, message.kwargs)
+            value = task(*message.args, **kwargs)
+            outcome = Outcome("SUCCESS", value, None, time.perf_counter() - started)
+        except RetryTaskError as exc:
+            outcome = _retried(exc, started)
+        except (Exception, SystemExit) as exc:     # the task's failure is its result
+            outcome = _failed(task, exc, started)
+        if hooks:
+            _call_hooks(task, message, outcome)
+        return outcome
     finally:
         pop_request()
+
+
+_HOOKS = ("before_start", "on_success", "on_retry", "on_failure", "after_return")
+_hooked = {}                            # Task subclass -> the hooks it overrides
+
+
+def _hooks_of(task):
+    """The hooks `task`'s class overrides (most override none: then none is called)."""
+    cls = type(task)
+    hooks = _hooked.get(cls)
+    if hooks is None:
+        hooks = _hooked[cls] = frozenset(
+            name for name in _HOOKS if getattr(cls, name) is not getattr(Task, name))
+    return hooks
+
+
+def _retried(exc, started):
+    tombstone = exc.exc if exc.exc is not None else exc
+    return Outcome("RETRY", tombstone, _traceback_of(exc), time.perf_counter() - started,
+                   retry=exc)
+
+
+def _failed(task, exc, started):
+    """FAILURE, unless `exc` is one of the task's `autoretry_for`: then the retry it asks for
+    (or the FAILURE retry() raises when no retry is left)."""
+    if task.autoretry_for and isinstance(exc, task.autoretry_for) \
+            and not isinstance(exc, task.dont_autoretry_for):
+        try:
+            _autoretry(task, exc)
+        except RetryTaskError as retry:
+            return _retried(retry, started)
+        except (Exception, SystemExit) as final:
+            return Outcome("FAILURE", final, traceback.format_exc(),
+                           time.perf_counter() - started)
+    return Outcome("FAILURE", exc, traceback.format_exc(), time.perf_counter() - started)
+
+
+def _autoretry(task, exc):
+    """What Celery's autoretry_for does: ``retry(exc=exc, **retry_kwargs)``, the countdown an
+    exponential backoff when `retry_backoff` asks for one. Always raises."""
+    options = dict(task.retry_kwargs or {})
+    if task.retry_backoff:
+        options["countdown"] = retry_policy.backoff_countdown(
+            task.retry_backoff, task.request.retries, task.retry_backoff_max,
+            task.retry_jitter)
+    task.retry(exc=exc, **options)
+    raise exc                           # retry() always raises; this is never reached
+
+
+class ExceptionInfo:
+    """What a failure hook gets as `einfo` (Celery's name): the exception and its text."""
+
+    __slots__ = ("exception", "type", "traceback")
+
+    def __init__(self, exception, traceback_text):
+        self.exception = exception
+        self.type = type(exception)
+        self.traceback = traceback_text or ""
+
+    def __str__(self):
+        return self.traceback
+
+
+def _call_hooks(task, message, outcome):
+    """The task's on_success / on_retry / on_failure, then after_return. A hook's own error is
+    logged and changes nothing: the outcome is decided already."""
+    task_id, args, kwargs = message.id, message.args, message.kwargs
+    einfo = None if outcome.state == "SUCCESS" else ExceptionInfo(outcome.result,
+                                                                  outcome.traceback)
+    if outcome.state == "SUCCESS":
+        calls = [("on_success", (outcome.result, task_id, args, kwargs))]
+    elif outcome.state == "RETRY":
+        calls = [("on_retry", (outcome.result, task_id, args, kwargs, einfo))]
+    else:
+        calls = [("on_failure", (outcome.result, task_id, args, kwargs, einfo))]
+    calls.append(("after_return", (outcome.state, outcome.result, task_id, args, kwargs,
+                                   einfo)))
+    for hook, arguments in calls:
+        try:
+            getattr(task, hook)(*arguments)
+        except Exception:               # the user's hook; the task's outcome stands
+            logger.exception("Task %s[%s] %s() raised", task.name, task_id, hook)
 
 
 def _traceback_of(exc):
@@ -140,6 +228,10 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
     elif outcome.state == "RETRY":
         summary = "retry: %s" % outcome.retry
         logger.info("Task %s[%s] %s", name, task_id, summary)
+    elif task.throws and isinstance(outcome.result, task.throws):
+        # An expected error (the task's `throws`): a FAILURE all the same, but no alarm.
+        summary = "raised expected %s: %s" % (type(outcome.result).__name__, outcome.result)
+        logger.info("Task %s[%s] %s", name, task_id, summary)
     else:
         summary = "raised %s: %s" % (type(outcome.result).__name__, outcome.result)
         logger.error("Task %s[%s] %s\n%s", name, task_id, summary, outcome.traceback)
@@ -156,7 +248,7 @@ def _executed(task_id, name, state, result, tb, runtime, serializer, summary, re
         state, summary = meta.status, "result not serializable: %s" % meta.result
         logger.error("Task %s[%s] %s", name, task_id, summary)
     frame = protocol.encode_result(protocol.RESULT_SET, 0, task_id, state, protocol.STORE, 0.0,
-                                   content_type, payload)
+                                   content_type, payload, name, runtime)
     return Executed(state, frame, runtime, task_id, name, summary)
 
 

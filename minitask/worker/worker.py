@@ -75,6 +75,7 @@ class Worker:
         self.ready = collections.deque()
         self.held = 0
         self.buckets = {}
+        self._options = {}              # task name -> (acks_late, time_limit, soft_time_limit)
         self.revoked = {}               # task id -> when we heard (bounded)
         self.pending_frames = []        # results waiting for a connection
         self.seq = 0
@@ -247,7 +248,7 @@ class Worker:
         if handed_over:
             self.consumer.claim(handed_over)
         for frame in self.pending_frames:
-            self.consumer.send(frame)
+            self.consumer.send_result(frame)
         self.pending_frames = []
         for delivery in early:
             self._receive(delivery)
@@ -323,10 +324,9 @@ class Worker:
             return
         task = registry.tasks.get(name)
         self.seq += 1
+        acks_late, time_limit, soft_time_limit = self._delivery_options(name, task)
         job = Job(self.seq, delivery.delivery_tag, task_id, name, data, delivery.redelivered,
-                  acks_late=bool(task and task.acks_late),
-                  time_limit=task.time_limit if task else None,
-                  soft_time_limit=task.soft_time_limit if task else None,
+                  acks_late=acks_late, time_limit=time_limit, soft_time_limit=soft_time_limit,
                   generation=self.consumer.generation)
         job.received_at = time.time()
         self.counts["received"] += 1
@@ -346,6 +346,22 @@ class Worker:
             self._hold(job, not_before)
             return
         self._queue(job, task)
+
+    def _delivery_options(self, name, task):
+        """``(acks_late, time_limit, soft_time_limit)`` in force for task `name`: the task's
+        own, else the TASK_* settings; worked out once per task name."""
+        options = self._options.get(name)
+        if options is None:
+            settings = self.settings
+            if task is None:            # refused in the pool process; settings decide the ack
+                options = (bool(settings.TASK_ACKS_LATE), None, None)
+            else:
+                options = (bool(task.effective("acks_late", settings)),
+                           task.effective("time_limit", settings),
+                           task.effective("soft_time_limit", settings))
+            if len(self._options) < 10000:
+                self._options[name] = options
+        return options
 
     def _queue(self, job, task=None):
         task = task or registry.tasks.get(job.task_name)
@@ -435,19 +451,23 @@ class Worker:
             if same_connection:
                 self.consumer.reject(job.tag)
             return
-        state, frame = report[0], report[1]
+        state, frame, runtime = report[0], report[1], report[2]
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
-        if frame is None and job.handed_over:
-            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"")
+        # Nothing to store (ignore_result): a task handed over must still be finished, and a
+        # broker that counts per task name must still hear how it ended.
+        if frame is None and (job.handed_over or self.consumer.describes_results):
+            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"",
+                                    job.task_name, runtime)
         if frame is not None:
             self._send_frame(frame)
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
     def _send_frame(self, frame):
+        """Send a RESULT_SET now, or once connected again."""
         if self.consumer.connected:
-            self.consumer.send(frame)
+            self.consumer.send_result(frame)
         else:
             self.pending_frames.append(frame)
 
@@ -461,7 +481,7 @@ class Worker:
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         self._send_frame(P.encode_result(P.RESULT_SET, 0, job.task_id, state, P.STORE, 0.0,
-                                         content_type, payload))
+                                         content_type, payload, job.task_name))
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)

@@ -49,3 +49,68 @@ def test_a_broker_restart_neither_skips_nor_doubles_a_beat(broker, start_worker,
     count = len(runs(tmp_path))
     wait_for(lambda: len(runs(tmp_path)) >= count + 3, 20, what="beats after the restart")
     assert min(gaps(runs(tmp_path))) > 0.3
+
+
+# -- BEAT_SCHEDULE and crontab (Celery's beat_schedule), from a settings module ---------------
+
+BEAT_CONF = {"MINITASK_CONFIG_MODULE": "itbeatconf"}
+BEAT_MODULES = "ittasks,ithabits"
+
+
+def stamps(tmp_path, tag):
+    return [float(line) for line in ittasks.read_trace(tmp_path, tag)]
+
+
+def kv(broker, key):
+    from minitask import protocol
+    with broker.connect() as conn:
+        return conn.call(protocol.KV_GET, {"key": key})["value"]
+
+
+def test_two_beat_workers_send_each_beat_schedule_entry_once_across_a_broker_restart(
+        broker, start_worker, tmp_path):
+    workers = [start_worker(name=name, args=["--beat"], modules=BEAT_MODULES, env=BEAT_CONF)
+               for name in ("sched1", "sched2")]
+    wait_for(lambda: len(stamps(tmp_path, "entry")) >= 6, 15, what="six entry beats")
+    assert min(gaps(stamps(tmp_path, "entry"))) > 0.3
+    assert sum("this worker now sends" in open(w.logfile).read() for w in workers) == 1
+    broker.kill()
+    broker.start()
+    for worker in workers:
+        worker.wait_ready(20)
+    count = len(stamps(tmp_path, "entry"))
+    wait_for(lambda: len(stamps(tmp_path, "entry")) >= count + 4, 20,
+             what="entry beats after the restart")
+    assert min(gaps(stamps(tmp_path, "entry"))) > 0.3     # never two sends of one beat
+
+
+def test_a_crontab_entry_first_met_is_written_down_and_kept_across_a_broker_restart(
+        broker, start_worker, tmp_path):
+    key = "beat.last_run.beat_schedule.new-year"
+    before = time.time()
+    worker = start_worker(args=["--beat"], modules=BEAT_MODULES, env=BEAT_CONF)
+    met = wait_for(lambda: kv(broker, key), 15, what="the crontab's first meeting")
+    assert before <= met <= time.time()
+    broker.kill()
+    broker.start()
+    worker.wait_ready(20)
+    count = len(stamps(tmp_path, "entry"))
+    wait_for(lambda: len(stamps(tmp_path, "entry")) >= count + 3, 20,
+             what="the beat to run again after the restart")
+    assert kv(broker, key) == met               # not met anew: a due time would not be lost
+    assert stamps(tmp_path, "new-year") == []
+
+
+def test_a_crontab_time_missed_while_no_beat_ran_is_sent_once_on_return(
+        broker, start_worker, tmp_path):
+    from minitask import protocol
+    key = "beat.last_run.beat_schedule.every-minute"
+    with broker.connect() as conn:              # last sent two minutes ago, then no beat ran
+        conn.call(protocol.KV_SET, {"key": key, "value": time.time() - 120})
+    start_worker(args=["--beat"], modules=BEAT_MODULES, env=BEAT_CONF)
+    first = wait_for(lambda: stamps(tmp_path, "minutely"), 15, what="the missed minute")[0]
+    count = len(stamps(tmp_path, "entry"))
+    wait_for(lambda: len(stamps(tmp_path, "entry")) >= count + 6, 20, what="three more seconds")
+    boundaries = int(time.time() // 60) - int(first // 60)     # new minutes that began since
+    assert len(stamps(tmp_path, "minutely")) <= 1 + boundaries
+    assert first - 60 < kv(broker, key) <= time.time()

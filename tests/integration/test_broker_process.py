@@ -279,9 +279,17 @@ def _limit_file_size(limit):
     return apply
 
 
-def test_a_full_disk_refuses_publishes_and_loses_nothing_confirmed(tmp_path):
-    """RLIMIT_FSIZE stands in for a full disk: writes past it fail with EFBIG."""
-    limit = 200 * 1024
+def _segments(data_dir):
+    journal = os.path.join(data_dir, "journal")
+    return sorted(os.path.join(journal, name) for name in os.listdir(journal)
+                  if name.endswith(".seg"))
+
+
+def test_a_file_size_limit_starts_new_segments_and_refuses_only_what_cannot_fit(tmp_path):
+    """Under RLIMIT_FSIZE (``prlimit --fsize``) a write past the limit fails with EFBIG: the
+    broker starts a new segment and carries on. A message too big for even a fresh segment
+    is refused, without a new segment per try."""
+    limit = 200 * 1000
     broker = Broker(tmp_path)
     command = [sys.executable, "-m", "minitask", "broker", "--port", "0", "--data-dir",
                broker.data_dir, "-l", "INFO"]
@@ -292,37 +300,36 @@ def test_a_full_disk_refuses_publishes_and_loses_nothing_confirmed(tmp_path):
     try:
         line = process.stdout.readline().decode()
         url = line.rsplit(" ", 1)[1].strip()
-        confirmed = []
         with Connection(url).connect() as conn:
             declare(conn)
-            body = b"z" * 1000
-            refused = None
-            for i in range(1000):
-                try:
-                    conn.publish(message(body, message_id="m%d" % i))
-                    confirmed.append("m%d" % i)
-                except PublishRefusedError as exc:
-                    refused = exc
-                    break
-            assert refused is not None and "journal write failed" in str(refused)
-            assert "File too large" in str(refused)
-            assert 100 < len(confirmed) < 1000
-            assert process.poll() is None               # still serving
+            names = ["m%d" % i for i in range(1000)]
+            for name in names:                          # 1 MB: five times the limit
+                conn.publish(message(b"z" * 1000, message_id=name))
+            segments = _segments(broker.data_dir)
+            assert len(segments) >= 5
+            assert all(os.path.getsize(path) <= limit for path in segments)
+            for attempt in range(3):
+                with pytest.raises(PublishRefusedError, match="File too large"):
+                    conn.publish(message(b"h" * (limit + 1000), message_id="huge"))
+            assert len(_segments(broker.data_dir)) <= len(segments) + 1
+            conn.publish(message(b"after", message_id="after"))
+            names.append("after")
             conn.consume("q")
-            got = take(conn, len(confirmed))
-            assert [d.message.message_id for d in got] == confirmed
+            assert [d.message.message_id for d in take(conn, len(names))] == names
+            assert conn.get_delivery(0.3) is None
+        assert process.poll() is None                   # still serving
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         log.close()
-    # Restarted without the limit: every confirmed message is there, none refused is.
+    # Restarted without the limit: every confirmed message is there (unacked), no huge one.
     broker.start()
     try:
         with broker.connect() as conn:
             conn.consume("q")
-            got = take(conn, len(confirmed))
-            assert [d.message.message_id for d in got] == confirmed
+            assert [d.message.message_id for d in take(conn, len(names))] == names
             assert conn.get_delivery(0.3) is None
+        assert "ERROR" not in broker.output(), broker.output()
     finally:
         broker.proc.close()
 
@@ -341,3 +348,15 @@ def test_a_torn_tail_is_cut_off_with_one_warning(bare_broker):
     with bare_broker.connect() as conn:
         conn.consume("q")
         assert bodies(take(conn, 10)) == [b"%d" % i for i in range(10)]
+
+
+def test_a_journal_that_cannot_be_opened_is_one_line_and_exit_1(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "journal").write_text("a file where the journal folder goes")
+    result = subprocess.run([sys.executable, "-m", "minitask", "broker", "--port", "0",
+                             "--data-dir", str(data_dir)], env=_env(), cwd=ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "cannot open the journal: %s" % (data_dir / "journal") in result.stderr

@@ -2,14 +2,16 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 import ittasks
-from cluster import ROOT, _env, wait_for
+from cluster import ROOT, _env, _Process, wait_for
 
 COMMANDS = ["broker", "worker", "demo", "status", "call", "purge", "inspect", "control",
             "result", "bench"]
@@ -109,6 +111,23 @@ def test_purge_asks_unless_yes_and_drops_the_waiting_messages(broker):
     assert broker.queue()["ready"] == 0
 
 
+def test_purge_f_as_celery_types_it_purges_the_configured_queues(broker):
+    """`celery purge -f`: no queue named means every queue of the settings."""
+    for i in range(2):
+        ittasks.add.delay(i, i)
+    done = minitask("purge", "-f", broker=broker)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "purged 2 messages from minitask\n"
+    ittasks.add.delay(1, 1)
+    excluded = json.loads(minitask("purge", "-f", "-Q", "minitask", "-X", "minitask", "--json",
+                                   broker=broker).stdout)
+    assert excluded == {"error": "no queue left to purge: --exclude-queues names them all",
+                        "command": "purge"}
+    as_json = json.loads(minitask("purge", "-Q", "minitask", "--force", "--json",
+                                  broker=broker).stdout)
+    assert as_json == {"purged": 1, "queues": {"minitask": 1}}
+
+
 def test_inspect_answers_for_every_worker(broker, start_worker, tmp_path):
     start_worker(name="insp1")
     start_worker(name="insp2")
@@ -132,13 +151,18 @@ def test_inspect_answers_for_every_worker(broker, start_worker, tmp_path):
 def test_inspect_with_no_workers_reports_none_and_exits_1(broker):
     result = minitask("inspect", "ping", "--timeout", "0.3", broker=broker)
     assert result.returncode == 1
-    assert "no workers answered" in result.stdout
+    assert result.stderr == "minitask inspect: no workers answered within 0.3s\n"
+    as_json = minitask("inspect", "ping", "-t", "0.3", "--json", broker=broker)
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    assert json.loads(as_json.stdout) == {"error": "no workers answered within 0.3s",
+                                          "command": "inspect"}
 
 
 def test_control_changes_a_rate_limit_at_run_time(broker, start_worker):
     start_worker(name="ctl")
     result = minitask("control", "rate_limit", "it.add", "1/m", broker=broker)
-    assert result.returncode == 0 and "ctl:" in result.stdout
+    assert result.returncode == 0
+    assert result.stdout == "ctl: rate limit of it.add set to '1/m'\n"      # no dict repr
     first = ittasks.add.delay(1, 1)
     second = ittasks.add.delay(2, 2)
     assert first.get(timeout=10) == 2
@@ -159,7 +183,8 @@ def test_control_that_a_worker_refuses_exits_1(broker, start_worker):
     start_worker(name="strict")
     result = minitask("control", "rate_limit", "it.add", "10/x", broker=broker)
     assert result.returncode == 1
-    assert "strict:" in result.stdout and "error" in result.stdout
+    assert result.stdout.startswith("strict: error: rate_limit: ")
+    assert "{" not in result.stdout
 
 
 def test_result_wait_that_times_out_exits_1(broker):
@@ -210,3 +235,183 @@ def test_control_shutdown_stops_a_worker(broker, start_worker):
     result = minitask("control", "shutdown", broker=broker)
     assert "bye:" in result.stdout
     assert worker.proc.process.wait(20) == 0
+
+
+def test_status_and_metrics_say_how_many_journal_records_were_found_lost(tmp_path):
+    """A broker started on a journal with a damaged record in the middle."""
+    from cluster import Broker
+    from minitask import protocol as P
+    from minitask.broker.http import metrics_text
+    broker = Broker(tmp_path).start()
+    try:
+        with broker.connect() as conn:
+            conn.declare_queue("q")
+            for i in range(5):
+                conn.publish(P.Message(b"body-%d" % i, routing_key="q", message_id="m%d" % i,
+                                       flags=P.PERSISTENT))
+        broker.kill()
+        segment = os.path.join(broker.data_dir, "journal", "0000000001.seg")
+        with open(segment, "rb") as handle:
+            data = handle.read()
+        at = data.index(b"body-2")
+        with open(segment, "r+b") as handle:
+            handle.seek(at)
+            handle.write(b"BODY-2")
+        broker.start()
+        table = minitask("status", broker=broker)
+        assert "journal faults found at start: 1, 1 record lost" in table.stdout
+        report = json.loads(minitask("status", "--json", broker=broker).stdout)
+        assert report["broker"]["journal_records_lost"] == 1
+        assert "minitask_journal_records_lost_total 1\n" in metrics_text(report)
+        assert "journal segment" in broker.output() and "1 record lost" in broker.output()
+    finally:
+        broker.proc.close()
+
+
+# -- Celery's habits ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, prefix, says", [
+    (["worker", "-E"], "minitask worker: error: -E: ", "/metrics"),
+    (["worker", "--task-events"], "minitask worker: error: --task-events: ", "broker --http"),
+    (["worker", "--autoscale=10,3"], "minitask worker: error: --autoscale: ", "-c N"),
+    (["worker", "-O", "fair"], "minitask worker: error: -O: ", "-O fair"),
+    (["worker", "-Ofair"], "minitask worker: error: -O: ", "-O fair"),
+    (["worker", "-P", "solo"], "minitask worker: error: argument -P/--pool: ", "-c 1"),
+    (["worker", "--pool=gevent"], "minitask worker: error: argument -P/--pool: ", "-c N"),
+    (["worker", "--detach"], "minitask worker: error: --detach: ", "systemd"),
+    (["worker", "--pidfile=/tmp/w.pid"], "minitask worker: error: --pidfile: ", "systemd"),
+    (["worker", "--max-memory-per-child", "100"], "minitask worker: error: "
+     "--max-memory-per-child: ", "--max-tasks-per-child"),
+    (["worker", "--time-limit", "5"], "minitask worker: error: --time-limit: ", "time_limit="),
+    (["worker", "-l", "verbose"], "minitask worker: error: argument -l/--loglevel: ", "INFO"),
+    (["worker", "-c", "zero"], "minitask worker: error: argument -c/--concurrency: ",
+     "whole number"),
+    (["worker", "--no-such-flag"], "minitask worker: error: unrecognized arguments: ",
+     "--no-such-flag"),
+    (["multi", "start", "w1"], "minitask multi: error: ", "minitask worker -n NAME"),
+    (["-A", "proj", "flower", "--port=5555"], "minitask flower: error: ", "--http"),
+    (["events"], "minitask events: error: ", "minitask inspect active"),
+    (["beat"], "minitask beat: error: ", "--beat (-B)"),
+    (["inspect", "-A", "proj", "active"], "minitask inspect: error: -A: ",
+     "minitask -A proj inspect"),
+    (["--workdir", "/tmp", "worker"], "minitask: error: --workdir: ", "cd DIR"),
+    (["status", "--foo"], "minitask status: error: unrecognized arguments: ", "--foo"),
+    (["call", "it.add", "--eta", "2030-01-01"], "minitask call: error: --eta: ", "--countdown"),
+    (["inspect", "nonsense"], "minitask inspect: error: argument method: ", "'nonsense'"),
+    (["-b", "minitask://127.0.0.1:1", "demo"], "minitask demo: ", "--host and --port"),
+])
+def test_celery_habits_are_answered_in_one_line_naming_the_subcommand(args, prefix, says):
+    result = minitask(*args)
+    assert result.returncode == 2, result
+    assert result.stderr.startswith(prefix), result.stderr
+    assert says in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_usage_error_with_json_is_a_json_object_on_stdout():
+    result = minitask("inspect", "nonsense", "--json")
+    assert result.returncode == 2 and result.stderr == ""
+    error = json.loads(result.stdout)
+    assert error["command"] == "inspect" and "invalid choice: 'nonsense'" in error["error"]
+
+
+def test_a_failure_with_json_is_a_json_object_and_keeps_its_exit_code():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = "minitask://127.0.0.1:%d" % probe.getsockname()[1]
+    for command in (["status"], ["call", "it.add", "[1, 2]"], ["result", "some-id"],
+                    ["inspect", "stats"], ["control", "ping"], ["purge", "minitask", "-f"]):
+        result = minitask(*command, "--json", "--broker", url)
+        assert result.returncode == 1, (command, result)
+        assert result.stderr == ""
+        error = json.loads(result.stdout)
+        assert error["command"] == command[0]
+        assert error["error"].startswith("cannot connect to %s" % url)
+
+
+PROJ_TASKS = """
+from minitask import task
+
+@task()
+def add(x, y):
+    return x + y
+"""
+
+
+def start_celery_style_worker(tmp_path, broker, argv, name):
+    """A worker started with a Celery user's command line, from a folder holding `proj`."""
+    package = tmp_path / "proj"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text(PROJ_TASKS)
+    command = [sys.executable, "-m", "minitask"] + argv + ["-n", name, "-c", "1"]
+    return _Process(command, str(tmp_path / ("%s.log" % name)),
+                    _env({"MINITASK_BROKER_URL": broker.url}), str(tmp_path))
+
+
+@pytest.mark.parametrize("argv", [
+    ["-A", "proj", "worker", "--loglevel=info", "-B", "-P", "prefork", "--without-gossip",
+     "--without-mingle", "--without-heartbeat"],
+    ["worker", "--app=proj:app", "-l", "info", "--beat", "--pool=prefork"],
+])
+def test_a_worker_started_the_celery_way_runs_the_projects_tasks(broker, tmp_path, argv):
+    """-A proj imports proj and, as Celery's autodiscovery, its tasks module; -B is --beat."""
+    worker = start_celery_style_worker(tmp_path, broker, argv, "celeryish")
+    try:
+        wait_for(lambda: any(w.get("hostname") == "celeryish"
+                             for w in broker.status()["workers"])
+                 or (not worker.alive() and worker.output()), 30, what="the worker")
+        assert worker.alive(), worker.output()
+        called = minitask("-b", broker.url, "call", "proj.tasks.add", "-a", "[2, 3]",
+                          "--wait", "--timeout", "20")
+        assert called.returncode == 0, called.stderr
+        assert called.stdout.splitlines()[1] == "SUCCESS: 5"
+        wait_for(lambda: "this worker now sends the periodic tasks" in worker.output(), 20,
+                 what="-B to start the beat")
+        assert "INFO" in worker.output()              # --loglevel=info, lower case
+    finally:
+        worker.close()
+
+
+def test_inspect_scheduled_lists_the_countdowns_the_broker_holds(broker, start_worker):
+    start_worker(name="sched")
+    due = time.time() + 300
+    held = ittasks.add.apply_async((1, 2), eta=due)
+    result = json.loads(minitask("inspect", "scheduled", "--json", broker=broker).stdout)
+    assert result["sched"] == []                    # a worker gets it only when nearly due
+    (entry,) = result["broker"]
+    assert entry["id"] == held.id and entry["name"] == "it.add"
+    assert entry["queue"] == "minitask" and abs(entry["eta"] - due) < 0.01
+    text = minitask("inspect", "scheduled", broker=broker)
+    assert text.returncode == 0
+    lines = text.stdout.splitlines()
+    broker_at = lines.index("broker (the countdowns it holds until shortly before they "
+                            "are due):")
+    assert lines[broker_at + 1] == "  it.add[%s]  eta %s  queue minitask" % (
+        held.id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(due)))
+
+
+def test_inspect_scheduled_answers_from_the_broker_when_no_worker_does(broker):
+    held = ittasks.add.apply_async((1, 2), countdown=300)
+    result = minitask("inspect", "scheduled", "-t", "0.3", "-j", broker=broker)
+    assert result.returncode == 0
+    assert [e["id"] for e in json.loads(result.stdout)["broker"]] == [held.id]
+
+
+def test_inspect_stats_reads_as_aligned_keys_and_values(broker, start_worker):
+    start_worker(name="statsy")
+    ittasks.add.delay(1, 1).get(timeout=10)
+    result = minitask("inspect", "stats", broker=broker)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "statsy:"
+    rows = dict(line.split(None, 1) for line in lines[1:])
+    assert all(line.startswith("  ") for line in lines[1:])
+    columns = {line.index(rows[key].split()[0], 2 + len(key)) for key, line in
+               zip(rows, lines[1:])}
+    assert len(columns) == 1                        # values in one column
+    assert re.fullmatch(r"\d+\.\d\ds|\d+\.\ds|\d+m \d\ds", rows["uptime"]), rows["uptime"]
+    assert rows["concurrency"] == "2" and rows["queues"] == "minitask"
+    assert re.fullmatch(r"\d+, \d+", rows["pool"])
+    assert "received 1" in rows["counts"] and "success 1" in rows["counts"]
+    assert not any(c in result.stdout for c in "{}[]'")

@@ -187,8 +187,10 @@ def test_task_options_have_the_guides_defaults():
             "time_limit", "soft_time_limit")} == {
             "abstract": False, "max_retries": 3, "default_retry_delay": 180,
             "rate_limit": None, "ignore_result": False, "disable_error_emails": False,
-            "mandatory": False, "immediate": False, "priority": None, "acks_late": False,
+            "mandatory": False, "immediate": False, "priority": None, "acks_late": None,
             "time_limit": None, "soft_time_limit": None}
+        # acks_late None: the TASK_ACKS_LATE setting, False unless set (as in Celery).
+        assert PlainTask._instance().effective("acks_late") is False
         message = PlainTask._instance().build_message()
         assert (message.serializer, message.exchange, message.routing_key) == \
             ("json", "minitask", "minitask")

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from cluster import Broker, wait_for
+from cluster import Broker, Worker, wait_for
 from minitask import protocol as P
 from minitask.client import Connection
 from minitask.message import ResultMeta, TaskMessage, encode_result_meta
@@ -196,17 +196,18 @@ def test_history_keeps_one_sample_a_second_and_answers_since(page):
 
 # Prometheus text exposition format 0.0.4: `name{label="value",...} number`.
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|'
-                     r'\\.)*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$')
+                     r'\\.)*",?)*\})? (-?[0-9.]+(?:e[+-]?[0-9]+)?|NaN|[+-]Inf)$')
 
 
 def parse_metrics(text):
-    """{(name, frozenset of label pairs): value}, checking every line's syntax and TYPE."""
+    """{(name, frozenset of label pairs): value}, checking every line's syntax and TYPE (a
+    histogram's samples are its name with _bucket, _sum and _count)."""
     types, values = {}, {}
     for line in text.splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split(" ")
             assert name not in types, "TYPE of %s given twice" % name
-            assert kind in ("gauge", "counter")
+            assert kind in ("gauge", "counter", "histogram")
             types[name] = kind
             continue
         if line.startswith("# HELP "):
@@ -214,9 +215,11 @@ def parse_metrics(text):
         match = _SAMPLE.match(line)
         assert match, "not exposition format: %r" % line
         name, labels, value = match.group(1), match.group(2) or "", match.group(3)
-        assert name in types, "%s has no TYPE line before it" % name
+        family = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in types or types.get(family) == "histogram", \
+            "%s has no TYPE line before it" % name
         pairs = frozenset(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', labels))
-        values[(name, pairs)] = float(value)
+        values[(name, pairs)] = float(value.replace("+Inf", "inf"))
     return types, values
 
 
@@ -248,6 +251,89 @@ def test_metrics_are_prometheus_text_with_labelled_queue_gauges(page):
     assert metric("minitask_results") == 1
     assert metric("minitask_journal_bytes") > 0
     assert types["minitask_queue_messages"] == "gauge"
+
+
+@pytest.fixture
+def start_worker(page, tmp_path):
+    """Real workers of the page's broker, which is also the client settings' broker."""
+    from minitask import config
+    from minitask.client import reset_connection
+    config.configure(BROKER_URL=page.broker.url, ACCEPT_CONTENT=["json", "pickle"])
+    reset_connection()
+    os.environ["ITTASKS_DIR"] = str(tmp_path)
+    workers = []
+
+    def start(name):
+        worker = Worker(page.broker, tmp_path, name)
+        workers.append(worker)
+        return worker.wait_ready()
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.proc.close()
+        reset_connection()
+        config.reset()
+
+
+def task_metrics(page):
+    """{(metric, task, event or le): value} of the per-task metrics, and the queue labels."""
+    types, values = parse_metrics(page.get("/metrics")[2].decode("utf-8"))
+    tasks = {}
+    for (name, labels), value in values.items():
+        labels = dict(labels)
+        if "task" in labels:
+            tasks[(name, labels["task"], labels.get("event") or labels.get("le"))] = value
+    queues = {dict(labels)["queue"] for (name, labels) in values if "queue" in dict(labels)}
+    return types, tasks, queues
+
+
+def test_metrics_count_each_task_name_over_several_workers_and_restarts(page, start_worker):
+    """What a Flower user alerts on, counted by the broker: right however many workers ran it,
+    and whichever of them restarted; workers' control queues never show up under new names."""
+    import ittasks
+    first = start_worker("m1")
+    results = [ittasks.add.delay(i, i) for i in range(3)]
+    results += [ittasks.fail.delay("boom"), ittasks.flaky.delay("metrics", 1),
+                ittasks.sleep.delay(0.3), ittasks.mul.delay(2, 3)]
+    ittasks.ignored.delay(1)                            # ignore_result: still counted
+    with page.connect() as conn:
+        conn.revoke(["revoked-before-sent"])
+    ittasks.add.apply_async((9, 9), task_id="revoked-before-sent")
+    for result in results:
+        result.get(timeout=20, propagate=False)
+    _types, _tasks, queues_before = task_metrics(page)
+    first.stop()
+    start_worker("m2")
+    start_worker("m3")
+    for result in [ittasks.add.delay(i, 1) for i in range(4)]:
+        result.get(timeout=20)
+    expected = {("it.add", "received"): 7, ("it.add", "succeeded"): 7, ("it.add", "revoked"): 1,
+                ("it.add", "failed"): 0, ("it.fail", "received"): 1, ("it.fail", "failed"): 1,
+                ("it.flaky", "received"): 2, ("it.flaky", "retried"): 1,
+                ("it.flaky", "succeeded"): 1, ("it.sleep", "succeeded"): 1,
+                ("it.mul", "succeeded"): 1, ("it.ignored", "received"): 1,
+                ("it.ignored", "succeeded"): 1}
+
+    def counted():
+        types, tasks, queues = task_metrics(page)
+        got = {key: tasks.get(("minitask_task_events_total",) + key) for key in expected}
+        return (types, tasks, queues) if got == expected else None
+    types, tasks, queues_after = wait_for(counted, 20, what="the per-task counts")
+    assert types["minitask_task_events_total"] == "counter"
+    assert types["minitask_task_runtime_seconds"] == "histogram"
+    buckets = [(float(le), value) for (name, task, le), value in tasks.items()
+               if name == "minitask_task_runtime_seconds_bucket" and task == "it.add"]
+    counts = [value for _le, value in sorted(buckets)]
+    assert counts == sorted(counts) and counts[-1] == 7         # cumulative, +Inf = all
+    assert tasks[("minitask_task_runtime_seconds_count", "it.add", None)] == 7
+    assert 0 < tasks[("minitask_task_runtime_seconds_sum", "it.add", None)] < 7
+    assert tasks[("minitask_task_runtime_seconds_bucket", "it.sleep", "0.25")] == 0
+    assert tasks[("minitask_task_runtime_seconds_bucket", "it.sleep", "+Inf")] == 1
+    assert tasks[("minitask_task_runtime_seconds_sum", "it.sleep", None)] >= 0.3
+    assert tasks[("minitask_task_runtime_seconds_count", "it.fail", None)] == 0
+    # Three workers came and went, each with its own control queue: one label stands for them.
+    assert queues_before == queues_after == {"minitask", "mt.gen-*"}
 
 
 def test_failures_carry_name_exception_and_traceback(page, tmp_path):

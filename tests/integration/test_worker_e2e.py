@@ -1,13 +1,15 @@
 """A real broker and a real worker, driven through the public API as a user would."""
 
 import json
+import sys
 import time
 
 import pytest
 
 import ittasks
-from cluster import wait_for
-from minitask import group
+from cluster import Broker, Worker, wait_for
+from minitask import config, group
+from minitask.client import reset_connection
 from minitask.exceptions import (
     ContentDisallowed, MaxRetriesExceededError, NotRegistered, RemoteTaskError,
     TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError,
@@ -320,3 +322,41 @@ def test_result_forget_removes_the_result(broker, start_worker):
     assert result.get(timeout=10) == 10
     result.forget()
     assert AsyncResult(result.id).state == "PENDING"
+
+
+class BrokerWithoutDescribedResults(Broker):
+    """A broker as the release before described results was: its WELCOME names no features."""
+
+    def command(self):
+        patch = ("import sys; from minitask import protocol; protocol.FEATURES = (); "
+                 "from minitask.cli import main; sys.exit(main(sys.argv[1:]))")
+        return [sys.executable, "-c", patch] + super().command()[3:]
+
+
+def test_a_worker_with_a_broker_that_lacks_described_results_stores_them_intact(tmp_path):
+    """A mixed system: the worker sends plain RESULT_SETs, so results read back unchanged;
+    the broker counts what it can name (tasks acked at start), never a garbled payload."""
+    old = BrokerWithoutDescribedResults(tmp_path).start()
+    config.configure(BROKER_URL=old.url, ACCEPT_CONTENT=["json", "pickle"])
+    reset_connection()
+    worker = Worker(old, tmp_path, "mixed")
+    try:
+        worker.wait_ready()
+        assert ittasks.add.delay(2, 3).get(timeout=10) == 5
+        assert ittasks.mul.delay(2, 3).get(timeout=10) == 6          # acks late
+        with pytest.raises(ValueError, match="mixed"):
+            ittasks.fail.delay("mixed").get(timeout=10)
+        # Long enough for its start to reach the broker before its result: then it is named.
+        assert ittasks.sleep.delay(0.5).get(timeout=10) == 0.5
+        with old.connect() as conn:
+            welcome_features = conn.welcome.get("features")
+            stats = conn.status()["task_stats"]
+        assert welcome_features == []
+        assert [stats[name]["received"] for name in ("it.add", "it.mul", "it.fail")] == [1] * 3
+        assert stats["it.sleep"]["succeeded"] == 1
+        assert stats["it.sleep"]["runtime"]["count"] == 0           # no run time: not timed
+    finally:
+        worker.proc.close()
+        reset_connection()
+        config.reset()
+        old.proc.close()

@@ -183,3 +183,58 @@ def test_cutting_the_journal_anywhere_loses_only_the_records_after_the_cut(batch
             assert reopened.damaged == []
         finally:
             reopened.close()
+
+
+# -- faults anywhere but the newest segment's end ------------------------------------------
+
+faults_in_a_segment = st.tuples(
+    st.sampled_from(["delete", "cut", "flip"]),
+    st.integers(min_value=0, max_value=10),             # which segment, from the oldest
+    st.floats(0.0, 1.0))                                # where in it (cut, flip)
+
+
+@SMALL
+@given(batches, faults_in_a_segment)
+@example([[jr.json_record(jr.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
+         ("flip", 1, 0.05))                             # inside the OPEN record
+@example([[jr.json_record(jr.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
+         ("cut", 0, 0.999))                             # only the ROTATE record cut off
+def test_a_fault_in_any_sealed_segment_is_counted_exactly(batches, fault):
+    """Delete a sealed segment, cut it anywhere, or flip any byte in it (not the format
+    version, which would read as a newer broker's journal): the records the broker reports
+    lost are exactly the records written that it did not replay, and it says so when any."""
+    with tempfile.TemporaryDirectory() as data_dir:
+        journal = Journal(data_dir, fsync="no", segment_bytes=512)
+        list(journal.replay())
+        for batch in batches:
+            journal.write(batch)
+        journal.close()
+        written = sum(len(batch) for batch in batches)
+        paths = segment_files(data_dir)
+        if len(paths) < 2:
+            return                                      # no sealed segment
+        how, which, where = fault
+        path = paths[which % (len(paths) - 1)]
+        size = os.path.getsize(path)
+        if how == "delete":
+            os.unlink(path)
+        elif how == "cut":
+            with open(path, "r+b") as handle:
+                handle.truncate(int(where * size))
+        else:
+            offset = min(size - 1, int(where * size))
+            if 4 <= offset < 8:
+                offset = 8
+            with open(path, "r+b") as handle:
+                handle.seek(offset)
+                byte = handle.read(1)
+                handle.seek(offset)
+                handle.write(bytes((byte[0] ^ 0xA5,)))
+        reopened = Journal(data_dir, fsync="no", segment_bytes=512)
+        try:
+            replayed = len(list(reopened.replay()))
+            lost = written - replayed
+            assert reopened.records_lost == lost, (reopened.faults, lost)
+            assert not lost or reopened.faults
+        finally:
+            reopened.close()

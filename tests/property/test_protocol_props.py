@@ -171,3 +171,28 @@ def test_deliveries_round_trip(tag, consumer_tag, redelivered, count, data):
 def test_errors_round_trip(code, text):
     frame = P.encode_error(3, code, text)
     assert P.decode_error(frame[P.HEADER.size:]) == (code, text)
+
+
+atomic_frames = st.lists(st.one_of(
+    st.builds(lambda key, value: P.encode_json(P.KV_SET, 0, {"key": key, "value": value}),
+              st.text(max_size=20), st.integers()),
+    st.builds(lambda body: P.encode_frame(P.PUBLISH, 0, body), st.binary(max_size=60))),
+    min_size=1, max_size=P.MAX_ATOMIC_FRAMES)
+
+
+@given(atomic_frames)
+def test_an_atomic_unit_decodes_to_its_frames(frames):
+    frame = P.encode_atomic(7, frames)
+    decoder = P.Decoder()
+    decoder.feed(frame)
+    kind, seq, body = decoder.next_frame()
+    assert (kind, seq) == (P.ATOMIC, 7)
+    assert [P.encode_frame(k, 0, b) for k, b in P.decode_atomic(body)] == frames
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_as_an_atomic_body_decode_or_raise_protocol_error_only(data):
+    with contextlib.suppress(ProtocolError):
+        frames = P.decode_atomic(data)
+        assert 1 <= len(frames) <= P.MAX_ATOMIC_FRAMES
+        assert all(kind in (P.PUBLISH, P.KV_SET) for kind, _body in frames)

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import struct
+import threading
 import zlib
 
 from minitask import protocol as P
@@ -45,13 +46,30 @@ class DiskFaults:
 
     `full` makes every write fail with ENOSPC. `room` (bytes) lets that much more be written,
     in part if need be (a short write), and fails the write after it: a disk that fills up in
-    the middle of a batch. Everything else is the real `os`.
+    the middle of a batch. `truncate_fails` makes os.ftruncate fail with EIO. `fsyncs` lists
+    the thread that made each fsync; while `fsync_gate` (an Event) is set to a cleared Event,
+    fsync waits for it: a slow disk. Everything else is the real `os`.
     """
 
     def __init__(self):
         self.full = False
         self.room = None
         self.failures = 0
+        self.truncate_fails = False
+        self.fsyncs = []
+        self.fsync_gate = None
+
+    def fsync(self, fd):
+        self.fsyncs.append(threading.current_thread().name)
+        gate = self.fsync_gate
+        if gate is not None:
+            gate.wait(60.0)
+        return os.fsync(fd)
+
+    def ftruncate(self, fd, size):
+        if self.truncate_fails:
+            raise OSError(errno.EIO, "Input/output error")
+        return os.ftruncate(fd, size)
 
     def __getattr__(self, name):
         return getattr(os, name)
@@ -90,14 +108,19 @@ def segment_files(data_dir, suffix=".seg"):
             if name.endswith(suffix)]
 
 
-def read_records(path):
-    """``[(start, end, type, payload)]`` of one segment, read straight from journal.py's
-    docstring (a 12-byte header: "MTJ1", version u32, seed u32; then length u32, crc32 u32
-    XORed with the seed, type u8, payload): a reference independent of the journal's own
-    reader. Stops at the first record that does not check out."""
+# Record types 12-14 (OPEN, ROTATE, RETIRED) describe the journal's shape, not the broker's.
+SHAPE_TYPES = (12, 13, 14)
+
+
+def read_records(path, shape=False):
+    """``[(start, end, type, payload)]`` of one segment, read straight from the docstrings
+    of segments.py and records.py (a 12-byte header: "MTJ1", version u32 (1 or 2), seed u32;
+    then length u32, crc32 u32 XORed with the seed, type u8, payload): a reference independent
+    of the journal's own reader. Stops at the first record that does not check out. Shape
+    records are left out unless `shape`."""
     with open(path, "rb") as handle:
         data = handle.read()
-    if data[:8] != b"MTJ1" + struct.pack("!I", 1):
+    if data[:4] != b"MTJ1" or data[4:8] not in (struct.pack("!I", 1), struct.pack("!I", 2)):
         raise AssertionError("%s: bad file header %r" % (path, data[:8]))
     (seed,) = struct.unpack_from("!I", data, 8)
     records, offset = [], 12
@@ -107,7 +130,8 @@ def read_records(path):
         typed = data[offset + 8:end]
         if length < 1 or end > len(data) or zlib.crc32(typed) ^ seed != crc:
             break
-        records.append((offset, end, typed[0], typed[1:]))
+        if shape or typed[0] not in SHAPE_TYPES:
+            records.append((offset, end, typed[0], typed[1:]))
         offset = end
     return records
 
@@ -123,7 +147,8 @@ class Broker:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.options = options
-        self.journal = Journal(self.data_dir, fsync=fsync, segment_bytes=segment_bytes)
+        self.journal = Journal(self.data_dir, fsync=fsync, segment_bytes=segment_bytes,
+                               clock=self.clock)
         self.state = BrokerState(self.clock, self.journal, options or BrokerOptions())
         self.summary = self.state.recover()
         self._next_session = 1

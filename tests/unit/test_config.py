@@ -42,7 +42,8 @@ def test_every_setting_of_the_spec_has_a_default_and_a_one_line_description():
         "DEFAULT_ROUTING_KEY QUEUES RESULT_EXPIRES ALWAYS_EAGER SEND_TASK_ERROR_EMAILS ADMINS "
         "SERVER_EMAIL EMAIL_HOST EMAIL_PORT LOADER CONCURRENCY LOGLEVEL LOGFILE "
         "PREFETCH_MULTIPLIER MAX_TASKS_PER_CHILD SHUTDOWN_TIMEOUT WORKER_QUEUES BEAT "
-        "START_METHOD").split()
+        "START_METHOD TASK_ACKS_LATE TASK_TIME_LIMIT TASK_SOFT_TIME_LIMIT TASK_ROUTES "
+        "BEAT_SCHEDULE TIMEZONE").split()
     assert list(DEFAULTS) == spec_names
     assert list(DESCRIPTIONS) == spec_names
     assert all(text and "\n" not in text for text in DESCRIPTIONS.values())
@@ -138,11 +139,20 @@ def test_celery_names_are_aliases_in_a_settings_module():
 
 
 @pytest.mark.parametrize("alias", ["CELERY_RESULT_EXPIRES", "CELERY_TASK_RESULT_EXPIRES",
-                                   "MINITASK_RESULT_EXPIRES"])
-def test_the_plain_name_wins_over_its_alias(alias):
-    settings = load_settings(settings_module(**{alias: 10, "RESULT_EXPIRES": 20}), environ={})
-    assert settings.RESULT_EXPIRES == 20.0
+                                   "MINITASK_RESULT_EXPIRES", "result_expires"])
+def test_two_spellings_of_a_setting_that_disagree_are_an_error_naming_both(alias):
+    message = load_error(**{alias: 10, "RESULT_EXPIRES": 20})
+    assert "RESULT_EXPIRES=20" in message and "%s=10" % alias in message
+    assert "disagree" in message
     assert load_settings(settings_module(**{alias: 10}), environ={}).RESULT_EXPIRES == 10.0
+
+
+@pytest.mark.parametrize("alias", ["CELERY_RESULT_EXPIRES", "result_expires"])
+def test_two_spellings_that_agree_are_one_setting_reported_under_the_plain_name(alias):
+    settings = load_settings(settings_module(**{alias: datetime.timedelta(seconds=20),
+                                                "RESULT_EXPIRES": 20}), environ={})
+    assert settings.RESULT_EXPIRES == 20.0
+    assert settings.source("RESULT_EXPIRES") == "module mtfix_inline"
 
 
 def test_celery_names_are_not_read_from_the_environment(caplog):
@@ -562,3 +572,202 @@ def test_a_bad_environment_is_reported_on_every_use_not_cached(monkeypatch):
             config.get_settings()
     monkeypatch.delenv("MINITASK_EMAIL_PORT")
     assert config.get_settings().EMAIL_PORT == 25
+
+
+# -- Celery 4/5 names --------------------------------------------------------------------------
+
+def test_a_celery_5_configuration_module_is_read_by_its_lower_case_names(caplog):
+    settings = load_settings("mtfix_celery5_settings", environ={})
+    assert settings.BROKER_URL == "minitask://celery5.example.com:5679"
+    assert settings.RESULT_EXPIRES == 7200.0 and settings.ALWAYS_EAGER is False
+    assert settings.DEFAULT_QUEUE == "work" and settings.IMPORTS == ["mtfix_tasks_a"]
+    assert (settings.TASK_ACKS_LATE, settings.TASK_TIME_LIMIT,
+            settings.TASK_SOFT_TIME_LIMIT) == (True, 60.0, 50.0)
+    assert (settings.CONCURRENCY, settings.PREFETCH_MULTIPLIER,
+            settings.MAX_TASKS_PER_CHILD) == (3, 1, 200)
+    assert settings.TIMEZONE == "UTC"
+    assert sorted(settings.BEAT_SCHEDULE) == ["add-every-30-seconds", "nightly"]
+    assert settings.BEAT_SCHEDULE["add-every-30-seconds"]["args"] == (16, 16)
+    assert settings.source("BROKER_URL") == "module mtfix_celery5_settings"
+    # helpers, imports and private names are not settings; only result_backend is a warning
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring result_backend: minitask has no such setting; results live in the broker; "
+        "there is no result backend to configure"]
+
+
+def test_a_django_project_with_the_celery_namespace_is_read_too(caplog):
+    settings = load_settings("mtfix_django_celery5", environ={})
+    assert settings.BROKER_URL == "minitask://django5.example.com:5679"
+    assert (settings.ALWAYS_EAGER, settings.RESULT_EXPIRES, settings.CONCURRENCY) == (
+        True, 600.0, 2)
+    assert settings.BEAT_SCHEDULE["ping"]["task"] == "minitask.ping"
+    assert settings.source("ALWAYS_EAGER") == "module mtfix_django_celery5"
+    assert [r.getMessage() for r in caplog.records] == [
+        "ignoring CELERY_RESULT_BACKEND: minitask has no such setting; results live in the "
+        "broker; there is no result backend to configure"]
+
+
+@pytest.mark.parametrize("label, value, name, expected", [
+    ("broker_url", "minitask://h:1", "BROKER_URL", "minitask://h:1"),
+    ("CELERY_BROKER_URL", "minitask://h:1", "BROKER_URL", "minitask://h:1"),
+    ("task_always_eager", True, "ALWAYS_EAGER", True),
+    ("CELERY_TASK_ALWAYS_EAGER", True, "ALWAYS_EAGER", True),
+    ("CELERY_ALWAYS_EAGER", True, "ALWAYS_EAGER", True),
+    ("task_default_exchange", "ex", "DEFAULT_EXCHANGE", "ex"),
+    ("task_default_exchange_type", "topic", "DEFAULT_EXCHANGE_TYPE", "topic"),
+    ("task_default_routing_key", "rk", "DEFAULT_ROUTING_KEY", "rk"),
+    ("task_default_rate_limit", "10/s", "DEFAULT_RATE_LIMIT", "10/s"),
+    ("CELERY_ACKS_LATE", True, "TASK_ACKS_LATE", True),
+    ("CELERYD_TIME_LIMIT", 30, "TASK_TIME_LIMIT", 30.0),
+    ("CELERYD_SOFT_TIME_LIMIT", 20, "TASK_SOFT_TIME_LIMIT", 20.0),
+    ("CELERY_ROUTES", {"a.*": "q"}, "TASK_ROUTES", [[("a.*", "q")]]),
+    ("CELERYBEAT_SCHEDULE", {}, "BEAT_SCHEDULE", {}),
+    ("CELERY_TIMEZONE", "local", "TIMEZONE", "local"),
+    ("task_queues", {"q": {}}, "QUEUES", {"q": {
+        "exchange": "minitask", "exchange_type": "direct", "binding_key": "q",
+        "arguments": {}, "durable": True}}),
+    ("worker_logfile", "/tmp/w.log", "LOGFILE", "/tmp/w.log"),
+])
+def test_each_spelling_of_a_mapped_celery_setting(label, value, name, expected):
+    settings = load_settings(settings_module(**{label: value}), environ={})
+    assert settings[name] == expected
+
+
+def test_a_bad_value_under_a_celery_name_is_reported_under_that_name():
+    assert load_error(broker_url="redis://localhost:6379/0").startswith(
+        "broker_url='redis://localhost:6379/0': expected minitask://HOST:PORT")
+    assert load_error(CELERY_TASK_ROUTES=5).startswith("CELERY_TASK_ROUTES=5:")
+
+
+def test_celery_spellings_that_disagree_with_each_other_are_an_error():
+    message = load_error(CELERY_BROKER_URL="minitask://a:1", broker_url="minitask://b:1")
+    assert "CELERY_BROKER_URL='minitask://a:1'" in message
+    assert "broker_url='minitask://b:1'" in message and "BROKER_URL" in message
+
+
+def test_lower_case_names_celery_does_not_know_are_a_modules_own():
+    settings = load_settings(settings_module(concurrency=9, queues={"x": {}}, debug=True),
+                             environ={})
+    assert settings.CONCURRENCY is None and settings.QUEUES == {}
+
+
+def test_an_imported_module_or_class_under_a_celery_name_is_not_a_setting(caplog):
+    import datetime as datetime_module
+    settings = load_settings(settings_module(timezone=datetime.timezone,
+                                             imports=datetime_module), environ={})
+    assert settings.TIMEZONE == "UTC" and settings.IMPORTS == []
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize("label, value, expected", [
+    ("worker_send_task_events", True, "worker_send_task_events=True has no effect in minitask: "
+                                      "minitask has no event stream"),
+    ("task_ignore_result", True, "task_ignore_result=True has no effect in minitask: set "
+                                 "ignore_result=True on the tasks"),
+    ("enable_utc", False, "enable_utc=False has no effect in minitask: times in messages are "
+                          "always UTC"),
+    ("result_serializer", "pickle", "result_serializer='pickle' has no effect in minitask: "
+                                    "results are encoded like their task's arguments"),
+    ("CELERYD_POOL", "gevent", "CELERYD_POOL='gevent' has no effect in minitask: the pool is "
+                               "always processes"),
+    ("include", ["a"], "ignoring include: minitask has no such setting; list these modules in "
+                       "IMPORTS"),
+    ("redis_socket_timeout", 5, "ignoring redis_socket_timeout: minitask has no such setting; "
+                                "results live in the broker"),
+    ("CELERY_RESULT_BACKEND", "rpc://", "ignoring CELERY_RESULT_BACKEND: minitask has no such "
+                                        "setting; results live in the broker"),
+    ("CELERYD_WORKER_LOST_WAIT", 10, "ignoring CELERYD_WORKER_LOST_WAIT: minitask has no such "
+                                     "setting; the broker's --worker-lost-grace"),
+    ("CELERY_TASK_DEFAULT_QEUE", "x", "ignoring CELERY_TASK_DEFAULT_QEUE: there is no such "
+                                      "setting (did you mean CELERY_TASK_DEFAULT_QUEUE?)"),
+    ("MINITASK_BROKER_ULR", "x", "ignoring MINITASK_BROKER_ULR: there is no such setting "
+                                 "(did you mean MINITASK_BROKER_URL?)"),
+    ("CELERYBEAT_FOO", 1, "ignoring CELERYBEAT_FOO: there is no such setting"),
+])
+def test_every_setting_like_name_without_effect_gets_one_warning_naming_it(caplog, label, value,
+                                                                          expected):
+    load_settings(settings_module(**{label: value}), environ={})
+    load_settings(settings_module(**{label: value}), environ={})
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith(expected)
+    assert caplog.records[0].levelname == "WARNING"
+    config.reset()
+    load_settings(settings_module(**{label: value}), environ={})
+    assert len(caplog.records) == 2           # a new start warns again
+
+
+@pytest.mark.parametrize("label, value", [
+    ("enable_utc", True), ("task_track_started", False), ("task_create_missing_queues", True),
+    ("broker_connection_retry_on_startup", True), ("worker_pool", "prefork"),
+    ("result_serializer", "json"), ("result_accept_content", ["json"]),
+    ("task_acks_on_failure_or_timeout", True), ("CELERY_TASK_PROTOCOL", 2),
+])
+def test_a_celery_setting_whose_value_minitask_follows_anyway_is_silent(caplog, label, value):
+    load_settings(settings_module(**{label: value}), environ={})
+    assert caplog.records == []
+
+
+def test_enable_utc_false_with_a_timezone_is_silent(caplog):
+    load_settings(settings_module(enable_utc=False, timezone="local"), environ={})
+    assert caplog.records == []
+
+
+# -- the new settings ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value, message", [
+    ("TASK_ACKS_LATE", 1, "TASK_ACKS_LATE=1: expected True or False"),
+    ("TASK_TIME_LIMIT", 0, "TASK_TIME_LIMIT=0: expected seconds"),
+    ("TASK_SOFT_TIME_LIMIT", "5", "TASK_SOFT_TIME_LIMIT='5': expected seconds"),
+    ("TASK_ROUTES", {"a.*": 5}, "TASK_ROUTES[0]['a.*']=5: expected a queue name or a dict"),
+    ("BEAT_SCHEDULE", [], "BEAT_SCHEDULE=[]: expected a dict of entry name"),
+    ("BEAT_SCHEDULE", {"x": {"task": "t"}}, "BEAT_SCHEDULE['x']={'task': 't'}: expected a dict "
+                                             "with task and schedule"),
+    ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "sched": 1}},
+     "BEAT_SCHEDULE['x']="),
+    ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 0}},
+     "BEAT_SCHEDULE['x']: run_every 0: expected a positive interval"),
+    ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "args": "ab"}},
+     "BEAT_SCHEDULE['x']['args']='ab': expected a list or tuple"),
+    ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "options": {"link": "y"}}},
+     "BEAT_SCHEDULE['x']: send_task(): link: not supported yet: workflows"),
+    ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "relative": True}},
+     "BEAT_SCHEDULE['x']['relative']=True: not supported"),
+    ("BEAT_SCHEDULE", {"x": {"task": "", "schedule": 5}},
+     "BEAT_SCHEDULE['x']['task']='': expected a non-empty string"),
+    ("TIMEZONE", "Mars/Olympus", "TIMEZONE='Mars/Olympus': expected \"UTC\", \"local\" or a "
+                                 "timezone name"),
+    ("TIMEZONE", 5, "TIMEZONE=5: expected"),
+])
+def test_a_bad_new_setting_is_one_line_naming_it(name, value, message):
+    assert load_error(**{name: value}).startswith(message)
+
+
+def test_a_beat_schedule_entry_takes_celerys_keys_and_call_options():
+    from minitask import crontab
+    entries = load_settings(settings_module(BEAT_SCHEDULE={
+        "a": {"task": "t.a", "schedule": datetime.timedelta(minutes=5), "args": [1],
+              "kwargs": {"k": 2}, "options": {"queue": "q", "expires": 30, "link": None},
+              "relative": False},
+        "b": {"task": "t.b", "schedule": crontab(minute=0)}}), environ={}).BEAT_SCHEDULE
+    assert entries["a"]["schedule"].seconds == 300.0
+    assert (entries["a"]["args"], entries["a"]["kwargs"], entries["a"]["options"]) == (
+        (1,), {"k": 2}, {"queue": "q", "expires": 30})
+    assert entries["b"]["schedule"] == crontab(minute=0)
+    assert (entries["b"]["args"], entries["b"]["kwargs"], entries["b"]["options"]) == (
+        (), {}, {})
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("TASK_ACKS_LATE", "yes", True),
+    ("TASK_TIME_LIMIT", "30", 30.0),
+    ("TASK_ROUTES", '{"a.*": "q"}', [[("a.*", "q")]]),
+    ("TIMEZONE", "local", "local"),
+])
+def test_the_new_settings_come_from_the_environment_too(name, text, expected):
+    assert load_settings(environ={"MINITASK_" + name: text})[name] == expected
+
+
+def test_a_beat_schedule_from_the_environment_is_json_with_seconds():
+    settings = load_settings(environ={"MINITASK_BEAT_SCHEDULE":
+                                      '{"p": {"task": "minitask.ping", "schedule": 10}}'})
+    assert settings.BEAT_SCHEDULE["p"]["schedule"].seconds == 10.0

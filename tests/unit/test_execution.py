@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from minitask import client, protocol, task
+from minitask import Task, client, protocol, task
 from minitask.exceptions import (
     ContentDisallowed, NotRegistered, SerializationError, TaskRevokedError,
 )
@@ -68,8 +68,10 @@ def stored(executed):
     length, kind, seq = protocol.HEADER.unpack_from(executed.frame)
     assert kind == protocol.RESULT_SET
     assert length == len(executed.frame) - protocol.HEADER.size
-    task_id, state, _flags, _time, content_type, payload = protocol.decode_result(
-        executed.frame[protocol.HEADER.size:])
+    task_id, state, _flags, _time, content_type, payload, name, runtime = \
+        protocol.decode_result_set(executed.frame[protocol.HEADER.size:])
+    assert name == executed.task_name           # described, for the broker's counts
+    assert runtime is None or runtime == executed.runtime
     return task_id, state, decode_result_meta(task_id, state, content_type, payload)
 
 
@@ -262,3 +264,204 @@ def test_a_retry_during_a_delivery_is_resent_and_stored_as_retry_with_the_tombst
     assert (task_id, state) == ("again-1", "RETRY")
     assert isinstance(meta.result, Oops) and str(meta.result) == "wait for it"
     assert [(m.id, m.retries) for m in published] == [("again-1", 1)]
+
+
+# -- Celery's options, as a worker runs them ---------------------------------------------------
+
+@pytest.fixture
+def resent(monkeypatch):
+    """The calls retry() sends again, decoded, instead of reaching a broker."""
+    published = []
+
+    class FakeConnection:
+        def publish(self, message):
+            published.append(TaskMessage.decode(message))
+
+    monkeypatch.setattr(client, "connection", lambda *a, **k: FakeConnection())
+    return published
+
+
+def test_a_bound_task_sees_celerys_request_attributes(monkeypatch):
+    monkeypatch.setenv("MINITASK_WORKER_HOSTNAME", "w1@box")
+    seen = {}
+
+    @task(bind=True, name="tests.execution.bound", time_limit=9)
+    def bound(self, x, task_id=None):
+        request = self.request
+        seen.update(id=request.id, task=request.task, args=request.args,
+                    kwargs=request.kwargs, retries=request.retries, eager=request.is_eager,
+                    direct=request.called_directly, host=request.hostname, eta=request.eta,
+                    expires=request.expires, info=request.delivery_info,
+                    limits=request.timelimit, root=request.root_id,
+                    parent=request.get("parent_id"), missing=request.get("nothing", "dflt"))
+        return self is bound
+
+    message = TaskMessage(bound.name, (1,), {}, id="b-1", retries=2, eta=1700000000.0,
+                          expires=1800000000.0, exchange="", routing_key="hipri", priority=3)
+    assert run_task(bound, message).result is True
+    assert seen == {
+        "id": "b-1", "task": bound.name, "args": (1,), "kwargs": {"task_id": "b-1"},
+        "retries": 2, "eager": False, "direct": False, "host": "w1@box",
+        "eta": "2023-11-14T22:13:20+00:00", "expires": "2027-01-15T08:00:00+00:00",
+        "info": {"exchange": "", "routing_key": "hipri", "priority": 3},
+        "limits": (9, None), "root": "b-1", "parent": None, "missing": "dflt"}
+
+
+def test_autoretry_for_retries_with_retry_kwargs_and_ends_with_the_original_exception(resent):
+    @task(autoretry_for=(Oops,), retry_kwargs={"max_retries": 2, "countdown": 7},
+          name="tests.execution.auto")
+    def auto():
+        raise Oops("again")
+
+    outcome = run_task(auto, TaskMessage(auto.name, (), id="a-1"))
+    assert outcome.state == "RETRY" and isinstance(outcome.result, Oops)
+    assert [(m.id, m.retries, m.eta > 0) for m in resent] == [("a-1", 1, True)]
+    assert 6 < resent[0].eta - time.time() <= 7
+    final = run_task(auto, TaskMessage(auto.name, (), id="a-1", retries=2))
+    assert final.state == "FAILURE" and isinstance(final.result, Oops)
+    assert "Oops: again" in final.traceback and len(resent) == 1
+
+
+def test_autoretry_leaves_other_exceptions_and_dont_autoretry_for_alone(resent):
+    class Fatal(Oops):
+        pass
+
+    @task(autoretry_for=(Oops,), dont_autoretry_for=(Fatal,), name="tests.execution.picky")
+    def picky(kind):
+        raise {"oops": Oops, "fatal": Fatal, "key": KeyError}[kind]("x")
+
+    assert run_task(picky, TaskMessage(picky.name, ("oops",))).state == "RETRY"
+    assert run_task(picky, TaskMessage(picky.name, ("fatal",))).state == "FAILURE"
+    assert run_task(picky, TaskMessage(picky.name, ("key",))).state == "FAILURE"
+    assert len(resent) == 1
+
+
+@pytest.mark.parametrize("backoff, retries, expected", [
+    (True, 0, 1), (True, 3, 8), (3, 2, 12), (True, 12, 600), (0.5, 1, 2)])
+def test_retry_backoff_without_jitter_is_celerys_countdown(resent, backoff, retries, expected):
+    @task(autoretry_for=(Oops,), retry_backoff=backoff, retry_jitter=False, max_retries=None,
+          name="tests.execution.backoff")
+    def backs_off():
+        raise Oops("later")
+
+    started = time.time()
+    run_task(backs_off, TaskMessage(backs_off.name, (), retries=retries))
+    assert started + expected - 1 < resent[0].eta <= time.time() + expected
+
+
+def test_retry_backoff_with_jitter_is_a_whole_number_of_seconds_up_to_the_backoff(resent):
+    @task(autoretry_for=(Oops,), retry_backoff=2, retry_backoff_max=100, max_retries=None,
+          name="tests.execution.jitter")
+    def jitters():
+        raise Oops("later")
+
+    for _ in range(40):
+        run_task(jitters, TaskMessage(jitters.name, (), retries=3))
+    waits = [round(m.eta - time.time()) for m in resent]
+    assert all(0 <= wait <= 16 for wait in waits) and len(set(waits)) > 3
+
+
+def test_autoretry_in_an_eager_call_retries_inline():
+    runs = []
+
+    @task(autoretry_for=(Oops,), retry_backoff=True, max_retries=3, name="tests.execution.ea")
+    def eager(fail_times):
+        runs.append(1)
+        if len(runs) <= fail_times:
+            raise Oops("not yet")
+        return len(runs)
+
+    assert eager.apply((2,)).get() == 3
+    runs.clear()
+    result = eager.apply((9,))
+    assert result.state == "FAILURE" and len(runs) == 4
+
+
+def test_the_hooks_are_called_with_celerys_arguments(resent):
+    calls = []
+
+    class Hooked(Task):
+        abstract = True
+
+        def before_start(self, task_id, args, kwargs):
+            calls.append(("before_start", task_id, args, kwargs))
+
+        def on_success(self, retval, task_id, args, kwargs):
+            calls.append(("on_success", retval, task_id))
+
+        def on_failure(self, exc, task_id, args, kwargs, einfo):
+            calls.append(("on_failure", type(exc).__name__, "Oops: no" in einfo.traceback))
+
+        def on_retry(self, exc, task_id, args, kwargs, einfo):
+            calls.append(("on_retry", str(exc)))
+
+        def after_return(self, status, retval, task_id, args, kwargs, einfo):
+            calls.append(("after_return", status))
+
+    @task(base=Hooked, name="tests.execution.hooked")
+    def hooked(mode):
+        if mode == "fail":
+            raise Oops("no")
+        if mode == "retry":
+            hooked.retry(exc=Oops("later"), countdown=60)
+        return "fine"
+
+    run_task(hooked, TaskMessage(hooked.name, ("ok",), id="h-1"))
+    run_task(hooked, TaskMessage(hooked.name, ("fail",), id="h-2"))
+    run_task(hooked, TaskMessage(hooked.name, ("retry",), id="h-3"))
+    assert calls == [
+        ("before_start", "h-1", ("ok",), {}), ("on_success", "fine", "h-1"),
+        ("after_return", "SUCCESS"),
+        ("before_start", "h-2", ("fail",), {}), ("on_failure", "Oops", True),
+        ("after_return", "FAILURE"),
+        ("before_start", "h-3", ("retry",), {}), ("on_retry", "later"),
+        ("after_return", "RETRY")]
+
+
+def test_a_hook_that_raises_is_logged_and_changes_nothing(caplog):
+    class Clumsy(Task):
+        abstract = True
+
+        def on_success(self, retval, task_id, args, kwargs):
+            raise RuntimeError("hook broke")
+
+    @task(base=Clumsy, name="tests.execution.clumsy")
+    def clumsy():
+        return 42
+
+    outcome = run_task(clumsy, TaskMessage(clumsy.name, (), id="c-1"))
+    assert (outcome.state, outcome.result) == ("SUCCESS", 42)
+    assert "on_success() raised" in caplog.text and "hook broke" in caplog.text
+
+
+def test_an_error_before_start_fails_the_task():
+    class Refusing(Task):
+        abstract = True
+
+        def before_start(self, task_id, args, kwargs):
+            raise Oops("not now")
+
+    @task(base=Refusing, name="tests.execution.refusing")
+    def refusing():
+        RAN.append("refusing")
+
+    outcome = run_task(refusing, TaskMessage(refusing.name))
+    assert outcome.state == "FAILURE" and "refusing" not in RAN
+
+
+def test_an_expected_error_in_throws_is_a_failure_logged_without_traceback(caplog):
+    failures = []
+
+    @task(throws=(KeyError,), name="tests.execution.expected")
+    def expected(kind):
+        raise KeyError(kind) if kind == "key" else Oops(kind)
+
+    caplog.set_level("INFO")
+    executed = execute_delivery(delivered(expected.name, ("key",)),
+                                on_failure=lambda *a: failures.append(a))
+    assert stored(executed)[1] == "FAILURE"
+    record = [r for r in caplog.records if "raised expected KeyError" in r.getMessage()][0]
+    assert record.levelname == "INFO" and "Traceback" not in record.getMessage()
+    assert failures == []
+    execute_delivery(delivered(expected.name, ("boom",)), on_failure=lambda *a: failures.append(a))
+    assert len(failures) == 1

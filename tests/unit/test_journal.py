@@ -5,12 +5,15 @@ journalkit.Broker), time moves through a fake clock, the disk is a tmp_path and 
 are injected by replacing `os.write` inside journal.py.
 """
 
+import gc
 import json
 import logging
 import os
 import shutil
 import struct
 import sys
+import threading
+import time
 import zlib
 
 import pytest
@@ -24,6 +27,7 @@ from journalkit import (  # noqa: E402
 from minitask import protocol as P  # noqa: E402
 from minitask.broker import journal as jr  # noqa: E402
 from minitask.broker.journal import Journal, JournalWriteError  # noqa: E402
+from minitask.broker.queue import DEAD, StoredMessage  # noqa: E402
 from minitask.broker.results import ResultEntry  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
@@ -139,6 +143,33 @@ def test_json_record_round_trips(kind, obj):
     assert jr.decode_json(payload) == obj
 
 
+def test_a_compound_record_holds_its_records_in_order():
+    parts = [jr.json_record(jr.KV, {"key": "a", "value": 1}),
+             jr.publish_record(9, 0, "q", message_data("t9")), jr.ids_record(jr.ACK, [3])]
+    kind, payload = parse(jr.compound_record(parts))
+    assert kind == jr.COMPOUND
+    assert jr.decode_compound(payload) == [parse(part) for part in parts]
+    assert jr.publish_ids(jr.compound_record(parts)) == (9,)
+
+
+@pytest.mark.parametrize("inner", [
+    jr.compound_record([jr.ids_record(jr.ACK, [1])]),
+    jr.rotate_record(2, 1, 5), jr.open_record(1, 1, 0, 0, 0), jr.retired_record([(1, 3)]),
+], ids=["compound", "rotate", "open", "retired"])
+def test_a_compound_record_holds_data_records_only(inner):
+    with pytest.raises(ValueError):
+        jr.compound_record([inner])
+    length = struct.pack("!I", len(inner) - 8)
+    with pytest.raises(ValueError):                          # nor is one read back
+        jr.decode_compound(length + inner[8:])
+
+
+@pytest.mark.parametrize("payload", [b"\0\0\0", b"\0\0\0\x09\x01abc", b"\0\0\0\0\x01"])
+def test_a_compound_record_that_does_not_add_up_is_refused(payload):
+    with pytest.raises(ValueError):
+        jr.decode_compound(payload)
+
+
 def _one_of_each():
     entry = ResultEntry("t1", "FAILURE", "application/json", b'{"e": 1}', 10.0, 20.0)
     return [
@@ -148,6 +179,8 @@ def _one_of_each():
         jr.json_record(jr.TOPOLOGY, {"op": "declare_queue", "queue": "q2"}),
         jr.json_record(jr.KV, {"key": "a", "value": 1}), jr.names_record(jr.STARTED, ["t5"]),
         jr.names_record(jr.FINISHED, ["t5"]), jr.json_record(jr.SNAPSHOT, {"kv": {}}),
+        jr.compound_record([jr.json_record(jr.KV, {"key": "b", "value": 2}),
+                            jr.publish_record(2, 0, "q", message_data("t2"))]),
     ]
 
 
@@ -160,7 +193,8 @@ def test_every_record_type_replays_unchanged_from_a_segment(tmp_path):
     journal.close()
     got, _journal = replayed(tmp_path)
     assert got == [parse(record) for record in records]
-    assert sorted(kind for kind, _payload in got) == list(jr.RECORD_TYPES)
+    assert sorted(kind for kind, _payload in got) == \
+        [kind for kind in jr.RECORD_TYPES if kind not in jr.SHAPE_TYPES]
 
 
 @pytest.mark.parametrize("record", [
@@ -191,9 +225,12 @@ def test_first_open_makes_the_directory_and_one_segment_with_the_file_header(tmp
     [path] = segment_files(tmp_path / "data")
     assert os.path.basename(path) == "0000000001.seg"
     with open(path, "rb") as handle:
-        header = handle.read()
-    assert header[:8] == b"MTJ1" + struct.pack("!I", jr.VERSION)
-    assert len(header) == 12 and header[8:] != b"\0\0\0\0"      # a CRC seed, never 0
+        header = handle.read(12)
+    assert header[:8] == b"MTJ1" + struct.pack("!I", jr.VERSION) == b"MTJ1\0\0\0\2"
+    assert header[8:] != b"\0\0\0\0"                              # a CRC seed, never 0
+    [(start, _end, kind, payload)] = read_records(path, shape=True)
+    assert (start, kind) == (12, jr.OPEN)
+    assert struct.unpack("!5Q", payload) == (1, 1, 0, 0, 0)    # segment 1, record 1, no prev
 
 
 def test_an_unknown_fsync_policy_is_refused(tmp_path):
@@ -220,6 +257,16 @@ def test_segments_rotate_once_they_reach_segment_bytes(tmp_path):
         with open(path, "rb") as handle:
             assert handle.read(8) == jr.FILE_HEADER[:8]
     assert sum(len(read_records(p)) for p in paths) == 120
+    first = 1
+    for number, path in enumerate(paths, 1):              # each segment says its place
+        shape = [(kind, payload) for _s, _e, kind, payload in read_records(path, shape=True)
+                 if kind in (jr.OPEN, jr.ROTATE)]
+        count = len(read_records(path))
+        opening = struct.unpack("!5Q", shape[0][1])
+        assert shape[0][0] == jr.OPEN and opening[:3] == (number, first, number - 1)
+        if path != paths[-1]:
+            assert shape[-1] == (jr.ROTATE, struct.pack("!3Q", number + 1, first, count))
+        first += count
 
 
 def test_replay_yields_records_oldest_first_across_segments(tmp_path):
@@ -263,17 +310,17 @@ def test_reopening_a_full_head_segment_starts_a_new_one(tmp_path):
 def test_a_segment_of_another_format_version_is_refused_naming_file_and_versions(tmp_path):
     os.makedirs(str(tmp_path / "journal"))
     path = str(tmp_path / "journal" / "0000000001.seg")
-    content = b"MTJ1" + struct.pack("!I", 2) + kv(1)
+    content = b"MTJ1" + struct.pack("!II", 3, 77) + kv(1)
     with open(path, "wb") as handle:
         handle.write(content)
     with pytest.raises(JournalWriteError) as info:
         list(Journal(str(tmp_path), fsync="no").replay())
     assert isinstance(info.value, MinitaskError)
     text = str(info.value)
-    assert path in text and "version 2" in text and "version %d" % jr.VERSION in text
+    assert path in text and "version 3" in text and "versions 1 and 2" in text
     with open(path, "rb") as handle:
         assert handle.read() == content                     # left alone for a newer broker
-    with pytest.raises(JournalWriteError, match="version 2"):
+    with pytest.raises(JournalWriteError, match="version 3"):
         Broker(tmp_path)
 
 
@@ -290,28 +337,36 @@ def test_a_sealed_segment_with_a_foreign_header_is_moved_aside(tmp_path, caplog)
     assert any("0000000001.seg" in r.getMessage() for r in journal_logs(caplog, logging.ERROR))
 
 
-def test_everysec_fsyncs_at_most_once_a_second(tmp_path):
-    journal = Journal(str(tmp_path), fsync="everysec")
-    list(journal.replay())
-    assert journal.next_fsync() is None
-    journal.write([kv(1)])
-    journal.tick(100.0)
-    assert journal.next_fsync() is None                     # synced: nothing to do
-    journal.write([kv(2)])
-    assert journal.next_fsync() == 101.0
-    journal.tick(100.5)
-    assert journal.next_fsync() == 101.0                    # not a second yet
-    journal.tick(101.0)
-    assert journal.next_fsync() is None
-    journal.close()
+def test_everysec_fsyncs_in_a_thread_of_its_own_never_in_write(tmp_path):
+    with disk_faults() as disk:
+        journal = Journal(str(tmp_path), fsync="everysec")
+        list(journal.replay())
+        try:
+            assert not journal.lagging()
+            del disk.fsyncs[:]
+            journal.write([kv(1)])
+            written = journal.generation
+            assert disk.fsyncs == []                        # write() left it to the thread
+            deadline = time.monotonic() + 10.0
+            while not journal.is_synced(written):
+                assert time.monotonic() < deadline, "no fsync within 10 s"
+                time.sleep(0.01)
+            assert set(disk.fsyncs) == {"minitask-fsync"}
+            assert not journal.lagging()
+        finally:
+            journal.close()
 
 
-def test_always_fsyncs_in_write_and_needs_no_timer(tmp_path):
-    journal = Journal(str(tmp_path), fsync="always")
-    list(journal.replay())
-    journal.write([kv(1)])
-    assert journal.next_fsync() is None
-    journal.close()
+def test_always_fsyncs_in_write_and_needs_no_thread(tmp_path):
+    with disk_faults() as disk:
+        journal = Journal(str(tmp_path), fsync="always")
+        list(journal.replay())
+        del disk.fsyncs[:]
+        journal.write([kv(1)])
+        assert disk.fsyncs == [threading.current_thread().name]
+        assert journal.generation == 0 and journal.is_synced(0) and not journal.lagging()
+        assert [t for t in threading.enumerate() if t.name == "minitask-fsync"] == []
+        journal.close()
 
 
 # -- torn tails ----------------------------------------------------------------------------------
@@ -388,7 +443,8 @@ def test_a_torn_tail_at_any_offset_keeps_every_complete_record_and_appends_clean
         again.crash()
 
 
-@pytest.mark.parametrize("cut", range(8))
+# A new segment's header and OPEN record are one write of OPENING_BYTES (61): cut anywhere.
+@pytest.mark.parametrize("cut", [0, 1, 4, 7, 8, 11, 12, 13, 20, 30, 40, 50, 59, 60])
 def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut):
     broker = Broker(tmp_path, segment_bytes=1024)
     client = broker.connect()
@@ -400,7 +456,7 @@ def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut
     expected = live_ids(broker.state)
     broker.crash()
     head = segment_files(tmp_path)[-1]
-    assert os.path.getsize(head) == len(jr.FILE_HEADER)
+    assert os.path.getsize(head) == jr.OPENING_BYTES
     with open(head, "r+b") as handle:
         handle.truncate(cut)                                # crash while creating it
     reopened = Broker(tmp_path, segment_bytes=1024)
@@ -945,3 +1001,110 @@ def test_nothing_confirmed_is_lost_across_a_spell_of_disk_trouble(tmp_path):
     after = broker.reopen()
     assert live_ids(after.state) == sorted(confirmed)
     assert [m.deliveries for m in live_messages(after.state)] == [0] * len(confirmed)
+
+
+def _stored_messages():
+    """Every StoredMessage object alive in this process."""
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, StoredMessage)]
+
+
+def test_refused_publishes_leave_nothing_behind_however_long_the_disk_is_full(tmp_path):
+    """A retrying client on a full disk: 4,000-byte bodies, ready, delayed and expiring ones,
+    mixed with messages that need no journal (kept). Nothing refused stays anywhere."""
+    broker = Broker(tmp_path)
+    client = broker.connect()
+    client.declare_queue("q")
+    _publish_turns(broker, client, ["before"])
+    now = broker.clock()
+    kept = []
+    with disk_faults() as faults:
+        faults.full = True
+        for turn in range(300):
+            seqs = [client.publish("q", "r%d-%d" % (turn, i), body=b"b" * 4000,
+                                   priority=(turn + i) % 10,
+                                   not_before=now + 3600 if i == 1 else 0.0,
+                                   expires_at=now + 7200 if i == 2 else 0.0)
+                    for i in range(4)]
+            if turn % 50 == 0:                              # not persistent: not refused
+                client.publish("q", "transient-%d" % turn, flags=0, priority=turn % 10)
+                kept.append("transient-%d" % turn)
+            broker.turn()
+            client.pump()
+            assert all(seq in client.errors for seq in seqs)
+    state = broker.state
+    queue = state.queues["q"]
+    assert queue.ready == 1 + len(kept) and queue.delayed == 0
+    assert sum(len(level) for level in queue.levels.values()) + len(queue.returned) \
+        == queue.ready                                      # no dead entries waiting
+    assert state._delayed == [] and state._expiring == []
+    assert state.records == [] and state._turn_publishes == [] and state._turn_timers == []
+    assert sorted(P.message_id_of(m.data) for m in _stored_messages()
+                  if m.where != DEAD) == sorted(["before"] + kept)
+    assert not any(P.message_id_of(m.data).startswith("r") for m in _stored_messages())
+    assert sum(len(segment.members) for segment in broker.journal.segments) == 1
+    assert queue.published == 1 + len(kept)
+    assert live_ids(broker.reopen().state) == ["before"]
+
+
+def test_starting_on_a_full_disk_with_a_damaged_segment_serves_what_it_recovered(
+        tmp_path, caplog):
+    broker = Broker(tmp_path, segment_bytes=1024)
+    client = broker.connect()
+    client.declare_queue("q")
+    for i in range(20):
+        _publish_turns(broker, client, ["m%02d" % i], body=b"d" * 60)
+    broker.crash()
+    head = segment_files(tmp_path)[-1]
+    victim = [r for r in read_records(head) if r[2] == jr.PUBLISH][0]
+    lost = task_id_of_publish(victim[3])
+    expected = sorted("m%02d" % i for i in range(20) if "m%02d" % i != lost)
+    _flip(head, victim[1] - 3)
+    with disk_faults() as faults:
+        faults.full = True
+        reopened = Broker(tmp_path, segment_bytes=1024)        # no OSError: it serves
+        assert live_ids(reopened.state) == expected
+        assert any("cannot rewrite the journal" in r.getMessage() for r in caplog.records
+                   if r.levelno == logging.ERROR)
+        writer = reopened.connect()
+        refused = writer.publish("q", "refused")
+        worker = reopened.connect()
+        worker.consume("q")
+        reopened.turn(compact=True)
+        writer.pump()
+        assert writer.errors[refused][0] == P.REFUSED
+        assert sorted(d.task_id for d in worker.take_deliveries()) == expected
+        assert not os.path.exists(head + ".damaged")        # not yet: nothing written
+    accepted = writer.publish("q", "accepted")
+    reopened.turn(compact=True)
+    assert writer.is_confirmed(accepted)
+    assert not os.path.exists(head + ".damaged")            # tried again a second later
+    reopened.clock.advance(1.0)
+    reopened.turn(compact=True)
+    assert os.path.exists(head + ".damaged")                # rewritten once the disk took it
+    caplog.clear()
+    again = reopened.reopen()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert live_ids(again.state) == sorted(expected + ["accepted"])
+
+
+def test_disk_full_errors_are_one_line_per_ten_seconds_with_a_count_of_the_rest(
+        tmp_path, caplog):
+    broker = Broker(tmp_path)
+    client = broker.connect()
+    client.declare_queue("q")
+    with disk_faults() as faults:
+        faults.full = True
+        for i in range(1000):
+            client.publish("q", "r%d" % i)
+            client.publish("q", "s%d" % i)
+            broker.turn()
+            broker.clock.advance(0.005)
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "2 publishes refused" in lines[0]
+        broker.clock.advance(10.0)
+        client.publish("q", "last")
+        broker.turn()
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2
+    assert lines[1].endswith("(and 999 more like it: 1998 publishes refused)"), lines[1]

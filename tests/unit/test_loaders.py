@@ -225,3 +225,25 @@ def test_a_custom_loader_imports_the_imports_its_configuration_adds(monkeypatch)
     loader.on_worker_init()
     loader.on_task_init("id-1", "mtfix.add")
     assert imported() == ["mtfix_tasks_a", ("on_task_init", "id-1", "mtfix.add")]
+
+
+# -- Celery's -A --------------------------------------------------------------------------------
+
+def test_app_modules_is_the_module_and_the_tasks_module_of_a_package(tmp_path, monkeypatch):
+    package = tmp_path / "mtfix_proj"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('looked for, never imported')\n")
+    (package / "tasks.py").write_text("")
+    (tmp_path / "mtfix_plain.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert loaders.app_modules("mtfix_proj") == ["mtfix_proj", "mtfix_proj.tasks"]
+    assert loaders.app_modules("mtfix_proj:app") == ["mtfix_proj", "mtfix_proj.tasks"]
+    assert loaders.app_modules("mtfix_plain:celery") == ["mtfix_plain"]
+    assert loaders.app_modules("mtfix_missing") == ["mtfix_missing"]     # its import will say
+    assert "mtfix_proj" not in sys.modules
+
+
+@pytest.mark.parametrize("spec", ["", ":app", "proj-x", "proj..tasks", "proj tasks"])
+def test_app_modules_refuses_what_is_not_a_module_name(spec):
+    with pytest.raises(ConfigurationError, match="expected a module name"):
+        loaders.app_modules(spec)

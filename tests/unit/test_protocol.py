@@ -417,6 +417,61 @@ def test_a_task_id_over_255_bytes_cannot_be_encoded_in_a_result():
         P.encode_result(P.RESULT_SET, 0, "t" * 256, "SUCCESS", 1, 0.0, "", b"")
 
 
+@pytest.mark.parametrize("runtime", [0.25, None])
+def test_a_described_result_set_round_trips_with_its_task_name_and_runtime(runtime, how):
+    frame = P.encode_result(P.RESULT_SET, 7, "t1", "SUCCESS", P.STORE, 0.0, "application/json",
+                            b'{"r": 1}', "tasks.ädd", runtime)
+    frames, _ = decode(frame, how)
+    [(kind, seq, body)] = frames
+    assert (kind, seq) == (P.RESULT_SET, 7)
+    assert P.decode_result_set(body) == ("t1", "SUCCESS", P.STORE | P.DESCRIBED, 0.0,
+                                         "application/json", b'{"r": 1}', "tasks.ädd", runtime)
+
+
+def test_a_described_result_set_layout_puts_name_and_runtime_before_the_payload():
+    body = body_of(P.encode_result(P.RESULT_SET, 0, "t", "FAILURE", P.STORE, 0.0, "ct", b"P",
+                                   "n", 1.5))
+    assert body == (b"\x01t" + struct.pack("!BBd", 5, 3, 0.0) + b"\x02ct" + b"\x01n"
+                    + struct.pack("!d", 1.5) + b"P")
+
+
+def test_a_plain_result_set_decodes_with_no_name_or_runtime():
+    body = body_of(P.encode_result(P.RESULT_SET, 0, "t", "SUCCESS", P.STORE, 3.0, "ct", b"P"))
+    assert P.decode_result_set(body) == ("t", "SUCCESS", P.STORE, 3.0, "ct", b"P", None, None)
+
+
+@pytest.mark.parametrize("runtime", [float("nan"), -0.5, float("-inf")])
+def test_a_runtime_that_is_not_a_duration_reads_as_not_measured(runtime):
+    body = body_of(P.encode_result(P.RESULT_SET, 0, "t", "SUCCESS", P.STORE, 0.0, "ct", b"",
+                                   "n", runtime))
+    assert P.decode_result_set(body)[6:] == ("n", None)
+
+
+def test_a_described_result_set_cut_short_in_its_description_is_a_protocol_error():
+    body = body_of(P.encode_result(P.RESULT_SET, 0, "t", "SUCCESS", P.STORE, 0.0, "ct", b"",
+                                   "name", 1.0))
+    head = len(body) - 1 - len("name") - 8
+    for cut in range(head, len(body)):
+        with pytest.raises(ProtocolError):
+            P.decode_result_set(body[:cut])
+
+
+def test_plain_result_strips_the_description_for_a_broker_without_the_feature():
+    described = P.encode_result(P.RESULT_SET, 5, "t", "RETRY", P.STORE, 2.0, "ct", b"P", "n",
+                                0.1)
+    plain = P.encode_result(P.RESULT_SET, 5, "t", "RETRY", P.STORE, 2.0, "ct", b"P")
+    assert P.plain_result(described) == plain
+    assert P.plain_result(plain) is plain
+    ack = P.encode_tags(P.ACK, 0, [1, 2])
+    assert P.plain_result(ack) is ack
+
+
+def test_type_bytes_of_reads_a_messages_type_undecoded():
+    data = P.encode_message(P.Message(b"body", "ex", "rk", "id-1", "tasks.ädd"))
+    assert P.type_bytes_of(data) == "tasks.ädd".encode("utf-8")
+    assert P.type_bytes_of(P.encode_message(P.Message(b"", message_id="x"))) == b""
+
+
 # -- errors (7) --------------------------------------------------------------------------------
 
 def test_errors_round_trip_with_code_and_text(how):

@@ -61,3 +61,20 @@ def test_every_example_is_linked_from_the_guide():
     for name in sorted(os.listdir(examples)):
         if re.match(r"\d\d_.*\.py$", name):
             assert "(examples/%s)" % name in guide, name
+
+
+def test_every_celery_option_in_the_three_lists_is_in_the_readme():
+    from minitask.options import (
+        CALL_ACCEPTED, CALL_REFUSED, PUBLISH_OPTIONS, TASK_ACCEPTED, TASK_REFUSED,
+    )
+    options = section("The guide")
+    for name in (list(TASK_ACCEPTED) + list(TASK_REFUSED) + list(CALL_ACCEPTED)
+                 + list(CALL_REFUSED) + list(PUBLISH_OPTIONS)):
+        assert re.search(r"`%s[`=( ]" % name, options), name
+
+
+def test_every_celery_setting_accepted_silently_is_named_in_the_configuration_section():
+    from minitask.celery_settings import ACCEPTED
+    configuration = section("Configuration")
+    for name in ACCEPTED:
+        assert "`%s" % name in configuration, name

@@ -5,8 +5,11 @@ by dropping it without a clean shutdown, and recovers a new BrokerState from the
 directory. Time moves only through the fake clock.
 """
 
+import importlib.util
+import json
 import logging
 import os
+import shutil
 import sys
 
 import pytest
@@ -518,3 +521,59 @@ def test_without_a_journal_nothing_is_recorded_and_nothing_comes_back(tmp_path):
     assert state.queues["q"].ready == 1
     assert list(state.live_objects()) == []
     assert os.listdir(str(tmp_path)) == []
+
+
+# -- upgrading -----------------------------------------------------------------------------------
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+
+def _v1_fixture():
+    """The journal a broker of format 1 wrote (fixtures/make_journal_v1.py), and `view`."""
+    spec = importlib.util.spec_from_file_location(
+        "make_journal_v1", os.path.join(FIXTURES, "make_journal_v1.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with open(os.path.join(FIXTURES, "journal-v1", "expected.json")) as handle:
+        return json.load(handle), module.view
+
+
+def test_a_journal_of_the_previous_format_replays_exactly(tmp_path, caplog):
+    expected, view = _v1_fixture()
+    data_dir = tmp_path / "data"
+    shutil.copytree(os.path.join(FIXTURES, "journal-v1", "journal"), str(data_dir / "journal"))
+    old_files = {name: open(str(data_dir / "journal" / name), "rb").read()
+                 for name in os.listdir(str(data_dir / "journal"))}
+    clock = FakeClock(expected["time"])
+    broker = Broker(data_dir, clock=clock, segment_bytes=expected["segment_bytes"])
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert json.loads(json.dumps(view(broker.state))) == expected["view"]
+    assert broker.summary["records_lost"] == 0
+    for name, content in old_files.items():                 # format 1 files: never appended
+        with open(str(data_dir / "journal" / name), "rb") as handle:
+            assert handle.read() == content
+    # It carries on in format 2 after them, and the two formats replay together.
+    client = broker.connect()
+    client.publish("fx.q", "new-1")
+    broker.turn()
+    newest = sorted(os.listdir(str(data_dir / "journal")))[-1]
+    assert newest not in old_files
+    with open(str(data_dir / "journal" / newest), "rb") as handle:
+        assert handle.read(8) == b"MTJ1\0\0\0\2"
+    after = broker.reopen()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    both = json.loads(json.dumps(view(after.state)))
+    got = json.loads(json.dumps(both))
+    ready = got["queues"]["fx.q"]["ready"]
+    assert [row[0] for row in ready].count("new-1") == 1
+    ready[:] = [row for row in ready if row[0] != "new-1"]
+    got["next_message_id"] -= 1
+    assert got == expected["view"]
+    # Compaction retires the format 1 segments like any other; nothing is reported lost.
+    after.compact()
+    retired = set(old_files) - set(os.listdir(str(data_dir / "journal")))
+    assert "0000000002.seg" in retired
+    caplog.clear()
+    last = after.reopen()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert json.loads(json.dumps(view(last.state))) == both

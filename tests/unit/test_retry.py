@@ -432,3 +432,31 @@ def test_no_retry_is_sent_once_max_retries_is_reached(broker):
     outcome = run_task(failing, TaskMessage(failing.name, retries=2))
     assert outcome.state == "FAILURE" and isinstance(outcome.result, Boom)
     assert broker.published == []
+
+
+# -- Celery's exponential backoff (autoretry_for with retry_backoff) ---------------------------
+
+class FixedRandom:
+    """randrange(n) gives the largest value allowed, so the bound itself is seen."""
+
+    def __init__(self):
+        self.asked = []
+
+    def randrange(self, stop):
+        self.asked.append(stop)
+        return stop - 1
+
+
+@pytest.mark.parametrize("factor, retries, maximum, expected", [
+    (True, 0, 600, 1), (True, 1, 600, 2), (True, 9, 600, 512), (True, 10, 600, 600),
+    (3, 2, 600, 12), (0.5, 3, 600, 8), (2.9, 1, 600, 4), (True, 5000, 600, 600),
+    (5, 0, 3, 3), (True, 4, 0, 0)])
+def test_backoff_without_jitter_is_factor_times_two_to_the_retries_capped(
+        factor, retries, maximum, expected):
+    assert policy.backoff_countdown(factor, retries, maximum, jitter=False) == expected
+
+
+def test_backoff_with_full_jitter_draws_from_zero_to_the_backoff_inclusive():
+    rng = FixedRandom()
+    assert policy.backoff_countdown(True, 3, 600, jitter=True, rng=rng) == 8
+    assert rng.asked == [9]

@@ -25,8 +25,8 @@ SPEC_DEFAULTS = {
     "abstract": False, "max_retries": 3, "default_retry_delay": 180, "rate_limit": None,
     "ignore_result": False, "disable_error_emails": False, "serializer": None,
     "routing_key": None, "exchange": None, "mandatory": False, "immediate": False,
-    "priority": None, "acks_late": False, "time_limit": None, "soft_time_limit": None,
-}
+    "priority": None, "acks_late": None, "time_limit": None, "soft_time_limit": None,
+}   # acks_late None: the TASK_ACKS_LATE setting, False unless set (Celery's default too)
 
 
 from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
@@ -335,7 +335,7 @@ def test_always_eager_makes_delay_and_apply_async_return_eager_results(no_broker
 
 
 def test_apply_async_refuses_unknown_options():
-    with pytest.raises(TypeError, match="bogus"):
+    with pytest.raises(ConfigurationError, match="unknown option bogus"):
         CreateUserTask.apply_async(("bob", "pw"), bogus=1)
 
 

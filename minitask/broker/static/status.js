@@ -120,7 +120,9 @@
     $("pid").textContent = "pid " + b.pid;
     $("uptime").textContent = "up " + fmtDuration(b.uptime);
     $("storage").textContent = b.persistent ? "journal " + fmtBytes(b.journal_bytes) +
-      " \u00b7 fsync " + b.fsync : "in memory (--no-persist)";
+      " \u00b7 fsync " + b.fsync + (b.journal_faults ? " \u00b7 " +
+      b.journal_records_lost + " records lost at start (see the log)" : "") :
+      "in memory (--no-persist)";
     var ready = 0, unacked = 0, delayed = 0, dead = 0;
     status.queues.forEach(function (q) {
       ready += q.ready; unacked += q.unacked; delayed += q.delayed; dead += q.dead;

@@ -1,0 +1,401 @@
+"""Schedules of periodic tasks: a fixed interval (`schedule`) or wall-clock times (`crontab`).
+
+Both answer the beat's one question, ``is_due(last_run_at, now)``: is a send due, and how
+many seconds until it is worth asking again. Times are epoch seconds; the clock is the
+caller's, so everything here is pure.
+
+`crontab` follows Celery's syntax and meaning: five fields (minute, hour, day_of_week,
+day_of_month, month_of_year), each ``*``, a number, a range ``a-b`` (``fri-mon`` wraps), a step
+``*/15`` or ``a-b/n``, a comma-separated list of those, or an int or a set/list of ints;
+day names in day_of_week (``sun``/``sunday`` = 0 ... ``sat`` = 6) and month names in
+month_of_year. All five must match (a day must be in day_of_week *and* day_of_month, as in
+Celery, unlike Vixie cron's "or").
+
+Wall-clock time is read in a timezone: the ``TIMEZONE`` setting (``"UTC"`` by default,
+``"local"`` for the machine's, or an IANA name such as ``"Europe/Berlin"`` where Python has
+`zoneinfo`, 3.9 and later). The rule across daylight-saving changes, the one thing cron
+implementations disagree on: a minute is due when the clock *shows* it for the first time, so
+a time the clock skips does not happen that day, and a time it shows twice counts once.
+
+A crontab never sends when the beat first meets it (``sends_at_start`` is False): it waits
+for its next time, as Celery's beat does. An interval sends at once, then every interval.
+"""
+
+import calendar
+import datetime
+
+from .exceptions import ConfigurationError
+from .options import check_call_options
+
+__all__ = ["schedule", "crontab", "as_schedule", "get_timezone", "check_beat_schedule",
+           "DAY_NAMES", "MONTH_NAMES"]
+
+UTC = datetime.timezone.utc
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
+               "dec")
+# A valid spec matches within 28 years (the calendar repeats its weekdays); look no further.
+_HORIZON_YEARS = 400
+
+
+class schedule:
+    """Every `run_every` (seconds or a timedelta): Celery's `celery.schedules.schedule`."""
+
+    sends_at_start = True
+
+    def __init__(self, run_every):
+        self.run_every = run_every
+        self.seconds = _interval_seconds(run_every)
+
+    def is_due(self, last_run_at, now):
+        """``(due, seconds until the next look)`` for an entry last sent at `last_run_at`."""
+        if last_run_at is None:
+            return True, self.seconds
+        remaining = last_run_at + self.seconds - now
+        if remaining <= 0:
+            return True, self.seconds
+        return False, remaining
+
+    def __eq__(self, other):
+        return isinstance(other, schedule) and other.seconds == self.seconds
+
+    def __repr__(self):
+        return "<schedule: every %gs>" % self.seconds
+
+
+def _interval_seconds(value):
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise ConfigurationError("run_every %r: expected seconds, a timedelta or a crontab"
+                                 % (value,))
+    if not seconds > 0:
+        raise ConfigurationError("run_every %r: expected a positive interval" % (value,))
+    return seconds
+
+
+def as_schedule(value):
+    """A schedule object for `value`: seconds, a timedelta, a `schedule` or a `crontab`."""
+    if isinstance(value, (schedule, crontab)):
+        return value
+    return schedule(value)
+
+
+# -- the BEAT_SCHEDULE setting (Celery's beat_schedule) -------------------------------------
+
+_ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options", "relative")
+
+
+def check_beat_schedule(label, value):
+    """Check a beat_schedule: {name: {task, schedule, args, kwargs, options}}; returns it with
+    each schedule a schedule object and each entry complete. Raises ConfigurationError naming
+    the entry and key."""
+    if not isinstance(value, dict) or not all(isinstance(name, str) and name for name in value):
+        raise _bad(label, value, "expected a dict of entry name -> {task, schedule, args, "
+                                 "kwargs, options}")
+    return {name: _entry("%s[%r]" % (label, name), entry) for name, entry in value.items()}
+
+
+def _entry(label, entry):
+    unknown = sorted(set(entry) - set(_ENTRY_KEYS), key=str) if isinstance(entry, dict) else 0
+    if unknown != [] or "task" not in entry or "schedule" not in entry:
+        raise _bad(label, entry, "expected a dict with task and schedule, and maybe args, "
+                                 "kwargs, options")
+    if not isinstance(entry["task"], str) or not entry["task"]:
+        raise _bad(label + "['task']", entry["task"], "expected a non-empty string")
+    if entry.get("relative", False) is not False:
+        raise _bad(label + "['relative']", entry["relative"],
+                   "not supported: a schedule counts from the entry's last send")
+    args, kwargs = entry.get("args", ()), entry.get("kwargs", {})
+    if not isinstance(args, (list, tuple)):
+        raise _bad(label + "['args']", args, "expected a list or tuple")
+    if not isinstance(kwargs, dict):
+        raise _bad(label + "['kwargs']", kwargs, "expected a dict")
+    options = entry.get("options", {})
+    try:
+        every = as_schedule(entry["schedule"])
+        if not isinstance(options, dict):
+            raise ConfigurationError("expected a dict of call options")
+        options = check_call_options(None, options)
+    except ConfigurationError as exc:
+        raise ConfigurationError("%s: %s" % (label, exc)) from None
+    return {"task": entry["task"], "schedule": every, "args": tuple(args),
+            "kwargs": dict(kwargs), "options": options}
+
+
+def _bad(label, value, expected):
+    text = repr(value)
+    return ConfigurationError("%s=%s: %s" % (label, text if len(text) <= 100 else
+                                             text[:97] + "...", expected))
+
+
+class crontab:
+    """Wall-clock times, as a cron line gives them: ``crontab(minute=0, hour="*/3")``.
+
+    Raises ConfigurationError at once for a field that does not parse, or for a spec that
+    no date can match (``day_of_month=31, month_of_year="feb"``).
+    """
+
+    sends_at_start = False
+
+    def __init__(self, minute="*", hour="*", day_of_week="*", day_of_month="*",
+                 month_of_year="*", tz=None):
+        self.spec = (minute, hour, day_of_week, day_of_month, month_of_year)
+        self.minute = _field("minute", minute, 0, 59)
+        self.hour = _field("hour", hour, 0, 23)
+        self.day_of_week = _field("day_of_week", day_of_week, 0, 6, DAY_NAMES, 0)
+        self.day_of_month = _field("day_of_month", day_of_month, 1, 31)
+        self.month_of_year = _field("month_of_year", month_of_year, 1, 12, MONTH_NAMES, 1)
+        self.tz = tz if tz is None else get_timezone(tz)
+        if not any(day <= _longest_month(month) for month in self.month_of_year
+                   for day in self.day_of_month):
+            raise ConfigurationError("%r never matches: no month of month_of_year has a day "
+                                     "of day_of_month" % (self,))
+
+    @classmethod
+    def from_string(cls, line):
+        """A crontab from a cron line: ``"minute hour day_of_month month day_of_week"``."""
+        fields = line.split() if isinstance(line, str) else ()
+        if len(fields) != 5:
+            raise ConfigurationError("crontab line %r: expected five fields (minute hour "
+                                     "day_of_month month_of_year day_of_week)" % (line,))
+        minute, hour, day_of_month, month_of_year, day_of_week = fields
+        return cls(minute, hour, day_of_week, day_of_month, month_of_year)
+
+    # -- the beat's questions --------------------------------------------------------------------
+
+    def is_due(self, last_run_at, now):
+        """``(due, seconds until the next look)``: due once a time of ours has come since
+        `last_run_at` (once, however many came)."""
+        if last_run_at is None:
+            return False, max(0.0, self.next_after(now) - now)
+        if self.next_after(last_run_at) <= now:
+            return True, max(0.0, self.next_after(now) - now)
+        return False, max(0.0, self.next_after(last_run_at) - now)
+
+    def matches(self, when):
+        """True if the minute that holds epoch second `when` is one of our times (as the
+        clock shows it the first time, see the module docstring)."""
+        wall, fold = _wall(when, self._zone())
+        return fold == 0 and self._matches_wall(wall)
+
+    def next_after(self, when):
+        """The first of our times strictly after epoch second `when`, in epoch seconds."""
+        zone = self._zone()
+        wall, _fold = _wall(when, zone)
+        wall = wall.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+        limit = wall.year + _HORIZON_YEARS
+        while True:
+            wall = self._next_wall(wall, limit)
+            instant = _instant(wall, zone)
+            # Kept only if the clock really shows `wall` at that instant, for the first time
+            # (not inside a skipped hour), and it lies ahead (not the first of a repeated one).
+            if instant > when and _wall(instant, zone) == (wall, 0):
+                return instant
+            wall += datetime.timedelta(minutes=1)
+
+    # -- wall-clock arithmetic -------------------------------------------------------------------
+
+    def _matches_wall(self, wall):
+        return (wall.minute in self.minute and wall.hour in self.hour
+                and _weekday(wall) in self.day_of_week and wall.day in self.day_of_month
+                and wall.month in self.month_of_year)
+
+    def _next_wall(self, wall, limit):
+        """The first wall-clock minute at or after `wall` that matches every field."""
+        while wall.year <= limit:
+            if wall.month not in self.month_of_year:
+                wall = _first_of_next_month(wall)
+            elif wall.day not in self.day_of_month or _weekday(wall) not in self.day_of_week:
+                wall = datetime.datetime(wall.year, wall.month, wall.day) \
+                    + datetime.timedelta(days=1)
+            elif wall.hour not in self.hour:
+                wall = wall.replace(minute=0) + datetime.timedelta(hours=1)
+            elif wall.minute not in self.minute:
+                later = [m for m in self.minute if m > wall.minute]
+                wall = wall.replace(minute=min(later)) if later else \
+                    wall.replace(minute=0) + datetime.timedelta(hours=1)
+            else:
+                return wall
+        raise ConfigurationError("%r never matches before the year %d" % (self, limit))
+
+    def _zone(self):
+        if self.tz is not None:
+            return self.tz
+        from .config import get_settings
+        return get_timezone(get_settings().TIMEZONE)
+
+    def __eq__(self, other):
+        return isinstance(other, crontab) and (
+            other.minute, other.hour, other.day_of_week, other.day_of_month,
+            other.month_of_year, other.tz) == (
+            self.minute, self.hour, self.day_of_week, self.day_of_month, self.month_of_year,
+            self.tz)
+
+    def __repr__(self):
+        return "<crontab: %s %s %s %s %s (m/h/dM/MY/d)>" % tuple(
+            _show(field) for field in (self.spec[0], self.spec[1], self.spec[3],
+                                       self.spec[4], self.spec[2]))
+
+
+def _show(field):
+    if isinstance(field, (set, frozenset, list, tuple)):
+        return ",".join(str(value) for value in sorted(field))
+    return str(field)
+
+
+def _weekday(wall):
+    return (wall.weekday() + 1) % 7          # Python: Monday 0; cron: Sunday 0
+
+
+def _longest_month(month):
+    return 29 if month == 2 else calendar.monthrange(2001, month)[1]
+
+
+def _first_of_next_month(wall):
+    if wall.month == 12:
+        return datetime.datetime(wall.year + 1, 1, 1)
+    return datetime.datetime(wall.year, wall.month + 1, 1)
+
+
+# -- parsing one field -----------------------------------------------------------------------
+
+def _field(name, spec, low, high, names=(), first=0):
+    """The set of values `spec` allows, between `low` and `high` inclusive."""
+    def bad(expected):
+        return ConfigurationError("crontab %s=%r: %s" % (name, spec, expected))
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        values = {spec}
+    elif isinstance(spec, str):
+        values = set()
+        for part in spec.replace(" ", "").split(","):
+            values |= _part(part, low, high, names, first, bad)
+    elif isinstance(spec, (set, frozenset, list, tuple)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in spec):
+        values = set(spec)
+    else:
+        raise bad("expected a cron pattern (\"*/15\", \"1-5\", \"0,30\"), a number or a "
+                  "set of numbers")
+    if not values:
+        raise bad("expected at least one value")
+    outside = sorted(v for v in values if not low <= v <= high)
+    if outside:
+        raise bad("%d is outside %d..%d" % (outside[0], low, high))
+    return frozenset(values)
+
+
+def _part(part, low, high, names, first, bad):
+    if not part:
+        raise bad("an empty item in the list")
+    step = 1
+    if "/" in part:
+        part, _slash, step_text = part.partition("/")
+        if not step_text.isdigit() or int(step_text) == 0:
+            raise bad("the step after / must be a whole number above 0")
+        step = int(step_text)
+        if part != "*" and "-" not in part:
+            raise bad("a step goes after * or a range (\"*/%s\", \"a-b/%s\")"
+                      % (step_text, step_text))
+    if part == "*":
+        return set(range(low, high + 1, step))
+    start, dash, end = part.partition("-")
+    start = _number(start, names, first, bad)
+    if not dash:
+        return {start}
+    end = _number(end, names, first, bad)
+    for value in (start, end):
+        if not low <= value <= high:
+            raise bad("%d is outside %d..%d" % (value, low, high))
+    if end >= start:
+        span = list(range(start, end + 1))
+    else:                                   # wraps: fri-mon, 22-2
+        span = list(range(start, high + 1)) + list(range(low, end + 1))
+    return set(span[::step])
+
+
+def _number(text, names, first, bad):
+    if text.isdigit():
+        return int(text)
+    word = text.lower()
+    for index, short in enumerate(names):
+        if word == short or (len(word) > 3 and word.startswith(short)
+                             and _full_name(short).startswith(word)):
+            return first + index
+    if names:
+        raise bad("%r is neither a number nor a name (%s)" % (text, ", ".join(names)))
+    raise bad("%r is not a number" % (text,))
+
+
+_FULL_NAMES = {"sun": "sunday", "mon": "monday", "tue": "tuesday", "wed": "wednesday",
+               "thu": "thursday", "fri": "friday", "sat": "saturday", "jan": "january",
+               "feb": "february", "mar": "march", "apr": "april", "may": "may",
+               "jun": "june", "jul": "july", "aug": "august", "sep": "september",
+               "oct": "october", "nov": "november", "dec": "december"}
+
+
+def _full_name(short):
+    return _FULL_NAMES[short]
+
+
+# -- timezones -------------------------------------------------------------------------------
+
+class _Local:
+    """The machine's own timezone, as the C library knows it (works on every Python)."""
+
+    def __repr__(self):
+        return "local"
+
+    def __eq__(self, other):
+        return isinstance(other, _Local)
+
+    def __hash__(self):
+        return hash("local")
+
+
+LOCAL = _Local()
+
+
+def get_timezone(name):
+    """The timezone a TIMEZONE value names: "UTC", "local", or an IANA name (Python 3.9+).
+
+    Raises ConfigurationError naming the value when it is none of those here.
+    """
+    if isinstance(name, (datetime.tzinfo, _Local)):
+        return name
+    if not isinstance(name, str) or not name:
+        raise ConfigurationError("TIMEZONE %r: expected \"UTC\", \"local\" or a name such as "
+                                 "\"Europe/Berlin\"" % (name,))
+    if name.upper() in ("UTC", "ETC/UTC", "GMT", "Z"):
+        return UTC
+    if name.lower() == "local":
+        return LOCAL
+    try:
+        import zoneinfo
+    except ImportError:             # Python 3.8
+        raise ConfigurationError("TIMEZONE %r needs Python 3.9 or later (zoneinfo); on this "
+                                 "Python use \"UTC\" or \"local\"" % (name,)) from None
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError("TIMEZONE %r: no such timezone here (%s)" % (name, exc)) \
+            from None
+
+
+def _wall(when, zone):
+    """``(naive wall-clock datetime, fold)`` the clock of `zone` shows at epoch second `when`;
+    fold is 1 the second time it shows a repeated time."""
+    if isinstance(zone, _Local):
+        local = datetime.datetime.fromtimestamp(when)
+    else:
+        local = datetime.datetime.fromtimestamp(when, zone).replace(tzinfo=None)
+    return local.replace(fold=0), local.fold
+
+
+def _instant(wall, zone):
+    """Epoch seconds when the clock of `zone` first shows `wall` (for a time the clock skips,
+    some instant nearby; `_wall` of it then differs)."""
+    if isinstance(zone, _Local):
+        return wall.replace(fold=0).timestamp()
+    return wall.replace(tzinfo=zone, fold=0).timestamp()

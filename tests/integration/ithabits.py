@@ -1,0 +1,38 @@
+"""Tasks written the way Celery 5 users write them (imported by the habits tests and their
+workers with ``-I ittasks,ithabits``)."""
+
+import os
+import time
+
+from minitask import shared_task
+from ittasks import _trace, read_trace
+
+
+@shared_task(bind=True, name="it.bound")
+def bound(self, x):
+    request = self.request
+    return {"self": self.name, "x": x, "id": request.id, "task": request.task,
+            "retries": request.retries, "hostname": request.hostname,
+            "is_eager": request.is_eager, "called_directly": request.called_directly,
+            "delivery_info": request.delivery_info}
+
+
+@shared_task(autoretry_for=(KeyError,), retry_backoff=True, retry_jitter=False,
+             max_retries=2, name="it.backoff")
+def backoff(tag, failures):
+    runs = read_trace(os.environ.get("ITTASKS_DIR", "/tmp"), tag)
+    _trace(tag, "%.6f" % time.time())
+    if len(runs) < failures:
+        raise KeyError("not yet (%d)" % len(runs))
+    return "ok after %d" % len(runs)
+
+
+@shared_task(queue="hipri", name="it.hipri")
+def hipri(x):
+    return "hipri:%s" % x
+
+
+@shared_task(name="it.stamp")
+def stamp(tag):
+    _trace(tag, "%.6f" % time.time())
+    return tag

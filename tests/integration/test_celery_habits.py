@@ -1,0 +1,120 @@
+"""Celery 5 users' options and settings on a real broker and real workers: bind=True and
+self.request, autoretry_for with backoff, queue= (a queue no one declared), send_task, the
+task_routes setting, and a settings module written with Celery's names.
+
+(Periodic tasks, BEAT_SCHEDULE and crontab: test_beat.py.)
+"""
+
+import sys
+import uuid
+
+import pytest
+
+import ithabits
+import ittasks
+from cluster import wait_for
+from minitask import client, config, registry, send_task
+from minitask.exceptions import ConfigurationError, TimeLimitExceeded
+
+HABITS = "ittasks,ithabits"
+
+
+def test_a_bound_task_gets_itself_and_its_request_on_a_worker(broker, start_worker):
+    start_worker(name="habits1", modules=HABITS)
+    result = ithabits.bound.delay(7)
+    seen = result.get(timeout=10)
+    assert seen == {"self": "it.bound", "x": 7, "id": result.id, "task": "it.bound",
+                    "retries": 0, "hostname": "habits1", "is_eager": False,
+                    "called_directly": False,
+                    "delivery_info": {"exchange": "minitask", "routing_key": "minitask",
+                                      "priority": None}}
+
+
+def test_autoretry_for_retries_on_the_worker_with_exponential_backoff(broker, start_worker,
+                                                                      tmp_path):
+    start_worker(modules=HABITS)
+    assert ithabits.backoff.delay("backoff", 2).get(timeout=20) == "ok after 2"
+    runs = [float(line) for line in ittasks.read_trace(tmp_path, "backoff")]
+    gaps = [later - earlier for earlier, later in zip(runs, runs[1:])]
+    assert len(runs) == 3
+    assert 0.95 < gaps[0] < 1.9 and 1.95 < gaps[1] < 3.5      # 1 s, then 2 s (factor 1)
+
+
+def test_autoretry_gives_up_after_max_retries_with_the_original_error(broker, start_worker,
+                                                                      tmp_path):
+    start_worker(modules=HABITS)
+    with pytest.raises(KeyError, match="not yet"):
+        ithabits.backoff.delay("hopeless", 10).get(timeout=20)
+    assert len(ittasks.read_trace(tmp_path, "hopeless")) == 3
+
+
+def test_queue_sends_to_a_queue_no_one_declared_and_the_call_waits_there(broker,
+                                                                         start_worker):
+    on_task = ithabits.hipri.delay(1)                       # @task(queue="hipri")
+    on_call = ittasks.add.apply_async((2, 3), queue="hipri")
+    elsewhere = ittasks.add.apply_async((1, 1), queue="later")
+    assert broker.queue("hipri")["ready"] == 2 and broker.queue("later")["ready"] == 1
+    assert broker.queue()["ready"] == 0
+    start_worker(args=["-Q", "hipri"], modules=HABITS)
+    assert (on_task.get(timeout=10), on_call.get(timeout=10)) == ("hipri:1", 5)
+    assert elsewhere.state == "PENDING" and broker.queue("later")["ready"] == 1
+
+
+def test_send_task_reaches_a_task_this_process_does_not_have(broker, start_worker):
+    assert "it.hidden" not in registry.tasks and "ithidden" not in sys.modules
+    start_worker(modules=HABITS + ",ithidden")
+    assert send_task("it.hidden", ("x",)).get(timeout=10) == "hidden:x"
+    assert send_task("it.hidden", kwargs={"x": "y"}, queue="hipri").id      # waits in hipri
+    assert broker.queue("hipri")["ready"] == 1
+
+
+def test_task_routes_send_a_task_to_its_queue_and_a_call_option_wins(broker, start_worker):
+    config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"],
+                     TASK_ROUTES={"it.a*": {"queue": "routed"}})
+    client.reset_connection()
+    routed = ittasks.add.delay(1, 2)
+    overridden = ittasks.add.apply_async((3, 4), queue="hipri")
+    assert broker.queue("routed")["ready"] == 1 and broker.queue("hipri")["ready"] == 1
+    start_worker(args=["-Q", "routed,hipri"], modules=HABITS)
+    assert (routed.get(timeout=10), overridden.get(timeout=10)) == (3, 7)
+
+
+def test_a_client_reads_broker_url_and_task_routes_from_a_celery_5_settings_module(
+        broker, start_worker, tmp_path, monkeypatch):
+    name = "celeryconfig_%s" % uuid.uuid4().hex[:8]
+    (tmp_path / (name + ".py")).write_text(
+        "broker_url = %r\n"
+        "accept_content = ['json']\n"
+        "task_routes = {'it.add': {'queue': 'from-module'}}\n" % broker.url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
+    config.reset()
+    client.reset_connection()
+    try:
+        assert config.get_settings().source("BROKER_URL") == "module " + name
+        result = ittasks.add.delay(20, 22)                  # reaches *this* broker
+        assert broker.queue("from-module")["ready"] == 1
+        start_worker(args=["-Q", "from-module"], modules=HABITS)
+        assert result.get(timeout=10) == 42
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_a_worker_reads_celery_names_and_warns_once_about_the_one_it_cannot_use(
+        broker, start_worker):
+    worker = start_worker(modules=HABITS, env={"MINITASK_CONFIG_MODULE": "itceleryconf"})
+    # task_time_limit = 1.5: it.sleep sets no limit of its own, so it is killed at 1.5 s.
+    with pytest.raises(TimeLimitExceeded):
+        ittasks.sleep.delay(30).get(timeout=20)
+    output = worker.output()
+    assert output.count("ignoring result_backend: minitask has no such setting") == 1
+    assert "task_track_started" not in output
+
+
+def test_a_refused_option_fails_where_it_is_written_never_in_the_worker(broker):
+    with pytest.raises(ConfigurationError, match="link: not supported yet: workflows"):
+        ittasks.add.apply_async((1, 2), link=ittasks.add.s(3))
+    with pytest.raises(ConfigurationError, match="compression is not supported"):
+        ittasks.add.apply_async((1, 2), compression="zlib")
+    assert broker.queue()["ready"] == 0
+
