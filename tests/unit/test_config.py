@@ -634,8 +634,8 @@ def test_each_spelling_of_a_mapped_celery_setting(label, value, name, expected):
 
 
 def test_a_bad_value_under_a_celery_name_is_reported_under_that_name():
-    assert load_error(broker_url="redis://localhost:6379/0").startswith(
-        "broker_url='redis://localhost:6379/0': expected minitask://HOST:PORT")
+    assert load_error(broker_url="amqp://localhost:5672//").startswith(
+        "broker_url='amqp://localhost:5672//': expected minitask://HOST:PORT")
     assert load_error(CELERY_TASK_ROUTES=5).startswith("CELERY_TASK_ROUTES=5:")
 
 
