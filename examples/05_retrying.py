@@ -1,7 +1,7 @@
 """5. Retrying a task if something fails: retry(exc=...), default_retry_delay, countdown.
 
 `send_twitter_status` is the guide's: when Twitter fails it calls
-``send_twitter_status.retry(args=[oauth, tweet], kwargs=kwargs, exc=exc)``. That sends the
+``send_twitter_status.retry(args=[oauth, tweet], exc=exc, **kwargs)``. That sends the
 same task again (same id, ``task_retries + 1``) to run after ``default_retry_delay`` seconds
 (one second here; three minutes unless a task sets it), and ends this run. While it waits,
 its state is RETRY and its result is `exc`: the "tombstone". After `max_retries` retries
@@ -54,7 +54,7 @@ def send_twitter_status(oauth, tweet, **kwargs):
         twitter = Twitter(oauth)
         return twitter.update_status(tweet)
     except (Twitter.FailWhaleError, Twitter.LoginError) as exc:
-        send_twitter_status.retry(args=[oauth, tweet], kwargs=kwargs, exc=exc)
+        send_twitter_status.retry(args=[oauth, tweet], exc=exc, **kwargs)
 
 
 class MyTask(Task):
@@ -69,7 +69,7 @@ class MyTask(Task):
             return x + y
         except Exception as exc:
             # override the default and retry in 1 second (the guide: 60, one minute)
-            self.retry([x, y], kwargs, exc=exc, countdown=1)
+            self.retry([x, y], exc=exc, countdown=1, **kwargs)
 
 
 def main(cluster):

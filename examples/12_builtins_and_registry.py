@@ -10,6 +10,8 @@ The built-in tasks are always there, because importing minitask registers them:
 
 - ``minitask.ping``: answers "pong";
 - ``minitask.map_async``: runs a task by name once per argument tuple, in one worker;
+- ``minitask.map`` and ``minitask.starmap``: the same for a signature, as ``task.map(it)``
+  and ``task.starmap(it)`` send them (see example 15);
 - ``minitask.execute_remote``: runs a pickled callable (only where ACCEPT_CONTENT allows
   pickle, as this example's worker does);
 - ``minitask.http_dispatch``: calls a URL with the task's keyword arguments; a JSON answer

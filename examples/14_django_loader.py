@@ -2,20 +2,22 @@
 
 When DJANGO_SETTINGS_MODULE is set, minitask picks `minitask.loaders.DjangoLoader`. Besides
 the IMPORTS setting, it imports ``<app>.tasks`` for each app in that settings module's
-INSTALLED_APPS that has one, without importing Django itself (nor apps that have no tasks).
-The settings module is also where the worker reads minitask's settings from.
+INSTALLED_APPS that has one. When Django is installed the worker first calls
+``django.setup()`` (so a tasks module may import its models); without Django, it reads
+INSTALLED_APPS from the module and imports no app that has no tasks. The settings module is
+also where the worker reads minitask's settings from.
 
 The "project" is ``examples/djangoish/``: a settings module and the apps ``blog`` and
-``shop`` (with tasks) and ``pages`` (without); Django itself is not installed. The worker
-gets ``DJANGO_SETTINGS_MODULE=djangoish.settings`` and no ``-I``. This process imports the
-apps' tasks modules to send to them, as a Django view would.
+``shop`` (with tasks) and ``pages`` (without), which need no database. It runs with or
+without Django installed. The worker gets ``DJANGO_SETTINGS_MODULE=djangoish.settings`` and
+no ``-I``. This process imports the apps' tasks modules to send to them, as a Django view
+would.
 
 Run it:  python examples/14_django_loader.py
 """
 import _run  # noqa: F401  (first: it makes a checkout's minitask importable)
 
-from minitask.admin import broadcast
-from minitask.client import Connection
+from minitask.transport import connection
 
 from djangoish.blog.tasks import spam_filter
 from djangoish.shop.tasks import charge_order
@@ -26,8 +28,7 @@ def registered_on_workers(cluster):
 
     A worker hears such questions once it has bound its control queue: a moment after it
     connects, and before it takes any task. So ask after it has run one."""
-    with Connection(cluster.url).connect() as conn:
-        return broadcast(conn, "registered", timeout=10, limit=1)
+    return connection().broadcast("registered", timeout=10, limit=1)
 
 
 def main(cluster):

@@ -132,7 +132,7 @@ class Cluster:
 
     def status(self):
         """What ``python -m minitask status --json`` shows: queues, depths, workers."""
-        from minitask.client import connection
+        from minitask.transport import connection
         return connection().status()
 
     def waiting(self, *queues):
@@ -188,7 +188,7 @@ def example(path, worker=True, worker_args=("-c", "2"), env=None, settings=None)
     worker); `env` only to the worker. With ``worker=False`` the example starts its own.
     """
     from minitask import configure
-    from minitask.client import reset_connection
+    from minitask.transport import reset_connection
     # SIGTERM (a test runner's timeout, say) ends the example through `finally` below, so
     # its broker and worker never outlive it.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -18,14 +18,16 @@ from .exceptions import (  # noqa: E402  (the version is read by the modules bel
     TimeoutError, UnroutableError, NotDeliverableError, PublishRefusedError, ContentDisallowed,
     SerializationError, ConfigurationError, WorkerLostError, TaskRevokedError,
     TimeLimitExceeded, SoftTimeLimitExceeded, RemoteTaskError, BrokerConnectionError,
-    AuthenticationError, ProtocolError,
+    AuthenticationError, ProtocolError, ChordError,
 )
 from . import registry  # noqa: E402
 from .task import Task, TaskType, PeriodicTask  # noqa: E402
 from .sending import send_task  # noqa: E402
 from .decorators import task, shared_task, periodic_task  # noqa: E402
-from .result import AsyncResult, EagerResult, ResultSet  # noqa: E402
-from .group import group, Signature, subtask, chain, chord  # noqa: E402
+from .result import AsyncResult, EagerResult, ResultSet, GroupResult  # noqa: E402
+from .canvas import (  # noqa: E402
+    Signature, signature, maybe_signature, subtask, chain, group, chord, chunks, xmap, xstarmap,
+)
 from .schedules import crontab, schedule  # noqa: E402
 from .config import configure, get_settings  # noqa: E402
 from . import builtins as _builtins  # noqa: E402,F401  (registers the built-in tasks)
@@ -33,11 +35,12 @@ from . import builtins as _builtins  # noqa: E402,F401  (registers the built-in 
 __all__ = [
     "__version__", "Task", "TaskType", "PeriodicTask", "registry", "task", "shared_task",
     "periodic_task", "send_task", "crontab", "schedule", "AsyncResult", "EagerResult",
-    "ResultSet", "group", "Signature", "subtask", "chain", "chord", "configure",
+    "ResultSet", "GroupResult", "Signature", "signature", "maybe_signature", "subtask",
+    "chain", "group", "chord", "chunks", "xmap", "xstarmap", "configure",
     "get_settings", "MinitaskError", "RetryTaskError", "MaxRetriesExceededError",
     "MaxRetriesExceeded", "NotRegistered", "TimeoutError", "UnroutableError",
     "NotDeliverableError", "PublishRefusedError", "ContentDisallowed", "SerializationError",
     "ConfigurationError", "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "RemoteTaskError", "BrokerConnectionError",
-    "AuthenticationError", "ProtocolError",
+    "AuthenticationError", "ProtocolError", "ChordError",
 ]

@@ -1,6 +1,6 @@
 """The operator's commands: status, call, purge, inspect, result, and remote control.
 
-Each talks to the broker through `minitask.client` and prints a table that fits 80 columns,
+Each talks to the broker through the transport seam (`minitask.transport`) and prints a table that fits 80 columns,
 or one JSON document with ``--json``. Remote control (``inspect``, ``control``) publishes a
 command on the control exchange and gathers the workers' replies until a timeout; a worker
 that does not answer in time is simply not in the reply. ``inspect scheduled`` also asks the
@@ -12,13 +12,17 @@ it is due). Celery's spellings of these commands' flags work too (``purge -f``, 
 import json
 import sys
 import time
-import uuid
 
-from . import control, protocol as P
+from . import protocol as P
 from .argtypes import comma_list, positive_seconds, seconds
 from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
+from .transport import client_for, declare_topology
+from .bench import add_command as add_bench
+from .config import configure
+from .message import TaskMessage
+from .result import AsyncResult
 
-__all__ = ["add_commands", "broadcast", "format_table", "format_mapping", "duration_text"]
+__all__ = ["add_commands", "format_table", "format_mapping", "duration_text"]
 
 INSPECT_METHODS = ("active", "scheduled", "reserved", "revoked", "registered", "stats", "ping")
 CONTROL_METHODS = ("ping", "rate_limit", "revoke", "shutdown", "add_consumer",
@@ -91,7 +95,6 @@ def add_commands(commands, parser_class):
                         help="no effect: the broker finds the result by its id alone")
     _common(result)
     result.set_defaults(run=run_result)
-    from .bench import add_command as add_bench
     add_bench(commands)
 
 
@@ -103,16 +106,12 @@ def _common(parser, celery_json=False):
 
 
 def _settings(args):
-    from .config import configure
     overrides = {"BROKER_URL": args.broker} if getattr(args, "broker", None) else {}
     return configure(**overrides)
 
 
 def _connect(settings):
-    from .client import Connection
-    conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
-                      ca_file=settings.BROKER_CA_FILE, client="minitask-cli")
-    return conn.connect()
+    return client_for(settings, client="minitask-cli").connect()
 
 
 def _print_json(value):
@@ -169,9 +168,13 @@ def run_status(args):
         print("no workers connected")
     else:
         rows = [(w.get("hostname", "?"), w.get("pid", "?"), w.get("concurrency", "?"),
-                 w["unacked"], w["handed_over"], _duration(w["connected_for"]))
-                for w in workers]
-        print(format_table(("worker", "pid", "procs", "reserved", "running", "uptime"), rows))
+                 w["unacked"], w["handed_over"], _duration(w["connected_for"]),
+                 w.get("state", "ok")) for w in workers]
+        print(format_table(("worker", "pid", "procs", "reserved", "running", "uptime", "state"),
+                           rows))
+        for worker in workers:
+            if worker.get("degraded"):
+                print("%s is degraded: %s" % (worker.get("hostname", "?"), worker["degraded"]))
     return 0
 
 
@@ -207,8 +210,6 @@ def _parse_json(text, what, kind):
 
 
 def run_call(args):
-    from .message import TaskMessage
-    from .result import AsyncResult
     settings = _settings(args)
     if args.args_option is not None and args.args != "[]":
         raise ConfigurationError("give the arguments once: ARGS or -a/--args, not both")
@@ -226,7 +227,6 @@ def run_call(args):
                           routing_key=routing_key, priority=args.priority, mandatory=True,
                           serializer=settings.TASK_SERIALIZER)
     with _connect(settings) as conn:
-        from .client import declare_topology
         declare_topology(conn, settings)
         conn.publish(message.encode())
         result = {"task_id": message.id}
@@ -290,7 +290,6 @@ def _configured_queues(settings):
 
 
 def run_result(args):
-    from .result import AsyncResult
     settings = _settings(args)
     with _connect(settings) as conn:
         result = AsyncResult(args.task_id, connection=conn)
@@ -314,37 +313,6 @@ def run_result(args):
 
 # -- remote control ----------------------------------------------------------------------------
 
-def broadcast(conn, method, arguments=None, destination=None, timeout=1.0, reply=True,
-              limit=None):
-    """Send a control command to every worker; returns ``{hostname: reply}`` gathered until
-    `timeout` (or until `limit` workers answered)."""
-    reply_queue = None
-    if reply:
-        reply_queue = conn.declare_queue("", durable=False, exclusive=True,
-                                         auto_delete=True)["queue"]
-        conn.consume(reply_queue, no_ack=True)
-    ticket = uuid.uuid4().hex
-    conn.publish(control.command_message(method, arguments, destination, reply_queue, ticket))
-    replies = {}
-    if not reply:
-        return replies
-    deadline = time.monotonic() + timeout
-    while limit is None or len(replies) < limit:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        delivery = conn.get_delivery(remaining)
-        if delivery is None:
-            break
-        try:
-            body = control.decode_body(delivery.message.body)
-        except MinitaskError:
-            continue
-        if body.get("ticket") == ticket:
-            replies[body.get("hostname", "?")] = body.get("reply")
-    return replies
-
-
 def _destination(args):
     return [name.strip() for name in args.destination.split(",")] if args.destination else None
 
@@ -353,11 +321,11 @@ def run_inspect(args):
     settings = _settings(args)
     held = None
     with _connect(settings) as conn:
-        replies = broadcast(conn, args.method, destination=_destination(args),
-                            timeout=args.timeout)
+        replies = conn.broadcast(args.method, destination=_destination(args),
+                                 timeout=args.timeout)
         if args.method == "scheduled":
             # None from a broker older than the "scheduled" argument of STATUS.
-            held = conn.call(P.STATUS, {"scheduled": SCHEDULED_LISTED}).get("scheduled")
+            held = conn.status(scheduled=SCHEDULED_LISTED).get("scheduled")
     if not replies and held is None:
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if held is not None:
@@ -482,7 +450,7 @@ def run_control(args):
             conn.revoke(arguments["task_ids"], terminate=args.terminate)
             replies = {}
         else:
-            replies = broadcast(conn, method, arguments, _destination(args), args.timeout)
+            replies = conn.broadcast(method, arguments, _destination(args), args.timeout)
     if not replies and method != "revoke":
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if args.json:

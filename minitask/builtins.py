@@ -1,5 +1,6 @@
 """The built-in tasks, always registered: ping, delete_expired_task_meta, execute_remote,
-map_async and http_dispatch (early Celery's ``rest`` tasks, on `urllib`).
+map_async, map and starmap (Celery's celery.map and celery.starmap, behind ``task.map(it)`` and
+``task.starmap(it)``) and http_dispatch (early Celery's ``rest`` tasks, on `urllib`).
 
 ``execute_remote`` is the only one that unpickles anything, and only where ``pickle`` is in
 ``ACCEPT_CONTENT``; everywhere else it fails with ContentDisallowed before touching the bytes.
@@ -13,9 +14,14 @@ import urllib.request
 
 from .decorators import task
 from .exceptions import ContentDisallowed, ProtocolError, RemoteTaskError
+from .transport import with_connection
+from .config import get_settings
+from .serialization import content_type_for, normalize_accept
+from .registry import tasks
+from .task import DEFAULT_KWARG_NAMES
 
-__all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "http_dispatch",
-           "send_callable"]
+__all__ = ["ping", "delete_expired_task_meta", "execute_remote", "map_async", "xmap",
+           "xstarmap", "http_dispatch", "send_callable"]
 
 HTTP_TIMEOUT = 30.0
 
@@ -29,17 +35,12 @@ def ping():
 @task(name="minitask.delete_expired_task_meta")
 def delete_expired_task_meta():
     """Remove expired results now (the broker also does this on its own as they expire)."""
-    from .client import with_connection
-    from . import protocol
-    return with_connection(lambda conn: conn.call(protocol.RESULT_FORGET,
-                                                  {"task_ids": [], "expired": True}))
+    return with_connection(lambda conn: conn.forget([], expired=True))
 
 
 @task(name="minitask.execute_remote")
 def execute_remote(ser_callable, fargs=(), fkwargs=None):
     """Run a pickled callable with these arguments. Needs "pickle" in ACCEPT_CONTENT."""
-    from .config import get_settings
-    from .serialization import content_type_for, normalize_accept
     accepted = normalize_accept(get_settings().ACCEPT_CONTENT)
     if content_type_for("pickle") not in accepted:
         raise ContentDisallowed("minitask.execute_remote runs pickled code; refused because "
@@ -61,13 +62,29 @@ def map_async(name, args_list):
 
     (Not ``task_name``: that is a default keyword argument the worker would fill in.)
     """
-    from .registry import tasks
     function = tasks[name]
     return [function(*_as_tuple(args)) for args in args_list]
 
 
 def _as_tuple(args):
     return tuple(args) if isinstance(args, (list, tuple)) else (args,)
+
+
+@task(name="minitask.map")
+def xmap(task, it):
+    """Call the task of signature `task` on each item of `it`, here, in order; return the
+    results. (The names are Celery's, which ``task.map(it)`` sends.)"""
+    from .canvas import signature
+    function = signature(task).type
+    return [function(item) for item in it]
+
+
+@task(name="minitask.starmap")
+def xstarmap(task, it):
+    """As minitask.map, each item of `it` being the argument tuple of one call."""
+    from .canvas import signature
+    function = signature(task).type
+    return [function(*_as_tuple(args)) for args in it]
 
 
 @task(name="minitask.http_dispatch")
@@ -77,7 +94,6 @@ def http_dispatch(url, method="GET", timeout=HTTP_TIMEOUT, **kwargs):
     The answer must be JSON: ``{"status": "success", "retval": ...}`` gives the result,
     ``{"status": "failure", "reason": ...}`` a failure.
     """
-    from .task import DEFAULT_KWARG_NAMES
     params = {key: value for key, value in kwargs.items() if key not in DEFAULT_KWARG_NAMES}
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in ("http", "https"):

@@ -57,8 +57,8 @@ SECURITY = ("messages are not signed; use BROKER_SECRET (an HMAC handshake) and 
             "(TLS) to keep others out")
 PROCESS = "minitask does not manage its own process; use your service manager"
 BEAT = "the beat runs inside a worker started with --beat; its state lives in the broker"
-WORKFLOWS = "not supported yet: workflows come in a later release"
-RECONNECT = ("a lost connection is tried again for 5 s (client.RECONNECT_SECONDS), a "
+NO_PARENTS = "minitask does not record a task's parent; set priority= on the tasks"
+RECONNECT = ("a lost connection is tried again for 5 s (minitask.transport.RECONNECT_SECONDS), a "
              "worker's forever with backoff")
 QUEUE_TYPE = "queues are minitask's own (durable, with priorities 0..9)"
 
@@ -139,6 +139,13 @@ ACCEPTED = {
     "broker_connection_retry_on_startup": (_one_of(True), "a worker retries connecting at "
                                                           "start, with backoff, forever"),
     "broker_pool_limit": (_always, "each thread has one connection"),
+    "task_allow_error_cb_on_chord_header": (_one_of(False), "a chord's link_error goes to its "
+                                                            "body, which fails when a header "
+                                                            "task fails"),
+    "result_chord_join_timeout": (_always, "no task polls for a chord: its header results are "
+                                           "counted as they arrive"),
+    "result_chord_retry_interval": (_always, "no task polls for a chord: its header results "
+                                             "are counted as they arrive"),
 }
 
 # Celery names with no counterpart: the warning's advice (None: nothing to do instead).
@@ -148,13 +155,10 @@ ADVICE = {
     "task_compression": "minitask does not compress messages",
     "task_publish_retry_policy": RECONNECT,
     "task_store_eager_result": "eager results are not stored; keep the EagerResult",
-    "task_inherit_parent_priority": WORKFLOWS,
-    "task_allow_error_cb_on_chord_header": WORKFLOWS,
+    "task_inherit_parent_priority": NO_PARENTS,
     "result_backend": RESULTS,
     "result_compression": RESULTS,
     "result_cache_max": RESULTS,
-    "result_chord_join_timeout": WORKFLOWS,
-    "result_chord_retry_interval": WORKFLOWS,
     "override_backends": RESULTS,
     "result_exchange": RESULTS,
     "result_exchange_type": RESULTS,

@@ -14,8 +14,17 @@ import os
 import sys
 
 from . import habits
-from .argtypes import comma_list, host_port, loglevel, pool, port, positive_int, seconds
+from .argtypes import (comma_list, host_port, loglevel, pool, port, positive_int,
+                       positive_seconds, seconds)
 from .exceptions import MinitaskError
+from .admin import add_commands
+from . import __version__
+from .loaders import app_modules, current_loader
+from .log import setup_logging
+from .broker.main import BrokerConfig, run_broker
+from .config import configure, parse_broker_url
+from .worker import Worker, djangofixup
+from .demo import run_demo
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -88,6 +97,15 @@ def build_parser():
     broker.add_argument("--stall-timeout", type=seconds, default=30.0, metavar="S",
                         help="cut off a client that leaves a frame half sent, or reads none "
                         "of what the broker sends it, for this long (default 30)")
+    broker.add_argument("--handshake-timeout", type=positive_seconds, default=10.0,
+                        metavar="S", help="cut off a client that has not finished its "
+                        "handshake (TLS included) this long after connecting (default 10)")
+    broker.add_argument("--max-connections", type=positive_int, default=1024, metavar="N",
+                        help="connections served at once; a quarter of them are for clients "
+                        "still in their handshake (default 1024)")
+    broker.add_argument("--max-partial-bytes", type=positive_int, default=256 * 1024 * 1024,
+                        metavar="N", help="bytes of unfinished frames held for all clients "
+                        "together; past it the largest holders are cut off (default 256 MiB)")
     broker.add_argument("-l", "--loglevel", type=loglevel, default="INFO",
                         help="log level (default INFO)")
     broker.add_argument("-f", "--logfile", help="log file (default stderr)")
@@ -130,13 +148,11 @@ def build_parser():
     demo = commands.add_parser("demo", help="broker, worker and a few tasks, on the defaults")
     demo.set_defaults(run=_run_demo)
 
-    from .admin import add_commands
     add_commands(commands, _Parser)
     return parser
 
 
 def _version():
-    from . import __version__
     return "minitask %s (Python %s)" % (__version__, sys.version.split()[0])
 
 
@@ -237,13 +253,11 @@ def _fail(command, message, code, as_json, json_message=None):
 def _apply_global_options(args):
     """-A and -b before the command (Celery 5's order): -A imports, or adds task modules to a
     worker; -b is the command's --broker."""
-    from .loaders import app_modules
     modules = [name for spec in args.app + getattr(args, "worker_app", [])
                for name in app_modules(spec)]
     if args.command == "worker":
         args.include = modules + [name for name in args.include if name not in modules]
     elif modules:
-        from .loaders import current_loader
         for name in modules:
             current_loader().import_module(name)
     if args.global_broker:
@@ -254,7 +268,6 @@ def _apply_global_options(args):
 
 
 def _setup_logging(level, logfile):
-    from .log import setup_logging
     setup_logging(level, logfile)
 
 
@@ -273,8 +286,6 @@ def _read_secret(path):
 
 
 def _run_broker(args):
-    from .broker.main import BrokerConfig, run_broker
-    from .config import configure, parse_broker_url
     settings = configure()
     _setup_logging(args.loglevel, args.logfile)
     _scheme, host, port, _tls = parse_broker_url(settings.BROKER_URL)
@@ -284,7 +295,9 @@ def _run_broker(args):
         secret=_read_secret(args.secret_file) or settings.BROKER_SECRET,
         certfile=args.certfile, keyfile=args.keyfile,
         max_message_bytes=args.max_message_bytes, http=args.http,
-        handover_grace=args.worker_lost_grace, stall_timeout=args.stall_timeout)
+        handover_grace=args.worker_lost_grace, stall_timeout=args.stall_timeout,
+        handshake_timeout=args.handshake_timeout, max_connections=args.max_connections,
+        max_partial_bytes=args.max_partial_bytes)
 
     def announce(line):
         print(line, flush=True)
@@ -302,12 +315,10 @@ def worker_overrides(args):
 
 
 def _run_worker(args):
-    from .config import configure
-    from .loaders import current_loader
-    from .worker import Worker
     overrides = {key: value for key, value in worker_overrides(args).items()
                  if value is not None}
     settings = configure(**overrides)
+    djangofixup.setup()                 # before any tasks module: they may import models
     _setup_logging(settings.LOGLEVEL, settings.LOGFILE)
     loader = current_loader()
     loader.on_worker_init()
@@ -319,5 +330,4 @@ def _run_worker(args):
 
 
 def _run_demo(args):
-    from .demo import run_demo
     return run_demo()

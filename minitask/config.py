@@ -48,6 +48,8 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
     ("BROKER_URL", "minitask://127.0.0.1:5679", "The broker; minitasks:// for TLS."),
     ("BROKER_SECRET", None, "Shared secret for the broker handshake (required beyond loopback)."),
     ("BROKER_CA_FILE", None, "CA file to verify a minitasks:// broker; None: the system's."),
+    ("BROKER_UID", None, "User (id or name) the broker runs as, when not the client's own or "
+                         "root: its local socket is trusted."),
     ("IMPORTS", [], "Modules a worker imports at start so that their tasks are registered."),
     ("TASK_SERIALIZER", "json", "Encoding of task arguments and results: json, pickle, yaml, ..."),
     ("ACCEPT_CONTENT", ["json"], "Serializers a worker accepts (pickle only when listed)."),
@@ -124,8 +126,9 @@ _SETTING_OF = {spelling: name for name, spellings in _SPELLINGS.items()
 # How MINITASK_<NAME> text is read when the default (None) does not tell.
 _ENV_TYPES = {"CONCURRENCY": int, "MAX_TASKS_PER_CHILD": int, "WORKER_QUEUES": list,
               "TASK_TIME_LIMIT": float, "TASK_SOFT_TIME_LIMIT": float, "TASK_ROUTES": "json"}
-# MINITASK_LONG_TESTS is the switch of tests/run.py --long, not a setting.
-_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_LONG_TESTS"}
+# Not settings: the settings module's name, and the worker's name that a worker sets for its
+# pool processes (their tasks may read it).
+_ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_WORKER_HOSTNAME"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 _LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -612,6 +615,23 @@ def _loglevel(label, value):
     return value.upper()
 
 
+def _user_id(label, value):
+    """A user id, given as a number or as a user name of this machine (resolved now)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, str):
+        try:
+            import pwd
+        except ImportError:         # Windows: no user database, and no local socket either
+            raise _bad(label, value, "expected a numeric user id") from None
+        try:
+            return pwd.getpwnam(value).pw_uid
+        except KeyError:
+            raise _bad(label, value, "expected a user id or the name of a user of this "
+                                     "machine") from None
+    return _integer(0)(label, value)
+
+
 def _broker_url(label, value):
     parse_broker_url(value, label)
     return value
@@ -646,7 +666,8 @@ def _timezone(label, value):
 
 _VALIDATORS = {
     "BROKER_URL": _broker_url, "BROKER_SECRET": _optional(_text),
-    "BROKER_CA_FILE": _optional(_text), "IMPORTS": _names, "TASK_SERIALIZER": _serializer,
+    "BROKER_CA_FILE": _optional(_text), "BROKER_UID": _optional(_user_id),
+    "IMPORTS": _names, "TASK_SERIALIZER": _serializer,
     "ACCEPT_CONTENT": _names, "DEFAULT_RATE_LIMIT": _rate, "DEFAULT_EXCHANGE": _text,
     "DEFAULT_EXCHANGE_TYPE": _exchange_type, "DEFAULT_QUEUE": _text, "DEFAULT_ROUTING_KEY": _text,
     "QUEUES": _queues, "RESULT_EXPIRES": _seconds(0, strict=True), "ALWAYS_EAGER": _flag,

@@ -1,7 +1,7 @@
 """`@task()`, `@shared_task` and `@periodic_task()`: thin wrappers that build Task classes.
 
 ``@task()``, bare ``@task`` and ``task(**options)(fn)`` all return the registered task object;
-calling it calls the function. Options are the Task class attributes (SPEC section 2) plus
+calling it calls the function. Options are the Task class attributes plus
 the decorator's own: ``base`` (the Task class to build on), ``bind`` (the function takes the
 task itself first, as ``self``), ``filter`` (a function applied to the task object, whose
 result is returned), and Celery's ``shared`` and ``lazy``, which change nothing here.

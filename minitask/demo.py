@@ -15,6 +15,8 @@ import time
 
 from .decorators import task
 from .processes import READY_PREFIX, read_line
+from .config import configure
+from .transport import reset_connection
 
 __all__ = ["run_demo", "add", "flaky", "hello"]
 
@@ -57,8 +59,6 @@ def _stop(process, timeout=10.0):
 
 def run_demo(out=print):
     """Run the demo; returns 0 when every task gave the expected answer."""
-    from .config import configure
-    from .client import reset_connection
     scratch = tempfile.mkdtemp(prefix="minitask-demo-")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))

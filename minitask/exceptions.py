@@ -11,7 +11,7 @@ __all__ = [
     "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
-    "BrokerError", "ReplyError",
+    "BrokerError", "ReplyError", "PoolStartupError", "ChordError",
 ]
 
 
@@ -79,8 +79,16 @@ class WorkerLostError(MinitaskError):
     """Raised (as a task's result) when the process running the task died before it finished."""
 
 
+class PoolStartupError(MinitaskError):
+    """Raised by a worker that stops because its pool processes failed to start too often."""
+
+
 class TaskRevokedError(MinitaskError):
     """Raised (as a task's result) when the task was revoked or expired before it ran."""
+
+
+class ChordError(MinitaskError):
+    """Raised (as a chord's result) when a task of its header failed, so its body never ran."""
 
 
 class TimeLimitExceeded(MinitaskError):
@@ -117,7 +125,18 @@ class AuthenticationError(BrokerConnectionError):
 
 
 class ProtocolError(MinitaskError):
-    """Raised when a peer sends bytes that break the wire protocol; that connection is closed."""
+    """Raised when a peer sends bytes that break the wire protocol; that connection is closed.
+
+    `code` is the protocol's error code to answer with when it is not the usual 400 (413 for
+    a frame over the size limit); None means 400.
+    """
+
+    def __init__(self, message="", code=None):
+        self.code = code
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.code))
 
 
 class BrokerError(MinitaskError):

@@ -7,16 +7,22 @@ so at start it asks the loader to import the task modules:
                               else DjangoLoader if DJANGO_SETTINGS_MODULE is set
                               else DefaultLoader
     loader.on_worker_init() -> import_default_modules(): IMPORTS, plus <app>.tasks for every
-                               Django app that has one (DjangoLoader)
+                               Django app that has one (DjangoLoader); in the worker, and
+                               again in each pool process started by spawn or forkserver
+    loader.on_worker_process_init()   in every pool process, before it takes a task
+    loader.on_task_init(task_id, task)   in the pool process, before each task
 
 `DefaultLoader` and `DjangoLoader` read the settings module exactly as `config` finds it
 (MINITASK_CONFIG_MODULE, else DJANGO_SETTINGS_MODULE, else minitaskconfig), so the loader and
 `config.get_settings()` never disagree. `config` imports this module only inside a function,
 to call a custom loader's own `read_configuration()`; this module imports `config` freely.
 
-Django itself is never imported: the Django settings module is a plain module, and an app's
-`tasks` submodule is looked for on disk before anything of the app is imported, so apps
-without tasks (Django's own among them) are never touched.
+Django is imported only when DJANGO_SETTINGS_MODULE is set and Django is installed: the
+worker then calls ``django.setup()`` before any loader hook (`minitask.worker.djangofixup`),
+and DjangoLoader takes the apps from Django's app registry. Without Django, the settings
+module is read as a plain module and an app's `tasks` submodule is looked for on disk before
+anything of the app is imported, so apps without tasks (Django's own among them) are never
+touched.
 """
 
 import importlib
@@ -65,8 +71,16 @@ class BaseLoader:
         return [self.import_module(name) for name in dict.fromkeys(self.settings.IMPORTS)]
 
     def on_worker_init(self):
-        """Called once as the worker starts, before it takes messages: register the tasks."""
+        """Called as the worker starts, before it takes messages: register the tasks.
+
+        A pool process started by spawn or forkserver calls it too, since it inherits nothing
+        of the worker's set-up; a forked one has it all already.
+        """
         self.import_default_modules()
+
+    def on_worker_process_init(self):
+        """Called in every pool process once it is set up, before it takes a task; nothing by
+        default. If it raises, the process does not start (the worker backs off and retries)."""
 
     def on_task_init(self, task_id, task):
         """Called in the pool process before each task runs; a hook, nothing by default."""
@@ -122,10 +136,14 @@ class DjangoLoader(DefaultLoader):
         return names
 
     def installed_apps(self):
-        """Return INSTALLED_APPS from the module named by DJANGO_SETTINGS_MODULE."""
+        """Return the installed apps: from Django's app registry once Django is set up, else
+        INSTALLED_APPS from the module named by DJANGO_SETTINGS_MODULE."""
         name = os.environ.get("DJANGO_SETTINGS_MODULE")
         if not name:
             raise ConfigurationError("DjangoLoader: DJANGO_SETTINGS_MODULE is not set")
+        registry = sys.modules.get("django.apps")
+        if registry is not None and registry.apps.ready:
+            return [app.name for app in registry.apps.get_app_configs()]
         apps = getattr(config.import_settings_module(name), "INSTALLED_APPS", ())
         if not isinstance(apps, (list, tuple)) or not all(isinstance(a, str) and a for a in apps):
             raise ConfigurationError(f"INSTALLED_APPS in {name!r}: expected a list of app names, "

@@ -25,13 +25,42 @@ Body, version 1 (an object; unknown keys are ignored, so later versions may add 
 
 ``id`` and ``task`` repeat the properties so a body read on its own still says what it is.
 
+Workflows (`minitask.canvas`) add optional body keys, for the worker that runs the task (an
+older worker ignores them), each present only when it has something to say; a signature
+travels in Celery's dict form, every task id in it assigned when the workflow was sent::
+
+    "chain":     [signature, ...]   the links that come after this task, in order: on
+                                    SUCCESS the first one is sent with the result prepended
+                                    to its args (unless immutable), carrying the rest
+    "callbacks": [signature, ...]   ``link=``: each sent with the result on SUCCESS
+    "chord":     {"results": [id or [id, ...], ...]}
+                                    on a chord's body: the ids of the header's results, in
+                                    the header's order (a list where a header member is a
+                                    group); the body gets their values, nested alike, as its
+                                    first argument
+
+and optional message headers, for the broker (which never decodes a body)::
+
+    "x-errbacks":   [base64 text, ...]  ``link_error=``: encoded task messages (3.1), built
+                                        when this task was sent, with this task's id first in
+                                        their args; published when this task ends in FAILURE
+                                        or REVOKED, whoever stores that outcome
+    "x-chain":      [id, ...]           every task id the rest of the chain would run: when
+                                        this task fails or is revoked they never will, and
+                                        each is given the same outcome (so no waiter hangs)
+    "x-chord":      [id, ...]           on a task whose result a chord's body waits for: the
+                                        ids of the body's messages that wait for it
+    "x-chord-wait": [id, ...]           on a chord's body: every result id it waits for; the
+                                        broker holds the message until each has a final
+                                        result
+
 A result ("meta") is serialized the same way and stored by the broker's result store::
 
     {"v": 1, "task_id": str, "task": str, "status": state, "result": value or exception,
      "traceback": str or null, "retries": int, "date_done": epoch seconds}
 
 Exceptions travel as tagged JSON (`minitask.serialization`); they are rebuilt as their own
-class only under the SPEC "Results" rule.
+class only when it is a builtin, in `minitask.exceptions`, or in a module already imported.
 """
 
 import datetime
@@ -95,11 +124,12 @@ class TaskMessage:
 
     __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "exchange",
                  "routing_key", "priority", "mandatory", "immediate", "serializer",
-                 "redelivered", "delivery_tag")
+                 "redelivered", "delivery_tag", "chain", "callbacks", "chord", "headers")
 
     def __init__(self, task, args=(), kwargs=None, id=None, retries=0, eta=0.0, expires=0.0,
                  exchange="", routing_key="", priority=None, mandatory=False,
-                 immediate=False, serializer="json"):
+                 immediate=False, serializer="json", chain=None, callbacks=None, chord=None,
+                 headers=None):
         self.id = id or new_task_id()
         self.task = task
         self.args = tuple(args or ())
@@ -115,14 +145,25 @@ class TaskMessage:
         self.serializer = serializer
         self.redelivered = False
         self.delivery_tag = None
+        self.chain = chain                  # workflows: see the module docstring
+        self.callbacks = callbacks
+        self.chord = chord
+        self.headers = headers
 
     def __repr__(self):
         return "<TaskMessage %s[%s] retries=%d>" % (self.task, self.id, self.retries)
 
     def to_dict(self):
-        return {"v": BODY_VERSION, "id": self.id, "task": self.task, "args": list(self.args),
+        body = {"v": BODY_VERSION, "id": self.id, "task": self.task, "args": list(self.args),
                 "kwargs": self.kwargs, "retries": self.retries, "eta": _iso(self.eta),
                 "expires": _iso(self.expires)}
+        if self.chain:
+            body["chain"] = self.chain
+        if self.callbacks:
+            body["callbacks"] = self.callbacks
+        if self.chord is not None:
+            body["chord"] = self.chord
+        return body
 
     def encode(self):
         """The broker message for this call. Raises SerializationError in the caller's process
@@ -136,7 +177,8 @@ class TaskMessage:
         return protocol.Message(
             body=body, exchange=self.exchange, routing_key=self.routing_key,
             message_id=self.id, type=self.task, content_type=content_type,
-            priority=self.priority, not_before=self.eta, expires_at=self.expires, flags=flags)
+            priority=self.priority, not_before=self.eta, expires_at=self.expires, flags=flags,
+            headers=self.headers)
 
     @classmethod
     def decode(cls, message, accept=None):
@@ -161,13 +203,31 @@ class TaskMessage:
                    priority=message.priority,
                    mandatory=bool(message.flags & protocol.MANDATORY),
                    immediate=bool(message.flags & protocol.IMMEDIATE),
-                   serializer=_name_or_type(message.content_type))
+                   serializer=_name_or_type(message.content_type),
+                   headers=message.headers or None)
+        if "chain" in body or "callbacks" in body or "chord" in body:
+            _read_workflow(self, body)
         return self
 
     @classmethod
     def from_bytes(cls, data, accept=None):
         """Decode an encoded broker message (3.1) straight into a TaskMessage."""
         return cls.decode(protocol.decode_message(data), accept)
+
+
+def _read_workflow(message, body):
+    """Check and keep a body's workflow keys; a malformed one is a SerializationError."""
+    for key in ("chain", "callbacks"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, list)
+                                  or not all(isinstance(item, dict) for item in value)):
+            raise SerializationError("task message %s must be a list of signatures" % key)
+    chord = body.get("chord")
+    if chord is not None and (not isinstance(chord, dict)
+                              or not isinstance(chord.get("results"), list)):
+        raise SerializationError("task message chord must be an object with a results list")
+    message.chain, message.callbacks, message.chord = (body.get("chain"),
+                                                       body.get("callbacks"), chord)
 
 
 def _name_or_type(content_type):

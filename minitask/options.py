@@ -14,20 +14,30 @@ A name neither Celery nor minitask knows is refused too (a typo must not pass). 
 "not given" for every call option, as in Celery, so wrappers that pass ``link=None`` work.
 
 `PUBLISH_OPTIONS` is the one list of call options that say when and where a call goes; both
-`apply_async` and `Task.retry` (which passes them through) use it.
+`apply_async` and `Task.retry` (which passes them through) use it. `WORKFLOW_OPTIONS` (`link`,
+`link_error`) are implemented where a call can start a workflow: `apply_async`, `send_task`
+and signatures (`minitask.canvas`); elsewhere (a periodic task's entry, `retry()`) they are
+refused.
 """
 
 from .exceptions import ConfigurationError
 
-__all__ = ["PUBLISH_OPTIONS", "WORKFLOWS", "TASK_ACCEPTED", "TASK_REFUSED", "CALL_ACCEPTED",
-           "CALL_REFUSED", "DECORATOR_OPTIONS", "check_task_attributes", "check_decorator_options",
-           "check_call_options", "workflows_refused"]
+__all__ = ["PUBLISH_OPTIONS", "WORKFLOW_OPTIONS", "TASK_ACCEPTED", "TASK_REFUSED",
+           "CALL_ACCEPTED", "CALL_REFUSED", "DECORATOR_OPTIONS", "check_task_attributes",
+           "check_decorator_options", "check_call_options", "is_call_option"]
 
 # The call options minitask acts on (besides args and kwargs): when, where, how encoded.
 PUBLISH_OPTIONS = ("countdown", "eta", "expires", "task_id", "queue", "exchange",
                    "routing_key", "priority", "serializer", "mandatory", "immediate")
 
-WORKFLOWS = "not supported yet: workflows (chains, chords, callbacks) come in a later release"
+# Call options that start a workflow: callbacks on success and errbacks on failure.
+WORKFLOW_OPTIONS = ("link", "link_error")
+_WORKFLOW_ELSEWHERE = ("callbacks and errbacks are set on apply_async(), send_task() or a "
+                       "signature, not on a periodic task's entry or a retry()")
+
+_SET_BY_CANVAS = "set by the canvas itself; build the workflow with chain(), group(), chord()"
+_NO_PARENTS = ("minitask does not record a task's parent or root (self.request.parent_id is "
+               "None, root_id the task's own id)")
 
 # Options of the decorator itself, not attributes of the task it builds.
 DECORATOR_OPTIONS = ("base", "bind", "filter", "shared", "lazy")
@@ -71,7 +81,8 @@ TASK_REFUSED = {
     "Request": "the worker's request class is not pluggable; read self.request",
     "Strategy": "the worker's execution strategy is not pluggable",
     "shadow_name": "logs and results always show the task's registered name",
-    "on_replace": WORKFLOWS,
+    "on_replace": "Task.replace() is not supported: a running task cannot change its own "
+                  "place in a workflow",
     "autoregister": "every non-abstract task registers itself; use abstract = True to keep "
                     "a base class out",
 }
@@ -80,22 +91,20 @@ TASK_REFUSED = {
 CALL_ACCEPTED = {
     "add_to_parent": (_ALWAYS, "minitask results keep no list of the tasks a task sent"),
     "retry": ((True,), "a lost connection is always tried again for up to 5 s "
-                       "(minitask.client.RECONNECT_SECONDS)"),
+                       "(minitask.transport.RECONNECT_SECONDS)"),
     "delivery_mode": ((2, "persistent"), "task messages are always persistent"),
 }
 
 # Call options Celery has and minitask lacks -> the minitask way.
 CALL_REFUSED = {
-    "link": WORKFLOWS,
-    "link_error": WORKFLOWS,
-    "chain": WORKFLOWS,
-    "chord": WORKFLOWS,
-    "group_id": WORKFLOWS,
-    "group_index": WORKFLOWS,
-    "parent_id": WORKFLOWS,
-    "root_id": WORKFLOWS,
-    "replaced_task_nesting": WORKFLOWS,
-    "stamped_headers": WORKFLOWS,
+    "chain": _SET_BY_CANVAS,
+    "chord": _SET_BY_CANVAS,
+    "group_id": _SET_BY_CANVAS,
+    "group_index": _SET_BY_CANVAS,
+    "parent_id": _NO_PARENTS,
+    "root_id": _NO_PARENTS,
+    "replaced_task_nesting": "Task.replace() is not supported",
+    "stamped_headers": "minitask has no stamping; pass what a task needs as arguments",
     "shadow": "logs and results always show the task's registered name",
     "compression": "minitask does not compress messages; compress large arguments yourself",
     "connection": "each thread sends through its own connection; use group() to send many "
@@ -105,7 +114,7 @@ CALL_REFUSED = {
     "publisher": "each thread sends through its own connection; use group() to send many "
                  "calls in one batch",
     "retry_policy": "a lost connection is always tried again for up to 5 s "
-                    "(minitask.client.RECONNECT_SECONDS)",
+                    "(minitask.transport.RECONNECT_SECONDS)",
     "headers": "task messages carry no custom headers; pass what the task needs as kwargs",
     "content_type": "use serializer=",
     "content_encoding": "use serializer=",
@@ -133,14 +142,7 @@ CALL_REFUSED = {
 _SAME_AS_TASK = ("ignore_result", "time_limit", "soft_time_limit")
 
 
-def workflows_refused(what):
-    """The error for a workflow feature (`|`, chain, chord, link) used before they exist."""
-    return ConfigurationError("%s: %s" % (what, WORKFLOWS))
-
-
 def _refusal(where, name, reason):
-    if reason == WORKFLOWS:
-        return ConfigurationError("%s: %s: %s" % (where, name, reason))
     return ConfigurationError("%s: %s is not supported: %s" % (where, name, reason))
 
 
@@ -164,6 +166,13 @@ def check_decorator_options(task_name, options, base):
                                      "in the README's \"Task options\")" % (task_name, name))
 
 
+def is_call_option(name):
+    """Whether `name` is a call option: one minitask acts on, or one of Celery's it accepts
+    with no effect or refuses (`check_call_options` says which)."""
+    return (name in PUBLISH_OPTIONS or name in CALL_ACCEPTED or name in CALL_REFUSED
+            or name in _SAME_AS_TASK or name in WORKFLOW_OPTIONS)
+
+
 def check_call_options(task, options, known=PUBLISH_OPTIONS):
     """Refuse call options minitask does not act on; return the ones it does (None dropped).
 
@@ -182,6 +191,9 @@ def check_call_options(task, options, known=PUBLISH_OPTIONS):
             _check_accepted("", name, value, CALL_ACCEPTED)
         elif name in CALL_REFUSED:
             raise _refusal(_call_name(task), name, CALL_REFUSED[name])
+        elif name in WORKFLOW_OPTIONS:
+            raise ConfigurationError("%s: %s is not supported here: %s"
+                                     % (_call_name(task), name, _WORKFLOW_ELSEWHERE))
         else:
             raise ConfigurationError("%s: unknown option %s (the call options are %s)"
                                      % (_call_name(task), name, ", ".join(PUBLISH_OPTIONS)))

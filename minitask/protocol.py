@@ -7,7 +7,11 @@ This docstring is the specification. It is enough to write a client in another l
 A TCP stream (or TLS, for ``minitasks://`` URLs), by default on port 5679. On Linux a broker
 without TLS also listens on the abstract UNIX socket ``"\0minitask-<port>"``; a client of a
 loopback address may use it instead (the same frames, handshake and rules), and falls back
-to TCP when it is not there. Every integer is big-endian. Strings are UTF-8. Times are
+to TCP when it is not there. Any local user can bind that name first, so before sending a
+byte over it a client asks the kernel who listens there (``SO_PEERCRED``) and uses it only
+when that is its own user, root or the user it was told the broker runs as; otherwise it
+closes it unused and takes TCP. A broker that finds the name taken serves TCP alone.
+Every integer is big-endian. Strings are UTF-8. Times are
 seconds since the Unix epoch as IEEE-754 doubles.
 
 2. Frames
@@ -28,7 +32,10 @@ Several frames may travel in one TCP segment and one frame may be split across m
 buffers bytes and cuts frames as they complete (see `Decoder`). Before the handshake completes
 a frame body may be at most 4 KiB (`MAX_HANDSHAKE_BYTES`); after it, at most the broker's
 ``max_frame_bytes`` (announced in WELCOME; default 16 MiB). A longer length prefix is a
-protocol error: the broker answers ERROR 413 and closes the connection.
+protocol error: the broker answers ERROR 413 and closes the connection. A frame begun must be
+finished: one left incomplete for the broker's stall timeout (30 s) is ERROR 400 and a close,
+and when the unfinished frames of all connections together hold more than the broker's cap
+(256 MiB), the connections holding the most get ERROR 503 and are closed.
 
 3. Bodies
 ---------
@@ -73,21 +80,25 @@ yet (``acks_late``).
     runtime      f64   only when described: seconds the task ran (negative = it did not run)
     payload      the rest: the serialized result meta (see minitask.result)
 
-3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1) or a
-KV_SET (JSON) with seq 0; at least 1 and at most 64 of them. The broker applies them in
-order as one unit: one journal record holds everything they write, so a crash keeps all of
-it or none of it (a periodic task's send and the record of when it was sent). One reply for
-the unit: CONFIRM of the ATOMIC's seq once that record is written, or one ERROR (with the
-code the failing command would have had, or 507 for a failed journal write), in which case
-nothing of the unit took effect. A frame of another type, a seq other than 0, or bodies that
-do not add up to whole frames are ERROR 400.
+3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1), a
+KV_SET (JSON) or a RESULT_SET (3.4), with seq 0; at least 1 and at most 10000 of them (and
+no more than one frame holds: enough for a chord of a thousand tasks and its body). The
+broker applies them in order as one unit: one journal record holds everything they write, so
+a crash keeps all of it or none of it (a periodic task's send and the record of when it was
+sent; a task's result and the tasks it unlocks). One reply for the unit: CONFIRM of the
+ATOMIC's seq once that record is written, or one ERROR (with the code the failing command
+would have had, or 507 for a failed journal write), in which case nothing of the unit took
+effect. Waits on a result the unit stores are answered once that record is written. A frame
+of another type, a seq other than 0, or bodies that do not add up to whole frames are ERROR
+400. RESULT_SET inside ATOMIC needs the ``"atomic_results"`` feature (4): a broker without
+it answers such a unit with ERROR 400 and applies none of it.
 
 4. Commands (client -> broker) and their replies
 -----------------------------------------------
 ``type``  name              body    reply
 0x01      HELLO             JSON    WELCOME, or CHALLENGE when a secret is required
 0x03      AUTH              JSON    WELCOME, or ERROR 401 and close
-0x05      HEARTBEAT         empty   none (either side may send it at any time)
+0x05      HEARTBEAT         empty*  none (either side may send it at any time)
 0x06      CLOSE             empty   none; the broker closes after flushing its replies
 0x10      DECLARE_EXCHANGE  JSON    OK {}
 0x11      DELETE_EXCHANGE   JSON    OK {}
@@ -127,8 +138,8 @@ JSON arguments (``?`` = optional, with its default):
   "worker": {hostname, pid, concurrency, queues, ...}?}``; WELCOME ``{"protocol": 1,
   "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
   ``features`` names what this broker understands beyond protocol 1 as first shipped:
-  ``"atomic"`` (the ATOMIC command, 3.5) and ``"described_results"`` (RESULT_SET's bit 1,
-  3.4). A client uses such a thing only when the broker names it: an older broker, which
+  ``"atomic"`` (the ATOMIC command with PUBLISH and KV_SET, 3.5), ``"atomic_results"``
+  (RESULT_SET inside ATOMIC too) and ``"described_results"`` (RESULT_SET's bit 1, 3.4). A client uses such a thing only when the broker names it: an older broker, which
   sends no ``features``, answers an unknown command with ERROR 405 and closes the
   connection, and would read a described result's two extra fields as payload. A broker
   ignores HELLO keys it does not know and a client ignores WELCOME keys it does not know,
@@ -155,6 +166,9 @@ JSON arguments (``?`` = optional, with its default):
   the ids until the results expire, drops queued messages of those tasks, marks them REVOKED
   and tells every worker through the control exchange.
 - CLAIM ``{"task_ids": [...]}``: a worker that reconnects names the tasks it is still running.
+- HEARTBEAT (*) from a worker may carry ``{"worker": {...}}``: its HELLO ``worker`` object
+  as it is now (say ``"state": "degraded"``), which STATUS shows from then on. A broker
+  before this one ignores the body. At most 4 KiB.
 - STATUS ``{"scheduled": n?}``: queues, exchanges, workers and counts; with ``scheduled``,
   also the first n (at most 10000) messages the broker holds until their ``not_before``,
   soonest first, as ``"scheduled": [{"id", "name", "eta", "queue", "priority"}]``. LEASE ``{"name", "holder", "ttl": s}``. KV_SET ``{"key", "value"}``,
@@ -188,8 +202,27 @@ broker's grace period (a few seconds), the broker stores FAILURE / WorkerLostErr
       |                                       (close) |
 
 Nonces are 32 random bytes written as lowercase hex; the HMAC input is the UTF-8 text
-``role:first_nonce:second_nonce`` and a proof is the HMAC digest in lowercase hex. Anything but HELLO first, or AUTH when no
-CHALLENGE was sent, or any command before WELCOME, is ERROR 405 and a closed connection.
+``role:first_nonce:second_nonce`` and a proof is the HMAC digest in lowercase hex. Anything
+but HELLO first, or AUTH when no CHALLENGE was sent, or any command before WELCOME (also
+while an AUTH waits for its answer), is ERROR 405 and a closed connection.
+
+A client that holds a secret accepts only the WELCOME that answers its AUTH and carries
+``proof_b``: a WELCOME in answer to HELLO means the other end does not hold the secret (it is
+not the broker, or a broker started without it), and the client refuses it.
+
+What the broker allows a connection before WELCOME:
+
+- The handshake, TLS included, must be done within the handshake timeout (10 s) of
+  connecting; then ERROR 400 and a close (just a close while TLS has not started).
+- Connections before WELCOME share a quarter of the broker's connection slots, and one peer
+  (an IP address over TCP, a user on the local socket) a quarter of that. A newcomer over a
+  share takes the slot of the oldest connection still in its handshake of its own peer (over
+  the overall share: of the peer holding the most), one that has not sent its whole HELLO
+  first; that connection gets ERROR 503 and is closed. A WELCOMEd connection is never closed
+  to make room; when every slot is one, a newcomer gets ERROR 503.
+- After a peer has failed AUTH five times, the broker holds its answers to that peer's later
+  AUTHs, right or wrong: 0.1 s, doubling with each further failure, up to 2 s; a peer's
+  failures are forgotten a minute after its last one. A client waits for the answer.
 
 7. Errors
 ---------
@@ -199,7 +232,8 @@ connection is closed when the stream can no longer be trusted), 401 Authenticati
 404 BrokerError (no such queue or exchange), 405 ProtocolError (unknown command or wrong
 state), 406 BrokerError (precondition: redeclared differently, default exchange bound),
 408 TimeoutError, 409 BrokerError (exclusive queue in use), 413 PublishRefusedError
-(message too big), 503 BrokerConnectionError (shutting down, too many connections),
+(message too big), 503 BrokerConnectionError (shutting down, too many connections, a
+handshake dropped to make room, too much held in unfinished frames),
 507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
 """
 
@@ -222,7 +256,7 @@ __all__ = [
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "decode_result_set", "plain_result", "type_bytes_of",
     "encode_error", "decode_error", "error_for", "encode_atomic", "decode_atomic",
-    "STATES", "STATE_CODES", "READY_STATES", "auth_proof",
+    "STATES", "STATE_CODES", "READY_STATES", "auth_proof", "drop_reason",
 ]
 
 PROTOCOL_VERSION = 1
@@ -285,7 +319,7 @@ REQUEUE = 0x01
 STORE, READY = 0x01, 0x01
 DESCRIBED = 0x02
 # WELCOME's features (4): what this broker understands beyond protocol 1 as first published.
-FEATURES = ("atomic", "described_results")
+FEATURES = ("atomic", "atomic_results", "described_results")
 # Queues the broker names itself (DECLARE_QUEUE with queue ""): replies, workers' control.
 GENERATED_QUEUE_PREFIX = "mt.gen-"
 NO_PRIORITY = 255
@@ -321,7 +355,7 @@ class Decoder:
         length, kind, seq = HEADER.unpack_from(buffer, start)
         if length > self.max_frame_bytes:
             raise ProtocolError("frame of %d bytes is over the %d-byte limit"
-                                % (length, self.max_frame_bytes))
+                                % (length, self.max_frame_bytes), TOO_LARGE)
         end = start + 9 + length
         if len(buffer) < end:
             return None
@@ -344,7 +378,7 @@ class Decoder:
 def local_socket_name(port):
     """The abstract UNIX socket a broker on `port` also listens on (Linux), or None.
 
-    Clients of a loopback URL try it first and fall back to TCP (see `client.Connection`).
+    Clients of a loopback URL try it first and fall back to TCP (see `minitask.transport.builtin`).
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -358,6 +392,18 @@ def auth_proof(secret, role, first_nonce, second_nonce):
     reflected back as the other's."""
     text = ("%s:%s:%s" % (role, first_nonce, second_nonce)).encode("utf-8")
     return hmac.new(secret, text, hashlib.sha256).hexdigest()
+
+
+def drop_reason(task_id, expires_at, now, revoked=()):
+    """Why a task's message must not be handed on at `now`: "revoked" when `task_id` is in
+    `revoked`, "expired" when its `expires_at` (0 or None: never) has passed; None when it
+    may go on. The one rule, asked by the broker before a message goes to a queue or a
+    consumer and when its expiry comes, and by the worker before it starts the task."""
+    if revoked and task_id in revoked:
+        return "revoked"
+    if expires_at and expires_at <= now:
+        return "expired"
+    return None
 
 
 def encode_frame(kind, seq, body=b""):
@@ -560,8 +606,8 @@ _TAGS_HEAD = struct.Struct("!BI")
 
 # --- ATOMIC (3.5) --------------------------------------------------------------------------
 
-ATOMIC_COMMANDS = (PUBLISH, KV_SET)
-MAX_ATOMIC_FRAMES = 64
+ATOMIC_COMMANDS = (PUBLISH, KV_SET, RESULT_SET)
+MAX_ATOMIC_FRAMES = 10000
 
 
 def encode_atomic(seq, frames):
@@ -581,8 +627,8 @@ def decode_atomic(body):
         if stop > end:
             raise ProtocolError("ATOMIC body ends inside a %s frame" % command_name(kind))
         if kind not in ATOMIC_COMMANDS:
-            raise ProtocolError("ATOMIC may hold PUBLISH and KV_SET frames, not %s"
-                                % command_name(kind))
+            raise ProtocolError("ATOMIC may hold PUBLISH, KV_SET and RESULT_SET frames, "
+                                "not %s" % command_name(kind))
         if seq:
             raise ProtocolError("a frame inside ATOMIC must have seq 0, not %d" % seq)
         frames.append((kind, body[offset + HEADER.size:stop]))
@@ -700,7 +746,7 @@ def decode_error(body):
 def error_for(code, text):
     """The exception a client raises for an ERROR frame."""
     cls = _ERROR_CLASSES.get(code, BrokerError)
-    return cls(text, code) if cls is BrokerError else cls(text)
+    return cls(text, code) if cls in (BrokerError, ProtocolError) else cls(text)
 
 
 def code_for(exc):

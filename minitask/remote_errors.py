@@ -23,7 +23,7 @@ from .exceptions import RemoteTaskError, SerializationError
 __all__ = ["exception_to_dict", "exception_from_dict", "exception_from_decoded"]
 
 
-def exception_to_dict(exc, traceback_text=None):
+def exception_to_dict(exc, traceback_text=None, encode=repr):
     """Describe an exception as JSON-able data: type, message, args and traceback text.
 
     A `RemoteTaskError` keeps the type name, message and traceback it arrived with, and an
@@ -52,21 +52,20 @@ def exception_to_dict(exc, traceback_text=None):
         args += (exc.filename,) if exc.filename2 is None else (exc.filename, None, exc.filename2)
     if traceback_text is None:
         traceback_text = getattr(exc, "remote_traceback", None)
-    return {"type": type_name, "message": message, "args": [_arg_to_jsonable(arg) for arg in args],
+    return {"type": type_name, "message": message, "args": [_arg(arg, encode) for arg in args],
             "traceback": traceback_text if isinstance(traceback_text, str) else None}
 
 
-def exception_from_dict(d):
+def exception_from_dict(d, decode):
     """Rebuild an exception from `exception_to_dict` data; see the module docstring.
 
     Never imports a module and never calls anything but the constructor of an exception class
     that passed the rules. Raises `SerializationError` only when `d` does not have the shape of
     such data at all.
     """
-    from .serialization import from_jsonable
     type_name, message, args, traceback_text = _exception_fields(d)
     try:
-        args = from_jsonable(args)
+        args = decode(args)
     except SerializationError:  # args we cannot read still leave type, message and traceback
         args = None
     return _rebuild_exception(type_name, message, args, traceback_text)
@@ -77,10 +76,9 @@ def exception_from_decoded(d):
     return _rebuild_exception(*_exception_fields(d))
 
 
-def _arg_to_jsonable(arg):
-    from .serialization import to_jsonable
+def _arg(arg, encode):
     try:
-        return to_jsonable(arg)
+        return encode(arg)
     except Exception:  # an argument json cannot carry (a socket, a lock): its repr says what it was
         try:
             return repr(arg)

@@ -1,4 +1,5 @@
-"""Task results as the caller sees them: `AsyncResult`, `EagerResult` and `ResultSet`.
+"""Task results as the caller sees them: `AsyncResult`, `EagerResult`, `ResultSet` and
+`GroupResult`.
 
 States, in the order a task moves through them: PENDING (nothing known yet), RECEIVED (a
 worker has it), STARTED, RETRY (waiting to run again; the result is the "tombstone": the
@@ -8,6 +9,13 @@ Waiting is push-based: `get()` sends one RESULT_WAIT and the broker answers the 
 result arrives. A FAILURE comes back as its own exception class only when that class is a
 builtin, in `minitask.exceptions`, or in a module already imported here; otherwise as
 `RemoteTaskError` (see `minitask.serialization`).
+
+Results of a workflow (`minitask.canvas`) are linked as Celery links them: a chain's result is
+its last task's, whose `parent` is the task before it, and so on back to the first; a chord's
+result is its body's, whose `parent` is the header's `GroupResult`; `children` are the results
+of a task's `link` callbacks. Every id is assigned when the workflow is sent, so `revoke()` on
+any of them reaches every task of the workflow it can see through those links, including the
+ones that have not been sent yet.
 """
 
 import time
@@ -15,15 +23,24 @@ import time
 from .exceptions import TaskRevokedError, TimeoutError
 from .message import decode_result_meta
 from .protocol import READY_STATES, STATES
+from .transport import with_connection
+from .config import get_settings
+from .message import ResultMeta
 
-__all__ = ["AsyncResult", "EagerResult", "ResultSet", "STATES", "READY_STATES",
+__all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult", "STATES",
+           "READY_STATES",
            "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
 PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = STATES
 
 
-class _ResultBase:
-    """What AsyncResult and EagerResult share: the states' questions and `get()`'s raising."""
+class ResultBase:
+    """What AsyncResult and EagerResult share: the states' questions and `get()`'s raising,
+    and the links of a workflow: `parent` (the result before this one) and `children` (the
+    results of this task's `link` callbacks)."""
+
+    parent = None
+    children = ()
 
     def ready(self):
         return self.state in READY_STATES
@@ -59,7 +76,7 @@ class _ResultBase:
         return self.task_id
 
     def __eq__(self, other):
-        if isinstance(other, _ResultBase):
+        if isinstance(other, ResultBase):
             return self.task_id == other.task_id
         return self.task_id == other
 
@@ -67,12 +84,13 @@ class _ResultBase:
         return hash(self.task_id)
 
 
-class AsyncResult(_ResultBase):
+class AsyncResult(ResultBase):
     """The result of a task sent to the broker, fetched from the broker's result store."""
 
-    def __init__(self, task_id, task_name=None, connection=None):
+    def __init__(self, task_id, task_name=None, connection=None, parent=None):
         self.task_id = self.id = task_id
         self.task_name = task_name
+        self.parent = parent
         self._connection = connection
         self._meta = None               # cached once final
 
@@ -80,11 +98,9 @@ class AsyncResult(_ResultBase):
         """``function(connection)`` on the connection given, or this thread's (reconnecting)."""
         if self._connection is not None:
             return function(self._connection.connect())
-        from .client import with_connection
         return with_connection(function)
 
     def _accept(self):
-        from .config import get_settings
         return get_settings().ACCEPT_CONTENT
 
     def _decode(self, state, content_type, payload):
@@ -140,8 +156,13 @@ class AsyncResult(_ResultBase):
     wait = get
 
     def revoke(self, terminate=False, signal="SIGTERM"):
-        """Make sure the task never runs (and stop it if running, with `terminate`)."""
-        self._call(lambda conn: conn.revoke([self.task_id], terminate=terminate, signal=signal))
+        """Make sure the task never runs (and stop it if running, with `terminate`).
+
+        The result of a workflow revokes the whole workflow it is linked to (its parents,
+        their callbacks, a chord's header), in one request: what has not started never does.
+        """
+        ids = workflow_ids(self)
+        self._call(lambda conn: conn.revoke(ids, terminate=terminate, signal=signal))
 
     def forget(self):
         """Remove the result from the broker's store."""
@@ -149,11 +170,13 @@ class AsyncResult(_ResultBase):
         self._meta = None
 
 
-class EagerResult(_ResultBase):
+class EagerResult(ResultBase):
     """The result of `Task.apply()`: the task already ran, here."""
 
-    def __init__(self, task_id, result, state, traceback=None):
+    def __init__(self, task_id, result, state, traceback=None, task_name=None, parent=None):
         self.task_id = self.id = task_id
+        self.task_name = task_name
+        self.parent = parent
         self._result = result
         self._state = state
         self._traceback = traceback
@@ -173,7 +196,6 @@ class EagerResult(_ResultBase):
         return self._traceback
 
     def get(self, timeout=None, propagate=True, interval=None):
-        from .message import ResultMeta
         return self._outcome(ResultMeta(self.task_id, self._state, self._result,
                                         self._traceback), propagate)
 
@@ -187,7 +209,9 @@ class EagerResult(_ResultBase):
 
 
 class ResultSet:
-    """Several results waited on together (`group(...).apply_async()`, `map_async`)."""
+    """Several results waited on together (`map_async`, and the base of `GroupResult`)."""
+
+    parent = None
 
     def __init__(self, results):
         self.results = list(results)
@@ -228,9 +252,60 @@ class ResultSet:
 
     get = join
 
-    def revoke(self, terminate=False):
-        for result in self.results:
-            result.revoke(terminate=terminate)
+    def revoke(self, terminate=False, signal="SIGTERM"):
+        """Revoke every task of the set (and of the workflows they belong to) in one request."""
+        ids = workflow_ids(self)
+        if ids:
+            with_connection(lambda conn: conn.revoke(ids, terminate=terminate, signal=signal))
 
     def __repr__(self):
         return "<ResultSet: %d results>" % len(self.results)
+
+
+class GroupResult(ResultSet):
+    """The results of a group, in the group's order; `id` is the group's own id.
+
+    Celery's GroupResult without its result-backend half: a group's id is not stored, so there
+    is no `save()` or `restore()`; keep the GroupResult (or its task ids) instead.
+    """
+
+    def __init__(self, id=None, results=(), parent=None):
+        super().__init__(results)
+        self.id = id
+        self.parent = parent
+
+    @property
+    def children(self):
+        return self.results
+
+    def __eq__(self, other):
+        if isinstance(other, GroupResult):
+            return self.id == other.id and self.results == other.results
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __repr__(self):
+        return "<GroupResult: %s [%s]>" % (self.id, ", ".join(str(getattr(r, "id", r))
+                                                               for r in self.results))
+
+
+def workflow_ids(result):
+    """The ids of the tasks `result` reaches through the links of its workflow (parents,
+    callbacks' children, a group's members), itself included, each once; EagerResults (which
+    already ran) are left out."""
+    ids, seen, stack = [], set(), [result]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, ResultSet):
+            stack.extend(reversed(node.results))
+        elif isinstance(node, AsyncResult):
+            if node.id not in ids:
+                ids.append(node.id)
+            stack.extend(reversed(node.children))
+        stack.append(node.parent)
+    return ids

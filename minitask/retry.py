@@ -1,6 +1,6 @@
 """The retry policy, in one place: the worker and `Task.apply()` both ask it.
 
-Early Celery's rules (SPEC section 2, "Retry"):
+Early Celery's rules:
 
 - a retry is allowed while ``retries < max_retries`` (``max_retries=None`` never gives up);
 - when it is not, `exc` is raised if one was given, else `MaxRetriesExceededError`;

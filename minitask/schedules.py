@@ -224,7 +224,7 @@ class crontab:
     def _zone(self):
         if self.tz is not None:
             return self.tz
-        from .config import get_settings
+        from .config import get_settings   # config checks schedules: read it only when used
         return get_timezone(get_settings().TIMEZONE)
 
     def __eq__(self, other):

@@ -5,20 +5,43 @@ call's) into a `TaskMessage`: when it runs (countdown, eta, expires), where it g
 `minitask.routes` decides) and how it is encoded. `publish` sends it with confirms through this
 thread's connection, first declaring a queue the call was routed to that is not in QUEUES.
 `send_task` does both for a task known only by name, as Celery's ``app.send_task``.
+
+Workflows (`minitask.canvas`) are turned into messages by one function, `compose_signature`,
+which the client calls to send a workflow and a worker calls to send what a task's result
+unlocks (`compose_unlocked`: the next link of a chain, the callbacks). It gives each message
+the workflow fields of `minitask.message` (body keys for the worker, headers for the broker)::
+
+    signature                  messages
+    task(args)                 one, with "callbacks" and "x-errbacks" from link/link_error
+    chain(a, b, c)             a's, with "chain": [b, c] and "x-chain": the ids of b and c
+    group(a, b)                a's and b's
+    chord(header, body)        body's, parked ("chord", "x-chord-wait"), then the header's,
+                               whose last tasks carry "x-chord"
+
+A workflow holding a chord is sent by `publish_chords`: the broker must hold a chord's body
+until its header's results are in, which this broker does not do yet.
 """
 
+import base64
+import binascii
 import datetime
+import json
 import time
 
-from .client import with_connection
+from . import protocol
 from .config import get_settings
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, SerializationError
 from .message import TaskMessage, new_task_id, to_epoch
-from .options import check_call_options
+from .options import WORKFLOW_OPTIONS, PUBLISH_OPTIONS, check_call_options
 from .result import AsyncResult
 from .routes import destination, router_for
+from .transport import with_connection
 
-__all__ = ["compose_message", "publish", "send_task"]
+__all__ = ["compose_message", "publish", "send_task", "compose_signature", "compose_unlocked",
+           "errbacks_of", "send_workflow", "publish_all", "publish_chords"]
+
+# The most a message's headers may hold (protocol 3.1: a str16).
+MAX_HEADER_BYTES = 0xFFFF
 
 
 def compose_message(name, args=None, kwargs=None, task=None, settings=None, countdown=None,
@@ -107,11 +130,208 @@ def send_task(name, args=None, kwargs=None, **options):
         raise ConfigurationError("send_task() name %r: expected a task name" % (name,))
     settings = get_settings()
     retries = options.pop("retries", 0) or 0
-    call = check_call_options(None, options)
+    call = check_call_options(None, options, known=PUBLISH_OPTIONS + WORKFLOW_OPTIONS)
+    if "link" in call or "link_error" in call:
+        from .canvas import Signature, send
+        if retries:
+            call["retries"] = retries
+        return send(Signature(name, args, kwargs, call))
     message, declare = compose_message(name, args, kwargs, None, settings, retries=retries,
                                        **call)
     publish(message.encode(), declare)
     return AsyncResult(message.id, task_name=name)
+
+
+# -- workflows ---------------------------------------------------------------------------------
+
+def compose_signature(sig, args=(), kwargs=None, settings=None):
+    """The task messages that start workflow `sig`, with partial `args` and `kwargs` (given to
+    what comes first: a chain's first task, a group's members, a chord's header); returns
+    ``(messages, queues to declare first)``.
+
+    `sig` is a signature or its dict form; a task id it lacks is assigned here. Raises
+    ConfigurationError for what cannot be sent, naming it, before anything is.
+    """
+    from .canvas import maybe_signature
+    sig = maybe_signature(sig)
+    sig.freeze()
+    outbox = _Outbox(settings or get_settings())
+    outbox.add(sig, tuple(args or ()), dict(kwargs or {}))
+    return outbox.messages, outbox.declare
+
+
+def compose_unlocked(message, value, settings=None):
+    """What the SUCCESS of the task of `message` (a TaskMessage) unlocks: the next link of its
+    chain, carrying the rest, and its callbacks, each given `value` first; returns
+    ``(messages, queues to declare)``. A worker publishes them with the result, atomically."""
+    from .canvas import chain
+    parts = ([chain(message.chain)] if message.chain else []) + list(message.callbacks or ())
+    messages, declare = [], set()
+    for part in parts:
+        more, queues = compose_signature(part, (value,), settings=settings)
+        messages += more
+        declare |= queues
+    return messages, declare
+
+
+def errbacks_of(headers):
+    """The encoded errback messages (3.1) in message `headers` (its "x-errbacks"): what is
+    published when the task ends in FAILURE or REVOKED. SerializationError if malformed."""
+    texts = (headers or {}).get("x-errbacks") or []
+    if not isinstance(texts, list) or not all(isinstance(text, str) for text in texts):
+        raise SerializationError("x-errbacks must be a list of base64 text")
+    try:
+        return [base64.b64decode(text, validate=True) for text in texts]
+    except (binascii.Error, ValueError) as exc:
+        raise SerializationError("x-errbacks holds text that is not base64: %s" % exc) from exc
+
+
+def send_workflow(workflow, settings=None):
+    """Publish the messages of `workflow` (every id assigned: `Signature.freeze`) in one
+    pipelined batch, declaring the queues they need first."""
+    from .canvas import holds_chord
+    if holds_chord(workflow):
+        return publish_chords(workflow, settings)
+    messages, declare = compose_signature(workflow, settings=settings)
+    publish_all([message.encode() for message in messages], declare)
+
+
+def publish_chords(workflow, settings=None):
+    """Send a workflow that holds a chord: refused until the broker joins chords.
+
+    A chord's body is published parked (header "x-chord-wait"): the broker holds it until each
+    of its header's results is in, counts each once, and queues it, or fails it with
+    ChordError; a chord inside a chain or a callback is sent by the worker whose result
+    unlocks it, in the same atomic step. Neither the broker nor the worker does that yet, and
+    without them a body would never run. This is the one place that changes when they do:
+    `compose_signature` builds the messages already.
+    """
+    raise ConfigurationError(
+        "%r: sending a chord needs a broker that holds the chord's body until its header's "
+        "results are in; this version's broker does not do that yet: run the chord here "
+        "with .apply() (or ALWAYS_EAGER), or send a group and call the body with its results"
+        % (workflow,))
+
+
+def publish_all(messages, declare=()):
+    """Publish encoded messages through this thread's connection in one pipelined batch (one
+    round of confirms), declaring the queues in `declare` first. Messages cross the transport
+    seam as bytes (protocol 3.1): a `protocol.Message` is encoded here."""
+    messages = [_encoded(data) for data in messages]
+
+    def send(conn):
+        for queue in sorted(declare):
+            conn.ensure_queue(queue)
+        if len(messages) == 1:
+            conn.publish(messages[0])
+        else:
+            conn.publish_many(messages)
+    with_connection(send)
+
+
+class _Outbox:
+    """The messages of one workflow as `compose_signature` builds them, in order."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.messages = []
+        self.declare = set()
+
+    def add(self, sig, args, kwargs, parked=None):
+        """Add the messages that start `sig`; `parked`: they wait for these result ids (a
+        chord's body), whose values they get as their first argument."""
+        from .canvas import chain, chord, chunks, group, result_ids
+        if isinstance(sig, chain):
+            steps = sig.tasks
+            if not steps:
+                raise ConfigurationError("chain(): an empty chain has nothing to run")
+            if len(steps) == 1:
+                self.add(steps[0], args, kwargs, parked)
+            elif isinstance(steps[0], (chain, group, chord)):
+                raise ConfigurationError("%r: a chain's first link must be a task when more "
+                                         "follow (build it with chain() or |)" % (sig,))
+            else:
+                self.add_task(steps[0], args, kwargs, parked, rest=steps[1:])
+        elif isinstance(sig, group):
+            for member in sig.tasks:
+                self.add(member, args, kwargs, parked)
+        elif isinstance(sig, chord):
+            self.add(sig.body, (), {}, parked=result_ids(sig.tasks))
+            self.add(sig.tasks, args, kwargs, parked)
+        elif isinstance(sig, chunks):
+            self.add(sig.group(), args, kwargs, parked)
+        else:
+            self.add_task(sig, args, kwargs, parked)
+
+    def add_task(self, sig, args, kwargs, parked=None, rest=None):
+        from .canvas import _as_list, task_ids
+        if not sig.immutable:
+            args, kwargs = args + sig.args, dict(sig.kwargs, **kwargs)
+        else:
+            args, kwargs = sig.args, sig.kwargs
+        options = dict(sig.options)
+        task_id = options.pop("task_id")
+        callbacks = _as_list(options.pop("link", None))
+        errbacks = _as_list(options.pop("link_error", None))
+        waiting = options.pop("chord", None)
+        retries = options.pop("retries", 0) or 0
+        task = sig._local_type()
+        message, declare = compose_message(sig.task, args, kwargs, task, self.settings,
+                                           task_id=task_id, retries=retries,
+                                           **check_call_options(task, options))
+        headers = {}
+        if callbacks:
+            message.callbacks = [callback.to_dict() for callback in callbacks]
+        if rest:
+            message.chain = [step.to_dict() for step in rest]
+            headers["x-chain"] = [one for step in rest for one in task_ids(step)]
+        if errbacks:
+            headers["x-errbacks"] = [text for errback in errbacks
+                                     for text in self.errback(errback, task_id)]
+        if waiting:
+            headers["x-chord"] = list(waiting)
+        if parked is not None:
+            message.chord = {"results": parked}
+            headers["x-chord-wait"] = list(_flat(parked))
+        if headers:
+            _check_header_size(sig, headers)
+            message.headers = headers
+        self.messages.append(message)
+        if declare is not None:
+            self.declare.add(declare)
+
+    def errback(self, errback, task_id):
+        """The base64 texts of the messages of `errback` for failed task `task_id`."""
+        from .canvas import check_errback, maybe_signature
+        errback = maybe_signature(errback)
+        check_errback(errback)
+        messages, declare = compose_signature(errback, (task_id,), settings=self.settings)
+        self.declare |= declare
+        return [base64.b64encode(protocol.encode_message(message.encode())).decode("ascii")
+                for message in messages]
+
+
+def _check_header_size(sig, headers):
+    size = len(json.dumps(headers, separators=(",", ":")))
+    if size > MAX_HEADER_BYTES:
+        parts = ", ".join("%s: %d" % (name, len(value)) for name, value in sorted(
+            headers.items()))
+        raise ConfigurationError(
+            "%r: its workflow headers would be %d bytes (%s entries); a message's headers "
+            "hold at most %d: split the workflow into smaller ones"
+            % (sig, size, parts, MAX_HEADER_BYTES))
+
+
+def _encoded(data):
+    return data if isinstance(data, (bytes, bytearray)) else protocol.encode_message(data)
+
+
+def _flat(ids):
+    for item in ids:
+        if isinstance(item, list):
+            yield from _flat(item)
+        else:
+            yield item
 
 
 def _is_int(value):

@@ -74,7 +74,8 @@ import threading
 import uuid
 
 from minitask.exceptions import ConfigurationError, ContentDisallowed, SerializationError
-from minitask.remote_errors import exception_from_decoded, exception_from_dict, exception_to_dict
+from minitask import remote_errors
+from minitask.remote_errors import exception_from_decoded
 
 try:
     import yaml
@@ -282,6 +283,16 @@ class _UnsupportedType(SerializationError):
     def __init__(self, value):
         self.type_name = type(value).__name__
         super().__init__(f"cannot serialize a value of type {self.type_name!r} with json")
+
+
+def exception_to_dict(exc, traceback_text=None):
+    """An exception as JSON-able data (`minitask.remote_errors`), its args in tagged JSON."""
+    return remote_errors.exception_to_dict(exc, traceback_text, to_jsonable)
+
+
+def exception_from_dict(d):
+    """Undo `exception_to_dict` under the rules of `minitask.remote_errors`."""
+    return remote_errors.exception_from_dict(d, from_jsonable)
 
 
 def to_jsonable(value):

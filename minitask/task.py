@@ -8,8 +8,10 @@ alike: ``CreateUserTask.delay("bob", "pw")`` is the registered instance's `delay
 
 Sending a call (`apply_async`) builds a `TaskMessage` and publishes it with confirms
 (`minitask.sending`, where `send_task` sends one by name alone); with ``ALWAYS_EAGER`` it runs
-here instead (`apply`). Which Celery options do what is `minitask.options`'s business. A task
-object pickles as a reference by name, never as code.
+here instead (`apply`). A call with `link` or `link_error`, and every workflow, goes through
+`minitask.canvas`, which also makes the signatures (`s`, `si`, `signature`, `map`, `starmap`,
+`chunks`). Which Celery options do what is `minitask.options`'s business. A task object
+pickles as a reference by name, never as code.
 """
 
 import datetime
@@ -23,7 +25,7 @@ from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
 from .message import from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
-    workflows_refused
+    is_call_option
 from .result import AsyncResult as _AsyncResult
 from .schedules import as_schedule
 from .sending import compose_message, publish, send_task
@@ -34,7 +36,8 @@ __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_r
 
 registry = _registry_module
 
-# The keyword arguments the worker offers every task (SPEC "Default keyword arguments").
+# The keyword arguments the worker offers every task (early Celery's "default keyword
+# arguments").
 DEFAULT_KWARG_NAMES = ("logfile", "loglevel", "task_id", "task_name", "task_retries")
 
 # What retry_kwargs may hold: retry()'s own arguments and the publish options it passes on.
@@ -313,6 +316,10 @@ class Task(metaclass=TaskType):
         raise NotImplementedError("task %s does not define run()" % self.name)
 
     def __call__(self, *args, **kwargs):
+        if args and kwargs:
+            request = current_request()
+            if request is not None and request.injected:
+                _drop_filled_defaults(self.run, args, kwargs, request.injected)
         return self.run(*args, **kwargs)
 
     def __reduce__(self):
@@ -365,9 +372,10 @@ class Task(metaclass=TaskType):
     def apply_async(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,
                     task_id=None, routing_key=None, exchange=None, mandatory=None,
                     immediate=None, priority=None, serializer=None, retries=0, queue=None,
-                    **options):
+                    link=None, link_error=None, **options):
         """Send a call; returns its AsyncResult. The options are listed in the README's "Task
-        options" (Celery's others are accepted with no effect, or refused, by name).
+        options" (Celery's others are accepted with no effect, or refused, by name);
+        `link` and `link_error` take a signature or a list of them (see `minitask.canvas`).
 
         Returns once the broker has the message in its journal (publisher confirms).
         Raises SerializationError here, in the caller, for arguments that cannot be sent.
@@ -378,7 +386,17 @@ class Task(metaclass=TaskType):
         if self.typing:
             _check_arguments(self, args, kwargs)
         if settings.ALWAYS_EAGER:
-            return self.apply(args, kwargs, task_id=task_id, retries=retries)
+            return self.apply(args, kwargs, task_id=task_id, retries=retries, link=link,
+                              link_error=link_error)
+        if link is not None or link_error is not None:
+            from .canvas import Signature, send
+            call = {"countdown": countdown, "eta": eta, "expires": expires,
+                    "task_id": task_id, "routing_key": routing_key, "exchange": exchange,
+                    "mandatory": mandatory, "immediate": immediate, "priority": priority,
+                    "serializer": serializer, "queue": queue, "retries": retries or None,
+                    "link": link, "link_error": link_error}
+            return send(Signature(self, args, kwargs, {name: value for name, value
+                                                       in call.items() if value is not None}))
         message, declare = compose_message(
             self.name, args, kwargs, self, settings, countdown=countdown, eta=eta,
             expires=expires, task_id=task_id, queue=queue, routing_key=routing_key,
@@ -394,34 +412,55 @@ class Task(metaclass=TaskType):
 
     @_OnInstance
     def apply(self, args=None, kwargs=None, task_id=None, retries=0, honour_countdown=False,
-              logfile=None, loglevel=None, **options):
+              logfile=None, loglevel=None, link=None, link_error=None, **options):
         """Run the task here and now, retries inline; returns an EagerResult.
 
-        Countdowns of retries are skipped unless `honour_countdown` is true.
+        Countdowns of retries are skipped unless `honour_countdown` is true. `link` callbacks
+        run here after a success (their results are the result's `children`), `link_error`
+        errbacks after a failure, with this task's id.
         """
+        from . import canvas, eager
         from .result import EagerResult
         from .worker.execution import run_eagerly
         check_call_options(self, options)
+        errbacks = [canvas.maybe_signature(errback) for errback in canvas._as_list(link_error)]
+        for errback in errbacks:
+            canvas.check_errback(errback)
         outcome, message = run_eagerly(self, args, kwargs, task_id=task_id, retries=retries,
                                        honour_countdown=honour_countdown, logfile=logfile,
                                        loglevel=loglevel)
-        return EagerResult(message.id, outcome.result, outcome.state, outcome.traceback)
+        result = EagerResult(message.id, outcome.result, outcome.state, outcome.traceback,
+                             task_name=self.name)
+        if outcome.state == "SUCCESS" and link is not None:
+            result.children = eager.call_callbacks(link, outcome.result)
+        elif outcome.state != "SUCCESS" and errbacks:
+            eager.call_errbacks(errbacks, message.id)
+        return result
 
     @_OnInstance
     def retry(self, args=None, kwargs=None, exc=None, countdown=None, eta=None,
               max_retries=None, **options):
         """Send this task again with ``task_retries + 1``, then raise RetryTaskError.
 
-        The id and retry count come from the default kwargs in `kwargs` when given, else from
-        the running task. When no retry is left: raises `exc`, or MaxRetriesExceededError.
+        Every form of early Celery's guide works: ``retry(args=[...], exc=exc, **kwargs)``,
+        ``retry([x, y], exc=exc, countdown=60, **kwargs)`` and ``retry(args, kwargs=kwargs)``.
+        So the default keyword arguments may arrive in `options`, in `kwargs`, or not at all:
+        the id and retry count come from them when given, else from the running task, and
+        none of them is sent on (the worker offers them afresh). The rest of `options` are
+        call options, as `apply_async` takes them; any other name is a ConfigurationError.
+        When no retry is left: raises `exc`, or MaxRetriesExceededError.
         """
         from . import retry as policy
+        defaults, options = _split_retry_options(self, options)
         request = current_request()
-        kwargs = dict(kwargs) if kwargs is not None else None
-        task_id = (kwargs or {}).get("task_id") or (request.id if request else None)
+        if kwargs is not None:
+            kwargs = dict(kwargs)
+            defaults = dict({name: kwargs.pop(name) for name in DEFAULT_KWARG_NAMES
+                             if name in kwargs}, **defaults)
+        task_id = defaults.get("task_id") or (request.id if request else None)
         if task_id is None:
             raise RetryTaskError("retry() called outside a running task and without task_id")
-        retries = (kwargs or {}).get("task_retries")
+        retries = defaults.get("task_retries")
         if retries is None:
             retries = request.retries if request else 0
         max_retries = self.max_retries if max_retries is None else max_retries
@@ -430,10 +469,9 @@ class Task(metaclass=TaskType):
         if args is None and request is not None:
             args = request.args
         if kwargs is None:
-            kwargs = dict(request.kwargs) if request is not None else {}
-        injected = request.injected if request is not None else frozenset(DEFAULT_KWARG_NAMES)
-        for name in injected:
-            kwargs.pop(name, None)
+            kwargs = {name: value for name, value in
+                      (request.kwargs if request is not None else {}).items()
+                      if name not in DEFAULT_KWARG_NAMES}
         countdown = policy.next_countdown(countdown, eta, self.default_retry_delay)
         error = RetryTaskError(exc=exc, countdown=countdown)
         error.retry_args, error.retry_kwargs = tuple(args or ()), kwargs
@@ -463,41 +501,53 @@ class Task(metaclass=TaskType):
 
     @_OnInstance
     def s(self, *args, **kwargs):
-        """A signature of this call, for `group()`."""
-        from .group import Signature
+        """A signature of this call: ``add.s(2, 2)``; in a chain it gets the previous result
+        first."""
+        from .canvas import Signature
         return Signature(self, args, kwargs)
-
-    subtask = s
-
-    @_OnInstance
-    def signature(self, args=None, kwargs=None, **options):
-        """A signature with call options: ``add.signature((2, 2), countdown=10)``."""
-        from .group import Signature
-        return Signature(self, args or (), kwargs, options)
 
     @_OnInstance
     def si(self, *args, **kwargs):
-        raise workflows_refused("si() (an immutable signature)")
+        """An immutable signature: in a chain or as a callback it gets no other arguments."""
+        from .canvas import Signature
+        return Signature(self, args, kwargs, immutable=True)
 
     @_OnInstance
-    def chunks(self, iterable, n):
-        raise workflows_refused("chunks()")
+    def signature(self, args=None, kwargs=None, **options):
+        """A signature with call options: ``add.signature((2, 2), countdown=10)``;
+        ``immutable=True`` as `si`."""
+        from .canvas import Signature
+        return Signature(self, args or (), kwargs, **options)
+
+    subtask = signature
 
     @_OnInstance
-    def map(self, iterable):
-        raise workflows_refused("map() (use map_async())")
+    def map(self, it):
+        """One message that calls this task on each item of `it` in turn (the built-in task
+        minitask.map): ``add.map([...]).delay()``; its result is the list."""
+        from .canvas import xmap
+        return xmap(self.s(), it)
 
     @_OnInstance
-    def starmap(self, iterable):
-        raise workflows_refused("starmap() (use map_async())")
+    def starmap(self, it):
+        """As `map`, each item an argument tuple (minitask.starmap)."""
+        from .canvas import xstarmap
+        return xstarmap(self.s(), it)
+
+    @_OnInstance
+    def chunks(self, it, n):
+        """The argument tuples of `it` in parts of `n`, one starmap message per part; runs as
+        a group (``.group()``) whose result is a list per part."""
+        from .canvas import chunks
+        return chunks(self.s(), it, n)
 
     @_OnInstance
     def replace(self, sig):
-        raise workflows_refused("replace()")
+        raise ConfigurationError(_NOT_FROM_A_TASK % "replace()")
 
     @_OnInstance
     def add_to_chord(self, sig, lazy=False):
-        raise workflows_refused("add_to_chord()")
+        raise ConfigurationError(_NOT_FROM_A_TASK % "add_to_chord()")
 
     @_OnInstance
     def update_state(self, task_id=None, state=None, meta=None, **kwargs):
@@ -513,7 +563,7 @@ class Task(metaclass=TaskType):
     @_OnInstance
     def map_async(self, iterable, **options):
         """Send one call per item of `iterable` (an argument tuple each); returns a ResultSet."""
-        from .group import group
+        from .canvas import group
         return group(*[self.s(*_as_args(item)) for item in iterable]).apply_async(**options)
 
     def effective_rate_limit(self, settings=None):
@@ -524,8 +574,57 @@ class Task(metaclass=TaskType):
         return settings.DEFAULT_RATE_LIMIT
 
 
+_NOT_FROM_A_TASK = ("%s is not supported: a running task cannot change its own place in a "
+                    "workflow; return a value and let a chain or chord pass it on")
+
+
 def _as_args(item):
     return tuple(item) if isinstance(item, (list, tuple)) else (item,)
+
+
+_positional_cache = {}
+
+
+def _positional_names(fun):
+    """The names of `fun`'s parameters that positional arguments fill, in order."""
+    key = getattr(fun, "__func__", fun)
+    names = _positional_cache.get(key)
+    if names is None:
+        try:
+            parameters = inspect.signature(fun).parameters.values()
+        except (TypeError, ValueError):
+            parameters = ()
+        names = _positional_cache[key] = tuple(
+            p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    return names
+
+
+def _drop_filled_defaults(fun, args, kwargs, injected):
+    """Take out of `kwargs` the default keyword arguments the worker offered that `args`
+    already fill: ``def errback(task_id)`` called with an id is given that id, not its own."""
+    for name in _positional_names(fun)[:len(args)]:
+        if name in injected:
+            kwargs.pop(name, None)
+
+
+
+def _split_retry_options(task, options):
+    """Split retry()'s ``**options`` into (default kwargs, publish options to send with).
+
+    The guide spreads the task's ``**kwargs`` into retry(), so the default keyword arguments
+    land here. The rest must be call options: the publish options are kept, Celery's others
+    are accepted with no effect or refused as `apply_async` does, and any other name is
+    refused rather than sent on.
+    """
+    defaults = {name: options.pop(name) for name in DEFAULT_KWARG_NAMES if name in options}
+    unknown = sorted(name for name in options if not is_call_option(name))
+    if unknown:
+        raise ConfigurationError(
+            "retry() of %s got %s: expected a default keyword argument (%s) or a call option "
+            "(%s); pass the task's own keyword arguments as kwargs={...}"
+            % (task.name, ", ".join(repr(name) for name in unknown),
+               ", ".join(DEFAULT_KWARG_NAMES), ", ".join(PUBLISH_OPTIONS)))
+    return defaults, check_call_options(task, options)
 
 
 def _task_by_name(name, module=None):
@@ -571,8 +670,10 @@ def _check_arguments(task, args, kwargs):
     except (TypeError, ValueError):     # no signature to check against
         return
     given = dict(kwargs or {})
+    filled = _positional_names(task.run)[:len(args or ())]
     for parameter in signature.parameters.values():
-        if parameter.name in DEFAULT_KWARG_NAMES and parameter.name not in given:
+        if parameter.name in DEFAULT_KWARG_NAMES and parameter.name not in given \
+                and parameter.name not in filled:
             given[parameter.name] = None
     try:
         signature.bind(*(args or ()), **given)

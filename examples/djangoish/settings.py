@@ -1,9 +1,10 @@
 """The settings module a Django project names in DJANGO_SETTINGS_MODULE.
 
 A worker started with ``DJANGO_SETTINGS_MODULE=djangoish.settings`` uses minitask's
-DjangoLoader, which reads INSTALLED_APPS here and imports ``<app>.tasks`` for every app that
-has one. Django's own apps are skipped, and nothing of Django is ever imported. Settings for
-minitask may live here too, with their plain or early Celery names (``CELERY_IMPORTS``, ...).
+DjangoLoader, which imports ``<app>.tasks`` for every app in INSTALLED_APPS that has one
+(after ``django.setup()`` when Django is installed; without Django it reads INSTALLED_APPS
+here and skips Django's own apps). Settings for minitask may live here too, with their plain
+or early Celery names (``CELERY_IMPORTS``, ...).
 """
 
 INSTALLED_APPS = [

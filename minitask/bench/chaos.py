@@ -76,11 +76,11 @@ class _Cluster:
 def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
     """A producer process: ``noop.delay(i)`` at `rate`/s; each confirmed `i` to its file."""
     from .tasks import noop
-    from ..client import reset_connection
+    from ..transport import reset_connection
     from ..config import configure
     # delay() warns on each reconnect; here that is the workload, not news for the table.
-    logging.getLogger("minitask.client").addHandler(logging.NullHandler())
-    logging.getLogger("minitask.client").propagate = False
+    logging.getLogger("minitask.transport").addHandler(logging.NullHandler())
+    logging.getLogger("minitask.transport").propagate = False
     configure(BROKER_URL=url)
     reset_connection()
     fd = os.open(confirmed_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

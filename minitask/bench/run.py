@@ -85,7 +85,7 @@ class Bench:
 
     def client(self, url):
         """Point this process's tasks at `url`; declare (and empty) the bench queue."""
-        from ..client import connection, reset_connection
+        from ..transport import connection, reset_connection
         from ..config import configure
         settings = configure(BROKER_URL=url)
         reset_connection()
@@ -110,7 +110,7 @@ class Bench:
 
 
 def _connect(url):
-    from ..client import Connection
+    from ..transport.builtin import Connection
     from ..config import get_settings
     settings = get_settings()
     return Connection(url, secret=settings.BROKER_SECRET, ca_file=settings.BROKER_CA_FILE,
@@ -459,7 +459,7 @@ def run(args, names):
                     _print_block(name, outcome, time.perf_counter() - started)
                     sys.stdout.flush()
     finally:
-        from ..client import reset_connection
+        from ..transport import reset_connection
         reset_connection()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -343,7 +343,7 @@ def wait_drained(path, tasks, started, worker, progress=None):
 
 def consume_all(url, secret, queue, count, prefetch, pipe):
     """Consumer process of the broker workload: ack everything, report when all are acked."""
-    from ..client import Connection
+    from ..transport.builtin import Connection
     conn = Connection(url, secret=secret, timeout=60.0, client="minitask-bench").connect()
     conn.declare_queue(queue)
     conn.qos(prefetch)

@@ -68,27 +68,28 @@ class Syncer:
     def wrote(self):
         """Something was written to the head: an fsync is due within a second."""
         with self._cond:
-            self.written += 1
-            if self._dirty_since is None:
-                self._dirty_since = self._clock()
-                self._cond.notify()
+            self._pending(wake=False)
 
     def seal(self, fd):
         """A sealed segment's descriptor: fsync it with the next pass, then close it."""
         with self._cond:
             self._sealed.append(fd)
             self._directory = True
-            self.written += 1
-            if self._dirty_since is None:
-                self._dirty_since = self._clock()
-            self._cond.notify()
+            self._pending(wake=True)
 
     def directory_changed(self):
         with self._cond:
             self._directory = True
-            self.written += 1
-            if self._dirty_since is None:
-                self._dirty_since = self._clock()
+            self._pending(wake=True)
+
+    def _pending(self, wake):
+        """Count one more write for an fsync to cover (the lock is held); the thread is woken
+        when it is the first one since the last fsync, or when `wake`."""
+        self.written += 1
+        if self._dirty_since is None:
+            self._dirty_since = self._clock()
+            wake = True
+        if wake:
             self._cond.notify()
 
     def hurry(self):

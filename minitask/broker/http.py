@@ -14,8 +14,8 @@ Invariants: broker state is read only inside the loop thread, by functions hande
 such call is queued at a time, and a loop that does not run it within `LOOP_TIMEOUT` gets the
 request a 503, never a stuck thread. Result payloads are decoded here, as JSON only (a pickle
 is never loaded in the broker). Access follows the broker port's rule: beyond loopback only
-with the broker secret; with a secret, every request needs HTTP Basic auth whose password is
-the secret. With ``--certfile/--keyfile`` the page is served over TLS with the same context.
+with the broker secret (the broker refuses to start otherwise); with a secret, every request
+needs HTTP Basic auth whose password is the secret. With ``--certfile/--keyfile`` the page is served over TLS with the same context.
 """
 
 import base64
@@ -38,11 +38,11 @@ from ..exceptions import BrokerError, ConfigurationError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
-from .main import is_loopback
-from .status import failed_results, status_report
+from .status import status_report
 from .taskstats import EVENTS, RUNTIME_BUCKETS
 
-__all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure"]
+__all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure",
+           "failed_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,6 @@ class StatusHTTPServer:
 
     def __init__(self, broker, address, secret=None, ssl_context=None):
         host, port = address
-        if not is_loopback(host) and not secret:
-            raise ConfigurationError(
-                "refusing to serve the status page on %s without a secret: give --secret-file "
-                "or BROKER_SECRET, or use --http 127.0.0.1:PORT" % host)
         self.broker = broker
         self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self.ssl_context = ssl_context
@@ -246,6 +242,23 @@ def rates_over(samples, window):
 
 def _history_sample(sample):
     return {key: value for key, value in sample.items() if key != "counters"}
+
+
+def failed_results(state):
+    """The recent failures, newest first, each with its stored result as raw bytes.
+
+    ``(time, task_id, result_state, content_type, payload)``; the last three are None when the
+    result has expired or been forgotten. The payload is an immutable bytes object, safe to
+    hand to another thread; decoding it is left to that thread.
+    """
+    out = []
+    for when, task_id in reversed(state.result_commands.recent_failures):
+        entry = state.results.get(task_id)
+        if entry is None:
+            out.append((when, task_id, None, None, None))
+        else:
+            out.append((when, task_id, entry.state, entry.content_type, bytes(entry.payload)))
+    return out
 
 
 def describe_failure(when, task_id, result_state, content_type, payload):

@@ -58,18 +58,10 @@ from ..exceptions import MinitaskError
 from ..log import Throttle, folded
 from . import records as rc
 from .fsync import MAX_LAG, Syncer
-from .records import (  # noqa: F401  (re-exported: the journal's vocabulary, as jr.*)
-    ACK, COMPOUND, DELIVERED, FINISHED, FORGET, KV, OPEN, PUBLISH, RECORD_TYPES, RESULT,
-    RETIRED, REVOKE, ROTATE, SHAPE_TYPES, SNAPSHOT, STARTED, TOPOLOGY, compound_record,
-    decode_compound, open_record, retired_record, rotate_record,
-    decode_ids, decode_json, decode_names, decode_publish, decode_result, decode_revoke,
-    ids_record, json_record, live_size, names_record, publish_ids, publish_record,
-    result_record, revoke_record, seal,
-)
-from .segments import (  # noqa: F401  (re-exported likewise)
-    FILE_HEADER, HEADER_BYTES, MAGIC, OPENING_BYTES, VERSION, VERSIONS, Scan, Segment,
-    count_records,
-    file_header, is_rotate_record, new_seed, survey_file,
+from .records import live_size, seal
+from .segments import (
+    HEADER_BYTES, VERSION, VERSIONS, Scan, Segment, count_records, file_header,
+    is_rotate_record, new_seed, survey_file,
 )
 
 __all__ = ["Journal", "NullJournal", "JournalWriteError", "FSYNC_POLICIES"]
@@ -103,13 +95,13 @@ class Journal:
         self.head = None
         self._fd = None
         self._syncer = None           # the everysec fsync thread
-        self._notify = None
+        # Called (from the fsync thread) when an everysec fsync completes: held confirms.
+        self.notify = None
         self._rotate_next = False
         self._cut_failed = False      # a failed write could not be cut back off the head
         self.next_number = 1          # the number the next data record gets
         self._highest = 0             # the highest segment number seen, present or not
         self.damaged = []             # (segment, offset) of damaged records found by replay
-        self.torn = []                # (segment, offset) torn tails cut off by replay
         self.faults = []              # one line per fault found by replay
         self.records_lost = 0         # data records those faults lost, where known
         self._faulty = set()          # numbers of segments to move aside (cut short, damaged)
@@ -154,11 +146,9 @@ class Journal:
         infos = [survey_file(number, self._path(number)) for number in numbers]
         for info in infos:
             if info.problem == "version":
-                with open(info.path, "rb") as handle:
-                    version = int.from_bytes(handle.read(8)[4:8], "big")
                 raise JournalWriteError(
                     "journal segment %s is format version %d; this broker reads versions %s"
-                    % (info.path, version, " and ".join(str(v) for v in VERSIONS)))
+                    % (info.path, info.version, " and ".join(str(v) for v in VERSIONS)))
         files = []
         for index, info in enumerate(infos):
             newest = index == len(infos) - 1
@@ -237,7 +227,6 @@ class Journal:
         if scan.torn_at is not None:
             logger.warning("journal %s: torn record at offset %d (a crash mid-write) dropped; "
                            "it was never confirmed", segment.path, scan.torn_at)
-            self.torn.append((segment, scan.torn_at))
             self._truncate(segment.path, scan.torn_at)
             segment.size = scan.torn_at
         if scan.damaged_at:
@@ -334,7 +323,7 @@ class Journal:
         if self.fsync_policy == "everysec":
             self._syncer = Syncer(lambda fd: os.fsync(fd), self._fsync_directory,
                                   throttle=self.throttle)
-            self._syncer.notify = self._notify
+            self._syncer.notify = self._synced
             self._syncer.use(self._fd)
 
     def _path(self, number):
@@ -512,16 +501,10 @@ class Journal:
 
     # -- fsync ------------------------------------------------------------------------------
 
-    @property
-    def notify(self):
-        return self._notify
-
-    @notify.setter
-    def notify(self, function):
-        """Called (from another thread) when an everysec fsync completes: held confirms."""
-        self._notify = function
-        if self._syncer is not None:
-            self._syncer.notify = function
+    def _synced(self):
+        notify = self.notify
+        if notify is not None:
+            notify()
 
     @property
     def generation(self):
@@ -766,7 +749,6 @@ class NullJournal:
     compacting = None
     fsync_policy = "no"
     damaged = ()
-    torn = ()
     faults = ()
     records_lost = 0
     bytes_written = 0

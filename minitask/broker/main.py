@@ -9,13 +9,20 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 
+from .. import __version__
 from ..exceptions import ConfigurationError, MinitaskError
 from .journal import Journal, NullJournal
 from .server import BrokerServer, Limits
 from .state import BrokerOptions, BrokerState
+
+try:
+    import fcntl
+except ImportError:                     # Windows: no advisory locks; one broker per folder
+    fcntl = None
 
 __all__ = ["BrokerConfig", "run_broker", "default_data_dir", "is_loopback"]
 
@@ -52,7 +59,8 @@ class BrokerConfig:
     def __init__(self, host="127.0.0.1", port=5679, data_dir=None, persist=True,
                  fsync="everysec", secret=None, certfile=None, keyfile=None,
                  max_message_bytes=16 * 1024 * 1024, http=None, segment_bytes=None,
-                 handover_grace=10.0, stall_timeout=30.0):
+                 handover_grace=10.0, stall_timeout=30.0, handshake_timeout=10.0,
+                 max_connections=1024, max_partial_bytes=256 * 1024 * 1024):
         self.host = host
         self.port = port
         self.data_dir = data_dir
@@ -66,6 +74,9 @@ class BrokerConfig:
         self.segment_bytes = segment_bytes
         self.handover_grace = handover_grace
         self.stall_timeout = stall_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.max_partial_bytes = max_partial_bytes
 
 
 def build(config, settings):
@@ -74,6 +85,10 @@ def build(config, settings):
         raise ConfigurationError(
             "refusing to listen on %s without a secret: give --secret-file or BROKER_SECRET, "
             "or listen on 127.0.0.1" % config.host)
+    if config.http and not is_loopback(config.http[0]) and not config.secret:
+        raise ConfigurationError(
+            "refusing to serve the status page on %s without a secret: give --secret-file "
+            "or BROKER_SECRET, or use --http 127.0.0.1:PORT" % config.http[0])
     if config.certfile and not config.keyfile or config.keyfile and not config.certfile:
         raise ConfigurationError("--certfile and --keyfile go together")
     options = BrokerOptions(
@@ -81,7 +96,7 @@ def build(config, settings):
         default_exchange_type=settings.DEFAULT_EXCHANGE_TYPE,
         default_queue=settings.DEFAULT_QUEUE, default_routing_key=settings.DEFAULT_ROUTING_KEY,
         max_frame_bytes=config.max_message_bytes + 1024, secret=config.secret,
-        handover_grace=config.handover_grace, version="minitask %s" % _version())
+        handover_grace=config.handover_grace, version="minitask %s" % __version__)
     if config.persist:
         data_dir = config.data_dir or default_data_dir()
         try:
@@ -107,14 +122,16 @@ def build(config, settings):
                     journal.directory, summary["seconds"])
     ssl_context = None
     if config.certfile:
-        import ssl
         ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         try:
             ssl_context.load_cert_chain(config.certfile, config.keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError("cannot load --certfile/--keyfile: %s" % exc) from None
     limits = Limits(max_frame_bytes=options.max_frame_bytes,
-                    stall_timeout=config.stall_timeout)
+                    stall_timeout=config.stall_timeout,
+                    handshake_timeout=config.handshake_timeout,
+                    max_connections=config.max_connections,
+                    max_partial_bytes=config.max_partial_bytes)
     server = BrokerServer(state, config.host, config.port, ssl_context=ssl_context,
                           limits=limits)
     server.data_dir, server.lock, server.recovery = data_dir, lock, summary
@@ -157,9 +174,7 @@ def _lock_data_dir(data_dir):
     """Hold an exclusive lock on the data directory for the broker's life."""
     path = os.path.join(data_dir, "broker.lock")
     handle = open(path, "a+")
-    try:
-        import fcntl
-    except ImportError:                 # Windows: no advisory locks; one broker per folder
+    if fcntl is None:
         return handle
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,17 +191,13 @@ def _lock_data_dir(data_dir):
     return handle
 
 
-def _version():
-    from .. import __version__
-    return __version__
-
-
 def run_broker(config, settings, announce=print):
     """Build, announce the listening line, serve until SIGTERM/SIGINT."""
     server = build(config, settings)
     server.install_signal_handlers()
     http = None
     if config.http:
+        # The status page is optional: it and http.server load only when it is asked for.
         from .http import StatusHTTPServer
         http = StatusHTTPServer(server, config.http, secret=config.secret,
                                 ssl_context=server.ssl_context)

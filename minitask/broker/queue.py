@@ -10,10 +10,11 @@ Invariants:
 - `pop()` takes the highest priority first (0 before 9); within a priority, messages that came
   back (requeued, or unacked when their connection closed) go before every other message of
   that priority, oldest id first; the rest leave in the order they arrived.
-- Removing a message from the middle (expiry, revoke) only marks it `DEAD`; `pop()` skips
-  dead messages, and `ready` counts only live ones. That keeps every operation O(1) or
-  O(log n) however long the queue is. A refused publish is different: its message was pushed
-  moments ago, so `take_back()` finds it at the tail and removes it for good.
+- Removing a message from the middle (expiry) only marks it `DEAD`; `pop()` skips dead
+  messages, and `ready` counts only live ones. Once the dead outnumber a quarter of the live
+  ones, the queue is rebuilt without them, which frees them: every operation stays O(1) or
+  O(log n), amortised, however long the queue is. A refused publish is different: its message
+  was pushed moments ago, so `take_back()` finds it at the tail and removes it for good.
 """
 
 import collections
@@ -65,6 +66,7 @@ class Queue:
         self._priorities = []           # sorted priorities present in levels
         self.returned = []              # heap of (priority, id, StoredMessage)
         self.ready = 0                  # live messages waiting
+        self.dead = 0                   # dead messages still in levels or returned
         self.unacked = 0
         self.delayed = 0
         self.consumers = []             # Consumer objects, served round-robin
@@ -133,19 +135,32 @@ class Queue:
             elif best is not None:
                 message = self.levels[best].popleft()
             else:               # only dead entries were left; ready count says otherwise
-                self.ready = 0
+                self.ready = self.dead = 0
                 return None
             if message.where == READY:
                 self.ready -= 1
                 message.where = UNACKED     # in flight; the caller decides where it goes
                 return message
+            self.dead -= 1
         return None
 
     def discard(self, message):
-        """Mark a waiting message dead; it stays in its deque until pop() skips it."""
+        """Mark a waiting message dead: pop() skips it, or a rebuild drops it sooner."""
         if message.where == READY:
+            message.where = DEAD
             self.ready -= 1
+            self.dead += 1
+            if self.dead > 16 and self.dead * 4 > self.ready:
+                self._sweep()
         message.where = DEAD
+
+    def _sweep(self):
+        """Rebuild the levels and the returned heap without their dead messages."""
+        for priority, level in self.levels.items():
+            self.levels[priority] = collections.deque(m for m in level if m.where == READY)
+        self.returned = [entry for entry in self.returned if entry[2].where == READY]
+        heapq.heapify(self.returned)
+        self.dead = 0
 
     def drain(self):
         """Remove and return every live waiting message (purge, delete)."""
@@ -154,7 +169,7 @@ class Queue:
             taken.extend(message for message in level if message.where == READY)
             level.clear()
         self.returned = []
-        self.ready = 0
+        self.ready = self.dead = 0
         for message in taken:
             message.where = DEAD
         return taken
@@ -169,11 +184,3 @@ class Queue:
             for message in self.levels.get(priority, ()):
                 if message.where == READY:
                     yield message
-
-    def compact_levels(self):
-        """Drop empty priority levels so pop() scans only what is used."""
-        empty = [priority for priority, level in self.levels.items() if not level]
-        if empty:
-            for priority in empty:
-                del self.levels[priority]
-            self._priorities = sorted(self.levels)

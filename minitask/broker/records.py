@@ -49,6 +49,8 @@ import json
 import struct
 import zlib
 
+from ..protocol import STATE_CODES, STATES
+
 __all__ = [
     "PUBLISH", "ACK", "DELIVERED", "RESULT", "FORGET", "REVOKE", "TOPOLOGY", "KV", "STARTED",
     "FINISHED", "SNAPSHOT", "OPEN", "ROTATE", "RETIRED", "COMPOUND", "RECORD_TYPES",
@@ -56,7 +58,7 @@ __all__ = [
     "result_record", "json_record", "compound_record", "open_record", "rotate_record",
     "retired_record", "live_size", "decode_publish", "decode_ids", "decode_names",
     "decode_revoke", "decode_result", "decode_json", "decode_compound", "decode_open",
-    "decode_rotate", "decode_retired", "publish_ids",
+    "decode_rotate", "decode_retired",
 ]
 
 PUBLISH, ACK, DELIVERED, RESULT, FORGET, REVOKE = 1, 2, 3, 4, 5, 6
@@ -124,7 +126,6 @@ def revoke_record(expires_at, task_ids):
 def result_record(entry):
     task_id = entry.task_id.encode("utf-8")
     content_type = entry.content_type.encode("utf-8")
-    from ..protocol import STATE_CODES
     return _record(RESULT, b"".join((
         bytes((len(task_id),)), task_id,
         _RESULT.pack(STATE_CODES[entry.state], entry.date_done or 0.0, entry.expires_at),
@@ -200,7 +201,6 @@ def decode_revoke(payload):
 
 
 def decode_result(payload):
-    from ..protocol import STATES
     length = payload[0]
     task_id = payload[1:1 + length].decode("utf-8")
     offset = 1 + length
@@ -244,14 +244,3 @@ def decode_rotate(payload):
 def decode_retired(payload):
     (count,) = _COUNT.unpack_from(payload, 0)
     return [_RETIREE.unpack_from(payload, 4 + i * _RETIREE.size) for i in range(count)]
-
-
-def publish_ids(record):
-    """The message ids a whole encoded record publishes (a PUBLISH, or those in a COMPOUND)."""
-    kind = record[8]
-    if kind == PUBLISH:
-        return (_PUBLISH.unpack_from(record, 9)[0],)
-    if kind == COMPOUND:
-        return tuple(decode_publish(payload)[0] for sub, payload in decode_compound(record[9:])
-                     if sub == PUBLISH)
-    return ()

@@ -8,12 +8,11 @@ flagged redelivered, ahead of newer ones; tasks that were running under a connec
 orphans that their worker may claim within the grace period.
 """
 
-import heapq
 import logging
 import time
 
 from .. import protocol as P
-from . import journal as jr
+from . import records as rc
 from .queue import DELAYED, StoredMessage
 from .results import ResultEntry
 
@@ -64,91 +63,61 @@ def recover(state):
 
 
 def _apply(state, found, segment, kind, payload):
-    if kind == jr.PUBLISH:
-        message_id, deliveries, queue, data = jr.decode_publish(payload)
+    if kind == rc.PUBLISH:
+        message_id, deliveries, queue, data = rc.decode_publish(payload)
         known = found.messages.get(message_id)
         if known is None:
             found.messages[message_id] = [queue, data, deliveries, segment]
         else:                                   # a copy made by compaction
             known[2] = max(known[2], deliveries)
             known[3] = segment
-    elif kind == jr.ACK:
-        for message_id in jr.decode_ids(payload):
+    elif kind == rc.ACK:
+        for message_id in rc.decode_ids(payload):
             found.messages.pop(message_id, None)
-    elif kind == jr.DELIVERED:
+    elif kind == rc.DELIVERED:
         messages = found.messages
-        for message_id in jr.decode_ids(payload):
+        for message_id in rc.decode_ids(payload):
             known = messages.get(message_id)
             if known is not None:
                 known[2] += 1
-    elif kind == jr.RESULT:
-        task_id, status, date_done, expires_at, content_type, body = jr.decode_result(payload)
+    elif kind == rc.RESULT:
+        task_id, status, date_done, expires_at, content_type, body = rc.decode_result(payload)
         entry = ResultEntry(task_id, status, content_type, body, date_done, expires_at)
         found.results[task_id] = (entry, segment)
         found.started.discard(task_id)
-    elif kind == jr.FORGET:
-        for task_id in jr.decode_names(payload):
+    elif kind == rc.FORGET:
+        for task_id in rc.decode_names(payload):
             found.results.pop(task_id, None)
-    elif kind == jr.REVOKE:
-        expires_at, task_ids = jr.decode_revoke(payload)
+    elif kind == rc.REVOKE:
+        expires_at, task_ids = rc.decode_revoke(payload)
         for task_id in task_ids:
             found.revoked[task_id] = expires_at
-    elif kind == jr.STARTED:
-        found.started.update(jr.decode_names(payload))
-    elif kind == jr.FINISHED:
-        found.started.difference_update(jr.decode_names(payload))
-    elif kind == jr.KV:
-        item = jr.decode_json(payload)
+    elif kind == rc.STARTED:
+        found.started.update(rc.decode_names(payload))
+    elif kind == rc.FINISHED:
+        found.started.difference_update(rc.decode_names(payload))
+    elif kind == rc.KV:
+        item = rc.decode_json(payload)
         state.kv[item["key"]] = item["value"]
-    elif kind == jr.TOPOLOGY:
-        _apply_topology(state, jr.decode_json(payload))
-    elif kind == jr.SNAPSHOT:
-        _apply_snapshot(state, found, jr.decode_json(payload))
-    elif kind == jr.COMPOUND:                   # decoded whole first: all of it or none
-        for sub_kind, sub_payload in jr.decode_compound(payload):
+    elif kind == rc.TOPOLOGY:
+        state.topology.apply(rc.decode_json(payload))
+    elif kind == rc.SNAPSHOT:
+        snapshot = rc.decode_json(payload)
+        state.topology.apply_snapshot(snapshot)
+        for expires_at, task_ids in snapshot.get("revoked", ()):
+            for task_id in task_ids:
+                found.revoked[task_id] = expires_at
+        state.kv.update(snapshot.get("kv", {}))
+        found.started.update(snapshot.get("started", ()))
+    elif kind == rc.COMPOUND:                   # decoded whole first: all of it or none
+        for sub_kind, sub_payload in rc.decode_compound(payload):
             _apply(state, found, segment, sub_kind, sub_payload)
-
-
-def _apply_topology(state, op):
-    kind = op.pop("op")
-    if kind == "declare_exchange":
-        if op["exchange"] not in state.exchanges:
-            state._make_exchange(op["exchange"], op["type"], True, op.get("auto_delete", False))
-    elif kind == "delete_exchange":
-        state.exchanges.pop(op["exchange"], None)
-    elif kind == "declare_queue":
-        if op["queue"] not in state.queues:
-            state._make_queue(op.pop("queue"), op)
-    elif kind == "delete_queue":
-        queue = state.queues.pop(op["queue"], None)
-        if queue is not None:
-            for exchange in state.exchanges.values():
-                exchange.unbind_queue(queue.name)
-    elif kind in ("bind", "unbind"):
-        exchange = state.exchanges.get(op["exchange"])
-        if exchange is not None and op["queue"] in state.queues:
-            method = exchange.bind if kind == "bind" else exchange.unbind
-            method(op["queue"], op.get("binding_key", ""), op.get("arguments") or {})
-
-
-def _apply_snapshot(state, found, snapshot):
-    for exchange in snapshot.get("exchanges", ()):
-        _apply_topology(state, dict(exchange, op="declare_exchange"))
-    for queue in snapshot.get("queues", ()):
-        _apply_topology(state, dict(queue, op="declare_queue"))
-    for binding in snapshot.get("bindings", ()):
-        _apply_topology(state, dict(binding, op="bind"))
-    for expires_at, task_ids in snapshot.get("revoked", ()):
-        for task_id in task_ids:
-            found.revoked[task_id] = expires_at
-    state.kv.update(snapshot.get("kv", {}))
-    found.started.update(snapshot.get("started", ()))
 
 
 def _place_messages(state, found, now):
     placed = delayed = redelivered = 0
     orphaned = []
-    track = state.journal.track
+    track = state.sink.track
     for message_id in sorted(found.messages):
         queue_name, data, deliveries, segment = found.messages[message_id]
         queue = state.queues.get(queue_name)
@@ -157,27 +126,19 @@ def _place_messages(state, found, now):
             continue
         fields = P.parse_message(data)
         priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
-        not_before, expires_at = fields.not_before, fields.expires_at
-        message = StoredMessage(message_id, data, queue, priority, expires_at or None, True,
-                                deliveries)
+        message = StoredMessage(message_id, data, queue, priority, fields.expires_at or None,
+                                True, deliveries)
         track(message, segment)
-        if deliveries and not (not_before and not_before - state.options.release_ahead > now):
-            queue.requeue(message)
-            state.dirty.add(queue)
-            redelivered += 1
-            if expires_at:
-                state._expiring.append((expires_at, message.id, message))
-        else:
-            state._place(message, not_before, now)
-            delayed += message.where == DELAYED
+        state.messages.restore(message, fields.not_before, now)
+        delayed += message.where == DELAYED
+        redelivered += bool(deliveries) and message.where != DELAYED
         placed += 1
-    heapq.heapify(state._expiring)
     if found.messages:
-        state.next_message_id = max(found.messages) + 1
+        state.messages.next_message_id = max(found.messages) + 1
     if orphaned:
         logger.warning("%d journalled messages belong to queues that no longer exist; dropped",
                        len(orphaned))
-        state.records.append(jr.ids_record(jr.ACK, orphaned))    # so they stay gone
+        state.sink.ids(rc.ACK, orphaned)        # so they stay gone
     return {"messages": placed, "delayed": delayed, "redelivered": redelivered}
 
 
@@ -187,6 +148,6 @@ def _place_results(state, found, now):
         if entry.expires_at <= now:
             continue
         state.results.set(entry)
-        state.journal.track(entry, segment)
+        state.sink.track(entry, segment)
         count += 1
     return count

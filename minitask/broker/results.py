@@ -4,9 +4,9 @@ Pure bookkeeping with times passed in: `BrokerState` drives it and turns what it
 replies and journal records.
 
 - `ResultStore`: task id -> `ResultEntry` (state, content type, payload), each expiring
-  `ttl` seconds after it was set; blocking waits are kept per task id and answered the moment
-  a final state arrives (the caller gets the waiters back from `set()`); a wait that times out
-  is answered with the current state.
+  `ttl` seconds after it was set; blocking waits are kept per task id until a final state
+  arrives (the caller takes them with `take_waiters()` and answers them); a wait that times
+  out is answered with the current state.
 - `Revoked`: task ids revoked, kept until their results would have expired.
 - `Handovers`: tasks that started under a connection without being acked late. When that
   connection is lost they become orphans; a reconnecting worker may claim them within the
@@ -16,6 +16,8 @@ replies and journal records.
 import heapq
 
 __all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers"]
+
+_NONE = object()                # Handovers.checkpoint: the task was not handed over
 
 
 class ResultEntry:
@@ -63,6 +65,19 @@ class ResultStore:
         self._seq += 1
         heapq.heappush(self._expiry, (entry.expires_at, self._seq, entry.task_id))
         return old
+
+    def restore(self, task_id, entry, inflight):
+        """Put back `task_id`'s result and in-flight state as they were before a `set` (an
+        ATOMIC unit was refused); returns the entry that goes. `entry`'s expiry is still in
+        the heap: entries leave it only when they expire or are replaced."""
+        current = self.entries.pop(task_id, None)
+        if entry is not None:
+            self.entries[task_id] = entry
+        if inflight is None:
+            self.inflight.pop(task_id, None)
+        else:
+            self.inflight[task_id] = inflight
+        return current
 
     def take_waiters(self, task_id):
         """Waiters to answer now that `task_id` is in a final state."""
@@ -154,10 +169,6 @@ class Revoked:
     def __init__(self):
         self.ids = {}                   # task id -> expires_at
         self._expiry = []
-        self.segments = {}              # task id -> journal segment of its record
-
-    def __contains__(self, task_id):
-        return task_id in self.ids
 
     def __len__(self):
         return len(self.ids)
@@ -210,6 +221,24 @@ class Handovers:
         if session is not None:
             session.started.discard(task_id)
         return True
+
+    def checkpoint(self, task_id):
+        """What `restore` needs to put `task_id`'s handover back as it is now."""
+        return (self.owner.get(task_id, _NONE), self.names.get(task_id),
+                self.orphans.get(task_id))
+
+    def restore(self, task_id, checkpoint):
+        owner, name, deadline = checkpoint
+        current = self.owner.pop(task_id, None)
+        if current is not None:
+            current.started.discard(task_id)
+        self.names.pop(task_id, None)
+        self.orphans.pop(task_id, None)
+        if owner is not _NONE:
+            self.start(task_id, owner, name)
+        if deadline is not None:
+            self.orphans[task_id] = deadline
+            heapq.heappush(self._deadlines, (deadline, task_id))
 
     def orphan_all(self, session, now):
         for task_id in session.started:

@@ -16,7 +16,7 @@ the message once. Topic exchanges keep a trie of binding words and a bounded cac
 so thousands of bindings cost a walk of the trie per new key, not a scan of every binding.
 """
 
-__all__ = ["EXCHANGE_TYPES", "Exchange", "split_words", "topic_matches"]
+__all__ = ["EXCHANGE_TYPES", "Exchange", "split_words", "headers_match"]
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 
@@ -28,25 +28,6 @@ _TOPIC_CACHE_SIZE = 4096
 def split_words(key):
     """The words of a topic routing or binding key: ``""`` has none, ``"a."`` has two."""
     return key.split(".") if key else []
-
-
-def topic_matches(pattern, key):
-    """True when the topic binding key `pattern` matches the routing key `key`.
-
-    The slow, obviously correct version; exchanges use the trie, tests compare the two.
-    """
-    return _match_words(split_words(pattern), split_words(key))
-
-
-def _match_words(pattern, words):
-    if not pattern:
-        return not words
-    head, rest = pattern[0], pattern[1:]
-    if head == "#":
-        return any(_match_words(rest, words[i:]) for i in range(len(words) + 1))
-    if not words:
-        return False
-    return (head == "*" or head == words[0]) and _match_words(rest, words[1:])
 
 
 class _TrieNode:

@@ -6,22 +6,16 @@ decides *when*. One loop turn::
     select(timeout = next timer)                 ─ timers: delays, expiry, fsync, heartbeats
       ├─ accept new connections
       ├─ recv() once per readable socket ─> Decoder ─> state.handle() per frame
-    state.tick(now)
-    journal.write(records of the turn)          ─ one write; + fsync under --fsync always
-      └─ failed? state.refuse_turn()            ─ those publishes get ERROR 507, nothing lost
-    state.confirm_turn()                         ─ CONFIRM frames, only now; held instead
-                                                   while an everysec fsync is over 2 s late
-    journal.compact_step()                       ─ bounded; only when there is work
-    state.dispatch() ; journal.write(DELIVERED)
+    Loop.turn(): tick, write, confirm (or refuse), compact, dispatch   ─ see loop.py
     send() every session's frames in one call each; keep the rest for EVENT_WRITE
 
 Each connection's failures stay its own: a frame over the limit, a stalled handshake or
 partial frame, a reader too slow to keep its output under the cap — each costs only that
 connection a one-line ERROR and a close. `BrokerState.close_session` then requeues whatever it
-had not acked.
+had not acked. What many connections cost together is capped too (`admission`): connections
+still in their handshake get a share of the slots, and unfinished frames a share of memory.
 """
 
-import collections
 import errno
 import logging
 import selectors
@@ -33,9 +27,10 @@ import time
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
-from .fsync import MAX_LAG
-from .journal import JournalWriteError
-from .session import OPEN
+from ..log import Throttle, folded
+from .admission import REFUSE, Admission, PartialFrames
+from .loop import Loop
+from .session import CLOSED, OPEN
 
 __all__ = ["BrokerServer", "Limits"]
 
@@ -49,12 +44,21 @@ _PAUSE_READING_BYTES = 1024 * 1024
 
 
 class Limits:
-    """How much any one client may cost the broker."""
+    """How much any one client, and all of them together, may cost the broker."""
 
     def __init__(self, max_connections=1024, handshake_timeout=10.0, stall_timeout=30.0,
                  max_output_bytes=64 * 1024 * 1024, max_frame_bytes=P.MAX_FRAME_BYTES,
-                 max_unconfirmed=10000):
+                 max_unconfirmed=10000, max_unauthenticated=None,
+                 max_unauthenticated_per_peer=None, max_partial_bytes=256 * 1024 * 1024):
         self.max_connections = max_connections
+        # Slots for connections still in their handshake: a quarter of them, and a quarter
+        # of that for one peer (see `admission`), so that clients always find one.
+        self.max_unauthenticated = max_unauthenticated or max(1, max_connections // 4)
+        self.max_unauthenticated_per_peer = (max_unauthenticated_per_peer
+                                             or max(1, self.max_unauthenticated // 4))
+        # Bytes of frames begun and not finished, summed over every connection.
+        self.max_partial_bytes = max_partial_bytes
+        # A handshake (TLS included) not finished this long after connecting is cut off.
         self.handshake_timeout = handshake_timeout
         # Frames (so publishes awaiting their confirm) taken from one client per loop turn.
         self.max_unconfirmed = max_unconfirmed
@@ -67,9 +71,11 @@ class Limits:
 
 class _Connection:
     __slots__ = ("sock", "session", "decoder", "wbuf", "events", "partial_since", "peer",
-                 "tls", "tls_pending", "heartbeat_sent", "sent_at")
+                 "peer_key", "handshaking", "partial_bytes", "tls", "tls_pending",
+                 "heartbeat_sent",
+                 "sent_at")
 
-    def __init__(self, sock, session, peer, max_handshake_bytes):
+    def __init__(self, sock, session, peer, max_handshake_bytes, peer_key=None):
         self.sock = sock
         self.session = session
         self.decoder = P.Decoder(max_handshake_bytes)
@@ -77,6 +83,9 @@ class _Connection:
         self.events = selectors.EVENT_READ
         self.partial_since = None
         self.peer = peer
+        self.peer_key = peer if peer_key is None else peer_key     # whose share it uses
+        self.handshaking = True         # not WELCOMEd yet: counted by Admission
+        self.partial_bytes = 0          # of unfinished frames, as counted by PartialFrames
         self.tls = self.tls_pending = isinstance(sock, ssl.SSLSocket)
         self.heartbeat_sent = 0.0
         self.sent_at = time.monotonic()     # the last time the client took some output
@@ -93,7 +102,6 @@ class BrokerServer:
         self.port = port
         self.ssl_context = ssl_context
         self.limits = limits or Limits(max_frame_bytes=state.options.max_frame_bytes)
-        self.clock = clock
         self.monotonic = monotonic
         self.selector = selectors.DefaultSelector()
         self.connections = {}
@@ -107,15 +115,16 @@ class BrokerServer:
         self._calls = []            # functions other threads want run in the loop
         self._backlog = set()       # connections with frames left over from their turn
         self._lingering = {}        # refused sockets being closed gently -> deadline
-        self._deadline = None       # when the state next has something due (see _timeout)
         self._scratch = bytearray(_RECV_BYTES)
         self._scratch_view = memoryview(self._scratch)
         self._last_housekeeping = 0.0
-        self._compaction_checked = 0.0
-        self._refusals = {}         # reason -> (last log time, suppressed count)
-        # (journal generation, [(session, seq)]): confirms waiting for an fsync, oldest first
-        self._held = collections.deque()
+        self._refusals = Throttle(clock=monotonic)     # a log line per kind of refusal
+        self.loop = Loop(state, clock, monotonic)
         self.journal.notify = self.wake     # an fsync finished: held confirms may go
+        limits = self.limits
+        self.admission = Admission(limits.max_connections, limits.max_unauthenticated,
+                                   limits.max_unauthenticated_per_peer)
+        self.partial = PartialFrames(limits.max_partial_bytes)
         self.address = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -128,7 +137,9 @@ class BrokerServer:
         listener = socket.socket(family, kind, proto)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
-        listener.listen(512)
+        # Room for a burst of connects (the kernel caps it at net.core.somaxconn): when the
+        # accept queue is full, a connect's SYN is dropped and the client waits a second.
+        listener.listen(4096)
         listener.setblocking(False)
         self._listener = listener
         self.selector.register(listener, selectors.EVENT_READ, "listen")
@@ -151,8 +162,14 @@ class BrokerServer:
         try:
             local.bind(name)
             local.listen(512)
-        except OSError as exc:          # taken by another process: TCP alone still works
-            logger.info("no local socket for port %d: %s", port, exc)
+        except OSError as exc:
+            # Another process holds the name: maybe another user's, waiting for clients.
+            # Clients check who listens there before they send a byte, so TCP alone is safe;
+            # a squatter must not be able to keep the broker from starting.
+            logger.warning("cannot listen on the local socket for port %d (%s): serving TCP "
+                           "only; clients on this machine will not use the socket that holds "
+                           "the name unless it belongs to their user, root or BROKER_UID",
+                           port, exc.strerror or exc)
             local.close()
             return
         local.setblocking(False)
@@ -195,16 +212,7 @@ class BrokerServer:
             self._shutdown()
 
     def _shutdown(self):
-        records = self.state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                logger.error("final journal write failed: %s", exc)
-        self.journal.sync()
-        while self._held:
-            self.state.send_confirms(self._held.popleft()[1])
-        self.state.confirm_turn()
+        self.loop.close()
         self._flush_all()
         for conn in list(self.connections.values()):
             self._close(conn, "broker shutting down", requeue_log=False)
@@ -241,27 +249,9 @@ class BrokerServer:
             for conn in backlog:
                 if conn.session.id in self.connections:
                     self._process(conn)
-        state = self.state
-        mono = self.monotonic()
-        if self._deadline is not None and self.clock() >= self._deadline:
-            state.tick(self.clock())
-        records = state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                state.refuse_turn(str(exc), records)
-        self._confirm_turn()
-        if self.journal.has_work() or mono - self._compaction_checked >= 1.0:
-            self._maybe_compact(mono)
-        if state.dirty:
-            state.dispatch()
-            records = state.take_records()
-            if records:
-                try:
-                    self.journal.write(records)
-                except JournalWriteError:
-                    state.retain(records)
+        if self.partial.over:
+            self._shed_partial_frames()
+        self.loop.turn()
         while self._calls:                  # after the turn's writes: they see settled state
             function = self._calls.pop(0)
             try:
@@ -269,53 +259,16 @@ class BrokerServer:
             except Exception:           # another thread's request must not stop the broker
                 logger.exception("a call run in the broker loop for another thread failed")
         self._flush_all()
+        mono = self.monotonic()
         if mono - self._last_housekeeping >= 0.5:
             self._last_housekeeping = mono
             self._housekeeping(mono)
 
     def _timeout(self):
-        """Seconds select() may wait: until the next thing due, at most half a second."""
-        self._deadline = deadline = self.state.next_deadline()
-        if self._calls or self._backlog or self.state.dirty or self.journal.has_work():
-            return 0
-        timeout = 0.5                       # housekeeping: heartbeats, stalls
-        if deadline is not None:
-            timeout = min(timeout, max(0.0, deadline - self.clock()))
-        return timeout
-
-    def _confirm_turn(self):
-        """Send the turn's confirms, or hold them while the disk is behind.
-
-        Under ``everysec`` an fsync runs in its own thread; once the oldest write no fsync
-        covers is over two seconds old (`Journal.lagging`), confirms wait, in order, until
-        an fsync covers their write, so a power cut can never take more than about two
-        seconds of confirmed publishes however slow the disk. The loop keeps serving
-        everything else meanwhile.
-        """
-        state, journal, held = self.state, self.journal, self._held
-        while held and journal.is_synced(held[0][0]):
-            state.send_confirms(held.popleft()[1])
-        if held or journal.lagging():
-            confirms = state.take_confirms()
-            if confirms:
-                if not held and journal.throttle.allow("confirms held") is not None:
-                    logger.warning("journal fsync is over %gs behind (a slow disk): confirms "
-                                   "wait for it", MAX_LAG)
-                held.append((journal.generation, confirms))
-        else:
-            state.confirm_turn()
-
-    def _maybe_compact(self, mono):
-        journal = self.journal
-        if journal.compacting is None:
-            self._compaction_checked = mono
-            if not journal.wants_compaction():
-                return
-        started = self.monotonic()
-        journal.compact_step(self.state)
-        pause = self.monotonic() - started
-        if pause > 0.05:
-            logger.info("compaction step took %.1f ms", pause * 1000)
+        """Seconds select() may wait: until the next thing due, at most half a second (for
+        housekeeping: heartbeats, stalls)."""
+        timeout = self.loop.timeout(0.5)
+        return 0 if self._calls or self._backlog or self.loop.busy() else timeout
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -328,8 +281,12 @@ class BrokerServer:
             except OSError as exc:      # EMFILE and friends: log, keep serving the others
                 self._log_refusal("accept failed", str(exc), "")
                 return
-            peer_text = _peer_text(peer) if listener is self._listener else _local_peer(sock)
-            if len(self.connections) >= self.limits.max_connections:
+            if listener is self._listener:
+                peer_text, peer_key = _peer_text(peer), _peer_key(peer)
+            else:
+                peer_text, peer_key = _local_peer(sock)
+            victim = self.admission.admit(peer_key, len(self.connections))
+            if victim is REFUSE:
                 self._refuse_socket(sock, P.UNAVAILABLE, "too many connections (limit %d)"
                                     % self.limits.max_connections, peer_text)
                 continue
@@ -346,16 +303,22 @@ class BrokerServer:
                     self._log_refusal("TLS setup failed", str(exc), peer_text)
                     sock.close()
                     continue
-            self.adopt(sock, peer_text)
+            if victim is not None:
+                self._evict(victim)
+            # Read at once: a client sends its HELLO right after connecting, and one whose
+            # HELLO is in is no longer the first to make room for newcomers (`admission`).
+            self._read(self.adopt(sock, peer_text, peer_key))
 
-    def adopt(self, sock, peer_text=""):
+    def adopt(self, sock, peer_text="", peer_key=None):
         """Serve an already-connected socket (accept() and tests use it)."""
         session_id = self._next_id
         self._next_id += 1
         session = self.state.open_session(session_id, peer_text)
-        conn = _Connection(sock, session, peer_text, P.MAX_HANDSHAKE_BYTES)
+        conn = _Connection(sock, session, peer_text, P.MAX_HANDSHAKE_BYTES, peer_key)
+        session.peer_key = conn.peer_key
         conn.partial_since = self.monotonic()        # the handshake must finish in time
         self.connections[session_id] = conn
+        self.admission.add(conn)
         self.selector.register(sock, selectors.EVENT_READ, conn)
         logger.debug("client %s connected (session %d)", peer_text, session_id)
         return conn
@@ -366,9 +329,12 @@ class BrokerServer:
         the client reads it. So: FIN after the frame, drain its input, close on its EOF (or
         after a second)."""
         self._log_refusal("refused", text, peer)
+        self._say_and_linger(sock, P.encode_error(0, code, text))
+
+    def _say_and_linger(self, sock, frame):
         try:
             sock.setblocking(False)
-            sock.send(P.encode_error(0, code, text))
+            sock.send(frame)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()                # it is gone already
@@ -399,6 +365,8 @@ class BrokerServer:
 
     def _read(self, conn):
         if conn in self._backlog:           # still has frames from the last read to handle
+            return
+        if conn.session.stage == CLOSED:    # cut off earlier in this turn
             return
         if conn.tls_pending and not self._tls_handshake(conn):
             return
@@ -440,13 +408,14 @@ class BrokerServer:
                 handle(session, *frame)
                 if session.want_close:
                     break
-                if session.stage == OPEN and decoder.max_frame_bytes != self.limits.max_frame_bytes:
+                if conn.handshaking and session.stage == OPEN:
+                    conn.handshaking = False
                     decoder.max_frame_bytes = self.limits.max_frame_bytes
+                    self.admission.remove(conn)
             else:
                 self._backlog.add(conn)
         except ProtocolError as exc:
-            session.send(P.encode_error(0, P.TOO_LARGE if "limit" in str(exc) else P.BAD_FRAME,
-                                        str(exc)))
+            session.send(P.encode_error(0, P.code_for(exc), str(exc)))
             session.close_after_flush()
             self._log_refusal("bad frame", str(exc), conn.peer)
             if not session.is_open and _looks_like_http(data):
@@ -465,6 +434,9 @@ class BrokerServer:
                 conn.partial_since = session.last_seen if decoder.pending_bytes else None
             elif decoder.pending_bytes and conn.partial_since is None:
                 conn.partial_since = session.last_seen
+        if decoder.pending_bytes != conn.partial_bytes:
+            conn.partial_bytes = decoder.pending_bytes
+            self.partial.hold(conn, conn.partial_bytes)
 
     def _tls_handshake(self, conn):
         try:
@@ -540,21 +512,58 @@ class BrokerServer:
         if not unsent and session.want_close:
             self._close(conn, "closed by the broker")
 
-    def _close(self, conn, reason, requeue_log=True):
+    def _close(self, conn, reason, requeue_log=True, last_words=None):
+        """Forget `conn` and close its socket; with `last_words` (an ERROR frame), say them
+        and close gently instead (see `_refuse_socket`), dropping whatever else it was owed."""
         if self.connections.pop(conn.session.id, None) is None:
             return
         if conn.session.refusal:
             self._log_refusal(conn.session.refusal, "", conn.peer)
+        self.admission.remove(conn)
+        if conn.partial_bytes:
+            conn.partial_bytes = 0
+            self.partial.hold(conn, 0)
         try:
             self.selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass                        # never registered (refused early)
-        try:
-            conn.sock.close()
-        except OSError:
-            pass                        # closing anyway
+        if last_words is not None and not conn.tls_pending:
+            conn.decoder = P.Decoder(0)                 # its unfinished frame goes now
+            self._say_and_linger(conn.sock, last_words)
+        else:
+            try:
+                conn.sock.close()
+            except OSError:
+                pass                    # closing anyway
         self.state.close_session(conn.session, reason if requeue_log else "")
         logger.debug("client %s: %s", conn.peer, reason)
+
+    def _evict(self, conn):
+        """Make room for a newcomer of the same peer (or of a peer holding fewer): `conn`
+        has been in its handshake the longest (see `admission`)."""
+        limits = self.limits
+        text = ("too many connections in their handshake (%d from one address or user, %d "
+                "in all): the oldest is dropped" % (limits.max_unauthenticated_per_peer,
+                                                   limits.max_unauthenticated))
+        self._log_refusal("evicted", text, conn.peer)
+        self._close(conn, "evicted before finishing its handshake", requeue_log=False,
+                    last_words=P.encode_error(0, P.UNAVAILABLE, text))
+
+    def _shed_partial_frames(self):
+        """Unfinished frames hold more than the cap allows: cut off the largest holders."""
+        partial, cap = self.partial, self.limits.max_partial_bytes
+        total = partial.total
+        victims = partial.largest()
+        self._log_refusal("too much held in unfinished frames",
+                          "%d bytes, over the %d-byte cap (--max-partial-bytes); cut off the "
+                          "%d largest holder(s)" % (total, cap, len(victims)),
+                          victims[0].peer, level=logging.ERROR)
+        for conn in victims:
+            text = ("the broker held too much in unfinished frames (%d bytes, %d allowed); "
+                    "this connection held %d of them, among the most, and is cut off"
+                    % (total, cap, conn.partial_bytes))
+            self._close(conn, "cut off: unfinished frames over the broker's cap",
+                        last_words=P.encode_error(0, P.UNAVAILABLE, text))
 
     def _drain_wake(self):
         try:
@@ -583,6 +592,10 @@ class BrokerServer:
                     what = "a partial frame" if session.is_open else "the handshake"
                     self._log_refusal("stalled", "in %s for over %gs" % (what, limit),
                                       conn.peer)
+                    conn.partial_since = None           # once: it is being closed
+                    if conn.tls_pending:        # no TLS yet to say why in: just close
+                        self._close(conn, "stalled in the TLS handshake", requeue_log=False)
+                        continue
                     session.send(P.encode_error(0, P.BAD_FRAME, "timed out waiting for %s"
                                                 % what))
                     session.close_after_flush()
@@ -596,17 +609,12 @@ class BrokerServer:
                     session.send(P.HEADER.pack(0, P.HEARTBEAT, 0))
         self._flush_all()
 
-    def _log_refusal(self, reason, detail, peer):
+    def _log_refusal(self, reason, detail, peer, level=logging.WARNING):
         """One log line per kind of refusal per 10 s, however many clients earn it."""
-        mono = self.monotonic()
-        last, suppressed = self._refusals.get(reason, (-1e9, 0))
-        if mono - last >= 10.0:
-            more = " (and %d more like it)" % suppressed if suppressed else ""
-            logger.warning("refused client %s: %s%s%s", peer or "?", reason,
-                           ": " + detail if detail else "", more)
-            self._refusals[reason] = (mono, 0)
-        else:
-            self._refusals[reason] = (last, suppressed + 1)
+        counts = self._refusals.allow(reason)
+        if counts is not None:
+            logger.log(level, "refused client %s: %s%s%s", peer or "?", reason,
+                       ": " + detail if detail else "", folded(counts))
 
 
 _HTTP_REPLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
@@ -618,19 +626,25 @@ def _looks_like_http(data):
 
 
 def _local_peer(sock):
-    """"local pid N uid U" for a client of the local socket (the kernel vouches for both)."""
+    """``("local pid N uid U", "uid U")`` for a client of the local socket (the kernel vouches
+    for both): its text for the log, and the peer whose share of the slots it uses."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
         pid, uid, _gid = struct.unpack("3i", creds)
     except (OSError, AttributeError):
-        return "local"
-    return "local pid %d uid %d" % (pid, uid)
+        return "local", "local"
+    return "local pid %d uid %d" % (pid, uid), "uid %d" % uid
 
 
 def _peer_text(peer):
     if isinstance(peer, tuple) and len(peer) >= 2:
         return "%s:%s" % (peer[0], peer[1])
     return str(peer)
+
+
+def _peer_key(peer):
+    """A TCP client's peer for the handshake shares: its address, whatever its port."""
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
 
 
 def _os_reason(exc):

@@ -5,9 +5,12 @@ delivery tag, in delivery order), the tasks handed over to it, and the highest c
 it may be sent a CONFIRM for. The server moves `out` to the socket after each loop turn.
 """
 
-__all__ = ["Session", "Consumer", "HELLO_STAGE", "AUTH_STAGE", "OPEN", "CLOSED"]
+from .. import protocol as P
 
-HELLO_STAGE, AUTH_STAGE, OPEN, CLOSED = "hello", "auth", "open", "closed"
+__all__ = ["Session", "Consumer", "HELLO_STAGE", "AUTH_STAGE", "HELD_STAGE", "OPEN", "CLOSED"]
+
+# HELD_STAGE: its AUTH is in, and the answer waits on a timer (see handshake.AuthThrottle).
+HELLO_STAGE, AUTH_STAGE, HELD_STAGE, OPEN, CLOSED = "hello", "auth", "held", "open", "closed"
 
 
 class Consumer:
@@ -49,6 +52,8 @@ class Session:
         self.client = ""
         self.nonce = None               # our nonce during the handshake
         self.client_nonce = None
+        self.peer_key = peer            # whose failed AUTHs slow this one down (the server
+                                        # sets it: an IP address, or a uid on the local socket)
         self.want_close = False         # close once `out` is flushed
         self.refusal = ""               # why the broker turned this client away, for the log
         self.unsent = 0                 # bytes waiting for the client to read (set by server)
@@ -68,6 +73,17 @@ class Session:
     def send(self, frame):
         self.out.append(frame)
         self.outgoing.add(self)
+
+    def reply(self, seq, obj):
+        """OK with `obj`, when the command asked for an answer (seq != 0)."""
+        if seq:
+            self.send(P.encode_json(P.OK, seq, obj))
+
+    def error(self, seq, code, text, close=False):
+        """ERROR `code` for the command `seq`; with `close`, the connection goes after it."""
+        self.send(P.encode_error(seq, code, text))
+        if close:
+            self.close_after_flush()
 
     def close_after_flush(self):
         self.want_close = True

@@ -1,17 +1,17 @@
 """What `python -m minitask status` and the status page show, computed from the broker state.
 
 Plain data (JSON-ready dicts); rates are left to whoever polls, from the counters here.
-`failed_results` hands over raw stored bytes instead, for the status page to decode outside
-the broker's loop. `scheduled_report` lists the countdowns the broker holds, for ``inspect
-scheduled``.
+`scheduled_report` lists the countdowns the broker holds, for ``inspect scheduled``.
 """
 
 import os
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
+from .session import OPEN
+from .topology import dead_letter_name
 
-__all__ = ["status_report", "failed_results", "scheduled_report"]
+__all__ = ["status_report", "scheduled_report"]
 
 
 def status_report(state):
@@ -24,7 +24,6 @@ def status_report(state):
         "published": queue.published, "delivered": queue.delivered, "acked": queue.acked,
         "dead_lettered": queue.dead_lettered, "max_length": queue.max_length,
     } for queue in sorted(state.queues.values(), key=lambda q: q.name)]
-    from .state import dead_letter_name
     for row in queues:
         dead = state.queues.get(dead_letter_name(row["name"]))
         row["dead"] = dead.ready if dead is not None else 0
@@ -35,7 +34,7 @@ def status_report(state):
     running_rows = []
     clients = 0
     for session in state.sessions.values():
-        if session.stage != "open":
+        if session.stage != OPEN:
             continue
         if not session.info:
             clients += 1
@@ -62,21 +61,21 @@ def status_report(state):
         "broker": {"version": state.options.version, "pid": os.getpid(),
                    "uptime": round(now - state.started_at, 3), "time": now,
                    "connections": len(state.sessions), "clients": clients,
-                   "unroutable": state.unroutable, "results": len(state.results),
+                   "unroutable": state.messages.unroutable, "results": len(state.results),
                    "revoked": len(state.revoked), "persistent": journal.enabled,
                    "fsync": journal.fsync_policy,
                    "journal_bytes": journal.total_bytes(),
                    "journal_live_bytes": journal.live_bytes(),
                    "journal_records_lost": journal.records_lost,
                    "journal_faults": len(journal.faults),
-                   "next_message_id": state.next_message_id},
+                   "next_message_id": state.messages.next_message_id},
         "queues": queues,
         "exchanges": exchanges,
         "workers": sorted(workers, key=lambda w: (str(w.get("hostname")), w["session"])),
         "tasks": {"received": sum(1 for _, s in running if s == "RECEIVED"),
                   "started": [task_id for task_id, s in running if s == "STARTED"][:200]},
-        "recent_failures": [{"time": when, "task_id": task_id}
-                            for when, task_id in reversed(state.recent_failures)],
+        "recent_failures": [{"time": when, "task_id": task_id} for when, task_id
+                            in reversed(state.result_commands.recent_failures)],
         "states": list(P.STATES),
         "running": running_rows[:_RUNNING_ROWS],
         "task_stats": state.task_stats.report(),
@@ -108,32 +107,15 @@ def _running_row(task_id, data, worker, name=""):
             "pid": worker.get("pid"), "session": worker["session"]}
 
 
-def scheduled_report(state, limit):
-    """The first `limit` messages the broker holds until their ETA, soonest first:
+def scheduled_report(messages):
+    """The delayed `messages` (held until their ETA) as STATUS lists them:
     ``[{"id", "name", "eta", "queue", "priority"}]``."""
     out = []
-    for message in state.delayed_messages(limit):
+    for message in messages:
         try:
             fields = P.parse_message(message.data)
         except ProtocolError:
             continue                # checked when published; a listing must not fail for one
         out.append({"id": fields.message_id, "name": fields.type, "eta": fields.not_before,
                     "queue": message.queue.name, "priority": message.priority})
-    return out
-
-
-def failed_results(state):
-    """The recent failures, newest first, each with its stored result as raw bytes.
-
-    ``(time, task_id, result_state, content_type, payload)``; the last three are None when the
-    result has expired or been forgotten. The payload is an immutable bytes object, safe to
-    hand to another thread; decoding it is left to that thread.
-    """
-    out = []
-    for when, task_id in reversed(state.recent_failures):
-        entry = state.results.get(task_id)
-        if entry is None:
-            out.append((when, task_id, None, None, None))
-        else:
-            out.append((when, task_id, entry.state, entry.content_type, bytes(entry.payload)))
     return out

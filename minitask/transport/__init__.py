@@ -17,6 +17,7 @@ import threading
 import time
 
 from ..exceptions import AuthenticationError, BrokerConnectionError, ConfigurationError
+from ..config import get_settings
 
 __all__ = ["SCHEMES", "transport_for", "client_for", "consumer_for", "connection",
            "with_connection", "reset_connection", "declare_topology", "declare_worker_queues"]
@@ -85,7 +86,6 @@ def connection(settings=None):
         conn = None
     if conn is None:
         if settings is None:
-            from ..config import get_settings
             settings = get_settings()
         conn = client_for(settings, on_connect=lambda c: declare_topology(c, settings))
         _local.connection, _local.generation = conn, _generation[0]

@@ -34,7 +34,11 @@ import collections
 
 from .. import protocol as P
 
-__all__ = ["Client", "Consumer", "Delivery", "Result"]
+__all__ = ["HEARTBEAT", "Client", "Consumer", "Delivery", "Result"]
+
+# Seconds between the heartbeats a worker promises; a broker (or the workers of a Redis) counts
+# a worker lost after missing about two.
+HEARTBEAT = 10.0
 
 Result = collections.namedtuple("Result", "state ready date_done content_type payload")
 
@@ -97,6 +101,11 @@ class Client:
     def bind(self, queue, exchange, binding_key="", arguments=None):
         raise NotImplementedError
 
+    def ensure_queue(self, queue):
+        """Declare durable `queue` (on the default exchange) unless it was already: a call
+        routed to a queue that is not in QUEUES (Celery's task_create_missing_queues)."""
+        self.declare_queue(queue)
+
     def purge(self, queue):
         """Drop the waiting messages of `queue`; returns how many."""
         raise NotImplementedError
@@ -126,7 +135,8 @@ class Client:
         Pushed by the broker, never polled."""
         raise NotImplementedError
 
-    def forget(self, task_ids):
+    def forget(self, task_ids, expired=False):
+        """Remove these results; with `expired`, also every result whose time is up now."""
         raise NotImplementedError
 
     def revoke(self, task_ids, terminate=False, signal="SIGTERM"):
@@ -149,8 +159,13 @@ class Client:
     def kv_get(self, key):
         raise NotImplementedError
 
-    def status(self):
-        """A JSON-ready report: queues, workers, running tasks (see `minitask status`)."""
+    def kv_set(self, key, value):
+        """Set a durable setting (a beat entry's first run)."""
+        raise NotImplementedError
+
+    def status(self, scheduled=0):
+        """A JSON-ready report: queues, workers, running tasks (see `minitask status`); with
+        `scheduled`, also up to that many delayed messages, soonest first."""
         raise NotImplementedError
 
 
@@ -198,9 +213,11 @@ class Consumer:
     def reject(self, tag, requeue=True):
         raise NotImplementedError
 
-    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
+                     task_name="", runtime=None):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
-        `store=False`: the task finished but keeps no result (ignore_result)."""
+        `store=False`: the task finished but keeps no result (ignore_result). `task_name` and
+        `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
         raise NotImplementedError
 
     def reply(self, reply_to, data):
@@ -219,6 +236,20 @@ class Consumer:
         raise NotImplementedError
 
     def cancel_queue(self, name):
+        raise NotImplementedError
+
+    def pause(self):
+        """Stop taking tasks (keep the queues to take them from): the pool cannot run them."""
+        raise NotImplementedError
+
+    def resume(self):
+        """Take tasks from every queue, now or as soon as connected. A consumer starts paused,
+        until the worker's pool processes are ready."""
+        raise NotImplementedError
+
+    def report(self, info):
+        """The worker's description changed (degraded, well again): tell the broker, for
+        `status`."""
         raise NotImplementedError
 
     def heartbeat(self):

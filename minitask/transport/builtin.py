@@ -27,24 +27,27 @@ import sys
 import time
 
 from .. import control, protocol as P
-from ..exceptions import BrokerConnectionError, ProtocolError, TimeoutError
+from ..exceptions import BrokerConnectionError, BrokerError, ProtocolError, TimeoutError
 from . import base, declare_topology, declare_worker_queues
-from .base import Delivery
+from .base import HEARTBEAT, Delivery
 from .conversation import Conversation
+from ..config import get_settings
+from ..config import parse_broker_url
 
-__all__ = ["Connection", "Consumer", "Delivery", "HEARTBEAT"]
+__all__ = ["Connection", "Consumer", "Delivery", "client"]
 
 logger = logging.getLogger(__name__)
 
 _RECV_BYTES = 256 * 1024
-# Seconds between heartbeats a worker promises; the broker drops it after missing two.
-HEARTBEAT = 10.0
+_FROM_SETTINGS = object()                # broker_uid: BROKER_UID of the settings in force
+RETRY_HANDSHAKE_FOR = 5.0               # connect() without a timeout: how long it asks again
 
 
 class Link:
     """One socket to the broker: connecting (local, TCP, TLS), timeouts, reads into a buffer."""
 
-    def __init__(self, url, host, port, tls, ca_file, timeout, local=True, broker_uid=None):
+    def __init__(self, url, host, port, tls, ca_file, timeout, local=True,
+                 broker_uid=_FROM_SETTINGS):
         self.url = url
         self.host, self.port, self.tls = host, port, tls
         self.ca_file = ca_file
@@ -85,7 +88,10 @@ class Link:
             sock.close()
             return None
         uid = _peer_uid(sock)
-        if uid not in (os.getuid(), 0, self.broker_uid):
+        broker_uid = self.broker_uid
+        if broker_uid is _FROM_SETTINGS:
+            broker_uid = get_settings().BROKER_UID
+        if uid not in (os.geteuid(), 0, broker_uid):
             _warn_once("the local socket of port %d belongs to uid %s, not to the broker's "
                        "user; using TCP (set BROKER_UID if the broker runs as that user)"
                        % (self.port, uid))
@@ -162,8 +168,7 @@ class Connection(base.Client):
 
     def __init__(self, url="minitask://127.0.0.1:5679", secret=None, ca_file=None,
                  timeout=10.0, heartbeat=0.0, client="minitask", worker_info=None,
-                 on_connect=None, local=True, broker_uid=None):
-        from ..config import parse_broker_url
+                 on_connect=None, local=True, broker_uid=_FROM_SETTINGS):
         self.url = url
         _scheme, host, port, tls = parse_broker_url(url)
         self.link = Link(url, host, port, tls, ca_file, timeout, local, broker_uid)
@@ -174,6 +179,7 @@ class Connection(base.Client):
         self.worker_info = worker_info
         self.on_connect = on_connect        # callback(connection) after each handshake
         self.conversation = None
+        self.declared_queues = set()        # declared by ensure_queue on this connection
 
     @property
     def connected(self):
@@ -187,13 +193,40 @@ class Connection(base.Client):
     def welcome(self):
         return self.conversation.welcome if self.conversation else {}
 
+    @property
+    def features(self):
+        """What the broker offers beyond protocol 1 (WELCOME's "features")."""
+        features = self.welcome.get("features")
+        return frozenset(name for name in features if isinstance(name, str)) \
+            if isinstance(features, list) else frozenset()
+
     def connect(self):
-        """Open the socket and do the handshake. Raises BrokerConnectionError naming the URL."""
+        """Open the socket and do the handshake. Raises BrokerConnectionError naming the URL.
+
+        A broker that turns the handshake away for want of room (it makes room for newer
+        handshakes by dropping the oldest, see `broker.admission`) is asked again, with a
+        short backoff, until the connect timeout: a process flooding our address with
+        half-open handshakes can push a slow client out once, not keep it out."""
         if self.link.sock is not None:
             return self
+        deadline = time.monotonic() + (self.timeout or RETRY_HANDSHAKE_FOR)
+        pause = 0.02
+        while True:
+            try:
+                return self._connect_once()
+            except BrokerConnectionError as exc:
+                turned_away = self.conversation is not None and \
+                    exc is self.conversation.closing_error
+                if not turned_away or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    def _connect_once(self):
         self.link.open()
         self.conversation = Conversation(self.secret, self.client, self.heartbeat,
                                          self.worker_info, peer="the broker at %s" % self.url)
+        self.declared_queues = set()
         try:
             self.conversation.hello()
             self._flush()
@@ -308,6 +341,13 @@ class Connection(base.Client):
         args.update(arguments)
         return self.call(P.DECLARE_QUEUE, args)
 
+    def ensure_queue(self, queue):
+        """Declare durable `queue` unless this connection did already: a call routed to a
+        queue that is not in QUEUES (Celery's task_create_missing_queues)."""
+        if queue not in self.declared_queues:
+            self.declare_queue(queue)
+            self.declared_queues.add(queue)
+
     def bind(self, queue, exchange, binding_key="", arguments=None):
         return self.call(P.BIND, {"queue": queue, "exchange": exchange,
                                   "binding_key": binding_key, "arguments": arguments or {}})
@@ -330,20 +370,32 @@ class Connection(base.Client):
     def publish(self, data, confirm=True, timeout=None):
         """Publish an encoded message; with `confirm`, return once the broker holds it."""
         conversation = self.conversation or self.connect().conversation
-        seq = conversation.publish(data, confirm)
+        seq = conversation.publish(_encoded(data), confirm)
         self._flush()
         if confirm:
             self._wait(lambda: conversation.confirmed(seq),
                        self.timeout if timeout is None else timeout, "confirm")
 
     def publish_with_record(self, data, key, value, timeout=None):
-        """Set a durable broker setting and publish, in one write: a broker crash keeps both
-        or neither (periodic tasks' last send times)."""
+        """Set a durable broker setting and publish, as one unit: a broker crash keeps both
+        or neither (periodic tasks' last send times).
+
+        A broker that lists "atomic" in its WELCOME gets one ATOMIC frame, which it journals
+        as one record. An older broker gets KV_SET and PUBLISH in one write: two records in
+        one write, which a crash tearing that very write could split.
+        """
         conversation = self.conversation or self.connect().conversation
-        kv_seq = conversation.command(P.KV_SET, {"key": key, "value": value})
-        seq = conversation.publish(data)
-        self._flush()
         timeout = self.timeout if timeout is None else timeout
+        kv = P.encode_json(P.KV_SET, 0, {"key": key, "value": value})
+        if "atomic" in self.features:
+            seq = conversation.confirmable(P.ATOMIC,
+                                           kv + P.encode_frame(P.PUBLISH, 0, _encoded(data)))
+            self._flush()
+            self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
+            return
+        kv_seq = conversation.command(P.KV_SET, {"key": key, "value": value})
+        seq = conversation.publish(_encoded(data))
+        self._flush()
         self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
@@ -354,7 +406,7 @@ class Connection(base.Client):
         what = "confirm"
         batch = []
         for data in messages:
-            batch.append(conversation.publish(data))
+            batch.append(conversation.publish(_encoded(data)))
             if len(batch) >= window:
                 self._flush()
                 older, batch = batch[:window // 2], batch[window // 2:]
@@ -421,8 +473,14 @@ class Connection(base.Client):
         _task_id, state, flags, date_done, content_type, payload = P.decode_result(body)
         return base.Result(state, bool(flags & P.READY), date_done, content_type, payload)
 
-    def forget(self, task_ids):
-        return self.call(P.RESULT_FORGET, {"task_ids": list(task_ids)})
+    def forget(self, task_ids, expired=False):
+        args = {"task_ids": list(task_ids)}
+        if expired:
+            args["expired"] = True
+        return self.call(P.RESULT_FORGET, args)
+
+    def kv_set(self, key, value):
+        return self.call(P.KV_SET, {"key": key, "value": value})
 
     def revoke(self, task_ids, terminate=False, signal="SIGTERM"):
         return self.call(P.REVOKE, {"task_ids": list(task_ids), "terminate": terminate,
@@ -470,8 +528,8 @@ class Connection(base.Client):
     def kv_get(self, key):
         return self.call(P.KV_GET, {"key": key})["value"]
 
-    def status(self):
-        return self.call(P.STATUS, {})
+    def status(self, scheduled=0):
+        return self.call(P.STATUS, {"scheduled": scheduled} if scheduled else {})
 
 
 class Consumer(base.Consumer):
@@ -492,13 +550,15 @@ class Consumer(base.Consumer):
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         self._qos_sent = None
+        self.paused = True              # no task consumers until resume()
+        self.features = frozenset()     # what the broker offers beyond protocol 1
 
     def connect(self, timeout=5.0):
         settings = self.settings
         conn = Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
                           ca_file=settings.BROKER_CA_FILE, timeout=timeout,
                           heartbeat=HEARTBEAT, client="minitask-worker",
-                          worker_info=self.worker_info)
+                          worker_info=self.worker_info, broker_uid=settings.BROKER_UID)
         conn.connect()
         try:
             declare_topology(conn, settings)
@@ -509,8 +569,9 @@ class Consumer(base.Consumer):
             conn.qos(self.prefetch + self.extra_credit)
             self._qos_sent = self.prefetch + self.extra_credit
             self.consumer_tags = {}
-            for name in self.queues:
-                self.consumer_tags[conn.consume(name)] = name
+            if not self.paused:
+                for name in self.queues:
+                    self.consumer_tags[conn.consume(name)] = name
             self.control_tag = conn.consume(self.control_queue, no_ack=True)
         except BaseException:
             conn.link.close()
@@ -518,6 +579,7 @@ class Consumer(base.Consumer):
         conn.link.sock.setblocking(False)
         self.conn = conn
         self.generation += 1
+        self.features = conn.features
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         early = list(conn.deliveries)       # arrived while we waited for the last reply
@@ -567,16 +629,21 @@ class Consumer(base.Consumer):
         else:
             self.out += P.encode_tags(P.REJECT, 0, [tag])
 
-    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
-        if publish:
-            raise NotImplementedError("publishing with a result needs a broker that joins "
-                                      "workflows")
-        self.out += P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0,
-                                    0.0, content_type, payload)
-
-    def send(self, frame):
-        """Queue an already-encoded frame (results built in a pool process)."""
-        self.out += frame
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
+                     task_name="", runtime=None):
+        described = "described_results" in self.features
+        frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
+                                content_type, payload, task_name if described else None,
+                                runtime)
+        if not publish:
+            self.out += frame
+        elif "atomic_results" in self.features:
+            self.out += P.encode_atomic(0, [frame] + [P.encode_frame(P.PUBLISH, 0, data)
+                                                      for data in publish])
+        else:
+            raise BrokerError("the broker at %s cannot store a result and publish what it "
+                              "unlocks in one step (it is older than this worker)"
+                              % self.settings.BROKER_URL, P.COMMAND_INVALID)
 
     def reply(self, reply_to, data):
         self.out += P.encode_frame(P.PUBLISH, 0, data)
@@ -586,6 +653,28 @@ class Consumer(base.Consumer):
 
     def heartbeat(self):
         self.out += P.HEADER.pack(0, P.HEARTBEAT, 0)
+
+    def pause(self):
+        self.paused = True
+        if self.connected:
+            for tag in self.consumer_tags:
+                self.out += P.encode_json(P.CANCEL, 0, {"consumer_tag": tag})
+        self.consumer_tags = {}
+
+    def resume(self):
+        if not self.paused:
+            return
+        self.paused = False
+        if self.connected:
+            for name in self.queues:
+                self._consume(name)
+
+    def report(self, info):
+        """Say it in HELLO from now on, and to the broker now: a HEARTBEAT may carry the
+        worker's description (protocol section 4), which status shows."""
+        self.worker_info = info
+        if self.connected:
+            self.out += P.encode_json(P.HEARTBEAT, 0, {"worker": info})
 
     def set_extra_credit(self, held):
         self.extra_credit = held
@@ -600,10 +689,14 @@ class Consumer(base.Consumer):
             self.out += P.encode_json(P.BIND, 0, {"queue": name,
                                                   "exchange": self.settings.DEFAULT_EXCHANGE,
                                                   "binding_key": name})
+        if not self.paused:
+            self._consume(name)
+        return True
+
+    def _consume(self, name):
         tag = max(list(self.consumer_tags) + [self.control_tag or 0, 1000]) + 1
         self.consumer_tags[tag] = name
         self.out += P.encode_json(P.CONSUME, 0, {"queue": name, "consumer_tag": tag})
-        return True
 
     def cancel_queue(self, name):
         """Stop consuming `name` (remote control `cancel_consumer`, warm shutdown)."""
@@ -683,6 +776,11 @@ class Consumer(base.Consumer):
         self.conn = None
 
 
+def _encoded(message):
+    """An encoded message (3.1): as given, or encoded from a `protocol.Message`."""
+    return message if isinstance(message, (bytes, bytearray)) else P.encode_message(message)
+
+
 def _result_body(task_id, state, flags, ttl, content_type, payload):
     return P.encode_result(P.RESULT_SET, 0, task_id, state, flags, ttl, content_type,
                            payload)[P.HEADER.size:]
@@ -741,4 +839,4 @@ def client(settings, client="minitask-client", on_connect=None, timeout=10.0):
     """A `Connection` made from the settings (see `minitask.transport.client_for`)."""
     return Connection(settings.BROKER_URL, secret=settings.BROKER_SECRET,
                       ca_file=settings.BROKER_CA_FILE, timeout=timeout, client=client,
-                      on_connect=on_connect, broker_uid=settings.get("BROKER_UID"))
+                      on_connect=on_connect, broker_uid=settings.BROKER_UID)

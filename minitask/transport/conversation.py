@@ -177,9 +177,9 @@ class Conversation:
     # -- the handshake (protocol section 6) --------------------------------------------------
 
     def _handshake(self, kind, seq, body):
-        if kind == P.ERROR:
-            code, text = P.decode_error(body)
-            raise P.error_for(code, text)
+        if kind == P.ERROR:             # turned away: the broker closes next
+            self.closing_error = P.error_for(*P.decode_error(body))
+            raise self.closing_error
         if kind == P.HEARTBEAT:
             return
         if self.state == HELLO_SENT and kind == P.CHALLENGE and seq == self._hello_seq:

@@ -696,7 +696,8 @@ class Broker:
             result = self.get_result(session, task_id)
         return result
 
-    def forget(self, session, task_ids):
+    def forget(self, session, task_ids, expired=False):
+        """(`expired` asks for nothing more: the timer thread drops results as they expire.)"""
         forgotten = [task_id for task_id in task_ids if self.results.pop(task_id, None)]
         for task_id in task_ids:
             self.inflight.pop(task_id, None)
@@ -752,9 +753,15 @@ class Broker:
     def kv_get(self, session, key):
         return self.kv.get(key)
 
-    def status(self, session):
+    def kv_set(self, session, key, value):
+        self.kv[key] = value
+
+    def status(self, session, scheduled=0):
         """The built-in broker's status report, as far as a broker in memory has its parts."""
         now = time.time()
+        held = sorted(((when + self.release_ahead, args[0]) for when, _n, action, args
+                       in self._timers if action == self._release
+                       and args[0].where == DELAYED), key=lambda item: item[0])[:scheduled]
         workers, running = [], []
         for other in self.sessions.values():
             if other.info and other.subscriptions:
@@ -785,6 +792,9 @@ class Broker:
                                 for when, task_id in reversed(self.recent_failures)],
             "states": list(P.STATES),
             "running": running[:_ROWS],
+            "scheduled": [{"id": P.message_id_of(message.data), "name": P.parse_message(
+                message.data).type, "eta": eta, "queue": message.queue.name,
+                "priority": message.priority} for eta, message in held],
         }
 
     def _worker_row(self, session, now, running):
@@ -865,6 +875,7 @@ class Client(base.Client):
     revoke = _command("revoke")
     lease = _command("lease")
     kv_get = _command("kv_get")
+    kv_set = _command("kv_set")
     status = _command("status")
 
     def publish(self, data, confirm=True, timeout=None):
@@ -905,6 +916,7 @@ class Consumer(base.Consumer):
         self.control_tag = None
         self.consumer_tags = {}         # consumer tag -> queue name
         self._wake = None               # (reader, writer): the socket pair behind fileno()
+        self.paused = True              # no task consumers until resume()
         self._forget_turn()
 
     def _forget_turn(self):
@@ -927,7 +939,8 @@ class Consumer(base.Consumer):
             self._forget_turn()
             self._qos_sent = self.prefetch + self.extra_credit
             conn._run("qos", self._qos_sent)
-            self.consumer_tags = {conn._run("consume", name): name for name in self.queues}
+            self.consumer_tags = {} if self.paused else {
+                conn._run("consume", name): name for name in self.queues}
             self.control_tag = conn._run("consume", control_queue, True)
         except BaseException:
             conn.close()
@@ -977,7 +990,8 @@ class Consumer(base.Consumer):
         else:
             self._say("reject", [tag], False)
 
-    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
+                     task_name="", runtime=None):
         self._say("store_result", task_id, state, content_type, payload, store, list(publish))
 
     def reply(self, reply_to, data):
@@ -995,8 +1009,29 @@ class Consumer(base.Consumer):
         self.queues.append(name)
         if self.connected:
             declare_worker_queues(self.conn, self.settings, [name])
-            self.consumer_tags[self.conn._run("consume", name)] = name
+            if not self.paused:
+                self.consumer_tags[self.conn._run("consume", name)] = name
         return True
+
+    def pause(self):
+        self.paused = True
+        for tag in list(self.consumer_tags):
+            if self.connected:
+                self.conn._run("cancel", tag)
+        self.consumer_tags = {}
+
+    def resume(self):
+        if not self.paused:
+            return
+        self.paused = False
+        if self.connected:
+            for name in self.queues:
+                self.consumer_tags[self.conn._run("consume", name)] = name
+
+    def report(self, info):
+        self.worker_info = info
+        if self.connected:
+            self.conn.session.info = info
 
     def cancel_queue(self, name):
         for tag in [tag for tag, queue in self.consumer_tags.items() if queue == name]:

@@ -22,8 +22,7 @@ import logging
 import threading
 import time
 
-from .. import protocol as P
-from ..client import Connection, declare_topology
+from ..transport import client_for, declare_topology
 from ..exceptions import MinitaskError
 from ..sending import compose_message
 from ..task import registry
@@ -104,11 +103,7 @@ class Beat:
         while not self._stop.is_set():
             try:
                 if self.conn is None:
-                    self.conn = Connection(self.settings.BROKER_URL,
-                                           secret=self.settings.BROKER_SECRET,
-                                           ca_file=self.settings.BROKER_CA_FILE,
-                                           client="minitask-beat")
-                    self.conn.connect()
+                    self.conn = client_for(self.settings, client="minitask-beat").connect()
                     declare_topology(self.conn, self.settings)
                     self.holding = False
                 wait = self.tick()
@@ -126,8 +121,7 @@ class Beat:
 
     def tick(self):
         """Renew the lease and send what is due; returns seconds until the next look."""
-        lease = self.conn.call(P.LEASE, {"name": LEASE_NAME, "holder": self.holder,
-                                         "ttl": LEASE_SECONDS})
+        lease = self.conn.lease(LEASE_NAME, self.holder, LEASE_SECONDS)
         if not lease["granted"]:
             if self.holding:
                 logger.info("beat: %s now sends the periodic tasks", lease["holder"])
@@ -156,10 +150,10 @@ class Beat:
     def _last_run(self, task):
         """When `task` was last sent, from the broker; for a schedule that waits for its first
         time (a crontab) and was never sent, "now", written down so that a restart keeps it."""
-        last_run = self.conn.call(P.KV_GET, {"key": _kv_key(task.name)})["value"]
+        last_run = self.conn.kv_get(_kv_key(task.name))
         if last_run is None and not task.schedule.sends_at_start:
             last_run = self.clock()
-            self.conn.call(P.KV_SET, {"key": _kv_key(task.name), "value": last_run})
+            self.conn.kv_set(_kv_key(task.name), last_run)
         return last_run
 
     def send(self, task, now):

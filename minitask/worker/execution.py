@@ -10,6 +10,7 @@ Outcomes: SUCCESS with the return value; RETRY with the tombstone (the ``exc`` g
 REVOKED when the task expired before it could start.
 """
 
+import collections
 import logging
 import time
 import traceback
@@ -21,6 +22,7 @@ from ..exceptions import (
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
+from ..loaders import current_loader
 
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
 
@@ -176,18 +178,11 @@ def run_eagerly(task, args=None, kwargs=None, task_id=None, retries=0,
                               retries=getattr(retry, "retry_retries", message.retries + 1))
 
 
-class Executed:
-    """What a pool child reports for one delivery (sent back to the worker's main process)."""
-
-    __slots__ = ("state", "frame", "runtime", "task_id", "task_name", "summary")
-
-    def __init__(self, state, frame, runtime, task_id, task_name, summary):
-        self.state = state
-        self.frame = frame            # RESULT_SET frame to forward, or None (ignore_result)
-        self.runtime = runtime
-        self.task_id = task_id
-        self.task_name = task_name
-        self.summary = summary        # one line for the log and `inspect`
+# What a pool child reports for one delivery, sent back to the worker's main process:
+# the result to store (`store` False for ignore_result: nothing but the state is kept) and
+# `summary`, one line for the log and `inspect`.
+Executed = collections.namedtuple(
+    "Executed", "state content_type payload store runtime task_id task_name summary")
 
 
 def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
@@ -209,13 +204,12 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         task = registry.tasks[name]
     except (ContentDisallowed, SerializationError, ProtocolError, NotRegistered) as exc:
         logger.error("Task %s[%s] refused: %s", name or "?", task_id, exc)
-        return _executed(task_id, name, "FAILURE", exc, None, 0.0, "json",
-                         "refused: %s" % exc)
+        return executed(task_id, name, "FAILURE", exc, None, 0.0, "json",
+                        "refused: %s" % exc)
     if message.expires and message.expires <= (now or time.time()):
         exc = TaskRevokedError("task %s expired before it could start" % task_id)
         logger.info("Task %s[%s] expired before it started", name, task_id)
-        return _executed(task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
-    from ..loaders import current_loader
+        return executed(task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel)
     serializer = message.serializer if message.serializer in ("json", "pickle", "yaml") \
@@ -224,7 +218,7 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         summary = "succeeded in %.6fs: %s" % (outcome.runtime, _short(repr_safe(outcome.result)))
         logger.info("Task %s[%s] %s", name, task_id, summary)
         if task.ignore_result:
-            return Executed("SUCCESS", None, outcome.runtime, task_id, name, summary)
+            return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary)
     elif outcome.state == "RETRY":
         summary = "retry: %s" % outcome.retry
         logger.info("Task %s[%s] %s", name, task_id, summary)
@@ -237,19 +231,19 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         logger.error("Task %s[%s] %s\n%s", name, task_id, summary, outcome.traceback)
         if on_failure is not None:
             on_failure(task, message, outcome)
-    return _executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
-                     outcome.runtime, serializer, summary, message.retries)
+    return executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
+                    outcome.runtime, serializer, summary, message.retries)
 
 
-def _executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+def executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+    """The `Executed` report of a run that ended in `state` with `result` (a value or an
+    exception), its result meta serialized with `serializer`."""
     meta = ResultMeta(task_id, state, result, tb, name, retries, time.time())
     content_type, payload = encode_result_meta(meta, serializer)
     if meta.status != state:            # the result itself could not be carried
         state, summary = meta.status, "result not serializable: %s" % meta.result
         logger.error("Task %s[%s] %s", name, task_id, summary)
-    frame = protocol.encode_result(protocol.RESULT_SET, 0, task_id, state, protocol.STORE, 0.0,
-                                   content_type, payload, name, runtime)
-    return Executed(state, frame, runtime, task_id, name, summary)
+    return Executed(state, content_type, payload, True, runtime, task_id, name, summary)
 
 
 def repr_safe(value):

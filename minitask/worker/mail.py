@@ -11,6 +11,7 @@ import smtplib
 import socket
 import threading
 from email.message import EmailMessage
+from ..config import get_settings
 
 __all__ = ["failure_mailer", "compose", "Mailer"]
 
@@ -84,7 +85,6 @@ class Mailer:
 def failure_mailer(settings=None):
     """A callable for failed tasks when error e-mails are on, else None."""
     if settings is None:
-        from ..config import get_settings
         settings = get_settings()
     if not settings.SEND_TASK_ERROR_EMAILS or not settings.ADMINS:
         return None

@@ -5,7 +5,7 @@ Data flow::
     Worker ──assign(job)──> Child.wbuf ──pipe──> child: run jobs in order ──pipe──> results
                  ^                                    |  writes "started seq, at" into
                  |                                    v  shared memory before each job
-               Pool.check(now): start notices, soft/hard time limits, from shared memory
+          Pool.notice_starts(), Pool.time_limits(now): read from shared memory
 
 Jobs go down a pipe as pickled batches and results come back the same way, so a child never
 waits on the network and the main process pays one write per batch, not one per task. A
@@ -19,8 +19,12 @@ a child dies, which job was running (WorkerLostError or a requeue), which finish
 never reported, and which never started (handed to another child). One shared `epoch`
 invalidates every job queued before it (lost connection, shutdown): children skip those.
 
-Works with the ``fork`` and ``spawn`` start methods; under spawn a child imports the task
-modules through the loader, as the worker did.
+Works with the ``fork``, ``spawn`` and ``forkserver`` start methods; under spawn and
+forkserver a child sets up as the worker did (settings, Django, the loader's `on_worker_init`,
+``-I`` modules). Every child then runs the loader's `on_worker_process_init` and reports
+``ready`` down its pipe before it takes a job; a child that cannot get that far reports one
+line saying why (``failed``) and exits with `START_FAILED_EXIT`, without a traceback. The
+worker gives jobs only to children that reported ready.
 """
 
 import collections
@@ -31,24 +35,39 @@ import pickle
 import select
 import signal
 import struct
+import sys
+import sysconfig
 import time
+import traceback
 
-from ..exceptions import SoftTimeLimitExceeded
+from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
+from ..protocol import message_id_of
+from . import djangofixup
+from .execution import execute_delivery, executed
+from ..loaders import current_loader
+from ..log import setup_logging
+from .mail import failure_mailer
+from .. import config as settings_module
 
-__all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS"]
+__all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "START_FAILED_EXIT"]
 
 logger = logging.getLogger(__name__)
 
 _LEN = struct.Struct("!I")
-_SLOT = 4                       # doubles per child: last started seq, started at, running, soft
-_EPOCH = 0                      # global doubles before the slots: epoch, revoke generation
-_REVOKE_GEN = 1
-_GLOBALS = 2
+# The shared memory: _GLOBALS doubles, then one slot of _SLOT doubles per child.
+_EPOCH, _REVOKE_GEN = 0, 1              # globals: jobs queued before the epoch are skipped;
+_GLOBALS = 2                            # the revoke list changed (children read their inbox)
+# In a child's slot: the seq of the last job it started, when, whether it still runs it, and
+# the seq of the job a soft time limit was meant for (a signal must not hit the next job).
+_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ = 0, 1, 2, 3
+_SLOT = 4
 
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
 # A task type whose average run is under this is "fast" (it may queue behind others).
 FAST_SECONDS = 0.002
+# The exit code of a child that could not set itself up (EX_SOFTWARE).
+START_FAILED_EXIT = 70
 
 
 class Job:
@@ -102,7 +121,8 @@ class ChildConfig:
 
 class _Child:
     __slots__ = ("slot", "process", "inbox", "outbox", "in_fd", "out_fd", "wbuf", "rbuf",
-                 "jobs", "by_seq", "assigned", "retiring", "closed", "pid")
+                 "jobs", "by_seq", "assigned", "retiring", "closed", "pid", "ready",
+                 "failure")
 
     def __init__(self, slot, process, inbox, outbox):
         self.slot = slot
@@ -119,9 +139,11 @@ class _Child:
         self.retiring = False
         self.closed = False
         self.pid = process.pid
+        self.ready = False              # it has set itself up and takes jobs
+        self.failure = None             # why it could not, as it reported
 
     def can_take(self, job, max_tasks):
-        if self.retiring or self.closed:
+        if self.retiring or self.closed or not self.ready:
             return False
         if max_tasks and self.assigned >= max_tasks:
             return False
@@ -155,6 +177,20 @@ class Pool:
         for slot in range(self.concurrency):
             self._spawn(slot)
 
+    def missing_slots(self):
+        """Slots without a child (their last one could not start); see `start_slot`."""
+        return [slot for slot in range(self.concurrency)
+                if slot not in self.children or self.children[slot].closed]
+
+    def start_slot(self, slot):
+        """Start a child in an empty slot; returns it."""
+        return self._spawn(slot)
+
+    def complete(self):
+        """Whether every slot has a child that has reported ready."""
+        return all(slot in self.children and self.children[slot].ready
+                   and not self.children[slot].closed for slot in range(self.concurrency))
+
     def _spawn(self, slot):
         base = _GLOBALS + slot * _SLOT
         for offset in range(_SLOT):
@@ -183,10 +219,10 @@ class Pool:
 
     def replace(self, child):
         """Start a new child in a dead one's slot; returns it."""
-        self._close_child(child)
+        self.close_child(child)
         return self._spawn(child.slot)
 
-    def _close_child(self, child):
+    def close_child(self, child):
         child.closed = True
         for conn in (child.inbox, child.outbox):
             try:
@@ -200,6 +236,10 @@ class Pool:
 
     def idle(self):
         return all(not child.jobs for child in self.alive())
+
+    def has_free_child(self):
+        """Whether some ready child has nothing queued."""
+        return any(child.ready and not child.jobs for child in self.alive())
 
     # -- giving out work -------------------------------------------------------------------------
 
@@ -258,7 +298,7 @@ class Pool:
 
     def read(self, child):
         """Results waiting in `child`'s pipe: a list of ``(job, report)``; report is
-        ``("skipped",)`` or ``(state, frame, runtime, summary)``."""
+        ``("skipped",)`` or ``(state, content_type, payload, store, runtime, summary)``."""
         try:
             while True:
                 data = os.read(child.out_fd, 1 << 20)
@@ -271,7 +311,11 @@ class Pool:
             logger.debug("pool child %d: read failed: %s", child.slot + 1, exc)
         done = []
         for kind, items in _frames(child.rbuf):
-            if kind != "done":
+            if kind == "ready":
+                child.ready = True
+                continue
+            if kind == "failed":
+                child.failure = items
                 continue
             for item in items:
                 job = child.by_seq.pop(item[0], None)
@@ -282,7 +326,7 @@ class Pool:
                 else:
                     child.jobs.remove(job)
                 if item[1] != "skipped":
-                    self._learn_runtime(job.task_name, item[3])
+                    self._learn_runtime(job.task_name, item[5])
                 done.append((job, item[1:]))
         return done
 
@@ -293,7 +337,8 @@ class Pool:
     def slot_state(self, child):
         """``(last started seq, started at, running)`` from shared memory."""
         base = _GLOBALS + child.slot * _SLOT
-        return int(self.shm[base]), self.shm[base + 1], self.shm[base + 2] > 0
+        return (int(self.shm[base + _STARTED_SEQ]), self.shm[base + _STARTED_AT],
+                self.shm[base + _RUNNING] > 0)
 
     def notice_starts(self):
         """Jobs that started since last asked (for STARTED acks), each reported once."""
@@ -325,7 +370,6 @@ class Pool:
                 continue
             elapsed = now - at
             if job.time_limit and elapsed >= job.time_limit and job.kill_reason is None:
-                from ..exceptions import TimeLimitExceeded
                 job.kill_reason = TimeLimitExceeded(
                     "task %s[%s] ran past its time limit of %ss"
                     % (job.task_name, job.task_id, job.time_limit))
@@ -333,7 +377,7 @@ class Pool:
                 killed.append(job)
             elif job.soft_time_limit and elapsed >= job.soft_time_limit and not job.soft_sent:
                 job.soft_sent = True
-                self.shm[_GLOBALS + child.slot * _SLOT + 3] = float(job.seq)
+                self.shm[_GLOBALS + child.slot * _SLOT + _SOFT_SEQ] = float(job.seq)
                 _signal(child.pid, getattr(signal, "SIGUSR1", signal.SIGTERM))
         return killed
 
@@ -439,7 +483,7 @@ def _frames(buffer):
 # -- the child -------------------------------------------------------------------------------
 
 def child_main(slot, inbox, outbox, shm, config, close_fds):
-    """A pool child's whole life: set up, then run jobs until the inbox closes."""
+    """A pool child's whole life: set up, say so, then run jobs until the inbox closes."""
     for fd in close_fds:
         try:
             os.close(fd)
@@ -447,7 +491,45 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
             pass                        # not open in this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process decides on Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _ChildRunner(slot, inbox, outbox, shm, config).run()
+    runner = _ChildRunner(slot, inbox, outbox, shm, config)
+    try:
+        runner.setup()
+    except Exception as exc:            # the user's modules or loader: report it, once
+        logger.debug("pool process could not start", exc_info=True)
+        try:
+            runner.send(("failed", start_failure(exc)))
+        except OSError:
+            pass                        # the worker is gone: nobody to tell
+        sys.exit(START_FAILED_EXIT)
+    runner.send(("ready", os.getpid()))
+    runner.run()
+
+
+def start_failure(exc):
+    """One line on why a child could not set up: the error and where in the user's code.
+
+    A loader's ConfigurationError already names the module; the innermost frame of the
+    project's own code (not minitask's, the standard library's or an installed package's)
+    is added when the message lacks it: that is the line to look at.
+    """
+    cause = exc.__cause__ or exc
+    text = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split()))
+    elsewhere = _not_the_projects()
+    frames = [frame for frame in traceback.extract_tb(cause.__traceback__)
+              if not frame.filename.startswith(elsewhere)]
+    if frames and "line %d" % frames[-1].lineno not in text:
+        text += " (%s, line %d)" % (frames[-1].filename, frames[-1].lineno)
+    return text
+
+
+def _not_the_projects():
+    """Where code that is not the project's lives: frozen modules, minitask, the standard
+    library and installed packages (a virtual environment's and its base Python's)."""
+    paths = {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    for base in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        found = sysconfig.get_paths(vars=base)
+        paths.update(found[key] for key in ("stdlib", "platstdlib", "purelib", "platlib"))
+    return ("<",) + tuple(sorted(paths))
 
 
 class _ChildRunner:
@@ -468,33 +550,37 @@ class _ChildRunner:
         self.done = 0
         self.eof = False
         self.parent = os.getppid()
+        self.django = False
 
     def setup(self):
+        """Become a worker's pool process: as the worker set up (unless forked from it), then
+        the loader's per-process hook. Raises whatever stops it."""
         os.environ.update(self.config.environ)
-        from ..log import setup_logging
-        setup_logging(self.config.loglevel, self.config.logfile)
-        if self.config.start_method != "fork":
-            from .. import config as settings_module
-            from ..loaders import current_loader
+        if self.config.start_method == "fork":
+            djangofixup.forget_inherited_connections()
+        else:
             settings_module.configure(**self.config.settings_overrides)
-            loader = current_loader()
-            loader.import_default_modules()
+            djangofixup.setup()         # before any tasks module: they may import models
+        setup_logging(self.config.loglevel, self.config.logfile)
+        loader = current_loader()
+        if self.config.start_method != "fork":
+            loader.on_worker_init()
             for name in self.config.imports:
                 loader.import_module(name)
+        loader.on_worker_process_init()
+        self.django = djangofixup.active()
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._soft_limit)
-        from .execution import execute_delivery
-        from .mail import failure_mailer
         self.execute = execute_delivery
         self.on_failure = failure_mailer()
 
     def _soft_limit(self, signum, frame):
-        if self.current is not None and self.shm[self.base + 3] == float(self.current) \
-                and self.shm[self.base + 2] > 0:
+        if self.current is not None and self.shm[self.base + _SOFT_SEQ] == float(self.current) \
+                and self.shm[self.base + _RUNNING] > 0:
             raise SoftTimeLimitExceeded("soft time limit exceeded")
 
     def run(self):
-        self.setup()
+        """Run jobs until the inbox closes (after `setup`)."""
         accept = self.config.accept
         shm, base = self.shm, self.base
         while True:
@@ -514,29 +600,30 @@ class _ChildRunner:
             if epoch < shm[_EPOCH]:
                 self.results.append((seq, "skipped"))
                 continue
-            if self.revoked and _task_id(data) in self.revoked:
-                from ..exceptions import TaskRevokedError
-                from .execution import _executed
-                executed = _executed(_task_id(data), "", "REVOKED",
-                                     TaskRevokedError("revoked before it started"), None, 0.0,
-                                     "json", "revoked")
+            if self.revoked and message_id_of(data) in self.revoked:
+                report = executed(message_id_of(data), "", "REVOKED",
+                                  TaskRevokedError("revoked before it started"), None, 0.0,
+                                  "json", "revoked")
             else:
+                if self.django:
+                    djangofixup.before_task()
                 self.current = seq
-                shm[base] = float(seq)
-                shm[base + 1] = time.time()
-                shm[base + 2] = 1.0
+                shm[base + _STARTED_SEQ] = float(seq)
+                shm[base + _STARTED_AT] = time.time()
+                shm[base + _RUNNING] = 1.0
                 try:
-                    executed = self.execute(data, accept, self.config.logfile,
-                                            self.config.loglevel, on_failure=self.on_failure)
+                    report = self.execute(data, accept, self.config.logfile,
+                                          self.config.loglevel, on_failure=self.on_failure)
                 except SoftTimeLimitExceeded as exc:    # landed just outside the task's code
-                    from .execution import _executed
-                    executed = _executed(_task_id(data), "", "FAILURE", exc, None, 0.0, "json",
-                                         "soft time limit exceeded")
+                    report = executed(message_id_of(data), "", "FAILURE", exc, None, 0.0, "json",
+                                      "soft time limit exceeded")
                 finally:
-                    shm[base + 2] = 0.0
+                    shm[base + _RUNNING] = 0.0
                     self.current = None
-            self.results.append((seq, executed.state, executed.frame, executed.runtime,
-                                 executed.summary))
+                if self.django:
+                    djangofixup.after_task()
+            self.results.append((seq, report.state, report.content_type, report.payload,
+                                 report.store, report.runtime, report.summary))
             self.done += 1
             if self.config.max_tasks and self.done >= self.config.max_tasks:
                 self.flush()
@@ -568,15 +655,15 @@ class _ChildRunner:
     def flush(self):
         if not self.results:
             return
-        data = _frame(("done", self.results))
+        self.send(("done", self.results))
         self.results = []
-        view = memoryview(data)
+        self.last_flush = time.monotonic()
+
+    def send(self, item):
+        """Write one (kind, items) frame to the worker, whole."""
+        view = memoryview(_frame(item))
         while view:
             written = os.write(self.out_fd, view)
             view = view[written:]
-        self.last_flush = time.monotonic()
 
 
-def _task_id(data):
-    from ..protocol import message_id_of
-    return message_id_of(data)

@@ -9,7 +9,7 @@ import logging
 import signal as signals
 import time
 
-from .. import control
+from .. import control, protocol as P
 from ..exceptions import MinitaskError
 from ..task import registry
 
@@ -36,8 +36,8 @@ def handle_control(worker, body):
             reply = {"error": "%s: %s" % (method, exc)}
     reply_to = body.get("reply_to")
     if reply_to and worker.consumer.connected:
-        worker.consumer.publish(control.reply_message(reply_to, body.get("ticket", ""),
-                                                      worker.hostname, reply))
+        message = control.reply_message(reply_to, body.get("ticket", ""), worker.hostname, reply)
+        worker.consumer.reply(reply_to, P.encode_message(message))
 
 
 def ping(worker):

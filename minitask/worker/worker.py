@@ -2,22 +2,33 @@
 
 Data flow::
 
-    broker ──DELIVER──> Consumer.read() ──> _receive(): revoked? expired? ──> REVOKED
+    broker ──delivery─> Consumer.read() ──> _receive(): revoked? expired? ──> REVOKED
                                                │ ETA ahead / no rate token ──> Scheduler
                                                v
                                            ready deque ──Pool.assign()──> children
                                                                               │
-    broker <── RESULT_SET, ACK (one frame per turn) <── _finished() <─────────┘
-           <── ACK(started) / START  <── Pool.notice_starts() (shared memory)
+    broker <── store_result, acks (flushed once per turn) <── _finished() <───┘
+           <── ack_started / started <── Pool.notice_starts() (shared memory)
+
+The broker is reached only through the transport seam (`minitask.transport`): the Consumer
+`BROKER_URL` names, selectable by its `fileno()`.
 
 One thread; every wait is a `select()` whose timeout is the next thing due (a scheduled task,
 a time limit, a heartbeat, a reconnect attempt, or a 20 ms look at children that started
 something not yet reported). Acks and started notices are batched per turn.
 
-Lifecycle: SIGTERM or SIGINT is a warm shutdown — stop consuming, hand back everything not
-started, let running tasks finish for up to ``--shutdown-timeout`` seconds — and a second one
-is a cold shutdown. A lost broker connection is retried with backoff while running tasks
-carry on; their results are sent once connected again.
+Lifecycle: the worker takes tasks once every pool process has reported ready. SIGTERM or
+SIGINT is a warm shutdown — stop consuming, hand back everything not started, let running
+tasks finish for up to ``--shutdown-timeout`` seconds — and a second one is a cold shutdown.
+A lost broker connection is retried with backoff while running tasks carry on; their results
+are sent once connected again.
+
+Pool processes that cannot start (a tasks module that fails to import in them, a loader
+hook that raises) degrade the worker: it logs the cause in one line, stops taking tasks,
+hands back what it had reserved, says "degraded" in status and `inspect stats`, and starts
+them again after a backoff. Once they all start it takes tasks again; after
+`MAX_START_FAILURES` failed tries in a row it exits with PoolStartupError (exit code 1), for
+a supervisor to restart it. No task is failed for it: none was given to those processes.
 """
 
 import collections
@@ -29,13 +40,18 @@ import socket
 import time
 
 from .. import control, protocol as P
-from ..exceptions import BrokerConnectionError, WorkerLostError
+from ..exceptions import (
+    BrokerConnectionError, PoolStartupError, TaskRevokedError, WorkerLostError,
+)
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
 from ..task import registry
-from .consumer import HEARTBEAT, Consumer, worker_info
+from ..transport import consumer_for
+from ..transport.base import HEARTBEAT
 from .pool import ChildConfig, Job, Pool
 from .scheduler import Scheduler
+from .beat import Beat
+from .remote import handle_control
 
 __all__ = ["Worker"]
 
@@ -46,6 +62,12 @@ logger = logging.getLogger(__name__)
 MAX_HELD = 10000
 # How often to look for tasks that started but whose start is not reported yet.
 START_POLL = 0.02
+# Pool processes that fail to start this many times in a row stop the worker. Between tries
+# it waits START_BACKOFF seconds, doubling up to MAX_START_BACKOFF: a broken tasks module
+# costs a few lines and a few seconds, never a busy loop.
+MAX_START_FAILURES = 5
+START_BACKOFF = 0.5
+MAX_START_BACKOFF = 8.0
 
 
 class Worker:
@@ -77,7 +99,7 @@ class Worker:
         self.buckets = {}
         self._options = {}              # task name -> (acks_late, time_limit, soft_time_limit)
         self.revoked = {}               # task id -> when we heard (bounded)
-        self.pending_frames = []        # results waiting for a connection
+        self.pending_results = []       # store_result() arguments waiting for a connection
         self.seq = 0
         self.stopping = None            # None, "warm", "cold"
         self.stop_deadline = None
@@ -89,9 +111,10 @@ class Worker:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.consumer = Consumer(settings, self.queues, self.prefetch,
-                                 worker_info(self.hostname, self.concurrency, self.queues),
-                                 self.hostname)
+        self.degraded = None            # why pool processes cannot start, while they cannot
+        self.consumer = consumer_for(settings, self.queues, self.prefetch, self._info(),
+                                     self.hostname)
+        self._broker_fd = None          # what the selector watches for the consumer
         config = ChildConfig(settings_overrides, self.imports, self.loglevel, self.logfile,
                              settings.ACCEPT_CONTENT,
                              environ={"MINITASK_WORKER_HOSTNAME": self.hostname})
@@ -101,6 +124,10 @@ class Worker:
         self.beat_service = None
         self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
         self._signals = 0
+        self.taking_tasks = False       # consuming the task queues
+        self.start_failures = 0         # failed tries to start them, in a row
+        self._restart_at = None         # when to try again (time.monotonic())
+        self.exit_error = None          # what run() raises once stopped
 
     def _fds_for_children(self):
         fds = [self._wake_r.fileno(), self._wake_w.fileno()]
@@ -126,7 +153,6 @@ class Worker:
                     ", ".join(self.queues), self.prefetch)
         self._connect()
         if self.beat:
-            from .beat import Beat
             self.beat_service = Beat(self.settings, self.hostname)
             self.beat_service.start()
         try:
@@ -134,6 +160,8 @@ class Worker:
                 self._turn()
         finally:
             self._close()
+        if self.exit_error is not None:
+            raise self.exit_error
         return 0
 
     def _install_signals(self):
@@ -190,12 +218,18 @@ class Worker:
             elif data == "broker":
                 self._read_broker(mask)
             elif data[0] == "out":
-                for job, report in self.pool.read(data[1]):
+                child = data[1]
+                was_ready = child.ready
+                for job, report in self.pool.read(child):
                     self._finished(job, report)
+                if child.ready and not was_ready:
+                    self._child_ready(child)
             elif data[0] == "in":
                 self._flush_child(data[1])
             elif data[0] == "died":
                 self._child_died(data[1])
+        if self._restart_at is not None and time.monotonic() >= self._restart_at:
+            self._restart_missing()
         now = self.clock()
         for item in self.scheduler.pop_due(now):
             self._due(item)
@@ -223,6 +257,8 @@ class Worker:
             timeout = min(timeout, START_POLL)
         if not self.consumer.connected:
             timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
+        if self._restart_at is not None:
+            timeout = min(timeout, max(0.0, self._restart_at - time.monotonic()))
         if self.stopping == "warm":
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()), 0.1)
         return timeout
@@ -241,24 +277,27 @@ class Worker:
             self._backoff = min(self._backoff * 2, 5.0)
             return
         self._backoff = 0.1
-        self.selector.register(self.consumer.conn.sock, selectors.EVENT_READ, "broker")
+        self._broker_fd = self.consumer.fileno()
+        self.selector.register(self._broker_fd, selectors.EVENT_READ, "broker")
         logger.info("worker %s: connected to %s", self.hostname, self.settings.BROKER_URL)
         handed_over = [job.task_id for child in self.pool.children.values()
                        for job in child.jobs if job.handed_over]
         if handed_over:
             self.consumer.claim(handed_over)
-        for frame in self.pending_frames:
-            self.consumer.send_result(frame)
-        self.pending_frames = []
+        for arguments in self.pending_results:
+            self.consumer.store_result(**arguments)
+        self.pending_results = []
         for delivery in early:
             self._receive(delivery)
 
     def _connection_lost(self, exc):
         logger.error("worker %s: %s; running tasks carry on, reconnecting", self.hostname, exc)
-        try:
-            self.selector.unregister(self.consumer.conn.sock)
-        except (KeyError, ValueError, AttributeError):
-            pass                        # never registered
+        if self._broker_fd is not None:
+            try:
+                self.selector.unregister(self._broker_fd)
+            except (KeyError, ValueError):
+                pass                    # never registered
+            self._broker_fd = None
         self.consumer.lost()
         # The broker has put back every message it had given us that we had not acked:
         # whatever of those has not started must not start here now.
@@ -290,23 +329,23 @@ class Worker:
             return
         consumer.set_extra_credit(min(self.held, MAX_HELD))
         mono = time.monotonic()
-        if mono - self._last_send >= HEARTBEAT / 2:
-            consumer.heartbeat()
-        consumer.end_turn()
-        if consumer.out:
+        if mono - self._last_send >= HEARTBEAT / 2:     # a few bytes every 5 s: no need to
+            consumer.heartbeat()                       # skip it when other frames went
             self._last_send = mono
-            self._flush_broker()
+        consumer.end_turn()
+        self._flush_broker()
 
     def _flush_broker(self):
+        """Write what the consumer has buffered; watch for writability while some is left."""
         try:
             left = self.consumer.flush()
         except BrokerConnectionError as exc:
             self._connection_lost(exc)
             return
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if left else 0)
-        key = self.selector.get_key(self.consumer.conn.sock)
+        key = self.selector.get_key(self._broker_fd)
         if key.events != events:
-            self.selector.modify(self.consumer.conn.sock, events, "broker")
+            self.selector.modify(self._broker_fd, events, "broker")
 
     # -- deliveries ------------------------------------------------------------------------------
 
@@ -406,7 +445,7 @@ class Worker:
             self.buckets[task_name].set_rate(rate)
 
     def _can_assign(self):
-        return any(not child.jobs for child in self.pool.alive()) or \
+        return self.pool.has_free_child() or \
             (self.ready and self.pool.is_fast(self.ready[0].task_name))
 
     def _assign(self):
@@ -451,37 +490,33 @@ class Worker:
             if same_connection:
                 self.consumer.reject(job.tag)
             return
-        state, frame, runtime = report[0], report[1], report[2]
+        state, content_type, payload, store, runtime = report[:5]
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
-        # Nothing to store (ignore_result): a task handed over must still be finished, and a
-        # broker that counts per task name must still hear how it ended.
-        if frame is None and (job.handed_over or self.consumer.describes_results):
-            frame = P.encode_result(P.RESULT_SET, 0, job.task_id, state, 0, 0.0, "", b"",
-                                    job.task_name, runtime)
-        if frame is not None:
-            self._send_frame(frame)
+        # Even with nothing to store (ignore_result) the broker hears how the task ended: a
+        # task handed over must be finished, and the broker counts per task name.
+        self._store(job.task_id, state, content_type, payload, store, job.task_name, runtime)
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
-    def _send_frame(self, frame):
-        """Send a RESULT_SET now, or once connected again."""
+    def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None):
+        """Store a result now, or once connected again."""
+        arguments = dict(task_id=task_id, state=state, content_type=content_type,
+                         payload=payload, store=store, task_name=task_name, runtime=runtime)
         if self.consumer.connected:
-            self.consumer.send_result(frame)
+            self.consumer.store_result(**arguments)
         else:
-            self.pending_frames.append(frame)
+            self.pending_results.append(arguments)
 
     def _store_final(self, job, state, why, exc=None):
         """Store a final state the worker decided itself (revoked, expired, lost) and ack."""
         if exc is None:
-            from ..exceptions import TaskRevokedError
             exc = TaskRevokedError("task %s %s" % (job.task_id, why))
         if state == "REVOKED":
             logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
-        self._send_frame(P.encode_result(P.RESULT_SET, 0, job.task_id, state, P.STORE, 0.0,
-                                         content_type, payload, job.task_name))
+        self._store(job.task_id, state, content_type, payload, True, job.task_name)
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)
@@ -510,6 +545,11 @@ class Worker:
         for job, report in self.pool.read(child):      # what it managed to report
             self._finished(job, report)
         how = self.pool.exit_description(child)
+        if not child.ready:             # it never took a job: it could not start
+            self._unwatch_child(child)
+            self.pool.close_child(child)
+            self._start_failed(child.failure or "it exited (%s) before it was ready" % how)
+            return
         lost, unstarted = self.pool.reap(child)
         self._unwatch_child(child)
         retiring = child.retiring and not lost
@@ -521,14 +561,14 @@ class Worker:
             replacement = self.pool.replace(child)
             self._watch_child(replacement)
         else:
-            self.pool._close_child(child)
+            self.pool.close_child(child)
         for job in reversed(unstarted):
             if job.generation == self.consumer.generation:
                 self.ready.appendleft(job)
 
     def _lost(self, job, how):
         if job.kill_reason is not None:
-            state = "REVOKED" if "revoked" in str(job.kill_reason) else "FAILURE"
+            state = "REVOKED" if isinstance(job.kill_reason, TaskRevokedError) else "FAILURE"
             logger.error("Task %s[%s] %s", job.task_name, job.task_id, job.kill_reason)
             self._store_final(job, state, str(job.kill_reason), job.kill_reason)
         elif job.acks_late and not job.handed_over:
@@ -541,9 +581,79 @@ class Worker:
                 "worker process running task %s[%s] died: %s"
                 % (job.task_name, job.task_id, how)))
 
+    # -- pool processes that start, or cannot --------------------------------------------------
+
+    def _child_ready(self, child):
+        """A child set itself up. Once every slot has one, take tasks (again)."""
+        if not self.pool.complete() or self._restart_at is not None:
+            return
+        self.start_failures = 0
+        if self.degraded is not None:
+            logger.info("worker %s: pool processes started; taking tasks again", self.hostname)
+            self.degraded = None
+            self.consumer.report(self._info())
+        if not self.taking_tasks and not self.stopping:
+            self.taking_tasks = True
+            self.consumer.resume()
+
+    def _start_failed(self, cause):
+        """A child could not start: stop taking tasks and try again later, or give up."""
+        if self.stopping:
+            return
+        if self._restart_at is not None:        # another child of the same try
+            logger.debug("worker %s: another pool process could not start: %s",
+                         self.hostname, cause)
+            return
+        self.start_failures += 1
+        self._degrade(cause)
+        if self.start_failures >= MAX_START_FAILURES:
+            self.exit_error = PoolStartupError(
+                "pool processes could not start %d times in a row, the last time because: "
+                "%s; stopping (exit code 1) so that a supervisor can restart the worker"
+                % (self.start_failures, cause))
+            logger.critical("worker %s: %s", self.hostname, self.exit_error)
+            self.stop()
+            return
+        delay = min(START_BACKOFF * 2 ** (self.start_failures - 1), MAX_START_BACKOFF)
+        self._restart_at = time.monotonic() + delay
+        logger.error("worker %s: a pool process could not start: %s; taking no tasks, trying "
+                     "again in %gs (%d of %d)", self.hostname, cause, delay,
+                     self.start_failures, MAX_START_FAILURES)
+
+    def _degrade(self, cause):
+        if self.taking_tasks:
+            self.taking_tasks = False
+            self.consumer.pause()
+            self._put_back_reserved()
+        if self.degraded != cause:
+            self.degraded = cause
+            self.consumer.report(self._info())
+
+    def _restart_missing(self):
+        self._restart_at = None
+        if self.stopping:
+            return
+        for slot in self.pool.missing_slots():
+            self._watch_child(self.pool.start_slot(slot))
+
+    def _info(self):
+        """What this worker says about itself to the broker (HELLO, and status)."""
+        return dict({"hostname": self.hostname, "pid": os.getpid(),
+                     "concurrency": self.concurrency, "queues": list(self.queues)},
+                    **self._health())
+
+    def _health(self):
+        if self.degraded is None:
+            return {"state": "ok"}
+        return {"state": "degraded", "degraded": self.degraded}
+
     def _hand_back_unstarted(self):
         """Warm shutdown: stop consuming; everything not started goes back to the broker."""
         self.consumer.cancel_all()
+        self._put_back_reserved()
+
+    def _put_back_reserved(self):
+        """Reject (requeue) every message held here and not started; children skip theirs."""
         for job in self.ready:
             if job.generation == self.consumer.generation:
                 self.consumer.reject(job.tag)
@@ -559,7 +669,6 @@ class Worker:
     # -- remote control --------------------------------------------------------------------------
 
     def _control(self, delivery):
-        from .remote import handle_control
         try:
             body = control.decode_body(delivery.message.body)
         except Exception as exc:        # a bad control message must not hurt the worker
@@ -579,7 +688,6 @@ class Worker:
             if terminate:
                 job = self.pool.running_job(child)
                 if job is not None and job.task_id in task_ids:
-                    from ..exceptions import TaskRevokedError
                     job.kill_reason = TaskRevokedError("task %s revoked and terminated"
                                                        % job.task_id)
                     self.pool.kill(child, signum)
@@ -607,9 +715,10 @@ class Worker:
         logger.info("worker %s stopped", self.hostname)
 
     def stats(self):
-        return {"hostname": self.hostname, "pid": os.getpid(),
-                "concurrency": self.concurrency, "queues": list(self.queues),
-                "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
-                "counts": dict(self.counts), "start_method": self.pool.start_method,
-                "pool": [child.pid for child in self.pool.alive()],
-                "broker": self.settings.BROKER_URL}
+        return dict({"hostname": self.hostname, "pid": os.getpid(),
+                     "concurrency": self.concurrency, "queues": list(self.queues),
+                     "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
+                     "counts": dict(self.counts), "start_method": self.pool.start_method,
+                     "pool": [child.pid for child in self.pool.alive()],
+                     "broker": self.settings.BROKER_URL, "taking_tasks": self.taking_tasks,
+                     "start_failures": self.start_failures}, **self._health())

@@ -14,7 +14,7 @@ bare name ``conftest`` means whichever pytest imported last. Workers import `cha
 
 Kills are random but reproducible: every test takes a ``random.Random(seed)``, prints the
 seed, and ``MINITASK_CHAOS_SEED=<seed>`` replays it (the order of kills; the processes'
-timing still varies). ``MINITASK_LONG_TESTS=1`` (``python3 tests/run.py --long``) makes every
+timing still varies). ``LONG_MINITASK_TESTS=1`` (``python3 tests/run.py --long``) makes every
 test longer (`BUDGET`); the short form is what CI runs.
 """
 
@@ -39,17 +39,17 @@ import cluster as harness  # noqa: E402  (tests/integration, put on the path abo
 Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_for, harness.ROOT
 
 from minitask import config  # noqa: E402  (after the harness put the project on the path)
-from minitask.client import reset_connection  # noqa: E402
+from minitask.transport import reset_connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
 import chaostasks  # noqa: E402
 
-LONG = os.environ.get("MINITASK_LONG_TESTS") == "1"
+LONG = os.environ.get("LONG_MINITASK_TESTS") == "1"
 
 
 class Budget:
     """How hard each test pushes: short for every run (~3 minutes in all on 2 cores), long
-    under MINITASK_LONG_TESTS=1."""
+    under LONG_MINITASK_TESTS=1."""
 
     def __init__(self, long):
         self.broker_kills = 20 if long else 5

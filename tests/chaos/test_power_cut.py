@@ -150,9 +150,9 @@ def test_a_torn_record_holding_records_in_its_body_is_still_only_a_torn_tail(tmp
     """A message body is the publisher's bytes: when the record carrying it is torn, bytes in
     it that happen to form journal records (here an ACK of every earlier message and a
     PUBLISH) must not be replayed; the cut is a torn tail like any other."""
-    from minitask.broker import journal as jr
-    embedded = (jr.ids_record(jr.ACK, list(range(1, 100)))
-                + jr.publish_record(10 ** 6, 0, QUEUE, P.encode_message(_message(999999))))
+    from minitask.broker import records as rc
+    embedded = (rc.ids_record(rc.ACK, list(range(1, 100)))
+                + rc.publish_record(10 ** 6, 0, QUEUE, P.encode_message(_message(999999))))
     broker = Broker(tmp_path, ["--fsync", "always"]).start()
     try:
         with broker.connect() as conn:

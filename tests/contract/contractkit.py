@@ -122,11 +122,13 @@ class Harness:
         self._closers.append(conn.close)
         return conn.connect()
 
-    def consumer(self, queues, prefetch=10, hostname="w1"):
+    def consumer(self, queues, prefetch=10, hostname="w1", paused=False):
         info = {"hostname": hostname, "pid": os.getpid(), "concurrency": 1,
                 "queues": list(queues)}
         consumer = transport.consumer_for(self.settings, queues, prefetch, info, hostname)
         self._closers.append(consumer.close)
+        if not paused:
+            consumer.resume()
         return Stream(consumer, consumer.connect())
 
     def jobs(self, *messages):

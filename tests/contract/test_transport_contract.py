@@ -358,8 +358,6 @@ def test_forgotten_result_reads_as_pending(transport):
 
 
 def test_result_stored_with_what_it_unlocks_makes_both_visible_at_once(transport):
-    if transport.name == "minitask":
-        pytest.xfail("needs the broker's atomic store-and-publish (coming)")
     stream = transport.consumer(["jobs"])
     conn = transport.client()
     conn.declare_queue("next")
@@ -515,8 +513,6 @@ def test_publish_with_record_sets_the_record_and_publishes(transport):
 
 
 def test_refused_publish_with_record_leaves_the_record_as_it_was(transport):
-    if transport.name == "minitask":
-        pytest.xfail("the broker sets the record before it refuses the publish")
     conn = transport.client()
     with pytest.raises(UnroutableError):
         conn.publish_with_record(message("nowhere", mandatory=True), "beat:last", 1)
@@ -645,3 +641,23 @@ def test_status_lists_the_tasks_each_worker_runs(transport):
     assert set(running) == {task_id(handed), task_id(late)}
     assert {r["task"] for r in running.values()} == {"contract.task"}
     assert {r["worker"] for r in running.values()} == {"w1"}
+
+
+def test_a_paused_consumer_takes_no_tasks_until_resumed_but_hears_control(transport):
+    data = message("jobs")
+    conn = transport.jobs(data)
+    stream = transport.consumer(["jobs"], paused=True)
+    conn.broadcast("ping", reply=False)
+    assert stream.command()["method"] == "ping"
+    stream.pump(0.3)
+    assert not stream.tasks                     # it heard the command, and took no task
+    stream.consumer.resume()
+    stream.say()
+    [delivery] = stream.receive()
+    assert delivery.data == data
+    stream.consumer.pause()
+    stream.consumer.ack(delivery.delivery_tag)
+    stream.say()
+    conn.publish(message("jobs"))
+    stream.pump(0.3)
+    assert not stream.tasks

@@ -5,7 +5,7 @@
   nothing, the broker must be alive with no traceback in its log, and its peak RSS must stay
   under start + 200 MiB (+ what the test says it queued on purpose). Flags for the broker
   come from ``@pytest.mark.broker_args(...)``, as in the integration suite.
-- ``long_run``: True under ``MINITASK_LONG_TESTS=1`` (``python3 tests/run.py --long``).
+- ``long_run``: True under ``LONG_MINITASK_TESTS=1`` (``python3 tests/run.py --long``).
 - ``broker``, ``start_worker``: the integration suite's fixtures, unchanged.
 
 At the end of the run the suite's figures are printed (connections tried, frames fuzzed,

@@ -11,7 +11,7 @@ The broker process comes from the integration harness (``tests/integration/conft
 loaded here under its own module name: several folders of the suite have a ``conftest.py``,
 so the bare name ``conftest`` means whichever pytest imported last.
 
-``MINITASK_LONG_TESTS=1`` (``python3 tests/run.py --long``) makes every attack longer and
+``LONG_MINITASK_TESTS=1`` (``python3 tests/run.py --long``) makes every attack longer and
 bigger (`BUDGET`); the short form is what CI runs.
 """
 
@@ -20,7 +20,9 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -37,15 +39,15 @@ Broker, Worker, wait_for, ROOT = harness.Broker, harness.Worker, harness.wait_fo
 child_env = harness._env
 
 from minitask import protocol as P  # noqa: E402  (after the harness put the project on the path)
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 from minitask.exceptions import MinitaskError  # noqa: E402
 
-LONG = os.environ.get("MINITASK_LONG_TESTS") == "1"
+LONG = os.environ.get("LONG_MINITASK_TESTS") == "1"
 MIB = 1024 * 1024
 
 
 class Budget:
-    """How hard each attack pushes: short for every run, long under MINITASK_LONG_TESTS=1."""
+    """How hard each attack pushes: short for every run, long under LONG_MINITASK_TESTS=1."""
 
     def __init__(self, long):
         self.long = long
@@ -425,12 +427,11 @@ class RawClient:
 
     def hello(self, secret=None, **fields):
         """HELLO (and AUTH when challenged); returns the WELCOME frame, or what came instead."""
-        from minitask.broker.state import auth_proof
         nonce = os.urandom(32).hex()
         frame = self.call(P.HELLO, dict({"protocol": 1, "nonce": nonce}, **fields))
         if frame is not None and frame[0] == P.CHALLENGE and secret is not None:
             broker_nonce = json.loads(frame[2].decode())["nonce"]
-            proof = auth_proof(secret.encode(), "client", nonce, broker_nonce)
+            proof = P.auth_proof(secret.encode(), "client", nonce, broker_nonce)
             frame = self.call(P.AUTH, {"proof": proof})
         return frame
 
@@ -525,6 +526,26 @@ def frame_problems(frames):
 def errors_in(frames):
     """``[(code, text)]`` of the ERROR frames among `frames`."""
     return [P.decode_error(body) for kind, _seq, body in frames if kind == P.ERROR]
+
+
+def make_certificate(directory, name, alt_names):
+    """A self-signed certificate and key (PEM) made with openssl; skips the test without it."""
+    import pytest
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        reason = "openssl not found on PATH: cannot make a self-signed certificate"
+        print("skipped: " + reason)
+        pytest.skip(reason)
+    cert, key = str(directory / (name + ".pem")), str(directory / (name + ".key"))
+    result = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
+         cert, "-days", "2", "-subj", "/CN=" + name, "-addext",
+         "subjectAltName=" + alt_names], capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        reason = "openssl could not make a certificate: %s" % result.stderr.strip()[-300:]
+        print("skipped: " + reason)
+        pytest.skip(reason)
+    return cert, key
 
 
 # -- the arena ---------------------------------------------------------------------------------

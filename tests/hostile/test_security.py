@@ -18,7 +18,6 @@ runs beside a `GoodClient` that has the secret (or the CA), as in the hostile su
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,12 +28,14 @@ import types
 import pytest
 
 from hostilekit import (
-    ROOT, Arena, Worker, child_env, errors_in, frame_problems, open_socket, running, wait_for,
+    ROOT, Arena, Worker, child_env, errors_in, frame_problems, make_certificate, open_socket,
+    running, wait_for,
 )
 from minitask import config
 from minitask import protocol as P
-from minitask.broker.state import auth_proof
-from minitask.client import Connection, reset_connection
+from minitask.protocol import auth_proof
+from minitask.transport import reset_connection
+from minitask.transport.builtin import Connection
 from minitask.exceptions import AuthenticationError, BrokerConnectionError
 
 SECRET = "correct horse battery staple"
@@ -44,7 +45,7 @@ def _refused_env():
     # The suite's own switch is named like a setting, and a minitask process warns about it
     # on stderr; the one-line rule is about the broker's own words.
     env = child_env()
-    env.pop("MINITASK_LONG_TESTS", None)
+    env.pop("LONG_MINITASK_TESTS", None)
     return env
 
 
@@ -239,28 +240,9 @@ def test_a_worker_with_the_secret_in_its_environment_runs_tasks_and_a_wrong_one_
 
 # -- TLS ---------------------------------------------------------------------------------------
 
-def _make_certificate(directory, name, alt_names):
-    """A self-signed certificate and key (PEM) made with openssl; skips the test without it."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        reason = "openssl not found on PATH: cannot make a self-signed certificate"
-        print("skipped: " + reason)
-        pytest.skip(reason)
-    cert, key = str(directory / (name + ".pem")), str(directory / (name + ".key"))
-    result = subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out",
-         cert, "-days", "2", "-subj", "/CN=" + name, "-addext",
-         "subjectAltName=" + alt_names], capture_output=True, text=True, timeout=60)
-    if result.returncode != 0:
-        reason = "openssl could not make a certificate: %s" % result.stderr.strip()[-300:]
-        print("skipped: " + reason)
-        pytest.skip(reason)
-    return cert, key
-
-
 @pytest.fixture
 def certificate(tmp_path):
-    return _make_certificate(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+    return make_certificate(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
 
 
 @pytest.fixture
@@ -276,7 +258,7 @@ def test_tls_with_a_self_signed_certificate_and_its_ca_file(tls_arena, certifica
     cert, _key = certificate
     for url in ("minitasks://localhost:%d", "minitasks://127.0.0.1:%d"):
         with Connection(url % tls_arena.port, ca_file=cert, timeout=10.0) as conn:
-            assert conn.sock.version() is not None          # really TLS
+            assert conn.link.sock.version() is not None          # really TLS
             conn.declare_queue("tls.q")
             conn.publish(P.Message(b"secret stuff", routing_key="tls.q"))
             conn.consume("tls.q")
@@ -307,7 +289,7 @@ def test_tls_without_the_ca_fails_verification_and_the_broker_carries_on(tls_are
 
 
 def test_tls_checks_the_host_name_by_default(tmp_path):
-    cert, key = _make_certificate(tmp_path, "elsewhere", "DNS:elsewhere.example")
+    cert, key = make_certificate(tmp_path, "elsewhere", "DNS:elsewhere.example")
     arena = Arena(tmp_path, args=["--certfile", cert, "--keyfile", key])
     arena.broker.start()
     try:

@@ -27,7 +27,8 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from minitask import config  # noqa: E402
-from minitask.client import Connection, reset_connection  # noqa: E402
+from minitask.transport import reset_connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 
 
 def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):

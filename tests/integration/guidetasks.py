@@ -9,9 +9,12 @@ it, with the imports changed from celery to minitask, plus these changes only:
 - where two examples define the same name in the guide, the later one is renamed
   (``create_user_json``, ``AbstractTask``);
 - ``send_twitter_status`` retries after `RETRY_DELAY` seconds rather than the default three
-  minutes, which no test can wait for; `MyTask` keeps the guide's 30 minutes and 60 seconds.
+  minutes, which no test can wait for; `MyTask` keeps the guide's 30 minutes and 60 seconds,
+  and its body divides (the guide's is ``...``), with the comma after ``countdown=60`` that
+  the guide lost to its comment.
 
-Tasks below the guide's (marked) exist for the tests' own checks.
+Tasks below the guide's (marked) exist for the tests' own checks. test_seed_guide.py runs
+the guide's code blocks themselves, taken from its text.
 """
 
 import os
@@ -102,7 +105,7 @@ def send_twitter_status(oauth, tweet, **kwargs):
         twitter = Twitter(oauth)
         twitter.update_status(tweet)
     except (Twitter.FailWhaleError, Twitter.LoginError) as exc:
-        send_twitter_status.retry(args=[oauth, tweet], kwargs=kwargs, exc=exc)
+        send_twitter_status.retry(args=[oauth, tweet], exc=exc, **kwargs)
 
 
 class MyTask(Task):
@@ -112,9 +115,10 @@ class MyTask(Task):
         try:
             return x / y
         except Exception as exc:
-            self.retry([x, y], kwargs, exc=exc,
-                       countdown=60)  # override the default and
-            # retry in 1 minute
+            self.retry([x, y], exc=exc,
+                       countdown=60,  # override the default and
+                                      # retry in 1 minute
+                       **kwargs)
 
 
 # -- Tasks: how it works ---------------------------------------------------------------------

@@ -20,11 +20,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from cluster import wait_for  # noqa: E402
 from journalkit import disk_faults, read_records, segment_files  # noqa: E402
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
 from minitask.broker.journal import Journal  # noqa: E402
 from minitask.broker.server import BrokerServer  # noqa: E402
 from minitask.broker.state import BrokerOptions, BrokerState  # noqa: E402
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -120,7 +120,7 @@ def test_a_stuck_fsync_stops_no_round_trip_and_confirms_wait_once_it_is_two_seco
 
 def _compound_records(data_dir):
     return [kind for path in segment_files(data_dir) for _s, _e, kind, _p in read_records(path)
-            if kind in (jr.COMPOUND, jr.KV, jr.PUBLISH)]
+            if kind in (rc.COMPOUND, rc.KV, rc.PUBLISH)]
 
 
 def test_publish_with_record_is_one_atomic_unit_for_a_broker_that_knows_it(tmp_path):
@@ -130,7 +130,7 @@ def test_publish_with_record_is_one_atomic_unit_for_a_broker_that_knows_it(tmp_p
             assert "atomic" in conn.features
             conn.publish_with_record(_publish_body("beat-1"), "beat.last_run.t", 5.0)
             assert conn.call(P.KV_GET, {"key": "beat.last_run.t"})["value"] == 5.0
-    assert _compound_records(tmp_path) == [jr.COMPOUND]
+    assert _compound_records(tmp_path) == [rc.COMPOUND]
 
 
 def test_publish_with_record_falls_back_for_a_broker_without_atomic(tmp_path, monkeypatch):
@@ -144,7 +144,7 @@ def test_publish_with_record_falls_back_for_a_broker_without_atomic(tmp_path, mo
             conn.publish_with_record(_publish_body("beat-1"), "beat.last_run.t", 5.0)
             conn.consume("q")
             assert conn.get_delivery(5.0).message.message_id == "beat-1"
-    assert _compound_records(tmp_path) == [jr.KV, jr.PUBLISH]
+    assert _compound_records(tmp_path) == [rc.KV, rc.PUBLISH]
 
 
 @pytest.mark.parametrize("features", [None, "atomic", 5, [5, None]])

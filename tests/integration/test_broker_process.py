@@ -13,7 +13,7 @@ import pytest
 
 from cluster import ROOT, Broker, _env, wait_for
 from minitask import protocol as P
-from minitask.client import Connection
+from minitask.transport.builtin import Connection
 from minitask.exceptions import (
     BrokerConnectionError, BrokerError, NotDeliverableError, PublishRefusedError,
     UnroutableError,

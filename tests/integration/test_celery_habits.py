@@ -13,7 +13,7 @@ import pytest
 import ithabits
 import ittasks
 from cluster import wait_for
-from minitask import client, config, registry, send_task
+from minitask import transport, config, registry, send_task
 from minitask.exceptions import ConfigurationError, TimeLimitExceeded
 
 HABITS = "ittasks,ithabits"
@@ -71,7 +71,7 @@ def test_send_task_reaches_a_task_this_process_does_not_have(broker, start_worke
 def test_task_routes_send_a_task_to_its_queue_and_a_call_option_wins(broker, start_worker):
     config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"],
                      TASK_ROUTES={"it.a*": {"queue": "routed"}})
-    client.reset_connection()
+    transport.reset_connection()
     routed = ittasks.add.delay(1, 2)
     overridden = ittasks.add.apply_async((3, 4), queue="hipri")
     assert broker.queue("routed")["ready"] == 1 and broker.queue("hipri")["ready"] == 1
@@ -89,7 +89,7 @@ def test_a_client_reads_broker_url_and_task_routes_from_a_celery_5_settings_modu
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
     config.reset()
-    client.reset_connection()
+    transport.reset_connection()
     try:
         assert config.get_settings().source("BROKER_URL") == "module " + name
         result = ittasks.add.delay(20, 22)                  # reaches *this* broker
@@ -112,8 +112,8 @@ def test_a_worker_reads_celery_names_and_warns_once_about_the_one_it_cannot_use(
 
 
 def test_a_refused_option_fails_where_it_is_written_never_in_the_worker(broker):
-    with pytest.raises(ConfigurationError, match="link: not supported yet: workflows"):
-        ittasks.add.apply_async((1, 2), link=ittasks.add.s(3))
+    with pytest.raises(ConfigurationError, match="stamped_headers is not supported"):
+        ittasks.add.apply_async((1, 2), stamped_headers=["x"])
     with pytest.raises(ConfigurationError, match="compression is not supported"):
         ittasks.add.apply_async((1, 2), compression="zlib")
     assert broker.queue()["ready"] == 0

@@ -15,9 +15,8 @@ import pytest
 import guidetasks
 from cluster import wait_for
 from minitask import config, registry
-from minitask.admin import broadcast
 from minitask.builtins import ping
-from minitask.client import reset_connection
+from minitask.transport import reset_connection
 from minitask.decorators import task
 from minitask.exceptions import (
     MaxRetriesExceededError, NotDeliverableError, NotRegistered, RetryTaskError,
@@ -50,7 +49,7 @@ def registered_on_worker(broker, name):
     """The worker's task names, by remote control. Call it after the worker has run a task:
     it binds its control queue before it consumes tasks, but only after it shows in status."""
     with broker.connect() as conn:
-        replies = broadcast(conn, "registered", destination=[name], timeout=10, limit=1)
+        replies = conn.broadcast("registered", destination=[name], timeout=10, limit=1)
     return set(replies[name])
 
 

@@ -26,7 +26,7 @@ def model(failures, max_retries, use_exc):
 def one_worker(tmp_path_factory):
     from cluster import Broker, Worker
     from minitask import config
-    from minitask.client import reset_connection
+    from minitask.transport import reset_connection
     import os
     tmp_path = tmp_path_factory.mktemp("retry-model")
     broker = Broker(tmp_path).start()

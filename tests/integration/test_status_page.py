@@ -22,7 +22,7 @@ import pytest
 
 from cluster import Broker, Worker, wait_for
 from minitask import protocol as P
-from minitask.client import Connection
+from minitask.transport.builtin import Connection
 from minitask.message import ResultMeta, TaskMessage, encode_result_meta
 
 QUEUE = "it.status"
@@ -257,7 +257,7 @@ def test_metrics_are_prometheus_text_with_labelled_queue_gauges(page):
 def start_worker(page, tmp_path):
     """Real workers of the page's broker, which is also the client settings' broker."""
     from minitask import config
-    from minitask.client import reset_connection
+    from minitask.transport import reset_connection
     config.configure(BROKER_URL=page.broker.url, ACCEPT_CONTENT=["json", "pickle"])
     reset_connection()
     os.environ["ITTASKS_DIR"] = str(tmp_path)

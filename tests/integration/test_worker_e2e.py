@@ -9,7 +9,7 @@ import pytest
 import ittasks
 from cluster import Broker, Worker, wait_for
 from minitask import config, group
-from minitask.client import reset_connection
+from minitask.transport import reset_connection
 from minitask.exceptions import (
     ContentDisallowed, MaxRetriesExceededError, NotRegistered, RemoteTaskError,
     TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError,
@@ -285,7 +285,7 @@ def test_routing_to_a_queue_of_the_queues_setting(broker, start_worker):
                         "binding_key": "video.#"}}
     from minitask import config
     config.configure(BROKER_URL=broker.url, QUEUES=queues)
-    from minitask.client import reset_connection
+    from minitask.transport import reset_connection
     reset_connection()
     result = ittasks.add.apply_async((2, 5), exchange="media", routing_key="video.compress")
     assert broker.queue("video")["ready"] == 1

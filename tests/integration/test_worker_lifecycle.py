@@ -82,7 +82,7 @@ def test_a_worker_survives_a_broker_restart_and_reports_running_tasks(broker, st
     wait_for(lambda: result.state == "STARTED", 10, what="the STARTED state")
     broker.kill()
     broker.start()
-    from minitask.client import reset_connection
+    from minitask.transport import reset_connection
     reset_connection()
     worker.wait_ready(20)
     assert result.get(timeout=20) == 2.0

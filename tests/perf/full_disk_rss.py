@@ -48,7 +48,7 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, args.root)
     from minitask import protocol as P
-    from minitask.client import Connection
+    from minitask.transport.builtin import Connection
     from minitask.exceptions import PublishRefusedError
 
     mounted = None

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "unit"))
 
 from journalkit import read_records  # noqa: E402
 from minitask import protocol as P  # noqa: E402
-from minitask.client import Connection  # noqa: E402
+from minitask.transport.builtin import Connection  # noqa: E402
 
 
 def start(data_dir, log_path, segment_bytes=None):

@@ -2,13 +2,19 @@
 a function that takes ``**kwargs`` gets all five (logfile, loglevel, task_id, task_name,
 task_retries); any other gets exactly those it names as (keyword-passable) parameters, and
 none that it does not. Checked on `default_kwargs_for` directly, on signatures given through
-``__signature__``, and on real functions (built with ``exec``) run by `run_task`."""
+``__signature__``, and on real functions (built with ``exec``) run by `run_task`.
+
+And the other way: a task hands them back to `retry()` as early Celery's guide does, spread
+as keywords (``retry(args, exc=exc, **kwargs)``), inside ``kwargs=``, both or neither; the
+retry takes its id and count from them and sends none of them on."""
 import inspect
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minitask.exceptions import ConfigurationError
 from minitask.message import TaskMessage
+from minitask.options import is_call_option
 from minitask.task import DEFAULT_KWARG_NAMES, Task, TaskType, default_kwargs_for
 from minitask.worker.execution import run_task
 
@@ -120,3 +126,84 @@ def test_run_task_passes_exactly_the_default_kwargs_the_rule_gives(params):
                        loglevel=DEFAULTS["loglevel"])
     assert outcome.state == "SUCCESS", outcome.traceback
     assert received_defaults(params, outcome.result) == expected(params)
+
+
+# -- retry(): wherever the default kwargs arrive, they decide the id and count, never the kwargs
+
+PLACES = ("keywords", "kwargs", "both", "absent")
+USER_KWARGS = st.dictionaries(st.sampled_from(("x", "y", "data", "name", "colour")),
+                              st.integers() | st.text(max_size=5), max_size=3)
+
+
+class _Recorder:
+    def __init__(self):
+        self.published = []
+
+    def publish(self, data):
+        self.published.append(TaskMessage.decode(data))
+
+
+class _RetryProbe(Task):
+    """Retries as `plan` says: default kwargs spread as keywords, inside kwargs=, or not."""
+
+    name = "tests.property.retry_probe"
+    plan = None
+
+    def run(self, **received):
+        plan = _RetryProbe.plan
+        keywords = {n: received[n] for n in DEFAULT_KWARG_NAMES
+                    if plan["places"][n] in ("keywords", "both")}
+        keywords.update({n: v for n, v in plan["told"].items() if n in keywords})
+        inside = None
+        if plan["pass_kwargs"]:
+            inside = dict(plan["user"])
+            inside.update({n: plan["told"].get(n, received[n]) for n in DEFAULT_KWARG_NAMES
+                           if plan["places"][n] in ("kwargs", "both")})
+        self.retry(kwargs=inside, **dict(keywords, **plan["publish"]))
+
+
+@given(places=st.fixed_dictionaries({n: st.sampled_from(PLACES) for n in DEFAULT_KWARG_NAMES}),
+       told=st.fixed_dictionaries({}, optional={"task_id": st.sampled_from(("told-1", "told-2")),
+                                                "task_retries": st.integers(0, 2)}),
+       pass_kwargs=st.booleans(), user=USER_KWARGS, sent=USER_KWARGS,
+       publish=st.fixed_dictionaries({}, optional={"priority": st.integers(0, 9),
+                                                   "routing_key": st.sampled_from(("a", "b"))}))
+def test_retry_takes_the_default_kwargs_out_wherever_they_arrive(places, told, pass_kwargs,
+                                                                 user, sent, publish):
+    from minitask import transport
+    _RetryProbe.plan = {"places": places, "told": told, "pass_kwargs": pass_kwargs,
+                        "user": user, "publish": publish}
+    recorder = _Recorder()
+    saved = transport.connection
+    transport.connection = lambda *a, **k: recorder
+    try:
+        message = TaskMessage(_RetryProbe.name, (), sent, id="from-request", retries=1)
+        outcome = run_task(_RetryProbe._instance(), message, logfile="w.log", loglevel="INFO")
+    finally:
+        transport.connection = saved
+    assert outcome.state == "RETRY", outcome.traceback
+    [resent] = recorder.published
+    def given(name):    # what retry() was told, if it was told anything but the truth
+        arrives = places[name] in ("keywords", "both") or (
+            pass_kwargs and places[name] == "kwargs")
+        return told.get(name) if arrives else None
+
+    given_id, given_count = given("task_id"), given("task_retries")
+    assert resent.id == (given_id or "from-request")
+    assert resent.retries == (1 if given_count is None else given_count) + 1
+    assert resent.kwargs == (user if pass_kwargs else sent)
+    assert not set(resent.kwargs) & set(DEFAULT_KWARG_NAMES)
+    assert (resent.priority, resent.routing_key) == (
+        publish.get("priority"), publish.get("routing_key", "minitask"))
+
+
+@given(name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12).filter(
+    lambda n: n not in DEFAULT_KWARG_NAMES + ("args", "kwargs", "exc", "countdown", "eta",
+                                              "max_retries") and not is_call_option(n)))
+def test_retry_refuses_any_other_keyword_naming_it(name):
+    probe = TaskType("Refusing", (Task,), {"abstract": True, "name": "tests.property.refusing",
+                                          "run": lambda self, **kw: self.retry(**{name: 1})})
+    outcome = run_task(probe(), TaskMessage("tests.property.refusing", id="r"))
+    assert outcome.state == "FAILURE"
+    assert isinstance(outcome.result, ConfigurationError)
+    assert repr(name) in str(outcome.result)

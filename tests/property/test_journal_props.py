@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "unit"))
 
 from journalkit import Broker, disk_faults, live_ids, read_records, segment_files  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
 from minitask.broker.journal import Journal  # noqa: E402
 from minitask.broker.results import ResultEntry  # noqa: E402
 
@@ -128,17 +128,17 @@ def test_recovered_messages_are_exactly_the_confirmed_and_unacked_ones(history):
 
 names = st.text(alphabet="abcé-1", max_size=12)
 records = st.one_of(
-    st.builds(lambda i, d, q, data: jr.publish_record(i, d, q, data),
+    st.builds(lambda i, d, q, data: rc.publish_record(i, d, q, data),
               st.integers(min_value=1, max_value=2 ** 64 - 1),
               st.integers(min_value=0, max_value=255), names, st.binary(max_size=200)),
-    st.builds(jr.ids_record, st.sampled_from([jr.ACK, jr.DELIVERED]),
+    st.builds(rc.ids_record, st.sampled_from([rc.ACK, rc.DELIVERED]),
               st.lists(st.integers(min_value=0, max_value=2 ** 64 - 1), max_size=20)),
-    st.builds(jr.names_record, st.sampled_from([jr.FORGET, jr.STARTED, jr.FINISHED]),
+    st.builds(rc.names_record, st.sampled_from([rc.FORGET, rc.STARTED, rc.FINISHED]),
               st.lists(names, max_size=8)),
-    st.builds(lambda t, p: jr.result_record(ResultEntry(t, "SUCCESS", "application/json",
+    st.builds(lambda t, p: rc.result_record(ResultEntry(t, "SUCCESS", "application/json",
                                                         p, 1.0, 2.0)),
               names, st.binary(max_size=100)),
-    st.builds(lambda k, v: jr.json_record(jr.KV, {"key": k, "value": v}), names, names),
+    st.builds(lambda k, v: rc.json_record(rc.KV, {"key": k, "value": v}), names, names),
 )
 batches = st.lists(st.lists(records, min_size=1, max_size=5), min_size=1, max_size=25)
 # Where to cut: a segment (by position, from the end) and an offset in it, often near its
@@ -149,9 +149,9 @@ cuts = st.tuples(st.integers(min_value=0, max_value=10),
 
 @SMALL
 @given(batches, cuts)
-@example([[jr.json_record(jr.KV, {"key": "k", "value": "v" * 600})], [jr.ids_record(jr.ACK, [1])]],
+@example([[rc.json_record(rc.KV, {"key": "k", "value": "v" * 600})], [rc.ids_record(rc.ACK, [1])]],
          (0, 6))                                        # inside a new segment's file header
-@example([[jr.ids_record(jr.ACK, [1, 2]), jr.names_record(jr.FORGET, ["a"])]], (0, 30))
+@example([[rc.ids_record(rc.ACK, [1, 2]), rc.names_record(rc.FORGET, ["a"])]], (0, 30))
 def test_cutting_the_journal_anywhere_loses_only_the_records_after_the_cut(batches, cut):
     with tempfile.TemporaryDirectory() as data_dir:
         journal = Journal(data_dir, fsync="no", segment_bytes=512)
@@ -195,9 +195,9 @@ faults_in_a_segment = st.tuples(
 
 @SMALL
 @given(batches, faults_in_a_segment)
-@example([[jr.json_record(jr.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
+@example([[rc.json_record(rc.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
          ("flip", 1, 0.05))                             # inside the OPEN record
-@example([[jr.json_record(jr.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
+@example([[rc.json_record(rc.KV, {"key": "k%d" % i, "value": "v" * 200})] for i in range(12)],
          ("cut", 0, 0.999))                             # only the ROTATE record cut off
 def test_a_fault_in_any_sealed_segment_is_counted_exactly(batches, fault):
     """Delete a sealed segment, cut it anywhere, or flip any byte in it (not the format

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minitask import Task, client, task
+from minitask import Task, transport, task
 from minitask.exceptions import MaxRetriesExceededError
 
 MAX_RETRIES = st.integers(min_value=0, max_value=6)
@@ -57,13 +57,13 @@ FLAKY = [flaky_function, FlakyClass._instance()]
 @pytest.fixture(autouse=True, scope="module")
 def no_broker():
     """Eager retries never reach a broker: any attempt fails the test."""
-    original = client.connection
+    original = transport.connection
 
     def refuse(*args, **kwargs):
         pytest.fail("a connection to the broker was attempted")
-    client.connection = refuse
+    transport.connection = refuse
     yield
-    client.connection = original
+    transport.connection = original
 
 
 def run(flaky, failures, max_retries, with_exc):

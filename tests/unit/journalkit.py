@@ -3,7 +3,8 @@
 Shared by tests/unit/test_journal.py, tests/unit/test_recovery.py and
 tests/property/test_journal_props.py. One `Broker` is one broker process: `Client`s send
 frames built with minitask.protocol, `turn()` is `BrokerServer.run_once` without the
-sockets, and `reopen()` is ``kill -9`` followed by a restart on the same data directory.
+sockets (the server's own `Loop`), and `reopen()` is ``kill -9`` followed by a restart on
+the same data directory.
 """
 
 import contextlib
@@ -16,7 +17,8 @@ import zlib
 
 from minitask import protocol as P
 from minitask.broker import journal as jr
-from minitask.broker.journal import Journal, JournalWriteError
+from minitask.broker.journal import Journal
+from minitask.broker.loop import Loop
 from minitask.broker.queue import StoredMessage
 from minitask.broker.state import BrokerOptions, BrokerState
 
@@ -151,8 +153,9 @@ class Broker:
                                clock=self.clock)
         self.state = BrokerState(self.clock, self.journal, options or BrokerOptions())
         self.summary = self.state.recover()
+        self.loop = Loop(self.state, clock=self.clock, monotonic=self.clock,
+                         compaction_interval=0.0)
         self._next_session = 1
-        self.write_failures = []
 
     def connect(self, worker=None):
         session = self.state.open_session(self._next_session, "test:%d" % self._next_session)
@@ -166,28 +169,9 @@ class Broker:
         return client
 
     def turn(self, compact=False):
-        """One loop turn of BrokerServer.run_once: tick, write, confirm or refuse, (compact),
-        dispatch, write the DELIVERED records (kept for later when that write fails)."""
-        state = self.state
-        state.tick(self.clock())
-        records = state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                self.write_failures.append(str(exc))
-                state.refuse_turn(str(exc), records)
-        state.confirm_turn()
-        if compact and (self.journal.compacting is not None or self.journal.wants_compaction()):
-            self.journal.compact_step(state)
-        state.dispatch()
-        records = state.take_records()
-        if records:
-            try:
-                self.journal.write(records)
-            except JournalWriteError as exc:
-                self.write_failures.append(str(exc))
-                state.retain(records)
+        """One loop turn of the server, without its sockets: tick, write, confirm or refuse,
+        (compact), dispatch, write the DELIVERED records (kept for later when that fails)."""
+        self.loop.turn(compact)
 
     def compact(self, max_steps=10000, budget_bytes=1 << 20):
         """compact_step until it says there is nothing left; returns the number of steps."""

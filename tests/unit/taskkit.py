@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from minitask import client, config, registry
+from minitask import config, registry, transport
 
 # Settings modules the configuration and loader tests import (mtfix_*.py, minitaskconfig.py).
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
@@ -37,13 +37,13 @@ def isolated_tasks(monkeypatch):
     """No MINITASK_* environment, fresh settings and connection, and the registry as it was."""
     clear_environment(monkeypatch)
     config.reset()
-    client.reset_connection()
+    transport.reset_connection()
     saved = dict(registry.tasks)
     yield
     registry.tasks.clear()
     registry.tasks.update(saved)
     config.reset()
-    client.reset_connection()
+    transport.reset_connection()
 
 
 @pytest.fixture
@@ -51,4 +51,4 @@ def no_broker(monkeypatch):
     """Fail the test if anything tries to reach the broker."""
     def refuse(*args, **kwargs):
         pytest.fail("a connection to the broker was attempted")
-    monkeypatch.setattr(client, "connection", refuse)
+    monkeypatch.setattr(transport, "connection", refuse)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from minitask import config, crontab, periodic_task, protocol as P, registry, task
+from minitask import config, crontab, periodic_task, registry, task
 from minitask.message import TaskMessage
 from minitask.worker.beat import LEASE_SECONDS, Beat
 
@@ -51,20 +51,19 @@ class FakeBroker:
     def connect(self, clock):
         broker = self
 
-        class Connection:
-            def call(self, kind, args):
-                if kind == P.LEASE:
-                    now = clock()
-                    if broker.holder in (None, args["holder"]) or now >= broker.expires:
-                        broker.holder, broker.expires = args["holder"], now + args["ttl"]
-                    return {"granted": broker.holder == args["holder"],
-                            "holder": broker.holder, "expires_in": broker.expires - now}
-                if kind == P.KV_GET:
-                    return {"value": broker.kv.get(args["key"])}
-                if kind == P.KV_SET:
-                    broker.kv[args["key"]] = args["value"]
-                    return {}
-                raise AssertionError("unexpected command %r" % kind)
+        class Connection:          # the seam's Client, as far as the beat uses it
+            def lease(self, name, holder, ttl):
+                now = clock()
+                if broker.holder in (None, holder) or now >= broker.expires:
+                    broker.holder, broker.expires = holder, now + ttl
+                return {"granted": broker.holder == holder, "holder": broker.holder,
+                        "expires_in": broker.expires - now}
+
+            def kv_get(self, key):
+                return broker.kv.get(key)
+
+            def kv_set(self, key, value):
+                broker.kv[key] = value
 
             def publish_with_record(self, message, key, value):
                 broker.kv[key] = value

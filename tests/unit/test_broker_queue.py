@@ -1,4 +1,5 @@
-"""minitask.broker.queue: priority order, requeue ahead of newer messages, lazy deletion."""
+"""minitask.broker.queue: priority order, requeue ahead of newer messages, lazy deletion
+and the rebuild that frees what it left behind."""
 from minitask.broker.queue import DEAD, READY, UNACKED, Queue, StoredMessage
 
 
@@ -251,15 +252,27 @@ def test_arguments_are_what_a_redeclaration_must_match():
                                  "dead_letter_queue": "dlq"}
 
 
-def test_compact_levels_drops_empty_priorities_and_keeps_order():
+def test_discarded_messages_are_freed_once_they_are_more_than_a_quarter_of_the_live():
     queue, make = setup()
-    for priority in (0, 3, 6):
-        queue.push(make(priority))
-    assert queue.pop().id == 1
-    queue.compact_levels()
-    assert sorted(queue.levels) == [3, 6]
-    queue.push(make(0))
-    assert pop_all(queue) == [4, 2, 3]
+    messages = [make(i % 3) for i in range(400)]
+    for message in messages:
+        queue.push(message)
+    returned = queue.pop()
+    queue.requeue(returned)
+    for message in messages[:100:2]:                    # 50 dead for 350 live: kept for now
+        queue.discard(message)
+    assert entries(queue) == 400 and queue.dead == 50
+    for message in messages[100:200:2]:     # rebuilt at the 81st (81 * 4 > 319 live)...
+        queue.discard(message)
+    assert queue.ready == 300 and queue.dead == 19     # ... and 19 dead since
+    assert entries(queue) == 300 + 19
+    live = sorted((m for m in messages if m.where == READY), key=lambda m: (m.priority, m.id))
+    assert pop_all(queue) == [m.id for m in live]
+
+
+def entries(queue):
+    """What the queue holds, dead or alive."""
+    return sum(len(level) for level in queue.levels.values()) + len(queue.returned)
 
 
 def test_ready_stays_right_through_a_long_mixed_run():

@@ -194,12 +194,12 @@ def test_revoked_ids_are_kept_until_they_expire():
     revoked = Revoked()
     revoked.add("a", 10.0)
     revoked.add("b", 20.0)
-    assert "a" in revoked and "b" in revoked and "c" not in revoked
+    assert "a" in revoked.ids and "b" in revoked.ids and "c" not in revoked.ids
     assert len(revoked) == 2
     assert revoked.next_expiry() == 10.0
     assert revoked.expire(9.0) == []
     assert revoked.expire(10.0) == ["a"]
-    assert "a" not in revoked and "b" in revoked
+    assert "a" not in revoked.ids and "b" in revoked.ids
     assert revoked.expire(100.0) == ["b"]
     assert len(revoked) == 0
 
@@ -209,7 +209,7 @@ def test_revoking_again_extends_the_time_an_id_is_kept():
     revoked.add("a", 10.0)
     revoked.add("a", 30.0)
     assert revoked.expire(10.0) == []
-    assert "a" in revoked
+    assert "a" in revoked.ids
     assert revoked.expire(30.0) == ["a"]
 
 

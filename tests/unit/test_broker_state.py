@@ -17,8 +17,8 @@ from brokerkit import Broker, BrokerOptions, FakeJournal, body_of, record_types 
 
 from minitask import control  # noqa: E402
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
-from minitask.broker.state import auth_proof  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
+from minitask.protocol import auth_proof  # noqa: E402
 from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
 from minitask.message import decode_result_meta  # noqa: E402
 
@@ -515,7 +515,7 @@ def test_revoke_tells_every_worker_through_the_control_exchange(kit, client):
 def test_revoke_with_no_control_queue_bound_is_just_remembered(kit, client):
     client.ok(P.REVOKE, {"task_ids": ["t1"]})
     assert sum(queue.ready for queue in kit.state.queues.values()) == 0
-    assert "t1" in kit.state.revoked
+    assert "t1" in kit.state.revoked.ids
 
 
 def test_revoking_a_delivered_task_leaves_its_state_to_the_worker(kit, client):
@@ -717,6 +717,27 @@ def test_heartbeat_is_silent_and_close_asks_to_close(client):
     assert client.session.want_close
 
 
+def test_a_workers_heartbeat_may_tell_status_how_it_is_now(kit, client):
+    worker = kit.connect(worker={"hostname": "w1", "pid": 1, "state": "ok"})
+    worker.consume("minitask")
+    assert worker.send_json(P.HEARTBEAT, {"worker": {
+        "hostname": "w1", "pid": 1, "state": "degraded", "degraded": "cannot import x"}},
+        seq=0) == []
+    [row] = client.ok(P.STATUS)["workers"]
+    assert (row["state"], row["degraded"]) == ("degraded", "cannot import x")
+
+
+def test_a_heartbeat_body_from_a_client_that_is_no_worker_changes_nothing(kit, client):
+    assert client.send_json(P.HEARTBEAT, {"worker": {"hostname": "fake"}}, seq=0) == []
+    assert client.ok(P.STATUS)["workers"] == []
+
+
+def test_a_heartbeat_body_over_4_kib_is_a_bad_frame(kit):
+    worker = kit.connect(worker={"hostname": "w1"})
+    code, _ = worker.error(P.HEARTBEAT, {"worker": {"hostname": "w1", "x": "y" * 5000}})
+    assert code == P.BAD_FRAME and not worker.session.want_close
+
+
 def test_closing_a_session_twice_is_harmless(kit, client):
     kit.close(client)
     kit.close(client)
@@ -734,9 +755,9 @@ def test_a_persistent_publish_to_a_durable_queue_is_recorded_before_its_confirm(
     kit = journalled
     client = kit.connect()
     declare(client, "q")
-    assert record_types(kit.state.take_records()) == [jr.TOPOLOGY]
+    assert record_types(kit.state.take_records()) == [rc.TOPOLOGY]
     seq = client.publish(routing_key="q")
-    assert record_types(kit.state.take_records()) == [jr.PUBLISH]
+    assert record_types(kit.state.take_records()) == [rc.PUBLISH]
     assert client.frames() == []
     kit.state.confirm_turn()
     assert confirms(client.frames()) == [seq]
@@ -762,27 +783,27 @@ def test_deliveries_acks_and_handovers_are_recorded(journalled):
     worker.consume("q")
     kit.state.take_records()
     kit.turn()
-    assert record_types(kit.state.take_records()) == [jr.DELIVERED]
+    assert record_types(kit.state.take_records()) == [rc.DELIVERED]
     first, second = worker.deliveries()
     worker.ack([first.tag])
-    assert record_types(kit.state.take_records()) == [jr.ACK]
+    assert record_types(kit.state.take_records()) == [rc.ACK]
     worker.ack([second.tag], flags=P.STARTED)
-    assert record_types(kit.state.take_records()) == [jr.ACK, jr.STARTED]
+    assert record_types(kit.state.take_records()) == [rc.ACK, rc.STARTED]
     worker.set_result("t2", "SUCCESS", b"{}")
-    assert record_types(kit.state.take_records()) == [jr.RESULT]
+    assert record_types(kit.state.take_records()) == [rc.RESULT]
 
 
 def test_results_revokes_settings_and_forgets_are_recorded(journalled):
     kit = journalled
     client = kit.connect()
     client.ok(P.KV_SET, {"key": "k", "value": 1})
-    assert record_types(kit.state.take_records()) == [jr.KV]
+    assert record_types(kit.state.take_records()) == [rc.KV]
     client.set_result("t", "SUCCESS", b"")
-    assert record_types(kit.state.take_records()) == [jr.RESULT]
+    assert record_types(kit.state.take_records()) == [rc.RESULT]
     client.ok(P.RESULT_FORGET, {"task_ids": ["t"]})
-    assert record_types(kit.state.take_records()) == [jr.FORGET]
+    assert record_types(kit.state.take_records()) == [rc.FORGET]
     client.ok(P.REVOKE, {"task_ids": ["u"]})
-    assert sorted(record_types(kit.state.take_records())) == sorted([jr.RESULT, jr.REVOKE])
+    assert sorted(record_types(kit.state.take_records())) == sorted([rc.RESULT, rc.REVOKE])
 
 
 def refused_publish(kit):

@@ -113,7 +113,7 @@ def test_unroutable_without_mandatory_is_confirmed_dropped_and_counted(kit, clie
     seq = client.publish(exchange="minitask", routing_key="nowhere")
     kit.turn()
     assert kinds(client.frames()) == [(P.CONFIRM, seq)]
-    assert kit.state.unroutable == 1
+    assert kit.state.messages.unroutable == 1
     assert sum(queue.ready for queue in kit.state.queues.values()) == 0
 
 
@@ -126,7 +126,7 @@ def test_the_default_exchange_routes_by_queue_name(kit, client):
     client.publish(exchange="", routing_key="by-name")
     assert kit.queue("by-name").ready == 1
     client.publish(exchange="", routing_key="no-such-queue")
-    assert kit.state.unroutable == 1
+    assert kit.state.messages.unroutable == 1
     code = client.error(P.PUBLISH, P.encode_message(P.Message(
         exchange="", routing_key="no-such-queue", flags=P.MANDATORY)))[0]
     assert code == P.UNROUTABLE
@@ -794,3 +794,24 @@ def test_a_message_revoked_while_unacked_is_dropped_when_it_returns(kit, client)
     kit.turn()
     assert fresh.deliveries() == []
     assert_revoked(client, "t1")
+
+
+def test_messages_that_expire_in_their_queue_are_freed_not_left_for_pop(kit, client):
+    now = kit.clock.now
+    publish(client, *["short-%d" % i for i in range(100)], expires_at=now + 5)
+    publish(client, *["long-%d" % i for i in range(100)])
+    kit.advance(5)
+    queue = kit.queue("q")
+    assert queue.ready == 100
+    held = [m for level in queue.levels.values() for m in level] + queue.returned
+    assert len(held) < 120                             # not 200: the expired are gone
+    assert_revoked(client, "short-99")
+
+
+def test_a_message_published_after_its_task_was_revoked_is_not_queued(kit, client):
+    client.ok(P.REVOKE, {"task_ids": ["late"]})
+    seq = client.publish(routing_key="q", message_id="late", type="tasks.t")
+    kit.turn()
+    assert confirms(client.frames()) == [seq]
+    assert kit.queue("q").ready == 0 and kit.queue("q").published == 0
+    assert_revoked(client, "late")

@@ -37,7 +37,8 @@ def load_error(**values):
 
 def test_every_setting_of_the_spec_has_a_default_and_a_one_line_description():
     spec_names = (
-        "BROKER_URL BROKER_SECRET BROKER_CA_FILE IMPORTS TASK_SERIALIZER ACCEPT_CONTENT "
+        "BROKER_URL BROKER_SECRET BROKER_CA_FILE BROKER_UID IMPORTS TASK_SERIALIZER "
+        "ACCEPT_CONTENT "
         "DEFAULT_RATE_LIMIT DEFAULT_EXCHANGE DEFAULT_EXCHANGE_TYPE DEFAULT_QUEUE "
         "DEFAULT_ROUTING_KEY QUEUES RESULT_EXPIRES ALWAYS_EAGER SEND_TASK_ERROR_EMAILS ADMINS "
         "SERVER_EMAIL EMAIL_HOST EMAIL_PORT LOADER CONCURRENCY LOGLEVEL LOGFILE "
@@ -729,7 +730,8 @@ def test_enable_utc_false_with_a_timezone_is_silent(caplog):
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "args": "ab"}},
      "BEAT_SCHEDULE['x']['args']='ab': expected a list or tuple"),
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "options": {"link": "y"}}},
-     "BEAT_SCHEDULE['x']: send_task(): link: not supported yet: workflows"),
+     "BEAT_SCHEDULE['x']: send_task(): link is not supported here: callbacks and errbacks "
+     "are set on apply_async()"),
     ("BEAT_SCHEDULE", {"x": {"task": "t", "schedule": 5, "relative": True}},
      "BEAT_SCHEDULE['x']['relative']=True: not supported"),
     ("BEAT_SCHEDULE", {"x": {"task": "", "schedule": 5}},

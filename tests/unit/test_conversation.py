@@ -6,6 +6,9 @@ sends: a WELCOME without a CHALLENGE, a forged proof, frames split anywhere), an
 checked against each other byte for byte.
 """
 
+import socket
+import threading
+
 import pytest
 
 from brokerkit import Broker
@@ -15,6 +18,7 @@ from minitask.exceptions import (
     AuthenticationError, BrokerConnectionError, ProtocolError, PublishRefusedError,
     UnroutableError,
 )
+from minitask.transport.builtin import Connection
 from minitask.transport.conversation import AUTH_SENT, HELLO_SENT, OPEN, Conversation
 
 SECRET = b"s3cret"
@@ -117,8 +121,41 @@ def test_a_challenge_to_a_client_without_a_secret_names_the_setting():
 
 def test_an_error_during_the_handshake_is_raised_as_its_class():
     conversation, seq, _hello = opened(SECRET)
-    with pytest.raises(BrokerConnectionError, match="too many connections"):
+    with pytest.raises(BrokerConnectionError, match="too many connections") as raised:
         conversation.receive(P.encode_error(0, P.UNAVAILABLE, "too many connections"))
+    assert conversation.closing_error is raised.value      # the broker turned us away
+
+
+def test_a_client_turned_away_in_its_handshake_asks_again_until_it_gets_in():
+    """A broker short of handshake slots drops the oldest; the client connects again."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    attempts = []
+
+    def serve():
+        for answer in ("evict", "evict", "welcome"):
+            sock, _peer = listener.accept()
+            with sock:
+                decoder = P.Decoder()
+                while not list(decoder.frames()) and decoder.feed(sock.recv(4096)) is None:
+                    pass
+                attempts.append(answer)
+                if answer == "evict":
+                    sock.sendall(P.encode_error(0, P.UNAVAILABLE, "too many in their handshake"))
+                else:
+                    sock.sendall(P.encode_json(P.WELCOME, 1, {}))
+                    sock.recv(4096)         # until the client closes
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    try:
+        url = "minitask://127.0.0.1:%d" % listener.getsockname()[1]
+        with Connection(url, timeout=10.0, local=False) as conn:
+            assert conn.conversation.is_open
+        assert attempts == ["evict", "evict", "welcome"]
+    finally:
+        listener.close()
+        server.join(10.0)
 
 
 @pytest.mark.parametrize("kind", [P.DELIVER, P.OK, P.CONFIRM, P.RESULT])

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from minitask import Task, client, protocol, task
+from minitask import Task, protocol, task, transport
 from minitask.exceptions import (
     ContentDisallowed, NotRegistered, SerializationError, TaskRevokedError,
 )
@@ -64,15 +64,11 @@ def delivered(name, args=(), kwargs=None, **options):
 
 
 def stored(executed):
-    """What the broker would store from this RESULT_SET frame: (task_id, state, meta)."""
-    length, kind, seq = protocol.HEADER.unpack_from(executed.frame)
-    assert kind == protocol.RESULT_SET
-    assert length == len(executed.frame) - protocol.HEADER.size
-    task_id, state, _flags, _time, content_type, payload, name, runtime = \
-        protocol.decode_result_set(executed.frame[protocol.HEADER.size:])
-    assert name == executed.task_name           # described, for the broker's counts
-    assert runtime is None or runtime == executed.runtime
-    return task_id, state, decode_result_meta(task_id, state, content_type, payload)
+    """What the worker would store for this report: (task_id, state, meta)."""
+    assert executed.store
+    task_id, state = executed.task_id, executed.state
+    return task_id, state, decode_result_meta(task_id, state, executed.content_type,
+                                              executed.payload)
 
 
 # -- run_task ----------------------------------------------------------------------------------
@@ -217,7 +213,7 @@ def test_a_task_not_yet_expired_runs():
 
 def test_an_ignore_result_success_stores_nothing():
     executed = execute_delivery(delivered(quiet.name))
-    assert executed.state == "SUCCESS" and executed.frame is None
+    assert executed.state == "SUCCESS" and not executed.store and executed.payload == b""
 
 
 def test_an_ignore_result_failure_is_still_stored():
@@ -253,7 +249,7 @@ def test_a_retry_during_a_delivery_is_resent_and_stored_as_retry_with_the_tombst
         def publish(self, message):
             published.append(TaskMessage.decode(message))
 
-    monkeypatch.setattr(client, "connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: FakeConnection())
 
     @task()
     def again(**kwargs):
@@ -277,7 +273,7 @@ def resent(monkeypatch):
         def publish(self, message):
             published.append(TaskMessage.decode(message))
 
-    monkeypatch.setattr(client, "connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: FakeConnection())
     return published
 
 

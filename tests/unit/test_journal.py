@@ -25,7 +25,8 @@ from journalkit import (  # noqa: E402
     segment_files,
 )
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
+from minitask.broker import segments as sg  # noqa: E402
 from minitask.broker.journal import Journal, JournalWriteError  # noqa: E402
 from minitask.broker.queue import DEAD, StoredMessage  # noqa: E402
 from minitask.broker.results import ResultEntry  # noqa: E402
@@ -57,7 +58,7 @@ def journal_logs(caplog, level):
 
 
 def kv(i, size=0):
-    return jr.json_record(jr.KV, {"key": "k%d" % i, "value": "v" * size})
+    return rc.json_record(rc.KV, {"key": "k%d" % i, "value": "v" * size})
 
 
 def message_data(task_id, queue="q", body=b"{}"):
@@ -65,7 +66,7 @@ def message_data(task_id, queue="q", body=b"{}"):
 
 
 def task_id_of_publish(payload):
-    return P.message_id_of(jr.decode_publish(payload)[3])
+    return P.message_id_of(rc.decode_publish(payload)[3])
 
 
 # -- records -------------------------------------------------------------------------------------
@@ -78,109 +79,108 @@ def task_id_of_publish(payload):
     (9, 0, "q" * 255, b"\x00" * 1000),
 ])
 def test_publish_record_round_trips(message_id, deliveries, queue, data):
-    kind, payload = parse(jr.publish_record(message_id, deliveries, queue, data))
-    assert kind == jr.PUBLISH
-    assert jr.decode_publish(payload) == (message_id, deliveries, queue, data)
+    kind, payload = parse(rc.publish_record(message_id, deliveries, queue, data))
+    assert kind == rc.PUBLISH
+    assert rc.decode_publish(payload) == (message_id, deliveries, queue, data)
 
 
 def test_publish_record_caps_deliveries_at_a_byte():
-    _kind, payload = parse(jr.publish_record(5, 1000, "q", b"m"))
-    assert jr.decode_publish(payload)[1] == 255
+    _kind, payload = parse(rc.publish_record(5, 1000, "q", b"m"))
+    assert rc.decode_publish(payload)[1] == 255
 
 
-@pytest.mark.parametrize("kind", [jr.ACK, jr.DELIVERED])
+@pytest.mark.parametrize("kind", [rc.ACK, rc.DELIVERED])
 @pytest.mark.parametrize("ids", [[], [1], [3, 1, 2], [2 ** 64 - 1, 0], list(range(1000))])
 def test_ids_record_round_trips(kind, ids):
-    got_kind, payload = parse(jr.ids_record(kind, ids))
+    got_kind, payload = parse(rc.ids_record(kind, ids))
     assert got_kind == kind
-    assert list(jr.decode_ids(payload)) == ids
+    assert list(rc.decode_ids(payload)) == ids
 
 
-@pytest.mark.parametrize("kind", [jr.FORGET, jr.STARTED, jr.FINISHED])
+@pytest.mark.parametrize("kind", [rc.FORGET, rc.STARTED, rc.FINISHED])
 @pytest.mark.parametrize("names", [[], ["a"], ["ü-task", ""], ["x" * 255, "y" * 200],
                                    ["id-%d" % i for i in range(300)]])
 def test_names_record_round_trips(kind, names):
-    got_kind, payload = parse(jr.names_record(kind, names))
+    got_kind, payload = parse(rc.names_record(kind, names))
     assert got_kind == kind
-    assert jr.decode_names(payload) == names
+    assert rc.decode_names(payload) == names
 
 
 @pytest.mark.parametrize("expires_at, task_ids", [
     (0.0, []), (1_700_086_400.25, ["a"]), (float(2 ** 40), ["é" * 100, "b", "c" * 255]),
 ])
 def test_revoke_record_round_trips(expires_at, task_ids):
-    kind, payload = parse(jr.revoke_record(expires_at, task_ids))
-    assert kind == jr.REVOKE
-    assert jr.decode_revoke(payload) == (expires_at, task_ids)
+    kind, payload = parse(rc.revoke_record(expires_at, task_ids))
+    assert kind == rc.REVOKE
+    assert rc.decode_revoke(payload) == (expires_at, task_ids)
 
 
 @pytest.mark.parametrize("state", P.STATES)
 def test_result_record_round_trips(state):
     entry = ResultEntry("task-é" * 3, state, "application/x-python-serialize",
                         b"\x80\x04payload\x00\xff", 1_700_000_000.5, 1_700_086_400.5)
-    kind, payload = parse(jr.result_record(entry))
-    assert kind == jr.RESULT
-    assert jr.decode_result(payload) == (entry.task_id, state, entry.date_done,
+    kind, payload = parse(rc.result_record(entry))
+    assert kind == rc.RESULT
+    assert rc.decode_result(payload) == (entry.task_id, state, entry.date_done,
                                          entry.expires_at, entry.content_type, entry.payload)
 
 
 def test_result_record_without_date_done_reads_back_as_zero():
     entry = ResultEntry("t", "SUCCESS", "application/json", b"", None, 5.0)
-    assert jr.decode_result(parse(jr.result_record(entry))[1]) == (
+    assert rc.decode_result(parse(rc.result_record(entry))[1]) == (
         "t", "SUCCESS", 0.0, 5.0, "application/json", b"")
 
 
 @pytest.mark.parametrize("kind, obj", [
-    (jr.KV, {"key": "beat:tasks.add", "value": 1_700_000_000.5}),
-    (jr.KV, {"key": "k", "value": None}),
-    (jr.TOPOLOGY, {"op": "declare_queue", "queue": "ü", "durable": True, "max_length": None}),
-    (jr.SNAPSHOT, {"exchanges": [], "queues": [{"queue": "q"}], "revoked": [[1.5, ["a"]]],
+    (rc.KV, {"key": "beat:tasks.add", "value": 1_700_000_000.5}),
+    (rc.KV, {"key": "k", "value": None}),
+    (rc.TOPOLOGY, {"op": "declare_queue", "queue": "ü", "durable": True, "max_length": None}),
+    (rc.SNAPSHOT, {"exchanges": [], "queues": [{"queue": "q"}], "revoked": [[1.5, ["a"]]],
                    "kv": {"x": [1, 2, {"y": "z"}]}, "started": ["t"]}),
 ])
 def test_json_record_round_trips(kind, obj):
-    got_kind, payload = parse(jr.json_record(kind, obj))
+    got_kind, payload = parse(rc.json_record(kind, obj))
     assert got_kind == kind
-    assert jr.decode_json(payload) == obj
+    assert rc.decode_json(payload) == obj
 
 
 def test_a_compound_record_holds_its_records_in_order():
-    parts = [jr.json_record(jr.KV, {"key": "a", "value": 1}),
-             jr.publish_record(9, 0, "q", message_data("t9")), jr.ids_record(jr.ACK, [3])]
-    kind, payload = parse(jr.compound_record(parts))
-    assert kind == jr.COMPOUND
-    assert jr.decode_compound(payload) == [parse(part) for part in parts]
-    assert jr.publish_ids(jr.compound_record(parts)) == (9,)
+    parts = [rc.json_record(rc.KV, {"key": "a", "value": 1}),
+             rc.publish_record(9, 0, "q", message_data("t9")), rc.ids_record(rc.ACK, [3])]
+    kind, payload = parse(rc.compound_record(parts))
+    assert kind == rc.COMPOUND
+    assert rc.decode_compound(payload) == [parse(part) for part in parts]
 
 
 @pytest.mark.parametrize("inner", [
-    jr.compound_record([jr.ids_record(jr.ACK, [1])]),
-    jr.rotate_record(2, 1, 5), jr.open_record(1, 1, 0, 0, 0), jr.retired_record([(1, 3)]),
+    rc.compound_record([rc.ids_record(rc.ACK, [1])]),
+    rc.rotate_record(2, 1, 5), rc.open_record(1, 1, 0, 0, 0), rc.retired_record([(1, 3)]),
 ], ids=["compound", "rotate", "open", "retired"])
 def test_a_compound_record_holds_data_records_only(inner):
     with pytest.raises(ValueError):
-        jr.compound_record([inner])
+        rc.compound_record([inner])
     length = struct.pack("!I", len(inner) - 8)
     with pytest.raises(ValueError):                          # nor is one read back
-        jr.decode_compound(length + inner[8:])
+        rc.decode_compound(length + inner[8:])
 
 
 @pytest.mark.parametrize("payload", [b"\0\0\0", b"\0\0\0\x09\x01abc", b"\0\0\0\0\x01"])
 def test_a_compound_record_that_does_not_add_up_is_refused(payload):
     with pytest.raises(ValueError):
-        jr.decode_compound(payload)
+        rc.decode_compound(payload)
 
 
 def _one_of_each():
     entry = ResultEntry("t1", "FAILURE", "application/json", b'{"e": 1}', 10.0, 20.0)
     return [
-        jr.publish_record(1, 0, "q", message_data("t1")), jr.ids_record(jr.ACK, [1]),
-        jr.ids_record(jr.DELIVERED, [2, 3]), jr.result_record(entry),
-        jr.names_record(jr.FORGET, ["t0"]), jr.revoke_record(99.0, ["t9"]),
-        jr.json_record(jr.TOPOLOGY, {"op": "declare_queue", "queue": "q2"}),
-        jr.json_record(jr.KV, {"key": "a", "value": 1}), jr.names_record(jr.STARTED, ["t5"]),
-        jr.names_record(jr.FINISHED, ["t5"]), jr.json_record(jr.SNAPSHOT, {"kv": {}}),
-        jr.compound_record([jr.json_record(jr.KV, {"key": "b", "value": 2}),
-                            jr.publish_record(2, 0, "q", message_data("t2"))]),
+        rc.publish_record(1, 0, "q", message_data("t1")), rc.ids_record(rc.ACK, [1]),
+        rc.ids_record(rc.DELIVERED, [2, 3]), rc.result_record(entry),
+        rc.names_record(rc.FORGET, ["t0"]), rc.revoke_record(99.0, ["t9"]),
+        rc.json_record(rc.TOPOLOGY, {"op": "declare_queue", "queue": "q2"}),
+        rc.json_record(rc.KV, {"key": "a", "value": 1}), rc.names_record(rc.STARTED, ["t5"]),
+        rc.names_record(rc.FINISHED, ["t5"]), rc.json_record(rc.SNAPSHOT, {"kv": {}}),
+        rc.compound_record([rc.json_record(rc.KV, {"key": "b", "value": 2}),
+                            rc.publish_record(2, 0, "q", message_data("t2"))]),
     ]
 
 
@@ -194,13 +194,13 @@ def test_every_record_type_replays_unchanged_from_a_segment(tmp_path):
     got, _journal = replayed(tmp_path)
     assert got == [parse(record) for record in records]
     assert sorted(kind for kind, _payload in got) == \
-        [kind for kind in jr.RECORD_TYPES if kind not in jr.SHAPE_TYPES]
+        [kind for kind in rc.RECORD_TYPES if kind not in rc.SHAPE_TYPES]
 
 
 @pytest.mark.parametrize("record", [
-    jr.publish_record(3, 1, "q", message_data("t3", body=b'{"x": 1}')),
-    jr.result_record(ResultEntry("t4", "SUCCESS", "application/json", b"[42]", 1.0, 2.0)),
-    jr.names_record(jr.STARTED, ["t5", "t6"]),
+    rc.publish_record(3, 1, "q", message_data("t3", body=b'{"x": 1}')),
+    rc.result_record(ResultEntry("t4", "SUCCESS", "application/json", b"[42]", 1.0, 2.0)),
+    rc.names_record(rc.STARTED, ["t5", "t6"]),
 ], ids=["publish", "result", "names"])
 def test_crc_catches_a_flipped_bit_anywhere_in_a_record(tmp_path, record):
     good = kv(1)
@@ -210,10 +210,10 @@ def test_crc_catches_a_flipped_bit_anywhere_in_a_record(tmp_path, record):
         data_dir = tmp_path / str(bit)
         os.makedirs(str(data_dir / "journal"))
         with open(str(data_dir / "journal" / "0000000001.seg"), "wb") as handle:
-            handle.write(jr.FILE_HEADER + bytes(flipped) + good)
+            handle.write(sg.FILE_HEADER + bytes(flipped) + good)
         got, journal = replayed(data_dir)
         assert got == [parse(good)], "bit %d flipped went unnoticed" % bit
-        assert [offset for _segment, offset in journal.damaged] == [len(jr.FILE_HEADER)]
+        assert [offset for _segment, offset in journal.damaged] == [len(sg.FILE_HEADER)]
 
 
 # -- segments ------------------------------------------------------------------------------------
@@ -226,10 +226,10 @@ def test_first_open_makes_the_directory_and_one_segment_with_the_file_header(tmp
     assert os.path.basename(path) == "0000000001.seg"
     with open(path, "rb") as handle:
         header = handle.read(12)
-    assert header[:8] == b"MTJ1" + struct.pack("!I", jr.VERSION) == b"MTJ1\0\0\0\2"
+    assert header[:8] == b"MTJ1" + struct.pack("!I", sg.VERSION) == b"MTJ1\0\0\0\2"
     assert header[8:] != b"\0\0\0\0"                              # a CRC seed, never 0
     [(start, _end, kind, payload)] = read_records(path, shape=True)
-    assert (start, kind) == (12, jr.OPEN)
+    assert (start, kind) == (12, rc.OPEN)
     assert struct.unpack("!5Q", payload) == (1, 1, 0, 0, 0)    # segment 1, record 1, no prev
 
 
@@ -255,17 +255,17 @@ def test_segments_rotate_once_they_reach_segment_bytes(tmp_path):
         assert 4096 <= size < 4096 + batch_bytes
     for path in paths:
         with open(path, "rb") as handle:
-            assert handle.read(8) == jr.FILE_HEADER[:8]
+            assert handle.read(8) == sg.FILE_HEADER[:8]
     assert sum(len(read_records(p)) for p in paths) == 120
     first = 1
     for number, path in enumerate(paths, 1):              # each segment says its place
         shape = [(kind, payload) for _s, _e, kind, payload in read_records(path, shape=True)
-                 if kind in (jr.OPEN, jr.ROTATE)]
+                 if kind in (rc.OPEN, rc.ROTATE)]
         count = len(read_records(path))
         opening = struct.unpack("!5Q", shape[0][1])
-        assert shape[0][0] == jr.OPEN and opening[:3] == (number, first, number - 1)
+        assert shape[0][0] == rc.OPEN and opening[:3] == (number, first, number - 1)
         if path != paths[-1]:
-            assert shape[-1] == (jr.ROTATE, struct.pack("!3Q", number + 1, first, count))
+            assert shape[-1] == (rc.ROTATE, struct.pack("!3Q", number + 1, first, count))
         first += count
 
 
@@ -329,7 +329,7 @@ def test_a_sealed_segment_with_a_foreign_header_is_moved_aside(tmp_path, caplog)
     with open(str(tmp_path / "journal" / "0000000001.seg"), "wb") as handle:
         handle.write(b"GIF89a, not a journal at all" * 10)
     with open(str(tmp_path / "journal" / "0000000002.seg"), "wb") as handle:
-        handle.write(jr.FILE_HEADER + kv(7))
+        handle.write(sg.FILE_HEADER + kv(7))
     got, _journal = replayed(tmp_path)
     assert got == [parse(kv(7))]
     assert [os.path.basename(p) for p in segment_files(tmp_path, ".damaged")] == \
@@ -382,11 +382,11 @@ def _model_live(data_dir):
     live = {}
     for path in segment_files(data_dir):
         for _start, _end, kind, payload in read_records(path):
-            if kind == jr.PUBLISH:
-                message_id = jr.decode_publish(payload)[0]
+            if kind == rc.PUBLISH:
+                message_id = rc.decode_publish(payload)[0]
                 live[message_id] = task_id_of_publish(payload)
-            elif kind == jr.ACK:
-                for message_id in jr.decode_ids(payload):
+            elif kind == rc.ACK:
+                for message_id in rc.decode_ids(payload):
                     live.pop(message_id, None)
     return sorted(live.values())
 
@@ -413,8 +413,8 @@ def test_a_torn_tail_at_any_offset_keeps_every_complete_record_and_appends_clean
     with open(paths[-1], "rb") as handle:
         data = handle.read()
     records = read_records(paths[-1])
-    assert [kind for *_r, kind, _p in records[-5:]] == [jr.ACK] + [jr.PUBLISH] * 3 + \
-        [jr.DELIVERED]
+    assert [kind for *_r, kind, _p in records[-5:]] == [rc.ACK] + [rc.PUBLISH] * 3 + \
+        [rc.DELIVERED]
     first = records[-5][0]
     boundaries = {end for _start, end, _kind, _payload in records}
     work = tmp_path / "work"
@@ -450,13 +450,13 @@ def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut
     client = broker.connect()
     client.declare_queue("q")
     while broker.journal.head.size < broker.journal.segment_bytes:
-        _publish_turns(broker, client, ["m%d" % broker.state.next_message_id], body=b"x" * 90)
+        _publish_turns(broker, client, ["m%d" % broker.state.messages.next_message_id], body=b"x" * 90)
     broker = broker.reopen()                                # the head is full: a fresh one
     assert len(segment_files(tmp_path)) == 2
     expected = live_ids(broker.state)
     broker.crash()
     head = segment_files(tmp_path)[-1]
-    assert os.path.getsize(head) == jr.OPENING_BYTES
+    assert os.path.getsize(head) == sg.OPENING_BYTES
     with open(head, "r+b") as handle:
         handle.truncate(cut)                                # crash while creating it
     reopened = Broker(tmp_path, segment_bytes=1024)
@@ -468,7 +468,7 @@ def test_a_torn_header_of_a_new_head_segment_loses_nothing(tmp_path, caplog, cut
     assert live_ids(again.state) == sorted(expected + ["after"])
     for path in segment_files(tmp_path):
         with open(path, "rb") as handle:
-            assert handle.read(8) == jr.FILE_HEADER[:8]
+            assert handle.read(8) == sg.FILE_HEADER[:8]
 
 
 # -- damage in the middle ------------------------------------------------------------------------
@@ -522,7 +522,7 @@ def test_a_damaged_segment_is_rewritten_moved_aside_and_the_next_open_is_clean(
     broker.crash()
     paths = segment_files(tmp_path)
     victim_path = paths[0] if where == "sealed" else paths[-1]
-    publishes = [r for r in read_records(victim_path) if r[2] == jr.PUBLISH]
+    publishes = [r for r in read_records(victim_path) if r[2] == rc.PUBLISH]
     victim = publishes[0] if where == "head" else publishes[1]
     lost = task_id_of_publish(victim[3])
     assert victim[1] < os.path.getsize(victim_path)         # good records follow it
@@ -637,10 +637,10 @@ def test_compaction_never_resurrects_a_message_acked_in_a_later_segment(tmp_path
     broker.turn()
     first_segment = segment_files(tmp_path / "data")[0]
     acks_later = [rec for path in segment_files(tmp_path / "data")[1:]
-                  for rec in read_records(path) if rec[2] == jr.ACK]
-    published_first = {jr.decode_publish(rec[3])[0] for rec in read_records(first_segment)
-                       if rec[2] == jr.PUBLISH}
-    assert any(set(jr.decode_ids(rec[3])) & published_first for rec in acks_later)
+                  for rec in read_records(path) if rec[2] == rc.ACK]
+    published_first = {rc.decode_publish(rec[3])[0] for rec in read_records(first_segment)
+                       if rec[2] == rc.PUBLISH}
+    assert any(set(rc.decode_ids(rec[3])) & published_first for rec in acks_later)
     expected = live_ids(broker.state)
     assert expected == ["a8", "a9"]
 
@@ -854,7 +854,7 @@ def test_a_short_write_of_a_new_segment_header_never_costs_confirmed_records(tmp
     client = broker.connect()
     client.declare_queue("q")
     while broker.journal.head.size < broker.journal.segment_bytes:
-        _publish_turns(broker, client, ["m%d" % broker.state.next_message_id], body=b"x" * 90)
+        _publish_turns(broker, client, ["m%d" % broker.state.messages.next_message_id], body=b"x" * 90)
     with disk_faults() as faults:
         faults.room = room                                  # a few bytes of room left
         refused = client.publish("q", "refused")
@@ -868,7 +868,7 @@ def test_a_short_write_of_a_new_segment_header_never_costs_confirmed_records(tmp
     assert live_ids(after.state) == expected
     for path in segment_files(tmp_path):
         with open(path, "rb") as handle:
-            assert handle.read(8) == jr.FILE_HEADER[:8]
+            assert handle.read(8) == sg.FILE_HEADER[:8]
 
 
 def test_refused_publishes_get_error_507_naming_the_reason_and_are_never_delivered(
@@ -926,14 +926,14 @@ def test_acks_results_and_settings_of_a_refused_turn_are_written_next_turn(tmp_p
         client.declare_queue("late")
         refused = client.publish("q", "refused")
         broker.turn()
-        kinds = sorted(record[8] for record in broker.state.records)
-        assert kinds == sorted([jr.ACK, jr.ACK, jr.RESULT, jr.KV, jr.TOPOLOGY])
+        kinds = sorted(record[8] for record in broker.state.sink.records)
+        assert kinds == sorted([rc.ACK, rc.ACK, rc.RESULT, rc.KV, rc.TOPOLOGY])
         assert not client.is_confirmed(refused)
         crashed = _recover_copy(tmp_path, tmp_path.parent / (tmp_path.name + "-crash"))
         assert live_ids(crashed.state) == ["a", "b"]        # acks not on disk yet
         crashed.crash()
     broker.turn()
-    assert broker.state.records == []
+    assert broker.state.sink.records == []
     after = broker.reopen()
     assert live_ids(after.state) == []
     assert after.state.results.get("a").payload == b'{"result": "A"}'
@@ -972,7 +972,7 @@ def test_delivered_records_of_a_failed_write_are_written_later(tmp_path):
         faults.full = True
         broker.turn()                                       # delivers; DELIVERED not written
         assert len(worker.take_deliveries()) == 1
-        assert [record[8] for record in broker.state.records] == [jr.DELIVERED]
+        assert [record[8] for record in broker.state.sink.records] == [rc.DELIVERED]
     broker.turn()
     after = broker.reopen()
     assert ready_view(after.state, "q") == [("a", 1)]
@@ -1037,8 +1037,8 @@ def test_refused_publishes_leave_nothing_behind_however_long_the_disk_is_full(tm
     assert queue.ready == 1 + len(kept) and queue.delayed == 0
     assert sum(len(level) for level in queue.levels.values()) + len(queue.returned) \
         == queue.ready                                      # no dead entries waiting
-    assert state._delayed == [] and state._expiring == []
-    assert state.records == [] and state._turn_publishes == [] and state._turn_timers == []
+    assert state.messages.delayed == [] and state.messages.expiring == []
+    assert state.sink.records == [] and state.sink.written() == []    # no unit left behind
     assert sorted(P.message_id_of(m.data) for m in _stored_messages()
                   if m.where != DEAD) == sorted(["before"] + kept)
     assert not any(P.message_id_of(m.data).startswith("r") for m in _stored_messages())
@@ -1056,7 +1056,7 @@ def test_starting_on_a_full_disk_with_a_damaged_segment_serves_what_it_recovered
         _publish_turns(broker, client, ["m%02d" % i], body=b"d" * 60)
     broker.crash()
     head = segment_files(tmp_path)[-1]
-    victim = [r for r in read_records(head) if r[2] == jr.PUBLISH][0]
+    victim = [r for r in read_records(head) if r[2] == rc.PUBLISH][0]
     lost = task_id_of_publish(victim[3])
     expected = sorted("m%02d" % i for i in range(20) if "m%02d" % i != lost)
     _flip(head, victim[1] - 3)

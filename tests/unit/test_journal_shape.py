@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from journalkit import Broker, disk_faults, live_ids, read_records, segment_files  # noqa: E402
 from minitask import protocol as P  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
 from minitask.broker.status import status_report  # noqa: E402
 
 JOURNAL_LOGGER = "minitask.broker.journal"
@@ -31,8 +31,8 @@ def journal_logs(caplog, level):
 
 def task_ids(path):
     """Task ids of the PUBLISH records of one segment, in order."""
-    return [P.message_id_of(jr.decode_publish(payload)[3])
-            for _s, _e, kind, payload in read_records(path) if kind == jr.PUBLISH]
+    return [P.message_id_of(rc.decode_publish(payload)[3])
+            for _s, _e, kind, payload in read_records(path) if kind == rc.PUBLISH]
 
 
 @pytest.fixture
@@ -112,7 +112,7 @@ def test_ten_bytes_overwritten_in_the_last_record_of_a_middle_segment_is_an_erro
         journal, caplog):
     data_dir, paths = journal
     start, end, kind, _payload = read_records(paths[7])[-1]
-    assert kind == jr.PUBLISH
+    assert kind == rc.PUBLISH
     expected = sorted(set(all_ids(paths)) - {task_ids(paths[7])[-1]})
     with open(paths[7], "r+b") as handle:
         handle.seek(end - 10)
@@ -188,7 +188,7 @@ def test_a_failed_write_that_could_not_be_cut_back_is_never_replayed(tmp_path, c
     for i in range(3):
         client.publish("q", "ok%d" % i)
         broker.turn()
-    first = jr.publish_record(broker.state.next_message_id, 0, "q", P.encode_message(
+    first = rc.publish_record(broker.state.messages.next_message_id, 0, "q", P.encode_message(
         P.Message(b"{}", routing_key="q", message_id="refused-0", type="tasks.add",
                   flags=P.PERSISTENT)))                    # as journalkit's Client makes it
     with disk_faults() as disk:

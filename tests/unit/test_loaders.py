@@ -6,6 +6,7 @@ mtfix_* modules are forgotten afterwards, so `mtfix_record.IMPORTED` lists only 
 imported.
 """
 import sys
+import types
 
 import pytest
 
@@ -186,6 +187,23 @@ def test_the_django_loader_does_not_import_django(monkeypatch):
     get_loader().import_default_modules()
     after = {name for name in sys.modules if name == "django" or name.startswith("django.")}
     assert after == before
+
+
+def test_once_django_is_set_up_the_django_loader_takes_the_apps_from_its_registry(
+        monkeypatch):
+    # What django.setup() leaves behind: an app registry, ready, naming each app's package
+    # (an AppConfig may name a package its INSTALLED_APPS entry does not spell out).
+    configs = [types.SimpleNamespace(name=name) for name in (
+        "django.contrib.auth", "mtfix_app_configured", "mtfix_app_with_tasks")]
+    registry = types.SimpleNamespace(ready=True, get_app_configs=lambda: configs)
+    monkeypatch.setitem(sys.modules, "django.apps", types.SimpleNamespace(apps=registry))
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "mtfix_django_settings")
+    assert get_loader().task_module_names() == ["mtfix_app_configured.tasks",
+                                                "mtfix_app_with_tasks.tasks"]
+
+
+def test_every_loader_has_a_per_process_hook_that_does_nothing_by_default():
+    assert get_loader(config.configure()).on_worker_process_init() is None
 
 
 def test_a_django_app_whose_tasks_module_raises_is_one_line_naming_it(monkeypatch):

@@ -94,10 +94,11 @@ def test_a_body_exactly_at_the_limit_is_accepted(how):
 def test_a_length_over_the_limit_raises_before_the_body_arrives(how):
     header = P.HEADER.pack(65, P.PUBLISH, 1)          # no body sent at all
     decoder = P.Decoder(64)
-    with pytest.raises(ProtocolError, match="65"):
+    with pytest.raises(ProtocolError, match="65") as raised:
         for chunk in chunks_for(header, how):
             decoder.feed(chunk)
             list(decoder.frames())
+    assert P.code_for(raised.value) == P.TOO_LARGE      # the code travels with the error
 
 
 def test_frames_before_an_oversized_one_are_returned_first(how):
@@ -514,7 +515,7 @@ def test_broker_errors_keep_their_code(code):
     assert exc.code == code
 
 
-@pytest.mark.parametrize("code", [312, 313, 400, 401, 404, 406, 408, 409, 500, 503, 507])
+@pytest.mark.parametrize("code", [312, 313, 400, 401, 404, 405, 406, 408, 409, 500, 503, 507])
 def test_code_for_inverts_error_for_where_the_class_is_unambiguous(code):
     assert P.code_for(P.error_for(code, "x")) == code
 
@@ -525,6 +526,37 @@ def test_code_for_answers_a_subclass_with_its_own_code_and_anything_else_500():
     assert P.code_for(BrokerError("x", 409)) == 409
     assert P.code_for(ValueError("x")) == 500
     assert P.code_for(MinitaskError("x")) == 500
+
+
+def test_a_protocol_error_answers_400_unless_it_carries_another_code():
+    assert P.code_for(ProtocolError("x")) == P.BAD_FRAME
+    assert P.code_for(ProtocolError("x", P.COMMAND_INVALID)) == P.COMMAND_INVALID
+
+
+# -- the drop rule ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("task_id, expires_at, now, revoked, reason", [
+    ("t", 0.0, 100.0, {}, None),                     # no expiry, not revoked
+    ("t", None, 100.0, (), None),
+    ("t", 100.5, 100.0, {"other": 1.0}, None),        # not yet
+    ("t", 100.0, 100.0, {}, "expired"),               # at its time: expired
+    ("t", 50.0, 100.0, set(), "expired"),
+    ("t", 0.0, 100.0, {"t": 200.0}, "revoked"),
+    ("t", 50.0, 100.0, {"t"}, "revoked"),             # both: revoked names it
+])
+def test_drop_reason_says_revoked_before_expired_and_none_for_a_message_that_may_go(
+        task_id, expires_at, now, revoked, reason):
+    assert P.drop_reason(task_id, expires_at, now, revoked) == reason
+
+
+# -- ATOMIC (3.5) ----------------------------------------------------------------------------
+
+def test_atomic_carries_publishes_settings_and_results_in_order(how):
+    inner = [P.encode_result(P.RESULT_SET, 0, "t", "SUCCESS", P.STORE, 0.0, "x", b"r"),
+             P.encode_frame(P.PUBLISH, 0, b"m"), P.encode_json(P.KV_SET, 0, {"key": "k"})]
+    [(kind, seq, body)], _ = decode(P.encode_atomic(7, inner), how)
+    assert (kind, seq) == (P.ATOMIC, 7)
+    assert P.decode_atomic(body) == [(frame[4], frame[P.HEADER.size:]) for frame in inner]
 
 
 def test_every_command_name_is_known_and_unknown_types_print_in_hex():

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from journalkit import Broker, FakeClock, live_ids, live_messages, ready_view  # noqa: E402
 from minitask import protocol as P  # noqa: E402
 from minitask import serialization  # noqa: E402
-from minitask.broker import journal as jr  # noqa: E402
+from minitask.broker import records as rc  # noqa: E402
 from minitask.broker.journal import Journal, NullJournal  # noqa: E402
 from minitask.broker.queue import DELAYED, READY  # noqa: E402
 from minitask.broker.state import BrokerOptions, BrokerState  # noqa: E402
@@ -198,7 +198,7 @@ def test_new_messages_get_ids_after_the_recovered_ones(broker):
     publish(broker, client, "q", "a", "b", "c")
     highest = max(m.id for m in live_messages(broker.state))
     after = broker.reopen()
-    assert after.state.next_message_id > highest
+    assert after.state.messages.next_message_id > highest
     publish(after, after.connect(), "q", "d")
     again = after.reopen()
     assert live_ids(again.state) == ["a", "b", "c", "d"]
@@ -286,9 +286,9 @@ def test_a_message_dropped_at_recovery_for_want_of_its_queue_stays_dropped(tmp_p
     journal = Journal(str(tmp_path), fsync="no")
     list(journal.replay())
     data = P.encode_message(P.Message(b"{}", routing_key="q", message_id="x"))
-    journal.write([jr.json_record(jr.TOPOLOGY, {"op": "declare_queue", "queue": "q"}),
-                   jr.publish_record(1, 0, "q", data), jr.ids_record(jr.DELIVERED, [1]),
-                   jr.json_record(jr.TOPOLOGY, {"op": "delete_queue", "queue": "q"})])
+    journal.write([rc.json_record(rc.TOPOLOGY, {"op": "declare_queue", "queue": "q"}),
+                   rc.publish_record(1, 0, "q", data), rc.ids_record(rc.DELIVERED, [1]),
+                   rc.json_record(rc.TOPOLOGY, {"op": "delete_queue", "queue": "q"})])
     journal.close()
     after = Broker(tmp_path)
     assert "q" not in after.state.queues

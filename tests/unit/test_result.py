@@ -5,7 +5,7 @@ import pytest
 
 from minitask import config, group, task
 from minitask.exceptions import SerializationError, TaskRevokedError
-from minitask.group import Signature
+from minitask.canvas import Signature
 from minitask.result import (
     FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STATES, SUCCESS, EagerResult, ResultSet,
 )
@@ -149,7 +149,9 @@ def test_an_empty_result_set_is_ready_and_joins_to_nothing():
 def test_a_signature_holds_a_call_without_sending_it():
     signature = add.s(2, y=3)
     assert isinstance(signature, Signature)
-    assert (signature.task, signature.args, signature.kwargs) == (add, (2,), {"y": 3})
+    assert (signature.task, signature.args, signature.kwargs) == ("tests.result.add", (2,),
+                                                                  {"y": 3})
+    assert signature.type is add
     assert signature.apply().get() == 5
     assert repr(signature) == "tests.result.add(2, y=3)"
 

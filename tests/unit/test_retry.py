@@ -10,7 +10,7 @@ import types
 import pytest
 
 import minitask.retry as policy
-from minitask import Task, client, registry, task
+from minitask import Task, registry, task, transport
 from minitask.exceptions import (
     MaxRetriesExceeded, MaxRetriesExceededError, MinitaskError, RetryTaskError,
 )
@@ -41,7 +41,7 @@ class FakeConnection:
 @pytest.fixture
 def broker(monkeypatch):
     fake = FakeConnection()
-    monkeypatch.setattr(client, "connection", lambda *a, **k: fake)
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: fake)
     return fake
 
 
@@ -460,3 +460,107 @@ def test_backoff_with_full_jitter_draws_from_zero_to_the_backoff_inclusive():
     rng = FixedRandom()
     assert policy.backoff_countdown(True, 3, 600, jitter=True, rng=rng) == 8
     assert rng.asked == [9]
+
+
+# -- the guide's forms: where the default keyword arguments arrive ------------------------------
+
+def test_the_guides_retry_with_the_kwargs_spread_resends_the_same_id(broker):
+    @task()
+    def send_twitter_status(oauth, tweet, **kwargs):
+        try:
+            raise Boom("fail whale")
+        except Boom as exc:
+            send_twitter_status.retry(args=[oauth, tweet], exc=exc, **kwargs)
+
+    outcome = run_task(send_twitter_status, TaskMessage(
+        send_twitter_status.name, ("token", "hi"), {}, id="the-id", retries=1),
+        logfile="w.log", loglevel="INFO")
+    assert outcome.state == "RETRY" and isinstance(outcome.result, Boom)
+    [resent] = broker.resent()
+    assert (resent.id, resent.retries, resent.args, resent.kwargs) == (
+        "the-id", 2, ("token", "hi"), {})
+
+
+def test_the_guides_retry_with_a_countdown_and_the_kwargs_spread_waits_it(broker):
+    class MyTask(Task):
+        default_retry_delay = 30 * 60
+
+        def run(self, x, y, **kwargs):
+            try:
+                return x / y
+            except Exception as exc:
+                self.retry([x, y], exc=exc, countdown=60, **kwargs)
+
+    before = now()
+    run_task(registry.tasks[MyTask.name], TaskMessage(MyTask.name, (1, 0), id="my-id"))
+    after = now()
+    [resent] = broker.resent()
+    assert (resent.id, resent.retries, resent.args, resent.kwargs) == ("my-id", 1, (1, 0), {})
+    assert before + 60 <= resent.eta <= after + 60
+
+
+def test_the_id_and_count_come_from_default_kwargs_passed_as_keywords(broker):
+    @task()
+    def failing(**kwargs):
+        failing.retry(task_id="from-keywords", task_retries=2, logfile="x", loglevel="y",
+                      task_name="z")
+
+    run_task(failing, TaskMessage(failing.name, (), {"mine": 1}, id="from-request"))
+    [resent] = broker.resent()
+    assert (resent.id, resent.retries, resent.kwargs) == ("from-keywords", 3, {"mine": 1})
+
+
+def test_default_kwargs_inside_kwargs_are_never_sent_on(broker):
+    @task()
+    def failing(x):
+        failing.retry(kwargs={"mine": "kept", "task_id": "the-id", "task_retries": 0,
+                              "task_name": "n", "logfile": "f", "loglevel": "l"})
+
+    run_task(failing, TaskMessage(failing.name, (1,), {}))      # it was offered none
+    [resent] = broker.resent()
+    assert (resent.id, resent.kwargs) == ("the-id", {"mine": "kept"})
+
+
+def test_publish_options_given_to_retry_reach_the_resent_message(broker):
+    @task()
+    def failing(**kwargs):
+        failing.retry(priority=1, routing_key="urgent", exchange="alerts", expires=3600,
+                      serializer="pickle", mandatory=False, immediate=False, **kwargs)
+
+    before = now()
+    run_task(failing, TaskMessage(failing.name, id="opts", priority=7, routing_key="slow"))
+    [resent] = broker.resent()
+    assert (resent.priority, resent.routing_key, resent.exchange, resent.serializer) == (
+        1, "urgent", "alerts", "pickle")
+    assert resent.expires >= before + 3600
+
+
+@pytest.mark.parametrize("name", ["colour", "queue_name", "retries", "args_"])
+def test_any_other_keyword_is_a_configuration_error_naming_it(broker, name):
+    @task()
+    def failing(**kwargs):
+        failing.retry(exc=Boom("x"), **dict(kwargs, **{name: 1}))
+
+    outcome = run_task(failing, TaskMessage(failing.name, id="bad"))
+    assert outcome.state == "FAILURE"
+    assert type(outcome.result).__name__ == "ConfigurationError"
+    assert "retry() of %s got %r" % (failing.name, name) in str(outcome.result)
+    assert "\n" not in str(outcome.result)
+    assert broker.published == []
+
+
+def test_the_guides_retry_with_the_kwargs_spread_works_eagerly_too(no_broker, no_sleep):
+    attempts = []
+
+    @task()
+    def send_twitter_status(oauth, tweet, **kwargs):
+        attempts.append(kwargs["task_retries"])
+        try:
+            if len(attempts) < 3:
+                raise Boom("fail whale")
+        except Boom as exc:
+            send_twitter_status.retry(args=[oauth, tweet], exc=exc, **kwargs)
+        return "posted"
+
+    assert send_twitter_status.apply(("token", "hi")).get() == "posted"
+    assert attempts == [0, 1, 2]

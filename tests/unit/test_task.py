@@ -3,7 +3,7 @@ options, calling methods on classes and objects, default kwargs, and `apply_asyn
 (through `build_message`, so no broker is needed).
 
 Every test gets fresh settings and leaves the registry as it found it; tests that must not
-reach a broker replace `minitask.client.connection` with one that fails the test.
+reach a broker replace `minitask.transport.connection` with one that fails the test.
 """
 import datetime
 import socket
@@ -11,7 +11,7 @@ import socket
 import pytest
 
 import minitask
-from minitask import Task, client, config, protocol, registry, task
+from minitask import Task, config, protocol, registry, task, transport
 from minitask.exceptions import (
     BrokerConnectionError, ConfigurationError, MinitaskError, SerializationError,
 )
@@ -452,7 +452,7 @@ def test_apply_async_publishes_the_built_message_and_returns_its_async_result(mo
         def publish(self, message):
             published.append(message)
 
-    monkeypatch.setattr(client, "connection", lambda *a, **k: FakeConnection())
+    monkeypatch.setattr(transport, "connection", lambda *a, **k: FakeConnection())
     result = CreateUserTask.apply_async(("bob", "pw"), task_id="sent-id", priority=1)
     assert result.task_id == "sent-id"
     assert [m.message_id for m in published] == ["sent-id"]
@@ -518,6 +518,18 @@ def test_through_apply_a_task_naming_task_id_gets_its_own_id():
     assert result.get() == "the-id"
     fresh = whoami.apply()
     assert fresh.get() == fresh.task_id
+
+
+def test_a_positional_argument_filling_a_default_kwargs_parameter_wins_over_the_workers():
+    # Celery's errback(task_id) is called with the failed task's id; the worker's own
+    # task_id must not collide with it ("got multiple values"), nor replace it.
+    @task()
+    def errback(task_id, note=None):
+        return task_id, note
+
+    assert errback.apply(("failed-id",)).get() == ("failed-id", None)
+    assert errback.apply(("failed-id", "n"), task_id="own").get() == ("failed-id", "n")
+    assert errback.apply(kwargs={"note": "n"}, task_id="own").get() == ("own", "n")
 
 
 def test_through_apply_a_task_that_names_none_never_gets_unknown_kwargs():

@@ -1,0 +1,168 @@
+"""minitask.worker.pool: the main process's bookkeeping of its children, without processes.
+
+Each child here is a `_Child` over real pipes but with no process behind it: the test plays
+the child, writing its reports into the pipe and its "started" marks into shared memory, as
+`_ChildRunner` does. What is checked is what the worker relies on: who gets a job, what a
+report means, which jobs a dead child had started (lost) and which it had not (given again).
+"""
+
+import multiprocessing
+import os
+
+import pytest
+
+from minitask.worker import pool as pool_module
+from minitask.worker.pool import MAX_FAST_JOBS, ChildConfig, Job, Pool
+
+_SLOT, _GLOBALS = pool_module._SLOT, pool_module._GLOBALS
+
+
+class FakeProcess:
+    def __init__(self, pid):
+        self.pid = pid
+
+
+@pytest.fixture
+def pool():
+    made = Pool(3, ChildConfig(), start_method="fork")
+    pipes = []
+    for slot in range(3):
+        child_in, parent_in = multiprocessing.Pipe(duplex=False)
+        parent_out, child_out = multiprocessing.Pipe(duplex=False)
+        os.set_blocking(parent_out.fileno(), False)
+        child = pool_module._Child(slot, FakeProcess(1000 + slot), parent_in, parent_out)
+        child.ready = True
+        made.children[slot] = child
+        pipes.append((child_in, child_out))
+    made.test_pipes = pipes
+    yield made
+    for child in made.children.values():
+        child.inbox.close()
+        child.outbox.close()
+    for child_in, child_out in pipes:
+        child_in.close()
+        child_out.close()
+
+
+def job(seq, name="t.slow"):
+    return Job(seq, tag=seq, task_id="id-%d" % seq, task_name=name, data=b"")
+
+
+def report(pool, slot, *items):
+    """Play child `slot`: write its "done" reports into its pipe."""
+    os.write(pool.test_pipes[slot][1].fileno(), pool_module._frame(("done", list(items))))
+
+
+def started(pool, slot, seq, at=100.0, running=True):
+    """Play child `slot`: mark `seq` started in shared memory."""
+    base = _GLOBALS + slot * _SLOT
+    pool.shm[base + pool_module._STARTED_SEQ] = float(seq)
+    pool.shm[base + pool_module._STARTED_AT] = at
+    pool.shm[base + pool_module._RUNNING] = 1.0 if running else 0.0
+
+
+def success(seq, runtime=0.5):
+    return (seq, "SUCCESS", "application/json", b"{}", True, runtime, "ok")
+
+
+def test_jobs_go_to_idle_ready_children_first_and_wait_when_none_is_free(pool):
+    pool.children[2].ready = False                  # still setting itself up
+    first, second, third = job(1), job(2), job(3)
+    assert pool.assign(first) and pool.assign(second)
+    assert {first.child.slot, second.child.slot} == {0, 1}
+    assert not pool.assign(third)                   # slow or unknown: waits for a free child
+    assert third.child is None
+
+
+def test_fast_jobs_queue_behind_fast_jobs_only_and_up_to_a_limit(pool):
+    for slot in (1, 2):
+        pool.children[slot].ready = False
+    pool.runtimes["t.fast"] = 0.0001
+    jobs = [job(n, "t.fast") for n in range(1, MAX_FAST_JOBS + 2)]
+    assert all(pool.assign(j) for j in jobs[:MAX_FAST_JOBS])
+    assert not pool.assign(jobs[MAX_FAST_JOBS])
+    slow = job(99)
+    pool.children[0].jobs.clear()
+    pool.children[0].by_seq.clear()
+    assert pool.assign(slow)
+    assert not pool.assign(job(100, "t.fast"))      # nothing queues behind a slow job
+
+
+def test_reports_come_back_in_order_and_teach_the_pool_which_tasks_are_fast(pool):
+    jobs = [job(1, "t.quick"), job(2, "t.quick")]
+    for j in jobs:
+        pool.children[0].jobs.append(j)
+        pool.children[0].by_seq[j.seq] = j
+    report(pool, 0, success(1, 0.0005), (2, "skipped"))
+    done = pool.read(pool.children[0])
+    assert [(j.seq, r[0]) for j, r in done] == [(1, "SUCCESS"), (2, "skipped")]
+    assert done[0][1][:5] == ("SUCCESS", "application/json", b"{}", True, 0.0005)
+    assert not pool.children[0].jobs and not pool.children[0].by_seq
+    assert pool.is_fast("t.quick")
+
+
+def test_a_report_split_across_reads_is_kept_until_whole(pool):
+    j = job(1)
+    pool.children[0].jobs.append(j)
+    pool.children[0].by_seq[1] = j
+    data = pool_module._frame(("done", [success(1)]))
+    os.write(pool.test_pipes[0][1].fileno(), data[:7])
+    assert pool.read(pool.children[0]) == []
+    os.write(pool.test_pipes[0][1].fileno(), data[7:])
+    assert [done.seq for done, _report in pool.read(pool.children[0])] == [1]
+
+
+def test_each_start_is_noticed_once_from_shared_memory(pool):
+    jobs = [job(n, "t.fast") for n in (1, 2, 3)]
+    for j in jobs:
+        pool.children[0].jobs.append(j)
+        pool.children[0].by_seq[j.seq] = j
+    started(pool, 0, 2, at=123.0)
+    assert [j.seq for j in pool.notice_starts()] == [1, 2]
+    assert jobs[1].started_at == 123.0
+    assert pool.notice_starts() == []
+    started(pool, 0, 3)
+    assert [j.seq for j in pool.notice_starts()] == [3]
+
+
+def test_a_dead_childs_started_jobs_are_lost_and_the_rest_go_to_another(pool):
+    jobs = [job(n, "t.fast") for n in (4, 5, 6)]
+    child = pool.children[1]
+    for j in jobs:
+        j.child = child
+        child.jobs.append(j)
+        child.by_seq[j.seq] = j
+    started(pool, 1, 5)                 # 4 finished unreported, 5 was running, 6 never began
+    lost, unstarted = pool.reap(child)
+    assert [j.seq for j in lost] == [4, 5]
+    assert [j.seq for j in unstarted] == [6] and unstarted[0].child is None
+    assert not child.jobs and not child.by_seq
+
+
+def test_a_new_epoch_marks_every_queued_job_to_be_skipped(pool):
+    first = job(1)
+    pool.assign(first)
+    pool.new_epoch()
+    second = job(2)
+    pool.assign(second)
+    assert first.epoch < pool.shm[pool_module._EPOCH] <= second.epoch
+
+
+def test_a_child_retires_after_max_tasks_and_takes_nothing_more(pool):
+    pool.max_tasks = 2
+    for slot in (1, 2):
+        pool.children[slot].ready = False
+    pool.runtimes["t.fast"] = 0.0001
+    assert pool.assign(job(1, "t.fast")) and pool.assign(job(2, "t.fast"))
+    assert pool.children[0].retiring
+    assert not pool.assign(job(3, "t.fast"))
+
+
+def test_a_revoke_reaches_every_living_child_and_bumps_the_generation(pool):
+    before = pool.shm[pool_module._REVOKE_GEN]
+    pool.children[2].closed = True
+    pool.broadcast_revoke(["a", "b"])
+    assert pool.shm[pool_module._REVOKE_GEN] == before + 1
+    frame = pool_module._frame(("revoke", ["a", "b"]))
+    assert [bytes(child.wbuf) == frame for child in pool.children.values()] \
+        == [True, True, False]
