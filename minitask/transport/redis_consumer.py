@@ -62,6 +62,7 @@ class Consumer(base.Consumer):
         self.hostname = hostname
         self.id = "%s:%d:%s" % (hostname, os.getpid(), uuid.uuid4().hex[:8])
         self.extra_credit = 0
+        self.paused = True              # takes no task until resume() (the pool is ready)
         self.client = None              # the writer, and the topology
         self.reader = None
         self.generation = 0
@@ -76,7 +77,8 @@ class Consumer(base.Consumer):
         self._more = False              # the last fetch left messages it had no credit for
         self._due_at = None             # monotonic time the next thing is due in Redis
         self._renew_at = self._sweep_at = 0.0
-        self._described = None
+        self._described = None         # the description Redis has (JSON)
+        self._connected_at = 0.0
         self._forget_turn()
 
     def _forget_turn(self):
@@ -97,6 +99,9 @@ class Consumer(base.Consumer):
         return heartbeat / 3.0, heartbeat / 2.0          # renew every, sweep every
 
     def credit(self):
+        """How many more messages this worker takes now (none while paused)."""
+        if self.paused:
+            return 0
         return self.prefetch + self.extra_credit - len(self.held)
 
     # -- connecting -------------------------------------------------------------------------
@@ -110,6 +115,7 @@ class Consumer(base.Consumer):
             if self.generation:         # what the last connection held goes back first
                 reap(client, self.id, sorted(self.consumed), client.options.handover_grace)
             keys = client.keys
+            self._connected_at = time.time()
             self._described = self._description()
             client.script(ops.register_call(keys, self.id, self._described,
                                             ops.ms(client.options.heartbeat), self.prefetch))
@@ -136,7 +142,7 @@ class Consumer(base.Consumer):
         return json.dumps(dict(self.worker_info, hostname=self.hostname,
                                queues=list(self.queues), consumed=sorted(self.consumed),
                                prefetch=self.prefetch, consumer=self.id,
-                               connected_at=time.time()), sort_keys=True)
+                               connected_at=self._connected_at), sort_keys=True)
 
     @property
     def connected(self):
@@ -295,8 +301,7 @@ class Consumer(base.Consumer):
         for held in self.held.values():
             by_stream.setdefault(held.stream(keys), []).append(held.id)
         description = self._description()
-        changed = description.split('"connected_at"')[0] != \
-            (self._described or "").split('"connected_at"')[0]
+        changed = description != self._described
         if changed:
             self._described = description
         reply = client.script(ops.renew_call(
@@ -326,7 +331,8 @@ class Consumer(base.Consumer):
     def reject(self, tag, requeue=True):
         self._rejects.append((tag, requeue))
 
-    def store_result(self, task_id, state, content_type, payload, store=True, publish=()):
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
+                     task_name="", runtime=None):
         self._calls.append(("result", (task_id, state, content_type, bytes(payload), store),
                             list(publish)))
 
@@ -367,6 +373,25 @@ class Consumer(base.Consumer):
         self._renew_at = 0.0
         self._unblock = True
         return True
+
+    def pause(self):
+        """Take no more tasks: with no credit, fetches stop and the reader stops waiting on
+        the queues' bells (what is held stays held)."""
+        self.paused = True
+        self._renew_at = 0.0            # announce the zero credit at the next turn
+
+    def resume(self):
+        if not self.paused:
+            return
+        self.paused = False
+        self._renew_at = 0.0
+        self._unblock = True            # the reader waits without the bells: wake it
+
+    def report(self, info):
+        """The worker's description changed: the next renewal stores it (for status)."""
+        self.worker_info = dict(info or {})
+        self._renew_at = 0.0
+        self._unblock = True            # so that the worker's loop flushes, and renews
 
     def cancel_all(self):
         for name in list(self.queues):

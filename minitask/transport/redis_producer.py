@@ -371,7 +371,8 @@ class Client(base.Client):
             self.redis.execute("XREAD", "BLOCK", max(1, ops.ms(block)), "STREAMS", key,
                                last_id, block=block, idempotent=True)
 
-    def forget(self, task_ids):
+    def forget(self, task_ids, expired=False):
+        """(`expired` asks for nothing more: Redis drops each result when its EXPIRE is up.)"""
         keys = self.keys
         replies = self.run([command for task_id in task_ids for command in (
             ("DEL", keys.result(task_id)), ("HDEL", keys.inflight, task_id))])
@@ -429,9 +430,12 @@ class Client(base.Client):
         value = self.redis.execute("HGET", self.keys.kv, key)
         return None if value is None else json.loads(value)
 
-    def status(self):
+    def kv_set(self, key, value):
+        self.redis.execute("HSET", self.keys.kv, key, json.dumps(value))
+
+    def status(self, scheduled=0):
         from .redis_status import status_report     # only the CLI and tests ask for it
-        return status_report(self)
+        return status_report(self, scheduled)
 
 
 def _confirmed_text(confirm, counts):

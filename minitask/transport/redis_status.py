@@ -8,13 +8,13 @@ themselves, uncounted), ``next_message_id`` is 0; the "journal" is Redis's AOF.
 import json
 
 from .. import __version__, protocol as P
-from ..exceptions import ReplyError
+from ..exceptions import ProtocolError, ReplyError
 from . import redis_ops as ops
-from .redis_keys import WAITING_FIELDS
+from .redis_keys import WAITING_FIELDS, unpack
 from .redis_replies import live_consumers, redis_ms
 from .redis_topology import Topology
 
-__all__ = ["status_report"]
+__all__ = ["status_report", "scheduled_report"]
 
 _ROWS = 200                     # running tasks listed; the counts are always exact
 _COUNTERS = ("published", "delivered", "acked", "dead_lettered", "unacked", "delayed")
@@ -33,7 +33,7 @@ def _hash(flat):
     return {key.decode("utf-8"): value for key, value in zip(flat[0::2], flat[1::2])}
 
 
-def status_report(client):
+def status_report(client, scheduled=0):
     keys = client.keys
     (now, info, snapshot, consumers, inflight, handovers, stats, revoked, failures,
      fsync) = client.run([
@@ -68,7 +68,30 @@ def status_report(client):
                                                      for item in failures or ())],
         "states": list(P.STATES),
         "running": running[:_ROWS],
+        **({"scheduled": scheduled_report(client, scheduled)} if scheduled else {})
     }
+
+
+def scheduled_report(client, limit):
+    """Up to `limit` delayed messages, soonest first, as the built-in broker lists them:
+    ``[{"id", "name", "eta", "queue", "priority"}]``."""
+    keys = client.keys
+    members = client.redis.execute("ZRANGE", keys.delayed, 0, max(0, int(limit)) - 1)
+    if not members:
+        return []
+    datas = client.redis.execute("HMGET", keys.delayed_messages, *members)
+    out = []
+    for member, data in zip(members, datas):
+        if data is None:
+            continue                # promoted between the two reads
+        try:
+            queue, _task_id, level, _serial = unpack(member)
+            fields = P.parse_message(data)
+        except (ValueError, ProtocolError):
+            continue                # checked when published; a listing must not fail for one
+        out.append({"id": fields.message_id, "name": fields.type, "eta": fields.not_before,
+                    "queue": queue, "priority": int(level)})
+    return out
 
 
 def _queues(topology, names, replies, now_ms):

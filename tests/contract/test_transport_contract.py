@@ -661,3 +661,42 @@ def test_a_paused_consumer_takes_no_tasks_until_resumed_but_hears_control(transp
     conn.publish(message("jobs"))
     stream.pump(0.3)
     assert not stream.tasks
+
+
+def test_kv_set_is_read_back_by_every_client(transport):
+    first, second = transport.client(), transport.client()
+    first.kv_set("beat:first-run", {"every-minute": 60.0})
+    assert second.kv_get("beat:first-run") == {"every-minute": 60.0}
+    second.kv_set("beat:first-run", 1)
+    assert first.kv_get("beat:first-run") == 1
+
+
+def test_status_lists_delayed_messages_soonest_first_when_asked(transport):
+    conn = transport.client()
+    conn.declare_queue("jobs")
+    now = time.time()
+    later, sooner = message("jobs", not_before=now + 600), message("jobs", not_before=now + 300)
+    conn.publish(later)
+    conn.publish(sooner)
+    assert "scheduled" not in conn.status() or not conn.status()["scheduled"]
+    listed = conn.status(scheduled=10)["scheduled"]
+    assert [row["id"] for row in listed] == [task_id(sooner), task_id(later)]
+    assert [row["queue"] for row in listed] == ["jobs", "jobs"]
+    assert listed[0]["name"] == "contract.task"
+    assert abs(listed[0]["eta"] - (now + 300)) < 1.0
+    assert [row["id"] for row in conn.status(scheduled=1)["scheduled"]] == [task_id(sooner)]
+
+
+def test_a_worker_reports_its_changed_description_to_status(transport):
+    stream = transport.consumer(["jobs"], hostname="w1")
+    conn = transport.client()
+    info = {"hostname": "w1", "concurrency": 1, "queues": ["jobs"], "state": "degraded",
+            "degraded": "the pool cannot start"}
+    stream.consumer.report(info)
+    stream.say()
+
+    def reported():
+        rows = [w for w in conn.status()["workers"] if w.get("hostname") == "w1"]
+        return rows and rows[0].get("state") == "degraded" and rows[0]
+    row = wait_for(reported, what="the degraded state in status")
+    assert row["degraded"] == "the pool cannot start"

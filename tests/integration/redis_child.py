@@ -21,6 +21,7 @@ def main(url, queue, prefetch, handovers):
     settings = config.Settings({"BROKER_URL": url})
     consumer = transport.consumer_for(settings, [queue], prefetch,
                                       {"hostname": "child", "pid": os.getpid()}, "child")
+    consumer.resume()
     deliveries = consumer.connect()
     deadline = time.monotonic() + 30
     while len(deliveries) < prefetch and time.monotonic() < deadline:

@@ -67,6 +67,7 @@ class Setup:
                                            "concurrency": 1, "queues": list(queues)},
                                           hostname)
         self.closers.append(consumer.close)
+        consumer.resume()               # a consumer starts paused (until a pool is ready)
         return Loop(consumer, consumer.connect())
 
     def close(self):

@@ -80,6 +80,7 @@ def consume_and_ack(url_of, count, prefetch):
     conn.publish_many([message() for _ in range(count)])
     consumer = transport.consumer_for(settings, ["jobs"], prefetch, {"hostname": "perf"},
                                       "perf")
+    consumer.resume()
     started = time.perf_counter()
     got = consumer.connect()            # the first fetch comes with the connection
     done = 0
@@ -103,6 +104,7 @@ def consume_and_ack(url_of, count, prefetch):
 def wake_latency(url_of, samples):
     settings, conn = fresh(url_of)
     consumer = transport.consumer_for(settings, ["jobs"], 10, {"hostname": "perf"}, "perf")
+    consumer.resume()
     for delivery in consumer.connect():
         consumer.ack(delivery.delivery_tag)
     latencies = []
