@@ -271,10 +271,13 @@ class Client(base.Client):
         self._publish([data], record=(key, json.dumps(value)))
 
     def publications(self, messages):
-        """Route encoded messages with the cached topology (reloaded first when one names an
-        exchange it does not know): `ops.Publication`s, all of one topology version."""
+        """Route messages (encoded, or `protocol.Message`s, which the task API hands over)
+        with the cached topology (reloaded first when one names an exchange it does not
+        know): `ops.Publication`s, all of one topology version."""
         topology = self.topology or self.reload()
-        parsed = [(bytes(data), P.parse_message(data)) for data in messages]
+        encoded = [bytes(data) if isinstance(data, (bytes, bytearray, memoryview))
+                   else P.encode_message(data) for data in messages]
+        parsed = [(data, P.parse_message(data)) for data in encoded]
         if not all(topology.has_exchange(fields.exchange) for _data, fields in parsed):
             topology = self.reload()
         return [ops.publication(topology, data, fields) for data, fields in parsed]

@@ -700,3 +700,14 @@ def test_a_worker_reports_its_changed_description_to_status(transport):
         return rows and rows[0].get("state") == "degraded" and rows[0]
     row = wait_for(reported, what="the degraded state in status")
     assert row["degraded"] == "the pool cannot start"
+
+
+def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport):
+    conn = transport.client()
+    conn.declare_queue("jobs")
+    data = message("jobs")
+    conn.publish(P.decode_message(data))
+    conn.publish_many([P.decode_message(message("jobs"))])
+    stream = transport.consumer(["jobs"])
+    first, _second = stream.receive(2)
+    assert task_id(first.data) == task_id(data)
