@@ -85,6 +85,7 @@ class Consumer(base.Consumer):
         self._calls = []                # script calls and commands for the next flush
         self._unblock = False           # the reader must stop blocking and fetch (flush)
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._finished = []             # tasks ended with no result to store, nothing to publish
         self._stash = []                # deliveries fetched by flush(), for read()
         self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
 
@@ -333,6 +334,13 @@ class Consumer(base.Consumer):
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None):
+        """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
+        its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
+        by a script call of its own. (`task_name` and `runtime`: Redis keeps no per-task
+        counts.)"""
+        if not store and not publish:
+            self._finished.append(task_id)
+            return
         self._calls.append(("result", (task_id, state, content_type, bytes(payload), store),
                             list(publish)))
 
@@ -401,7 +409,7 @@ class Consumer(base.Consumer):
     def out(self):
         """True when something waits for `flush()` (what the worker's loop looks at)."""
         return bool(self._calls or self._acks or self._started or self._starts
-                    or self._rejects or self._unblock)
+                    or self._rejects or self._finished or self._unblock)
 
     def end_turn(self):
         """Turn this turn's acks, starts and rejects into one SETTLE call."""
@@ -436,6 +444,13 @@ class Consumer(base.Consumer):
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         if settlement:
             self._calls.append(settlement.call(self.client.ttl_ms))
+        if self._finished:
+            # After the settlement, which may have handed these tasks over this same turn.
+            keys, finished = self.client.keys, self._finished
+            self._calls += [("HDEL", keys.inflight) + tuple(finished),
+                            ("HDEL", keys.handovers) + tuple(finished),
+                            ("ZREM", keys.orphans) + tuple(finished)]
+            self._finished = []
 
     def flush(self):
         """Say everything buffered in one round trip; False (nothing is ever left)."""

@@ -489,6 +489,25 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     assert waiting(conn, "jobs") == 0          # a handed-over task is not queued again
 
 
+def test_a_handed_over_task_that_ends_with_an_ignored_result_is_done(transport):
+    """Nothing is stored for it, and it is no longer running: its worker lost later does
+    not fail it with WorkerLostError."""
+    ignored = message("jobs")
+    conn = transport.jobs(ignored)
+    stream = transport.consumer(["jobs"], hostname="w1")
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(ignored)).state == "STARTED", what="the handover")
+    stream.consumer.store_result(task_id(ignored), "SUCCESS", "", b"", store=False)
+    stream.say()
+    wait_for(lambda: not conn.status()["running"], what="the task to be done")
+    stream.consumer.lost()
+    wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
+    # A WorkerLostError would be stored after the grace: wait past it (or for that).
+    assert conn.wait_result(task_id(ignored), timeout=GRACE + 0.5).state == "PENDING"
+
+
 # -- the rest --------------------------------------------------------------------------------
 
 def test_lease_is_held_by_one_holder_until_it_expires(transport):
