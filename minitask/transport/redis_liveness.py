@@ -25,6 +25,7 @@ import logging
 from ..exceptions import ReplyError
 from . import redis_ops as ops
 from .redis_keys import GROUP, LEVELS
+from .redis_replies import refused
 
 __all__ = ["housekeeping", "reap", "sweep", "backstop", "backstop_idle"]
 
@@ -41,11 +42,16 @@ def backstop_idle(heartbeat):
     return 6.0 * heartbeat
 
 
-def housekeeping(client):
+def housekeeping(client, due=None):
     """Promote due delayed messages, expire due messages, fail due orphans. Returns
-    ``(now, next due)`` in Redis's milliseconds (next due None when nothing waits)."""
+    ``(now, next due)`` in Redis's milliseconds (next due None when nothing waits). `due`:
+    the reply of an `ops.due_call` the caller has run already (in a pipeline of its own)."""
     keys = client.keys
-    now, delayed, expiring, orphans, next_due = client.script(ops.due_call(keys))
+    if due is None:
+        due = client.script(ops.due_call(keys))
+    elif isinstance(due, ReplyError):
+        raise refused(due)
+    now, delayed, expiring, orphans, next_due = due
     calls = []
     if delayed:
         calls.append(ops.promote_call(keys, delayed))

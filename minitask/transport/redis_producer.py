@@ -66,6 +66,11 @@ class Client(base.Client):
         self.settings = settings
         self.url = settings.BROKER_URL
         self.options = parse_redis_url(self.url)
+        if self.options.protocol != 2:
+            # The transport reads replies in RESP2's shapes (HGETALL, XREAD as arrays).
+            raise ConfigurationError("BROKER_URL %s: protocol=%d is not supported by the "
+                                     "transport (it speaks RESP2); leave protocol out"
+                                     % (self.options.display, self.options.protocol))
         self.keys = Keys(self.options.vhost)
         self.redis = RedisClient(self.options, ca_file=settings.get("BROKER_CA_FILE"))
         self.name = client
@@ -345,34 +350,41 @@ class Client(base.Client):
     def get_result(self, task_id):
         return self._result(task_id)[0]
 
-    def _result(self, task_id):
-        """``(Result, the id of its entry or "0-0")``."""
+    def _result(self, task_id, due=False):
+        """``(Result, the id of its entry or "0-0")``; with `due`, also the reply of a DUE
+        call run in the same round trip (for `housekeeping`)."""
         keys = self.keys
-        latest, inflight, handover = self.run([
-            ("XREVRANGE", keys.result(task_id), "+", "-", "COUNT", 1),
-            ("HGET", keys.inflight, task_id), ("HGET", keys.handovers, task_id)])
-        for reply in (latest, inflight, handover):
+        commands = [("XREVRANGE", keys.result(task_id), "+", "-", "COUNT", 1),
+                    ("HGET", keys.inflight, task_id), ("HGET", keys.handovers, task_id)]
+        replies = self.run(commands + ([ops.due_call(keys)] if due else []))
+        for reply in replies[:3]:
             if isinstance(reply, ReplyError):
                 raise reply
-        return read_result(task_id, latest, inflight, handover)
+        result = read_result(task_id, *replies[:3])
+        return (result, replies[3]) if due else result
 
     def wait_result(self, task_id, timeout=None):
         """Wait for a final state, blocking in XREAD on the task's result stream. Between
         blocks it does what is due (promotes, expiries, lost workers), since no broker
-        process of ours does."""
+        process of ours does; what is due is read in the same round trip as the result, and
+        a final state the XREAD brings back is the answer, with no read after it."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         key = self.keys.result(task_id)
         while True:
-            result, last_id = self._result(task_id)
+            (result, last_id), due = self._result(task_id, due=True)
             left = None if deadline is None else deadline - time.monotonic()
             if result.ready or (left is not None and left <= 0):
                 return result
-            now, next_due = housekeeping(self)
+            now, next_due = housekeeping(self, due)
             block = WAIT_SLICE if left is None else min(left, WAIT_SLICE)
             if next_due is not None:
                 block = min(block, max(0.001, (next_due - now) / 1000.0))
-            self.redis.execute("XREAD", "BLOCK", max(1, ops.ms(block)), "STREAMS", key,
-                               last_id, block=block, idempotent=True)
+            reply = self.redis.execute("XREAD", "BLOCK", max(1, ops.ms(block)), "STREAMS", key,
+                                       last_id, block=block, idempotent=True)
+            if isinstance(reply, list) and reply:       # RESP2: [[stream, entries]]
+                stored, _entry_id = read_result(task_id, reply[0][1][-1:], None, None)
+                if stored.ready:
+                    return stored
 
     def forget(self, task_ids, expired=False):
         """(`expired` asks for nothing more: Redis drops each result when its EXPIRE is up.)"""

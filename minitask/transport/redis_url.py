@@ -17,7 +17,8 @@ the ``default`` user. IPv6 addresses go in brackets. OPTIONS are ``name=value`` 
 by ``&``; an unknown name is an error, so a typo is never silently ignored:
 
     vhost=NAME                  the virtual host (below); default ``minitask``
-    protocol=2|3                the RESP version HELLO asks for; default 2
+    protocol=2|3                the RESP version HELLO asks for; default 2 (the transport
+                                needs 2; 3 is for the RESP client used alone)
     socket_timeout=SECONDS      how long to wait for a reply (plus any BLOCK time); default 10
     socket_connect_timeout=S    how long to wait for a connection; default 5
     retry_seconds=SECONDS       how long a command is tried again while the server is

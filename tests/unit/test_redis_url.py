@@ -3,7 +3,9 @@ import re
 
 import pytest
 
+from minitask import config
 from minitask.exceptions import ConfigurationError
+from minitask.transport import redis_producer
 from minitask.transport.redis_url import parse_redis_url
 
 
@@ -141,3 +143,8 @@ def test_a_refusal_never_repeats_the_password():
 def test_a_refusal_names_the_setting():
     with pytest.raises(ConfigurationError, match="^RESULT_BACKEND"):
         parse_redis_url("redis://h:0", name="RESULT_BACKEND")
+
+
+def test_the_transport_refuses_resp3_in_one_line_naming_it():
+    with pytest.raises(ConfigurationError, match="protocol=3 is not supported"):
+        redis_producer.Client(config.Settings({"BROKER_URL": "redis://h?protocol=3"}))
