@@ -1,6 +1,7 @@
 """Real `python -m minitask worker` processes on a real redis-server (``BROKER_URL=redis://``):
 the task API, results, retries with countdowns, rate limits, revocations, the CLI's inspect
-and status, and a worker killed with kill -9 losing nothing. Skips, saying why, where
+and status, a worker killed with kill -9 losing nothing, and the beat's lease across two
+workers. Skips, saying why, where
 redis-server is not installed.
 
 The workers are `cluster.Worker`s, the built-in broker's integration tests' own; what they ask
@@ -78,8 +79,9 @@ def broker(server, tmp_path):
 def start_worker(broker, tmp_path):
     workers = []
 
-    def start(name=None, args=()):
-        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args)
+    def start(name=None, args=(), modules="ittasks"):
+        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args,
+                        modules=modules)
         workers.append(worker)
         return worker.wait_ready()
     try:
@@ -168,3 +170,27 @@ def test_a_worker_killed_with_kill_9_loses_nothing(broker, start_worker, tmp_pat
     row = wait_for(lambda: (lambda q: q if q["ready"] == 0 and q["unacked"] == 0 else None)(
         broker.queue()), what="an empty queue")
     assert row["dead"] == 0
+
+
+def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
+        broker, start_worker, tmp_path):
+    def runs():
+        return [float(line) for line in ittasks.read_trace(tmp_path, "beat")]
+
+    def gaps(times):
+        return [b - a for a, b in zip(times, times[1:])]
+    workers = [start_worker(name, args=["--beat"], modules="ittasks,itbeat")
+               for name in ("beat1", "beat2")]
+    wait_for(lambda: len(runs()) >= 6, 20, what="six beats")
+    assert min(gaps(runs())) > 0.3                  # never two sends of one beat
+    holders = [w for w in workers if "this worker now sends" in w.output()]
+    assert len(holders) == 1
+    holder = holders[0]
+    other = workers[1 - workers.index(holder)]
+    holder.kill()
+    killed_at = time.time()
+    wait_for(lambda: "this worker now sends" in other.output(), 20,
+             what="the other worker to take the lease")
+    wait_for(lambda: len([t for t in runs() if t > killed_at]) >= 3, 20,
+             what="beats to go on")
+    assert min(gaps(runs())) > 0.3
