@@ -24,7 +24,6 @@ from .log import setup_logging
 from .broker.main import BrokerConfig, run_broker
 from .config import configure, parse_broker_url
 from .worker import Worker, djangofixup
-from .demo import run_demo
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -330,4 +329,5 @@ def _run_worker(args):
 
 
 def _run_demo(args):
+    from .demo import run_demo      # here: importing it registers the demo's tasks
     return run_demo()

@@ -214,9 +214,8 @@ class Connection(base.Client):
         while True:
             try:
                 return self._connect_once()
-            except BrokerConnectionError as exc:
-                turned_away = self.conversation is not None and \
-                    exc is self.conversation.closing_error
+            except BrokerConnectionError:
+                turned_away = self.conversation is not None and self.conversation.turned_away
                 if not turned_away or time.monotonic() + pause > deadline:
                     raise
             time.sleep(pause)

@@ -52,6 +52,7 @@ class Conversation:
         self.deliveries = collections.deque()
         self.errors = collections.deque(maxlen=100)   # of commands sent with seq 0, in order
         self.closing_error = None           # the last of those: why the broker may close next
+        self.turned_away = False            # the handshake was refused for want of room
         self._seq = 0
         self._unconfirmed = collections.deque()   # seqs waiting for a CONFIRM, in order
         self._failed = {}                   # seq -> the exception its ERROR frame carried
@@ -177,8 +178,10 @@ class Conversation:
     # -- the handshake (protocol section 6) --------------------------------------------------
 
     def _handshake(self, kind, seq, body):
-        if kind == P.ERROR:             # turned away: the broker closes next
-            self.closing_error = P.error_for(*P.decode_error(body))
+        if kind == P.ERROR:             # the broker closes next
+            code, text = P.decode_error(body)
+            self.turned_away = code == P.UNAVAILABLE    # no room now: worth asking again
+            self.closing_error = P.error_for(code, text)
             raise self.closing_error
         if kind == P.HEARTBEAT:
             return

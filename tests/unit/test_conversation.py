@@ -123,7 +123,15 @@ def test_an_error_during_the_handshake_is_raised_as_its_class():
     conversation, seq, _hello = opened(SECRET)
     with pytest.raises(BrokerConnectionError, match="too many connections") as raised:
         conversation.receive(P.encode_error(0, P.UNAVAILABLE, "too many connections"))
-    assert conversation.closing_error is raised.value      # the broker turned us away
+    assert conversation.closing_error is raised.value
+    assert conversation.turned_away                         # no room: worth asking again
+
+
+def test_a_failed_authentication_is_not_worth_asking_again():
+    conversation, seq, _hello = opened(SECRET)
+    with pytest.raises(AuthenticationError):
+        conversation.receive(P.encode_error(0, P.AUTH_FAILED, "authentication failed"))
+    assert not conversation.turned_away
 
 
 def test_a_client_turned_away_in_its_handshake_asks_again_until_it_gets_in():
