@@ -133,6 +133,7 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 _LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _QUEUE_KEYS = ("exchange", "exchange_type", "binding_key", "routing_key", "arguments", "durable")
+_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 _BROKER_URL = re.compile(   # scheme :// ( [IPv6 with an optional %zone] | name ) [:port] [/]
     r"([A-Za-z]+)://(?:\[([0-9A-Fa-f:.]+(?:%\w+)?)\]|([\w.-]+))(?::([0-9]+))?/?\Z")
 
@@ -275,11 +276,20 @@ def parse_broker_url(url, name="BROKER_URL"):
     """Split ``minitask[s]://HOST[:PORT]`` into (scheme, host, port, tls).
 
     An IPv6 host is written in brackets and returned without them; the port defaults to 5679.
+    A Redis URL (``redis://``, ``rediss://``, ``redis[s]+sentinel://``) is checked whole by
+    the Redis transport's parser; its first host is returned.
     """
+    scheme = url.partition("://")[0].lower() if isinstance(url, str) else None
+    if scheme in _REDIS_SCHEMES:
+        from .transport.redis_url import parse_redis_url
+        parsed = parse_redis_url(url, name)
+        host, port = parsed.hosts[0]
+        return scheme, host, port, parsed.tls
     match = _BROKER_URL.match(url) if isinstance(url, str) else None
     scheme = match.group(1).lower() if match else None
     if scheme not in ("minitask", "minitasks"):
-        raise _bad(name, url, "expected minitask://HOST:PORT or minitasks://HOST:PORT")
+        raise _bad(name, url, "expected minitask://HOST:PORT, minitasks://HOST:PORT or a "
+                              "Redis URL (redis://HOST:PORT/DB)")
     ipv6, host, port = match.group(2), match.group(3), match.group(4)
     if ipv6 is not None:
         try:

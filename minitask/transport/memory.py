@@ -420,7 +420,10 @@ class Broker:
 
     def _route(self, data):
         """Where a message goes, checked against every rule that may refuse it (raising the
-        refusal). Changes nothing, so that several publishes can be checked before any."""
+        refusal). Changes nothing, so that several publishes can be checked before any.
+        `data` is encoded, or a `protocol.Message` as the task API hands it over."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = P.encode_message(data)
         fields = P.parse_message(data)
         exchange, key = self._exchange(fields.exchange), fields.routing_key
         if exchange.name:

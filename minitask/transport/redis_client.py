@@ -44,17 +44,13 @@ from ..exceptions import (
     AuthenticationError, BrokerConnectionError, ConfigurationError, ProtocolError, ReplyError,
 )
 from . import resp
-from .redis_url import CERT_REQS, RedisURL, hostport, parse_redis_url
+from .redis_url import CERT_REQS, RETRY_SECONDS, RedisURL, hostport, parse_redis_url
 
 __all__ = ["RedisClient", "Script", "Backoff", "MIN_VERSION", "RETRY_SECONDS"]
 
 logger = logging.getLogger(__name__)
 
 MIN_VERSION = (6, 2)
-# Long enough for a Sentinel failover (down-after-milliseconds of 5-10 s plus the election)
-# and for a restarted server to load an AOF of a few GB; short enough that a caller hears
-# of an outage while it can still do something about it.
-RETRY_SECONDS = 20.0
 _RECV_BYTES = 256 * 1024
 
 _RETRY_PREFIXES = frozenset(("LOADING", "READONLY", "UNBLOCKED", "MASTERDOWN"))
@@ -213,11 +209,12 @@ class RedisClient:
     to the reply timeout (None: they may block forever, and so does the read).
     """
 
-    def __init__(self, url, ca_file=None, retry_seconds=RETRY_SECONDS, on_push=None,
+    def __init__(self, url, ca_file=None, retry_seconds=None, on_push=None,
                  connector=socket.create_connection, sleep=time.sleep, clock=time.monotonic):
         self.url = url if isinstance(url, RedisURL) else parse_redis_url(url)
         self.ca_file = ca_file
-        self.retry_seconds = retry_seconds
+        # The URL's retry_seconds unless given (RETRY_SECONDS unless the URL says).
+        self.retry_seconds = self.url.retry_seconds if retry_seconds is None else retry_seconds
         self.on_push = on_push              # callback(Push); without one pushes are dropped
         self.server_name = None             # from HELLO: "redis" or "valkey"
         self.server_version = None          # from HELLO, e.g. (7, 0, 15)
@@ -256,6 +253,14 @@ class RedisClient:
         if self._link is not None:
             self._link.close()
             self._link = None
+
+    def detach(self):
+        """Connect if needed, then hand the connection over: ``(socket, decoder)``, for a
+        caller that drives it itself (a consumer's non-blocking reads). This client forgets
+        it and makes a new one if used again."""
+        link = self._ensure_link()
+        self._link = None
+        return link.sock, link.decoder
 
     # -- commands --------------------------------------------------------------------------
 

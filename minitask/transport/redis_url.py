@@ -17,9 +17,12 @@ the ``default`` user. IPv6 addresses go in brackets. OPTIONS are ``name=value`` 
 by ``&``; an unknown name is an error, so a typo is never silently ignored:
 
     vhost=NAME                  the virtual host (below); default ``minitask``
-    protocol=2|3                the RESP version HELLO asks for; default 2
+    protocol=2|3                the RESP version HELLO asks for; default 2 (the transport
+                                needs 2; 3 is for the RESP client used alone)
     socket_timeout=SECONDS      how long to wait for a reply (plus any BLOCK time); default 10
     socket_connect_timeout=S    how long to wait for a connection; default 5
+    retry_seconds=SECONDS       how long a command is tried again while the server is
+                                unreachable, loading or failing over; default 20
     client_name=NAME            shown by CLIENT LIST
     ssl_ca_certs=PATH           CA file that signed the server's certificate (default: the
                                 ``ca_file`` given to the client, else the system's CAs)
@@ -29,12 +32,27 @@ by ``&``; an unknown name is an error, so a typo is never silently ignored:
     sentinel_username=U, sentinel_password=P   credentials for the Sentinels (the USER and
                                 PASSWORD in front of the hosts are the primary's)
 
+Options of the Redis transport (what a worker promises and what a publish waits for):
+
+    heartbeat=SECONDS           how long a worker that stopped renewing its heartbeat counts
+                                as alive; its messages go back to their queues within about
+                                1.5 times this after it died; default 10
+    handover_grace=SECONDS      how long a task handed over to a lost worker waits for that
+                                worker to come back and claim it before it fails with
+                                WorkerLostError; default 10
+    publish_confirm=none|wait:N|waitaof:L,N
+                                what a publish waits for once Redis holds the message:
+                                nothing more (none, the default), N replicas (WAIT N), or
+                                the primary's AOF fsync (L=1) and N replicas' (WAITAOF,
+                                Redis 7.2 and later); once per publish call or batch
+    publish_confirm_timeout=SECONDS   how long it waits for that; default 2
+
 The virtual host
 ----------------
 Several applications (or test runs) can share one Redis under different virtual hosts, as
-with RabbitMQ's. `RedisURL.hash_tag`, ``{NAME}``, starts every key of a vhost (e.g.
-``{myapp}:q:default``): one vhost never sees another's keys, and all of a vhost's keys hash
-to one Redis Cluster slot, so one script may touch any of them. NAME is 1 to 64 letters,
+with RabbitMQ's. `RedisURL.hash_tag`, ``{NAME}``, is in every key of a vhost (e.g.
+``mt:{myapp}:q:default:p4``): one vhost never sees another's keys, and all of a vhost's keys
+hash to one Redis Cluster slot, so one script may touch any of them. NAME is 1 to 64 letters,
 digits, ``_``, ``.`` or ``-``. (A DB number separates too, but a Cluster has only DB 0.)
 """
 
@@ -45,11 +63,15 @@ from urllib.parse import parse_qsl, unquote
 from ..exceptions import ConfigurationError
 
 __all__ = ["RedisURL", "parse_redis_url", "DEFAULT_PORT", "SENTINEL_PORT", "DEFAULT_VHOST",
-           "CERT_REQS", "hostport"]
+           "RETRY_SECONDS", "CERT_REQS", "hostport"]
 
 DEFAULT_PORT = 6379
 SENTINEL_PORT = 26379
 DEFAULT_VHOST = "minitask"
+# Long enough for a Sentinel failover (down-after-milliseconds of 5-10 s plus the election)
+# and for a restarted server to load an AOF of a few GB; short enough that a caller hears
+# of an outage while it can still do something about it.
+RETRY_SECONDS = 20.0
 
 _SCHEMES = {"redis": (False, False), "rediss": (True, False),
             "redis+sentinel": (False, True), "rediss+sentinel": (True, True)}
@@ -76,6 +98,30 @@ def _choice(*allowed):
     return convert
 
 
+def _grace(text):
+    value = float(text)
+    if not 0 <= value < 1e6:
+        raise ValueError("expected seconds, 0 or more")
+    return value
+
+
+def _publish_confirm(text):
+    """None, ("wait", replicas) or ("waitaof", local, replicas)."""
+    kind, _, count = text.lower().partition(":")
+    try:
+        if kind == "none" and not count:
+            return None
+        if kind == "wait" and int(count) >= 1:
+            return ("wait", int(count))
+        if kind == "waitaof":
+            local, _, replicas = count.partition(",")
+            if local in ("0", "1") and int(replicas) >= 0 and int(local) + int(replicas) >= 1:
+                return ("waitaof", int(local), int(replicas))
+    except ValueError:
+        pass                    # said below
+    raise ValueError("expected none, wait:N (N >= 1) or waitaof:L,N (L 0 or 1)")
+
+
 def _matching(pattern, expected):
     def convert(text):
         if not pattern.match(text):
@@ -92,6 +138,7 @@ _OPTIONS = {
     "protocol": (lambda text: int(_choice("2", "3")(text)), 2, None),
     "socket_timeout": (_seconds, 10.0, None),
     "socket_connect_timeout": (_seconds, 5.0, None),
+    "retry_seconds": (_grace, RETRY_SECONDS, None),
     "client_name": (_matching(_CLIENT_NAME, "expected a name without spaces"), None, None),
     "ssl_ca_certs": (str, None, "tls"),
     "ssl_certfile": (str, None, "tls"),
@@ -99,6 +146,10 @@ _OPTIONS = {
     "ssl_cert_reqs": (_choice(*CERT_REQS), "required", "tls"),
     "sentinel_username": (str, None, "sentinel"),
     "sentinel_password": (str, None, "sentinel"),
+    "heartbeat": (_seconds, 10.0, None),
+    "handover_grace": (_grace, 10.0, None),
+    "publish_confirm": (_publish_confirm, None, None),
+    "publish_confirm_timeout": (_seconds, 2.0, None),
 }
 
 

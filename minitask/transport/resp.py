@@ -111,11 +111,20 @@ def _argument(arg):
 
 def _encode_into(parts, args):
     parts.append(b"*%d\r\n" % len(args))
+    append = parts.append
     for arg in args:
-        data = arg if type(arg) is bytes else _argument(arg)
-        parts.append(b"$%d\r\n" % len(data))
-        parts.append(data)
-        parts.append(b"\r\n")
+        kind = type(arg)                # the common types first, without a call
+        if kind is bytes:
+            data = arg
+        elif kind is str:
+            data = arg.encode("utf-8")
+        elif kind is int:
+            data = b"%d" % arg
+        else:
+            data = _argument(arg)
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
 
 
 def encode_command(*args):

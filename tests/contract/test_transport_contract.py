@@ -489,6 +489,25 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     assert waiting(conn, "jobs") == 0          # a handed-over task is not queued again
 
 
+def test_a_handed_over_task_that_ends_with_an_ignored_result_is_done(transport):
+    """Nothing is stored for it, and it is no longer running: its worker lost later does
+    not fail it with WorkerLostError."""
+    ignored = message("jobs")
+    conn = transport.jobs(ignored)
+    stream = transport.consumer(["jobs"], hostname="w1")
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(ignored)).state == "STARTED", what="the handover")
+    stream.consumer.store_result(task_id(ignored), "SUCCESS", "", b"", store=False)
+    stream.say()
+    wait_for(lambda: not conn.status()["running"], what="the task to be done")
+    stream.consumer.lost()
+    wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
+    # A WorkerLostError would be stored after the grace: wait past it (or for that).
+    assert conn.wait_result(task_id(ignored), timeout=GRACE + 0.5).state == "PENDING"
+
+
 # -- the rest --------------------------------------------------------------------------------
 
 def test_lease_is_held_by_one_holder_until_it_expires(transport):
@@ -661,3 +680,53 @@ def test_a_paused_consumer_takes_no_tasks_until_resumed_but_hears_control(transp
     conn.publish(message("jobs"))
     stream.pump(0.3)
     assert not stream.tasks
+
+
+def test_kv_set_is_read_back_by_every_client(transport):
+    first, second = transport.client(), transport.client()
+    first.kv_set("beat:first-run", {"every-minute": 60.0})
+    assert second.kv_get("beat:first-run") == {"every-minute": 60.0}
+    second.kv_set("beat:first-run", 1)
+    assert first.kv_get("beat:first-run") == 1
+
+
+def test_status_lists_delayed_messages_soonest_first_when_asked(transport):
+    conn = transport.client()
+    conn.declare_queue("jobs")
+    now = time.time()
+    later, sooner = message("jobs", not_before=now + 600), message("jobs", not_before=now + 300)
+    conn.publish(later)
+    conn.publish(sooner)
+    assert "scheduled" not in conn.status() or not conn.status()["scheduled"]
+    listed = conn.status(scheduled=10)["scheduled"]
+    assert [row["id"] for row in listed] == [task_id(sooner), task_id(later)]
+    assert [row["queue"] for row in listed] == ["jobs", "jobs"]
+    assert listed[0]["name"] == "contract.task"
+    assert abs(listed[0]["eta"] - (now + 300)) < 1.0
+    assert [row["id"] for row in conn.status(scheduled=1)["scheduled"]] == [task_id(sooner)]
+
+
+def test_a_worker_reports_its_changed_description_to_status(transport):
+    stream = transport.consumer(["jobs"], hostname="w1")
+    conn = transport.client()
+    info = {"hostname": "w1", "concurrency": 1, "queues": ["jobs"], "state": "degraded",
+            "degraded": "the pool cannot start"}
+    stream.consumer.report(info)
+    stream.say()
+
+    def reported():
+        rows = [w for w in conn.status()["workers"] if w.get("hostname") == "w1"]
+        return rows and rows[0].get("state") == "degraded" and rows[0]
+    row = wait_for(reported, what="the degraded state in status")
+    assert row["degraded"] == "the pool cannot start"
+
+
+def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport):
+    conn = transport.client()
+    conn.declare_queue("jobs")
+    data = message("jobs")
+    conn.publish(P.decode_message(data))
+    conn.publish_many([P.decode_message(message("jobs"))])
+    stream = transport.consumer(["jobs"])
+    first, _second = stream.receive(2)
+    assert task_id(first.data) == task_id(data)

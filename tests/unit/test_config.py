@@ -243,7 +243,8 @@ def test_a_bad_environment_value_names_the_variable_and_value(name, text, messag
     ("DEFAULT_EXCHANGE_TYPE", "fan",
      "DEFAULT_EXCHANGE_TYPE='fan': expected direct, topic, fanout or headers"),
     ("BROKER_URL", "amqp://localhost:5672",
-     "BROKER_URL='amqp://localhost:5672': expected minitask://HOST:PORT or minitasks://HOST:PORT"),
+     "BROKER_URL='amqp://localhost:5672': expected minitask://HOST:PORT, "
+     "minitasks://HOST:PORT or a Redis URL (redis://HOST:PORT/DB)"),
     ("BROKER_URL", "minitask://localhost:0",
      "BROKER_URL='minitask://localhost:0': expected a port from 1 to 65535"),
     ("QUEUES", ["video"], "QUEUES=['video']: expected a dict of queue name -> options"),
@@ -409,6 +410,22 @@ def test_broker_urls_that_parse(url, expected):
     assert parse_broker_url(url) == expected
 
 
+@pytest.mark.parametrize("url, expected", [
+    ("redis://cache:6380/2?vhost=app", ("redis", "cache", 6380, False)),
+    ("rediss://:secret@cache", ("rediss", "cache", 6379, True)),
+    ("redis+sentinel://s1:26380,s2/mymaster/0", ("redis+sentinel", "s1", 26380, False)),
+])
+def test_redis_urls_parse_with_the_redis_transports_rules(url, expected):
+    assert parse_broker_url(url) == expected
+    assert load_settings(environ={"MINITASK_BROKER_URL": url}).BROKER_URL == url
+
+
+def test_a_bad_redis_url_is_refused_naming_the_setting_and_what_is_wrong():
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(environ={"MINITASK_BROKER_URL": "redis://h?heartbeat=never"})
+    assert str(info.value).startswith("MINITASK_BROKER_URL redis://h: heartbeat='never'")
+
+
 @pytest.mark.parametrize("url", [
     "amqp://guest@localhost:5672//", "minitask://user@host:5679", "minitask://host:5679/vhost",
     "minitask://:5679", "minitask://host:port", "minitask://[::1", "minitask://::1:5679",
@@ -417,8 +434,8 @@ def test_broker_urls_that_parse(url, expected):
 def test_broker_urls_that_do_not_parse(url):
     with pytest.raises(ConfigurationError) as info:
         parse_broker_url(url)
-    assert str(info.value) == (f"BROKER_URL={url!r}: expected minitask://HOST:PORT "
-                               "or minitasks://HOST:PORT")
+    assert str(info.value) == (f"BROKER_URL={url!r}: expected minitask://HOST:PORT, "
+                               "minitasks://HOST:PORT or a Redis URL (redis://HOST:PORT/DB)")
 
 
 @pytest.mark.parametrize("url, expected", [
@@ -618,8 +635,8 @@ def test_each_spelling_of_a_mapped_celery_setting(label, value, name, expected):
 
 
 def test_a_bad_value_under_a_celery_name_is_reported_under_that_name():
-    assert load_error(broker_url="redis://localhost:6379/0").startswith(
-        "broker_url='redis://localhost:6379/0': expected minitask://HOST:PORT")
+    assert load_error(broker_url="amqp://localhost:5672//").startswith(
+        "broker_url='amqp://localhost:5672//': expected minitask://HOST:PORT")
     assert load_error(CELERY_TASK_ROUTES=5).startswith("CELERY_TASK_ROUTES=5:")
 
 

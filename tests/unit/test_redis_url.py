@@ -3,7 +3,9 @@ import re
 
 import pytest
 
+from minitask import config
 from minitask.exceptions import ConfigurationError
+from minitask.transport import redis_producer
 from minitask.transport.redis_url import parse_redis_url
 
 
@@ -73,7 +75,33 @@ def test_other_options():
         3, 2.5, 1.0, "worker-1")
 
 
+def test_transport_options_and_their_defaults():
+    url = parse_redis_url("redis://h")
+    assert (url.heartbeat, url.handover_grace, url.publish_confirm,
+            url.publish_confirm_timeout, url.retry_seconds) == (10.0, 10.0, None, 2.0, 20.0)
+    url = parse_redis_url("redis://h?heartbeat=2&handover_grace=0&publish_confirm=wait:2"
+                          "&publish_confirm_timeout=0.5&retry_seconds=0")
+    assert (url.heartbeat, url.handover_grace, url.publish_confirm,
+            url.publish_confirm_timeout, url.retry_seconds) == (2.0, 0.0, ("wait", 2), 0.5, 0.0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("none", None), ("wait:1", ("wait", 1)), ("WAIT:3", ("wait", 3)),
+    ("waitaof:1,0", ("waitaof", 1, 0)), ("waitaof:0,2", ("waitaof", 0, 2)),
+    ("waitaof:1,1", ("waitaof", 1, 1)),
+])
+def test_publish_confirm_forms(text, expected):
+    assert parse_redis_url("redis://h?publish_confirm=" + text).publish_confirm == expected
+
+
 @pytest.mark.parametrize("url,message", [
+    ("redis://h?publish_confirm=wait:0", "expected none, wait:N"),
+    ("redis://h?publish_confirm=wait", "expected none, wait:N"),
+    ("redis://h?publish_confirm=waitaof:0,0", "expected none, wait:N"),
+    ("redis://h?publish_confirm=waitaof:2,1", "expected none, wait:N"),
+    ("redis://h?publish_confirm=fsync", "expected none, wait:N"),
+    ("redis://h?heartbeat=0", "above 0"),
+    ("redis://h?handover_grace=-1", "0 or more"),
     ("amqp://h", "expected redis://"),
     ("h:6379", "expected redis://"),
     ("redis://h:0", "port 0 is not between 1 and 65535"),
@@ -115,3 +143,8 @@ def test_a_refusal_never_repeats_the_password():
 def test_a_refusal_names_the_setting():
     with pytest.raises(ConfigurationError, match="^RESULT_BACKEND"):
         parse_redis_url("redis://h:0", name="RESULT_BACKEND")
+
+
+def test_the_transport_refuses_resp3_in_one_line_naming_it():
+    with pytest.raises(ConfigurationError, match="protocol=3 is not supported"):
+        redis_producer.Client(config.Settings({"BROKER_URL": "redis://h?protocol=3"}))

@@ -1,0 +1,584 @@
+"""The worker's side of the Redis transport: a selectable, non-blocking `Consumer`.
+
+Two connections:
+
+- the *reader*, whose socket is the worker's `fileno()`: it only ever has one command
+  outstanding, an XREAD that blocks on the control stream, the consumer's own wake stream
+  and, while the worker has credit, its queues' bells. When it answers (a bell rang, a
+  control command came, it was woken, or its block ran out), the socket is readable, and
+  `read()` takes what it answered and arms it again;
+- the *writer* (a `redis_producer.Client`): in `read()`, a FETCH of up to the worker's
+  credit; in `flush()`, once per loop turn, everything the worker said (results with what
+  they unlock, acks, starts, rejects, control replies) in one pipelined round trip.
+
+Credit is the worker's prefetch (plus what it holds itself, `set_extra_credit`) less the
+messages it holds. A worker out of credit does not wait on the bells. When an ack gives
+credit back, `flush()` fetches in the same round trip and writes to the consumer's wake
+stream, so the reader answers and the next `read()` hands over what came. (A stream rather
+than CLIENT UNBLOCK: an unblock that reaches Redis before the XREAD it means to end is lost,
+an entry is not.) Before each block, `read()` renews the worker's heartbeat and leases when
+due, sweeps for dead workers when due, and does what is due on Redis's clock
+(`redis_liveness`); a block never lasts past the next of those.
+
+Deliveries are the seam's `Delivery`; a tag names one held entry (`redis_ops.Held`) and
+means something only in the generation (connection) that delivered it.
+"""
+
+import json
+import logging
+import os
+import time
+import uuid
+
+from ..exceptions import BrokerConnectionError, MinitaskError, ReplyError
+from . import base, declare_topology, declare_worker_queues
+from . import redis_ops as ops
+from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
+from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
+from .redis_reader import Reader
+from .redis_replies import STALE, refused
+
+__all__ = ["Consumer", "CONTROL_TAG"]
+
+logger = logging.getLogger(__name__)
+
+CONTROL_TAG = 1
+# The longest a reader blocks even with nothing due (a failover is noticed at least this
+# often).
+MAX_BLOCK = 5.0
+_WHY = {ops.REVOKED: "revoked", ops.EXPIRED: "expired", ops.MALFORMED: ""}
+
+
+class Consumer(base.Consumer):
+    """A worker's consumer of `queues` on Redis (see the module docstring)."""
+
+    control_tag = CONTROL_TAG
+
+    def __init__(self, settings, queues, prefetch, worker_info, hostname):
+        self.settings = settings
+        self.queues = list(queues)
+        self.prefetch = prefetch
+        self.worker_info = dict(worker_info or {})
+        self.hostname = hostname
+        self.id = "%s:%d:%s" % (hostname, os.getpid(), uuid.uuid4().hex[:8])
+        self.extra_credit = 0
+        self.paused = True              # takes no task until resume() (the pool is ready)
+        self.client = None              # the writer, and the topology
+        self.reader = None
+        self.generation = 0
+        self.consumed = set(self.queues)    # every queue ever consumed: what reap looks in
+        self.queue_tags = {}
+        self.held = {}                  # delivery tag -> ops.Held
+        self._next_tag = 1
+        self._first = 0                 # which queue a fetch starts with (fairness)
+        self._control_id = "0-0"
+        self._wake_id = "0-0"
+        self._bells = {}                # queue -> the id of its bell at the last fetch
+        self._more = False              # the last fetch left messages it had no credit for
+        self._due_at = None             # monotonic time the next thing is due in Redis
+        self._renew_at = self._sweep_at = 0.0
+        self._described = None         # the description Redis has (JSON)
+        self._connected_at = 0.0
+        self._forget_turn()
+
+    def _forget_turn(self):
+        self._calls = []                # script calls and commands for the next flush
+        self._unblock = False           # the reader must stop blocking and fetch (flush)
+        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._finished = []             # tasks ended with no result to store, nothing to publish
+        self._stash = []                # deliveries fetched by flush(), for read()
+        self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
+
+    # -- options ----------------------------------------------------------------------------
+
+    @property
+    def heartbeat_seconds(self):
+        return self.client.options.heartbeat if self.client else 10.0
+
+    def _timing(self):
+        heartbeat = self.client.options.heartbeat
+        return heartbeat / 3.0, heartbeat / 2.0          # renew every, sweep every
+
+    def credit(self):
+        """How many more messages this worker takes now (none while paused)."""
+        if self.paused:
+            return 0
+        return self.prefetch + self.extra_credit - len(self.held)
+
+    # -- connecting -------------------------------------------------------------------------
+
+    def connect(self, timeout=5.0):
+        client = Client(self.settings, client="minitask-worker", timeout=timeout)
+        try:
+            client.connect()
+            declare_topology(client, self.settings)
+            declare_worker_queues(client, self.settings, self.queues)
+            if self.generation:         # what the last connection held goes back first
+                reap(client, self.id, sorted(self.consumed), client.options.handover_grace)
+            keys = client.keys
+            self._connected_at = time.time()
+            self._described = self._description()
+            client.script(ops.register_call(keys, self.id, self._described,
+                                            ops.ms(client.options.heartbeat), self.prefetch))
+            last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
+            self._control_id = last[0][0].decode("ascii") if last else "0-0"
+            reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
+        except BaseException:
+            client.redis.close()
+            raise
+        self.client, self.reader = client, reader
+        self._wake_id = "0-0"           # REGISTER emptied the wake stream
+        self.generation += 1
+        self.held = {}
+        self._forget_turn()
+        self.queue_tags = {name: index + 2 for index, name in enumerate(self.queues)}
+        self._bells = {}
+        self._more = False
+        now = time.monotonic()
+        renew_every, sweep_every = self._timing()
+        self._renew_at, self._sweep_at = now + renew_every, now
+        return self._fetch_and_arm(fetch=True)
+
+    def _description(self):
+        return json.dumps(dict(self.worker_info, hostname=self.hostname,
+                               queues=list(self.queues), consumed=sorted(self.consumed),
+                               prefetch=self.prefetch, consumer=self.id,
+                               connected_at=self._connected_at), sort_keys=True)
+
+    @property
+    def connected(self):
+        return self.reader is not None and self.client is not None
+
+    def fileno(self):
+        return self.reader.fileno()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self):
+        if not self.connected:
+            raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
+        deliveries, self._stash = self._stash, []
+        woken = rang = False
+        try:
+            for reply in self.reader.replies():
+                woken = True
+                control, bells = self._control(reply)
+                deliveries += control
+                rang = rang or bells
+            if woken or not self.reader.waiting:
+                # A wake after flush() fetched needs no fetch of its own.
+                fetch = rang or not self._fetched
+                self._fetched = False
+                deliveries += self._fetch_and_arm(fetch)
+        except BrokerConnectionError:
+            self._drop_connections()
+            raise
+        return deliveries
+
+    def _control(self, reply):
+        """The control commands in an XREAD reply, and whether it calls for a fetch (a bell
+        rang, or the block ran out: None)."""
+        if reply is None:
+            return [], True
+        deliveries, rang = [], False
+        keys = self.client.keys
+        control_key = keys.control.encode("utf-8")
+        wake_key = keys.wake(self.id).encode("utf-8")
+        for stream, entries in reply:
+            if stream == wake_key:
+                self._wake_id = entries[-1][0].decode("ascii")
+            if stream != control_key:
+                rang = rang or stream != wake_key
+                continue
+            for entry_id, fields in entries:
+                self._control_id = entry_id.decode("ascii")
+                data = dict(zip(fields[0::2], fields[1::2])).get(b"m")
+                if data is not None:
+                    deliveries.append(base.Delivery(0, CONTROL_TAG, False, 1, data))
+        return deliveries, rang
+
+    def _fetch_and_arm(self, fetch):
+        """Do what is due, fetch up to the credit (when `fetch`), and arm the reader."""
+        self._maintain()
+        deliveries = []
+        now = time.monotonic()
+        if self._due_at is not None and now >= self._due_at:
+            redis_now, next_due = housekeeping(self.client)
+            self._set_due(redis_now, next_due)
+        if fetch and self.credit() > 0 and self.queues:
+            deliveries = self._fetch()
+        self._arm()
+        return deliveries
+
+    def _fetch(self):
+        return self._take(self.client.script(self._fetch_call()))
+
+    def _fetch_call(self):
+        self._first = (self._first + 1) % len(self.queues)
+        return ops.fetch_call(self.client.keys, self.id, self.credit(), self._live_until(),
+                              self._first, self.queues)
+
+    def _take(self, reply):
+        """The deliveries of a FETCH reply; the entries flagged to be dropped are dropped
+        now, so that nobody sees them as unacked meanwhile."""
+        client, keys = self.client, self.client.keys
+        fetched = ops.parse_fetch(reply)
+        if fetched is None:
+            raise BrokerConnectionError("%s: this worker (%s) was presumed dead by a sweeper; "
+                                        "reconnecting" % (client.options.display, self.id))
+        self._set_due(fetched.now, fetched.next_due)
+        self._more = fetched.more
+        self._bells = dict(zip(self.queues, fetched.bells))
+        deliveries, drops = [], []
+        for queue_index, level, returned, entry_id, data, before, flag in fetched.entries:
+            queue = self.queues[queue_index]
+            tag = self._next_tag
+            self._next_tag += 1
+            held = ops.Held(tag, queue, level, returned, entry_id, data, before + 1)
+            self.held[tag] = held
+            if flag == ops.OK:
+                deliveries.append(base.Delivery(tag, self.queue_tags.get(queue, 2),
+                                                before > 0, before + 1, data))
+            else:
+                if flag == ops.MALFORMED:
+                    logger.error("dropped a malformed message %s of queue %r", entry_id, queue)
+                drops.append((tag, _WHY[flag]))
+        if drops:
+            settlement = ops.Settlement(keys)
+            for tag, why in drops:
+                settlement.give_back(self.held.pop(tag), self.id, "drop", client.topology,
+                                     why=why)
+            client.script(settlement.call(client.ttl_ms))
+        return deliveries
+
+    def _set_due(self, redis_now, next_due):
+        self._due_at = None if next_due is None else \
+            time.monotonic() + max(0.0, (next_due - redis_now) / 1000.0)
+
+    def _live_until(self):
+        """Until when (Redis ms) this consumer's announced credit counts: one heartbeat."""
+        return int(time.time() * 1000) + ops.ms(self.client.options.heartbeat)
+
+    def _arm(self):
+        """Send the reader's next XREAD, unless one is outstanding."""
+        reader = self.reader
+        if reader.waiting:
+            return
+        now = time.monotonic()
+        block = min(MAX_BLOCK, max(0.0, self._renew_at - now), max(0.0, self._sweep_at - now))
+        if self._due_at is not None:
+            block = min(block, max(0.0, self._due_at - now))
+        keys = self.client.keys
+        streams = [keys.control, keys.wake(self.id)]
+        ids = [self._control_id, self._wake_id]
+        reader.with_bells = self.credit() > 0 and bool(self.queues)
+        if reader.with_bells:
+            for name in self.queues:
+                streams.append(keys.bell(name))
+                ids.append(self._bells.get(name, "0-0"))
+        reader.send(("XREAD", "COUNT", 100, "BLOCK", max(1, ops.ms(block)), "STREAMS")
+                    + tuple(streams) + tuple(ids))
+        reader.waiting = True
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    def _maintain(self):
+        """Renew heartbeat and leases, and sweep for dead workers, when each is due."""
+        now = time.monotonic()
+        renew_every, sweep_every = self._timing()
+        if now >= self._renew_at:
+            self._renew_at = now + renew_every
+            self._renew()
+        if now >= self._sweep_at:
+            self._sweep_at = now + sweep_every
+            client, options = self.client, self.client.options
+            sweep(client, self.id, sweep_every, options.handover_grace)
+            idle = backstop_idle(options.heartbeat)
+            backstop(client, self.id, idle / 2.0, idle)
+
+    def _renew(self):
+        client, keys = self.client, self.client.keys
+        by_stream = {}
+        for held in self.held.values():
+            by_stream.setdefault(held.stream(keys), []).append(held.id)
+        description = self._description()
+        changed = description != self._described
+        if changed:
+            self._described = description
+        reply = client.script(ops.renew_call(
+            keys, self.id, ops.ms(client.options.heartbeat), max(0, self.credit()),
+            self._live_until(), self.prefetch + self.extra_credit,
+            description if changed else "", self.queues, by_stream))
+        if reply and reply[0] == b"GONE":
+            raise BrokerConnectionError("%s: this worker (%s) was presumed dead by a "
+                                        "sweeper; reconnecting"
+                                        % (client.options.display, self.id))
+
+    def heartbeat(self):
+        if self.connected:
+            self._maintain()
+
+    # -- what the worker says ---------------------------------------------------------------
+
+    def ack(self, tag):
+        self._acks.append(tag)
+
+    def ack_started(self, tag):
+        self._started.append(tag)
+
+    def started(self, tag):
+        self._starts.append(tag)
+
+    def reject(self, tag, requeue=True):
+        self._rejects.append((tag, requeue))
+
+    def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
+                     task_name="", runtime=None):
+        """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
+        its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
+        by a script call of its own. (`task_name` and `runtime`: Redis keeps no per-task
+        counts.)"""
+        if not store and not publish:
+            self._finished.append(task_id)
+            return
+        self._calls.append(("result", (task_id, state, content_type, bytes(payload), store),
+                            list(publish)))
+
+    def reply(self, reply_to, data):
+        key = self.client.keys.reply(reply_to) if self.client else None
+        if key is not None:
+            self._calls.append(("XADD", key, "MAXLEN", "~", 1000, "*", "m", data))
+            self._calls.append(("PEXPIRE", key, ops.ms(REPLY_SECONDS)))
+
+    def claim(self, task_ids):
+        if self.client is not None:
+            self._calls.append(ops.claim_call(self.client.keys, self.id, list(task_ids)))
+
+    def set_extra_credit(self, held):
+        had_credit = self.credit() > 0
+        self.extra_credit = held
+        if not had_credit and self.credit() > 0:
+            self._unblock = True        # the reader waits without the bells: wake it
+
+    def add_queue(self, name):
+        if name in self.queues:
+            return False
+        if self.connected:
+            declare_worker_queues(self.client, self.settings, [name])
+        self.queues.append(name)
+        self.consumed.add(name)
+        self.queue_tags[name] = max(list(self.queue_tags.values()) + [1]) + 1
+        self._renew_at = 0.0            # tell Redis (status, sweepers) at once
+        self._unblock = True
+        return True
+
+    def cancel_queue(self, name):
+        if name not in self.queues:
+            return False
+        self.queues.remove(name)
+        if self.connected:
+            self._calls.append(("HDEL", self.client.keys.queue_consumers(name), self.id))
+        self._renew_at = 0.0
+        self._unblock = True
+        return True
+
+    def pause(self):
+        """Take no more tasks: with no credit, fetches stop and the reader stops waiting on
+        the queues' bells (what is held stays held)."""
+        self.paused = True
+        self._renew_at = 0.0            # announce the zero credit at the next turn
+
+    def resume(self):
+        if not self.paused:
+            return
+        self.paused = False
+        self._renew_at = 0.0
+        self._unblock = True            # the reader waits without the bells: wake it
+
+    def report(self, info):
+        """The worker's description changed: the next renewal stores it (for status)."""
+        self.worker_info = dict(info or {})
+        self._renew_at = 0.0
+        self._unblock = True            # so that the worker's loop flushes, and renews
+
+    def cancel_all(self):
+        for name in list(self.queues):
+            self.cancel_queue(name)
+
+    @property
+    def out(self):
+        """True when something waits for `flush()` (what the worker's loop looks at)."""
+        return bool(self._calls or self._acks or self._started or self._starts
+                    or self._rejects or self._finished or self._unblock)
+
+    def end_turn(self):
+        """Turn this turn's acks, starts and rejects into one SETTLE call."""
+        if not self.connected:
+            return
+        settlement = ops.Settlement(self.client.keys)
+        for tag in self._started:
+            held = self.held.pop(tag, None)
+            if held is not None:
+                settlement.ack(held, self.id, handover=True)
+        for tag in self._starts:
+            held = self.held.get(tag)
+            if held is not None:
+                settlement.start(held, self.id)
+        for tag in self._acks:
+            held = self.held.pop(tag, None)
+            if held is not None:
+                settlement.ack(held, self.id)
+        topology = self.client.topology
+        for tag, requeue in self._rejects:
+            held = self.held.pop(tag, None)
+            if held is None:
+                continue
+            queue = topology.queues.get(held.queue)
+            if requeue:
+                mode = "requeue"
+            elif queue is not None and queue.args["dead_letter_queue"]:
+                mode = "dead"
+            else:
+                mode = "drop"
+            settlement.give_back(held, self.id, mode, topology)
+        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        if settlement:
+            self._calls.append(settlement.call(self.client.ttl_ms))
+        if self._finished:
+            # After the settlement, which may have handed these tasks over this same turn.
+            keys, finished = self.client.keys, self._finished
+            self._calls += [("HDEL", keys.inflight) + tuple(finished),
+                            ("HDEL", keys.handovers) + tuple(finished),
+                            ("ZREM", keys.orphans) + tuple(finished)]
+            self._finished = []
+
+    def flush(self):
+        """Say everything buffered in one round trip; False (nothing is ever left)."""
+        if not self.connected:
+            if self._calls:
+                raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
+            return False
+        self.end_turn()
+        reader = self.reader
+        if reader.waiting and (self._unblock or (
+                self.credit() > 0 and self.queues and (self._more or not reader.with_bells))):
+            # Credit came back (or the queues changed): fetch in this same round trip, and
+            # wake the reader, so that the worker's select returns and read() hands over
+            # what came.
+            if self.credit() > 0 and self.queues:
+                self._calls.append(("fetch",))
+            self._calls.append(("XADD", self.client.keys.wake(self.id), "MAXLEN", "~", 100,
+                                "*", "w", "1"))
+        self._unblock = False
+        calls, self._calls = self._calls, []
+        try:
+            if calls:
+                self._say(calls)
+            self._maintain()
+        except BrokerConnectionError:
+            self._drop_connections()
+            raise
+        return False
+
+    def _say(self, calls):
+        """Run the buffered calls in order: results (with what they unlock) become PUBLISH
+        calls routed now; a result whose topology changed meanwhile is routed again."""
+        client = self.client
+        for _ in range(STALE_ATTEMPTS):
+            built = [self._build(call) for call in calls]
+            # publish_confirm waits for what results and publishes wrote, not for acks: an
+            # ack lost in a failover means a redelivery, never a lost task.
+            confirm = client.confirm_commands() if any(
+                call[0] == "result" for call in calls) else []
+            replies = client.run([call for call in built if call is not None] + confirm)
+            results = replies[:len(replies) - len(confirm)]
+            client.check_confirm(replies[len(results):])
+            stale = []
+            replies = iter(results)
+            for call, built_call in zip(calls, built):
+                if built_call is None:
+                    continue
+                reply = next(replies)
+                if call[0] == "fetch":
+                    if isinstance(reply, ReplyError):
+                        raise refused(reply)
+                    self._stash += self._take(reply)
+                    self._fetched = True
+                elif isinstance(reply, ReplyError):
+                    error = refused(reply)
+                    if error is STALE:
+                        stale.append(call)
+                    else:
+                        logger.error("Redis refused %s: %s", _name(call), error)
+            if not stale:
+                return
+            client.reload()
+            calls = stale
+        logger.error("results not stored: the topology kept changing")
+
+    def _build(self, call):
+        """A buffered call as what `client.run` takes (None for a result that cannot be
+        routed, which is logged)."""
+        if call[0] == "fetch":
+            return self._fetch_call()
+        if call[0] != "result":
+            return call
+        client = self.client
+        _kind, result, publish = call
+        try:
+            publications = client.publications(publish)
+        except MinitaskError as exc:
+            logger.error("result of %s not stored: what it unlocks cannot be published: %s",
+                         result[0], exc)
+            return None
+        return client.publish_call(publications, result=result)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def _drop_connections(self):
+        if self.reader is not None:
+            self.reader.close()
+        if self.client is not None:
+            self.client.redis.close()
+        self.reader = None
+
+    def lost(self):
+        """The connection failed: forget it. What it held goes back to its queues now if
+        Redis can be reached at once (else a sweeper returns it within a heartbeat or so)."""
+        client = self.client
+        self._drop_connections()
+        self.client = None
+        self.held = {}
+        self._forget_turn()
+        self._unblock = False
+        if client is not None:
+            quick = Client(self.settings, client="minitask-worker")
+            quick.redis.retry_seconds = 0.0
+            try:
+                reap(quick, self.id, sorted(self.consumed), quick.options.handover_grace)
+            except (MinitaskError, OSError) as exc:
+                logger.info("could not give back what %s held (a sweeper will): %s", self.id, exc)
+            finally:
+                quick.redis.close()
+
+    def close(self):
+        """Say what is buffered, give back what is held (reaping itself), and close."""
+        if self.client is None:
+            return
+        try:
+            self.end_turn()
+            calls, self._calls = self._calls, []
+            if calls:
+                self._say(calls)
+            reap(self.client, self.id, sorted(self.consumed),
+                 self.client.options.handover_grace)
+        except (MinitaskError, OSError) as exc:
+            logger.warning("could not send the last acks and results: %s", exc)
+        self._drop_connections()
+        self.client = None
+        self.held = {}
+        self._forget_turn()
+
+
+def _name(call):
+    return "a result" if call[0] == "result" else getattr(call[0], "sha1", call[0])

@@ -1,0 +1,86 @@
+"""The Redis consumer's reader: one connection whose socket a worker's selector waits on.
+
+It carries one command at a time, an XREAD that blocks in Redis (see `redis_consumer`), and
+is driven without blocking: `send` writes as far as the socket takes (the rest goes with the
+next call), `replies` takes whatever has arrived, and says when the command was answered.
+Any error reply, UNBLOCKED in a failover above all, ends the connection.
+"""
+
+import ssl
+
+from ..exceptions import BrokerConnectionError, ProtocolError, ReplyError
+from . import resp
+from .redis_client import RedisClient
+
+__all__ = ["Reader"]
+
+_RECV_BYTES = 256 * 1024
+
+
+class Reader:
+    """The reader connection: one blocking XREAD at a time, driven without blocking."""
+
+    def __init__(self, options, ca_file):
+        redis = RedisClient(options, ca_file=ca_file)
+        self.url = options.display
+        self.sock, self.decoder = redis.detach()
+        self.sock.setblocking(False)
+        self.waiting = False            # an XREAD is outstanding
+        self.with_bells = False         # ... and it waits on the bells too
+        self.out = bytearray()
+        self.scratch = bytearray(_RECV_BYTES)
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass                        # closing anyway
+
+    def send(self, command):
+        self.out += resp.encode_command(*command)
+        self.flush()
+
+    def flush(self):
+        while self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                return                  # the rest goes with the next read()
+            except OSError as exc:
+                raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) \
+                    from None
+            del self.out[:sent]
+
+    def replies(self):
+        """Every whole reply that has arrived; BrokerConnectionError when the connection
+        ended or the server sent an error (UNBLOCKED in a failover, for one)."""
+        while True:
+            try:
+                count = self.sock.recv_into(self.scratch)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except OSError as exc:
+                raise BrokerConnectionError("connection to %s lost: %s" % (self.url, exc)) \
+                    from None
+            if not count:
+                raise BrokerConnectionError("%s closed the connection" % self.url)
+            self.decoder.feed(memoryview(self.scratch)[:count])
+            pending = getattr(self.sock, "pending", None)
+            if not (pending and pending()) and count < len(self.scratch):
+                break
+        out = []
+        try:
+            for reply in self.decoder.replies():
+                if isinstance(reply, ReplyError):
+                    raise BrokerConnectionError("%s: %s" % (self.url, reply))
+                out.append(reply)
+        except ProtocolError as exc:
+            raise BrokerConnectionError("%s sent bytes that are not RESP: %s"
+                                        % (self.url, exc)) from None
+        if out:
+            self.waiting = False
+        self.flush()
+        return out

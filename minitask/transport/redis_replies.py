@@ -1,0 +1,97 @@
+"""What Redis answers the Redis transport, read back: refusals, results, live consumers. Pure.
+
+The scripts (`redis_scripts`) refuse with error replies ``MT<code> <text>`` and ``STALE``;
+`refused` turns one into the exception a transport raises (`protocol.error_for`), or into
+`STALE` for the caller to reload its topology and try again. Results are stream entries with
+the fields ``s`` (state), ``t`` (ms), ``c`` (content type), ``p`` (payload), and ``w`` for a
+state the transport stored itself (why: expired, revoked, the worker was lost), whose result
+meta is built here when it is read.
+"""
+
+from .. import control, protocol as P
+from ..exceptions import ProtocolError, TaskRevokedError, WorkerLostError
+from ..message import ResultMeta, encode_result_meta
+from . import base
+
+__all__ = ["STALE", "refused", "redis_ms", "live_consumers", "read_result", "transport_meta",
+           "control_body"]
+
+
+class _Marker:
+    def __init__(self, name):
+        self._name = name
+
+    def __repr__(self):
+        return self._name
+
+
+STALE = _Marker("STALE")     # refused(): the topology changed; reload and decide again
+
+
+def refused(reply):
+    """The exception a script's error reply stands for (MT<code> text), `STALE`, or the
+    ReplyError itself for any other."""
+    if reply.prefix == "STALE":
+        return STALE
+    text = str(reply)
+    if reply.prefix.startswith("MT") and reply.prefix[2:].isdigit():
+        # A refusal raised inside a helper gets the script's name appended: not for users.
+        text = text[len(reply.prefix) + 1:].split(" script: ", 1)[0]
+        return P.error_for(int(reply.prefix[2:]), text)
+    return reply
+
+
+def redis_ms(time_reply):
+    """Milliseconds of a TIME reply."""
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+
+
+def live_consumers(flat, now_ms):
+    """Consumer ids of a qconsumers hash (HGETALL reply) still alive at `now_ms`."""
+    live = []
+    for consumer, value in zip(flat[0::2], flat[1::2]):
+        _credit, _, live_until = value.partition(b" ")
+        if int(live_until or 0) > now_ms:
+            live.append(consumer.decode("utf-8"))
+    return live
+
+
+def read_result(task_id, latest, inflight, handover):
+    """``(Result, entry id)`` from a result stream's last entry and the task's inflight and
+    handover values, as `Client.get_result` reads them."""
+    if latest:
+        entry_id, flat = latest[0]
+        fields = dict(zip(flat[0::2], flat[1::2]))
+        state = fields[b"s"].decode("ascii")
+        date_done = int(fields[b"t"]) / 1000.0
+        content_type, payload = fields[b"c"].decode("utf-8"), fields[b"p"]
+        why = fields.get(b"w")
+        if why is not None:
+            content_type, payload = transport_meta(task_id, state, why.decode("utf-8"),
+                                                   date_done)
+        return (base.Result(state, state in P.READY_STATES, date_done, content_type,
+                            payload), entry_id.decode("ascii"))
+    state = "PENDING"
+    if handover is not None:
+        state = "STARTED"
+    elif inflight is not None:
+        state = inflight.split(b"\t", 1)[0].decode("ascii")
+    return base.Result(state, False, 0.0, "", b""), "0-0"
+
+
+def transport_meta(task_id, state, why, date_done):
+    """The result meta of a state the transport stored itself: REVOKED (expired, revoked)
+    or FAILURE (the worker running it was lost)."""
+    if state == "REVOKED":
+        exc = TaskRevokedError("task %s %s" % (task_id, why))
+    else:
+        exc = WorkerLostError(why)
+    return encode_result_meta(ResultMeta(task_id, state, exc, None, "", 0, date_done), "json")
+
+
+def control_body(data):
+    """The JSON body of an encoded control message, or None when it is not one."""
+    try:
+        return control.decode_body(P.decode_message(data).body)
+    except (ProtocolError, TypeError):
+        return None

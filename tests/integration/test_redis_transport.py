@@ -1,0 +1,446 @@
+"""minitask.transport.redis against a real redis-server: what the transport contract suite
+(tests/contract) does not reach. A consumer driven by a select loop as the worker drives it;
+workers killed with their tasks; long tasks never redelivered while their worker lives; the
+backstop; delays neither early nor late; kill -9 of redis-server losing nothing confirmed;
+publish confirms from replicas; the start-up warnings. Skips, saying why, where
+redis-server is not installed.
+"""
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E402
+
+from minitask import config, protocol as P, transport  # noqa: E402
+from minitask.exceptions import (  # noqa: E402
+    BrokerConnectionError, ConfigurationError, PublishRefusedError, UnroutableError,
+    WorkerLostError,
+)
+from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
+from minitask.transport import redis_producer  # noqa: E402
+from minitask.transport.redis_client import RedisClient  # noqa: E402
+from minitask.transport.redis_keys import Keys  # noqa: E402
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PATIENCE = 15.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+class Setup:
+    """Clients and consumers of one fresh virtual host, all closed after the test."""
+
+    def __init__(self, url):
+        self.url = url
+        self.settings = config.Settings({"BROKER_URL": url})
+        self.vhost = url.split("vhost=")[1].split("&")[0]
+        self.keys = Keys(self.vhost)
+        self.closers = []
+
+    def client(self, url=None):
+        settings = self.settings if url is None else config.Settings({"BROKER_URL": url})
+        conn = transport.client_for(settings)
+        self.closers.append(conn.close)
+        return conn.connect()
+
+    def consumer(self, queues=("jobs",), prefetch=10, hostname="w1"):
+        consumer = transport.consumer_for(self.settings, list(queues), prefetch,
+                                          {"hostname": hostname, "pid": os.getpid(),
+                                           "concurrency": 1, "queues": list(queues)},
+                                          hostname)
+        self.closers.append(consumer.close)
+        consumer.resume()               # a consumer starts paused (until a pool is ready)
+        return Loop(consumer, consumer.connect())
+
+    def close(self):
+        for close in reversed(self.closers):
+            close()
+
+
+@pytest.fixture
+def vhost(server):
+    """A Setup on its own vhost, heartbeats of a second so liveness tests take seconds."""
+    setup = Setup(server.url("/0", vhost="t-%s" % uuid.uuid4().hex[:10], heartbeat=1,
+                             handover_grace=1, retry_seconds=2))
+    try:
+        yield setup
+    finally:
+        setup.close()
+
+
+class Loop:
+    """A consumer driven as the worker drives it: say what the last turn said (end_turn,
+    flush), then select on its descriptor and read what came."""
+
+    def __init__(self, consumer, early):
+        self.consumer = consumer
+        self.tasks = [d for d in early if d.consumer_tag != consumer.control_tag]
+
+    def turn(self, timeout):
+        self.consumer.end_turn()
+        self.consumer.flush()
+        if select.select([self.consumer], [], [], max(0.0, timeout))[0]:
+            self.tasks += [d for d in self.consumer.read()
+                           if d.consumer_tag != self.consumer.control_tag]
+
+    def receive(self, count=1, timeout=PATIENCE):
+        deadline = time.monotonic() + timeout
+        while len(self.tasks) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("%d of %d deliveries came within %gs"
+                                     % (len(self.tasks), count, timeout))
+            self.turn(left)
+        taken, self.tasks = self.tasks[:count], self.tasks[count:]
+        return taken
+
+    def drain(self, count, timeout=PATIENCE):
+        """Receive `count` deliveries, acking each; returns them."""
+        deadline = time.monotonic() + timeout
+        taken = []
+        while len(taken) < count:
+            got = self.receive(1, timeout=deadline - time.monotonic())
+            taken += got
+            self.consumer.ack(got[0].delivery_tag)
+        self.turn(0)
+        return taken
+
+
+def message(routing_key="jobs", task_id=None, **fields):
+    return P.encode_message(P.Message(b"{}", "", routing_key, task_id or uuid.uuid4().hex,
+                                      "tests.task", **fields))
+
+
+def stream_lengths(conn, keys, queue):
+    return sum(conn.run([("XLEN", key) for key in keys.streams(queue)]))
+
+
+# -- the worker's loop --------------------------------------------------------------------------
+
+def test_a_select_loop_consumes_everything_once_and_leaves_the_streams_empty(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    sent = [message() for _ in range(300)]
+    conn.publish_many(sent)
+    seen = [delivery.data for delivery in vhost.consumer(prefetch=20).drain(len(sent))]
+    assert sorted(seen) == sorted(sent)
+    wait_for(lambda: stream_lengths(conn, vhost.keys, "jobs") == 0, what="streams emptied")
+    row = next(q for q in conn.status()["queues"] if q["name"] == "jobs")
+    assert (row["ready"], row["unacked"], row["acked"]) == (0, 0, 300)
+
+
+def test_credit_coming_back_wakes_the_reader_every_time(server):
+    """With prefetch 1 each message waits for the ack or reject of the one before; the wake
+    after it must never be lost (it would show as a wait of a whole block: 5 s with a long
+    heartbeat)."""
+    setup = Setup(server.url("/0", vhost="wake-%s" % uuid.uuid4().hex[:8], heartbeat=60))
+    try:
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        conn.publish_many([message() for _ in range(30)])
+        loop = setup.consumer(prefetch=1)
+        for count in range(60):
+            [delivery] = loop.receive(timeout=2.0)
+            if count % 2:
+                loop.consumer.ack(delivery.delivery_tag)
+            else:
+                loop.consumer.reject(delivery.delivery_tag, requeue=True)
+    finally:
+        setup.close()
+
+
+def test_a_message_held_longer_than_the_backstop_allows_is_not_given_to_another(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    conn.publish(message())
+    busy = vhost.consumer(prefetch=1)
+    [held] = busy.receive()
+    other = vhost.consumer(prefetch=1, hostname="w2")
+    # Six heartbeats is the backstop's idle limit; the holder renews its lease meanwhile.
+    deadline = time.monotonic() + 8.0
+    while time.monotonic() < deadline:
+        busy.turn(0.05)
+        other.turn(0.05)
+    assert other.tasks == []
+    busy.consumer.ack(held.delivery_tag)
+    busy.turn(0)
+    wait_for(lambda: next(q for q in conn.status()["queues"] if q["name"] == "jobs")
+             ["acked"] == 1, what="the ack")
+
+
+def test_the_backstop_gives_back_an_entry_its_live_holder_forgot(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    data = message()
+    conn.publish(data)
+    forgetful = vhost.consumer(prefetch=1)
+    [first] = forgetful.receive()
+    forgetful.consumer.held.clear()     # as after an ack lost in a failover
+    forgetful.consumer.prefetch = 0     # and it takes nothing more
+    other = vhost.consumer(prefetch=1, hostname="w2")
+    started = time.monotonic()
+    deadline = started + 20.0
+    while not other.tasks and time.monotonic() < deadline:
+        forgetful.turn(0.05)
+        other.turn(0.05)
+    [again] = other.receive(timeout=0.1)
+    assert (again.data, again.redelivered, again.deliveries) == (data, True, 2)
+    assert time.monotonic() - started >= 6 * 1.0 - 0.5
+
+
+# -- workers that die ---------------------------------------------------------------------------
+
+def start_child(vhost, prefetch, handovers):
+    child = subprocess.Popen([sys.executable, os.path.join(HERE, "redis_child.py"), vhost.url,
+                              "jobs", str(prefetch), str(handovers)], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    line = child.stdout.readline()
+    if not line:
+        child.kill()
+        child.wait()
+        raise AssertionError("the child consumer said nothing")
+    return child, json.loads(line)
+
+
+def test_a_killed_workers_messages_come_back_redelivered_and_its_started_tasks_fail(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    conn.publish_many([message() for _ in range(3)])
+    child, said = start_child(vhost, prefetch=3, handovers=1)
+    try:
+        started, waiting = said["tasks"][0], said["tasks"][1:]
+        wait_for(lambda: conn.get_result(started).state == "STARTED", what="the handover")
+        sweeper = vhost.consumer(prefetch=10, hostname="w2")
+        child.kill()
+        killed = time.monotonic()
+        back = sweeper.receive(2, timeout=PATIENCE)
+    finally:
+        child.kill()
+        child.wait()
+    # Within the heartbeat (1 s) plus a sweep (half of one), and some slack for the machine.
+    assert time.monotonic() - killed < 1.0 + 0.5 + 3.0
+    assert sorted(d.message.message_id for d in back) == sorted(waiting)
+    assert all(d.redelivered and d.deliveries == 2 for d in back)
+    result = conn.wait_result(started, timeout=PATIENCE)
+    assert (result.state, result.ready) == ("FAILURE", True)
+    meta = decode_result_meta(started, result.state, result.content_type, result.payload)
+    assert isinstance(meta.result, WorkerLostError)
+    assert not [w for w in conn.status()["workers"] if w["hostname"] == "child"]
+
+
+def test_a_worker_presumed_dead_hears_so_and_comes_back_with_its_messages(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    data = message()
+    conn.publish(data)
+    paused = vhost.consumer(prefetch=1)
+    [stale] = paused.receive()
+    conn.execute("DEL", vhost.keys.heartbeat(paused.consumer.id))     # as if it had stalled
+    sweeper = vhost.consumer(prefetch=1, hostname="w2")
+    [taken] = sweeper.receive()
+    assert (taken.data, taken.redelivered) == (data, True)
+    sweeper.consumer.ack(taken.delivery_tag)
+    sweeper.turn(0)
+    paused.consumer.ack(stale.delivery_tag)     # too late: it was given back; not counted
+    with pytest.raises(BrokerConnectionError, match="presumed dead"):
+        deadline = time.monotonic() + PATIENCE
+        while time.monotonic() < deadline:
+            paused.turn(0.1)
+    row = next(q for q in conn.status()["queues"] if q["name"] == "jobs")
+    assert (row["acked"], row["unacked"], row["ready"]) == (1, 0, 0)
+    paused.consumer.lost()
+    paused.consumer.connect()
+    assert paused.consumer.connected
+
+
+def test_a_reader_blocked_when_its_primary_becomes_a_replica_hears_it_and_reconnects(tmp_path):
+    """Redis answers a blocked XREAD with UNBLOCKED when its server turns replica (a
+    failover): the consumer says its connection is lost, and connects again once there is a
+    primary."""
+    primary = RedisServer(tmp_path).start()
+    other = RedisServer(tmp_path).start()
+    try:
+        setup = Setup(primary.url("/0", vhost="unblocked", retry_seconds=0))
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        loop = setup.consumer()
+        loop.turn(0.1)                  # blocked, idle
+        conn.execute("REPLICAOF", "127.0.0.1", str(other.port))
+        with pytest.raises(BrokerConnectionError, match="UNBLOCKED|READONLY|closed|lost"):
+            deadline = time.monotonic() + PATIENCE
+            while time.monotonic() < deadline:
+                loop.turn(0.1)
+        assert not loop.consumer.connected
+        loop.consumer.lost()
+        conn.execute("REPLICAOF", "NO", "ONE")
+        wait_for(lambda: b"role:master" in conn.execute("INFO", "replication"),
+                 what="a primary again")
+        conn.declare_queue("jobs")
+        data = message()
+        conn.publish(data)
+        loop.tasks = [d for d in loop.consumer.connect()
+                      if d.consumer_tag != loop.consumer.control_tag]
+        assert [d.data for d in loop.receive()] == [data]
+        setup.close()
+    finally:
+        other.stop()
+        primary.stop()
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("countdown", [1.0, 2.5])
+def test_a_delayed_message_arrives_neither_early_nor_late(vhost, countdown):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    loop = vhost.consumer()
+    loop.turn(0.1)                      # idle and blocked before the message exists
+    due = time.time() + countdown
+    conn.publish(message(not_before=due))
+    [delivery] = loop.receive(timeout=countdown + PATIENCE)
+    arrived = time.time()
+    assert due - redis_producer.RELEASE_AHEAD - 0.05 <= arrived <= due + 0.5
+    assert delivery.message.not_before == due
+
+
+def test_an_expired_message_is_dropped_when_fetched_and_its_task_revoked(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    expiring = message(expires_at=time.time() + 0.3)
+    conn.publish(expiring)
+    conn.execute("DEL", vhost.keys.expiring)        # only the fetch can see it now
+    time.sleep(0.4)                 # the expiry itself is what is tested: time must pass
+    lasting = message()
+    conn.publish(lasting)
+    [delivery] = vhost.consumer().receive()
+    assert delivery.data == lasting
+    assert conn.get_result(P.message_id_of(expiring)).state == "REVOKED"
+
+
+# -- results with what they unlock -----------------------------------------------------------
+
+def test_a_result_whose_unlocked_message_is_refused_is_not_stored_either(vhost):
+    conn = vhost.client()
+    loop = vhost.consumer()
+    meta = encode_result_meta(ResultMeta("t1", "SUCCESS", 1, None, "tests.task", 0, 1.0))
+    loop.consumer.store_result("t1", "SUCCESS", *meta,
+                               publish=[message("nowhere", flags=P.MANDATORY)])
+    loop.consumer.store_result("t2", "SUCCESS", *meta)
+    loop.turn(0)
+    assert conn.wait_result("t2", timeout=PATIENCE).state == "SUCCESS"
+    assert conn.get_result("t1").state == "PENDING"
+
+
+def test_publish_with_record_refused_keeps_the_record(vhost):
+    conn = vhost.client()
+    conn.publish_with_record(message("jobs"), "beat:last", 1)
+    with pytest.raises(UnroutableError):
+        conn.publish_with_record(message("nowhere", flags=P.MANDATORY), "beat:last", 2)
+    assert conn.kv_get("beat:last") == 1
+
+
+# -- durability ---------------------------------------------------------------------------------
+
+def test_kill_9_of_redis_with_aof_everysec_loses_no_confirmed_publish(tmp_path):
+    server = RedisServer(tmp_path, "--appendfsync", "everysec").start()
+    try:
+        setup = Setup(server.url("/0", vhost="kill9"))
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        sent = [message() for _ in range(5000)]
+        conn.publish_many(sent)
+        loop = setup.consumer(prefetch=7)
+        held = loop.receive(7)              # delivered, unacked: in the group's PEL
+        server.kill()
+        setup.closers = []                  # their connections died with the server
+        server.start()
+        setup = Setup(setup.url)
+        conn = setup.client()
+        row = wait_for(lambda: next(q for q in conn.status()["queues"] if q["name"] == "jobs"),
+                       what="the queue back")
+        assert (row["ready"], row["unacked"]) == (5000 - 7, 7)
+        pending = conn.run([("XPENDING", key, "w") for key in setup.keys.streams("jobs")
+                            if conn.execute("EXISTS", key)])
+        assert sum(reply[0] for reply in pending) == 7
+        rest = setup.consumer(prefetch=100, hostname="w2").drain(5000 - 7, timeout=60)
+        assert sorted(d.data for d in rest + held) == sorted(sent)
+        setup.close()
+    finally:
+        server.stop()
+
+
+def test_publish_confirm_waits_for_a_replica_and_refuses_without_one(tmp_path):
+    primary = RedisServer(tmp_path).start()
+    replica = RedisServer(tmp_path)
+    try:
+        url = primary.url("/0", vhost="wait", publish_confirm="wait:1",
+                          publish_confirm_timeout=0.3)
+        setup = Setup(url)
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        with pytest.raises(PublishRefusedError, match="0 replica"):
+            conn.publish(message())
+        replica.start("--replicaof", "127.0.0.1", str(primary.port))
+        wait_for(lambda: b"connected_slaves:1" in conn.execute("INFO", "replication"),
+                 what="the replica")
+        conn.publish_many([message() for _ in range(250)])
+        conn.publish(message())
+        assert conn.declare_queue("jobs", passive=True)["messages"] == 252
+        setup.close()
+    finally:
+        replica.kill()                  # a replica asked to stop waits 10 s for nothing
+        primary.stop()
+
+
+def test_publish_confirm_waitaof_needs_redis_7_2(server):
+    url = server.url("/0", vhost="aof", publish_confirm="waitaof:1,0")
+    conn = transport.client_for(config.Settings({"BROKER_URL": url}))
+    with RedisClient(server.url("/0")) as probe:
+        version = probe.server_version
+    try:
+        if version >= (7, 2):
+            conn.connect()
+            conn.declare_queue("jobs")
+            conn.publish(message())
+            assert conn.declare_queue("jobs", passive=True)["messages"] == 1
+        else:
+            print("redis-server %s predates WAITAOF (7.2): checking that it is refused"
+                  % ".".join(map(str, version)))
+            with pytest.raises(ConfigurationError, match="WAITAOF"):
+                conn.connect()
+    finally:
+        conn.close()
+
+
+def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog):
+    server = RedisServer(tmp_path, "--appendonly", "no", "--maxmemory-policy",
+                         "allkeys-lru").start()
+    try:
+        caplog.set_level(logging.WARNING, logger="minitask.transport.redis_producer")
+        setup = Setup(server.url("/0", vhost="warn"))
+        setup.client()
+        setup.client()
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len([w for w in warnings if "AOF is off" in w]) == 1
+        assert len([w for w in warnings if "maxmemory-policy is allkeys-lru" in w]) == 1
+        setup.close()
+    finally:
+        server.stop()

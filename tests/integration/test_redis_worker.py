@@ -1,0 +1,204 @@
+"""Real `python -m minitask worker` processes on a real redis-server (``BROKER_URL=redis://``):
+the task API, results, retries with countdowns, rate limits, revocations, the CLI's inspect
+and status, a worker killed with kill -9 losing nothing, and the beat's lease across two
+workers. Skips, saying why, where
+redis-server is not installed.
+
+The workers are `cluster.Worker`s, the built-in broker's integration tests' own; what they ask
+of a broker (its URL, its status) comes from `RedisBroker`.
+"""
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import ittasks  # noqa: E402
+from cluster import ROOT, Worker, _env  # noqa: E402
+from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E402
+
+from minitask import config, group, transport  # noqa: E402
+from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
+from minitask.transport import reset_connection  # noqa: E402
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
+
+# Short liveness settings, so that a killed worker's tasks come back within seconds.
+HEARTBEAT = 2.0
+GRACE = 2.0
+
+
+class RedisBroker:
+    """What `cluster.Worker` asks of a broker, for one virtual host of a redis-server."""
+
+    def __init__(self, server):
+        self.server = server
+        self.url = server.url("/0", vhost="w-%s" % uuid.uuid4().hex[:12], heartbeat=HEARTBEAT,
+                              handover_grace=GRACE)
+        self.settings = config.Settings({"BROKER_URL": self.url})
+
+    def status(self):
+        conn = transport.client_for(self.settings, client="test").connect()
+        try:
+            return conn.status()
+        finally:
+            conn.close()
+
+    def queue(self, name="minitask"):
+        return next((row for row in self.status()["queues"] if row["name"] == name), None)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis-worker"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def broker(server, tmp_path):
+    """A fresh virtual host; the client settings of this process point at it."""
+    instance = RedisBroker(server)
+    config.configure(BROKER_URL=instance.url, ACCEPT_CONTENT=["json", "pickle"])
+    reset_connection()
+    os.environ["ITTASKS_DIR"] = str(tmp_path)
+    try:
+        yield instance
+    finally:
+        reset_connection()
+        config.reset()
+
+
+@pytest.fixture
+def start_worker(broker, tmp_path):
+    workers = []
+
+    def start(name=None, args=(), modules="ittasks"):
+        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args,
+                        modules=modules)
+        workers.append(worker)
+        return worker.wait_ready()
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.proc.close()
+
+
+def cli(broker, *args):
+    """``python -m minitask ARGS`` on the broker's URL; its stdout (it must exit 0)."""
+    done = subprocess.run([sys.executable, "-m", "minitask"] + list(args), cwd=ROOT,
+                          env=_env({"MINITASK_BROKER_URL": broker.url}), timeout=60,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
+    return done.stdout.decode("utf-8", "replace")
+
+
+def test_a_worker_on_redis_runs_tasks_retries_and_stores_results(broker, start_worker,
+                                                                 tmp_path):
+    start_worker()
+    assert ittasks.add.delay(2, 3).get(timeout=15) == 5
+    failed = ittasks.fail.delay("on redis")
+    with pytest.raises(ValueError, match="on redis"):
+        failed.get(timeout=15)
+    assert failed.state == "FAILURE"
+    # Two failures, each retried after its countdown (0.1 s), then success.
+    assert ittasks.flaky.delay("flaky", 2).get(timeout=15) == "done after 2"
+    assert len(ittasks.read_trace(tmp_path, "flaky")) == 3
+    sent = time.time()
+    ran_at = ittasks.when.apply_async(("countdown",), countdown=1).get(timeout=15)
+    assert ran_at >= sent + 1.0 - 0.01          # never early (10 ms of clock rounding)
+
+
+def test_a_group_on_redis_joins_in_order(broker, start_worker):
+    """(Chains and chords run fully only eagerly so far, on any broker: a worker does not
+    yet send on what a result unlocks.)"""
+    start_worker()
+    assert group(ittasks.add.s(i, i) for i in range(5)).apply_async().join(timeout=15) == [
+        0, 2, 4, 6, 8]
+
+
+def test_a_rate_limit_holds_on_redis(broker, start_worker, tmp_path):
+    start_worker()
+    results = [ittasks.rate_limited.delay("limited") for _ in range(10)]
+    for result in results:
+        result.get(timeout=20)
+    times = sorted(float(line) for line in ittasks.read_trace(tmp_path, "limited"))
+    # 5/s: ten runs spread over at least about 1.8 s (the first comes at once).
+    assert times[-1] - times[0] >= 1.5
+
+
+def test_a_revoked_countdown_never_runs_and_inspect_and_status_see_the_worker(
+        broker, start_worker, tmp_path):
+    start_worker("rw1")
+    revoked = ittasks.record.apply_async(("revoked", "ran"), countdown=2)
+    waiting = ittasks.record.apply_async(("waiting", "ran"), countdown=30)
+    assert "it.record[%s]" % waiting.id in cli(broker, "inspect", "scheduled")
+    revoked.revoke()
+    with pytest.raises(TaskRevokedError):
+        revoked.get(timeout=15)
+    assert ittasks.add.delay(1, 1).get(timeout=15) == 2
+    assert "pong" in cli(broker, "inspect", "ping")
+    status = cli(broker, "status")
+    assert "rw1" in status and broker.url.split("?")[0] in status
+    # The countdown was due 2 s after it was sent; a worker that saw it would have run it.
+    wait_for(lambda: broker.queue()["delayed"] == 1, what="the revoked countdown to go")
+    assert ittasks.read_trace(tmp_path, "revoked") == []
+    waiting.revoke()
+
+
+def test_a_worker_killed_with_kill_9_loses_nothing(broker, start_worker, tmp_path):
+    """Tasks acked late come back and succeed elsewhere; tasks acked early that had started
+    fail with WorkerLostError (as on the built-in broker); the rest run elsewhere. Every one
+    ends in a final state, and the queue is empty."""
+    first = start_worker("doomed", args=["-c", "2"])
+    late = [ittasks.sleep_late.delay(0.3, "late") for _ in range(12)]
+    early = [ittasks.sleep.delay(0.3, "early") for _ in range(12)]
+    wait_for(lambda: len(ittasks.read_trace(tmp_path, "late")) +
+             len(ittasks.read_trace(tmp_path, "early")) >= 3, what="some tasks to start")
+    first.kill()                                # kill -9, pool processes included
+    start_worker("survivor", args=["-c", "2"])
+    for result in late:
+        assert result.get(timeout=60) == 0.3
+    lost = 0
+    for result in early:
+        try:
+            assert result.get(timeout=60) == 0.3
+        except WorkerLostError:
+            lost += 1
+    # At most the two that ran in the doomed worker's pool (acked as they started) failed.
+    assert lost <= 2
+    assert len(ittasks.read_trace(tmp_path, "late")) >= 12
+    row = wait_for(lambda: (lambda q: q if q["ready"] == 0 and q["unacked"] == 0 else None)(
+        broker.queue()), what="an empty queue")
+    assert row["dead"] == 0
+
+
+def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
+        broker, start_worker, tmp_path):
+    def runs():
+        return [float(line) for line in ittasks.read_trace(tmp_path, "beat")]
+
+    def gaps(times):
+        return [b - a for a, b in zip(times, times[1:])]
+    workers = [start_worker(name, args=["--beat"], modules="ittasks,itbeat")
+               for name in ("beat1", "beat2")]
+    wait_for(lambda: len(runs()) >= 6, 20, what="six beats")
+    assert min(gaps(runs())) > 0.3                  # never two sends of one beat
+    holders = [w for w in workers if "this worker now sends" in w.output()]
+    assert len(holders) == 1
+    holder = holders[0]
+    other = workers[1 - workers.index(holder)]
+    holder.kill()
+    killed_at = time.time()
+    wait_for(lambda: "this worker now sends" in other.output(), 20,
+             what="the other worker to take the lease")
+    wait_for(lambda: len([t for t in runs() if t > killed_at]) >= 3, 20,
+             what="beats to go on")
+    assert min(gaps(runs())) > 0.3

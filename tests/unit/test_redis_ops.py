@@ -1,0 +1,133 @@
+"""minitask.transport.redis_ops: each script call laid out as its script reads it (the
+integration tests run them), and every key under the vhost's hash tag."""
+import json
+
+import pytest
+
+from minitask import protocol as P
+from minitask.transport import redis_ops as ops
+from minitask.transport import redis_scripts as S
+from minitask.transport.redis_keys import Keys, pack
+from minitask.transport.redis_topology import Topology
+
+KEYS = Keys("v")
+
+
+def topology_with(*queues, max_length=None):
+    definitions = []
+    for name in queues:
+        definitions += [name, json.dumps({"args": {"max_length": max_length}, "owner": None})]
+    return Topology.from_snapshot(["7", [], definitions, []])
+
+
+def encoded(routing_key="jobs", priority=None, not_before=0.0, expires_at=0.0, flags=0,
+            exchange=""):
+    return P.encode_message(P.Message(b"{}", exchange, routing_key, "task-1", "t.add",
+                                      priority=priority, not_before=not_before,
+                                      expires_at=expires_at, flags=flags))
+
+
+def test_a_publication_is_routed_at_its_priority():
+    item = ops.publication(topology_with("jobs"), encoded(priority=2, flags=P.IMMEDIATE))
+    assert (item.targets, item.level, item.control) == (["jobs"], 2, False)
+    assert item.group == (False, True, 2, ("jobs",))
+    assert ops.publication(topology_with("jobs"), encoded()).level == P.DEFAULT_PRIORITY
+    assert ops.publication(topology_with("jobs"), encoded("ghost")).targets == []
+
+
+def test_a_control_message_has_no_queue():
+    from minitask import control
+    item = ops.publication(Topology(), P.encode_message(control.command_message("ping")))
+    assert (item.targets, item.control) == ([], True)
+
+
+def test_a_malformed_message_is_a_protocol_error():
+    with pytest.raises(P.ProtocolError):
+        ops.publication(topology_with("jobs"), b"\x00\x01")
+
+
+def test_publish_call_groups_messages_going_alike_and_names_results_of_expiring_ones():
+    topology = topology_with("jobs", "other", max_length=5)
+    items = [ops.publication(topology, data) for data in (
+        encoded(), encoded(expires_at=2000.0), encoded("other"), encoded(flags=P.IMMEDIATE))]
+    script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items, release_ahead=0.5)
+    assert script is S.PUBLISH and args[:6] == [7, 1000, "all", 500, "0", "0"]
+    assert args[6] == 3                                     # groups
+    jobs = ["mt:{v}:qstats:jobs", "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p4"]
+    assert args[7:14] == [0, 0, 4, 1, "jobs", 5, 2]
+    assert args[14:16] == [items[0].data, items[1].data]
+    assert keys[6:10] == jobs + ["mt:{v}:result:task-1"]    # only the expiring one's result
+    assert args[16:23] == [0, 0, 4, 1, "other", 5, 1]
+    assert args[24:31] == [0, 1, 4, 1, "jobs", 5, 1]        # immediate: its own group
+    assert keys[-4:] == jobs + ["mt:{v}:qconsumers:jobs"]
+
+
+def test_publish_call_puts_record_and_result_before_the_messages():
+    topology = topology_with("jobs")
+    item = ops.publication(topology, encoded())
+    script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, [item], record=("k", "1"),
+                                          result=("t9", "SUCCESS", "application/json",
+                                                  b"{}", True))
+    assert args[4:13] == ["1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}", 1]
+    assert keys[6:12] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
+                          "mt:{v}:handovers", "mt:{v}:orphans", "mt:{v}:failures"]
+
+
+def test_each_settle_operation_has_its_fixed_layout():
+    held = ops.Held(1, "jobs", 3, True, "5-0", encoded(), 1)
+    other = ops.Held(2, "jobs", 3, True, "6-0", encoded(), 1)
+    settlement = ops.Settlement(KEYS)
+    settlement.start(held, "c1")
+    settlement.ack(held, "c1")
+    settlement.ack(other, "c1")
+    settlement.ack(held, "c1", handover=True)
+    settlement.give_back(held, "c1", "requeue", topology_with("jobs"))
+    script, keys, args = settlement.call(1000)
+    assert script is S.SETTLE and settlement.count == 5
+    assert args[:2] == [1000, 4]            # two groups of acks, the start, the give-back
+    ack_keys = ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
+    assert keys[6:12] == ack_keys * 2
+    assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
+    assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
+    assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
+    back = args[24:]
+    assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
+    assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
+    assert keys[12] == "mt:{v}:q:jobs:b3"          # the start's stream
+    assert keys[-9:] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1",
+                         "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
+                         "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
+                         "mt:{v}:result:task-1"]
+
+
+def test_fetch_reply_is_read_into_entries():
+    reply = [b"1000", b"", 1, [b"1-0", b"0-0"],
+             [b"1 4 b 7-0 2 0", b"data", b"2 0 p 8-0 0 1", b"x"]]
+    fetched = ops.parse_fetch(reply)
+    assert (fetched.now, fetched.next_due, fetched.more, fetched.bells) == (
+        1000, None, True, ["1-0", "0-0"])
+    assert fetched.entries == [(0, 4, True, "7-0", b"data", 2, 0),
+                               (1, 0, False, "8-0", b"x", 0, ops.REVOKED)]
+    assert ops.parse_fetch([b"GONE"]) is None
+
+
+def test_every_key_of_every_call_is_under_the_vhost_hash_tag():
+    topology = topology_with("jobs")
+    held = ops.Held(1, "jobs", 3, False, "5-0", encoded(), 1)
+    settlement = ops.Settlement(KEYS)
+    settlement.give_back(held, "c1", "dead", topology)
+    member = pack("jobs", "task-1", "4", "9")
+    calls = [
+        ops.publish_call(KEYS, 7, 1, topology, [ops.publication(topology, encoded())]),
+        ops.snapshot_call(KEYS), ops.commit_call(KEYS, 7, [], KEYS.queue_keys("jobs")),
+        ops.fetch_call(KEYS, "c1", 10, 0, 0, ["jobs"]), settlement.call(1),
+        ops.register_call(KEYS, "c1", "{}", 1, 1),
+        ops.renew_call(KEYS, "c1", 1, 1, 1, 1, "", ["jobs"], {held.stream(KEYS): ["5-0"]}),
+        ops.retire_call(KEYS, "c1", 1, ["jobs"], ["task-1"]), ops.due_call(KEYS),
+        ops.promote_call(KEYS, [member]),
+        ops.expire_call(KEYS, 1, [pack("jobs", "task-1", "4", "p", "5-0")]),
+        ops.lose_call(KEYS, 1, "why", ["task-1"]), ops.claim_call(KEYS, "c1", ["task-1"]),
+        ops.revoke_call(KEYS, 1, b"cmd", ["task-1"]), ops.purge_call(KEYS, "jobs", "me"),
+        ops.lease_call(KEYS, "beat", "me", 1)]
+    for _script, keys, _args in calls:
+        assert keys and all(key.startswith("mt:{v}:") for key in keys)
