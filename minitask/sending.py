@@ -38,7 +38,8 @@ from .routes import destination, router_for
 from .transport import with_connection
 
 __all__ = ["compose_message", "publish", "send_task", "compose_signature", "compose_unlocked",
-           "errbacks_of", "send_workflow", "publish_all", "publish_chords"]
+           "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
+           "send_workflow", "publish_all", "publish_chords"]
 
 # The most a message's headers may hold (protocol 3.1: a str16).
 MAX_HEADER_BYTES = 0xFFFF
@@ -184,6 +185,53 @@ def errbacks_of(headers):
         return [base64.b64decode(text, validate=True) for text in texts]
     except (binascii.Error, ValueError) as exc:
         raise SerializationError("x-errbacks holds text that is not base64: %s" % exc) from exc
+
+
+def success_unlocks(message, value, settings=None):
+    """The encoded messages the SUCCESS of `message`'s task (a TaskMessage) with `value`
+    unlocks, for the worker to publish with the result; a queue they are routed to that is
+    not declared yet is declared first, through this thread's connection."""
+    if not message.chain and not message.callbacks:
+        return []
+    messages, declare = compose_unlocked(message, value, settings)
+    if declare:
+        def ensure(conn):
+            for queue in sorted(declare):
+                conn.ensure_queue(queue)
+        with_connection(ensure)
+    return [protocol.encode_message(unlocked.encode()) for unlocked in messages]
+
+
+def failure_unlocks(headers):
+    """``(errback messages, chained ids)`` that a FAILURE or REVOKED of the task whose message
+    has `headers` unlocks: its encoded errbacks ("x-errbacks"), and the ids of the rest of its
+    chain ("x-chain"), which never run and get the same outcome so that no waiter hangs.
+    SerializationError if either header is malformed."""
+    chained = (headers or {}).get("x-chain") or []
+    if not isinstance(chained, list) or not all(isinstance(one, str) for one in chained):
+        raise SerializationError("x-chain must be a list of task ids")
+    return errbacks_of(headers), chained
+
+
+def chord_values(results, fetch):
+    """The values of a chord's header results, nested as `results` (the ids in a chord
+    body's "chord" field); `fetch(task_id)` gives a result's ``(state, value)``.
+
+    Raises ChordError naming the first result that is not a SUCCESS (failed, or gone:
+    expired or forgotten), so the body fails with a reason instead of running short."""
+    from .exceptions import ChordError
+    values = []
+    for item in results:
+        if isinstance(item, list):
+            values.append(chord_values(item, fetch))
+            continue
+        state, value = fetch(item)
+        if state != "SUCCESS":
+            why = "has no result (expired or forgotten)" if state == "PENDING" else \
+                "ended in %s: %r" % (state, value)
+            raise ChordError("chord header task %s %s" % (item, why))
+        values.append(value)
+    return values
 
 
 def send_workflow(workflow, settings=None):

@@ -18,7 +18,8 @@ serialized result meta (`minitask.message`), opaque to the transport.
 
 One operation exists for workflows: `Consumer.store_result(..., publish=[...])` stores a
 task's result and publishes the messages it unlocks (the next link of a chain, callbacks) in
-one atomic, durable step: after a crash, both happened or neither did.
+one atomic, durable step: after a crash, both happened or neither did (with `chained`, the
+same result is stored for the rest of a chain that stops at this task, in that step too).
 
 Errors: a lost connection is `BrokerConnectionError`; a refused publish is
 `UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; a malformed message or
@@ -214,8 +215,10 @@ class Consumer:
         raise NotImplementedError
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
+                     task_name="", runtime=None, chained=()):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
+        `chained`: more task ids given the same result in the same step (the rest of a chain
+        that stops at this task, which never runs: its waiters get this outcome).
         `store=False`: the task finished but keeps no result (ignore_result). `task_name` and
         `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
         raise NotImplementedError

@@ -630,16 +630,20 @@ class Consumer(base.Consumer):
             self.out += P.encode_tags(P.REJECT, 0, [tag])
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
+                     task_name="", runtime=None, chained=()):
         described = "described_results" in self.features
         frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
                                 content_type, payload, task_name if described else None,
                                 runtime)
-        if not publish:
+        if not publish and not chained:
             self.out += frame
         elif "atomic_results" in self.features:
-            self.out += P.encode_atomic(0, [frame] + [P.encode_frame(P.PUBLISH, 0, data)
-                                                      for data in publish])
+            # The rest of a stopped chain: the same result under each id (uncounted: they
+            # never ran).
+            others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0,
+                                      content_type, payload, None, None) for other in chained]
+            self.out += P.encode_atomic(0, [frame] + others + [
+                P.encode_frame(P.PUBLISH, 0, data) for data in publish])
         else:
             raise BrokerError("the broker at %s cannot store a result and publish what it "
                               "unlocks in one step (it is older than this worker)"

@@ -646,10 +646,12 @@ class Broker:
     # -- results and revocations --------------------------------------------------------------
 
     def store_result(self, session, task_id, state, content_type, payload, store=True,
-                     publish=()):
+                     publish=(), chained=()):
         """Store a result and publish what it unlocks, all or nothing: every publish is
-        checked before anything changes."""
+        checked before anything changes. `chained` ids get the same result."""
         routes = [self._route(data) for data in publish]
+        for other in chained:
+            self._store(other, state, content_type, payload)
         owner = self.handovers.pop(task_id, [None])[0]
         self.orphans.pop(task_id, None)
         if owner is not None:
@@ -991,8 +993,9 @@ class Consumer(base.Consumer):
             self._say("reject", [tag], False)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
-        self._say("store_result", task_id, state, content_type, payload, store, list(publish))
+                     task_name="", runtime=None, chained=()):
+        self._say("store_result", task_id, state, content_type, payload, store, list(publish),
+                  list(chained))
 
     def reply(self, reply_to, data):
         self._say("publish", data)
