@@ -18,8 +18,8 @@ the workflow fields of `minitask.message` (body keys for the worker, headers for
     chord(header, body)        body's, parked ("chord", "x-chord-wait"), then the header's,
                                whose last tasks carry "x-chord"
 
-A workflow holding a chord is sent by `publish_chords`: the broker must hold a chord's body
-until its header's results are in, which this broker does not do yet.
+A workflow holding a chord is sent by `publish_chords`, as one unit: the broker holds a
+chord's body until its header's results are in (see `minitask.joins`).
 """
 
 import base64
@@ -245,20 +245,22 @@ def send_workflow(workflow, settings=None):
 
 
 def publish_chords(workflow, settings=None):
-    """Send a workflow that holds a chord: refused until the broker joins chords.
+    """Send a workflow that holds a chord, as one unit (all its messages are held by the
+    broker, or none: a chord's body never waits for header tasks that were not sent).
 
     A chord's body is published parked (header "x-chord-wait"): the broker holds it until each
     of its header's results is in, counts each once, and queues it, or fails it with
     ChordError; a chord inside a chain or a callback is sent by the worker whose result
-    unlocks it, in the same atomic step. Neither the broker nor the worker does that yet, and
-    without them a body would never run. This is the one place that changes when they do:
-    `compose_signature` builds the messages already.
+    unlocks it, in the same atomic step as that result.
     """
-    raise ConfigurationError(
-        "%r: sending a chord needs a broker that holds the chord's body until its header's "
-        "results are in; this version's broker does not do that yet: run the chord here "
-        "with .apply() (or ALWAYS_EAGER), or send a group and call the body with its results"
-        % (workflow,))
+    messages, declare = compose_signature(workflow, settings=settings)
+    encoded = [_encoded(message.encode()) for message in messages]
+
+    def send(conn):
+        for queue in sorted(declare):
+            conn.ensure_queue(queue)
+        conn.publish_atomic(encoded)
+    with_connection(send)
 
 
 def publish_all(messages, declare=()):

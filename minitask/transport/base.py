@@ -121,6 +121,12 @@ class Client:
         """Publish many encoded messages, pipelined; return once every one is held."""
         raise NotImplementedError
 
+    def publish_atomic(self, messages, timeout=None):
+        """Publish encoded messages as one unit: all of them are held, or none (a chord:
+        its parked body and its header's tasks). Raises BrokerError when the broker cannot
+        (an older one)."""
+        raise NotImplementedError
+
     def publish_with_record(self, data, key, value, timeout=None):
         """Set the durable setting `key` and publish, atomically (the beat's send record)."""
         raise NotImplementedError

@@ -399,6 +399,21 @@ class Connection(base.Client):
         self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
+    def publish_atomic(self, messages, timeout=None):
+        """One ATOMIC frame of PUBLISHes, journalled by the broker as one record."""
+        if "atomic" not in self.features:
+            raise BrokerError("the broker at %s cannot take several messages as one unit (it "
+                              "is older than this client)" % self.url, P.COMMAND_INVALID)
+        frames = [P.encode_frame(P.PUBLISH, 0, _encoded(data)) for data in messages]
+        if len(frames) > P.MAX_ATOMIC_FRAMES:
+            raise ProtocolError("%d messages in one unit: at most %d"
+                                % (len(frames), P.MAX_ATOMIC_FRAMES))
+        conversation = self.conversation or self.connect().conversation
+        timeout = self.timeout if timeout is None else timeout
+        seq = conversation.confirmable(P.ATOMIC, b"".join(frames))
+        self._flush()
+        self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
+
     def publish_many(self, messages, timeout=None, window=100):
         """Publish many messages keeping up to `window` unconfirmed; return once all are held."""
         conversation = self.conversation or self.connect().conversation

@@ -4,7 +4,8 @@ import pytest
 
 import itflow
 from cluster import wait_for
-from minitask import chain, group
+from minitask import chain, chord, group
+from minitask.exceptions import ChordError
 from minitask.result import AsyncResult
 
 
@@ -62,6 +63,52 @@ def test_a_link_that_retries_carries_its_chain_on(broker, flow_worker, tmp_path)
 
 def test_a_group_runs_its_members(broker, flow_worker):
     assert group(itflow.add.s(i, i) for i in range(5))().get(timeout=20) == [0, 2, 4, 6, 8]
+
+
+def test_a_revoked_link_is_not_run_and_its_chain_gets_the_revocation(broker, flow_worker):
+    workflow = itflow.add.s(1, 1) | itflow.add.s(1) | itflow.add.s(1)
+    result = workflow.freeze()
+    AsyncResult(result.parent.id).revoke()
+    workflow.apply_async()
+    with pytest.raises(Exception) as info:
+        result.get(timeout=20)
+    assert type(info.value).__name__ == "TaskRevokedError"
+    assert result.parent.parent.get(timeout=5) == 2
+
+
+def test_a_chord_body_gets_every_header_result_in_order(broker, flow_worker):
+    result = chord((itflow.add.s(i, i) for i in range(10)), itflow.tsum.s())()
+    assert result.get(timeout=30) == 90
+    assert result.parent.get(timeout=5) == [2 * i for i in range(10)]
+
+
+def test_a_group_piped_into_a_task_is_a_chord(broker, flow_worker):
+    assert (group(itflow.add.s(1, 1), itflow.add.s(2, 2)) | itflow.tsum.s()).delay() \
+        .get(timeout=30) == 6
+
+
+def test_a_chord_inside_a_chain_is_sent_by_the_worker(broker, flow_worker):
+    result = (itflow.add.s(1, 1) | group(itflow.add.s(1), itflow.add.s(2)) | itflow.tsum.s()
+              | itflow.mul.s(10)).delay()
+    assert result.get(timeout=30) == 70
+
+
+def test_a_failing_header_task_fails_the_chord_naming_it_and_calls_its_errback(
+        broker, flow_worker, tmp_path):
+    broken = chord([itflow.add.s(1, 1), itflow.divide.s(1, 0)],
+                   itflow.tsum.s("never").on_error(itflow.errback.s("chord-errors"))).delay()
+    with pytest.raises(ChordError, match=broken.parent.results[1].id):
+        broken.get(timeout=30)
+    assert wait_for(lambda: itflow_trace(tmp_path, "chord-errors"), what="the errback") \
+        == [broken.id]
+    assert itflow_trace(tmp_path, "never") == []
+
+
+def test_map_starmap_and_chunks(broker, flow_worker):
+    assert itflow.tsum.map([[1, 2], [3, 4]]).delay().get(timeout=20) == [3, 7]
+    assert itflow.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=20) == [3, 7]
+    assert itflow.add.chunks(zip(range(6), range(6)), 4)().get(timeout=20) == [[0, 2, 4, 6],
+                                                                              [8, 10]]
 
 
 def itflow_trace(directory, name):
