@@ -60,9 +60,12 @@ def unlocked_by(headers):
         return [], []
 
 
-def chord_error(body_id, header_id, state):
+def chord_error(body_id, header_id, state, name=""):
+    """The ChordError a failed chord's body gets, naming the header task (and its name when
+    the broker knows it)."""
+    task = "%s[%s]" % (name, header_id) if name else header_id
     return ChordError("chord %s: header task %s ended in %s, so the body never runs"
-                      % (body_id, header_id, state))
+                      % (body_id, task, state))
 
 
 class Parked:

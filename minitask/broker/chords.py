@@ -113,13 +113,14 @@ class Chords:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def result_final(self, task_id, state):
-        """A final result was stored for `task_id` (by anyone): count it."""
+    def result_final(self, task_id, state, name=None):
+        """A final result was stored for `task_id` (by anyone; `name` its task's when
+        known): count it."""
         joins = self.joins
         if task_id in joins.watchers or task_id in joins.running:
-            self._apply(joins.final(task_id, state), task_id)
+            self._apply(joins.final(task_id, state), task_id, name)
 
-    def _apply(self, decisions, trigger):
+    def _apply(self, decisions, trigger, name=None):
         """Release or fail the bodies `Joins` decided on, journalled with what is being
         written now (inside an ATOMIC, undone with it if it is refused)."""
         sink = self.sink
@@ -139,7 +140,8 @@ class Chords:
                 logger.warning("chord %s failed: header task %s ended in %s",
                                parked.body_id, failed_id, state)
                 self.results.broker_result(parked.body_id, "FAILURE", chord_error(
-                    parked.body_id, failed_id, state), self.clock())
+                    parked.body_id, failed_id, state, name if failed_id == trigger else None),
+                    self.clock(), P.parse_message(parked.data).type)
                 self.failed_message(parked.body_id, parked.data)
 
     def _undo(self, parked, failed_id, trigger, segment):

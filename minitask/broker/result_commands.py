@@ -76,7 +76,8 @@ class ResultCommands:
         if flags & P.STORE:
             now = self.clock()
             self.store_result(task_id, state, content_type, payload, now,
-                              now + (ttl if ttl > 0 else self.result_expires))
+                              now + (ttl if ttl > 0 else self.result_expires),
+                              name or self.handovers.names.get(task_id))
         else:
             self.store.inflight.pop(task_id, None)
         self.sink.confirm(session, seq)
@@ -87,8 +88,9 @@ class ResultCommands:
         if inflight is not None:
             self.store.inflight[task_id] = inflight
 
-    def store_result(self, task_id, state, content_type, payload, now, expires_at):
-        """Keep a result (journalled), and answer whoever waits for it if it is final."""
+    def store_result(self, task_id, state, content_type, payload, now, expires_at, name=None):
+        """Keep a result (journalled), and answer whoever waits for it if it is final;
+        `name`: the task's, when known (a failed chord names it)."""
         entry = ResultEntry(task_id, state, content_type, payload, now, expires_at)
         store, sink = self.store, self.sink
         unit = sink.open
@@ -112,7 +114,7 @@ class ResultCommands:
             elif task_id in store.waiters:
                 self._answer_waiters(task_id)
             if self.on_final is not None:
-                self.on_final(task_id, state)
+                self.on_final(task_id, state, name)
 
     def _undo_store(self, entry, old, segment, inflight):
         """Put back what a refused unit's `store_result` replaced, unless it was replaced
@@ -172,11 +174,12 @@ class ResultCommands:
         for entry in self.store.expire(now):
             self.sink.untrack(entry)
 
-    def broker_result(self, task_id, state, exc, now):
+    def broker_result(self, task_id, state, exc, now, name=None):
         """Store a result the broker decides itself, built as a worker builds one."""
         meta = ResultMeta(task_id, state, exc, date_done=now)
         content_type, payload = encode_result_meta(meta, "json")
-        self.store_result(task_id, state, content_type, payload, now, now + self.result_expires)
+        self.store_result(task_id, state, content_type, payload, now, now + self.result_expires,
+                          name)
 
     def task_revoked(self, task_id, why, data=None):
         """Store REVOKED for a task that will never run (`why`: revoked, expired...), unless
@@ -200,7 +203,7 @@ class ResultCommands:
         self.task_stats.finished(name, "FAILURE")
         logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
         self.broker_result(task_id, "FAILURE",
-                           WorkerLostError("the worker running the task was lost"), now)
+                           WorkerLostError("the worker running the task was lost"), now, name)
         if data is not None and self.on_failed_message is not None:
             self.on_failed_message(task_id, data)
 

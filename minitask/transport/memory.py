@@ -451,10 +451,11 @@ class Broker:
         priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
         return bytes(data), queues, priority, fields.not_before, fields.expires_at
 
-    def _enqueue(self, route):
+    def _enqueue(self, route, released=False):
+        """Queue a routed message; a chord's body is held instead, unless `released`."""
         data, queues, priority, not_before, expires_at = route
         fields = P.parse_message(data)
-        ids = chord_wait(headers_of(data, fields))
+        ids = None if released else chord_wait(headers_of(data, fields))
         if ids:                         # a chord's body: held until its header's results
             if fields.message_id not in self.joins.parked:
                 self._decide(self.joins.park(Parked(fields.message_id, data, ids),
@@ -720,7 +721,7 @@ class Broker:
     def _decide(self, decisions):
         for parked, failed_id, state in decisions:
             if failed_id is None:
-                self._publish_unlocked(parked.data)
+                self._publish_unlocked(parked.data, released=True)
             else:
                 self._store_final(parked.body_id, "FAILURE",
                                   chord_error(parked.body_id, failed_id, state), parked.data)
@@ -742,9 +743,9 @@ class Broker:
         for errback in errbacks:
             self._publish_unlocked(errback)
 
-    def _publish_unlocked(self, data):
+    def _publish_unlocked(self, data, released=False):
         try:
-            self._enqueue(self._route(data))
+            self._enqueue(self._route(data), released)
         except MinitaskError as exc:
             logger.error("task %s, unlocked by a workflow, was dropped: %s",
                          P.message_id_of(data), exc)

@@ -7,6 +7,7 @@ from cluster import wait_for
 from minitask import chain, chord, group
 from minitask.exceptions import ChordError
 from minitask.result import AsyncResult
+from minitask.transport import reset_connection
 
 
 @pytest.fixture
@@ -109,6 +110,28 @@ def test_map_starmap_and_chunks(broker, flow_worker):
     assert itflow.add.starmap([(1, 2), (3, 4)]).delay().get(timeout=20) == [3, 7]
     assert itflow.add.chunks(zip(range(6), range(6)), 4)().get(timeout=20) == [[0, 2, 4, 6],
                                                                               [8, 10]]
+
+
+def test_a_parked_chord_body_survives_a_broker_kill_9(broker, start_worker):
+    result = chord((itflow.add.s(i, 1) for i in range(5)), itflow.tsum.s())()
+    broker.kill()                       # kill -9 before any header task ran: nothing is lost
+    broker.start()
+    reset_connection()
+    start_worker(modules="itflow")
+    assert result.get(timeout=30) == sum(i + 1 for i in range(5))
+
+
+def test_a_chord_whose_header_finished_before_a_broker_kill_9_is_released_on_restart(
+        broker, start_worker):
+    worker = start_worker(modules="itflow")
+    result = chord([itflow.add.s(1, 1), itflow.add.s(2, 2)], itflow.tsum.s())()
+    assert result.get(timeout=30) == 6
+    broker.kill()
+    broker.start()
+    reset_connection()
+    worker.stop()
+    assert AsyncResult(result.id).get(timeout=10) == 6  # the result, not a second body run
+    assert broker.queue("minitask")["ready"] == 0
 
 
 def itflow_trace(directory, name):
