@@ -60,3 +60,22 @@ def noop(*args):
 @task(name="flow.first")
 def first(values):
     return values[0] if values else None
+
+
+# At-least-once tasks for the workflow chaos test: a worker killed mid-run has them run again.
+
+@task(name="flow.step", acks_late=True)
+def step(x, y):
+    return x + y
+
+
+@task(name="flow.part", acks_late=True)
+def part(i):
+    return i
+
+
+@task(name="flow.join", acks_late=True)
+def join(values, tag):
+    """A chord's body: records the body's run (its id), returns the sum of its header."""
+    _trace(tag, join.request.id)
+    return sum(values)
