@@ -79,3 +79,11 @@ def join(values, tag):
     """A chord's body: records the body's run (its id), returns the sum of its header."""
     _trace(tag, join.request.id)
     return sum(values)
+
+
+@task(name="flow.hang")
+def hang(tag):
+    """A header task that leaves a line, then runs until its worker is killed."""
+    _trace(tag, "started")
+    import time
+    time.sleep(60)

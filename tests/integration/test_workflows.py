@@ -134,6 +134,21 @@ def test_a_chord_whose_header_finished_before_a_broker_kill_9_is_released_on_res
     assert broker.queue("minitask")["ready"] == 0
 
 
+@pytest.mark.broker_args("--worker-lost-grace", "0.5")
+def test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost(
+        broker, start_worker, tmp_path):
+    worker = start_worker(modules="itflow")
+    result = chord([itflow.add.s(1, 1), itflow.hang.s("hang")],
+                   itflow.tsum.s().on_error(itflow.errback.s("lost")))()
+    wait_for(lambda: itflow_trace(tmp_path, "hang"), what="the header task to start")
+    worker.kill()                       # kill -9: the broker stores WorkerLostError itself
+    with pytest.raises(ChordError, match="flow.hang"):
+        result.get(timeout=30)
+    assert type(result.parent.results[1].result).__name__ == "WorkerLostError"
+    start_worker(name="w2", modules="itflow")
+    assert wait_for(lambda: itflow_trace(tmp_path, "lost"), what="the errback") == [result.id]
+
+
 def itflow_trace(directory, name):
     import os
     path = os.path.join(str(directory), "trace-%s.log" % name)
