@@ -140,7 +140,9 @@ def test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost(
     worker = start_worker(modules="itflow")
     result = chord([itflow.add.s(1, 1), itflow.hang.s("hang")],
                    itflow.tsum.s().on_error(itflow.errback.s("lost")))()
-    wait_for(lambda: itflow_trace(tmp_path, "hang"), what="the header task to start")
+    hung = result.parent.results[1]
+    # Handed over: the broker heard it start (not only the pool process running it).
+    wait_for(lambda: hung.state == "STARTED", what="the broker to hear the header task start")
     worker.kill()                       # kill -9: the broker stores WorkerLostError itself
     with pytest.raises(ChordError, match="flow.hang"):
         result.get(timeout=30)
