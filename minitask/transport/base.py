@@ -16,10 +16,13 @@ never decodes a task's payload (it may be pickled).
 Results cross as ``Result(state, ready, date_done, content_type, payload)``: the payload is a
 serialized result meta (`minitask.message`), opaque to the transport.
 
-One operation exists for workflows: `Consumer.store_result(..., publish=[...])` stores a
-task's result and publishes the messages it unlocks (the next link of a chain, callbacks) in
-one atomic, durable step: after a crash, both happened or neither did (with `chained`, the
-same result is stored for the rest of a chain that stops at this task, in that step too).
+Two operations exist for workflows. `Client.publish_atomic` publishes several messages as one
+unit (a chord: its parked body and its header's tasks). `Consumer.store_result(...,
+publish=[...])` stores a task's result and publishes the messages it unlocks (the next link
+of a chain, callbacks, errbacks) in one atomic, durable step: after a crash, both happened or
+neither did (with `chained`, the same result is stored for the rest of a chain that stops at
+this task, in that step too). A transport holds a message with header "x-chord-wait" (a
+chord's body) until those results are final (`minitask.joins`).
 
 Errors: a lost connection is `BrokerConnectionError`; a refused publish is
 `UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; a malformed message or
