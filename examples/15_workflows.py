@@ -8,8 +8,10 @@ results. ``add.si(...)`` is immutable: it gets no result. A failing task stops i
 fails its chord with ChordError and the body never runs. Signatures are plain dicts (JSON),
 so a workflow can be stored and rebuilt with ``signature(dict)``.
 
-Until the broker joins chords, this example runs its workflows eagerly (ALWAYS_EAGER), in this
-process; the same code will run on a worker.
+The broker joins workflows: a task's result is stored together with what it unlocks (the
+next link, a callback, an errback) in one journal write, and a chord's body is held by the
+broker until its header's results are in, so killing any process never strands one. The
+same code runs eagerly too (ALWAYS_EAGER).
 
 Run it:  python examples/15_workflows.py
 """
@@ -49,6 +51,11 @@ def log_error(task_id, path):
         errors.write(task_id + "\n")
 
 
+def _read(path):
+    with open(path) as handle:
+        return handle.read()
+
+
 def main(cluster):
     result = (add.s(2, 2) | mul.s(8) | add.s(1)).delay()
     print("(add.s(2, 2) | mul.s(8) | add.s(1)).delay().get() = %r" % result.get())
@@ -78,19 +85,19 @@ def main(cluster):
 
     errors = os.path.join(cluster.scratch, "errors.txt")
     failed = (add.s(1, 1) | divide.s(0) | add.s(1)).on_error(log_error.s(errors)).delay()
-    print("a chain whose divide.s(0) fails: state %s, and its last task's too: %s"
-          % (failed.parent.state, failed.state))
-    with open(errors) as logged:
-        print("  log_error got the failed task's id: %s" % (logged.read().split()
-                                                            == [failed.parent.id]))
     try:
-        failed.get()
+        failed.get(timeout=10)
     except ZeroDivisionError as exc:
-        print("  .get() raises the error: ZeroDivisionError: %s" % exc)
+        print("a chain whose divide.s(0) fails: .get() raises ZeroDivisionError: %s" % exc)
+    print("  the failed link's state: %s, and its last task's too: %s"
+          % (failed.parent.state, failed.state))
+    logged = _run.wait_for(lambda: os.path.exists(errors) and _read(errors).split(),
+                           what="the errback")
+    print("  log_error got the failed task's id: %s" % (logged == [failed.parent.id]))
 
     broken = chord([add.s(1, 1), divide.s(1, 0)], tsum.s()).delay()
     try:
-        broken.get()
+        broken.get(timeout=10)
     except ChordError as exc:
         print("a chord whose header fails: the body never runs; ChordError names the task: %s"
               % ("divide[%s]" % broken.parent[1].id in str(exc)))
@@ -104,4 +111,4 @@ def main(cluster):
 
 
 if __name__ == "__main__":
-    _run.example(__file__, worker=False, settings={"ALWAYS_EAGER": True})
+    _run.example(__file__)

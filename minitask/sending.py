@@ -18,8 +18,8 @@ the workflow fields of `minitask.message` (body keys for the worker, headers for
     chord(header, body)        body's, parked ("chord", "x-chord-wait"), then the header's,
                                whose last tasks carry "x-chord"
 
-A workflow holding a chord is sent by `publish_chords`: the broker must hold a chord's body
-until its header's results are in, which this broker does not do yet.
+A workflow holding a chord is sent by `publish_chords`, as one unit: the broker holds a
+chord's body until its header's results are in (see `minitask.joins`).
 """
 
 import base64
@@ -38,7 +38,8 @@ from .routes import destination, router_for
 from .transport import with_connection
 
 __all__ = ["compose_message", "publish", "send_task", "compose_signature", "compose_unlocked",
-           "errbacks_of", "send_workflow", "publish_all", "publish_chords"]
+           "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
+           "send_workflow", "publish_all", "publish_chords"]
 
 # The most a message's headers may hold (protocol 3.1: a str16).
 MAX_HEADER_BYTES = 0xFFFF
@@ -186,6 +187,53 @@ def errbacks_of(headers):
         raise SerializationError("x-errbacks holds text that is not base64: %s" % exc) from exc
 
 
+def success_unlocks(message, value, settings=None):
+    """The encoded messages the SUCCESS of `message`'s task (a TaskMessage) with `value`
+    unlocks, for the worker to publish with the result; a queue they are routed to that is
+    not declared yet is declared first, through this thread's connection."""
+    if not message.chain and not message.callbacks:
+        return []
+    messages, declare = compose_unlocked(message, value, settings)
+    if declare:
+        def ensure(conn):
+            for queue in sorted(declare):
+                conn.ensure_queue(queue)
+        with_connection(ensure)
+    return [protocol.encode_message(unlocked.encode()) for unlocked in messages]
+
+
+def failure_unlocks(headers):
+    """``(errback messages, chained ids)`` that a FAILURE or REVOKED of the task whose message
+    has `headers` unlocks: its encoded errbacks ("x-errbacks"), and the ids of the rest of its
+    chain ("x-chain"), which never run and get the same outcome so that no waiter hangs.
+    SerializationError if either header is malformed."""
+    chained = (headers or {}).get("x-chain") or []
+    if not isinstance(chained, list) or not all(isinstance(one, str) for one in chained):
+        raise SerializationError("x-chain must be a list of task ids")
+    return errbacks_of(headers), chained
+
+
+def chord_values(results, fetch):
+    """The values of a chord's header results, nested as `results` (the ids in a chord
+    body's "chord" field); `fetch(task_id)` gives a result's ``(state, value)``.
+
+    Raises ChordError naming the first result that is not a SUCCESS (failed, or gone:
+    expired or forgotten), so the body fails with a reason instead of running short."""
+    from .exceptions import ChordError
+    values = []
+    for item in results:
+        if isinstance(item, list):
+            values.append(chord_values(item, fetch))
+            continue
+        state, value = fetch(item)
+        if state != "SUCCESS":
+            why = "has no result (expired or forgotten)" if state == "PENDING" else \
+                "ended in %s: %r" % (state, value)
+            raise ChordError("chord header task %s %s" % (item, why))
+        values.append(value)
+    return values
+
+
 def send_workflow(workflow, settings=None):
     """Publish the messages of `workflow` (every id assigned: `Signature.freeze`) in one
     pipelined batch, declaring the queues they need first."""
@@ -197,20 +245,22 @@ def send_workflow(workflow, settings=None):
 
 
 def publish_chords(workflow, settings=None):
-    """Send a workflow that holds a chord: refused until the broker joins chords.
+    """Send a workflow that holds a chord, as one unit (all its messages are held by the
+    broker, or none: a chord's body never waits for header tasks that were not sent).
 
     A chord's body is published parked (header "x-chord-wait"): the broker holds it until each
     of its header's results is in, counts each once, and queues it, or fails it with
     ChordError; a chord inside a chain or a callback is sent by the worker whose result
-    unlocks it, in the same atomic step. Neither the broker nor the worker does that yet, and
-    without them a body would never run. This is the one place that changes when they do:
-    `compose_signature` builds the messages already.
+    unlocks it, in the same atomic step as that result.
     """
-    raise ConfigurationError(
-        "%r: sending a chord needs a broker that holds the chord's body until its header's "
-        "results are in; this version's broker does not do that yet: run the chord here "
-        "with .apply() (or ALWAYS_EAGER), or send a group and call the body with its results"
-        % (workflow,))
+    messages, declare = compose_signature(workflow, settings=settings)
+    encoded = [_encoded(message.encode()) for message in messages]
+
+    def send(conn):
+        for queue in sorted(declare):
+            conn.ensure_queue(queue)
+        conn.publish_atomic(encoded)
+    with_connection(send)
 
 
 def publish_all(messages, declare=()):

@@ -83,6 +83,7 @@ class Request:
     parent_id = None
     group = None
     reply_to = None
+    workflow = None                     # the TaskMessage, when it carries workflow fields
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
@@ -149,6 +150,19 @@ class Request:
 
     def __repr__(self):
         return "<Request %s[%s] retries=%d>" % (self.name, self.id, self.retries)
+
+
+def _send_retry_in_workflow(task, workflow, args, kwargs, **options):
+    """Send the retry of a task that is part of a workflow: the same chain, callbacks and
+    workflow headers as the message it retries (`workflow`), so the workflow goes on after
+    it. A chord's body has its header's values in its args already: it waits for nothing."""
+    message, declare = compose_message(task.name, args, kwargs, task, get_settings(),
+                                       **options)
+    message.chain, message.callbacks = workflow.chain, workflow.callbacks
+    headers = {name: value for name, value in (workflow.headers or {}).items()
+               if name != "x-chord-wait"}
+    message.headers = headers or None
+    publish(message.encode(), declare)
 
 
 _context = threading.local()
@@ -481,8 +495,14 @@ class Task(metaclass=TaskType):
                 options.setdefault("exchange", request.exchange)
                 options.setdefault("routing_key", request.routing_key)
                 options.setdefault("priority", request.priority)
-            self.apply_async(args, kwargs, countdown=countdown, eta=eta, task_id=task_id,
-                             retries=retries + 1, **options)
+            workflow = getattr(request, "workflow", None)
+            if workflow is None:
+                self.apply_async(args, kwargs, countdown=countdown, eta=eta, task_id=task_id,
+                                 retries=retries + 1, **options)
+            else:
+                _send_retry_in_workflow(self, workflow, args, kwargs, countdown=countdown,
+                                        eta=eta, task_id=task_id, retries=retries + 1,
+                                        **options)
         raise error
 
     @_OnInstance

@@ -64,12 +64,21 @@ class Messages:
         self._timers = []                       # (heap, entry) of this turn's persisted ones
         self.next_message_id = 1
         self.unroutable = 0                     # dropped for matching no queue (AMQP's way)
+        # Set by the chords part: chord_wait(data, fields) -> the ids a chord's body waits
+        # for (None for any other message), park(session, seq, data, fields, ids) holds it.
+        self.chord_wait = self.park = None
 
     # -- publishing ----------------------------------------------------------------------------
 
     def publish(self, session, seq, data):
         fields = P.parse_message(data)
         flags, priority, not_before, expires_at, message_id, exchange, key = fields[:7]
+        at = fields.headers_at
+        if data[at] or data[at + 1]:            # headers: a chord's body is held, not routed
+            ids = self.chord_wait(data, fields)
+            if ids:
+                self.park(session, seq, data, fields, ids)
+                return
         if exchange:
             queues = self.topology.route(fields, data)
         else:                                   # the default exchange, inline: the hot path
@@ -97,9 +106,22 @@ class Messages:
             why = P.drop_reason(message_id, expires_at, now, revoked)
             if why is not None:
                 self._count_dropped(data)
-                self.results.task_revoked(message_id, why + " before it was queued")
+                self.results.task_revoked(message_id, why + " before it was queued", data)
                 sink.confirm(session, seq)
                 return
+        placed, records = self._store(data, flags, priority, not_before, expires_at, queues,
+                                      now)
+        if records or sink.open is not None:
+            sink.unit(session, seq, placed, records)
+        if seq:                                 # sink.confirm, inline: the hot path
+            if not session.confirm_seq:
+                sink.confirming.append(session)
+            session.confirm_seq = seq
+
+    def _store(self, data, flags, priority, not_before, expires_at, queues, now):
+        """Place a copy of message `data` in each of `queues`, journalling those that
+        persist; returns ``(placed, records)``."""
+        sink = self.sink
         if priority is None:
             priority = P.DEFAULT_PRIORITY
         persistent = bool(flags & P.PERSISTENT)
@@ -119,12 +141,34 @@ class Messages:
             else:
                 self._place(message, not_before, now)
             placed.append(message)
-        if records or sink.open is not None:
-            sink.unit(session, seq, placed, records)
-        if seq:                                 # sink.confirm, inline: the hot path
-            if not session.confirm_seq:
-                sink.confirming.append(session)
-            session.confirm_seq = seq
+        return placed, records
+
+    def publish_unlocked(self, data):
+        """Route and queue a message the broker publishes itself because of a command it is
+        applying (a chord's body, an errback): its records join that command's (inside an
+        ATOMIC, its unit: refused with it). Never refused itself: a full queue takes it,
+        and one that matches no queue is logged and counted as unroutable."""
+        fields = P.parse_message(data)
+        queues = self.topology.route(fields, data)
+        if not queues:
+            self.unroutable += 1
+            logger.error("task %s (%s), unlocked by a workflow, matched no queue (exchange %r, "
+                         "routing key %r): dropped", fields.message_id, fields.type,
+                         fields.exchange, fields.routing_key)
+            return
+        now = self.clock()
+        revoked = self.results.revoked.ids
+        if revoked or fields.expires_at:
+            why = P.drop_reason(fields.message_id, fields.expires_at, now, revoked)
+            if why is not None:
+                self._count_dropped(data)
+                self.results.task_revoked(fields.message_id, why + " before it was queued",
+                                          data)
+                return
+        placed, _records = self._store(data, fields.flags, fields.priority, fields.not_before,
+                                       fields.expires_at, queues, now)
+        if self.sink.open is not None:
+            self.sink.open[0].extend(placed)
 
     def publish_internal(self, message):
         """Route a message the broker itself sends (control broadcasts); never persisted."""
@@ -354,6 +398,9 @@ class Messages:
             if started:
                 fields = P.parse_message(message.data)
                 self.results.handovers.start(fields.message_id, session, fields.type)
+                at = fields.headers_at
+                if message.data[at] or message.data[at + 1]:
+                    self.results.handovers.messages[fields.message_id] = message.data
                 inflight[fields.message_id] = "STARTED"
                 started_ids.append(fields.message_id)
             else:
@@ -440,8 +487,8 @@ class Messages:
     def _drop(self, message, task_id, why):
         """A task's message is dropped unrun (`why`: "revoked" or "expired")."""
         self._count_dropped(message.data)
-        self.results.task_revoked(task_id, why)
         self._retire(message)
+        self.results.task_revoked(task_id, why, message.data)
 
     def _count_dropped(self, data):
         self.task_stats.finished(P.type_bytes_of(data).decode("utf-8", "replace"), "REVOKED")

@@ -13,8 +13,10 @@ import time
 
 from .. import protocol as P
 from . import records as rc
+from ..joins import chord_wait, headers_of
+from .chords import PARKED
 from .queue import DELAYED, StoredMessage
-from .results import ResultEntry
+from .results import KEEP_RECHECK, ResultEntry
 
 __all__ = ["recover"]
 
@@ -44,8 +46,10 @@ def recover(state):
             logger.error("journal %s: record of type %d could not be applied: %s",
                          segment.path, kind, exc)
     now = state.clock()
-    summary = _place_messages(state, found, now)
-    summary["results"] = _place_results(state, found, now)
+    parked = []
+    summary = _place_messages(state, found, now, parked)
+    summary["results"] = _place_results(state, found, now, _waited_for(parked))
+    summary["chords"] = state.chords.restore(parked)
     for task_id, expires_at in found.revoked.items():
         if expires_at > now:
             state.revoked.add(task_id, expires_at)
@@ -114,12 +118,17 @@ def _apply(state, found, segment, kind, payload):
             _apply(state, found, segment, sub_kind, sub_payload)
 
 
-def _place_messages(state, found, now):
+def _place_messages(state, found, now, parked):
+    """Put the messages found back in their queues; chord bodies the broker held go in
+    `parked` as ``(id, data, segment)``."""
     placed = delayed = redelivered = 0
     orphaned = []
     track = state.sink.track
     for message_id in sorted(found.messages):
         queue_name, data, deliveries, segment = found.messages[message_id]
+        if queue_name == PARKED:
+            parked.append((message_id, data, segment))
+            continue
         queue = state.queues.get(queue_name)
         if queue is None:
             orphaned.append(message_id)
@@ -142,12 +151,26 @@ def _place_messages(state, found, now):
     return {"messages": placed, "delayed": delayed, "redelivered": redelivered}
 
 
-def _place_results(state, found, now):
+def _waited_for(parked):
+    """The result ids the parked chord bodies wait for (those must not expire)."""
+    ids = set()
+    for _message_id, data, _segment in parked:
+        try:
+            ids.update(chord_wait(headers_of(data)) or ())
+        except P.ProtocolError:
+            continue                    # Chords.restore logs nothing of it either: not a body
+    return ids
+
+
+def _place_results(state, found, now, keep=()):
     count = 0
     for entry, segment in found.results.values():
         if entry.expires_at <= now:
-            continue
+            if entry.task_id not in keep:
+                continue
+            entry.expires_at = now + KEEP_RECHECK
         state.results.set(entry)
         state.sink.track(entry, segment)
         count += 1
     return count
+

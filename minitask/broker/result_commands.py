@@ -50,6 +50,11 @@ class ResultCommands:
         self.kv = {}
         self.leases = {}                # name -> (holder, expires_at)
         self.recent_failures = []       # (time, task id), newest last
+        # Set by the chords part: on_final(task_id, state) after a final result is stored;
+        # on_failed_message(task_id, data) after the broker stored FAILURE or REVOKED for
+        # the task of message `data` (its errbacks run).
+        self.on_final = None
+        self.on_failed_message = None
 
     # -- results -------------------------------------------------------------------------------
 
@@ -71,7 +76,8 @@ class ResultCommands:
         if flags & P.STORE:
             now = self.clock()
             self.store_result(task_id, state, content_type, payload, now,
-                              now + (ttl if ttl > 0 else self.result_expires))
+                              now + (ttl if ttl > 0 else self.result_expires),
+                              name or self.handovers.names.get(task_id))
         else:
             self.store.inflight.pop(task_id, None)
         self.sink.confirm(session, seq)
@@ -82,8 +88,9 @@ class ResultCommands:
         if inflight is not None:
             self.store.inflight[task_id] = inflight
 
-    def store_result(self, task_id, state, content_type, payload, now, expires_at):
-        """Keep a result (journalled), and answer whoever waits for it if it is final."""
+    def store_result(self, task_id, state, content_type, payload, now, expires_at, name=None):
+        """Keep a result (journalled), and answer whoever waits for it if it is final;
+        `name`: the task's, when known (a failed chord names it)."""
         entry = ResultEntry(task_id, state, content_type, payload, now, expires_at)
         store, sink = self.store, self.sink
         unit = sink.open
@@ -106,6 +113,8 @@ class ResultCommands:
                 sink.after_write(functools.partial(self._answer_waiters, task_id))
             elif task_id in store.waiters:
                 self._answer_waiters(task_id)
+            if self.on_final is not None:
+                self.on_final(task_id, state, name)
 
     def _undo_store(self, entry, old, segment, inflight):
         """Put back what a refused unit's `store_result` replaced, unless it was replaced
@@ -165,31 +174,38 @@ class ResultCommands:
         for entry in self.store.expire(now):
             self.sink.untrack(entry)
 
-    def _broker_result(self, task_id, state, exc, now):
+    def broker_result(self, task_id, state, exc, now, name=None):
         """Store a result the broker decides itself, built as a worker builds one."""
         meta = ResultMeta(task_id, state, exc, date_done=now)
         content_type, payload = encode_result_meta(meta, "json")
-        self.store_result(task_id, state, content_type, payload, now, now + self.result_expires)
+        self.store_result(task_id, state, content_type, payload, now, now + self.result_expires,
+                          name)
 
-    def task_revoked(self, task_id, why):
+    def task_revoked(self, task_id, why, data=None):
         """Store REVOKED for a task that will never run (`why`: revoked, expired...), unless
-        it has a final result already."""
+        it has a final result already. With its message `data` (dropped now), what that
+        unlocks runs: its errbacks, and the rest of its chain gets the same result."""
         if not task_id:
             return
         entry = self.store.get(task_id)
         if entry is None or entry.state not in P.READY_STATES:
-            self._broker_result(task_id, "REVOKED", TaskRevokedError(
+            self.broker_result(task_id, "REVOKED", TaskRevokedError(
                 "task %s %s" % (task_id, why)), self.clock())
+        if data is not None and self.on_failed_message is not None:
+            self.on_failed_message(task_id, data)
 
     def _worker_lost(self, task_id, now):
         name = self.handovers.names.pop(task_id, None)
+        data = self.handovers.messages.pop(task_id, None)
         entry = self.store.get(task_id)
         if entry is not None and entry.state in P.READY_STATES:
             return
         self.task_stats.finished(name, "FAILURE")
         logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
-        self._broker_result(task_id, "FAILURE",
-                            WorkerLostError("the worker running the task was lost"), now)
+        self.broker_result(task_id, "FAILURE",
+                           WorkerLostError("the worker running the task was lost"), now, name)
+        if data is not None and self.on_failed_message is not None:
+            self.on_failed_message(task_id, data)
 
     # -- revokes and handovers -----------------------------------------------------------------
 

@@ -17,7 +17,9 @@ import heapq
 
 __all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers"]
 
-_NONE = object()                # Handovers.checkpoint: the task was not handed over
+_NONE = object()
+# Seconds between looks at a result that has expired but that a chord's body still needs.
+KEEP_RECHECK = 60.0                # Handovers.checkpoint: the task was not handed over
 
 
 class ResultEntry:
@@ -44,6 +46,9 @@ class ResultStore:
         self._seq = 0
         self.waiters = {}               # task id -> list of Waiter
         self._wait_deadlines = []       # heap of (deadline, seq, Waiter)
+        # keep(task_id): whether a result must not expire yet (a chord's body reads it);
+        # such a result is looked at again KEEP_RECHECK seconds later.
+        self.keep = None
 
     def __len__(self):
         return len(self.entries)
@@ -98,6 +103,11 @@ class ResultStore:
             expires_at, _seq, task_id = heapq.heappop(heap)
             entry = self.entries.get(task_id)
             if entry is not None and entry.expires_at == expires_at:
+                if self.keep is not None and self.keep(task_id):
+                    entry.expires_at = now + KEEP_RECHECK
+                    self._seq += 1
+                    heapq.heappush(heap, (entry.expires_at, self._seq, task_id))
+                    continue
                 del self.entries[task_id]
                 removed.append(entry)
         if len(heap) > 2 * len(self.entries) + 1024:      # mostly stale: rebuild
@@ -197,6 +207,9 @@ class Handovers:
         self.grace = grace
         self.owner = {}                 # task id -> Session (None once orphaned)
         self.names = {}                 # task id -> task name, for status
+        # task id -> its message, when it has workflow headers: what a WorkerLostError the
+        # broker stores for it unlocks (its errbacks). Kept in memory only.
+        self.messages = {}
         self.orphans = {}               # task id -> deadline
         self._deadlines = []
 
@@ -217,6 +230,7 @@ class Handovers:
         if session is False:
             return False
         self.names.pop(task_id, None)
+        self.messages.pop(task_id, None)
         self.orphans.pop(task_id, None)
         if session is not None:
             session.started.discard(task_id)

@@ -67,11 +67,12 @@ class Sink:
                 self.confirming.append(session)
             session.confirm_seq = seq
 
-    def unit(self, session, seq, messages, records):
-        """A publish that a failed write refuses (inside an ATOMIC: a part of that unit)."""
+    def unit(self, session, seq, messages, records, undo=()):
+        """A publish that a failed write refuses (inside an ATOMIC: a part of that unit);
+        `undo`: what else to undo then (inside an ATOMIC, use `on_refuse`)."""
         unit = self.open
         if unit is None:
-            self._units.append((session, seq, messages, records, (), ()))
+            self._units.append((session, seq, messages, records, undo, ()))
         else:
             unit[0].extend(messages)
 

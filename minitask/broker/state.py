@@ -27,6 +27,7 @@ from .. import control, protocol as P
 from ..exceptions import MinitaskError, ProtocolError
 from ..log import Throttle, folded
 from . import records as rc
+from .chords import PARKING, Chords
 from .handshake import Handshake
 from .journal import NullJournal
 from .messages import Messages
@@ -87,6 +88,8 @@ class BrokerState:
         self.messages = Messages(clock, self.options, self.sink, self.topology,
                                  self.result_commands, self.sessions, self.outgoing,
                                  self.task_stats)
+        self.chords = Chords(clock, self.options, self.sink, self.messages,
+                             self.result_commands)
         # What the parts keep, under the names status reports and tests read it by.
         self.exchanges, self.queues = self.topology.exchanges, self.topology.queues
         tasks = self.result_commands
@@ -275,6 +278,8 @@ class BrokerState:
     def record_for(self, obj):
         """The record that recreates one live message or result (compaction)."""
         if isinstance(obj, StoredMessage):
+            if obj.queue is PARKING:
+                return self.chords.record_for(obj)
             if obj.where == DEAD or self.queues.get(obj.queue.name) is not obj.queue:
                 return None
             return rc.publish_record(obj.id, obj.deliveries, obj.queue.name, obj.data)
@@ -285,6 +290,7 @@ class BrokerState:
     def live_objects(self):
         """Every message and result a journal record keeps alive."""
         yield from self.messages.live()
+        yield from self.chords.live_objects()
         yield from self.results.entries.values()
 
     def snapshot_records(self):

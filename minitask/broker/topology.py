@@ -121,6 +121,9 @@ class Topology:
         name = args.get("queue") or ""
         if not isinstance(name, str) or utf8_length(name, "queue") > 255:
             raise ProtocolError("queue name must be a string of at most 255 bytes")
+        if name.startswith("\x00"):
+            # The journal names the broker's own holdings so (a chord's parked body).
+            raise ProtocolError("queue name must not start with a NUL character")
         check_queue_args(args)
         queue = self.queues.get(name) if name else None
         if args.get("passive"):

@@ -16,9 +16,13 @@ never decodes a task's payload (it may be pickled).
 Results cross as ``Result(state, ready, date_done, content_type, payload)``: the payload is a
 serialized result meta (`minitask.message`), opaque to the transport.
 
-One operation exists for workflows: `Consumer.store_result(..., publish=[...])` stores a
-task's result and publishes the messages it unlocks (the next link of a chain, callbacks) in
-one atomic, durable step: after a crash, both happened or neither did.
+Two operations exist for workflows. `Client.publish_atomic` publishes several messages as one
+unit (a chord: its parked body and its header's tasks). `Consumer.store_result(...,
+publish=[...])` stores a task's result and publishes the messages it unlocks (the next link
+of a chain, callbacks, errbacks) in one atomic, durable step: after a crash, both happened or
+neither did (with `chained`, the same result is stored for the rest of a chain that stops at
+this task, in that step too). A transport holds a message with header "x-chord-wait" (a
+chord's body) until those results are final (`minitask.joins`).
 
 Errors: a lost connection is `BrokerConnectionError`; a refused publish is
 `UnroutableError`, `NotDeliverableError` or `PublishRefusedError`; a malformed message or
@@ -120,6 +124,12 @@ class Client:
         """Publish many encoded messages, pipelined; return once every one is held."""
         raise NotImplementedError
 
+    def publish_atomic(self, messages, timeout=None):
+        """Publish encoded messages as one unit: all of them are held, or none (a chord:
+        its parked body and its header's tasks). Raises BrokerError when the broker cannot
+        (an older one)."""
+        raise NotImplementedError
+
     def publish_with_record(self, data, key, value, timeout=None):
         """Set the durable setting `key` and publish, atomically (the beat's send record)."""
         raise NotImplementedError
@@ -214,8 +224,10 @@ class Consumer:
         raise NotImplementedError
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
+                     task_name="", runtime=None, chained=()):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
+        `chained`: more task ids given the same result in the same step (the rest of a chain
+        that stops at this task, which never runs: its waiters get this outcome).
         `store=False`: the task finished but keeps no result (ignore_result). `task_name` and
         `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
         raise NotImplementedError

@@ -398,6 +398,21 @@ class Connection(base.Client):
         self._wait(lambda: conversation.reply(kv_seq) is not None, timeout, "reply")
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
+    def publish_atomic(self, messages, timeout=None):
+        """One ATOMIC frame of PUBLISHes, journalled by the broker as one record."""
+        if "atomic" not in self.features:
+            raise BrokerError("the broker at %s cannot take several messages as one unit (it "
+                              "is older than this client)" % self.url, P.COMMAND_INVALID)
+        frames = [P.encode_frame(P.PUBLISH, 0, _encoded(data)) for data in messages]
+        if len(frames) > P.MAX_ATOMIC_FRAMES:
+            raise ProtocolError("%d messages in one unit: at most %d"
+                                % (len(frames), P.MAX_ATOMIC_FRAMES))
+        conversation = self.conversation or self.connect().conversation
+        timeout = self.timeout if timeout is None else timeout
+        seq = conversation.confirmable(P.ATOMIC, b"".join(frames))
+        self._flush()
+        self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
+
     def publish_many(self, messages, timeout=None, window=100):
         """Publish many messages keeping up to `window` unconfirmed; return once all are held."""
         conversation = self.conversation or self.connect().conversation
@@ -629,16 +644,20 @@ class Consumer(base.Consumer):
             self.out += P.encode_tags(P.REJECT, 0, [tag])
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
+                     task_name="", runtime=None, chained=()):
         described = "described_results" in self.features
         frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
                                 content_type, payload, task_name if described else None,
                                 runtime)
-        if not publish:
+        if not publish and not chained:
             self.out += frame
         elif "atomic_results" in self.features:
-            self.out += P.encode_atomic(0, [frame] + [P.encode_frame(P.PUBLISH, 0, data)
-                                                      for data in publish])
+            # The rest of a stopped chain: the same result under each id (uncounted: they
+            # never ran).
+            others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0,
+                                      content_type, payload, None, None) for other in chained]
+            self.out += P.encode_atomic(0, [frame] + others + [
+                P.encode_frame(P.PUBLISH, 0, data) for data in publish])
         else:
             raise BrokerError("the broker at %s cannot store a result and publish what it "
                               "unlocks in one step (it is older than this worker)"

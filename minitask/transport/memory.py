@@ -38,11 +38,13 @@ import threading
 import time
 
 from .. import __version__, control, protocol as P
+from ..broker.results import KEEP_RECHECK
 from ..broker.routing import Exchange
 from ..exceptions import (
     BrokerConnectionError, BrokerError, MinitaskError, NotDeliverableError, ProtocolError,
     PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
 )
+from ..joins import Joins, Parked, chord_error, chord_wait, headers_of, unlocked_by
 from ..message import ResultMeta, encode_result_meta
 from . import base, declare_topology, declare_worker_queues
 
@@ -205,6 +207,7 @@ class Broker:
         self.orphans = {}               # task id -> when it fails unless claimed
         self.kv, self.leases = {}, {}   # leases: name -> (holder, expires_at)
         self.recent_failures = []       # (time, task id), newest last
+        self.joins = Joins()            # parked chord bodies (minitask.joins)
         self.unroutable = 0
         self._serial = 0                # message ids, arrival order, session ids
         self._timers = []               # heap of (when, serial, action, args)
@@ -413,6 +416,11 @@ class Broker:
         for data in messages:
             self._enqueue(self._route(data))
 
+    def publish_atomic(self, session, messages, timeout=None):
+        routes = [self._route(data) for data in messages]     # every refusal before any
+        for route in routes:
+            self._enqueue(route)
+
     def publish_with_record(self, session, data, key, value, timeout=None):
         route = self._route(data)
         self.kv[key] = json.loads(json.dumps(value))      # a copy, as the broker keeps
@@ -446,14 +454,22 @@ class Broker:
         priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
         return bytes(data), queues, priority, fields.not_before, fields.expires_at
 
-    def _enqueue(self, route):
+    def _enqueue(self, route, released=False):
+        """Queue a routed message; a chord's body is held instead, unless `released`."""
         data, queues, priority, not_before, expires_at = route
+        fields = P.parse_message(data)
+        ids = None if released else chord_wait(headers_of(data, fields))
+        if ids:                         # a chord's body: held until its header's results
+            if fields.message_id not in self.joins.parked:
+                self._decide(self.joins.park(Parked(fields.message_id, data, ids),
+                                             self._final_state))
+            return
         now = time.time()
         if not queues:
             self.unroutable += 1        # dropped, as AMQP does; counted for status
             return
         if expires_at and expires_at <= now:
-            self._task_revoked(P.message_id_of(data), "expired before it was queued")
+            self._task_revoked(P.message_id_of(data), "expired before it was queued", data)
             return
         for queue in queues:
             queue.counts["published"] += 1
@@ -487,7 +503,7 @@ class Broker:
             else:
                 message.queue.delayed -= 1
             message.where = DEAD
-            self._task_revoked(P.message_id_of(message.data), "expired")
+            self._task_revoked(P.message_id_of(message.data), "expired", message.data)
 
     # -- delivering -----------------------------------------------------------------------------
 
@@ -533,9 +549,9 @@ class Broker:
         while message is not None:
             task_id = P.message_id_of(message.data)
             if message.expires_at is not None and message.expires_at <= time.time():
-                self._task_revoked(task_id, "expired")
+                self._task_revoked(task_id, "expired", message.data)
             elif task_id in self.revoked:
-                self._task_revoked(task_id, "revoked")
+                self._task_revoked(task_id, "revoked", message.data)
             else:
                 return message
             message.where = DEAD
@@ -586,7 +602,8 @@ class Broker:
             message.where = DEAD
             task_id = P.message_id_of(message.data)
             if started:
-                self.handovers[task_id] = [session, P.parse_message(message.data).type]
+                self.handovers[task_id] = [session, P.parse_message(message.data).type,
+                                           message.data]
                 self.orphans.pop(task_id, None)
                 session.started.add(task_id)
                 self.inflight[task_id] = "STARTED"
@@ -640,18 +657,19 @@ class Broker:
 
     def _worker_lost(self, task_id, deadline):
         if self.orphans.get(task_id) == deadline:
-            del self.orphans[task_id], self.handovers[task_id]
+            del self.orphans[task_id]
+            data = self.handovers.pop(task_id)[2]
             logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)",
                            task_id)
             self._store_final(task_id, "FAILURE",
-                              WorkerLostError("the worker running the task was lost"))
+                              WorkerLostError("the worker running the task was lost"), data)
 
     # -- results and revocations --------------------------------------------------------------
 
     def store_result(self, session, task_id, state, content_type, payload, store=True,
-                     publish=()):
+                     publish=(), chained=()):
         """Store a result and publish what it unlocks, all or nothing: every publish is
-        checked before anything changes."""
+        checked before anything changes. `chained` ids get the same result."""
         routes = [self._route(data) for data in publish]
         owner = self.handovers.pop(task_id, [None])[0]
         self.orphans.pop(task_id, None)
@@ -660,6 +678,8 @@ class Broker:
         if store:
             self._store(task_id, state, content_type, payload)
         self.inflight.pop(task_id, None)
+        for other in chained:
+            self._store(other, state, content_type, payload)
         for route in routes:
             self._enqueue(route)
 
@@ -672,19 +692,66 @@ class Broker:
         self._at(entry[1], self._forget_entry, self.results, task_id, entry)
         if state == "FAILURE":
             self.recent_failures = self.recent_failures[-49:] + [(now, task_id)]
+        if state in P.READY_STATES:
+            self._decide(self.joins.final(task_id, state))
 
     def _forget_entry(self, mapping, key, entry):
         if mapping.get(key) is entry:   # not a newer entry under the same key
+            if mapping is self.results and self.joins.pinned(key):
+                self._at(time.time() + KEEP_RECHECK, self._forget_entry, mapping, key, entry)
+                return                  # a chord's body still needs it
             del mapping[key]
 
-    def _store_final(self, task_id, state, exc):
-        """Store a final state the broker decides itself, unless the task has one."""
+    def _store_final(self, task_id, state, exc, data=None):
+        """Store a final state the broker decides itself, unless the task has one; with the
+        task's message `data`, publish what that unlocks (`_failed_message`)."""
         if task_id and not (task_id in self.results and self.results[task_id][0].ready):
             meta = ResultMeta(task_id, state, exc, None, "", 0, time.time())
             self._store(task_id, state, *encode_result_meta(meta, "json"))
+        if data is not None:
+            self._failed_message(task_id, data)
 
-    def _task_revoked(self, task_id, why):
-        self._store_final(task_id, "REVOKED", TaskRevokedError("task %s %s" % (task_id, why)))
+    def _task_revoked(self, task_id, why, data=None):
+        self._store_final(task_id, "REVOKED", TaskRevokedError("task %s %s" % (task_id, why)),
+                          data)
+
+    # -- workflows: chords and what failures unlock (as minitask.broker.chords does) --
+
+    def _final_state(self, task_id):
+        entry = self.results.get(task_id)
+        return entry[0].state if entry is not None and entry[0].ready else None
+
+    def _decide(self, decisions):
+        for parked, failed_id, state in decisions:
+            if failed_id is None:
+                self._publish_unlocked(parked.data, released=True)
+            else:
+                self._store_final(parked.body_id, "FAILURE",
+                                  chord_error(parked.body_id, failed_id, state), parked.data)
+
+    def _failed_message(self, task_id, data):
+        """Publish the errbacks of the failed task of message `data`; give the rest of its
+        chain its result."""
+        try:
+            errbacks, chained = unlocked_by(headers_of(data))
+        except ProtocolError as exc:
+            logger.error("task %s: its workflow headers are unreadable: %s", task_id, exc)
+            return
+        entry = self.results.get(task_id)
+        if entry is not None:
+            for other in chained:
+                if self._final_state(other) is None:
+                    self._store(other, entry[0].state, entry[0].content_type,
+                                entry[0].payload)
+        for errback in errbacks:
+            self._publish_unlocked(errback)
+
+    def _publish_unlocked(self, data, released=False):
+        try:
+            self._enqueue(self._route(data), released)
+        except MinitaskError as exc:
+            logger.error("task %s, unlocked by a workflow, was dropped: %s",
+                         P.message_id_of(data), exc)
 
     def get_result(self, session, task_id):
         if task_id in self.results:
@@ -872,6 +939,7 @@ class Client(base.Client):
     purge = _command("purge")
     publish_many = _command("publish_many")
     publish_with_record = _command("publish_with_record")
+    publish_atomic = _command("publish_atomic")
     get_result = _command("get_result")
     wait_result = _command("wait_result")
     forget = _command("forget")
@@ -994,8 +1062,9 @@ class Consumer(base.Consumer):
             self._say("reject", [tag], False)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
-        self._say("store_result", task_id, state, content_type, payload, store, list(publish))
+                     task_name="", runtime=None, chained=()):
+        self._say("store_result", task_id, state, content_type, payload, store, list(publish),
+                  list(chained))
 
     def reply(self, reply_to, data):
         self._say("publish", data)

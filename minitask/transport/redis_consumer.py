@@ -333,16 +333,21 @@ class Consumer(base.Consumer):
         self._rejects.append((tag, requeue))
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None):
+                     task_name="", runtime=None, chained=()):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
         by a script call of its own. (`task_name` and `runtime`: Redis keeps no per-task
-        counts.)"""
-        if not store and not publish:
+        counts.) The rest of a stopped chain (`chained`) gets the same result in the same
+        flush, by calls of its own: Redis runs them one after the other, but a worker killed
+        between them may leave some of them PENDING."""
+        if not store and not publish and not chained:
             self._finished.append(task_id)
             return
-        self._calls.append(("result", (task_id, state, content_type, bytes(payload), store),
+        payload = bytes(payload)
+        self._calls.append(("result", (task_id, state, content_type, payload, store),
                             list(publish)))
+        for other in chained:
+            self._calls.append(("result", (other, state, content_type, payload, True), []))
 
     def reply(self, reply_to, data):
         key = self.client.keys.reply(reply_to) if self.client else None
@@ -517,8 +522,8 @@ class Consumer(base.Consumer):
         logger.error("results not stored: the topology kept changing")
 
     def _build(self, call):
-        """A buffered call as what `client.run` takes (None for a result that cannot be
-        routed, which is logged)."""
+        """A buffered call as what `client.run` takes. A result is stored even when what it
+        unlocks cannot be published (a chord's body on Redis): that is logged and left out."""
         if call[0] == "fetch":
             return self._fetch_call()
         if call[0] != "result":
@@ -528,9 +533,9 @@ class Consumer(base.Consumer):
         try:
             publications = client.publications(publish)
         except MinitaskError as exc:
-            logger.error("result of %s not stored: what it unlocks cannot be published: %s",
+            logger.error("task %s: what its result unlocks is not published: %s",
                          result[0], exc)
-            return None
+            publications = []
         return client.publish_call(publications, result=result)
 
     # -- ending -----------------------------------------------------------------------------

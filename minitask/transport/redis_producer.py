@@ -271,6 +271,14 @@ class Client(base.Client):
         if batch:
             self._publish(batch, all_or_nothing=False)
 
+    def publish_atomic(self, messages, timeout=None):
+        """Publish as one unit: one script call, so Redis holds all of them or none."""
+        if len(messages) > PUBLISH_CHUNK * PIPELINE_CALLS:
+            raise PublishRefusedError("%d messages cannot be published as one unit on Redis "
+                                      "(at most %d)" % (len(messages),
+                                                        PUBLISH_CHUNK * PIPELINE_CALLS))
+        self._publish(list(messages), chunk=len(messages) or 1)
+
     def publish_with_record(self, data, key, value, timeout=None):
         """Set the durable setting `key` and publish, in one script: both or neither."""
         self._publish([data], record=(key, json.dumps(value)))
@@ -283,6 +291,8 @@ class Client(base.Client):
         encoded = [bytes(data) if isinstance(data, (bytes, bytearray, memoryview))
                    else P.encode_message(data) for data in messages]
         parsed = [(data, P.parse_message(data)) for data in encoded]
+        for data, fields in parsed:
+            _refuse_chord_body(data, fields)
         if not all(topology.has_exchange(fields.exchange) for _data, fields in parsed):
             topology = self.reload()
         return [ops.publication(topology, data, fields) for data, fields in parsed]
@@ -292,9 +302,8 @@ class Client(base.Client):
         return ops.publish_call(self.keys, self.topology.version, self.ttl_ms, self.topology,
                                 publications, all_or_nothing, record, result, RELEASE_AHEAD)
 
-    def _publish(self, messages, all_or_nothing=True, record=None):
-        pending = [messages[at:at + PUBLISH_CHUNK]
-                   for at in range(0, len(messages), PUBLISH_CHUNK)]
+    def _publish(self, messages, all_or_nothing=True, record=None, chunk=PUBLISH_CHUNK):
+        pending = [messages[at:at + chunk] for at in range(0, len(messages), chunk)]
         for _ in range(STALE_ATTEMPTS):
             calls = [self.publish_call(self.publications(chunk), all_or_nothing, record)
                      for chunk in pending]
@@ -488,3 +497,14 @@ def check_server(client):
     if policy != "noeviction":
         logger.warning("%s: maxmemory-policy is %s: Redis may evict queued messages when "
                        "full; set maxmemory-policy noeviction", client.options.display, policy)
+
+
+def _refuse_chord_body(data, fields):
+    """Refuse a chord's parked body (header "x-chord-wait"): the Redis transport does not
+    hold one until its header's results are in, and queueing it would run it at once."""
+    at = fields.headers_at
+    headers = P.headers_of(data, at) if data[at] or data[at + 1] else None
+    if isinstance(headers, dict) and "x-chord-wait" in headers:
+        raise ConfigurationError("task %s is a chord's body: chords need the built-in broker "
+                                 "(the Redis transport runs chains, callbacks and errbacks, "
+                                 "not chords)" % fields.message_id)

@@ -17,14 +17,15 @@ import traceback
 
 from .. import protocol, retry as retry_policy
 from ..exceptions import (
-    ContentDisallowed, NotRegistered, ProtocolError, RetryTaskError, SerializationError,
-    TaskRevokedError,
+    ChordError, ConfigurationError, ContentDisallowed, NotRegistered, ProtocolError,
+    RetryTaskError, SerializationError, TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 from ..loaders import current_loader
+from ..sending import chord_values, failure_unlocks, success_unlocks
 
-__all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery"]
+__all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,10 +54,13 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
     injected = default_kwargs_for(task.run, defaults)
     kwargs = dict(injected)
     kwargs.update(message.kwargs)                   # the caller's own values win
-    push_request(Request(
+    request = Request(
         message.id, task.name, message.args, kwargs, message.retries, is_eager, logfile,
         loglevel, message.exchange, message.routing_key, message.priority, injected,
-        message.eta, message.expires, task_object=task))
+        message.eta, message.expires, task_object=task)
+    if message.chain or message.callbacks or message.headers:
+        request.workflow = message      # a retry sends the same workflow fields on
+    push_request(request)
     hooks = _hooks_of(task)
     started = time.perf_counter()
     try:
@@ -179,10 +183,14 @@ def run_eagerly(task, args=None, kwargs=None, task_id=None, retries=0,
 
 
 # What a pool child reports for one delivery, sent back to the worker's main process:
-# the result to store (`store` False for ignore_result: nothing but the state is kept) and
-# `summary`, one line for the log and `inspect`.
+# the result to store (`store` False for ignore_result: nothing but the state is kept),
+# `summary`, one line for the log and `inspect`, and what the outcome unlocks in a workflow:
+# `publish`, encoded messages to publish with the result in one atomic step (the next link of
+# a chain and the callbacks on SUCCESS, the errbacks on FAILURE or REVOKED), and `chained`,
+# the ids of the rest of a chain that stopped here, stored with the same outcome.
 Executed = collections.namedtuple(
-    "Executed", "state content_type payload store runtime task_id task_name summary")
+    "Executed", "state content_type payload store runtime task_id task_name summary publish "
+    "chained", defaults=((), ()))
 
 
 def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
@@ -204,21 +212,40 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         task = registry.tasks[name]
     except (ContentDisallowed, SerializationError, ProtocolError, NotRegistered) as exc:
         logger.error("Task %s[%s] refused: %s", name or "?", task_id, exc)
-        return executed(task_id, name, "FAILURE", exc, None, 0.0, "json",
-                        "refused: %s" % exc)
+        return failed(data, task_id, name, "FAILURE", exc, None, 0.0, "json",
+                      "refused: %s" % exc)
+    serializer = message.serializer if message.serializer in ("json", "pickle", "yaml") \
+        else "json"
     if message.expires and message.expires <= (now or time.time()):
         exc = TaskRevokedError("task %s expired before it could start" % task_id)
         logger.info("Task %s[%s] expired before it started", name, task_id)
-        return executed(task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
+        return failed(data, task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
+    if message.chord is not None:
+        try:
+            message.args = (chord_values(message.chord["results"], _header_result),) \
+                + tuple(message.args)
+        except ChordError as exc:
+            logger.error("Task %s[%s] (a chord's body) cannot run: %s", name, task_id, exc)
+            return failed(data, task_id, name, "FAILURE", exc, None, 0.0, serializer,
+                          "chord failed: %s" % exc)
+        message.chord = None            # its values are in the args now (a retry keeps them)
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel)
-    serializer = message.serializer if message.serializer in ("json", "pickle", "yaml") \
-        else "json"
+    publish = ()
+    if outcome.state == "SUCCESS":
+        try:
+            publish = success_unlocks(message, outcome.result)
+        except (ConfigurationError, SerializationError, ProtocolError) as exc:
+            # The task ran, but what follows it cannot be sent: its workflow stops here.
+            exc = ConfigurationError("task %s[%s] succeeded, but what its result unlocks "
+                                     "could not be sent: %s" % (name, task_id, exc))
+            outcome = Outcome("FAILURE", exc, None, outcome.runtime)
     if outcome.state == "SUCCESS":
         summary = "succeeded in %.6fs: %s" % (outcome.runtime, _short(repr_safe(outcome.result)))
         logger.info("Task %s[%s] %s", name, task_id, summary)
         if task.ignore_result:
-            return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary)
+            return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary,
+                            publish)
     elif outcome.state == "RETRY":
         summary = "retry: %s" % outcome.retry
         logger.info("Task %s[%s] %s", name, task_id, summary)
@@ -231,11 +258,15 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         logger.error("Task %s[%s] %s\n%s", name, task_id, summary, outcome.traceback)
         if on_failure is not None:
             on_failure(task, message, outcome)
+    if outcome.state in ("FAILURE", "REVOKED"):
+        return failed(data, task_id, name, outcome.state, outcome.result, outcome.traceback,
+                      outcome.runtime, serializer, summary, message.retries)
     return executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
-                    outcome.runtime, serializer, summary, message.retries)
+                    outcome.runtime, serializer, summary, message.retries, publish)
 
 
-def executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+def executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0,
+             publish=(), chained=()):
     """The `Executed` report of a run that ended in `state` with `result` (a value or an
     exception), its result meta serialized with `serializer`."""
     meta = ResultMeta(task_id, state, result, tb, name, retries, time.time())
@@ -243,7 +274,35 @@ def executed(task_id, name, state, result, tb, runtime, serializer, summary, ret
     if meta.status != state:            # the result itself could not be carried
         state, summary = meta.status, "result not serializable: %s" % meta.result
         logger.error("Task %s[%s] %s", name, task_id, summary)
-    return Executed(state, content_type, payload, True, runtime, task_id, name, summary)
+    return Executed(state, content_type, payload, True, runtime, task_id, name, summary,
+                    publish, chained)
+
+
+def failed(data, task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+    """`executed` for a FAILURE or REVOKED of the task of encoded message `data`, with what
+    that unlocks in its workflow (`unlocked_by_failure`)."""
+    publish, chained = unlocked_by_failure(data, task_id)
+    return executed(task_id, name, state, result, tb, runtime, serializer, summary, retries,
+                    publish, chained)
+
+
+def unlocked_by_failure(data, task_id=""):
+    """``(errback messages, ids of the rest of the chain)`` for a FAILURE or REVOKED of the
+    task of encoded message `data`; nothing (logged) when its headers are unreadable."""
+    try:
+        fields = protocol.parse_message(data)
+        return failure_unlocks(protocol.headers_of(data, fields.headers_at))
+    except (ProtocolError, SerializationError) as exc:
+        logger.error("Task %s: its workflow headers are unreadable, so no errback runs: %s",
+                     task_id or "?", exc)
+        return [], []
+
+
+def _header_result(task_id):
+    """``(state, value)`` of a chord header's result, as the broker has it now."""
+    from ..result import AsyncResult
+    result = AsyncResult(task_id)
+    return result.state, result.result
 
 
 def repr_safe(value):

@@ -43,7 +43,7 @@ import traceback
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from ..protocol import message_id_of
 from . import djangofixup
-from .execution import execute_delivery, executed
+from .execution import execute_delivery, failed
 from ..loaders import current_loader
 from ..log import setup_logging
 from .mail import failure_mailer
@@ -298,7 +298,8 @@ class Pool:
 
     def read(self, child):
         """Results waiting in `child`'s pipe: a list of ``(job, report)``; report is
-        ``("skipped",)`` or ``(state, content_type, payload, store, runtime, summary)``."""
+        ``("skipped",)`` or ``(state, content_type, payload, store, runtime, summary,
+        publish, chained)`` (`minitask.worker.execution.Executed`)."""
         try:
             while True:
                 data = os.read(child.out_fd, 1 << 20)
@@ -601,9 +602,9 @@ class _ChildRunner:
                 self.results.append((seq, "skipped"))
                 continue
             if self.revoked and message_id_of(data) in self.revoked:
-                report = executed(message_id_of(data), "", "REVOKED",
-                                  TaskRevokedError("revoked before it started"), None, 0.0,
-                                  "json", "revoked")
+                report = failed(data, message_id_of(data), "", "REVOKED",
+                                TaskRevokedError("revoked before it started"), None, 0.0,
+                                "json", "revoked")
             else:
                 if self.django:
                     djangofixup.before_task()
@@ -615,15 +616,16 @@ class _ChildRunner:
                     report = self.execute(data, accept, self.config.logfile,
                                           self.config.loglevel, on_failure=self.on_failure)
                 except SoftTimeLimitExceeded as exc:    # landed just outside the task's code
-                    report = executed(message_id_of(data), "", "FAILURE", exc, None, 0.0, "json",
-                                      "soft time limit exceeded")
+                    report = failed(data, message_id_of(data), "", "FAILURE", exc, None, 0.0,
+                                    "json", "soft time limit exceeded")
                 finally:
                     shm[base + _RUNNING] = 0.0
                     self.current = None
                 if self.django:
                     djangofixup.after_task()
             self.results.append((seq, report.state, report.content_type, report.payload,
-                                 report.store, report.runtime, report.summary))
+                                 report.store, report.runtime, report.summary, report.publish,
+                                 report.chained))
             self.done += 1
             if self.config.max_tasks and self.done >= self.config.max_tasks:
                 self.flush()

@@ -48,6 +48,7 @@ from ..ratelimit import TokenBucket, parse_rate
 from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
+from .execution import unlocked_by_failure
 from .pool import ChildConfig, Job, Pool
 from .scheduler import Scheduler
 from .beat import Beat
@@ -490,33 +491,42 @@ class Worker:
             if same_connection:
                 self.consumer.reject(job.tag)
             return
-        state, content_type, payload, store, runtime = report[:5]
+        state, content_type, payload, store, runtime, _summary, publish, chained = report
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
-        self._store(job.task_id, state, content_type, payload, store, job.task_name, runtime)
+        self._store(job.task_id, state, content_type, payload, store, job.task_name, runtime,
+                    publish, chained)
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
-    def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None):
-        """Store a result now, or once connected again."""
+    def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
+               publish=(), chained=()):
+        """Store a result, with what it unlocks in a workflow, now or once connected again."""
         arguments = dict(task_id=task_id, state=state, content_type=content_type,
                          payload=payload, store=store, task_name=task_name, runtime=runtime)
+        if publish:
+            arguments["publish"] = list(publish)
+        if chained:
+            arguments["chained"] = list(chained)
         if self.consumer.connected:
             self.consumer.store_result(**arguments)
         else:
             self.pending_results.append(arguments)
 
     def _store_final(self, job, state, why, exc=None):
-        """Store a final state the worker decided itself (revoked, expired, lost) and ack."""
+        """Store a final state the worker decided itself (revoked, expired, lost) with the
+        errbacks it unlocks, and ack."""
         if exc is None:
             exc = TaskRevokedError("task %s %s" % (job.task_id, why))
         if state == "REVOKED":
             logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
-        self._store(job.task_id, state, content_type, payload, True, job.task_name)
+        publish, chained = unlocked_by_failure(job.data, job.task_id)
+        self._store(job.task_id, state, content_type, payload, True, job.task_name, None,
+                    publish, chained)
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)

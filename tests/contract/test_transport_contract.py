@@ -6,9 +6,11 @@ another transport is held to exactly these behaviours by adding it there. A cons
 what it says (acks, results) with `Stream.say()`: end the turn, flush.
 """
 
+import base64
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -18,8 +20,8 @@ from contractkit import (
 )
 from minitask import control, protocol as P
 from minitask.exceptions import (
-    BrokerConnectionError, BrokerError, NotDeliverableError, PublishRefusedError, TaskRevokedError, UnroutableError,
-    WorkerLostError,
+    BrokerConnectionError, BrokerError, ChordError, ConfigurationError, NotDeliverableError,
+    PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
 )
 
 
@@ -730,3 +732,128 @@ def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport)
     stream = transport.consumer(["jobs"])
     first, _second = stream.receive(2)
     assert task_id(first.data) == task_id(data)
+
+
+# -- workflows: chords held by the broker, what failures unlock ------------------------------
+
+# Workflow parts a transport does not have (README, "Scaling out"): Redis refuses a chord's
+# parked body rather than hold it, and runs no errbacks of a message it drops itself (expired
+# or revoked before a worker had it; a worker that drops one runs them on every transport).
+LACKS = {"redis": {"chords", "errbacks of what it drops"}}
+CHORDLESS = {name for name, lacks in LACKS.items() if "chords" in lacks}
+
+
+def _needs(transport, part):
+    if part in LACKS.get(transport.name, ()):
+        pytest.skip("the %s transport has no %s" % (transport.name, part))
+
+
+def _holds_chords(transport):
+    _needs(transport, "chords")
+
+
+def test_a_transport_without_chords_refuses_a_chord_and_queues_none_of_it(transport):
+    if transport.name not in CHORDLESS:
+        pytest.skip("the %s transport holds chords" % transport.name)
+    conn = transport.client()
+    conn.declare_queue("jobs")
+    conn.declare_queue("bodies")
+    header = message("jobs")
+    body = message("bodies", headers={"x-chord-wait": [task_id(header)]})
+    with pytest.raises(ConfigurationError, match="chords need the built-in broker"):
+        conn.publish_atomic([header, body])
+    assert waiting(conn, "jobs") == 0 and waiting(conn, "bodies") == 0
+
+
+def _chord(conn, size=2):
+    """Send a parked body waiting for `size` header ids (no header message: the test stores
+    their results itself); returns ``(body id, header ids)``."""
+    conn.declare_queue("bodies")
+    header = ["h%d-%s" % (i, uuid.uuid4().hex[:6]) for i in range(size)]
+    body = message("bodies", headers={"x-chord-wait": header})
+    conn.publish_atomic([body])
+    return task_id(body), header
+
+
+def test_a_chord_body_is_held_until_every_header_result_is_in_counted_once(transport):
+    _holds_chords(transport)
+    stream = transport.consumer(["jobs"])
+    conn = transport.client()
+    body, (first, second) = _chord(conn)
+    assert waiting(conn, "bodies") == 0
+    stream.consumer.store_result(first, "SUCCESS", *result_payload(first))
+    stream.consumer.store_result(first, "SUCCESS", *result_payload(first))   # ran twice
+    stream.say()
+    conn.wait_result(first, timeout=PATIENCE)
+    assert waiting(conn, "bodies") == 0
+    stream.consumer.store_result(second, "SUCCESS", *result_payload(second))
+    stream.say()
+    conn.wait_result(second, timeout=PATIENCE)
+    assert waiting(conn, "bodies") == 1          # released with the last result, at once
+    stream.consumer.store_result(second, "SUCCESS", *result_payload(second))
+    stream.say()
+    conn.get_result(second)
+    assert waiting(conn, "bodies") == 1          # and only once
+    assert conn.get_result(body).state == "PENDING"
+
+
+def test_a_failed_header_task_fails_the_chord_naming_it_and_publishes_its_errbacks(transport):
+    _holds_chords(transport)
+    stream = transport.consumer(["jobs"])
+    conn = transport.client()
+    conn.declare_queue("errbacks")
+    errback = message("errbacks")
+    conn.declare_queue("bodies")
+    header = ["a-" + uuid.uuid4().hex, "b-" + uuid.uuid4().hex]
+    body = message("bodies", headers={
+        "x-chord-wait": header,
+        "x-errbacks": [base64.b64encode(errback).decode("ascii")]})
+    conn.publish_atomic([body])
+    stream.consumer.store_result(header[1], "FAILURE",
+                                 *result_payload(header[1], "FAILURE", ValueError("no")))
+    stream.say()
+    result = conn.wait_result(task_id(body), timeout=PATIENCE)
+    assert result.state == "FAILURE"
+    error = result_value(task_id(body), result)
+    assert isinstance(error, ChordError) and header[1] in str(error)
+    assert waiting(conn, "errbacks") == 1 and waiting(conn, "bodies") == 0
+    stream.consumer.store_result(header[0], "SUCCESS", *result_payload(header[0]))
+    stream.say()
+    conn.wait_result(header[0], timeout=PATIENCE)
+    assert waiting(conn, "bodies") == 0          # a failed chord's body never runs
+
+
+def test_a_revoked_header_task_fails_the_chord(transport):
+    _holds_chords(transport)
+    conn = transport.client()
+    transport.consumer(["jobs"])
+    header_message = message("jobs")
+    conn.declare_queue("bodies")
+    body = message("bodies", headers={"x-chord-wait": [task_id(header_message)]})
+    conn.revoke([task_id(header_message)])
+    conn.publish_atomic([body, header_message])
+    result = conn.wait_result(task_id(body), timeout=PATIENCE)
+    assert result.state == "FAILURE" and "REVOKED" in str(result_value(task_id(body), result))
+
+
+def test_a_failure_stored_with_chained_ids_ends_the_rest_of_the_chain(transport):
+    stream = transport.consumer(["jobs"])
+    conn = transport.client()
+    stream.consumer.store_result("c1", "FAILURE", *result_payload("c1", "FAILURE", KeyError()),
+                                 chained=["c2", "c3"])
+    stream.say()
+    for later in ("c2", "c3"):
+        assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
+
+
+def test_an_expired_message_publishes_its_errbacks(transport):
+    _needs(transport, "errbacks of what it drops")
+    conn = transport.client()
+    conn.declare_queue("errbacks")
+    conn.declare_queue("jobs")
+    errback = message("errbacks")
+    expired = message("jobs", expires_at=time.time() - 1, headers={
+        "x-errbacks": [base64.b64encode(errback).decode("ascii")]})
+    conn.publish(expired)
+    assert conn.wait_result(task_id(expired), timeout=PATIENCE).state == "REVOKED"
+    wait_for(lambda: waiting(conn, "errbacks") == 1, what="the errback")

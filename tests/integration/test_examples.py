@@ -185,9 +185,9 @@ EXPECTED = {
         "add.starmap([(1, 2), (3, 4)]).delay().get() = [3, 7]",
         "add.chunks(zip(range(6), range(6)), 4)().get() = [[0, 2, 4, 6], [8, 10]]",
         "add.apply_async((2, 2), link=mul.s(10)): 4, its callback 40",
-        "a chain whose divide.s(0) fails: state FAILURE, and its last task's too: FAILURE",
+        "a chain whose divide.s(0) fails: .get() raises ZeroDivisionError: division by zero",
+        "  the failed link's state: FAILURE, and its last task's too: FAILURE",
         "  log_error got the failed task's id: True",
-        "  .get() raises the error: ZeroDivisionError: division by zero",
         "a chord whose header fails: the body never runs; ChordError names the task: True",
         "stored as JSON (352 characters) and rebuilt: 15_workflows.add(3, 3) | "
         "15_workflows.mul(7) = 42",

@@ -17,12 +17,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import itflow  # noqa: E402
 import ittasks  # noqa: E402
 from cluster import ROOT, Worker, _env  # noqa: E402
 from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E402
 
-from minitask import config, group, transport  # noqa: E402
-from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
+from minitask import chord, config, group, transport  # noqa: E402
+from minitask.exceptions import (  # noqa: E402
+    ConfigurationError, TaskRevokedError, WorkerLostError,
+)
 from minitask.transport import reset_connection  # noqa: E402
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
@@ -117,11 +120,42 @@ def test_a_worker_on_redis_runs_tasks_retries_and_stores_results(broker, start_w
 
 
 def test_a_group_on_redis_joins_in_order(broker, start_worker):
-    """(Chains and chords run fully only eagerly so far, on any broker: a worker does not
-    yet send on what a result unlocks.)"""
     start_worker()
     assert group(ittasks.add.s(i, i) for i in range(5)).apply_async().join(timeout=15) == [
         0, 2, 4, 6, 8]
+
+
+def test_a_chain_on_redis_passes_results_on_and_a_failure_ends_it_with_its_errback(
+        broker, start_worker, tmp_path):
+    start_worker(modules="itflow")
+    assert (itflow.add.s(2, 2) | itflow.mul.s(8) | itflow.add.s(1)).delay().get(timeout=20) \
+        == 33
+    failed = (itflow.add.s(1, 1) | itflow.divide.s(0) | itflow.add.s(1)) \
+        .on_error(itflow.errback.s("redis-errors")).delay()
+    with pytest.raises(ZeroDivisionError):
+        failed.get(timeout=20)              # the last link never ran: it has the failure
+    assert failed.parent.state == "FAILURE"
+    assert wait_for(lambda: trace(tmp_path, "redis-errors"), what="the errback") \
+        == [failed.parent.id]
+
+
+def test_a_chord_on_redis_is_refused_in_one_line_and_nothing_of_it_runs(broker, start_worker,
+                                                                       tmp_path):
+    start_worker(modules="itflow")
+    with pytest.raises(ConfigurationError, match="chords need the built-in broker"):
+        chord([itflow.errback.si("h1", "redis-chord"), itflow.errback.si("h2", "redis-chord")])(
+            itflow.tsum.s())
+    assert itflow.add.delay(5, 5).get(timeout=20) == 10     # sent after, run alone
+    assert trace(tmp_path, "redis-chord") == []
+    assert broker.queue()["ready"] == 0
+
+
+def trace(directory, name):
+    path = os.path.join(str(directory), "trace-%s.log" % name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [line.rstrip("\n") for line in handle]
 
 
 def test_a_rate_limit_holds_on_redis(broker, start_worker, tmp_path):

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from brokerkit import Broker, BrokerOptions, FakeJournal  # noqa: E402
 
 from minitask import protocol as P  # noqa: E402
-from minitask.exceptions import TaskRevokedError  # noqa: E402
+from minitask.exceptions import ProtocolError, TaskRevokedError  # noqa: E402
 from minitask.message import decode_result_meta  # noqa: E402
 
 
@@ -815,3 +815,9 @@ def test_a_message_published_after_its_task_was_revoked_is_not_queued(kit, clien
     assert confirms(client.frames()) == [seq]
     assert kit.queue("q").ready == 0 and kit.queue("q").published == 0
     assert_revoked(client, "late")
+
+
+def test_a_queue_name_starting_with_nul_is_refused_the_journal_names_parked_chords_so(kit):
+    client = kit.connect()
+    code, text = client.error(P.DECLARE_QUEUE, {"queue": "\x00chord-bodies"})
+    assert code == P.code_for(ProtocolError("")) and "NUL" in text

@@ -468,12 +468,15 @@ class RecordingConnection:
     def publish_many(self, messages, window=100, timeout=None):
         self.calls.append(("publish", list(messages)))
 
+    def publish_atomic(self, messages, timeout=None):
+        self.calls.append(("publish_atomic", list(messages)))
+
     def revoke(self, task_ids, terminate=False, signal="SIGTERM"):
         self.calls.append(("revoke", list(task_ids)))
 
     def published(self):
-        return [decode(data) for name, batch in self.calls if name == "publish"
-                for data in batch]
+        return [decode(data) for name, batch in self.calls
+                if name in ("publish", "publish_atomic") for data in batch]
 
 
 def decode(data):
@@ -609,15 +612,21 @@ def test_a_chord_body_that_is_a_group_parks_every_member_with_nested_results(no_
     assert len(parked[0].chord["results"]) == 3          # a group in a group is flattened
 
 
-def test_sending_a_chord_is_refused_until_the_broker_joins_chords_and_nothing_is_sent(sent):
-    for send in (lambda: chord([add.s(1, 1)], tsum.s()).apply_async(),
-                 lambda: (group(add.s(1, 1), add.s(2, 2)) | tsum.s()).delay(),
-                 lambda: (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s()).apply_async(),
-                 lambda: add.apply_async((1, 1), link=chord([add.s(1)], tsum.s()))):
-        with pytest.raises(ConfigurationError, match="sending a chord needs a broker that "
-                                                     "holds the chord's body"):
-            send()
-    assert sent.calls == []
+def test_a_chord_is_sent_as_one_unit_its_body_parked_first(sent):
+    result = chord([add.s(1, 1), add.s(2, 2)], tsum.s()).apply_async()
+    [(name, batch)] = sent.calls
+    assert name == "publish_atomic" and len(batch) == 3
+    body, first, second = [decode(data) for data in batch]
+    assert body.id == result.id and body.headers["x-chord-wait"] == [first.id, second.id]
+    assert body.chord == {"results": [first.id, second.id]}
+    assert first.headers["x-chord"] == [body.id] and second.headers["x-chord"] == [body.id]
+
+
+def test_a_chord_inside_a_chain_is_sent_by_the_worker_with_the_result_before_it(sent):
+    (add.s(1, 1) | group(add.s(1), add.s(2)) | tsum.s()).apply_async()
+    [(name, [first])] = sent.calls
+    first = decode(first)
+    assert name == "publish_atomic" and first.chain[0]["subtask_type"] == "chord"
 
 
 def test_options_on_a_sent_chain_go_where_celery_puts_them(sent):
