@@ -12,8 +12,8 @@ __all__ = ["add_command", "selected_workloads", "run_bench", "WORKLOAD_NAMES",
            "DEFAULT_WORKLOADS", "DEFAULT_TASKS", "DEFAULT_DURATION"]
 
 # In the order they run: floor first, the others' ratios need it.
-WORKLOAD_NAMES = ("floor", "drain", "rtt", "broker", "memory", "scaling", "chaos")
-DEFAULT_WORKLOADS = ("floor", "drain", "rtt", "broker")
+WORKLOAD_NAMES = ("floor", "drain", "rtt", "chord", "broker", "memory", "scaling", "chaos")
+DEFAULT_WORKLOADS = ("floor", "drain", "rtt", "chord", "broker")
 DEFAULT_TASKS = 10000
 DEFAULT_DURATION = 60.0     # seconds of chaos: ~12 kills, under 2 minutes in all
 

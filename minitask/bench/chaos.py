@@ -9,24 +9,35 @@ A fixed workload, the same on every machine::
       kill -9 (the whole process group), restart at once on the same port and data folder
       recovery = from the kill to the first task completed after the restart
 
+A workflow producer sends, beside them, WORKFLOW_RATE workflows a second in turn: a chain
+of CHAIN_LENGTH echo tasks, and a chord of CHORD_SIZE echo tasks whose body sums them; each
+one whose send was confirmed is written down with the result it must end with.
+
 After ``--duration`` seconds the producers stop; the bench waits until every confirmed task
 has run (or nothing moves for `STALL_SECONDS`), then counts: confirmed, completed (distinct
 tasks that ran), lost (confirmed and never ran: must be 0), duplicates (runs beyond the
 first: allowed, acks_late is at-least-once). A producer's ``delay()`` that raised (the broker
 gone for longer than the client retries) is not confirmed and not counted as lost; a task
-that ran without ever being sent would be a stray, reported as an error.
+that ran without ever being sent would be a stray, reported as an error. Then every confirmed
+workflow must reach its result within WORKFLOW_PATIENCE seconds: completed, or stranded (must
+be 0); a chord body the broker queued more than once (its log's "every header result is in"
+lines; a body run twice because its worker died is at-least-once, not that) is reported.
 
 Always on brokers of its own (``--broker`` cannot be killed from here). Counting works as for
 ``drain``: workers append each task's 4-byte index to an ``O_APPEND`` file.
 """
 
+import collections
 import logging
 import os
+import re
 import time
 
-from .tasks import INDEX
-from .work import Outcome, mp_context, percentile
+from ..canvas import chain, chord
 from ..exceptions import MinitaskError
+from ..result import AsyncResult
+from .tasks import INDEX, echo, total
+from .work import Outcome, mp_context, percentile
 
 __all__ = ["run_chaos"]
 PRODUCERS = 2
@@ -40,6 +51,11 @@ RECOVERY_TIMEOUT = 60.0     # a kill not recovered from by then is reported as a
 STALL_SECONDS = 60.0        # the final drain gives up when nothing ran for this long
 LATE_DUPLICATES_WAIT = 1.0  # as drain: look again for runs after the last one
 POLL = 0.002
+WORKFLOW_RATE = 2.0         # workflows/s, chains and chords in turn
+CHAIN_LENGTH = 5
+CHORD_SIZE = 50
+WORKFLOW_PATIENCE = 60.0    # seconds after the drain for every workflow to reach its result
+RELEASED = re.compile(r"chord (\S+): every header result is in")
 
 
 class _Cluster:
@@ -48,7 +64,8 @@ class _Cluster:
     def __init__(self, lab, counter):
         self.lab = lab
         self.counter = counter
-        self.broker = lab.start_broker("everysec")
+        self.broker = lab.start_broker("everysec", log_level="INFO")
+        self.broker_logs = [self.broker.process.log_path]
         self.port = int(self.broker.url.rsplit(":", 1)[1])
         self.workers = [self.start_worker() for _ in range(WORKERS)]
 
@@ -64,7 +81,8 @@ class _Cluster:
                 self._kill(worker)
         if target in ("broker", "both"):
             self.broker = self.lab.start_broker("everysec", data_dir=self.broker.data_dir,
-                                                port=self.port)
+                                                port=self.port, log_level="INFO")
+            self.broker_logs.append(self.broker.process.log_path)
         if target in ("workers", "both"):
             self.workers = [self.start_worker() for _ in range(WORKERS)]
 
@@ -98,6 +116,60 @@ def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
         stop.wait(max(0.0, next_at - time.monotonic()))
     os.close(fd)
     pipe.send((attempted, failed))
+
+
+def _send_workflows(url, rate, sent_path, stop, pipe):
+    """The workflow producer: a chain, then a chord, ... at `rate`/s; each confirmed one as a
+    line ``<result id> <expected value>`` in its file."""
+    from ..transport import reset_connection
+    from ..config import configure
+    logging.getLogger("minitask.transport").addHandler(logging.NullHandler())
+    logging.getLogger("minitask.transport").propagate = False
+    configure(BROKER_URL=url)
+    reset_connection()
+    sent, failed = 0, 0
+    next_at = time.monotonic()
+    with open(sent_path, "a") as record:
+        while not stop.is_set():
+            sent += 1
+            try:
+                if sent % 2:
+                    result = chain(echo.s(sent), *[echo.s() for _ in range(CHAIN_LENGTH - 1)])()
+                    expected = sent
+                else:
+                    result = chord(echo.s(i) for i in range(CHORD_SIZE))(total.s())
+                    expected = CHORD_SIZE * (CHORD_SIZE - 1) // 2
+                record.write("%s %d\n" % (result.id, expected))
+                record.flush()
+            except MinitaskError:       # the broker was gone longer than a send retries
+                failed += 1
+                reset_connection()
+            next_at = max(next_at + 1.0 / rate, time.monotonic() - 0.2)
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    pipe.send((sent, failed))
+
+
+def _check_workflows(sent_path, broker_logs, progress):
+    """``(confirmed, completed, stranded, bodies queued twice, bodies queued)`` of the
+    workflows sent."""
+    with open(sent_path) as record:
+        confirmed = [line.split() for line in record if line.strip()]
+    deadline = time.monotonic() + WORKFLOW_PATIENCE
+    completed = 0
+    for result_id, expected in confirmed:
+        progress.update()
+        try:
+            value = AsyncResult(result_id).get(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:        # noqa: BLE001 - any failure is a stranded workflow
+            logging.getLogger(__name__).warning("workflow %s: %s", result_id, exc)
+            continue
+        completed += value == int(expected)
+    released = collections.Counter()
+    for path in broker_logs:
+        with open(path, errors="replace") as log:
+            released.update(RELEASED.findall(log.read()))
+    twice = sum(1 for count in released.values() if count > 1)
+    return len(confirmed), completed, len(confirmed) - completed, twice, len(released)
 
 
 def _read_indexes(path):
@@ -177,9 +249,18 @@ def run_chaos(bench):
         process = lab.start_child(_produce, cluster.broker.url, number, PRODUCERS, RATE, path,
                                   stop, child)
         producers.append((process, parent, path))
+    flows_pipe, flows_child = context.Pipe()
+    flows_path = lab.path("workflows")
+    open(flows_path, "w").close()
+    flows = lab.start_child(_send_workflows, cluster.broker.url, WORKFLOW_RATE, flows_path,
+                            stop, flows_child)
     bench.progress.start("chaos: %gs of kills under load" % duration)
     kills = _kill_on_schedule(bench, cluster, duration)
     stop.set()
+    if not flows_pipe.poll(RECOVERY_TIMEOUT):
+        raise MinitaskError("chaos workflow producer did not stop")
+    flows_pipe.recv()
+    lab.stop(flows)
     attempted = set()
     for number, (process, pipe, _path) in enumerate(producers):
         if not pipe.poll(RECOVERY_TIMEOUT):
@@ -199,16 +280,21 @@ def run_chaos(bench):
     if strays:
         raise MinitaskError("chaos: %d tasks ran that were never sent (e.g. %s)"
                             % (len(strays), sorted(strays)[:5]))
-    return _outcome(kills, confirmed, attempted, runs, ran, duration)
+    bench.progress.start("chaos: workflows")
+    workflows = _check_workflows(flows_path, cluster.broker_logs, bench.progress)
+    return _outcome(kills, confirmed, attempted, runs, ran, duration, workflows)
 
 
-def _outcome(kills, confirmed, attempted, runs, ran, duration):
+def _outcome(kills, confirmed, attempted, runs, ran, duration, workflows):
     recoveries = [seconds for _target, seconds in kills if seconds is not None]
     stalled = len(kills) - len(recoveries)
     figures = {"kills": len(kills), "confirmed": len(confirmed), "completed": len(ran),
                "lost": len(confirmed - ran), "duplicates": len(runs) - len(ran),
                "recovery_p50_s": percentile(recoveries, 0.5) if recoveries else None,
-               "recovery_max_s": max(recoveries) if recoveries else None}
+               "recovery_max_s": max(recoveries) if recoveries else None,
+               "workflows_sent": workflows[0], "workflows_completed": workflows[1],
+               "workflows_stranded": workflows[2], "chord_bodies_queued_twice": workflows[3],
+               "chord_bodies_queued": workflows[4]}
     by_target = {target: sorted(s for t, s in kills if t == target and s is not None)
                  for target in TARGETS}
     rows = [("kills (kill -9, then restart)", "%d" % len(kills), ", ".join(
@@ -217,7 +303,12 @@ def _outcome(kills, confirmed, attempted, runs, ran, duration):
              "%s not confirmed" % "{:,}".format(len(attempted - confirmed))),
             ("tasks completed", "{:,}".format(len(ran)), ""),
             ("lost", "%d" % figures["lost"], "must be 0"),
-            ("duplicates", "{:,}".format(figures["duplicates"]), "acks_late: at-least-once")]
+            ("duplicates", "{:,}".format(figures["duplicates"]), "acks_late: at-least-once"),
+            ("workflows sent / completed", "%d / %d" % workflows[:2],
+             "chains of %d, chords of %d" % (CHAIN_LENGTH, CHORD_SIZE)),
+            ("workflows stranded", "%d" % workflows[2], "must be 0"),
+            ("chord bodies queued twice", "%d" % workflows[3],
+             "must be 0 (of %d queued)" % workflows[4])]
     if recoveries:
         rows.append(("recovery p50 / max", "%.2f / %.2f s" % (figures["recovery_p50_s"],
                                                               figures["recovery_max_s"]), ""))
@@ -231,6 +322,7 @@ def _outcome(kills, confirmed, attempted, runs, ran, duration):
     setup = ("%gs: %d producers at %g tasks/s each (delay(), confirms), %d workers -c %d; "
              "every %gs in turn the broker, every worker, or both killed with kill -9 and "
              "restarted; recovery = kill to the first task completed after the restart"
-             % (duration, PRODUCERS, RATE, WORKERS, CONCURRENCY, KILL_EVERY))
+             "; beside them %g workflows/s" % (duration, PRODUCERS, RATE, WORKERS,
+                                                CONCURRENCY, KILL_EVERY, WORKFLOW_RATE))
     return Outcome(figures, rows, setup, "at-least-once, confirms, acks_late, journal fsync "
-                   "everysec", lost=figures["lost"])
+                   "everysec", lost=figures["lost"] + workflows[2] + workflows[3])

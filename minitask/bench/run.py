@@ -9,6 +9,8 @@ queue (`tasks.QUEUE`)::
     drain    N x noop.delay(i) (confirms on, results off, acks_late), then one worker -c C:
              enqueue/s, drain/s from worker launch and first->last task, lost, duplicates
     rtt      sequential echo.delay(i).get() (results on), the first 20 dropped: p50/p99/max
+    chord    chord(echo.s(i) for 1,000 i)(total.s()), one after the other (the first one
+             dropped): seconds from sending it to its body's result, median/min/max
     broker   broker only, 100-byte bodies, one publisher (confirms, a window of 100) and one
              consumer (acks): msgs/s with --fsync everysec, then with --fsync always
     memory   1M queued and, on a second broker, 1M countdown messages due tomorrow: RSS and
@@ -19,7 +21,7 @@ queue (`tasks.QUEUE`)::
              while the broker and workers are killed with kill -9 and restarted: confirmed,
              completed, lost, duplicates, recovery time p50/max
 
-``--broker`` applies to drain, rtt and scaling; floor needs no broker, and broker, memory and
+``--broker`` applies to drain, rtt, chord and scaling; floor needs no broker, and broker, memory and
 chaos measure (or kill) broker processes of their own, so they always start them.
 
 Adding a workload: write ``run_<name>(bench) -> Outcome``, add it to
@@ -38,9 +40,10 @@ import textwrap
 import time
 
 from .. import protocol as P
+from ..canvas import chord
 from . import DEFAULT_TASKS, WORKLOAD_NAMES
 from .chaos import run_chaos
-from .tasks import QUEUE, echo, noop
+from .tasks import QUEUE, echo, noop, total
 from .work import (
     BODY_BYTES, Lab, Outcome, Progress, consume_all, count_runs, journal_bytes, mp_context,
     percentile, raw_messages, rss_bytes, tcp_floor, wait_drained,
@@ -49,6 +52,8 @@ from ..exceptions import MinitaskError
 
 __all__ = ["run", "WORKLOADS", "Outcome"]
 RTT_CALLS = 500             # at the default --tasks; scaled with it
+CHORD_SIZE = 1000           # header tasks, at the default --tasks; scaled with it
+CHORD_RUNS = 5              # after one dropped (it includes the worker's start-up)
 WARM_CALLS = 20             # round trips dropped: they include the worker's start-up
 BROKER_MESSAGES = 10        # per task of --tasks, for each fsync policy: ~1 s at the default
 BROKER_WINDOW = 100         # publisher window: unconfirmed messages in flight
@@ -241,6 +246,38 @@ def run_rtt(bench):
     return Outcome(figures, rows, note, guarantee)
 
 
+def run_chord(bench):
+    size = max(10, CHORD_SIZE * bench.tasks // DEFAULT_TASKS)
+    seconds = []
+    with bench.broker() as url:
+        conn = bench.client(url)
+        guarantee = _guarantee(conn, "at-least-once", "acks_late", "results stored",
+                               "the body held by the broker")
+        worker = bench.lab.start_worker(url, bench.concurrency)
+        bench.progress.start("%d chords of %d" % (CHORD_RUNS + 1, size))
+        clock = time.perf_counter
+        try:
+            for run in range(CHORD_RUNS + 1):
+                started = clock()
+                value = chord(echo.s(index) for index in range(size))(total.s()).get(
+                    timeout=300)
+                seconds.append(clock() - started)
+                if value != size * (size - 1) // 2:
+                    raise MinitaskError("chord %d's body returned %r" % (run, value))
+                bench.progress.update(run + 1, CHORD_RUNS + 1)
+        finally:
+            bench.lab.stop(worker)
+    measured = sorted(seconds[1:])
+    figures = {"size": size, "runs": len(measured), "median_s": percentile(measured, 0.50),
+               "min_s": measured[0], "max_s": measured[-1]}
+    rows = [("send to body result, median", "%.3f s" % figures["median_s"], ""),
+            ("min / max", "%.3f / %.3f s" % (figures["min_s"], figures["max_s"]), ""),
+            ("per header task", "%.1f us" % (figures["median_s"] / size * 1e6), "")]
+    note = "chord of %s echo tasks and a sum, %d runs (one more dropped), one worker -c %d" % (
+        _n(size), len(measured), bench.concurrency)
+    return Outcome(figures, rows, note, guarantee)
+
+
 def _pump(bench, fsync, count):
     """Publish `count` messages through a fresh broker to one consumer; msgs/s end to end."""
     from ..config import get_settings
@@ -371,8 +408,9 @@ def run_scaling(bench):
                    lost=lost)
 
 
-WORKLOADS = {"floor": run_floor, "drain": run_drain, "rtt": run_rtt, "broker": run_broker,
-             "memory": run_memory, "scaling": run_scaling, "chaos": run_chaos}
+WORKLOADS = {"floor": run_floor, "drain": run_drain, "rtt": run_rtt, "chord": run_chord,
+             "broker": run_broker, "memory": run_memory, "scaling": run_scaling,
+             "chaos": run_chaos}
 if tuple(WORKLOADS) != WORKLOAD_NAMES:           # the command lists them without importing us
     raise ImportError("minitask.bench.WORKLOAD_NAMES is out of step with minitask.bench.run.WORKLOADS")
 

@@ -16,7 +16,7 @@ import struct
 
 from ..decorators import task
 
-__all__ = ["QUEUE", "COUNTER_ENV", "INDEX", "noop", "echo", "record"]
+__all__ = ["QUEUE", "COUNTER_ENV", "INDEX", "noop", "echo", "total", "record"]
 
 QUEUE = "minitask.bench"
 COUNTER_ENV = "BENCH_COUNTER"
@@ -45,3 +45,9 @@ def noop(index):
 @task(name="minitask.bench.echo", acks_late=True, routing_key=QUEUE)
 def echo(index):
     return index
+
+
+@task(name="minitask.bench.total", acks_late=True, routing_key=QUEUE)
+def total(values):
+    """A chord's body: the sum of its header's results."""
+    return sum(values)

@@ -190,15 +190,17 @@ class Lab:
         self.processes.append(process)
         return process
 
-    def start_broker(self, fsync="everysec", data_dir=None, timeout=120.0, port=0):
+    def start_broker(self, fsync="everysec", data_dir=None, timeout=120.0, port=0,
+                     log_level="WARNING"):
         """Start `python -m minitask broker` (journal on) and wait for its ready line.
 
         `port` 0 picks a free one; a restart after a kill passes the old one (and data_dir).
+        Its log is in the file ``process.log_path``.
         """
         data_dir = data_dir or self.path("broker-data")
         command = [sys.executable, "-m", "minitask", "broker", "--host", "127.0.0.1",
                    "--port", str(port), "--data-dir", data_dir, "--fsync", fsync,
-                   "-l", "WARNING"]
+                   "-l", log_level]
         started = time.perf_counter()
         process = self._popen(command, "broker", stdout=subprocess.PIPE)
         line = read_line(process, READY_PREFIX, timeout)

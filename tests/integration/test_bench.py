@@ -21,6 +21,7 @@ DEFAULT_KEYS = {
     "drain": {"tasks", "concurrency", "enqueue_per_s", "drain_per_s", "drain_steady_per_s",
               "lost", "duplicates"},
     "rtt": {"calls", "p50_ms", "p99_ms", "max_ms"},
+    "chord": {"size", "runs", "median_s", "min_s", "max_s"},
     "broker": {"everysec_msgs_per_s", "always_msgs_per_s"},
     "machine": {"python", "cpus"},
 }
@@ -49,6 +50,7 @@ def test_bench_json_has_every_default_workload_and_loses_nothing(tmp_path):
     assert report["drain"]["lost"] == 0
     assert report["drain"]["duplicates"] == 0
     assert report["rtt"]["calls"] >= 40
+    assert report["chord"]["size"] == 20 and report["chord"]["runs"] == 5
 
 
 def test_bench_refuses_an_unknown_workload():
@@ -91,7 +93,8 @@ def test_count_runs_finds_the_lost_and_the_duplicated(tmp_path):
 
 
 CHAOS_KEYS = {"kills", "confirmed", "completed", "lost", "duplicates", "recovery_p50_s",
-              "recovery_max_s"}
+              "recovery_max_s", "workflows_sent", "workflows_completed", "workflows_stranded",
+              "chord_bodies_queued_twice", "chord_bodies_queued"}
 
 
 def test_bench_chaos_kills_and_loses_nothing(tmp_path):
@@ -112,6 +115,10 @@ def test_bench_chaos_kills_and_loses_nothing(tmp_path):
     assert chaos["lost"] == 0
     assert chaos["confirmed"] > 0
     assert chaos["completed"] >= chaos["confirmed"]
+    assert chaos["workflows_sent"] > 0
+    assert chaos["workflows_completed"] == chaos["workflows_sent"]
+    assert chaos["workflows_stranded"] == 0 and chaos["chord_bodies_queued_twice"] == 0
+    assert chaos["chord_bodies_queued"] >= chaos["workflows_sent"] // 2 > 0
 
 
 def test_bench_chaos_is_added_to_named_workloads_and_refuses_a_bad_duration():
@@ -123,7 +130,7 @@ def test_bench_chaos_is_added_to_named_workloads_and_refuses_a_bad_duration():
     assert selected_workloads(parser.parse_args(["bench", "floor", "--chaos"])) == \
         ["floor", "chaos"]
     assert selected_workloads(parser.parse_args(["bench"])) == \
-        ["floor", "drain", "rtt", "broker"]
+        ["floor", "drain", "rtt", "chord", "broker"]
     done = subprocess.run([sys.executable, "-m", "minitask", "bench", "--chaos", "--duration",
                            "0"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=60)
