@@ -18,7 +18,7 @@ from .exceptions import (  # noqa: E402  (the version is read by the modules bel
     TimeoutError, UnroutableError, NotDeliverableError, PublishRefusedError, ContentDisallowed,
     SerializationError, ConfigurationError, WorkerLostError, TaskRevokedError,
     TimeLimitExceeded, SoftTimeLimitExceeded, RemoteTaskError, BrokerConnectionError,
-    AuthenticationError, ProtocolError, ChordError,
+    AuthenticationError, ProtocolError, ChordError, DeadLetteredError,
 )
 from . import registry  # noqa: E402
 from .task import Task, TaskType, PeriodicTask  # noqa: E402
@@ -42,5 +42,5 @@ __all__ = [
     "NotDeliverableError", "PublishRefusedError", "ContentDisallowed", "SerializationError",
     "ConfigurationError", "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "RemoteTaskError", "BrokerConnectionError",
-    "AuthenticationError", "ProtocolError", "ChordError",
+    "AuthenticationError", "ProtocolError", "ChordError", "DeadLetteredError",
 ]

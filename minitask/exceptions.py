@@ -11,7 +11,7 @@ __all__ = [
     "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
-    "BrokerError", "ReplyError", "PoolStartupError", "ChordError",
+    "BrokerError", "ReplyError", "PoolStartupError", "ChordError", "DeadLetteredError",
 ]
 
 
@@ -85,6 +85,12 @@ class PoolStartupError(MinitaskError):
 
 class TaskRevokedError(MinitaskError):
     """Raised (as a task's result) when the task was revoked or expired before it ran."""
+
+
+class DeadLetteredError(MinitaskError):
+    """Raised (as a task's result) when the broker gave up on the task's message: rejected
+    without requeue, or delivered more times than its queue's ``max_redeliveries`` (a task
+    that kills its worker each time). It is in the dead-letter queue, or gone."""
 
 
 class ChordError(MinitaskError):

@@ -423,6 +423,8 @@ class Messages:
                 self._dead_letter(message, "rejected")
             else:
                 self._retire(message)
+                self.results.task_dead_lettered(P.message_id_of(message.data),
+                                                "was rejected and dropped", message.data)
 
     def start(self, session, seq, body):
         _flags, tags = P.decode_tags(body)
@@ -467,6 +469,9 @@ class Messages:
             self.sink.track(moved)
         target.push(moved)
         self.dirty.add(target)
+        self.results.task_dead_lettered(
+            P.message_id_of(message.data), "was dead-lettered to %r (%s)" % (target.name, why),
+            message.data)
 
     def _retire(self, *messages):
         """The messages are gone for good (acked, expired, dropped, purged): one ACK record

@@ -20,7 +20,7 @@ import logging
 import math
 
 from .. import protocol as P
-from ..exceptions import ProtocolError, TaskRevokedError, WorkerLostError
+from ..exceptions import DeadLetteredError, ProtocolError, TaskRevokedError, WorkerLostError
 from ..message import ResultMeta, encode_result_meta
 from . import records as rc
 from .arguments import name_arg, names_arg, seconds_arg
@@ -182,15 +182,25 @@ class ResultCommands:
                           name)
 
     def task_revoked(self, task_id, why, data=None):
-        """Store REVOKED for a task that will never run (`why`: revoked, expired...), unless
-        it has a final result already. With its message `data` (dropped now), what that
-        unlocks runs: its errbacks, and the rest of its chain gets the same result."""
+        """Store REVOKED for a task that will never run (`why`: revoked, expired...)."""
+        self._gave_up(task_id, "REVOKED", TaskRevokedError("task %s %s" % (task_id, why)),
+                      data)
+
+    def task_dead_lettered(self, task_id, why, data):
+        """Store FAILURE (DeadLetteredError) for a task whose message the broker gave up on
+        (`why`: dead-lettered after too many deliveries, rejected...)."""
+        self._gave_up(task_id, "FAILURE", DeadLetteredError("task %s %s" % (task_id, why)),
+                      data)
+
+    def _gave_up(self, task_id, state, exc, data):
+        """Store the final `state` of a task the broker will not deliver again, unless it has
+        a final result already. With its message `data`, what that unlocks runs: its
+        errbacks, and the rest of its chain gets the same result."""
         if not task_id:
             return
         entry = self.store.get(task_id)
         if entry is None or entry.state not in P.READY_STATES:
-            self.broker_result(task_id, "REVOKED", TaskRevokedError(
-                "task %s %s" % (task_id, why)), self.clock())
+            self.broker_result(task_id, state, exc, self.clock())
         if data is not None and self.on_failed_message is not None:
             self.on_failed_message(task_id, data)
 

@@ -285,12 +285,16 @@ class Connection(base.Client):
         """Read until ``done()`` is true (it may raise the command's error); `what` names
         the answer awaited, for the TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        # Each read waits for what is left, rounded up to a sixteenth of the timeout: the
+        # kernel's read timeout is set again (a syscall) only when that changes, not on every
+        # read, and a wait overruns its deadline by less than a step.
+        step = None if not timeout else timeout / 16.0
         try:
             while not done():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError("no %s from %s within %ss" % (what, self.url, timeout))
-                self._read(left)
+                self._read(left if step is None else -(-left // step) * step)
         except BrokerConnectionError:
             closing = self.conversation.closing_error
             if closing is not None and not self.connected:

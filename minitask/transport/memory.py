@@ -41,8 +41,8 @@ from .. import __version__, control, protocol as P
 from ..broker.results import KEEP_RECHECK
 from ..broker.routing import Exchange
 from ..exceptions import (
-    BrokerConnectionError, BrokerError, MinitaskError, NotDeliverableError, ProtocolError,
-    PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
+    BrokerConnectionError, BrokerError, DeadLetteredError, MinitaskError, NotDeliverableError,
+    ProtocolError, PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
 )
 from ..joins import Joins, Parked, chord_error, chord_wait, headers_of, unlocked_by
 from ..message import ResultMeta, encode_result_meta
@@ -633,19 +633,28 @@ class Broker:
                 queue.push(message, message.id)
                 self._dirty.add(queue)
             elif requeue or queue.args["dead_letter_queue"]:
-                self._dead_letter(message)
+                self._dead_letter(message, "delivered %d times" % message.deliveries
+                                  if requeue else "rejected")
+            else:
+                self._gave_up(message, "was rejected and dropped")
 
-    def _dead_letter(self, message):
+    def _dead_letter(self, message, why):
         queue = message.queue
         name = queue.args["dead_letter_queue"] or dead_letter_name(queue.name)
         if name not in self.queues:
             self.queues[name] = _Queue(name, dict(QUEUE_DEFAULTS, durable=queue.args["durable"],
                                                   max_redeliveries=None), None)
-        logger.warning("message %s of queue %r dead-lettered to %r after %d deliveries",
-                       P.message_id_of(message.data), queue.name, name, message.deliveries)
+        logger.warning("message %s of queue %r dead-lettered to %r: %s",
+                       P.message_id_of(message.data), queue.name, name, why)
         queue.counts["dead_lettered"] += 1
         self._push(_Message(self._next(), message.data, self.queues[name], message.priority,
                             None, message.deliveries))
+        self._gave_up(message, "was dead-lettered to %r (%s)" % (name, why))
+
+    def _gave_up(self, message, why):
+        task_id = P.message_id_of(message.data)
+        self._store_final(task_id, "FAILURE", DeadLetteredError("task %s %s" % (task_id, why)),
+                          message.data)
 
     def claim(self, session, task_ids):
         claimed = [task_id for task_id in task_ids if self.orphans.pop(task_id, None)]

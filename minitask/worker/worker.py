@@ -504,14 +504,19 @@ class Worker:
     def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
                publish=(), chained=()):
         """Store a result, with what it unlocks in a workflow, now or once connected again."""
+        consumer = self.consumer
+        if not publish and not chained and consumer.connected:     # the usual case, inline
+            consumer.store_result(task_id, state, content_type, payload, store, (), task_name,
+                                  runtime)
+            return
         arguments = dict(task_id=task_id, state=state, content_type=content_type,
                          payload=payload, store=store, task_name=task_name, runtime=runtime)
         if publish:
             arguments["publish"] = list(publish)
         if chained:
             arguments["chained"] = list(chained)
-        if self.consumer.connected:
-            self.consumer.store_result(**arguments)
+        if consumer.connected:
+            consumer.store_result(**arguments)
         else:
             self.pending_results.append(arguments)
 

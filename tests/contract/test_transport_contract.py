@@ -20,8 +20,9 @@ from contractkit import (
 )
 from minitask import control, protocol as P
 from minitask.exceptions import (
-    BrokerConnectionError, BrokerError, ChordError, ConfigurationError, NotDeliverableError,
-    PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
+    BrokerConnectionError, BrokerError, ChordError, ConfigurationError, DeadLetteredError,
+    NotDeliverableError, PublishRefusedError, TaskRevokedError, UnroutableError,
+    WorkerLostError,
 )
 
 
@@ -739,7 +740,7 @@ def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport)
 # Workflow parts a transport does not have (README, "Scaling out"): Redis refuses a chord's
 # parked body rather than hold it, and runs no errbacks of a message it drops itself (expired
 # or revoked before a worker had it; a worker that drops one runs them on every transport).
-LACKS = {"redis": {"chords", "errbacks of what it drops"}}
+LACKS = {"redis": {"chords", "errbacks of what it drops", "results of what it gives up on"}}
 CHORDLESS = {name for name, lacks in LACKS.items() if "chords" in lacks}
 
 
@@ -844,6 +845,45 @@ def test_a_failure_stored_with_chained_ids_ends_the_rest_of_the_chain(transport)
     stream.say()
     for later in ("c2", "c3"):
         assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
+
+
+def test_a_task_delivered_too_often_fails_with_dead_lettered_error_and_fails_its_chord(
+        transport):
+    _needs(transport, "results of what it gives up on")
+    conn = transport.client()
+    conn.declare_queue("jobs", max_redeliveries=1)
+    conn.declare_queue("errbacks")
+    errback = message("errbacks")
+    header = message("jobs", headers={"x-errbacks": [base64.b64encode(errback).decode("ascii")]})
+    body = message("bodies", headers={"x-chord-wait": [task_id(header)]})
+    conn.declare_queue("bodies")
+    conn.publish_atomic([body, header])
+    stream = transport.consumer(["jobs"], prefetch=1)
+    for _ in range(2):                      # a task that kills its worker, twice
+        [delivery] = stream.receive()
+        stream.consumer.reject(delivery.delivery_tag, requeue=True)
+        stream.say()
+    result = conn.wait_result(task_id(header), timeout=PATIENCE)
+    assert result.state == "FAILURE"
+    error = result_value(task_id(header), result)
+    assert isinstance(error, DeadLetteredError) and "jobs.dead" in str(error)
+    chord_result = conn.wait_result(task_id(body), timeout=PATIENCE)
+    assert isinstance(result_value(task_id(body), chord_result), ChordError)
+    wait_for(lambda: waiting(conn, "errbacks") == 1, what="the errback")
+    assert waiting(conn, "bodies") == 0
+
+
+def test_a_task_rejected_without_requeue_fails_with_dead_lettered_error(transport):
+    _needs(transport, "results of what it gives up on")
+    data = message("jobs")
+    conn = transport.jobs(data)
+    stream = transport.consumer(["jobs"])
+    [delivery] = stream.receive()
+    stream.consumer.reject(delivery.delivery_tag, requeue=False)
+    stream.say()
+    result = conn.wait_result(task_id(data), timeout=PATIENCE)
+    assert result.state == "FAILURE"
+    assert "rejected and dropped" in str(result_value(task_id(data), result))
 
 
 def test_an_expired_message_publishes_its_errbacks(transport):
