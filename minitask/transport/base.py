@@ -190,6 +190,9 @@ class Consumer:
 
     generation = 0
     control_tag = None
+    # True while `read()` has deliveries to hand over that `fileno()` does not announce (a
+    # transport that fetched them in `flush()`): the worker then reads without waiting.
+    holds_deliveries = False
 
     def connect(self, timeout=5.0):
         """Connect, declare, start consuming; returns deliveries that arrived meanwhile."""

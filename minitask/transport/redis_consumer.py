@@ -465,25 +465,44 @@ class Consumer(base.Consumer):
             return False
         self.end_turn()
         reader = self.reader
+        takes = self.credit() > 0 and bool(self.queues)
+        wake = False
         if reader.waiting and (self._unblock or (
-                self.credit() > 0 and self.queues and (self._more or not reader.with_bells))):
-            # Credit came back (or the queues changed): fetch in this same round trip, and
-            # wake the reader, so that the worker's select returns and read() hands over
-            # what came.
-            if self.credit() > 0 and self.queues:
+                takes and (self._more or not reader.with_bells))):
+            # Credit came back (or the queues changed): fetch in this same round trip;
+            # `holds_deliveries` tells the worker to read() what came. The reader is woken
+            # too when it must be armed again: asked to (`_unblock`), or when its queues were
+            # drained at the last fetch, so that it waits on the bells if this fetch leaves
+            # credit over. While the queues have more, a fetch fills the credit, and the
+            # reader need not wait on them.
+            if takes:
                 self._calls.append(("fetch",))
-            self._calls.append(("XADD", self.client.keys.wake(self.id), "MAXLEN", "~", 100,
-                                "*", "w", "1"))
+            wake = self._unblock or not self._more or not takes
+            if wake:
+                self._calls.append(self._wake_call())
         self._unblock = False
         calls, self._calls = self._calls, []
         try:
             if calls:
+                woken_before, self._fetched = self._fetched, False
                 self._say(calls)
+                if self._fetched and not wake and not reader.with_bells and self.credit() > 0:
+                    # The queues ran dry in this fetch: the reader must now wait on them.
+                    self.client.run([self._wake_call()])
+                    wake = True
+                self._fetched = woken_before or (self._fetched and wake)
             self._maintain()
         except BrokerConnectionError:
             self._drop_connections()
             raise
         return False
+
+    def _wake_call(self):
+        return ("XADD", self.client.keys.wake(self.id), "MAXLEN", "~", 100, "*", "w", "1")
+
+    @property
+    def holds_deliveries(self):
+        return bool(self._stash)
 
     def _say(self, calls):
         """Run the buffered calls in order: results (with what they unlock) become PUBLISH

@@ -229,6 +229,8 @@ class Worker:
                 self._flush_child(data[1])
             elif data[0] == "died":
                 self._child_died(data[1])
+        if self.consumer.holds_deliveries and self.consumer.connected:
+            self._read_broker(selectors.EVENT_READ)
         if self._restart_at is not None and time.monotonic() >= self._restart_at:
             self._restart_missing()
         now = self.clock()
@@ -243,7 +245,7 @@ class Worker:
         self._send()
 
     def _timeout(self):
-        if self.ready and self._can_assign():
+        if (self.ready and self._can_assign()) or self.consumer.holds_deliveries:
             return 0
         now = self.clock()
         timeout = HEARTBEAT / 2
@@ -451,6 +453,7 @@ class Worker:
 
     def _assign(self):
         ready = self.ready
+        children = {}                   # the children given jobs, in order (a dict keeps it)
         while ready:
             job = ready[0]
             if job.task_id in self.revoked:
@@ -460,7 +463,9 @@ class Worker:
             if not self.pool.assign(job):
                 break
             ready.popleft()
-            self._flush_child(job.child)
+            children[job.child] = True
+        for child in children:          # one write per child for the jobs of this turn
+            self._flush_child(child)
 
     def _flush_child(self, child):
         if child.closed:

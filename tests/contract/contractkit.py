@@ -71,9 +71,12 @@ class Stream:
                 self.tasks.append(delivery)
 
     def pump(self, timeout):
-        """Wait up to `timeout` for the consumer's descriptor, then read what came."""
+        """Wait up to `timeout` for the consumer's descriptor, then read what came (at once
+        when the consumer holds deliveries already, as the worker does)."""
+        if self.consumer.holds_deliveries:
+            timeout = 0.0
         readable, _, _ = select.select([self.consumer], [], [], max(0.0, timeout))
-        if readable:
+        if readable or self.consumer.holds_deliveries:
             self._file(self.consumer.read())
 
     def receive(self, count=1, timeout=PATIENCE):

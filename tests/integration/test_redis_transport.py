@@ -97,7 +97,10 @@ class Loop:
     def turn(self, timeout):
         self.consumer.end_turn()
         self.consumer.flush()
-        if select.select([self.consumer], [], [], max(0.0, timeout))[0]:
+        if self.consumer.holds_deliveries:
+            timeout = 0.0
+        if select.select([self.consumer], [], [], max(0.0, timeout))[0] or \
+                self.consumer.holds_deliveries:
             self.tasks += [d for d in self.consumer.read()
                            if d.consumer_tag != self.consumer.control_tag]
 
@@ -163,6 +166,33 @@ def test_credit_coming_back_wakes_the_reader_every_time(server):
                 loop.consumer.ack(delivery.delivery_tag)
             else:
                 loop.consumer.reject(delivery.delivery_tag, requeue=True)
+    finally:
+        setup.close()
+
+
+def test_a_consumer_whose_queue_ran_dry_in_a_fetch_still_hears_the_next_message(server):
+    """A fetch made in flush() wakes nobody while the queue had more at the last fetch; when
+    that fetch finds the queue dry (another consumer took the rest), the reader must be left
+    waiting on the bells, or the next message waits a whole block (a minute here)."""
+    setup = Setup(server.url("/0", vhost="dry-%s" % uuid.uuid4().hex[:8], heartbeat=180))
+    try:
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        conn.publish_many([message() for _ in range(3)])
+        first = setup.consumer(prefetch=1)
+        [held] = first.receive(1)       # its fetch left two
+        other = setup.consumer(prefetch=2)
+        other.receive(2)                # and holds them: no credit left to take more
+        first.consumer.ack(held.delivery_tag)
+        first.consumer.end_turn()
+        first.consumer.flush()          # credit back, and the fetch finds nothing
+        assert not first.consumer.holds_deliveries
+        late = message()
+        conn.publish(late)
+        readable = select.select([first.consumer], [], [], 2.0)[0]
+        assert readable, "the message published after the queue ran dry went unheard"
+        [delivery] = first.receive(1, timeout=2.0)
+        assert delivery.data == late
     finally:
         setup.close()
 
@@ -399,8 +429,10 @@ def test_publish_confirm_waits_for_a_replica_and_refuses_without_one(tmp_path):
         with pytest.raises(PublishRefusedError, match="0 replica"):
             conn.publish(message())
         replica.start("--replicaof", "127.0.0.1", str(primary.port))
-        wait_for(lambda: b"connected_slaves:1" in conn.execute("INFO", "replication"),
-                 what="the replica")
+        # A replica counts in connected_slaves while its first sync still runs; WAIT needs
+        # it online.
+        wait_for(lambda: b"state=online" in conn.execute("INFO", "replication"),
+                 what="the replica online")
         conn.publish_many([message() for _ in range(250)])
         conn.publish(message())
         assert conn.declare_queue("jobs", passive=True)["messages"] == 252
