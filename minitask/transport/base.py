@@ -198,6 +198,10 @@ class Consumer:
         """Connect, declare, start consuming; returns deliveries that arrived meanwhile."""
         raise NotImplementedError
 
+    def flush_due(self):
+        """Seconds until `flush()` must run again for what it held back; None: nothing."""
+        return None
+
     @property
     def connected(self):
         raise NotImplementedError

@@ -46,6 +46,9 @@ CONTROL_TAG = 1
 # The longest a reader blocks even with nothing due (a failover is noticed at least this
 # often).
 MAX_BLOCK = 5.0
+# How long the start of an acks-late task may wait to go with something else (its ack,
+# above all): a task shorter than this never costs a round trip of its own for STARTED.
+START_DELAY = 0.02
 _WHY = {ops.REVOKED: "revoked", ops.EXPIRED: "expired", ops.MALFORMED: ""}
 
 
@@ -85,6 +88,7 @@ class Consumer(base.Consumer):
         self._calls = []                # script calls and commands for the next flush
         self._unblock = False           # the reader must stop blocking and fetch (flush)
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._starts_at = 0.0           # when the oldest of _starts came
         self._finished = []             # tasks ended with no result to store, nothing to publish
         self._stash = []                # deliveries fetched by flush(), for read()
         self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
@@ -327,7 +331,15 @@ class Consumer(base.Consumer):
         self._started.append(tag)
 
     def started(self, tag):
+        if not self._starts:
+            self._starts_at = time.monotonic()
         self._starts.append(tag)
+
+    def flush_due(self):
+        """Seconds until held-back starts must go (see `end_turn`); None when none wait."""
+        if not self._starts:
+            return None
+        return max(0.0, self._starts_at + START_DELAY - time.monotonic())
 
     def reject(self, tag, requeue=True):
         self._rejects.append((tag, requeue))
@@ -417,15 +429,26 @@ class Consumer(base.Consumer):
                     or self._rejects or self._finished or self._unblock)
 
     def end_turn(self):
-        """Turn this turn's acks, starts and rejects into one SETTLE call."""
+        """Turn this turn's acks, starts and rejects into one SETTLE call. Starts of
+        acks-late tasks alone wait up to START_DELAY for company; those of tasks that ended
+        meanwhile are not sent at all."""
         if not self.connected:
             return
+        starts = self._starts
+        if starts and not (self._started or self._acks or self._rejects or self._calls
+                           or self._finished) and self.flush_due() > 0:
+            starts = []                 # held back, for now
+        elif starts:
+            ended = set(self._acks)
+            ended.update(tag for tag, _requeue in self._rejects)
+            starts = [tag for tag in starts if tag not in ended]
+            self._starts = []
         settlement = ops.Settlement(self.client.keys)
         for tag in self._started:
             held = self.held.pop(tag, None)
             if held is not None:
                 settlement.ack(held, self.id, handover=True)
-        for tag in self._starts:
+        for tag in starts:
             held = self.held.get(tag)
             if held is not None:
                 settlement.start(held, self.id)
@@ -446,7 +469,7 @@ class Consumer(base.Consumer):
             else:
                 mode = "drop"
             settlement.give_back(held, self.id, mode, topology)
-        self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._acks, self._started, self._rejects = [], [], []
         if settlement:
             self._calls.append(settlement.call(self.client.ttl_ms))
         if self._finished:

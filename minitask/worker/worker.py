@@ -260,6 +260,10 @@ class Worker:
             timeout = min(timeout, START_POLL)
         if not self.consumer.connected:
             timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
+        else:
+            flush_due = self.consumer.flush_due()
+            if flush_due is not None:
+                timeout = min(timeout, flush_due)
         if self._restart_at is not None:
             timeout = min(timeout, max(0.0, self._restart_at - time.monotonic()))
         if self.stopping == "warm":

@@ -101,13 +101,22 @@ class Stream:
         return self.commands.popleft()
 
     def say(self):
-        """End the turn and write everything said (acks, results...) to the broker."""
-        self.consumer.end_turn()
+        """End the turn and write everything said (acks, results...) to the broker,
+        including what the consumer holds back for a moment (`flush_due`), as the worker's
+        loop does when its select times out."""
         deadline = time.monotonic() + PATIENCE
-        while self.consumer.flush():
+        while True:
+            self.consumer.end_turn()
+            while self.consumer.flush():
+                if time.monotonic() > deadline:
+                    raise AssertionError("the consumer could not write what it said")
+                select.select([], [self.consumer], [], 0.05)
+            due = self.consumer.flush_due()
+            if due is None:
+                return
             if time.monotonic() > deadline:
-                raise AssertionError("the consumer could not write what it said")
-            select.select([], [self.consumer], [], 0.05)
+                raise AssertionError("the consumer kept holding back what it said")
+            self.pump(due)
 
 
 class Harness:

@@ -26,7 +26,7 @@ from minitask.exceptions import (  # noqa: E402
     WorkerLostError,
 )
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
-from minitask.transport import redis_producer  # noqa: E402
+from minitask.transport import redis_consumer, redis_producer  # noqa: E402
 from minitask.transport.redis_client import RedisClient  # noqa: E402
 from minitask.transport.redis_keys import Keys  # noqa: E402
 
@@ -193,6 +193,42 @@ def test_a_consumer_whose_queue_ran_dry_in_a_fetch_still_hears_the_next_message(
         assert readable, "the message published after the queue ran dry went unheard"
         [delivery] = first.receive(1, timeout=2.0)
         assert delivery.data == late
+    finally:
+        setup.close()
+
+
+def _script_calls(conn):
+    stats = conn.execute("INFO", "commandstats").decode()
+    line = next((line for line in stats.splitlines() if line.startswith("cmdstat_evalsha:")),
+                "cmdstat_evalsha:calls=0,")
+    return int(line.split("calls=")[1].split(",")[0])
+
+
+def test_a_start_alone_waits_a_moment_for_company_then_goes(server):
+    """A task's STARTED costs no round trip of its own when its ack follows within
+    START_DELAY; alone, it goes when `flush_due` says, as the worker's loop would send it."""
+    setup = Setup(server.url("/0", vhost="start-%s" % uuid.uuid4().hex[:8], heartbeat=60))
+    try:
+        conn = setup.client()
+        conn.declare_queue("jobs")
+        data = message()
+        conn.publish(data)
+        loop = setup.consumer(prefetch=1)
+        [delivery] = loop.receive(1)
+        consumer, task = loop.consumer, P.parse_message(data).message_id
+        before = _script_calls(conn)
+        consumer.started(delivery.delivery_tag)
+        consumer.end_turn()
+        consumer.flush()
+        assert _script_calls(conn) == before, "a start alone went at once"
+        assert conn.get_result(task).state == "RECEIVED"
+        due = consumer.flush_due()
+        assert due is not None and 0 < due <= redis_consumer.START_DELAY
+        wait_for(lambda: consumer.flush_due() == 0, what="the start's moment to pass")
+        consumer.end_turn()
+        consumer.flush()
+        assert consumer.flush_due() is None
+        assert conn.get_result(task).state == "STARTED"
     finally:
         setup.close()
 
