@@ -6,8 +6,11 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 
 from cluster import wait_for  # noqa: F401  (for the Redis tests)
+
+from minitask import config, transport
 
 REDIS_SERVER = shutil.which("redis-server")
 SKIP_REASON = ("redis-server not found on PATH: the Redis tests skip "
@@ -97,3 +100,23 @@ class RedisServer:
         host = "localhost" if self.tls else "127.0.0.1"
         tail = "&".join("%s=%s" % item for item in query.items())
         return "%s://%s:%d%s%s" % (scheme, host, self.port, path, "?" + tail if tail else "")
+
+
+class RedisBroker:
+    """What `cluster.Worker` asks of a broker, for a fresh virtual host of `server`: its
+    URL (with the `query` options) and its status."""
+
+    def __init__(self, server, prefix="w", **query):
+        self.server = server
+        self.url = server.url("/0", vhost="%s-%s" % (prefix, uuid.uuid4().hex[:12]), **query)
+        self.settings = config.Settings({"BROKER_URL": self.url})
+
+    def status(self):
+        conn = transport.client_for(self.settings, client="test").connect()
+        try:
+            return conn.status()
+        finally:
+            conn.close()
+
+    def queue(self, name="minitask"):
+        return next((row for row in self.status()["queues"] if row["name"] == name), None)

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
@@ -20,9 +19,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import itflow  # noqa: E402
 import ittasks  # noqa: E402
 from cluster import ROOT, Worker, _env  # noqa: E402
-from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E402
+from rediskit import (  # noqa: E402
+    REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, wait_for,
+)
 
-from minitask import chord, config, group, transport  # noqa: E402
+from minitask import chord, config, group  # noqa: E402
 from minitask.exceptions import (  # noqa: E402
     ConfigurationError, TaskRevokedError, WorkerLostError,
 )
@@ -33,26 +34,6 @@ pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 # Short liveness settings, so that a killed worker's tasks come back within seconds.
 HEARTBEAT = 2.0
 GRACE = 2.0
-
-
-class RedisBroker:
-    """What `cluster.Worker` asks of a broker, for one virtual host of a redis-server."""
-
-    def __init__(self, server):
-        self.server = server
-        self.url = server.url("/0", vhost="w-%s" % uuid.uuid4().hex[:12], heartbeat=HEARTBEAT,
-                              handover_grace=GRACE)
-        self.settings = config.Settings({"BROKER_URL": self.url})
-
-    def status(self):
-        conn = transport.client_for(self.settings, client="test").connect()
-        try:
-            return conn.status()
-        finally:
-            conn.close()
-
-    def queue(self, name="minitask"):
-        return next((row for row in self.status()["queues"] if row["name"] == name), None)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +48,7 @@ def server(tmp_path_factory):
 @pytest.fixture
 def broker(server, tmp_path):
     """A fresh virtual host; the client settings of this process point at it."""
-    instance = RedisBroker(server)
+    instance = RedisBroker(server, heartbeat=HEARTBEAT, handover_grace=GRACE)
     config.configure(BROKER_URL=instance.url, ACCEPT_CONTENT=["json", "pickle"])
     reset_connection()
     os.environ["ITTASKS_DIR"] = str(tmp_path)
