@@ -92,6 +92,7 @@ class Consumer(base.Consumer):
         self._finished = []             # tasks ended with no result to store, nothing to publish
         self._stash = []                # deliveries fetched by flush(), for read()
         self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
+        self._reserved = 0              # the credit of the FETCH behind the reader's XREAD
 
     # -- options ----------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ class Consumer(base.Consumer):
         """How many more messages this worker takes now (none while paused)."""
         if self.paused:
             return 0
-        return self.prefetch + self.extra_credit - len(self.held)
+        return self.prefetch + self.extra_credit - len(self.held) - self._reserved
 
     # -- connecting -------------------------------------------------------------------------
 
@@ -124,6 +125,8 @@ class Consumer(base.Consumer):
             self._described = self._description()
             client.script(ops.register_call(keys, self.id, self._described,
                                             ops.ms(client.options.heartbeat), self.prefetch))
+            if self.paused:
+                client.execute("HSET", keys.consumer_stats(self.id), "paused", 1)
             last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
             self._control_id = last[0][0].decode("ascii") if last else "0-0"
             reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
@@ -162,16 +165,27 @@ class Consumer(base.Consumer):
         if not self.connected:
             raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
         deliveries, self._stash = self._stash, []
-        woken = rang = False
+        rang = fetched = refetch = False
         try:
-            for reply in self.reader.replies():
-                woken = True
+            for kind, reply in self.reader.replies():
+                if kind == "fetch":
+                    self._reserved = 0
+                    if not isinstance(reply, ReplyError):
+                        deliveries += self._take(reply)
+                        fetched = True
+                    elif reply.prefix == "NOSCRIPT":    # SCRIPT FLUSH: the writer loads
+                        refetch = True                  # them, and fetches instead
+                    else:
+                        raise BrokerConnectionError("%s: %s" % (self.client.options.display,
+                                                                reply))
+                    continue
                 control, bells = self._control(reply)
                 deliveries += control
                 rang = rang or bells
-            if woken or not self.reader.waiting:
-                # A wake after flush() fetched needs no fetch of its own.
-                fetch = rang or not self._fetched
+            if not self.reader.waiting:
+                # The FETCH behind the XREAD, when there was one, ran as it was answered;
+                # a wake after flush() fetched needs no fetch of its own either.
+                fetch = refetch or (not fetched and (rang or not self._fetched))
                 self._fetched = False
                 deliveries += self._fetch_and_arm(fetch)
         except BrokerConnectionError:
@@ -275,14 +289,22 @@ class Consumer(base.Consumer):
         keys = self.client.keys
         streams = [keys.control, keys.wake(self.id)]
         ids = [self._control_id, self._wake_id]
-        reader.with_bells = self.credit() > 0 and bool(self.queues)
+        credit = self.credit()
+        reader.with_bells = credit > 0 and bool(self.queues)
         if reader.with_bells:
             for name in self.queues:
                 streams.append(keys.bell(name))
                 ids.append(self._bells.get(name, "0-0"))
-        reader.send(("XREAD", "COUNT", 100, "BLOCK", max(1, ops.ms(block)), "STREAMS")
-                    + tuple(streams) + tuple(ids))
-        reader.waiting = True
+        commands = [("XREAD", "COUNT", 100, "BLOCK", max(1, ops.ms(block)), "STREAMS")
+                    + tuple(streams) + tuple(ids)]
+        if reader.with_bells:
+            # A FETCH behind the XREAD: Redis runs it the moment a bell rings (or the block
+            # ends), so the answer brings the messages, with no round trip of its own. Its
+            # credit is reserved until it answers.
+            script, call_keys, args = self._fetch_call()
+            commands.append(script.command(call_keys, args))
+            self._reserved = credit
+        reader.send(commands, ("xread", "fetch")[:len(commands)])
 
     # -- liveness ---------------------------------------------------------------------------
 
@@ -309,8 +331,11 @@ class Consumer(base.Consumer):
         changed = description != self._described
         if changed:
             self._described = description
+        # The credit reserved by the FETCH behind the reader is credit too: it takes a
+        # message the moment one comes (what `immediate` asks).
         reply = client.script(ops.renew_call(
-            keys, self.id, ops.ms(client.options.heartbeat), max(0, self.credit()),
+            keys, self.id, ops.ms(client.options.heartbeat),
+            0 if self.paused else max(0, self.credit() + self._reserved),
             self._live_until(), self.prefetch + self.extra_credit,
             description if changed else "", self.queues, by_stream))
         if reply and reply[0] == b"GONE":
@@ -401,16 +426,29 @@ class Consumer(base.Consumer):
 
     def pause(self):
         """Take no more tasks: with no credit, fetches stop and the reader stops waiting on
-        the queues' bells (what is held stays held)."""
+        the queues' bells (what is held stays held). Redis hears it at the next flush, so
+        that the FETCH behind the reader's XREAD takes nothing either."""
+        if self.paused:
+            return
         self.paused = True
         self._renew_at = 0.0            # announce the zero credit at the next turn
+        self._tell_paused()
 
     def resume(self):
         if not self.paused:
             return
         self.paused = False
         self._renew_at = 0.0
+        self._tell_paused()
         self._unblock = True            # the reader waits without the bells: wake it
+
+    def _tell_paused(self):
+        """Tell Redis at the next flush whether this consumer is paused (FETCH reads it);
+        when not connected, connect() tells it."""
+        if self.connected:
+            stats = self.client.keys.consumer_stats(self.id)
+            self._calls.append(("HSET", stats, "paused", 1) if self.paused
+                               else ("HDEL", stats, "paused"))
 
     def report(self, info):
         """The worker's description changed: the next renewal stores it (for status)."""

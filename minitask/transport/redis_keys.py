@@ -26,7 +26,7 @@ any of them; scripts still name every key they touch in KEYS, never building one
     mt:{v}:revoked             ZSET    task id -> when the revocation is forgotten (ms)
     mt:{v}:consumers           HASH    consumer id -> JSON worker description
     mt:{v}:heartbeat:CONSUMER  STRING  present while the consumer lives (PX TTL)
-    mt:{v}:cstats:CONSUMER     HASH    unacked, delivered, prefetch
+    mt:{v}:cstats:CONSUMER     HASH    unacked, delivered, prefetch, paused (while it is)
     mt:{v}:wake:CONSUMER       STREAM  one entry, written to wake the consumer's blocked read
     mt:{v}:control             STREAM  remote-control commands, read by every worker
     mt:{v}:reply:NAME          STREAM  replies to one broadcast

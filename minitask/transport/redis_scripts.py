@@ -534,6 +534,8 @@ local delayed, expiring, orphans = next_key(), next_key(), next_key()
 local consumer, credit, live_until = next_arg(), next_number(), next_arg()
 local first, count = next_number(), next_number()
 if redis.call('HEXISTS', consumers, consumer) == 0 then return {'GONE'} end
+-- A consumer paused since this FETCH was sent (behind its reader's XREAD) takes nothing.
+if redis.call('HEXISTS', cstats, 'paused') == 1 then credit = 0 end
 local now = now_ms()
 local queues = {}
 for q = 1, count do
