@@ -10,11 +10,13 @@ it is due). Celery's spellings of these commands' flags work too (``purge -f``, 
 """
 
 import json
+import signal
 import sys
+import threading
 import time
 
 from . import protocol as P
-from .argtypes import comma_list, positive_seconds, seconds
+from .argtypes import comma_list, host_port, positive_seconds, seconds
 from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
 from .transport import client_for, declare_topology
 from .bench import add_command as add_bench
@@ -34,6 +36,11 @@ SCHEDULED_LISTED = 1000
 def add_commands(commands, parser_class):
     status = commands.add_parser("status", help="queues, depths, consumers and workers")
     _common(status)
+    status.add_argument("--http", type=host_port, metavar="HOST:PORT",
+                        help="serve the status page and /metrics there until stopped, "
+                        "from the broker's reports (for Redis, which has no process of ours "
+                        "to serve them); beyond loopback only with BROKER_SECRET, which "
+                        "becomes the page's password")
     status.set_defaults(run=run_status)
 
     call = commands.add_parser("call", help="send a task by name")
@@ -140,8 +147,34 @@ def _cell(value, width, index):
 
 # -- status ------------------------------------------------------------------------------------
 
+def serve_status(settings, address, announce=print):
+    """``status --http``: the status page of the broker BROKER_URL names, until SIGTERM or
+    Ctrl-C. Each report is asked of the broker as ``status`` asks it."""
+    from .broker.http import StatusHTTPServer, TransportSource
+    from .broker.main import is_loopback
+    secret = settings.BROKER_SECRET
+    if not is_loopback(address[0]) and not secret:
+        raise ConfigurationError("status --http %s:%d: beyond loopback the page needs "
+                                 "BROKER_SECRET (its password)" % address)
+    server = StatusHTTPServer(None, address, secret=secret,
+                              source=TransportSource(lambda: _connect(settings)))
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    announce("minitask status page on %s (broker %s)" % (server.url, settings.BROKER_URL))
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    return 0
+
+
 def run_status(args):
     settings = _settings(args)
+    if args.http:
+        return serve_status(settings, args.http)
     with _connect(settings) as conn:
         report = conn.status()
     if args.json:

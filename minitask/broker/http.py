@@ -34,14 +34,14 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from .. import protocol as P
-from ..exceptions import BrokerError, ConfigurationError
+from ..exceptions import BrokerError, ConfigurationError, MinitaskError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
 from .status import status_report
 from .taskstats import EVENTS, RUNTIME_BUCKETS
 
-__all__ = ["StatusHTTPServer", "metrics_text", "sample_of", "rates_over", "describe_failure",
+__all__ = ["StatusHTTPServer", "LoopSource", "TransportSource", "metrics_text", "sample_of", "rates_over", "describe_failure",
            "failed_results"]
 
 logger = logging.getLogger(__name__)
@@ -68,11 +68,12 @@ def _unavailable(text):
 
 
 class StatusHTTPServer:
-    """The status page of one `BrokerServer`; binds at construction, serves after `start()`."""
+    """The status page of one `BrokerServer` (or of any broker, Redis included, with a
+    `TransportSource`); binds at construction, serves after `start()`."""
 
-    def __init__(self, broker, address, secret=None, ssl_context=None):
+    def __init__(self, broker, address, secret=None, ssl_context=None, source=None):
         host, port = address
-        self.broker = broker
+        self.source = source if source is not None else LoopSource(broker)
         self.secret = secret.encode("utf-8") if isinstance(secret, str) else secret
         self.ssl_context = ssl_context
         try:
@@ -83,8 +84,6 @@ class StatusHTTPServer:
         self.address = self.httpd.server_address[:2]
         self._ring = collections.deque(maxlen=HISTORY_SAMPLES)
         self._ring_lock = threading.Lock()
-        self._loop_lock = threading.Lock()
-        self._pending = None                # Event of the loop call not yet run, if any
         self._report_lock = threading.Lock()
         self._latest = (None, float("-inf"))    # (report, monotonic time it was asked for)
         self._stopping = threading.Event()
@@ -107,6 +106,7 @@ class StatusHTTPServer:
 
     def stop(self):
         self._stopping.set()
+        self.source.stop()
         if self._threads:                   # shutdown() waits for a serve_forever() to end
             self.httpd.shutdown()
         self.httpd.server_close()
@@ -114,7 +114,75 @@ class StatusHTTPServer:
             thread.join(LOOP_TIMEOUT + 1.0)
         logger.info("status page stopped")
 
-    # -- data, gathered in the loop -------------------------------------------------------------
+    # -- data, from the source ------------------------------------------------------------------
+
+    def report(self):
+        """A status report gathered after this call began; callers waiting together share one,
+        so a burst of requests costs the loop one report, and no one sees one from before."""
+        asked = time.monotonic()
+        if not self._report_lock.acquire(timeout=LOOP_TIMEOUT):
+            raise _unavailable("the status page is busy")
+        try:
+            report, asked_for = self._latest
+            if asked_for < asked:
+                asked_for = time.monotonic()
+                report = self.source.report()
+                self._latest = (report, asked_for)
+            return report
+        finally:
+            self._report_lock.release()
+
+    def samples(self, since=None):
+        with self._ring_lock:
+            samples = list(self._ring)
+        if since is not None:
+            samples = [s for s in samples if s["time"] > since]
+        return samples
+
+    def status(self):
+        """The report with the rates of the last few seconds added."""
+        report = self.report()
+        return dict(report, rates=rates_over(self.samples(), RATE_WINDOW))
+
+    def failures(self):
+        return [describe_failure(*row) for row in self.source.failures()]
+
+    def _sample_forever(self):
+        next_at = time.monotonic()
+        while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
+            next_at += SAMPLE_INTERVAL
+            if next_at < time.monotonic():          # fell behind (a slow loop): skip ahead
+                next_at = time.monotonic() + SAMPLE_INTERVAL
+            try:
+                report = self.report()
+            except BrokerError as exc:
+                logger.warning("status page: no sample this second: %s", exc)
+                continue
+            with self._ring_lock:
+                previous = self._ring[-1] if self._ring else None
+                self._ring.append(sample_of(report, previous))
+
+
+# -- sources: where the reports come from ------------------------------------------------------
+
+class LoopSource:
+    """Reports gathered in a `BrokerServer`'s loop thread (the broker's own page, ``broker
+    --http``): broker state is read only there."""
+
+    def __init__(self, broker):
+        self.broker = broker
+        self._loop_lock = threading.Lock()
+        self._pending = None                # Event of the loop call not yet run, if any
+        self._stopping = threading.Event()
+
+    def report(self):
+        return self.in_loop(status_report)
+
+    def failures(self):
+        return self.in_loop(failed_results)
+
+    def stop(self):
+        self._stopping.set()
 
     def in_loop(self, function):
         """`function(state)` run in the broker's loop thread; raises _Unavailable on timeout."""
@@ -147,51 +215,56 @@ class StatusHTTPServer:
         finally:
             self._loop_lock.release()
 
+
+class TransportSource:
+    """Reports asked over a transport, as ``minitask status`` asks (``minitask status
+    --http``): the page of a broker that has no process of ours to serve it, Redis above
+    all. One connection, used by one thread at a time."""
+
+    def __init__(self, connect):
+        self._connect = connect             # () -> a connected transport client
+        self._conn = None
+        self._lock = threading.Lock()
+
+    def _ask(self, question):
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                return question(self._conn)
+            except MinitaskError as exc:
+                self._close()
+                raise _unavailable("the broker did not answer: %s" % exc) from None
+
     def report(self):
-        """A status report gathered after this call began; callers waiting together share one,
-        so a burst of requests costs the loop one report, and no one sees one from before."""
-        asked = time.monotonic()
-        if not self._report_lock.acquire(timeout=LOOP_TIMEOUT):
-            raise _unavailable("the status page is busy")
-        try:
-            report, asked_for = self._latest
-            if asked_for < asked:
-                asked_for = time.monotonic()
-                report = self.in_loop(status_report)
-                self._latest = (report, asked_for)
-            return report
-        finally:
-            self._report_lock.release()
-
-    def samples(self, since=None):
-        with self._ring_lock:
-            samples = list(self._ring)
-        if since is not None:
-            samples = [s for s in samples if s["time"] > since]
-        return samples
-
-    def status(self):
-        """The report with the rates of the last few seconds added."""
-        report = self.report()
-        return dict(report, rates=rates_over(self.samples(), RATE_WINDOW))
+        return self._ask(lambda conn: conn.status())
 
     def failures(self):
-        return [describe_failure(*row) for row in self.in_loop(failed_results)]
+        """The recent failures, newest first, with their stored results (as
+        `failed_results`)."""
+        def ask(conn):
+            rows = []
+            for failure in conn.status().get("recent_failures", []):   # newest first
+                result = conn.get_result(failure["task_id"])
+                if result.ready:
+                    rows.append((failure["time"], failure["task_id"], result.state,
+                                 result.content_type, bytes(result.payload)))
+                else:
+                    rows.append((failure["time"], failure["task_id"], None, None, None))
+            return rows
+        return self._ask(ask)
 
-    def _sample_forever(self):
-        next_at = time.monotonic()
-        while not self._stopping.wait(max(0.0, next_at - time.monotonic())):
-            next_at += SAMPLE_INTERVAL
-            if next_at < time.monotonic():          # fell behind (a slow loop): skip ahead
-                next_at = time.monotonic() + SAMPLE_INTERVAL
+    def stop(self):
+        with self._lock:
+            self._close()
+
+    def _close(self):
+        if self._conn is not None:
             try:
-                report = self.report()
-            except BrokerError as exc:
-                logger.warning("status page: no sample this second: %s", exc)
-                continue
-            with self._ring_lock:
-                previous = self._ring[-1] if self._ring else None
-                self._ring.append(sample_of(report, previous))
+                self._conn.close()
+            except (MinitaskError, OSError) as exc:
+                logger.debug("status page: closing the connection: %s", exc)
+            self._conn = None
 
 
 # -- pure: samples, rates, metrics, failures ---------------------------------------------------
@@ -353,6 +426,8 @@ def metrics_text(report):
         lines += ["%s%s %s" % (name, _labels(queue=queue["name"]), _number(queue[field]))
                   for queue in (gauge_rows if kind == "gauge" else named)]
     for name, kind, help_text, key in _BROKER_METRICS:
+        if key not in broker:           # a broker without a journal of its own (Redis)
+            continue
         lines += ["# HELP %s %s" % (name, help_text), "# TYPE %s %s" % (name, kind),
                   "%s %s" % (name, _number(broker[key]))]
     lines += task_metric_lines(report.get("task_stats", {}))

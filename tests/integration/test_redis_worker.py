@@ -7,10 +7,12 @@ redis-server is not installed.
 The workers are `cluster.Worker`s, the built-in broker's integration tests' own; what they ask
 of a broker (its URL, its status) comes from `RedisBroker`.
 """
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -20,7 +22,7 @@ import itflow  # noqa: E402
 import ittasks  # noqa: E402
 from cluster import ROOT, Worker, _env  # noqa: E402
 from rediskit import (  # noqa: E402
-    REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, wait_for,
+    REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, free_port, wait_for,
 )
 
 from minitask import chord, config, group  # noqa: E402
@@ -217,3 +219,52 @@ def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
     wait_for(lambda: len([t for t in runs() if t > killed_at]) >= 3, 20,
              what="beats to go on")
     assert min(gaps(runs())) > 0.3
+
+
+def test_status_http_serves_the_page_metrics_and_failures_of_a_redis_broker(
+        broker, start_worker):
+    """Redis has no process of ours to serve the status page: ``minitask status --http``
+    serves it, asking Redis as ``minitask status`` does."""
+    start_worker("w1")
+    failed = ittasks.fail.delay("kaput")
+    with pytest.raises(ValueError):
+        failed.get(timeout=30)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "minitask", "status", "--http", "127.0.0.1:%d" % port],
+        cwd=ROOT, env=_env({"MINITASK_BROKER_URL": broker.url}), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        def get(path):
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path),
+                                            timeout=10) as answer:
+                    return answer.read().decode("utf-8")
+            except OSError:
+                return None
+        status = json.loads(wait_for(lambda: get("/api/status.json"), what="the page"))
+        assert [w["hostname"] for w in status["workers"]] == ["w1"]
+        assert any(q["name"] == "minitask" for q in status["queues"])
+        metrics = get("/metrics")
+        assert 'minitask_queue_messages{queue="minitask",state="ready"} 0' in metrics
+        assert "minitask_workers 1" in metrics
+        assert "minitask_journal_faults_total" not in metrics    # Redis keeps no journal
+        [failure] = json.loads(get("/api/failures.json"))["failures"]
+        assert (failure["task_id"], failure["task"]) == (failed.id, "it.fail")
+        assert (failure["exc_type"], failure["exc_message"]) == ("ValueError", "kaput")
+        assert "<html" in get("/").lower()
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=15)[0].decode("utf-8", "replace")
+    assert server.returncode == 0, output
+    assert "minitask status page on http://127.0.0.1:%d/" % port in output
+
+
+def test_status_http_beyond_loopback_without_a_secret_is_refused_in_one_line(broker):
+    done = subprocess.run(
+        [sys.executable, "-m", "minitask", "status", "--http", "0.0.0.0:%d" % free_port()],
+        cwd=ROOT, env=_env({"MINITASK_BROKER_URL": broker.url}), timeout=60,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert done.returncode != 0
+    lines = done.stderr.decode("utf-8").strip().splitlines()
+    assert len(lines) == 1 and "BROKER_SECRET" in lines[0], lines

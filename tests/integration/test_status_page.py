@@ -15,6 +15,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -482,6 +484,40 @@ def test_a_failing_gathering_costs_a_503_not_the_brokers_loop():
         status, _headers, body = page.get("/api/status.json")
         assert status == 503 and b"failed" in body
         assert page.get("/metrics")[0] == 503
+    finally:
+        server.stop()
+
+
+def test_a_transport_source_that_cannot_reach_its_broker_costs_a_503_then_reconnects():
+    """``status --http``: the page of a broker reached over its transport (Redis, say)."""
+    from minitask.broker.http import StatusHTTPServer, TransportSource
+    from minitask.exceptions import BrokerConnectionError
+    reachable = threading.Event()
+
+    class Client:
+        def status(self):
+            return {"broker": {"time": time.time(), "connections": 1, "version": "x"},
+                    "queues": [], "workers": []}
+
+        def close(self):
+            pass
+
+    def connect():
+        if not reachable.is_set():
+            raise BrokerConnectionError("redis://127.0.0.1:1: connection refused")
+        return Client()
+    server = StatusHTTPServer(None, ("127.0.0.1", 0), source=TransportSource(connect))
+    page = PageClient(server.url)
+    server.start()
+    try:
+        status, _headers, body = page.get("/metrics")
+        assert status == 503 and b"connection refused" in body
+        reachable.set()
+        _status, _headers, body = wait_for(
+            lambda: (lambda answer: answer if answer[0] == 200 else None)(page.get("/metrics")),
+            what="the broker reached again")
+        assert b"minitask_workers 0" in body
+        assert b"minitask_journal_bytes" not in body    # not in that broker's report
     finally:
         server.stop()
 
