@@ -54,6 +54,17 @@ MIN_VERSION = (6, 2)
 _RECV_BYTES = 256 * 1024
 
 _RETRY_PREFIXES = frozenset(("LOADING", "READONLY", "UNBLOCKED", "MASTERDOWN"))
+# WAIT and WAITAOF on a replica answer ERR, not READONLY: with publish_confirm a demoted
+# primary refuses the writes (READONLY) and then their wait this way.
+_WAIT_ON_A_REPLICA = "cannot be used with replica instances"
+
+
+def _ran_nothing(reply):
+    """Whether `reply` says the server ran nothing because of a failover or a restart."""
+    if not isinstance(reply, ReplyError):
+        return False
+    return reply.prefix in _RETRY_PREFIXES or (
+        reply.prefix == "ERR" and _WAIT_ON_A_REPLICA in str(reply))
 _AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
@@ -327,10 +338,7 @@ class RedisClient:
     def _retry_reason(self, replies):
         """The error to wait out when every reply says the server ran nothing, else None. A
         failover reply also drops the connection, so the next command finds the primary."""
-        retryable = []
-        for reply in replies:
-            if isinstance(reply, ReplyError) and reply.prefix in _RETRY_PREFIXES:
-                retryable.append(reply)
+        retryable = [reply for reply in replies if _ran_nothing(reply)]
         if any(reply.prefix != "LOADING" for reply in retryable) and self._link is not None:
             logger.warning("%s: %s: %s is no longer the primary; reconnecting",
                            self.url.display, retryable[0].prefix, hostport(*self._link.address))

@@ -226,6 +226,24 @@ def test_readonly_means_failover_reconnect_and_retry():
     assert fake.commands() == ["HELLO", "INCR", "HELLO", "INCR"]
 
 
+def test_a_wait_refused_by_a_demoted_primary_does_not_stop_the_retry():
+    # Writes then WAIT: a primary demoted under the client refuses the writes (READONLY) and
+    # the WAIT with ERR; nothing ran, so the whole pipeline goes to the new primary.
+    wait_refused = b"-ERR WAIT cannot be used with replica instances.\r\n"
+    fake = fake_with(replies_in_turn(READONLY, wait_refused, b":1\r\n", b":1\r\n"))
+    client = client_for(fake)
+    assert client.pipeline([("INCR", "k"), ("WAIT", 1, 100)]) == [1, 1]
+    assert len(fake.sockets) == 2 and fake.sockets[0].closed
+
+
+def test_a_wait_refused_after_a_write_that_ran_is_returned_not_retried():
+    wait_refused = b"-ERR WAIT cannot be used with replica instances.\r\n"
+    fake = fake_with(replies_in_turn(b":1\r\n", wait_refused))
+    client = client_for(fake)
+    done, error = client.pipeline([("INCR", "k"), ("WAIT", 1, 100)])
+    assert done == 1 and "replica" in str(error) and client.clock.sleeps == []
+
+
 def test_unblocked_retries_the_blocking_read_on_a_new_connection():
     entry = encode_reply(("array", [("array", [("bulk", b"s"), ("array", [])])]))
     fake = fake_with(replies_in_turn(UNBLOCKED, entry))
