@@ -30,7 +30,8 @@ import os
 import time
 import uuid
 
-from ..exceptions import BrokerConnectionError, MinitaskError, ReplyError
+from ..exceptions import BrokerConnectionError, MinitaskError, PublishRefusedError, ReplyError
+from ..log import Throttle, folded
 from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
 from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
@@ -82,6 +83,7 @@ class Consumer(base.Consumer):
         self._renew_at = self._sweep_at = 0.0
         self._described = None         # the description Redis has (JSON)
         self._connected_at = 0.0
+        self._unconfirmed = Throttle()  # a warning per 10 s while publish_confirm falls short
         self._forget_turn()
 
     def _forget_turn(self):
@@ -577,7 +579,7 @@ class Consumer(base.Consumer):
                 call[0] == "result" for call in calls) else []
             replies = client.run([call for call in built if call is not None] + confirm)
             results = replies[:len(replies) - len(confirm)]
-            client.check_confirm(replies[len(results):])
+            self._check_confirm(replies[len(results):])
             stale = []
             replies = iter(results)
             for call, built_call in zip(calls, built):
@@ -600,6 +602,18 @@ class Consumer(base.Consumer):
             client.reload()
             calls = stale
         logger.error("results not stored: the topology kept changing")
+
+    def _check_confirm(self, replies):
+        """A wait that fell short is logged, not raised: the results are stored and the
+        tasks ran, so refusing them would only stop the worker (and what it fetched in
+        the same batch would wait for the backstop)."""
+        try:
+            self.client.check_confirm(replies)
+        except PublishRefusedError as exc:
+            counts = self._unconfirmed.allow("unconfirmed")
+            if counts is not None:
+                logger.warning("results and the messages they publish: %s%s", exc,
+                               folded(counts))
 
     def _build(self, call):
         """A buffered call as what `client.run` takes. A result is stored even when what it

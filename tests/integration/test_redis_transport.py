@@ -478,6 +478,34 @@ def test_publish_confirm_waits_for_a_replica_and_refuses_without_one(tmp_path):
         primary.stop()
 
 
+def test_a_worker_whose_results_are_not_confirmed_warns_and_carries_on(server, caplog):
+    """publish_confirm=wait:1 with the replica gone: the worker's results are stored on the
+    primary but not confirmed. Refusing them would kill the worker and help nobody (the task
+    ran): it logs a warning per batch, keeps what it fetched in the same batch, and goes on."""
+    name = "unconfirmed-%s" % uuid.uuid4().hex[:8]
+    setup = Setup(server.url("/0", vhost=name, publish_confirm="wait:1",
+                             publish_confirm_timeout=0.05))
+    try:
+        conn = setup.client(server.url("/0", vhost=name))
+        conn.declare_queue("jobs")
+        conn.publish_many([message() for _ in range(4)])
+        loop = setup.consumer(prefetch=2)
+        for round_ in range(2):
+            held = loop.receive(2, timeout=PATIENCE)
+            for delivery in held:
+                meta = encode_result_meta(ResultMeta(delivery.message.message_id, "SUCCESS", 1, None,
+                                                     "tests.task", 0, 1.0))
+                loop.consumer.store_result(delivery.message.message_id, "SUCCESS", *meta)
+                loop.consumer.ack(delivery.delivery_tag)
+            with caplog.at_level(logging.WARNING):
+                loop.turn(0)            # must not raise
+            for delivery in held:
+                assert conn.get_result(delivery.message.message_id).state == "SUCCESS"
+        assert "confirmed it to 0 replica(s)" in caplog.text
+    finally:
+        setup.close()
+
+
 def test_publish_confirm_waitaof_needs_redis_7_2(server):
     url = server.url("/0", vhost="aof", publish_confirm="waitaof:1,0")
     conn = transport.client_for(config.Settings({"BROKER_URL": url}))
