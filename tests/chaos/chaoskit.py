@@ -176,6 +176,10 @@ class Cluster:
 
     def start(self, workers=2):
         self.broker.start()
+        return self.start_workers(workers)
+
+    def start_workers(self, workers):
+        """Point this process's producers at the broker; start `workers` and wait for them."""
         config.configure(BROKER_URL=self.broker.url, ACCEPT_CONTENT=["json"])
         reset_connection()
         os.environ["ITTASKS_DIR"] = str(self.tmp_path)
