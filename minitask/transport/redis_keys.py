@@ -2,7 +2,10 @@
 
 Every key of a virtual host starts with ``mt:{VHOST}:``. The braces make ``{VHOST}`` the key's
 hash tag, so all of a vhost's keys live in one Redis Cluster slot and one script may touch
-any of them; scripts still name every key they touch in KEYS, never building one in Lua::
+any of them; scripts still name every key they touch in KEYS, never building one in Lua
+(one exception: a parked chord body's record keeps the keys it was parked with, its queues'
+stats and bells and its header's results, and the script that releases it uses them; they
+share the hash tag, so they are in the slot that script runs on)::
 
     mt:{v}:topology            STRING  version of exchanges/queues/bindings, INCR on change
     mt:{v}:exchanges           HASH    name -> JSON {"type", "durable", "auto_delete"}
@@ -16,7 +19,8 @@ any of them; scripts still name every key they touch in KEYS, never building one
     mt:{v}:qconsumers:QUEUE    HASH    consumer id -> "CREDIT LIVE_UNTIL_MS"
     mt:{v}:bell:QUEUE          STREAM  one entry, rewritten whenever the queue gets a message:
                                        what idle consumers block on
-    mt:{v}:delayed             ZSET    member -> when to release it (ms)
+    mt:{v}:delayed             ZSET    member -> when to release it (ms); a parked chord
+                                       body waits here at PARKED_AT (never due)
     mt:{v}:delayed:messages    HASH    member -> the message
     mt:{v}:expiring            ZSET    member -> when the message expires (ms)
     mt:{v}:result:TASK_ID      STREAM  the task's latest state (MAXLEN 1), EXPIRE'd
@@ -34,6 +38,10 @@ any of them; scripts still name every key they touch in KEYS, never building one
     mt:{v}:kv                  HASH    durable settings (the beat's send times), JSON values
     mt:{v}:stats               HASH    unroutable, delayed_serial
     mt:{v}:failures            LIST    "MS TASK_ID" of the latest FAILURE results
+    mt:{v}:chords              HASH    "b:BODY_ID" -> JSON record of a parked chord body,
+                                       "l:BODY_ID" -> how many results it waits for;
+                                       "w:TASK_ID" -> JSON list of the bodies waiting for
+                                       that task's result
     mt:{v}:sweep               STRING  the sweeper's lock (PX TTL)
     mt:{v}:backstop            STRING  when the backstop last ran (PX TTL)
 
@@ -61,9 +69,14 @@ class Keys:
         self.prefix = prefix = "mt:{%s}:" % vhost
         for name in ("topology", "exchanges", "queues", "bindings", "delayed", "expiring",
                      "inflight", "handovers", "orphans", "revoked", "consumers", "control",
-                     "kv", "stats", "failures", "sweep", "backstop"):
+                     "kv", "stats", "failures", "sweep", "backstop", "chords"):
             setattr(self, name, prefix + name)
         self.delayed_messages = prefix + "delayed:messages"
+
+    @property
+    def chord_keys(self):
+        """What every script that stores results reads first (read_chord_keys in Lua)."""
+        return [self.chords, self.delayed, self.delayed_messages, self.failures, self.queues]
 
     def stream(self, queue, level, returned=False):
         return "%sq:%s:%s%d" % (self.prefix, queue, "b" if returned else "p", level)

@@ -9,6 +9,7 @@ import collections
 
 from .. import protocol as P
 from ..exceptions import ProtocolError
+from ..joins import chord_wait, headers_of, unlocked_by
 from . import redis_scripts as S
 from .redis_keys import pack, unpack
 
@@ -66,25 +67,47 @@ def commit_call(keys, version, changes, delete=()):
 # -- publishing ------------------------------------------------------------------------------
 
 class Publication:
-    """One message routed by a cached topology: where it goes, at which priority."""
+    """One message routed by a cached topology: where it goes, at which priority.
 
-    __slots__ = ("data", "fields", "targets", "level", "control", "group")
+    `park` is "" for a message to queue, "body" for a chord's body (held until its header's
+    results are in: `wait_ids`, and `chain_ids`, the rest of its chain, which fails with
+    it), "errback" for an errback of the body published before it (held, and released
+    only if that chord fails)."""
 
-    def __init__(self, data, fields, targets, level, control):
+    __slots__ = ("data", "fields", "targets", "level", "control", "park", "wait_ids",
+                 "chain_ids", "group")
+
+    def __init__(self, data, fields, targets, level, control, park="", wait_ids=(),
+                 chain_ids=()):
         self.data, self.fields, self.targets, self.level = data, fields, targets, level
         self.control = control
+        self.park, self.wait_ids, self.chain_ids = park, wait_ids, chain_ids
         # Consecutive messages of one group share one header in a PUBLISH call.
-        self.group = (control, bool(fields.flags & P.IMMEDIATE), level, tuple(targets))
+        self.group = (control, bool(fields.flags & P.IMMEDIATE), level, tuple(targets), park)
 
 
-def publication(topology, data, fields=None):
+def publication(topology, data, fields=None, park=""):
     """Route an encoded message with `topology`: ProtocolError when it is malformed,
     BrokerError 404 when its exchange does not exist (reload the topology first)."""
     data = bytes(data)
     fields = fields or P.parse_message(data)
     names = topology.route(fields, data)
     level = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
-    return Publication(data, fields, names or [], level, names is None)
+    return Publication(data, fields, names or [], level, names is None, park)
+
+
+def chord_publications(topology, data, fields=None):
+    """The publications of a message: itself alone, or for a chord's parked body itself
+    and its errbacks, held with it. ProtocolError when its workflow headers are malformed."""
+    fields = fields or P.parse_message(bytes(data))
+    headers = headers_of(data, fields)
+    wait_ids = chord_wait(headers) if headers else None
+    if wait_ids is None:
+        return [publication(topology, data, fields)]
+    errbacks, chained = unlocked_by(headers)
+    body = publication(topology, data, fields, "body")
+    body.wait_ids, body.chain_ids = wait_ids, chained
+    return [body] + [publication(topology, errback, park="errback") for errback in errbacks]
 
 
 def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=True,
@@ -93,7 +116,7 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
     set first, with `result` ``(task_id, state, content_type, payload, store)`` stored.
     Delayed messages are released `release_ahead` seconds before they are due."""
     call_keys = [keys.topology, keys.stats, keys.delayed, keys.delayed_messages,
-                 keys.expiring, keys.control]
+                 keys.expiring, keys.control] + keys.chord_keys
     args = [version, ttl_ms, "all" if all_or_nothing else "each", ms(release_ahead)]
     if record is not None:
         call_keys.append(keys.kv)
@@ -114,8 +137,8 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
             groups.append([item])
     args.append(len(groups))
     for group in groups:
-        control, immediate, level, targets = group[0].group
-        args += [int(control), int(immediate), level, len(targets)]
+        control, immediate, level, targets, park = group[0].group
+        args += [int(control), int(immediate), level, park, len(targets)]
         for name in targets:
             max_length = topology.queues[name].args["max_length"]
             args += [name, "" if max_length is None else max_length]
@@ -127,6 +150,16 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
             args.append(item.data)
             if item.fields.expires_at:
                 call_keys.append(keys.result(item.fields.message_id))
+            if park == "body":
+                call_keys.append(keys.result(item.fields.message_id))
+                args.append(len(item.wait_ids))
+                for task_id in item.wait_ids:
+                    args.append(task_id)
+                    call_keys.append(keys.result(task_id))
+                args.append(len(item.chain_ids))
+                for task_id in item.chain_ids:
+                    args.append(task_id)
+                    call_keys.append(keys.result(task_id))
     return S.PUBLISH, call_keys, args
 
 
@@ -228,7 +261,8 @@ class Settlement:
                         len(args) // (3 if handover else 2)]
             op_args += args
         return (S.SETTLE, [keys.topology, keys.queues, keys.inflight, keys.handovers,
-                           keys.orphans, keys.failures] + op_keys + self.op_keys,
+                           keys.orphans, keys.failures] + keys.chord_keys + op_keys
+                + self.op_keys,
                 [ttl_ms, len(self._acks) + self._ops] + op_args + self.op_args)
 
 
@@ -284,7 +318,7 @@ def promote_call(keys, members):
 def expire_call(keys, ttl_ms, members):
     """EXPIRE of due members of the expiring set."""
     call_keys = [keys.queues, keys.delayed, keys.delayed_messages, keys.expiring,
-                 keys.failures]
+                 keys.failures] + keys.chord_keys
     args = [ttl_ms, len(members)]
     for member in members:
         queue, task_id, level, kind, ref = unpack(member)
@@ -295,7 +329,7 @@ def expire_call(keys, ttl_ms, members):
 
 
 def lose_call(keys, ttl_ms, why, task_ids):
-    call_keys = [keys.orphans, keys.handovers, keys.inflight, keys.failures]
+    call_keys = [keys.orphans, keys.handovers, keys.inflight, keys.failures] + keys.chord_keys
     args = [ttl_ms, why, len(task_ids)]
     for task_id in task_ids:
         call_keys.append(keys.result(task_id))
@@ -311,7 +345,8 @@ def claim_call(keys, consumer, task_ids):
 # -- the rest ---------------------------------------------------------------------------------
 
 def revoke_call(keys, ttl_ms, command, task_ids):
-    call_keys = [keys.revoked, keys.control, keys.inflight, keys.handovers, keys.failures]
+    call_keys = [keys.revoked, keys.control, keys.inflight, keys.handovers,
+                 keys.failures] + keys.chord_keys
     args = [ttl_ms, command, len(task_ids)]
     for task_id in task_ids:
         call_keys.append(keys.result(task_id))

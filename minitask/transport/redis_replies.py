@@ -9,7 +9,7 @@ meta is built here when it is read.
 """
 
 from .. import control, protocol as P
-from ..exceptions import ProtocolError, TaskRevokedError, WorkerLostError
+from ..exceptions import ChordError, ProtocolError, TaskRevokedError, WorkerLostError
 from ..message import ResultMeta, encode_result_meta
 from . import base
 
@@ -80,10 +80,12 @@ def read_result(task_id, latest, inflight, handover):
 
 
 def transport_meta(task_id, state, why, date_done):
-    """The result meta of a state the transport stored itself: REVOKED (expired, revoked)
-    or FAILURE (the worker running it was lost)."""
+    """The result meta of a state the transport stored itself: REVOKED (expired, revoked),
+    or FAILURE (a chord whose header failed, the worker running it lost)."""
     if state == "REVOKED":
         exc = TaskRevokedError("task %s %s" % (task_id, why))
+    elif why.startswith("chord "):
+        exc = ChordError(why)
     else:
         exc = WorkerLostError(why)
     return encode_result_meta(ResultMeta(task_id, state, exc, None, "", 0, date_done), "json")

@@ -157,10 +157,103 @@ local function final_state(result)
   return nil
 end
 
--- `why` marks a result the transport wrote itself (REVOKED, WorkerLostError): readers build
--- its meta from the state and this text.
-local function store_result(result, state, content_type, payload, why, ttl_ms, now, failures,
-                            task_id)
+-- Chords. A parked body waits in the delayed set at PARKED_AT (never due), with its record
+-- in the chords hash: "b:<body id>" -> {id, result, at, headers, chain, run, errbacks},
+-- "l:<body id>" -> how many header results it still waits for, and "w:<task id>" -> the
+-- bodies waiting for that task's result. Each header result counts
+-- once: its "w:" field goes with its first final result. The last SUCCESS releases the body
+-- (its delayed members become due at once, or when its countdown ends); a FAILURE or
+-- REVOKED fails it: FAILURE ChordError for the body and the rest of its chain, its parked
+-- errbacks released instead. Header results do not expire while their body waits.
+-- Every script that stores results reads the chord keys first (read_chord_keys).
+-- `why` marks a result the transport wrote itself (REVOKED, WorkerLostError, ChordError):
+-- readers build its meta from the state and this text.
+local PARKED_AT = %d
+local chords, store_result = {}, nil
+local function read_chord_keys(ttl_ms, now)
+  chords.hash, chords.delayed, chords.messages = next_key(), next_key(), next_key()
+  chords.failures, chords.queues = next_key(), next_key()
+  chords.ttl_ms, chords.now = ttl_ms, now
+end
+-- Per parked message: {member, queue stats, bell, stream, level, queue}.
+local function unpark(parked)
+  for _, p in ipairs(parked) do
+    if redis.call('ZREM', chords.delayed, p[1]) == 1 then
+      redis.call('HDEL', chords.messages, p[1])
+      if redis.call('HEXISTS', chords.queues, p[6]) == 1 then
+        redis.call('HINCRBY', p[2], 'delayed', -1)
+      end
+    end
+  end
+end
+local function release(parked, at)
+  for _, p in ipairs(parked) do
+    if at > chords.now then                            -- a countdown: due then (PROMOTE)
+      if redis.call('ZSCORE', chords.delayed, p[1]) then
+        redis.call('ZADD', chords.delayed, at, p[1])
+        ring(p[3])
+      end
+    else                                               -- queued now, as PROMOTE does
+      local data = redis.call('HGET', chords.messages, p[1])
+      if redis.call('ZREM', chords.delayed, p[1]) == 1 then
+        redis.call('HDEL', chords.messages, p[1])
+        if data and redis.call('HEXISTS', chords.queues, p[6]) == 1 then
+          redis.call('HINCRBY', p[2], 'delayed', -1)
+          ensure_stream(p[4])
+          redis.call('XADD', p[4], '*', 'm', data)
+          redis.call('HINCRBY', p[2], READY[tonumber(p[5])], 1)
+          ring(p[3])
+        end
+      end
+    end
+  end
+end
+local function chord_decide(body, failed_id, state)
+  redis.call('HDEL', chords.hash, 'b:' .. body.id, 'l:' .. body.id)
+  for _, key in ipairs(body.headers) do redis.call('PEXPIRE', key, chords.ttl_ms) end
+  if not failed_id then
+    release(body.run, math.max(chords.now, tonumber(body.at)))
+    unpark(body.errbacks)
+    return
+  end
+  unpark(body.run)
+  release(body.errbacks, chords.now)
+  local why = 'chord ' .. body.id .. ': header task ' .. failed_id .. ' ended in ' .. state ..
+              ', so the body never runs'
+  if not final_state(body.result) then
+    store_result(body.result, 'FAILURE', '', '', why, chords.ttl_ms, chords.now,
+                 chords.failures, body.id)
+  end
+  for _, link in ipairs(body.chain) do
+    if not final_state(link[2]) then
+      store_result(link[2], 'FAILURE', '', '', why, chords.ttl_ms, chords.now,
+                   chords.failures, link[1])
+    end
+  end
+end
+local function chord_final(task_id, state, result)
+  if not chords.hash then error('a result stored without the chord keys') end
+  local field = 'w:' .. task_id
+  local waiting = redis.call('HGET', chords.hash, field)
+  if not waiting then return end
+  redis.call('HDEL', chords.hash, field)
+  local pinned = false
+  for _, body_id in ipairs(cjson.decode(waiting)) do
+    if redis.call('HEXISTS', chords.hash, 'l:' .. body_id) == 1 then
+      -- The record is read only to decide: a chord of n tasks costs n small steps.
+      local left = redis.call('HINCRBY', chords.hash, 'l:' .. body_id, -1)
+      if state ~= 'SUCCESS' or left <= 0 then
+        local body = cjson.decode(redis.call('HGET', chords.hash, 'b:' .. body_id))
+        if state ~= 'SUCCESS' then chord_decide(body, task_id, state) else chord_decide(body) end
+      else
+        pinned = true
+      end
+    end
+  end
+  if pinned then redis.call('PERSIST', result) end
+end
+store_result = function(result, state, content_type, payload, why, ttl_ms, now, failures,
+                        task_id)
   if why then
     redis.call('XADD', result, 'MAXLEN', '1', '*', 's', state, 't', int(now), 'c', '',
                'p', '', 'w', why)
@@ -173,8 +266,8 @@ local function store_result(result, state, content_type, payload, why, ttl_ms, n
     redis.call('LPUSH', failures, int(now) .. ' ' .. task_id)
     redis.call('LTRIM', failures, 0, 49)
   end
+  if FINAL[state] then chord_final(task_id, state, result) end
 end
-
 -- A task that will never run (expired, revoked) is REVOKED, unless it has a final state.
 local function store_final(result, state, why, ttl_ms, now, failures, task_id)
   if task_id ~= '' and not final_state(result) then
@@ -266,6 +359,11 @@ end
 """
 
 
+# When a parked chord body is due: never (2**52 ms is in the year 142,000).
+PARKED_AT = 2 ** 52
+PRELUDE = PRELUDE.replace("local PARKED_AT = %d", "local PARKED_AT = %d" % PARKED_AT)
+
+
 def _blocks(prelude):
     """The prelude's blocks (separated by blank lines), each with the names it defines."""
     for block in prelude.strip().split("\n\n"):
@@ -339,6 +437,7 @@ if (redis.call('GET', topology) or '0') ~= expected then
   return redis.error_reply('STALE the topology changed')
 end
 local now = now_ms()
+read_chord_keys(ttl_ms, now)
 
 local record, result = nil, nil
 if next_arg() == '1' then record = {kv = next_key(), key = next_arg(), value = next_arg()} end
@@ -352,7 +451,7 @@ end
 local messages, targets = {}, {}
 for _ = 1, next_number() do
   local group = {control = next_arg() == '1', immediate = next_arg() == '1',
-                 level = next_number(), targets = {}}
+                 level = next_number(), park = next_arg(), targets = {}}
   for t = 1, next_number() do
     local target = {name = next_arg(), max_length = tonumber(next_arg()),
                     stats = next_key(), bell = next_key(), stream = next_key(),
@@ -368,8 +467,13 @@ for _ = 1, next_number() do
                release = math.floor(not_before * 1000) - ahead_ms,
                expires = math.floor(expires * 1000), task_id = str8(data, 19)}
     if m.expires > 0 then m.result = next_key() end
+    if group.park == 'body' then
+      m.park = {result = next_key(), ids = {}, headers = {}, chain = {}}
+      for i = 1, next_number() do m.park.ids[i], m.park.headers[i] = next_arg(), next_key() end
+      for i = 1, next_number() do m.park.chain[i] = {next_arg(), next_key()} end
+    end
     m.expired = m.expires > 0 and m.expires <= now
-    m.queued = not m.expired and m.release <= now
+    m.queued = not m.expired and m.release <= now and group.park == ''
     messages[#messages + 1] = m
   end
 end
@@ -430,9 +534,22 @@ local function check(m)
 end
 
 local unroutable, written = 0, 0
+local bodies, body = {}, nil         -- chord bodies parked now; the last, for its errbacks
 local function write(m)
   local group = m.group
   written = written + 1
+  m.members = {}
+  if m.park then
+    -- Sent again (a client's retry), or run already: held or done, not parked twice.
+    body = m
+    m.skip = redis.call('HEXISTS', chords.hash, 'l:' .. m.task_id) == 1 or
+             final_state(m.park.result) ~= nil
+    if m.skip then return end
+    bodies[#bodies + 1] = m
+  elseif group.park == 'errback' then
+    if not body or body.skip then return end
+    m.body = body
+  end
   if group.control then
     redis.call('XADD', control, 'MAXLEN', '~', '1000', '*', 'm', m.data)
     return
@@ -444,6 +561,7 @@ local function write(m)
   if m.expired then
     store_final(m.result, 'REVOKED', 'expired before it was queued', ttl_ms, now, nil,
                 m.task_id)
+    m.skip = true
     return
   end
   if m.reserve then
@@ -455,9 +573,12 @@ local function write(m)
     target.published = target.published + 1
     if not m.queued then
       -- Delayed: held in Redis until it is due, then promoted to its stream (PROMOTE).
+      -- Parked (a chord's body, its errbacks): never due until the chord is decided.
       local serial = int(redis.call('HINCRBY', stats, 'delayed_serial', 1))
       local member = pack(target.name, m.task_id, level, serial)
-      redis.call('ZADD', delayed, m.release, member)
+      m.members[#m.members + 1] = {member, target.stats, target.bell, target.stream, level,
+                                   target.name}
+      redis.call('ZADD', delayed, group.park == '' and m.release or PARKED_AT, member)
       redis.call('HSET', delayed_messages, member, m.data)
       target.delayed = target.delayed + 1
       if m.expires > 0 then
@@ -490,6 +611,47 @@ local function finish()
   if unroutable > 0 then redis.call('HINCRBY', stats, 'unroutable', unroutable) end
 end
 
+-- A body parked now: decided at once when its header's results are in already (a failed
+-- one fails it), else recorded, with each header task it waits for.
+local function park(m)
+  local record = {id = m.task_id, result = m.park.result, at = int(m.release),
+                  headers = m.park.headers, chain = m.park.chain, run = m.members,
+                  errbacks = {}}
+  for _, errback in ipairs(messages) do
+    if errback.body == m and not errback.skip then
+      for _, member in ipairs(errback.members) do
+        record.errbacks[#record.errbacks + 1] = member
+      end
+    end
+  end
+  local waiting, seen, done = {}, {}, {}
+  for i, id in ipairs(m.park.ids) do
+    if not seen[id] then
+      seen[id] = true
+      local state = final_state(m.park.headers[i])
+      if state and state ~= 'SUCCESS' then return chord_decide(record, id, state) end
+      if state then done[#done + 1] = m.park.headers[i] else waiting[#waiting + 1] = id end
+    end
+  end
+  if #waiting == 0 then return chord_decide(record) end
+  redis.call('HSET', chords.hash, 'b:' .. record.id, cjson.encode(record),
+             'l:' .. record.id, #waiting)
+  for _, id in ipairs(waiting) do
+    local field = 'w:' .. id
+    local listed = redis.call('HGET', chords.hash, field)
+    listed = listed and cjson.decode(listed) or {}
+    listed[#listed + 1] = record.id
+    redis.call('HSET', chords.hash, field, cjson.encode(listed))
+  end
+  for _, key in ipairs(done) do redis.call('PERSIST', key) end
+end
+
+local function park_all()
+  for _, m in ipairs(bodies) do
+    if not m.skip then park(m) end
+  end
+end
+
 if mode == 'all' then
   for _, m in ipairs(messages) do check(m) end
 end
@@ -507,12 +669,14 @@ for _, m in ipairs(messages) do
   if mode ~= 'all' then
     local ok, refusal = pcall(check, m)
     if not ok then
-      finish()                  -- what was written before the refusal is counted
+      park_all()                -- what was written before the refusal is kept and counted
+      finish()
       error(refusal)
     end
   end
   write(m)
 end
+park_all()
 finish()
 return written
 """)
@@ -653,6 +817,7 @@ local globals = new_globals({topology = next_key(), queues = next_key(),
                              inflight = next_key(), handovers = next_key(),
                              orphans = next_key(), failures = next_key(), owner_stats = {}})
 globals.ttl_ms, globals.now = next_number(), now_ms()
+read_chord_keys(globals.ttl_ms, globals.now)
 local dead_lettered, done, handed = {}, {}, {}
 for _ = 1, next_number() do
   local op = next_arg()
@@ -846,6 +1011,7 @@ local queues, delayed, delayed_messages, expiring = next_key(), next_key(), next
                                                     next_key()
 local failures, ttl_ms = next_key(), next_number()
 local now = now_ms()
+read_chord_keys(ttl_ms, now)
 local expired = 0
 for _ = 1, next_number() do
   local stream, stats, result = next_key(), next_key(), next_key()
@@ -883,6 +1049,7 @@ LOSE = _script(r"""
 local orphans, handovers, inflight, failures = next_key(), next_key(), next_key(), next_key()
 local ttl_ms, why = next_number(), next_arg()
 local now = now_ms()
+read_chord_keys(ttl_ms, now)
 local lost = {}
 for _ = 1, next_number() do
   local result, task_id = next_key(), next_arg()
@@ -928,6 +1095,7 @@ local revoked, control, inflight, handovers, failures = next_key(), next_key(), 
                                                          next_key(), next_key()
 local ttl_ms, command = next_number(), next_arg()
 local now = now_ms()
+read_chord_keys(ttl_ms, now)
 redis.call('ZREMRANGEBYSCORE', revoked, '-inf', now)
 for _ = 1, next_number() do
   local result, task_id = next_key(), next_arg()

@@ -12,6 +12,7 @@ from ..exceptions import ProtocolError, ReplyError
 from . import redis_ops as ops
 from .redis_keys import WAITING_FIELDS, unpack
 from .redis_replies import live_consumers, redis_ms
+from .redis_scripts import PARKED_AT
 from .redis_topology import Topology
 
 __all__ = ["status_report", "scheduled_report"]
@@ -74,9 +75,11 @@ def status_report(client, scheduled=0):
 
 def scheduled_report(client, limit):
     """Up to `limit` delayed messages, soonest first, as the built-in broker lists them:
-    ``[{"id", "name", "eta", "queue", "priority"}]``."""
+    ``[{"id", "name", "eta", "queue", "priority"}]``. Parked chord bodies are not listed
+    (the built-in broker does not list them either)."""
     keys = client.keys
-    members = client.redis.execute("ZRANGE", keys.delayed, 0, max(0, int(limit)) - 1)
+    members = client.redis.execute("ZRANGEBYSCORE", keys.delayed, "-inf", "(%d" % PARKED_AT,
+                                   "LIMIT", 0, max(0, int(limit)))
     if not members:
         return []
     datas = client.redis.execute("HMGET", keys.delayed_messages, *members)

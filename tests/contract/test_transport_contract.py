@@ -737,11 +737,10 @@ def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport)
 
 # -- workflows: chords held by the broker, what failures unlock ------------------------------
 
-# Workflow parts a transport does not have (README, "Scaling out"): Redis refuses a chord's
-# parked body rather than hold it, and runs no errbacks of a message it drops itself (expired
-# or revoked before a worker had it; a worker that drops one runs them on every transport).
-LACKS = {"redis": {"chords", "errbacks of what it drops", "results of what it gives up on"}}
-CHORDLESS = {name for name, lacks in LACKS.items() if "chords" in lacks}
+# Workflow parts a transport does not have (README, "Scaling out"): Redis runs no errbacks
+# of a message it drops itself (expired or revoked before a worker had it; a worker that
+# drops one runs them on every transport).
+LACKS = {"redis": {"errbacks of what it drops", "results of what it gives up on"}}
 
 
 def _needs(transport, part):
@@ -751,19 +750,6 @@ def _needs(transport, part):
 
 def _holds_chords(transport):
     _needs(transport, "chords")
-
-
-def test_a_transport_without_chords_refuses_a_chord_and_queues_none_of_it(transport):
-    if transport.name not in CHORDLESS:
-        pytest.skip("the %s transport holds chords" % transport.name)
-    conn = transport.client()
-    conn.declare_queue("jobs")
-    conn.declare_queue("bodies")
-    header = message("jobs")
-    body = message("bodies", headers={"x-chord-wait": [task_id(header)]})
-    with pytest.raises(ConfigurationError, match="chords need the built-in broker"):
-        conn.publish_atomic([header, body])
-    assert waiting(conn, "jobs") == 0 and waiting(conn, "bodies") == 0
 
 
 def _chord(conn, size=2):

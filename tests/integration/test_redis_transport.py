@@ -415,6 +415,18 @@ def test_a_result_whose_unlocked_message_is_refused_is_not_stored_either(vhost):
     assert conn.get_result("t1").state == "PENDING"
 
 
+def test_a_parked_chord_body_counts_as_delayed_but_is_not_listed_as_scheduled(vhost):
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    later = message("jobs", not_before=time.time() + 60)
+    body = message("jobs", headers={"x-chord-wait": ["h-" + uuid.uuid4().hex]})
+    conn.publish_atomic([later, body])
+    report = conn.status(scheduled=10)
+    assert [row["id"] for row in report["scheduled"]] == [P.message_id_of(later)]
+    row = next(q for q in report["queues"] if q["name"] == "jobs")
+    assert row["delayed"] == 2 and row["ready"] == 0
+
+
 def test_publish_with_record_refused_keeps_the_record(vhost):
     conn = vhost.client()
     conn.publish_with_record(message("jobs"), "beat:last", 1)

@@ -25,10 +25,8 @@ from rediskit import (  # noqa: E402
     REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, free_port, wait_for,
 )
 
-from minitask import chord, config, group  # noqa: E402
-from minitask.exceptions import (  # noqa: E402
-    ConfigurationError, TaskRevokedError, WorkerLostError,
-)
+from minitask import config, group  # noqa: E402
+from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
 from minitask.transport import reset_connection  # noqa: E402
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
@@ -120,17 +118,6 @@ def test_a_chain_on_redis_passes_results_on_and_a_failure_ends_it_with_its_errba
     assert failed.parent.state == "FAILURE"
     assert wait_for(lambda: trace(tmp_path, "redis-errors"), what="the errback") \
         == [failed.parent.id]
-
-
-def test_a_chord_on_redis_is_refused_in_one_line_and_nothing_of_it_runs(broker, start_worker,
-                                                                       tmp_path):
-    start_worker(modules="itflow")
-    with pytest.raises(ConfigurationError, match="chords need the built-in broker"):
-        chord([itflow.errback.si("h1", "redis-chord"), itflow.errback.si("h2", "redis-chord")])(
-            itflow.tsum.s())
-    assert itflow.add.delay(5, 5).get(timeout=20) == 10     # sent after, run alone
-    assert trace(tmp_path, "redis-chord") == []
-    assert broker.queue()["ready"] == 0
 
 
 def trace(directory, name):

@@ -1,5 +1,6 @@
 """minitask.transport.redis_ops: each script call laid out as its script reads it (the
 integration tests run them), and every key under the vhost's hash tag."""
+import base64
 import json
 
 import pytest
@@ -30,7 +31,7 @@ def encoded(routing_key="jobs", priority=None, not_before=0.0, expires_at=0.0, f
 def test_a_publication_is_routed_at_its_priority():
     item = ops.publication(topology_with("jobs"), encoded(priority=2, flags=P.IMMEDIATE))
     assert (item.targets, item.level, item.control) == (["jobs"], 2, False)
-    assert item.group == (False, True, 2, ("jobs",))
+    assert item.group == (False, True, 2, ("jobs",), "")
     assert ops.publication(topology_with("jobs"), encoded()).level == P.DEFAULT_PRIORITY
     assert ops.publication(topology_with("jobs"), encoded("ghost")).targets == []
 
@@ -54,12 +55,32 @@ def test_publish_call_groups_messages_going_alike_and_names_results_of_expiring_
     assert script is S.PUBLISH and args[:6] == [7, 1000, "all", 500, "0", "0"]
     assert args[6] == 3                                     # groups
     jobs = ["mt:{v}:qstats:jobs", "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p4"]
-    assert args[7:14] == [0, 0, 4, 1, "jobs", 5, 2]
-    assert args[14:16] == [items[0].data, items[1].data]
-    assert keys[6:10] == jobs + ["mt:{v}:result:task-1"]    # only the expiring one's result
-    assert args[16:23] == [0, 0, 4, 1, "other", 5, 1]
-    assert args[24:31] == [0, 1, 4, 1, "jobs", 5, 1]        # immediate: its own group
+    assert args[7:15] == [0, 0, 4, "", 1, "jobs", 5, 2]
+    assert args[15:17] == [items[0].data, items[1].data]
+    assert keys[6:11] == KEYS.chord_keys
+    assert keys[11:15] == jobs + ["mt:{v}:result:task-1"]   # only the expiring one's result
+    assert args[17:25] == [0, 0, 4, "", 1, "other", 5, 1]
+    assert args[26:34] == [0, 1, 4, "", 1, "jobs", 5, 1]    # immediate: its own group
     assert keys[-4:] == jobs + ["mt:{v}:qconsumers:jobs"]
+
+
+def test_a_chord_body_is_parked_with_its_errbacks_and_names_its_header_results():
+    topology = topology_with("jobs", "bodies")
+    errback = encoded()
+    body = P.encode_message(P.Message(b"{}", "", "bodies", "body-1", "t.sum", headers={
+        "x-chord-wait": ["h1", "h2"], "x-chain": ["next-1"],
+        "x-errbacks": [base64.b64encode(errback).decode("ascii")]}))
+    items = ops.chord_publications(topology, body)
+    assert [item.park for item in items] == ["body", "errback"]
+    assert items[1].data == errback and items[1].targets == ["jobs"]
+    _script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items)
+    assert args[6] == 2                                     # groups: body, errback
+    assert args[7:12] == [0, 0, 4, "body", 1]
+    assert args[12:21] == ["bodies", "", 1, body, 2, "h1", "h2", 1, "next-1"]
+    assert keys[14:18] == ["mt:{v}:result:body-1", "mt:{v}:result:h1", "mt:{v}:result:h2",
+                           "mt:{v}:result:next-1"]
+    assert args[21:26] == [0, 0, 4, "errback", 1]
+    assert ops.chord_publications(topology, errback)[0].park == ""
 
 
 def test_publish_call_puts_record_and_result_before_the_messages():
@@ -69,7 +90,7 @@ def test_publish_call_puts_record_and_result_before_the_messages():
                                           result=("t9", "SUCCESS", "application/json",
                                                   b"{}", True))
     assert args[4:13] == ["1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}", 1]
-    assert keys[6:12] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
+    assert keys[11:17] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
                           "mt:{v}:handovers", "mt:{v}:orphans", "mt:{v}:failures"]
 
 
@@ -86,14 +107,15 @@ def test_each_settle_operation_has_its_fixed_layout():
     assert script is S.SETTLE and settlement.count == 5
     assert args[:2] == [1000, 4]            # two groups of acks, the start, the give-back
     ack_keys = ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
-    assert keys[6:12] == ack_keys * 2
+    assert keys[6:11] == KEYS.chord_keys
+    assert keys[11:17] == ack_keys * 2
     assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
     assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
     assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
     back = args[24:]
     assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
     assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
-    assert keys[12] == "mt:{v}:q:jobs:b3"          # the start's stream
+    assert keys[17] == "mt:{v}:q:jobs:b3"          # the start's stream
     assert keys[-9:] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1",
                          "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
                          "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
