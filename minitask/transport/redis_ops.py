@@ -116,8 +116,15 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
     set first, with `result` ``(task_id, state, content_type, payload, store)`` stored.
     Delayed messages are released `release_ahead` seconds before they are due."""
     call_keys = [keys.topology, keys.stats, keys.delayed, keys.delayed_messages,
-                 keys.expiring, keys.control] + keys.chord_keys
+                 keys.expiring, keys.control]
     args = [version, ttl_ms, "all" if all_or_nothing else "each", ms(release_ahead)]
+    # A result, a chord's body, or a message that may have expired (REVOKED stored at
+    # once) may decide a chord: then the script needs the chord keys.
+    if result is not None or any(item.park or item.fields.expires_at for item in publications):
+        call_keys += keys.chord_keys
+        args.append("1")
+    else:
+        args.append("0")
     if record is not None:
         call_keys.append(keys.kv)
         args += ["1", record[0], record[1]]

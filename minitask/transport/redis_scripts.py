@@ -437,7 +437,8 @@ if (redis.call('GET', topology) or '0') ~= expected then
   return redis.error_reply('STALE the topology changed')
 end
 local now = now_ms()
-read_chord_keys(ttl_ms, now)
+-- The chord keys come when anything here may store a result or park a chord's body.
+if next_arg() == '1' then read_chord_keys(ttl_ms, now) end
 
 local record, result = nil, nil
 if next_arg() == '1' then record = {kv = next_key(), key = next_arg(), value = next_arg()} end
@@ -538,7 +539,7 @@ local bodies, body = {}, nil         -- chord bodies parked now; the last, for i
 local function write(m)
   local group = m.group
   written = written + 1
-  m.members = {}
+  if group.park ~= '' then m.members = {} end
   if m.park then
     -- Sent again (a client's retry), or run already: held or done, not parked twice.
     body = m
@@ -576,8 +577,10 @@ local function write(m)
       -- Parked (a chord's body, its errbacks): never due until the chord is decided.
       local serial = int(redis.call('HINCRBY', stats, 'delayed_serial', 1))
       local member = pack(target.name, m.task_id, level, serial)
-      m.members[#m.members + 1] = {member, target.stats, target.bell, target.stream, level,
-                                   target.name}
+      if m.members then
+        m.members[#m.members + 1] = {member, target.stats, target.bell, target.stream,
+                                     level, target.name}
+      end
       redis.call('ZADD', delayed, group.park == '' and m.release or PARKED_AT, member)
       redis.call('HSET', delayed_messages, member, m.data)
       target.delayed = target.delayed + 1

@@ -52,16 +52,24 @@ def test_publish_call_groups_messages_going_alike_and_names_results_of_expiring_
     items = [ops.publication(topology, data) for data in (
         encoded(), encoded(expires_at=2000.0), encoded("other"), encoded(flags=P.IMMEDIATE))]
     script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items, release_ahead=0.5)
-    assert script is S.PUBLISH and args[:6] == [7, 1000, "all", 500, "0", "0"]
-    assert args[6] == 3                                     # groups
+    # The chord keys: a message that may have expired may decide a chord.
+    assert script is S.PUBLISH and args[:7] == [7, 1000, "all", 500, "1", "0", "0"]
+    assert args[7] == 3                                     # groups
     jobs = ["mt:{v}:qstats:jobs", "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p4"]
-    assert args[7:15] == [0, 0, 4, "", 1, "jobs", 5, 2]
-    assert args[15:17] == [items[0].data, items[1].data]
+    assert args[8:16] == [0, 0, 4, "", 1, "jobs", 5, 2]
+    assert args[16:18] == [items[0].data, items[1].data]
     assert keys[6:11] == KEYS.chord_keys
     assert keys[11:15] == jobs + ["mt:{v}:result:task-1"]   # only the expiring one's result
-    assert args[17:25] == [0, 0, 4, "", 1, "other", 5, 1]
-    assert args[26:34] == [0, 1, 4, "", 1, "jobs", 5, 1]    # immediate: its own group
+    assert args[18:26] == [0, 0, 4, "", 1, "other", 5, 1]
+    assert args[27:35] == [0, 1, 4, "", 1, "jobs", 5, 1]    # immediate: its own group
     assert keys[-4:] == jobs + ["mt:{v}:qconsumers:jobs"]
+
+
+def test_a_plain_publish_does_without_the_chord_keys():
+    topology = topology_with("jobs")
+    _script, keys, args = ops.publish_call(KEYS, 7, 1000, topology,
+                                           [ops.publication(topology, encoded())])
+    assert args[4] == "0" and len(keys) == 6 + 3
 
 
 def test_a_chord_body_is_parked_with_its_errbacks_and_names_its_header_results():
@@ -74,12 +82,13 @@ def test_a_chord_body_is_parked_with_its_errbacks_and_names_its_header_results()
     assert [item.park for item in items] == ["body", "errback"]
     assert items[1].data == errback and items[1].targets == ["jobs"]
     _script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items)
-    assert args[6] == 2                                     # groups: body, errback
-    assert args[7:12] == [0, 0, 4, "body", 1]
-    assert args[12:21] == ["bodies", "", 1, body, 2, "h1", "h2", 1, "next-1"]
+    assert args[4] == "1" and keys[6:11] == KEYS.chord_keys
+    assert args[7] == 2                                     # groups: body, errback
+    assert args[8:13] == [0, 0, 4, "body", 1]
+    assert args[13:22] == ["bodies", "", 1, body, 2, "h1", "h2", 1, "next-1"]
     assert keys[14:18] == ["mt:{v}:result:body-1", "mt:{v}:result:h1", "mt:{v}:result:h2",
                            "mt:{v}:result:next-1"]
-    assert args[21:26] == [0, 0, 4, "errback", 1]
+    assert args[22:27] == [0, 0, 4, "errback", 1]
     assert ops.chord_publications(topology, errback)[0].park == ""
 
 
@@ -89,7 +98,8 @@ def test_publish_call_puts_record_and_result_before_the_messages():
     script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, [item], record=("k", "1"),
                                           result=("t9", "SUCCESS", "application/json",
                                                   b"{}", True))
-    assert args[4:13] == ["1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}", 1]
+    assert args[4:14] == ["1", "1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}",
+                          1]
     assert keys[11:17] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
                           "mt:{v}:handovers", "mt:{v}:orphans", "mt:{v}:failures"]
 
