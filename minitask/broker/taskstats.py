@@ -17,7 +17,8 @@ counter may. Memory is bounded: past `MAX_NAMES` names, the rest are counted und
 
 import bisect
 
-__all__ = ["TaskStats", "EVENTS", "RUNTIME_BUCKETS", "MAX_NAMES", "OTHER"]
+__all__ = ["TaskStats", "EVENTS", "RUNTIME_BUCKETS", "MAX_NAMES", "OTHER", "row_of",
+           "add_counts", "finish_rows"]
 
 EVENTS = ("received", "succeeded", "failed", "retried", "revoked")
 _EVENT_INDEX = {"SUCCESS": 1, "FAILURE": 2, "RETRY": 3, "REVOKED": 4}
@@ -89,25 +90,32 @@ class TaskStats:
         rows = {}
         for raw, count in self._received.items():
             name = OTHER if raw is None else raw.decode("utf-8", "replace")
-            _row(rows, name)["received"] += count
+            row_of(rows, name)["received"] += count
         for name, counts in self._tasks.items():
-            _add(_row(rows, name), dict(zip(EVENTS[1:], counts.events[1:]),
-                                        runtime={"buckets": counts.buckets,
-                                                 "sum": counts.runtime_sum,
-                                                 "count": counts.runtime_count}))
-        if len(rows) > MAX_NAMES:           # received and finished names differ: fold the rest
-            for name in sorted(name for name in rows if name != OTHER)[MAX_NAMES - 1:]:
-                _add(_row(rows, OTHER), rows.pop(name))
-        for row in rows.values():
-            total, cumulative = 0, []
-            for count in row["runtime"]["buckets"]:
-                total += count
-                cumulative.append(total)
-            row["runtime"]["buckets"] = cumulative
-        return {name: rows[name] for name in sorted(rows)}
+            add_counts(row_of(rows, name), dict(zip(EVENTS[1:], counts.events[1:]),
+                                                runtime={"buckets": counts.buckets,
+                                                         "sum": counts.runtime_sum,
+                                                         "count": counts.runtime_count}))
+        return finish_rows(rows)
 
 
-def _row(rows, name):
+def finish_rows(rows):
+    """Rows of per-bucket counts (`row_of`, `add_counts`) as `TaskStats.report` gives them:
+    names past MAX_NAMES folded into OTHER, buckets cumulative, sorted by name."""
+    if len(rows) > MAX_NAMES:           # received and finished names differ: fold the rest
+        for name in sorted(name for name in rows if name != OTHER)[MAX_NAMES - 1:]:
+            add_counts(row_of(rows, OTHER), rows.pop(name))
+    for row in rows.values():
+        total, cumulative = 0, []
+        for count in row["runtime"]["buckets"]:
+            total += count
+            cumulative.append(total)
+        row["runtime"]["buckets"] = cumulative
+    return {name: rows[name] for name in sorted(rows)}
+
+
+def row_of(rows, name):
+    """The row of `name` in `rows`, made with zero counts if it is not there yet."""
     row = rows.get(name)
     if row is None:
         row = rows[name] = dict({event: 0 for event in EVENTS}, runtime={
@@ -115,7 +123,7 @@ def _row(rows, name):
     return row
 
 
-def _add(row, other):
+def add_counts(row, other):
     """Add `other`'s counts (per bucket, not yet cumulative) to `row`."""
     for event in EVENTS:
         row[event] += other.get(event, 0)

@@ -36,6 +36,7 @@ from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
 from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
 from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
+from .redis_taskstats import Tally
 from .redis_reader import Reader
 from .redis_replies import STALE, refused
 
@@ -84,6 +85,7 @@ class Consumer(base.Consumer):
         self._described = None         # the description Redis has (JSON)
         self._connected_at = 0.0
         self._unconfirmed = Throttle()  # a warning per 10 s while publish_confirm falls short
+        self.tally = Tally()            # per-task counts, added to Redis about once a second
         self._forget_turn()
 
     def _forget_turn(self):
@@ -259,9 +261,12 @@ class Consumer(base.Consumer):
             if flag == ops.OK:
                 deliveries.append(base.Delivery(tag, self.queue_tags.get(queue, 2),
                                                 before > 0, before + 1, data))
+                self.tally.received(data)
             else:
                 if flag == ops.MALFORMED:
                     logger.error("dropped a malformed message %s of queue %r", entry_id, queue)
+                else:
+                    self.tally.finished(held.task_name, "REVOKED")
                 drops.append((tag, _WHY[flag]))
         if drops:
             settlement = ops.Settlement(keys)
@@ -317,6 +322,9 @@ class Consumer(base.Consumer):
         if now >= self._renew_at:
             self._renew_at = now + renew_every
             self._renew()
+        counts = self.tally.take(self.client.keys.tasks)
+        if counts:
+            self.client.run(counts)
         if now >= self._sweep_at:
             self._sweep_at = now + sweep_every
             client, options = self.client, self.client.options
@@ -375,10 +383,11 @@ class Consumer(base.Consumer):
                      task_name="", runtime=None, chained=()):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
-        by a script call of its own. (`task_name` and `runtime`: Redis keeps no per-task
-        counts.) The rest of a stopped chain (`chained`) gets the same result in the same
+        by a script call of its own. (`task_name` and `runtime` are counted, as
+        `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets the same result in the same
         flush, by calls of its own: Redis runs them one after the other, but a worker killed
         between them may leave some of them PENDING."""
+        self.tally.finished(task_name, state, runtime)
         if not store and not publish and not chained:
             self._finished.append(task_id)
             return
@@ -667,6 +676,7 @@ class Consumer(base.Consumer):
         try:
             self.end_turn()
             calls, self._calls = self._calls, []
+            calls += self.tally.take(self.client.keys.tasks, force=True)
             if calls:
                 self._say(calls)
             reap(self.client, self.id, sorted(self.consumed),

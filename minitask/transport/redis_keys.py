@@ -38,6 +38,8 @@ share the hash tag, so they are in the slot that script runs on)::
     mt:{v}:kv                  HASH    durable settings (the beat's send times), JSON values
     mt:{v}:stats               HASH    unroutable, delayed_serial
     mt:{v}:failures            LIST    "MS TASK_ID" of the latest FAILURE results
+    mt:{v}:tasks               HASH    "EVENT<TAB>TASK NAME" -> count, and run times
+                                       (redis_taskstats)
     mt:{v}:chords              HASH    "b:BODY_ID" -> JSON record of a parked chord body,
                                        "l:BODY_ID" -> how many results it waits for;
                                        "w:TASK_ID" -> JSON list of the bodies waiting for
@@ -69,7 +71,7 @@ class Keys:
         self.prefix = prefix = "mt:{%s}:" % vhost
         for name in ("topology", "exchanges", "queues", "bindings", "delayed", "expiring",
                      "inflight", "handovers", "orphans", "revoked", "consumers", "control",
-                     "kv", "stats", "failures", "sweep", "backstop", "chords"):
+                     "kv", "stats", "failures", "sweep", "backstop", "chords", "tasks"):
             setattr(self, name, prefix + name)
         self.delayed_messages = prefix + "delayed:messages"
 

@@ -13,6 +13,7 @@ from . import redis_ops as ops
 from .redis_keys import WAITING_FIELDS, unpack
 from .redis_replies import live_consumers, redis_ms
 from .redis_scripts import PARKED_AT
+from .redis_taskstats import read as task_stats
 from .redis_topology import Topology
 
 __all__ = ["status_report", "scheduled_report"]
@@ -37,11 +38,11 @@ def _hash(flat):
 def status_report(client, scheduled=0):
     keys = client.keys
     (now, info, snapshot, consumers, inflight, handovers, stats, revoked, failures,
-     fsync) = client.run([
+     fsync, task_counts) = client.run([
         ("TIME",), ("INFO",), ops.snapshot_call(keys), ("HGETALL", keys.consumers),
         ("HGETALL", keys.inflight), ("HGETALL", keys.handovers), ("HGETALL", keys.stats),
         ("ZCARD", keys.revoked), ("LRANGE", keys.failures, 0, 49),
-        ("CONFIG", "GET", "appendfsync")])
+        ("CONFIG", "GET", "appendfsync"), ("HGETALL", keys.tasks)])
     now_ms = redis_ms(now)
     topology = Topology.from_snapshot(snapshot)
     consumers = {name: json.loads(value) for name, value in _hash(consumers).items()}
@@ -68,6 +69,7 @@ def status_report(client, scheduled=0):
                             for when, _, task_id in (item.decode("utf-8").partition(" ")
                                                      for item in failures or ())],
         "states": list(P.STATES),
+        "task_stats": task_stats(task_counts if isinstance(task_counts, list) else []),
         "running": running[:_ROWS],
         **({"scheduled": scheduled_report(client, scheduled)} if scheduled else {})
     }

@@ -216,6 +216,7 @@ def test_status_http_serves_the_page_metrics_and_failures_of_a_redis_broker(
     failed = ittasks.fail.delay("kaput")
     with pytest.raises(ValueError):
         failed.get(timeout=30)
+    assert ittasks.add.delay(1, 2).get(timeout=30) == 3
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "minitask", "status", "--http", "127.0.0.1:%d" % port],
@@ -236,6 +237,12 @@ def test_status_http_serves_the_page_metrics_and_failures_of_a_redis_broker(
         assert 'minitask_queue_messages{queue="minitask",state="ready"} 0' in metrics
         assert "minitask_workers 1" in metrics
         assert "minitask_journal_faults_total" not in metrics    # Redis keeps no journal
+        # Per-task counts: the worker adds what it saw to Redis about once a second.
+        events = 'minitask_task_events_total{event="%s",task="it.%s"} 1'
+        wait_for(lambda: all(events % pair in (get("/metrics") or "") for pair in (
+            ("received", "fail"), ("failed", "fail"), ("received", "add"),
+            ("succeeded", "add"))), what="per-task counts in /metrics")
+        assert 'minitask_task_runtime_seconds_count{task="it.add"} 1' in get("/metrics")
         [failure] = json.loads(get("/api/failures.json"))["failures"]
         assert (failure["task_id"], failure["task"]) == (failed.id, "it.fail")
         assert (failure["exc_type"], failure["exc_message"]) == ("ValueError", "kaput")
