@@ -41,7 +41,8 @@ share the hash tag, so they are in the slot that script runs on)::
     mt:{v}:tasks               HASH    "EVENT<TAB>TASK NAME" -> count, and run times
                                        (redis_taskstats)
     mt:{v}:chords              HASH    "b:BODY_ID" -> JSON record of a parked chord body,
-                                       "l:BODY_ID" -> how many results it waits for;
+                                       "l:BODY_ID" -> how many results it waits for,
+                                       "p:TASK_ID" -> how many bodies need that result;
                                        "w:TASK_ID" -> JSON list of the bodies waiting for
                                        that task's result
     mt:{v}:sweep               STRING  the sweeper's lock (PX TTL)
@@ -78,7 +79,8 @@ class Keys:
     @property
     def chord_keys(self):
         """What every script that stores results reads first (read_chord_keys in Lua)."""
-        return [self.chords, self.delayed, self.delayed_messages, self.failures, self.queues]
+        return [self.chords, self.delayed, self.delayed_messages, self.failures, self.queues,
+                self.expiring]
 
     def stream(self, queue, level, returned=False):
         return "%sq:%s:%s%d" % (self.prefix, queue, "b" if returned else "p", level)

@@ -158,13 +158,13 @@ local function final_state(result)
 end
 
 -- Chords. A parked body waits in the delayed set at PARKED_AT (never due), with its record
--- in the chords hash: "b:<body id>" -> {id, result, at, headers, chain, run, errbacks},
--- "l:<body id>" -> how many header results it still waits for, and "w:<task id>" -> the
--- bodies waiting for that task's result. Each header result counts
--- once: its "w:" field goes with its first final result. The last SUCCESS releases the body
--- (its delayed members become due at once, or when its countdown ends); a FAILURE or
--- REVOKED fails it: FAILURE ChordError for the body and the rest of its chain, its parked
--- errbacks released instead. Header results do not expire while their body waits.
+-- in the chords hash: "b:<body id>" -> {id, result, ids, headers, chain, run, errbacks},
+-- "l:<body id>" -> how many header results it still waits for, "w:<task id>" -> the bodies
+-- waiting for that task's result, "p:<task id>" -> how many undecided bodies need that
+-- result (it does not expire meanwhile). Each header result counts once: its "w:" field
+-- goes with its first final result. The last SUCCESS releases the body (queued at once, or
+-- when its countdown ends); a FAILURE or REVOKED fails it: FAILURE ChordError for the body
+-- and the rest of its chain, its parked errbacks released instead.
 -- Every script that stores results reads the chord keys first (read_chord_keys).
 -- `why` marks a result the transport wrote itself (REVOKED, WorkerLostError, ChordError):
 -- readers build its meta from the state and this text.
@@ -172,52 +172,73 @@ local PARKED_AT = %d
 local chords, store_result = {}, nil
 local function read_chord_keys(ttl_ms, now)
   chords.hash, chords.delayed, chords.messages = next_key(), next_key(), next_key()
-  chords.failures, chords.queues = next_key(), next_key()
+  chords.failures, chords.queues, chords.expiring = next_key(), next_key(), next_key()
   chords.ttl_ms, chords.now = ttl_ms, now
 end
--- Per parked message: {member, queue stats, bell, stream, level, queue}.
+-- A parked message: {m = its delayed member, s = queue stats, b = bell, st = stream,
+-- l = level, q = queue, t = task id, at = when it is due (ms), x = its expiry member or ''}.
 local function unpark(parked)
   for _, p in ipairs(parked) do
-    if redis.call('ZREM', chords.delayed, p[1]) == 1 then
-      redis.call('HDEL', chords.messages, p[1])
-      if redis.call('HEXISTS', chords.queues, p[6]) == 1 then
-        redis.call('HINCRBY', p[2], 'delayed', -1)
+    if redis.call('ZREM', chords.delayed, p.m) == 1 then
+      redis.call('HDEL', chords.messages, p.m)
+      if p.x ~= '' then redis.call('ZREM', chords.expiring, p.x) end
+      if redis.call('HEXISTS', chords.queues, p.q) == 1 then
+        redis.call('HINCRBY', p.s, 'delayed', -1)
       end
     end
   end
 end
-local function release(parked, at)
+local function release(parked)
   for _, p in ipairs(parked) do
+    local at = tonumber(p.at)
     if at > chords.now then                            -- a countdown: due then (PROMOTE)
-      if redis.call('ZSCORE', chords.delayed, p[1]) then
-        redis.call('ZADD', chords.delayed, at, p[1])
-        ring(p[3])
+      if redis.call('ZSCORE', chords.delayed, p.m) then
+        redis.call('ZADD', chords.delayed, at, p.m)
+        ring(p.b)
       end
     else                                               -- queued now, as PROMOTE does
-      local data = redis.call('HGET', chords.messages, p[1])
-      if redis.call('ZREM', chords.delayed, p[1]) == 1 then
-        redis.call('HDEL', chords.messages, p[1])
-        if data and redis.call('HEXISTS', chords.queues, p[6]) == 1 then
-          redis.call('HINCRBY', p[2], 'delayed', -1)
-          ensure_stream(p[4])
-          redis.call('XADD', p[4], '*', 'm', data)
-          redis.call('HINCRBY', p[2], READY[tonumber(p[5])], 1)
-          ring(p[3])
+      local data = redis.call('HGET', chords.messages, p.m)
+      if redis.call('ZREM', chords.delayed, p.m) == 1 then
+        redis.call('HDEL', chords.messages, p.m)
+        local expires = p.x ~= '' and redis.call('ZSCORE', chords.expiring, p.x)
+        if expires then redis.call('ZREM', chords.expiring, p.x) end
+        if data and redis.call('HEXISTS', chords.queues, p.q) == 1 then
+          redis.call('HINCRBY', p.s, 'delayed', -1)
+          ensure_stream(p.st)
+          local id = redis.call('XADD', p.st, '*', 'm', data)
+          redis.call('HINCRBY', p.s, READY[tonumber(p.l)], 1)
+          ring(p.b)
+          if expires then
+            redis.call('ZADD', chords.expiring, expires, pack(p.q, p.t, p.l, 'p', id))
+          end
         end
       end
     end
   end
 end
+-- The body no longer needs its header's results: they expire result_expires after it is
+-- queued (`later` ms from now, for a countdown).
+local function unpin(body, later)
+  for i, task_id in ipairs(body.ids) do
+    if redis.call('HINCRBY', chords.hash, 'p:' .. task_id, -1) <= 0 then
+      redis.call('HDEL', chords.hash, 'p:' .. task_id)
+      redis.call('PEXPIRE', body.headers[i], chords.ttl_ms + later)
+    end
+  end
+end
 local function chord_decide(body, failed_id, state)
   redis.call('HDEL', chords.hash, 'b:' .. body.id, 'l:' .. body.id)
-  for _, key in ipairs(body.headers) do redis.call('PEXPIRE', key, chords.ttl_ms) end
   if not failed_id then
-    release(body.run, math.max(chords.now, tonumber(body.at)))
-    unpark(body.errbacks)
+    local later = 0
+    for _, p in ipairs(body.run) do later = math.max(later, tonumber(p.at) - chords.now) end
+    unpin(body, later)
+    if final_state(body.result) then unpark(body.run) else release(body.run) end
+    unpark(body.errbacks)                              -- (revoked meanwhile: never run)
     return
   end
+  unpin(body, 0)
   unpark(body.run)
-  release(body.errbacks, chords.now)
+  release(body.errbacks)
   local why = 'chord ' .. body.id .. ': header task ' .. failed_id .. ' ended in ' .. state ..
               ', so the body never runs'
   if not final_state(body.result) then
@@ -231,13 +252,8 @@ local function chord_decide(body, failed_id, state)
     end
   end
 end
-local function chord_final(task_id, state, result)
-  if not chords.hash then error('a result stored without the chord keys') end
-  local field = 'w:' .. task_id
-  local waiting = redis.call('HGET', chords.hash, field)
-  if not waiting then return end
-  redis.call('HDEL', chords.hash, field)
-  local pinned = false
+local function chord_final(task_id, state, waiting)
+  redis.call('HDEL', chords.hash, 'w:' .. task_id)
   for _, body_id in ipairs(cjson.decode(waiting)) do
     if redis.call('HEXISTS', chords.hash, 'l:' .. body_id) == 1 then
       -- The record is read only to decide: a chord of n tasks costs n small steps.
@@ -245,12 +261,9 @@ local function chord_final(task_id, state, result)
       if state ~= 'SUCCESS' or left <= 0 then
         local body = cjson.decode(redis.call('HGET', chords.hash, 'b:' .. body_id))
         if state ~= 'SUCCESS' then chord_decide(body, task_id, state) else chord_decide(body) end
-      else
-        pinned = true
       end
     end
   end
-  if pinned then redis.call('PERSIST', result) end
 end
 store_result = function(result, state, content_type, payload, why, ttl_ms, now, failures,
                         task_id)
@@ -266,7 +279,14 @@ store_result = function(result, state, content_type, payload, why, ttl_ms, now, 
     redis.call('LPUSH', failures, int(now) .. ' ' .. task_id)
     redis.call('LTRIM', failures, 0, 49)
   end
-  if FINAL[state] then chord_final(task_id, state, result) end
+  if FINAL[state] then
+    if not chords.hash then error('a result stored without the chord keys') end
+    local watched = redis.call('HMGET', chords.hash, 'w:' .. task_id, 'p:' .. task_id)
+    if watched[1] then chord_final(task_id, state, watched[1]) end
+    if watched[2] and redis.call('HEXISTS', chords.hash, 'p:' .. task_id) == 1 then
+      redis.call('PERSIST', result)                    -- a body still needs it
+    end
+  end
 end
 -- A task that will never run (expired, revoked) is REVOKED, unless it has a final state.
 local function store_final(result, state, why, ttl_ms, now, failures, task_id)
@@ -536,16 +556,20 @@ end
 
 local unroutable, written = 0, 0
 local bodies, body = {}, nil         -- chord bodies parked now; the last, for its errbacks
+local parked_now = {}
 local function write(m)
   local group = m.group
   written = written + 1
   if group.park ~= '' then m.members = {} end
   if m.park then
-    -- Sent again (a client's retry), or run already: held or done, not parked twice.
+    -- Sent again (a client's retry, or twice in this call), or run already: held or done,
+    -- not parked twice.
     body = m
-    m.skip = redis.call('HEXISTS', chords.hash, 'l:' .. m.task_id) == 1 or
+    m.skip = parked_now[m.task_id] or
+             redis.call('HEXISTS', chords.hash, 'l:' .. m.task_id) == 1 or
              final_state(m.park.result) ~= nil
     if m.skip then return end
+    parked_now[m.task_id] = true
     bodies[#bodies + 1] = m
   elseif group.park == 'errback' then
     if not body or body.skip then return end
@@ -577,16 +601,16 @@ local function write(m)
       -- Parked (a chord's body, its errbacks): never due until the chord is decided.
       local serial = int(redis.call('HINCRBY', stats, 'delayed_serial', 1))
       local member = pack(target.name, m.task_id, level, serial)
+      local expiry = m.expires > 0 and pack(target.name, m.task_id, level, 'd', serial) or ''
       if m.members then
-        m.members[#m.members + 1] = {member, target.stats, target.bell, target.stream,
-                                     level, target.name}
+        m.members[#m.members + 1] = {m = member, s = target.stats, b = target.bell,
+                                     st = target.stream, l = level, q = target.name,
+                                     t = m.task_id, at = int(m.release), x = expiry}
       end
       redis.call('ZADD', delayed, group.park == '' and m.release or PARKED_AT, member)
       redis.call('HSET', delayed_messages, member, m.data)
       target.delayed = target.delayed + 1
-      if m.expires > 0 then
-        redis.call('ZADD', expiring, m.expires, pack(target.name, m.task_id, level, 'd', serial))
-      end
+      if expiry ~= '' then redis.call('ZADD', expiring, m.expires, expiry) end
     else
       if target.added == 0 then ensure_stream(target.stream) end
       local id = redis.call('XADD', target.stream, '*', 'm', m.data)
@@ -617,9 +641,8 @@ end
 -- A body parked now: decided at once when its header's results are in already (a failed
 -- one fails it), else recorded, with each header task it waits for.
 local function park(m)
-  local record = {id = m.task_id, result = m.park.result, at = int(m.release),
-                  headers = m.park.headers, chain = m.park.chain, run = m.members,
-                  errbacks = {}}
+  local record = {id = m.task_id, result = m.park.result, ids = {}, headers = {},
+                  chain = m.park.chain, run = m.members, errbacks = {}}
   for _, errback in ipairs(messages) do
     if errback.body == m and not errback.skip then
       for _, member in ipairs(errback.members) do
@@ -627,14 +650,22 @@ local function park(m)
       end
     end
   end
-  local waiting, seen, done = {}, {}, {}
+  local seen, states = {}, {}
   for i, id in ipairs(m.park.ids) do
     if not seen[id] then
       seen[id] = true
-      local state = final_state(m.park.headers[i])
-      if state and state ~= 'SUCCESS' then return chord_decide(record, id, state) end
-      if state then done[#done + 1] = m.park.headers[i] else waiting[#waiting + 1] = id end
+      record.ids[#record.ids + 1] = id
+      record.headers[#record.headers + 1] = m.park.headers[i]
+      states[#states + 1] = final_state(m.park.headers[i]) or ''
+      redis.call('HINCRBY', chords.hash, 'p:' .. id, 1)         -- its result must stay
+      redis.call('PERSIST', m.park.headers[i])
     end
+  end
+  local waiting = {}
+  for i, id in ipairs(record.ids) do
+    local state = states[i]
+    if state ~= '' and state ~= 'SUCCESS' then return chord_decide(record, id, state) end
+    if state == '' then waiting[#waiting + 1] = id end
   end
   if #waiting == 0 then return chord_decide(record) end
   redis.call('HSET', chords.hash, 'b:' .. record.id, cjson.encode(record),
@@ -646,7 +677,6 @@ local function park(m)
     listed[#listed + 1] = record.id
     redis.call('HSET', chords.hash, field, cjson.encode(listed))
   end
-  for _, key in ipairs(done) do redis.call('PERSIST', key) end
 end
 
 local function park_all()
