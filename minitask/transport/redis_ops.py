@@ -8,7 +8,7 @@ reply. Nothing here does I/O, so the layouts are tested without a server.
 import collections
 
 from .. import protocol as P
-from ..exceptions import ProtocolError
+from ..exceptions import ProtocolError, UnroutableError
 from ..joins import chord_wait, headers_of, unlocked_by
 from . import redis_scripts as S
 from .redis_keys import pack, unpack
@@ -98,7 +98,9 @@ def publication(topology, data, fields=None, park=""):
 
 def chord_publications(topology, data, fields=None):
     """The publications of a message: itself alone, or for a chord's parked body itself
-    and its errbacks, held with it. ProtocolError when its workflow headers are malformed."""
+    and its errbacks, held with it, all routed now. ProtocolError when its workflow headers
+    are malformed, UnroutableError when the body matches no queue, BrokerError 404 when it
+    or an errback names an exchange that does not exist."""
     fields = fields or P.parse_message(bytes(data))
     headers = headers_of(data, fields)
     wait_ids = chord_wait(headers) if headers else None
@@ -106,6 +108,12 @@ def chord_publications(topology, data, fields=None):
         return [publication(topology, data, fields)]
     errbacks, chained = unlocked_by(headers)
     body = publication(topology, data, fields, "body")
+    if not body.targets and not body.control:
+        # Routed now, not when released (Redis runs no router of ours): refused rather
+        # than parked where it could never be queued.
+        raise UnroutableError("chord body %s: exchange %r with routing key %r matched no "
+                              "queue (on Redis a chord's body is routed when it is sent)"
+                              % (fields.message_id, fields.exchange, fields.routing_key))
     body.wait_ids, body.chain_ids = wait_ids, chained
     return [body] + [publication(topology, errback, park="errback") for errback in errbacks]
 
