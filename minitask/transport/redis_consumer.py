@@ -322,9 +322,6 @@ class Consumer(base.Consumer):
         if now >= self._renew_at:
             self._renew_at = now + renew_every
             self._renew()
-        counts = self.tally.take(self.client.keys.tasks)
-        if counts:
-            self.client.run(counts)
         if now >= self._sweep_at:
             self._sweep_at = now + sweep_every
             client, options = self.client, self.client.options
@@ -553,7 +550,8 @@ class Consumer(base.Consumer):
             if wake:
                 self._calls.append(self._wake_call())
         self._unblock = False
-        calls, self._calls = self._calls, []
+        # Per-task counts ride along, about once a second.
+        calls, self._calls = self._calls + self.tally.take(self.client.keys.tasks), []
         try:
             if calls:
                 woken_before, self._fetched = self._fetched, False
