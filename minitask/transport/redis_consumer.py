@@ -513,7 +513,7 @@ class Consumer(base.Consumer):
             elif queue is not None and queue.args["dead_letter_queue"]:
                 mode = "dead"
             else:
-                mode = "drop"
+                mode = "reject"         # dropped, its task FAILURE (DeadLetteredError)
             settlement.give_back(held, self.id, mode, topology)
         self._acks, self._started, self._rejects = [], [], []
         if settlement:

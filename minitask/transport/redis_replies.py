@@ -9,7 +9,9 @@ meta is built here when it is read.
 """
 
 from .. import control, protocol as P
-from ..exceptions import ChordError, ProtocolError, TaskRevokedError, WorkerLostError
+from ..exceptions import (
+    ChordError, DeadLetteredError, ProtocolError, TaskRevokedError, WorkerLostError,
+)
 from ..message import ResultMeta, encode_result_meta
 from . import base
 
@@ -68,7 +70,7 @@ def read_result(task_id, latest, inflight, handover):
         why = fields.get(b"w")
         if why is not None:
             content_type, payload = transport_meta(task_id, state, why.decode("utf-8"),
-                                                   date_done)
+                                                   date_done, fields.get(b"k", b"").decode())
         return (base.Result(state, state in P.READY_STATES, date_done, content_type,
                             payload), entry_id.decode("ascii"))
     state = "PENDING"
@@ -79,13 +81,16 @@ def read_result(task_id, latest, inflight, handover):
     return base.Result(state, False, 0.0, "", b""), "0-0"
 
 
-def transport_meta(task_id, state, why, date_done):
+def transport_meta(task_id, state, why, date_done, kind=""):
     """The result meta of a state the transport stored itself: REVOKED (expired, revoked),
-    or FAILURE (a chord whose header failed, the worker running it lost)."""
+    or FAILURE of a `kind`: "chord" (a header task failed), "dead" (dead-lettered or
+    dropped), none (the worker running it was lost)."""
     if state == "REVOKED":
         exc = TaskRevokedError("task %s %s" % (task_id, why))
-    elif why.startswith("chord "):
+    elif kind == "chord":
         exc = ChordError(why)
+    elif kind == "dead":
+        exc = DeadLetteredError("task %s %s" % (task_id, why))
     else:
         exc = WorkerLostError(why)
     return encode_result_meta(ResultMeta(task_id, state, exc, None, "", 0, date_done), "json")

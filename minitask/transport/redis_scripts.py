@@ -166,8 +166,9 @@ end
 -- when its countdown ends); a FAILURE or REVOKED fails it: FAILURE ChordError for the body
 -- and the rest of its chain, its parked errbacks released instead.
 -- Every script that stores results reads the chord keys first (read_chord_keys).
--- `why` marks a result the transport wrote itself (REVOKED, WorkerLostError, ChordError):
--- readers build its meta from the state and this text.
+-- `why` marks a result the transport wrote itself, and `kind` says which: readers build its
+-- meta from the state, the kind and this text (REVOKED: TaskRevokedError; FAILURE: no kind,
+-- WorkerLostError; 'chord', ChordError; 'dead', DeadLetteredError).
 local PARKED_AT = %d
 local chords, store_result = {}, nil
 local function read_chord_keys(ttl_ms, now)
@@ -243,12 +244,12 @@ local function chord_decide(body, failed_id, state)
               ', so the body never runs'
   if not final_state(body.result) then
     store_result(body.result, 'FAILURE', '', '', why, chords.ttl_ms, chords.now,
-                 chords.failures, body.id)
+                 chords.failures, body.id, 'chord')
   end
   for _, link in ipairs(body.chain) do
     if not final_state(link[2]) then
       store_result(link[2], 'FAILURE', '', '', why, chords.ttl_ms, chords.now,
-                   chords.failures, link[1])
+                   chords.failures, link[1], 'chord')
     end
   end
 end
@@ -266,10 +267,10 @@ local function chord_final(task_id, state, waiting)
   end
 end
 store_result = function(result, state, content_type, payload, why, ttl_ms, now, failures,
-                        task_id)
+                        task_id, kind)
   if why then
     redis.call('XADD', result, 'MAXLEN', '1', '*', 's', state, 't', int(now), 'c', '',
-               'p', '', 'w', why)
+               'p', '', 'w', why, 'k', kind or '')
   else
     redis.call('XADD', result, 'MAXLEN', '1', '*', 's', state, 't', int(now),
                'c', content_type, 'p', payload)
@@ -289,9 +290,9 @@ store_result = function(result, state, content_type, payload, why, ttl_ms, now, 
   end
 end
 -- A task that will never run (expired, revoked) is REVOKED, unless it has a final state.
-local function store_final(result, state, why, ttl_ms, now, failures, task_id)
+local function store_final(result, state, why, ttl_ms, now, failures, task_id, kind)
   if task_id ~= '' and not final_state(result) then
-    store_result(result, state, '', '', why, ttl_ms, now, failures, task_id)
+    store_result(result, state, '', '', why, ttl_ms, now, failures, task_id, kind)
     return true
   end
   return false
@@ -321,8 +322,9 @@ end
 -- Give a delivered entry back. Its copy, one delivery older, goes to the tail of the
 -- "returned" stream of its priority (read before that priority's new messages), or to the
 -- dead-letter queue when it has been delivered more than max_redeliveries times (mode
--- 'requeue') or when the caller says so (mode 'dead'); mode 'drop' keeps no copy, and stores
--- a REVOKED result when `why` is given. Then the original is acked and deleted.
+-- 'requeue') or when the caller says so (mode 'dead'), its task FAILURE (DeadLetteredError);
+-- mode 'drop' keeps no copy, and stores a REVOKED result when `why` is given; mode 'reject'
+-- keeps none either, its task FAILURE. Then the original is acked and deleted.
 -- Nothing happens unless the entry is still pending for `owner`: acked meanwhile, or given
 -- back by someone else, it stays as it is. Returns {task id, queue, dead-letter queue} when
 -- the copy went to the dead-letter queue, else nil.
@@ -348,10 +350,13 @@ local function give_back(globals)
   clear_inflight(globals.inflight, task_id, owner)
   local exists = queue_exists(globals, queue)
   if exists then count(globals, stats, 'unacked', -1) end
-  if mode == 'drop' then
+  if mode == 'drop' or mode == 'reject' then
     if why ~= '' then
       store_final(result, 'REVOKED', why, globals.ttl_ms, globals.now, globals.failures,
                   task_id)
+    elseif mode == 'reject' then                     -- given up on: it never runs again
+      store_final(result, 'FAILURE', 'was rejected and dropped', globals.ttl_ms,
+                  globals.now, globals.failures, task_id, 'dead')
     end
     return nil
   end
@@ -368,6 +373,9 @@ local function give_back(globals)
     count(globals, dead_stats, READY[level], 1)
     count(globals, stats, 'dead_lettered', 1)
     globals.bells[dead_bell] = true
+    store_final(result, 'FAILURE', 'was dead-lettered to \'' .. dead_name .. '\' (' ..
+                (mode == 'dead' and 'rejected' or 'delivered ' .. int(deliveries) .. ' times') ..
+                ')', globals.ttl_ms, globals.now, globals.failures, task_id, 'dead')
     return {task_id, queue, dead_name}
   end
   ensure_stream(back)
