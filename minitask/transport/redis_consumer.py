@@ -30,7 +30,10 @@ import os
 import time
 import uuid
 
-from ..exceptions import BrokerConnectionError, MinitaskError, PublishRefusedError, ReplyError
+from ..exceptions import (
+    BrokerConnectionError, MinitaskError, ProtocolError, PublishRefusedError, ReplyError,
+)
+from ..joins import headers_of, unlocked_by
 from ..log import Throttle, folded
 from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
@@ -38,7 +41,7 @@ from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
 from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
 from .redis_taskstats import Tally
 from .redis_reader import Reader
-from .redis_replies import STALE, refused
+from .redis_replies import STALE, refused, transport_meta
 
 __all__ = ["Consumer", "CONTROL_TAG"]
 
@@ -269,12 +272,29 @@ class Consumer(base.Consumer):
                     self.tally.finished(held.task_name, "REVOKED")
                 drops.append((tag, _WHY[flag]))
         if drops:
-            settlement = ops.Settlement(keys)
+            settlement, calls = ops.Settlement(keys), []
             for tag, why in drops:
-                settlement.give_back(self.held.pop(tag), self.id, "drop", client.topology,
-                                     why=why)
-            client.script(settlement.call(client.ttl_ms))
+                held = self.held.pop(tag)
+                calls += self._given_up(held, why)
+                settlement.give_back(held, self.id, "drop", client.topology, why=why)
+            self._say(calls + [settlement.call(client.ttl_ms)])
         return deliveries
+
+    def _given_up(self, held, why):
+        """The calls a revoked or expired message's workflow needs, as a worker that dropped
+        it would send them: REVOKED for it and the rest of its chain, and its errbacks
+        published with it. They go before the drop: a worker lost in between leaves the
+        message to come back and be dropped again, never a workflow that waits for ever."""
+        try:
+            errbacks, chained = unlocked_by(headers_of(held.data)) if why else ([], [])
+        except ProtocolError:           # malformed headers: the message alone is dropped
+            return []
+        if not errbacks and not chained:
+            return []
+        content_type, payload = transport_meta(held.task_id, "REVOKED", why, time.time())
+        return [("result", (task_id, "REVOKED", content_type, payload, True),
+                 errbacks if task_id == held.task_id else [])
+                for task_id in [held.task_id] + list(chained)]
 
     def _set_due(self, redis_now, next_due):
         self._due_at = None if next_due is None else \

@@ -397,6 +397,26 @@ def test_revoked_task_is_never_delivered_and_reads_as_revoked(transport):
     assert transport.queue_row(conn, "jobs")["unacked"] == 1
 
 
+def test_a_revoked_task_queued_with_a_workflow_runs_its_errbacks_and_ends_its_chain(
+        transport):
+    conn = transport.client()
+    conn.declare_queue("errbacks")
+    later = "later-" + uuid.uuid4().hex
+    errback = message("errbacks")
+    revoked = message("jobs", headers={"x-errbacks": [base64.b64encode(errback).decode()],
+                                       "x-chain": [later]})
+    conn = transport.jobs(revoked)          # queued, then revoked: never run
+    conn.revoke([task_id(revoked)])
+    kept = message("jobs")
+    conn.publish(kept)
+    stream = transport.consumer(["jobs"])
+    [delivery] = stream.receive()           # the revoked one is dropped on the way
+    assert delivery.data == kept
+    stream.say()
+    wait_for(lambda: waiting(conn, "errbacks") == 1, what="the revoked task's errback")
+    assert conn.wait_result(later, timeout=PATIENCE).state == "REVOKED"
+
+
 def test_revoke_reaches_the_control_stream_of_every_consumer(transport):
     streams = [transport.consumer(["jobs"], hostname=name) for name in ("w1", "w2")]
     transport.client().revoke(["t7"], terminate=True, signal="SIGKILL")
@@ -738,8 +758,8 @@ def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport)
 # -- workflows: chords held by the broker, what failures unlock ------------------------------
 
 # Workflow parts a transport does not have (README, "Scaling out"): Redis runs no errbacks
-# of a message it drops itself (expired, revoked or dead-lettered before a worker had it; a
-# worker that drops one runs them on every transport).
+# of a message its scripts drop themselves (expired in its queue or when published,
+# dead-lettered); a worker that drops one (revoked, expired) runs them on every transport.
 LACKS = {"redis": {"errbacks of what it drops"}}
 
 
