@@ -57,6 +57,7 @@ _RETRY_PREFIXES = frozenset(("LOADING", "READONLY", "UNBLOCKED", "MASTERDOWN"))
 # WAIT and WAITAOF on a replica answer ERR, not READONLY: with publish_confirm a demoted
 # primary refuses the writes (READONLY) and then their wait this way.
 _WAIT_ON_A_REPLICA = "cannot be used with replica instances"
+_AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 def _ran_nothing(reply):
@@ -65,7 +66,6 @@ def _ran_nothing(reply):
         return False
     return reply.prefix in _RETRY_PREFIXES or (
         reply.prefix == "ERR" and _WAIT_ON_A_REPLICA in str(reply))
-_AUTH_PREFIXES = frozenset(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 # -- scripts and backoff ------------------------------------------------------------------------

@@ -401,9 +401,9 @@ class Consumer(base.Consumer):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
         by a script call of its own. (`task_name` and `runtime` are counted, as
-        `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets the same result in the same
-        flush, by calls of its own: Redis runs them one after the other, but a worker killed
-        between them may leave some of them PENDING."""
+        `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets the same
+        result in the same flush, by calls of its own: Redis runs them one after the other,
+        but a worker killed between them may leave some of them PENDING."""
         self.tally.finished(task_name, state, runtime)
         if not store and not publish and not chained:
             self._finished.append(task_id)

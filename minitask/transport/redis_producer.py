@@ -293,14 +293,13 @@ class Client(base.Client):
         encoded = [bytes(data) if isinstance(data, (bytes, bytearray, memoryview))
                    else P.encode_message(data) for data in messages]
         parsed = [(data, P.parse_message(data)) for data in encoded]
-        if not all(topology.has_exchange(fields.exchange) for _data, fields in parsed):
-            topology = self.reload()
         try:
             return self._route(topology, parsed)
         except BrokerError as exc:
             if exc.code != P.NOT_FOUND:
                 raise
-            # A chord's errbacks go to an exchange that the cached topology lacks.
+            # An exchange the cached topology lacks (a message's, or a chord's errback's):
+            # declared since it was loaded, or a 404 that the reloaded one raises again.
             return self._route(self.reload(), parsed)
 
     @staticmethod

@@ -578,10 +578,11 @@ local function write(m)
              final_state(m.park.result) ~= nil
     if m.skip then return end
     parked_now[m.task_id] = true
+    m.errbacks = {}
     bodies[#bodies + 1] = m
   elseif group.park == 'errback' then
     if not body or body.skip then return end
-    m.body = body
+    m.members = body.errbacks                 -- its parked copies are the body's errbacks
   end
   if group.control then
     redis.call('XADD', control, 'MAXLEN', '~', '1000', '*', 'm', m.data)
@@ -650,14 +651,7 @@ end
 -- one fails it), else recorded, with each header task it waits for.
 local function park(m)
   local record = {id = m.task_id, result = m.park.result, ids = {}, headers = {},
-                  chain = m.park.chain, run = m.members, errbacks = {}}
-  for _, errback in ipairs(messages) do
-    if errback.body == m and not errback.skip then
-      for _, member in ipairs(errback.members) do
-        record.errbacks[#record.errbacks + 1] = member
-      end
-    end
-  end
+                  chain = m.park.chain, run = m.members, errbacks = m.errbacks}
   local seen, states = {}, {}
   for i, id in ipairs(m.park.ids) do
     if not seen[id] then

@@ -15,31 +15,25 @@ for a lost worker (WorkerLostError) is not counted as failed. `read` turns the h
 shape of `TaskStats.report()`, folding names past `MAX_NAMES` into `OTHER`.
 """
 
-import bisect
-import collections
 import time
 
 from .. import protocol as P
-from ..broker.taskstats import EVENTS, RUNTIME_BUCKETS, finish_rows, row_of
+from ..broker.taskstats import EVENTS, TaskStats, finish_rows, row_of
 
 __all__ = ["Tally", "read", "WRITE_EVERY"]
 
 WRITE_EVERY = 1.0                  # seconds between a worker's writes of its counts
-_EVENT_OF = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried",
-             "REVOKED": "revoked"}
-_NOT_TASKS = (b"minitask.control", b"minitask.control.reply")
-_INFINITY = float("inf")
 
 
 class Tally:
-    """One worker's counts since it last wrote them. Fields of the hash are
-    ``"<event>\\t<name>"``, ``"b<bucket index>\\t<name>"`` (not cumulative), ``"sum\\t<name>"``
-    and ``"count\\t<name>"``."""
+    """One worker's counts since it last wrote them: a `TaskStats` of its own, which `take`
+    turns into commands and starts afresh. Fields of the hash are ``"<event>\\t<name>"``,
+    ``"b<bucket index>\\t<name>"`` (not cumulative), ``"sum\\t<name>"`` and
+    ``"count\\t<name>"``."""
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self.counts = collections.Counter()
-        self.sums = collections.Counter()
+        self.stats = TaskStats()
         self.due = clock() + WRITE_EVERY
 
     def received(self, data):
@@ -47,31 +41,31 @@ class Tally:
             name = P.type_bytes_of(data)
         except (IndexError, ValueError):
             return                      # malformed: dropped, and logged, by the consumer
-        if name and name not in _NOT_TASKS:
-            self.counts["received\t" + name.decode("utf-8", "replace")] += 1
+        self.stats.received(name)
 
     def finished(self, name, state, runtime=None):
-        event = _EVENT_OF.get(state)
-        if event is None or not name:
-            return
-        self.counts["%s\t%s" % (event, name)] += 1
-        if event == "succeeded" and runtime is not None and 0.0 <= runtime < _INFINITY:
-            self.counts["b%d\t%s" % (bisect.bisect_left(RUNTIME_BUCKETS, runtime), name)] += 1
-            self.counts["count\t" + name] += 1
-            self.sums["sum\t" + name] += runtime
+        self.stats.finished(name, state, runtime)
 
     def take(self, key, force=False):
         """The commands that add the counts to hash `key`, once WRITE_EVERY has passed (or
         with `force`); the counts start again from zero."""
         now = self.clock()
-        if not (force or now >= self.due) or not (self.counts or self.sums):
+        if not (force or now >= self.due):
             return []
         self.due = now + WRITE_EVERY
-        commands = [("HINCRBY", key, field, count) for field, count in self.counts.items()]
-        commands += [("HINCRBYFLOAT", key, field, repr(value))
-                     for field, value in self.sums.items()]
-        self.counts.clear()
-        self.sums.clear()
+        rows, self.stats = self.stats.report(), TaskStats()
+        commands = []
+        for name, row in rows.items():
+            commands += [("HINCRBY", key, "%s\t%s" % (event, name), row[event])
+                         for event in EVENTS if row[event]]
+            runtime, before = row["runtime"], 0
+            for index, total in enumerate(runtime["buckets"]):     # cumulative
+                if total > before:
+                    commands.append(("HINCRBY", key, "b%d\t%s" % (index, name), total - before))
+                before = total
+            if runtime["count"]:
+                commands += [("HINCRBY", key, "count\t" + name, runtime["count"]),
+                             ("HINCRBYFLOAT", key, "sum\t" + name, repr(runtime["sum"]))]
         return commands
 
 

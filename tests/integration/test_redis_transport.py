@@ -505,9 +505,10 @@ def test_a_worker_whose_results_are_not_confirmed_warns_and_carries_on(server, c
         for round_ in range(2):
             held = loop.receive(2, timeout=PATIENCE)
             for delivery in held:
-                meta = encode_result_meta(ResultMeta(delivery.message.message_id, "SUCCESS", 1, None,
-                                                     "tests.task", 0, 1.0))
-                loop.consumer.store_result(delivery.message.message_id, "SUCCESS", *meta)
+                task = delivery.message.message_id
+                meta = encode_result_meta(ResultMeta(task, "SUCCESS", 1, None, "tests.task",
+                                                     0, 1.0))
+                loop.consumer.store_result(task, "SUCCESS", *meta)
                 loop.consumer.ack(delivery.delivery_tag)
             with caplog.at_level(logging.WARNING):
                 loop.turn(0)            # must not raise

@@ -2,17 +2,18 @@
 how status reads it back, in the built-in broker's shape. No server: the commands and the
 hash are plain values here."""
 
-from minitask import control, protocol as P
-from minitask.broker.taskstats import MAX_NAMES, OTHER, RUNTIME_BUCKETS, TaskStats
-from minitask.transport.redis_taskstats import WRITE_EVERY, Tally, read
+import os
+import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-class Clock:
-    def __init__(self):
-        self.now = 100.0
+from respkit import FakeClock as Clock  # noqa: E402
 
-    def __call__(self):
-        return self.now
+from minitask import control, protocol as P  # noqa: E402
+from minitask.broker.taskstats import (  # noqa: E402
+    MAX_NAMES, OTHER, RUNTIME_BUCKETS, TaskStats,
+)
+from minitask.transport.redis_taskstats import WRITE_EVERY, Tally, read  # noqa: E402
 
 
 def message(name):
