@@ -36,6 +36,7 @@ GRACE = 2.0
 # promoted down a second later and fails back (always, after SENTINEL FAILOVER, here).
 DOWN_AFTER_MS = 2000
 FAILOVER_SECONDS = 30.0     # the deadline for a failover to end (it takes 2-4 s here)
+SENTINEL_SEES_SECONDS = 90.0    # Sentinel's view of a replica is refreshed every 10 s
 # Every redis-server: AOF on (rediskit turns it on), fsync'd once a second.
 REDIS_ARGS = ("--appendfsync", "everysec")
 
@@ -89,11 +90,15 @@ class RedisCluster(Cluster):
         if replica:
             folder = tmp_path / "sentinel"
             folder.mkdir()
+            # The replica is named at once, so that Sentinel need not wait for the
+            # primary's INFO to find it.
             self.sentinel = RedisServer(folder, sentinel_conf=(
                 "sentinel monitor %s 127.0.0.1 %d 1\n"
                 "sentinel down-after-milliseconds %s %d\n"
                 "sentinel failover-timeout %s 10000\n"
-                % (SERVICE, self.primary.port, SERVICE, DOWN_AFTER_MS, SERVICE)))
+                "sentinel known-replica %s 127.0.0.1 %d\n"
+                % (SERVICE, self.primary.port, SERVICE, DOWN_AFTER_MS, SERVICE, SERVICE,
+                   self.replica.port)))
             self.servers.append(self.sentinel)
             url = "redis+sentinel://127.0.0.1:%d/%s/0?%s" % (self.sentinel.port, SERVICE, tail)
         else:
@@ -140,20 +145,30 @@ class RedisCluster(Cluster):
         wait_for(online, FAILOVER_SECONDS, 0.05, "the replica %d online" % self.replica.port)
 
     def _wait_sentinel_sees_replica(self):
+        """Until Sentinel lists the replica up and linked to its primary. Sentinel asks a
+        replica for its INFO every 10 s, so on a loaded machine this can take a while; the
+        failure names what Sentinel last said."""
         port = b"%d" % self.replica.port
+        last = []
 
         def sees():
             try:
                 replicas = self.ask("SENTINEL", "REPLICAS", SERVICE)
-            except MinitaskError:
+            except MinitaskError as exc:
+                last[:] = [str(exc)]
                 return False
+            last[:] = [replicas]
             for row in replicas:
                 fields = dict(zip(row[0::2], row[1::2]))
                 if fields.get(b"port") == port and b"s_down" not in fields.get(b"flags", b""):
                     return fields.get(b"master-link-status") == b"ok"
             return False
-        wait_for(sees, FAILOVER_SECONDS, 0.05, "Sentinel to see the replica %d"
-                 % self.replica.port)
+        try:
+            wait_for(sees, SENTINEL_SEES_SECONDS, 0.05, "Sentinel to see the replica %d"
+                     % self.replica.port)
+        except AssertionError as exc:
+            raise AssertionError("%s; Sentinel's last answer: %r; events: %s"
+                                 % (exc, last, "; ".join(self.events))) from None
 
     def named_primary(self):
         """The port Sentinel names for the primary now."""
