@@ -38,6 +38,9 @@ def add_command(commands):
                        % DEFAULT_TASKS)
     bench.add_argument("--concurrency", type=positive_int,
                        help="pool processes of the worker (default: CPU count)")
+    bench.add_argument("--prefetch-multiplier", type=positive_int, metavar="N",
+                       help="the workers' --prefetch-multiplier (default: the worker's, 4); "
+                       "more suits many short tasks")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--broker", help="use this broker for drain, rtt and scaling instead "
                        "of starting one (workers are still the bench's own)")

@@ -75,6 +75,14 @@ class Bench:
         self.tasks = args.tasks
         self.concurrency = args.concurrency or os.cpu_count() or 1
         self.floor = None           # floor figures, once measured
+        multiplier = getattr(args, "prefetch_multiplier", None)
+        if multiplier:
+            lab.worker_args = ["--prefetch-multiplier", str(multiplier)]
+
+    @property
+    def worker_label(self):
+        """How the bench's workers run, for the notes under each workload."""
+        return " ".join(["one worker -c %d" % self.concurrency] + self.lab.worker_args)
 
     @contextlib.contextmanager
     def broker(self):
@@ -210,7 +218,7 @@ def run_drain(bench):
             ("drain first->last task", _per_s(figures["drain_steady_per_s"]),
              bench.ratio(figures["drain_steady_per_s"], "one_way")),
             ("lost / duplicates", "%d / %d" % (figures["lost"], figures["duplicates"]), "")]
-    note = "%s no-op tasks, one worker -c %d" % (_n(bench.tasks), bench.concurrency)
+    note = "%s no-op tasks, %s" % (_n(bench.tasks), bench.worker_label)
     return Outcome(figures, rows, note, guarantee, lost=figures["lost"])
 
 
@@ -241,8 +249,8 @@ def run_rtt(bench):
             ("delay(i).get() p99", "%.3f ms" % figures["p99_ms"],
              bench.ratio(figures["p99_ms"], "rtt99")),
             ("delay(i).get() max", "%.3f ms" % figures["max_ms"], "")]
-    note = "%d sequential calls (first %d dropped), one worker -c %d" % (
-        calls, WARM_CALLS, bench.concurrency)
+    note = "%d sequential calls (first %d dropped), %s" % (
+        calls, WARM_CALLS, bench.worker_label)
     return Outcome(figures, rows, note, guarantee)
 
 
@@ -273,8 +281,8 @@ def run_chord(bench):
     rows = [("send to body result, median", "%.3f s" % figures["median_s"], ""),
             ("min / max", "%.3f / %.3f s" % (figures["min_s"], figures["max_s"]), ""),
             ("per header task", "%.1f us" % (figures["median_s"] / size * 1e6), "")]
-    note = "chord of %s echo tasks and a sum, %d runs (one more dropped), one worker -c %d" % (
-        _n(size), len(measured), bench.concurrency)
+    note = "chord of %s echo tasks and a sum, %d runs (one more dropped), %s" % (
+        _n(size), len(measured), bench.worker_label)
     return Outcome(figures, rows, note, guarantee)
 
 
@@ -403,7 +411,7 @@ def run_scaling(bench):
                                              _short(SCALING_POINTS[0])),
                  "%.2f" % ratio if ratio else "n/a", ""))
     note = ("enqueued with publish_many pipelining of prebuilt task messages (not "
-            "delay()), one worker -c %d" % bench.concurrency)
+            "delay()), %s" % bench.worker_label)
     return Outcome({"points": points, "cost_ratio_1m_10k": ratio}, rows, note, guarantee,
                    lost=lost)
 

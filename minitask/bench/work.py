@@ -157,6 +157,7 @@ class Lab:
                          if os.path.isdir(shm) and os.access(shm, os.W_OK) else self.scratch)
         self.processes = []
         self._serial = 0
+        self.worker_args = []           # more flags for every worker (bench --prefetch-multiplier)
         self.env = dict(os.environ)
         self.env["PYTHONPATH"] = os.pathsep.join(
             [_ROOT] + [p for p in [self.env.get("PYTHONPATH")] if p])
@@ -219,7 +220,7 @@ class Lab:
             env[COUNTER_ENV] = counter
         command = [sys.executable, "-m", "minitask", "worker", "--broker", url,
                    "-I", "minitask.bench.tasks", "-Q", QUEUE, "-c", str(concurrency),
-                   "-l", "WARNING"]
+                   "-l", "WARNING"] + self.worker_args
         return self._popen(command, "worker", env=env)
 
     def start_child(self, target, *args):

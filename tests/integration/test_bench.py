@@ -136,3 +136,32 @@ def test_bench_chaos_is_added_to_named_workloads_and_refuses_a_bad_duration():
                           stderr=subprocess.PIPE, timeout=60)
     assert done.returncode == 2
     assert b"--duration" in done.stderr
+
+
+def test_bench_prefetch_multiplier_reaches_every_worker_and_the_notes(monkeypatch):
+    import argparse
+
+    from minitask.bench.run import Bench
+    from minitask.bench.work import Lab
+
+    started = []
+    monkeypatch.setattr(Lab, "_popen", lambda self, command, name, **kw: started.append(command))
+    with Lab() as lab:
+        bench = Bench(argparse.Namespace(tasks=10, concurrency=2, prefetch_multiplier=16),
+                      lab, progress=None)
+        lab.start_worker("minitask://127.0.0.1:1", bench.concurrency)
+        assert bench.worker_label == "one worker -c 2 --prefetch-multiplier 16"
+    assert started[0][-2:] == ["--prefetch-multiplier", "16"]
+    with Lab() as lab:
+        bench = Bench(argparse.Namespace(tasks=10, concurrency=2), lab, progress=None)
+        lab.start_worker("minitask://127.0.0.1:1", bench.concurrency)
+        assert bench.worker_label == "one worker -c 2"
+    assert "--prefetch-multiplier" not in started[1]
+
+
+def test_bench_refuses_a_prefetch_multiplier_below_one():
+    done = subprocess.run([sys.executable, "-m", "minitask", "bench", "drain",
+                           "--prefetch-multiplier", "0"], cwd=ROOT, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    assert done.returncode == 2
+    assert b"--prefetch-multiplier" in done.stderr and b"Traceback" not in done.stderr
