@@ -38,6 +38,7 @@ from ..log import Throttle, folded
 from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
 from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
+from .redis_givenup import send_given_up
 from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
 from .redis_taskstats import Tally
 from .redis_reader import Reader
@@ -100,6 +101,7 @@ class Consumer(base.Consumer):
         self._stash = []                # deliveries fetched by flush(), for read()
         self._fetched = False           # flush() fetched: the wake it wrote needs no fetch
         self._reserved = 0              # the credit of the FETCH behind the reader's XREAD
+        self._gave_up = False           # a reject may have left Redis a workflow to send
 
     # -- options ----------------------------------------------------------------------------
 
@@ -348,6 +350,7 @@ class Consumer(base.Consumer):
             sweep(client, self.id, sweep_every, options.handover_grace)
             idle = backstop_idle(options.heartbeat)
             backstop(client, self.id, idle / 2.0, idle)
+            send_given_up(client)       # what a process killed on its way left there
 
     def _renew(self):
         client, keys = self.client, self.client.keys
@@ -535,6 +538,7 @@ class Consumer(base.Consumer):
             else:
                 mode = "reject"         # dropped, its task FAILURE (DeadLetteredError)
             settlement.give_back(held, self.id, mode, topology)
+        self._gave_up = self._gave_up or bool(self._rejects)   # dead-lettered, dropped
         self._acks, self._started, self._rejects = [], [], []
         if settlement:
             self._calls.append(settlement.call(self.client.ttl_ms))
@@ -581,6 +585,9 @@ class Consumer(base.Consumer):
                     self.client.run([self._wake_call()])
                     wake = True
                 self._fetched = woken_before or (self._fetched and wake)
+            if self._gave_up:
+                self._gave_up = False
+                send_given_up(self.client)
             self._maintain()
         except BrokerConnectionError:
             self._drop_connections()

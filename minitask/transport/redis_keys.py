@@ -45,6 +45,10 @@ share the hash tag, so they are in the slot that script runs on)::
                                        "p:TASK_ID" -> how many bodies need that result;
                                        "w:TASK_ID" -> JSON list of the bodies waiting for
                                        that task's result
+    mt:{v}:givenup             STREAM  messages a script dropped or dead-lettered itself
+                                       whose workflow (errbacks, the rest of a chain) a
+                                       worker still has to send (redis_givenup)
+    mt:{v}:givenup:lock        STRING  the process sending them (PX TTL)
     mt:{v}:sweep               STRING  the sweeper's lock (PX TTL)
     mt:{v}:backstop            STRING  when the backstop last ran (PX TTL)
 
@@ -75,12 +79,14 @@ class Keys:
                      "kv", "stats", "failures", "sweep", "backstop", "chords", "tasks"):
             setattr(self, name, prefix + name)
         self.delayed_messages = prefix + "delayed:messages"
+        self.given_up = prefix + "givenup"
+        self.given_up_lock = prefix + "givenup:lock"
 
     @property
     def chord_keys(self):
         """What every script that stores results reads first (read_chord_keys in Lua)."""
         return [self.chords, self.delayed, self.delayed_messages, self.failures, self.queues,
-                self.expiring]
+                self.expiring, self.given_up]
 
     def stream(self, queue, level, returned=False):
         return "%sq:%s:%s%d" % (self.prefix, queue, "b" if returned else "p", level)

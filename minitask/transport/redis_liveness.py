@@ -24,6 +24,7 @@ import logging
 
 from ..exceptions import ReplyError
 from . import redis_ops as ops
+from .redis_givenup import send_given_up
 from .redis_keys import GROUP, LEVELS
 from .redis_replies import refused
 
@@ -60,13 +61,18 @@ def housekeeping(client, due=None):
     if orphans:
         calls.append(ops.lose_call(keys, client.ttl_ms, LOST_WHY,
                                    [task_id.decode("utf-8") for task_id in orphans]))
+    gave_up = False
     for call, reply in zip(calls, client.run(calls) if calls else ()):
         if isinstance(reply, ReplyError):
             logger.error("%s: %s failed: %s", client.options.display, call[0], reply)
+        elif call[0] is ops.S.EXPIRE:
+            gave_up = reply > 0
         elif call[0] is ops.S.LOSE:
             for task_id in reply:
                 logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)",
                                task_id.decode("utf-8"))
+    if gave_up:
+        send_given_up(client)
     now = int(now)
     if calls:
         next_due = now                          # there may be more: look again at once

@@ -32,6 +32,7 @@ from .redis_client import RedisClient, Script
 from .redis_keys import WAITING_FIELDS, Keys
 from .redis_liveness import housekeeping
 from .redis_replies import STALE, control_body, live_consumers, read_result, redis_ms, refused
+from .redis_givenup import may_give_up, send_given_up
 from .redis_scripts import SCRIPTS
 from .redis_topology import Topology
 from .redis_url import parse_redis_url
@@ -316,9 +317,13 @@ class Client(base.Client):
 
     def _publish(self, messages, all_or_nothing=True, record=None, chunk=PUBLISH_CHUNK):
         pending = [messages[at:at + chunk] for at in range(0, len(messages), chunk)]
+        expiring = False                # an expired message's workflow is sent at once
         for _ in range(STALE_ATTEMPTS):
-            calls = [self.publish_call(self.publications(chunk), all_or_nothing, record)
-                     for chunk in pending]
+            calls = []
+            for chunk in pending:
+                publications = self.publications(chunk)
+                expiring = expiring or any(may_give_up(item.fields) for item in publications)
+                calls.append(self.publish_call(publications, all_or_nothing, record))
             stale = []
             for at in range(0, len(calls), PIPELINE_CALLS):
                 group = calls[at:at + PIPELINE_CALLS]
@@ -331,6 +336,8 @@ class Client(base.Client):
                             raise error
                         stale.append(chunk)
             if not stale:
+                if expiring:
+                    send_given_up(self)
                 return
             self.reload()
             pending = stale

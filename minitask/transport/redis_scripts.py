@@ -174,6 +174,7 @@ local chords, store_result = {}, nil
 local function read_chord_keys(ttl_ms, now)
   chords.hash, chords.delayed, chords.messages = next_key(), next_key(), next_key()
   chords.failures, chords.queues, chords.expiring = next_key(), next_key(), next_key()
+  chords.given_up = next_key()
   chords.ttl_ms, chords.now = ttl_ms, now
 end
 -- A parked message: {m = its delayed member, s = queue stats, b = bell, st = stream,
@@ -290,9 +291,21 @@ store_result = function(result, state, content_type, payload, why, ttl_ms, now, 
   end
 end
 -- A task that will never run (expired, revoked) is REVOKED, unless it has a final state.
-local function store_final(result, state, why, ttl_ms, now, failures, task_id, kind)
+-- With its message `data` (a script that drops or dead-letters the message itself), a
+-- message with headers also goes to the given-up stream: its errbacks and the rest of its
+-- chain are for a worker to send (redis_givenup), as only the Python side routes.
+local function has_headers(m)
+  local at = 19                                        -- past the five str8 fields
+  for _ = 1, 5 do at = at + 1 + (string.byte(m, at) or 0) end
+  return (string.byte(m, at) or 0) + (string.byte(m, at + 1) or 0) > 0
+end
+local function store_final(result, state, why, ttl_ms, now, failures, task_id, kind, data)
   if task_id ~= '' and not final_state(result) then
     store_result(result, state, '', '', why, ttl_ms, now, failures, task_id, kind)
+    if data and #data > 19 and has_headers(data) then
+      redis.call('XADD', chords.given_up, '*', 'm', data, 's', state, 'w', why,
+                 'k', kind or '')
+    end
     return true
   end
   return false
@@ -356,7 +369,7 @@ local function give_back(globals)
                   task_id)
     elseif mode == 'reject' then                     -- given up on: it never runs again
       store_final(result, 'FAILURE', 'was rejected and dropped', globals.ttl_ms,
-                  globals.now, globals.failures, task_id, 'dead')
+                  globals.now, globals.failures, task_id, 'dead', fields['m'])
     end
     return nil
   end
@@ -375,7 +388,7 @@ local function give_back(globals)
     globals.bells[dead_bell] = true
     store_final(result, 'FAILURE', 'was dead-lettered to \'' .. dead_name .. '\' (' ..
                 (mode == 'dead' and 'rejected' or 'delivered ' .. int(deliveries) .. ' times') ..
-                ')', globals.ttl_ms, globals.now, globals.failures, task_id, 'dead')
+                ')', globals.ttl_ms, globals.now, globals.failures, task_id, 'dead', fields['m'])
     return {task_id, queue, dead_name}
   end
   ensure_stream(back)
@@ -594,7 +607,7 @@ local function write(m)
   end
   if m.expired then
     store_final(m.result, 'REVOKED', 'expired before it was queued', ttl_ms, now, nil,
-                m.task_id)
+                m.task_id, nil, m.data)
     m.skip = true
     return
   end
@@ -1055,22 +1068,27 @@ for _ = 1, next_number() do
   local due = redis.call('ZSCORE', expiring, member)
   if due and tonumber(due) <= now then
     redis.call('ZREM', expiring, member)
-    local waiting = false
+    local waiting, data = false, nil
     if kind == 'd' then
       local delayed_member = pack(queue, task_id, level, ref)
+      data = redis.call('HGET', delayed_messages, delayed_member)
       if redis.call('ZREM', delayed, delayed_member) == 1 then
         redis.call('HDEL', delayed_messages, delayed_member)
         if queue_exists(queues, queue) then redis.call('HINCRBY', stats, 'delayed', -1) end
         waiting = true
       end
-    elseif not pending_owner(stream, ref, 0) and redis.call('XDEL', stream, ref) == 1 then
-      if queue_exists(queues, queue) then
-        redis.call('HINCRBY', stats, READY[tonumber(level)], -1)
+    elseif not pending_owner(stream, ref, 0) then
+      local entry = redis.call('XRANGE', stream, ref, ref)[1]
+      if entry and redis.call('XDEL', stream, ref) == 1 then
+        if queue_exists(queues, queue) then
+          redis.call('HINCRBY', stats, READY[tonumber(level)], -1)
+        end
+        data, waiting = fields_of(entry[2])['m'], true
       end
-      waiting = true
     end
     if waiting then
-      store_final(result, 'REVOKED', 'expired', ttl_ms, now, failures, task_id)
+      store_final(result, 'REVOKED', 'expired', ttl_ms, now, failures, task_id, nil,
+                  data or nil)
       expired = expired + 1
     end
   end
@@ -1186,5 +1204,11 @@ end
 return {current, redis.call('PTTL', lease)}
 """)
 
+# Delete a lock only while it is still the caller's (it may have expired and been taken).
+UNLOCK = _script(r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""")
+
 SCRIPTS = [SNAPSHOT, COMMIT, PUBLISH, FETCH, SETTLE, RETIRE, REGISTER, RENEW, DUE, PROMOTE,
-           EXPIRE, LOSE, CLAIM, REVOKE, PURGE, LEASE]
+           EXPIRE, LOSE, CLAIM, REVOKE, PURGE, LEASE, UNLOCK]

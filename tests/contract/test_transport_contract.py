@@ -757,10 +757,9 @@ def test_publish_takes_a_message_object_as_the_task_api_hands_it_over(transport)
 
 # -- workflows: chords held by the broker, what failures unlock ------------------------------
 
-# Workflow parts a transport does not have (README, "Scaling out"): Redis runs no errbacks
-# of a message its scripts drop themselves (expired in its queue or when published,
-# dead-lettered); a worker that drops one (revoked, expired) runs them on every transport.
-LACKS = {"redis": {"errbacks of what it drops"}}
+# Workflow parts a transport does not have (README, "Scaling out"). None now: Redis runs the
+# errbacks of messages its scripts drop themselves too (redis_givenup).
+LACKS = {}
 
 
 def _needs(transport, part):
@@ -874,8 +873,7 @@ def test_a_task_delivered_too_often_fails_with_dead_lettered_error_and_fails_its
     assert isinstance(error, DeadLetteredError) and "jobs.dead" in str(error)
     chord_result = conn.wait_result(task_id(body), timeout=PATIENCE)
     assert isinstance(result_value(task_id(body), chord_result), ChordError)
-    if "errbacks of what it drops" not in LACKS.get(transport.name, ()):
-        wait_for(lambda: waiting(conn, "errbacks") == 1, what="the errback")
+    wait_for(lambda: waiting(conn, "errbacks") == 1, what="the errback")
     assert waiting(conn, "bodies") == 0
 
 
@@ -892,7 +890,6 @@ def test_a_task_rejected_without_requeue_fails_with_dead_lettered_error(transpor
 
 
 def test_an_expired_message_publishes_its_errbacks(transport):
-    _needs(transport, "errbacks of what it drops")
     conn = transport.client()
     conn.declare_queue("errbacks")
     conn.declare_queue("jobs")
@@ -902,3 +899,26 @@ def test_an_expired_message_publishes_its_errbacks(transport):
     conn.publish(expired)
     assert conn.wait_result(task_id(expired), timeout=PATIENCE).state == "REVOKED"
     wait_for(lambda: waiting(conn, "errbacks") == 1, what="the errback")
+
+
+def test_a_message_that_expires_in_its_queue_sends_its_errbacks_and_ends_its_chain(transport):
+    conn = transport.client()
+    conn.declare_queue("errbacks")
+    conn.declare_queue("jobs")
+    later = "next-%s" % uuid.uuid4().hex[:8]
+    expiring = message("jobs", expires_at=time.time() + 0.3, headers={
+        "x-errbacks": [base64.b64encode(message("errbacks")).decode("ascii")],
+        "x-chain": [later]})
+    conn.publish(expiring)
+    # Nobody takes "jobs": it expires where it waits. A worker of another queue is up (on
+    # Redis the workers run the expiry, and send what it unlocks).
+    stream = transport.consumer(["elsewhere"])
+    deadline = time.monotonic() + PATIENCE
+    while waiting(conn, "errbacks") != 1:
+        assert time.monotonic() < deadline, "the errback did not come"
+        stream.pump(0.05)
+    assert conn.wait_result(task_id(expiring), timeout=PATIENCE).state == "REVOKED"
+    result = conn.wait_result(later, timeout=PATIENCE)
+    assert result.state == "REVOKED"
+    assert isinstance(result_value(later, result), TaskRevokedError)
+    assert waiting(conn, "jobs") == 0

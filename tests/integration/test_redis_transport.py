@@ -5,6 +5,7 @@ backstop; delays neither early nor late; kill -9 of redis-server losing nothing 
 publish confirms from replicas; the start-up warnings. Skips, saying why, where
 redis-server is not installed.
 """
+import base64
 import json
 import logging
 import os
@@ -22,11 +23,11 @@ from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E
 
 from minitask import config, protocol as P, transport  # noqa: E402
 from minitask.exceptions import (  # noqa: E402
-    BrokerConnectionError, ConfigurationError, PublishRefusedError, UnroutableError,
-    WorkerLostError,
+    BrokerConnectionError, ConfigurationError, DeadLetteredError, PublishRefusedError,
+    UnroutableError, WorkerLostError,
 )
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
-from minitask.transport import redis_consumer, redis_producer  # noqa: E402
+from minitask.transport import redis_consumer, redis_givenup, redis_producer  # noqa: E402
 from minitask.transport.redis_client import RedisClient  # noqa: E402
 from minitask.transport.redis_keys import Keys  # noqa: E402
 
@@ -553,3 +554,51 @@ def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog)
         setup.close()
     finally:
         server.stop()
+
+
+# -- the workflow of what Redis gives up on (redis_givenup) ----------------------------------
+
+def _given_up_entry(setup, conn, later):
+    """Leave in the given-up stream what a script writes for a message it dropped, as if the
+    process that ran it was killed before sending its workflow."""
+    conn.declare_queue("errbacks")
+    errback = P.encode_message(P.Message(b"{}", "", "errbacks", uuid.uuid4().hex,
+                                         type="t.errback"))
+    data = P.encode_message(P.Message(b"{}", "", "jobs", uuid.uuid4().hex, type="t.task",
+                                      headers={"x-errbacks": [base64.b64encode(errback)
+                                                              .decode("ascii")],
+                                               "x-chain": [later]}))
+    conn.redis.execute("XADD", setup.keys.given_up, "*", "m", data, "s", "FAILURE",
+                       "w", "was dead-lettered to 'jobs.dead' (delivered 3 times)", "k", "dead")
+    return data
+
+
+def test_a_workflow_left_in_the_given_up_stream_is_sent_by_a_workers_sweep(vhost):
+    conn = vhost.client()
+    later = uuid.uuid4().hex
+    _given_up_entry(vhost, conn, later)
+    loop = vhost.consumer(queues=("elsewhere",))     # its first turn sweeps
+    deadline = time.monotonic() + PATIENCE
+    while conn.declare_queue("errbacks", passive=True)["messages"] != 1:
+        assert time.monotonic() < deadline, "the errback was not sent"
+        loop.turn(0.05)
+    result = conn.wait_result(later, timeout=PATIENCE)
+    assert result.state == "FAILURE"
+    error = decode_result_meta(later, result.state, result.content_type, result.payload).result
+    assert isinstance(error, DeadLetteredError) and "jobs.dead" in str(error)
+    assert conn.redis.execute("XLEN", vhost.keys.given_up) == 0
+    assert conn.redis.execute("EXISTS", vhost.keys.given_up_lock) == 0
+
+
+def test_the_given_up_stream_is_sent_by_one_process_at_a_time(vhost):
+    conn = vhost.client()
+    later = uuid.uuid4().hex
+    _given_up_entry(vhost, conn, later)
+    conn.redis.execute("SET", vhost.keys.given_up_lock, "another", "PX", 60000)
+    assert redis_givenup.send_given_up(conn) == 0
+    assert conn.redis.execute("XLEN", vhost.keys.given_up) == 1
+    assert conn.get_result(later).state == "PENDING"
+    conn.redis.execute("DEL", vhost.keys.given_up_lock)
+    assert redis_givenup.send_given_up(conn) == 1
+    assert conn.get_result(later).state == "FAILURE"
+    assert conn.redis.execute("XLEN", vhost.keys.given_up) == 0

@@ -58,8 +58,8 @@ def test_publish_call_groups_messages_going_alike_and_names_results_of_expiring_
     jobs = ["mt:{v}:qstats:jobs", "mt:{v}:bell:jobs", "mt:{v}:q:jobs:p4"]
     assert args[8:16] == [0, 0, 4, "", 1, "jobs", 5, 2]
     assert args[16:18] == [items[0].data, items[1].data]
-    assert keys[6:12] == KEYS.chord_keys
-    assert keys[12:16] == jobs + ["mt:{v}:result:task-1"]   # only the expiring one's result
+    assert keys[6:13] == KEYS.chord_keys
+    assert keys[13:17] == jobs + ["mt:{v}:result:task-1"]   # only the expiring one's result
     assert args[18:26] == [0, 0, 4, "", 1, "other", 5, 1]
     assert args[27:35] == [0, 1, 4, "", 1, "jobs", 5, 1]    # immediate: its own group
     assert keys[-4:] == jobs + ["mt:{v}:qconsumers:jobs"]
@@ -82,11 +82,11 @@ def test_a_chord_body_is_parked_with_its_errbacks_and_names_its_header_results()
     assert [item.park for item in items] == ["body", "errback"]
     assert items[1].data == errback and items[1].targets == ["jobs"]
     _script, keys, args = ops.publish_call(KEYS, 7, 1000, topology, items)
-    assert args[4] == "1" and keys[6:12] == KEYS.chord_keys
+    assert args[4] == "1" and keys[6:13] == KEYS.chord_keys
     assert args[7] == 2                                     # groups: body, errback
     assert args[8:13] == [0, 0, 4, "body", 1]
     assert args[13:22] == ["bodies", "", 1, body, 2, "h1", "h2", 1, "next-1"]
-    assert keys[15:19] == ["mt:{v}:result:body-1", "mt:{v}:result:h1", "mt:{v}:result:h2",
+    assert keys[16:20] == ["mt:{v}:result:body-1", "mt:{v}:result:h1", "mt:{v}:result:h2",
                            "mt:{v}:result:next-1"]
     assert args[22:27] == [0, 0, 4, "errback", 1]
     assert ops.chord_publications(topology, errback)[0].park == ""
@@ -100,7 +100,7 @@ def test_publish_call_puts_record_and_result_before_the_messages():
                                                   b"{}", True))
     assert args[4:14] == ["1", "1", "k", "1", "1", "t9", "SUCCESS", "application/json", b"{}",
                           1]
-    assert keys[12:18] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
+    assert keys[13:19] == ["mt:{v}:kv", "mt:{v}:result:t9", "mt:{v}:inflight",
                           "mt:{v}:handovers", "mt:{v}:orphans", "mt:{v}:failures"]
 
 
@@ -117,15 +117,15 @@ def test_each_settle_operation_has_its_fixed_layout():
     assert script is S.SETTLE and settlement.count == 5
     assert args[:2] == [1000, 4]            # two groups of acks, the start, the give-back
     ack_keys = ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
-    assert keys[6:12] == KEYS.chord_keys
-    assert keys[12:18] == ack_keys * 2
+    assert keys[6:13] == KEYS.chord_keys
+    assert keys[13:19] == ack_keys * 2
     assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
     assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
     assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
     back = args[24:]
     assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
     assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
-    assert keys[18] == "mt:{v}:q:jobs:b3"          # the start's stream
+    assert keys[19] == "mt:{v}:q:jobs:b3"          # the start's stream
     assert keys[-9:] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1",
                          "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
                          "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
