@@ -31,8 +31,9 @@ class RedisServer:
     what it persisted.
     """
 
-    def __init__(self, folder, *args, port=None, tls=False, sentinel_conf=None):
+    def __init__(self, folder, *args, port=None, tls=False, sentinel_conf=None, env=None):
         self.folder = str(folder)
+        self.env = env                  # the server's environment (None: this process's)
         self.port = port or free_port()
         self.args = list(args)
         self.tls = tls
@@ -59,7 +60,7 @@ class RedisServer:
         """Start (again) and wait until the port takes connections; it may still be loading."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(*extra), cwd=self.folder, stdout=log,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + START_SECONDS
         while True:
             if self.process.poll() is not None:
