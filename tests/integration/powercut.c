@@ -88,15 +88,20 @@ static int spill(int fd) {
     return 0;
 }
 
+/* open's optional third argument, read where it is given (`flags` names the last fixed one). */
+#define MODE_ARG(flags, mode) do {                  \
+        if ((flags) & O_CREAT) {                    \
+            va_list args;                           \
+            va_start(args, flags);                  \
+            mode = va_arg(args, mode_t);            \
+            va_end(args);                           \
+        }                                           \
+    } while (0)
+
 int open(const char *path, int flags, ...) {
     mode_t mode = 0;
     load();
-    if (flags & O_CREAT) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    MODE_ARG(flags, mode);
     int fd = real_open(path, flags, mode);
     track(fd, path, flags);
     return fd;
@@ -104,24 +109,14 @@ int open(const char *path, int flags, ...) {
 
 int open64(const char *path, int flags, ...) {
     mode_t mode = 0;
-    if (flags & O_CREAT) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    MODE_ARG(flags, mode);
     return open(path, flags, mode);
 }
 
 int openat(int dirfd, const char *path, int flags, ...) {
     mode_t mode = 0;
     load();
-    if (flags & O_CREAT) {
-        va_list args;
-        va_start(args, flags);
-        mode = va_arg(args, mode_t);
-        va_end(args);
-    }
+    MODE_ARG(flags, mode);
     int fd = real_openat(dirfd, path, flags, mode);
     if (dirfd == AT_FDCWD || path[0] == '/') track(fd, path, flags);
     return fd;
