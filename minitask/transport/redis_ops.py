@@ -58,10 +58,13 @@ def commit_call(keys, version, changes, delete=()):
     """Apply topology `changes` ((hash, op, field, value) tuples) if the version is still
     `version`; also delete the keys in `delete` (those of deleted queues)."""
     args = [version, len(changes)]
+    call_keys = [keys.topology, keys.exchanges, keys.queues, keys.bindings, keys.stats]
     for change in changes:
         args.extend(change)
-    return (S.COMMIT, [keys.topology, keys.exchanges, keys.queues, keys.bindings]
-            + list(delete), args)
+        hash_name, op, field, _value = change
+        if hash_name == "queues" and op == "set":     # a new queue's stats get its 'born'
+            call_keys.append(keys.queue_stats(field))
+    return S.COMMIT, call_keys + list(delete), args
 
 
 # -- publishing ------------------------------------------------------------------------------

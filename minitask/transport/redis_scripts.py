@@ -177,14 +177,22 @@ local function read_chord_keys(ttl_ms, now)
   chords.given_up = next_key()
   chords.ttl_ms, chords.now = ttl_ms, now
 end
+-- Whether a queue's 'delayed' counter counts the delayed member numbered `serial`: not
+-- when the queue was deleted and declared again after it was written (COMMIT's 'born').
+-- Members written before serials were kept (nil) count.
+local function counted(stats, serial)
+  return not serial or tonumber(serial) > tonumber(redis.call('HGET', stats, 'born') or '0')
+end
+
 -- A parked message: {m = its delayed member, s = queue stats, b = bell, st = stream,
--- l = level, q = queue, t = task id, at = when it is due (ms), x = its expiry member or ''}.
+-- l = level, q = queue, t = task id, at = when it is due (ms), x = its expiry member or '',
+-- n = its serial}.
 local function unpark(parked)
   for _, p in ipairs(parked) do
     if redis.call('ZREM', chords.delayed, p.m) == 1 then
       redis.call('HDEL', chords.messages, p.m)
       if p.x ~= '' then redis.call('ZREM', chords.expiring, p.x) end
-      if redis.call('HEXISTS', chords.queues, p.q) == 1 then
+      if redis.call('HEXISTS', chords.queues, p.q) == 1 and counted(p.s, p.n) then
         redis.call('HINCRBY', p.s, 'delayed', -1)
       end
     end
@@ -205,7 +213,7 @@ local function release(parked)
         local expires = p.x ~= '' and redis.call('ZSCORE', chords.expiring, p.x)
         if expires then redis.call('ZREM', chords.expiring, p.x) end
         if data and redis.call('HEXISTS', chords.queues, p.q) == 1 then
-          redis.call('HINCRBY', p.s, 'delayed', -1)
+          if counted(p.s, p.n) then redis.call('HINCRBY', p.s, 'delayed', -1) end
           ensure_stream(p.st)
           local id = redis.call('XADD', p.st, '*', 'm', data)
           redis.call('HINCRBY', p.s, READY[tonumber(p.l)], 1)
@@ -443,11 +451,25 @@ return {redis.call('GET', topology) or '0', redis.call('HGETALL', exchanges),
 COMMIT = _script(r"""
 local topology = next_key()
 local hashes = {exchanges = next_key(), queues = next_key(), bindings = next_key()}
+local serials = next_key()
 local expected, changes = next_arg(), next_number()
 if (redis.call('GET', topology) or '0') ~= expected then return redis.error_reply('STALE the topology changed') end
 for _ = 1, changes do
-  local hash, op, field, value = hashes[next_arg()], next_arg(), next_arg(), next_arg()
-  if op == 'set' then redis.call('HSET', hash, field, value) else redis.call('HDEL', hash, field) end
+  local name, op, field, value = next_arg(), next_arg(), next_arg(), next_arg()
+  local hash = hashes[name]
+  if op == 'set' then
+    -- A queue made (or made again after a delete) counts none of the delayed messages and
+    -- parked bodies already numbered: they were another queue's (see `counted`).
+    if name == 'queues' then
+      local stats = next_key()
+      if redis.call('HEXISTS', hash, field) == 0 then
+        redis.call('HSET', stats, 'born', redis.call('HGET', serials, 'delayed_serial') or '0')
+      end
+    end
+    redis.call('HSET', hash, field, value)
+  else
+    redis.call('HDEL', hash, field)
+  end
 end
 for i = key_index + 1, #KEYS do redis.call('DEL', KEYS[i]) end
 if changes > 0 then return redis.call('INCR', topology) end
@@ -627,7 +649,8 @@ local function write(m)
       if m.members then
         m.members[#m.members + 1] = {m = member, s = target.stats, b = target.bell,
                                      st = target.stream, l = level, q = target.name,
-                                     t = m.task_id, at = int(m.release), x = expiry}
+                                     t = m.task_id, at = int(m.release), x = expiry,
+                                     n = serial}
       end
       redis.call('ZADD', delayed, group.park == '' and m.release or PARKED_AT, member)
       redis.call('HSET', delayed_messages, member, m.data)
@@ -1035,7 +1058,7 @@ for _ = 1, next_number() do
     local expires = redis.call('ZSCORE', expiring, expiry_member)
     if expires then redis.call('ZREM', expiring, expiry_member) end
     if data and queue_exists(queues, queue) then              -- else: deleted meanwhile
-      redis.call('HINCRBY', stats, 'delayed', -1)
+      if counted(stats, serial) then redis.call('HINCRBY', stats, 'delayed', -1) end
       ensure_stream(stream)
       local id = redis.call('XADD', stream, '*', 'm', data)
       redis.call('HINCRBY', stats, READY[tonumber(level)], 1)
@@ -1074,7 +1097,9 @@ for _ = 1, next_number() do
       data = redis.call('HGET', delayed_messages, delayed_member)
       if redis.call('ZREM', delayed, delayed_member) == 1 then
         redis.call('HDEL', delayed_messages, delayed_member)
-        if queue_exists(queues, queue) then redis.call('HINCRBY', stats, 'delayed', -1) end
+        if queue_exists(queues, queue) and counted(stats, ref) then
+          redis.call('HINCRBY', stats, 'delayed', -1)
+        end
         waiting = true
       end
     elseif not pending_owner(stream, ref, 0) then

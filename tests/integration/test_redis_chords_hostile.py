@@ -5,8 +5,8 @@ README, "What differs"), header results expiring under a waiting body, a chord o
 thousands, and what status shows of parked bodies.
 
 Where Redis may differ from the built-in broker (the reference: README, "What differs"), the
-same scenario runs on both, at the transport level (`contractkit.Harness`). Known product bugs
-are strict xfails naming their cause. Skips, saying why, where redis-server is not installed.
+same scenario runs on both, at the transport level (`contractkit.Harness`). Skips, saying
+why, where redis-server is not installed.
 """
 import base64
 import json
@@ -413,18 +413,8 @@ def test_on_redis_a_chord_is_routed_when_sent_and_refused_in_one_line_if_it_cann
         conn.publish_atomic([lost_errback])
     assert leftovers(h, conn) == NOTHING_LEFT
 
-QUEUE_REDECLARED = (
-    "product bug: redis_scripts.py PRELUDE release()/unpark() (as PROMOTE): a parked member "
-    "keeps its queue's name, and when that queue was deleted (COMMIT drops its stats) and "
-    "declared again while the body waited, release() finds the name in the queues hash and "
-    "takes 1 from the new queue's 'delayed' counter, which never counted it: -1 for ever. "
-    "Fix: on queue deletion drop its members from the delayed set (and the chord records' "
-    "run lists) or give queues an incarnation number kept in the member and checked here")
 
-
-@pytest.mark.parametrize("kind", [
-    "minitask", pytest.param("redis", marks=pytest.mark.xfail(strict=True,
-                                                              reason=QUEUE_REDECLARED))])
+@pytest.mark.parametrize("kind", ["minitask", "redis"])
 def test_a_body_whose_queue_is_deleted_and_declared_again_while_parked(harnesses, kind):
     h, conn, stream = opened(harnesses(kind), "bodies")
     header = hid("h")
@@ -436,6 +426,21 @@ def test_a_body_whose_queue_is_deleted_and_declared_again_while_parked(harnesses
     wait_for(lambda: waiting(conn, "bodies") == 1, timeout=3.0, what="the released body")
     row = h.queue_row(conn, "bodies")
     assert (row["ready"], row["delayed"]) == (1, 0)
+
+
+def test_a_delayed_message_whose_queue_is_deleted_and_declared_again_is_not_counted_twice(
+        harnesses):
+    h, conn, _stream = opened(harnesses("redis"), "later")
+    conn.publish(message("later", not_before=time.time() + 1.0))   # held: due after 0.5 s
+    assert conn.execute("ZCARD", h.keys.delayed) == 1
+    conn.delete_queue("later")
+    conn.declare_queue("later")
+    stream = h.consumer(["later"])          # its housekeeping promotes what is due
+    deadline = time.monotonic() + 15.0
+    while conn.execute("ZCARD", h.keys.delayed):
+        assert time.monotonic() < deadline, "the delayed message was never promoted"
+        stream.pump(0.05)
+    assert h.queue_row(conn, "later")["delayed"] == 0      # was -1: the old queue's count
 
 
 # -- real workers -----------------------------------------------------------------------------
