@@ -37,8 +37,8 @@ from ..joins import headers_of, unlocked_by
 from ..log import Throttle, folded
 from . import base, declare_topology, declare_worker_queues
 from . import redis_ops as ops
-from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
 from .redis_givenup import send_given_up
+from .redis_producer import REPLY_SECONDS, STALE_ATTEMPTS, Client
 from .redis_liveness import backstop, backstop_idle, housekeeping, reap, sweep
 from .redis_taskstats import Tally
 from .redis_reader import Reader

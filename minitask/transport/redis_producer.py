@@ -29,10 +29,10 @@ from ..exceptions import (
 from . import base
 from . import redis_ops as ops
 from .redis_client import RedisClient, Script
+from .redis_givenup import may_give_up, send_given_up
 from .redis_keys import WAITING_FIELDS, Keys
 from .redis_liveness import housekeeping
 from .redis_replies import STALE, control_body, live_consumers, read_result, redis_ms, refused
-from .redis_givenup import may_give_up, send_given_up
 from .redis_scripts import SCRIPTS
 from .redis_topology import Topology
 from .redis_url import parse_redis_url
