@@ -7,9 +7,12 @@
 - Installs Django there too (4.2 on Python 3.8 and 3.9, 5.x on newer ones), only for the
   tests of a real Django project; minitask itself never needs it. When it cannot (offline,
   say), it says why and those tests are skipped.
-- Runs the whole suite, then the fast unit and property tests, the seed guide's snippets
-  and the Django project again under the oldest and newest CPython found in
-  ~/.pyenv/versions (3.8 and 3.13), saying so when they are absent.
+- Runs the whole suite (as two pytest processes at once, see SHARDS), then the fast unit
+  and property tests, the seed guide's snippets and the Django project again under the
+  oldest and newest CPython found in ~/.pyenv/versions (3.8 and 3.13), saying so when they
+  are absent.
+- In CI (CI=true), installs redis-server with apt-get when it is missing and it can (as
+  root), so the Redis transport's suites run there; elsewhere they skip, saying why.
 - Exits non-zero when any test fails, or when no test ran at all.
 
 Options: --quick (only this Python), --long (the long hostile and chaos runs too);
@@ -18,8 +21,10 @@ anything else is passed to pytest (e.g. ``python3 tests/run.py -k journal``).
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,6 +32,11 @@ CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.
                      "minitask-tests")
 PACKAGES = ["pytest", "hypothesis"]
 FAST = ["tests/unit", "tests/property"]
+# The whole suite runs as two pytest processes at once: most of its time is spent waiting
+# on brokers, workers and redis-server that the tests start, so two halves take little more
+# than the longer one. Each half is a set of folders, split so that they take about as long.
+SHARDS = [["tests/integration"],
+          ["tests/chaos", "tests/hostile", "tests/packaging", "tests/contract"] + FAST]
 # Run again under the other Pythons too: real code nobody here wrote, on a real worker.
 FOREIGN = ["tests/integration/test_seed_guide.py", "tests/integration/test_django.py"]
 NO_TESTS_COLLECTED = 5
@@ -87,15 +97,92 @@ def pip_install(python, requirements, check=False):
     return why
 
 
-def run_pytest(python, paths, extra, label):
-    print("\n== %s: %s ==" % (label, " ".join(paths + extra)), flush=True)
+def redis_server_for_ci():
+    """In CI (CI=true) on a Debian-like machine, as root: install redis-server when it is
+    missing, so that the Redis transport runs the same suites as the built-in broker rather
+    than skipping them. Anywhere else nothing is installed: those tests skip, saying why."""
+    if not os.environ.get("CI") or shutil.which("redis-server"):
+        return
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        print("tests/run.py: redis-server is missing and cannot be installed here (needs "
+              "apt-get as root); the Redis tests are skipped", flush=True)
+        return
+    print("tests/run.py: installing redis-server with apt-get (the Redis transport's tests "
+          "need it)", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        try:
+            done = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, env=env, timeout=600)
+        except subprocess.TimeoutExpired:
+            print("tests/run.py: %s took over 10 minutes; the Redis tests are skipped"
+                  % " ".join(command), flush=True)
+            return
+        if done.returncode != 0:
+            lines = [line for line in done.stdout.splitlines() if line.strip()]
+            print("tests/run.py: %s failed (%s); the Redis tests are skipped"
+                  % (" ".join(command), lines[-1] if lines else done.returncode), flush=True)
+            return
+
+
+def start_pytest(python, paths, log, label, extra=()):
+    """pytest on `paths`, started; its output goes to `log` (a file), or here when None."""
+    if log is None:
+        print("\n== %s: %s ==" % (label, " ".join(list(paths) + list(extra))), flush=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYTHONDONTWRITEBYTECODE="1")
-    code = subprocess.call([python, "-m", "pytest", "-q"] + paths + extra, cwd=ROOT, env=env)
+    return subprocess.Popen([python, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+                            + list(paths) + list(extra), cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT if log is not None else None)
+
+
+def run_pytest(python, paths, extra, label):
+    code = start_pytest(python, paths, None, label, extra).wait()
     if code == NO_TESTS_COLLECTED:
         print("tests/run.py: %s collected no tests; that counts as a failure" % label)
         return 1
     return code
+
+
+def run_shards(python, label):
+    """The whole suite under `python`, as SHARDS run at once. The first shard prints as it
+    goes (so a long run is never silent); the others print when they end. 1 if any failed."""
+    sharded = {path for paths in SHARDS for path in paths}
+    left_out = sorted(os.path.relpath(os.path.dirname(found), ROOT) for found in glob.glob(
+        os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True))
+    left_out = sorted({path for path in left_out
+                       if not any(path == s or path.startswith(s + os.sep) for s in sharded)})
+    if left_out:
+        print("tests/run.py: no shard runs %s: add them to SHARDS" % ", ".join(left_out))
+        return 1
+    logs, runs = [], []
+    try:
+        for index, paths in enumerate(SHARDS):
+            if index == 0:
+                runs.append(start_pytest(python, paths, None, label))
+                continue
+            log = tempfile.TemporaryFile(mode="w+")
+            logs.append(log)
+            runs.append(start_pytest(python, paths, log, label))
+        codes = [run.wait() for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    for log, paths in zip(logs, SHARDS[1:]):
+        print("\n== %s: %s (ran beside the first) ==" % (label, " ".join(paths)), flush=True)
+        log.seek(0)
+        sys.stdout.write(log.read())
+        log.close()
+    failures = 0
+    for paths, code in zip(SHARDS, codes):
+        if code == NO_TESTS_COLLECTED:
+            print("tests/run.py: %s %s collected no tests; that counts as a failure"
+                  % (label, " ".join(paths)))
+        failures += code != 0
+    return 1 if failures else 0
 
 
 def other_pythons():
@@ -118,14 +205,19 @@ def main(argv):
     if "--long" in argv:
         os.environ["LONG_MINITASK_TESTS"] = "1"
     failures = 0
+    redis_server_for_ci()
     try:
         python = test_python(sys.executable)
     except (OSError, subprocess.CalledProcessError) as exc:
         print("tests/run.py: cannot prepare Python %d.%d for tests: %s"
               % (sys.version_info[:2] + (exc,)))
         return 1
-    failures += run_pytest(python, [] if any(not a.startswith("-") for a in extra)
-                           else ["tests"], extra, "Python %d.%d" % sys.version_info[:2]) != 0
+    label = "Python %d.%d" % sys.version_info[:2]
+    if extra:
+        failures += run_pytest(python, [] if any(not a.startswith("-") for a in extra)
+                               else ["tests"], extra, label) != 0
+    else:
+        failures += run_shards(python, label)
     if not quick and not extra:
         for other in other_pythons():
             if os.path.realpath(other) == os.path.realpath(sys.executable):

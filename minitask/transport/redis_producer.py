@@ -53,6 +53,9 @@ ATOMIC_LIMIT = 10000
 STALE_ATTEMPTS = 10
 # A waiter for a result looks at what is due at least this often.
 WAIT_SLICE = 5.0
+# Most waits begin just after delay(): the first block comes at once, and what is due is read
+# only when no result came within it (a round trip and a script saved from each short wait).
+FIRST_WAIT = 0.05
 # Control replies kept for late askers: long enough, never forever.
 REPLY_SECONDS = 60.0
 
@@ -398,6 +401,11 @@ class Client(base.Client):
         a final state the XREAD brings back is the answer, with no read after it."""
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
         key = self.keys.result(task_id)
+        first = FIRST_WAIT if timeout is None else min(max(0.0, timeout), FIRST_WAIT)
+        if first > 0:
+            stored = self._await_entry(task_id, key, "0-0", first)
+            if stored is not None and stored.ready:
+                return stored
         while True:
             (result, last_id), due = self._result(task_id, due=True)
             left = None if deadline is None else deadline - time.monotonic()
@@ -407,12 +415,18 @@ class Client(base.Client):
             block = WAIT_SLICE if left is None else min(left, WAIT_SLICE)
             if next_due is not None:
                 block = min(block, max(0.001, (next_due - now) / 1000.0))
-            reply = self.redis.execute("XREAD", "BLOCK", max(1, ops.ms(block)), "STREAMS", key,
-                                       last_id, block=block, idempotent=True)
-            if isinstance(reply, list) and reply:       # RESP2: [[stream, entries]]
-                stored, _entry_id = read_result(task_id, reply[0][1][-1:], None, None)
-                if stored.ready:
-                    return stored
+            stored = self._await_entry(task_id, key, last_id, block)
+            if stored is not None and stored.ready:
+                return stored
+
+    def _await_entry(self, task_id, key, last_id, block):
+        """The Result of the newest entry after `last_id` on the result stream `key`, waiting
+        up to `block` seconds for one; None when none came."""
+        reply = self.redis.execute("XREAD", "BLOCK", max(1, ops.ms(block)), "STREAMS", key,
+                                   last_id, block=block, idempotent=True)
+        if isinstance(reply, list) and reply:           # RESP2: [[stream, entries]]
+            return read_result(task_id, reply[0][1][-1:], None, None)[0]
+        return None
 
     def forget(self, task_ids, expired=False):
         """(`expired` asks for nothing more: Redis drops each result when its EXPIRE is up.)"""
