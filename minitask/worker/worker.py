@@ -336,10 +336,14 @@ class Worker:
             return
         consumer.set_extra_credit(min(self.held, MAX_HELD))
         mono = time.monotonic()
-        if mono - self._last_send >= HEARTBEAT / 2:     # a few bytes every 5 s: no need to
-            consumer.heartbeat()                       # skip it when other frames went
-            self._last_send = mono
-        consumer.end_turn()
+        try:
+            if mono - self._last_send >= HEARTBEAT / 2:     # a few bytes every 5 s: no need
+                consumer.heartbeat()                       # to skip it when other frames went
+                self._last_send = mono
+            consumer.end_turn()
+        except BrokerConnectionError as exc:    # a heartbeat on Redis talks to it at once
+            self._connection_lost(exc)
+            return
         self._flush_broker()
 
     def _flush_broker(self):
