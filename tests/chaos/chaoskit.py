@@ -300,6 +300,7 @@ class Producers:
         self.failures = collections.Counter()
         self.unexpected = []
         self.slowest = 0.0                  # the longest delay() call (an outage rides it)
+        self.confirmed_so_far = 0           # counted as they come (`confirmed` is at the end)
         self._stop = threading.Event()
         self._workers = []
         self._lock = threading.Lock()
@@ -313,6 +314,13 @@ class Producers:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+    def wait_confirmed(self, count, timeout):
+        """Go on until `count` tasks in all were confirmed (or `timeout` seconds passed), so
+        that a slow machine still gives a test the load it needs to say something."""
+        deadline = time.monotonic() + timeout
+        while self.confirmed_so_far < count and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self):
         self._stop.set()
@@ -330,6 +338,8 @@ class Producers:
                 began = time.monotonic()
                 try:
                     confirmed.append((index, self.send(index)))
+                    with self._lock:
+                        self.confirmed_so_far += 1
                 except MinitaskError as exc:
                     with self._lock:
                         self.failures[type(exc).__name__] += 1

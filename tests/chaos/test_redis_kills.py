@@ -75,8 +75,10 @@ def test_kill_9_of_redis_server_loses_no_confirmed_acks_late_task(redis_cluster,
     outcome = check_at_least_once(cluster, "late", producers, "redis-server kills")
     # Nobody restarted the workers: they reconnected by themselves.
     assert [worker.proc.pid for worker in cluster.workers] == first_workers
-    dead = [worker.name for worker in cluster.workers if not worker.proc.alive()]
-    assert not dead, "workers exited when Redis went away: %s" % dead
+    dead = [worker for worker in cluster.workers if not worker.proc.alive()]
+    assert not dead, "workers exited when Redis went away: %s" % "; ".join(
+        "%s (exit %s): %s" % (worker.name, worker.proc.process.returncode,
+                              worker.proc.output().strip()[-1500:]) for worker in dead)
     FIGURES.add("redis-server kill -9 x%d (AOF everysec)" % REDIS_KILLS, rng.seed_value,
                 kills=REDIS_KILLS, broker_kills=REDIS_KILLS,
                 confirmed=len(producers.confirmed),
@@ -266,6 +268,7 @@ def test_a_replica_lost_under_load_with_publish_confirm_leaves_the_workers_runni
             time.sleep(0.1)
         cluster.restart_replica()
         time.sleep(rng.uniform(0.5, 1.0))
+        producers.wait_confirmed(MIN_CONFIRMED, timeout=30.0)
     assert producers.failures["PublishRefusedError"], \
         "%s: no delay() was refused while the replica was away" % label
     _enough_load(producers, label)
