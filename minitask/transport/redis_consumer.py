@@ -547,6 +547,7 @@ class Consumer(base.Consumer):
             keys, finished = self.client.keys, self._finished
             self._calls += [("HDEL", keys.inflight) + tuple(finished),
                             ("HDEL", keys.handovers) + tuple(finished),
+                            ("HDEL", keys.handed_messages) + tuple(finished),
                             ("ZREM", keys.orphans) + tuple(finished)]
             self._finished = []
 

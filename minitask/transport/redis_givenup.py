@@ -1,14 +1,15 @@
 """The workflow of messages Redis gives up on by itself: errbacks and the rest of a chain.
 
 A message that a script drops or dead-letters without a worker (expired in its queue or
-already when published, delivered too often, rejected) gets its result there (REVOKED or
+already when published, delivered too often, rejected), or a task that LOSE fails because its
+worker was lost (its message kept at the handover), gets its result there (REVOKED or
 FAILURE), but its errbacks must be routed, and only the Python side routes. So the script
 also writes such a message, when it has headers, to the ``givenup`` stream (`redis_keys`),
 and `send_given_up` does the rest as a worker that drops a message does: it publishes the
 errbacks and gives the rest of the chain the same outcome, then deletes the entries.
 
 It runs right after what may give up (a publish of an expired message, a reject, an expiry
-run) and at every sweep of every worker, so entries left by a process killed on the way
+or LOSE run) and at every sweep of every worker, so entries left by a process killed on the way
 are sent by another within a sweep. One process at a time takes the stream (a lock with a
 TTL); one killed between sending and deleting leaves its entries to be sent again:
 errbacks, like tasks, are at-least-once.

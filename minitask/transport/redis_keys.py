@@ -26,6 +26,9 @@ share the hash tag, so they are in the slot that script runs on)::
     mt:{v}:result:TASK_ID      STREAM  the task's latest state (MAXLEN 1), EXPIRE'd
     mt:{v}:inflight            HASH    task id -> "RECEIVED|STARTED<TAB>consumer<TAB>task name"
     mt:{v}:handovers           HASH    task id -> "consumer<TAB>task name" (acked as started)
+    mt:{v}:handovers:messages  HASH    task id -> the message of a handed-over task that has
+                                       a workflow (errbacks, a chain): if its worker is lost,
+                                       LOSE gives it to the given-up stream
     mt:{v}:orphans             ZSET    task id -> when it fails with WorkerLostError (ms)
     mt:{v}:revoked             ZSET    task id -> when the revocation is forgotten (ms)
     mt:{v}:consumers           HASH    consumer id -> JSON worker description
@@ -79,6 +82,7 @@ class Keys:
                      "kv", "stats", "failures", "sweep", "backstop", "chords", "tasks"):
             setattr(self, name, prefix + name)
         self.delayed_messages = prefix + "delayed:messages"
+        self.handed_messages = prefix + "handovers:messages"
         self.given_up = prefix + "givenup"
         self.given_up_lock = prefix + "givenup:lock"
 

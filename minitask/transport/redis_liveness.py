@@ -68,6 +68,7 @@ def housekeeping(client, due=None):
         elif call[0] is ops.S.EXPIRE:
             gave_up = reply > 0
         elif call[0] is ops.S.LOSE:
+            gave_up = gave_up or bool(reply)    # their workflows, when they have one
             for task_id in reply:
                 logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)",
                                task_id.decode("utf-8"))

@@ -143,7 +143,7 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
         args.append("0")
     if result is not None:
         call_keys += [keys.result(result[0]), keys.inflight, keys.handovers, keys.orphans,
-                      keys.failures]
+                      keys.failures, keys.handed_messages]
         args += ["1"] + list(result[:4]) + [int(bool(result[4]))]
     else:
         args.append("0")
@@ -280,7 +280,8 @@ class Settlement:
                         len(args) // (3 if handover else 2)]
             op_args += args
         return (S.SETTLE, [keys.topology, keys.queues, keys.inflight, keys.handovers,
-                           keys.orphans, keys.failures] + keys.chord_keys + op_keys
+                           keys.orphans, keys.failures, keys.handed_messages]
+                + keys.chord_keys + op_keys
                 + self.op_keys,
                 [ttl_ms, len(self._acks) + self._ops] + op_args + self.op_args)
 
@@ -348,7 +349,8 @@ def expire_call(keys, ttl_ms, members):
 
 
 def lose_call(keys, ttl_ms, why, task_ids):
-    call_keys = [keys.orphans, keys.handovers, keys.inflight, keys.failures] + keys.chord_keys
+    call_keys = [keys.orphans, keys.handovers, keys.inflight, keys.failures,
+                 keys.handed_messages] + keys.chord_keys
     args = [ttl_ms, why, len(task_ids)]
     for task_id in task_ids:
         call_keys.append(keys.result(task_id))

@@ -507,7 +507,8 @@ local record, result = nil, nil
 if next_arg() == '1' then record = {kv = next_key(), key = next_arg(), value = next_arg()} end
 if next_arg() == '1' then
   result = {key = next_key(), inflight = next_key(), handovers = next_key(),
-            orphans = next_key(), failures = next_key(), task_id = next_arg(),
+            orphans = next_key(), failures = next_key(), handed = next_key(),
+            task_id = next_arg(),
             state = next_arg(), content_type = next_arg(), payload = next_arg(),
             store = next_arg() == '1'}
 end
@@ -734,6 +735,7 @@ if result then
   end
   redis.call('HDEL', result.inflight, result.task_id)
   redis.call('HDEL', result.handovers, result.task_id)
+  redis.call('HDEL', result.handed, result.task_id)
   redis.call('ZREM', result.orphans, result.task_id)
 end
 for _, m in ipairs(messages) do
@@ -886,10 +888,11 @@ return {int(now), next_due and int(next_due) or '', more, bells, entries}
 SETTLE = _script(r"""
 local globals = new_globals({topology = next_key(), queues = next_key(),
                              inflight = next_key(), handovers = next_key(),
-                             orphans = next_key(), failures = next_key(), owner_stats = {}})
+                             orphans = next_key(), failures = next_key(),
+                             handed_messages = next_key(), owner_stats = {}})
 globals.ttl_ms, globals.now = next_number(), now_ms()
 read_chord_keys(globals.ttl_ms, globals.now)
-local dead_lettered, done, handed = {}, {}, {}
+local dead_lettered, done, handed, kept_messages = {}, {}, {}, {}
 for _ = 1, next_number() do
   local op = next_arg()
   if op == 'back' then
@@ -919,6 +922,18 @@ for _ = 1, next_number() do
           task_ids[i] = '' end
       end
     end
+    if handover then
+      -- A message with a workflow is kept while its task runs: if its worker is lost, LOSE
+      -- hands it to the given-up stream, whose sender runs its errbacks (redis_givenup).
+      for i, id in ipairs(ids) do
+        local entry = task_ids[i] ~= '' and redis.call('XRANGE', stream, id, id)[1]
+        local data = entry and fields_of(entry[2])['m']
+        if data and #data > 19 and has_headers(data) then
+          kept_messages[#kept_messages + 1] = task_ids[i]
+          kept_messages[#kept_messages + 1] = data
+        end
+      end
+    end
     call_many('XDEL', stream, kept)
     for i, task_id in ipairs(task_ids) do
       if task_id ~= '' then
@@ -941,6 +956,7 @@ end
 call_many('HDEL', globals.inflight, done)
 if #handed > 0 then
   call_many('HSET', globals.handovers, handed)
+  call_many('HSET', globals.handed_messages, kept_messages)
   local handed_ids = {}
   for i = 1, #handed, 2 do handed_ids[#handed_ids + 1] = handed[i] end
   call_many('ZREM', globals.orphans, handed_ids)
@@ -1125,6 +1141,7 @@ return expired
 # id; KEYS: its result.
 LOSE = _script(r"""
 local orphans, handovers, inflight, failures = next_key(), next_key(), next_key(), next_key()
+local handed = next_key()
 local ttl_ms, why = next_number(), next_arg()
 local now = now_ms()
 read_chord_keys(ttl_ms, now)
@@ -1136,7 +1153,11 @@ for _ = 1, next_number() do
     redis.call('ZREM', orphans, task_id)
     redis.call('HDEL', handovers, task_id)
     redis.call('HDEL', inflight, task_id)
-    if store_final(result, 'FAILURE', why, ttl_ms, now, failures, task_id) then
+    -- Its message, kept at the handover when it has a workflow: to the given-up stream.
+    local data = redis.call('HGET', handed, task_id)
+    redis.call('HDEL', handed, task_id)
+    if store_final(result, 'FAILURE', why, ttl_ms, now, failures, task_id, nil,
+                   data or nil) then
       lost[#lost + 1] = task_id
     end
   end

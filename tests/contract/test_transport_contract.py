@@ -397,14 +397,19 @@ def test_revoked_task_is_never_delivered_and_reads_as_revoked(transport):
     assert transport.queue_row(conn, "jobs")["unacked"] == 1
 
 
-def test_a_revoked_task_queued_with_a_workflow_runs_its_errbacks_and_ends_its_chain(
-        transport):
-    conn = transport.client()
-    conn.declare_queue("errbacks")
+def _with_workflow(transport):
+    """A message for "jobs" with an errback (to the "errbacks" queue, declared) and a task
+    after it in its chain: ``(message, the id of that task)``."""
+    transport.client().declare_queue("errbacks")
     later = "later-" + uuid.uuid4().hex
     errback = message("errbacks")
-    revoked = message("jobs", headers={"x-errbacks": [base64.b64encode(errback).decode()],
-                                       "x-chain": [later]})
+    return message("jobs", headers={"x-errbacks": [base64.b64encode(errback).decode()],
+                                    "x-chain": [later]}), later
+
+
+def test_a_revoked_task_queued_with_a_workflow_runs_its_errbacks_and_ends_its_chain(
+        transport):
+    revoked, later = _with_workflow(transport)
     conn = transport.jobs(revoked)          # queued, then revoked: never run
     conn.revoke([task_id(revoked)])
     kept = message("jobs")
@@ -510,6 +515,30 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     assert isinstance(result_value(task_id(lost), result), WorkerLostError)
     assert conn.get_result(task_id(claimed)).state == "STARTED"
     assert waiting(conn, "jobs") == 0          # a handed-over task is not queued again
+
+
+def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_its_chain(
+        transport):
+    """What a worker would have sent had it lived: the errbacks of the WorkerLostError, and
+    the same outcome for the rest of the chain (the message itself is long acked)."""
+    lost, later = _with_workflow(transport)
+    conn = transport.jobs(lost)
+    stream = transport.consumer(["jobs"])
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(lost)).state == "STARTED", what="the handover")
+    stream.consumer.lost()
+    wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
+    sweeper = transport.consumer(["other"], hostname="w1")      # a live worker sweeps
+    result = conn.wait_result(task_id(lost), timeout=GRACE + PATIENCE)
+    assert isinstance(result_value(task_id(lost), result), WorkerLostError)
+    deadline = time.monotonic() + PATIENCE
+    while waiting(conn, "errbacks") != 1:
+        assert time.monotonic() < deadline, "the lost task's errback was not published"
+        sweeper.pump(0.1)
+        sweeper.say()
+    assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
 
 
 def test_a_handed_over_task_that_ends_with_an_ignored_result_is_done(transport):

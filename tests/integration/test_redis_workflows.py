@@ -1,6 +1,6 @@
 """Workflows on Redis: the built-in broker's workflow tests, run as they are against
 redis-server (chains, callbacks, errbacks, groups, chords, a chord a worker sends, a
-revoked link, a header task lost with its worker), and what only Redis has: a parked chord
+revoked link, a header task or a task lost with its worker), and what only Redis has: a parked chord
 body through a kill -9 of redis-server (AOF). Skips, saying why, where redis-server is not
 installed."""
 import os
@@ -24,6 +24,7 @@ from test_workflows import (  # noqa: E402,F401  (collected here again, on Redis
     test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost,
     test_a_link_callback_gets_the_result, test_a_link_that_retries_carries_its_chain_on,
     test_a_revoked_link_is_not_run_and_its_chain_gets_the_revocation,
+    test_a_task_whose_worker_is_killed_calls_its_errback_and_ends_its_chain,
     test_an_immutable_link_gets_no_result, test_chain_called_with_partial_arguments,
     test_link_error_on_a_single_task, test_map_starmap_and_chunks,
 )

@@ -151,6 +151,24 @@ def test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost(
     assert wait_for(lambda: itflow_trace(tmp_path, "lost"), what="the errback") == [result.id]
 
 
+@pytest.mark.broker_args("--worker-lost-grace", "0.5")
+def test_a_task_whose_worker_is_killed_calls_its_errback_and_ends_its_chain(
+        broker, start_worker, tmp_path):
+    worker = start_worker(modules="itflow")
+    result = (itflow.hang.s("hang") | itflow.add.s(1)).on_error(
+        itflow.errback.s("lost-task")).delay()
+    hung = result.parent
+    wait_for(lambda: hung.state == "STARTED", what="the broker to hear the task start")
+    worker.kill()                       # kill -9: the broker stores WorkerLostError itself
+    start_worker(name="w2", modules="itflow")   # (on Redis, a live worker's sweeper does)
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=30)          # the link never ran: it has the chain's failure
+    assert type(raised.value).__name__ == "WorkerLostError"
+    assert type(hung.result).__name__ == "WorkerLostError"
+    assert wait_for(lambda: itflow_trace(tmp_path, "lost-task"), what="the errback") \
+        == [hung.id]
+
+
 def itflow_trace(directory, name):
     import os
     path = os.path.join(str(directory), "trace-%s.log" % name)
