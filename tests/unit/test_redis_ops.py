@@ -117,15 +117,16 @@ def test_each_settle_operation_has_its_fixed_layout():
     assert script is S.SETTLE and settlement.count == 5
     assert args[:2] == [1000, 4]            # two groups of acks, the start, the give-back
     ack_keys = ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1"]
-    assert keys[6:13] == KEYS.chord_keys
-    assert keys[13:19] == ack_keys * 2
+    assert keys[6] == "mt:{v}:handovers:messages"  # what a handover keeps of a workflow
+    assert keys[7:14] == KEYS.chord_keys
+    assert keys[14:20] == ack_keys * 2
     assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
     assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
     assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
     back = args[24:]
     assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
     assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
-    assert keys[19] == "mt:{v}:q:jobs:b3"          # the start's stream
+    assert keys[20] == "mt:{v}:q:jobs:b3"          # the start's stream
     assert keys[-9:] == ["mt:{v}:q:jobs:b3", "mt:{v}:qstats:jobs", "mt:{v}:cstats:c1",
                          "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
                          "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
