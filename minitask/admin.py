@@ -150,8 +150,8 @@ def _cell(value, width, index):
 def serve_status(settings, address, announce=print):
     """``status --http``: the status page of the broker BROKER_URL names, until SIGTERM or
     Ctrl-C. Each report is asked of the broker as ``status`` asks it."""
-    from .broker.http import StatusHTTPServer, TransportSource
-    from .broker.main import is_loopback
+    from .broker.http import StatusHTTPServer, TransportSource  # only for status --http
+    from .broker.main import is_loopback  # only for status --http
     secret = settings.BROKER_SECRET
     if not is_loopback(address[0]) and not secret:
         raise ConfigurationError("status --http %s:%d: beyond loopback the page needs "

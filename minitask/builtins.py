@@ -12,6 +12,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from .canvas import signature
 from .decorators import task
 from .exceptions import ContentDisallowed, ProtocolError, RemoteTaskError
 from .transport import with_connection
@@ -74,7 +75,6 @@ def _as_tuple(args):
 def xmap(task, it):
     """Call the task of signature `task` on each item of `it`, here, in order; return the
     results. (The names are Celery's, which ``task.map(it)`` sends.)"""
-    from .canvas import signature
     function = signature(task).type
     return [function(item) for item in it]
 
@@ -82,7 +82,6 @@ def xmap(task, it):
 @task(name="minitask.starmap")
 def xstarmap(task, it):
     """As minitask.map, each item of `it` being the argument tuple of one call."""
-    from .canvas import signature
     function = signature(task).type
     return [function(*_as_tuple(args)) for args in it]
 

@@ -245,14 +245,14 @@ class Signature(dict):
         call_options = _public(call.options)
         task = call._local_type()
         if task is None:                    # a task known here by name only
-            from .sending import send_task
+            from .sending import send_task  # sending imports this module
             return send_task(call.task, call.args, call.kwargs, **call_options)
         return task.apply_async(call.args, call.kwargs, **call_options)
 
     def apply(self, args=None, kwargs=None, **options):
         """Run it here and now (`minitask.eager`); returns its EagerResult (a GroupResult
         for a group)."""
-        from .eager import run
+        from .eager import run  # eager imports this module
         options = {name: value for name, value in options.items() if value is not None}
         return run(self.clone(args, kwargs, **options)._settled())
 
@@ -679,7 +679,7 @@ def maybe_signature(d):
 def send(sig, args=None, kwargs=None, options=None):
     """Send workflow `sig` (any signature) with partial arguments and call options: assign
     every task id, build the messages, publish them; returns the result of the workflow."""
-    from .sending import send_workflow
+    from .sending import send_workflow  # sending imports this module
     workflow = sig.clone(args, kwargs, **(options or {}))._settled()
     result = workflow.freeze()
     send_workflow(workflow)
@@ -782,7 +782,7 @@ def check_errback(errback):
     task = errback._local_type()
     if task is None:
         return
-    from .task import _check_arguments
+    from .task import _check_arguments  # task imports this module
     args = errback.args if errback.immutable else ("<failed task id>",) + errback.args
     try:
         _check_arguments(task, args, errback.kwargs)

@@ -281,7 +281,7 @@ def parse_broker_url(url, name="BROKER_URL"):
     """
     scheme = url.partition("://")[0].lower() if isinstance(url, str) else None
     if scheme in _REDIS_SCHEMES:
-        from .transport.redis_url import parse_redis_url
+        from .transport.redis_url import parse_redis_url  # transport imports this module
         parsed = parse_redis_url(url, name)
         host, port = parsed.hosts[0]
         return scheme, host, port, parsed.tls

@@ -29,8 +29,12 @@ import json
 import time
 
 from . import protocol
+from .canvas import (
+    Signature, _as_list, chain, check_errback, chord, chunks, group, holds_chord,
+    maybe_signature, result_ids, send, task_ids,
+)
 from .config import get_settings
-from .exceptions import ConfigurationError, SerializationError
+from .exceptions import ChordError, ConfigurationError, SerializationError
 from .message import TaskMessage, new_task_id, to_epoch
 from .options import WORKFLOW_OPTIONS, PUBLISH_OPTIONS, check_call_options
 from .result import AsyncResult
@@ -133,7 +137,6 @@ def send_task(name, args=None, kwargs=None, **options):
     retries = options.pop("retries", 0) or 0
     call = check_call_options(None, options, known=PUBLISH_OPTIONS + WORKFLOW_OPTIONS)
     if "link" in call or "link_error" in call:
-        from .canvas import Signature, send
         if retries:
             call["retries"] = retries
         return send(Signature(name, args, kwargs, call))
@@ -153,7 +156,6 @@ def compose_signature(sig, args=(), kwargs=None, settings=None):
     `sig` is a signature or its dict form; a task id it lacks is assigned here. Raises
     ConfigurationError for what cannot be sent, naming it, before anything is.
     """
-    from .canvas import maybe_signature
     sig = maybe_signature(sig)
     sig.freeze()
     outbox = _Outbox(settings or get_settings())
@@ -165,7 +167,6 @@ def compose_unlocked(message, value, settings=None):
     """What the SUCCESS of the task of `message` (a TaskMessage) unlocks: the next link of its
     chain, carrying the rest, and its callbacks, each given `value` first; returns
     ``(messages, queues to declare)``. A worker publishes them with the result, atomically."""
-    from .canvas import chain
     parts = ([chain(message.chain)] if message.chain else []) + list(message.callbacks or ())
     messages, declare = [], set()
     for part in parts:
@@ -219,7 +220,6 @@ def chord_values(results, fetch):
 
     Raises ChordError naming the first result that is not a SUCCESS (failed, or gone:
     expired or forgotten), so the body fails with a reason instead of running short."""
-    from .exceptions import ChordError
     values = []
     for item in results:
         if isinstance(item, list):
@@ -237,7 +237,6 @@ def chord_values(results, fetch):
 def send_workflow(workflow, settings=None):
     """Publish the messages of `workflow` (every id assigned: `Signature.freeze`) in one
     pipelined batch, declaring the queues they need first."""
-    from .canvas import holds_chord
     if holds_chord(workflow):
         return publish_chords(workflow, settings)
     messages, declare = compose_signature(workflow, settings=settings)
@@ -290,7 +289,6 @@ class _Outbox:
     def add(self, sig, args, kwargs, parked=None):
         """Add the messages that start `sig`; `parked`: they wait for these result ids (a
         chord's body), whose values they get as their first argument."""
-        from .canvas import chain, chord, chunks, group, result_ids
         if isinstance(sig, chain):
             steps = sig.tasks
             if not steps:
@@ -314,7 +312,6 @@ class _Outbox:
             self.add_task(sig, args, kwargs, parked)
 
     def add_task(self, sig, args, kwargs, parked=None, rest=None):
-        from .canvas import _as_list, task_ids
         if not sig.immutable:
             args, kwargs = args + sig.args, dict(sig.kwargs, **kwargs)
         else:
@@ -352,7 +349,6 @@ class _Outbox:
 
     def errback(self, errback, task_id):
         """The base64 texts of the messages of `errback` for failed task `task_id`."""
-        from .canvas import check_errback, maybe_signature
         errback = maybe_signature(errback)
         check_errback(errback)
         messages, declare = compose_signature(errback, (task_id,), settings=self.settings)

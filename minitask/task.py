@@ -15,19 +15,24 @@ pickles as a reference by name, never as code.
 """
 
 import datetime
+import importlib
 import inspect
 import os
 import socket
 import threading
 
-from . import registry as _registry_module
+from . import canvas, eager, registry as _registry_module, retry as policy
+from .canvas import Signature, chunks, group, send, xmap, xstarmap
 from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
+from .log import task_logger
 from .message import from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
     is_call_option
-from .result import AsyncResult as _AsyncResult
+from .ratelimit import parse_rate
+from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
+from .serialization import check_serializer
 from .sending import compose_message, publish, send_task
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
@@ -201,8 +206,6 @@ class _OnInstance:
 
 def _check_options(cls):
     """Refuse malformed options when the task is defined, naming the task and the option."""
-    from .ratelimit import parse_rate
-    from .serialization import check_serializer
 
     def bad(option, value, expected):
         return ConfigurationError("task %s: %s %r: expected %s" % (cls.name, option, value,
@@ -403,7 +406,6 @@ class Task(metaclass=TaskType):
             return self.apply(args, kwargs, task_id=task_id, retries=retries, link=link,
                               link_error=link_error)
         if link is not None or link_error is not None:
-            from .canvas import Signature, send
             call = {"countdown": countdown, "eta": eta, "expires": expires,
                     "task_id": task_id, "routing_key": routing_key, "exchange": exchange,
                     "mandatory": mandatory, "immediate": immediate, "priority": priority,
@@ -433,9 +435,7 @@ class Task(metaclass=TaskType):
         run here after a success (their results are the result's `children`), `link_error`
         errbacks after a failure, with this task's id.
         """
-        from . import canvas, eager
-        from .result import EagerResult
-        from .worker.execution import run_eagerly
+        from .worker.execution import run_eagerly  # execution imports this module
         check_call_options(self, options)
         errbacks = [canvas.maybe_signature(errback) for errback in canvas._as_list(link_error)]
         for errback in errbacks:
@@ -464,7 +464,6 @@ class Task(metaclass=TaskType):
         call options, as `apply_async` takes them; any other name is a ConfigurationError.
         When no retry is left: raises `exc`, or MaxRetriesExceededError.
         """
-        from . import retry as policy
         defaults, options = _split_retry_options(self, options)
         request = current_request()
         if kwargs is not None:
@@ -513,7 +512,6 @@ class Task(metaclass=TaskType):
     def get_logger(self, **kwargs):
         """A logger for this task: to `logfile` at `loglevel` (the worker's when run there),
         each line naming the task and its id."""
-        from .log import task_logger
         request = current_request()
         return task_logger(self.name, kwargs.get("task_id") or (request.id if request else ""),
                            kwargs.get("logfile", request.logfile if request else None),
@@ -523,20 +521,17 @@ class Task(metaclass=TaskType):
     def s(self, *args, **kwargs):
         """A signature of this call: ``add.s(2, 2)``; in a chain it gets the previous result
         first."""
-        from .canvas import Signature
         return Signature(self, args, kwargs)
 
     @_OnInstance
     def si(self, *args, **kwargs):
         """An immutable signature: in a chain or as a callback it gets no other arguments."""
-        from .canvas import Signature
         return Signature(self, args, kwargs, immutable=True)
 
     @_OnInstance
     def signature(self, args=None, kwargs=None, **options):
         """A signature with call options: ``add.signature((2, 2), countdown=10)``;
         ``immutable=True`` as `si`."""
-        from .canvas import Signature
         return Signature(self, args or (), kwargs, **options)
 
     subtask = signature
@@ -545,20 +540,17 @@ class Task(metaclass=TaskType):
     def map(self, it):
         """One message that calls this task on each item of `it` in turn (the built-in task
         minitask.map): ``add.map([...]).delay()``; its result is the list."""
-        from .canvas import xmap
         return xmap(self.s(), it)
 
     @_OnInstance
     def starmap(self, it):
         """As `map`, each item an argument tuple (minitask.starmap)."""
-        from .canvas import xstarmap
         return xstarmap(self.s(), it)
 
     @_OnInstance
     def chunks(self, it, n):
         """The argument tuples of `it` in parts of `n`, one starmap message per part; runs as
         a group (``.group()``) whose result is a list per part."""
-        from .canvas import chunks
         return chunks(self.s(), it, n)
 
     @_OnInstance
@@ -583,7 +575,6 @@ class Task(metaclass=TaskType):
     @_OnInstance
     def map_async(self, iterable, **options):
         """Send one call per item of `iterable` (an argument tuple each); returns a ResultSet."""
-        from .canvas import group
         return group(*[self.s(*_as_args(item)) for item in iterable]).apply_async(**options)
 
     def effective_rate_limit(self, settings=None):
@@ -654,7 +645,6 @@ def _task_by_name(name, module=None):
         return registry.tasks[name]
     except KeyError:
         if module:
-            import importlib
             importlib.import_module(module)
         return registry.tasks[name]
 

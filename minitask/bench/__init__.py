@@ -66,5 +66,5 @@ def selected_workloads(args):
 
 def run_bench(args):
     """Run the chosen workloads; raises MinitaskError (exit code 1) if any task was lost."""
-    from .run import run
+    from .run import run  # the workloads, loaded only when a bench runs (not for --help)
     return run(args, selected_workloads(args))

@@ -34,9 +34,11 @@ import re
 import time
 
 from ..canvas import chain, chord
+from ..config import configure
 from ..exceptions import MinitaskError
 from ..result import AsyncResult
-from .tasks import INDEX, echo, total
+from ..transport import reset_connection
+from .tasks import INDEX, echo, noop, total
 from .work import Outcome, mp_context, percentile
 
 __all__ = ["run_chaos"]
@@ -93,9 +95,6 @@ class _Cluster:
 
 def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
     """A producer process: ``noop.delay(i)`` at `rate`/s; each confirmed `i` to its file."""
-    from .tasks import noop
-    from ..transport import reset_connection
-    from ..config import configure
     # delay() warns on each reconnect; here that is the workload, not news for the table.
     logging.getLogger("minitask.transport").addHandler(logging.NullHandler())
     logging.getLogger("minitask.transport").propagate = False
@@ -121,8 +120,6 @@ def _produce(url, first, stride, rate, confirmed_path, stop, pipe):
 def _send_workflows(url, rate, sent_path, stop, pipe):
     """The workflow producer: a chain, then a chord, ... at `rate`/s; each confirmed one as a
     line ``<result id> <expected value>`` in its file."""
-    from ..transport import reset_connection
-    from ..config import configure
     logging.getLogger("minitask.transport").addHandler(logging.NullHandler())
     logging.getLogger("minitask.transport").propagate = False
     configure(BROKER_URL=url)

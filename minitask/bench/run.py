@@ -41,6 +41,7 @@ import time
 
 from .. import protocol as P
 from ..canvas import chord
+from ..config import configure, get_settings
 from . import DEFAULT_TASKS, WORKLOAD_NAMES
 from .chaos import run_chaos
 from .tasks import QUEUE, echo, noop, total
@@ -49,6 +50,8 @@ from .work import (
     percentile, raw_messages, rss_bytes, tcp_floor, wait_drained,
 )
 from ..exceptions import MinitaskError
+from ..transport import connection, reset_connection
+from ..transport.builtin import Connection
 
 __all__ = ["run", "WORKLOADS", "Outcome"]
 RTT_CALLS = 500             # at the default --tasks; scaled with it
@@ -98,8 +101,6 @@ class Bench:
 
     def client(self, url):
         """Point this process's tasks at `url`; declare (and empty) the bench queue."""
-        from ..transport import connection, reset_connection
-        from ..config import configure
         settings = configure(BROKER_URL=url)
         reset_connection()
         conn = connection(settings)
@@ -123,8 +124,6 @@ class Bench:
 
 
 def _connect(url):
-    from ..transport.builtin import Connection
-    from ..config import get_settings
     settings = get_settings()
     return Connection(url, secret=settings.BROKER_SECRET, ca_file=settings.BROKER_CA_FILE,
                       timeout=60.0, client="minitask-bench").connect()
@@ -288,7 +287,6 @@ def run_chord(bench):
 
 def _pump(bench, fsync, count):
     """Publish `count` messages through a fresh broker to one consumer; msgs/s end to end."""
-    from ..config import get_settings
     broker = bench.lab.start_broker(fsync)
     consumer = None
     try:
@@ -384,7 +382,6 @@ def run_memory(bench):
 
 def _prebuilt(bench):
     def enqueue(conn, tasks):
-        from ..config import get_settings
         settings = get_settings()
         messages = (P.encode_message(noop.build_message((index,), settings=settings).encode())
                     for index in range(tasks))
@@ -505,7 +502,6 @@ def run(args, names):
                     _print_block(name, outcome, time.perf_counter() - started)
                     sys.stdout.flush()
     finally:
-        from ..transport import reset_connection
         reset_connection()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

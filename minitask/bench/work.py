@@ -26,6 +26,7 @@ from .. import protocol as P
 from .tasks import COUNTER_ENV, INDEX, QUEUE, noop
 from ..exceptions import MinitaskError
 from ..processes import READY_PREFIX, read_line
+from ..transport.builtin import Connection
 
 __all__ = ["Lab", "Progress", "Outcome", "percentile", "rss_bytes", "journal_bytes",
            "count_runs", "wait_drained", "tcp_floor", "mp_context", "consume_all",
@@ -346,7 +347,6 @@ def wait_drained(path, tasks, started, worker, progress=None):
 
 def consume_all(url, secret, queue, count, prefetch, pipe):
     """Consumer process of the broker workload: ack everything, report when all are acked."""
-    from ..transport.builtin import Connection
     conn = Connection(url, secret=secret, timeout=60.0, client="minitask-bench").connect()
     conn.declare_queue(queue)
     conn.qos(prefetch)

@@ -198,7 +198,7 @@ def run_broker(config, settings, announce=print):
     http = None
     if config.http:
         # The status page is optional: it and http.server load only when it is asked for.
-        from .http import StatusHTTPServer
+        from .http import StatusHTTPServer  # the status page: only with --http
         http = StatusHTTPServer(server, config.http, secret=config.secret,
                                 ssl_context=server.ssl_context)
         http.start()

@@ -21,6 +21,7 @@ from ..exceptions import (
     RetryTaskError, SerializationError, TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
+from ..result import AsyncResult
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 from ..loaders import current_loader
 from ..sending import chord_values, failure_unlocks, success_unlocks
@@ -300,7 +301,6 @@ def unlocked_by_failure(data, task_id=""):
 
 def _header_result(task_id):
     """``(state, value)`` of a chord header's result, as the broker has it now."""
-    from ..result import AsyncResult
     result = AsyncResult(task_id)
     return result.state, result.result
 
