@@ -252,7 +252,7 @@ from .exceptions import (
 __all__ = [
     "PROTOCOL_VERSION", "HEADER", "Decoder", "encode_frame", "encode_json", "decode_json",
     "Message", "MessageFields", "encode_message", "decode_message", "parse_message",
-    "message_id_of", "headers_of",
+    "message_id_of", "has_headers", "headers_of",
     "encode_deliver", "decode_deliver", "encode_tags", "decode_tags",
     "encode_result", "decode_result", "decode_result_set", "plain_result", "type_bytes_of",
     "encode_error", "decode_error", "error_for", "encode_atomic", "decode_atomic",
@@ -568,6 +568,12 @@ def type_bytes_of(data):
     for _ in range(3):                      # past message_id, exchange and routing_key
         offset += 1 + data[offset]
     return data[offset + 1:offset + 1 + data[offset]]
+
+
+def has_headers(data, headers_at):
+    """Whether an encoded message carries headers (workflow fields), given `parse_message`'s
+    ``headers_at``, without decoding them."""
+    return _U16.unpack_from(data, headers_at)[0] > 0
 
 
 def headers_of(data, headers_at):

@@ -47,6 +47,16 @@ class Held:
         except ProtocolError:
             return ""
 
+    def handover(self):
+        """``(task name, the message when it has headers else "")``: what SETTLE keeps of a
+        task handed over as it starts (LOSE sends a lost task's errbacks from it)."""
+        try:
+            fields = P.parse_message(self.data)
+        except ProtocolError:
+            return "", ""
+        return fields.type, (self.data if P.has_headers(self.data, fields.headers_at)
+                             else "")
+
 
 # -- topology --------------------------------------------------------------------------------
 
@@ -238,7 +248,7 @@ class Settlement:
         if args is None:
             args = self._acks[key] = []
         if handover:
-            args += (held.id, held.task_id, held.task_name)
+            args += (held.id, held.task_id) + held.handover()
         else:
             args += (held.id, held.task_id)
         self.count += 1
@@ -277,7 +287,7 @@ class Settlement:
         for (stream, queue, owner, handover), args in self._acks.items():
             op_keys += [stream, keys.queue_stats(queue), keys.consumer_stats(owner)]
             op_args += ["acks", queue, owner, int(handover),
-                        len(args) // (3 if handover else 2)]
+                        len(args) // (4 if handover else 2)]
             op_args += args
         return (S.SETTLE, [keys.topology, keys.queues, keys.inflight, keys.handovers,
                            keys.orphans, keys.failures, keys.handed_messages]

@@ -907,10 +907,10 @@ for _ = 1, next_number() do
   else                                                 -- 'acks' of one stream
     local stream, stats, owner_stats = next_key(), next_key(), next_key()
     local queue, owner, handover = next_arg(), next_arg(), next_arg() == '1'
-    local ids, task_ids, names = {}, {}, {}
+    local ids, task_ids, names, messages = {}, {}, {}, {}
     for i = 1, next_number() do
       ids[i], task_ids[i] = next_arg(), next_arg()
-      if handover then names[i] = next_arg() end
+      if handover then names[i], messages[i] = next_arg(), next_arg() end
     end
     local kept = ids
     if call_many('XACK', stream, ids, GROUP) < #ids then
@@ -923,14 +923,13 @@ for _ = 1, next_number() do
       end
     end
     if handover then
-      -- A message with a workflow is kept while its task runs: if its worker is lost, LOSE
-      -- hands it to the given-up stream, whose sender runs its errbacks (redis_givenup).
-      for i, id in ipairs(ids) do
-        local entry = task_ids[i] ~= '' and redis.call('XRANGE', stream, id, id)[1]
-        local data = entry and fields_of(entry[2])['m']
-        if data and #data > 19 and has_headers(data) then
+      -- A message with a workflow (sent along only then) is kept while its task runs: if
+      -- its worker is lost, LOSE hands it to the given-up stream, whose sender runs its
+      -- errbacks (redis_givenup).
+      for i = 1, #ids do
+        if task_ids[i] ~= '' and messages[i] ~= '' then
           kept_messages[#kept_messages + 1] = task_ids[i]
-          kept_messages[#kept_messages + 1] = data
+          kept_messages[#kept_messages + 1] = messages[i]
         end
       end
     end

@@ -121,9 +121,10 @@ def test_each_settle_operation_has_its_fixed_layout():
     assert keys[7:14] == KEYS.chord_keys
     assert keys[14:20] == ack_keys * 2
     assert args[2:11] == ["acks", "jobs", "c1", 0, 2, "5-0", "task-1", "6-0", "task-1"]
-    assert args[11:19] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add"]
-    assert args[19:24] == ["start", "5-0", "c1", "task-1", "t.add"]
-    back = args[24:]
+    # A handover sends the message along only when it has headers (a workflow): not here.
+    assert args[11:20] == ["acks", "jobs", "c1", 1, 1, "5-0", "task-1", "t.add", ""]
+    assert args[20:25] == ["start", "5-0", "c1", "task-1", "t.add"]
+    back = args[25:]
     assert back[:7] == ["back", "jobs", "5-0", "c1", 0, 3, "requeue"]
     assert back[7:9] == [10, "jobs.dead"] and back[10:] == ["task-1", ""]
     assert keys[20] == "mt:{v}:q:jobs:b3"          # the start's stream
@@ -131,6 +132,16 @@ def test_each_settle_operation_has_its_fixed_layout():
                          "mt:{v}:q:jobs:b3", "mt:{v}:bell:jobs", "mt:{v}:q:jobs.dead:p3",
                          "mt:{v}:qstats:jobs.dead", "mt:{v}:bell:jobs.dead",
                          "mt:{v}:result:task-1"]
+
+
+def test_a_handover_sends_the_message_along_only_when_it_has_a_workflow():
+    plain = ops.Held(1, "jobs", 0, False, "1-0", encoded(), 1)
+    workflow_data = P.encode_message(P.Message(b"{}", "", "jobs", "task-2", "t.add",
+                                               headers={"x-chain": ["task-3"]}))
+    workflow = ops.Held(2, "jobs", 0, False, "2-0", workflow_data, 1)
+    assert plain.handover() == ("t.add", "")
+    assert workflow.handover() == ("t.add", workflow_data)
+    assert ops.Held(3, "jobs", 0, False, "3-0", b"junk", 1).handover() == ("", "")
 
 
 def test_fetch_reply_is_read_into_entries():
