@@ -242,7 +242,7 @@ class Signature(dict):
                 return self.apply(args, kwargs, **options)
             return send(self, args, kwargs, options)
         call = self.clone(args, kwargs, **options)
-        call_options = _public(call.options)
+        call_options = public_options(call.options)
         task = call._local_type()
         if task is None:                    # a task known here by name only
             from .sending import send_task  # sending imports this module
@@ -264,11 +264,11 @@ class Signature(dict):
         options["task_id"] = task_id
         result = AsyncResult(task_id, task_name=self.task)
         if options.get("link"):
-            options["link"] = [maybe_signature(sig) for sig in _as_list(options["link"])]
+            options["link"] = [maybe_signature(sig) for sig in as_list(options["link"])]
             result.children = [sig.freeze() for sig in options["link"]]
         if options.get("link_error"):
             options["link_error"] = [maybe_signature(sig)
-                                     for sig in _as_list(options["link_error"])]
+                                     for sig in as_list(options["link_error"])]
             for errback in options["link_error"]:
                 errback.freeze()
         return result
@@ -276,7 +276,7 @@ class Signature(dict):
     def _settled(self):
         """A copy whose workflow options have reached its tasks (see the module docstring)."""
         copy = self.clone()
-        for errback in _as_list(copy.options.get("link_error")):
+        for errback in as_list(copy.options.get("link_error")):
             check_errback(maybe_signature(errback))
         return copy
 
@@ -325,8 +325,8 @@ class chain(Signature):
         if not steps:
             return steps
         task_id = options.pop("task_id", None)
-        links = _as_list(options.pop("link", None))
-        errbacks = _as_list(options.pop("link_error", None))
+        links = as_list(options.pop("link", None))
+        errbacks = as_list(options.pop("link_error", None))
         if task_id:
             steps[-1].set(task_id=task_id)
         for callback in links:
@@ -356,7 +356,7 @@ class chain(Signature):
         for index, step in enumerate(self.tasks):
             last = index == len(self.tasks) - 1
             step_result = step.freeze((_id or self.options.get("task_id")) if last else None)
-            _root(step_result).parent = result
+            root_result(step_result).parent = result
             result = step_result
         return result
 
@@ -406,7 +406,7 @@ class group(Signature):
         group_id = options.pop("task_id", None)
         if options.get("link"):
             raise ConfigurationError(_GROUP_LINK)
-        errbacks = _as_list(options.pop("link_error", None))
+        errbacks = as_list(options.pop("link_error", None))
         members = []
         for member in self.tasks:
             member = member.clone()
@@ -526,9 +526,9 @@ class chord(Signature):
         task_id = options.pop("task_id", None)
         if task_id:
             body.set(task_id=task_id)
-        for callback in _as_list(options.pop("link", None)):
+        for callback in as_list(options.pop("link", None)):
             body.link(maybe_signature(callback).clone())
-        for errback in _as_list(options.pop("link_error", None)):
+        for errback in as_list(options.pop("link_error", None)):
             body.link_error(maybe_signature(errback).clone())
         header = sig.tasks.clone(**options)._settled()
         return chord(header, body.set(**options)._settled())
@@ -564,7 +564,7 @@ class chord(Signature):
         sig = self._with_body(None)
         header_result = sig.tasks.freeze()
         body_result = sig.body.freeze(_id)
-        _root(body_result).parent = header_result
+        root_result(body_result).parent = header_result
         waiting = [entry.id for entry in entries(sig.body)]
         for final in finals(sig.tasks):
             final.options["chord"] = waiting
@@ -737,7 +737,7 @@ def task_ids(sig):
         return task_ids(sig.tasks) + task_ids(sig.body)
     if isinstance(sig, chunks):
         return task_ids(sig.group())
-    return [sig.id] + [task_id for callback in _as_list(sig.options.get("link"))
+    return [sig.id] + [task_id for callback in as_list(sig.options.get("link"))
                        for task_id in task_ids(maybe_signature(callback))]
 
 
@@ -750,7 +750,7 @@ def holds_chord(sig):
     else:
         parts = []
     parts = list(parts) + [maybe_signature(callback) for name in ("link", "link_error")
-                           for callback in _as_list(sig.options.get(name))]
+                           for callback in as_list(sig.options.get(name))]
     return any(holds_chord(part) for part in parts)
 
 
@@ -782,10 +782,10 @@ def check_errback(errback):
     task = errback._local_type()
     if task is None:
         return
-    from .task import _check_arguments  # task imports this module
+    from .task import check_arguments  # task imports this module
     args = errback.args if errback.immutable else ("<failed task id>",) + errback.args
     try:
-        _check_arguments(task, args, errback.kwargs)
+        check_arguments(task, args, errback.kwargs)
     except TypeError as exc:
         raise ConfigurationError(
             "link_error %r: %s; an errback is called with the failed task's id first "
@@ -807,7 +807,7 @@ def _check_prebuilt(errback):
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _root(result):
+def root_result(result):
     """The first result of a linked workflow result (whose parent is still unset)."""
     while result.parent is not None:
         result = result.parent
@@ -848,7 +848,7 @@ def _flattened(nested):
     members = []
     for member in nested.tasks:
         member = member.clone()
-        for errback in _as_list(options.get("link_error")):
+        for errback in as_list(options.get("link_error")):
             member.link_error(maybe_signature(errback).clone())
         members.append(member.set(**{k: v for k, v in options.items() if k != "link_error"}))
     return members
@@ -863,14 +863,14 @@ def _operand(other):
 
 
 def _append_option(sig, name, value):
-    items = _as_list(sig.options.get(name))
+    items = as_list(sig.options.get(name))
     if value not in items:
         items.append(value)
     sig.options[name] = items
     return value
 
 
-def _as_list(value):
+def as_list(value):
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -878,7 +878,7 @@ def _as_list(value):
     return [value]
 
 
-def _public(options):
+def public_options(options):
     """Call options without the ones the canvas keeps for itself."""
     return {name: value for name, value in options.items() if name not in _INTERNAL_OPTIONS}
 
@@ -897,7 +897,7 @@ def _checked_dict(d):
     options = dict(options)
     for name in ("link", "link_error"):         # callbacks come back as signatures too
         if options.get(name) is not None:
-            options[name] = [maybe_signature(sig) for sig in _as_list(options[name])]
+            options[name] = [maybe_signature(sig) for sig in as_list(options[name])]
     return {"task": task, "args": tuple(args), "kwargs": dict(kwargs), "options": options,
             "subtask_type": d.get("subtask_type"),
             "immutable": bool(d.get("immutable", False))}

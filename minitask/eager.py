@@ -18,7 +18,9 @@ fails is logged; it changes nothing about the task it was called for.
 
 import logging
 
-from .canvas import _as_list, _public, _root, chain, chord, entries, group, maybe_signature
+from .canvas import (
+    as_list, chain, chord, entries, group, maybe_signature, public_options, root_result,
+)
 from .exceptions import ChordError, ConfigurationError
 from .message import new_task_id
 from .result import FAILURE, REVOKED, EagerResult, GroupResult
@@ -38,7 +40,7 @@ def run(sig):
         return GroupResult(sig.id or new_task_id(), [run(member) for member in sig.tasks])
     if isinstance(sig, chord):
         return _run_chord(sig)
-    return sig.type.apply(sig.args, sig.kwargs, **_public(sig.options))
+    return sig.type.apply(sig.args, sig.kwargs, **public_options(sig.options))
 
 
 def _run_chain(steps):
@@ -47,13 +49,13 @@ def _run_chain(steps):
     result = None
     for index, step in enumerate(steps):
         step_result = run(step if index == 0 else step.clone((_value(result),)))
-        _root(step_result).parent = result
+        root_result(step_result).parent = result
         result = step_result
         failed = _failure_in(result)
         if failed is not None:
             for later in steps[index + 1:]:
                 later_result = fail(later, failed.result, failed.traceback, errbacks=False)
-                _root(later_result).parent = result
+                root_result(later_result).parent = result
                 result = later_result
             break
     return result
@@ -70,7 +72,7 @@ def _run_chord(sig):
         error = chord_error(sig.body, origin.task_name, origin.id, origin.state,
                             origin.result)
         result = fail(sig.body, error)
-    _root(result).parent = header_result
+    root_result(result).parent = header_result
     return result
 
 
@@ -82,7 +84,7 @@ def fail(sig, error, traceback=None, errbacks=True):
         result = None
         for index, step in enumerate(sig.tasks):
             step_result = fail(step, error, traceback, errbacks and index == 0)
-            _root(step_result).parent = result
+            root_result(step_result).parent = result
             result = step_result
         return result
     if isinstance(sig, group):
@@ -91,7 +93,7 @@ def fail(sig, error, traceback=None, errbacks=True):
     if isinstance(sig, chord):
         header_result = fail(sig.tasks, error, traceback, errbacks=False)
         result = fail(sig.body, error, traceback, errbacks)
-        _root(result).parent = header_result
+        root_result(result).parent = header_result
         return result
     task_id = sig.id or new_task_id()
     result = EagerResult(task_id, error, FAILURE, traceback, task_name=sig.task)
@@ -102,12 +104,12 @@ def fail(sig, error, traceback=None, errbacks=True):
 
 def call_callbacks(callbacks, value):
     """Run `link` callbacks here with `value`; returns their results (the `children`)."""
-    return [maybe_signature(callback).apply((value,)) for callback in _as_list(callbacks)]
+    return [maybe_signature(callback).apply((value,)) for callback in as_list(callbacks)]
 
 
 def call_errbacks(errbacks, task_id):
     """Run `link_error` errbacks here with the failed task's id."""
-    for errback in _as_list(errbacks):
+    for errback in as_list(errbacks):
         errback = maybe_signature(errback)
         failed = _failure_in(errback.apply((task_id,)))
         if failed is not None:

@@ -30,7 +30,7 @@ import time
 
 from . import protocol
 from .canvas import (
-    Signature, _as_list, chain, check_errback, chord, chunks, group, holds_chord,
+    Signature, as_list, chain, check_errback, chord, chunks, group, holds_chord,
     maybe_signature, result_ids, send, task_ids,
 )
 from .config import get_settings
@@ -318,8 +318,8 @@ class _Outbox:
             args, kwargs = sig.args, sig.kwargs
         options = dict(sig.options)
         task_id = options.pop("task_id")
-        callbacks = _as_list(options.pop("link", None))
-        errbacks = _as_list(options.pop("link_error", None))
+        callbacks = as_list(options.pop("link", None))
+        errbacks = as_list(options.pop("link_error", None))
         waiting = options.pop("chord", None)
         retries = options.pop("retries", 0) or 0
         task = sig._local_type()

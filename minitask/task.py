@@ -401,7 +401,7 @@ class Task(metaclass=TaskType):
         if options:
             check_call_options(self, options, known=())
         if self.typing:
-            _check_arguments(self, args, kwargs)
+            check_arguments(self, args, kwargs)
         if settings.ALWAYS_EAGER:
             return self.apply(args, kwargs, task_id=task_id, retries=retries, link=link,
                               link_error=link_error)
@@ -437,7 +437,7 @@ class Task(metaclass=TaskType):
         """
         from .worker.execution import run_eagerly  # execution imports this module
         check_call_options(self, options)
-        errbacks = [canvas.maybe_signature(errback) for errback in canvas._as_list(link_error)]
+        errbacks = [canvas.maybe_signature(errback) for errback in canvas.as_list(link_error)]
         for errback in errbacks:
             canvas.check_errback(errback)
         outcome, message = run_eagerly(self, args, kwargs, task_id=task_id, retries=retries,
@@ -672,7 +672,7 @@ class PeriodicTask(Task):
         return self.schedule.is_due(last_run_at, now)
 
 
-def _check_arguments(task, args, kwargs):
+def check_arguments(task, args, kwargs):
     """``typing=True``: refuse a call that run() could not take, here rather than in a worker
     (the default keyword arguments a worker adds need not be given)."""
     try:
