@@ -138,21 +138,23 @@ def start_pytest(python, paths, log, label, extra=()):
 
 
 def run_pytest(python, paths, extra, label):
-    code = start_pytest(python, paths, None, label, extra).wait()
+    return failed(start_pytest(python, paths, None, label, extra).wait(), label)
+
+
+def failed(code, what):
+    """Whether a pytest exit `code` is a failure: a failed test, or none collected."""
     if code == NO_TESTS_COLLECTED:
-        print("tests/run.py: %s collected no tests; that counts as a failure" % label)
-        return 1
-    return code
+        print("tests/run.py: %s collected no tests; that counts as a failure" % what)
+    return code != 0
 
 
 def run_shards(python, label):
     """The whole suite under `python`, as SHARDS run at once. The first shard prints as it
     goes (so a long run is never silent); the others print when they end. 1 if any failed."""
-    sharded = {path for paths in SHARDS for path in paths}
-    left_out = sorted(os.path.relpath(os.path.dirname(found), ROOT) for found in glob.glob(
-        os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True))
-    left_out = sorted({path for path in left_out
-                       if not any(path == s or path.startswith(s + os.sep) for s in sharded)})
+    sharded = tuple(path + os.sep for paths in SHARDS for path in paths)
+    left_out = sorted({os.path.relpath(os.path.dirname(found), ROOT) for found in glob.glob(
+        os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True)
+        if not os.path.relpath(found, ROOT).startswith(sharded)})
     if left_out:
         print("tests/run.py: no shard runs %s: add them to SHARDS" % ", ".join(left_out))
         return 1
@@ -176,13 +178,9 @@ def run_shards(python, label):
         log.seek(0)
         sys.stdout.write(log.read())
         log.close()
-    failures = 0
-    for paths, code in zip(SHARDS, codes):
-        if code == NO_TESTS_COLLECTED:
-            print("tests/run.py: %s %s collected no tests; that counts as a failure"
-                  % (label, " ".join(paths)))
-        failures += code != 0
-    return 1 if failures else 0
+    outcomes = [failed(code, "%s %s" % (label, " ".join(paths)))
+                for paths, code in zip(SHARDS, codes)]
+    return 1 if any(outcomes) else 0
 
 
 def other_pythons():
@@ -215,7 +213,7 @@ def main(argv):
     label = "Python %d.%d" % sys.version_info[:2]
     if extra:
         failures += run_pytest(python, [] if any(not a.startswith("-") for a in extra)
-                               else ["tests"], extra, label) != 0
+                               else ["tests"], extra, label)
     else:
         failures += run_shards(python, label)
     if not quick and not extra:
@@ -229,7 +227,7 @@ def main(argv):
                 failures += 1
                 continue
             failures += run_pytest(other_test, FAST + FOREIGN, [], os.path.basename(
-                os.path.dirname(os.path.dirname(other)))) != 0
+                os.path.dirname(os.path.dirname(other))))
     print("\ntests/run.py: %s" % ("all passed" if not failures else
                                   "%d run(s) failed" % failures))
     return 1 if failures else 0
