@@ -299,7 +299,10 @@ class Pool:
     def read(self, child):
         """Results waiting in `child`'s pipe: a list of ``(job, report)``; report is
         ``("skipped",)`` or ``(state, content_type, payload, store, runtime, summary,
-        publish, chained)`` (`minitask.worker.execution.Executed`)."""
+        publish, chained)`` (`minitask.worker.execution.Executed`). Nothing for a closed
+        child: its descriptor numbers may belong to its replacement's pipes already."""
+        if child.closed:
+            return []
         try:
             while True:
                 data = os.read(child.out_fd, 1 << 20)

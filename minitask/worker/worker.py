@@ -218,6 +218,8 @@ class Worker:
                     pass
             elif data == "broker":
                 self._read_broker(mask)
+            elif data[1].closed:
+                continue                # died earlier in this turn: the event is stale
             elif data[0] == "out":
                 child = data[1]
                 was_ready = child.ready

@@ -166,3 +166,15 @@ def test_a_revoke_reaches_every_living_child_and_bumps_the_generation(pool):
     frame = pool_module._frame(("revoke", ["a", "b"]))
     assert [bytes(child.wbuf) == frame for child in pool.children.values()] \
         == [True, True, False]
+
+
+def test_a_closed_childs_events_read_nothing_from_a_reused_descriptor(pool):
+    """A dead child's pipes are closed and a replacement may get the same descriptor
+    numbers in the same turn: a stale event for the old child must not read the new one's
+    reports (its "ready" frame lost, the new child never got a job)."""
+    old = pool.children[0]
+    new_in, new_out = pool.test_pipes[0]
+    pool_module.os.write(new_out.fileno(), pool_module._frame(("ready", [])))
+    old.closed = True                               # its numbers may be anyone's now
+    assert pool.read(old) == [] and not old.rbuf
+    assert pool_module.os.read(old.out_fd, 1 << 16)  # left for the pipe's new owner
