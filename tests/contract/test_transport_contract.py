@@ -503,8 +503,10 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
         stream.consumer.ack_started(delivery.delivery_tag)
     stream.say()
     wait_for(lambda: conn.get_result(task_id(lost)).state == "STARTED", what="the handover")
-    stream.consumer.lost()
+    # Timed from just before the loss: the grace cannot start earlier, whereas a clock read
+    # after lost() may come late on a loaded machine and make the grace look short.
     orphaned = time.monotonic()
+    stream.consumer.lost()
     wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
     back = transport.consumer(["jobs"], hostname="w1")
     back.consumer.claim([task_id(claimed)])

@@ -430,12 +430,16 @@ def test_a_socket_that_never_starts_tls_is_closed_at_the_handshake_timeout(tmp_p
     arena = Arena(tmp_path, args=["--certfile", cert, "--keyfile", key,
                                   "--handshake-timeout", "1"], ca_file=cert)
     with running(arena, request.node.name):
-        silent = [open_socket(arena.port) for _ in range(3)]
+        # Timed from before the sockets open: no handshake timer starts earlier, whereas a
+        # clock read after them may come late on a loaded machine and make them look early.
         started = time.monotonic()
+        silent = [open_socket(arena.port) for _ in range(3)]
         replies = read_until_closed(silent, 8.0, started)
         for sock in silent:
             _frames, closed, seconds = replies[sock]
-            assert closed and 0.9 <= seconds <= 3.0, (closed, seconds)
+            # At the 1 s timeout, never before; late by what a loaded machine adds, yet
+            # well before the 10 s default and the 8 s this test reads for.
+            assert closed and 0.9 <= seconds <= 5.0, (closed, seconds)
             sock.close()
         with Connection(arena.url, ca_file=cert, timeout=5.0) as conn:   # TLS clients fine
             assert conn.link.sock.version() is not None and conn.status()

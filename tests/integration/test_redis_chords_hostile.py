@@ -270,7 +270,9 @@ def test_a_body_with_a_countdown_is_released_when_due_not_at_its_last_result(har
     assert row["id"] == task_id(body) and abs(row["eta"] - due) < 0.01
     [delivery] = stream.receive(1, timeout=PATIENCE)
     arrived = time.time()
-    assert due - redis_producer.RELEASE_AHEAD - 0.05 <= arrived <= due + 1.0
+    # Never early (not at its last result, 2 s before); late only by what a loaded machine
+    # adds (CI: two pytest processes on two cores), so the upper bound is generous.
+    assert due - redis_producer.RELEASE_AHEAD - 0.05 <= arrived <= due + 3.0
     assert delivery.message.not_before == due
     stream.consumer.ack(delivery.delivery_tag)
     stream.say()

@@ -134,7 +134,10 @@ def test_a_countdown_runs_on_time_and_not_before(broker, start_worker, tmp_path)
     result = ittasks.when.apply_async(("eta",), countdown=1.5)
     ran_at = result.get(timeout=15)
     assert ran_at >= sent + 1.5
-    assert ran_at - (sent + 1.5) < 0.5
+    # On time: it ran, and was not left for some later poll. Generous on lateness: on a
+    # loaded machine (CI runs two pytest processes on two cores) a run on time can start
+    # hundreds of milliseconds late; only "not before" is exact.
+    assert ran_at - (sent + 1.5) < 3.0
 
 
 def test_an_eta_in_the_past_runs_at_once(broker, start_worker):
@@ -305,6 +308,7 @@ def test_priorities_run_highest_first(broker, start_worker, tmp_path):
 def test_a_rate_limited_task_never_exceeds_its_rate_nor_delays_others(broker, start_worker,
                                                                       tmp_path):
     start_worker()
+    sent = time.time()
     limited = [ittasks.rate_limited.delay("rl") for _ in range(8)]
     quick = [ittasks.unlimited.delay("fast") for _ in range(4)]
     assert [r.get(timeout=10) for r in quick] == ["fast"] * 4
@@ -312,8 +316,13 @@ def test_a_rate_limited_task_never_exceeds_its_rate_nor_delays_others(broker, st
     times = sorted(float(t) for t in ittasks.read_trace(tmp_path, "rl"))
     fast_done = max(float(t) for t in ittasks.read_trace(tmp_path, "fast"))
     assert fast_done < times[-1]
-    for i in range(len(times)):              # 5/s with a burst of 1: any 1 s holds <= 6
-        assert sum(1 for t in times if times[i] <= t < times[i] + 1.0) <= 6
+    # 5/s with a burst of 1: the k-th run (from 0) needed k + 1 tokens, and the bucket gives
+    # one at once and one each 0.2 s after, so it cannot start before `sent` + k * 0.2.
+    # Counted from the send, not between runs: a run is started at or after its token, so a
+    # run started late (a loaded machine) only moves it later, and never makes the rate look
+    # exceeded as a sliding window over the runs' own times did.
+    for k, ran in enumerate(times):
+        assert ran - sent >= k / 5.0 - 0.01, (k, ran - sent, [t - sent for t in times])
 
 
 def test_result_forget_removes_the_result(broker, start_worker):
