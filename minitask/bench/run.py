@@ -463,7 +463,11 @@ def _print_block(name, outcome, seconds):
 
 
 def _machine():
-    return {"python": platform.python_version(), "cpus": os.cpu_count()}
+    """What the figures depend on besides the code. `bytecode_cache` is False under
+    PYTHONDONTWRITEBYTECODE (or -B): every process the bench starts then compiles the package
+    from source, and "drain from worker launch" includes that."""
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "bytecode_cache": not sys.dont_write_bytecode}
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -486,6 +490,9 @@ def run(args, names):
             report["machine"]["python"], report["machine"]["cpus"],
             "broker %s" % args.broker if args.broker else
             "a fresh broker per workload (journal on, fsync everysec)"))
+        if not report["machine"]["bytecode_cache"]:
+            print("note: no bytecode cache (PYTHONDONTWRITEBYTECODE): every process compiles\n"
+                  "  minitask from source, and 'drain from worker launch' includes that.\n")
     try:
         with Lab() as lab:
             bench = Bench(args, lab, progress)

@@ -23,7 +23,7 @@ DEFAULT_KEYS = {
     "rtt": {"calls", "p50_ms", "p99_ms", "max_ms"},
     "chord": {"size", "runs", "median_s", "min_s", "max_s"},
     "broker": {"everysec_msgs_per_s", "always_msgs_per_s"},
-    "machine": {"python", "cpus"},
+    "machine": {"python", "cpus", "bytecode_cache"},
 }
 
 
@@ -43,9 +43,11 @@ def test_bench_json_has_every_default_workload_and_loses_nothing(tmp_path):
     assert set(report) == set(DEFAULT_KEYS)
     for workload, keys in DEFAULT_KEYS.items():
         assert set(report[workload]) == keys, workload
-        for key in keys - {"python"}:
+        for key in keys - {"python", "bytecode_cache"}:
             assert _is_number(report[workload][key]), (workload, key, report[workload][key])
     assert isinstance(report["machine"]["python"], str)
+    # The bench's processes inherit this one's environment, so the report says what they did.
+    assert report["machine"]["bytecode_cache"] is not bool(env.get("PYTHONDONTWRITEBYTECODE"))
     assert report["drain"]["tasks"] == 200
     assert report["drain"]["lost"] == 0
     assert report["drain"]["duplicates"] == 0
