@@ -3,14 +3,19 @@
 A run's own time is no proof of its send: after a broker restart, or when a killed worker's
 beat comes back to another, a beat sent on time runs late, and two runs come closer than the
 beat's period although nothing was sent twice (CI saw runs 0.72 s then 0.29 s apart across a
-broker restart). So these tests judge the sends, from the beat's "sent" log lines, and check
-that each send ran once.
+broker restart). So these tests judge the sends, from the beat's "sent" log lines, and match
+each send to its run by task id (the beat tests' tasks write the ids they run), which no
+lateness can blur.
 """
 
 import re
 import time
 
-SENT = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): .*\] beat: sent (\S+)\[")
+import ittasks
+from cluster import wait_for
+
+SENT = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}): .*\] "
+                  r"beat: sent (\S+)\[([^\]]+)\]")
 
 
 def gaps(times):
@@ -18,21 +23,36 @@ def gaps(times):
 
 
 def sends(workers, name):
-    """When the beat sent `name`, from the workers' logs (epoch seconds, in order)."""
-    times = []
+    """``(when, task id)`` of each time the beat sent `name`, from the workers' logs, in
+    order (epoch seconds, to the millisecond)."""
+    found = []
     for worker in workers:
         for line in worker.output().splitlines():
             match = SENT.match(line)
             if match and match.group(3) == name:
                 stamp = time.mktime(time.strptime(match.group(1), "%Y-%m-%d %H:%M:%S"))
-                times.append(stamp + int(match.group(2)) / 1000.0)
-    return sorted(times)
+                found.append((stamp + int(match.group(2)) / 1000.0, match.group(4)))
+    return sorted(found)
 
 
-def assert_each_beat_sent_once_and_run_once(workers, name, ran):
-    """No beat sent twice (sends most of a period apart), and each send ran once: as many
-    runs as sends logged up to the last run (a send logs after its confirm, so it may log a
-    little after its own run; the next send comes a period later)."""
+def send_times(workers, name):
+    return [when for when, _task_id in sends(workers, name)]
+
+
+def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag):
+    """No beat sent twice (sends most of a period apart, each with an id of its own), every
+    send so far runs, and each run is of a logged send and happens once. `tag`: the trace the
+    task writes its ids to (``<tag>-ids``)."""
     sent = sends(workers, name)
-    assert sent and min(gaps(sent)) > 0.3, sent
-    assert len(ran) == len([t for t in sent if t <= ran[-1] + 0.25]), (sent, ran)
+    assert sent and min(gaps([when for when, _ in sent])) > 0.3, sent
+    ids = [task_id for _when, task_id in sent]
+    assert len(set(ids)) == len(ids), "one id sent twice: %s" % ids
+
+    def ran():
+        return ittasks.read_trace(directory, tag + "-ids")
+    wait_for(lambda: set(ids) <= set(ran()), 10, what="every beat sent so far to run")
+    ran_ids = ran()
+    assert len(set(ran_ids)) == len(ran_ids), "a beat ran twice: %s" % ran_ids
+    # A send logs after its confirm, so a run may be read before its log line.
+    wait_for(lambda: set(ran_ids) <= {task_id for _when, task_id in sends(workers, name)},
+             10, what="every beat that ran to be a logged send")

@@ -4,10 +4,13 @@ import os
 import time
 
 from minitask import periodic_task
+from minitask.task import current_request
 
 
 @periodic_task(name="it.every_half_second", run_every=0.5)
 def every_half_second():
-    path = os.path.join(os.environ.get("ITTASKS_DIR", "/tmp"), "trace-beat.log")
-    with open(path, "a") as handle:
+    folder = os.environ.get("ITTASKS_DIR", "/tmp")
+    with open(os.path.join(folder, "trace-beat.log"), "a") as handle:
         handle.write("%.6f\n" % time.time())
+    with open(os.path.join(folder, "trace-beat-ids.log"), "a") as handle:
+        handle.write(current_request().id + "\n")      # which send ran (`beatlog`)

@@ -32,7 +32,8 @@ def hipri(x):
     return "hipri:%s" % x
 
 
-@shared_task(name="it.stamp")
-def stamp(tag):
+@shared_task(bind=True, name="it.stamp")
+def stamp(self, tag):
     _trace(tag, "%.6f" % time.time())
+    _trace(tag + "-ids", self.request.id)       # which send ran (the beat tests' `beatlog`)
     return tag

@@ -4,7 +4,7 @@ import time
 
 import itbeat  # noqa: F401  (registers the periodic task here too, as a client would)
 import ittasks
-from beatlog import assert_each_beat_sent_once_and_run_once, gaps, sends
+from beatlog import assert_each_beat_sent_once_and_run_once, gaps, send_times
 from cluster import wait_for
 
 
@@ -15,8 +15,10 @@ def runs(tmp_path):
 def test_a_beat_worker_sends_a_periodic_task_every_run_every(broker, start_worker, tmp_path):
     worker = start_worker(args=["--beat"], modules="ittasks,itbeat")
     wait_for(lambda: len(runs(tmp_path)) >= 5, 15, what="five beats")
-    assert all(0.3 < gap < 1.0 for gap in gaps(sends([worker], "it.every_half_second")[:5]))
-    assert_each_beat_sent_once_and_run_once([worker], "it.every_half_second", runs(tmp_path))
+    first = send_times([worker], "it.every_half_second")[:5]
+    assert all(0.3 < gap < 1.0 for gap in gaps(first))
+    assert_each_beat_sent_once_and_run_once([worker], "it.every_half_second", tmp_path,
+                                            "beat")
 
 
 def test_two_beat_workers_send_each_beat_once_and_one_takes_over_from_the_other(
@@ -24,7 +26,8 @@ def test_two_beat_workers_send_each_beat_once_and_one_takes_over_from_the_other(
     workers = [start_worker(name=name, args=["--beat"], modules="ittasks,itbeat")
                for name in ("beat1", "beat2")]
     wait_for(lambda: len(runs(tmp_path)) >= 6, 15, what="six beats")
-    assert_each_beat_sent_once_and_run_once(workers, "it.every_half_second", runs(tmp_path))
+    assert_each_beat_sent_once_and_run_once(workers, "it.every_half_second", tmp_path,
+                                            "beat")
     holders = [w for w in workers if "this worker now sends" in open(w.logfile).read()]
     assert len(holders) == 1
     holder = holders[0]
@@ -46,7 +49,8 @@ def test_a_broker_restart_neither_skips_nor_doubles_a_beat(broker, start_worker,
     worker.wait_ready(20)
     count = len(runs(tmp_path))
     wait_for(lambda: len(runs(tmp_path)) >= count + 3, 20, what="beats after the restart")
-    assert_each_beat_sent_once_and_run_once([worker], "it.every_half_second", runs(tmp_path))
+    assert_each_beat_sent_once_and_run_once([worker], "it.every_half_second", tmp_path,
+                                            "beat")
 
 
 # -- BEAT_SCHEDULE and crontab (Celery's beat_schedule), from a settings module ---------------
@@ -71,7 +75,7 @@ def test_two_beat_workers_send_each_beat_schedule_entry_once_across_a_broker_res
                for name in ("sched1", "sched2")]
     wait_for(lambda: len(stamps(tmp_path, "entry")) >= 6, 15, what="six entry beats")
     assert_each_beat_sent_once_and_run_once(workers, "beat_schedule.every-half-second",
-                                            stamps(tmp_path, "entry"))
+                                            tmp_path, "entry")
     assert sum("this worker now sends" in open(w.logfile).read() for w in workers) == 1
     broker.kill()
     broker.start()
@@ -81,7 +85,7 @@ def test_two_beat_workers_send_each_beat_schedule_entry_once_across_a_broker_res
     wait_for(lambda: len(stamps(tmp_path, "entry")) >= count + 4, 20,
              what="entry beats after the restart")
     assert_each_beat_sent_once_and_run_once(workers, "beat_schedule.every-half-second",
-                                            stamps(tmp_path, "entry"))
+                                            tmp_path, "entry")
 
 
 def test_a_crontab_entry_first_met_is_written_down_and_kept_across_a_broker_restart(

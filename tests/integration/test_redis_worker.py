@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import itflow  # noqa: E402
-from beatlog import assert_each_beat_sent_once_and_run_once, gaps, sends  # noqa: E402
+from beatlog import assert_each_beat_sent_once_and_run_once, gaps, send_times  # noqa: E402
 import ittasks  # noqa: E402
 from cluster import ROOT, Worker, _env  # noqa: E402
 from rediskit import (  # noqa: E402
@@ -197,7 +197,8 @@ def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
     workers = [start_worker(name, args=["--beat"], modules="ittasks,itbeat")
                for name in ("beat1", "beat2")]
     wait_for(lambda: len(runs()) >= 6, 20, what="six beats")
-    assert_each_beat_sent_once_and_run_once(workers, "it.every_half_second", runs())
+    assert_each_beat_sent_once_and_run_once(workers, "it.every_half_second", tmp_path,
+                                            "beat")
     holders = [w for w in workers if "this worker now sends" in w.output()]
     assert len(holders) == 1
     holder = holders[0]
@@ -209,7 +210,7 @@ def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
     wait_for(lambda: len([t for t in runs() if t > killed_at]) >= 3, 20,
              what="beats to go on")
     # A beat the killed worker had taken may be lost with it, so only the sends are judged.
-    assert min(gaps(sends(workers, "it.every_half_second"))) > 0.3
+    assert min(gaps(send_times(workers, "it.every_half_second"))) > 0.3
 
 
 def test_status_http_serves_the_page_metrics_and_failures_of_a_redis_broker(
