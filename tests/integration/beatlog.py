@@ -39,10 +39,15 @@ def send_times(workers, name):
     return [when for when, _task_id in sends(workers, name)]
 
 
-def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag):
+def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag,
+                                            broker_killed=False):
     """No beat sent twice (sends most of a period apart, each with an id of its own), every
     send so far runs, and each run is of a logged send and happens once. `tag`: the trace the
-    task writes its ids to (``<tag>-ids``)."""
+    task writes its ids to (``<tag>-ids``).
+
+    `broker_killed`: a run may come twice. A broker killed with -9 before it wrote the ack
+    of a task it had delivered delivers it again (at least once, as CI saw once): that is the
+    delivery's guarantee, not the beat sending twice, which the ids still rule out."""
     sent = sends(workers, name)
     assert sent and min(gaps([when for when, _ in sent])) > 0.3, sent
     ids = [task_id for _when, task_id in sent]
@@ -52,7 +57,7 @@ def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag):
         return ittasks.read_trace(directory, tag + "-ids")
     wait_for(lambda: set(ids) <= set(ran()), 10, what="every beat sent so far to run")
     ran_ids = ran()
-    assert len(set(ran_ids)) == len(ran_ids), "a beat ran twice: %s" % ran_ids
+    assert broker_killed or len(set(ran_ids)) == len(ran_ids), "a beat ran twice: %s" % ran_ids
     # A send logs after its confirm, so a run may be read before its log line.
     wait_for(lambda: set(ran_ids) <= {task_id for _when, task_id in sends(workers, name)},
              10, what="every beat that ran to be a logged send")

@@ -50,7 +50,7 @@ def test_a_broker_restart_neither_skips_nor_doubles_a_beat(broker, start_worker,
     count = len(runs(tmp_path))
     wait_for(lambda: len(runs(tmp_path)) >= count + 3, 20, what="beats after the restart")
     assert_each_beat_sent_once_and_run_once([worker], "it.every_half_second", tmp_path,
-                                            "beat")
+                                            "beat", broker_killed=True)
 
 
 # -- BEAT_SCHEDULE and crontab (Celery's beat_schedule), from a settings module ---------------
@@ -85,7 +85,7 @@ def test_two_beat_workers_send_each_beat_schedule_entry_once_across_a_broker_res
     wait_for(lambda: len(stamps(tmp_path, "entry")) >= count + 4, 20,
              what="entry beats after the restart")
     assert_each_beat_sent_once_and_run_once(workers, "beat_schedule.every-half-second",
-                                            tmp_path, "entry")
+                                            tmp_path, "entry", broker_killed=True)
 
 
 def test_a_crontab_entry_first_met_is_written_down_and_kept_across_a_broker_restart(
