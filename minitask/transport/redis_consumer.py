@@ -90,6 +90,10 @@ class Consumer(base.Consumer):
         self._connected_at = 0.0
         self._unconfirmed = Throttle()  # a warning per 10 s while publish_confirm falls short
         self.tally = Tally()            # per-task counts, added to Redis about once a second
+        # Tasks handed over as they started (acked early) and not yet finished: only these
+        # need their bookkeeping cleared when they end with nothing to store; kept across
+        # reconnects, since the handover outlives the connection.
+        self._handed = set()
         self._forget_turn()
 
     def _forget_turn(self):
@@ -403,13 +407,17 @@ class Consumer(base.Consumer):
                      task_name="", runtime=None, chained=()):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
-        by a script call of its own. (`task_name` and `runtime` are counted, as
-        `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets the same
-        result in the same flush, by calls of its own: Redis runs them one after the other,
-        but a worker killed between them may leave some of them PENDING."""
+        by a script call of its own; and only for a task handed over as it started: the ack
+        of any other clears its bookkeeping already. (`task_name` and `runtime` are
+        counted, as `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets
+        the same result in the same flush, by calls of its own: Redis runs them one after
+        the other, but a worker killed between them may leave some of them PENDING."""
         self.tally.finished(task_name, state, runtime)
+        handed = task_id in self._handed
+        self._handed.discard(task_id)
         if not store and not publish and not chained:
-            self._finished.append(task_id)
+            if handed:
+                self._finished.append(task_id)
             return
         payload = bytes(payload)
         self._calls.append(("result", (task_id, state, content_type, payload, store),
@@ -517,6 +525,7 @@ class Consumer(base.Consumer):
             held = self.held.pop(tag, None)
             if held is not None:
                 settlement.ack(held, self.id, handover=True)
+                self._handed.add(held.task_id)
         for tag in starts:
             held = self.held.get(tag)
             if held is not None:

@@ -85,6 +85,7 @@ class Keys:
         self.handed_messages = prefix + "handovers:messages"
         self.given_up = prefix + "givenup"
         self.given_up_lock = prefix + "givenup:lock"
+        self._streams = {}              # queue -> its streams (each fetch names them all)
 
     @property
     def chord_keys(self):
@@ -98,8 +99,14 @@ class Keys:
     def streams(self, queue):
         """Every stream of `queue`, in the order a consumer reads them: per priority, the
         messages given back before the new ones."""
-        return [self.stream(queue, level, returned) for level in LEVELS
-                for returned in (True, False)]
+        streams = self._streams.get(queue)
+        if streams is None:
+            if len(self._streams) >= 1000:      # a process that names many queues
+                self._streams.clear()
+            streams = self._streams[queue] = [self.stream(queue, level, returned)
+                                              for level in LEVELS
+                                              for returned in (True, False)]
+        return list(streams)
 
     def queue_stats(self, queue):
         return self.prefix + "qstats:" + queue

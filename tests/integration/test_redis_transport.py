@@ -151,6 +151,36 @@ def test_a_select_loop_consumes_everything_once_and_leaves_the_streams_empty(vho
     assert (row["ready"], row["unacked"], row["acked"]) == (0, 0, 300)
 
 
+def test_tasks_acked_late_with_nothing_to_store_cost_their_turn_no_command_of_their_own(
+        vhost):
+    """Their ack in the turn's SETTLE clears their bookkeeping: the turn sends no cleanup
+    commands for them (only a task handed over as it started needs those), and nothing of
+    them is left running."""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    sent = [message() for _ in range(5)]
+    conn.publish_many(sent)
+    loop = vhost.consumer(prefetch=10)
+    deliveries = loop.receive(len(sent))
+    client = loop.consumer.client
+    said = []
+    run = client.run
+
+    def recording_run(calls, block=0.0):
+        said.extend(call[0] for call in calls)
+        return run(calls, block)
+    client.run = recording_run
+    for delivery, data in zip(deliveries, sent):
+        loop.consumer.store_result(P.message_id_of(data), "SUCCESS", "", b"", store=False,
+                                   task_name="tests.task")
+        loop.consumer.ack(delivery.delivery_tag)
+    loop.turn(0)
+    cleanups = [name for name in said if name in ("HDEL", "ZREM")]
+    assert cleanups == []
+    assert not conn.run([("HLEN", vhost.keys.inflight)])[0]
+    assert not conn.status()["running"]
+
+
 def test_credit_coming_back_wakes_the_reader_every_time(server):
     """With prefetch 1 each message waits for the ack or reject of the one before; the wake
     after it must never be lost (it would show as a wait of a whole block: 5 s with a long
