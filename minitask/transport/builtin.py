@@ -649,6 +649,10 @@ class Consumer(base.Consumer):
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
+        if self._started:
+            # A task handed over this turn may be the one ending: its handover goes first.
+            self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
+            self._started = []
         described = "described_results" in self.features
         frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
                                 content_type, payload, task_name if described else None,

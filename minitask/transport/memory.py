@@ -1072,6 +1072,10 @@ class Consumer(base.Consumer):
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
+        if self._started:
+            # A task handed over this turn may be the one ending: its handover goes first.
+            self._say("ack", self._started, True)
+            self._started = []
         self._say("store_result", task_id, state, content_type, payload, store, list(publish),
                   list(chained))
 

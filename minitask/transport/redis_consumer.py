@@ -413,6 +413,12 @@ class Consumer(base.Consumer):
         the same result in the same flush, by calls of its own: Redis runs them one after
         the other, but a worker killed between them may leave some of them PENDING."""
         self.tally.finished(task_name, state, runtime)
+        if self._started and self.connected:
+            # A task handed over this turn may be the one ending: its handover goes first.
+            settlement = ops.Settlement(self.client.keys)
+            self._add_handovers(settlement)
+            if settlement:
+                self._calls.append(settlement.call(self.client.ttl_ms))
         handed = task_id in self._handed
         self._handed.discard(task_id)
         if not store and not publish and not chained:
@@ -521,11 +527,7 @@ class Consumer(base.Consumer):
             starts = [tag for tag in starts if tag not in ended]
             self._starts = []
         settlement = ops.Settlement(self.client.keys)
-        for tag in self._started:
-            held = self.held.pop(tag, None)
-            if held is not None:
-                settlement.ack(held, self.id, handover=True)
-                self._handed.add(held.task_id)
+        self._add_handovers(settlement)
         for tag in starts:
             held = self.held.get(tag)
             if held is not None:
@@ -548,7 +550,7 @@ class Consumer(base.Consumer):
                 mode = "reject"         # dropped, its task FAILURE (DeadLetteredError)
             settlement.give_back(held, self.id, mode, topology)
         self._gave_up = self._gave_up or bool(self._rejects)   # dead-lettered, dropped
-        self._acks, self._started, self._rejects = [], [], []
+        self._acks, self._rejects = [], []
         if settlement:
             self._calls.append(settlement.call(self.client.ttl_ms))
         if self._finished:
@@ -559,6 +561,15 @@ class Consumer(base.Consumer):
                             ("HDEL", keys.handed_messages) + tuple(finished),
                             ("ZREM", keys.orphans) + tuple(finished)]
             self._finished = []
+
+    def _add_handovers(self, settlement):
+        """Ack this turn's tasks acked as they started, handing them over."""
+        for tag in self._started:
+            held = self.held.pop(tag, None)
+            if held is not None:
+                settlement.ack(held, self.id, handover=True)
+                self._handed.add(held.task_id)
+        self._started = []
 
     def flush(self):
         """Say everything buffered in one round trip; False (nothing is ever left)."""

@@ -543,23 +543,30 @@ def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_it
     assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
 
 
-def test_a_handed_over_task_that_ends_with_an_ignored_result_is_done(transport):
-    """Nothing is stored for it, and it is no longer running: its worker lost later does
-    not fail it with WorkerLostError."""
-    ignored = message("jobs")
-    conn = transport.jobs(ignored)
+@pytest.mark.parametrize("turns", ["next turn", "same turn"])
+@pytest.mark.parametrize("store", [False, True], ids=["ignored", "stored"])
+def test_a_handed_over_task_that_ends_is_done(transport, turns, store):
+    """It is no longer running, and its worker lost later does not fail it with
+    WorkerLostError: its result stays what it was (nothing, when ignored). Also when it
+    ends in the turn that hands it over."""
+    job = message("jobs")
+    conn = transport.jobs(job)
     stream = transport.consumer(["jobs"], hostname="w1")
     [delivery] = stream.receive()
     stream.consumer.ack_started(delivery.delivery_tag)
-    stream.say()
-    wait_for(lambda: conn.get_result(task_id(ignored)).state == "STARTED", what="the handover")
-    stream.consumer.store_result(task_id(ignored), "SUCCESS", "", b"", store=False)
+    if turns == "next turn":
+        stream.say()
+        wait_for(lambda: conn.get_result(task_id(job)).state == "STARTED",
+                 what="the handover")
+    content_type, payload = result_payload(task_id(job))
+    stream.consumer.store_result(task_id(job), "SUCCESS", content_type, payload, store=store)
     stream.say()
     wait_for(lambda: not conn.status()["running"], what="the task to be done")
     stream.consumer.lost()
     wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
     # A WorkerLostError would be stored after the grace: wait past it (or for that).
-    assert conn.wait_result(task_id(ignored), timeout=GRACE + 0.5).state == "PENDING"
+    expected = "SUCCESS" if store else "PENDING"
+    assert conn.wait_result(task_id(job), timeout=GRACE + 0.5).state == expected
 
 
 # -- the rest --------------------------------------------------------------------------------
