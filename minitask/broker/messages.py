@@ -35,6 +35,7 @@ from ..exceptions import NotDeliverableError, ProtocolError, PublishRefusedError
 from . import records as rc
 from .arguments import refuse
 from .queue import DEAD, DELAYED, READY, UNACKED, StoredMessage
+from .results import HANDED, HANDING
 from .session import Consumer
 
 __all__ = ["Messages"]
@@ -390,7 +391,7 @@ class Messages:
     def ack(self, session, seq, body):
         flags, messages = self._take_unacked(session, body)
         started = flags & P.STARTED
-        ids, started_ids = [], []
+        ids, started_ids, kept = [], [], []
         inflight = self.results.store.inflight
         for message in messages:
             message.queue.acked += 1
@@ -400,7 +401,7 @@ class Messages:
                 self.results.handovers.start(fields.message_id, session, fields.type)
                 at = fields.headers_at
                 if message.data[at] or message.data[at + 1]:
-                    self.results.handovers.messages[fields.message_id] = message.data
+                    kept.append(self._keep(fields.message_id, message.data))
                 inflight[fields.message_id] = "STARTED"
                 started_ids.append(fields.message_id)
             else:
@@ -408,10 +409,30 @@ class Messages:
             if message.segment is not None:
                 self.sink.untrack(message)
                 ids.append(message.id)
+        if not self.sink.persist:
+            return
+        records = [rc.publish_record(one.id, 0, HANDED, one.data) for one in kept]
         if ids:
-            self.sink.ids(rc.ACK, ids)
+            records.append(rc.ids_record(rc.ACK, ids))
         if started_ids:
-            self.sink.names(rc.STARTED, started_ids)
+            records.append(rc.names_record(rc.STARTED, started_ids))
+        if kept:
+            # A kept message, its original's ack and its handover: all of them or none.
+            records = [rc.compound_record(records)]
+        for record in records:
+            self.sink.add(record)
+
+    def _keep(self, task_id, data):
+        """Keep the message of a task with a workflow, handed over as it starts: if its
+        worker is lost, the WorkerLostError the broker stores unlocks its errbacks and ends
+        its chain, even after a restart. A new message id, in no queue (HANDED)."""
+        self.results.release_kept(task_id)      # the same task handed over again
+        kept = StoredMessage(self.next_message_id, data, HANDING, P.DEFAULT_PRIORITY, None,
+                             True)
+        self.next_message_id += 1
+        self.results.handovers.messages[task_id] = kept
+        self.sink.track(kept)
+        return kept
 
     def reject(self, session, seq, body):
         flags, messages = self._take_unacked(session, body, multiple=False)

@@ -16,7 +16,7 @@ from . import records as rc
 from ..joins import chord_wait, headers_of
 from .chords import PARKED
 from .queue import DELAYED, StoredMessage
-from .results import KEEP_RECHECK, ResultEntry
+from .results import HANDED, HANDING, KEEP_RECHECK, ResultEntry
 
 __all__ = ["recover"]
 
@@ -46,8 +46,8 @@ def recover(state):
             logger.error("journal %s: record of type %d could not be applied: %s",
                          segment.path, kind, exc)
     now = state.clock()
-    parked = []
-    summary = _place_messages(state, found, now, parked)
+    parked, handed = [], []
+    summary = _place_messages(state, found, now, parked, handed)
     summary["results"] = _place_results(state, found, now, _waited_for(parked))
     summary["chords"] = state.chords.restore(parked)
     for task_id, expires_at in found.revoked.items():
@@ -60,6 +60,7 @@ def recover(state):
             state.handovers.orphan(task_id, now)
             state.results.inflight[task_id] = "STARTED"
             orphans += 1
+    _keep_handed(state, handed)
     state.journal.rewrite_faulty(state)
     summary.update(records=found.records, orphans=orphans, revoked=len(state.revoked),
                    records_lost=state.journal.records_lost, seconds=time.monotonic() - began)
@@ -118,9 +119,10 @@ def _apply(state, found, segment, kind, payload):
             _apply(state, found, segment, sub_kind, sub_payload)
 
 
-def _place_messages(state, found, now, parked):
+def _place_messages(state, found, now, parked, handed):
     """Put the messages found back in their queues; chord bodies the broker held go in
-    `parked` as ``(id, data, segment)``."""
+    `parked`, and the messages kept for handed-over tasks in `handed`, as ``(id, data,
+    segment)``."""
     placed = delayed = redelivered = 0
     orphaned = []
     track = state.sink.track
@@ -128,6 +130,9 @@ def _place_messages(state, found, now, parked):
         queue_name, data, deliveries, segment = found.messages[message_id]
         if queue_name == PARKED:
             parked.append((message_id, data, segment))
+            continue
+        if queue_name == HANDED:
+            handed.append((message_id, data, segment))
             continue
         queue = state.queues.get(queue_name)
         if queue is None:
@@ -149,6 +154,25 @@ def _place_messages(state, found, now, parked):
                        len(orphaned))
         state.sink.ids(rc.ACK, orphaned)        # so they stay gone
     return {"messages": placed, "delayed": delayed, "redelivered": redelivered}
+
+
+def _keep_handed(state, handed):
+    """Keep again the messages of handed-over tasks still orphaned (their worker may be
+    gone: a WorkerLostError then unlocks their workflows); the rest are done with."""
+    done = []
+    for message_id, data, segment in handed:
+        task_id = P.message_id_of(data)
+        if task_id in state.handovers.orphans:
+            older = state.handovers.messages.get(task_id)    # its release was not written
+            if older is not None:
+                state.sink.untrack(older)
+                done.append(older.id)
+            kept = StoredMessage(message_id, data, HANDING, P.DEFAULT_PRIORITY, None, True)
+            state.handovers.messages[task_id] = kept
+            state.sink.track(kept, segment)
+        else:
+            done.append(message_id)
+    state.sink.ids(rc.ACK, done)
 
 
 def _waited_for(parked):

@@ -71,8 +71,10 @@ class ResultCommands:
             self.sink.on_refuse(functools.partial(
                 self._undo_finish, task_id, self.handovers.checkpoint(task_id),
                 self.store.inflight.get(task_id)))
-        if self.handovers.finish(task_id) and not flags & P.STORE:
-            self.sink.names(rc.FINISHED, [task_id])
+        if self.handovers.finish(task_id):
+            self.release_kept(task_id)
+            if not flags & P.STORE:
+                self.sink.names(rc.FINISHED, [task_id])
         if flags & P.STORE:
             now = self.clock()
             self.store_result(task_id, state, content_type, payload, now,
@@ -204,9 +206,26 @@ class ResultCommands:
         if data is not None and self.on_failed_message is not None:
             self.on_failed_message(task_id, data)
 
+    def release_kept(self, task_id):
+        """The handover of `task_id` is over: the message kept for it goes (ACKed in the
+        journal). Returns it, or None."""
+        kept = self.handovers.messages.pop(task_id, None)
+        if kept is not None and kept.segment is not None:
+            segment = kept.segment
+            self.sink.untrack(kept)
+            self.sink.ids(rc.ACK, [kept.id])
+            self.sink.on_refuse(functools.partial(self._keep_again, task_id, kept, segment))
+        return kept
+
+    def _keep_again(self, task_id, kept, segment):
+        """A refused unit had released this kept message: it is kept after all."""
+        self.handovers.messages[task_id] = kept
+        self.sink.track(kept, segment)
+
     def _worker_lost(self, task_id, now):
         name = self.handovers.names.pop(task_id, None)
-        data = self.handovers.messages.pop(task_id, None)
+        kept = self.release_kept(task_id)
+        data = kept.data if kept is not None else None
         entry = self.store.get(task_id)
         if entry is not None and entry.state in P.READY_STATES:
             return

@@ -10,12 +10,27 @@ replies and journal records.
 - `Revoked`: task ids revoked, kept until their results would have expired.
 - `Handovers`: tasks that started under a connection without being acked late. When that
   connection is lost they become orphans; a reconnecting worker may claim them within the
-  grace period, after which the broker stores FAILURE / WorkerLostError for them.
+  grace period, after which the broker stores FAILURE / WorkerLostError for them. The
+  message of one with workflow headers is kept while it runs (journalled under the queue
+  name `HANDED`), for what that failure unlocks: its errbacks, the rest of its chain.
 """
 
 import heapq
 
-__all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers"]
+__all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers", "HANDED", "HANDING"]
+
+# The journal's queue name for the message kept for a handed-over task. A NUL byte starts
+# it: no name a client declares looks like it.
+HANDED = "\x00handed-over"
+
+
+class _Handing:
+    """Stands in for a queue in a kept message's StoredMessage (journal accounting only)."""
+
+    name = HANDED
+
+
+HANDING = _Handing()
 
 _NONE = object()
 # Seconds between looks at a result that has expired but that a chord's body still needs.
@@ -207,8 +222,9 @@ class Handovers:
         self.grace = grace
         self.owner = {}                 # task id -> Session (None once orphaned)
         self.names = {}                 # task id -> task name, for status
-        # task id -> its message, when it has workflow headers: what a WorkerLostError the
-        # broker stores for it unlocks (its errbacks). Kept in memory only.
+        # task id -> its message (a StoredMessage in HANDING), when it has workflow headers:
+        # what a WorkerLostError the broker stores for it unlocks. Journalled, so that this
+        # holds after a restart too.
         self.messages = {}
         self.orphans = {}               # task id -> deadline
         self._deadlines = []
@@ -230,7 +246,6 @@ class Handovers:
         if session is False:
             return False
         self.names.pop(task_id, None)
-        self.messages.pop(task_id, None)
         self.orphans.pop(task_id, None)
         if session is not None:
             session.started.discard(task_id)

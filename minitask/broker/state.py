@@ -34,6 +34,7 @@ from .messages import Messages
 from .queue import DEAD, StoredMessage
 from .recovery import recover
 from .result_commands import ResultCommands
+from .results import HANDED, HANDING
 from .session import CLOSED, OPEN, Session
 from .sink import Sink
 from .status import scheduled_report, status_report
@@ -280,6 +281,10 @@ class BrokerState:
         if isinstance(obj, StoredMessage):
             if obj.queue is PARKING:
                 return self.chords.record_for(obj)
+            if obj.queue is HANDING:
+                if self.handovers.messages.get(P.message_id_of(obj.data)) is not obj:
+                    return None
+                return rc.publish_record(obj.id, 0, HANDED, obj.data)
             if obj.where == DEAD or self.queues.get(obj.queue.name) is not obj.queue:
                 return None
             return rc.publish_record(obj.id, obj.deliveries, obj.queue.name, obj.data)
@@ -291,6 +296,7 @@ class BrokerState:
         """Every message and result a journal record keeps alive."""
         yield from self.messages.live()
         yield from self.chords.live_objects()
+        yield from self.handovers.messages.values()
         yield from self.results.entries.values()
 
     def snapshot_records(self):

@@ -151,15 +151,22 @@ def test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost(
     assert wait_for(lambda: itflow_trace(tmp_path, "lost"), what="the errback") == [result.id]
 
 
+@pytest.mark.parametrize("broker_killed", [False, True], ids=["", "broker-killed-too"])
 @pytest.mark.broker_args("--worker-lost-grace", "0.5")
 def test_a_task_whose_worker_is_killed_calls_its_errback_and_ends_its_chain(
-        broker, start_worker, tmp_path):
+        broker, start_worker, tmp_path, broker_killed):
+    if broker_killed and not hasattr(broker, "kill"):
+        pytest.skip("on Redis there is no broker process of ours to kill (redis-server "
+                    "kills are in test_redis_crash and the chaos runs)")
     worker = start_worker(modules="itflow")
     result = (itflow.hang.s("hang") | itflow.add.s(1)).on_error(
         itflow.errback.s("lost-task")).delay()
     hung = result.parent
     wait_for(lambda: hung.state == "STARTED", what="the broker to hear the task start")
     worker.kill()                       # kill -9: the broker stores WorkerLostError itself
+    if broker_killed:                   # kill -9 the broker too, before the grace is over
+        broker.kill()
+        broker.start()
     start_worker(name="w2", modules="itflow")   # (on Redis, a live worker's sweeper does)
     with pytest.raises(Exception) as raised:
         result.get(timeout=30)          # the link never ran: it has the chain's failure

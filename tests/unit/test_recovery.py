@@ -5,6 +5,7 @@ by dropping it without a clean shutdown, and recovers a new BrokerState from the
 directory. Time moves only through the fake clock.
 """
 
+import base64
 import importlib.util
 import json
 import logging
@@ -463,6 +464,71 @@ def test_a_handed_over_task_without_a_result_fails_with_worker_lost_after_the_gr
     again = after.reopen()                                  # the failure was journalled
     assert again.state.results.get("lost").state == "FAILURE"
     assert again.summary["orphans"] == 0
+
+
+def _hand_over_with_a_workflow(broker, task_id="lost"):
+    """A task with an errback (to queue "errbacks") and the rest of its chain ("next"),
+    handed over to a worker as it starts."""
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    errback = P.encode_message(P.Message(b"{}", routing_key="errbacks",
+                                         message_id="errback", type="tasks.on_error",
+                                         flags=P.PERSISTENT))
+    headers = {"x-chain": ["next"],
+               "x-errbacks": [base64.b64encode(errback).decode("ascii")]}
+    client.send(P.PUBLISH, P.encode_message(P.Message(
+        b"{}", routing_key="q", message_id=task_id, type="tasks.add", headers=headers,
+        flags=P.PERSISTENT)))
+    broker.turn()
+    worker = worker_with(broker, "q")
+    [delivery] = worker.take_deliveries()
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    return worker
+
+
+def _lose_after_the_grace(broker):
+    broker.clock.advance(broker.state.options.handover_grace + 0.5)
+    broker.turn()
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_task_lost_with_its_worker_across_a_restart_still_runs_its_errbacks_and_ends_its_chain(
+        tmp_path, compacted):
+    broker = Broker(tmp_path / "data", segment_bytes=1024)
+    _hand_over_with_a_workflow(broker)
+    if compacted:
+        client = broker.connect()
+        for n in range(40):             # enough records to seal and compact segments
+            client.publish("q", "filler-%d" % n)
+            client.purge("q")
+        broker.turn()
+        broker.compact()
+    after = broker.reopen()
+    assert after.summary["orphans"] == 1
+    assert ready_view(after.state, "q") == []   # the kept message is not queued: no rerun
+    assert list(after.state.handovers.messages) == ["lost"]
+    _lose_after_the_grace(after)
+    assert after.state.results.get("lost").state == "FAILURE"
+    assert after.state.results.get("next").state == "FAILURE"
+    assert ready_view(after.state, "errbacks") == [("errback", 0)]
+    again = after.reopen()                  # done with: the kept message is gone for good
+    assert not again.state.handovers.messages and again.summary["orphans"] == 0
+    assert live_ids(again.state) == ["errback"]
+
+
+def test_the_message_kept_for_a_handed_over_task_goes_when_the_task_ends(broker):
+    worker = _hand_over_with_a_workflow(broker)
+    assert list(broker.state.handovers.messages) == ["lost"]
+    worker.set_result("lost", "SUCCESS", store=False)
+    broker.turn()
+    assert not broker.state.handovers.messages
+    after = broker.reopen()
+    assert not after.state.handovers.messages and after.summary["orphans"] == 0
+    _lose_after_the_grace(after)
+    assert after.state.results.get("next") is None
+    assert live_ids(after.state) == []
 
 
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
