@@ -71,10 +71,9 @@ class ResultCommands:
             self.sink.on_refuse(functools.partial(
                 self._undo_finish, task_id, self.handovers.checkpoint(task_id),
                 self.store.inflight.get(task_id)))
-        if self.handovers.finish(task_id):
-            self.release_kept(task_id)
-            if not flags & P.STORE:
-                self.sink.names(rc.FINISHED, [task_id])
+        handed = self.handovers.finish(task_id)
+        if handed and not flags & P.STORE:
+            self.sink.names(rc.FINISHED, [task_id])
         if flags & P.STORE:
             now = self.clock()
             self.store_result(task_id, state, content_type, payload, now,
@@ -82,6 +81,10 @@ class ResultCommands:
                               name or self.handovers.names.get(task_id))
         else:
             self.store.inflight.pop(task_id, None)
+        if handed:
+            # After the records that end the handover: a write torn between them leaves
+            # the task still orphaned with its message, or done with it.
+            self.release_kept(task_id)
         self.sink.confirm(session, seq)
 
     def _undo_finish(self, task_id, handover, inflight):
@@ -210,31 +213,44 @@ class ResultCommands:
         """The handover of `task_id` is over: the message kept for it goes (ACKed in the
         journal). Returns it, or None."""
         kept = self.handovers.messages.pop(task_id, None)
-        if kept is not None and kept.segment is not None:
-            segment = kept.segment
+        if kept is None:
+            return None
+        segment = kept.segment
+        if segment is not None:
             self.sink.untrack(kept)
             self.sink.ids(rc.ACK, [kept.id])
-            self.sink.on_refuse(functools.partial(self._keep_again, task_id, kept, segment))
+        self.sink.on_refuse(functools.partial(self._keep_again, task_id, kept, segment))
         return kept
 
     def _keep_again(self, task_id, kept, segment):
-        """A refused unit had released this kept message: it is kept after all."""
+        """A refused unit had released this kept message: keep it after all, unless the
+        task was handed over again meanwhile (the newer one stands; this one's ACK, refused
+        with the unit, is written again)."""
+        if task_id in self.handovers.messages:
+            if segment is not None:
+                self.sink.ids(rc.ACK, [kept.id])
+            return
         self.handovers.messages[task_id] = kept
-        self.sink.track(kept, segment)
+        if segment is not None:
+            self.sink.track(kept, segment)
 
     def _worker_lost(self, task_id, now):
+        # Its failure, what that unlocks and the release of its kept message: all or none.
+        mark = self.sink.mark()
         name = self.handovers.names.pop(task_id, None)
-        kept = self.release_kept(task_id)
-        data = kept.data if kept is not None else None
         entry = self.store.get(task_id)
-        if entry is not None and entry.state in P.READY_STATES:
-            return
-        self.task_stats.finished(name, "FAILURE")
-        logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)", task_id)
-        self.broker_result(task_id, "FAILURE",
-                           WorkerLostError("the worker running the task was lost"), now, name)
-        if data is not None and self.on_failed_message is not None:
-            self.on_failed_message(task_id, data)
+        if entry is None or entry.state not in P.READY_STATES:
+            self.task_stats.finished(name, "FAILURE")
+            logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)",
+                           task_id)
+            self.broker_result(task_id, "FAILURE",
+                               WorkerLostError("the worker running the task was lost"), now,
+                               name)
+            kept = self.handovers.messages.get(task_id)
+            if kept is not None and self.on_failed_message is not None:
+                self.on_failed_message(task_id, kept.data)
+        self.release_kept(task_id)
+        self.sink.bundle(mark)
 
     # -- revokes and handovers -----------------------------------------------------------------
 

@@ -54,6 +54,18 @@ class Sink:
         records, self.records = self.records, []
         return records
 
+    def mark(self):
+        """Where the records added from now on begin (for `bundle`)."""
+        return len(self.records), len(self._units)
+
+    def bundle(self, mark):
+        """The records added since `mark` become one COMPOUND, replayed all or nothing: a
+        decision the broker takes on its own that writes several. Only outside an ATOMIC
+        (which wraps its own), and when no unit was made meanwhile (its records stay its)."""
+        start, units = mark
+        if self.open is None and len(self._units) == units and len(self.records) - start > 1:
+            self.records[start:] = [rc.compound_record(self.records[start:])]
+
     def retain(self, records):
         """A write of records that refuse nothing (deliveries) failed: try them again later."""
         self.records = list(records) + self.records

@@ -143,14 +143,16 @@ def read_records(path, shape=False):
 class Broker:
     """A BrokerState over a Journal in `data_dir`, recovered on construction."""
 
-    def __init__(self, data_dir, clock=None, segment_bytes=4096, fsync="no", options=None):
+    def __init__(self, data_dir, clock=None, segment_bytes=4096, fsync="no", options=None,
+                 journal=None):
+        """`journal`: another journal instead (a NullJournal: --no-persist)."""
         self.data_dir = str(data_dir)
         self.clock = clock or FakeClock()
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self.options = options
-        self.journal = Journal(self.data_dir, fsync=fsync, segment_bytes=segment_bytes,
-                               clock=self.clock)
+        self.journal = journal or Journal(self.data_dir, fsync=fsync,
+                                          segment_bytes=segment_bytes, clock=self.clock)
         self.state = BrokerState(self.clock, self.journal, options or BrokerOptions())
         self.summary = self.state.recover()
         self.loop = Loop(self.state, clock=self.clock, monotonic=self.clock,

@@ -17,7 +17,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from journalkit import Broker, FakeClock, live_ids, live_messages, ready_view  # noqa: E402
+from journalkit import (  # noqa: E402
+    Broker, FakeClock, disk_faults, live_ids, live_messages, ready_view, segment_files,
+)
 from minitask import protocol as P  # noqa: E402
 from minitask import serialization  # noqa: E402
 from minitask.broker import records as rc  # noqa: E402
@@ -529,6 +531,125 @@ def test_the_message_kept_for_a_handed_over_task_goes_when_the_task_ends(broker)
     _lose_after_the_grace(after)
     assert after.state.results.get("next") is None
     assert live_ids(after.state) == []
+
+
+def _workflow_ended(broker):
+    """The lost task failed, the rest of its chain got that failure, its errback is queued
+    once, and nothing is kept for it any more."""
+    results = broker.state.results
+    assert results.get("lost").state == "FAILURE"
+    assert results.get("next").state == "FAILURE"
+    assert ready_view(broker.state, "errbacks") == [("errback", 0)]
+    assert not broker.state.handovers.messages
+
+
+def test_a_write_torn_anywhere_in_a_lost_tasks_failure_keeps_its_workflow_whole(tmp_path):
+    """The failure the broker stores, what it unlocks and the release of the kept message
+    go as one record: replay finds all of them, or the task still orphaned and kept."""
+    broker = Broker(tmp_path / "data")
+    worker = _hand_over_with_a_workflow(broker)
+    worker.close()                          # its connection goes: the task is an orphan
+    path = segment_files(tmp_path / "data")[-1]
+    before = os.path.getsize(path)
+    _lose_after_the_grace(broker)
+    _workflow_ended(broker)
+    broker.crash()
+    end = os.path.getsize(path)
+    assert end > before
+    for cut in sorted({before + 1, (before + end) // 2, end - 1, end}):
+        copy = tmp_path / ("cut-%d" % cut)
+        shutil.copytree(str(tmp_path / "data"), str(copy))
+        with open(os.path.join(str(copy), "journal", os.path.basename(path)), "r+b") as f:
+            f.truncate(cut)
+        after = Broker(copy, clock=broker.clock)
+        _lose_after_the_grace(after)
+        _workflow_ended(after)
+
+
+def _resend(client, task_id):
+    errback = P.encode_message(P.Message(b"{}", routing_key="errbacks",
+                                         message_id="errback", type="tasks.on_error",
+                                         flags=P.PERSISTENT))
+    headers = {"x-chain": ["next"],
+               "x-errbacks": [base64.b64encode(errback).decode("ascii")]}
+    client.send(P.PUBLISH, P.encode_message(P.Message(
+        b"{}", routing_key="q", message_id=task_id, type="tasks.add", headers=headers,
+        flags=P.PERSISTENT)))
+
+
+def test_a_refused_result_keeps_a_message_kept_since_for_the_same_task(tmp_path):
+    """A worker's ATOMIC result for T is refused (disk full) in the turn T is handed over
+    again: the newer kept message stands, and compaction still finishes."""
+    broker = Broker(tmp_path / "data", segment_bytes=1024)
+    worker = _hand_over_with_a_workflow(broker, "T")
+    client = broker.connect()
+    _resend(client, "T")                    # the same task id again (a resend)
+    broker.turn()
+    other = worker
+    [delivery] = other.take_deliveries()
+    frame = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
+                            "application/json", b"1")
+    with disk_faults() as faults:
+        faults.full = True
+        seq = worker.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
+        other.ack(delivery.tag, started=True)
+        newer = broker.state.handovers.messages["T"]
+        broker.turn()                       # the write fails: the ATOMIC is refused
+        worker.pump()
+        assert seq in worker.errors
+        faults.heal()
+    broker.turn()
+    assert broker.state.handovers.messages["T"] is newer
+    for n in range(40):                     # enough records to seal and compact segments
+        client.publish("q", "filler-%d" % n)
+        client.purge("q")
+    broker.turn()
+    broker.compact()                        # raises if it never finishes
+    after = broker.reopen()
+    assert list(after.state.handovers.messages) == ["T"]
+
+
+def test_an_aborted_result_keeps_the_kept_message_without_a_journal_too():
+    broker = Broker(None, journal=NullJournal())
+    worker = _hand_over_with_a_workflow(broker)
+    ok = P.encode_result(P.RESULT_SET, 0, "lost", "SUCCESS", P.STORE, 0.0,
+                         "application/json", b"1")
+    bad = P.encode_result(P.RESULT_SET, 0, "", "SUCCESS", P.STORE, 0.0,
+                          "application/json", b"1")     # no task id: the ATOMIC aborts
+    seq = worker.send(P.ATOMIC, P.encode_atomic(0, [ok, bad])[P.HEADER.size:])
+    broker.turn()
+    worker.pump()
+    assert seq in worker.errors
+    assert list(broker.state.handovers.messages) == ["lost"]
+    worker.close()
+    _lose_after_the_grace(broker)
+    _workflow_ended(broker)
+
+
+def test_a_retried_task_handed_over_again_is_still_orphaned_after_compaction(tmp_path):
+    """Compaction copies the first run's RETRY result after its snapshot of handovers:
+    replay must still find the second run handed over, and its kept message."""
+    broker = Broker(tmp_path / "data", segment_bytes=2048)
+    worker = _hand_over_with_a_workflow(broker, "T")
+    worker.set_result("T", "RETRY", b'{"status": "RETRY"}')
+    broker.turn()
+    client = broker.connect()
+    _resend(client, "T")                    # the retry's message
+    broker.turn()
+    [delivery] = worker.take_deliveries()
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    for n in range(80):
+        client.publish("q", "filler-%d" % n)
+        client.purge("q")
+        broker.turn()
+    broker.compact()
+    after = broker.reopen()
+    assert after.summary["orphans"] == 1
+    assert list(after.state.handovers.messages) == ["T"]
+    _lose_after_the_grace(after)
+    assert after.state.results.get("T").state == "FAILURE"
+    assert ready_view(after.state, "errbacks") == [("errback", 0)]
 
 
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
