@@ -468,12 +468,9 @@ def test_a_handed_over_task_without_a_result_fails_with_worker_lost_after_the_gr
     assert again.summary["orphans"] == 0
 
 
-def _hand_over_with_a_workflow(broker, task_id="lost"):
-    """A task with an errback (to queue "errbacks") and the rest of its chain ("next"),
-    handed over to a worker as it starts."""
-    client = broker.connect()
-    client.declare_queue("q")
-    client.declare_queue("errbacks")
+def _send_with_a_workflow(client, task_id):
+    """Publish task `task_id` to queue "q" with an errback (to queue "errbacks") and the
+    rest of its chain ("next")."""
     errback = P.encode_message(P.Message(b"{}", routing_key="errbacks",
                                          message_id="errback", type="tasks.on_error",
                                          flags=P.PERSISTENT))
@@ -482,12 +479,31 @@ def _hand_over_with_a_workflow(broker, task_id="lost"):
     client.send(P.PUBLISH, P.encode_message(P.Message(
         b"{}", routing_key="q", message_id=task_id, type="tasks.add", headers=headers,
         flags=P.PERSISTENT)))
+
+
+def _hand_over_with_a_workflow(broker, task_id="lost"):
+    """A task with a workflow (`_send_with_a_workflow`), handed over to a worker as it
+    starts."""
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    _send_with_a_workflow(client, task_id)
     broker.turn()
     worker = worker_with(broker, "q")
     [delivery] = worker.take_deliveries()
     worker.ack(delivery.tag, started=True)
     broker.turn()
     return worker
+
+
+def _compact_after_fillers(broker, client, count=40):
+    """Enough records to seal segments (each filler published and purged), then a whole
+    compaction pass (raises if it never finishes)."""
+    for n in range(count):
+        client.publish("q", "filler-%d" % n)
+        client.purge("q")
+        broker.turn()
+    broker.compact()
 
 
 def _lose_after_the_grace(broker):
@@ -501,12 +517,7 @@ def test_a_task_lost_with_its_worker_across_a_restart_still_runs_its_errbacks_an
     broker = Broker(tmp_path / "data", segment_bytes=1024)
     _hand_over_with_a_workflow(broker)
     if compacted:
-        client = broker.connect()
-        for n in range(40):             # enough records to seal and compact segments
-            client.publish("q", "filler-%d" % n)
-            client.purge("q")
-        broker.turn()
-        broker.compact()
+        _compact_after_fillers(broker, broker.connect())
     after = broker.reopen()
     assert after.summary["orphans"] == 1
     assert ready_view(after.state, "q") == []   # the kept message is not queued: no rerun
@@ -566,24 +577,13 @@ def test_a_write_torn_anywhere_in_a_lost_tasks_failure_keeps_its_workflow_whole(
         _workflow_ended(after)
 
 
-def _resend(client, task_id):
-    errback = P.encode_message(P.Message(b"{}", routing_key="errbacks",
-                                         message_id="errback", type="tasks.on_error",
-                                         flags=P.PERSISTENT))
-    headers = {"x-chain": ["next"],
-               "x-errbacks": [base64.b64encode(errback).decode("ascii")]}
-    client.send(P.PUBLISH, P.encode_message(P.Message(
-        b"{}", routing_key="q", message_id=task_id, type="tasks.add", headers=headers,
-        flags=P.PERSISTENT)))
-
-
 def test_a_refused_result_keeps_a_message_kept_since_for_the_same_task(tmp_path):
     """A worker's ATOMIC result for T is refused (disk full) in the turn T is handed over
     again: the newer kept message stands, and compaction still finishes."""
     broker = Broker(tmp_path / "data", segment_bytes=1024)
     worker = _hand_over_with_a_workflow(broker, "T")
     client = broker.connect()
-    _resend(client, "T")                    # the same task id again (a resend)
+    _send_with_a_workflow(client, "T")                    # the same task id again (a resend)
     broker.turn()
     other = worker
     [delivery] = other.take_deliveries()
@@ -600,11 +600,7 @@ def test_a_refused_result_keeps_a_message_kept_since_for_the_same_task(tmp_path)
         faults.heal()
     broker.turn()
     assert broker.state.handovers.messages["T"] is newer
-    for n in range(40):                     # enough records to seal and compact segments
-        client.publish("q", "filler-%d" % n)
-        client.purge("q")
-    broker.turn()
-    broker.compact()                        # raises if it never finishes
+    _compact_after_fillers(broker, client)
     after = broker.reopen()
     assert list(after.state.handovers.messages) == ["T"]
 
@@ -634,16 +630,12 @@ def test_a_retried_task_handed_over_again_is_still_orphaned_after_compaction(tmp
     worker.set_result("T", "RETRY", b'{"status": "RETRY"}')
     broker.turn()
     client = broker.connect()
-    _resend(client, "T")                    # the retry's message
+    _send_with_a_workflow(client, "T")                    # the retry's message
     broker.turn()
     [delivery] = worker.take_deliveries()
     worker.ack(delivery.tag, started=True)
     broker.turn()
-    for n in range(80):
-        client.publish("q", "filler-%d" % n)
-        client.purge("q")
-        broker.turn()
-    broker.compact()
+    _compact_after_fillers(broker, client, 80)
     after = broker.reopen()
     assert after.summary["orphans"] == 1
     assert list(after.state.handovers.messages) == ["T"]
