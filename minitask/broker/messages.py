@@ -391,6 +391,7 @@ class Messages:
     def ack(self, session, seq, body):
         flags, messages = self._take_unacked(session, body)
         started = flags & P.STARTED
+        mark = self.sink.mark()
         ids, started_ids, kept = [], [], []
         inflight = self.results.store.inflight
         for message in messages:
@@ -411,16 +412,14 @@ class Messages:
                 ids.append(message.id)
         if not self.sink.persist:
             return
-        records = [rc.publish_record(one.id, 0, HANDED, one.data) for one in kept]
-        if ids:
-            records.append(rc.ids_record(rc.ACK, ids))
-        if started_ids:
-            records.append(rc.names_record(rc.STARTED, started_ids))
+        for one in kept:
+            self.sink.add(rc.publish_record(one.id, 0, HANDED, one.data))
+        self.sink.ids(rc.ACK, ids)
+        self.sink.names(rc.STARTED, started_ids)
         if kept:
-            # A kept message, its original's ack and its handover: all of them or none.
-            records = [rc.compound_record(records)]
-        for record in records:
-            self.sink.add(record)
+            # A kept message, its original's ack, its handover, and the release of one kept
+            # for the same task before: all of them or none.
+            self.sink.bundle(mark)
 
     def _keep(self, task_id, data):
         """Keep the message of a task with a workflow, handed over as it starts: if its

@@ -88,7 +88,10 @@ class ResultCommands:
         self.sink.confirm(session, seq)
 
     def _undo_finish(self, task_id, handover, inflight):
-        """Put back the handover and in-flight state a refused unit's RESULT_SET ended."""
+        """Put back the handover and in-flight state a refused unit's RESULT_SET ended,
+        unless the task was handed over again meanwhile (that newer handover stands)."""
+        if task_id in self.handovers.owner:
+            return
         self.handovers.restore(task_id, handover)
         if inflight is not None:
             self.store.inflight[task_id] = inflight
@@ -249,6 +252,10 @@ class ResultCommands:
             kept = self.handovers.messages.get(task_id)
             if kept is not None and self.on_failed_message is not None:
                 self.on_failed_message(task_id, kept.data)
+        else:
+            # Done already (the broker stored its outcome meanwhile): the handover ends all
+            # the same, so that replay does not orphan it again.
+            self.sink.names(rc.FINISHED, [task_id])
         self.release_kept(task_id)
         self.sink.bundle(mark)
 

@@ -290,9 +290,9 @@ class BrokerState:
             return rc.publish_record(obj.id, obj.deliveries, obj.queue.name, obj.data)
         if self.results.get(obj.task_id) is obj:
             record = rc.result_record(obj)
-            if obj.task_id in self.handovers.owner:
-                # Handed over again since this result (a retry's run, say): a copy written
-                # after the snapshot must not end that handover on replay.
+            if obj.task_id in self.handovers.owner and obj.state not in P.READY_STATES:
+                # Handed over again since this result (a retry's run): a copy written after
+                # the snapshot must not end that handover on replay.
                 return rc.compound_record([record, rc.names_record(rc.STARTED,
                                                                   [obj.task_id])])
             return record

@@ -564,15 +564,9 @@ def test_a_write_torn_anywhere_in_a_lost_tasks_failure_keeps_its_workflow_whole(
     before = os.path.getsize(path)
     _lose_after_the_grace(broker)
     _workflow_ended(broker)
-    broker.crash()
     end = os.path.getsize(path)
     assert end > before
-    for cut in sorted({before + 1, (before + end) // 2, end - 1, end}):
-        copy = tmp_path / ("cut-%d" % cut)
-        shutil.copytree(str(tmp_path / "data"), str(copy))
-        with open(os.path.join(str(copy), "journal", os.path.basename(path)), "r+b") as f:
-            f.truncate(cut)
-        after = Broker(copy, clock=broker.clock)
+    for after in _cut_copies(tmp_path, broker, path, before, end):
         _lose_after_the_grace(after)
         _workflow_ended(after)
 
@@ -642,6 +636,108 @@ def test_a_retried_task_handed_over_again_is_still_orphaned_after_compaction(tmp
     _lose_after_the_grace(after)
     assert after.state.results.get("T").state == "FAILURE"
     assert ready_view(after.state, "errbacks") == [("errback", 0)]
+
+
+def _cut_copies(tmp_path, broker, path, before, end):
+    """Brokers recovered from copies of the journal cut at points between `before` and
+    `end` in segment `path` (the original crashed first)."""
+    broker.crash()
+    for cut in sorted({before + 1, (before + end) // 2, end - 1, end}):
+        copy = tmp_path / ("cut-%d" % cut)
+        shutil.copytree(str(tmp_path / "data"), str(copy))
+        with open(os.path.join(str(copy), "journal", os.path.basename(path)), "r+b") as f:
+            f.truncate(cut)
+        yield Broker(copy, clock=broker.clock)
+
+
+def test_a_write_torn_in_a_second_handover_of_the_same_task_keeps_its_workflow(tmp_path):
+    """Handing a task over again releases the message kept for its first run and keeps the
+    new one: in one record, so a torn write leaves one of them kept."""
+    broker = Broker(tmp_path / "data", segment_bytes=1 << 20)
+    worker = _hand_over_with_a_workflow(broker)
+    _send_with_a_workflow(broker.connect(), "lost")        # the same task again
+    broker.turn()
+    [delivery] = worker.take_deliveries()
+    path = segment_files(tmp_path / "data")[-1]
+    before = os.path.getsize(path)
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    end = os.path.getsize(path)
+    for after in _cut_copies(tmp_path, broker, path, before, end):
+        assert list(after.state.handovers.messages) == ["lost"]
+        _lose_after_the_grace(after)
+        _workflow_ended(after)
+
+
+def test_a_refused_result_leaves_a_newer_handover_of_its_task_alone(tmp_path):
+    """Worker A's ATOMIC result for T is refused (disk full) in the turn worker B is handed
+    T again: T stays B's, not A's again."""
+    broker = Broker(tmp_path / "data")
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    _send_with_a_workflow(client, "T")
+    broker.turn()
+    first = worker_with(broker, "q", prefetch=1)
+    [delivery] = first.take_deliveries()
+    first.ack(delivery.tag, started=True)
+    first.cancel(delivery.consumer_tag)
+    broker.turn()
+    _send_with_a_workflow(client, "T")
+    broker.turn()
+    second = worker_with(broker, "q", prefetch=1)
+    [again] = second.take_deliveries()
+    frame = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
+                            "application/json", b"1")
+    with disk_faults() as faults:
+        faults.full = True
+        seq = first.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
+        second.ack(again.tag, started=True)
+        broker.turn()
+        first.pump()
+        assert seq in first.errors
+        faults.heal()
+    broker.turn()
+    handovers = broker.state.handovers
+    assert handovers.owner["T"] is second.session and "T" in second.session.started
+    first.close()
+    _lose_after_the_grace(broker)
+    assert broker.state.results.get("T") is None            # still running under B
+
+
+@pytest.mark.parametrize("then", ["forgotten", "expired"])
+def test_a_task_done_before_its_worker_was_lost_is_not_orphaned_again(tmp_path, then):
+    """T's outcome is stored by the broker while T is handed over (a duplicate of it was
+    rejected); compaction copies that result; T's worker is lost; the result goes. A
+    restart must not fail T again with WorkerLostError."""
+    broker = Broker(tmp_path / "data", segment_bytes=1024)
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "T")
+    running = worker_with(broker, "q", prefetch=1)
+    [delivery] = running.take_deliveries()
+    running.ack(delivery.tag, started=True)
+    running.cancel(delivery.consumer_tag)
+    broker.turn()
+    publish(broker, client, "q", "T")
+    rejecting = worker_with(broker, "q", prefetch=1)
+    [duplicate] = rejecting.take_deliveries()
+    rejecting.reject(duplicate.tag)
+    broker.turn()
+    assert broker.state.results.get("T").state == "FAILURE"
+    _compact_after_fillers(broker, client)
+    running.close()
+    _lose_after_the_grace(broker)
+    if then == "forgotten":
+        client.forget("T")
+    else:
+        broker.clock.advance(broker.state.options.result_expires + 1)
+    broker.turn()
+    assert broker.state.results.get("T") is None
+    after = broker.reopen()
+    assert after.summary["orphans"] == 0
+    _lose_after_the_grace(after)
+    assert after.state.results.get("T") is None
 
 
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
