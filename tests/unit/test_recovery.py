@@ -571,6 +571,25 @@ def test_a_write_torn_anywhere_in_a_lost_tasks_failure_keeps_its_workflow_whole(
         _workflow_ended(after)
 
 
+def _refuse_a_result_while_handing_over_again(broker, resulting, handing, delivery):
+    """In one turn with the disk full: `resulting` sends T's result in an ATOMIC (refused,
+    as the write fails) and `handing` is handed T again by `delivery`. Returns the message
+    kept for that newer handover."""
+    frame = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
+                            "application/json", b"1")
+    with disk_faults() as faults:
+        faults.full = True
+        seq = resulting.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
+        handing.ack(delivery.tag, started=True)
+        newer = broker.state.handovers.messages["T"]
+        broker.turn()
+        resulting.pump()
+        assert seq in resulting.errors
+        faults.heal()
+    broker.turn()
+    return newer
+
+
 def test_a_refused_result_keeps_a_message_kept_since_for_the_same_task(tmp_path):
     """A worker's ATOMIC result for T is refused (disk full) in the turn T is handed over
     again: the newer kept message stands, and compaction still finishes."""
@@ -579,20 +598,8 @@ def test_a_refused_result_keeps_a_message_kept_since_for_the_same_task(tmp_path)
     client = broker.connect()
     _send_with_a_workflow(client, "T")                    # the same task id again (a resend)
     broker.turn()
-    other = worker
-    [delivery] = other.take_deliveries()
-    frame = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
-                            "application/json", b"1")
-    with disk_faults() as faults:
-        faults.full = True
-        seq = worker.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
-        other.ack(delivery.tag, started=True)
-        newer = broker.state.handovers.messages["T"]
-        broker.turn()                       # the write fails: the ATOMIC is refused
-        worker.pump()
-        assert seq in worker.errors
-        faults.heal()
-    broker.turn()
+    [delivery] = worker.take_deliveries()
+    newer = _refuse_a_result_while_handing_over_again(broker, worker, worker, delivery)
     assert broker.state.handovers.messages["T"] is newer
     _compact_after_fillers(broker, client)
     after = broker.reopen()
@@ -687,17 +694,7 @@ def test_a_refused_result_leaves_a_newer_handover_of_its_task_alone(tmp_path):
     broker.turn()
     second = worker_with(broker, "q", prefetch=1)
     [again] = second.take_deliveries()
-    frame = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
-                            "application/json", b"1")
-    with disk_faults() as faults:
-        faults.full = True
-        seq = first.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
-        second.ack(again.tag, started=True)
-        broker.turn()
-        first.pump()
-        assert seq in first.errors
-        faults.heal()
-    broker.turn()
+    _refuse_a_result_while_handing_over_again(broker, first, second, again)
     handovers = broker.state.handovers
     assert handovers.owner["T"] is second.session and "T" in second.session.started
     first.close()
