@@ -416,10 +416,10 @@ class Messages:
             self.sink.add(rc.publish_record(one.id, 0, HANDED, one.data))
         self.sink.ids(rc.ACK, ids)
         self.sink.names(rc.STARTED, started_ids)
-        if kept:
-            # A kept message, its original's ack, its handover, and the release of one kept
-            # for the same task before: all of them or none.
-            self.sink.bundle(mark)
+        # The acks and the handovers they make (with the messages kept for them, and the
+        # release of one kept for the same task before): all of them or none, so that a
+        # torn write never leaves a task neither queued nor handed over.
+        self.sink.bundle(mark)
 
     def _keep(self, task_id, data):
         """Keep the message of a task with a workflow, handed over as it starts: if its

@@ -93,6 +93,12 @@ class ResultCommands:
         if task_id in self.handovers.owner:
             return
         self.handovers.restore(task_id, handover)
+        owner = handover[0]
+        if getattr(owner, "stage", None) == CLOSED:
+            # Its connection closed in that turn: the task is an orphan, as it would be
+            # had the result never come.
+            owner.started.discard(task_id)
+            self.handovers.orphan(task_id, self.clock())
         if inflight is not None:
             self.store.inflight[task_id] = inflight
 

@@ -233,6 +233,11 @@ class Handovers:
         return len(self.owner)
 
     def start(self, task_id, session, name=None):
+        previous = self.owner.get(task_id)
+        if previous is not None and previous is not session:
+            # Handed over again (a resend's run): the older connection no longer owns it,
+            # so losing that connection must not fail the run going on now.
+            previous.started.discard(task_id)
         self.owner[task_id] = session
         if name:
             self.names[task_id] = name

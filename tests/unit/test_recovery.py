@@ -737,6 +737,76 @@ def test_a_task_done_before_its_worker_was_lost_is_not_orphaned_again(tmp_path, 
     assert after.state.results.get("T") is None
 
 
+def _handed_over_twice(broker):
+    """T sent twice, each run handed over to a worker of its own: ``(first, second)``."""
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    workers = []
+    for _ in range(2):
+        _send_with_a_workflow(client, "T")
+        broker.turn()
+        worker = worker_with(broker, "q", prefetch=1)
+        [delivery] = worker.take_deliveries()
+        worker.ack(delivery.tag, started=True)
+        worker.cancel(delivery.consumer_tag)
+        broker.turn()
+        workers.append(worker)
+    return workers
+
+
+@pytest.mark.parametrize("second_run", ["running", "done"])
+def test_losing_the_worker_of_a_tasks_older_run_does_not_fail_its_newer_run(tmp_path,
+                                                                             second_run):
+    broker = Broker(tmp_path / "data")
+    first, second = _handed_over_twice(broker)
+    assert broker.state.handovers.owner["T"] is second.session
+    if second_run == "done":
+        second.set_result("T", "SUCCESS", store=False)
+        broker.turn()
+    first.close()
+    _lose_after_the_grace(broker)
+    assert broker.state.results.get("T") is None
+    assert ready_view(broker.state, "errbacks") == []
+
+
+def test_a_refused_result_of_a_worker_gone_in_that_turn_leaves_its_task_an_orphan(tmp_path):
+    broker = Broker(tmp_path / "data")
+    worker = _hand_over_with_a_workflow(broker)
+    frame = P.encode_result(P.RESULT_SET, 0, "lost", "SUCCESS", P.STORE, 0.0,
+                            "application/json", b"1")
+    with disk_faults() as faults:
+        faults.full = True
+        worker.send(P.ATOMIC, P.encode_atomic(0, [frame])[P.HEADER.size:])
+        worker.close()                      # its connection drops in the same turn
+        broker.turn()
+        faults.heal()
+    broker.turn()
+    assert "lost" in broker.state.handovers.orphans
+    _lose_after_the_grace(broker)
+    _workflow_ended(broker)
+
+
+def test_a_write_torn_in_a_handover_without_a_workflow_leaves_the_task_queued_or_handed(
+        tmp_path):
+    broker = Broker(tmp_path / "data", segment_bytes=1 << 20)
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "T")
+    worker = worker_with(broker, "q")
+    [delivery] = worker.take_deliveries()
+    path = segment_files(tmp_path / "data")[-1]
+    before = os.path.getsize(path)
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    end = os.path.getsize(path)
+    for after in _cut_copies(tmp_path, broker, path, before, end):
+        _lose_after_the_grace(after)
+        result = after.state.results.get("T")
+        assert (result is not None and result.state == "FAILURE") or live_ids(after.state) \
+            == ["T"]
+
+
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
     _hand_over(broker, "running")
     after = broker.reopen()
