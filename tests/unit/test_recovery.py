@@ -571,6 +571,28 @@ def test_a_write_torn_anywhere_in_a_lost_tasks_failure_keeps_its_workflow_whole(
         _workflow_ended(after)
 
 
+def _a_run_of_t(broker, client, hand_over=True):
+    """Send T (with a workflow) to a worker of its own, prefetch 1: ``(worker, delivery)``;
+    with `hand_over`, the worker is handed T as it starts, and consumes no more."""
+    _send_with_a_workflow(client, "T")
+    broker.turn()
+    worker = worker_with(broker, "q", prefetch=1)
+    [delivery] = worker.take_deliveries()
+    if hand_over:
+        worker.ack(delivery.tag, started=True)
+        worker.cancel(delivery.consumer_tag)
+        broker.turn()
+    return worker, delivery
+
+
+def _handed_over_twice(broker):
+    """T sent twice, each run handed over to a worker of its own: ``(first, second)``."""
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    return [_a_run_of_t(broker, client)[0] for _ in range(2)]
+
+
 def _refuse_a_result_while_handing_over_again(broker, resulting, handing, delivery):
     """In one turn with the disk full: `resulting` sends T's result in an ATOMIC (refused,
     as the write fails) and `handing` is handed T again by `delivery`. Returns the message
@@ -657,6 +679,16 @@ def _cut_copies(tmp_path, broker, path, before, end):
         yield Broker(copy, clock=broker.clock)
 
 
+def _hand_over_torn(tmp_path, broker, worker, delivery):
+    """`worker` is handed `delivery` as it starts; then brokers recovered from copies of
+    the journal with that turn's write torn at points along it."""
+    path = segment_files(tmp_path / "data")[-1]
+    before = os.path.getsize(path)
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    return _cut_copies(tmp_path, broker, path, before, os.path.getsize(path))
+
+
 def test_a_write_torn_in_a_second_handover_of_the_same_task_keeps_its_workflow(tmp_path):
     """Handing a task over again releases the message kept for its first run and keeps the
     new one: in one record, so a torn write leaves one of them kept."""
@@ -665,12 +697,7 @@ def test_a_write_torn_in_a_second_handover_of_the_same_task_keeps_its_workflow(t
     _send_with_a_workflow(broker.connect(), "lost")        # the same task again
     broker.turn()
     [delivery] = worker.take_deliveries()
-    path = segment_files(tmp_path / "data")[-1]
-    before = os.path.getsize(path)
-    worker.ack(delivery.tag, started=True)
-    broker.turn()
-    end = os.path.getsize(path)
-    for after in _cut_copies(tmp_path, broker, path, before, end):
+    for after in _hand_over_torn(tmp_path, broker, worker, delivery):
         assert list(after.state.handovers.messages) == ["lost"]
         _lose_after_the_grace(after)
         _workflow_ended(after)
@@ -683,17 +710,8 @@ def test_a_refused_result_leaves_a_newer_handover_of_its_task_alone(tmp_path):
     client = broker.connect()
     client.declare_queue("q")
     client.declare_queue("errbacks")
-    _send_with_a_workflow(client, "T")
-    broker.turn()
-    first = worker_with(broker, "q", prefetch=1)
-    [delivery] = first.take_deliveries()
-    first.ack(delivery.tag, started=True)
-    first.cancel(delivery.consumer_tag)
-    broker.turn()
-    _send_with_a_workflow(client, "T")
-    broker.turn()
-    second = worker_with(broker, "q", prefetch=1)
-    [again] = second.take_deliveries()
+    first, _delivery = _a_run_of_t(broker, client)
+    second, again = _a_run_of_t(broker, client, hand_over=False)
     _refuse_a_result_while_handing_over_again(broker, first, second, again)
     handovers = broker.state.handovers
     assert handovers.owner["T"] is second.session and "T" in second.session.started
@@ -737,24 +755,6 @@ def test_a_task_done_before_its_worker_was_lost_is_not_orphaned_again(tmp_path, 
     assert after.state.results.get("T") is None
 
 
-def _handed_over_twice(broker):
-    """T sent twice, each run handed over to a worker of its own: ``(first, second)``."""
-    client = broker.connect()
-    client.declare_queue("q")
-    client.declare_queue("errbacks")
-    workers = []
-    for _ in range(2):
-        _send_with_a_workflow(client, "T")
-        broker.turn()
-        worker = worker_with(broker, "q", prefetch=1)
-        [delivery] = worker.take_deliveries()
-        worker.ack(delivery.tag, started=True)
-        worker.cancel(delivery.consumer_tag)
-        broker.turn()
-        workers.append(worker)
-    return workers
-
-
 @pytest.mark.parametrize("second_run", ["running", "done"])
 def test_losing_the_worker_of_a_tasks_older_run_does_not_fail_its_newer_run(tmp_path,
                                                                              second_run):
@@ -795,12 +795,7 @@ def test_a_write_torn_in_a_handover_without_a_workflow_leaves_the_task_queued_or
     publish(broker, client, "q", "T")
     worker = worker_with(broker, "q")
     [delivery] = worker.take_deliveries()
-    path = segment_files(tmp_path / "data")[-1]
-    before = os.path.getsize(path)
-    worker.ack(delivery.tag, started=True)
-    broker.turn()
-    end = os.path.getsize(path)
-    for after in _cut_copies(tmp_path, broker, path, before, end):
+    for after in _hand_over_torn(tmp_path, broker, worker, delivery):
         _lose_after_the_grace(after)
         result = after.state.results.get("T")
         assert (result is not None and result.state == "FAILURE") or live_ids(after.state) \
