@@ -164,7 +164,9 @@ class BrokerState:
         try:
             for kind, frame_body in frames:
                 self._handlers[kind](session, 0, frame_body)
-        except MinitaskError:
+        except Exception:
+            # A client's mistake (answered with its error), or a bug (its connection is
+            # closed): either way none of the unit happens, and no unit is left open.
             self._undo(*self.sink.abort())
             raise
         self.sink.end(session, seq)

@@ -116,6 +116,26 @@ def test_a_failing_command_undoes_the_unit_and_gets_its_error(broker):
     assert live_ids(broker.reopen().state) == []
 
 
+def test_a_bug_met_inside_a_unit_undoes_it_and_leaves_no_unit_open(broker, monkeypatch):
+    """A command of the unit raises what no client mistake raises (a bug): the server
+    closes that connection; the unit is undone, and the next commands are not taken for
+    parts of it (their results are answered, their publishes confirmed)."""
+    client = broker.connect()
+
+    def broken(session, seq, body):
+        raise RuntimeError("a bug")
+    monkeypatch.setitem(broker.state._handlers, P.KV_SET, broken)
+    with pytest.raises(RuntimeError):
+        atomic(client, publish_frame("q", "a"), kv_frame("k", "v"))
+    assert broker.state.sink.open is None
+    assert live_ids(broker.state) == []
+    monkeypatch.undo()
+    other = broker.connect()
+    seq = other.publish("q", "b")
+    broker.turn()
+    assert other.is_confirmed(seq) and live_ids(broker.state) == ["b"]
+
+
 def test_a_refused_unit_puts_its_settings_back(broker):
     client = broker.connect()
     client.kv_set("k", "old")
