@@ -53,13 +53,18 @@ def recover(state):
     for task_id, expires_at in found.revoked.items():
         if expires_at > now:
             state.revoked.add(task_id, expires_at)
-    orphans = 0
+    orphans, finished = 0, []
     for task_id in found.started:
         entry = state.results.get(task_id)
         if entry is None or entry.state not in P.READY_STATES:
             state.handovers.orphan(task_id, now)
             state.results.inflight[task_id] = "STARTED"
             orphans += 1
+        else:
+            finished.append(task_id)
+    # Done already: their handovers end in the journal too, or they would be orphaned by a
+    # later restart, once their results had gone.
+    state.sink.names(rc.FINISHED, sorted(finished))
     _keep_handed(state, handed)
     state.journal.rewrite_faulty(state)
     summary.update(records=found.records, orphans=orphans, revoked=len(state.revoked),

@@ -215,6 +215,8 @@ class ResultCommands:
         entry = self.store.get(task_id)
         if entry is None or entry.state not in P.READY_STATES:
             self.broker_result(task_id, state, exc, self.clock())
+        elif entry.state == "SUCCESS":
+            return                      # a copy of a task that succeeded: nothing failed
         if data is not None and self.on_failed_message is not None:
             self.on_failed_message(task_id, data)
 
@@ -247,6 +249,9 @@ class ResultCommands:
         # Its failure, what that unlocks and the release of its kept message: all or none.
         mark = self.sink.mark()
         name = self.handovers.names.pop(task_id, None)
+        kept = self.handovers.messages.get(task_id)
+        if name is None and kept is not None:   # names are not journalled: after a restart
+            name = P.parse_message(kept.data).type
         entry = self.store.get(task_id)
         if entry is None or entry.state not in P.READY_STATES:
             self.task_stats.finished(name, "FAILURE")
@@ -255,13 +260,13 @@ class ResultCommands:
             self.broker_result(task_id, "FAILURE",
                                WorkerLostError("the worker running the task was lost"), now,
                                name)
-            kept = self.handovers.messages.get(task_id)
             if kept is not None and self.on_failed_message is not None:
                 self.on_failed_message(task_id, kept.data)
         else:
             # Done already (the broker stored its outcome meanwhile): the handover ends all
-            # the same, so that replay does not orphan it again.
+            # the same, so that replay does not orphan it again, and it is not running.
             self.sink.names(rc.FINISHED, [task_id])
+            self.store.inflight.pop(task_id, None)
         self.release_kept(task_id)
         self.sink.bundle(mark)
 

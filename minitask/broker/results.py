@@ -286,7 +286,9 @@ class Handovers:
         heapq.heappush(self._deadlines, (deadline, task_id))
 
     def claim(self, task_id, session):
-        if task_id in self.orphans:
+        """A reconnected worker says it runs `task_id`: it owns it now, also when the
+        broker has not yet seen its old connection go (that one would orphan it)."""
+        if task_id in self.owner:
             self.start(task_id, session)
             return True
         return False

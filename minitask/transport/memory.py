@@ -657,8 +657,14 @@ class Broker:
                           message.data)
 
     def claim(self, session, task_ids):
-        claimed = [task_id for task_id in task_ids if self.orphans.pop(task_id, None)]
+        """As the built-in broker: a reconnected worker owns the tasks it says it runs,
+        orphaned or still under a connection not yet seen to go."""
+        claimed = [task_id for task_id in task_ids if task_id in self.handovers]
         for task_id in claimed:
+            self.orphans.pop(task_id, None)
+            previous = self.handovers[task_id][0]
+            if previous is not None and previous is not session:
+                previous.started.discard(task_id)
             self.handovers[task_id][0] = session
             session.started.add(task_id)
             self.inflight[task_id] = "STARTED"
@@ -717,6 +723,8 @@ class Broker:
         if task_id and not (task_id in self.results and self.results[task_id][0].ready):
             meta = ResultMeta(task_id, state, exc, None, "", 0, time.time())
             self._store(task_id, state, *encode_result_meta(meta, "json"))
+        elif self._final_state(task_id) == "SUCCESS":
+            return                      # a copy of a task that succeeded: nothing failed
         if data is not None:
             self._failed_message(task_id, data)
 

@@ -519,6 +519,25 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     assert waiting(conn, "jobs") == 0          # a handed-over task is not queued again
 
 
+def test_a_claim_made_before_the_old_consumer_is_seen_gone_keeps_the_task(transport):
+    """A worker reconnects and claims its running task while its old connection still
+    looks alive to the broker: the claim stands, and the old one's loss fails nothing."""
+    running = message("jobs")
+    conn = transport.jobs(running)
+    stream = transport.consumer(["jobs"], hostname="w1")
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(running)).state == "STARTED",
+             what="the handover")
+    back = transport.consumer(["jobs"], hostname="w1")
+    back.consumer.claim([task_id(running)])
+    back.say()
+    stream.consumer.lost()
+    # A WorkerLostError would be stored after the grace: wait past it (or for that).
+    assert conn.wait_result(task_id(running), timeout=GRACE + 1.0).state == "STARTED"
+
+
 def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_its_chain(
         transport):
     """What a worker would have sent had it lived: the errbacks of the WorkerLostError, and

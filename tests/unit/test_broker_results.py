@@ -271,13 +271,18 @@ def test_a_claimed_orphan_is_not_lost():
     assert handovers.owner["t"] is new
 
 
-def test_only_orphans_can_be_claimed():
+def test_a_claim_takes_a_task_over_from_a_connection_still_held():
+    """The worker reconnected before the broker saw its old connection go: its claim
+    stands, and losing the old connection later orphans nothing. Only handed-over tasks
+    can be claimed."""
     handovers = Handovers(grace=5.0)
-    owner, thief = session(1), session(2)
-    handovers.start("t", owner)
-    assert handovers.claim("t", thief) is False
-    assert handovers.claim("unknown", thief) is False
-    assert handovers.owner["t"] is owner
+    old, new = session(1), session(2)
+    handovers.start("t", old)
+    assert handovers.claim("t", new) is True
+    assert handovers.claim("unknown", new) is False
+    assert handovers.owner["t"] is new and "t" not in old.started
+    handovers.orphan_all(old, now=0.0)
+    assert handovers.owner["t"] is new and not handovers.orphans
 
 
 def test_a_claimed_task_orphaned_again_gets_a_new_grace_period():

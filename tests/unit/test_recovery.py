@@ -468,9 +468,9 @@ def test_a_handed_over_task_without_a_result_fails_with_worker_lost_after_the_gr
     assert again.summary["orphans"] == 0
 
 
-def _send_with_a_workflow(client, task_id):
+def _send_with_a_workflow(client, task_id, **fields):
     """Publish task `task_id` to queue "q" with an errback (to queue "errbacks") and the
-    rest of its chain ("next")."""
+    rest of its chain ("next"); `fields`: more of the message's."""
     errback = P.encode_message(P.Message(b"{}", routing_key="errbacks",
                                          message_id="errback", type="tasks.on_error",
                                          flags=P.PERSISTENT))
@@ -478,7 +478,7 @@ def _send_with_a_workflow(client, task_id):
                "x-errbacks": [base64.b64encode(errback).decode("ascii")]}
     client.send(P.PUBLISH, P.encode_message(P.Message(
         b"{}", routing_key="q", message_id=task_id, type="tasks.add", headers=headers,
-        flags=P.PERSISTENT)))
+        flags=P.PERSISTENT, **fields)))
 
 
 def _hand_over_with_a_workflow(broker, task_id="lost"):
@@ -800,6 +800,93 @@ def test_a_write_torn_in_a_handover_without_a_workflow_leaves_the_task_queued_or
         result = after.state.results.get("T")
         assert (result is not None and result.state == "FAILURE") or live_ids(after.state) \
             == ["T"]
+
+
+def test_a_finished_task_handed_over_again_is_not_orphaned_by_a_later_restart(tmp_path):
+    """T succeeded and is sent and handed over again; a restart finds it done (not an
+    orphan) and must end that handover in the journal too, or a later restart, once T's
+    result is gone, would fail the long-finished task with WorkerLostError."""
+    broker = Broker(tmp_path / "data")
+    client = broker.connect()
+    client.declare_queue("q")
+    publish(broker, client, "q", "T")
+    worker = worker_with(broker, "q", prefetch=1)
+    [delivery] = worker.take_deliveries()
+    worker.ack(delivery.tag, started=True)
+    worker.set_result("T", "SUCCESS", b'"first"')
+    broker.turn()
+    publish(broker, client, "q", "T")               # the same task id sent again
+    [delivery] = worker.take_deliveries()
+    worker.ack(delivery.tag, started=True)
+    broker.turn()
+    after = broker.reopen()
+    assert after.summary["orphans"] == 0
+    after.connect().forget("T")
+    after.turn()
+    again = after.reopen()
+    assert again.summary["orphans"] == 0
+    _lose_after_the_grace(again)
+    assert again.state.results.get("T") is None
+
+
+def test_a_claim_while_the_broker_still_holds_the_old_connection_keeps_the_task(tmp_path):
+    """The worker reconnected before the broker saw its connection drop: its claim stands,
+    and the old connection's loss later does not fail the task it still runs."""
+    broker = Broker(tmp_path / "data")
+    old = _hand_over_with_a_workflow(broker)
+    new = broker.connect(worker="w1")
+    seq = new.claim("lost")
+    broker.turn()
+    new.pump()
+    assert new.oks[seq] == {"claimed": 1}
+    old.close()
+    _lose_after_the_grace(broker)
+    assert broker.state.results.get("lost") is None
+    new.set_result("lost", "SUCCESS")
+    broker.turn()
+    assert not broker.state.handovers.messages and not new.session.started
+
+
+def test_a_lost_claimed_task_with_a_final_result_is_not_left_running(tmp_path):
+    broker = Broker(tmp_path / "data")
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("errbacks")
+    first, _delivery = _a_run_of_t(broker, client)
+    first.close()                                   # T is an orphan
+    rejecting, duplicate = _a_run_of_t(broker, client, hand_over=False)
+    rejecting.reject(duplicate.tag)                 # FAILURE (DeadLetteredError) for T
+    broker.turn()
+    claiming = broker.connect(worker="w1")
+    claiming.claim("T")
+    broker.turn()
+    claiming.close()
+    _lose_after_the_grace(broker)
+    assert "T" not in broker.state.handovers.owner
+    assert "T" not in broker.state.results.inflight
+
+
+def test_a_task_lost_after_a_restart_is_counted_under_its_name(tmp_path):
+    broker = Broker(tmp_path / "data")
+    _hand_over_with_a_workflow(broker)
+    after = broker.reopen()
+    _lose_after_the_grace(after)
+    assert after.state.results.get("lost").state == "FAILURE"
+    assert after.state.task_stats.report()["tasks.add"]["failed"] == 1
+
+
+def test_a_dropped_copy_of_a_task_that_succeeded_unlocks_no_failure(tmp_path):
+    """A publisher's retry of a send (its confirm was lost) arrives expired after the task
+    succeeded: it is dropped, and neither its errbacks run nor the rest of its chain fails."""
+    broker = Broker(tmp_path / "data")
+    worker = _hand_over_with_a_workflow(broker, "T")
+    worker.set_result("T", "SUCCESS", b'{"status": "SUCCESS", "result": 1}')
+    broker.turn()
+    _send_with_a_workflow(broker.connect(), "T", expires_at=broker.clock() - 1)
+    broker.turn()
+    assert broker.state.results.get("T").state == "SUCCESS"
+    assert broker.state.results.get("next") is None
+    assert ready_view(broker.state, "errbacks") == []
 
 
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
