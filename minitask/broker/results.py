@@ -17,7 +17,8 @@ replies and journal records.
 
 import heapq
 
-__all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers", "HANDED", "HANDING"]
+__all__ = ["ResultEntry", "ResultStore", "Revoked", "Handovers", "HANDED", "HANDING",
+           "same_worker"]
 
 # The journal's queue name for the message kept for a handed-over task. A NUL byte starts
 # it: no name a client declares looks like it.
@@ -215,6 +216,14 @@ class Revoked:
         return self._expiry[0][0] if self._expiry else None
 
 
+def same_worker(one, other):
+    """Whether two connections are of one worker process (the hostname and pid each said
+    in its HELLO)."""
+    ours = (one.info.get("hostname"), one.info.get("pid"))
+    return ours != (None, None) and ours == (other.info.get("hostname"),
+                                            other.info.get("pid"))
+
+
 class Handovers:
     """Started tasks owned by live connections, and orphans waiting to be claimed."""
 
@@ -286,12 +295,17 @@ class Handovers:
         heapq.heappush(self._deadlines, (deadline, task_id))
 
     def claim(self, task_id, session):
-        """A reconnected worker says it runs `task_id`: it owns it now, also when the
-        broker has not yet seen its old connection go (that one would orphan it)."""
-        if task_id in self.owner:
-            self.start(task_id, session)
-            return True
-        return False
+        """A reconnected worker says it runs `task_id`: it owns it now if it is an orphan,
+        or under a connection of that same worker the broker has not seen go yet (which
+        would orphan it). A task under another worker's connection (a second run of the
+        same task id) stays that worker's."""
+        if task_id not in self.owner:
+            return False
+        owner = self.owner[task_id]
+        if owner is not None and owner is not session and not same_worker(owner, session):
+            return False
+        self.start(task_id, session)
+        return True
 
     def lost(self, now):
         """Orphans whose grace period is over: their workers are gone. Their names stay in

@@ -38,7 +38,7 @@ import threading
 import time
 
 from .. import __version__, control, protocol as P
-from ..broker.results import KEEP_RECHECK
+from ..broker.results import KEEP_RECHECK, same_worker
 from ..broker.routing import Exchange
 from ..exceptions import (
     BrokerConnectionError, BrokerError, DeadLetteredError, MinitaskError, NotDeliverableError,
@@ -602,10 +602,10 @@ class Broker:
             message.where = DEAD
             task_id = P.message_id_of(message.data)
             if started:
-                self.handovers[task_id] = [session, P.parse_message(message.data).type,
-                                           message.data]
+                self.handovers.setdefault(task_id, [None, "", b""])[1:] = [
+                    P.parse_message(message.data).type, message.data]
                 self.orphans.pop(task_id, None)
-                session.started.add(task_id)
+                self._hand_over(task_id, session)
                 self.inflight[task_id] = "STARTED"
             else:
                 self.inflight.pop(task_id, None)
@@ -659,21 +659,30 @@ class Broker:
     def claim(self, session, task_ids):
         """As the built-in broker: a reconnected worker owns the tasks it says it runs,
         orphaned or still under a connection not yet seen to go."""
-        claimed = [task_id for task_id in task_ids if task_id in self.handovers]
+        claimed = [task_id for task_id in task_ids if task_id in self.handovers and (
+            self.handovers[task_id][0] in (None, session)
+            or same_worker(self.handovers[task_id][0], session))]
         for task_id in claimed:
             self.orphans.pop(task_id, None)
-            previous = self.handovers[task_id][0]
-            if previous is not None and previous is not session:
-                previous.started.discard(task_id)
-            self.handovers[task_id][0] = session
-            session.started.add(task_id)
+            self._hand_over(task_id, session)
             self.inflight[task_id] = "STARTED"
         return {"claimed": len(claimed)}
+
+    def _hand_over(self, task_id, session):
+        """`session` owns handed-over `task_id` now; a connection that had it does not."""
+        previous = self.handovers[task_id][0]
+        if previous is not None and previous is not session:
+            previous.started.discard(task_id)
+        self.handovers[task_id][0] = session
+        session.started.add(task_id)
 
     def _worker_lost(self, task_id, deadline):
         if self.orphans.get(task_id) == deadline:
             del self.orphans[task_id]
             data = self.handovers.pop(task_id)[2]
+            if self._final_state(task_id) is not None:
+                self.inflight.pop(task_id, None)    # done already: it is not running
+                return
             logger.warning("task %s: its worker is gone; stored FAILURE (WorkerLostError)",
                            task_id)
             self._store_final(task_id, "FAILURE",

@@ -562,6 +562,58 @@ def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_it
     assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
 
 
+def _handed_over_then_sent_again(transport, data):
+    """`data` is published and handed over to a consumer "w1", which then takes nothing
+    more, and published again: ``(connection, that consumer)``."""
+    conn = transport.jobs(data)
+    stream = transport.consumer(["jobs"], hostname="w1")
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(data)).state == "STARTED", what="the handover")
+    stream.consumer.pause()
+    stream.say()
+    conn.publish(data)                              # the same task id again
+    return conn, stream
+
+
+def test_losing_the_consumer_of_a_tasks_older_run_does_not_fail_its_newer_run(transport):
+    """The same task id is sent again and handed over to another worker: the first
+    worker's loss leaves the run going on under the second alone."""
+    first_run = message("jobs")
+    conn, older = _handed_over_then_sent_again(transport, first_run)
+    newer = transport.consumer(["jobs"], hostname="w2")
+    [again] = newer.receive()
+    newer.consumer.ack_started(again.delivery_tag)
+    newer.say()
+    wait_for(lambda: any(row["worker"] == "w2" for row in conn.status()["running"]),
+             what="the newer run's handover")
+    older.consumer.lost()
+    # A WorkerLostError would be stored after the grace: wait past it (or for that).
+    assert conn.wait_result(task_id(first_run), timeout=GRACE + 1.0).state == "STARTED"
+
+
+def test_a_handed_over_task_that_failed_meanwhile_is_not_failed_again_when_lost(transport):
+    """A copy of a running task is rejected (its FAILURE is stored, its errback sent);
+    then its worker is lost: the task is not failed a second time (one errback), and it is
+    no longer listed as running."""
+    running, _later = _with_workflow(transport)
+    conn, stream = _handed_over_then_sent_again(transport, running)
+    rejecting = transport.consumer(["jobs"], hostname="w2")
+    [copy] = rejecting.receive()
+    rejecting.consumer.reject(copy.delivery_tag, requeue=False)
+    rejecting.say()
+    wait_for(lambda: conn.get_result(task_id(running)).state == "FAILURE",
+             what="the copy's failure")
+    stream.consumer.lost()
+    deadline = time.monotonic() + GRACE + 1.0
+    while time.monotonic() < deadline:              # past the grace: a second failure
+        rejecting.pump(0.1)                         # would have come (a live worker sweeps)
+        rejecting.say()
+    assert waiting(conn, "errbacks") == 1
+    assert not [row for row in conn.status()["running"] if row["task_id"] == task_id(running)]
+
+
 @pytest.mark.parametrize("turns", ["next turn", "same turn"])
 @pytest.mark.parametrize("store", [False, True], ids=["ignored", "stored"])
 def test_a_handed_over_task_that_ends_is_done(transport, turns, store):

@@ -271,18 +271,34 @@ def test_a_claimed_orphan_is_not_lost():
     assert handovers.owner["t"] is new
 
 
+def worker_session(number, hostname="w1", pid=100):
+    one = session(number)
+    one.info = {"hostname": hostname, "pid": pid}
+    return one
+
+
 def test_a_claim_takes_a_task_over_from_a_connection_still_held():
     """The worker reconnected before the broker saw its old connection go: its claim
     stands, and losing the old connection later orphans nothing. Only handed-over tasks
     can be claimed."""
     handovers = Handovers(grace=5.0)
-    old, new = session(1), session(2)
+    old, new = worker_session(1), worker_session(2)
     handovers.start("t", old)
     assert handovers.claim("t", new) is True
     assert handovers.claim("unknown", new) is False
     assert handovers.owner["t"] is new and "t" not in old.started
     handovers.orphan_all(old, now=0.0)
     assert handovers.owner["t"] is new and not handovers.orphans
+
+
+def test_a_claim_leaves_a_task_under_another_workers_connection_alone():
+    """Another worker runs a second run of the same task id: the first run's worker, come
+    back, does not take it (losing that worker later must not fail the other's run)."""
+    handovers = Handovers(grace=5.0)
+    other, back = worker_session(1, "w2", 200), worker_session(2, "w1", 100)
+    handovers.start("t", other)
+    assert handovers.claim("t", back) is False
+    assert handovers.owner["t"] is other and "t" in other.started
 
 
 def test_a_claimed_task_orphaned_again_gets_a_new_grace_period():
