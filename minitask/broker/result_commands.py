@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 # STATUS lists this many of the most recent failures.
 RECENT_FAILURES = 50
 _MISSING = object()
+# What RESULT_SET returns when it kept a SUCCESS (the rest of its ATOMIC unit is void).
+SUCCEEDED_ALREADY = "succeeded already"
 
 
 class ResultCommands:
@@ -72,9 +74,14 @@ class ResultCommands:
                 self._undo_finish, task_id, self.handovers.checkpoint(task_id),
                 self.store.inflight.get(task_id)))
         handed = self.handovers.finish(task_id)
-        if handed and not flags & P.STORE:
+        # As Celery's result backends: a SUCCESS is never replaced by another state. A copy
+        # of the task that ended otherwise (dropped as revoked or expired, failed, retried)
+        # changes nothing, and what it unlocks is void (`succeeded_already`).
+        kept = state != "SUCCESS" and self.succeeded_already(task_id)
+        store = flags & P.STORE and not kept
+        if handed and not store:
             self.sink.names(rc.FINISHED, [task_id])
-        if flags & P.STORE:
+        if store:
             now = self.clock()
             self.store_result(task_id, state, content_type, payload, now,
                               now + (ttl if ttl > 0 else self.result_expires),
@@ -86,6 +93,11 @@ class ResultCommands:
             # the task still orphaned with its message, or done with it.
             self.release_kept(task_id)
         self.sink.confirm(session, seq)
+        return SUCCEEDED_ALREADY if kept else None
+
+    def succeeded_already(self, task_id):
+        entry = self.store.get(task_id)
+        return entry is not None and entry.state == "SUCCESS"
 
     def _undo_finish(self, task_id, handover, inflight):
         """Put back the handover and in-flight state a refused unit's RESULT_SET ended,

@@ -33,7 +33,7 @@ from .journal import NullJournal
 from .messages import Messages
 from .queue import DEAD, StoredMessage
 from .recovery import recover
-from .result_commands import ResultCommands
+from .result_commands import SUCCEEDED_ALREADY, ResultCommands
 from .results import HANDED, HANDING
 from .session import CLOSED, OPEN, Session
 from .sink import Sink
@@ -162,8 +162,10 @@ class BrokerState:
         frames = P.decode_atomic(body)
         self.sink.begin()
         try:
-            for kind, frame_body in frames:
-                self._handlers[kind](session, 0, frame_body)
+            for index, (kind, frame_body) in enumerate(frames):
+                done = self._handlers[kind](session, 0, frame_body)
+                if index == 0 and done is SUCCEEDED_ALREADY:
+                    break               # a copy of a task that succeeded unlocks nothing
         except Exception:
             # A client's mistake (answered with its error), or a bug (its connection is
             # closed): either way none of the unit happens, and no unit is left open.

@@ -699,9 +699,11 @@ class Broker:
         self.orphans.pop(task_id, None)
         if owner is not None:
             owner.started.discard(task_id)
+        self.inflight.pop(task_id, None)
+        if state != "SUCCESS" and self._final_state(task_id) == "SUCCESS":
+            return          # as the built-in broker: a SUCCESS stays, and unlocks no failure
         if store:
             self._store(task_id, state, content_type, payload)
-        self.inflight.pop(task_id, None)
         for other in chained:
             self._store(other, state, content_type, payload)
         for route in routes:

@@ -298,7 +298,7 @@ class Consumer(base.Consumer):
         if not errbacks and not chained:
             return []
         content_type, payload = transport_meta(held.task_id, "REVOKED", why, time.time())
-        return [("result", (task_id, "REVOKED", content_type, payload, True),
+        return [("result", (task_id, "REVOKED", content_type, payload, True, held.task_id),
                  errbacks if task_id == held.task_id else [])
                 for task_id in [held.task_id] + list(chained)]
 
@@ -428,8 +428,9 @@ class Consumer(base.Consumer):
         payload = bytes(payload)
         self._calls.append(("result", (task_id, state, content_type, payload, store),
                             list(publish)))
-        for other in chained:
-            self._calls.append(("result", (other, state, content_type, payload, True), []))
+        for other in chained:       # void, as `task_id`'s own, if `task_id` succeeded
+            self._calls.append(("result", (other, state, content_type, payload, True,
+                                           task_id), []))
 
     def reply(self, reply_to, data):
         key = self.client.keys.reply(reply_to) if self.client else None

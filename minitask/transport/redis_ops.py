@@ -134,8 +134,10 @@ def chord_publications(topology, data, fields=None):
 def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=True,
                  record=None, result=None, release_ahead=0.5):
     """PUBLISH of `publications` under topology `version`; with `record` ``(key, json)``
-    set first, with `result` ``(task_id, state, content_type, payload, store)`` stored.
-    Delayed messages are released `release_ahead` seconds before they are due."""
+    set first, with `result` ``(task_id, state, content_type, payload, store[, guard])``
+    stored. A result other than SUCCESS, and what the call publishes, is void when task
+    `guard` (by default its own) has SUCCESS stored. Delayed messages are released
+    `release_ahead` seconds before they are due."""
     call_keys = [keys.topology, keys.stats, keys.delayed, keys.delayed_messages,
                  keys.expiring, keys.control]
     args = [version, ttl_ms, "all" if all_or_nothing else "each", ms(release_ahead)]
@@ -155,6 +157,12 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
         call_keys += [keys.result(result[0]), keys.inflight, keys.handovers, keys.orphans,
                       keys.failures, keys.handed_messages]
         args += ["1"] + list(result[:4]) + [int(bool(result[4]))]
+        guard = result[5] if len(result) > 5 else None
+        if guard is not None:
+            call_keys.append(keys.result(guard))
+            args.append("1")
+        else:
+            args.append("0")
     else:
         args.append("0")
     groups = []

@@ -511,6 +511,11 @@ if next_arg() == '1' then
             task_id = next_arg(),
             state = next_arg(), content_type = next_arg(), payload = next_arg(),
             store = next_arg() == '1'}
+  result.guard = next_arg() == '1' and next_key() or result.key
+  -- As Celery's result backends: a SUCCESS is never replaced by another state. A copy of
+  -- a task that succeeded which ends otherwise (dropped as revoked or expired, failed,
+  -- retried), and the rest of its chain, change nothing and publish nothing.
+  result.void = result.state ~= 'SUCCESS' and final_state(result.guard) == 'SUCCESS'
 end
 
 local messages, targets = {}, {}
@@ -724,12 +729,16 @@ local function park_all()
   end
 end
 
+if result and result.void then
+  messages = {}
+  if result.guard ~= result.key then return 0 end    -- not this worker's task: untouched
+end
 if mode == 'all' then
   for _, m in ipairs(messages) do check(m) end
 end
 if record then redis.call('HSET', record.kv, record.key, record.value) end
 if result then
-  if result.store then
+  if result.store and not result.void then
     store_result(result.key, result.state, result.content_type, result.payload, nil, ttl_ms,
                  now, result.failures, result.task_id)
   end

@@ -371,6 +371,32 @@ def test_result_stored_with_what_it_unlocks_makes_both_visible_at_once(transport
     assert waiting(conn, "next") == 1          # no wait: it came with the result
 
 
+@pytest.mark.parametrize("state", ["FAILURE", "REVOKED", "RETRY", "STARTED"])
+def test_a_task_that_succeeded_keeps_its_result_when_a_copy_of_it_ends_otherwise(
+        transport, state):
+    """As Celery's result backends: a SUCCESS is never replaced by another state. A second
+    copy of the task (a publisher's retry after a lost confirm, a redelivery) that a worker
+    drops as revoked or expired, or that fails, retries or starts, changes nothing: no
+    errback runs and the rest of its chain is not failed, since the task succeeded."""
+    stream = transport.consumer(["jobs"])
+    conn = transport.client()
+    conn.declare_queue("errbacks")
+    done, later, marker = ("%s-%s" % (name, uuid.uuid4().hex[:8])
+                           for name in ("done", "later", "marker"))
+    stream.consumer.store_result(done, "SUCCESS", *result_payload(done))
+    final = state in ("FAILURE", "REVOKED")
+    stream.consumer.store_result(
+        done, state, *result_payload(done, state, "copy"),
+        publish=[message("errbacks")] if final else (), chained=[later] if final else ())
+    stream.consumer.store_result(marker, "SUCCESS", *result_payload(marker))
+    stream.say()
+    conn.wait_result(marker, timeout=PATIENCE)   # said last: the others were handled before
+    result = conn.get_result(done)
+    assert result.state == "SUCCESS" and result_value(done, result) == 42
+    assert waiting(conn, "errbacks") == 0
+    assert conn.get_result(later).state == "PENDING"
+
+
 def test_ignored_result_is_not_stored(transport):
     stream = transport.consumer(["jobs"])
     conn = transport.client()

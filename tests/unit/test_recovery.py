@@ -889,6 +889,37 @@ def test_a_dropped_copy_of_a_task_that_succeeded_unlocks_no_failure(tmp_path):
     assert ready_view(broker.state, "errbacks") == []
 
 
+def test_a_second_run_that_fails_after_the_first_succeeded_leaves_success_across_a_restart(
+        tmp_path):
+    """Both copies of a task ran; the second failed after the first succeeded. Its ATOMIC
+    unit (FAILURE, the rest of its chain, its errback) is void but for ending its
+    handover: a restart neither finds its failure nor orphans its run."""
+    broker = Broker(tmp_path / "data")
+    worker = _hand_over_with_a_workflow(broker, "T")
+    worker.set_result("T", "SUCCESS", b'{"status": "SUCCESS", "result": 1}')
+    _send_with_a_workflow(broker.connect(), "T")
+    broker.turn()
+    [copy] = worker.take_deliveries()
+    worker.ack(copy.tag, started=True)
+    failure = P.encode_result(P.RESULT_SET, 0, "T", "FAILURE", P.STORE, 0.0,
+                              "application/json", b'{"status": "FAILURE"}')
+    chained = P.encode_result(P.RESULT_SET, 0, "next", "FAILURE", P.STORE, 0.0,
+                              "application/json", b'{"status": "FAILURE"}')
+    errback = P.encode_frame(P.PUBLISH, 0, P.encode_message(P.Message(
+        b"{}", routing_key="errbacks", message_id="errback", flags=P.PERSISTENT)))
+    seq = worker.send(P.ATOMIC, P.encode_atomic(0, [failure, chained, errback])[
+        P.HEADER.size:])
+    broker.turn()
+    worker.pump()
+    assert worker.confirmed >= seq and not worker.errors
+    for state in (broker.state, broker.reopen().state):
+        assert state.results.get("T").state == "SUCCESS"
+        assert state.results.get("next") is None
+        assert ready_view(state, "errbacks") == []
+        assert "T" not in state.result_commands.handovers.owner
+        assert state.results.inflight.get("T") is None
+
+
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
     _hand_over(broker, "running")
     after = broker.reopen()
