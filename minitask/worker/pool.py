@@ -14,7 +14,9 @@ fast; a slow or unknown task waits in the main process until some child is idle,
 task never holds up short ones behind it.
 
 Shared memory per child slot: the seq of the last job it started, when, whether it is still
-running, and the job a soft time limit was meant for. The main process reads it to tell, when
+running, the job a soft time limit was meant for, and the signal the main process sent to stop
+it (a child ignores a SIGTERM it was not sent that way: one sent to every process of the
+worker is the main process's to act on). The main process reads it to tell, when
 a child dies, which job was running (WorkerLostError or a requeue), which finished but were
 never reported, and which never started (handed to another child). One shared `epoch`
 invalidates every job queued before it (lost connection, shutdown): children skip those.
@@ -57,10 +59,11 @@ _LEN = struct.Struct("!I")
 # The shared memory: _GLOBALS doubles, then one slot of _SLOT doubles per child.
 _EPOCH, _REVOKE_GEN = 0, 1              # globals: jobs queued before the epoch are skipped;
 _GLOBALS = 2                            # the revoke list changed (children read their inbox)
-# In a child's slot: the seq of the last job it started, when, whether it still runs it, and
-# the seq of the job a soft time limit was meant for (a signal must not hit the next job).
-_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ = 0, 1, 2, 3
-_SLOT = 4
+# In a child's slot: the seq of the last job it started, when, whether it still runs it, the
+# seq of the job a soft time limit was meant for (a signal must not hit the next job), and
+# the signal the worker sent it to stop it (a SIGTERM sent by anyone else is ignored).
+_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ, _KILLED_BY = 0, 1, 2, 3, 4
+_SLOT = 5
 
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
@@ -399,7 +402,9 @@ class Pool:
         return None if soonest is None else max(0.0, soonest - now)
 
     def kill(self, child, signum=None):
-        _signal(child.pid, signal.SIGKILL if signum is None else signum)
+        signum = signal.SIGKILL if signum is None else signum
+        self.shm[_GLOBALS + child.slot * _SLOT + _KILLED_BY] = float(signum)
+        _signal(child.pid, signum)
 
     def running_job(self, child):
         seq, _at, running = self.slot_state(child)
@@ -494,8 +499,8 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
         except OSError:
             pass                        # not open in this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process decides on Ctrl-C
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     runner = _ChildRunner(slot, inbox, outbox, shm, config)
+    signal.signal(signal.SIGTERM, runner.on_sigterm)  # and on a SIGTERM sent to all of us
     try:
         runner.setup()
     except Exception as exc:            # the user's modules or loader: report it, once
@@ -554,6 +559,7 @@ class _ChildRunner:
         self.done = 0
         self.eof = False
         self.parent = os.getppid()
+        self.pid = os.getpid()
         self.django = False
 
     def setup(self):
@@ -577,6 +583,17 @@ class _ChildRunner:
             signal.signal(signal.SIGUSR1, self._soft_limit)
         self.execute = execute_delivery
         self.on_failure = failure_mailer()
+
+    def on_sigterm(self, signum, frame):
+        """SIGTERM from this child's worker (a revoke that terminates) ends it as the default
+        action would. One sent to every process of the worker (systemd's default
+        KillMode, ``kill -- -PGID``, pkill) is ignored: the worker got it too, and stops
+        warmly, letting the running task finish. Also after a fork of a task (another
+        process), or once the worker is gone, SIGTERM ends the process."""
+        if self.shm[self.base + _KILLED_BY] == float(signum) or os.getpid() != self.pid \
+                or os.getppid() != self.parent:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def _soft_limit(self, signum, frame):
         if self.current is not None and self.shm[self.base + _SOFT_SEQ] == float(self.current) \

@@ -28,6 +28,21 @@ def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start
     assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
 
 
+def test_sigterm_to_every_process_of_the_worker_is_a_warm_shutdown(broker, start_worker,
+                                                                   tmp_path):
+    """systemd's default KillMode (control-group), `kill -- -PGID` and pkill send SIGTERM to
+    the pool processes too: the running task still finishes, as with the worker alone."""
+    worker = start_worker(args=["-c", "2"])
+    running = ittasks.sleep.delay(1.0, "group")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "group") == ["start"], 10,
+             what="the long task to start")
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.process.wait(20) == 0
+    assert running.get(timeout=5) == 1.0
+    assert ittasks.read_trace(tmp_path, "group") == ["start", "end"]
+    assert "died" not in worker.proc.output()
+
+
 def test_a_second_signal_is_a_cold_shutdown(broker, start_worker, tmp_path):
     worker = start_worker(args=["-c", "1", "--shutdown-timeout", "60"])
     ittasks.sleep_late.delay(30, "cold")
