@@ -52,6 +52,7 @@ class ResultCommands:
         self.kv = {}
         self.leases = {}                # name -> (holder, expires_at)
         self.recent_failures = []       # (time, task id), newest last
+        self._unwritten = set()         # ids whose result an ATOMIC of this turn stored
         # Set by the chords part: on_final(task_id, state) after a final result is stored;
         # on_failed_message(task_id, data) after the broker stored FAILURE or REVOKED for
         # the task of message `data` (its errbacks run).
@@ -96,8 +97,11 @@ class ResultCommands:
         return SUCCEEDED_ALREADY if kept else None
 
     def succeeded_already(self, task_id):
+        """Whether `task_id` has SUCCESS stored for good: not by a unit of this turn, which
+        a failed write may still refuse (the result it would then have kept is stored)."""
         entry = self.store.get(task_id)
-        return entry is not None and entry.state == "SUCCESS"
+        return entry is not None and entry.state == "SUCCESS" \
+            and task_id not in self._unwritten
 
     def _undo_finish(self, task_id, handover, inflight):
         """Put back the handover and in-flight state a refused unit's RESULT_SET ended,
@@ -125,6 +129,8 @@ class ResultCommands:
             sink.on_refuse(functools.partial(self._undo_store, entry, old,
                                              old.segment if old else None,
                                              store.inflight.get(task_id)))
+            self._unwritten.add(task_id)
+            sink.after_write(functools.partial(self._unwritten.discard, task_id))
         old = store.set(entry)
         if old is not None:
             sink.untrack(old)
@@ -145,6 +151,7 @@ class ResultCommands:
     def _undo_store(self, entry, old, segment, inflight):
         """Put back what a refused unit's `store_result` replaced, unless it was replaced
         again since (by a command outside the unit, which stands)."""
+        self._unwritten.discard(entry.task_id)
         if self.store.get(entry.task_id) is entry:
             self.sink.untrack(self.store.restore(entry.task_id, old, inflight))
             if segment is not None:

@@ -702,10 +702,9 @@ class Broker:
         self.inflight.pop(task_id, None)
         if state != "SUCCESS" and self._final_state(task_id) == "SUCCESS":
             return          # as the built-in broker: a SUCCESS stays, and unlocks no failure
-        if store:
-            self._store(task_id, state, content_type, payload)
-        for other in chained:
-            self._store(other, state, content_type, payload)
+        for stored in ([task_id] if store else []) + list(chained):
+            if state == "SUCCESS" or self._final_state(stored) != "SUCCESS":
+                self._store(stored, state, content_type, payload)
         for route in routes:
             self._enqueue(route)
 

@@ -512,10 +512,13 @@ if next_arg() == '1' then
             state = next_arg(), content_type = next_arg(), payload = next_arg(),
             store = next_arg() == '1'}
   result.guard = next_arg() == '1' and next_key() or result.key
-  -- As Celery's result backends: a SUCCESS is never replaced by another state. A copy of
-  -- a task that succeeded which ends otherwise (dropped as revoked or expired, failed,
-  -- retried), and the rest of its chain, change nothing and publish nothing.
-  result.void = result.state ~= 'SUCCESS' and final_state(result.guard) == 'SUCCESS'
+  -- As Celery's result backends: a SUCCESS stored is never replaced by another state. A
+  -- copy of a task that succeeded which ends otherwise (dropped as revoked or expired,
+  -- failed, retried), and the rest of its chain, change nothing and publish nothing (void).
+  if result.state ~= 'SUCCESS' then
+    result.void = final_state(result.guard) == 'SUCCESS'
+    result.kept = result.void or final_state(result.key) == 'SUCCESS'
+  end
 end
 
 local messages, targets = {}, {}
@@ -738,7 +741,7 @@ if mode == 'all' then
 end
 if record then redis.call('HSET', record.kv, record.key, record.value) end
 if result then
-  if result.store and not result.void then
+  if result.store and not result.kept then
     store_result(result.key, result.state, result.content_type, result.payload, nil, ttl_ms,
                  now, result.failures, result.task_id)
   end

@@ -397,6 +397,23 @@ def test_a_task_that_succeeded_keeps_its_result_when_a_copy_of_it_ends_otherwise
     assert conn.get_result(later).state == "PENDING"
 
 
+def test_the_rest_of_a_stopped_chain_keeps_a_success_of_its_own(transport):
+    """A copy of T fails with no SUCCESS of T stored (ignore_result, expired, forgotten),
+    but the next task of its chain, B, succeeded meanwhile: T fails, B keeps its SUCCESS."""
+    stream = transport.consumer(["jobs"])
+    conn = transport.client()
+    first, following, marker = ("%s-%s" % (name, uuid.uuid4().hex[:8])
+                                for name in ("first", "following", "marker"))
+    stream.consumer.store_result(following, "SUCCESS", *result_payload(following))
+    stream.consumer.store_result(first, "FAILURE", *result_payload(first, "FAILURE", "copy"),
+                                 chained=[following])
+    stream.consumer.store_result(marker, "SUCCESS", *result_payload(marker))
+    stream.say()
+    conn.wait_result(marker, timeout=PATIENCE)
+    assert conn.get_result(first).state == "FAILURE"
+    assert conn.get_result(following).state == "SUCCESS"
+
+
 def test_ignored_result_is_not_stored(transport):
     stream = transport.consumer(["jobs"])
     conn = transport.client()

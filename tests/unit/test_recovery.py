@@ -920,6 +920,41 @@ def test_a_second_run_that_fails_after_the_first_succeeded_leaves_success_across
         assert state.results.inflight.get("T") is None
 
 
+def test_a_failure_is_not_dropped_for_a_success_whose_write_is_refused(tmp_path):
+    """Two copies of T run; in one turn the first's SUCCESS comes in an ATOMIC unit and the
+    second's FAILURE as a plain result. The disk refuses the turn's write, so the unit is
+    undone: the FAILURE, confirmed and written again, is T's result (not a SUCCESS that
+    never was, and not nothing, which would later fail T as lost)."""
+    broker = Broker(tmp_path / "data")
+    client = broker.connect()
+    client.declare_queue("q")
+    client.declare_queue("callbacks")
+    client.publish("q", "T")
+    client.publish("q", "T")                # a publisher's retry: a second copy
+    broker.turn()
+    worker = worker_with(broker, "q")
+    copies = worker.take_deliveries()
+    for copy in copies:
+        worker.ack(copy.tag, started=True)
+    broker.turn()
+    success = P.encode_result(P.RESULT_SET, 0, "T", "SUCCESS", P.STORE, 0.0,
+                              "application/json", b'{"status": "SUCCESS"}')
+    callback = P.encode_frame(P.PUBLISH, 0, P.encode_message(P.Message(
+        b"{}", routing_key="callbacks", message_id="callback", flags=P.PERSISTENT)))
+    with disk_faults() as faults:
+        faults.full = True
+        worker.send(P.ATOMIC, P.encode_atomic(0, [success, callback])[P.HEADER.size:])
+        seq = worker.set_result("T", "FAILURE", b'{"status": "FAILURE"}')
+        broker.turn()
+        faults.heal()
+    broker.turn()
+    worker.pump()
+    assert len(copies) == 2 and worker.confirmed >= seq
+    for state in (broker.state, broker.reopen().state):
+        assert state.results.get("T").state == "FAILURE"
+        assert ready_view(state, "callbacks") == []
+
+
 def test_an_orphan_claimed_within_the_grace_does_not_fail(broker):
     _hand_over(broker, "running")
     after = broker.reopen()
