@@ -109,22 +109,45 @@ def _argument(arg):
                     % (arg, type(arg).__name__))
 
 
+# Key names and script digests come back in every call of a script (a worker's FETCH names
+# some thirty keys each turn): the encoding of a short string is kept, for up to this many
+# strings, which are then all forgotten at once (task ids come and go through it too).
+_KEPT_STRINGS = 4096
+_KEPT_LENGTH = 200
+_kept = {}
+# Larger arguments go as three parts rather than be copied into one.
+_SMALL_BYTES = 4096
+
+
 def _encode_into(parts, args):
     parts.append(b"*%d\r\n" % len(args))
     append = parts.append
+    kept = _kept
     for arg in args:
         kind = type(arg)                # the common types first, without a call
+        if kind is str:
+            bulk = kept.get(arg)
+            if bulk is None:
+                data = arg.encode("utf-8")
+                bulk = b"$%d\r\n%b\r\n" % (len(data), data)
+                if len(arg) <= _KEPT_LENGTH:
+                    if len(kept) >= _KEPT_STRINGS:
+                        kept.clear()
+                    kept[arg] = bulk
+            append(bulk)
+            continue
         if kind is bytes:
             data = arg
-        elif kind is str:
-            data = arg.encode("utf-8")
         elif kind is int:
             data = b"%d" % arg
         else:
             data = _argument(arg)
-        append(b"$%d\r\n" % len(data))
-        append(data)
-        append(b"\r\n")
+        if len(data) <= _SMALL_BYTES:
+            append(b"$%d\r\n%b\r\n" % (len(data), data))
+        else:
+            append(b"$%d\r\n" % len(data))
+            append(data)
+            append(b"\r\n")
 
 
 def encode_command(*args):

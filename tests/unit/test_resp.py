@@ -75,6 +75,20 @@ def test_a_pipeline_is_the_commands_one_after_another():
         resp.encode_command(*command) for command in commands)
 
 
+def test_strings_sent_again_and_again_encode_the_same_in_bounded_memory():
+    """Short strings keep their encoding (key names recur in every call of a script), but
+    a process that sends ever new ones (task ids) does not grow for it."""
+    long_one = "k" * (resp._KEPT_LENGTH + 1)
+    big = b"\x01" * (resp._SMALL_BYTES + 1)
+    for round in range(2):
+        assert decode_all(resp.encode_command("SET", "key:é", long_one, big))[0] == [
+            [b"SET", "key:é".encode("utf-8"), long_one.encode("ascii"), big]]
+    for n in range(resp._KEPT_STRINGS * 2):
+        resp.encode_command("GET", "task-%d" % n)
+    assert len(resp._kept) <= resp._KEPT_STRINGS and long_one not in resp._kept
+    assert decode_all(resp.encode_command("GET", "task-1"))[0] == [[b"GET", b"task-1"]]
+
+
 def test_subclasses_of_str_and_int_go_as_their_plain_value():
     import enum
 
