@@ -499,6 +499,9 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
         except OSError:
             pass                        # not open in this process
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process decides on Ctrl-C
+    # A forked child inherits the worker's wake-up fd, closed here: a signal handled in
+    # Python would write to whatever now has that number.
+    signal.set_wakeup_fd(-1)
     runner = _ChildRunner(slot, inbox, outbox, shm, config)
     signal.signal(signal.SIGTERM, runner.on_sigterm)  # and on a SIGTERM sent to all of us
     try:
