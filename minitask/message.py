@@ -33,11 +33,12 @@ travels in Celery's dict form, every task id in it assigned when the workflow wa
                                     SUCCESS the first one is sent with the result prepended
                                     to its args (unless immutable), carrying the rest
     "callbacks": [signature, ...]   ``link=``: each sent with the result on SUCCESS
-    "chord":     {"results": [id or [id, ...], ...]}
+    "chord":     {"results": [id or [id, ...], ...], "immutable": true}
                                     on a chord's body: the ids of the header's results, in
                                     the header's order (a list where a header member is a
                                     group); the body gets their values, nested alike, as its
-                                    first argument
+                                    first argument, unless it is immutable (``.si()``; the
+                                    key is there only then)
 
 and optional message headers, for the broker (which never decodes a body)::
 

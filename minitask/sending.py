@@ -304,7 +304,11 @@ class _Outbox:
             for member in sig.tasks:
                 self.add(member, args, kwargs, parked)
         elif isinstance(sig, chord):
-            self.add(sig.body, (), {}, parked=result_ids(sig.tasks))
+            waited = result_ids(sig.tasks)
+            if not waited:          # as Celery: nothing to wait for, the body runs with []
+                self.add(sig.body, ([],), {}, parked)
+                return
+            self.add(sig.body, (), {}, parked=waited)
             self.add(sig.tasks, args, kwargs, parked)
         elif isinstance(sig, chunks):
             self.add(sig.group(), args, kwargs, parked)
@@ -338,7 +342,10 @@ class _Outbox:
         if waiting:
             headers["x-chord"] = list(waiting)
         if parked is not None:
-            message.chord = {"results": parked}
+            # An immutable body waits all the same, and fails if the header does, but is
+            # not given the header's values.
+            message.chord = {"results": parked, "immutable": True} if sig.immutable \
+                else {"results": parked}
             headers["x-chord-wait"] = list(_flat(parked))
         if headers:
             _check_header_size(sig, headers)

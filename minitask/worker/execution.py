@@ -223,12 +223,13 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         return failed(data, task_id, name, "REVOKED", exc, None, 0.0, "json", "expired")
     if message.chord is not None:
         try:
-            message.args = (chord_values(message.chord["results"], _header_result),) \
-                + tuple(message.args)
+            values = chord_values(message.chord["results"], _header_result)
         except ChordError as exc:
             logger.error("Task %s[%s] (a chord's body) cannot run: %s", name, task_id, exc)
             return failed(data, task_id, name, "FAILURE", exc, None, 0.0, serializer,
                           "chord failed: %s" % exc)
+        if not message.chord.get("immutable"):
+            message.args = (values,) + tuple(message.args)
         message.chord = None            # its values are in the args now (a retry keeps them)
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel)

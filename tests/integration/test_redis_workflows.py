@@ -17,6 +17,8 @@ from test_workflows import (  # noqa: E402,F401  (collected here again, on Redis
     flow_worker,
     test_a_chain_passes_each_result_on_and_its_result_is_its_last_tasks,
     test_a_chord_body_gets_every_header_result_in_order,
+    test_a_chord_with_an_empty_header_runs_its_body_with_an_empty_list,
+    test_an_immutable_chord_body_waits_for_the_header_but_gets_no_results,
     test_a_chord_inside_a_chain_is_sent_by_the_worker,
     test_a_failing_header_task_fails_the_chord_naming_it_and_calls_its_errback,
     test_a_failing_link_stops_the_chain_and_calls_its_errback,

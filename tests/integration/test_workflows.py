@@ -88,6 +88,19 @@ def test_a_group_piped_into_a_task_is_a_chord(broker, flow_worker):
         .get(timeout=30) == 6
 
 
+def test_an_immutable_chord_body_waits_for_the_header_but_gets_no_results(broker,
+                                                                           flow_worker):
+    assert chord([itflow.add.s(1, 1), itflow.add.s(2, 2)], itflow.tsum.si([100])).delay() \
+        .get(timeout=30) == 100
+    assert (group(itflow.add.s(1, 1), itflow.add.s(2, 2)) | itflow.tsum.si([7])).delay() \
+        .get(timeout=30) == 7
+
+
+def test_a_chord_with_an_empty_header_runs_its_body_with_an_empty_list(broker, flow_worker):
+    assert chord([], itflow.tsum.s()).delay().get(timeout=30) == 0
+    assert (group([]) | itflow.tsum.s()).delay().get(timeout=30) == 0
+
+
 def test_a_chord_inside_a_chain_is_sent_by_the_worker(broker, flow_worker):
     result = (itflow.add.s(1, 1) | group(itflow.add.s(1), itflow.add.s(2)) | itflow.tsum.s()
               | itflow.mul.s(10)).delay()
