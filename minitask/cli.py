@@ -200,6 +200,10 @@ def parse(argv):
         if not answer and command is None and word is not None:
             answer = habits.command_answer(word)
             command = word if answer else None
+        if not answer and command in ("inspect", "control"):
+            method = _first_word(after, ("-t", "--timeout", "-d", "--destination"))
+            answer = habits.method_answer(command, method)
+            flag = method if answer else flag
         if answer:
             raise _ArgumentError(command, "%s: %s" % (flag, answer) if flag else answer) \
                 from None
@@ -216,16 +220,30 @@ def parse(argv):
 def _split_at_command(argv):
     """``(words before, the command word, words after)``: the command word is the first that
     is neither an option nor the value of -A or -b (None when there is none)."""
+    index = _first_word_at(argv, _GLOBAL_VALUED)
+    if index is None:
+        return argv, None, []
+    return argv[:index], argv[index], argv[index + 1:]
+
+
+def _first_word(words, valued):
+    index = _first_word_at(words, valued)
+    return None if index is None else words[index]
+
+
+def _first_word_at(words, valued):
+    """Where the first of `words` is that is neither an option nor the value of one of the
+    options in `valued` (None: nowhere)."""
     index = 0
-    while index < len(argv):
-        word = argv[index]
-        if word in _GLOBAL_VALUED:
+    while index < len(words):
+        word = words[index]
+        if word in valued:
             index += 2
         elif word.startswith("-"):
             index += 1
         else:
-            return argv[:index], word, argv[index + 1:]
-    return argv, None, []
+            return index
+    return None
 
 
 def _habit_in(words, command):

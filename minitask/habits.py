@@ -7,7 +7,7 @@ minitask does not is looked up here when the parser reports it, so the user read
 instead of "unrecognized arguments". Pure data and lookups: nothing here prints.
 """
 
-__all__ = ["command_answer", "flag_answer", "flag_of"]
+__all__ = ["command_answer", "flag_answer", "flag_of", "method_answer"]
 
 _DAEMON = ("minitask does not daemonize: run the worker under a service manager (systemd, "
            "supervisord, runit), which keeps its pid and user")
@@ -82,6 +82,48 @@ _COMMANDS = {
     "logtool": "minitask has no logtool: the worker logs one line per task received, "
                "succeeded, retried and failed",
 }
+
+
+# Celery's inspect and control methods that minitask's do not have.
+_POOL_SIZE = "a worker's pool has a fixed size: restart it with -c N"
+_NO_EVENTS = ("minitask sends no task events: the broker counts every task itself "
+              "(minitask status --http HOST:PORT serves the page and /metrics)")
+_METHODS = {
+    "inspect": {
+        "active_queues": "the queues each worker consumes are in minitask inspect stats "
+                         "(and minitask status)",
+        "query_task": "minitask result TASK_ID tells a task's state; minitask inspect "
+                      "active lists what runs now",
+        "conf": "a worker's settings are your settings module; minitask inspect stats "
+                "shows its pool, queues and broker",
+        "report": "minitask inspect stats",
+        "clock": "minitask has no logical clock: minitask inspect stats tells each worker's "
+                 "uptime",
+        "memdump": "minitask inspect stats; watch memory with your system's tools",
+        "memsample": "minitask inspect stats; watch memory with your system's tools",
+        "objgraph": "minitask has no objgraph: use your system's tools on the pool's pids "
+                    "(minitask inspect stats lists them)",
+    },
+    "control": {
+        "time_limit": "give the task a time limit: @task(time_limit=SECONDS, "
+                      "soft_time_limit=SECONDS), then restart the workers",
+        "terminate": "minitask control revoke TASK_ID --terminate",
+        "pool_grow": _POOL_SIZE, "pool_shrink": _POOL_SIZE, "autoscale": _POOL_SIZE,
+        "pool_restart": "restart the worker under its service manager: its pool starts "
+                        "with the code as it is now",
+        "enable_events": _NO_EVENTS, "disable_events": _NO_EVENTS,
+        "heartbeat": "the worker's heartbeat to the broker is built in; there is nothing "
+                     "to ask for",
+        "election": "one beat sends at a time already (a lease in the broker); start "
+                    "workers with --beat",
+        "cancel_consumer_all": "minitask control cancel_consumer QUEUE, once per queue",
+    },
+}
+
+
+def method_answer(command, method):
+    """The minitask way for a Celery inspect or control method minitask lacks, or None."""
+    return _METHODS.get(command, {}).get(method)
 
 
 def flag_of(token):

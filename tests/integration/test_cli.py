@@ -298,6 +298,15 @@ def test_status_and_metrics_say_how_many_journal_records_were_found_lost(tmp_pat
     (["status", "--foo"], "minitask status: error: unrecognized arguments: ", "--foo"),
     (["call", "it.add", "--eta", "2030-01-01"], "minitask call: error: --eta: ", "--countdown"),
     (["inspect", "nonsense"], "minitask inspect: error: argument method: ", "'nonsense'"),
+    (["inspect", "active_queues"], "minitask inspect: error: active_queues: ", "inspect stats"),
+    (["inspect", "-t", "2", "query_task", "x"], "minitask inspect: error: query_task: ",
+     "minitask result TASK_ID"),
+    (["control", "time_limit", "it.add", "5"], "minitask control: error: time_limit: ",
+     "@task(time_limit="),
+    (["control", "-d", "w1", "pool_grow", "2"], "minitask control: error: pool_grow: ",
+     "-c N"),
+    (["control", "terminate", "SIGKILL", "x"], "minitask control: error: terminate: ",
+     "revoke TASK_ID --terminate"),
     (["-b", "minitask://127.0.0.1:1", "demo"], "minitask demo: ", "--host and --port"),
 ])
 def test_celery_habits_are_answered_in_one_line_naming_the_subcommand(args, prefix, says):
