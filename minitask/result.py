@@ -18,6 +18,7 @@ any of them reaches every task of the workflow it can see through those links, i
 ones that have not been sent yet.
 """
 
+import datetime
 import time
 
 from .exceptions import TaskRevokedError, TimeoutError
@@ -130,6 +131,14 @@ class AsyncResult(ResultBase):
     @property
     def traceback(self):
         return self._fetch().traceback
+
+    @property
+    def date_done(self):
+        """When the task ended, as an aware UTC datetime (Celery's); None until it has."""
+        meta = self._fetch()
+        if meta.status not in READY_STATES or not meta.date_done:
+            return None
+        return datetime.datetime.fromtimestamp(meta.date_done, datetime.timezone.utc)
 
     def get(self, timeout=None, propagate=True, interval=None):
         """Wait for the final state; return the value or raise the task's exception.

@@ -1,5 +1,6 @@
 """A real broker and a real worker, driven through the public API as a user would."""
 
+import datetime
 import json
 import sys
 import time
@@ -22,6 +23,16 @@ def test_add_returns_its_sum(broker, start_worker):
     result = ittasks.add.delay(2, 2)
     assert result.get(timeout=10) == 4
     assert result.state == "SUCCESS" and result.successful() and result.ready()
+
+
+def test_date_done_is_when_the_task_ended_and_none_before(broker, start_worker):
+    before = datetime.datetime.now(datetime.timezone.utc)
+    assert AsyncResult("never-sent").date_done is None
+    start_worker()
+    result = ittasks.add.delay(2, 3)
+    assert result.get(timeout=10) == 5
+    assert before <= AsyncResult(result.id).date_done <= \
+        datetime.datetime.now(datetime.timezone.utc)
 
 
 def test_the_guides_task_class_is_called_on_the_class_itself(broker, start_worker, tmp_path):
