@@ -32,6 +32,7 @@ worker gives jobs only to children that reported ready.
 import collections
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import select
@@ -39,6 +40,7 @@ import signal
 import struct
 import sys
 import sysconfig
+import threading
 import time
 import traceback
 
@@ -59,11 +61,16 @@ _LEN = struct.Struct("!I")
 # The shared memory: _GLOBALS doubles, then one slot of _SLOT doubles per child.
 _EPOCH, _REVOKE_GEN = 0, 1              # globals: jobs queued before the epoch are skipped;
 _GLOBALS = 2                            # the revoke list changed (children read their inbox)
-# In a child's slot: the seq of the last job it started, when, whether it still runs it, the
-# seq of the job a soft time limit was meant for (a signal must not hit the next job), and
-# the signal the worker sent it to stop it (a SIGTERM sent by anyone else is ignored).
-_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ, _KILLED_BY = 0, 1, 2, 3, 4
+# In a child's slot: the seq of the last job it started, when, whether it still runs it, and
+# the seq of the job a soft time limit or a terminating revoke was meant for (a signal must not
+# hit the next job; a SIGTERM meant for no job of the child is ignored).
+_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ, _TERM_SEQ = 0, 1, 2, 3, 4
 _SLOT = 5
+# What the worker sends a pool process for the SIGTERM of a revoke(terminate=True): a SIGTERM
+# itself is the main process's to act on (`_ChildRunner.on_sigterm`, in Python, so only once a
+# call into C returns), so where there are real-time signals it sends one of those, nobody
+# else's, which the child leaves to its default action: it ends the process at once.
+_TERMINATE = signal.SIGRTMAX - 1 if hasattr(signal, "SIGRTMAX") else None
 
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
@@ -177,6 +184,16 @@ class Pool:
     # -- children --------------------------------------------------------------------------------
 
     def start(self):
+        if self.start_method == "forkserver" \
+                and threading.current_thread() is threading.main_thread():
+            # Its server process would die of a SIGTERM sent to every process of the worker
+            # (and the pool with it): it starts ignoring SIGTERM, which its children then
+            # leave to `_ChildRunner.on_sigterm`.
+            ignored = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            try:
+                multiprocessing.forkserver.ensure_running()
+            finally:
+                signal.signal(signal.SIGTERM, ignored)
         for slot in range(self.concurrency):
             self._spawn(slot)
 
@@ -402,8 +419,12 @@ class Pool:
         return None if soonest is None else max(0.0, soonest - now)
 
     def kill(self, child, signum=None):
+        """Send `child` `signum` (SIGKILL by default); a SIGTERM ends the job it runs now."""
         signum = signal.SIGKILL if signum is None else signum
-        self.shm[_GLOBALS + child.slot * _SLOT + _KILLED_BY] = float(signum)
+        if signum == signal.SIGTERM:
+            self.shm[_GLOBALS + child.slot * _SLOT + _TERM_SEQ] = \
+                float(self.slot_state(child)[0])
+            signum = _TERMINATE or signum
         _signal(child.pid, signum)
 
     def running_job(self, child):
@@ -433,6 +454,8 @@ class Pool:
         if code is None:
             return "still running"
         if code < 0:
+            if -code == _TERMINATE:
+                code = -signal.SIGTERM  # the one it stands for
             try:
                 return "signal %d (%s)" % (-code, signal.Signals(-code).name)
             except ValueError:
@@ -503,7 +526,10 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
     # Python would write to whatever now has that number.
     signal.set_wakeup_fd(-1)
     runner = _ChildRunner(slot, inbox, outbox, shm, config)
-    signal.signal(signal.SIGTERM, runner.on_sigterm)  # and on a SIGTERM sent to all of us
+    signal.signal(signal.SIGTERM, runner.on_sigterm)  # and on a SIGTERM sent to all of us,
+    signal.siginterrupt(signal.SIGTERM, False)       # which must not cut a task's C calls short
+    if _TERMINATE is not None:
+        signal.signal(_TERMINATE, signal.SIG_DFL)
     try:
         runner.setup()
     except Exception as exc:            # the user's modules or loader: report it, once
@@ -588,13 +614,15 @@ class _ChildRunner:
         self.on_failure = failure_mailer()
 
     def on_sigterm(self, signum, frame):
-        """SIGTERM from this child's worker (a revoke that terminates) ends it as the default
-        action would. One sent to every process of the worker (systemd's default
-        KillMode, ``kill -- -PGID``, pkill) is ignored: the worker got it too, and stops
-        warmly, letting the running task finish. Also after a fork of a task (another
-        process), or once the worker is gone, SIGTERM ends the process."""
-        if self.shm[self.base + _KILLED_BY] == float(signum) or os.getpid() != self.pid \
-                or os.getppid() != self.parent:
+        """A SIGTERM sent to every process of the worker (systemd's default KillMode,
+        ``kill -- -PGID``, pkill) is ignored: the worker got it too, and stops warmly,
+        letting the running task finish. One the worker meant for the running job (a
+        terminating revoke, where there is no `_TERMINATE` signal) ends the process as the
+        default action would; so does any after a fork of a task (another process), or once
+        the worker is gone."""
+        meant = self.current is not None \
+            and self.shm[self.base + _TERM_SEQ] == float(self.current)
+        if meant or os.getpid() != self.pid or os.getppid() != self.parent:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
 

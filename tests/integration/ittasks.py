@@ -5,6 +5,7 @@ temporary folder (``ITTASKS_DIR``): appends of a short line are atomic, so the t
 runs even when pool processes die.
 """
 
+import hashlib
 import os
 import signal
 import time
@@ -55,6 +56,14 @@ def sleep(seconds, tag=""):
     if tag:
         _trace(tag, "end")
     return seconds
+
+
+@task(name="it.crunch")
+def crunch(tag=""):
+    """Minutes in one call into C that checks no signal (a stuck C extension)."""
+    _trace(tag, "start")
+    hashlib.pbkdf2_hmac("sha256", b"minitask", b"salt", 10 ** 9)
+    _trace(tag, "end")
 
 
 @task(name="it.sleep_late", acks_late=True)

@@ -294,6 +294,20 @@ def test_revoke_with_terminate_stops_a_running_task(broker, start_worker, tmp_pa
     assert ittasks.add.delay(1, 2).get(timeout=10) == 3
 
 
+def test_revoke_with_terminate_stops_a_task_inside_one_long_call_into_c(broker, start_worker,
+                                                                          tmp_path):
+    """The SIGTERM asked for ends the process at once, as its default action does: a
+    handler in Python would run only once the call returned (minutes later)."""
+    start_worker()
+    result = ittasks.crunch.delay("crunch")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "crunch") == ["start"], 10,
+             what="the task to start")
+    result.revoke(terminate=True)
+    with pytest.raises(TaskRevokedError):
+        result.get(timeout=10)
+    assert ittasks.read_trace(tmp_path, "crunch") == ["start"]
+
+
 def test_routing_to_a_queue_of_the_queues_setting(broker, start_worker):
     queues = {"video": {"exchange": "media", "exchange_type": "topic",
                         "binding_key": "video.#"}}

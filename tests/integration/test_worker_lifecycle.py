@@ -28,11 +28,13 @@ def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start
     assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
 def test_sigterm_to_every_process_of_the_worker_is_a_warm_shutdown(broker, start_worker,
-                                                                   tmp_path):
+                                                                   tmp_path, start_method):
     """systemd's default KillMode (control-group), `kill -- -PGID` and pkill send SIGTERM to
-    the pool processes too: the running task still finishes, as with the worker alone."""
-    worker = start_worker(args=["-c", "2"])
+    the pool processes too (and to the forkserver's): the running task still finishes, as
+    with the worker alone."""
+    worker = start_worker(args=["-c", "2", "--start-method", start_method])
     running = ittasks.sleep.delay(1.0, "group")
     wait_for(lambda: ittasks.read_trace(tmp_path, "group") == ["start"], 10,
              what="the long task to start")
