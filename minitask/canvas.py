@@ -690,13 +690,14 @@ def send(sig, args=None, kwargs=None, options=None):
 
 def entries(sig):
     """The signatures whose messages start `sig`: a chain's first task, a group's members, a
-    chord's header (its body waits, and starts when the header is done)."""
+    chord's header (its body waits, and starts when the header is done; at once when the
+    header is empty)."""
     if isinstance(sig, chain):
         return entries(sig.tasks[0]) if sig.tasks else []
     if isinstance(sig, group):
         return [entry for member in sig.tasks for entry in entries(member)]
-    if isinstance(sig, chord):
-        return entries(sig.tasks)
+    if isinstance(sig, chord):          # with an empty header, the body starts at once
+        return entries(sig.tasks) or entries(sig.body)
     if isinstance(sig, chunks):
         return entries(sig.group())
     return [sig]

@@ -286,36 +286,39 @@ class _Outbox:
         self.messages = []
         self.declare = set()
 
-    def add(self, sig, args, kwargs, parked=None):
+    def add(self, sig, args, kwargs, parked=None, given=True):
         """Add the messages that start `sig`; `parked`: they wait for these result ids (a
-        chord's body), whose values they get as their first argument."""
+        chord's body), whose values they get as their first argument unless not `given`."""
         if isinstance(sig, chain):
             steps = sig.tasks
             if not steps:
                 raise ConfigurationError("chain(): an empty chain has nothing to run")
             if len(steps) == 1:
-                self.add(steps[0], args, kwargs, parked)
+                self.add(steps[0], args, kwargs, parked, given)
             elif isinstance(steps[0], (chain, group, chord)):
                 raise ConfigurationError("%r: a chain's first link must be a task when more "
                                          "follow (build it with chain() or |)" % (sig,))
             else:
-                self.add_task(steps[0], args, kwargs, parked, rest=steps[1:])
+                self.add_task(steps[0], args, kwargs, parked, given, rest=steps[1:])
         elif isinstance(sig, group):
             for member in sig.tasks:
-                self.add(member, args, kwargs, parked)
+                self.add(member, args, kwargs, parked, given)
         elif isinstance(sig, chord):
             waited = result_ids(sig.tasks)
-            if not waited:          # as Celery: nothing to wait for, the body runs with []
-                self.add(sig.body, ([],), {}, parked)
+            if not waited:
+                # As Celery: nothing to wait for, the body runs with [] (after what this
+                # chord waits for, if it is another chord's body, whose values its empty
+                # header would have taken).
+                self.add(sig.body, ([],), {}, parked, given=False)
                 return
             self.add(sig.body, (), {}, parked=waited)
-            self.add(sig.tasks, args, kwargs, parked)
+            self.add(sig.tasks, args, kwargs, parked, given)
         elif isinstance(sig, chunks):
-            self.add(sig.group(), args, kwargs, parked)
+            self.add(sig.group(), args, kwargs, parked, given)
         else:
-            self.add_task(sig, args, kwargs, parked)
+            self.add_task(sig, args, kwargs, parked, given)
 
-    def add_task(self, sig, args, kwargs, parked=None, rest=None):
+    def add_task(self, sig, args, kwargs, parked=None, given=True, rest=None):
         if not sig.immutable:
             args, kwargs = args + sig.args, dict(sig.kwargs, **kwargs)
         else:
@@ -344,8 +347,8 @@ class _Outbox:
         if parked is not None:
             # An immutable body waits all the same, and fails if the header does, but is
             # not given the header's values.
-            message.chord = {"results": parked, "immutable": True} if sig.immutable \
-                else {"results": parked}
+            message.chord = {"results": parked, "immutable": True} \
+                if sig.immutable or not given else {"results": parked}
             headers["x-chord-wait"] = list(_flat(parked))
         if headers:
             _check_header_size(sig, headers)

@@ -99,6 +99,14 @@ def test_an_immutable_chord_body_waits_for_the_header_but_gets_no_results(broker
 def test_a_chord_with_an_empty_header_runs_its_body_with_an_empty_list(broker, flow_worker):
     assert chord([], itflow.tsum.s()).delay().get(timeout=30) == 0
     assert (group([]) | itflow.tsum.s()).delay().get(timeout=30) == 0
+    # As another chord's body, it waits for that chord's header, but its own (empty)
+    # header takes those values: its body still gets [] alone, as it does eagerly.
+    nested = chord([itflow.add.s(1, 1)], chord([], itflow.tsum.s()))
+    assert nested.apply().get() == 0
+    assert nested.delay().get(timeout=30) == 0
+    beside = chord([itflow.add.s(1, 1)], group(chord([], itflow.tsum.s()), itflow.first.s()))
+    assert beside.apply().get() == [0, 2]
+    assert beside.delay().get(timeout=30) == [0, 2]
 
 
 def test_a_chord_inside_a_chain_is_sent_by_the_worker(broker, flow_worker):
