@@ -11,39 +11,29 @@ from cluster import wait_for
 from minitask.exceptions import WorkerLostError
 
 
+@pytest.mark.parametrize("sent_to, start_method", [
+    ("the worker", "fork"), ("every process", "fork"), ("every process", "forkserver")])
 def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start_worker,
-                                                                   tmp_path):
-    worker = start_worker(args=["-c", "1"])
+                                                                   tmp_path, sent_to,
+                                                                   start_method):
+    """SIGTERM to the worker; or to every process of it, as systemd's default KillMode
+    (control-group), `kill -- -PGID` and pkill send it (the pool's processes and a
+    forkserver's too): either way the running task finishes."""
+    worker = start_worker(args=["-c", "1", "--start-method", start_method])
     running = ittasks.sleep.delay(1.0, "warm")
     waiting = [ittasks.add.delay(i, i) for i in range(3)]
     wait_for(lambda: ittasks.read_trace(tmp_path, "warm") == ["start"], 10,
              what="the long task to start")
-    os.kill(worker.proc.pid, signal.SIGTERM)
+    (os.killpg if sent_to == "every process" else os.kill)(worker.proc.pid, signal.SIGTERM)
     assert worker.proc.process.wait(20) == 0
     assert running.get(timeout=5) == 1.0
     assert ittasks.read_trace(tmp_path, "warm") == ["start", "end"]
     assert all(r.state == "PENDING" for r in waiting)
     assert broker.queue()["ready"] == 3
-    start_worker()
-    assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
-
-
-@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
-def test_sigterm_to_every_process_of_the_worker_is_a_warm_shutdown(broker, start_worker,
-                                                                   tmp_path, start_method):
-    """systemd's default KillMode (control-group), `kill -- -PGID` and pkill send SIGTERM to
-    the pool processes too (and to the forkserver's): the running task still finishes, as
-    with the worker alone."""
-    worker = start_worker(args=["-c", "2", "--start-method", start_method])
-    running = ittasks.sleep.delay(1.0, "group")
-    wait_for(lambda: ittasks.read_trace(tmp_path, "group") == ["start"], 10,
-             what="the long task to start")
-    os.killpg(worker.proc.pid, signal.SIGTERM)
-    assert worker.proc.process.wait(20) == 0
-    assert running.get(timeout=5) == 1.0
-    assert ittasks.read_trace(tmp_path, "group") == ["start", "end"]
     output = worker.proc.output()
     assert "died" not in output and "Exception ignored" not in output, output
+    start_worker()
+    assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
 
 
 def test_a_second_signal_is_a_cold_shutdown(broker, start_worker, tmp_path):
