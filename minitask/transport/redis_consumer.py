@@ -65,7 +65,8 @@ class Consumer(base.Consumer):
 
     def __init__(self, settings, queues, prefetch, worker_info, hostname):
         self.settings = settings
-        self.queues = list(queues)
+        self.queues = list(queues)      # replaced, never changed: a FETCH keeps the list
+        self._fetch_queues = self._reader_queues = self.queues     # it was sent for
         self.prefetch = prefetch
         self.worker_info = dict(worker_info or {})
         self.hostname = hostname
@@ -184,7 +185,7 @@ class Consumer(base.Consumer):
                 if kind == "fetch":
                     self._reserved = 0
                     if not isinstance(reply, ReplyError):
-                        deliveries += self._take(reply)
+                        deliveries += self._take(reply, self._reader_queues)
                         fetched = True
                     elif reply.prefix == "NOSCRIPT":    # SCRIPT FLUSH: the writer loads
                         refetch = True                  # them, and fetches instead
@@ -242,16 +243,20 @@ class Consumer(base.Consumer):
         return deliveries
 
     def _fetch(self):
-        return self._take(self.client.script(self._fetch_call()))
+        call = self._fetch_call()
+        return self._take(self.client.script(call), self._fetch_queues)
 
     def _fetch_call(self):
+        """The FETCH of the queues consumed now; they are `_fetch_queues` until the next
+        one (its reply names them by their place in that list)."""
         self._first = (self._first + 1) % len(self.queues)
+        self._fetch_queues = self.queues
         return ops.fetch_call(self.client.keys, self.id, self.credit(), self._live_until(),
                               self._first, self.queues)
 
-    def _take(self, reply):
-        """The deliveries of a FETCH reply; the entries flagged to be dropped are dropped
-        now, so that nobody sees them as unacked meanwhile."""
+    def _take(self, reply, queues):
+        """The deliveries of a FETCH reply, sent for `queues`; the entries flagged to be
+        dropped are dropped now, so that nobody sees them as unacked meanwhile."""
         client, keys = self.client, self.client.keys
         fetched = ops.parse_fetch(reply)
         if fetched is None:
@@ -259,10 +264,15 @@ class Consumer(base.Consumer):
                                         "reconnecting" % (client.options.display, self.id))
         self._set_due(fetched.now, fetched.next_due)
         self._more = fetched.more
-        self._bells = dict(zip(self.queues, fetched.bells))
+        self._bells.update((name, bell) for name, bell in zip(queues, fetched.bells)
+                           if name in self.queues)
+        for name in queues:
+            if name not in self.queues:     # cancelled since the FETCH was sent, which
+                self._calls.append(         # named this consumer in it again
+                    ("HDEL", keys.queue_consumers(name), self.id))
         deliveries, drops = [], []
         for queue_index, level, returned, entry_id, data, before, flag in fetched.entries:
-            queue = self.queues[queue_index]
+            queue = queues[queue_index]
             tag = self._next_tag
             self._next_tag += 1
             held = ops.Held(tag, queue, level, returned, entry_id, data, before + 1)
@@ -335,6 +345,7 @@ class Consumer(base.Consumer):
             # ends), so the answer brings the messages, with no round trip of its own. Its
             # credit is reserved until it answers.
             script, call_keys, args = self._fetch_call()
+            self._reader_queues = self._fetch_queues
             commands.append(script.command(call_keys, args))
             self._reserved = credit
         reader.send(commands, ("xread", "fetch")[:len(commands)])
@@ -453,7 +464,7 @@ class Consumer(base.Consumer):
             return False
         if self.connected:
             declare_worker_queues(self.client, self.settings, [name])
-        self.queues.append(name)
+        self.queues = self.queues + [name]      # a new list: a FETCH in flight keeps its own
         self.consumed.add(name)
         self.queue_tags[name] = max(list(self.queue_tags.values()) + [1]) + 1
         self._renew_at = 0.0            # tell Redis (status, sweepers) at once
@@ -463,7 +474,7 @@ class Consumer(base.Consumer):
     def cancel_queue(self, name):
         if name not in self.queues:
             return False
-        self.queues.remove(name)
+        self.queues = [queue for queue in self.queues if queue != name]    # as add_queue
         if self.connected:
             self._calls.append(("HDEL", self.client.keys.queue_consumers(name), self.id))
         self._renew_at = 0.0
@@ -645,7 +656,7 @@ class Consumer(base.Consumer):
                 if call[0] == "fetch":
                     if isinstance(reply, ReplyError):
                         raise refused(reply)
-                    self._stash += self._take(reply)
+                    self._stash += self._take(reply, self._fetch_queues)
                     self._fetched = True
                 elif isinstance(reply, ReplyError):
                     error = refused(reply)

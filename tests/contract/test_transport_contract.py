@@ -730,6 +730,31 @@ def test_add_queue_starts_consuming_it_and_cancel_queue_stops(transport):
     assert waiting(conn, "extra") == 1
 
 
+def test_a_message_taken_as_a_queue_before_it_is_cancelled_keeps_its_own_queue(transport):
+    """The consumer may have asked for messages (on Redis: a FETCH waiting behind its
+    blocked read) before another of its queues is cancelled: what that brings is still
+    delivered from, and acked to, the queue it came from."""
+    conn = transport.client()
+    for name in ("first", "middle", "last"):
+        conn.declare_queue(name)
+    stream = transport.consumer(["first", "middle", "last"])
+    stream.say()
+    stream.pump(0.05)                       # waiting for messages, as a worker's loop does
+    data = message("last")
+    conn.publish(data)
+    wait_for(lambda: transport.queue_row(conn, "last")["ready"] == 0 or
+             stream.consumer.holds_deliveries, what="the message to be taken")
+    assert stream.consumer.cancel_queue("middle")
+    [delivery] = stream.receive()
+    assert delivery.data == data
+    stream.consumer.ack(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: transport.queue_row(conn, "last")["unacked"] == 0, what="the ack")
+    assert waiting(conn, "last") == 0
+    wait_for(lambda: transport.queue_row(conn, "middle")["consumers"] == 0,
+             what="the cancel")
+
+
 def test_status_reports_broker_queues_and_workers_in_the_shape_the_cli_reads(transport):
     stream = transport.consumer(["jobs"], hostname="w1")
     conn = transport.client()
