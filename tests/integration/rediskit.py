@@ -104,20 +104,22 @@ class RedisServer:
 
 
 class RedisBroker:
-    """What `cluster.Worker` asks of a broker, for a fresh virtual host of `server`: its
-    URL (with the `query` options) and its status."""
+    """What `cluster.Worker` and the guide's tests ask of a broker, for a fresh virtual host
+    of `server`: its URL (with the `query` options), a connection, its status and a queue's
+    row of it (as `cluster.Broker`'s)."""
 
     def __init__(self, server, prefix="w", **query):
         self.server = server
         self.url = server.url("/0", vhost="%s-%s" % (prefix, uuid.uuid4().hex[:12]), **query)
         self.settings = config.Settings({"BROKER_URL": self.url})
 
+    def connect(self):
+        """A connected client of this vhost (a context manager that closes it)."""
+        return transport.client_for(self.settings, client="test").connect()
+
     def status(self):
-        conn = transport.client_for(self.settings, client="test").connect()
-        try:
+        with self.connect() as conn:
             return conn.status()
-        finally:
-            conn.close()
 
     def queue(self, name="minitask"):
         return next((row for row in self.status()["queues"] if row["name"] == name), None)

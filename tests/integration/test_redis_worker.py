@@ -64,11 +64,14 @@ def broker(server, tmp_path):
 def start_worker(broker, tmp_path):
     workers = []
 
-    def start(name=None, args=(), modules="ittasks"):
-        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args,
-                        modules=modules)
+    def start(name=None, args=(), env=None, ready=True, modules="ittasks"):
+        """As the built-in broker's `start_worker` (cluster.py): same arguments."""
+        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args, env,
+                        modules)
         workers.append(worker)
-        return worker.wait_ready()
+        if ready:
+            worker.wait_ready()
+        return worker
     try:
         yield start
     finally:

@@ -45,9 +45,10 @@ class ConcreteTask(seed_10_abstract.MyTask):
 
 
 class SeedCluster:
-    """A broker, and a worker importing every snippet module (and the extras)."""
+    """A broker (a built-in one started here unless `broker` is given), and a worker
+    importing every snippet module (and the extras)."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, broker=None):
         self.folder = folder
         self.modules = {}
         for snippet in seedguide.write_modules(folder):
@@ -55,7 +56,7 @@ class SeedCluster:
         with open(os.path.join(str(folder), "seed_extras.py"), "w") as handle:
             handle.write(EXTRAS)
         names = [name for name, s in self.modules.items() if not s.is_doctest]
-        self.broker = Broker(folder).start()
+        self.broker = broker or Broker(folder).start()
         self.worker = Worker(self.broker, folder, "seed", modules=",".join(
             names + ["seed_extras"]), env={"PYTHONPATH": os.pathsep.join(
                 [ROOT, HERE, str(folder), os.environ.get("PYTHONPATH", "")])})
@@ -90,7 +91,7 @@ def seed(tmp_path_factory):
         config.reset()
         if cluster is not None:
             cluster.worker.proc.close()
-            cluster.broker.proc.close()
+            cluster.broker.proc.close()     # the one SeedCluster started
         sys.path.remove(str(folder))
         for name in [n for n in sys.modules if n.startswith("seed_")]:
             del sys.modules[name]
