@@ -284,6 +284,8 @@ def decode_result_meta(task_id, state, content_type, payload, accept=None):
         raise ProtocolError("result of %s cannot be decoded: %s" % (task_id, exc)) from exc
     if not isinstance(value, dict):
         raise ProtocolError("result of %s is not an object" % task_id)
+    if state == "STARTED" and isinstance(value.get("status"), str) and value["status"]:
+        state = value["status"]         # a running task's own state (update_state)
     return ResultMeta(task_id, state, value.get("result"), value.get("traceback"),
                       value.get("task", ""), value.get("retries", 0),
                       value.get("date_done", 0.0))

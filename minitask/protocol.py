@@ -80,6 +80,11 @@ yet (``acks_late``).
     runtime      f64   only when described: seconds the task ran (negative = it did not run)
     payload      the rest: the serialized result meta (see minitask.result)
 
+A RESULT_SET of state STARTED (with the ``"task_states"`` feature, 4) is a running task's own
+state (``update_state``): stored unless the task has a final result, it leaves the task
+running (its handover and in-flight state stay) and counts no run; the state the task gave
+is the payload's ``status``, which is what clients read from a STARTED result that has one.
+
 3.5 ATOMIC body: whole frames (section 2), one after the other, each a PUBLISH (3.1), a
 KV_SET (JSON) or a RESULT_SET (3.4), with seq 0; at least 1 and at most 10000 of them (and
 no more than one frame holds: enough for a chord of a thousand tasks and its body). The
@@ -139,7 +144,9 @@ JSON arguments (``?`` = optional, with its default):
   "broker": str, "max_frame_bytes": int, "heartbeat": s, "proof": hex?, "features": [str]?}``.
   ``features`` names what this broker understands beyond protocol 1 as first shipped:
   ``"atomic"`` (the ATOMIC command with PUBLISH and KV_SET, 3.5), ``"atomic_results"``
-  (RESULT_SET inside ATOMIC too) and ``"described_results"`` (RESULT_SET's bit 1, 3.4). A client uses such a thing only when the broker names it: an older broker, which
+  (RESULT_SET inside ATOMIC too), ``"described_results"`` (RESULT_SET's bit 1, 3.4) and
+  ``"task_states"`` (a STARTED RESULT_SET, 3.4). A client uses such a thing only when the
+  broker names it: an older broker, which
   sends no ``features``, answers an unknown command with ERROR 405 and closes the
   connection, and would read a described result's two extra fields as payload. A broker
   ignores HELLO keys it does not know and a client ignores WELCOME keys it does not know,
@@ -319,7 +326,7 @@ REQUEUE = 0x01
 STORE, READY = 0x01, 0x01
 DESCRIBED = 0x02
 # WELCOME's features (4): what this broker understands beyond protocol 1 as first published.
-FEATURES = ("atomic", "atomic_results", "described_results")
+FEATURES = ("atomic", "atomic_results", "described_results", "task_states")
 # Queues the broker names itself (DECLARE_QUEUE with queue ""): replies, workers' control.
 GENERATED_QUEUE_PREFIX = "mt.gen-"
 NO_PRIORITY = 255

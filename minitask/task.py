@@ -19,21 +19,25 @@ import importlib
 import inspect
 import os
 import socket
+import logging
 import threading
+import time
 
 from . import canvas, eager, registry as _registry_module, retry as policy
 from .canvas import Signature, chunks, group, send, xmap, xstarmap
 from .config import get_settings
 from .exceptions import ConfigurationError, RetryTaskError
 from .log import task_logger
-from .message import from_epoch
+from .message import ResultMeta, encode_result_meta, from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
     is_call_option
 from .ratelimit import parse_rate
+from .protocol import READY_STATES
 from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
 from .serialization import check_serializer
 from .sending import compose_message, publish, send_task
+from .transport import with_connection
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
            "default_kwargs_for", "DEFAULT_KWARG_NAMES", "PUBLISH_OPTIONS", "send_task",
@@ -50,6 +54,9 @@ _RETRY_KWARGS = ("countdown", "eta", "max_retries") + tuple(
     name for name in PUBLISH_OPTIONS if name not in ("countdown", "eta", "task_id"))
 
 _signature_cache = {}
+_OLD_BROKER_SAID = []           # update_state() warned once that the broker keeps no state
+
+logger = logging.getLogger(__name__)
 
 
 def default_kwargs_for(fun, defaults):
@@ -563,9 +570,37 @@ class Task(metaclass=TaskType):
 
     @_OnInstance
     def update_state(self, task_id=None, state=None, meta=None, **kwargs):
-        raise ConfigurationError("update_state() is not supported: a task's states are "
-                                 "minitask's own (PENDING ... SUCCESS); report progress "
-                                 "through a result or a task of your own")
+        """Celery's progress idiom: ``self.update_state(state="PROGRESS", meta={...})`` while
+        the task runs. Clients read `state` as the result's ``state`` and `meta` as its
+        ``info`` until the task ends (its own result then takes their place); the task is
+        not ready meanwhile. A final state is refused: a task reaches one by returning or
+        raising. Nothing is stored for a call that is not on a worker (eager, direct)."""
+        if kwargs:
+            raise ConfigurationError("update_state() takes task_id, state and meta, not %s"
+                                     % ", ".join(sorted(kwargs)))
+        state = "PENDING" if state is None else state
+        if not isinstance(state, str) or not state:
+            raise ConfigurationError("update_state() state %r: expected a state name"
+                                     % (state,))
+        if state in READY_STATES:
+            raise ConfigurationError("update_state() state %s: a final state, which a task "
+                                     "reaches by returning or raising" % state)
+        request = current_request()
+        if task_id is None:
+            if request is None or request.is_eager:
+                return
+            task_id = request.id
+        meta_object = ResultMeta(task_id, state, meta, None, self.name,
+                                 request.retries if request is not None else 0, time.time())
+        content_type, payload = encode_result_meta(
+            meta_object, self.serializer or get_settings().TASK_SERIALIZER)
+        if meta_object.status != state:         # the meta could not be encoded
+            raise ConfigurationError("update_state() meta: %s" % meta_object.result)
+        if not with_connection(lambda conn: conn.set_state(task_id, content_type, payload)) \
+                and not _OLD_BROKER_SAID:
+            _OLD_BROKER_SAID.append(True)
+            logger.warning("update_state() stores nothing: the broker is older than this "
+                           "minitask (upgrade it to keep task states)")
 
     @_OnInstance
     def send_event(self, type_, **fields):

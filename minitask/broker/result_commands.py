@@ -68,6 +68,9 @@ class ResultCommands:
             raise ProtocolError("RESULT_SET needs a task_id")
         if not math.isfinite(ttl) or ttl < 0:
             raise ProtocolError("RESULT_SET time to live must be a finite number of seconds")
+        if state == "STARTED":
+            self._running_state(session, seq, task_id, content_type, payload, ttl)
+            return None
         # An older worker does not describe its results: name those the broker knows.
         self.task_stats.finished(name or self.handovers.names.get(task_id), state, runtime)
         if self.sink.open is not None:
@@ -95,6 +98,16 @@ class ResultCommands:
             self.release_kept(task_id)
         self.sink.confirm(session, seq)
         return SUCCEEDED_ALREADY if kept else None
+
+    def _running_state(self, session, seq, task_id, content_type, payload, ttl):
+        """A running task's own state (update_state, protocol 3.4): kept as its result
+        until it ends, unless it has ended already; the task stays running."""
+        entry = self.store.get(task_id)
+        if entry is None or entry.state not in P.READY_STATES:
+            now = self.clock()
+            self.store_result(task_id, "STARTED", content_type, payload, now,
+                              now + (ttl if ttl > 0 else self.result_expires))
+        self.sink.confirm(session, seq)
 
     def succeeded_already(self, task_id):
         """Whether `task_id` has SUCCESS stored for good: not by a unit of this turn, which

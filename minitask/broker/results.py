@@ -82,7 +82,8 @@ class ResultStore:
         """Store `entry`; returns the entry it replaced (or None) for journal accounting."""
         old = self.entries.get(entry.task_id)
         self.entries[entry.task_id] = entry
-        self.inflight.pop(entry.task_id, None)
+        if entry.state != "STARTED":    # a running task's own state: it still runs
+            self.inflight.pop(entry.task_id, None)
         self._seq += 1
         heapq.heappush(self._expiry, (entry.expires_at, self._seq, entry.task_id))
         return old

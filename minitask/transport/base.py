@@ -145,6 +145,13 @@ class Client:
         Pushed by the broker, never polled."""
         raise NotImplementedError
 
+    def set_state(self, task_id, content_type, payload):
+        """Store a running task's own state (``update_state``): a STARTED result whose
+        payload's "status" names the state. Kept until the task ends, never over a final
+        result; the task stays running. Returns False where the broker cannot (an older
+        built-in broker)."""
+        raise NotImplementedError
+
     def forget(self, task_ids, expired=False):
         """Remove these results; with `expired`, also every result whose time is up now."""
         raise NotImplementedError

@@ -473,6 +473,12 @@ class Connection(base.Client):
         self._flush()
         self._wait(lambda: conversation.confirmed(seq), self.timeout, "confirm")
 
+    def set_state(self, task_id, content_type, payload):
+        if "task_states" not in self.connect().features:
+            return False
+        self.set_result(task_id, "STARTED", content_type, payload)
+        return True
+
     def get_result(self, task_id):
         return self._result(P.RESULT_GET, {"task_id": task_id}, self.timeout)
 

@@ -134,10 +134,11 @@ def chord_publications(topology, data, fields=None):
 def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=True,
                  record=None, result=None, release_ahead=0.5):
     """PUBLISH of `publications` under topology `version`; with `record` ``(key, json)``
-    set first, with `result` ``(task_id, state, content_type, payload, store[, guard])``
-    stored. A result other than SUCCESS, and what the call publishes, is void when task
-    `guard` (by default its own) has SUCCESS stored. Delayed messages are released
-    `release_ahead` seconds before they are due."""
+    set first, with `result` ``(task_id, state, content_type, payload, store[, guard[,
+    running]])`` stored. A result other than SUCCESS, and what the call publishes, is void
+    when task `guard` (by default its own) has SUCCESS stored; a `running` task's own state
+    (update_state) is stored unless it has a final result, and leaves it running. Delayed
+    messages are released `release_ahead` seconds before they are due."""
     call_keys = [keys.topology, keys.stats, keys.delayed, keys.delayed_messages,
                  keys.expiring, keys.control]
     args = [version, ttl_ms, "all" if all_or_nothing else "each", ms(release_ahead)]
@@ -163,6 +164,7 @@ def publish_call(keys, version, ttl_ms, topology, publications, all_or_nothing=T
             args.append("1")
         else:
             args.append("0")
+        args.append("1" if len(result) > 6 and result[6] else "0")
     else:
         args.append("0")
     groups = []

@@ -378,6 +378,18 @@ class Client(base.Client):
 
     # -- results ----------------------------------------------------------------------------
 
+    def set_state(self, task_id, content_type, payload):
+        result = (task_id, "STARTED", content_type, bytes(payload), True, None, True)
+        for _ in range(STALE_ATTEMPTS):         # the PUBLISH script checks the topology
+            [reply] = self.run([self.publish_call([], result=result)])
+            if not isinstance(reply, ReplyError):
+                return True
+            error = refused(reply)
+            if error is not STALE:
+                raise error
+            self.reload()
+        raise BrokerError("the topology kept changing while a task's state was stored")
+
     def get_result(self, task_id):
         return self._result(task_id)[0]
 

@@ -512,6 +512,7 @@ if next_arg() == '1' then
             state = next_arg(), content_type = next_arg(), payload = next_arg(),
             store = next_arg() == '1'}
   result.guard = next_arg() == '1' and next_key() or result.key
+  result.running = next_arg() == '1'
   -- As Celery's result backends: a SUCCESS stored is never replaced by another state. A
   -- copy of a task that succeeded which ends otherwise (dropped as revoked or expired,
   -- failed, retried), and the rest of its chain, change nothing and publish nothing (void).
@@ -519,6 +520,9 @@ if next_arg() == '1' then
     result.void = final_state(result.guard) == 'SUCCESS'
     result.kept = result.void or final_state(result.key) == 'SUCCESS'
   end
+  -- A running task's own state (update_state): never over a final result; the task stays
+  -- running, so none of its bookkeeping goes.
+  if result.running then result.kept = final_state(result.key) ~= nil end
 end
 
 local messages, targets = {}, {}
@@ -745,10 +749,12 @@ if result then
     store_result(result.key, result.state, result.content_type, result.payload, nil, ttl_ms,
                  now, result.failures, result.task_id)
   end
-  redis.call('HDEL', result.inflight, result.task_id)
-  redis.call('HDEL', result.handovers, result.task_id)
-  redis.call('HDEL', result.handed, result.task_id)
-  redis.call('ZREM', result.orphans, result.task_id)
+  if not result.running then
+    redis.call('HDEL', result.inflight, result.task_id)
+    redis.call('HDEL', result.handovers, result.task_id)
+    redis.call('HDEL', result.handed, result.task_id)
+    redis.call('ZREM', result.orphans, result.task_id)
+  end
 end
 for _, m in ipairs(messages) do
   if mode ~= 'all' then

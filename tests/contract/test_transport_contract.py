@@ -19,6 +19,7 @@ from contractkit import (
     result_value, task_id, wait_for,
 )
 from minitask import control, protocol as P
+from minitask.message import decode_result_meta
 from minitask.exceptions import (
     BrokerConnectionError, BrokerError, ChordError, ConfigurationError, DeadLetteredError,
     NotDeliverableError, PublishRefusedError, TaskRevokedError, UnroutableError,
@@ -603,6 +604,33 @@ def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_it
         sweeper.pump(0.1)
         sweeper.say()
     assert conn.wait_result(later, timeout=PATIENCE).state == "FAILURE"
+
+
+def test_a_running_tasks_own_state_is_read_until_it_ends_and_it_stays_running(transport):
+    """update_state: a STARTED result whose payload names the state. The task is still the
+    worker's (lost with it, it fails with WorkerLostError), and a state that comes after
+    the task's end is not kept."""
+    data = message("jobs")
+    conn = transport.jobs(data)
+    stream = transport.consumer(["jobs"])
+    [delivery] = stream.receive()
+    stream.consumer.ack_started(delivery.delivery_tag)
+    stream.say()
+    wait_for(lambda: conn.get_result(task_id(data)).state == "STARTED", what="the handover")
+    progress = result_payload(task_id(data), "PROGRESS", {"current": 1})
+    assert conn.set_state(task_id(data), *progress) is True
+    result = conn.get_result(task_id(data))
+    assert (result.state, result.ready) == ("STARTED", False)
+    assert result_value(task_id(data), result) == {"current": 1}
+    assert decode_result_meta(task_id(data), result.state, result.content_type,
+                              result.payload).status == "PROGRESS"
+    stream.consumer.lost()
+    sweeper = transport.consumer(["other"], hostname="w2")      # a live worker sweeps
+    lost = conn.wait_result(task_id(data), timeout=GRACE + PATIENCE)
+    assert isinstance(result_value(task_id(data), lost), WorkerLostError)
+    sweeper.say()
+    conn.set_state(task_id(data), *progress)
+    assert conn.get_result(task_id(data)).state == "FAILURE"
 
 
 def _handed_over_then_sent_again(transport, data):

@@ -58,6 +58,27 @@ def sleep(seconds, tag=""):
     return seconds
 
 
+@task(name="it.progress", bind=True)
+def progress(self, tag, total):
+    """Celery's progress idiom: one PROGRESS state per step; each step waits until the test
+    has seen it (the test writes "seen N" into the task's trace)."""
+    for done in range(1, total + 1):
+        self.update_state(state="PROGRESS", meta={"current": done, "total": total})
+        deadline = time.monotonic() + 20
+        while "seen %d" % done not in read_trace(os.environ["ITTASKS_DIR"], tag):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test did not see step %d" % done)
+            time.sleep(0.01)
+    return total
+
+
+@task(name="it.report", bind=True)
+def report(self, steps):
+    for done in range(1, steps + 1):
+        self.update_state(state="PROGRESS", meta={"current": done, "total": steps})
+    return steps
+
+
 @task(name="it.crunch")
 def crunch(tag=""):
     """Minutes in one call into C that checks no signal (a stuck C extension)."""

@@ -25,6 +25,11 @@ from cluster import ROOT, Worker, _env  # noqa: E402
 from rediskit import (  # noqa: E402
     REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, free_port, wait_for,
 )
+from test_worker_e2e import (  # noqa: E402,F401  (collected here again, on Redis)
+    test_date_done_is_when_the_task_ended_and_none_before,
+    test_revoke_with_terminate_stops_a_task_inside_one_long_call_into_c,
+    test_update_state_shows_progress_until_the_task_ends,
+)
 
 from minitask import config, group  # noqa: E402
 from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402

@@ -25,6 +25,19 @@ def test_add_returns_its_sum(broker, start_worker):
     assert result.state == "SUCCESS" and result.successful() and result.ready()
 
 
+def test_update_state_shows_progress_until_the_task_ends(broker, start_worker, tmp_path):
+    start_worker()
+    result = ittasks.progress.delay("steps", 2)
+    for step in (1, 2):
+        wait_for(lambda: AsyncResult(result.id).info == {"current": step, "total": 2}, 10,
+                 what="step %d" % step)
+        seen = AsyncResult(result.id)
+        assert seen.state == "PROGRESS" and not seen.ready()
+        ittasks._trace("steps", "seen %d" % step)
+    assert result.get(timeout=10) == 2
+    assert result.state == "SUCCESS" and result.info == 2
+
+
 def test_date_done_is_when_the_task_ended_and_none_before(broker, start_worker):
     before = datetime.datetime.now(datetime.timezone.utc)
     assert AsyncResult("never-sent").date_done is None
@@ -389,6 +402,11 @@ def test_a_worker_with_a_broker_that_lacks_described_results_stores_them_intact(
         assert [stats[name]["received"] for name in ("it.add", "it.mul", "it.fail")] == [1] * 3
         assert stats["it.sleep"]["succeeded"] == 1
         assert stats["it.sleep"]["runtime"]["count"] == 0           # no run time: not timed
+        # A task's own states: stored nowhere, said once by each pool process (two) that
+        # ran one; the task runs as ever.
+        assert [ittasks.report.delay(2).get(timeout=10) for _ in range(3)] == [2, 2, 2]
+        with open(worker.logfile) as handle:
+            assert handle.read().count("update_state() stores nothing") in (1, 2)
     finally:
         worker.proc.close()
         reset_connection()

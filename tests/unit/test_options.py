@@ -262,11 +262,22 @@ def test_workflow_entry_points_exist_and_the_ones_a_running_task_would_need_are_
             attempt()
 
 
-def test_update_state_and_send_event_are_refused_with_the_minitask_way():
-    with pytest.raises(ConfigurationError, match="update_state"):
-        add.update_state(state="PROGRESS", meta={"done": 1})
+def test_send_event_is_refused_with_the_minitask_way():
     with pytest.raises(ConfigurationError, match="get_logger"):
         add.send_event("task-progress")
+
+
+def test_update_state_refuses_final_states_and_unknown_arguments_and_stores_nothing_eagerly():
+    """(What a worker stores: test_worker_e2e.py's
+    test_update_state_shows_progress_until_the_task_ends.)"""
+    for state in ("SUCCESS", "FAILURE", "REVOKED"):
+        with pytest.raises(ConfigurationError, match="%s: a final state" % state):
+            add.update_state("t", state=state)
+    with pytest.raises(ConfigurationError, match="not sticky"):
+        add.update_state(state="PROGRESS", sticky=True)
+    with pytest.raises(ConfigurationError, match="meta"):
+        add.update_state("t", state="PROGRESS", meta=object())
+    assert add.update_state(state="PROGRESS", meta={"done": 1}) is None   # not on a worker
 
 
 def test_signature_carries_call_options(sent):
