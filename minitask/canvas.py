@@ -45,7 +45,7 @@ start, and revoking one revokes the ones not started), then builds the messages 
   refused when the errback is linked, since minitask builds errback messages when the task is
   sent (see `minitask.message`).
 - `link` callbacks are called with the result after a success; their results are the
-  `children` of the task's result.
+  `links` of the task's result, and its `children` once it has succeeded (as Celery's).
 - A chord runs its header (every task, even after one failed), then its body with the list of
   the header's results in the header's order. If a header task failed (or was revoked), the
   body does not run: it ends in FAILURE with `ChordError` naming that task, and the body's
@@ -265,7 +265,7 @@ class Signature(dict):
         result = AsyncResult(task_id, task_name=self.task)
         if options.get("link"):
             options["link"] = [maybe_signature(sig) for sig in as_list(options["link"])]
-            result.children = [sig.freeze() for sig in options["link"]]
+            result.links = [sig.freeze() for sig in options["link"]]
         if options.get("link_error"):
             options["link_error"] = [maybe_signature(sig)
                                      for sig in as_list(options["link_error"])]

@@ -12,8 +12,9 @@ builtin, in `minitask.exceptions`, or in a module already imported here; otherwi
 
 Results of a workflow (`minitask.canvas`) are linked as Celery links them: a chain's result is
 its last task's, whose `parent` is the task before it, and so on back to the first; a chord's
-result is its body's, whose `parent` is the header's `GroupResult`; `children` are the results
-of a task's `link` callbacks. Every id is assigned when the workflow is sent, so `revoke()` on
+result is its body's, whose `parent` is the header's `GroupResult`; `links` are the results
+of a task's `link` callbacks, its `children` once it has succeeded (it sends them then). Every
+id is assigned when the workflow is sent, so `revoke()` on
 any of them reaches every task of the workflow it can see through those links, including the
 ones that have not been sent yet.
 """
@@ -92,8 +93,15 @@ class AsyncResult(ResultBase):
         self.task_id = self.id = task_id
         self.task_name = task_name
         self.parent = parent
+        self.links = ()                 # the results of its `link` callbacks, sent or not
         self._connection = connection
         self._meta = None               # cached once final
+
+    @property
+    def children(self):
+        """The results of the `link` callbacks it sent: once it has succeeded, as Celery's
+        (``[]`` before, and after any other outcome: they are never sent then)."""
+        return list(self.links) if self.links and self.state == SUCCESS else []
 
     def _call(self, function):
         """``function(connection)`` on the connection given, or this thread's (reconnecting)."""
@@ -302,7 +310,7 @@ class GroupResult(ResultSet):
 
 def workflow_ids(result):
     """The ids of the tasks `result` reaches through the links of its workflow (parents,
-    callbacks' children, a group's members), itself included, each once; EagerResults (which
+    `link` callbacks, sent or not, a group's members), itself included, each once; EagerResults (which
     already ran) are left out."""
     ids, seen, stack = [], set(), [result]
     while stack:
@@ -315,6 +323,6 @@ def workflow_ids(result):
         elif isinstance(node, AsyncResult):
             if node.id not in ids:
                 ids.append(node.id)
-            stack.extend(reversed(node.children))
+            stack.extend(reversed(node.links))
         stack.append(node.parent)
     return ids

@@ -37,6 +37,15 @@ def test_a_link_callback_gets_the_result(broker, flow_worker):
     assert result.children[0].get(timeout=20) == 40
 
 
+def test_the_children_of_a_task_that_failed_are_none_as_its_callbacks_never_ran(
+        broker, flow_worker):
+    failed = itflow.divide.apply_async((1, 0), link=itflow.mul.s(10))
+    with pytest.raises(ZeroDivisionError):
+        failed.get(timeout=20)
+    assert failed.children == [] and len(failed.links) == 1
+    assert failed.links[0].state == "PENDING"
+
+
 def test_a_failing_link_stops_the_chain_and_calls_its_errback(broker, flow_worker, tmp_path):
     failed = (itflow.add.s(1, 1) | itflow.divide.s(0) | itflow.add.s(1)) \
         .on_error(itflow.errback.s("errors")).delay()

@@ -558,7 +558,7 @@ def test_link_and_link_error_travel_as_callbacks_and_prebuilt_errback_messages(s
     [message] = sent.published()
     assert message.id == result.id
     assert [c["task"] for c in message.callbacks] == ["tests.canvas.mul"]
-    assert message.callbacks[0]["options"]["task_id"] == result.children[0].id
+    assert message.callbacks[0]["options"]["task_id"] == result.links[0].id
     errbacks = [decode(data) for data in errbacks_of(message.headers)]
     assert [(e.task, e.args, e.routing_key) for e in errbacks] == [
         ("tests.canvas.log_error", (result.id, "a"), "errors"),
@@ -566,7 +566,7 @@ def test_link_and_link_error_travel_as_callbacks_and_prebuilt_errback_messages(s
     assert ("declare_queue", "errors") in sent.calls        # before the errback may be needed
     [callback], _ = compose_unlocked(message, 3)
     assert (callback.task, callback.args, callback.id) == ("tests.canvas.mul", (3, 10),
-                                                           result.children[0].id)
+                                                           result.links[0].id)
 
 
 def test_a_chains_errback_is_built_for_each_link_with_that_links_id(sent):
@@ -659,7 +659,7 @@ def test_a_signatures_apply_async_takes_link_and_link_error_as_a_tasks_does(sent
     result = add.s(1).apply_async((2,), link=mul.s(3), link_error=log_error.s())
     [message] = sent.published()
     assert (message.args, message.callbacks[0]["options"]["task_id"]) == (
-        (2, 1), result.children[0].id)
+        (2, 1), result.links[0].id)
     assert [decode(e).args for e in errbacks_of(message.headers)] == [(result.id,)]
     config.configure(ALWAYS_EAGER=True)
     eager = add.s(1).apply_async((2,), link=mul.s(3))
