@@ -166,7 +166,8 @@ class AsyncResult(ResultBase):
             if not ready:
                 waited = time.monotonic() - started
                 raise TimeoutError("task %s did not finish within %.3gs (state %s)"
-                                   % (self.task_id, max(waited, timeout or 0), state))
+                                   % (self.task_id, max(waited, timeout or 0),
+                                      self._decode(state, content_type, payload).status))
             meta = self._meta = self._decode(state, content_type, payload)
         return self._outcome(meta, propagate)
 

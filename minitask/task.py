@@ -96,6 +96,7 @@ class Request:
     group = None
     reply_to = None
     workflow = None                     # the TaskMessage, when it carries workflow fields
+    serializer = None                   # the message's: its results are encoded so
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
@@ -574,7 +575,8 @@ class Task(metaclass=TaskType):
         the task runs. Clients read `state` as the result's ``state`` and `meta` as its
         ``info`` until the task ends (its own result then takes their place); the task is
         not ready meanwhile. A final state is refused: a task reaches one by returning or
-        raising. Nothing is stored for a call that is not on a worker (eager, direct)."""
+        raising. Nothing is stored by an eager run, nor without a task id off a worker (a
+        direct call, or a thread of the task: the request is the task's thread's)."""
         if kwargs:
             raise ConfigurationError("update_state() takes task_id, state and meta, not %s"
                                      % ", ".join(sorted(kwargs)))
@@ -586,14 +588,17 @@ class Task(metaclass=TaskType):
             raise ConfigurationError("update_state() state %s: a final state, which a task "
                                      "reaches by returning or raising" % state)
         request = current_request()
+        if request is not None and request.is_eager:
+            return
         if task_id is None:
-            if request is None or request.is_eager:
+            if request is None:
                 return
             task_id = request.id
         meta_object = ResultMeta(task_id, state, meta, None, self.name,
                                  request.retries if request is not None else 0, time.time())
         content_type, payload = encode_result_meta(
-            meta_object, self.serializer or get_settings().TASK_SERIALIZER)
+            meta_object, getattr(request, "serializer", None) or self.serializer
+            or get_settings().TASK_SERIALIZER)
         if meta_object.status != state:         # the meta could not be encoded
             raise ConfigurationError("update_state() meta: %s" % meta_object.result)
         if not with_connection(lambda conn: conn.set_state(task_id, content_type, payload)) \

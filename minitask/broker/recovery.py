@@ -94,7 +94,8 @@ def _apply(state, found, segment, kind, payload):
         task_id, status, date_done, expires_at, content_type, body = rc.decode_result(payload)
         entry = ResultEntry(task_id, status, content_type, body, date_done, expires_at)
         found.results[task_id] = (entry, segment)
-        found.started.discard(task_id)
+        if status != "STARTED":         # a running task's own state: it still runs
+            found.started.discard(task_id)
     elif kind == rc.FORGET:
         for task_id in rc.decode_names(payload):
             found.results.pop(task_id, None)

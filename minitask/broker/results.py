@@ -82,7 +82,11 @@ class ResultStore:
         """Store `entry`; returns the entry it replaced (or None) for journal accounting."""
         old = self.entries.get(entry.task_id)
         self.entries[entry.task_id] = entry
-        if entry.state != "STARTED":    # a running task's own state: it still runs
+        if entry.state == "STARTED":    # a running task's own state: it still runs
+            if old is not None and old.state == "STARTED":
+                entry.expires_at = old.expires_at   # as its first: no more expiry entries
+                return old
+        else:
             self.inflight.pop(entry.task_id, None)
         self._seq += 1
         heapq.heappush(self._expiry, (entry.expires_at, self._seq, entry.task_id))

@@ -59,6 +59,7 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
         message.id, task.name, message.args, kwargs, message.retries, is_eager, logfile,
         loglevel, message.exchange, message.routing_key, message.priority, injected,
         message.eta, message.expires, task_object=task)
+    request.serializer = message.serializer
     if message.chain or message.callbacks or message.headers:
         request.workflow = message      # a retry sends the same workflow fields on
     push_request(request)

@@ -72,10 +72,18 @@ def progress(self, tag, total):
     return total
 
 
+class Point:
+    """A value only pickle carries."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
 @task(name="it.report", bind=True)
-def report(self, steps):
+def report(self, steps, meta=None):
     for done in range(1, steps + 1):
-        self.update_state(state="PROGRESS", meta={"current": done, "total": steps})
+        self.update_state(state="PROGRESS",
+                          meta={"current": done, "total": steps} if meta is None else meta)
     return steps
 
 

@@ -212,6 +212,9 @@ def test_pickle_is_refused_unless_accepted_and_the_worker_carries_on(broker, sta
 def test_pickle_works_where_it_is_accepted(broker, start_worker):
     start_worker(env={"MINITASK_ACCEPT_CONTENT": '["json", "pickle"]'})
     assert ittasks.add.apply_async((1, 2), serializer="pickle").get(timeout=10) == 3
+    # A task's own states are encoded as its results are: with the message's serializer.
+    assert ittasks.report.apply_async((1,), {"meta": ittasks.Point(1, 2)},
+                                      serializer="pickle").get(timeout=10) == 1
 
 
 def test_a_task_can_send_another_task_from_a_pool_process(broker, start_worker):

@@ -280,6 +280,17 @@ def test_update_state_refuses_final_states_and_unknown_arguments_and_stores_noth
     assert add.update_state(state="PROGRESS", meta={"done": 1}) is None   # not on a worker
 
 
+def test_update_state_in_an_eager_run_stores_nothing_even_given_its_own_task_id(no_broker):
+    """Celery's idiom names the task id: an eager run still reaches no broker."""
+    config.configure(ALWAYS_EAGER=True)
+
+    @task(name="tests.options.progress", bind=True)
+    def progress(self):
+        self.update_state(task_id=self.request.id, state="PROGRESS", meta={"done": 1})
+        return "ran"
+    assert progress.delay().get() == "ran"
+
+
 def test_signature_carries_call_options(sent):
     add.signature((1, 2), countdown=60).apply_async()
     message = published(sent)[0]

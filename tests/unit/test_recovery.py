@@ -506,6 +506,37 @@ def _compact_after_fillers(broker, client, count=40):
     broker.compact()
 
 
+@pytest.mark.parametrize("compacted", [False, True])
+def test_a_task_that_reported_its_own_state_is_still_running_after_a_restart(tmp_path,
+                                                                             compacted):
+    """update_state (a STARTED result) written after the task's handover: replay keeps the
+    handover, so the worker lost afterwards fails it with WorkerLostError and its errbacks
+    run, rather than leaving it at its progress for ever."""
+    broker = Broker(tmp_path / "data", segment_bytes=4096)
+    worker = _hand_over_with_a_workflow(broker)
+    for step in (1, 2):
+        worker.set_result("lost", "STARTED", b'{"status": "PROGRESS", "result": %d}' % step)
+        broker.turn()
+    if compacted:
+        _compact_after_fillers(broker, broker.connect())
+    after = broker.reopen()
+    assert after.summary["orphans"] == 1
+    assert after.state.results.get("lost").payload.endswith(b"2}")
+    _lose_after_the_grace(after)
+    assert after.state.results.get("lost").state == "FAILURE"
+    assert len(ready_view(after.state, "errbacks")) == 1
+
+
+def test_a_running_tasks_many_states_keep_one_expiry(broker):
+    """However many states a task reports, the store holds one expiry for it."""
+    worker = _hand_over(broker, "busy")
+    for step in range(50):
+        worker.set_result("busy", "STARTED", b'{"status": "PROGRESS", "result": %d}' % step)
+        broker.turn()
+    store = broker.state.results
+    assert len(store._expiry) == 1 and store.inflight.get("busy") == "STARTED"
+
+
 def _lose_after_the_grace(broker):
     broker.clock.advance(broker.state.options.handover_grace + 0.5)
     broker.turn()
