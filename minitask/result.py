@@ -311,8 +311,8 @@ class GroupResult(ResultSet):
 
 def workflow_ids(result):
     """The ids of the tasks `result` reaches through the links of its workflow (parents,
-    `link` callbacks, sent or not, a group's members), itself included, each once; EagerResults (which
-    already ran) are left out."""
+    `link` callbacks, sent or not, a group's members), itself included, each once;
+    EagerResults (which already ran) are left out."""
     ids, seen, stack = [], set(), [result]
     while stack:
         node = stack.pop()

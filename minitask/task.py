@@ -17,9 +17,9 @@ pickles as a reference by name, never as code.
 import datetime
 import importlib
 import inspect
+import logging
 import os
 import socket
-import logging
 import threading
 import time
 
@@ -31,8 +31,8 @@ from .log import task_logger
 from .message import ResultMeta, encode_result_meta, from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
     is_call_option
-from .ratelimit import parse_rate
 from .protocol import READY_STATES
+from .ratelimit import parse_rate
 from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
 from .serialization import check_serializer
