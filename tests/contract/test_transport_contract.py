@@ -563,17 +563,23 @@ def test_handed_over_task_of_a_lost_consumer_fails_with_worker_lost_after_the_gr
     assert waiting(conn, "jobs") == 0          # a handed-over task is not queued again
 
 
-def test_a_claim_made_before_the_old_consumer_is_seen_gone_keeps_the_task(transport):
-    """A worker reconnects and claims its running task while its old connection still
-    looks alive to the broker: the claim stands, and the old one's loss fails nothing."""
-    running = message("jobs")
-    conn = transport.jobs(running)
+def _handed_over(transport, data):
+    """`data` is published, and handed over as it starts to a consumer "w1" of "jobs":
+    ``(connection, that consumer)`` once the broker has the handover."""
+    conn = transport.jobs(data)
     stream = transport.consumer(["jobs"], hostname="w1")
     [delivery] = stream.receive()
     stream.consumer.ack_started(delivery.delivery_tag)
     stream.say()
-    wait_for(lambda: conn.get_result(task_id(running)).state == "STARTED",
-             what="the handover")
+    wait_for(lambda: conn.get_result(task_id(data)).state == "STARTED", what="the handover")
+    return conn, stream
+
+
+def test_a_claim_made_before_the_old_consumer_is_seen_gone_keeps_the_task(transport):
+    """A worker reconnects and claims its running task while its old connection still
+    looks alive to the broker: the claim stands, and the old one's loss fails nothing."""
+    running = message("jobs")
+    conn, stream = _handed_over(transport, running)
     back = transport.consumer(["jobs"], hostname="w1")
     back.consumer.claim([task_id(running)])
     back.say()
@@ -587,12 +593,7 @@ def test_a_handed_over_task_lost_with_its_consumer_runs_its_errbacks_and_ends_it
     """What a worker would have sent had it lived: the errbacks of the WorkerLostError, and
     the same outcome for the rest of the chain (the message itself is long acked)."""
     lost, later = _with_workflow(transport)
-    conn = transport.jobs(lost)
-    stream = transport.consumer(["jobs"])
-    [delivery] = stream.receive()
-    stream.consumer.ack_started(delivery.delivery_tag)
-    stream.say()
-    wait_for(lambda: conn.get_result(task_id(lost)).state == "STARTED", what="the handover")
+    conn, stream = _handed_over(transport, lost)
     stream.consumer.lost()
     wait_for(lambda: not conn.status()["workers"], what="the broker to see the worker gone")
     sweeper = transport.consumer(["other"], hostname="w1")      # a live worker sweeps
@@ -611,12 +612,7 @@ def test_a_running_tasks_own_state_is_read_until_it_ends_and_it_stays_running(tr
     worker's (lost with it, it fails with WorkerLostError), and a state that comes after
     the task's end is not kept."""
     data = message("jobs")
-    conn = transport.jobs(data)
-    stream = transport.consumer(["jobs"])
-    [delivery] = stream.receive()
-    stream.consumer.ack_started(delivery.delivery_tag)
-    stream.say()
-    wait_for(lambda: conn.get_result(task_id(data)).state == "STARTED", what="the handover")
+    conn, stream = _handed_over(transport, data)
     progress = result_payload(task_id(data), "PROGRESS", {"current": 1})
     assert conn.set_state(task_id(data), *progress) is True
     result = conn.get_result(task_id(data))
@@ -636,12 +632,7 @@ def test_a_running_tasks_own_state_is_read_until_it_ends_and_it_stays_running(tr
 def _handed_over_then_sent_again(transport, data):
     """`data` is published and handed over to a consumer "w1", which then takes nothing
     more, and published again: ``(connection, that consumer)``."""
-    conn = transport.jobs(data)
-    stream = transport.consumer(["jobs"], hostname="w1")
-    [delivery] = stream.receive()
-    stream.consumer.ack_started(delivery.delivery_tag)
-    stream.say()
-    wait_for(lambda: conn.get_result(task_id(data)).state == "STARTED", what="the handover")
+    conn, stream = _handed_over(transport, data)
     stream.consumer.pause()
     stream.say()
     conn.publish(data)                              # the same task id again
