@@ -516,13 +516,14 @@ if next_arg() == '1' then
   -- As Celery's result backends: a SUCCESS stored is never replaced by another state. A
   -- copy of a task that succeeded which ends otherwise (dropped as revoked or expired,
   -- failed, retried), and the rest of its chain, change nothing and publish nothing (void).
-  if result.state ~= 'SUCCESS' then
+  -- A running task's own state (update_state) is never stored over a final result; the
+  -- task stays running, so none of its bookkeeping goes.
+  if result.running then
+    result.kept = final_state(result.key) ~= nil
+  elseif result.state ~= 'SUCCESS' then
     result.void = final_state(result.guard) == 'SUCCESS'
     result.kept = result.void or final_state(result.key) == 'SUCCESS'
   end
-  -- A running task's own state (update_state): never over a final result; the task stays
-  -- running, so none of its bookkeeping goes.
-  if result.running then result.kept = final_state(result.key) ~= nil end
 end
 
 local messages, targets = {}, {}
