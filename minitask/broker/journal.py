@@ -114,6 +114,8 @@ class Journal:
         self._todo = []
         self._retiring = None         # compaction: the segment whose RETIRED record is written
         self._waiting_for = None      # compaction: the write an fsync must cover first
+        # The newest snapshot (see `compact_step`): (the segment it went to, its bytes).
+        self._snapshot = None
         self.bytes_written = 0
 
     # -- opening and replay -----------------------------------------------------------------
@@ -548,7 +550,13 @@ class Journal:
         return sum(segment.size for segment in self.segments)
 
     def live_bytes(self):
-        return sum(segment.live_bytes for segment in self.segments)
+        return sum(self._live(segment) for segment in self.segments)
+
+    def _live(self, segment):
+        """A segment's live bytes, the newest snapshot counted in the one that holds it."""
+        if self._snapshot is not None and self._snapshot[0] is segment:
+            return segment.live_bytes + self._snapshot[1]
+        return segment.live_bytes
 
     def has_work(self):
         """True when compact_step can make progress right now (not waiting for an fsync)."""
@@ -565,19 +573,22 @@ class Journal:
         if len(self.segments) < 2:
             return False
         oldest = self.segments[0]
-        if not oldest.members:
+        oldest_live = self._live(oldest)
+        if not oldest_live:
             return True
         sealed = self.segments[:-1]
         sealed_size = sum(segment.size for segment in sealed)
-        sealed_live = sum(segment.live_bytes for segment in sealed)
-        return (oldest.live_bytes * 2 < oldest.size
+        sealed_live = sum(self._live(segment) for segment in sealed)
+        return (oldest_live * 2 < oldest.size
                 or sealed_size > 2 * sealed_live + self.segment_bytes)
 
     def compact_step(self, state, budget_bytes=1 << 20):
         """Copy up to `budget_bytes` of the oldest segment's live records to the head.
 
         `state.snapshot_records()` gives the records that summarise small state (topology,
-        revoked ids, settings, handovers); `state.record_for(obj)` the record of one live
+        revoked ids, settings, handovers); a pass writes them first, unless a newer segment
+        already holds a snapshot (that one, and the records after it, say all the oldest
+        segment's small records said). `state.record_for(obj)` gives the record of one live
         message or result. Returns True while there is more to do. A write failure stops the
         pass without losing anything: the old segment stays until every copy is on disk.
         A rewrite still owed after faults found at start (see `rewrite_faulty`) comes first.
@@ -591,12 +602,13 @@ class Journal:
                 return False
             self.compacting = self.segments[0]
             self._todo = list(self.compacting.members)
-            try:
-                self.write(state.snapshot_records())
-            except JournalWriteError as exc:
-                self._pause(exc)
-                self.compacting = None
-                return False
+            if self._snapshot is None or self._snapshot[0] is self.compacting:
+                try:
+                    self._write_snapshot(state.snapshot_records())
+                except JournalWriteError as exc:
+                    self._pause(exc)
+                    self.compacting = None
+                    return False
         segment = self.compacting
         batch, records, used = [], [], 0
         while self._todo and used < budget_bytes:
@@ -623,6 +635,10 @@ class Journal:
         if self._todo:
             return True
         return self._finish_compaction(segment)
+
+    def _write_snapshot(self, records):
+        self.write(records)
+        self._snapshot = (self.head, sum(len(record) for record in records))
 
     def _pause(self, exc):
         counts = self.throttle.allow("compaction paused")
@@ -699,6 +715,7 @@ class Journal:
             fresh = self.head
             old = [segment for segment in self.segments if segment is not fresh]
             records = list(state.snapshot_records())
+            snapshot = sum(len(record) for record in records)
             for obj in state.live_objects():
                 record = state.record_for(obj)
                 if record is not None:
@@ -707,6 +724,7 @@ class Journal:
                     self.track(obj)
             retired = [(s.number, s.end or 0) for s in old]
             self._write([rc.retired_record(retired)] + records, len(records))
+            self._snapshot = (self.head, snapshot)
             self.sync()
         except (OSError, JournalWriteError) as exc:
             # Each try writes everything live: not every second while the disk is full.

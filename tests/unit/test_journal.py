@@ -784,6 +784,47 @@ def test_compaction_keeps_topology_results_revoked_settings_and_handovers(tmp_pa
     assert b"WorkerLostError" in state.results.get("running").payload
 
 
+def test_a_snapshot_bigger_than_a_segment_lets_compaction_end_and_is_not_rewritten_per_segment(
+        tmp_path):
+    """The snapshot record is not a member of any segment. Compaction wrote a new one for
+    every segment it retired, and a segment holding little but the newest snapshot looked
+    dead: with a snapshot as big as a segment, an idle broker compacted for ever."""
+    broker = Broker(tmp_path, segment_bytes=1024)
+    client = broker.connect()
+    client.declare_queue("q")
+    worker = broker.connect()
+    worker.consume("q")
+
+    def dead_segments(count):
+        for i in range(count):
+            _publish_turns(broker, client, ["m%d" % i], body=b"d" * 100)
+            for delivery in worker.take_deliveries():
+                worker.ack(delivery.tag)
+            broker.turn()
+
+    dead_segments(20)
+    for i in range(60):                                     # topology lives in snapshots
+        client.declare_queue("queue-with-a-long-name-%04d" % i)
+    broker.turn()
+    snapshot = len(b"".join(broker.state.snapshot_records()))
+    assert snapshot > 2 * 1024
+    dead_segments(20)
+    assert len(broker.journal.segments) > 5 and broker.journal.wants_compaction()
+
+    before = broker.journal.bytes_written
+    broker.compact(max_steps=500)
+    assert broker.journal.bytes_written - before < 3 * snapshot
+    assert len(broker.journal.segments) <= 3
+    idle = broker.journal.bytes_written
+    for _ in range(50):                                     # an idle broker writes nothing
+        broker.turn(compact=True)
+    assert broker.journal.bytes_written == idle
+    after = broker.reopen()
+    assert sorted(after.state.queues) == sorted(broker.state.queues)
+    assert len([name for name in after.state.queues if name.startswith("queue-with")]) == 60
+    assert live_ids(after.state) == []
+
+
 def test_compaction_finishes_while_a_message_of_a_deleted_queue_is_unacked(tmp_path):
     broker = Broker(tmp_path, segment_bytes=4096)
     client = broker.connect()
