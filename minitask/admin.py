@@ -20,7 +20,7 @@ from .argtypes import comma_list, host_port, positive_seconds, seconds
 from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutError
 from .transport import client_for, declare_topology
 from .bench import add_command as add_bench
-from .config import configure
+from .config import configure, safe_url
 from .message import TaskMessage
 from .result import AsyncResult
 
@@ -162,7 +162,8 @@ def serve_status(settings, address, announce=print):
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
-    announce("minitask status page on %s (broker %s)" % (server.url, settings.BROKER_URL))
+    announce("minitask status page on %s (broker %s)" % (server.url,
+                                                           safe_url(settings.BROKER_URL)))
     try:
         while not stop.wait(0.5):
             pass
@@ -181,7 +182,7 @@ def run_status(args):
         _print_json(report)
         return 0
     broker = report["broker"]
-    print("broker %s, up %s, %d connections" % (settings.BROKER_URL,
+    print("broker %s, up %s, %d connections" % (safe_url(settings.BROKER_URL),
                                                   _duration(broker["uptime"]),
                                                   broker["connections"]))
     print("journal %s (fsync %s), %d results, %d revoked, %d unroutable" % (
@@ -362,7 +363,7 @@ def run_inspect(args):
     if not replies and held is None:
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if held is not None:
-        replies["broker" if "broker" not in replies else settings.BROKER_URL] = held
+        replies["broker" if "broker" not in replies else safe_url(settings.BROKER_URL)] = held
     if args.json:
         _print_json(replies)
         return 0

@@ -36,7 +36,7 @@ from minitask.exceptions import ConfigurationError, MinitaskError
 __all__ = [
     "DEFAULTS", "DESCRIPTIONS", "ALIASES", "Settings", "load_settings", "get_settings",
     "configure", "reset", "parse_broker_url", "find_settings_module", "import_settings_module",
-    "read_settings_module",
+    "read_settings_module", "safe_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -272,6 +272,26 @@ def read_settings_module(module):
     return {name: value for name, (_, value) in _layer(vars(module)).items()}
 
 
+_PASSWORD_OPTION = re.compile(r"(?i)((?:^|&)[^=&]*password=)([^&#]*)")
+
+
+def safe_url(url):
+    """`url` fit to show in logs, output and errors: what stands before its host's ``@``
+    shown as ``**`` (a user name before a colon kept), and so is the value of an option
+    named ``...password``, much as Celery shows a broker URL."""
+    if not isinstance(url, str):
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    location, mark, query = rest.partition("?")
+    userinfo, at, hosts = location.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        location = (user + ":**" if colon else "**") + "@" + hosts
+    return scheme + sep + location + mark + _PASSWORD_OPTION.sub(r"\1**", query)
+
+
 def parse_broker_url(url, name="BROKER_URL"):
     """Split ``minitask[s]://HOST[:PORT]`` into (scheme, host, port, tls).
 
@@ -285,21 +305,22 @@ def parse_broker_url(url, name="BROKER_URL"):
         parsed = parse_redis_url(url, name)
         host, port = parsed.hosts[0]
         return scheme, host, port, parsed.tls
+    shown = safe_url(url)
     match = _BROKER_URL.match(url) if isinstance(url, str) else None
     scheme = match.group(1).lower() if match else None
     if scheme not in ("minitask", "minitasks"):
-        raise _bad(name, url, "expected minitask://HOST:PORT, minitasks://HOST:PORT or a "
+        raise _bad(name, shown, "expected minitask://HOST:PORT, minitasks://HOST:PORT or a "
                               "Redis URL (redis://HOST:PORT/DB)")
     ipv6, host, port = match.group(2), match.group(3), match.group(4)
     if ipv6 is not None:
         try:
             ipaddress.IPv6Address(ipv6.split("%")[0])
         except ValueError:
-            raise _bad(name, url, "expected an IPv6 address in the brackets") from None
+            raise _bad(name, shown, "expected an IPv6 address in the brackets") from None
         host = ipv6
     port = DEFAULT_PORT if port is None else int(port)
     if not 1 <= port <= 65535:
-        raise _bad(name, url, "expected a port from 1 to 65535")
+        raise _bad(name, shown, "expected a port from 1 to 65535")
     return scheme, host, port, scheme == "minitasks"
 
 

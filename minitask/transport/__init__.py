@@ -17,7 +17,7 @@ import threading
 import time
 
 from ..exceptions import AuthenticationError, BrokerConnectionError, ConfigurationError
-from ..config import get_settings
+from ..config import get_settings, safe_url
 
 __all__ = ["SCHEMES", "transport_for", "client_for", "consumer_for", "connection",
            "with_connection", "reset_connection", "declare_topology", "declare_worker_queues"]
@@ -40,7 +40,7 @@ def transport_for(url):
     name = SCHEMES.get(scheme)
     if name is None:
         raise ConfigurationError("BROKER_URL %r: no transport for scheme %r (known: %s)"
-                                 % (url, scheme, ", ".join(sorted(SCHEMES))))
+                                 % (safe_url(url), scheme, ", ".join(sorted(SCHEMES))))
     return importlib.import_module("%s.%s" % (__name__, name))
 
 

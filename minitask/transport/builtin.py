@@ -32,7 +32,7 @@ from . import base, declare_topology, declare_worker_queues
 from .base import HEARTBEAT, Delivery
 from .conversation import Conversation
 from ..config import get_settings
-from ..config import parse_broker_url
+from ..config import parse_broker_url, safe_url
 
 __all__ = ["Connection", "Consumer", "Delivery", "client"]
 
@@ -770,7 +770,8 @@ class Consumer(base.Consumer):
             return False
         sock = self.conn.link.sock
         if sock is None:                # a read found the connection gone
-            raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
+            raise BrokerConnectionError("not connected to %s"
+                                        % safe_url(self.settings.BROKER_URL))
         try:
             sent = sock.send(out)
             del out[:sent]

@@ -30,6 +30,7 @@ import os
 import time
 import uuid
 
+from ..config import safe_url
 from ..exceptions import (
     BrokerConnectionError, MinitaskError, ProtocolError, PublishRefusedError, ReplyError,
 )
@@ -177,7 +178,8 @@ class Consumer(base.Consumer):
 
     def read(self):
         if not self.connected:
-            raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
+            raise BrokerConnectionError("not connected to %s"
+                                        % safe_url(self.settings.BROKER_URL))
         deliveries, self._stash = self._stash, []
         rang = fetched = refetch = False
         try:
@@ -587,7 +589,8 @@ class Consumer(base.Consumer):
         """Say everything buffered in one round trip; False (nothing is ever left)."""
         if not self.connected:
             if self._calls:
-                raise BrokerConnectionError("not connected to %s" % self.settings.BROKER_URL)
+                raise BrokerConnectionError("not connected to %s"
+                                        % safe_url(self.settings.BROKER_URL))
             return False
         self.end_turn()
         reader = self.reader

@@ -40,6 +40,7 @@ import socket
 import time
 
 from .. import control, protocol as P
+from ..config import safe_url
 from ..exceptions import (
     BrokerConnectionError, PoolStartupError, TaskRevokedError, WorkerLostError,
 )
@@ -288,7 +289,8 @@ class Worker:
         self._backoff = 0.1
         self._broker_fd = self.consumer.fileno()
         self.selector.register(self._broker_fd, selectors.EVENT_READ, "broker")
-        logger.info("worker %s: connected to %s", self.hostname, self.settings.BROKER_URL)
+        logger.info("worker %s: connected to %s", self.hostname,
+                    safe_url(self.settings.BROKER_URL))
         handed_over = [job.task_id for child in self.pool.children.values()
                        for job in child.jobs if job.handed_over]
         if handed_over:
@@ -750,5 +752,6 @@ class Worker:
                      "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
                      "counts": dict(self.counts), "start_method": self.pool.start_method,
                      "pool": [child.pid for child in self.pool.alive()],
-                     "broker": self.settings.BROKER_URL, "taking_tasks": self.taking_tasks,
+                     "broker": safe_url(self.settings.BROKER_URL),
+                     "taking_tasks": self.taking_tasks,
                      "start_failures": self.start_failures}, **self._health())

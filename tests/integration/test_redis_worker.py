@@ -275,3 +275,33 @@ def test_status_http_beyond_loopback_without_a_secret_is_refused_in_one_line(bro
     assert done.returncode != 0
     lines = done.stderr.decode("utf-8").strip().splitlines()
     assert len(lines) == 1 and "BROKER_SECRET" in lines[0], lines
+
+
+def test_a_password_in_the_url_is_never_shown_in_logs_status_or_stats(tmp_path):
+    """A Redis password in BROKER_URL (and a Sentinel's, in its options) shows as ``**``, as
+    Celery shows it: not in the worker's log, `status`, `inspect stats` or an error."""
+    server = RedisServer(tmp_path, "--requirepass", "s3cretpw").start()
+    try:
+        broker = RedisBroker(server)
+        broker.url = broker.url.replace("//", "//:s3cretpw@", 1)
+        broker.settings = config.Settings({"BROKER_URL": broker.url})
+        worker = Worker(broker, tmp_path, "pw1")
+        try:
+            worker.wait_ready()
+            outputs = [cli(broker, "status"), cli(broker, "inspect", "stats")]
+            assert "redis://:**@127.0.0.1" in outputs[0]
+            worker.stop()
+            outputs.append(worker.output())
+        finally:
+            worker.proc.close()
+        unknown = subprocess.run(
+            [sys.executable, "-m", "minitask", "status"], cwd=ROOT, timeout=60,
+            env=_env({"MINITASK_BROKER_URL": "redis+x://:s3cretpw@127.0.0.1:1/0"}),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert unknown.returncode != 0
+        outputs.append(unknown.stdout.decode("utf-8", "replace"))
+        assert "connected to redis://:**@127.0.0.1" in outputs[2]
+        for output in outputs:
+            assert "s3cretpw" not in output
+    finally:
+        server.stop()

@@ -434,8 +434,25 @@ def test_a_bad_redis_url_is_refused_naming_the_setting_and_what_is_wrong():
 def test_broker_urls_that_do_not_parse(url):
     with pytest.raises(ConfigurationError) as info:
         parse_broker_url(url)
-    assert str(info.value) == (f"BROKER_URL={url!r}: expected minitask://HOST:PORT, "
+    shown = url.replace("guest@", "**@").replace("user@", "**@") if isinstance(url, str) else url
+    assert str(info.value) == (f"BROKER_URL={shown!r}: expected minitask://HOST:PORT, "
                                "minitasks://HOST:PORT or a Redis URL (redis://HOST:PORT/DB)")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://:s3cret@h:6379/0", "redis://:**@h:6379/0"),
+    ("rediss://alice:s3c:ret@h/1?vhost=v", "rediss://alice:**@h/1?vhost=v"),
+    ("redis://s3cret@h", "redis://**@h"),
+    ("redis://:p%40ss@word@h", "redis://:**@h"),
+    ("redis+sentinel://:pw@s1,s2/mymaster?sentinel_password=s3cret&vhost=v",
+     "redis+sentinel://:**@s1,s2/mymaster?sentinel_password=**&vhost=v"),
+    ("redis://h/0?Sentinel_Password=s3cret", "redis://h/0?Sentinel_Password=**"),
+    ("minitask://127.0.0.1:5679", "minitask://127.0.0.1:5679"),
+    ("no scheme:s3cret@h", "no scheme:s3cret@h"),
+    (None, None),
+])
+def test_safe_url_shows_no_password(url, shown):
+    assert config.safe_url(url) == shown
 
 
 @pytest.mark.parametrize("url, expected", [
