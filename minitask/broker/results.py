@@ -39,8 +39,12 @@ KEEP_RECHECK = 60.0                # Handovers.checkpoint: the task was not hand
 
 
 class ResultEntry:
+    """One task's result. `due` is the time its item in the store's expiry heap has: a
+    running task's later states move `expires_at` on without an item of their own, and
+    the item, once due, is put back for the new time."""
+
     __slots__ = ("task_id", "state", "content_type", "payload", "date_done", "expires_at",
-                 "segment")
+                 "due", "segment")
 
     def __init__(self, task_id, state, content_type, payload, date_done, expires_at):
         self.task_id = task_id
@@ -48,7 +52,7 @@ class ResultEntry:
         self.content_type = content_type
         self.payload = payload
         self.date_done = date_done
-        self.expires_at = expires_at
+        self.expires_at = self.due = expires_at
         self.segment = None
 
 
@@ -84,13 +88,17 @@ class ResultStore:
         self.entries[entry.task_id] = entry
         if entry.state == "STARTED":    # a running task's own state: it still runs
             if old is not None and old.state == "STARTED":
-                entry.expires_at = old.expires_at   # as its first: no more expiry entries
+                entry.due = old.due     # its first state's heap item serves them all
                 return old
         else:
             self.inflight.pop(entry.task_id, None)
-        self._seq += 1
-        heapq.heappush(self._expiry, (entry.expires_at, self._seq, entry.task_id))
+        self._push(entry)
         return old
+
+    def _push(self, entry):
+        entry.due = entry.expires_at
+        self._seq += 1
+        heapq.heappush(self._expiry, (entry.due, self._seq, entry.task_id))
 
     def restore(self, task_id, entry, inflight):
         """Put back `task_id`'s result and in-flight state as they were before a `set` (an
@@ -121,21 +129,25 @@ class ResultStore:
         removed = []
         heap = self._expiry
         while heap and heap[0][0] <= now and len(removed) < limit:
-            expires_at, _seq, task_id = heapq.heappop(heap)
+            due, _seq, task_id = heapq.heappop(heap)
             entry = self.entries.get(task_id)
-            if entry is not None and entry.expires_at == expires_at:
-                if self.keep is not None and self.keep(task_id):
-                    entry.expires_at = now + KEEP_RECHECK
-                    self._seq += 1
-                    heapq.heappush(heap, (entry.expires_at, self._seq, task_id))
-                    continue
-                del self.entries[task_id]
-                removed.append(entry)
+            if entry is None or entry.due != due:
+                continue                # replaced or forgotten since: a stale item
+            if entry.expires_at > now:  # moved on by a later state of a running task
+                self._push(entry)
+                continue
+            if self.keep is not None and self.keep(task_id):
+                entry.expires_at = now + KEEP_RECHECK
+                self._push(entry)
+                continue
+            del self.entries[task_id]
+            removed.append(entry)
         if len(heap) > 2 * len(self.entries) + 1024:      # mostly stale: rebuild
             self._expiry = []
             for entry in self.entries.values():
+                entry.due = entry.expires_at
                 self._seq += 1
-                self._expiry.append((entry.expires_at, self._seq, entry.task_id))
+                self._expiry.append((entry.due, self._seq, entry.task_id))
             heapq.heapify(self._expiry)
         return removed
 

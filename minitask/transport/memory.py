@@ -710,11 +710,14 @@ class Broker:
 
     def _store(self, task_id, state, content_type, payload):
         now = time.time()
-        entry = self.results[task_id] = (base.Result(state, state in P.READY_STATES, now,
-                                                     content_type, bytes(payload)),
-                                         now + self.result_expires)
+        result = base.Result(state, state in P.READY_STATES, now, content_type, bytes(payload))
+        entry = self.results.get(task_id)
+        if state == "STARTED" and entry is not None and entry[0].state == "STARTED":
+            entry[:] = [result, now + self.result_expires]  # its first state's timer serves
+        else:                                               # (and moves on with it)
+            entry = self.results[task_id] = [result, now + self.result_expires]
+            self._at(entry[1], self._forget_entry, self.results, task_id, entry)
         self.inflight.pop(task_id, None)
-        self._at(entry[1], self._forget_entry, self.results, task_id, entry)
         if state == "FAILURE":
             self.recent_failures = self.recent_failures[-49:] + [(now, task_id)]
         if state in P.READY_STATES:
@@ -722,6 +725,9 @@ class Broker:
 
     def _forget_entry(self, mapping, key, entry):
         if mapping.get(key) is entry:   # not a newer entry under the same key
+            if mapping is self.results and entry[1] > time.time():
+                self._at(entry[1], self._forget_entry, mapping, key, entry)
+                return                  # a running task's later state moved it on
             if mapping is self.results and self.joins.pinned(key):
                 self._at(time.time() + KEEP_RECHECK, self._forget_entry, mapping, key, entry)
                 return                  # a chord's body still needs it

@@ -19,12 +19,14 @@ from contractkit import (
     result_value, task_id, wait_for,
 )
 from minitask import control, protocol as P
+from minitask.config import Settings
 from minitask.message import decode_result_meta
 from minitask.exceptions import (
     BrokerConnectionError, BrokerError, ChordError, ConfigurationError, DeadLetteredError,
     NotDeliverableError, PublishRefusedError, TaskRevokedError, UnroutableError,
     WorkerLostError,
 )
+from minitask.transport import memory
 
 
 def inside(thread, function):
@@ -627,6 +629,29 @@ def test_a_running_tasks_own_state_is_read_until_it_ends_and_it_stays_running(tr
     sweeper.say()
     conn.set_state(task_id(data), *progress)
     assert conn.get_result(task_id(data)).state == "FAILURE"
+
+
+def test_the_fake_keeps_one_timer_per_running_task_and_moves_its_expiry_on():
+    """As the built-in broker's store (`test_recovery.py`): however many states a running
+    task reports, one expiry timer, which each report moves on."""
+    name = "timers-%s" % uuid.uuid4().hex
+    broker = memory.open_broker(name, result_expires=2.0)
+    try:
+        conn = memory.Client(Settings({"BROKER_URL": "memory://" + name})).connect()
+        timers = len(broker._timers)
+        progress = result_payload("busy", "PROGRESS", {"current": 1})
+        started = time.monotonic()
+        for _ in range(500):
+            conn.set_state("busy", *progress)
+        assert len(broker._timers) == timers + 1
+        time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+        conn.set_state("busy", *progress)                   # due now at about 3.5 s
+        time.sleep(max(0.0, started + 2.5 - time.monotonic()))
+        assert conn.get_result("busy").state == "STARTED"   # past the first state's 2 s
+        wait_for(lambda: conn.get_result("busy").state == "PENDING", timeout=10,
+                 what="the state to expire")
+    finally:
+        memory.drop_broker(name)
 
 
 def _handed_over_then_sent_again(transport, data):

@@ -537,6 +537,27 @@ def test_a_running_tasks_many_states_keep_one_expiry(broker):
     assert len(store._expiry) == 1 and store.inflight.get("busy") == "STARTED"
 
 
+def test_a_running_tasks_state_expires_from_its_last_report_not_its_first(broker, tmp_path):
+    """Each report moves the expiry on, as on Redis (and across a restart): progress that is
+    reported more often than the results' lifetime never vanishes meanwhile."""
+    worker = _hand_over(broker, "busy")
+    for step in range(6):
+        worker.set_result("busy", "STARTED", b'{"status": "PROGRESS", "result": %d}' % step,
+                          ttl=3.0)
+        broker.turn()
+        broker.clock.advance(2.0)
+        broker.turn()
+        assert broker.state.results.get("busy") is not None, "gone after report %d" % step
+    assert len(broker.state.results._expiry) == 1
+    after = broker.reopen()
+    after.clock.advance(0.5)
+    after.turn()
+    assert after.state.results.get("busy").payload.endswith(b"5}")
+    after.clock.advance(1.0)
+    after.turn()
+    assert after.state.results.get("busy") is None
+
+
 def _lose_after_the_grace(broker):
     broker.clock.advance(broker.state.options.handover_grace + 0.5)
     broker.turn()
