@@ -117,6 +117,7 @@ class Request:
         self._eta = eta                 # epoch seconds, 0 = none
         self._expires = expires
         self._task = task_object
+        self.entering = task_object     # the task whose call runs under it, until it does
 
     @property
     def eta(self):
@@ -341,11 +342,21 @@ class Task(metaclass=TaskType):
         raise NotImplementedError("task %s does not define run()" % self.name)
 
     def __call__(self, *args, **kwargs):
-        if args and kwargs:
-            request = current_request()
-            if request is not None and request.injected:
+        """Run the task here. The worker's own call runs under the request it made; any
+        other (a task called as a plain function, even inside a running task) gets a
+        request of its own saying `called_directly`, as in Celery, so that its
+        `update_state()` and `retry()` never act for the task that runs."""
+        request = current_request()
+        if request is not None and request.entering is self:
+            request.entering = None
+            if args and kwargs and request.injected:
                 _drop_filled_defaults(self.run, args, kwargs, request.injected)
-        return self.run(*args, **kwargs)
+            return self.run(*args, **kwargs)
+        push_request(Request(None, self.name, args, kwargs, called_directly=True))
+        try:
+            return self.run(*args, **kwargs)
+        finally:
+            pop_request()
 
     def __reduce__(self):
         return (_task_by_name, (self.name, type(self).__module__))
@@ -521,7 +532,8 @@ class Task(metaclass=TaskType):
         """A logger for this task: to `logfile` at `loglevel` (the worker's when run there),
         each line naming the task and its id."""
         request = current_request()
-        return task_logger(self.name, kwargs.get("task_id") or (request.id if request else ""),
+        return task_logger(self.name, kwargs.get("task_id") or (request.id if request else "")
+                           or "",
                            kwargs.get("logfile", request.logfile if request else None),
                            kwargs.get("loglevel", request.loglevel if request else None))
 
@@ -591,7 +603,7 @@ class Task(metaclass=TaskType):
         if request is not None and request.is_eager:
             return
         if task_id is None:
-            if request is None:
+            if request is None or request.id is None:
                 return
             task_id = request.id
         meta_object = ResultMeta(task_id, state, meta, None, self.name,

@@ -7,7 +7,7 @@ import pytest
 
 from minitask import Task, protocol, task, transport
 from minitask.exceptions import (
-    ContentDisallowed, NotRegistered, SerializationError, TaskRevokedError,
+    ContentDisallowed, NotRegistered, RetryTaskError, SerializationError, TaskRevokedError,
 )
 from minitask.message import TaskMessage, decode_result_meta
 from minitask.task import DEFAULT_KWARG_NAMES, current_request
@@ -117,6 +117,39 @@ def test_run_task_gives_the_task_its_request_while_it_runs_and_clears_it_after()
     assert current_request() is None
     run_task(fail, TaskMessage(fail.name, ("x",)))
     assert current_request() is None
+
+
+def test_a_task_called_as_a_plain_function_inside_a_running_task_has_a_request_of_its_own(
+        resent):
+    """As in Celery: the inner call's `request` says `called_directly`, with no id, so its
+    update_state() and retry() cannot act for the task that runs (they did: the outer task's
+    progress was overwritten, and a retry was sent under its id with its args)."""
+    seen = []
+
+    @task(bind=True, name="tests.execution.helper")
+    def helper(self, x):
+        seen.append(("helper", self.request.id, self.request.called_directly))
+        if not self.request.called_directly:
+            self.update_state(state="HELPER")
+        try:
+            self.retry(countdown=5)
+        except RetryTaskError as exc:
+            seen.append(("helper retry", str(exc)))
+        return x + 1
+
+    @task(bind=True, name="tests.execution.outer")
+    def outer(self, x, depth=0):
+        if depth == 0:
+            outer(x, depth=1)           # itself, as a plain function
+        seen.append(("outer", depth, self.request.id, self.request.called_directly))
+        return helper(x)
+
+    assert run_task(outer, TaskMessage(outer.name, (41,), id="outer-1")).result == 42
+    helped = [("helper", None, True),
+              ("helper retry", "retry() called outside a running task and without task_id")]
+    assert seen == [("outer", 1, None, True)] + helped + [("outer", 0, "outer-1", False)] \
+        + helped
+    assert resent == [] and current_request() is None
 
 
 def test_run_eagerly_returns_the_final_outcome_and_the_last_message():
