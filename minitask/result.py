@@ -146,7 +146,7 @@ class AsyncResult(ResultBase):
         meta = self._fetch()
         if meta.status not in READY_STATES or not meta.date_done:
             return None
-        return datetime.datetime.fromtimestamp(meta.date_done, datetime.timezone.utc)
+        return _utc(meta.date_done)
 
     def get(self, timeout=None, propagate=True, interval=None):
         """Wait for the final state; return the value or raise the task's exception.
@@ -198,10 +198,16 @@ class EagerResult(ResultBase):
         self._result = result
         self._state = state
         self._traceback = traceback
+        self._done_at = time.time()     # it ran here, just now
 
     @property
     def state(self):
         return self._state
+
+    @property
+    def date_done(self):
+        """When the task ended (as a result from a worker says); None for a RETRY."""
+        return _utc(self._done_at) if self._state in READY_STATES else None
 
     @property
     def result(self):
@@ -224,6 +230,10 @@ class EagerResult(ResultBase):
 
     def forget(self):
         pass
+
+
+def _utc(epoch):
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
 
 
 class ResultSet:

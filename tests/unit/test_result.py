@@ -1,6 +1,8 @@
 """minitask.result without a broker: EagerResult's surface, ResultSet over EagerResults, and
 groups and map_async run eagerly (ALWAYS_EAGER) or with apply()."""
 
+import datetime
+
 import pytest
 
 from minitask import config, group, task
@@ -58,6 +60,13 @@ def test_a_successful_eager_result_reports_success():
     assert result.ready() and result.successful() and not result.failed()
     assert result.get() == 5 and result.wait() == 5
     assert result.get(propagate=False) == 5
+
+
+def test_an_eager_result_has_date_done_as_a_result_from_a_worker_has():
+    before = datetime.datetime.now(datetime.timezone.utc)
+    done = add.apply((2, 3)).date_done
+    assert before <= done <= datetime.datetime.now(datetime.timezone.utc)
+    assert fail.apply(("x",)).date_done.tzinfo is datetime.timezone.utc
 
 
 def test_a_failed_eager_result_raises_its_exception_on_get():
