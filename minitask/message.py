@@ -239,12 +239,14 @@ def _name_or_type(content_type):
 
 
 class ResultMeta:
-    """A decoded result: the state, the value or exception, the remote traceback."""
+    """A decoded result: the state, the value or exception, the remote traceback, and the
+    ids of the tasks a SUCCESS sent on (`children`: its callbacks, its chain's next link)."""
 
-    __slots__ = ("task_id", "task", "status", "result", "traceback", "retries", "date_done")
+    __slots__ = ("task_id", "task", "status", "result", "traceback", "retries", "date_done",
+                 "children")
 
     def __init__(self, task_id, status, result=None, traceback=None, task="", retries=0,
-                 date_done=0.0):
+                 date_done=0.0, children=()):
         self.task_id = task_id
         self.task = task
         self.status = status
@@ -252,6 +254,7 @@ class ResultMeta:
         self.traceback = traceback
         self.retries = retries
         self.date_done = date_done
+        self.children = children
 
     def __repr__(self):
         return "<ResultMeta %s %s>" % (self.task_id, self.status)
@@ -263,6 +266,8 @@ def encode_result_meta(meta, serializer="json"):
     value = {"v": BODY_VERSION, "task_id": meta.task_id, "task": meta.task,
              "status": meta.status, "result": meta.result, "traceback": meta.traceback,
              "retries": meta.retries, "date_done": meta.date_done}
+    if meta.children:
+        value["children"] = list(meta.children)
     try:
         return serialization.dumps(value, serializer)
     except SerializationError as exc:
@@ -286,6 +291,9 @@ def decode_result_meta(task_id, state, content_type, payload, accept=None):
         raise ProtocolError("result of %s is not an object" % task_id)
     if state == "STARTED" and isinstance(value.get("status"), str) and value["status"]:
         state = value["status"]         # a running task's own state (update_state)
+    children = value.get("children") or ()
+    if not isinstance(children, list) or not all(isinstance(one, str) for one in children):
+        children = ()                   # not ours to read: no children rather than an error
     return ResultMeta(task_id, state, value.get("result"), value.get("traceback"),
                       value.get("task", ""), value.get("retries", 0),
-                      value.get("date_done", 0.0))
+                      value.get("date_done", 0.0), tuple(children))

@@ -99,9 +99,15 @@ class AsyncResult(ResultBase):
 
     @property
     def children(self):
-        """The results of the `link` callbacks it sent: once it has succeeded, as Celery's
-        (``[]`` before, and after any other outcome: they are never sent then)."""
-        return list(self.links) if self.links and self.state == SUCCESS else []
+        """The results of the tasks it sent on (its `link` callbacks, its chain's next link)
+        once it has succeeded, as Celery's: this handle's own `links` when it sent them, else
+        the ids stored with the result. ``[]`` before, and after any other outcome."""
+        if self.state != SUCCESS:
+            return []
+        if self.links:
+            return list(self.links)
+        return [AsyncResult(task_id, connection=self._connection)
+                for task_id in self._fetch().children]
 
     def _call(self, function):
         """``function(connection)`` on the connection given, or this thread's (reconnecting)."""

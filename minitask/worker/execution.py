@@ -272,7 +272,8 @@ def executed(task_id, name, state, result, tb, runtime, serializer, summary, ret
              publish=(), chained=()):
     """The `Executed` report of a run that ended in `state` with `result` (a value or an
     exception), its result meta serialized with `serializer`."""
-    meta = ResultMeta(task_id, state, result, tb, name, retries, time.time())
+    children = [protocol.message_id_of(data) for data in publish] if state == "SUCCESS" else ()
+    meta = ResultMeta(task_id, state, result, tb, name, retries, time.time(), children)
     content_type, payload = encode_result_meta(meta, serializer)
     if meta.status != state:            # the result itself could not be carried
         state, summary = meta.status, "result not serializable: %s" % meta.result

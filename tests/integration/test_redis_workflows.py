@@ -24,6 +24,7 @@ from test_workflows import (  # noqa: E402,F401  (collected here again, on Redis
     test_a_failing_link_stops_the_chain_and_calls_its_errback,
     test_a_group_piped_into_a_task_is_a_chord, test_a_group_runs_its_members,
     test_a_header_task_whose_worker_is_killed_fails_the_chord_with_worker_lost,
+    test_a_fresh_handle_of_a_task_finds_its_children_in_its_result,
     test_a_link_callback_gets_the_result, test_a_link_that_retries_carries_its_chain_on,
     test_the_children_of_a_task_that_failed_are_none_as_its_callbacks_never_ran,
     test_a_revoked_link_is_not_run_and_its_chain_gets_the_revocation,

@@ -37,6 +37,19 @@ def test_a_link_callback_gets_the_result(broker, flow_worker):
     assert result.children[0].get(timeout=20) == 40
 
 
+def test_a_fresh_handle_of_a_task_finds_its_children_in_its_result(broker, flow_worker):
+    """As Celery's result backends: the children are stored with the result, so a handle
+    made from the id alone (a web request's, later) sees the callbacks and the next link."""
+    linked = itflow.add.apply_async((2, 2), link=[itflow.mul.s(10), itflow.add.s(1)])
+    chained = (itflow.add.s(1, 1) | itflow.mul.s(3)).delay()
+    assert (linked.get(timeout=20), chained.get(timeout=20)) == (4, 6)
+    children = AsyncResult(linked.id).children
+    assert [child.id for child in children] == [link.id for link in linked.links]
+    assert sorted(child.get(timeout=20) for child in children) == [5, 40]
+    assert [child.id for child in AsyncResult(chained.parent.id).children] == [chained.id]
+    assert AsyncResult(chained.id).children == []
+
+
 def test_the_children_of_a_task_that_failed_are_none_as_its_callbacks_never_ran(
         broker, flow_worker):
     failed = itflow.divide.apply_async((1, 0), link=itflow.mul.s(10))

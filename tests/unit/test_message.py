@@ -284,6 +284,17 @@ def test_a_meta_without_payload_is_just_its_state():
         "id-3", "PENDING", None, None)
 
 
+def test_the_children_of_a_result_travel_with_it_and_only_when_it_has_some():
+    _type, payload = encode_result_meta(ResultMeta("id-8", "SUCCESS", 1, children=["a", "b"]))
+    assert decode_result_meta("id-8", "SUCCESS", JSON_TYPE, payload).children == ("a", "b")
+    _type, payload = encode_result_meta(ResultMeta("id-8", "SUCCESS", 1))
+    assert b"children" not in payload
+    assert decode_result_meta("id-8", "SUCCESS", JSON_TYPE, payload).children == ()
+    for odd in (b'"a"', b'[1]', b'{"x": 1}'):                   # not ours: no children
+        payload = b'{"status": "SUCCESS", "result": 1, "children": %s}' % odd
+        assert decode_result_meta("id-8", "SUCCESS", JSON_TYPE, payload).children == ()
+
+
 def test_a_result_the_serializer_cannot_carry_becomes_a_failure_saying_so():
     meta = ResultMeta("id-4", "SUCCESS", Unsendable(), None, "t")
     content_type, payload = encode_result_meta(meta, "json")
