@@ -63,7 +63,9 @@ deliveries u8`` followed by the message exactly as published (3.1).
 multiple (also every unacked tag below the largest one given), bit 1 started (the message is
 a task that has just started and stays the connection's until its result arrives; see 5).
 REJECT flags: bit 0 requeue (else the message is dropped, or dead-lettered if its queue has
-a dead-letter queue). START has the same layout (flags 0): the tasks started but are not acked
+a dead-letter queue), bit 1 released, with bit 0: the message never started (a worker's warm
+shutdown gives back what it prefetched), so this delivery does not count toward its queue's
+``max_redeliveries`` (a broker older than the bit requeues it as any reject). START has the same layout (flags 0): the tasks started but are not acked
 yet (``acks_late``).
 
 3.4 RESULT_SET body, and the RESULT reply::
@@ -322,7 +324,7 @@ READY_STATES = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
 MANDATORY, IMMEDIATE, PERSISTENT = 0x01, 0x02, 0x04
 REDELIVERED = 0x01
 MULTIPLE, STARTED = 0x01, 0x02
-REQUEUE = 0x01
+REQUEUE, RELEASE = 0x01, 0x02
 STORE, READY = 0x01, 0x01
 DESCRIBED = 0x02
 # WELCOME's features (4): what this broker understands beyond protocol 1 as first published.

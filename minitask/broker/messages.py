@@ -438,6 +438,8 @@ class Messages:
         for message in messages:
             self._inflight_clear(message)
             if flags & P.REQUEUE:
+                if flags & P.RELEASE:
+                    self._uncount(message)
                 self._return(message)
             elif message.queue.dead_letter_queue:
                 self._dead_letter(message, "rejected")
@@ -455,6 +457,19 @@ class Messages:
                 task_id = P.message_id_of(message.data)
                 if task_id:
                     inflight[task_id] = "STARTED"
+
+    def _uncount(self, message):
+        """A message given back before it started: its last delivery does not count. The
+        journal hears the count again as a copy of the message (as compaction makes them),
+        which replay takes as the count from then on."""
+        if message.deliveries <= 0:
+            return
+        message.deliveries -= 1
+        if message.segment is not None:
+            self.sink.add(rc.publish_record(message.id, message.deliveries, message.queue.name,
+                                            message.data))
+            self.sink.untrack(message)
+            self.sink.track(message)
 
     def _inflight_clear(self, message):
         task_id = P.message_id_of(message.data)

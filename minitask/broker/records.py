@@ -12,7 +12,9 @@ u8 length and UTF-8 bytes, ``ids`` a u32 count and that many u64, ``names`` a u3
 that many str8. Record types:
 
 ==  ==========  ===========================================================================
-1   PUBLISH     id u64, deliveries u8, queue str8, the message (protocol section 3.1)
+1   PUBLISH     id u64, deliveries u8, queue str8, the message (protocol section 3.1). A
+                PUBLISH of an id already known is a copy (compaction, or a message given
+                back unstarted): its deliveries is the message's count from then on
 2   ACK         ids: these messages are gone (acked, expired, purged, dead-lettered)
 3   DELIVERED   ids: these messages were handed to a consumer (they come back redelivered)
 4   RESULT      task_id str8, state u8, date_done f64, expires_at f64, content_type str8,

@@ -78,8 +78,8 @@ def _apply(state, found, segment, kind, payload):
         known = found.messages.get(message_id)
         if known is None:
             found.messages[message_id] = [queue, data, deliveries, segment]
-        else:                                   # a copy made by compaction
-            known[2] = max(known[2], deliveries)
+        else:           # a copy (compaction, a release): its count is the count from then on
+            known[2] = deliveries
             known[3] = segment
     elif kind == rc.ACK:
         for message_id in rc.decode_ids(payload):

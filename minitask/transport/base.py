@@ -237,6 +237,12 @@ class Consumer:
     def reject(self, tag, requeue=True):
         raise NotImplementedError
 
+    def release(self, tag):
+        """Give back a message taken but never started (a warm shutdown, a pool that could
+        not start): it goes back to its queue, and this delivery does not count toward the
+        queue's ``max_redeliveries``, which is for messages whose runs keep failing."""
+        raise NotImplementedError
+
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
@@ -263,6 +269,11 @@ class Consumer:
 
     def cancel_queue(self, name):
         raise NotImplementedError
+
+    def cancel_all(self):
+        """Stop consuming every queue (a warm shutdown)."""
+        for name in list(self.queues):
+            self.cancel_queue(name)
 
     def pause(self):
         """Stop taking tasks (keep the queues to take them from): the pool cannot run them."""

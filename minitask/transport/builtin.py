@@ -573,6 +573,7 @@ class Consumer(base.Consumer):
         self.control_queue = None
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._releases = []
         self._qos_sent = None
         self.paused = True              # no task consumers until resume()
         self.features = frozenset()     # what the broker offers beyond protocol 1
@@ -606,6 +607,7 @@ class Consumer(base.Consumer):
         self.features = conn.features
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._releases = []
         early = list(conn.deliveries)       # arrived while we waited for the last reply
         conn.deliveries.clear()
         return early
@@ -652,6 +654,9 @@ class Consumer(base.Consumer):
             self._rejects.append(tag)
         else:
             self.out += P.encode_tags(P.REJECT, 0, [tag])
+
+    def release(self, tag):
+        self._releases.append(tag)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
@@ -741,10 +746,6 @@ class Consumer(base.Consumer):
             return True
         return False
 
-    def cancel_all(self):
-        for name in list(self.queues):
-            self.cancel_queue(name)
-
     def end_turn(self):
         """Turn this turn's acks, starts and rejects into frames, and adjust QOS."""
         if self._started:
@@ -759,6 +760,9 @@ class Consumer(base.Consumer):
         if self._rejects:
             self.out += P.encode_tags(P.REJECT, P.REQUEUE, self._rejects)
             self._rejects = []
+        if self._releases:
+            self.out += P.encode_tags(P.REJECT, P.REQUEUE | P.RELEASE, self._releases)
+            self._releases = []
         wanted = self.prefetch + self.extra_credit
         if self._qos_sent is not None and wanted != self._qos_sent:
             self.out += P.encode_json(P.QOS, 0, {"prefetch_count": wanted})
@@ -788,6 +792,7 @@ class Consumer(base.Consumer):
         self.conn = None
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._releases = []
         self._qos_sent = None
 
     def close(self):

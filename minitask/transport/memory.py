@@ -615,13 +615,16 @@ class Broker:
             if message is not None and P.message_id_of(message.data):
                 self.inflight[P.message_id_of(message.data)] = "STARTED"
 
-    def reject(self, session, tags, requeue=True):
-        self._reject(session, tags, requeue)
+    def reject(self, session, tags, requeue=True, release=False):
+        self._reject(session, tags, requeue, release)
 
-    def _reject(self, session, tags, requeue):
+    def _reject(self, session, tags, requeue, release=False):
         """Requeue (ahead of newer messages, or dead-letter after too many deliveries), or
-        drop (dead-letter when the queue names a dead-letter queue)."""
+        drop (dead-letter when the queue names a dead-letter queue). A message `release`d
+        never started: its delivery does not count."""
         for message in self._take_unacked(session, tags):
+            if release and message.deliveries > 0:
+                message.deliveries -= 1
             queue = message.queue
             if P.message_id_of(message.data) not in self.handovers:
                 self.inflight.pop(P.message_id_of(message.data), None)
@@ -1036,6 +1039,7 @@ class Consumer(base.Consumer):
     def _forget_turn(self):
         self._out = []                  # (command, args, {}), run by flush()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._releases = []
         self._qos_sent = None
 
     def connect(self, timeout=5.0):
@@ -1104,6 +1108,9 @@ class Consumer(base.Consumer):
         else:
             self._say("reject", [tag], False)
 
+    def release(self, tag):
+        self._releases.append(tag)
+
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
         if self._started:
@@ -1169,10 +1176,12 @@ class Consumer(base.Consumer):
         """This turn's acks, starts and rejects, in the built-in transport's order; QOS."""
         for name, tags, flags in (("ack", self._started, (True,)), ("start", self._starts, ()),
                                   ("ack", self._acks, (False,)),
-                                  ("reject", self._rejects, (True,))):
+                                  ("reject", self._rejects, (True,)),
+                                  ("reject", self._releases, (True, True))):
             if tags:
                 self._say(name, tags, *flags)
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
+        self._releases = []
         if self._qos_sent is not None and self.prefetch + self.extra_credit != self._qos_sent:
             self._qos_sent = self.prefetch + self.extra_credit
             self._say("qos", self._qos_sent)

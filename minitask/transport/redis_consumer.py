@@ -414,7 +414,10 @@ class Consumer(base.Consumer):
         return max(0.0, self._starts_at + START_DELAY - time.monotonic())
 
     def reject(self, tag, requeue=True):
-        self._rejects.append((tag, requeue))
+        self._rejects.append((tag, "requeue" if requeue else None))
+
+    def release(self, tag):
+        self._rejects.append((tag, "release"))
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
                      task_name="", runtime=None, chained=()):
@@ -515,10 +518,6 @@ class Consumer(base.Consumer):
         self._renew_at = 0.0
         self._unblock = True            # so that the worker's loop flushes, and renews
 
-    def cancel_all(self):
-        for name in list(self.queues):
-            self.cancel_queue(name)
-
     @property
     def out(self):
         """True when something waits for `flush()` (what the worker's loop looks at)."""
@@ -537,7 +536,7 @@ class Consumer(base.Consumer):
             starts = []                 # held back, for now
         elif starts:
             ended = set(self._acks)
-            ended.update(tag for tag, _requeue in self._rejects)
+            ended.update(tag for tag, _mode in self._rejects)
             starts = [tag for tag in starts if tag not in ended]
             self._starts = []
         settlement = ops.Settlement(self.client.keys)
@@ -551,17 +550,16 @@ class Consumer(base.Consumer):
             if held is not None:
                 settlement.ack(held, self.id)
         topology = self.client.topology
-        for tag, requeue in self._rejects:
+        for tag, mode in self._rejects:
             held = self.held.pop(tag, None)
             if held is None:
                 continue
-            queue = topology.queues.get(held.queue)
-            if requeue:
-                mode = "requeue"
-            elif queue is not None and queue.args["dead_letter_queue"]:
-                mode = "dead"
-            else:
-                mode = "reject"         # dropped, its task FAILURE (DeadLetteredError)
+            if mode is None:            # not requeued
+                queue = topology.queues.get(held.queue)
+                if queue is not None and queue.args["dead_letter_queue"]:
+                    mode = "dead"
+                else:
+                    mode = "reject"     # dropped, its task FAILURE (DeadLetteredError)
             settlement.give_back(held, self.id, mode, topology)
         self._gave_up = self._gave_up or bool(self._rejects)   # dead-lettered, dropped
         self._acks, self._rejects = [], []

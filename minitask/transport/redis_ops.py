@@ -270,8 +270,8 @@ class Settlement:
         self._ops += 1
 
     def give_back(self, held, owner, mode, topology, min_idle=0, why=""):
-        """Give `held` back (mode 'requeue', 'dead', 'reject' or 'drop'; see give_back in
-        the scripts' prelude)."""
+        """Give `held` back (mode 'requeue', 'release', 'dead', 'reject' or 'drop'; see
+        give_back in the scripts' prelude)."""
         keys = self.keys
         queue = topology.queues.get(held.queue)
         if queue is not None:

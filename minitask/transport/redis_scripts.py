@@ -344,7 +344,8 @@ end
 -- "returned" stream of its priority (read before that priority's new messages), or to the
 -- dead-letter queue when it has been delivered more than max_redeliveries times (mode
 -- 'requeue') or when the caller says so (mode 'dead'), its task FAILURE (DeadLetteredError);
--- mode 'drop' keeps no copy, and stores a REVOKED result when `why` is given; mode 'reject'
+-- mode 'release' (never started: a warm shutdown) copies it with the same count, never
+-- dead-lettered; mode 'drop' keeps no copy, and stores a REVOKED result when `why` is given; mode 'reject'
 -- keeps none either, its task FAILURE. Then the original is acked and deleted.
 -- Nothing happens unless the entry is still pending for `owner`: acked meanwhile, or given
 -- back by someone else, it stays as it is. Returns {task id, queue, dead-letter queue} when
@@ -382,8 +383,10 @@ local function give_back(globals)
     return nil
   end
   if not entry or not exists then return nil end       -- nothing to copy, or nowhere to
-  local deliveries = (tonumber(fields['n']) or 0) + 1
-  if mode == 'dead' or (max_redeliveries and deliveries > max_redeliveries) then
+  local deliveries = tonumber(fields['n']) or 0
+  if mode ~= 'release' then deliveries = deliveries + 1 end
+  if mode == 'dead' or (mode == 'requeue' and max_redeliveries
+                        and deliveries > max_redeliveries) then
     if not queue_exists(globals, dead_name) then
       redis.call('HSET', globals.queues, dead_name, dead_definition)
       redis.call('INCR', globals.topology)

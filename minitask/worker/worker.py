@@ -388,7 +388,7 @@ class Worker:
             logger.info("Received task: %s[%s]%s", name, task_id,
                         " (redelivered)" if delivery.redelivered else "")
         if self.stopping:
-            self.consumer.reject(job.tag)
+            self.consumer.release(job.tag)
             return
         if task_id in self.revoked:
             self._store_final(job, "REVOKED", "revoked before it started")
@@ -506,7 +506,7 @@ class Worker:
             self.consumer.connected
         if report[0] == "skipped":
             if same_connection:
-                self.consumer.reject(job.tag)
+                self.consumer.release(job.tag)
             return
         state, content_type, payload, store, runtime, _summary, publish, chained = report
         self.counts[state.lower()] += 1
@@ -685,14 +685,15 @@ class Worker:
         self._put_back_reserved()
 
     def _put_back_reserved(self):
-        """Reject (requeue) every message held here and not started; children skip theirs."""
+        """Give back (release) every message held here and not started; children skip
+        theirs. None of them counts as a delivery toward max_redeliveries."""
         for job in self.ready:
             if job.generation == self.consumer.generation:
-                self.consumer.reject(job.tag)
+                self.consumer.release(job.tag)
         self.ready.clear()
         for _due, job in self.scheduler.items():
             if job.generation == self.consumer.generation:
-                self.consumer.reject(job.tag)
+                self.consumer.release(job.tag)
         self.scheduler = Scheduler(self.clock)
         self.held = 0
         self.consumer.set_extra_credit(0)

@@ -256,6 +256,30 @@ def test_message_delivered_more_than_max_redeliveries_goes_to_the_dead_letter_qu
     assert dead.data == data
 
 
+def test_a_message_given_back_before_it_started_is_not_counted_as_delivered(transport):
+    """A worker's warm shutdown gives back what it prefetched and never started: however
+    often that happens (a deploy a day), the message is not brought nearer the dead-letter
+    queue, which is for messages that keep failing (a helper's outside check saw a task that
+    never ran dead-lettered after a few restarts). The built-in broker's journal keeps the
+    count across a restart (`test_recovery.py`)."""
+    data = message("jobs")
+    conn = transport.client()
+    conn.declare_queue("jobs", max_redeliveries=2)
+    conn.publish(data)
+    for round in range(5):
+        stream = transport.consumer(["jobs"], prefetch=1, hostname="w%d" % round)
+        [delivery] = stream.receive()
+        assert (delivery.deliveries, delivery.redelivered) == (1, False)
+        stream.consumer.cancel_all()                    # as a worker's warm shutdown
+        stream.consumer.release(delivery.delivery_tag)
+        stream.say()
+        stream.consumer.close()
+    assert transport.queue_row(conn, "jobs")["dead"] == 0
+    stream = transport.consumer(["jobs"], prefetch=1, hostname="last")
+    [delivery] = stream.receive()
+    assert (delivery.data, delivery.deliveries) == (data, 1)
+
+
 def test_rejected_message_goes_to_the_dead_letter_queue_its_queue_names(transport):
     conn = transport.client()
     conn.declare_queue("jobs", dead_letter_queue="graveyard")

@@ -32,8 +32,10 @@ def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start
     assert broker.queue()["ready"] == 3
     output = worker.proc.output()
     assert "died" not in output and "Exception ignored" not in output, output
-    start_worker()
+    second = start_worker()
     assert [r.get(timeout=10) for r in waiting] == [0, 2, 4]
+    # Given back before they started: not counted as deliveries (none says redelivered).
+    assert "(redelivered)" not in second.output()
 
 
 def test_a_second_signal_is_a_cold_shutdown(broker, start_worker, tmp_path):

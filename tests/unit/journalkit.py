@@ -279,8 +279,9 @@ class Client:
     def ack(self, *tags, started=False):
         return self._tags(P.ACK, P.STARTED if started else 0, tags)
 
-    def reject(self, *tags, requeue=False):
-        return self._tags(P.REJECT, P.REQUEUE if requeue else 0, tags)
+    def reject(self, *tags, requeue=False, release=False):
+        flags = (P.REQUEUE if requeue or release else 0) | (P.RELEASE if release else 0)
+        return self._tags(P.REJECT, flags, tags)
 
     def set_result(self, task_id, state="SUCCESS", payload=b'{"result": 42}',
                    content_type="application/json", store=True, ttl=0.0, seq=None):

@@ -113,7 +113,9 @@ def test_unacked_messages_return_redelivered_ahead_of_never_delivered_ones(broke
     assert got == [("old2", True, 2), ("old3", True, 2), ("new1", False, 1), ("new2", False, 1)]
 
 
-def test_messages_requeued_before_the_crash_keep_their_delivery_count(broker):
+def _a_given_back_three_times(broker, release):
+    """Messages "a" and "b" of "q", taken by three workers in turn: each rejects "a" with
+    requeue (or releases it) and closes, which brings "b" back too. Returns the client."""
     client = broker.connect()
     client.declare_queue("q")
     publish(broker, client, "q", "a", "b")
@@ -121,12 +123,38 @@ def test_messages_requeued_before_the_crash_keep_their_delivery_count(broker):
         worker = worker_with(broker, "q")
         for delivery in worker.take_deliveries():
             if delivery.task_id == "a":
-                worker.reject(delivery.tag, requeue=True)
+                worker.reject(delivery.tag, requeue=True, release=release)
         worker.close()                                      # b comes back too
         broker.turn()
+    return client
+
+
+def test_messages_requeued_before_the_crash_keep_their_delivery_count(broker):
+    _a_given_back_three_times(broker, release=False)
     assert sorted(ready_view(broker.state, "q")) == [("a", 3), ("b", 3)]
     after = broker.reopen()
     assert ready_view(after.state, "q") == [("a", 3), ("b", 3)]
+
+
+@pytest.mark.parametrize("compacted", [False, True])
+def test_messages_given_back_before_they_started_keep_their_count_across_a_restart(
+        broker, compacted):
+    """A release (REJECT with bit 1) takes back the delivery it ends; the journal says so
+    with a copy of the message, which replay takes as its count from then on."""
+    client = _a_given_back_three_times(broker, release=True)
+    assert sorted(ready_view(broker.state, "q")) == [("a", 0), ("b", 3)]
+    if compacted:
+        client.declare_queue("filler")
+        for n in range(40):
+            client.publish("filler", "filler-%d" % n)
+            client.purge("filler")
+            broker.turn()
+        broker.compact()
+    after = broker.reopen()
+    assert sorted(ready_view(after.state, "q")) == [("a", 0), ("b", 3)]
+    consumer = worker_with(after, "q")
+    got = sorted((d.task_id, d.redelivered, d.deliveries) for d in consumer.take_deliveries())
+    assert got == [("a", False, 1), ("b", True, 4)]
 
 
 def test_requeueing_one_message_returns_only_that_one_and_a_restart_agrees(broker):
