@@ -31,7 +31,7 @@ from . import redis_ops as ops
 from .redis_client import RedisClient, Script
 from .redis_givenup import may_give_up, send_given_up
 from .redis_keys import WAITING_FIELDS, Keys
-from .redis_liveness import housekeeping
+from .redis_liveness import housekeeping, sweep
 from .redis_replies import STALE, control_body, live_consumers, read_result, redis_ms, refused
 from .redis_scripts import SCRIPTS
 from .redis_topology import Topology
@@ -58,6 +58,8 @@ WAIT_SLICE = 5.0
 FIRST_WAIT = 0.05
 # Control replies kept for late askers: long enough, never forever.
 REPLY_SECONDS = 60.0
+# States of a task some worker holds: a client waiting on one looks for dead workers.
+_IN_FLIGHT = ("RECEIVED", "STARTED")
 
 _checked = set()                # (pid, URL) whose server was checked (start-up warnings)
 
@@ -89,6 +91,7 @@ class Client(base.Client):
         self.ttl_ms = ops.ms(settings.RESULT_EXPIRES)
         self._exclusive = set()
         self._set_up = False
+        self._sweep_at = 0.0            # when this client may next look for dead workers
 
     def __repr__(self):
         return "<redis Client %s>" % self.options.display
@@ -391,7 +394,24 @@ class Client(base.Client):
         raise BrokerError("the topology kept changing while a task's state was stored")
 
     def get_result(self, task_id):
-        return self._result(task_id)[0]
+        result = self._result(task_id)[0]
+        if result.state in _IN_FLIGHT and self._look_for_the_dead():
+            housekeeping(self)          # an orphan whose grace is up fails now
+            result = self._result(task_id)[0]
+        return result
+
+    def _look_for_the_dead(self):
+        """What a worker does every half heartbeat, done by a client asking about a task in
+        flight: workers whose heartbeat expired are reaped (what they held goes back, what
+        they ran fails after the grace). With no worker left alive, no one else would. The
+        sweepers' shared lock keeps it to one process at a time. True when it was due."""
+        now = time.monotonic()
+        if now < self._sweep_at:
+            return False
+        every = self.options.heartbeat / 2.0
+        self._sweep_at = now + every
+        sweep(self, self.id, every, self.options.handover_grace)
+        return True
 
     def _result(self, task_id, due=False):
         """``(Result, the id of its entry or "0-0")``; with `due`, also the reply of a DUE
@@ -423,10 +443,15 @@ class Client(base.Client):
             left = None if deadline is None else deadline - time.monotonic()
             if result.ready or (left is not None and left <= 0):
                 return result
+            in_flight = result.state in _IN_FLIGHT
+            if in_flight:
+                self._look_for_the_dead()
             now, next_due = housekeeping(self, due)
             block = WAIT_SLICE if left is None else min(left, WAIT_SLICE)
             if next_due is not None:
                 block = min(block, max(0.001, (next_due - now) / 1000.0))
+            if in_flight:
+                block = min(block, max(0.001, self._sweep_at - time.monotonic()))
             stored = self._await_entry(task_id, key, last_id, block)
             if stored is not None and stored.ready:
                 return stored

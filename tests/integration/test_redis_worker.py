@@ -198,6 +198,28 @@ def test_a_worker_killed_with_kill_9_loses_nothing(broker, start_worker, tmp_pat
     assert row["dead"] == 0
 
 
+@pytest.mark.parametrize("asked_by", ["get", "state"])
+def test_a_task_of_a_killed_worker_ends_with_no_other_worker_alive(broker, start_worker,
+                                                                  asked_by):
+    """No broker process of ours watches on Redis: a client waiting on the task, or asking
+    its state, looks for dead workers as a worker would, so the task of the only worker,
+    killed, still ends WorkerLostError (a helper's outside check saw it STARTED for ever)."""
+    doomed = start_worker("alone", args=["-c", "1"])
+    started, prefetched = ittasks.sleep.delay(30, "alone"), ittasks.sleep.delay(30, "alone")
+    wait_for(lambda: started.state == "STARTED", what="the task to start")
+    doomed.kill()
+    patience = HEARTBEAT * 2 + GRACE + 20
+    if asked_by == "get":
+        with pytest.raises(WorkerLostError):
+            started.get(timeout=patience)
+    else:
+        wait_for(lambda: started.state == "FAILURE", patience, what="the WorkerLostError")
+        assert isinstance(started.result, WorkerLostError)
+    # Prefetched, never started: back in its queue for the next worker.
+    wait_for(lambda: broker.queue()["ready"] == 1, what="the prefetched task to return")
+    assert prefetched.state == "PENDING"
+
+
 def test_two_beat_workers_on_redis_send_each_beat_once_and_one_takes_over(
         broker, start_worker, tmp_path):
     def runs():
