@@ -1,7 +1,7 @@
 """Logging set-up shared by the command line, the worker and `Task.get_logger()`.
 
 Only `setup_logging` (called by cli.py and the worker's pool children) touches the root
-logger. Task loggers write their own lines, each naming the task and its id, to the file the
+logger, which it takes over. Task loggers write their own lines, each naming the task and its id, to the file the
 task's `logfile` names (the worker's, when run there) and do not propagate, so a line is never
 written twice.
 """
@@ -45,14 +45,23 @@ def level_of(loglevel, default=logging.WARNING):
 
 
 def setup_logging(loglevel="WARNING", logfile=None):
-    """Send minitask's own log lines to `logfile` (stderr when None) at `loglevel`."""
+    """Send the process's log lines to `logfile` (stderr when None) at `loglevel`.
+
+    As Celery's worker (``worker_hijack_root_logger``), the root logger is taken over: any
+    other handler on it goes, so that no line is written twice. minitask's own loggers are
+    enabled again, in case a ``dictConfig`` with ``disable_existing_loggers`` (a Django
+    project's LOGGING, applied by ``django.setup()`` first) silenced them."""
     root = logging.getLogger()
     handler = _handler(logfile, FORMAT)
+    for old in [h for h in root.handlers if h is not handler]:
+        root.removeHandler(old)
     if handler not in root.handlers:
-        for old in [h for h in root.handlers if h in _handlers.values()]:
-            root.removeHandler(old)
         root.addHandler(handler)
     root.setLevel(level_of(loglevel))
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if (name == "minitask" or name.startswith("minitask.")) \
+                and isinstance(logger, logging.Logger):
+            logger.disabled = False
     return root
 
 

@@ -125,6 +125,11 @@ class DjangoProject:
                 ALLOWED_HOSTS = ["testserver", "localhost"]
                 # minitask's settings live here too
                 BROKER_URL = %r
+                # A common LOGGING: it silences every logger that exists when it is applied
+                # (the worker's, before it sets its own up) and logs to the console from root.
+                LOGGING = {"version": 1, "disable_existing_loggers": True,
+                           "handlers": {"console": {"class": "logging.StreamHandler"}},
+                           "root": {"handlers": ["console"], "level": "WARNING"}}
                 """ % broker.url))
         self.manage("makemigrations", "notes")
         self.manage("migrate")
@@ -211,6 +216,9 @@ def test_an_orm_task_reads_and_writes_rows_under_every_start_method(project, tas
         log = open(worker.logfile).read()
         worker.close()
     assert "Traceback" not in log and "AppRegistryNotReady" not in log
+    # The project's LOGGING neither silences the worker's log nor doubles it.
+    assert log.count("Received task: notes.tasks.add_note") == 1, log
+    assert log.count("] Task notes.tasks.add_note[") == 1, log
     # Django closes a connection after each task (CONN_MAX_AGE = 0), as after a request.
     assert not any(report["connected_at_start"] for report in reports)
     for report in reports:

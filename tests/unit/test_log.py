@@ -1,11 +1,12 @@
 """minitask.log and `Task.get_logger()`: a task's lines go to its logfile at its loglevel, each
 naming the task and its id, and never twice."""
 import logging
+import logging.config
 
 import pytest
 
 from minitask import registry, task
-from minitask.log import TASK_FORMAT, level_of, task_logger
+from minitask.log import TASK_FORMAT, level_of, setup_logging, task_logger
 
 
 from taskkit import isolated_tasks  # noqa: E402,F401  (fixtures)
@@ -133,3 +134,36 @@ def test_the_task_format_names_task_and_id():
 ])
 def test_level_of_reads_names_in_any_case_and_numbers(given, level):
     assert level_of(given) == level
+
+
+def test_setup_logging_takes_the_root_logger_over_as_a_django_logging_setting_leaves_it(
+        tmp_path):
+    """As Celery's worker_hijack_root_logger: the worker's lines go to its log once, and
+    minitask's loggers speak again after a dictConfig with disable_existing_loggers (Django's
+    LOGGING, applied by django.setup() before the worker sets its logging up)."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    worker_logger = logging.getLogger("minitask.worker.test_log_probe")
+    others = logging.getLogger("someapp.test_log_probe")
+    try:
+        logging.config.dictConfig({
+            "version": 1, "disable_existing_loggers": True,
+            "handlers": {"console": {"class": "logging.StreamHandler"}},
+            "root": {"handlers": ["console"], "level": "WARNING"}})
+        assert worker_logger.disabled and others.disabled
+        logfile = str(tmp_path / "worker.log")
+        setup_logging("INFO", logfile)
+        assert [type(h).__name__ for h in root.handlers] == ["FileHandler"]
+        worker_logger.info("once")
+        for handler in root.handlers:
+            handler.flush()
+        with open(logfile) as handle:
+            assert handle.read().count("once") == 1
+        assert others.disabled          # the project's own choice stays
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        worker_logger.disabled = others.disabled = False
