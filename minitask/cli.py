@@ -19,7 +19,7 @@ from .argtypes import (comma_list, host_port, loglevel, pool, port, positive_int
 from .exceptions import MinitaskError
 from .admin import add_commands
 from . import __version__
-from .loaders import app_modules, current_loader
+from .loaders import app_modules, current_loader, import_app_package
 from .log import setup_logging
 from .broker.main import BrokerConfig, run_broker
 from .config import configure, parse_broker_url
@@ -269,9 +269,12 @@ def _fail(command, message, code, as_json, json_message=None):
 
 def _apply_global_options(args):
     """-A and -b before the command (Celery 5's order): -A imports, or adds task modules to a
-    worker; -b is the command's --broker."""
-    modules = [name for spec in args.app + getattr(args, "worker_app", [])
-               for name in app_modules(spec)]
+    worker; -b is the command's --broker. An -A package is imported before any setting is
+    read, as Celery does: it may say where the settings are (`import_app_package`)."""
+    specs = args.app + getattr(args, "worker_app", [])
+    for spec in specs:
+        import_app_package(spec)
+    modules = [name for spec in specs for name in app_modules(spec)]
     if args.command == "worker":
         args.include = modules + [name for name in args.include if name not in modules]
     elif modules:

@@ -218,6 +218,29 @@ def app_modules(spec):
     return names
 
 
+def import_app_package(spec):
+    """Import the package ``-A spec`` names, when it is a package, before any setting is read.
+
+    Celery's Django layout says where the settings are in it: ``proj/__init__.py`` imports
+    ``proj/celery.py``, which sets DJANGO_SETTINGS_MODULE. A Django project's package can
+    import no models at the top (Django itself imports it before its apps are ready), so
+    this is safe; a plain module waits for the settings and ``django.setup()``, as ``-I``
+    modules do, since it may import models. A failure is one ConfigurationError."""
+    module = spec.partition(":")[0].strip()
+    try:
+        if "." in module or not _module_exists(module) or module in sys.modules:
+            return
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return                          # not there: importing it later says so
+    if found is None or found.submodule_search_locations is None:
+        return
+    try:
+        importlib.import_module(module)
+    except Exception as exc:   # a user's package: any bug in it is a configuration problem
+        raise ConfigurationError(f"cannot import {module!r}: {_describe(exc)}") from exc
+
+
 def _app_package(entry):
     """Return an INSTALLED_APPS entry's package: "blog" and "blog.apps.BlogConfig" -> "blog".
 

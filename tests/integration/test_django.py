@@ -151,12 +151,15 @@ class DjangoProject:
         out = self.manage("shell", "-c", "print('--8<--')\n" + code)
         return out.split("--8<--\n", 1)[1]
 
-    def start_worker(self, name, start_method):
+    def start_worker(self, name, start_method, before=(), env=None):
+        """`before`: arguments before the command (``-A proj``); `env`: instead of the
+        project's environment."""
         logfile = str(self.folder / ("worker-%s.log" % name))
-        command = [sys.executable, "-m", "minitask", "worker", "-n", name, "-c", "2",
-                   "--start-method", start_method, "-l", "INFO", "-f", logfile]
-        worker = _Process(command, str(self.folder / ("worker-%s.out" % name)), self.env,
-                          str(self.home))
+        command = [sys.executable, "-m", "minitask"] + list(before) + [
+            "worker", "-n", name, "-c", "2", "--start-method", start_method, "-l", "INFO",
+            "-f", logfile]
+        worker = _Process(command, str(self.folder / ("worker-%s.out" % name)),
+                          env or self.env, str(self.home))
         worker.logfile = logfile
         return worker
 
@@ -264,3 +267,26 @@ def test_manage_py_shell_and_a_view_send_tasks_with_the_settings_in_settings_py(
     print("\n-- manage.py shell: add_note -> %s; create_user -> %s; users named george: %s"
           % (added, created, users))
     print("-- view /send/?text=from+a+view -> %s" % from_view.strip())
+
+
+def test_celerys_django_layout_names_the_settings_through_dash_a_proj(project, tasks):
+    """Celery's "First steps with Django": ``proj/celery.py`` sets DJANGO_SETTINGS_MODULE,
+    ``proj/__init__.py`` imports it, and the worker starts as ``-A proj`` with nothing in the
+    environment. The package is imported before any setting is read, so the worker uses the
+    broker settings.py names (it used the default address, another broker or none)."""
+    project, broker = project
+    (project.home / "proj" / "celery.py").write_text(
+        "import os\n\nos.environ.setdefault('DJANGO_SETTINGS_MODULE', 'proj.settings')\n")
+    (project.home / "proj" / "__init__.py").write_text("from . import celery  # noqa\n")
+    env = {name: value for name, value in project.env.items()
+           if name != "DJANGO_SETTINGS_MODULE"}
+    worker = project.start_worker("django-dash-a", "fork", before=["-A", "proj"], env=env)
+    try:
+        wait_worker(broker, worker, "django-dash-a")
+        added = tasks["add_note"].delay("sent to -A proj").get(timeout=30)
+    finally:
+        worker.stop()
+        log = open(worker.logfile).read()
+        worker.close()
+    assert added["notes"] >= 1
+    assert "connected to %s" % broker.url in log
