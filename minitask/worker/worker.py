@@ -153,11 +153,13 @@ class Worker:
         logger.info("worker %s: %d pool processes (%s), queues %s, prefetch %d",
                     self.hostname, self.concurrency, self.pool.start_method,
                     ", ".join(self.queues), self.prefetch)
-        self._connect()
-        if self.beat:
-            self.beat_service = Beat(self.settings, self.hostname)
-            self.beat_service.start()
         try:
+            # Inside: a first connect that fails for good (a bad setting, a server that is
+            # not a broker) still stops the pool, so the error line is followed by an exit.
+            self._connect()
+            if self.beat:
+                self.beat_service = Beat(self.settings, self.hostname)
+                self.beat_service.start()
             while not self._finished_stopping():
                 self._turn()
         finally:

@@ -327,3 +327,16 @@ def test_a_password_in_the_url_is_never_shown_in_logs_status_or_stats(tmp_path):
             assert "s3cretpw" not in output
     finally:
         server.stop()
+
+
+def test_a_worker_whose_first_connect_fails_for_good_says_why_in_one_line_and_exits(server):
+    """A database Redis does not have: the line, then the exit (the pool processes used to
+    keep the worker waiting for them, deaf to SIGTERM)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "minitask", "worker", "-I", "ittasks", "-c", "1"], cwd=ROOT,
+        env=_env({"MINITASK_BROKER_URL": server.url("/99")}), timeout=60,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert done.returncode == 2
+    assert lines[-1].startswith("minitask worker: ") and "DB index is out of range" in lines[-1]
+    assert "Traceback" not in done.stderr.decode("utf-8", "replace")
