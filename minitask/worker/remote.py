@@ -2,7 +2,9 @@
 
 Each handler takes the worker and the command's arguments and returns a JSON-able reply,
 which goes back to the asker's queue when the command names one (`minitask.control`).
-Unknown methods and bad arguments get an ``{"error": ...}`` reply; they never stop the worker.
+Unknown methods and bad arguments get an ``{"error": ...}`` reply; a command whose envelope
+is not what a client sends (a destination, reply queue or ticket of another type) is ignored
+with one log line. Neither ever stops the worker: the control stream is input like any other.
 """
 
 import logging
@@ -19,14 +21,22 @@ logger = logging.getLogger(__name__)
 
 
 def handle_control(worker, body):
-    destination = body.get("destination")
+    destination, reply_to = body.get("destination"), body.get("reply_to")
+    ticket = body.get("ticket", "")
+    if isinstance(destination, str):
+        destination = [destination]     # one name, as Python callers may give it
+    if not (destination is None or _names(destination)) or \
+            not (reply_to is None or isinstance(reply_to, str)):
+        logger.error("ignored a control command whose destination or reply_to is not what a "
+                     "client sends: %.200r", body)
+        return
     if destination and worker.hostname not in destination:
         return
     method = body.get("method")
     arguments = body.get("arguments") or {}
-    handler = HANDLERS.get(method)
+    handler = HANDLERS.get(method) if isinstance(method, str) else None
     if handler is None:
-        reply = {"error": "unknown control method %r" % (method,)}
+        reply = {"error": "unknown control method %.100r" % (method,)}
     elif not isinstance(arguments, dict):
         reply = {"error": "arguments must be an object"}
     else:
@@ -34,10 +44,20 @@ def handle_control(worker, body):
             reply = handler(worker, **arguments)
         except (TypeError, ValueError, KeyError, MinitaskError) as exc:
             reply = {"error": "%s: %s" % (method, exc)}
-    reply_to = body.get("reply_to")
     if reply_to and worker.consumer.connected:
-        message = control.reply_message(reply_to, body.get("ticket", ""), worker.hostname, reply)
+        message = control.reply_message(reply_to, ticket if isinstance(ticket, str) else "",
+                                        worker.hostname, reply)
         worker.consumer.reply(reply_to, P.encode_message(message))
+
+
+def _names(value):
+    return isinstance(value, list) and all(isinstance(name, str) for name in value)
+
+
+def _string(name, value):
+    if not isinstance(value, str):
+        raise TypeError("%s must be a string" % name)
+    return value
 
 
 def ping(worker):
@@ -47,6 +67,8 @@ def ping(worker):
 def revoke(worker, task_ids, terminate=False, signal="SIGTERM"):
     if isinstance(task_ids, str):
         task_ids = [task_ids]
+    if not _names(task_ids):
+        raise TypeError("task_ids must be a list of ids")
     signum = getattr(signals, str(signal).upper(), None)
     if not isinstance(signum, int):
         raise ValueError("unknown signal %r" % (signal,))
@@ -55,7 +77,7 @@ def revoke(worker, task_ids, terminate=False, signal="SIGTERM"):
 
 
 def rate_limit(worker, task_name, rate_limit):
-    worker.set_rate_limit(task_name, rate_limit)
+    worker.set_rate_limit(_string("task_name", task_name), rate_limit)
     logger.info("rate limit of %s set to %r", task_name, rate_limit)
     return {"ok": "rate limit of %s set to %r" % (task_name, rate_limit)}
 
@@ -66,13 +88,13 @@ def shutdown(worker):
 
 
 def add_consumer(worker, queue):
-    if worker.consumer.add_queue(queue):
+    if worker.consumer.add_queue(_string("queue", queue)):
         return {"ok": "consuming from %r" % queue}
     return {"ok": "already consuming from %r" % queue}
 
 
 def cancel_consumer(worker, queue):
-    if worker.consumer.cancel_queue(queue):
+    if worker.consumer.cancel_queue(_string("queue", queue)):
         return {"ok": "no longer consuming from %r" % queue}
     return {"error": "not consuming from %r" % queue}
 

@@ -1,0 +1,64 @@
+"""minitask.worker.remote: a control command's envelope and arguments, however wrong their
+types, get an error reply or are ignored; they never raise into the worker's loop."""
+
+import pytest
+
+from minitask import control
+from minitask.protocol import decode_message
+from minitask.worker.remote import handle_control
+
+
+class FakeConsumer:
+    connected = True
+
+    def __init__(self):
+        self.replies = []
+
+    def reply(self, reply_to, data):
+        message = decode_message(data)
+        self.replies.append((reply_to, control.decode_body(message.body)))
+
+
+class FakeWorker:
+    hostname = "w1"
+
+    def __init__(self):
+        self.consumer = FakeConsumer()
+        self.rates = []
+
+    def set_rate_limit(self, task_name, rate_limit):
+        self.rates.append((task_name, rate_limit))
+
+
+@pytest.mark.parametrize("body, replied", [
+    ({"method": "ping", "destination": 5, "reply_to": "q"}, None),
+    ({"method": "ping", "destination": [5, None], "reply_to": "q"}, None),
+    ({"method": ["ping"], "reply_to": "q"}, "unknown control method ['ping']"),
+    ({"method": {"a": 1}, "reply_to": "q"}, "unknown control method {'a': 1}"),
+    ({"method": "ping", "reply_to": 7}, None),
+    ({"method": "ping", "reply_to": "q", "ticket": 9}, "pong"),
+    ({"method": "ping", "reply_to": "q", "arguments": ["x"]}, "arguments must be an object"),
+    ({"method": "rate_limit", "reply_to": "q", "arguments": {"task_name": ["t"],
+                                                            "rate_limit": "1/s"}},
+     "rate_limit: task_name must be a string"),
+    ({"method": "revoke", "reply_to": "q", "arguments": {"task_ids": 5}},
+     "revoke: task_ids must be a list of ids"),
+])
+def test_a_command_of_the_wrong_shape_is_answered_or_ignored_never_raised(body, replied):
+    worker = FakeWorker()
+    handle_control(worker, body)
+    if replied is None:
+        assert worker.consumer.replies == []
+    else:
+        [(reply_to, answer)] = worker.consumer.replies
+        reply = answer["reply"]
+        assert reply_to == "q"
+        assert reply == replied or reply == {"error": replied}, reply
+    assert worker.rates == []
+
+
+def test_a_destination_of_one_name_is_that_name_not_a_substring_of_it():
+    worker = FakeWorker()
+    handle_control(worker, {"method": "ping", "destination": "w12", "reply_to": "q"})
+    handle_control(worker, {"method": "ping", "destination": "w1", "reply_to": "q"})
+    assert [answer["reply"] for _q, answer in worker.consumer.replies] == ["pong"]
