@@ -821,9 +821,25 @@ local function expiry_and_task(data)       -- the task's name is not needed here
   if #data < 19 or #data < 19 + string.byte(data, 19) then error('short') end
   return math.floor(struct.unpack('>d', data, 11) * 1000), str8(data, 19)
 end
+-- The message and its earlier deliveries of an entry, and whether minitask wrote it: it
+-- writes m [n] (read without a table of fields); another program's entry may have other
+-- fields, in any order.
+local function message_of(fields)
+  if fields[1] == 'm' and (fields[3] == nil or (fields[3] == 'n' and fields[5] == nil)) then
+    local before = tonumber(fields[4] or '0')
+    if before then return fields[2], before, true end
+  end
+  local data, before = '', 0
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == 'm' then data = fields[i + 1]
+    elseif fields[i] == 'n' then before = tonumber(fields[i + 1]) or 0 end
+  end
+  return data, before, false
+end
+-- Deliver an entry. Returns whether a queue counter counted it: minitask wrote it, and it is
+-- a message (a malformed one is flagged, and dropped by the consumer).
 local function deliver(q, level, kind, entry)
-  -- Entries are written as m [n]: no table of fields for each.
-  local data, before = entry[2][2] or '', entry[2][4] or '0'
+  local data, before, ours = message_of(entry[2])
   local flag = 0
   local ok, expires, task_id = pcall(expiry_and_task, data)
   if not ok then
@@ -839,8 +855,23 @@ local function deliver(q, level, kind, entry)
   end
   -- Two values an entry: the reply of a fetch of hundreds is cut up quickly.
   entries[#entries + 1] = q .. ' ' .. level .. ' ' .. kind .. ' ' .. entry[1] .. ' ' ..
-                          before .. ' ' .. flag
+                          int(before) .. ' ' .. flag
   entries[#entries + 1] = data
+  return ours and flag ~= 3
+end
+
+-- XREADGROUP; a stream another program created (an XADD before minitask's first) has no
+-- group, which is made then, from its start, so that nothing already in it is passed over.
+local function read_group(stream, consumer, count)
+  local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count,
+                            'STREAMS', stream, '>')
+  if type(reply) == 'table' and reply.err and string.find(reply.err, 'NOGROUP', 1, true)
+      and redis.call('EXISTS', stream) == 1 then
+    redis.call('XGROUP', 'CREATE', stream, GROUP, '0')
+    reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', count,
+                        'STREAMS', stream, '>')
+  end
+  return reply
 end
 
 local COUNTERS = {b = BACK, p = READY}
@@ -852,21 +883,28 @@ for level = 0, 9 do
     for _, kind in ipairs({'b', 'p'}) do
       local waiting = queue.waiting[kind][level]
       if credit > 0 and waiting > 0 then
-        local want, got = math.min(credit, waiting), 0
-        local reply = redis.pcall('XREADGROUP', 'GROUP', GROUP, consumer, 'COUNT', want,
-                                  'STREAMS', queue.streams[kind][level], '>')
-        if type(reply) == 'table' and reply[1] then
-          for _, entry in ipairs(reply[1][2]) do
-            got = got + 1
-            deliver(q, level, kind, entry)
+        -- The counter counts minitask's messages: an entry another program wrote (run, or
+        -- dropped as malformed) takes no counted place, so the read goes on past it.
+        local want, counted, read, empty = math.min(credit, waiting), 0, 0, false
+        for _ = 1, 4 do
+          local asked, got = want - counted, 0
+          local reply = read_group(queue.streams[kind][level], consumer, asked)
+          if type(reply) == 'table' and reply[1] then
+            for _, entry in ipairs(reply[1][2]) do
+              got = got + 1
+              if deliver(q, level, kind, entry) then counted = counted + 1 end
+            end
           end
+          read = read + got
+          -- Fewer than asked: the stream is empty, whatever the counter said.
+          if got < asked then empty = true break end
+          if counted >= want then break end
         end
-        -- Fewer than the counter promised: the stream is empty, whatever it said.
-        queue.waiting[kind][level] = (got < want) and 0 or (waiting - got)
+        queue.waiting[kind][level] = empty and 0 or math.max(0, waiting - counted)
         redis.call('HSET', queue.stats, COUNTERS[kind][level],
                    int(queue.waiting[kind][level]))
-        queue.taken = queue.taken + got
-        credit = credit - got
+        queue.taken = queue.taken + read
+        credit = credit - read
       end
     end
   end

@@ -595,6 +595,35 @@ def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog)
         server.stop()
 
 
+# -- what another program wrote into a queue ------------------------------------------------
+
+def test_foreign_entries_in_a_queue_neither_hold_back_an_accepted_message_nor_stop_a_worker(
+        vhost, caplog):
+    """Entries minitask did not write (XADD by hand, another program): junk is dropped with
+    one line; an entry with fields of its own still runs; and neither uses up the place of
+    a message `delay()` put there (the queue's counter, which junk never raised, once held
+    the accepted message back until the next publish)."""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    stream = vhost.keys.stream("jobs", P.DEFAULT_PRIORITY)
+    conn.redis.execute("XADD", stream, "*", "m", b"junk")
+    conn.redis.execute("XADD", stream, "*", "x", b"no m field")
+    good = message()
+    conn.publish(good)
+    odd = message()
+    conn.redis.execute("XADD", stream, "*", "m", odd, "trace", b"abc", "n", b"zz")
+    conn.publish(message())         # counted as the odd one is not: a place for it
+    loop = vhost.consumer(prefetch=1)
+    with caplog.at_level(logging.ERROR):
+        received = loop.drain(3)
+    assert [P.decode_message(d.data).message_id for d in received][:2] == [
+        P.decode_message(good).message_id, P.decode_message(odd).message_id]
+    assert [d.deliveries for d in received] == [1, 1, 1]
+    assert sum("dropped a malformed message" in r.getMessage() for r in caplog.records) == 2
+    row = next(r for r in conn.status()["queues"] if r["name"] == "jobs")
+    assert (row["ready"], row["unacked"]) == (0, 0)
+
+
 # -- the workflow of what Redis gives up on (redis_givenup) ----------------------------------
 
 def _given_up_entry(setup, conn, later):
