@@ -25,13 +25,14 @@ import logging
 from ..exceptions import ReplyError
 from . import redis_ops as ops
 from .redis_givenup import send_given_up
-from .redis_keys import GROUP, LEVELS
+from .redis_keys import GROUP, LEVELS, unpack
 from .redis_replies import refused
 
 __all__ = ["housekeeping", "reap", "sweep", "backstop", "backstop_idle"]
 
 logger = logging.getLogger(__name__)
 
+_LEVEL_NAMES = frozenset(str(level) for level in LEVELS)
 # Entries listed per XPENDING call while reaping.
 PENDING_BATCH = 500
 LOST_WHY = "the worker running the task was lost"
@@ -53,7 +54,16 @@ def housekeeping(client, due=None):
     elif isinstance(due, ReplyError):
         raise refused(due)
     now, delayed, expiring, orphans, next_due = due
-    calls = []
+    # Members another program put there: dropped, each with a line (minitask's own are
+    # delayed: queue, task id, level, serial; expiring: queue, task id, level, kind, ref).
+    delayed, junk = _split(delayed, keys.delayed, lambda m: _parsed(m, 4))
+    expiring, more = _split(expiring, keys.expiring, lambda m: _parsed(m, 5))
+    orphans, most = _split(orphans, keys.orphans, _text)
+    junk += more + most
+    calls = [("ZREM", key, member) for key, member in junk]
+    for key, member in junk:
+        logger.error("%s: dropped %.80r from %s: not one minitask wrote",
+                     client.options.display, member, key)
     if delayed:
         calls.append(ops.promote_call(keys, delayed))
     if expiring:
@@ -63,6 +73,8 @@ def housekeeping(client, due=None):
                                    [task_id.decode("utf-8") for task_id in orphans]))
     gave_up = False
     for call, reply in zip(calls, client.run(calls) if calls else ()):
+        if call[0] == "ZREM":
+            continue
         if isinstance(reply, ReplyError):
             logger.error("%s: %s failed: %s", client.options.display, call[0], reply)
         elif call[0] is ops.S.EXPIRE:
@@ -78,6 +90,31 @@ def housekeeping(client, due=None):
     if calls:
         next_due = now                          # there may be more: look again at once
     return now, int(next_due) if next_due else None
+
+
+def _split(members, key, read):
+    """``(members `read` can read, [(key, member) it cannot])``."""
+    good, bad = [], []
+    for member in members:
+        (good if read(member) is not None else bad).append(member)
+    return good, [(key, member) for member in bad]
+
+
+def _parsed(member, count):
+    """The `count` fields of a schedule's member (`redis_keys.pack`), the third a priority
+    level; None when another program put it there."""
+    try:
+        fields = unpack(member)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return fields if len(fields) == count and fields[2] in _LEVEL_NAMES else None
+
+
+def _text(member):
+    try:
+        return member.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def reap(client, consumer, queues, grace):

@@ -27,7 +27,9 @@ from minitask.exceptions import (  # noqa: E402
     UnroutableError, WorkerLostError,
 )
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
-from minitask.transport import redis_consumer, redis_givenup, redis_producer  # noqa: E402
+from minitask.transport import (  # noqa: E402
+    redis_consumer, redis_givenup, redis_liveness, redis_producer,
+)
 from minitask.transport.redis_client import RedisClient  # noqa: E402
 from minitask.transport.redis_keys import Keys  # noqa: E402
 
@@ -622,6 +624,28 @@ def test_foreign_entries_in_a_queue_neither_hold_back_an_accepted_message_nor_st
     assert sum("dropped a malformed message" in r.getMessage() for r in caplog.records) == 2
     row = next(r for r in conn.status()["queues"] if r["name"] == "jobs")
     assert (row["ready"], row["unacked"]) == (0, 0)
+
+
+def test_members_another_program_put_in_the_schedules_are_dropped_and_stop_no_one(
+        vhost, caplog):
+    """Junk in the delayed, expiring and orphans sets (due at once) crashed every worker that
+    did what was due, and again after each restart. It goes with one line each; what
+    minitask scheduled itself is still done."""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    keys = vhost.keys
+    for key, member in ((keys.delayed, b"garbage-member"), (keys.delayed, b"3:abc"),
+                        (keys.expiring, b"\xff\xff:zz"), (keys.expiring, b"1:a1:b1:x1:p1:r"),
+                        (keys.orphans, b"\xff\xfe")):
+        conn.redis.execute("ZADD", key, 1, member)
+    conn.publish(message(not_before=time.time() - 1))     # due: promoted at once
+    with caplog.at_level(logging.ERROR):
+        redis_liveness.housekeeping(conn)
+        redis_liveness.housekeeping(conn)
+    for key in (keys.delayed, keys.expiring, keys.orphans):
+        assert conn.redis.execute("ZCARD", key) == 0, key
+    assert sum("not one minitask wrote" in r.getMessage() for r in caplog.records) == 5
+    assert len(vhost.consumer().receive(1)) == 1
 
 
 # -- the workflow of what Redis gives up on (redis_givenup) ----------------------------------
