@@ -291,9 +291,14 @@ def decode_result_meta(task_id, state, content_type, payload, accept=None):
         raise ProtocolError("result of %s is not an object" % task_id)
     if state == "STARTED" and isinstance(value.get("status"), str) and value["status"]:
         state = value["status"]         # a running task's own state (update_state)
+    # Fields of another type than minitask writes (another program's result) read as none.
     children = value.get("children") or ()
     if not isinstance(children, list) or not all(isinstance(one, str) for one in children):
-        children = ()                   # not ours to read: no children rather than an error
-    return ResultMeta(task_id, state, value.get("result"), value.get("traceback"),
-                      value.get("task", ""), value.get("retries", 0),
-                      value.get("date_done", 0.0), tuple(children))
+        children = ()
+    traceback, task = value.get("traceback"), value.get("task", "")
+    retries, date_done = value.get("retries", 0), value.get("date_done", 0.0)
+    return ResultMeta(task_id, state, value.get("result"),
+                      traceback if isinstance(traceback, str) else None,
+                      task if isinstance(task, str) else "",
+                      retries if type(retries) is int else 0,
+                      date_done if type(date_done) in (int, float) else 0.0, tuple(children))

@@ -64,13 +64,19 @@ def read_result(task_id, latest, inflight, handover):
     if latest:
         entry_id, flat = latest[0]
         fields = dict(zip(flat[0::2], flat[1::2]))
-        state = fields[b"s"].decode("ascii")
-        date_done = int(fields[b"t"]) / 1000.0
-        content_type, payload = fields[b"c"].decode("utf-8"), fields[b"p"]
-        why = fields.get(b"w")
+        try:
+            state = fields[b"s"].decode("ascii")
+            date_done = int(fields[b"t"]) / 1000.0
+            content_type, payload = fields.get(b"c", b"").decode("utf-8"), fields.get(b"p", b"")
+            why, kind = fields.get(b"w"), fields.get(b"k", b"").decode("utf-8")
+            if why is not None:
+                why = why.decode("utf-8")
+        except (KeyError, ValueError) as exc:   # another program's entry (UnicodeError too)
+            raise ProtocolError("result of %s cannot be decoded: its entry %s is not one "
+                                "minitask wrote (%s: %s)" % (task_id, entry_id.decode("ascii"),
+                                                             type(exc).__name__, exc)) from None
         if why is not None:
-            content_type, payload = transport_meta(task_id, state, why.decode("utf-8"),
-                                                   date_done, fields.get(b"k", b"").decode())
+            content_type, payload = transport_meta(task_id, state, why, date_done, kind)
         return (base.Result(state, state in P.READY_STATES, date_done, content_type,
                             payload), entry_id.decode("ascii"))
     state = "PENDING"

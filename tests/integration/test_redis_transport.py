@@ -23,12 +23,12 @@ from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E
 
 from minitask import config, protocol as P, transport  # noqa: E402
 from minitask.exceptions import (  # noqa: E402
-    BrokerConnectionError, ConfigurationError, DeadLetteredError, PublishRefusedError,
-    UnroutableError, WorkerLostError,
+    BrokerConnectionError, ConfigurationError, DeadLetteredError, ProtocolError,
+    PublishRefusedError, UnroutableError, WorkerLostError,
 )
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
 from minitask.transport import (  # noqa: E402
-    redis_consumer, redis_givenup, redis_liveness, redis_producer,
+    redis_consumer, redis_givenup, redis_liveness, redis_producer, redis_replies,
 )
 from minitask.transport.redis_client import RedisClient  # noqa: E402
 from minitask.transport.redis_keys import Keys  # noqa: E402
@@ -646,6 +646,16 @@ def test_members_another_program_put_in_the_schedules_are_dropped_and_stop_no_on
         assert conn.redis.execute("ZCARD", key) == 0, key
     assert sum("not one minitask wrote" in r.getMessage() for r in caplog.records) == 5
     assert len(vhost.consumer().receive(1)) == 1
+
+
+@pytest.mark.parametrize("fields", [
+    [b"t", b"1", b"c", b"", b"p", b""], [b"s", b"SUCCESS", b"c", b"", b"p", b""],
+    [b"s", b"\xff", b"t", b"1"], [b"s", b"SUCCESS", b"t", b"soon"],
+    [b"s", b"REVOKED", b"t", b"1", b"w", b"\xff"],
+])
+def test_a_result_entry_minitask_did_not_write_is_one_protocol_error(fields):
+    with pytest.raises(ProtocolError, match="result of t1 cannot be decoded: its entry 1-0 is"):
+        redis_replies.read_result("t1", [(b"1-0", fields)], None, None)
 
 
 # -- the workflow of what Redis gives up on (redis_givenup) ----------------------------------

@@ -295,6 +295,13 @@ def test_the_children_of_a_result_travel_with_it_and_only_when_it_has_some():
         assert decode_result_meta("id-8", "SUCCESS", JSON_TYPE, payload).children == ()
 
 
+def test_fields_of_a_result_of_the_wrong_type_read_as_none():
+    payload = (b'{"status": "FAILURE", "result": 1, "traceback": 5, "task": [1],'
+               b' "retries": "x", "date_done": "soon"}')
+    meta = decode_result_meta("id-9", "FAILURE", JSON_TYPE, payload)
+    assert (meta.traceback, meta.task, meta.retries, meta.date_done) == (None, "", 0, 0.0)
+
+
 def test_a_result_the_serializer_cannot_carry_becomes_a_failure_saying_so():
     meta = ResultMeta("id-4", "SUCCESS", Unsendable(), None, "t")
     content_type, payload = encode_result_meta(meta, "json")
