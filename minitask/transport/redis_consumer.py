@@ -145,6 +145,9 @@ class Consumer(base.Consumer):
             last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
             self._control_id = last[0][0].decode("ascii") if last else "0-0"
             reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
+        except (ReplyError, PublishRefusedError) as exc:
+            client.redis.close()        # out of memory, a key of another type: tried again
+            raise _refusal(client.options.display, exc) from None
         except BaseException:
             client.redis.close()
             raise
@@ -207,6 +210,8 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
+        except (ReplyError, PublishRefusedError) as exc:
+            raise self._refused(exc) from None
         return deliveries
 
     def _control(self, reply):
@@ -392,7 +397,10 @@ class Consumer(base.Consumer):
 
     def heartbeat(self):
         if self.connected:
-            self._maintain()
+            try:
+                self._maintain()
+            except (ReplyError, PublishRefusedError) as exc:
+                raise self._refused(exc) from None
 
     # -- what the worker says ---------------------------------------------------------------
 
@@ -626,7 +634,18 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
+        except (ReplyError, PublishRefusedError) as exc:
+            raise self._refused(exc) from None
         return False
+
+    def _refused(self, exc):
+        """Redis refused a call of the worker's own (out of memory, a key another program
+        made another type): taken as a lost connection, tried again with backoff, rather
+        than the end of the worker. Returns the BrokerConnectionError to raise."""
+        display = self.client.options.display if self.client is not None else \
+            safe_url(self.settings.BROKER_URL)
+        self._drop_connections()
+        return _refusal(display, exc)
 
     def _wake_call(self):
         return ("XADD", self.client.keys.wake(self.id), "MAXLEN", "~", 100, "*", "w", "1")
@@ -746,6 +765,11 @@ class Consumer(base.Consumer):
         self.client = None
         self.held = {}
         self._forget_turn()
+
+
+def _refusal(display, exc):
+    return BrokerConnectionError("%s refused a worker's call: %s"
+                                 % (display, str(exc).split(" script: ")[0]))
 
 
 def _name(call):

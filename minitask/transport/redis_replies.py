@@ -10,7 +10,8 @@ meta is built here when it is read.
 
 from .. import control, protocol as P
 from ..exceptions import (
-    ChordError, DeadLetteredError, ProtocolError, TaskRevokedError, WorkerLostError,
+    ChordError, DeadLetteredError, ProtocolError, PublishRefusedError, TaskRevokedError,
+    WorkerLostError,
 )
 from ..message import ResultMeta, encode_result_meta
 from . import base
@@ -40,6 +41,9 @@ def refused(reply):
         # A refusal raised inside a helper gets the script's name appended: not for users.
         text = text[len(reply.prefix) + 1:].split(" script: ", 1)[0]
         return P.error_for(int(reply.prefix[2:]), text)
+    if reply.prefix == "OOM":           # maxmemory reached under noeviction: nothing written
+        return PublishRefusedError("Redis is out of memory (maxmemory): %s"
+                                   % text.split(" script: ", 1)[0])
     return reply
 
 

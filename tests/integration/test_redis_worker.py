@@ -32,8 +32,11 @@ from test_worker_e2e import (  # noqa: E402,F401  (collected here again, on Redi
 )
 
 from minitask import config, group  # noqa: E402
-from minitask.exceptions import TaskRevokedError, WorkerLostError  # noqa: E402
+from minitask.exceptions import (  # noqa: E402
+    PublishRefusedError, TaskRevokedError, WorkerLostError,
+)
 from minitask.transport import reset_connection  # noqa: E402
+from minitask.transport.redis_client import RedisClient  # noqa: E402
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason=SKIP_REASON)
 
@@ -340,3 +343,32 @@ def test_a_worker_whose_first_connect_fails_for_good_says_why_in_one_line_and_ex
     assert done.returncode == 2
     assert lines[-1].startswith("minitask worker: ") and "DB index is out of range" in lines[-1]
     assert "Traceback" not in done.stderr.decode("utf-8", "replace")
+
+
+def test_redis_out_of_memory_refuses_delay_and_the_worker_waits_it_out(tmp_path):
+    """At maxmemory (noeviction): delay() is refused saying so, and a worker whose calls
+    Redis refuses takes it as a lost connection and tries again (it used to exit)."""
+    server = RedisServer(tmp_path).start()
+    try:
+        broker = RedisBroker(server)
+        config.configure(BROKER_URL=broker.url)
+        reset_connection()
+        worker = Worker(broker, tmp_path, "oom")
+        try:
+            worker.wait_ready()
+            admin = RedisClient(server.url())
+            admin.execute("CONFIG", "SET", "maxmemory-policy", "noeviction")
+            admin.execute("CONFIG", "SET", "maxmemory", "1")
+            with pytest.raises(PublishRefusedError, match="Redis is out of memory"):
+                ittasks.add.delay(1, 1)
+            wait_for(lambda: "refused a worker's call: Redis is out of memory"
+                     in worker.output(), 30, what="the worker to hear the refusal")
+            assert worker.proc.alive()
+            admin.execute("CONFIG", "SET", "maxmemory", "0")
+            assert ittasks.add.delay(2, 2).get(timeout=30) == 4
+        finally:
+            worker.proc.close()
+    finally:
+        reset_connection()
+        config.reset()
+        server.stop()
