@@ -145,7 +145,7 @@ class Consumer(base.Consumer):
             last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
             self._control_id = last[0][0].decode("ascii") if last else "0-0"
             reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
-        except (ReplyError, PublishRefusedError) as exc:
+        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
             client.redis.close()        # out of memory, a key of another type: tried again
             raise _refusal(client.options.display, exc) from None
         except BaseException:
@@ -210,7 +210,7 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
-        except (ReplyError, PublishRefusedError) as exc:
+        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
             raise self._refused(exc) from None
         return deliveries
 
@@ -399,7 +399,7 @@ class Consumer(base.Consumer):
         if self.connected:
             try:
                 self._maintain()
-            except (ReplyError, PublishRefusedError) as exc:
+            except (ReplyError, PublishRefusedError, ProtocolError) as exc:
                 raise self._refused(exc) from None
 
     # -- what the worker says ---------------------------------------------------------------
@@ -634,7 +634,7 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
-        except (ReplyError, PublishRefusedError) as exc:
+        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
             raise self._refused(exc) from None
         return False
 

@@ -32,7 +32,9 @@ from .redis_client import RedisClient, Script
 from .redis_givenup import may_give_up, send_given_up
 from .redis_keys import WAITING_FIELDS, Keys
 from .redis_liveness import housekeeping, sweep
-from .redis_replies import STALE, control_body, live_consumers, read_result, redis_ms, refused
+from .redis_replies import (
+    STALE, control_body, count_of, live_consumers, read_result, redis_ms, refused,
+)
 from .redis_scripts import SCRIPTS
 from .redis_topology import Topology
 from .redis_url import parse_redis_url
@@ -234,7 +236,7 @@ class Client(base.Client):
         stats, consumers, now = self.run([
             ("HMGET", self.keys.queue_stats(name)) + WAITING_FIELDS,
             ("HGETALL", self.keys.queue_consumers(name)), ("TIME",)])
-        return (sum(int(count or 0) for count in stats),
+        return (sum(count_of(count) for count in stats) if isinstance(stats, list) else 0,
                 len(live_consumers(consumers, redis_ms(now))))
 
     def bind(self, queue, exchange, binding_key="", arguments=None):

@@ -16,8 +16,8 @@ from ..exceptions import (
 from ..message import ResultMeta, encode_result_meta
 from . import base
 
-__all__ = ["STALE", "refused", "redis_ms", "live_consumers", "read_result", "transport_meta",
-           "control_body"]
+__all__ = ["STALE", "refused", "redis_ms", "live_consumers", "count_of", "read_result",
+           "transport_meta", "control_body"]
 
 
 class _Marker:
@@ -53,13 +53,27 @@ def redis_ms(time_reply):
 
 
 def live_consumers(flat, now_ms):
-    """Consumer ids of a qconsumers hash (HGETALL reply) still alive at `now_ms`."""
+    """Consumer ids of a qconsumers hash (HGETALL reply) still alive at `now_ms` (none from
+    an error reply: the key holds something else)."""
     live = []
+    if not isinstance(flat, list):
+        return live
     for consumer, value in zip(flat[0::2], flat[1::2]):
         _credit, _, live_until = value.partition(b" ")
-        if int(live_until or 0) > now_ms:
-            live.append(consumer.decode("utf-8"))
+        if count_of(live_until) > now_ms:
+            live.append(consumer.decode("utf-8", "replace"))
     return live
+
+
+def count_of(value):
+    """A counter's value as Redis returns it (bytes, int or None); 0 for anything else, which
+    another program wrote: a figure is not worth a failed call."""
+    if isinstance(value, int):
+        return value
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def read_result(task_id, latest, inflight, handover):

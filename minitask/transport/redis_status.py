@@ -11,7 +11,7 @@ from .. import __version__, protocol as P
 from ..exceptions import ProtocolError, ReplyError
 from . import redis_ops as ops
 from .redis_keys import WAITING_FIELDS, unpack
-from .redis_replies import live_consumers, redis_ms
+from .redis_replies import count_of, live_consumers, redis_ms
 from .redis_scripts import PARKED_AT
 from .redis_taskstats import read as task_stats
 from .redis_topology import Topology
@@ -36,6 +36,17 @@ def _hash(flat):
 
 
 def status_report(client, scheduled=0):
+    """The report, read from this vhost's keys; a ProtocolError when keys another program
+    wrote there cannot be read (a figure that cannot is shown as 0)."""
+    try:
+        return _report(client, scheduled)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ProtocolError("status: a key of vhost %r holds what minitask did not write "
+                            "(%s: %s)" % (client.options.vhost, type(exc).__name__, exc)) \
+            from None
+
+
+def _report(client, scheduled):
     keys = client.keys
     (now, info, snapshot, consumers, inflight, handovers, stats, revoked, failures,
      fsync, task_counts) = client.run([
@@ -45,7 +56,7 @@ def status_report(client, scheduled=0):
         ("CONFIG", "GET", "appendfsync"), ("HGETALL", keys.tasks)])
     now_ms = redis_ms(now)
     topology = Topology.from_snapshot(snapshot)
-    consumers = {name: json.loads(value) for name, value in _hash(consumers).items()}
+    consumers = {name: _described(value) for name, value in _hash(consumers).items()}
     queue_names, names = sorted(topology.queues), sorted(consumers)
     replies = client.run(
         [command for name in queue_names for command in (
@@ -65,9 +76,10 @@ def status_report(client, scheduled=0):
         "tasks": {"received": sum(1 for state, _, _ in tasks.values() if state == "RECEIVED"),
                   "started": sorted(task_id for task_id, (state, _, _) in tasks.items()
                                     if state == "STARTED")[:_ROWS]},
-        "recent_failures": [{"time": int(when) / 1000.0, "task_id": task_id}
-                            for when, _, task_id in (item.decode("utf-8").partition(" ")
-                                                     for item in failures or ())],
+        "recent_failures": [{"time": count_of(when) / 1000.0, "task_id": task_id}
+                            for when, _, task_id in (item.decode("utf-8", "replace")
+                                                     .partition(" ") for item in failures)
+                            ] if isinstance(failures, list) else [],
         "states": list(P.STATES),
         "task_stats": task_stats(task_counts if isinstance(task_counts, list) else []),
         "running": running[:_ROWS],
@@ -99,11 +111,20 @@ def scheduled_report(client, limit):
     return out
 
 
+def _described(value):
+    """A consumer's description; a dict of nothing when it is not one minitask wrote."""
+    try:
+        described = json.loads(value)
+    except ValueError:
+        return {}
+    return described if isinstance(described, dict) else {}
+
+
 def _queues(topology, names, replies, now_ms):
     """A row per queue from its stats and its consumers (HGETALL replies, two a queue)."""
     rows = {}
     for at, name in enumerate(names):
-        counts = {field: int(value) for field, value in _hash(replies[2 * at]).items()}
+        counts = {field: count_of(value) for field, value in _hash(replies[2 * at]).items()}
         definition = topology.queues[name]
         rows[name] = dict(
             {field: counts.get(field, 0) for field in _COUNTERS}, name=name,
@@ -137,7 +158,8 @@ def _workers(names, consumers, replies, tasks, handed, now_ms):
     for at, name in enumerate(names):
         if replies[2 * at] != 1:
             continue                        # its heartbeat expired: a sweeper will reap it
-        counts = {field: int(value) for field, value in _hash(replies[2 * at + 1]).items()}
+        counts = {field: count_of(value)
+                  for field, value in _hash(replies[2 * at + 1]).items()}
         described = consumers[name]
         mine = sorted(handed.get(name, ()))
         late = sorted((task_id, task_name) for task_id, (state, owner, task_name)

@@ -79,7 +79,16 @@ class Topology:
 
     @classmethod
     def from_snapshot(cls, reply):
-        """From the SNAPSHOT script's reply: [version, exchanges, queues, bindings]."""
+        """From the SNAPSHOT script's reply: [version, exchanges, queues, bindings]. A
+        ProtocolError, in one line, when the keys hold what minitask did not write."""
+        try:
+            return cls._from_snapshot(reply)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ProtocolError("the topology in Redis is not one minitask wrote (%s: %s)"
+                                % (type(exc).__name__, exc)) from None
+
+    @classmethod
+    def _from_snapshot(cls, reply):
         version, exchanges, queues, bindings = reply
         topology = cls(int(version))
         for name, value in _pairs(exchanges):

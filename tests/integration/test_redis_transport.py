@@ -658,6 +658,29 @@ def test_a_result_entry_minitask_did_not_write_is_one_protocol_error(fields):
         redis_replies.read_result("t1", [(b"1-0", fields)], None, None)
 
 
+def test_status_and_delay_read_around_keys_another_program_wrote(vhost):
+    """A figure another program wrote in a key (a counter that is not a number, a key of
+    another type) reads as 0 rather than failing `status` or `delay()`; a topology that
+    cannot be read is one ProtocolError. (A publish whose script must add to such a counter
+    is refused by Redis, in one line: nothing is accepted.)"""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    keys = vhost.keys
+    conn.redis.execute("HSET", keys.queue_stats("jobs"), "ready7", "lots")
+    conn.redis.execute("HSET", keys.queue_consumers("jobs"), "ghost", "abc def")
+    conn.redis.execute("SET", keys.failures, "not a list")
+    conn.redis.execute("HSET", keys.consumers, "ghost", "{not json")
+    conn.publish(message())
+    row = next(r for r in conn.status()["queues"] if r["name"] == "jobs")
+    assert (row["ready"], row["consumers"]) == (1, 0)
+    conn.redis.execute("DEL", keys.queue_consumers("jobs"))
+    conn.redis.execute("SET", keys.queue_consumers("jobs"), "a string")
+    assert conn.status()["recent_failures"] == []
+    conn.redis.execute("SET", keys.topology, "x")
+    with pytest.raises(ProtocolError, match="the topology in Redis is not one minitask wrote"):
+        vhost.client().status()
+
+
 # -- the workflow of what Redis gives up on (redis_givenup) ----------------------------------
 
 def _given_up_entry(setup, conn, later):
