@@ -238,6 +238,8 @@ def parse_redis_url(url, name="BROKER_URL"):
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in _OPTIONS:
             raise bad("unknown option %r; expected one of %s" % (key, ", ".join(_OPTIONS)))
+        if key in options:
+            raise bad("option %s is given twice" % key)
         convert, _default, needs = _OPTIONS[key]
         if (needs == "tls" and not tls) or (needs == "sentinel" and not sentinel):
             raise bad("option %s needs a %s URL" % (

@@ -118,6 +118,7 @@ def test_publish_confirm_forms(text, expected):
     ("redis://h?vhost=a{b}", "letters, digits"),
     ("redis://h?vhost=" + "x" * 65, "1-64"),
     ("redis://h?vhots=x", "unknown option 'vhots'"),
+    ("redis://h?vhost=a&vhost=b", "option vhost is given twice"),
     ("redis://h?protocol=4", "expected one of 2, 3"),
     ("redis://h?socket_timeout=0", "above 0"),
     ("redis://h?socket_timeout=nan", "above 0"),
