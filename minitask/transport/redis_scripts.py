@@ -887,7 +887,8 @@ for level = 0, 9 do
         -- dropped as malformed) takes no counted place, so the read goes on past it.
         local want, counted, read, empty = math.min(credit, waiting), 0, 0, false
         for _ = 1, 4 do
-          local asked, got = want - counted, 0
+          local asked, got = math.min(want - counted, credit - read), 0
+          if asked <= 0 then break end
           local reply = read_group(queue.streams[kind][level], consumer, asked)
           if type(reply) == 'table' and reply[1] then
             for _, entry in ipairs(reply[1][2]) do

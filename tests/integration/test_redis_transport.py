@@ -626,6 +626,25 @@ def test_foreign_entries_in_a_queue_neither_hold_back_an_accepted_message_nor_st
     assert (row["ready"], row["unacked"]) == (0, 0)
 
 
+def test_foreign_entries_never_take_a_consumer_past_its_credit(vhost):
+    """A read that goes past entries the counter never counted asks for no more than the
+    credit left: valid messages another program wrote run, but one at a time here."""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    stream = vhost.keys.stream("jobs", P.DEFAULT_PRIORITY)
+    for _ in range(5):
+        conn.redis.execute("XADD", stream, "*", "m", message(), "trace", b"abc")
+    conn.publish(message())
+    loop = vhost.consumer(prefetch=1)
+    for _ in range(6):
+        [delivery] = loop.receive(1)
+        assert len(loop.consumer.held) == 1 and loop.consumer.credit() == 0
+        loop.consumer.ack(delivery.delivery_tag)
+    loop.turn(0)
+    row = next(r for r in conn.status()["queues"] if r["name"] == "jobs")
+    assert (row["ready"], row["unacked"]) == (0, 0)
+
+
 def test_members_another_program_put_in_the_schedules_are_dropped_and_stop_no_one(
         vhost, caplog):
     """Junk in the delayed, expiring and orphans sets (due at once) crashed every worker that
