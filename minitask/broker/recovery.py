@@ -79,7 +79,8 @@ def _apply(state, found, segment, kind, payload):
         if known is None:
             found.messages[message_id] = [queue, data, deliveries, segment]
         else:           # a copy (compaction, a release): its count is the count from then on
-            known[2] = deliveries
+            # (a record holds at most 255, which means "at least": then the higher one)
+            known[2] = deliveries if deliveries < 255 else max(known[2], deliveries)
             known[3] = segment
     elif kind == rc.ACK:
         for message_id in rc.decode_ids(payload):

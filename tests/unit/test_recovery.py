@@ -157,6 +157,29 @@ def test_messages_given_back_before_they_started_keep_their_count_across_a_resta
     assert got == [("a", False, 1), ("b", True, 4)]
 
 
+def test_a_release_after_more_deliveries_than_a_record_holds_keeps_the_count(broker):
+    """A PUBLISH record holds at most 255 deliveries: a copy saying 255 means at least that,
+    so replay keeps the higher count it has. (Past 255 the release cannot be written, so a
+    restart counts that delivery after all: one more, never fewer, than the real count.)"""
+    client = broker.connect()
+    client.declare_queue("q", max_redeliveries=1000)
+    publish(broker, client, "q", "a")
+    worker = broker.connect(worker="w1")
+    consume = worker.consume("q")
+    broker.turn()
+    for _ in range(300):
+        [delivery] = worker.take_deliveries()
+        worker.reject(delivery.tag, requeue=True)
+        broker.turn()
+    [delivery] = worker.take_deliveries()
+    worker.cancel(worker.oks[consume]["consumer_tag"])      # as a warm shutdown
+    worker.reject(delivery.tag, release=True)
+    broker.turn()
+    [(task_id, count)] = ready_view(broker.state, "q")
+    assert task_id == "a" and count > 255
+    assert ready_view(broker.reopen().state, "q") == [("a", count + 1)]
+
+
 def test_requeueing_one_message_returns_only_that_one_and_a_restart_agrees(broker):
     client = broker.connect()
     client.declare_queue("q")
