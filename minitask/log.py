@@ -44,16 +44,18 @@ def level_of(loglevel, default=logging.WARNING):
     return level if isinstance(level, int) else default
 
 
-def setup_logging(loglevel="WARNING", logfile=None):
+def setup_logging(loglevel="WARNING", logfile=None, take_over=True):
     """Send the process's log lines to `logfile` (stderr when None) at `loglevel`.
 
     As Celery's worker (``worker_hijack_root_logger``), the root logger is taken over: any
-    other handler on it goes, so that no line is written twice. minitask's own loggers are
-    enabled again, in case a ``dictConfig`` with ``disable_existing_loggers`` (a Django
-    project's LOGGING, applied by ``django.setup()`` first) silenced them."""
+    other handler on it goes, so that no line is written twice (with `take_over` False,
+    only minitask's own earlier ones). minitask's own loggers are enabled again, in case a
+    ``dictConfig`` with ``disable_existing_loggers`` (a Django project's LOGGING, applied by
+    ``django.setup()`` first) silenced them. Handlers added after this call stay."""
     root = logging.getLogger()
     handler = _handler(logfile, FORMAT)
-    for old in [h for h in root.handlers if h is not handler]:
+    for old in [h for h in root.handlers if h is not handler
+                and (take_over or h in _handlers.values())]:
         root.removeHandler(old)
     if handler not in root.handlers:
         root.addHandler(handler)

@@ -595,12 +595,15 @@ class _ChildRunner:
         """Become a worker's pool process: as the worker set up (unless forked from it), then
         the loader's per-process hook. Raises whatever stops it."""
         os.environ.update(self.config.environ)
-        if self.config.start_method == "fork":
+        forked = self.config.start_method == "fork"
+        if forked:
             djangofixup.forget_inherited_connections()
         else:
             settings_module.configure(**self.config.settings_overrides)
             djangofixup.setup()         # before any tasks module: they may import models
-        setup_logging(self.config.loglevel, self.config.logfile)
+        # A forked child keeps the root handlers it inherited (the worker took the root
+        # over already; a tasks module may have added one since); a fresh one takes over.
+        setup_logging(self.config.loglevel, self.config.logfile, take_over=not forked)
         loader = current_loader()
         if self.config.start_method != "fork":
             loader.on_worker_init()

@@ -167,3 +167,22 @@ def test_setup_logging_takes_the_root_logger_over_as_a_django_logging_setting_le
             root.addHandler(handler)
         root.setLevel(saved[1])
         worker_logger.disabled = others.disabled = False
+
+
+def test_a_forked_pool_process_keeps_the_root_handlers_it_inherited(tmp_path):
+    """take_over=False (a forked child): a handler a tasks module added to the root after
+    the worker set its logging up (Sentry's, a file's) stays; only minitask's are replaced."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    theirs = logging.NullHandler()
+    try:
+        setup_logging("INFO", str(tmp_path / "parent.log"))
+        root.addHandler(theirs)
+        setup_logging("INFO", str(tmp_path / "child.log"), take_over=False)
+        assert theirs in root.handlers and len(root.handlers) == 2
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
