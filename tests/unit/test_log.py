@@ -136,13 +136,26 @@ def test_level_of_reads_names_in_any_case_and_numbers(given, level):
     assert level_of(given) == level
 
 
+@pytest.fixture
+def root_logger():
+    """The root logger, its handlers and level put back after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield root
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
 def test_setup_logging_takes_the_root_logger_over_as_a_django_logging_setting_leaves_it(
-        tmp_path):
+        tmp_path, root_logger):
     """As Celery's worker_hijack_root_logger: the worker's lines go to its log once, and
     minitask's loggers speak again after a dictConfig with disable_existing_loggers (Django's
     LOGGING, applied by django.setup() before the worker sets its logging up)."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     worker_logger = logging.getLogger("minitask.worker.test_log_probe")
     others = logging.getLogger("someapp.test_log_probe")
     try:
@@ -153,36 +166,22 @@ def test_setup_logging_takes_the_root_logger_over_as_a_django_logging_setting_le
         assert worker_logger.disabled and others.disabled
         logfile = str(tmp_path / "worker.log")
         setup_logging("INFO", logfile)
-        assert [type(h).__name__ for h in root.handlers] == ["FileHandler"]
+        assert [type(h).__name__ for h in root_logger.handlers] == ["FileHandler"]
         worker_logger.info("once")
-        for handler in root.handlers:
+        for handler in root_logger.handlers:
             handler.flush()
         with open(logfile) as handle:
             assert handle.read().count("once") == 1
         assert others.disabled          # the project's own choice stays
     finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
         worker_logger.disabled = others.disabled = False
 
 
-def test_a_forked_pool_process_keeps_the_root_handlers_it_inherited(tmp_path):
+def test_a_forked_pool_process_keeps_the_root_handlers_it_inherited(tmp_path, root_logger):
     """take_over=False (a forked child): a handler a tasks module added to the root after
     the worker set its logging up (Sentry's, a file's) stays; only minitask's are replaced."""
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
     theirs = logging.NullHandler()
-    try:
-        setup_logging("INFO", str(tmp_path / "parent.log"))
-        root.addHandler(theirs)
-        setup_logging("INFO", str(tmp_path / "child.log"), take_over=False)
-        assert theirs in root.handlers and len(root.handlers) == 2
-    finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in saved[0]:
-            root.addHandler(handler)
-        root.setLevel(saved[1])
+    setup_logging("INFO", str(tmp_path / "parent.log"))
+    root_logger.addHandler(theirs)
+    setup_logging("INFO", str(tmp_path / "child.log"), take_over=False)
+    assert theirs in root_logger.handlers and len(root_logger.handlers) == 2
