@@ -145,8 +145,10 @@ class Consumer(base.Consumer):
             last = client.redis.execute("XREVRANGE", keys.control, "+", "-", "COUNT", 1)
             self._control_id = last[0][0].decode("ascii") if last else "0-0"
             reader = Reader(client.options, self.settings.get("BROKER_CA_FILE"))
-        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
-            client.redis.close()        # out of memory, a key of another type: tried again
+        except (ReplyError, PublishRefusedError) as exc:
+            # Out of memory, a key of another type: tried again. (A server that does not
+            # speak RESP is a ProtocolError: at the worker's first connect, its last word.)
+            client.redis.close()
             raise _refusal(client.options.display, exc) from None
         except BaseException:
             client.redis.close()
@@ -768,8 +770,10 @@ class Consumer(base.Consumer):
 
 
 def _refusal(display, exc):
-    return BrokerConnectionError("%s refused a worker's call: %s"
-                                 % (display, str(exc).split(" script: ")[0]))
+    text = str(exc).split(" script: ")[0]
+    if isinstance(exc, ProtocolError):
+        return BrokerConnectionError(text if display in text else "%s: %s" % (display, text))
+    return BrokerConnectionError("%s refused a worker's call: %s" % (display, text))
 
 
 def _name(call):

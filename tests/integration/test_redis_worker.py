@@ -9,8 +9,10 @@ of a broker (its URL, its status) comes from `RedisBroker`.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -332,16 +334,37 @@ def test_a_password_in_the_url_is_never_shown_in_logs_status_or_stats(tmp_path):
         server.stop()
 
 
-def test_a_worker_whose_first_connect_fails_for_good_says_why_in_one_line_and_exits(server):
-    """A database Redis does not have: the line, then the exit (the pool processes used to
-    keep the worker waiting for them, deaf to SIGTERM)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "minitask", "worker", "-I", "ittasks", "-c", "1"], cwd=ROOT,
-        env=_env({"MINITASK_BROKER_URL": server.url("/99")}), timeout=60,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+@pytest.mark.parametrize("where, code, says", [
+    ("a database Redis does not have", 2, "DB index is out of range"),
+    ("a server that is not Redis", 1, "sent bytes that are not RESP")])
+def test_a_worker_whose_first_connect_fails_for_good_says_why_in_one_line_and_exits(
+        server, where, code, says):
+    """The line, then the exit (the pool processes used to keep the worker waiting for them,
+    deaf to SIGTERM)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+
+    def answer_http():
+        while True:
+            try:
+                peer, _ = listener.accept()
+            except OSError:
+                return                  # closed: the test is over
+            peer.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            peer.close()
+    threading.Thread(target=answer_http, daemon=True).start()
+    url = server.url("/99") if code == 2 else "redis://127.0.0.1:%d/0" % listener.getsockname()[1]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "minitask", "worker", "-I", "ittasks", "-c", "1"], cwd=ROOT,
+            env=_env({"MINITASK_BROKER_URL": url}), timeout=60,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        listener.close()
     lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-    assert done.returncode == 2
-    assert lines[-1].startswith("minitask worker: ") and "DB index is out of range" in lines[-1]
+    assert done.returncode == code
+    assert lines[-1].startswith("minitask worker: ") and says in lines[-1]
     assert "Traceback" not in done.stderr.decode("utf-8", "replace")
 
 
