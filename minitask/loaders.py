@@ -227,10 +227,10 @@ def import_app_package(spec):
     this is safe; a plain module waits for the settings and ``django.setup()``, as ``-I``
     modules do, since it may import models. A failure is one ConfigurationError."""
     module = spec.partition(":")[0].strip()
+    if "." in module or module in sys.modules:
+        return
     try:
-        if "." in module or not _module_exists(module) or module in sys.modules:
-            return
-        found = importlib.util.find_spec(module)
+        found = importlib.util.find_spec(module)    # a top-level name: imports nothing
     except (ImportError, ValueError):
         return                          # not there: importing it later says so
     if found is None or found.submodule_search_locations is None:

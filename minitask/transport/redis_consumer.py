@@ -57,6 +57,9 @@ MAX_BLOCK = 5.0
 # above all): a task shorter than this never costs a round trip of its own for STARTED.
 START_DELAY = 0.02
 _WHY = {ops.REVOKED: "revoked", ops.EXPIRED: "expired", ops.MALFORMED: ""}
+# What Redis answers a running worker's calls with that it takes as a lost connection
+# (`_refused`): out of memory, a key of another type, replies it cannot read.
+_REFUSALS = (ReplyError, PublishRefusedError, ProtocolError)
 
 
 class Consumer(base.Consumer):
@@ -212,7 +215,7 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
-        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
+        except _REFUSALS as exc:
             raise self._refused(exc) from None
         return deliveries
 
@@ -401,7 +404,7 @@ class Consumer(base.Consumer):
         if self.connected:
             try:
                 self._maintain()
-            except (ReplyError, PublishRefusedError, ProtocolError) as exc:
+            except _REFUSALS as exc:
                 raise self._refused(exc) from None
 
     # -- what the worker says ---------------------------------------------------------------
@@ -636,7 +639,7 @@ class Consumer(base.Consumer):
         except BrokerConnectionError:
             self._drop_connections()
             raise
-        except (ReplyError, PublishRefusedError, ProtocolError) as exc:
+        except _REFUSALS as exc:
             raise self._refused(exc) from None
         return False
 
