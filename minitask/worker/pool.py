@@ -72,6 +72,9 @@ _SLOT = 5
 # else's, which the child leaves to its default action: it ends the process at once.
 _TERMINATE = signal.SIGRTMAX - 1 if hasattr(signal, "SIGRTMAX") else None
 
+# prctl's option: the signal a Linux process gets when its parent ends (linux/prctl.h).
+_PR_SET_PDEATHSIG = 1
+
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
 # A task type whose average run is under this is "fast" (it may queue behind others).
@@ -521,6 +524,7 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
             os.close(fd)
         except OSError:
             pass                        # not open in this process
+    die_with_parent(config.start_method)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process decides on Ctrl-C
     # A forked child inherits the worker's wake-up fd, closed here: a signal handled in
     # Python would write to whatever now has that number.
@@ -541,6 +545,40 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
         sys.exit(START_FAILED_EXIT)
     runner.send(("ready", os.getpid()))
     runner.run()
+
+
+def die_with_parent(start_method):
+    """Have Linux kill this process (SIGKILL) when the one that started it dies.
+
+    A pool process whose worker was killed alone (``kill -9 PID``, the OOM killer) would
+    otherwise run its task on, unseen: the broker has already given an acks_late task to
+    another worker, which runs it at the same time, and a default-acks one is reported lost
+    while its side effects go on. Elsewhere, or without ctypes, only the check before each
+    job remains: a running task then ends on its own time.
+
+    Under forkserver the parent is the server, which ends once nothing holds the worker's
+    end of the pipe it watches; its children inherit that end (multiprocessing keeps it for
+    processes they would start, which a pool process may not), so the child closes it.
+    """
+    if start_method == "forkserver":
+        server = multiprocessing.forkserver._forkserver
+        fd = getattr(server, "_forkserver_alive_fd", None)
+        if fd is not None:
+            os.close(fd)
+            server._forkserver_alive_fd = None
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (ImportError, AttributeError, OSError) as exc:
+        logger.debug("a pool process cannot end with its worker: %s", exc)
+        return
+    if os.getppid() != parent:          # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def start_failure(exc):

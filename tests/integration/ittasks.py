@@ -103,6 +103,14 @@ def sleep_late(seconds, tag=""):
     return seconds
 
 
+@task(name="it.sleep_pid", acks_late=True)
+def sleep_pid(seconds, tag):
+    """Trace the pool process's pid, sleep, trace "end": whether a run outlived its worker."""
+    _trace(tag, "pid %d" % os.getpid())
+    time.sleep(seconds)
+    _trace(tag, "end")
+
+
 @task(name="it.record")
 def record(tag, value):
     """Append `value` to the trace `tag` (order of execution across the worker)."""

@@ -83,6 +83,37 @@ def test_an_acks_late_task_of_a_killed_worker_runs_again_redelivered(broker, sta
     assert result.get(timeout=10) == "run"
 
 
+@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+def test_a_running_task_ends_with_its_worker_killed_alone(broker, start_worker, tmp_path,
+                                                          start_method):
+    """kill -9 of the worker's main process only (the OOM killer, `kill -9 PID`): its
+    acks_late task goes to the next worker, so the pool process must not run on with it
+    unseen, and run it twice at once."""
+    worker = start_worker(args=["-c", "1", "--start-method", start_method])
+    ittasks.sleep_pid.delay(60, "orphan")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "orphan"), 10, what="the task to start")
+    child = int(ittasks.read_trace(tmp_path, "orphan")[0].split()[1])
+    try:
+        assert _running(child)
+        os.kill(worker.proc.pid, signal.SIGKILL)
+        worker.proc.process.wait(10)
+        wait_for(lambda: not _running(child), 10,
+                 what="the pool process to end with its worker")
+        assert ittasks.read_trace(tmp_path, "orphan") == ["pid %d" % child]
+    finally:                            # the worker's clean-up no longer reaches an orphan
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _running(pid):
+    """Whether `pid` is a live process (a zombie nobody reaped is not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_a_worker_survives_a_broker_restart_and_reports_running_tasks(broker, start_worker,
                                                                       tmp_path):
     worker = start_worker(args=["-c", "1"])
