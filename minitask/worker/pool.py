@@ -44,6 +44,11 @@ import threading
 import time
 import traceback
 
+try:
+    import ctypes                       # here, before the fork, not again in every pool process
+except ImportError:                     # a Python built without it: see `die_with_parent`
+    ctypes = None
+
 from ..exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeLimitExceeded
 from ..protocol import message_id_of
 from . import djangofixup
@@ -566,15 +571,14 @@ def die_with_parent(start_method):
         if fd is not None:
             os.close(fd)
             server._forkserver_alive_fd = None
-    if not sys.platform.startswith("linux"):
+    if ctypes is None or not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
     try:
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    except (ImportError, AttributeError, OSError) as exc:
+    except (AttributeError, OSError) as exc:
         logger.debug("a pool process cannot end with its worker: %s", exc)
         return
     if os.getppid() != parent:          # it died before the request took effect
