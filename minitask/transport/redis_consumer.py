@@ -272,8 +272,9 @@ class Consumer(base.Consumer):
         client, keys = self.client, self.client.keys
         fetched = ops.parse_fetch(reply)
         if fetched is None:
-            raise BrokerConnectionError("%s: this worker (%s) was presumed dead by a sweeper; "
-                                        "reconnecting" % (client.options.display, self.id))
+            raise BrokerConnectionError("%s: this worker (%s) was presumed dead by a sweeper, "
+                                        "or the data in Redis was wiped"
+                                        % (client.options.display, self.id))
         self._set_due(fetched.now, fetched.next_due)
         self._more = fetched.more
         self._bells.update((name, bell) for name, bell in zip(queues, fetched.bells)

@@ -172,7 +172,24 @@ class Client(base.Client):
     def reload(self):
         """Read the topology anew (after STALE, or to see others' changes)."""
         self.topology = Topology.from_snapshot(self.script(ops.snapshot_call(self.keys)))
+        if self._set_up and not self.topology.version:
+            self._declare_again()
         return self.topology
+
+    def _declare_again(self):
+        """The topology this client declared is gone from Redis: the data was wiped
+        (FLUSHALL, FLUSHDB, a server started without its AOF). Declare what connecting
+        declares, as a reconnect would, so that calls go on rather than find no exchange."""
+        logger.warning("%s: the topology in Redis is gone (flushed, or a server without its "
+                       "data); declaring this client's again", self.options.display)
+        self._set_up = False            # its own declares reload too, and must not come back
+        self._exclusive.clear()         # gone with the rest
+        try:
+            self._declare_defaults()
+            if self.on_connect is not None:
+                self.on_connect(self)
+        finally:
+            self._set_up = True
 
     def _change(self, decide):
         """``decide(topology)`` returns ``(answer, changes, keys to delete)``; commit the

@@ -135,6 +135,11 @@ def message(routing_key="jobs", task_id=None, **fields):
                                       "tests.task", **fields))
 
 
+def routed(exchange, routing_key):
+    return P.encode_message(P.Message(b"{}", exchange, routing_key, uuid.uuid4().hex,
+                                      "tests.task"))
+
+
 def stream_lengths(conn, keys, queue):
     return sum(conn.run([("XLEN", key) for key in keys.streams(queue)]))
 
@@ -593,6 +598,35 @@ def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog)
         assert len([w for w in warnings if "AOF is off" in w]) == 1
         assert len([w for w in warnings if "maxmemory-policy is allkeys-lru" in w]) == 1
         setup.close()
+    finally:
+        server.stop()
+
+
+def test_a_client_declares_its_topology_again_once_the_data_was_wiped(tmp_path, caplog):
+    """FLUSHALL (a test suite's clean-up, an operator) under a running application: its
+    next publish found no exchange and failed, until some worker happened to declare them
+    again, or for ever with none running. The client now declares what it declares on
+    connecting, says so once, and the message lands."""
+    server = RedisServer(tmp_path).start()
+    try:
+        settings = config.Settings({"BROKER_URL": server.url("/0", vhost="wiped"),
+                                    "QUEUES": {"mail": {"exchange": "mail",
+                                                        "exchange_type": "topic",
+                                                        "binding_key": "mail.#"}}})
+        conn = transport.client_for(settings, on_connect=lambda c: transport.declare_topology(
+            c, settings)).connect()
+        try:
+            conn.publish(routed("mail", "mail.sent"))
+            conn.redis.execute("FLUSHALL")
+            caplog.set_level(logging.WARNING, logger="minitask.transport.redis_producer")
+            conn.publish(routed("mail", "mail.sent"))
+            conn.publish(routed(settings.DEFAULT_EXCHANGE, settings.DEFAULT_ROUTING_KEY))
+            assert conn.declare_queue("mail", passive=True)["messages"] == 1
+            assert conn.declare_queue("minitask", passive=True)["messages"] == 1
+            wiped = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
+            assert len(wiped) == 1, wiped
+        finally:
+            conn.close()
     finally:
         server.stop()
 
