@@ -186,7 +186,9 @@ def run_status(args):
                                                   _duration(broker["uptime"]),
                                                   broker["connections"]))
     print("journal %s (fsync %s), %d results, %d revoked, %d unroutable" % (
-        _size(broker["journal_bytes"]) if broker["persistent"] else "off (--no-persist)",
+        _size(broker["journal_bytes"]) if broker["persistent"] else
+        "off (Redis's appendonly is no)" if broker.get("transport") == "redis" else
+        "off (--no-persist)",
         broker["fsync"], broker["results"], broker["revoked"], broker["unroutable"]))
     if broker.get("journal_faults"):        # a broker before format 2 does not say
         lost = broker.get("journal_records_lost", 0)

@@ -598,6 +598,12 @@ def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog)
         assert len([w for w in warnings if "AOF is off" in w]) == 1
         assert len([w for w in warnings if "maxmemory-policy is allkeys-lru" in w]) == 1
         setup.close()
+        shown = subprocess.run(
+            [sys.executable, "-m", "minitask", "status", "--broker", setup.url],
+            cwd=os.path.dirname(os.path.dirname(HERE)), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, timeout=60).stdout.decode("utf-8")
+        # Not the built-in broker's flag, which a Redis operator has no use for.
+        assert "journal off (Redis's appendonly is no)" in shown, shown
     finally:
         server.stop()
 
