@@ -79,7 +79,7 @@ class StatusHTTPServer:
         try:
             self.httpd = _HTTPServer((host, port), _Handler, self)
         except OSError as exc:
-            raise ConfigurationError("cannot serve the status page on %s:%s: %s"
+            raise MinitaskError("cannot serve the status page on %s:%s: %s"
                                      % (host, port, exc.strerror or exc)) from None
         self.address = self.httpd.server_address[:2]
         self._ring = collections.deque(maxlen=HISTORY_SAMPLES)

@@ -182,7 +182,7 @@ def _lock_data_dir(data_dir):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise ConfigurationError("data directory %s is in use by broker %s; give another "
+        raise MinitaskError("data directory %s is in use by broker %s; give another "
                                  "--data-dir" % (data_dir, holder)) from None
     handle.seek(0)
     handle.truncate()

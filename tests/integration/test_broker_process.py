@@ -261,8 +261,24 @@ def test_two_brokers_cannot_share_a_data_directory(bare_broker, tmp_path):
         [sys.executable, "-m", "minitask", "broker", "--port", "0", "--data-dir",
          bare_broker.data_dir], env=_env(), cwd=ROOT, capture_output=True, text=True,
         timeout=30)
-    assert result.returncode == 2
+    assert result.returncode == 1               # held by another, as a port in use: not bad use
     assert "in use by broker %d" % bare_broker.proc.pid in result.stderr
+
+
+def test_a_status_page_port_in_use_is_one_line_and_exit_code_1(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        for command in (["broker", "--port", "0", "--data-dir", str(tmp_path)], ["status"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "minitask"] + command + ["--http", "127.0.0.1:%d" % port],
+                env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=30)
+            assert result.returncode == 1, (command, result.stderr)
+            last = result.stderr.strip().splitlines()[-1]       # after the broker's log
+            assert "Traceback" not in result.stderr, result.stderr
+            assert last.endswith(": cannot serve the status page on 127.0.0.1:%d: Address "
+                                 "already in use" % port), result.stderr
 
 
 def test_nothing_listening_is_a_clear_connection_error():
