@@ -482,12 +482,12 @@ def run_control(args):
     else:
         arguments = {}
     with _connect(settings) as conn:
-        if method == "revoke":
+        if method == "revoke":          # kept by the broker, for workers started later too
             conn.revoke(arguments["task_ids"], terminate=args.terminate)
-            replies = {}
+            replies = {"revoked": arguments["task_ids"], "terminate": args.terminate}
         else:
             replies = conn.broadcast(method, arguments, _destination(args), args.timeout)
-    if not replies and method != "revoke":
+    if not replies:
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if args.json:
         _print_json(replies)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 import ittasks
+from minitask.exceptions import TaskRevokedError
 from cluster import ROOT, _env, _Process, wait_for
 
 COMMANDS = ["broker", "worker", "demo", "status", "call", "purge", "inspect", "control",
@@ -171,6 +172,19 @@ def test_control_changes_a_rate_limit_at_run_time(broker, start_worker):
         second.get(timeout=1.5)                      # held back by the new limit
     minitask("control", "rate_limit", "it.add", "0", broker=broker)
     ittasks.add.delay(0, 0).get(timeout=10)
+
+
+def test_control_revoke_says_what_it_revoked_also_in_json(broker, start_worker):
+    result = minitask("control", "revoke", "id-1", "id-2", broker=broker)
+    assert (result.returncode, result.stdout) == (0, "revoked id-1, id-2\n")
+    result = minitask("control", "revoke", "id-3", "--terminate", "--json", broker=broker)
+    assert result.returncode == 0
+    assert json.loads(result.stdout) == {"revoked": ["id-3"], "terminate": True}
+    start_worker(name="later")
+    revoked = ittasks.add.apply_async((1, 1), task_id="id-2")
+    with pytest.raises(TaskRevokedError):
+        revoked.get(timeout=10)
+    assert ittasks.add.delay(2, 2).get(timeout=10) == 4
 
 
 def test_call_to_a_queue_that_does_not_exist_is_an_error(broker):
