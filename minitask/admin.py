@@ -267,8 +267,10 @@ def run_call(args):
         conn.publish(message.encode())
         result = {"task_id": message.id}
         if args.wait:
-            state, meta = _wait(AsyncResult(message.id, connection=conn), args.timeout)
+            state, meta, note = _wait(AsyncResult(message.id, connection=conn), args)
             result.update(state=state, result=meta)
+            if note:
+                result["error"] = note
     if args.json:
         _print_json(result)
     else:
@@ -278,12 +280,19 @@ def run_call(args):
     return 0 if not args.wait or result["state"] == "SUCCESS" else 1
 
 
-def _wait(result, timeout):
+def _wait(result, args):
+    """``(state, value, note)`` of `result` once it is ready or `args.timeout` is up; the
+    state is printed either way, and `note` says when it is what the wait gave up on."""
     try:
-        value = result.get(timeout=timeout, propagate=False)
+        value = result.get(timeout=args.timeout, propagate=False)
     except TimeoutError:
-        return result.state, None
-    return result.state, value if result.state == "SUCCESS" else repr(value)
+        state = result.state
+        note = "timed out after %gs waiting for %s (state %s)" % (args.timeout, result.id,
+                                                                  state)
+        if not args.json:
+            print("minitask %s: %s" % (args.command, note), file=sys.stderr)
+        return state, None, note
+    return result.state, value if result.state == "SUCCESS" else repr(value), None
 
 
 def run_purge(args):
@@ -329,16 +338,17 @@ def run_result(args):
     settings = _settings(args)
     with _connect(settings) as conn:
         result = AsyncResult(args.task_id, connection=conn)
+        note = None
         if args.wait:
-            state, value = _wait(result, args.timeout)
+            state, value, note = _wait(result, args)
         else:
             state = result.state
             value = result.result
             value = value if state == "SUCCESS" or value is None else repr(value)
         traceback = result.traceback
     if args.json:
-        _print_json({"task_id": args.task_id, "state": state, "result": value,
-                     "traceback": traceback})
+        _print_json(dict({"task_id": args.task_id, "state": state, "result": value,
+                          "traceback": traceback}, **({"error": note} if note else {})))
     else:
         print("%s: %s" % (state, value))
         if traceback:

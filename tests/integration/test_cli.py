@@ -205,6 +205,12 @@ def test_result_wait_that_times_out_exits_1(broker):
     result = minitask("result", "no-such-task", "--wait", "--timeout", "0.3", broker=broker)
     assert result.returncode == 1
     assert result.stdout.startswith("PENDING")
+    assert result.stderr == ("minitask result: timed out after 0.3s waiting for no-such-task "
+                             "(state PENDING)\n")
+    as_json = minitask("result", "no-such-task", "--wait", "--timeout", "0.3", "--json",
+                       broker=broker)
+    assert as_json.returncode == 1 and as_json.stderr == ""
+    assert json.loads(as_json.stdout)["error"].startswith("timed out after 0.3s")
 
 
 def test_a_port_in_use_is_a_failure_not_bad_use(tmp_path):
