@@ -47,7 +47,13 @@ class _ArgumentError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is raised for `main` to print in one line (exit code 2)."""
+    """argparse, but a usage error is raised for `main` to print in one line (exit code 2);
+    and a parser knows its flags (whether a command line that failed asked for JSON)."""
+
+    def add_argument(self, *names, **kwargs):
+        action = super().add_argument(*names, **kwargs)
+        self.__dict__.setdefault("flags", set()).update(action.option_strings)
+        return action
 
     def error(self, message):
         raise _ArgumentError(self.prog.partition(" ")[2] or None, message, see_help=True)
@@ -69,6 +75,7 @@ def build_parser():
                         help="broker URL, as the command's own --broker")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     commands.required = True
+    parser.commands = commands.choices          # name -> its parser
 
     broker = commands.add_parser("broker", help="run the broker")
     broker.add_argument("--host", help="address to listen on (default: BROKER_URL's, "
@@ -163,7 +170,7 @@ def main(argv=None):
         args = parse(argv)
     except _ArgumentError as exc:
         message = "error: %s%s" % (exc, " (see --help)" if exc.see_help else "")
-        return _fail(exc.command, message, EXIT_USAGE, "--json" in argv or "-j" in argv,
+        return _fail(exc.command, message, EXIT_USAGE, _asks_for_json(argv, exc.command),
                      str(exc))
     as_json = bool(getattr(args, "json", False))
     try:
@@ -265,6 +272,14 @@ def _fail(command, message, code, as_json, json_message=None):
     else:
         print("minitask%s: %s" % (" " + command if command else "", message), file=sys.stderr)
     return code
+
+
+def _asks_for_json(argv, command):
+    """Whether a command line that failed to parse gave `command` a JSON flag it takes (a
+    worker's ``--json`` is one of the arguments it does not know, not a request)."""
+    command_parser = build_parser().commands.get(command)
+    flags = command_parser.flags if command_parser is not None else ()
+    return any(flag in argv for flag in ("--json", "-j") if flag in flags)
 
 
 def _apply_global_options(args):

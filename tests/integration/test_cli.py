@@ -344,6 +344,15 @@ def test_a_usage_error_with_json_is_a_json_object_on_stdout():
     assert error["command"] == "inspect" and "invalid choice: 'nonsense'" in error["error"]
 
 
+def test_a_json_flag_a_command_does_not_take_is_one_of_its_unknown_arguments():
+    """A worker has no --json: the error says so in its usual line, not in a JSON object
+    that calls --json unrecognized while obeying it."""
+    result = minitask("worker", "--json", "--concurency", "3")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("minitask worker: error: unrecognized arguments: --json "
+                                    "--concurency 3")
+
+
 def test_a_failure_with_json_is_a_json_object_and_keeps_its_exit_code():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
