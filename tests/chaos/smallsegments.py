@@ -19,5 +19,8 @@ class _SmallSegments(broker_main.BrokerConfig):
 
 if __name__ == "__main__":
     SEGMENT_BYTES = int(sys.argv[1])
-    broker_main.BrokerConfig = _SmallSegments
+    # The command line builds its config from the name it imported (`cli.BrokerConfig`):
+    # replacing only the broker module's name changed nothing, and every broker started here
+    # kept 64 MiB segments (the crash suite's asserts on rotation now catch that).
+    cli.BrokerConfig = broker_main.BrokerConfig = _SmallSegments
     sys.exit(cli.main(sys.argv[2:]))

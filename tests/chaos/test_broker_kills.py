@@ -10,6 +10,7 @@ It runs twice: with the default 64 MiB journal segments, and with 16 KiB ones (s
 land in the middle of compaction passes too.
 """
 
+import os
 import time
 
 import pytest
@@ -31,6 +32,11 @@ def test_broker_kill_9_loses_no_confirmed_acks_late_task(cluster, rng, segment_b
             restarts.append(cluster.restart_broker())
         time.sleep(rng.uniform(0.5, 1.0))           # and a little work after the last one
     outcome = check_at_least_once(cluster, "late", producers, "broker kills")
+    if segment_bytes:                   # the point of the case: it rotated, and compacted
+        journal = os.path.join(cluster.broker.data_dir, "journal")
+        newest = max(int(name.split(".")[0]) for name in os.listdir(journal)
+                     if name.endswith(".seg"))
+        assert newest > 3, "the broker never rotated its journal (segment %d)" % newest
     FIGURES.add("broker kill -9 x%d, %s" % (BUDGET.broker_kills, "small segments, "
                                            "compacting" if segment_bytes else "64 MiB segments"),
                 rng.seed_value,
