@@ -17,8 +17,8 @@ share the hash tag, so they are in the slot that script runs on)::
     mt:{v}:qstats:QUEUE        HASH    readyN and backN (waiting in pN, bN), unacked,
                                        delayed, published, delivered, acked, dead_lettered
     mt:{v}:qconsumers:QUEUE    HASH    consumer id -> "CREDIT LIVE_UNTIL_MS"
-    mt:{v}:bell:QUEUE          STREAM  one entry, rewritten whenever the queue gets a message:
-                                       what idle consumers block on
+    mt:{v}:bell:QUEUE          STREAM  an entry added whenever the queue gets a message
+                                       (trimmed to about 100): what idle consumers block on
     mt:{v}:delayed             ZSET    member -> when to release it (ms); a parked chord
                                        body waits here at PARKED_AT (never due)
     mt:{v}:delayed:messages    HASH    member -> the message
