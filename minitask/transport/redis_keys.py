@@ -34,7 +34,8 @@ share the hash tag, so they are in the slot that script runs on)::
     mt:{v}:consumers           HASH    consumer id -> JSON worker description
     mt:{v}:heartbeat:CONSUMER  STRING  present while the consumer lives (PX TTL)
     mt:{v}:cstats:CONSUMER     HASH    unacked, delivered, prefetch, paused (while it is)
-    mt:{v}:wake:CONSUMER       STREAM  one entry, written to wake the consumer's blocked read
+    mt:{v}:wake:CONSUMER       STREAM  an entry written to wake the consumer's blocked read
+                                       (trimmed to about 100)
     mt:{v}:control             STREAM  remote-control commands, read by every worker
     mt:{v}:reply:NAME          STREAM  replies to one broadcast
     mt:{v}:lease:NAME          STRING  a lease's holder (PX TTL)
