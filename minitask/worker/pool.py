@@ -58,7 +58,8 @@ from ..log import setup_logging
 from .mail import failure_mailer
 from .. import config as settings_module
 
-__all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "START_FAILED_EXIT"]
+__all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "MAX_REVOKED", "START_FAILED_EXIT",
+           "remember_revoked"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,10 @@ _TERMINATE = signal.SIGRTMAX - 1 if hasattr(signal, "SIGRTMAX") else None
 
 # prctl's option: the signal a Linux process gets when its parent ends (linux/prctl.h).
 _PR_SET_PDEATHSIG = 1
+
+# Revoked task ids the worker and each pool process remember, the newest (the broker keeps
+# its own list, for the time results live): a worker that lives long is not a slow leak.
+MAX_REVOKED = 50000
 
 # A child may have this many jobs queued while all of them are fast; more only adds latency.
 MAX_FAST_JOBS = 32
@@ -493,6 +498,14 @@ class Pool:
             child.closed = True
 
 
+def remember_revoked(revoked, new):
+    """Add the ids of `new` (a mapping) to `revoked`, then forget the oldest beyond
+    `MAX_REVOKED`."""
+    revoked.update(new)
+    while len(revoked) > MAX_REVOKED:
+        revoked.pop(next(iter(revoked)))
+
+
 def _signal(pid, signum):
     try:
         os.kill(pid, signum)
@@ -622,7 +635,7 @@ class _ChildRunner:
         self.config = config
         self.pending = collections.deque()
         self.results = []
-        self.revoked = set()
+        self.revoked = {}               # task id -> None, oldest first (`remember_revoked`)
         self.revoke_gen = shm[_REVOKE_GEN]
         self.buffer = bytearray()
         self.last_flush = time.monotonic()
@@ -747,7 +760,7 @@ class _ChildRunner:
             if kind == "jobs":
                 self.pending.extend(items)
             elif kind == "revoke":
-                self.revoked.update(items)
+                remember_revoked(self.revoked, dict.fromkeys(items))
         return True
 
     def flush(self):

@@ -50,7 +50,7 @@ from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .execution import unlocked_by_failure
-from .pool import ChildConfig, Job, Pool
+from .pool import ChildConfig, Job, Pool, remember_revoked
 from .scheduler import Scheduler
 from .beat import Beat
 from .remote import handle_control
@@ -712,11 +712,7 @@ class Worker:
         handle_control(self, body)
 
     def revoke(self, task_ids, terminate=False, signum=signal.SIGTERM):
-        now = time.time()
-        for task_id in task_ids:
-            self.revoked[task_id] = now
-        while len(self.revoked) > 50000:
-            self.revoked.pop(next(iter(self.revoked)))
+        remember_revoked(self.revoked, dict.fromkeys(task_ids, time.time()))
         self.pool.broadcast_revoke(task_ids)
         for child in self.pool.alive():
             self._flush_child(child)

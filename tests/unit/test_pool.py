@@ -168,6 +168,26 @@ def test_a_revoke_reaches_every_living_child_and_bumps_the_generation(pool):
         == [True, True, False]
 
 
+def test_a_pool_process_remembers_only_the_newest_revoked_ids(monkeypatch):
+    """As the worker does: each revoke used to stay in every pool process for its whole
+    life, a slow leak in a worker that lives long (an outside soak check saw its pool
+    processes grow while revokes went on)."""
+    monkeypatch.setattr(pool_module, "MAX_REVOKED", 5)
+    child_in, parent_in = multiprocessing.Pipe(duplex=False)
+    parent_out, child_out = multiprocessing.Pipe(duplex=False)
+    shm = multiprocessing.RawArray("d", _GLOBALS + _SLOT)
+    runner = pool_module._ChildRunner(0, child_in, child_out, shm, ChildConfig())
+    try:
+        for start in range(0, 20, 4):
+            os.write(parent_in.fileno(), pool_module._frame(
+                ("revoke", ["t%d" % n for n in range(start, start + 4)])))
+            assert runner.receive(block=False)
+        assert list(runner.revoked) == ["t15", "t16", "t17", "t18", "t19"]
+    finally:
+        for end in (child_in, parent_in, parent_out, child_out):
+            end.close()
+
+
 def test_a_closed_childs_events_read_nothing_from_a_reused_descriptor(pool):
     """A dead child's pipes are closed and a replacement may get the same descriptor
     numbers in the same turn: a stale event for the old child must not read the new one's
