@@ -140,6 +140,7 @@ class ChildConfig:
         self.max_tasks = max_tasks
         self.start_method = start_method
         self.environ = environ or {}
+        self.worker_pid = os.getpid()
 
 
 class _Child:
@@ -185,6 +186,7 @@ class Pool:
         self.context = multiprocessing.get_context(start_method)
         self.start_method = self.context.get_start_method()
         config.start_method = self.start_method
+        config.worker_pid = os.getpid()     # a child's parent (but under forkserver)
         config.max_tasks = max_tasks_per_child
         self.max_tasks = max_tasks_per_child
         self.close_in_child = close_in_child or (lambda: [])
@@ -197,16 +199,6 @@ class Pool:
     # -- children --------------------------------------------------------------------------------
 
     def start(self):
-        if self.start_method == "forkserver" \
-                and threading.current_thread() is threading.main_thread():
-            # Its server process would die of a SIGTERM sent to every process of the worker
-            # (and the pool with it): it starts ignoring SIGTERM, which its children then
-            # leave to `_ChildRunner.on_sigterm`.
-            ignored = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            try:
-                multiprocessing.forkserver.ensure_running()
-            finally:
-                signal.signal(signal.SIGTERM, ignored)
         for slot in range(self.concurrency):
             self._spawn(slot)
 
@@ -241,6 +233,8 @@ class Pool:
             target=child_main, name="minitask-pool-%d" % (slot + 1),
             args=(slot, child_in, child_out, self.shm, self.config, close))
         process.daemon = True
+        if self.start_method == "forkserver":
+            _ensure_forkserver()
         process.start()
         child_in.close()
         child_out.close()
@@ -506,6 +500,22 @@ def remember_revoked(revoked, new):
         revoked.pop(next(iter(revoked)))
 
 
+def _ensure_forkserver():
+    """Start multiprocessing's fork server unless it runs, ignoring SIGTERM: one sent to
+    every process of the worker would kill it, and the pool with it (its children die with
+    it, `die_with_parent`; the worker reads their exit through it), where the worker stops
+    warmly; the children leave such a SIGTERM to `_ChildRunner.on_sigterm`. Also when it
+    is started again, after it died. (Signals can be set only from the main thread; from
+    another, `process.start` starts it as multiprocessing does.)"""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    ignored = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGTERM, ignored)
+
+
 def _signal(pid, signum):
     try:
         os.kill(pid, signum)
@@ -542,7 +552,7 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
             os.close(fd)
         except OSError:
             pass                        # not open in this process
-    die_with_parent(config.start_method)
+    die_with_parent(config)
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # the main process decides on Ctrl-C
     # A forked child inherits the worker's wake-up fd, closed here: a signal handled in
     # Python would write to whatever now has that number.
@@ -565,8 +575,8 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
     runner.run()
 
 
-def die_with_parent(start_method):
-    """Have Linux kill this process (SIGKILL) when the one that started it dies.
+def die_with_parent(config):
+    """Have Linux kill this process (SIGKILL) when the process that started it dies.
 
     A pool process whose worker was killed alone (``kill -9 PID``, the OOM killer) would
     otherwise run its task on, unseen: the broker has already given an acks_late task to
@@ -576,9 +586,14 @@ def die_with_parent(start_method):
 
     Under forkserver the parent is the server, which ends once nothing holds the worker's
     end of the pipe it watches; its children inherit that end (multiprocessing keeps it for
-    processes they would start, which a pool process may not), so the child closes it.
+    processes they would start, which a pool process may not), so the child closes it, and
+    the server ends with the worker. The worker learns how its children ended through the
+    server: if the server dies alone, the worker counts them dead (exit code 255), and
+    dying with it keeps them from running on unseen then too.
     """
-    if start_method == "forkserver":
+    parent = config.worker_pid
+    if config.start_method == "forkserver":
+        parent = os.getppid()
         server = multiprocessing.forkserver._forkserver
         fd = getattr(server, "_forkserver_alive_fd", None)
         if fd is not None:
@@ -586,7 +601,6 @@ def die_with_parent(start_method):
             server._forkserver_alive_fd = None
     if ctypes is None or not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:

@@ -83,7 +83,7 @@ def test_an_acks_late_task_of_a_killed_worker_runs_again_redelivered(broker, sta
     assert result.get(timeout=10) == "run"
 
 
-@pytest.mark.parametrize("start_method", ["fork", "forkserver"])
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
 def test_a_running_task_ends_with_its_worker_killed_alone(broker, start_worker, tmp_path,
                                                           start_method):
     """kill -9 of the worker's main process only (the OOM killer, `kill -9 PID`): its
@@ -103,6 +103,55 @@ def test_a_running_task_ends_with_its_worker_killed_alone(broker, start_worker, 
     finally:                            # the worker's clean-up no longer reaches an orphan
         if _running(child):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_forkserver_killed_alone_takes_its_children_and_the_next_one_ignores_sigterm(
+        broker, start_worker, tmp_path):
+    """Under forkserver the worker learns how a pool process ended through the server: one
+    killed alone (the OOM killer) makes the worker count its children dead. They die with
+    it rather than run on unseen, the worker starts a new server, and that one ignores a
+    SIGTERM sent to every process of the worker too (only the first did: then the group
+    SIGTERM of a warm shutdown killed the new server and every task with it)."""
+    worker = start_worker(args=["-c", "1", "--start-method", "forkserver"])
+    lost = ittasks.sleep.delay(60, "server")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "server") == ["start"], 10,
+             what="the task to start")
+    server = _forkserver_of(worker)
+    [child] = _children(server)
+    try:
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: not _running(child), 10, what="the pool process to end with it")
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+    with pytest.raises(WorkerLostError):
+        lost.get(timeout=15)
+    assert ittasks.add.delay(1, 1).get(timeout=20) == 2      # a new server, a new child
+    running = ittasks.sleep.delay(1.0, "after")
+    wait_for(lambda: ittasks.read_trace(tmp_path, "after") == ["start"], 10,
+             what="a task to start under the new server")
+    os.killpg(worker.proc.pid, signal.SIGTERM)
+    assert worker.proc.process.wait(20) == 0
+    assert running.get(timeout=5) == 1.0
+
+
+def _forkserver_of(worker):
+    [server] = [pid for pid in _children(worker.proc.pid)
+                if b"forkserver" in _command_line(pid)]
+    return server
+
+
+def _children(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _command_line(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return b""
 
 
 def _running(pid):
