@@ -380,20 +380,9 @@ def classify(label, value, setting_of):
         if label.islower() and isinstance(value, (types.ModuleType, type)):
             return None, None
         return ("setting", name) if name is not None else ("celery", celery)
-    if label.isupper() and (label.startswith(("CELERY", "MINITASK_"))
-                            or _ending_in(label, setting_of) is not None):
+    if label.isupper() and label.startswith(("CELERY", "MINITASK_")):
         return "unknown", None
     return None, None
-
-
-def _ending_in(label, spellings):
-    """The shortest spelling of a setting that ends in ``_LABEL`` (TASK_ROUTES for ROUTES: a
-    setting's name with its first word left out), or None; never for names of under five
-    letters (URL, HOST), which a settings module may well have of its own."""
-    if len(label) < 5:
-        return None
-    found = [spelling for spelling in spellings if spelling.endswith("_" + label)]
-    return min(found, key=len) if found else None
 
 
 def warning(label, celery, value, settings, spellings):
@@ -409,7 +398,6 @@ def warning(label, celery, value, settings, spellings):
         advice = advice_for(celery)
         return "ignoring %s: minitask has no such setting%s" % (
             label, "; " + advice if advice else "")
-    close = difflib.get_close_matches(label, spellings, n=1, cutoff=0.85) \
-        or [_ending_in(label, spellings)]
+    close = difflib.get_close_matches(label, spellings, n=1, cutoff=0.85)
     return "ignoring %s: there is no such setting%s" % (
-        label, " (did you mean %s?)" % close[0] if close[0] else "")
+        label, " (did you mean %s?)" % close[0] if close else "")

@@ -701,11 +701,6 @@ def test_an_imported_module_or_class_under_a_celery_name_is_not_a_setting(caplog
     ("MINITASK_BROKER_ULR", "x", "ignoring MINITASK_BROKER_ULR: there is no such setting "
                                  "(did you mean MINITASK_BROKER_URL?)"),
     ("CELERYBEAT_FOO", 1, "ignoring CELERYBEAT_FOO: there is no such setting"),
-    # A setting's name without its first word (an earlier README said ROUTES).
-    ("ROUTES", {"a": "b"}, "ignoring ROUTES: there is no such setting (did you mean "
-                           "TASK_ROUTES?)"),
-    ("SERIALIZER", "json", "ignoring SERIALIZER: there is no such setting (did you mean "
-                           "TASK_SERIALIZER?)"),
 ])
 def test_every_setting_like_name_without_effect_gets_one_warning_naming_it(caplog, label, value,
                                                                           expected):
