@@ -130,12 +130,16 @@ class Consumer(base.Consumer):
 
     # -- connecting -------------------------------------------------------------------------
 
+    def _declare(self, client):
+        """What the worker declares: on connecting, and again after the data was wiped."""
+        declare_topology(client, self.settings)
+        declare_worker_queues(client, self.settings, self.queues)
+
     def connect(self, timeout=5.0):
-        client = Client(self.settings, client="minitask-worker", timeout=timeout)
+        client = Client(self.settings, client="minitask-worker", timeout=timeout,
+                        on_connect=self._declare)
         try:
             client.connect()
-            declare_topology(client, self.settings)
-            declare_worker_queues(client, self.settings, self.queues)
             if self.generation:         # what the last connection held goes back first
                 reap(client, self.id, sorted(self.consumed), client.options.handover_grace)
             keys = client.keys

@@ -8,6 +8,8 @@ stats and bells and its header's results, and the script that releases it uses t
 share the hash tag, so they are in the slot that script runs on)::
 
     mt:{v}:topology            STRING  version of exchanges/queues/bindings, INCR on change
+    mt:{v}:epoch               STRING  set by the first client to declare the topology: gone,
+                                       or another, when the data was wiped since
     mt:{v}:exchanges           HASH    name -> JSON {"type", "durable", "auto_delete"}
     mt:{v}:queues              HASH    name -> JSON {"args": {...}, "owner": client id|null}
     mt:{v}:bindings            HASH    JSON [exchange, queue, key, arguments] -> "1"
@@ -80,7 +82,8 @@ class Keys:
         self.prefix = prefix = "mt:{%s}:" % vhost
         for name in ("topology", "exchanges", "queues", "bindings", "delayed", "expiring",
                      "inflight", "handovers", "orphans", "revoked", "consumers", "control",
-                     "kv", "stats", "failures", "sweep", "backstop", "chords", "tasks"):
+                     "kv", "stats", "failures", "sweep", "backstop", "chords", "tasks",
+                     "epoch"):
             setattr(self, name, prefix + name)
         self.delayed_messages = prefix + "delayed:messages"
         self.handed_messages = prefix + "handovers:messages"

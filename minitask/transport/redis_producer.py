@@ -93,6 +93,8 @@ class Client(base.Client):
         self.ttl_ms = ops.ms(settings.RESULT_EXPIRES)
         self._exclusive = set()
         self._set_up = False
+        self._epoch = None              # the topology's epoch when this client declared it
+        self._declaring_again = False
         self._sweep_at = 0.0            # when this client may next look for dead workers
 
     def __repr__(self):
@@ -111,6 +113,7 @@ class Client(base.Client):
         check_server(self)
         self.reload()
         self._declare_defaults()
+        self._epoch = self._claim_epoch()
         self._set_up = True
         if self.on_connect is not None:
             self.on_connect(self)
@@ -171,25 +174,36 @@ class Client(base.Client):
 
     def reload(self):
         """Read the topology anew (after STALE, or to see others' changes)."""
-        self.topology = Topology.from_snapshot(self.script(ops.snapshot_call(self.keys)))
-        if self._set_up and not self.topology.version:
+        snapshot, epoch = self.run([ops.snapshot_call(self.keys), ("GET", self.keys.epoch)])
+        if isinstance(snapshot, ReplyError):
+            raise refused(snapshot)
+        self.topology = Topology.from_snapshot(snapshot)
+        if self._set_up and not self._declaring_again and epoch != self._epoch:
             self._declare_again()
         return self.topology
 
+    def _claim_epoch(self):
+        """The topology's epoch, made by this client if there is none yet."""
+        return self.run([("SET", self.keys.epoch, uuid.uuid4().hex, "NX"),
+                         ("GET", self.keys.epoch)])[1]
+
     def _declare_again(self):
-        """The topology this client declared is gone from Redis: the data was wiped
-        (FLUSHALL, FLUSHDB, a server started without its AOF). Declare what connecting
-        declares, as a reconnect would, so that calls go on rather than find no exchange."""
-        logger.warning("%s: the topology in Redis is gone (flushed, or a server without its "
-                       "data); declaring this client's again", self.options.display)
-        self._set_up = False            # its own declares reload too, and must not come back
+        """The topology this client declared was wiped from Redis since (FLUSHALL, FLUSHDB,
+        a server started without its AOF): its epoch is gone, or another client made a new
+        one. Declare what connecting declares, as a reconnect would, so that calls go on,
+        rather than find no exchange, or no binding (unroutable). Every client that declared
+        before the wipe does so once, whoever noticed first."""
+        logger.warning("%s: the topology in Redis was wiped (flushed, or a server without "
+                       "its data); declaring this client's again", self.options.display)
+        self._declaring_again = True    # its own declares reload too
         self._exclusive.clear()         # gone with the rest
         try:
             self._declare_defaults()
             if self.on_connect is not None:
                 self.on_connect(self)
+            self._epoch = self._claim_epoch()   # only once all is declared: else again
         finally:
-            self._set_up = True
+            self._declaring_again = False
 
     def _change(self, decide):
         """``decide(topology)`` returns ``(answer, changes, keys to delete)``; commit the

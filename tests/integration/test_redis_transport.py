@@ -608,30 +608,38 @@ def test_start_up_warns_once_when_aof_is_off_or_eviction_is_on(tmp_path, caplog)
         server.stop()
 
 
-def test_a_client_declares_its_topology_again_once_the_data_was_wiped(tmp_path, caplog):
-    """FLUSHALL (a test suite's clean-up, an operator) under a running application: its
-    next publish found no exchange and failed, until some worker happened to declare them
-    again, or for ever with none running. The client now declares what it declares on
-    connecting, says so once, and the message lands."""
+def test_every_client_declares_its_topology_again_once_the_data_was_wiped(tmp_path, caplog):
+    """FLUSHALL (a test suite's clean-up, an operator) under running programs: a publish
+    found no exchange (or no binding: unroutable) until some worker happened to declare them
+    again, or for ever. Each client now declares again what it declared on connecting,
+    whoever noticed the wipe first: here a client with nothing of its own (a worker's
+    connection before its queues) notices first, and the one with QUEUES still does."""
     server = RedisServer(tmp_path).start()
     try:
-        settings = config.Settings({"BROKER_URL": server.url("/0", vhost="wiped"),
+        url = server.url("/0", vhost="wiped")
+        settings = config.Settings({"BROKER_URL": url,
                                     "QUEUES": {"mail": {"exchange": "mail",
                                                         "exchange_type": "topic",
                                                         "binding_key": "mail.#"}}})
         conn = transport.client_for(settings, on_connect=lambda c: transport.declare_topology(
             c, settings)).connect()
+        bare = transport.client_for(config.Settings({"BROKER_URL": url})).connect()
         try:
             conn.publish(routed("mail", "mail.sent"))
             conn.redis.execute("FLUSHALL")
             caplog.set_level(logging.WARNING, logger="minitask.transport.redis_producer")
+            bare.reload()                               # notices first, declares its own
             conn.publish(routed("mail", "mail.sent"))
             conn.publish(routed(settings.DEFAULT_EXCHANGE, settings.DEFAULT_ROUTING_KEY))
             assert conn.declare_queue("mail", passive=True)["messages"] == 1
             assert conn.declare_queue("minitask", passive=True)["messages"] == 1
-            wiped = [r.getMessage() for r in caplog.records if "is gone" in r.getMessage()]
-            assert len(wiped) == 1, wiped
+            wiped = [r.getMessage() for r in caplog.records if "was wiped" in r.getMessage()]
+            assert len(wiped) == 2, wiped               # once each, not again
+            bare.reload()
+            conn.reload()
+            assert len([r for r in caplog.records if "was wiped" in r.getMessage()]) == 2
         finally:
+            bare.close()
             conn.close()
     finally:
         server.stop()
