@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from .. import protocol as P
-from ..exceptions import BrokerError, ConfigurationError, MinitaskError
+from ..exceptions import BrokerError, MinitaskError
 from ..message import decode_result_meta
 from ..serialization import exception_to_dict
 from . import page
@@ -80,7 +80,7 @@ class StatusHTTPServer:
             self.httpd = _HTTPServer((host, port), _Handler, self)
         except OSError as exc:
             raise MinitaskError("cannot serve the status page on %s:%s: %s"
-                                     % (host, port, exc.strerror or exc)) from None
+                                % (host, port, exc.strerror or exc)) from None
         self.address = self.httpd.server_address[:2]
         self._ring = collections.deque(maxlen=HISTORY_SAMPLES)
         self._ring_lock = threading.Lock()

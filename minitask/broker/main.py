@@ -183,7 +183,7 @@ def _lock_data_dir(data_dir):
         holder = handle.read().strip() or "another process"
         handle.close()
         raise MinitaskError("data directory %s is in use by broker %s; give another "
-                                 "--data-dir" % (data_dir, holder)) from None
+                            "--data-dir" % (data_dir, holder)) from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
