@@ -140,7 +140,7 @@ class ChildConfig:
         self.max_tasks = max_tasks
         self.start_method = start_method
         self.environ = environ or {}
-        self.worker_pid = os.getpid()
+        self.worker_pid = os.getpid()   # a pool process's parent (but under forkserver)
 
 
 class _Child:
@@ -186,7 +186,6 @@ class Pool:
         self.context = multiprocessing.get_context(start_method)
         self.start_method = self.context.get_start_method()
         config.start_method = self.start_method
-        config.worker_pid = os.getpid()     # a child's parent (but under forkserver)
         config.max_tasks = max_tasks_per_child
         self.max_tasks = max_tasks_per_child
         self.close_in_child = close_in_child or (lambda: [])
