@@ -7,7 +7,8 @@ any of them; scripts still name every key they touch in KEYS, never building one
 stats and bells and its header's results, and the script that releases it uses them; they
 share the hash tag, so they are in the slot that script runs on)::
 
-    mt:{v}:topology            STRING  version of exchanges/queues/bindings, INCR on change
+    mt:{v}:topology            STRING  version of exchanges/queues/bindings, INCR on change;
+                                       made again, it starts from Redis's clock (in us)
     mt:{v}:epoch               STRING  set by the first client to declare the topology: gone,
                                        or another, when the data was wiped since
     mt:{v}:exchanges           HASH    name -> JSON {"type", "durable", "auto_delete"}

@@ -55,6 +55,17 @@ end
 
 local function refuse(code, text) error({err = 'MT' .. code .. ' ' .. text}) end
 
+-- The topology's next version. One made again after a wipe starts from the clock, in
+-- microseconds, not from 1: a client still holding a version read before the wipe must
+-- never find it in force under other rules (it would route by its stale copy).
+local function bump_topology(key)
+  if redis.call('EXISTS', key) == 1 then return redis.call('INCR', key) end
+  local t = redis.call('TIME')
+  local version = t[1] .. string.format('%06d', tonumber(t[2]))
+  redis.call('SET', key, version)
+  return tonumber(version)
+end
+
 -- What the Python side writes with redis_keys.pack: each field as <length>:<bytes>.
 local function pack(...)
   local out = {}
@@ -389,7 +400,7 @@ local function give_back(globals)
                         and deliveries > max_redeliveries) then
     if not queue_exists(globals, dead_name) then
       redis.call('HSET', globals.queues, dead_name, dead_definition)
-      redis.call('INCR', globals.topology)
+      bump_topology(globals.topology)
       globals.exists[dead_name] = true
     end
     ensure_stream(dead)
@@ -475,7 +486,7 @@ for _ = 1, changes do
   end
 end
 for i = key_index + 1, #KEYS do redis.call('DEL', KEYS[i]) end
-if changes > 0 then return redis.call('INCR', topology) end
+if changes > 0 then return bump_topology(topology) end
 return tonumber(expected)
 """)
 

@@ -645,6 +645,41 @@ def test_every_client_declares_its_topology_again_once_the_data_was_wiped(tmp_pa
         server.stop()
 
 
+def test_a_topology_made_again_after_a_wipe_never_takes_a_version_a_client_still_holds(
+        tmp_path):
+    """A client routes by its cached topology for as long as Redis holds the version it
+    read. Versions counted from 1 again after a wipe, so a client that had not looked since
+    could find its old number in force under other rules, and publish by its stale
+    bindings: here to a queue that no longer exists, where nothing would ever read it."""
+    server = RedisServer(tmp_path).start()
+    try:
+        url = server.url("/0", vhost="reused")
+        stale = transport.client_for(config.Settings({"BROKER_URL": url})).connect()
+        other = transport.client_for(config.Settings({"BROKER_URL": url})).connect()
+        try:
+            stale.declare_exchange("news", "topic")
+            stale.declare_queue("old")
+            stale.bind("old", "news", "news.#")
+            held = stale.topology.version
+            stale.redis.execute("FLUSHALL")
+            other.reload()                              # declares its defaults again
+            other.declare_exchange("news", "topic")
+            other.declare_queue("new")
+            other.bind("new", "news", "news.#")
+            padding = 0
+            while other.topology.version < held:        # only when versions start over
+                other.declare_queue("padding-%d" % padding)
+                padding += 1
+            stale.publish(routed("news", "news.sent"))
+            assert other.declare_queue("new", passive=True)["messages"] == 1
+            assert "old" not in other.reload().queues
+        finally:
+            other.close()
+            stale.close()
+    finally:
+        server.stop()
+
+
 # -- what another program wrote into a queue ------------------------------------------------
 
 def test_foreign_entries_in_a_queue_neither_hold_back_an_accepted_message_nor_stop_a_worker(
