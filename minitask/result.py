@@ -19,6 +19,7 @@ any of them reaches every task of the workflow it can see through those links, i
 ones that have not been sent yet.
 """
 
+import contextlib
 import datetime
 import time
 
@@ -30,10 +31,45 @@ from .config import get_settings
 from .message import ResultMeta
 
 __all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult", "STATES",
-           "READY_STATES",
+           "READY_STATES", "allow_join_result", "task_join_will_block",
            "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
 PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = STATES
+
+# Set in a worker's pool processes: there, waiting for another task's result can wait for
+# ever (the task waited for may be queued behind this one, for this very process).
+_join = {"will_block": False}
+
+WOULD_BLOCK = ("never call result.get() within a task: it may wait for a task queued "
+               "behind this one; chain the tasks, or give a link callback (or pass "
+               "disable_sync_subtasks=False, or use allow_join_result(), if you must)")
+
+
+def task_join_will_block():
+    """True in a worker's pool process, where `get()` refuses to wait (Celery's)."""
+    return _join["will_block"]
+
+
+def set_task_join_will_block(value):
+    """Said by a worker's pool process as it starts."""
+    _join["will_block"] = bool(value)
+
+
+@contextlib.contextmanager
+def allow_join_result():
+    """Let `get()` wait inside a task, as Celery's `allow_join_result`: you answer for the
+    task waited for having a worker free to run it."""
+    was = _join["will_block"]
+    _join["will_block"] = False
+    try:
+        yield
+    finally:
+        _join["will_block"] = was
+
+
+def _assert_will_not_block(disable_sync_subtasks):
+    if disable_sync_subtasks and _join["will_block"]:
+        raise RuntimeError(WOULD_BLOCK)
 
 
 class ResultBase:
@@ -154,14 +190,17 @@ class AsyncResult(ResultBase):
             return None
         return _utc(meta.date_done)
 
-    def get(self, timeout=None, propagate=True, interval=None):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         """Wait for the final state; return the value or raise the task's exception.
 
         Raises `minitask.exceptions.TimeoutError` when `timeout` seconds pass first.
-        (`interval` is accepted for Celery compatibility; nothing polls.)
+        (`interval` is accepted for Celery compatibility; nothing polls.) Inside a task,
+        raises RuntimeError rather than wait, unless `disable_sync_subtasks` is False
+        (Celery's rule); a result already known is returned.
         """
         meta = self._meta
         if meta is None:
+            _assert_will_not_block(disable_sync_subtasks)
             started = time.monotonic()
 
             def wait(conn):             # after a reconnect, only what is left of the timeout
@@ -225,7 +264,7 @@ class EagerResult(ResultBase):
     def traceback(self):
         return self._traceback
 
-    def get(self, timeout=None, propagate=True, interval=None):
+    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
         return self._outcome(ResultMeta(self.task_id, self._state, self._result,
                                         self._traceback), propagate)
 
@@ -275,13 +314,18 @@ class ResultSet:
         """How many have finished successfully."""
         return sum(1 for result in self.results if result.successful())
 
-    def join(self, timeout=None, propagate=True):
-        """The list of values, in order; the first failure is raised when `propagate`."""
+    def join(self, timeout=None, propagate=True, disable_sync_subtasks=True):
+        """The list of values, in order; the first failure is raised when `propagate`.
+        Inside a task, RuntimeError as `AsyncResult.get` (before any waiting)."""
+        if any(isinstance(result, AsyncResult) and result._meta is None
+               for result in self.results):
+            _assert_will_not_block(disable_sync_subtasks)
         deadline = None if timeout is None else time.monotonic() + timeout
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(result.get(timeout=remaining, propagate=propagate))
+            values.append(result.get(timeout=remaining, propagate=propagate,
+                                     disable_sync_subtasks=disable_sync_subtasks))
         return values
 
     get = join

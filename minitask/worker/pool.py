@@ -55,6 +55,7 @@ from . import djangofixup
 from .execution import execute_delivery, failed
 from ..loaders import current_loader
 from ..log import setup_logging
+from ..result import set_task_join_will_block
 from .mail import failure_mailer
 from .. import config as settings_module
 
@@ -679,6 +680,7 @@ class _ChildRunner:
                 loader.import_module(name)
         loader.on_worker_process_init()
         self.django = djangofixup.active()
+        set_task_join_will_block(True)     # a task's get() would wait on its own worker
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, self._soft_limit)
         self.execute = execute_delivery

@@ -5,7 +5,7 @@ import os
 import time
 
 from minitask import shared_task
-from ittasks import _trace, read_trace
+from ittasks import _trace, add, read_trace
 
 
 @shared_task(bind=True, name="it.bound")
@@ -37,3 +37,12 @@ def stamp(self, tag):
     _trace(tag, "%.6f" % time.time())
     _trace(tag + "-ids", self.request.id)       # which send ran (the beat tests' `beatlog`)
     return tag
+
+
+@shared_task(name="it.waits")
+def waits(x, allowed=False):
+    """Waits inside a task for another task's result: Celery refuses unless told."""
+    sub = add.delay(x, x)
+    if allowed:
+        return sub.get(timeout=10, disable_sync_subtasks=False)
+    return sub.get(timeout=10)

@@ -31,6 +31,17 @@ def test_a_bound_task_gets_itself_and_its_request_on_a_worker(broker, start_work
                                       "priority": None}}
 
 
+
+def test_a_task_that_waits_for_another_inside_is_refused_as_celery_refuses(broker,
+                                                                           start_worker):
+    """Celery's "never call result.get() within a task": the task waited for may be queued
+    behind the one waiting (with -c 1, for ever). It used to wait; now it fails at once
+    with RuntimeError, and waits only when told (two pool processes: the other runs it)."""
+    start_worker(modules=HABITS, args=("-c", "2"))
+    with pytest.raises(RuntimeError, match=r"never call result\.get\(\) within a task"):
+        ithabits.waits.delay(2).get(timeout=20)
+    assert ithabits.waits.delay(3, allowed=True).get(timeout=20) == 6
+
 def test_autoretry_for_retries_on_the_worker_with_exponential_backoff(broker, start_worker,
                                                                       tmp_path):
     worker = start_worker(modules=HABITS)

@@ -8,8 +8,10 @@ import pytest
 from minitask import config, group, task
 from minitask.exceptions import SerializationError, TaskRevokedError
 from minitask.canvas import Signature
+from minitask import result as result_module
 from minitask.result import (
-    FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STATES, SUCCESS, EagerResult, ResultSet,
+    FAILURE, PENDING, READY_STATES, RETRY, REVOKED, STATES, SUCCESS, AsyncResult, EagerResult,
+    GroupResult, ResultSet,
 )
 
 
@@ -216,3 +218,65 @@ def test_a_group_refuses_unserializable_arguments_before_any_connection(no_broke
 
 def test_delay_of_a_signature_adds_arguments(eager):
     assert add.s(1).delay(2).get() == 3
+
+
+# -- waiting inside a task (Celery's "never call result.get() within a task") ---------------
+
+class _Waited(Exception):
+    """What the stub connection raises once asked to wait: the wait was let through."""
+
+
+class _StubConnection:
+    def connect(self):
+        return self
+
+    def wait_result(self, task_id, timeout=None):
+        raise _Waited(task_id)
+
+
+@pytest.fixture
+def in_a_pool_process():
+    result_module.set_task_join_will_block(True)
+    yield
+    result_module.set_task_join_will_block(False)
+
+
+def test_get_inside_a_task_refuses_to_wait_as_celery_does(no_broker, in_a_pool_process):
+    """A task that waits for another's result may wait for ever: the other can be queued
+    behind it, for its own pool process. Celery refuses with RuntimeError; so does
+    minitask, before anything is sent, for a set as for one result."""
+    assert result_module.task_join_will_block()
+    waiting = AsyncResult("sub-task", connection=_StubConnection())
+    with pytest.raises(RuntimeError, match=r"never call result\.get\(\) within a task"):
+        waiting.get(timeout=1)
+    with pytest.raises(RuntimeError, match="within a task"):
+        waiting.wait()
+    with pytest.raises(RuntimeError, match="within a task"):
+        ResultSet([add.apply((1, 1)), waiting]).join()
+    with pytest.raises(RuntimeError, match="within a task"):
+        GroupResult("g", [waiting]).get(timeout=1)
+
+
+def test_get_inside_a_task_waits_when_told_to(in_a_pool_process):
+    waiting = AsyncResult("sub-task", connection=_StubConnection())
+    with pytest.raises(_Waited):
+        waiting.get(timeout=1, disable_sync_subtasks=False)
+    with pytest.raises(_Waited):
+        ResultSet([waiting]).join(disable_sync_subtasks=False)
+    with result_module.allow_join_result():
+        assert not result_module.task_join_will_block()
+        with pytest.raises(_Waited):
+            waiting.get(timeout=1)
+    assert result_module.task_join_will_block()
+
+
+def test_results_that_need_no_wait_are_given_inside_a_task_too(in_a_pool_process):
+    """Eager results ran already; nothing waits for them, so nothing is refused."""
+    assert add.apply((2, 3)).get() == 5
+    assert ResultSet([add.apply((1, 1)), add.apply((2, 2))]).join() == [2, 4]
+
+
+def test_get_outside_a_task_is_not_refused():
+    assert not result_module.task_join_will_block()
+    with pytest.raises(_Waited):
+        AsyncResult("sub-task", connection=_StubConnection()).get(timeout=1)
