@@ -66,7 +66,9 @@ the only suffix (a stream's level) has a fixed length, so no two names share a k
 few strings, each as ``<length>:<bytes>``, which the Lua side writes with the same bytes.
 """
 
-__all__ = ["Keys", "LEVELS", "GROUP", "WAITING_FIELDS", "pack", "unpack"]
+import re
+
+__all__ = ["Keys", "LEVELS", "GROUP", "WAITING_FIELDS", "pack", "unpack", "kept_type"]
 
 LEVELS = range(10)
 GROUP = "w"
@@ -144,6 +146,27 @@ class Keys:
 
     def lease(self, name):
         return self.prefix + "lease:" + name
+
+
+def _layout(doc):
+    """(pattern, type) for each key of the layout above: one table, the documented one."""
+    for name, kind in re.findall(r"^    mt:\{v\}:(\S+) +(STRING|HASH|STREAM|ZSET|LIST) ", doc,
+                                 re.M):
+        pattern = re.sub(r"[A-Z_]{2,}", ".+", re.escape(name))   # QUEUE, CONSUMER, NAME...
+        pattern = pattern.replace("N", r"\d")                   # then a stream's level
+        yield re.compile(r"mt:\{[^}]*\}:%s\Z" % pattern, re.S), kind.lower()
+
+
+_LAYOUT = list(_layout(__doc__))
+
+
+def kept_type(key):
+    """The Redis type minitask keeps at `key` ("hash", "stream"...); None for a key that is
+    not one of its own."""
+    for pattern, kind in _LAYOUT:
+        if pattern.match(key):
+            return kind
+    return None
 
 
 def pack(*fields):

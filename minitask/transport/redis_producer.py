@@ -30,7 +30,7 @@ from . import base
 from . import redis_ops as ops
 from .redis_client import RedisClient, Script
 from .redis_givenup import may_give_up, send_given_up
-from .redis_keys import WAITING_FIELDS, Keys
+from .redis_keys import WAITING_FIELDS, Keys, kept_type
 from .redis_liveness import housekeeping, sweep
 from .redis_replies import (
     STALE, control_body, count_of, live_consumers, read_result, redis_ms, refused,
@@ -154,7 +154,28 @@ class Client(base.Client):
                                         block=block)
             for index, reply in zip(missing, again[len(loads):]):
                 replies[index] = reply
+        for index, reply in enumerate(replies):
+            if isinstance(reply, ReplyError) and reply.prefix == "WRONGTYPE":
+                replies[index] = self._name_wrong_type(calls[index], reply)
         return replies
+
+    def _name_wrong_type(self, call, reply):
+        """Redis's WRONGTYPE names no key. Look at the keys the call named for one that
+        holds another type than minitask keeps there (another program wrote it), and say
+        which: the one line an operator needs to mend it."""
+        keys = call[1] if isinstance(call[0], Script) else call[1:2]
+        keys = [key for key in keys if isinstance(key, str) and kept_type(key)]
+        try:
+            found = self.redis.pipeline([("TYPE", key) for key in keys])
+        except MinitaskError:
+            return reply                # Redis's own words, then
+        wrong = ["key %r holds a %s where minitask keeps a %s" % (key, kind, kept_type(key))
+                 for key, kind in zip(keys, found)
+                 if isinstance(kind, str) and kind not in ("none", kept_type(key))]
+        if not wrong:
+            return reply
+        return ReplyError("WRONGTYPE %s: another program wrote there; delete it, or use "
+                          "another vhost" % "; ".join(wrong))
 
     def script(self, call, block=0.0):
         """Run one script call; its error reply is raised as the exception it stands for.

@@ -24,7 +24,7 @@ from rediskit import REDIS_SERVER, SKIP_REASON, RedisServer, wait_for  # noqa: E
 from minitask import config, protocol as P, transport  # noqa: E402
 from minitask.exceptions import (  # noqa: E402
     BrokerConnectionError, ConfigurationError, DeadLetteredError, ProtocolError,
-    PublishRefusedError, UnroutableError, WorkerLostError,
+    PublishRefusedError, ReplyError, UnroutableError, WorkerLostError,
 )
 from minitask.message import ResultMeta, decode_result_meta, encode_result_meta  # noqa: E402
 from minitask.transport import (  # noqa: E402
@@ -708,6 +708,24 @@ def test_foreign_entries_in_a_queue_neither_hold_back_an_accepted_message_nor_st
     row = next(r for r in conn.status()["queues"] if r["name"] == "jobs")
     assert (row["ready"], row["unacked"]) == (0, 0)
 
+
+def test_a_key_another_program_overwrote_is_named_in_the_refusal(vhost):
+    """Redis's WRONGTYPE names no key ("Operation against a key holding the wrong kind of
+    value script: <sha>"), so an operator could not tell which key to mend. The refusal now
+    names it, with its type and minitask's, in one line; nothing was published."""
+    conn = vhost.client()
+    conn.declare_queue("jobs")
+    stats = vhost.keys.queue_stats("jobs")
+    conn.redis.execute("DEL", stats)
+    conn.redis.execute("SET", stats, "written by someone else")
+    with pytest.raises(ReplyError) as caught:
+        conn.publish(message())
+    text = str(caught.value)
+    assert caught.value.prefix == "WRONGTYPE" and "\n" not in text
+    assert "key %r holds a string where minitask keeps a hash" % stats in text, text
+    conn.redis.execute("DEL", stats)
+    conn.publish(message())
+    assert conn.declare_queue("jobs", passive=True)["messages"] == 1
 
 def test_foreign_entries_never_take_a_consumer_past_its_credit(vhost):
     """A read that goes past entries the counter never counted asks for no more than the

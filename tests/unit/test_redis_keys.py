@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minitask.transport.redis_keys import LEVELS, Keys, pack, unpack
+from minitask.transport.redis_keys import LEVELS, Keys, kept_type, pack, unpack
 
 names = st.text(min_size=0, max_size=20)
 
@@ -31,6 +31,30 @@ def test_every_key_of_a_vhost_hashes_by_its_vhost_alone(queue, task_id, consumer
     for key in every_key(keys, queue, task_id, consumer):
         assert key.startswith("mt:{myapp}:")
         assert hash_tag(key) == "myapp"
+
+
+@given(st.text(min_size=1, max_size=20), st.text(min_size=1, max_size=20),
+       st.text(min_size=1, max_size=20))
+def test_every_key_has_the_type_the_layout_documents(queue, task_id, consumer):
+    """The layout's table is what names the key of a WRONGTYPE refusal: each key minitask
+    makes must be in it, with its type; any other key is not minitask's."""
+    keys = Keys("v")
+    expected = {keys.topology: "string", keys.epoch: "string", keys.exchanges: "hash",
+                keys.queues: "hash", keys.bindings: "hash", keys.delayed: "zset",
+                keys.delayed_messages: "hash", keys.expiring: "zset", keys.inflight: "hash",
+                keys.handovers: "hash", keys.handed_messages: "hash", keys.orphans: "zset",
+                keys.revoked: "zset", keys.consumers: "hash", keys.control: "stream",
+                keys.kv: "hash", keys.stats: "hash", keys.failures: "list",
+                keys.sweep: "string", keys.backstop: "string", keys.chords: "hash",
+                keys.tasks: "hash", keys.given_up: "stream", keys.given_up_lock: "string",
+                keys.queue_stats(queue): "hash", keys.queue_consumers(queue): "hash",
+                keys.bell(queue): "stream", keys.result(task_id): "stream",
+                keys.heartbeat(consumer): "string", keys.consumer_stats(consumer): "hash",
+                keys.wake(consumer): "stream", keys.reply(consumer): "stream",
+                keys.lease(consumer): "string"}
+    expected.update((stream, "stream") for stream in keys.streams(queue))
+    assert {key: kept_type(key) for key in expected} == expected
+    assert kept_type("mt:{v}:nothing") is None and kept_type("other:" + queue) is None
 
 
 def test_the_keys_of_one_vhost_are_all_different():
