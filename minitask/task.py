@@ -510,9 +510,14 @@ class Task(metaclass=TaskType):
         error.retry_task_id, error.retry_retries = task_id, retries + 1
         if request is None or not request.is_eager:
             if request is not None:
-                options.setdefault("exchange", request.exchange)
-                options.setdefault("routing_key", request.routing_key)
+                # As Celery's: where the call went, unless a queue is named (its own
+                # exchange and key then); its expiry, which a retry never outlives.
+                if options.get("queue") is None:
+                    options.setdefault("exchange", request.exchange)
+                    options.setdefault("routing_key", request.routing_key)
                 options.setdefault("priority", request.priority)
+                if request._expires:
+                    options.setdefault("expires", from_epoch(request._expires))
             workflow = getattr(request, "workflow", None)
             if workflow is None:
                 self.apply_async(args, kwargs, countdown=countdown, eta=eta, task_id=task_id,

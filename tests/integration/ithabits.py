@@ -46,3 +46,14 @@ def waits(x, allowed=False):
     if allowed:
         return sub.get(timeout=10, disable_sync_subtasks=False)
     return sub.get(timeout=10)
+
+
+@shared_task(bind=True, name="it.retry_to")
+def retry_to(self, queue, countdown=0.1):
+    """Retried once with Celery's `queue=` (None: where it came from); says how it came."""
+    _trace("retry_to-%s" % self.request.id, "%.6f" % time.time())
+    if self.request.retries == 0:
+        raise self.retry(countdown=countdown, queue=queue)
+    return {"retries": self.request.retries,
+            "routing_key": self.request.delivery_info["routing_key"],
+            "expires": self.request.expires}

@@ -5,6 +5,7 @@ task_routes setting, and a settings module written with Celery's names.
 (Periodic tasks, BEAT_SCHEDULE and crontab: test_beat.py.)
 """
 
+import datetime
 import re
 import sys
 import uuid
@@ -15,7 +16,7 @@ import ithabits
 import ittasks
 from cluster import wait_for
 from minitask import transport, config, registry, send_task
-from minitask.exceptions import ConfigurationError, TimeLimitExceeded
+from minitask.exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded
 
 HABITS = "ittasks,ithabits"
 
@@ -41,6 +42,30 @@ def test_a_task_that_waits_for_another_inside_is_refused_as_celery_refuses(broke
     with pytest.raises(RuntimeError, match=r"never call result\.get\(\) within a task"):
         ithabits.waits.delay(2).get(timeout=20)
     assert ithabits.waits.delay(3, allowed=True).get(timeout=20) == 6
+
+
+def test_a_retry_goes_to_the_queue_it_names(broker, start_worker):
+    """`self.retry(queue=...)`, an apply_async option as Celery's retry takes them, failed
+    the task: the retry kept the running message's exchange and routing key beside the
+    queue, which minitask refuses for a queue it has no binding for."""
+    start_worker(args=["-Q", "minitask,hipri"], modules=HABITS)
+    assert ithabits.retry_to.delay("hipri").get(timeout=20)["routing_key"] == "hipri"
+    assert ithabits.retry_to.delay("minitask").get(timeout=20)["retries"] == 1
+
+
+def test_a_retry_keeps_the_expiry_of_the_call_it_retries(broker, start_worker, tmp_path):
+    """Celery's retry keeps the request's `expires`; minitask's sent the retry without one,
+    so a task sent with expires=1 went on retrying long after. Now the retried run sees
+    the same expiry, and a retry due after it is dropped as expired (REVOKED)."""
+    start_worker(modules=HABITS)
+    sent = ithabits.retry_to.apply_async((None,), expires=60)
+    seen = sent.get(timeout=20)
+    expires = datetime.datetime.fromisoformat(seen["expires"])
+    assert 0 < (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 60
+    late = ithabits.retry_to.apply_async((None, 3.0), expires=1)
+    with pytest.raises(TaskRevokedError):
+        late.get(timeout=20)
+    assert len(ittasks.read_trace(tmp_path, "retry_to-%s" % late.id)) == 1
 
 def test_autoretry_for_retries_on_the_worker_with_exponential_backoff(broker, start_worker,
                                                                       tmp_path):
