@@ -22,6 +22,7 @@ ones that have not been sent yet.
 import contextlib
 import datetime
 import time
+import uuid
 
 from .exceptions import TaskRevokedError, TimeoutError
 from .message import decode_result_meta
@@ -126,6 +127,11 @@ class AsyncResult(ResultBase):
     """The result of a task sent to the broker, fetched from the broker's result store."""
 
     def __init__(self, task_id, task_name=None, connection=None, parent=None):
+        if isinstance(task_id, uuid.UUID):
+            task_id = str(task_id)
+        if not isinstance(task_id, str):
+            raise ValueError("AsyncResult needs a task id (a string), not %s"
+                             % ("None" if task_id is None else type(task_id).__name__))
         self.task_id = self.id = task_id
         self.task_name = task_name
         self.parent = parent

@@ -280,3 +280,17 @@ def test_get_outside_a_task_is_not_refused():
     assert not result_module.task_join_will_block()
     with pytest.raises(_Waited):
         AsyncResult("sub-task", connection=_StubConnection()).get(timeout=1)
+
+
+@pytest.mark.parametrize("task_id", [None, 12345, b"bytes-id"])
+def test_an_async_result_without_a_task_id_is_refused_where_it_is_made(task_id):
+    """As Celery's ValueError: made from None (a lookup that found nothing, say), it used to
+    fail only when used, with a protocol error or, on Redis, a TypeError from inside."""
+    with pytest.raises(ValueError, match="AsyncResult needs a task id"):
+        AsyncResult(task_id)
+
+
+def test_an_async_result_takes_a_uuid_as_its_string():
+    import uuid
+    task_id = uuid.uuid4()
+    assert AsyncResult(task_id).id == str(task_id)
