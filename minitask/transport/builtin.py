@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 _RECV_BYTES = 256 * 1024
 _FROM_SETTINGS = object()                # broker_uid: BROKER_UID of the settings in force
 RETRY_HANDSHAKE_FOR = 5.0               # connect() without a timeout: how long it asks again
+# The most a stored result may take: it travels in one frame (a RESULT_SET), with room for
+# the frame's other fields.
+MAX_RESULT_BYTES = P.MAX_FRAME_BYTES - 64 * 1024
 
 
 class Link:

@@ -23,7 +23,7 @@ import hmac
 import os
 
 from .. import protocol as P
-from ..exceptions import AuthenticationError, ProtocolError
+from ..exceptions import AuthenticationError, ProtocolError, PublishRefusedError
 from .base import Delivery
 
 __all__ = ["Conversation", "HELLO_SENT", "AUTH_SENT", "OPEN"]
@@ -48,6 +48,7 @@ class Conversation:
         self.state = NEW
         self.welcome = {}
         self.decoder = P.Decoder(P.MAX_HANDSHAKE_BYTES)
+        self.max_body = P.MAX_FRAME_BYTES    # the broker's frame limit, once WELCOME says it
         self.outgoing = bytearray()
         self.deliveries = collections.deque()
         self.errors = collections.deque(maxlen=100)   # of commands sent with seq 0, in order
@@ -100,7 +101,10 @@ class Conversation:
         return seq
 
     def publish(self, data, confirm=True):
-        """Queue a PUBLISH of an encoded message; returns its number (0 when not confirmed)."""
+        """Queue a PUBLISH of an encoded message; returns its number (0 when not confirmed).
+        PublishRefusedError, with nothing queued, for one over the broker's frame limit (the
+        broker would drop the connection at its header)."""
+        self._check_size(P.PUBLISH, data)
         if not confirm:
             self.outgoing += P.encode_frame(P.PUBLISH, 0, data)
             return 0
@@ -112,10 +116,18 @@ class Conversation:
 
     def confirmable(self, kind, body):
         """Queue any command answered by a CONFIRM (RESULT_SET, KV_SET...); returns its number."""
+        self._check_size(kind, body)
         seq = self.next_seq()
         self._unconfirmed.append(seq)
         self.outgoing += P.encode_frame(kind, seq, body)
         return seq
+
+    def _check_size(self, kind, body):
+        if len(body) > self.max_body:
+            raise PublishRefusedError("%s of %d bytes is over the %d-byte frame limit of %s: "
+                                      "send less (where the data is kept, say)"
+                                      % (P.command_name(kind), len(body), self.max_body,
+                                         self.peer))
 
     def send_frames(self, data):
         """Queue already-encoded frames that want no answer (acks, rejects, results)."""
@@ -216,6 +228,8 @@ class Conversation:
         announced = welcome.get("max_frame_bytes", 0)
         announced = announced if isinstance(announced, int) else 0
         self.decoder.max_frame_bytes = max(announced, P.MAX_FRAME_BYTES) + 64
+        if announced > 0:
+            self.max_body = announced
 
     # -- outcomes ----------------------------------------------------------------------------
 

@@ -262,3 +262,9 @@ def subtask(x, y):
 def priority_record(tag, value):
     _trace(tag, value)
     return value
+
+
+@task(name="it.big")
+def big(size):
+    """A result of `size` bytes (and a little JSON)."""
+    return "x" * size

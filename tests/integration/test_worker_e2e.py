@@ -11,9 +11,11 @@ import ittasks
 from cluster import Broker, Worker, wait_for
 from minitask import config, group
 from minitask.transport import reset_connection
+from minitask import protocol as P
 from minitask.exceptions import (
-    ContentDisallowed, MaxRetriesExceededError, NotRegistered, RemoteTaskError,
-    TaskRevokedError, TimeLimitExceeded, TimeoutError, WorkerLostError,
+    ContentDisallowed, MaxRetriesExceededError, NotRegistered, PublishRefusedError,
+    RemoteTaskError, SerializationError, TaskRevokedError, TimeLimitExceeded, TimeoutError,
+    WorkerLostError,
 )
 from minitask.result import AsyncResult
 
@@ -190,6 +192,24 @@ def test_ignore_result_stores_successes_nothing_but_failures_still(broker, start
              what="the queue to empty")
     assert ok.state == "PENDING"
 
+
+
+def test_what_is_over_the_brokers_frame_limit_is_refused_saying_so(broker, start_worker):
+    """An outside check: a 17 MiB result was sent in a frame the broker refused; the
+    worker's connection dropped and, 10 s later, the task was reported lost with
+    WorkerLostError (it had succeeded). A 20 MiB argument came back from delay() as a lost
+    connection. Now the result is stored as a FAILURE saying why, at once, and the publish
+    is refused with PublishRefusedError; both connections carry on."""
+    start_worker()
+    over = P.MAX_FRAME_BYTES + 1024
+    started = time.monotonic()
+    with pytest.raises(SerializationError, match="the result takes \\d+ bytes, over the"):
+        ittasks.big.delay(over).get(timeout=30)
+    assert time.monotonic() - started < 8.0                 # not the lost-worker grace
+    assert len(ittasks.big.delay(1024 * 1024).get(timeout=30)) == 1024 * 1024
+    with pytest.raises(PublishRefusedError, match="over the \\d+-byte frame limit"):
+        ittasks.echo.delay("x" * over)
+    assert ittasks.add.delay(2, 3).get(timeout=10) == 5
 
 def test_an_unknown_task_name_fails_with_not_registered(broker, start_worker):
     from minitask.message import TaskMessage

@@ -287,6 +287,25 @@ def test_a_frame_over_the_announced_limit_is_a_protocol_error():
         conversation.receive(P.HEADER.pack(limit + 1, P.DELIVER, 0))
 
 
+
+@pytest.mark.parametrize("announced", [None, 4096])
+def test_a_command_over_the_brokers_frame_limit_is_refused_before_it_is_queued(announced):
+    """The broker drops a connection at the header of a frame over its limit, so a 20 MiB
+    delay() came back as a lost connection ("Broken pipe"). The conversation refuses it
+    first, with the SPEC's PublishRefusedError, and queues nothing: the connection goes on."""
+    conversation, seq, _hello = opened()
+    welcome = {} if announced is None else {"max_frame_bytes": announced}
+    conversation.receive(P.encode_json(P.WELCOME, seq, welcome))
+    limit = announced or P.MAX_FRAME_BYTES
+    with pytest.raises(PublishRefusedError, match="PUBLISH of %d bytes is over the %d-byte "
+                                                  "frame limit" % (limit + 1, limit)):
+        conversation.publish(b"x" * (limit + 1))
+    with pytest.raises(PublishRefusedError, match="over the %d-byte frame limit" % limit):
+        conversation.confirmable(P.ATOMIC, b"x" * (limit + 1))
+    assert conversation.take_outgoing() == b""
+    seq = conversation.publish(b"x" * limit)
+    assert seq and len(conversation.take_outgoing()) == P.HEADER.size + limit
+
 def test_before_welcome_frames_are_limited_to_the_handshake_size():
     conversation, _seq, _hello = opened()
     with pytest.raises(ProtocolError, match="limit"):
