@@ -233,6 +233,10 @@ class Signature(dict):
     def delay(self, *args, **kwargs):
         return self.apply_async(args, kwargs)
 
+    def __invert__(self):
+        """``~sig``: send it and wait for its value, as Celery's shortcut does."""
+        return self.apply_async().get()
+
     def apply_async(self, args=None, kwargs=None, **options):
         """Send the call (partial args prepended, options merged); returns its AsyncResult.
         Under ALWAYS_EAGER it runs here instead (`apply`)."""
@@ -443,6 +447,16 @@ class group(Signature):
     def set_immutable(self, immutable):
         for member in self.tasks:
             member.set_immutable(immutable)
+
+    def skew(self, start=1.0, stop=None, step=1.0):
+        """Spread the members out, as Celery's: countdowns `start`, `start + step`, ... (no
+        more than `stop`, which the rest keep). Returns the group."""
+        countdown = float(start)
+        for member in self.tasks:
+            member.set(countdown=countdown)
+            if stop is None or countdown + step <= stop:
+                countdown += step
+        return self
 
     def apply_async(self, args=None, kwargs=None, **options):
         if options.get("link") is not None:

@@ -94,6 +94,34 @@ class ResultBase:
     def status(self):
         return self.state
 
+    def get(self, timeout=None, propagate=True, interval=None, no_ack=True,
+            follow_parents=True, callback=None, disable_sync_subtasks=True):
+        """Wait for the final state; return the value or raise the task's exception.
+
+        Raises `minitask.exceptions.TimeoutError` when `timeout` seconds pass first.
+        `callback(task_id, value)` is called with the value, as Celery's. `interval`,
+        `no_ack` and `follow_parents` are accepted for Celery compatibility with no effect:
+        nothing polls, results are kept until they expire, and a failure in a chain is the
+        result of every task after it already. Inside a task, raises RuntimeError rather
+        than wait, unless `disable_sync_subtasks` is False (Celery's rule); a result already
+        known is returned.
+        """
+        value = self._wait(timeout, propagate, disable_sync_subtasks)
+        if callback is not None:
+            callback(self.task_id, value)
+        return value
+
+    wait = get
+
+    def maybe_throw(self, propagate=True, callback=None):
+        """Celery's: raise the task's exception if it failed, else return its value (None
+        while not ready), without waiting."""
+        meta = self._fetch()
+        value = self._outcome(meta, propagate) if meta.status in READY_STATES else meta.result
+        if callback is not None:
+            callback(self.task_id, value)
+        return value
+
     def _outcome(self, meta, propagate):
         if meta.status == SUCCESS or not propagate:
             return meta.result
@@ -196,14 +224,7 @@ class AsyncResult(ResultBase):
             return None
         return _utc(meta.date_done)
 
-    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
-        """Wait for the final state; return the value or raise the task's exception.
-
-        Raises `minitask.exceptions.TimeoutError` when `timeout` seconds pass first.
-        (`interval` is accepted for Celery compatibility; nothing polls.) Inside a task,
-        raises RuntimeError rather than wait, unless `disable_sync_subtasks` is False
-        (Celery's rule); a result already known is returned.
-        """
+    def _wait(self, timeout, propagate, disable_sync_subtasks):
         meta = self._meta
         if meta is None:
             _assert_will_not_block(disable_sync_subtasks)
@@ -222,13 +243,13 @@ class AsyncResult(ResultBase):
             meta = self._meta = self._decode(state, content_type, payload)
         return self._outcome(meta, propagate)
 
-    wait = get
-
-    def revoke(self, terminate=False, signal="SIGTERM"):
+    def revoke(self, terminate=False, signal="SIGTERM", wait=False, timeout=None):
         """Make sure the task never runs (and stop it if running, with `terminate`).
 
         The result of a workflow revokes the whole workflow it is linked to (its parents,
         their callbacks, a chord's header), in one request: what has not started never does.
+        Returns once the broker holds the revocation, which every worker, present or to
+        come, obeys: Celery's `wait` and `timeout` (for workers' replies) change nothing.
         """
         ids = workflow_ids(self)
         self._call(lambda conn: conn.revoke(ids, terminate=terminate, signal=signal))
@@ -270,13 +291,13 @@ class EagerResult(ResultBase):
     def traceback(self):
         return self._traceback
 
-    def get(self, timeout=None, propagate=True, interval=None, disable_sync_subtasks=True):
-        return self._outcome(ResultMeta(self.task_id, self._state, self._result,
-                                        self._traceback), propagate)
+    def _fetch(self):
+        return ResultMeta(self.task_id, self._state, self._result, self._traceback)
 
-    wait = get
+    def _wait(self, timeout, propagate, disable_sync_subtasks):
+        return self._outcome(self._fetch(), propagate)
 
-    def revoke(self, terminate=False, signal="SIGTERM"):
+    def revoke(self, terminate=False, signal="SIGTERM", wait=False, timeout=None):
         pass                           # it already ran
 
     def forget(self):
@@ -320,9 +341,31 @@ class ResultSet:
         """How many have finished successfully."""
         return sum(1 for result in self.results if result.successful())
 
-    def join(self, timeout=None, propagate=True, disable_sync_subtasks=True):
+    def add(self, result):
+        """Add a result to the set, unless it is in it already (Celery's)."""
+        if result not in self.results:
+            self.results.append(result)
+
+    def update(self, results):
+        for result in results:
+            self.add(result)
+
+    def discard(self, result):
+        if result in self.results:
+            self.results.remove(result)
+
+    remove = discard
+
+    def clear(self):
+        del self.results[:]
+
+    def join(self, timeout=None, propagate=True, interval=None, callback=None, no_ack=True,
+             disable_sync_subtasks=True):
         """The list of values, in order; the first failure is raised when `propagate`.
-        Inside a task, RuntimeError as `AsyncResult.get` (before any waiting)."""
+        With `callback`, `callback(task_id, value)` is called for each, in order, and the
+        list is empty, as Celery's. `interval` and `no_ack` are
+        accepted, with no effect (see `AsyncResult.get`). Inside a task, RuntimeError as
+        `AsyncResult.get` (before any waiting)."""
         if any(isinstance(result, AsyncResult) and result._meta is None
                for result in self.results):
             _assert_will_not_block(disable_sync_subtasks)
@@ -330,14 +373,24 @@ class ResultSet:
         values = []
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            values.append(result.get(timeout=remaining, propagate=propagate,
-                                     disable_sync_subtasks=disable_sync_subtasks))
+            value = result.get(timeout=remaining, propagate=propagate,
+                               disable_sync_subtasks=disable_sync_subtasks)
+            if callback is not None:
+                callback(result.id, value)
+            else:
+                values.append(value)
         return values
 
-    get = join
+    get = join_native = join
 
-    def revoke(self, terminate=False, signal="SIGTERM"):
-        """Revoke every task of the set (and of the workflows they belong to) in one request."""
+    def maybe_throw(self, propagate=True, callback=None):
+        """Raise the first failure among those that ended, without waiting."""
+        for result in self.results:
+            result.maybe_throw(propagate=propagate, callback=callback)
+
+    def revoke(self, terminate=False, signal="SIGTERM", wait=False, timeout=None):
+        """Revoke every task of the set (and of the workflows they belong to) in one request
+        (`wait` and `timeout` as `AsyncResult.revoke`'s)."""
         ids = workflow_ids(self)
         if ids:
             with_connection(lambda conn: conn.revoke(ids, terminate=terminate, signal=signal))
@@ -361,6 +414,15 @@ class GroupResult(ResultSet):
     @property
     def children(self):
         return self.results
+
+    def save(self, backend=None):
+        raise NotImplementedError("minitask keeps no group results: keep the GroupResult "
+                                  "itself, or its id and its results' ids")
+
+    @classmethod
+    def restore(cls, id, backend=None):
+        raise NotImplementedError("minitask keeps no group results: make it again with "
+                                  "GroupResult(id, [AsyncResult(task_id) for each task id])")
 
     def __eq__(self, other):
         if isinstance(other, GroupResult):

@@ -15,7 +15,7 @@ import pytest
 import ithabits
 import ittasks
 from cluster import wait_for
-from minitask import transport, config, registry, send_task
+from minitask import transport, config, group, registry, send_task
 from minitask.exceptions import ConfigurationError, TaskRevokedError, TimeLimitExceeded
 
 HABITS = "ittasks,ithabits"
@@ -66,6 +66,26 @@ def test_a_retry_keeps_the_expiry_of_the_call_it_retries(broker, start_worker, t
     with pytest.raises(TaskRevokedError):
         late.get(timeout=20)
     assert len(ittasks.read_trace(tmp_path, "retry_to-%s" % late.id)) == 1
+
+
+def test_celerys_result_calls_work_on_a_real_worker(broker, start_worker):
+    """What an outside check found missing (TypeError, AttributeError): get()'s callback
+    and its other keywords, maybe_throw(), ~sig, join's callback, revoke(wait=True)."""
+    start_worker(modules=HABITS)
+    seen = []
+    result = ittasks.add.delay(2, 3)
+    assert result.get(timeout=10, interval=0.1, no_ack=False, follow_parents=True,
+                      callback=lambda task_id, value: seen.append((task_id, value))) == 5
+    assert seen == [(result.id, 5)] and result.maybe_throw() == 5
+    assert ~ittasks.add.s(1, 2) == 3
+    failing = ittasks.fail.delay("no")
+    with pytest.raises(ValueError, match="no"):
+        failing.get(timeout=10, interval=0.5)
+    with pytest.raises(ValueError, match="no"):
+        failing.maybe_throw()
+    sums = group(ittasks.add.s(i, i) for i in range(3)).skew(start=0, step=0.1)()
+    assert sums.join(timeout=10, interval=0.1) == [0, 2, 4]
+    sums.revoke(wait=True, timeout=1.0)
 
 def test_autoretry_for_retries_on_the_worker_with_exponential_backoff(broker, start_worker,
                                                                       tmp_path):

@@ -294,3 +294,69 @@ def test_an_async_result_takes_a_uuid_as_its_string():
     import uuid
     task_id = uuid.uuid4()
     assert AsyncResult(task_id).id == str(task_id)
+
+
+# -- Celery's result and canvas calls an outside check found missing -------------------------
+
+def test_get_and_join_take_celerys_keywords_and_call_back_with_each_value(eager):
+    seen = []
+    result = add.delay(2, 3)
+    assert result.get(timeout=1, interval=0.1, no_ack=False, follow_parents=True,
+                      callback=lambda task_id, value: seen.append((task_id, value))) == 5
+    assert seen == [(result.id, 5)]
+    results = ResultSet([add.delay(1, 1), add.delay(2, 2)])
+    assert results.join(interval=0.1, no_ack=True) == results.join_native() == [2, 4]
+    del seen[:]
+    assert results.join(callback=lambda task_id, value: seen.append(value)) == []
+    assert seen == [2, 4]
+
+
+def test_maybe_throw_raises_a_failure_and_returns_a_value_without_waiting(eager):
+    assert add.delay(1, 2).maybe_throw() == 3
+    with pytest.raises(Oops, match="no"):
+        fail.delay("no").maybe_throw()
+    assert isinstance(fail.delay("no").maybe_throw(propagate=False), Oops)
+    with pytest.raises(Oops):
+        ResultSet([add.delay(1, 2), fail.delay("no")]).maybe_throw()
+
+
+def test_a_result_set_is_added_to_and_taken_from_as_celerys(eager):
+    first, second = add.delay(1, 1), add.delay(2, 2)
+    results = ResultSet([first])
+    results.add(first)
+    results.update([second, first])
+    assert list(results) == [first, second]
+    results.discard(first)
+    assert list(results) == [second]
+    results.clear()
+    assert len(results) == 0
+
+
+def test_a_group_result_says_why_it_cannot_be_saved_or_restored():
+    with pytest.raises(NotImplementedError, match="keep the GroupResult"):
+        GroupResult("g", []).save()
+    with pytest.raises(NotImplementedError, match="GroupResult\\(id"):
+        GroupResult.restore("g")
+
+
+def test_revoke_takes_celerys_wait_and_timeout(eager):
+    add.delay(1, 1).revoke(terminate=False, wait=True, timeout=1.0)
+    ResultSet([add.delay(1, 1)]).revoke(wait=True, timeout=1.0)
+
+
+def test_invert_sends_a_signature_and_waits_for_its_value(eager):
+    assert ~add.s(2, 3) == 5
+
+
+@pytest.mark.parametrize("stop, countdowns", [(None, [1.0, 3.0, 5.0]), (3.0, [1.0, 3.0, 3.0])])
+def test_skew_spreads_a_groups_countdowns(stop, countdowns):
+    spread = group(add.s(i, i) for i in range(3)).skew(start=1, stop=stop, step=2)
+    assert [member.options["countdown"] for member in spread.tasks] == countdowns
+
+
+def test_the_states_module_names_celerys_states():
+    from minitask import states
+    assert (states.PENDING, states.SUCCESS, states.FAILURE) == (PENDING, SUCCESS, FAILURE)
+    assert states.READY_STATES == READY_STATES
+    assert states.PROPAGATE_STATES == {"FAILURE", "REVOKED"}
+    assert states.ALL_STATES == set(STATES)
