@@ -51,6 +51,8 @@ def _run_chain(steps):
         step_result = run(step if index == 0 else step.clone((_value(result),)))
         root_result(step_result).parent = result
         result = step_result
+        if getattr(result, "state", None) == "IGNORED":
+            break                       # it raised Ignore: nothing after it is sent
         failed = _failure_in(result)
         if failed is not None:
             for later in steps[index + 1:]:

@@ -12,6 +12,7 @@ __all__ = [
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
     "BrokerError", "ReplyError", "PoolStartupError", "ChordError", "DeadLetteredError",
+    "Ignore",
 ]
 
 
@@ -37,6 +38,12 @@ class MaxRetriesExceededError(MinitaskError):
 
 
 MaxRetriesExceeded = MaxRetriesExceededError   # the name early Celery used
+
+
+class Ignore(MinitaskError):
+    """Raised by a task to end its run with nothing recorded, as Celery's: the message is
+    acked, no state is stored over what the task reported itself (``update_state``), and
+    nothing it would unlock is sent (callbacks, errbacks, the rest of a chain)."""
 
 
 class NotRegistered(MinitaskError, KeyError):

@@ -123,7 +123,7 @@ class ResultBase:
         return value
 
     def _outcome(self, meta, propagate):
-        if meta.status == SUCCESS or not propagate:
+        if meta.status in (SUCCESS, "IGNORED") or not propagate:
             return meta.result
         error = meta.result
         if not isinstance(error, BaseException):

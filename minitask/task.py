@@ -466,7 +466,7 @@ class Task(metaclass=TaskType):
                              task_name=self.name)
         if outcome.state == "SUCCESS" and link is not None:
             result.children = eager.call_callbacks(link, outcome.result)
-        elif outcome.state != "SUCCESS" and errbacks:
+        elif outcome.state not in ("SUCCESS", "IGNORED") and errbacks:   # Ignore: nothing
             eager.call_errbacks(errbacks, message.id)
         return result
 

@@ -17,7 +17,7 @@ import traceback
 
 from .. import protocol, retry as retry_policy
 from ..exceptions import (
-    ChordError, ConfigurationError, ContentDisallowed, NotRegistered, ProtocolError,
+    ChordError, ConfigurationError, ContentDisallowed, Ignore, NotRegistered, ProtocolError,
     RetryTaskError, SerializationError, TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
@@ -31,6 +31,8 @@ from ..transport import max_result_bytes
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure"]
 
 logger = logging.getLogger(__name__)
+
+IGNORED = "IGNORED"                     # a run that raised Ignore: nothing is recorded
 
 
 class Outcome:
@@ -75,6 +77,8 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
             outcome = Outcome("SUCCESS", value, None, time.perf_counter() - started)
         except RetryTaskError as exc:
             outcome = _retried(exc, started)
+        except Ignore:
+            outcome = Outcome(IGNORED, None, None, time.perf_counter() - started)
         except (Exception, SystemExit) as exc:     # the task's failure is its result
             outcome = _failed(task, exc, started)
         if hooks:
@@ -147,7 +151,10 @@ class ExceptionInfo:
 
 def _call_hooks(task, message, outcome):
     """The task's on_success / on_retry / on_failure, then after_return. A hook's own error is
-    logged and changes nothing: the outcome is decided already."""
+    logged and changes nothing: the outcome is decided already. A run that raised Ignore
+    calls none (as Celery's)."""
+    if outcome.state == IGNORED:
+        return
     task_id, args, kwargs = message.id, message.args, message.kwargs
     einfo = None if outcome.state == "SUCCESS" else ExceptionInfo(outcome.result,
                                                                   outcome.traceback)
@@ -236,6 +243,12 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         message.chord = None            # its values are in the args now (a retry keeps them)
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel)
+    if outcome.state == IGNORED:
+        # The broker hears that the run ended (a task handed over must be finished), as an
+        # ignore_result success would say it; nothing is stored and nothing is unlocked.
+        summary = "ignored (raised Ignore)"
+        logger.info("Task %s[%s] %s", name, task_id, summary)
+        return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary)
     publish = ()
     if outcome.state == "SUCCESS":
         try:

@@ -5,6 +5,7 @@ import os
 import time
 
 from minitask import shared_task
+from minitask.exceptions import Ignore
 from ittasks import _trace, add, read_trace
 
 
@@ -57,3 +58,10 @@ def retry_to(self, queue, countdown=0.1):
     return {"retries": self.request.retries,
             "routing_key": self.request.delivery_info["routing_key"],
             "expires": self.request.expires}
+
+
+@shared_task(bind=True, name="it.ignores")
+def ignores(self, tag):
+    """Records a state of its own, then asks that nothing more be recorded (Celery's Ignore)."""
+    self.update_state(state="HANDLED", meta={"tag": tag})
+    raise Ignore()

@@ -87,6 +87,21 @@ def test_celerys_result_calls_work_on_a_real_worker(broker, start_worker):
     assert sums.join(timeout=10, interval=0.1) == [0, 2, 4]
     sums.revoke(wait=True, timeout=1.0)
 
+
+def test_a_task_that_raises_ignore_records_nothing_more_and_sends_nothing_on(
+        broker, start_worker, tmp_path):
+    """Celery's Ignore (an ImportError before): the message is acked, the state the task
+    reported stays, its link callback is not sent, and no WorkerLostError follows though
+    it was handed over as it started (default acks)."""
+    start_worker(modules=HABITS)
+    result = ithabits.ignores.apply_async(("x",), link=ittasks.record.si("after-ignore", 1))
+    wait_for(lambda: result.state == "HANDLED", 10, what="the task's own state")
+    wait_for(lambda: broker.queue()["unacked"] == 0 and broker.queue()["ready"] == 0, 10,
+             what="the queue to empty")
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
+    assert result.state == "HANDLED" and result.info == {"tag": "x"}
+    assert ittasks.read_trace(tmp_path, "after-ignore") == []
+
 def test_autoretry_for_retries_on_the_worker_with_exponential_backoff(broker, start_worker,
                                                                       tmp_path):
     worker = start_worker(modules=HABITS)

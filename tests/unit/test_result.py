@@ -360,3 +360,28 @@ def test_the_states_module_names_celerys_states():
     assert states.READY_STATES == READY_STATES
     assert states.PROPAGATE_STATES == {"FAILURE", "REVOKED"}
     assert states.ALL_STATES == set(STATES)
+
+
+_noted = []
+
+
+@task(name="tests.result.ignores")
+def ignores(x):
+    from minitask.exceptions import Ignore
+    raise Ignore()
+
+
+@task(name="tests.result.note")
+def note(tag):
+    _noted.append(tag)
+    return tag
+
+
+def test_an_eager_run_that_raises_ignore_records_nothing_and_stops_its_chain(eager):
+    from minitask import chain
+    del _noted[:]
+    result = ignores.apply((1,), link_error=note.si("errback"), link=note.si("link"))
+    assert result.state == "IGNORED" and result.get() is None and not result.ready()
+    stopped = chain(ignores.s(1), note.si("next")).apply_async()
+    assert stopped.state == "IGNORED" and stopped.get() is None
+    assert _noted == []
