@@ -449,13 +449,16 @@ class group(Signature):
             member.set_immutable(immutable)
 
     def skew(self, start=1.0, stop=None, step=1.0):
-        """Spread the members out, as Celery's: countdowns `start`, `start + step`, ... (no
-        more than `stop`, which the rest keep). Returns the group."""
+        """Spread the members out, as Celery's: countdowns `start`, `start + step`, ...; once
+        past `stop` (when given, and not 0), the rest keep the last one under it. Returns
+        the group."""
         countdown = float(start)
         for member in self.tasks:
-            member.set(countdown=countdown)
-            if stop is None or countdown + step <= stop:
+            if not stop or countdown <= stop:
+                member.set(countdown=countdown)
                 countdown += step
+            else:
+                member.set(countdown=countdown - step)
         return self
 
     def apply_async(self, args=None, kwargs=None, **options):

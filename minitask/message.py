@@ -260,29 +260,21 @@ class ResultMeta:
         return "<ResultMeta %s %s>" % (self.task_id, self.status)
 
 
-def encode_result_meta(meta, serializer="json", max_bytes=None):
-    """``(content_type, payload)`` for a result. A result the task's serializer cannot carry,
-    or that takes more than `max_bytes` (what the broker takes in one message), is stored
-    as a FAILURE saying so, rather than lost (and `meta.status` says FAILURE)."""
+def encode_result_meta(meta, serializer="json"):
+    """``(content_type, payload)`` for a result. A result the task's serializer cannot carry
+    is stored as a FAILURE saying so, rather than lost (and `meta.status` says FAILURE)."""
     value = {"v": BODY_VERSION, "task_id": meta.task_id, "task": meta.task,
              "status": meta.status, "result": meta.result, "traceback": meta.traceback,
              "retries": meta.retries, "date_done": meta.date_done}
     if meta.children:
         value["children"] = list(meta.children)
     try:
-        content_type, payload = serialization.dumps(value, serializer)
+        return serialization.dumps(value, serializer)
     except SerializationError as exc:
-        error = exc
-    else:
-        if max_bytes is None or len(payload) <= max_bytes:
-            return content_type, payload
-        error = SerializationError(
-            "the result takes %d bytes, over the %d the broker takes in one message: return "
-            "less (where the data is kept, say)" % (len(payload), max_bytes))
-    value["status"] = meta.status = "FAILURE"
-    value["result"] = meta.result = error
-    value["traceback"] = None
-    return serialization.dumps(value, "json")
+        value["status"] = meta.status = "FAILURE"
+        value["result"] = meta.result = exc
+        value["traceback"] = None
+        return serialization.dumps(value, "json")
 
 
 def decode_result_meta(task_id, state, content_type, payload, accept=None):

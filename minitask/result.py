@@ -350,11 +350,16 @@ class ResultSet:
         for result in results:
             self.add(result)
 
+    def remove(self, result):
+        """Take a result (or a task id) out of the set; KeyError when it is not in it."""
+        if result not in self.results:
+            raise KeyError(result)
+        self.results.remove(result)
+
     def discard(self, result):
+        """`remove`, for a result that may not be in the set."""
         if result in self.results:
             self.results.remove(result)
-
-    remove = discard
 
     def clear(self):
         del self.results[:]

@@ -20,8 +20,7 @@ from ..exceptions import AuthenticationError, BrokerConnectionError, Configurati
 from ..config import get_settings, safe_url
 
 __all__ = ["SCHEMES", "transport_for", "client_for", "consumer_for", "connection",
-           "with_connection", "reset_connection", "declare_topology", "declare_worker_queues",
-           "max_result_bytes"]
+           "with_connection", "reset_connection", "declare_topology", "declare_worker_queues"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +42,6 @@ def transport_for(url):
         raise ConfigurationError("BROKER_URL %r: no transport for scheme %r (known: %s)"
                                  % (safe_url(url), scheme, ", ".join(sorted(SCHEMES))))
     return importlib.import_module("%s.%s" % (__name__, name))
-
-
-def max_result_bytes(settings):
-    """The most an encoded result may take on the broker `settings` name; None when the
-    transport sets no bound of its own (Redis takes what its proto-max-bulk-len allows)."""
-    return getattr(transport_for(settings.BROKER_URL), "MAX_RESULT_BYTES", None)
 
 
 def client_for(settings, client="minitask-client", on_connect=None, timeout=10.0):

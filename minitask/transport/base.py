@@ -252,6 +252,12 @@ class Consumer:
         `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
         raise NotImplementedError
 
+    def oversized(self, task_id, state, content_type, payload, publish=(), task_name="",
+                  runtime=None, chained=()):
+        """Why `store_result` of this would be more than the broker takes in one message (one
+        line), or None. Only the built-in broker has such a bound (its frame limit)."""
+        return None
+
     def reply(self, reply_to, data):
         """Send an encoded control reply to the asker's queue (no confirm)."""
         raise NotImplementedError

@@ -27,7 +27,9 @@ import sys
 import time
 
 from .. import control, protocol as P
-from ..exceptions import BrokerConnectionError, BrokerError, ProtocolError, TimeoutError
+from ..exceptions import (
+    BrokerConnectionError, BrokerError, ProtocolError, PublishRefusedError, TimeoutError,
+)
 from . import base, declare_topology, declare_worker_queues
 from .base import HEARTBEAT, Delivery
 from .conversation import Conversation
@@ -41,9 +43,6 @@ logger = logging.getLogger(__name__)
 _RECV_BYTES = 256 * 1024
 _FROM_SETTINGS = object()                # broker_uid: BROKER_UID of the settings in force
 RETRY_HANDSHAKE_FOR = 5.0               # connect() without a timeout: how long it asks again
-# The most a stored result may take: it travels in one frame (a RESULT_SET), with room for
-# the frame's other fields.
-MAX_RESULT_BYTES = P.MAX_FRAME_BYTES - 64 * 1024
 
 
 class Link:
@@ -421,17 +420,24 @@ class Connection(base.Client):
         self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
 
     def publish_many(self, messages, timeout=None, window=100):
-        """Publish many messages keeping up to `window` unconfirmed; return once all are held."""
+        """Publish many messages keeping up to `window` unconfirmed; return once all are held.
+        A refusal stops there: the messages before it are sent (and confirmed) first, as on
+        Redis, and none of them waits for a later call to go out."""
         conversation = self.conversation or self.connect().conversation
         timeout = self.timeout if timeout is None else timeout
         what = "confirm"
         batch = []
-        for data in messages:
-            batch.append(conversation.publish(_encoded(data)))
-            if len(batch) >= window:
-                self._flush()
-                older, batch = batch[:window // 2], batch[window // 2:]
-                self._wait(lambda: conversation.all_confirmed(older), timeout, what)
+        try:
+            for data in messages:
+                batch.append(conversation.publish(_encoded(data)))
+                if len(batch) >= window:
+                    self._flush()
+                    older, batch = batch[:window // 2], batch[window // 2:]
+                    self._wait(lambda: conversation.all_confirmed(older), timeout, what)
+        except (PublishRefusedError, ProtocolError):   # refused before it was queued
+            self._flush()
+            self._wait(lambda: conversation.all_confirmed(batch), timeout, what)
+            raise
         self._flush()
         self._wait(lambda: conversation.all_confirmed(batch), timeout, what)
 
@@ -580,6 +586,7 @@ class Consumer(base.Consumer):
         self._qos_sent = None
         self.paused = True              # no task consumers until resume()
         self.features = frozenset()     # what the broker offers beyond protocol 1
+        self.max_body = P.MAX_FRAME_BYTES   # the broker's frame limit, as it announced it
 
     def connect(self, timeout=5.0):
         settings = self.settings
@@ -608,6 +615,7 @@ class Consumer(base.Consumer):
         self.conn = conn
         self.generation += 1
         self.features = conn.features
+        self.max_body = conn.conversation.max_body
         self.out = bytearray()
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         self._releases = []
@@ -667,23 +675,43 @@ class Consumer(base.Consumer):
             # A task handed over this turn may be the one ending: its handover goes first.
             self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
             self._started = []
+        self.out += self._result_frames(task_id, state, content_type, payload, store, publish,
+                                        task_name, runtime, chained)
+
+    def _result_frames(self, task_id, state, content_type, payload, store=True, publish=(),
+                       task_name="", runtime=None, chained=()):
         described = "described_results" in self.features
         frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
                                 content_type, payload, task_name if described else None,
                                 runtime)
         if not publish and not chained:
-            self.out += frame
-        elif "atomic_results" in self.features:
-            # The rest of a stopped chain: the same result under each id (uncounted: they
-            # never ran).
-            others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0,
-                                      content_type, payload, None, None) for other in chained]
-            self.out += P.encode_atomic(0, [frame] + others + [
-                P.encode_frame(P.PUBLISH, 0, data) for data in publish])
-        else:
+            return frame
+        if "atomic_results" not in self.features:
             raise BrokerError("the broker at %s cannot store a result and publish what it "
                               "unlocks in one step (it is older than this worker)"
                               % self.settings.BROKER_URL, P.COMMAND_INVALID)
+        # The rest of a stopped chain: the same result under each id (uncounted: they never
+        # ran).
+        others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0, content_type,
+                                  payload, None, None) for other in chained]
+        return P.encode_atomic(0, [frame] + others + [P.encode_frame(P.PUBLISH, 0, data)
+                                                      for data in publish])
+
+    def oversized(self, task_id, state, content_type, payload, publish=(), task_name="",
+                  runtime=None, chained=()):
+        limit = self.max_body
+        # At most this much besides the payloads: frame headers, ids, names, counts.
+        rough = len(payload) * (1 + len(chained)) + sum(len(data) for data in publish) \
+            + 1024 * (2 + len(chained) + len(publish))
+        if rough <= limit:
+            return None                 # the usual case: nothing is built to know it
+        size = len(self._result_frames(task_id, state, content_type, payload, True, publish,
+                                       task_name, runtime, chained)) - P.HEADER.size
+        if size <= limit:
+            return None
+        return ("takes %d bytes%s, over the %d-byte frame limit of %s" % (
+            size, " with what it unlocks" if publish or chained else "", limit,
+            safe_url(self.settings.BROKER_URL)))
 
     def reply(self, reply_to, data):
         self.out += P.encode_frame(P.PUBLISH, 0, data)

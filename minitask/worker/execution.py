@@ -23,10 +23,8 @@ from ..exceptions import (
 from ..message import ResultMeta, TaskMessage, encode_result_meta
 from ..result import AsyncResult
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
-from ..config import get_settings
 from ..loaders import current_loader
 from ..sending import chord_values, failure_unlocks, success_unlocks
-from ..transport import max_result_bytes
 
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure"]
 
@@ -289,25 +287,12 @@ def executed(task_id, name, state, result, tb, runtime, serializer, summary, ret
     exception), its result meta serialized with `serializer`."""
     children = [protocol.message_id_of(data) for data in publish] if state == "SUCCESS" else ()
     meta = ResultMeta(task_id, state, result, tb, name, retries, time.time(), children)
-    content_type, payload = encode_result_meta(meta, serializer, _result_limit())
+    content_type, payload = encode_result_meta(meta, serializer)
     if meta.status != state:            # the result itself could not be carried
-        state, summary = meta.status, "result not stored: %s" % meta.result
+        state, summary = meta.status, "result not serializable: %s" % meta.result
         logger.error("Task %s[%s] %s", name, task_id, summary)
     return Executed(state, content_type, payload, True, runtime, task_id, name, summary,
                     publish, chained)
-
-
-_limits = {}                            # BROKER_URL -> the most a result may take there
-
-
-def _result_limit():
-    url = get_settings().BROKER_URL
-    if url not in _limits:
-        try:
-            _limits[url] = max_result_bytes(get_settings())
-        except ConfigurationError:      # no transport (an eager run's settings, say)
-            _limits[url] = None
-    return _limits[url]
 
 
 def failed(data, task_id, name, state, result, tb, runtime, serializer, summary, retries=0):

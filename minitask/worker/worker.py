@@ -42,7 +42,8 @@ import time
 from .. import control, protocol as P
 from ..config import safe_url
 from ..exceptions import (
-    BrokerConnectionError, PoolStartupError, TaskRevokedError, WorkerLostError,
+    BrokerConnectionError, PoolStartupError, SerializationError, TaskRevokedError,
+    WorkerLostError,
 )
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
@@ -511,23 +512,30 @@ class Worker:
                 self.consumer.release(job.tag)
             return
         state, content_type, payload, store, runtime, _summary, publish, chained = report
-        self.counts[state.lower()] += 1
-        self.counts["processed"] += 1
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
-        self._store(job.task_id, state, content_type, payload, store, job.task_name, runtime,
-                    publish, chained)
+        state = self._store(job.task_id, state, content_type, payload, store, job.task_name,
+                            runtime, publish, chained, job.data)
+        self.counts[state.lower()] += 1
+        self.counts["processed"] += 1
         if same_connection and not job.handed_over:
             self.consumer.ack(job.tag)
 
     def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
-               publish=(), chained=()):
-        """Store a result, with what it unlocks in a workflow, now or once connected again."""
+               publish=(), chained=(), data=None):
+        """Store a result, with what it unlocks in a workflow, now or once connected again;
+        returns the state stored (FAILURE for what the broker cannot take: `_too_big`)."""
         consumer = self.consumer
+        why = consumer.oversized(task_id, state, content_type, payload, publish, task_name,
+                                 runtime, chained)
+        if why is not None:
+            state, content_type, payload, publish, chained = self._too_big(
+                task_id, task_name, why, data)
+            store = True
         if not publish and not chained and consumer.connected:     # the usual case, inline
             consumer.store_result(task_id, state, content_type, payload, store, (), task_name,
                                   runtime)
-            return
+            return state
         arguments = dict(task_id=task_id, state=state, content_type=content_type,
                          payload=payload, store=store, task_name=task_name, runtime=runtime)
         if publish:
@@ -538,6 +546,25 @@ class Worker:
             consumer.store_result(**arguments)
         else:
             self.pending_results.append(arguments)
+        return state
+
+    def _too_big(self, task_id, task_name, why, data):
+        """A result the broker cannot take in one message (it would drop the connection,
+        and the task would be reported lost) is a FAILURE saying so, unlocking what a failure
+        unlocks (errbacks, the rest of its chain) rather than what the success would have;
+        without them if even that is too big."""
+        error = SerializationError("the result of task %s %s: return less (where the data "
+                                   "is kept, say)" % (task_id, why))
+        logger.error("Task %s[%s] result not stored: %s", task_name, task_id, error)
+        meta = ResultMeta(task_id, "FAILURE", error, None, task_name, 0, time.time())
+        content_type, payload = encode_result_meta(meta)
+        publish, chained = unlocked_by_failure(data, task_id) if data else ((), ())
+        if self.consumer.oversized(task_id, "FAILURE", content_type, payload, publish,
+                                   task_name, None, chained) is not None:
+            logger.error("Task %s[%s]: its errbacks and the rest of its chain are too big to "
+                         "send as well; they are dropped", task_name, task_id)
+            publish, chained = (), ()
+        return "FAILURE", content_type, payload, publish, chained
 
     def _store_final(self, job, state, why, exc=None):
         """Store a final state the worker decided itself (revoked, expired, lost) with the
@@ -549,8 +576,8 @@ class Worker:
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         publish, chained = unlocked_by_failure(job.data, job.task_id)
-        self._store(job.task_id, state, content_type, payload, True, job.task_name, None,
-                    publish, chained)
+        state = self._store(job.task_id, state, content_type, payload, True, job.task_name,
+                            None, publish, chained, job.data)
         if job.generation == self.consumer.generation and self.consumer.connected \
                 and not job.handed_over:
             self.consumer.ack(job.tag)

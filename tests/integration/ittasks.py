@@ -268,3 +268,8 @@ def priority_record(tag, value):
 def big(size):
     """A result of `size` bytes (and a little JSON)."""
     return "x" * size
+
+
+@task(name="it.length")
+def length(value):
+    return len(value)

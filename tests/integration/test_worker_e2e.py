@@ -193,6 +193,8 @@ def test_ignore_result_stores_successes_nothing_but_failures_still(broker, start
     assert ok.state == "PENDING"
 
 
+MiB = 1024 * 1024
+
 
 def test_what_is_over_the_brokers_frame_limit_is_refused_saying_so(broker, start_worker):
     """An outside check: a 17 MiB result was sent in a frame the broker refused; the
@@ -203,13 +205,67 @@ def test_what_is_over_the_brokers_frame_limit_is_refused_saying_so(broker, start
     start_worker()
     over = P.MAX_FRAME_BYTES + 1024
     started = time.monotonic()
-    with pytest.raises(SerializationError, match="the result takes \\d+ bytes, over the"):
+    with pytest.raises(SerializationError, match=r"over the \d+-byte frame limit"):
         ittasks.big.delay(over).get(timeout=30)
     assert time.monotonic() - started < 8.0                 # not the lost-worker grace
-    assert len(ittasks.big.delay(1024 * 1024).get(timeout=30)) == 1024 * 1024
-    with pytest.raises(PublishRefusedError, match="over the \\d+-byte frame limit"):
+    assert len(ittasks.big.delay(MiB).get(timeout=30)) == MiB
+    with pytest.raises(PublishRefusedError, match=r"over the \d+-byte frame limit"):
         ittasks.echo.delay("x" * over)
     assert ittasks.add.delay(2, 3).get(timeout=10) == 5
+
+
+@pytest.mark.broker_args("--max-message-bytes", str(40 * MiB))
+def test_a_broker_that_takes_bigger_messages_takes_bigger_results(broker, start_worker):
+    """The bound is the one the broker announces (--max-message-bytes), not the default."""
+    start_worker()
+    assert len(ittasks.big.delay(20 * MiB).get(timeout=60)) == 20 * MiB
+
+
+@pytest.mark.broker_args("--max-message-bytes", str(MiB))
+def test_a_broker_that_takes_smaller_messages_refuses_smaller_results(broker, start_worker):
+    start_worker()
+    started = time.monotonic()
+    with pytest.raises(SerializationError, match=r"over the \d+-byte frame limit"):
+        ittasks.big.delay(2 * MiB).get(timeout=30)
+    assert time.monotonic() - started < 8.0
+    with pytest.raises(PublishRefusedError):
+        ittasks.echo.delay("x" * (2 * MiB))
+
+
+def test_a_result_too_big_with_what_it_unlocks_fails_and_unlocks_what_a_failure_does(
+        broker, start_worker, tmp_path):
+    """A result that fits alone, but not with the next step of its chain (which carries it)
+    went in one frame the broker refused: the worker's connection dropped and the task was
+    reported lost. And a result stored as FAILURE for its size still sent its success
+    callbacks, not its errbacks. Now it fails saying so, its errback runs, its callback
+    does not, and the rest of its chain gets the same failure."""
+    start_worker()
+    half = P.MAX_FRAME_BYTES // 2 + MiB
+    chained = (ittasks.big.s(half) | ittasks.length.s()).apply_async()
+    with pytest.raises(SerializationError, match="with what it unlocks, over the"):
+        chained.get(timeout=30)
+    linked = ittasks.big.apply_async((P.MAX_FRAME_BYTES + 1024,),
+                                     link=ittasks.record.si("on-success", 1),
+                                     link_error=ittasks.record.si("on-error", 1))
+    with pytest.raises(SerializationError):
+        linked.get(timeout=30)
+    wait_for(lambda: ittasks.read_trace(tmp_path, "on-error"), 10, what="the errback")
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
+    assert ittasks.read_trace(tmp_path, "on-success") == []
+
+
+def test_a_group_refused_part_way_sends_what_came_before_and_nothing_later(broker):
+    """A group whose second message is over the limit raised PublishRefusedError, but left
+    its first queued, unsent, to go out with the next unrelated call. Now the messages
+    before the refused one are sent and confirmed, as on Redis, and nothing waits."""
+    calls = group(ittasks.add.s(1, 1), ittasks.echo.s("x" * (P.MAX_FRAME_BYTES + 1024)),
+                  ittasks.add.s(2, 2))
+    with pytest.raises(PublishRefusedError):
+        calls.apply_async()
+    assert broker.queue()["ready"] == 1
+    ittasks.add.delay(3, 3)
+    assert broker.queue()["ready"] == 2
+
 
 def test_an_unknown_task_name_fails_with_not_registered(broker, start_worker):
     from minitask.message import TaskMessage

@@ -335,13 +335,3 @@ def test_a_result_payload_that_does_not_decode_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="id-7"):
         decode_result_meta("id-7", "SUCCESS", JSON_TYPE, b"[1, 2]")
 
-
-def test_a_result_over_the_brokers_bound_is_stored_as_a_failure_saying_so():
-    meta = ResultMeta("t1", "SUCCESS", "x" * 5000, None, "tests.big")
-    content_type, payload = encode_result_meta(meta, "json", max_bytes=1000)
-    assert meta.status == "FAILURE" and len(payload) < 1000
-    stored = decode_result_meta("t1", "FAILURE", content_type, payload)
-    assert isinstance(stored.result, SerializationError)
-    assert "over the 1000 the broker takes in one message" in str(stored.result)
-    fits = ResultMeta("t2", "SUCCESS", "x" * 500, None, "tests.big")
-    assert encode_result_meta(fits, "json", max_bytes=1000)[1] and fits.status == "SUCCESS"

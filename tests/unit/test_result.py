@@ -327,7 +327,13 @@ def test_a_result_set_is_added_to_and_taken_from_as_celerys(eager):
     results.update([second, first])
     assert list(results) == [first, second]
     results.discard(first)
+    results.discard(first)
     assert list(results) == [second]
+    with pytest.raises(KeyError):
+        results.remove(first)
+    results.remove(second.id)                   # by its id, as Celery's
+    assert len(results) == 0
+    results.add(first)
     results.clear()
     assert len(results) == 0
 
@@ -348,9 +354,11 @@ def test_invert_sends_a_signature_and_waits_for_its_value(eager):
     assert ~add.s(2, 3) == 5
 
 
-@pytest.mark.parametrize("stop, countdowns", [(None, [1.0, 3.0, 5.0]), (3.0, [1.0, 3.0, 3.0])])
-def test_skew_spreads_a_groups_countdowns(stop, countdowns):
-    spread = group(add.s(i, i) for i in range(3)).skew(start=1, stop=stop, step=2)
+@pytest.mark.parametrize("start, stop, countdowns", [
+    (1, None, [1.0, 3.0, 5.0]), (1, 3.0, [1.0, 3.0, 3.0]), (1, 0, [1.0, 3.0, 5.0]),
+    (5, 3, [3.0, 3.0, 3.0])])
+def test_skew_spreads_a_groups_countdowns_as_celerys(start, stop, countdowns):
+    spread = group(add.s(i, i) for i in range(3)).skew(start=start, stop=stop, step=2)
     assert [member.options["countdown"] for member in spread.tasks] == countdowns
 
 
