@@ -234,8 +234,9 @@ class Pool:
             args=(slot, child_in, child_out, self.shm, self.config, close))
         process.daemon = True
         if self.start_method == "forkserver":
-            _ensure_forkserver()
-        process.start()
+            _start_under_forkserver(process)
+        else:
+            process.start()
         child_in.close()
         child_out.close()
         os.set_blocking(parent_in.fileno(), False)
@@ -514,6 +515,23 @@ def _ensure_forkserver():
         multiprocessing.forkserver.ensure_running()
     finally:
         signal.signal(signal.SIGTERM, ignored)
+
+
+def _start_under_forkserver(process, patience=5.0):
+    """Start `process` through the fork server, a new one if it died. One killed a moment
+    ago (the OOM killer; its children die with it, and the worker replaces them at once)
+    may not have ended yet: multiprocessing takes it for alive, and the start is refused.
+    Look again until it has ended and a new one runs."""
+    deadline = time.monotonic() + patience
+    while True:
+        _ensure_forkserver()
+        try:
+            process.start()
+            return
+        except (ConnectionRefusedError, FileNotFoundError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)            # the server is still ending: a poll, not a wait
 
 
 def _signal(pid, signum):

@@ -198,3 +198,32 @@ def test_a_closed_childs_events_read_nothing_from_a_reused_descriptor(pool):
     old.closed = True                               # its numbers may be anyone's now
     assert pool.read(old) == [] and not old.rbuf
     assert pool_module.os.read(old.out_fd, 1 << 16)  # left for the pipe's new owner
+
+
+def test_a_fork_server_still_ending_is_waited_for_not_a_crash(monkeypatch):
+    """A fork server killed a moment ago (its children died with it, and the worker replaces
+    them at once) may not have ended yet: multiprocessing takes it for alive, and the start
+    is refused (ConnectionRefusedError). That went up through the worker's loop as a
+    traceback and the worker stopped (seen in CI). Now the start is tried again until a
+    new server runs."""
+    ensured = []
+    monkeypatch.setattr(pool_module, "_ensure_forkserver", lambda: ensured.append(1))
+
+    class Starting:
+        tries = 0
+
+        def start(self):
+            self.tries += 1
+            if self.tries < 3:
+                raise ConnectionRefusedError(111, "Connection refused")
+
+    process = Starting()
+    pool_module._start_under_forkserver(process)
+    assert process.tries == 3 and len(ensured) == 3
+
+    class Refused:
+        def start(self):
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        pool_module._start_under_forkserver(Refused(), patience=0.05)
