@@ -252,6 +252,10 @@ class Consumer:
         `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
         raise NotImplementedError
 
+    # The most a frame's body may take on this transport (the built-in broker's frame
+    # limit, as it announced it); without a bound of its own, more than anything sent.
+    max_body = float("inf")
+
     def oversized(self, task_id, state, content_type, payload, publish=(), task_name="",
                   runtime=None, chained=()):
         """Why `store_result` of this would be more than the broker takes in one message (one

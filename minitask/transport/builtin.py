@@ -398,6 +398,7 @@ class Connection(base.Client):
             self._flush()
             self._wait(lambda: conversation.confirmed(seq), timeout, "confirm")
             return
+        conversation.check_size(P.PUBLISH, _encoded(data))    # before the KV_SET is queued
         kv_seq = conversation.command(P.KV_SET, {"key": key, "value": value})
         seq = conversation.publish(_encoded(data))
         self._flush()

@@ -96,15 +96,17 @@ class Conversation:
     def command(self, kind, args=None):
         """Queue a JSON command whose reply (OK, RESULT...) is wanted; returns its number."""
         seq = self.next_seq()
+        frame = P.encode_json(kind, seq, args or {})
+        self.check_size(kind, memoryview(frame)[P.HEADER.size:])   # refused: seq goes unused
         self._waiting.add(seq)
-        self.outgoing += P.encode_json(kind, seq, args or {})
+        self.outgoing += frame
         return seq
 
     def publish(self, data, confirm=True):
         """Queue a PUBLISH of an encoded message; returns its number (0 when not confirmed).
         PublishRefusedError, with nothing queued, for one over the broker's frame limit (the
         broker would drop the connection at its header)."""
-        self._check_size(P.PUBLISH, data)
+        self.check_size(P.PUBLISH, data)
         if not confirm:
             self.outgoing += P.encode_frame(P.PUBLISH, 0, data)
             return 0
@@ -116,13 +118,15 @@ class Conversation:
 
     def confirmable(self, kind, body):
         """Queue any command answered by a CONFIRM (RESULT_SET, KV_SET...); returns its number."""
-        self._check_size(kind, body)
+        self.check_size(kind, body)
         seq = self.next_seq()
         self._unconfirmed.append(seq)
         self.outgoing += P.encode_frame(kind, seq, body)
         return seq
 
-    def _check_size(self, kind, body):
+    def check_size(self, kind, body):
+        """PublishRefusedError when a command's body is over the broker's frame limit (the
+        broker would drop the connection at its header); nothing is queued by it."""
         if len(body) > self.max_body:
             raise PublishRefusedError("%s of %d bytes is over the %d-byte frame limit of %s: "
                                       "send less (where the data is kept, say)"

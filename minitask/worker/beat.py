@@ -23,7 +23,7 @@ import threading
 import time
 
 from ..transport import client_for, declare_topology
-from ..exceptions import MinitaskError
+from ..exceptions import MinitaskError, PublishRefusedError
 from ..sending import compose_message
 from ..task import registry
 
@@ -143,7 +143,14 @@ class Beat:
                 queue = _queue_to_declare(task, self.settings)
                 if queue is not None:           # routed to a queue not in QUEUES
                     self.conn.ensure_queue(queue)
-                self.send(task, now)
+                try:
+                    self.send(task, now)
+                except PublishRefusedError as exc:
+                    # This one is refused (too big, its queue full); the others go on, and
+                    # it waits for its next run, as Celery's beat skips a run it could not
+                    # send. The connection is fine: it is not given up.
+                    logger.error("beat: %s was not sent: %s; next at its next run", name, exc)
+                    self.last_run[name] = now
             wait = min(wait, next_in)
         return max(0.01, wait)
 

@@ -45,9 +45,17 @@ def handle_control(worker, body):
         except (TypeError, ValueError, KeyError, MinitaskError) as exc:
             reply = {"error": "%s: %s" % (method, exc)}
     if reply_to and worker.consumer.connected:
-        message = control.reply_message(reply_to, ticket if isinstance(ticket, str) else "",
-                                        worker.hostname, reply)
-        worker.consumer.reply(reply_to, P.encode_message(message))
+        ticket = ticket if isinstance(ticket, str) else ""
+        data = P.encode_message(control.reply_message(reply_to, ticket, worker.hostname, reply))
+        if len(data) > worker.consumer.max_body:   # the broker would drop the connection
+            logger.error("the reply to %s takes %d bytes, over the broker's frame limit of "
+                         "%d; answering that instead", method, len(data),
+                         worker.consumer.max_body)
+            reply = {"error": "%s: the reply takes %d bytes, over the broker's frame limit of "
+                              "%d" % (method, len(data), worker.consumer.max_body)}
+            data = P.encode_message(control.reply_message(reply_to, ticket, worker.hostname,
+                                                          reply))
+        worker.consumer.reply(reply_to, data)
 
 
 def _names(value):

@@ -298,9 +298,9 @@ class Worker:
                        for job in child.jobs if job.handed_over]
         if handed_over:
             self.consumer.claim(handed_over)
-        for arguments in self.pending_results:
-            self.consumer.store_result(**arguments)
-        self.pending_results = []
+        pending, self.pending_results = self.pending_results, []
+        for arguments, data in pending:         # against this broker's limit, too
+            self._store(data=data, **arguments)
         for delivery in early:
             self._receive(delivery)
 
@@ -530,7 +530,7 @@ class Worker:
                                  runtime, chained)
         if why is not None:
             state, content_type, payload, publish, chained = self._too_big(
-                task_id, task_name, why, data)
+                task_id, task_name, state, why, data)
             store = True
         if not publish and not chained and consumer.connected:     # the usual case, inline
             consumer.store_result(task_id, state, content_type, payload, store, (), task_name,
@@ -545,26 +545,30 @@ class Worker:
         if consumer.connected:
             consumer.store_result(**arguments)
         else:
-            self.pending_results.append(arguments)
+            self.pending_results.append((arguments, data))
         return state
 
-    def _too_big(self, task_id, task_name, why, data):
+    def _too_big(self, task_id, task_name, state, why, data):
         """A result the broker cannot take in one message (it would drop the connection,
         and the task would be reported lost) is a FAILURE saying so, unlocking what a failure
         unlocks (errbacks, the rest of its chain) rather than what the success would have;
-        without them if even that is too big."""
+        without them if even that is too big. A RETRY's tombstone stays a RETRY, saying so
+        (its retry is sent already), and unlocks nothing."""
         error = SerializationError("the result of task %s %s: return less (where the data "
                                    "is kept, say)" % (task_id, why))
         logger.error("Task %s[%s] result not stored: %s", task_name, task_id, error)
-        meta = ResultMeta(task_id, "FAILURE", error, None, task_name, 0, time.time())
+        state = "RETRY" if state == "RETRY" else "FAILURE"
+        meta = ResultMeta(task_id, state, error, None, task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
+        if state == "RETRY":
+            return state, content_type, payload, (), ()
         publish, chained = unlocked_by_failure(data, task_id) if data else ((), ())
         if self.consumer.oversized(task_id, "FAILURE", content_type, payload, publish,
                                    task_name, None, chained) is not None:
             logger.error("Task %s[%s]: its errbacks and the rest of its chain are too big to "
                          "send as well; they are dropped", task_name, task_id)
             publish, chained = (), ()
-        return "FAILURE", content_type, payload, publish, chained
+        return state, content_type, payload, publish, chained
 
     def _store_final(self, job, state, why, exc=None):
         """Store a final state the worker decided itself (revoked, expired, lost) with the

@@ -273,3 +273,18 @@ def big(size):
 @task(name="it.length")
 def length(value):
     return len(value)
+
+
+@task(name="it.big_retry", bind=True, max_retries=3)
+def big_retry(self, size):
+    """Retried once with a reason of `size` bytes (its tombstone), then done."""
+    if self.request.retries == 0:
+        raise self.retry(exc=ValueError("x" * size), countdown=0.1)
+    return "ok after a retry"
+
+
+@task(name="it.slow_big")
+def slow_big(seconds, size, tag):
+    _trace(tag, "start")
+    time.sleep(seconds)
+    return "x" * size

@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 import itbeat  # noqa: F401  (registers the periodic task here too, as a client would)
 import ittasks
 from beatlog import assert_each_beat_sent_once_and_run_once, gaps, send_times
@@ -118,3 +120,16 @@ def test_a_crontab_time_missed_while_no_beat_ran_is_sent_once_on_return(
     boundaries = int(time.time() // 60) - int(first // 60)     # new minutes that began since
     assert len(stamps(tmp_path, "minutely")) <= 1 + boundaries
     assert first - 60 < kv(broker, key) <= time.time()
+
+
+@pytest.mark.broker_args("--max-message-bytes", "65536")
+def test_a_beat_entry_too_big_to_send_holds_up_no_other(broker, start_worker, tmp_path):
+    """The first entry's message is over the broker's frame limit: its refusal was taken
+    for a lost connection, and the beat kept trying the whole round again with backoff,
+    so the entries after it were never sent. Now that run of it is skipped, saying so, and
+    the others go out."""
+    worker = start_worker(args=["--beat"], modules=BEAT_MODULES,
+                          env={"MINITASK_CONFIG_MODULE": "itbeatbigconf"})
+    wait_for(lambda: len(ittasks.read_trace(tmp_path, "small")) >= 2, 15,
+             what="two sends of the small entry")
+    assert "was not sent: ATOMIC of" in worker.output()

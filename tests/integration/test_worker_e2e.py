@@ -254,6 +254,63 @@ def test_a_result_too_big_with_what_it_unlocks_fails_and_unlocks_what_a_failure_
     assert ittasks.read_trace(tmp_path, "on-success") == []
 
 
+@pytest.mark.broker_args("--max-message-bytes", str(MiB))
+def test_a_retry_whose_reason_is_too_big_to_store_still_retries_and_fails_nothing(
+        broker, start_worker, tmp_path):
+    """A RETRY's tombstone over the limit was stored as a final FAILURE (running the
+    errbacks, failing the chain) while the retry, already sent, ran on and succeeded. It
+    stays a RETRY, saying why it is not stored, and unlocks nothing."""
+    start_worker()
+    result = ittasks.big_retry.apply_async((2 * MiB,),
+                                           link_error=ittasks.record.si("retry-errback", 1))
+    assert result.get(timeout=30) == "ok after a retry"
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
+    assert ittasks.read_trace(tmp_path, "retry-errback") == []
+
+
+def test_a_result_kept_over_a_reconnect_is_checked_against_the_new_brokers_limit(
+        broker, start_worker, tmp_path):
+    """A result that waited for the worker to reconnect was sent to the new broker as it
+    was: over that broker's smaller limit, the connection dropped again and the task was
+    reported lost. It is checked against the limit the new broker announced."""
+    worker = start_worker(args=["-l", "INFO"])
+    result = ittasks.slow_big.delay(1.0, 2 * MiB, "slow-big")
+    wait_for(lambda: result.id in broker.status()["tasks"]["started"], 10,
+             what="the broker to hear of the task's start")   # or it would run again
+    broker.stop()
+    done = "it.slow_big[%s] succeeded" % result.id
+    wait_for(lambda: done in worker.output(), 10, what="the task to end")
+    tries = worker.output().count("retrying in")        # the worker's turn after that one
+    wait_for(lambda: worker.output().count("retrying in") > tries, 10,
+             what="the worker to hold the result while disconnected")
+    broker.args += ["--max-message-bytes", str(MiB)]
+    broker.start()
+    started = time.monotonic()
+    with pytest.raises(SerializationError, match="over the \\d+-byte frame limit"):
+        result.get(timeout=30)
+    assert time.monotonic() - started < 8.0                 # not the lost-worker grace
+    assert ittasks.read_trace(tmp_path, "slow-big") == ["start"]      # it ran once
+
+
+@pytest.mark.broker_args("--max-message-bytes", "65536")
+def test_commands_over_the_limit_are_refused_before_anything_is_sent(broker):
+    """A revoke of many ids went out whole; the broker dropped the client's connection.
+    And an older broker's KV_SET-then-PUBLISH (no "atomic") left its KV_SET queued when the
+    PUBLISH was refused, to go out with the next call."""
+    conn = broker.connect()
+    try:
+        with pytest.raises(PublishRefusedError, match="REVOKE of \\d+ bytes"):
+            conn.revoke(["task-%06d" % number for number in range(10000)])
+        assert conn.connected
+        conn.conversation.welcome = dict(conn.welcome, features=[])   # an older broker
+        with pytest.raises(PublishRefusedError):
+            conn.publish_with_record(ittasks.echo.build_message(("x" * 70000,)).encode(),
+                                     "key", 1.0)
+        assert not conn.conversation.outgoing
+        assert conn.status()["broker"]
+    finally:
+        conn.close()
+
 def test_a_group_refused_part_way_sends_what_came_before_and_nothing_later(broker):
     """A group whose second message is over the limit raised PublishRefusedError, but left
     its first queued, unsent, to go out with the next unrelated call. Now the messages

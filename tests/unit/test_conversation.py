@@ -381,3 +381,12 @@ def test_publish_consume_ack_round_trip_through_the_real_broker():
     conversation.send_frames(P.encode_tags(P.ACK, 0, [delivery.delivery_tag]))
     pair.pump()
     assert not pair.session.unacked
+
+
+def test_a_json_command_over_the_brokers_frame_limit_is_refused_before_it_is_queued():
+    conversation, seq, _hello = opened()
+    conversation.receive(P.encode_json(P.WELCOME, seq, {"max_frame_bytes": 4096}))
+    with pytest.raises(PublishRefusedError, match="REVOKE of \\d+ bytes is over the 4096"):
+        conversation.command(P.REVOKE, {"task_ids": ["t%04d" % n for n in range(1000)]})
+    assert conversation.take_outgoing() == b""
+    assert conversation.command(P.REVOKE, {"task_ids": ["t1"]})

@@ -10,6 +10,7 @@ from minitask.worker.remote import handle_control
 
 class FakeConsumer:
     connected = True
+    max_body = 1 << 20
 
     def __init__(self):
         self.replies = []
@@ -62,3 +63,16 @@ def test_a_destination_of_one_name_is_that_name_not_a_substring_of_it():
     handle_control(worker, {"method": "ping", "destination": "w12", "reply_to": "q"})
     handle_control(worker, {"method": "ping", "destination": "w1", "reply_to": "q"})
     assert [answer["reply"] for _q, answer in worker.consumer.replies] == ["pong"]
+
+
+def test_a_reply_over_the_brokers_frame_limit_says_so_rather_than_cut_the_connection():
+    """`inspect revoked` with many ids made a reply bigger than a broker's frame limit: the
+    broker dropped the worker's connection (handing back its prefetched messages) and the
+    asker heard nothing. The worker now answers that the reply was too big."""
+    worker = FakeWorker()
+    worker.consumer.max_body = 300
+    worker.revoked = ["task-%05d" % number for number in range(100)]
+    handle_control(worker, {"method": "revoked", "reply_to": "q"})
+    [(reply_to, answer)] = worker.consumer.replies
+    assert "revoked: the reply takes" in answer["reply"]["error"]
+    assert "over the broker's frame limit of 300" in answer["reply"]["error"]
