@@ -346,14 +346,17 @@ class GoodClient:
 
 # -- raw sockets -------------------------------------------------------------------------------
 
-def open_socket(port, host="127.0.0.1", timeout=5.0, rcvbuf=None):
+def open_socket(port, host="127.0.0.1", timeout=5.0, rcvbuf=None, source=None):
     """A connected TCP socket; `rcvbuf` shrinks its receive buffer before connecting (so a
-    client that does not read fills up fast)."""
+    client that does not read fills up fast); `source`, another loopback address to come
+    from (the broker gives each address its own share of handshake slots)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.settimeout(timeout)
     try:
+        if source:
+            sock.bind((source, 0))
         sock.connect((host, port))
     except OSError:
         sock.close()
