@@ -24,6 +24,7 @@ from .canvas import (
 from .exceptions import ChordError, ConfigurationError
 from .message import new_task_id
 from .result import FAILURE, REVOKED, EagerResult, GroupResult
+from .states import IGNORED
 
 __all__ = ["run", "fail", "call_callbacks", "call_errbacks", "chord_error"]
 
@@ -51,7 +52,7 @@ def _run_chain(steps):
         step_result = run(step if index == 0 else step.clone((_value(result),)))
         root_result(step_result).parent = result
         result = step_result
-        if getattr(result, "state", None) == "IGNORED":
+        if getattr(result, "state", None) == IGNORED:
             break                       # it raised Ignore: nothing after it is sent
         failed = _failure_in(result)
         if failed is not None:

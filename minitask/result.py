@@ -30,6 +30,7 @@ from .protocol import READY_STATES, STATES
 from .transport import with_connection
 from .config import get_settings
 from .message import ResultMeta
+from .states import IGNORED
 
 __all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult", "STATES",
            "READY_STATES", "allow_join_result", "task_join_will_block",
@@ -123,7 +124,7 @@ class ResultBase:
         return value
 
     def _outcome(self, meta, propagate):
-        if meta.status in (SUCCESS, "IGNORED") or not propagate:
+        if meta.status in (SUCCESS, IGNORED) or not propagate:
             return meta.result
         error = meta.result
         if not isinstance(error, BaseException):
@@ -368,9 +369,9 @@ class ResultSet:
              disable_sync_subtasks=True):
         """The list of values, in order; the first failure is raised when `propagate`.
         With `callback`, `callback(task_id, value)` is called for each, in order, and the
-        list is empty, as Celery's. `interval` and `no_ack` are
-        accepted, with no effect (see `AsyncResult.get`). Inside a task, RuntimeError as
-        `AsyncResult.get` (before any waiting)."""
+        list is empty, as Celery's. `interval` and `no_ack` are accepted, with no effect
+        (see `AsyncResult.get`). Inside a task, RuntimeError as `AsyncResult.get` (before
+        any waiting)."""
         if any(isinstance(result, AsyncResult) and result._meta is None
                for result in self.results):
             _assert_will_not_block(disable_sync_subtasks)

@@ -35,6 +35,7 @@ from .protocol import READY_STATES
 from .ratelimit import parse_rate
 from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
+from .states import IGNORED
 from .serialization import check_serializer
 from .sending import compose_message, publish, send_task
 from .transport import with_connection
@@ -466,7 +467,7 @@ class Task(metaclass=TaskType):
                              task_name=self.name)
         if outcome.state == "SUCCESS" and link is not None:
             result.children = eager.call_callbacks(link, outcome.result)
-        elif outcome.state not in ("SUCCESS", "IGNORED") and errbacks:   # Ignore: nothing
+        elif outcome.state not in ("SUCCESS", IGNORED) and errbacks:     # Ignore: nothing
             eager.call_errbacks(errbacks, message.id)
         return result
 

@@ -21,6 +21,7 @@ from ..exceptions import (
     RetryTaskError, SerializationError, TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
+from ..states import IGNORED                 # a run that raised Ignore: nothing is recorded
 from ..result import AsyncResult
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 from ..loaders import current_loader
@@ -29,8 +30,6 @@ from ..sending import chord_values, failure_unlocks, success_unlocks
 __all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure"]
 
 logger = logging.getLogger(__name__)
-
-IGNORED = "IGNORED"                     # a run that raised Ignore: nothing is recorded
 
 
 class Outcome:
