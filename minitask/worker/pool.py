@@ -90,6 +90,9 @@ MAX_REVOKED = 50000
 MAX_FAST_JOBS = 32
 # A task type whose average run is under this is "fast" (it may queue behind others).
 FAST_SECONDS = 0.002
+# A job of a fast task still running after this long is not taken for fast any more
+# (`runs_only_fast`).
+SLOW_RUN = 0.02
 # The exit code of a child that could not set itself up (EX_SOFTWARE).
 START_FAILED_EXIT = 70
 
@@ -274,6 +277,19 @@ class Pool:
     def is_fast(self, task_name):
         runtime = self.runtimes.get(task_name)
         return runtime is not None and runtime < FAST_SECONDS
+
+    def runs_only_fast(self, now):
+        """Whether every job given out and not reported is of a task known to be fast, and
+        none has been running for more than `SLOW_RUN` seconds (`now`: time.time())."""
+        for child in self.alive():
+            if not child.jobs:
+                continue
+            if not all(job.fast for job in child.jobs):
+                return False
+            _seq, started_at, running = self.slot_state(child)
+            if running and now - started_at > SLOW_RUN:
+                return False
+        return True
 
     def assign(self, job):
         """Give `job` to the least busy child that may take it; False when none may."""

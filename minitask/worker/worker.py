@@ -51,7 +51,8 @@ from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .execution import unlocked_by_failure
-from .pool import ChildConfig, Job, Pool, remember_revoked
+from .pool import SLOW_RUN, ChildConfig, Job, Pool, remember_revoked
+from .credit import FastCredit
 from .scheduler import Scheduler
 from .beat import Beat
 from .remote import handle_control
@@ -88,6 +89,8 @@ class Worker:
         self.hostname = hostname or "%s@%s" % (os.getpid(), socket.gethostname())
         multiplier = prefetch_multiplier or settings.PREFETCH_MULTIPLIER
         self.prefetch = self.concurrency * multiplier
+        self.fast_credit = FastCredit(self.prefetch, multiplier)
+        self.boost = 0                  # the extra credit asked for in the last turn
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None \
             else shutdown_timeout
         self.loglevel = loglevel or settings.LOGLEVEL
@@ -264,6 +267,8 @@ class Worker:
         if any(not job.start_noticed for child in self.pool.children.values()
                for job in child.jobs):
             timeout = min(timeout, START_POLL)
+        if self.boost and not self.pool.idle():
+            timeout = min(timeout, SLOW_RUN)    # a task running long ends the boost
         if not self.consumer.connected:
             timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
         else:
@@ -319,6 +324,8 @@ class Worker:
         self.ready = collections.deque()
         self.scheduler = Scheduler(self.clock)
         self.held = 0
+        self.fast_credit.forget()
+        self.boost = 0
         self.consumer.set_extra_credit(0)
         self._reconnect_at = time.monotonic()
 
@@ -341,7 +348,8 @@ class Worker:
             if not self.stopping and time.monotonic() >= self._reconnect_at:
                 self._connect()
             return
-        consumer.set_extra_credit(min(self.held, MAX_HELD))
+        self.boost = self.fast_credit.extra_now(self._holds_only_fast)
+        consumer.set_extra_credit(min(self.held, MAX_HELD) + self.boost)
         mono = time.monotonic()
         try:
             if mono - self._last_send >= HEARTBEAT / 2:     # a few bytes every 5 s: no need
@@ -352,6 +360,10 @@ class Worker:
             self._connection_lost(exc)
             return
         self._flush_broker()
+
+    def _holds_only_fast(self):
+        pool = self.pool
+        return pool.runs_only_fast(self.clock()) and all(pool.is_fast(job.task_name) for job in self.ready)
 
     def _flush_broker(self):
         """Write what the consumer has buffered; watch for writability while some is left."""
@@ -512,6 +524,7 @@ class Worker:
                 self.consumer.release(job.tag)
             return
         state, content_type, payload, store, runtime, _summary, publish, chained = report
+        self.fast_credit.finished(runtime)
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
         state = self._store(job.task_id, state, content_type, payload, store, job.task_name,
@@ -779,7 +792,9 @@ class Worker:
     def stats(self):
         return dict({"hostname": self.hostname, "pid": os.getpid(),
                      "concurrency": self.concurrency, "queues": list(self.queues),
-                     "prefetch": self.prefetch, "uptime": time.time() - self.started_at,
+                     "prefetch": self.prefetch,
+                     "fast_credit": self.boost,
+                     "uptime": time.time() - self.started_at,
                      "counts": dict(self.counts), "start_method": self.pool.start_method,
                      "pool": [child.pid for child in self.pool.alive()],
                      "broker": safe_url(self.settings.BROKER_URL),
