@@ -28,7 +28,7 @@ import datetime
 import json
 import time
 
-from . import protocol
+from . import protocol, signals
 from .canvas import (
     Signature, as_list, chain, check_errback, chord, chunks, group, holds_chord,
     maybe_signature, result_ids, send, task_ids,
@@ -41,8 +41,8 @@ from .result import AsyncResult
 from .routes import destination, router_for
 from .transport import with_connection
 
-__all__ = ["compose_message", "publish", "send_task", "compose_signature", "compose_unlocked",
-           "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
+__all__ = ["compose_message", "publish", "publish_message", "send_task", "compose_signature",
+           "compose_unlocked", "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
            "send_workflow", "publish_all", "publish_chords"]
 
 # The most a message's headers may hold (protocol 3.1: a str16).
@@ -124,6 +124,23 @@ def publish(data, declare=None):
         with_connection(declare_and_publish)
 
 
+def publish_message(message, declare=None):
+    """Publish TaskMessage `message` (see `publish`), with Celery's before_task_publish and
+    after_task_publish signals around it when anything is connected to them."""
+    if not (signals.before_task_publish.receivers or signals.after_task_publish.receivers):
+        publish(message.encode(), declare)
+        return
+    body = message.to_dict()
+    headers = dict(message.headers or {}, lang="py", task=message.task, id=message.id,
+                   retries=message.retries, eta=body["eta"], expires=body["expires"])
+    where = {"exchange": message.exchange, "routing_key": message.routing_key}
+    signals.before_task_publish.send(
+        message.task, body=body, headers=headers, properties={"priority": message.priority},
+        declare=[declare] if declare else [], retry_policy=None, **where)
+    publish(message.encode(), declare)
+    signals.after_task_publish.send(message.task, body=body, headers=headers, **where)
+
+
 def send_task(name, args=None, kwargs=None, **options):
     """Send a call of task `name` without needing the task here; returns its AsyncResult.
 
@@ -142,7 +159,7 @@ def send_task(name, args=None, kwargs=None, **options):
         return send(Signature(name, args, kwargs, call))
     message, declare = compose_message(name, args, kwargs, None, settings, retries=retries,
                                        **call)
-    publish(message.encode(), declare)
+    publish_message(message, declare)
     return AsyncResult(message.id, task_name=name)
 
 

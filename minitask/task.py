@@ -37,7 +37,7 @@ from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
 from .states import IGNORED
 from .serialization import check_serializer
-from .sending import compose_message, publish, send_task
+from .sending import compose_message, publish_message, send_task
 from .transport import with_connection
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
@@ -177,7 +177,7 @@ def _send_retry_in_workflow(task, workflow, args, kwargs, **options):
     headers = {name: value for name, value in (workflow.headers or {}).items()
                if name != "x-chord-wait"}
     message.headers = headers or None
-    publish(message.encode(), declare)
+    publish_message(message, declare)
 
 
 _context = threading.local()
@@ -438,7 +438,7 @@ class Task(metaclass=TaskType):
             expires=expires, task_id=task_id, queue=queue, routing_key=routing_key,
             exchange=exchange, mandatory=mandatory, immediate=immediate, priority=priority,
             serializer=serializer, retries=retries)
-        publish(message.encode(), declare)
+        publish_message(message, declare)
         return _AsyncResult(message.id, task_name=self.name)
 
     def build_message(self, args=None, kwargs=None, settings=None, **options):

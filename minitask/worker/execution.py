@@ -15,7 +15,7 @@ import logging
 import time
 import traceback
 
-from .. import protocol, retry as retry_policy
+from .. import protocol, retry as retry_policy, signals
 from ..exceptions import (
     ChordError, ConfigurationError, ContentDisallowed, Ignore, NotRegistered, ProtocolError,
     RetryTaskError, SerializationError, TaskRevokedError,
@@ -65,6 +65,9 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
         request.workflow = message      # a retry sends the same workflow fields on
     push_request(request)
     hooks = _hooks_of(task)
+    if signals.task_prerun.receivers:
+        signals.task_prerun.send(task, task_id=message.id, task=task, args=message.args,
+                                 kwargs=kwargs)
     started = time.perf_counter()
     try:
         try:
@@ -80,9 +83,33 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
             outcome = _failed(task, exc, started)
         if hooks:
             _call_hooks(task, message, outcome)
+        _send_outcome(task, message, request, kwargs, outcome)
         return outcome
     finally:
         pop_request()
+
+
+def _send_outcome(task, message, request, kwargs, outcome):
+    """task_success, task_failure or task_retry as the outcome says, then task_postrun (as
+    Celery's, after the task's own hooks)."""
+    state = outcome.state
+    if state == "SUCCESS":
+        if signals.task_success.receivers:
+            signals.task_success.send(task, result=outcome.result, runtime=outcome.runtime)
+    elif state == "RETRY":
+        if signals.task_retry.receivers:
+            signals.task_retry.send(task, request=request, reason=outcome.result,
+                                    einfo=ExceptionInfo(outcome.result, outcome.traceback))
+    elif state == "FAILURE":
+        if signals.task_failure.receivers:
+            exc = outcome.result
+            signals.task_failure.send(
+                task, task_id=message.id, exception=exc, args=message.args, kwargs=kwargs,
+                traceback=getattr(exc, "__traceback__", None),
+                einfo=ExceptionInfo(exc, outcome.traceback))
+    if signals.task_postrun.receivers:
+        signals.task_postrun.send(task, task_id=message.id, task=task, args=message.args,
+                                  kwargs=kwargs, retval=outcome.result, state=state)
 
 
 _HOOKS = ("before_start", "on_success", "on_retry", "on_failure", "after_return")

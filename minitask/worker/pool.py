@@ -57,7 +57,7 @@ from ..loaders import current_loader
 from ..log import setup_logging
 from ..result import set_task_join_will_block
 from .mail import failure_mailer
-from .. import config as settings_module
+from .. import config as settings_module, signals
 
 __all__ = ["Pool", "Job", "ChildConfig", "MAX_FAST_JOBS", "MAX_REVOKED", "START_FAILED_EXIT",
            "remember_revoked"]
@@ -102,8 +102,8 @@ class Job:
 
     __slots__ = ("seq", "tag", "task_id", "task_name", "data", "redelivered", "acks_late",
                  "time_limit", "soft_time_limit", "epoch", "child", "started_at",
-                 "start_noticed", "handed_over", "soft_sent", "kill_reason", "generation",
-                 "fast", "received_at")
+                 "start_noticed", "handed_over", "soft_sent", "kill_reason", "kill_signum",
+                 "generation", "fast", "received_at")
 
     def __init__(self, seq, tag, task_id, task_name, data, redelivered=False, acks_late=False,
                  time_limit=None, soft_time_limit=None, generation=0):
@@ -124,6 +124,7 @@ class Job:
         self.handed_over = False        # acked with the started flag
         self.soft_sent = False
         self.kill_reason = None         # exception to report if its child is killed for it
+        self.kill_signum = None         # the signal that killed it (a terminating revoke)
         self.fast = False
         self.received_at = 0.0
 
@@ -607,6 +608,8 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
         sys.exit(START_FAILED_EXIT)
     runner.send(("ready", os.getpid()))
     runner.run()
+    if signals.worker_process_shutdown.receivers:
+        signals.worker_process_shutdown.send(None, pid=os.getpid(), exitcode=0)
 
 
 def die_with_parent(config):
@@ -713,6 +716,8 @@ class _ChildRunner:
             for name in self.config.imports:
                 loader.import_module(name)
         loader.on_worker_process_init()
+        if signals.worker_process_init.receivers:
+            signals.worker_process_init.send(None)
         self.django = djangofixup.active()
         set_task_join_will_block(True)     # a task's get() would wait on its own worker
         if hasattr(signal, "SIGUSR1"):

@@ -39,15 +39,15 @@ import signal
 import socket
 import time
 
-from .. import control, protocol as P
+from .. import control, protocol as P, signals
 from ..config import safe_url
 from ..exceptions import (
     BrokerConnectionError, PoolStartupError, SerializationError, TaskRevokedError,
     WorkerLostError,
 )
-from ..message import ResultMeta, encode_result_meta
+from ..message import ResultMeta, TaskMessage, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
-from ..task import registry
+from ..task import Request, registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .execution import unlocked_by_failure
@@ -130,6 +130,8 @@ class Worker:
         self.beat_service = None
         self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
         self._signals = 0
+        self._last_signal = None        # the number of the last SIGTERM or SIGINT
+        self._ready_sent = False        # worker_ready goes once
         self.taking_tasks = False       # consuming the task queues
         self.start_failures = 0         # failed tries to start them, in a row
         self._restart_at = None         # when to try again (time.monotonic())
@@ -150,6 +152,8 @@ class Worker:
     def run(self):
         """Run until stopped; returns the process exit code."""
         self._install_signals()
+        if signals.worker_init.receivers:
+            signals.worker_init.send(self.hostname)
         self.pool.start()
         for child in self.pool.children.values():
             self._watch_child(child)
@@ -175,6 +179,7 @@ class Worker:
     def _install_signals(self):
         def on_signal(signum, frame):
             self._signals += 1          # acted on by the loop, never inside the handler
+            self._last_signal = signum
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         signal.set_wakeup_fd(self._wake_w.fileno())
@@ -184,8 +189,10 @@ class Worker:
         if cold:
             if self.stopping != "cold":
                 logger.warning("worker %s: cold shutdown", self.hostname)
+                self._shutting_down("Cold")
             self.stopping = "cold"
         elif self.stopping is None:
+            self._shutting_down("Warm")
             logger.info("worker %s: warm shutdown (finishing running tasks for up to %gs; "
                         "signal again to stop at once)", self.hostname, self.shutdown_timeout)
             self.stopping = "warm"
@@ -195,6 +202,13 @@ class Worker:
             self._wake_w.send(b"\0")
         except OSError:
             pass                        # a wake-up is already pending
+
+    def _shutting_down(self, how):
+        if signals.worker_shutting_down.receivers:
+            sig = self._last_signal
+            signals.worker_shutting_down.send(
+                self.hostname, sig=signal.Signals(sig).name if sig else None, how=how,
+                exitcode=0)
 
     def _finished_stopping(self):
         if self.stopping == "cold":
@@ -411,10 +425,25 @@ class Worker:
         if expires_at and expires_at <= job.received_at:
             self._store_final(job, "REVOKED", "expired before it started")
             return
+        if signals.task_received.receivers:
+            signals.task_received.send(self.consumer, request=self._request_of(job))
         if not_before and not_before > job.received_at:
             self._hold(job, not_before)
             return
         self._queue(job, task)
+
+    def _request_of(self, job):
+        """The call of `job` as a Request, for signal receivers in this process (Celery's
+        task_received and task_revoked); a body this worker cannot read gives no arguments."""
+        try:
+            message = TaskMessage.from_bytes(job.data, self.settings.ACCEPT_CONTENT)
+        except Exception as exc:        # the pool process would refuse it; the signal goes on
+            logger.debug("task %s: body not read for a signal: %s", job.task_id, exc)
+            return Request(job.task_id, job.task_name)
+        return Request(job.task_id, job.task_name, message.args, message.kwargs,
+                       message.retries, exchange=message.exchange,
+                       routing_key=message.routing_key, priority=message.priority,
+                       eta=message.eta, expires=message.expires)
 
     def _delivery_options(self, name, task):
         """``(acks_late, time_limit, soft_time_limit)`` in force for task `name`: the task's
@@ -590,6 +619,13 @@ class Worker:
             exc = TaskRevokedError("task %s %s" % (job.task_id, why))
         if state == "REVOKED":
             logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
+            if signals.task_revoked.receivers:
+                terminated = job.kill_reason is not None
+                signals.task_revoked.send(
+                    registry.tasks.get(job.task_name) or job.task_name,
+                    request=self._request_of(job), terminated=terminated,
+                    signum=job.kill_signum if terminated else None,
+                    expired=why.startswith("expired"))
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         publish, chained = unlocked_by_failure(job.data, job.task_id)
@@ -673,6 +709,10 @@ class Worker:
         if not self.taking_tasks and not self.stopping:
             self.taking_tasks = True
             self.consumer.resume()
+            if not self._ready_sent:
+                self._ready_sent = True
+                if signals.worker_ready.receivers:
+                    signals.worker_ready.send(self.hostname)
 
     def _start_failed(self, cause):
         """A child could not start: stop taking tasks and try again later, or give up."""
@@ -765,6 +805,7 @@ class Worker:
                 if job is not None and job.task_id in task_ids:
                     job.kill_reason = TaskRevokedError("task %s revoked and terminated"
                                                        % job.task_id)
+                    job.kill_signum = int(signum)
                     self.pool.kill(child, signum)
 
     # -- closing ---------------------------------------------------------------------------------
@@ -782,6 +823,8 @@ class Worker:
             for child in self.pool.alive():
                 for job, report in self.pool.read(child):
                     self._finished(job, report)
+        if signals.worker_shutdown.receivers:
+            signals.worker_shutdown.send(self.hostname)
         self.consumer.close()
         self.pool.stop(timeout=0.0 if self.stopping == "cold" else 2.0)
         self.selector.close()

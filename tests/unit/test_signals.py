@@ -1,0 +1,210 @@
+"""minitask.signals: Celery's signals, connected as Celery's documentation shows, sent where
+Celery sends them: around a publish, around a task's run (here, eagerly: the same code a
+pool process runs), with what a receiver raises logged and nothing else changed."""
+
+import logging
+
+import pytest
+
+from minitask import signals, task, transport
+from minitask.signals import (
+    Signal, after_task_publish, before_task_publish, task_failure, task_postrun, task_prerun,
+    task_retry, task_success,
+)
+
+from taskkit import isolated_tasks  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("isolated_tasks")
+
+ALL = [getattr(signals, name) for name in signals.__all__ if name != "Signal"]
+
+
+@pytest.fixture(autouse=True)
+def no_receivers_left():
+    yield
+    for signal in ALL:
+        signal.receivers = []
+
+
+@task(name="sig.add")
+def add(x, y):
+    return x + y
+
+
+@task(name="sig.fail")
+def fail():
+    raise KeyError("gone")
+
+
+@task(name="sig.flaky", bind=True, max_retries=1, default_retry_delay=0)
+def flaky(self):
+    if self.request.retries == 0:
+        raise self.retry(exc=OSError("later"))
+    return "done"
+
+
+def test_a_receiver_connects_bare_or_with_a_sender_and_gets_signal_and_sender():
+    seen = []
+    signal = Signal("probe", ["value"])
+
+    @signal.connect
+    def anything(sender=None, **kwargs):
+        seen.append(("any", sender, kwargs["value"], kwargs["signal"] is signal))
+
+    @signal.connect(sender="only.this")
+    def only(sender=None, value=None, **kwargs):
+        seen.append(("only", sender, value))
+
+    signal.send("other", value=1)
+    signal.send("only.this", value=2)
+    assert seen == [("any", "other", 1, True), ("any", "only.this", 2, True),
+                    ("only", "only.this", 2)]
+
+
+def test_connecting_twice_or_under_one_dispatch_uid_adds_one_receiver():
+    signal = Signal("probe")
+    handler = signal.connect(lambda **kwargs: 1)
+    signal.connect(handler)
+    signal.connect(lambda **kwargs: 2, dispatch_uid="one")
+    signal.connect(lambda **kwargs: 3, dispatch_uid="one")
+    assert [response for _r, response in signal.send(None)] == [1, 2]
+
+
+def test_disconnect_says_whether_it_was_connected():
+    signal = Signal("probe")
+    handler = signal.connect(lambda **kwargs: None, sender="a")
+    assert not signal.disconnect(handler)           # connected for "a", not for any sender
+    assert signal.disconnect(handler, sender="a")
+    assert signal.receivers == []
+
+
+def test_a_receiver_that_raises_is_logged_in_one_line_and_the_others_still_run(caplog):
+    signal = Signal("probe")
+    ran = []
+
+    @signal.connect
+    def broken(**kwargs):
+        raise ValueError("no database")
+
+    signal.connect(lambda **kwargs: ran.append(1))
+    with caplog.at_level(logging.ERROR, logger="minitask.signals"):
+        responses = signal.send("x")
+    assert ran == [1]
+    assert isinstance(responses[0][1], ValueError)
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        "signal probe: receiver test_signals.test_a_receiver_that_raises_is_logged_in_one_line"
+        "_and_the_others_still_run.<locals>.broken raised ValueError: no database")
+    assert record.exc_info is None
+
+
+def test_a_task_signal_reaches_a_receiver_connected_by_task_or_by_name():
+    seen = []
+    task_success.connect(lambda sender=None, **kw: seen.append("object"), sender=add)
+    task_success.connect(lambda sender=None, **kw: seen.append("name"), sender="sig.add")
+    task_success.connect(lambda sender=None, **kw: seen.append("other"), sender=fail)
+    assert add.apply((1, 2)).get() == 3
+    assert sorted(seen) == ["name", "object"]
+
+
+def test_a_run_sends_prerun_success_and_postrun_with_celerys_arguments():
+    seen = []
+
+    @task_prerun.connect
+    def before(sender=None, task_id=None, task=None, args=None, kwargs=None, **kwds):
+        seen.append(("prerun", sender is add, task is add, task_id, args, kwargs))
+
+    @task_success.connect
+    def succeeded(sender=None, result=None, **kwargs):
+        seen.append(("success", result, kwargs["runtime"] >= 0))
+
+    @task_postrun.connect
+    def after(sender=None, task_id=None, task=None, args=None, kwargs=None, retval=None,
+              state=None, **kwds):
+        seen.append(("postrun", task_id, retval, state))
+
+    result = add.apply((2, 3), task_id="t-1")
+    assert result.get() == 5
+    assert seen == [("prerun", True, True, "t-1", (2, 3), {}), ("success", 5, True),
+                    ("postrun", "t-1", 5, "SUCCESS")]
+
+
+def test_a_failure_sends_task_failure_with_the_exception_and_its_traceback():
+    seen = []
+
+    @task_failure.connect
+    def failed(sender=None, task_id=None, exception=None, args=None, kwargs=None,
+               traceback=None, einfo=None, **kwds):
+        seen.append((sender is fail, type(exception), traceback is not None,
+                     "KeyError: 'gone'" in str(einfo), einfo.exception is exception))
+
+    states = []
+    task_postrun.connect(lambda state=None, **kwargs: states.append(state))
+    assert fail.apply().state == "FAILURE"
+    assert seen == [(True, KeyError, True, True, True)]
+    assert states == ["FAILURE"]
+
+
+def test_a_retry_sends_task_retry_with_its_request_and_reason():
+    seen = []
+
+    @task_retry.connect
+    def retried(sender=None, request=None, reason=None, einfo=None, **kwargs):
+        seen.append((sender is flaky, request.id, request.retries, str(reason)))
+
+    result = flaky.apply(task_id="t-2")
+    assert result.get() == "done"
+    assert seen == [(True, "t-2", 0, "later")]
+
+
+def test_a_receiver_that_raises_changes_no_outcome(caplog):
+    task_prerun.connect(lambda **kwargs: 1 / 0)
+    task_success.connect(lambda **kwargs: {}["missing"])
+    with caplog.at_level(logging.ERROR, logger="minitask.signals"):
+        assert add.apply((1, 1)).get() == 2
+    assert [r.getMessage().split(" raised ")[1] for r in caplog.records] == [
+        "ZeroDivisionError: division by zero", "KeyError: 'missing'"]
+
+
+class Recorder:
+    def __init__(self):
+        self.published = []
+
+    def publish(self, data, confirm=True, timeout=None):
+        self.published.append(data)
+
+
+def test_celerys_publish_example_runs_as_written(monkeypatch):
+    conn = Recorder()
+    monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
+    printed = []
+
+    # Celery's signals guide, word for word but for print (captured here).
+    @after_task_publish.connect(sender="sig.add")
+    def task_sent_handler(sender=None, headers=None, body=None, **kwargs):
+        # information about task are located in headers for task messages
+        # using the task protocol version 2.
+        info = headers if 'task' in headers else body
+        printed.append('after_task_publish for task id {info[id]}'.format(
+            info=info,
+        ))
+
+    order = []
+    before_task_publish.connect(lambda **kwargs: order.append(len(conn.published)))
+    result = add.delay(1, 2)
+    fail.delay()                        # another task: not this receiver's
+    assert printed == ["after_task_publish for task id %s" % result.id]
+    assert order == [0, 1]              # before each publish, not after
+    assert len(conn.published) == 2
+
+
+def test_the_publish_signals_carry_the_route_and_the_call(monkeypatch):
+    conn = Recorder()
+    monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
+    seen = []
+    before_task_publish.connect(lambda sender=None, body=None, exchange=None,
+                                routing_key=None, headers=None, **kwargs:
+                                seen.append((sender, body["args"], body["kwargs"], exchange,
+                                             routing_key, headers["id"], headers["retries"])))
+    result = add.apply_async((1,), {"y": 2}, routing_key="math")
+    assert seen == [("sig.add", [1], {"y": 2}, "minitask", "math", result.id, 0)]
