@@ -26,6 +26,7 @@ class RetryTaskError(MinitaskError):
     def __init__(self, message=None, exc=None, countdown=None):
         self.exc = exc
         self.countdown = countdown
+        self.when = countdown           # Celery's name for it
         if message is None:
             message = "Retry in %ss" % (countdown,) if countdown is not None else "Retry"
             if exc is not None:

@@ -126,19 +126,31 @@ def publish(data, declare=None):
 
 def publish_message(message, declare=None):
     """Publish TaskMessage `message` (see `publish`), with Celery's before_task_publish and
-    after_task_publish signals around it when anything is connected to them."""
-    if not (signals.before_task_publish.receivers or signals.after_task_publish.receivers):
-        publish(message.encode(), declare)
-        return
-    body = message.to_dict()
-    headers = dict(message.headers or {}, lang="py", task=message.task, id=message.id,
-                   retries=message.retries, eta=body["eta"], expires=body["expires"])
-    where = {"exchange": message.exchange, "routing_key": message.routing_key}
-    signals.before_task_publish.send(
-        message.task, body=body, headers=headers, properties={"priority": message.priority},
-        declare=[declare] if declare else [], retry_policy=None, **where)
-    publish(message.encode(), declare)
-    signals.after_task_publish.send(message.task, body=body, headers=headers, **where)
+    after_task_publish signals around it."""
+    announced([message], declare, lambda: publish(message.encode(), declare))
+
+
+def announced(messages, declare, send_them):
+    """``send_them()``, with before_task_publish for each TaskMessage of `messages` before it
+    and after_task_publish after it, when anything is connected to them."""
+    before, after = signals.before_task_publish, signals.after_task_publish
+    if not (before.receivers or after.receivers):
+        return send_them()
+    fields = []
+    for message in messages:
+        body = message.to_dict()
+        fields.append((message.task, {
+            "body": body, "exchange": message.exchange, "routing_key": message.routing_key,
+            "headers": dict(message.headers or {}, lang="py", task=message.task,
+                            id=message.id, retries=message.retries, eta=body["eta"],
+                            expires=body["expires"])}))
+        before.send(message.task, properties={"priority": message.priority},
+                    declare=sorted(declare) if isinstance(declare, set) else
+                    [declare] if declare else [], retry_policy=None, **fields[-1][1])
+    sent = send_them()
+    for name, named in fields:
+        after.send(name, **named)
+    return sent
 
 
 def send_task(name, args=None, kwargs=None, **options):
@@ -257,7 +269,8 @@ def send_workflow(workflow, settings=None):
     if holds_chord(workflow):
         return publish_chords(workflow, settings)
     messages, declare = compose_signature(workflow, settings=settings)
-    publish_all([message.encode() for message in messages], declare)
+    announced(messages, declare,
+              lambda: publish_all([message.encode() for message in messages], declare))
 
 
 def publish_chords(workflow, settings=None):
@@ -276,7 +289,7 @@ def publish_chords(workflow, settings=None):
         for queue in sorted(declare):
             conn.ensure_queue(queue)
         conn.publish_atomic(encoded)
-    with_connection(send)
+    announced(messages, declare, lambda: with_connection(send))
 
 
 def publish_all(messages, declare=()):

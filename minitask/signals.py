@@ -19,7 +19,10 @@ Sending a signal nobody connected to costs one attribute look-up: the senders ch
 `receivers` first, on the path of every task.
 """
 
+import inspect
 import logging
+
+from .exceptions import ConfigurationError
 
 __all__ = [
     "Signal", "before_task_publish", "after_task_publish", "task_prerun", "task_postrun",
@@ -32,38 +35,49 @@ logger = logging.getLogger(__name__)
 
 
 class Signal:
-    """Receivers to call when something happens; `send()` calls those that match."""
+    """Receivers to call when something happens; `send()` calls those that match. Celery's
+    signature: ``Signal(providing_args=None, use_caching=False, name=None)``."""
 
-    def __init__(self, name, providing_args=()):
-        self.name = name
-        self.providing_args = frozenset(providing_args)
+    def __init__(self, providing_args=None, use_caching=False, name=None):
+        self.name = name or "signal"
+        self.providing_args = frozenset(providing_args or ())
         self.receivers = []             # (key, receiver, sender); empty: nothing to do
 
     def __repr__(self):
         return "<Signal %s>" % self.name
 
-    def connect(self, receiver=None, sender=None, weak=True, dispatch_uid=None):
+    def connect(self, receiver=None, sender=None, weak=True, dispatch_uid=None, retry=False):
         """Connect `receiver`; as a decorator, bare or with arguments. A receiver connected
         again (or under a `dispatch_uid` already used) for the same sender is not added
-        twice."""
+        twice; a task and its name are the same sender."""
+        if retry:
+            raise ConfigurationError("signal %s: connect(retry=True) is not supported: retry "
+                                     "inside the receiver" % self.name)
         if receiver is None:
             return lambda fn: self.connect(fn, sender=sender, weak=weak,
                                            dispatch_uid=dispatch_uid)
         if not callable(receiver):
             raise TypeError("signal %s: a receiver must be callable, not %r"
                             % (self.name, receiver))
-        key = (dispatch_uid if dispatch_uid is not None else id(receiver), _sender_key(sender))
+        if not _takes_keywords(receiver):
+            raise ValueError("signal %s: receiver %s must accept keyword arguments "
+                             "(**kwargs), as Celery requires" % (self.name, _name(receiver)))
+        key = _key(receiver, sender, dispatch_uid)
         if not any(existing == key for existing, _r, _s in self.receivers):
             self.receivers = self.receivers + [(key, receiver, sender)]
         return receiver
 
-    def disconnect(self, receiver=None, sender=None, dispatch_uid=None):
+    def disconnect(self, receiver=None, sender=None, weak=None, dispatch_uid=None):
         """Disconnect a receiver; True when one was connected."""
-        key = (dispatch_uid if dispatch_uid is not None else id(receiver), _sender_key(sender))
+        key = _key(receiver, sender, dispatch_uid)
         kept = [entry for entry in self.receivers if entry[0] != key]
         found = len(kept) != len(self.receivers)
         self.receivers = kept
         return found
+
+    def has_listeners(self, sender=None):
+        return any(wanted is None or sender is None or _matches(wanted, sender)
+                   for _key, _receiver, wanted in self.receivers)
 
     def send(self, sender, **named):
         """Call every receiver connected for `sender` (or for any sender); returns a list of
@@ -84,18 +98,39 @@ class Signal:
     send_robust = send                  # Django's name; Celery's send() is robust too
 
 
-def _sender_key(sender):
-    return None if sender is None else (sender if isinstance(sender, str) else id(sender))
+def _key(receiver, sender, dispatch_uid):
+    """Who a connection is, to connect it once and to disconnect it: the receiver (a bound
+    method by its object and function, as each access makes a new one) or its
+    `dispatch_uid`, and the sender (a task by its name)."""
+    if dispatch_uid is not None:
+        who = ("uid", dispatch_uid)
+    elif hasattr(receiver, "__self__") and hasattr(receiver, "__func__"):
+        who = (id(receiver.__self__), id(receiver.__func__))
+    else:
+        who = id(receiver)
+    return who, _sender_name(sender)
+
+
+def _sender_name(sender):
+    if sender is None or isinstance(sender, str):
+        return sender
+    name = getattr(sender, "name", None)
+    return name if isinstance(name, str) else id(sender)
 
 
 def _matches(wanted, sender):
     """A receiver connected for a task gets its signals whether it named the task object
     or its name (Celery matches by identity only, which surprises users of names)."""
-    if wanted is sender or wanted == sender:
+    return wanted is sender or wanted == sender or (
+        _sender_name(wanted) is not None and _sender_name(wanted) == _sender_name(sender))
+
+
+def _takes_keywords(receiver):
+    try:
+        parameters = inspect.signature(receiver).parameters.values()
+    except (TypeError, ValueError):     # a builtin or C callable: nothing to look at
         return True
-    name = getattr(sender, "name", None) if not isinstance(sender, str) else sender
-    wanted_name = wanted if isinstance(wanted, str) else getattr(wanted, "name", None)
-    return name is not None and name == wanted_name
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def _name(receiver):
@@ -106,30 +141,63 @@ def _name(receiver):
 
 # -- the signals --------------------------------------------------------------------------------
 # In the process that sends a task (sender: the task's name).
-before_task_publish = Signal("before_task_publish", (
+before_task_publish = Signal(name="before_task_publish", providing_args=(
     "body", "exchange", "routing_key", "headers", "properties", "declare", "retry_policy"))
-after_task_publish = Signal("after_task_publish", ("body", "exchange", "routing_key", "headers"))
+after_task_publish = Signal(name="after_task_publish", providing_args=(
+    "body", "exchange", "routing_key", "headers"))
 
 # Where a task runs: a worker's pool process, or the caller's for apply() and eager calls
 # (sender: the task).
-task_prerun = Signal("task_prerun", ("task_id", "task", "args", "kwargs"))
-task_postrun = Signal("task_postrun", ("task_id", "task", "args", "kwargs", "retval", "state"))
-task_success = Signal("task_success", ("result", "runtime"))
-task_failure = Signal("task_failure", (
+task_prerun = Signal(name="task_prerun", providing_args=("task_id", "task", "args", "kwargs"))
+task_postrun = Signal(name="task_postrun", providing_args=(
+    "task_id", "task", "args", "kwargs", "retval", "state"))
+task_success = Signal(name="task_success", providing_args=("result", "runtime"))
+task_failure = Signal(name="task_failure", providing_args=(
     "task_id", "exception", "args", "kwargs", "traceback", "einfo"))
-task_retry = Signal("task_retry", ("request", "reason", "einfo"))
+task_retry = Signal(name="task_retry", providing_args=("request", "reason", "einfo"))
 
-# A worker's main process: a task it took (sender: its consumer), one it revoked or found
-# expired before it started, or terminated (sender: the task).
-task_received = Signal("task_received", ("request",))
-task_revoked = Signal("task_revoked", ("request", "terminated", "signum", "expired"))
+# A worker's main process: a task it took (sender: its consumer); one it revoked, found
+# expired, or terminated before it could end (sender: the task).
+task_received = Signal(name="task_received", providing_args=("request",))
+task_revoked = Signal(name="task_revoked", providing_args=(
+    "request", "terminated", "signum", "expired"))
 
-# A worker's main process (sender: its hostname).
-worker_init = Signal("worker_init")
-worker_ready = Signal("worker_ready")
-worker_shutting_down = Signal("worker_shutting_down", ("sig", "how", "exitcode"))
-worker_shutdown = Signal("worker_shutdown")
+# A worker's main process (sender: the worker; its hostname for worker_shutting_down).
+worker_init = Signal(name="worker_init")
+worker_ready = Signal(name="worker_ready")
+worker_shutting_down = Signal(name="worker_shutting_down",
+                              providing_args=("sig", "how", "exitcode"))
+worker_shutdown = Signal(name="worker_shutdown")
 
 # Each pool process (sender: None).
-worker_process_init = Signal("worker_process_init")
-worker_process_shutdown = Signal("worker_process_shutdown", ("pid", "exitcode"))
+worker_process_init = Signal(name="worker_process_init")
+worker_process_shutdown = Signal(name="worker_process_shutdown",
+                                 providing_args=("pid", "exitcode"))
+
+
+# Celery's signals that have no place here, and what to use instead: importing one says so
+# (an ImportError, as a name missing from a module gives, with the reason in it).
+_NOT_SENT = dict.fromkeys(
+    ("setup_logging", "after_setup_logger", "after_setup_task_logger"),
+    "the worker sets up logging from -l and -f (LOGLEVEL, LOGFILE) before it imports task "
+    "modules; change it in a worker_init or worker_process_init receiver")
+_NOT_SENT.update(dict.fromkeys(
+    ("celeryd_init", "celeryd_after_setup", "beat_init", "beat_embedded_init",
+     "import_modules"),
+    "use worker_init (its sender is the worker; beat runs inside one, -B)"))
+_NOT_SENT.update(dict.fromkeys(
+    ("task_internal_error", "task_unknown", "task_rejected"),
+    "the worker logs such a message in one line and stores the task's FAILURE"))
+_NOT_SENT.update(dict.fromkeys(
+    ("worker_before_create_process", "heartbeat_sent", "eventlet_pool_started",
+     "eventlet_pool_preshutdown", "eventlet_pool_postshutdown", "eventlet_pool_apply",
+     "task_sent", "user_preload_options"),
+    "minitask has no such event"))
+
+
+def __getattr__(name):
+    reason = _NOT_SENT.get(name)
+    if reason is None:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    raise ImportError("minitask.signals has no %s: minitask never sends it (%s); see the "
+                      "README's Signals section" % (name, reason), name=__name__)

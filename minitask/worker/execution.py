@@ -67,7 +67,7 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
     hooks = _hooks_of(task)
     if signals.task_prerun.receivers:
         signals.task_prerun.send(task, task_id=message.id, task=task, args=message.args,
-                                 kwargs=kwargs)
+                                 kwargs=message.kwargs)
     started = time.perf_counter()
     try:
         try:
@@ -83,33 +83,36 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
             outcome = _failed(task, exc, started)
         if hooks:
             _call_hooks(task, message, outcome)
-        _send_outcome(task, message, request, kwargs, outcome)
+        _send_outcome(task, message, request, outcome)
         return outcome
     finally:
         pop_request()
 
 
-def _send_outcome(task, message, request, kwargs, outcome):
+def _send_outcome(task, message, request, outcome):
     """task_success, task_failure or task_retry as the outcome says, then task_postrun (as
-    Celery's, after the task's own hooks)."""
+    Celery's, after the task's own hooks). Their `kwargs` are the caller's, without the
+    default keyword arguments the task was given; a retry's `reason` and `retval` are the
+    RetryTaskError (Celery's Retry: its `exc`, `when`, and "Retry in 5s: ..." as text)."""
     state = outcome.state
+    retval = outcome.retry if state == "RETRY" else outcome.result
     if state == "SUCCESS":
         if signals.task_success.receivers:
             signals.task_success.send(task, result=outcome.result, runtime=outcome.runtime)
     elif state == "RETRY":
         if signals.task_retry.receivers:
-            signals.task_retry.send(task, request=request, reason=outcome.result,
-                                    einfo=ExceptionInfo(outcome.result, outcome.traceback))
+            signals.task_retry.send(task, request=request, reason=outcome.retry,
+                                    einfo=ExceptionInfo(outcome.retry, outcome.traceback))
     elif state == "FAILURE":
         if signals.task_failure.receivers:
             exc = outcome.result
             signals.task_failure.send(
-                task, task_id=message.id, exception=exc, args=message.args, kwargs=kwargs,
-                traceback=getattr(exc, "__traceback__", None),
+                task, task_id=message.id, exception=exc, args=message.args,
+                kwargs=message.kwargs, traceback=getattr(exc, "__traceback__", None),
                 einfo=ExceptionInfo(exc, outcome.traceback))
     if signals.task_postrun.receivers:
         signals.task_postrun.send(task, task_id=message.id, task=task, args=message.args,
-                                  kwargs=kwargs, retval=outcome.result, state=state)
+                                  kwargs=message.kwargs, retval=retval, state=state)
 
 
 _HOOKS = ("before_start", "on_success", "on_retry", "on_failure", "after_return")
@@ -162,12 +165,13 @@ def _autoretry(task, exc):
 class ExceptionInfo:
     """What a failure hook gets as `einfo` (Celery's name): the exception and its text."""
 
-    __slots__ = ("exception", "type", "traceback")
+    __slots__ = ("exception", "type", "traceback", "tb")
 
     def __init__(self, exception, traceback_text):
         self.exception = exception
         self.type = type(exception)
         self.traceback = traceback_text or ""
+        self.tb = getattr(exception, "__traceback__", None)     # the traceback object
 
     def __str__(self):
         return self.traceback

@@ -45,14 +45,15 @@ from ..exceptions import (
     BrokerConnectionError, PoolStartupError, SerializationError, TaskRevokedError,
     WorkerLostError,
 )
-from ..message import ResultMeta, TaskMessage, encode_result_meta
+from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
-from ..task import Request, registry
+from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .execution import unlocked_by_failure
 from .pool import SLOW_RUN, ChildConfig, Job, Pool, remember_revoked
 from .credit import FastCredit
+from .request import WorkerRequest
 from .scheduler import Scheduler
 from .beat import Beat
 from .remote import handle_control
@@ -153,7 +154,7 @@ class Worker:
         """Run until stopped; returns the process exit code."""
         self._install_signals()
         if signals.worker_init.receivers:
-            signals.worker_init.send(self.hostname)
+            signals.worker_init.send(self)
         self.pool.start()
         for child in self.pool.children.values():
             self._watch_child(child)
@@ -422,6 +423,7 @@ class Worker:
         if task_id in self.revoked:
             self._store_final(job, "REVOKED", "revoked before it started")
             return
+        job.expires_at = expires_at
         if expires_at and expires_at <= job.received_at:
             self._store_final(job, "REVOKED", "expired before it started")
             return
@@ -433,17 +435,8 @@ class Worker:
         self._queue(job, task)
 
     def _request_of(self, job):
-        """The call of `job` as a Request, for signal receivers in this process (Celery's
-        task_received and task_revoked); a body this worker cannot read gives no arguments."""
-        try:
-            message = TaskMessage.from_bytes(job.data, self.settings.ACCEPT_CONTENT)
-        except Exception as exc:        # the pool process would refuse it; the signal goes on
-            logger.debug("task %s: body not read for a signal: %s", job.task_id, exc)
-            return Request(job.task_id, job.task_name)
-        return Request(job.task_id, job.task_name, message.args, message.kwargs,
-                       message.retries, exchange=message.exchange,
-                       routing_key=message.routing_key, priority=message.priority,
-                       eta=message.eta, expires=message.expires)
+        return WorkerRequest(job, registry.tasks.get(job.task_name), self.hostname,
+                             self.settings.ACCEPT_CONTENT)
 
     def _delivery_options(self, name, task):
         """``(acks_late, time_limit, soft_time_limit)`` in force for task `name`: the task's
@@ -480,6 +473,9 @@ class Worker:
         if job.task_id in self.revoked:
             self._store_final(job, "REVOKED", "revoked before it started")
             return
+        if job.expires_at and job.expires_at <= self.clock():
+            self._store_final(job, "REVOKED", "expired before it started")
+            return
         self._queue(job)
 
     def _bucket(self, task):
@@ -510,11 +506,16 @@ class Worker:
     def _assign(self):
         ready = self.ready
         children = {}                   # the children given jobs, in order (a dict keeps it)
+        now = self.clock()
         while ready:
             job = ready[0]
             if job.task_id in self.revoked:
                 ready.popleft()
                 self._store_final(job, "REVOKED", "revoked before it started")
+                continue
+            if job.expires_at and job.expires_at <= now:
+                ready.popleft()
+                self._store_final(job, "REVOKED", "expired before it started")
                 continue
             if not self.pool.assign(job):
                 break
@@ -712,7 +713,7 @@ class Worker:
             if not self._ready_sent:
                 self._ready_sent = True
                 if signals.worker_ready.receivers:
-                    signals.worker_ready.send(self.hostname)
+                    signals.worker_ready.send(self)
 
     def _start_failed(self, cause):
         """A child could not start: stop taking tasks and try again later, or give up."""
@@ -824,7 +825,7 @@ class Worker:
                 for job, report in self.pool.read(child):
                     self._finished(job, report)
         if signals.worker_shutdown.receivers:
-            signals.worker_shutdown.send(self.hostname)
+            signals.worker_shutdown.send(self)
         self.consumer.close()
         self.pool.stop(timeout=0.0 if self.stopping == "cold" else 2.0)
         self.selector.close()

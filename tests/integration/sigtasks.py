@@ -29,12 +29,12 @@ def boom():
 
 @worker_init.connect
 def on_worker_init(sender=None, **kwargs):
-    trace("worker_init", sender, os.getpid())
+    trace("worker_init", sender.hostname, os.getpid())
 
 
 @worker_ready.connect
 def on_worker_ready(sender=None, **kwargs):
-    trace("worker_ready", sender, os.getpid())
+    trace("worker_ready", sender.hostname, os.getpid())
 
 
 @worker_process_init.connect
@@ -60,7 +60,8 @@ def on_failure(sender=None, task_id=None, exception=None, **kwargs):
 
 @task_received.connect
 def on_received(sender=None, request=None, **kwargs):
-    trace("received", request.id, request.name, list(request.args), os.getpid())
+    trace("received", request.task_id, request.task_name, request.task.name,
+          list(request.args), os.getpid())
 
 
 @task_revoked.connect
@@ -81,4 +82,4 @@ def on_process_shutdown(pid=None, exitcode=None, **kwargs):
 
 @worker_shutdown.connect
 def on_worker_shutdown(sender=None, **kwargs):
-    trace("worker_shutdown", sender)
+    trace("worker_shutdown", sender.hostname)

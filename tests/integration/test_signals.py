@@ -3,6 +3,7 @@ each is sent in the process Celery sends it in, with what Celery gives it."""
 
 import datetime
 import signal
+import time
 
 import pytest
 
@@ -36,12 +37,16 @@ def test_a_worker_sends_celerys_signals_in_the_processes_celery_sends_them_in(
         wait_for(lambda: "start" in read_trace(tmp_path, "stuck%d" % i), 15,
                  what="long task %d" % i)
     waiting = sigtasks.mul.delay(2, 2)
-    wait_for(lambda: any(line[1] == waiting.id for line in lines(tmp_path, "received")), 15,
-             what="the worker to hold the next task")
+    expires_at = time.time() + 2.0
+    expiring = sigtasks.mul.apply_async((3, 3), expires=2.0)
+    for held in (waiting, expiring):
+        wait_for(lambda: any(line[1] == held.id for line in lines(tmp_path, "received")), 15,
+                 what="the worker to hold the next tasks")
     waiting.revoke()
+    wait_for(lambda: time.time() > expires_at + 0.1, 5, what="the held task to expire")
     for result in stuck:
         result.revoke(terminate=True)
-    for result in stuck + [waiting]:
+    for result in stuck + [waiting, expiring]:
         assert result.wait(timeout=15, propagate=False) is not None
         assert result.state == "REVOKED"
     assert worker.stop() == 0
@@ -61,11 +66,12 @@ def test_a_worker_sends_celerys_signals_in_the_processes_celery_sends_them_in(
     assert lines(tmp_path, "failure") == [["failure", "sig.boom", failed.id, "ValueError",
                                            "boom"]]
     received = {line[1]: line for line in lines(tmp_path, "received")}
-    assert received[product.id][2:] == ["sig.mul", "[6,", "7]", main_pid]
+    assert received[product.id][2:] == ["sig.mul", "sig.mul", "[6,", "7]", main_pid]
     assert stale.id not in received         # the broker found it expired: no worker saw it
     revoked = {line[2]: line[1:] for line in lines(tmp_path, "revoked")}
     term = str(int(signal.SIGTERM))
     assert revoked == {waiting.id: ["sig.mul", waiting.id, "False", "None", "False"],
+                       expiring.id: ["sig.mul", expiring.id, "False", "None", "True"],
                        stuck[0].id: ["it.sleep", stuck[0].id, "True", term, "False"],
                        stuck[1].id: ["it.sleep", stuck[1].id, "True", term, "False"]}
     assert lines(tmp_path, "shutting_down") == [["shutting_down", "sig", "SIGTERM", "Warm",

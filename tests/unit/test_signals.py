@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from minitask import signals, task, transport
+from minitask.exceptions import ConfigurationError
 from minitask.signals import (
     Signal, after_task_publish, before_task_publish, task_failure, task_postrun, task_prerun,
     task_retry, task_success,
@@ -45,7 +46,7 @@ def flaky(self):
 
 def test_a_receiver_connects_bare_or_with_a_sender_and_gets_signal_and_sender():
     seen = []
-    signal = Signal("probe", ["value"])
+    signal = Signal(["value"], name="probe")
 
     @signal.connect
     def anything(sender=None, **kwargs):
@@ -62,7 +63,7 @@ def test_a_receiver_connects_bare_or_with_a_sender_and_gets_signal_and_sender():
 
 
 def test_connecting_twice_or_under_one_dispatch_uid_adds_one_receiver():
-    signal = Signal("probe")
+    signal = Signal(name="probe")
     handler = signal.connect(lambda **kwargs: 1)
     signal.connect(handler)
     signal.connect(lambda **kwargs: 2, dispatch_uid="one")
@@ -71,7 +72,7 @@ def test_connecting_twice_or_under_one_dispatch_uid_adds_one_receiver():
 
 
 def test_disconnect_says_whether_it_was_connected():
-    signal = Signal("probe")
+    signal = Signal(name="probe")
     handler = signal.connect(lambda **kwargs: None, sender="a")
     assert not signal.disconnect(handler)           # connected for "a", not for any sender
     assert signal.disconnect(handler, sender="a")
@@ -79,7 +80,7 @@ def test_disconnect_says_whether_it_was_connected():
 
 
 def test_a_receiver_that_raises_is_logged_in_one_line_and_the_others_still_run(caplog):
-    signal = Signal("probe")
+    signal = Signal(name="probe")
     ran = []
 
     @signal.connect
@@ -150,11 +151,17 @@ def test_a_retry_sends_task_retry_with_its_request_and_reason():
 
     @task_retry.connect
     def retried(sender=None, request=None, reason=None, einfo=None, **kwargs):
-        seen.append((sender is flaky, request.id, request.retries, str(reason)))
+        seen.append((sender is flaky, request.id, request.retries, str(reason),
+                     repr(reason.exc), reason.when))
 
+    retvals = []
+    task_postrun.connect(lambda retval=None, state=None, **kwargs:
+                         retvals.append((state, type(retval).__name__)))
     result = flaky.apply(task_id="t-2")
     assert result.get() == "done"
-    assert seen == [(True, "t-2", 0, "later")]
+    # Celery's Retry: "Retry in 0s: OSError('later')", its exc and when; postrun's retval too
+    assert seen == [(True, "t-2", 0, "Retry in 0s: OSError('later')", "OSError('later')", 0)]
+    assert retvals == [("RETRY", "RetryTaskError"), ("SUCCESS", "str")]
 
 
 def test_a_receiver_that_raises_changes_no_outcome(caplog):
@@ -208,3 +215,114 @@ def test_the_publish_signals_carry_the_route_and_the_call(monkeypatch):
                                              routing_key, headers["id"], headers["retries"])))
     result = add.apply_async((1,), {"y": 2}, routing_key="math")
     assert seen == [("sig.add", [1], {"y": 2}, "minitask", "math", result.id, 0)]
+
+
+class Handlers:
+    def __init__(self):
+        self.calls = 0
+
+    def on_success(self, **kwargs):
+        self.calls += 1
+
+
+def test_a_bound_method_connects_once_and_disconnects():
+    handlers = Handlers()
+    task_success.connect(handlers.on_success)
+    task_success.connect(handlers.on_success)       # a new bound method object each time
+    add.apply((1, 1))
+    assert handlers.calls == 1
+    assert task_success.disconnect(handlers.on_success)
+    add.apply((1, 1))
+    assert handlers.calls == 1
+
+
+def test_a_task_and_its_name_are_one_sender():
+    calls = []
+
+    def receiver(**kwargs):
+        calls.append(1)
+
+    task_success.connect(receiver, sender=add)
+    task_success.connect(receiver, sender="sig.add")
+    add.apply((1, 1))
+    assert calls == [1]
+    assert task_success.disconnect(receiver, sender="sig.add")
+    assert task_success.receivers == []
+
+
+def test_celerys_signal_api_is_there():
+    signal = Signal(providing_args=["a"])           # Celery's signature; a name is optional
+    assert not signal.has_listeners()
+    handler = signal.connect(lambda **kwargs: None, weak=False, sender="x")
+    assert signal.has_listeners() and signal.has_listeners("x")
+    assert not signal.has_listeners("y")
+    assert signal.disconnect(handler, sender="x", weak=False)
+    assert Signal().name == "signal"
+
+
+def test_a_receiver_without_keyword_arguments_is_refused_when_connected():
+    def no_kwargs(sender):
+        pass
+
+    with pytest.raises(ValueError, match=r"signal task_success: receiver .*no_kwargs must "
+                                         r"accept keyword arguments \(\*\*kwargs\)"):
+        task_success.connect(no_kwargs)
+    assert task_success.receivers == []
+
+
+def test_connect_with_retry_is_refused_saying_so():
+    with pytest.raises(ConfigurationError, match="connect.retry=True. is not supported"):
+        task_success.connect(lambda **kwargs: None, retry=True)
+
+
+@task(name="sig.greet")
+def greet(name, **kwargs):
+    return "hi " + name
+
+
+def test_the_run_signals_give_the_callers_kwargs_not_the_default_ones():
+    seen = []
+    task_prerun.connect(lambda kwargs=None, **kw: seen.append(kwargs))
+    task_postrun.connect(lambda kwargs=None, **kw: seen.append(kwargs))
+    assert greet.apply(kwargs={"name": "bob"}).get() == "hi bob"
+    assert seen == [{"name": "bob"}, {"name": "bob"}]
+
+
+def test_a_failures_einfo_carries_the_traceback_object():
+    seen = []
+    task_failure.connect(lambda einfo=None, traceback=None, **kwargs:
+                         seen.append(einfo.tb is traceback is not None))
+    fail.apply()
+    assert seen == [True]
+
+
+def test_a_workflow_sends_the_publish_signals_for_each_message_it_sends(monkeypatch):
+    from minitask import chain, group
+
+    class Batch(Recorder):
+        def publish_many(self, messages, window=100, timeout=None):
+            self.published.extend(messages)
+
+        def ensure_queue(self, name):
+            pass
+
+    conn = Batch()
+    monkeypatch.setattr(transport, "connection", lambda settings=None: conn)
+    before, after = [], []
+    before_task_publish.connect(lambda headers=None, **kw: before.append(headers["id"]))
+    after_task_publish.connect(lambda headers=None, **kw: after.append(
+        (headers["id"], len(conn.published))))
+    grouped = group(add.s(i, i) for i in range(3)).apply_async()
+    chained = chain(add.s(1, 1), add.s(10)).apply_async()
+    ids = [r.id for r in grouped] + [chained.parent.id]
+    assert before == ids                            # a chain's later links: its worker's
+    assert after == [(i, 3) for i in ids[:3]] + [(ids[3], 4)]      # after the batch went
+
+
+def test_a_celery_signal_never_sent_here_says_so_when_imported():
+    with pytest.raises(ImportError, match=r"minitask.signals has no setup_logging: minitask "
+                                          r"never sends it \(the worker sets up logging"):
+        from minitask.signals import setup_logging  # noqa: F401
+    with pytest.raises(ImportError, match="no celeryd_init: .*use worker_init"):
+        from minitask.signals import celeryd_init  # noqa: F401
+    assert not hasattr(signals, "no_such_thing")     # any other name: a plain AttributeError
