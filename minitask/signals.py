@@ -175,8 +175,9 @@ worker_process_shutdown = Signal(name="worker_process_shutdown",
                                  providing_args=("pid", "exitcode"))
 
 
-# Celery's signals that have no place here, and what to use instead: importing one says so
-# (an ImportError, as a name missing from a module gives, with the reason in it).
+# Celery's signals that have no place here, and what to use instead: looking one up says so.
+# An AttributeError, which `hasattr` and `getattr(signals, name, None)` probes expect; an
+# import of one (`from minitask.signals import setup_logging`) is Python's ImportError.
 _NOT_SENT = dict.fromkeys(
     ("setup_logging", "after_setup_logger", "after_setup_task_logger"),
     "the worker sets up logging from -l and -f (LOGLEVEL, LOGFILE) before it imports task "
@@ -199,5 +200,5 @@ def __getattr__(name):
     reason = _NOT_SENT.get(name)
     if reason is None:
         raise AttributeError("module %r has no attribute %r" % (__name__, name))
-    raise ImportError("minitask.signals has no %s: minitask never sends it (%s); see the "
-                      "README's Signals section" % (name, reason), name=__name__)
+    raise AttributeError("minitask.signals has no %s: minitask never sends it (%s); see "
+                         "the README's Signals section" % (name, reason))

@@ -9,6 +9,8 @@ short tasks is a bigger multiplier; the worker takes that advice by itself, but 
 it costs nothing:
 
 - it has earned it: the last `prefetch` tasks to finish each ran under `FAST_SECONDS`;
+- it is at work: an idle worker asks for its prefetch only, so that a burst of tasks of any
+  kind never finds more credit than that waiting for it;
 - and it still holds only tasks it knows to run that fast (the caller checks, `allowed`).
 
 Then it reserves up to `FACTOR` times its prefetch. The first slower task, or one of a name
@@ -45,9 +47,12 @@ class FastCredit:
         """Start over (a new connection: what was reserved went back)."""
         self.streak = 0
 
+    def earned(self):
+        return bool(self.extra) and self.streak >= self.needed
+
     def extra_now(self, allowed):
         """The extra credit to ask for now; `allowed()` says whether everything held is
         known to be fast, and is only asked once the boost is earned."""
-        if self.extra and self.streak >= self.needed and allowed():
+        if self.earned() and allowed():
             return self.extra
         return 0

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class Outcome:
     """How one run of a task ended."""
 
-    __slots__ = ("state", "result", "traceback", "runtime", "retry")
+    __slots__ = ("state", "result", "traceback", "runtime", "retry", "request")
 
     def __init__(self, state, result=None, traceback=None, runtime=0.0, retry=None):
         self.state = state
@@ -43,14 +43,18 @@ class Outcome:
         self.traceback = traceback
         self.runtime = runtime
         self.retry = retry
+        self.request = None             # the run's Request (run_task sets it)
 
     def __repr__(self):
         return "<Outcome %s %r>" % (self.state, self.result)
 
 
-def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
+def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_outcome=True):
     """Run `task` for `message` in this process and say how it ended. Never raises for the
-    task's own exceptions (or its hooks'); they are the outcome."""
+    task's own exceptions (or its hooks'); they are the outcome. The outcome's signals
+    (task_success, task_failure, task_retry, task_postrun) go before it returns, unless not
+    `signal_outcome`: then the caller sends them (`signal_outcome_of`) once the outcome is
+    final, as a worker's is only once its result is encoded."""
     defaults = {"logfile": logfile, "loglevel": loglevel, "task_id": message.id,
                 "task_name": task.name, "task_retries": message.retries}
     injected = default_kwargs_for(task.run, defaults)
@@ -83,13 +87,28 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False):
             outcome = _failed(task, exc, started)
         if hooks:
             _call_hooks(task, message, outcome)
-        _send_outcome(task, message, request, outcome)
+        outcome.request = request
+        if signal_outcome:
+            _send_outcome(task, message, outcome)
         return outcome
     finally:
         pop_request()
 
 
-def _send_outcome(task, message, request, outcome):
+def signal_outcome_of(task, message, outcome):
+    """Send the outcome's signals for a `run_task(signal_outcome=False)`, with the run's
+    request current again (receivers read ``sender.request`` as in Celery)."""
+    if not (signals.task_success.receivers or signals.task_failure.receivers
+            or signals.task_retry.receivers or signals.task_postrun.receivers):
+        return
+    push_request(outcome.request)
+    try:
+        _send_outcome(task, message, outcome)
+    finally:
+        pop_request()
+
+
+def _send_outcome(task, message, outcome):
     """task_success, task_failure or task_retry as the outcome says, then task_postrun (as
     Celery's, after the task's own hooks). Their `kwargs` are the caller's, without the
     default keyword arguments the task was given; a retry's `reason` and `retval` are the
@@ -101,7 +120,7 @@ def _send_outcome(task, message, request, outcome):
             signals.task_success.send(task, result=outcome.result, runtime=outcome.runtime)
     elif state == "RETRY":
         if signals.task_retry.receivers:
-            signals.task_retry.send(task, request=request, reason=outcome.retry,
+            signals.task_retry.send(task, request=outcome.request, reason=outcome.retry,
                                     einfo=ExceptionInfo(outcome.retry, outcome.traceback))
     elif state == "FAILURE":
         if signals.task_failure.receivers:
@@ -270,13 +289,28 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
             message.args = (values,) + tuple(message.args)
         message.chord = None            # its values are in the args now (a retry keeps them)
     current_loader().on_task_init(task_id, task)
-    outcome = run_task(task, message, logfile, loglevel)
+    outcome = run_task(task, message, logfile, loglevel, signal_outcome=False)
+    report, final = _report(task, message, data, outcome, serializer, on_failure)
+    if report.state != final.state and final.state != IGNORED:
+        # Stored as FAILURE after all: the result itself could not be encoded.
+        final = Outcome(report.state, SerializationError(report.summary), None,
+                        outcome.runtime)
+    final.request = outcome.request
+    signal_outcome_of(task, message, final)
+    return report
+
+
+def _report(task, message, data, outcome, serializer, on_failure):
+    """``(the Executed report of a run, its outcome)``: the outcome is a FAILURE instead
+    when what the result unlocks cannot be sent."""
+    task_id, name = message.id, message.task
     if outcome.state == IGNORED:
         # The broker hears that the run ended (a task handed over must be finished), as an
         # ignore_result success would say it; nothing is stored and nothing is unlocked.
         summary = "ignored (raised Ignore)"
         logger.info("Task %s[%s] %s", name, task_id, summary)
-        return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary)
+        return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name,
+                        summary), outcome
     publish = ()
     if outcome.state == "SUCCESS":
         try:
@@ -291,7 +325,7 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
         logger.info("Task %s[%s] %s", name, task_id, summary)
         if task.ignore_result:
             return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name, summary,
-                            publish)
+                            publish), outcome
     elif outcome.state == "RETRY":
         summary = "retry: %s" % outcome.retry
         logger.info("Task %s[%s] %s", name, task_id, summary)
@@ -306,9 +340,9 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
             on_failure(task, message, outcome)
     if outcome.state in ("FAILURE", "REVOKED"):
         return failed(data, task_id, name, outcome.state, outcome.result, outcome.traceback,
-                      outcome.runtime, serializer, summary, message.retries)
+                      outcome.runtime, serializer, summary, message.retries), outcome
     return executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
-                    outcome.runtime, serializer, summary, message.retries, publish)
+                    outcome.runtime, serializer, summary, message.retries, publish), outcome
 
 
 def executed(task_id, name, state, result, tb, runtime, serializer, summary, retries=0,

@@ -9,9 +9,10 @@ Data flow::
 
 Jobs go down a pipe as pickled batches and results come back the same way, so a child never
 waits on the network and the main process pays one write per batch, not one per task. A
-child keeps up to `MAX_FAST_JOBS` queued only while every job queued there is known to be
-fast; a slow or unknown task waits in the main process until some child is idle, so one long
-task never holds up short ones behind it.
+child keeps up to `max_queued` (twice the prefetch multiplier, at most `MAX_FAST_JOBS`)
+queued only while every job queued there is known to be fast; a slow or unknown task waits
+in the main process until some child is idle, so one long task never holds up short ones
+behind it.
 
 Shared memory per child slot: the seq of the last job it started, when, whether it is still
 running, the job a soft time limit was meant for, and the signal the main process sent to stop
@@ -172,21 +173,21 @@ class _Child:
         self.ready = False              # it has set itself up and takes jobs
         self.failure = None             # why it could not, as it reported
 
-    def can_take(self, job, max_tasks):
+    def can_take(self, job, max_tasks, max_queued=MAX_FAST_JOBS):
         if self.retiring or self.closed or not self.ready:
             return False
         if max_tasks and self.assigned >= max_tasks:
             return False
         if not self.jobs:
             return True
-        return job.fast and len(self.jobs) < MAX_FAST_JOBS and all(j.fast for j in self.jobs)
+        return job.fast and len(self.jobs) < max_queued and all(j.fast for j in self.jobs)
 
 
 class Pool:
     """`concurrency` child processes; the worker's loop drives it through its file objects."""
 
     def __init__(self, concurrency, config, start_method=None, max_tasks_per_child=None,
-                 close_in_child=None):
+                 close_in_child=None, max_queued=MAX_FAST_JOBS):
         self.concurrency = concurrency
         self.config = config
         self.context = multiprocessing.get_context(start_method)
@@ -194,6 +195,10 @@ class Pool:
         config.start_method = self.start_method
         config.max_tasks = max_tasks_per_child
         self.max_tasks = max_tasks_per_child
+        # Fast jobs a child may have queued: a job stuck behind one that stalls waits there,
+        # so the worker keeps more than twice a child's share of its prefetch itself (its
+        # extra credit for short tasks, above all), for whichever child is free first.
+        self.max_queued = max(1, min(max_queued, MAX_FAST_JOBS))
         self.close_in_child = close_in_child or (lambda: [])
         self.shm = self.context.RawArray("d", _GLOBALS + _SLOT * concurrency)
         self.children = {}              # slot -> _Child
@@ -284,9 +289,11 @@ class Pool:
         """Whether every job given out and not reported is of a task known to be fast, and
         none has been running for more than `SLOW_RUN` seconds (`now`: time.time())."""
         for child in self.alive():
+            # A job that is not fast only ever goes to a child with nothing queued, and
+            # nothing is queued behind it (`can_take`): the first job says for them all.
             if not child.jobs:
                 continue
-            if not all(job.fast for job in child.jobs):
+            if not child.jobs[0].fast:
                 return False
             _seq, started_at, running = self.slot_state(child)
             if running and now - started_at > SLOW_RUN:
@@ -298,7 +305,7 @@ class Pool:
         job.fast = self.is_fast(job.task_name)
         best = None
         for child in self.children.values():
-            if child.can_take(job, self.max_tasks) and (best is None
+            if child.can_take(job, self.max_tasks, self.max_queued) and (best is None
                                                          or len(child.jobs) < len(best.jobs)):
                 best = child
                 if not child.jobs:

@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 # Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
 # they never use up the credit other tasks need; past it the broker keeps the rest.
 MAX_HELD = 10000
+# How often a worker whose short tasks earned it extra credit looks again at what it holds
+# (at once when a task not known to be short comes).
+BOOST_RECHECK = 0.005
 # How often to look for tasks that started but whose start is not reported yet.
 START_POLL = 0.02
 # Pool processes that fail to start this many times in a row stop the worker. Between tries
@@ -92,6 +95,9 @@ class Worker:
         self.prefetch = self.concurrency * multiplier
         self.fast_credit = FastCredit(self.prefetch, multiplier)
         self.boost = 0                  # the extra credit asked for in the last turn
+        self._boost_checked = -BOOST_RECHECK    # when what it holds was last looked at
+        self._boost_allowed = False
+        self._slow_came = False         # a task not known to be fast came since
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None \
             else shutdown_timeout
         self.loglevel = loglevel or settings.LOGLEVEL
@@ -127,7 +133,8 @@ class Worker:
                              environ={"MINITASK_WORKER_HOSTNAME": self.hostname})
         self.pool = Pool(self.concurrency, config, start_method,
                          max_tasks_per_child or settings.MAX_TASKS_PER_CHILD,
-                         close_in_child=self._fds_for_children)
+                         close_in_child=self._fds_for_children,
+                         max_queued=2 * multiplier)
         self.beat_service = None
         self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
         self._signals = 0
@@ -363,7 +370,7 @@ class Worker:
             if not self.stopping and time.monotonic() >= self._reconnect_at:
                 self._connect()
             return
-        self.boost = self.fast_credit.extra_now(self._holds_only_fast)
+        self.boost = self._fast_extra()
         consumer.set_extra_credit(min(self.held, MAX_HELD) + self.boost)
         mono = time.monotonic()
         try:
@@ -376,9 +383,24 @@ class Worker:
             return
         self._flush_broker()
 
+    def _fast_extra(self):
+        """The extra credit short tasks have earned (`minitask.worker.credit`): none while
+        idle; what is held is looked at again every BOOST_RECHECK seconds, at once when a
+        task not known to be fast has come."""
+        if not self.fast_credit.earned() or (not self.ready and self.pool.idle()):
+            self._boost_checked = -BOOST_RECHECK
+            return 0
+        now = time.monotonic()
+        if self._slow_came or now - self._boost_checked >= BOOST_RECHECK:
+            self._slow_came = False
+            self._boost_checked = now
+            self._boost_allowed = self._holds_only_fast()
+        return self.fast_credit.extra if self._boost_allowed else 0
+
     def _holds_only_fast(self):
         pool = self.pool
-        return pool.runs_only_fast(self.clock()) and all(pool.is_fast(job.task_name) for job in self.ready)
+        return pool.runs_only_fast(self.clock()) and all(pool.is_fast(job.task_name)
+                                                         for job in self.ready)
 
     def _flush_broker(self):
         """Write what the consumer has buffered; watch for writability while some is left."""
@@ -434,6 +456,14 @@ class Worker:
             return
         self._queue(job, task)
 
+    def _signal_revoked(self, job, expired):
+        if signals.task_revoked.receivers:
+            terminated = job.kill_reason is not None
+            signals.task_revoked.send(
+                registry.tasks.get(job.task_name) or job.task_name,
+                request=self._request_of(job), terminated=terminated,
+                signum=job.kill_signum if terminated else None, expired=expired)
+
     def _request_of(self, job):
         return WorkerRequest(job, registry.tasks.get(job.task_name), self.hostname,
                              self.settings.ACCEPT_CONTENT)
@@ -460,6 +490,8 @@ class Worker:
         if rate is not None and not rate.consume():
             self._hold(job, self.clock() + rate.wait_time())
             return
+        if self.boost and not self.pool.is_fast(job.task_name):
+            self._slow_came = True
         self.ready.append(job)
 
     def _hold(self, job, due):
@@ -553,8 +585,11 @@ class Worker:
             if same_connection:
                 self.consumer.release(job.tag)
             return
-        state, content_type, payload, store, runtime, _summary, publish, chained = report
-        self.fast_credit.finished(runtime)
+        state, content_type, payload, store, runtime, summary, publish, chained = report
+        if state == "REVOKED":          # a pool process found it revoked or expired: not run
+            self._signal_revoked(job, expired=summary == "expired")
+        else:
+            self.fast_credit.finished(runtime)
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
         state = self._store(job.task_id, state, content_type, payload, store, job.task_name,
@@ -620,13 +655,7 @@ class Worker:
             exc = TaskRevokedError("task %s %s" % (job.task_id, why))
         if state == "REVOKED":
             logger.info("Task %s[%s] %s", job.task_name, job.task_id, why)
-            if signals.task_revoked.receivers:
-                terminated = job.kill_reason is not None
-                signals.task_revoked.send(
-                    registry.tasks.get(job.task_name) or job.task_name,
-                    request=self._request_of(job), terminated=terminated,
-                    signum=job.kill_signum if terminated else None,
-                    expired=why.startswith("expired"))
+            self._signal_revoked(job, expired=why.startswith("expired"))
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         publish, chained = unlocked_by_failure(job.data, job.task_id)
@@ -838,6 +867,7 @@ class Worker:
                      "concurrency": self.concurrency, "queues": list(self.queues),
                      "prefetch": self.prefetch,
                      "fast_credit": self.boost,
+                     "fast_credit_earned": self.fast_credit.earned(),
                      "uptime": time.time() - self.started_at,
                      "counts": dict(self.counts), "start_method": self.pool.start_method,
                      "pool": [child.pid for child in self.pool.alive()],

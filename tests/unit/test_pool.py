@@ -88,6 +88,18 @@ def test_fast_jobs_queue_behind_fast_jobs_only_and_up_to_a_limit(pool):
     assert not pool.assign(job(100, "t.fast"))      # nothing queues behind a slow job
 
 
+def test_a_child_queues_no_more_fast_jobs_than_the_pool_allows(pool):
+    """The worker allows twice its multiplier: what is beyond waits in the worker, for the
+    first child to be free, rather than behind a job that may stall."""
+    for slot in (1, 2):
+        pool.children[slot].ready = False
+    pool.max_queued = 8
+    pool.runtimes["t.fast"] = 0.0001
+    jobs = [job(n, "t.fast") for n in range(1, 10)]
+    assert all(pool.assign(j) for j in jobs[:8])
+    assert not pool.assign(jobs[8])
+
+
 def test_reports_come_back_in_order_and_teach_the_pool_which_tasks_are_fast(pool):
     jobs = [job(1, "t.quick"), job(2, "t.quick")]
     for j in jobs:

@@ -319,10 +319,70 @@ def test_a_workflow_sends_the_publish_signals_for_each_message_it_sends(monkeypa
     assert after == [(i, 3) for i in ids[:3]] + [(ids[3], 4)]      # after the batch went
 
 
-def test_a_celery_signal_never_sent_here_says_so_when_imported():
-    with pytest.raises(ImportError, match=r"minitask.signals has no setup_logging: minitask "
-                                          r"never sends it \(the worker sets up logging"):
-        from minitask.signals import setup_logging  # noqa: F401
-    with pytest.raises(ImportError, match="no celeryd_init: .*use worker_init"):
-        from minitask.signals import celeryd_init  # noqa: F401
-    assert not hasattr(signals, "no_such_thing")     # any other name: a plain AttributeError
+def test_a_celery_signal_never_sent_here_says_why_when_looked_up():
+    with pytest.raises(AttributeError, match=r"minitask.signals has no setup_logging: "
+                                             r"minitask never sends it \(the worker sets up"):
+        signals.setup_logging
+    with pytest.raises(AttributeError, match="no celeryd_init: .*use worker_init"):
+        signals.celeryd_init
+    with pytest.raises(ImportError, match="cannot import name 'beat_init'"):
+        from minitask.signals import beat_init  # noqa: F401
+    assert getattr(signals, "task_unknown", None) is None      # probes see a missing name
+    assert not hasattr(signals, "no_such_thing")
+
+
+# -- on a worker: a pool process runs execute_delivery, and the outcome is final only once the
+# result is encoded (the reviewer's cases, each seen failing before the signals moved there).
+
+class Unsendable:
+    pass
+
+
+@task(name="sig.unsendable")
+def unsendable():
+    return Unsendable()
+
+
+@task(name="sig.user")
+def user():
+    return {"name": "ann", "password": "hunter2"}
+
+
+def delivered(name, args=(), **options):
+    from minitask import protocol
+    from minitask.message import TaskMessage
+    return protocol.encode_message(TaskMessage(name, args, {}, **options).encode())
+
+
+def test_a_result_that_cannot_be_stored_sends_task_failure_not_task_success():
+    from minitask.worker.execution import execute_delivery
+    seen = []
+    task_success.connect(lambda **kwargs: seen.append("success"))
+    task_failure.connect(lambda exception=None, **kwargs:
+                         seen.append("failure: %s" % type(exception).__name__))
+    task_postrun.connect(lambda state=None, **kwargs: seen.append("postrun: " + state))
+    report = execute_delivery(delivered(unsendable.name, id="u-1"))
+    assert report.state == "FAILURE"
+    assert seen == ["failure: SerializationError", "postrun: FAILURE"]
+
+
+def test_what_a_success_receiver_does_to_the_result_is_not_stored():
+    from minitask.message import decode_result_meta
+    from minitask.worker.execution import execute_delivery
+
+    @task_success.connect
+    def redact(result=None, **kwargs):          # "log it without the secret"
+        result.pop("password")
+        result["extra"] = object()
+
+    report = execute_delivery(delivered(user.name, id="u-2"))
+    meta = decode_result_meta("u-2", report.state, report.content_type, report.payload)
+    assert (report.state, meta.result) == ("SUCCESS", {"name": "ann", "password": "hunter2"})
+
+
+def test_a_worker_runs_receivers_with_the_request_current():
+    from minitask.worker.execution import execute_delivery
+    seen = []
+    task_success.connect(lambda sender=None, **kwargs: seen.append(sender.request.id))
+    execute_delivery(delivered(add.name, (2, 3), id="u-3"))
+    assert seen == ["u-3"]

@@ -50,7 +50,20 @@ def earn(worker):
         worker.fast_credit.finished(0.0001)
 
 
-def test_the_turn_asks_for_the_extra_credit_once_earned(worker):
+def hold(worker, seq, name="short"):
+    """A message taken and waiting for a pool process, as `_receive` queues one."""
+    worker._queue(Job(seq, seq, "id-%d" % seq, name, b""))
+
+
+@pytest.fixture
+def short(worker):
+    worker.pool.runtimes["short"] = 0.0001      # seen to run fast
+    return worker
+
+
+def test_the_turn_asks_for_the_extra_credit_once_earned(short):
+    worker = short
+    hold(worker, 1)
     worker._send()
     earn(worker)
     worker._send()
@@ -58,18 +71,36 @@ def test_the_turn_asks_for_the_extra_credit_once_earned(worker):
     assert worker.stats()["fast_credit"] == 8 * (FACTOR - 1)
 
 
-def test_a_held_task_of_a_name_never_seen_to_run_fast_withholds_it(worker):
+def test_an_idle_worker_asks_for_its_prefetch_only(short):
+    """Else a burst of slow tasks would find four times the prefetch waiting for it."""
+    worker = short
     earn(worker)
-    worker.pool.runtimes["short"] = 0.0001
-    worker.ready.append(Job(1, 1, "a", "short", b""))
     worker._send()
-    worker.ready.append(Job(2, 2, "b", "unknown", b""))
+    hold(worker, 1)
+    worker._send()
+    worker.ready.clear()
+    worker._send()
+    assert worker.consumer.extra == [0, 8 * (FACTOR - 1), 0]
+
+
+def test_a_held_task_of_a_name_never_seen_to_run_fast_withholds_it_at_once(short):
+    worker = short
+    earn(worker)
+    hold(worker, 1)
+    worker._send()
+    hold(worker, 2, "unknown")          # within BOOST_RECHECK: noticed as it is queued
     worker._send()
     assert worker.consumer.extra == [8 * (FACTOR - 1), 0]
 
 
-def test_scheduled_messages_still_count_beside_it(worker):
+def test_scheduled_messages_still_count_beside_it(short):
+    worker = short
     earn(worker)
+    hold(worker, 1)
     worker.held = 3
     worker._send()
     assert worker.consumer.extra == [3 + 8 * (FACTOR - 1)]
+
+
+def test_a_pool_process_queues_at_most_twice_the_multiplier(worker):
+    assert worker.pool.max_queued == 2 * 4      # the default PREFETCH_MULTIPLIER
