@@ -1,0 +1,64 @@
+"""Signals the worker's main process sends for what its pool processes report (no
+processes: a recording consumer)."""
+
+import pytest
+
+from minitask import config, signals
+from minitask.worker.pool import Job
+from minitask.worker.worker import Worker
+
+
+class Consumer:
+    connected = True
+    generation = 0
+
+    def __init__(self):
+        self.stored, self.acked = [], []
+
+    def oversized(self, *args):
+        return None
+
+    def store_result(self, task_id, state, *args, **kwargs):
+        self.stored.append((task_id, state))
+
+    def ack(self, tag):
+        self.acked.append(tag)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def worker():
+    worker = Worker(config.Settings({"BROKER_URL": "memory://worker-signals"}), concurrency=1)
+    worker.consumer = Consumer()
+    try:
+        yield worker
+    finally:
+        signals.task_revoked.receivers = []
+        worker.selector.close()
+        worker._wake_r.close()
+        worker._wake_w.close()
+
+
+def report(state, summary):
+    return (state, "application/json", b"{}", True, 0.0, summary, (), ())
+
+
+@pytest.mark.parametrize("summary, expired", [("expired", True), ("revoked", False)])
+def test_a_task_a_pool_process_found_expired_or_revoked_sends_task_revoked(
+        worker, summary, expired):
+    seen = []
+    signals.task_revoked.connect(lambda sender=None, request=None, terminated=None,
+                                 expired=None, **kwargs:
+                                 seen.append((sender, request.id, terminated, expired)))
+    worker._finished(Job(1, 7, "t-1", "not.here", b""), report("REVOKED", summary))
+    assert seen == [("not.here", "t-1", False, expired)]
+    assert worker.consumer.stored == [("t-1", "REVOKED")] and worker.consumer.acked == [7]
+
+
+def test_a_revoked_report_does_not_count_as_a_short_run(worker):
+    worker._finished(Job(1, 7, "t-1", "not.here", b""), report("REVOKED", "revoked"))
+    assert worker.fast_credit.streak == 0
+    worker._finished(Job(2, 8, "t-2", "not.here", b""), report("SUCCESS", "ok"))
+    assert worker.fast_credit.streak == 1
