@@ -477,9 +477,10 @@ class Consumer(base.Consumer):
             self._calls.append(ops.claim_call(self.client.keys, self.id, list(task_ids)))
 
     def set_extra_credit(self, held):
-        had_credit = self.credit() > 0
         self.extra_credit = held
-        if not had_credit and self.credit() > 0:
+        reader = self.reader
+        if reader is not None and reader.waiting and not reader.with_bells \
+                and self.credit() > 0:
             self._unblock = True        # the reader waits without the bells: wake it
 
     def add_queue(self, name):
