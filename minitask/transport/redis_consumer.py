@@ -479,8 +479,13 @@ class Consumer(base.Consumer):
     def set_extra_credit(self, held):
         self.extra_credit = held
         reader = self.reader
-        if reader is not None and reader.waiting and not reader.with_bells \
-                and self.credit() > 0:
+        if reader is None or not reader.waiting:
+            return
+        if reader.with_bells:
+            # The FETCH behind its XREAD asks for more than the worker now takes: wake it,
+            # so that it is armed again with the credit of now.
+            self._unblock = self._unblock or self.credit() < 0
+        elif self.credit() > 0:
             self._unblock = True        # the reader waits without the bells: wake it
 
     def add_queue(self, name):

@@ -68,6 +68,8 @@ MAX_HELD = 10000
 # How often a worker whose short tasks earned it extra credit looks again at what it holds
 # (at once when a task not known to be short comes).
 BOOST_RECHECK = 0.005
+# How long an idle worker keeps the extra credit short tasks earned it.
+IDLE_GRACE = 0.1
 # How often to look for tasks that started but whose start is not reported yet.
 START_POLL = 0.02
 # Pool processes that fail to start this many times in a row stop the worker. Between tries
@@ -98,6 +100,7 @@ class Worker:
         self._boost_checked = -BOOST_RECHECK    # when what it holds was last looked at
         self._boost_allowed = False
         self._slow_came = False         # a task not known to be fast came since
+        self._idle_since = None         # since when it holds nothing (time.monotonic())
         self.shutdown_timeout = settings.SHUTDOWN_TIMEOUT if shutdown_timeout is None \
             else shutdown_timeout
         self.loglevel = loglevel or settings.LOGLEVEL
@@ -289,8 +292,12 @@ class Worker:
         if any(not job.start_noticed for child in self.pool.children.values()
                for job in child.jobs):
             timeout = min(timeout, START_POLL)
-        if self.boost and not self.pool.idle():
-            timeout = min(timeout, SLOW_RUN)    # a task running long ends the boost
+        if self.boost:
+            if not self.pool.idle():
+                timeout = min(timeout, SLOW_RUN)    # a task running long ends the boost
+            elif self._idle_since is not None:      # so does an idle spell
+                timeout = min(timeout, max(0.0, self._idle_since + IDLE_GRACE
+                                           - time.monotonic()))
         if not self.consumer.connected:
             timeout = min(timeout, max(0.0, self._reconnect_at - time.monotonic()))
         else:
@@ -384,13 +391,20 @@ class Worker:
         self._flush_broker()
 
     def _fast_extra(self):
-        """The extra credit short tasks have earned (`minitask.worker.credit`): none while
-        idle; what is held is looked at again every BOOST_RECHECK seconds, at once when a
-        task not known to be fast has come."""
-        if not self.fast_credit.earned() or (not self.ready and self.pool.idle()):
+        """The extra credit short tasks have earned (`minitask.worker.credit`): none once
+        idle for IDLE_GRACE seconds (a worker waiting for its next round trip keeps it, so
+        its credit does not change twice per task); what is held is looked at again every
+        BOOST_RECHECK seconds, at once when a task not known to be fast has come."""
+        now = time.monotonic()
+        if not self.ready and self.pool.idle():
+            if self._idle_since is None:
+                self._idle_since = now
+        else:
+            self._idle_since = None
+        if not self.fast_credit.earned() or (
+                self._idle_since is not None and now - self._idle_since >= IDLE_GRACE):
             self._boost_checked = -BOOST_RECHECK
             return 0
-        now = time.monotonic()
         if self._slow_came or now - self._boost_checked >= BOOST_RECHECK:
             self._slow_came = False
             self._boost_checked = now

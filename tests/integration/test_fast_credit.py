@@ -27,7 +27,9 @@ def test_short_tasks_earn_a_worker_more_credit_and_one_slow_task_takes_it_away(
     assert ittasks.sleep.delay(0).get(timeout=15) == 0
     assert credit(broker, "quick") == (0, False)     # one short task: not a prefetch's worth
     assert ittasks.sleep.delay(0).get(timeout=15) == 0
-    assert credit(broker, "quick") == (0, True)      # earned; idle, so not asked for
+    assert credit(broker, "quick")[1]                # earned
+    wait_for(lambda: credit(broker, "quick") == (0, True), 5,
+             what="an idle worker to give the extra credit back")
     assert ittasks.sleep.delay(0.05).get(timeout=15) == 0.05
     assert credit(broker, "quick") == (0, False)
 
@@ -43,7 +45,7 @@ def test_a_short_task_that_runs_long_takes_it_away_while_it_runs(broker, start_w
     start_worker(name="stall", args=("-c", "1", "--prefetch-multiplier", "2"))
     for _ in range(2):
         assert ittasks.sleep.delay(0).get(timeout=15) == 0
-    assert credit(broker, "stall") == (0, True)
+    wait_for(lambda: credit(broker, "stall") == (0, True), 5, what="the worker idle")
     long_run = ittasks.sleep.delay(3, tag="stall")      # a name known to be short
     wait_for(lambda: "start" in read_trace(os.environ["ITTASKS_DIR"], "stall"), 15,
              what="the long run to start")

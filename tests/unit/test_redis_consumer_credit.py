@@ -34,3 +34,11 @@ def test_more_credit_leaves_a_reader_that_waits_on_the_bells_alone():
     armed.set_extra_credit(0)
     armed.set_extra_credit(24)
     assert not armed._unblock
+
+
+def test_less_credit_than_the_waiting_fetch_asks_for_wakes_the_reader_to_ask_again():
+    """An idle worker gives its extra credit back: the FETCH armed with it must not fill it."""
+    armed = consumer(with_bells=True, reserved=32)
+    armed.extra_credit = 24
+    armed.set_extra_credit(0)
+    assert armed._unblock

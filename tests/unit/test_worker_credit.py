@@ -6,11 +6,12 @@ import pytest
 from minitask import config
 from minitask.worker.credit import FACTOR
 from minitask.worker.pool import Job
-from minitask.worker.worker import Worker
+from minitask.worker.worker import IDLE_GRACE, Worker
 
 
 class RecordingConsumer:
     connected = True
+    holds_deliveries = False
 
     def __init__(self):
         self.extra = []
@@ -29,6 +30,9 @@ class RecordingConsumer:
 
     def close(self):
         pass
+
+    def flush_due(self):
+        return None
 
 
 @pytest.fixture
@@ -71,16 +75,19 @@ def test_the_turn_asks_for_the_extra_credit_once_earned(short):
     assert worker.stats()["fast_credit"] == 8 * (FACTOR - 1)
 
 
-def test_an_idle_worker_asks_for_its_prefetch_only(short):
-    """Else a burst of slow tasks would find four times the prefetch waiting for it."""
+def test_an_idle_worker_asks_for_its_prefetch_only_once_idle_a_moment(short):
+    """Else a burst of slow tasks would find four times the prefetch waiting for it; a worker
+    between two round trips keeps it, so that its credit does not change twice per task."""
     worker = short
     earn(worker)
-    worker._send()
     hold(worker, 1)
     worker._send()
     worker.ready.clear()
+    worker._send()                      # idle a moment: kept
+    worker._idle_since -= IDLE_GRACE    # idle for IDLE_GRACE now
+    assert worker._timeout() == 0       # the loop wakes to drop it
     worker._send()
-    assert worker.consumer.extra == [0, 8 * (FACTOR - 1), 0]
+    assert worker.consumer.extra == [8 * (FACTOR - 1)] * 2 + [0]
 
 
 def test_a_held_task_of_a_name_never_seen_to_run_fast_withholds_it_at_once(short):
