@@ -47,7 +47,8 @@ def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag,
 
     `broker_killed`: a run may come twice. A broker killed with -9 before it wrote the ack
     of a task it had delivered delivers it again (at least once, as CI saw once): that is the
-    delivery's guarantee, not the beat sending twice, which the ids still rule out."""
+    delivery's guarantee, not the beat sending twice, which the ids still rule out. And one
+    run may have no logged send (see below)."""
     sent = sends(workers, name)
     assert sent and min(gaps([when for when, _ in sent])) > 0.3, sent
     ids = [task_id for _when, task_id in sent]
@@ -58,6 +59,11 @@ def assert_each_beat_sent_once_and_run_once(workers, name, directory, tag,
     wait_for(lambda: set(ids) <= set(ran()), 10, what="every beat sent so far to run")
     ran_ids = ran()
     assert broker_killed or len(set(ran_ids)) == len(ran_ids), "a beat ran twice: %s" % ran_ids
-    # A send logs after its confirm, so a run may be read before its log line.
-    wait_for(lambda: set(ran_ids) <= {task_id for _when, task_id in sends(workers, name)},
+    # A send logs after its confirm, so a run may be read before its log line. A broker
+    # killed after it journaled a send (the task and its record, one unit) and before it
+    # confirmed it leaves one run that was never logged: the beat, back, reads the record
+    # and rightly sends nothing again (CI saw this once). One, never more.
+    unlogged = 1 if broker_killed else 0
+    wait_for(lambda: len(set(ran_ids) - {task_id for _when, task_id
+                                         in sends(workers, name)}) <= unlogged,
              10, what="every beat that ran to be a logged send")

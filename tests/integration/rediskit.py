@@ -24,6 +24,34 @@ def free_port():
         return sock.getsockname()[1]
 
 
+class _PortTaken(Exception):
+    """redis-server could not bind its port: another process has it."""
+
+
+def _listens(pid, port):
+    """Whether process `pid` has a socket listening on TCP `port` (Linux's /proc); where
+    /proc cannot say, whether anything takes connections there."""
+    try:
+        inodes = set()
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue                # closed meanwhile
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+        with open("/proc/net/tcp") as table:
+            rows = [line.split() for line in table.readlines()[1:]]
+    except OSError:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
+    return any(row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port
+               and row[9] in inodes for row in rows)
+
+
 class RedisServer:
     """One redis-server (or Sentinel, with ``sentinel_conf``) in `folder`, on a free port.
 
@@ -39,6 +67,7 @@ class RedisServer:
         self.tls = tls
         self.sentinel_conf = sentinel_conf
         self.process = None
+        self.started = False            # once: a restart keeps its port, whatever happens
         self.log_path = os.path.join(self.folder, "redis-%d.log" % self.port)
 
     def command(self, *extra):
@@ -57,23 +86,38 @@ class RedisServer:
                 + self.args + list(extra))
 
     def start(self, *extra):
-        """Start (again) and wait until the port takes connections; it may still be loading."""
+        """Start (again) and wait until it listens; it may still be loading. A first start
+        whose port another process took meanwhile (the other test shard: `free_port` only
+        finds a port free a moment ago) tries again on another port; until then, a port
+        that takes connections may be that other process's, so what counts is this
+        server's own listening socket (where /proc shows it)."""
+        for attempt in range(3):
+            try:
+                return self._start(extra)
+            except _PortTaken:
+                if self.started or attempt == 2:
+                    raise RuntimeError("port %d is taken: %s" % (self.port, self.log_tail()))
+                self.port = free_port()
+                self.log_path = os.path.join(self.folder, "redis-%d.log" % self.port)
+
+    def _start(self, extra):
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(*extra), cwd=self.folder, stdout=log,
                                             stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + START_SECONDS
         while True:
             if self.process.poll() is not None:
+                if "Address already in use" in self.log_tail():
+                    raise _PortTaken()
                 raise RuntimeError("redis-server exited with %s: %s"
                                    % (self.process.returncode, self.log_tail()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+            if _listens(self.process.pid, self.port):
+                self.started = True
                 return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not listen on %d within %.0fs: %s"
-                                       % (self.port, START_SECONDS, self.log_tail()))
-                time.sleep(0.02)
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not listen on %d within %.0fs: %s"
+                                   % (self.port, START_SECONDS, self.log_tail()))
+            time.sleep(0.02)
 
     def log_tail(self):
         try:

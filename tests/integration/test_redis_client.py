@@ -4,6 +4,7 @@ or failed over under the client. Skips, saying why, where redis-server is not in
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -486,3 +487,16 @@ def _sentinel_knows_replica(ask, port):
         if fields.get(b"port") == b"%d" % port and b"s_down" not in fields.get(b"flags", b""):
             return fields.get(b"master-link-status") == b"ok"
     return False
+
+
+def test_a_server_whose_port_another_process_took_starts_on_another(fresh_server):
+    """The two test shards run at once, and a free port is only free a moment: a server
+    started on a port that another listener has must not take that listener for itself
+    (CI once sent a Redis test's commands to the other shard's process there)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        taken = busy.getsockname()[1]
+        server = fresh_server(port=taken).start()
+        assert server.port != taken
+        assert RedisClient(server.url()).execute("PING") in ("PONG", b"PONG")
