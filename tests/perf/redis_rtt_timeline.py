@@ -17,6 +17,10 @@ total is somewhat above `bench rtt`'s. Not run by CI. Marks:
     c_flush1      it wrote its report; report: the worker read it
     say0/say1     the worker's one pipelined round trip (result, ack) began / was answered
     client_recv   the client's socket got the result; get_end: get() returned
+
+Each call counts the first of each mark between its delay() and its get()'s return. A mark
+that often comes after that (say1, when the client has its result before the worker has
+its own reply) shows in fewer calls, or with the small median of the next call's window.
 """
 
 import bisect
@@ -33,7 +37,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-MARKS_DIR = "MINITASK_TIMELINE_DIR"
+MARKS_DIR = "TIMELINE_MARKS_DIR"    # not MINITASK_*: that is a setting
 
 
 def _wrap(cls, name, before, after, note):
