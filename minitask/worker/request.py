@@ -23,8 +23,8 @@ class WorkerRequest:
         self.delivery_info = {"redelivered": job.redelivered}
         try:
             message = TaskMessage.from_bytes(job.data, accept)
-        except Exception:               # the pool process refuses it, saying why; not here
-            return
+        except (Exception, SystemExit):     # the pool process refuses it, saying why; a
+            return                          # pickle's sys.exit() must not end this one
         self.args, self.kwargs, self.retries = message.args, message.kwargs, message.retries
         self.eta, self.expires = from_epoch(message.eta), from_epoch(message.expires)
         self.delivery_info.update(exchange=message.exchange, routing_key=message.routing_key,

@@ -62,3 +62,21 @@ def test_a_revoked_report_does_not_count_as_a_short_run(worker):
     assert worker.fast_credit.streak == 0
     worker._finished(Job(2, 8, "t-2", "not.here", b""), report("SUCCESS", "ok"))
     assert worker.fast_credit.streak == 1
+
+
+class Exits:
+    """Unpickled, it calls sys.exit(3): a body this worker's main process must survive."""
+
+    def __reduce__(self):
+        import sys
+        return (sys.exit, (3,))
+
+
+def test_a_body_whose_unpickling_exits_does_not_end_the_main_process(worker):
+    from minitask import protocol
+    from minitask.message import TaskMessage
+    from minitask.worker.request import WorkerRequest
+    data = protocol.encode_message(
+        TaskMessage("not.here", (Exits(),), id="t-9", serializer="pickle").encode())
+    request = WorkerRequest(Job(1, 7, "t-9", "not.here", data), None, "w", ["pickle"])
+    assert (request.id, request.args, request.kwargs) == ("t-9", (), {})
