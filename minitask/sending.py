@@ -24,8 +24,10 @@ chord's body until its header's results are in (see `minitask.joins`).
 
 import base64
 import binascii
+import contextlib
 import datetime
 import json
+import threading
 import time
 
 from . import protocol, signals
@@ -43,7 +45,7 @@ from .transport import with_connection
 
 __all__ = ["compose_message", "publish", "publish_message", "send_task", "compose_signature",
            "compose_unlocked", "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
-           "send_workflow", "publish_all", "publish_chords"]
+           "send_workflow", "publish_all", "publish_chords", "held_for_result"]
 
 # The most a message's headers may hold (protocol 3.1: a str16).
 MAX_HEADER_BYTES = 0xFFFF
@@ -112,9 +114,44 @@ class _NoTask:
 _NO_TASK = _NoTask()
 
 
+_holding = threading.local()
+
+
+@contextlib.contextmanager
+def held_for_result():
+    """Within this block, what this thread publishes (`publish`, `publish_all`) is not sent:
+    it is collected, encoded, in the list this yields, for a worker to publish with the
+    running task's result in one atomic step. So a retry can never run, and store its own
+    result, before the RETRY of the run that sent it is stored (which would overwrite it).
+    The queues the messages need are declared at once."""
+    outer = getattr(_holding, "messages", None)
+    held = _holding.messages = []
+    try:
+        yield held
+    finally:
+        _holding.messages = outer
+
+
+def _hold(messages, declare):
+    """True when a `held_for_result` block is collecting this thread's messages: `messages`
+    (encoded) are added to it, after the queues in `declare` are declared."""
+    held = getattr(_holding, "messages", None)
+    if held is None:
+        return False
+    if declare:
+        def ensure(conn):
+            for queue in sorted(declare):
+                conn.ensure_queue(queue)
+        with_connection(ensure)
+    held.extend(_encoded(data) for data in messages)
+    return True
+
+
 def publish(data, declare=None):
     """Publish encoded task message `data` through this thread's connection, declaring the
     queue `declare` first when it is not declared on that connection yet."""
+    if _hold([data], [declare] if declare else ()):
+        return
     if declare is None:
         with_connection(lambda conn: conn.publish(data))
     else:
@@ -220,16 +257,15 @@ def errbacks_of(headers):
 def success_unlocks(message, value, settings=None):
     """The encoded messages the SUCCESS of `message`'s task (a TaskMessage) with `value`
     unlocks, for the worker to publish with the result; a queue they are routed to that is
-    not declared yet is declared first, through this thread's connection."""
+    not declared yet is declared first, through this thread's connection. The publish
+    signals are sent for them here."""
     if not message.chain and not message.callbacks:
         return []
     messages, declare = compose_unlocked(message, value, settings)
-    if declare:
-        def ensure(conn):
-            for queue in sorted(declare):
-                conn.ensure_queue(queue)
-        with_connection(ensure)
-    return [protocol.encode_message(unlocked.encode()) for unlocked in messages]
+    with held_for_result() as held:     # Celery's publish signals, as for a send of its own
+        announced(messages, declare,
+                  lambda: publish_all([unlocked.encode() for unlocked in messages], declare))
+    return held
 
 
 def failure_unlocks(headers):
@@ -296,6 +332,8 @@ def publish_all(messages, declare=()):
     """Publish encoded messages through this thread's connection in one pipelined batch (one
     round of confirms), declaring the queues in `declare` first. Messages cross the transport
     seam as bytes (protocol 3.1): a `protocol.Message` is encoded here."""
+    if _hold(messages, declare):
+        return
     messages = [_encoded(data) for data in messages]
 
     def send(conn):

@@ -37,7 +37,7 @@ from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
 from .states import IGNORED
 from .serialization import check_serializer
-from .sending import compose_message, publish_message, send_task
+from .sending import compose_message, held_for_result, publish_message, send_task
 from .transport import with_connection
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
@@ -97,6 +97,7 @@ class Request:
     group = None
     reply_to = None
     workflow = None                     # the TaskMessage, when it carries workflow fields
+    held = None                         # a worker's: what retry() sends, sent with the result
     serializer = None                   # the message's: its results are encoded so
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
@@ -165,6 +166,14 @@ class Request:
 
     def __repr__(self):
         return "<Request %s[%s] retries=%d>" % (self.name, self.id, self.retries)
+
+
+def _send_retry(task, request, args, kwargs, **options):
+    workflow = getattr(request, "workflow", None)
+    if workflow is None:
+        task.apply_async(args, kwargs, **options)
+    else:
+        _send_retry_in_workflow(task, workflow, args, kwargs, **options)
 
 
 def _send_retry_in_workflow(task, workflow, args, kwargs, **options):
@@ -474,7 +483,8 @@ class Task(metaclass=TaskType):
     @_OnInstance
     def retry(self, args=None, kwargs=None, exc=None, countdown=None, eta=None,
               max_retries=None, **options):
-        """Send this task again with ``task_retries + 1``, then raise RetryTaskError.
+        """Send this task again with ``task_retries + 1``, then raise RetryTaskError. On a
+        worker the message is held and published with the RETRY result (atomically, after).
 
         Every form of early Celery's guide works: ``retry(args=[...], exc=exc, **kwargs)``,
         ``retry([x, y], exc=exc, countdown=60, **kwargs)`` and ``retry(args, kwargs=kwargs)``.
@@ -519,14 +529,15 @@ class Task(metaclass=TaskType):
                 options.setdefault("priority", request.priority)
                 if request._expires:
                     options.setdefault("expires", from_epoch(request._expires))
-            workflow = getattr(request, "workflow", None)
-            if workflow is None:
-                self.apply_async(args, kwargs, countdown=countdown, eta=eta, task_id=task_id,
-                                 retries=retries + 1, **options)
-            else:
-                _send_retry_in_workflow(self, workflow, args, kwargs, countdown=countdown,
-                                        eta=eta, task_id=task_id, retries=retries + 1,
-                                        **options)
+            held = getattr(request, "held", None)
+            if held is None:
+                _send_retry(self, request, args, kwargs, countdown=countdown, eta=eta,
+                            task_id=task_id, retries=retries + 1, **options)
+            else:       # in a worker: published with the RETRY, after it is stored
+                with held_for_result() as messages:
+                    _send_retry(self, request, args, kwargs, countdown=countdown, eta=eta,
+                                task_id=task_id, retries=retries + 1, **options)
+                held.extend(messages)
         raise error
 
     @_OnInstance

@@ -2,8 +2,9 @@
 
 Used in two places, so the rules live once: a pool child runs every delivered task through
 `execute_delivery`, and `Task.apply()` runs a task eagerly through `run_eagerly` (retries
-inline). Neither talks to the broker except through `Task.retry()`, which re-sends the task
-before this module sees the `RetryTaskError` (so a crash between the two never loses it).
+inline). Neither talks to the broker except through `Task.retry()`: in a worker the retry
+it sends is held (`sending.held_for_result`) and published with the RETRY result, in one
+atomic step, so the retry can neither be lost nor run before that RETRY is stored.
 
 Outcomes: SUCCESS with the return value; RETRY with the tombstone (the ``exc`` given to
 ``retry()``, else the RetryTaskError itself); FAILURE with the exception and its traceback;
@@ -49,12 +50,15 @@ class Outcome:
         return "<Outcome %s %r>" % (self.state, self.result)
 
 
-def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_outcome=True):
+def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_outcome=True,
+             hold=False):
     """Run `task` for `message` in this process and say how it ended. Never raises for the
     task's own exceptions (or its hooks'); they are the outcome. The outcome's signals
     (task_success, task_failure, task_retry, task_postrun) go before it returns, unless not
     `signal_outcome`: then the caller sends them (`signal_outcome_of`) once the outcome is
-    final, as a worker's is only once its result is encoded."""
+    final, as a worker's is only once its result is encoded. With `hold`, what `retry()`
+    sends is kept, encoded, in the request's `held`, for the caller to publish with the
+    result."""
     defaults = {"logfile": logfile, "loglevel": loglevel, "task_id": message.id,
                 "task_name": task.name, "task_retries": message.retries}
     injected = default_kwargs_for(task.run, defaults)
@@ -65,6 +69,8 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_
         loglevel, message.exchange, message.routing_key, message.priority, injected,
         message.eta, message.expires, task_object=task)
     request.serializer = message.serializer
+    if hold:
+        request.held = []
     if message.chain or message.callbacks or message.headers:
         request.workflow = message      # a retry sends the same workflow fields on
     push_request(request)
@@ -289,7 +295,7 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
             message.args = (values,) + tuple(message.args)
         message.chord = None            # its values are in the args now (a retry keeps them)
     current_loader().on_task_init(task_id, task)
-    outcome = run_task(task, message, logfile, loglevel, signal_outcome=False)
+    outcome = run_task(task, message, logfile, loglevel, signal_outcome=False, hold=True)
     report, final = _report(task, message, data, outcome, serializer, on_failure)
     if report.state != final.state and final.state != IGNORED:
         # Stored as FAILURE after all: the result itself could not be encoded.
@@ -304,17 +310,20 @@ def _report(task, message, data, outcome, serializer, on_failure):
     """``(the Executed report of a run, its outcome)``: the outcome is a FAILURE instead
     when what the result unlocks cannot be sent."""
     task_id, name = message.id, message.task
+    # What the run sent: its retry, published with the RETRY (or with whatever outcome, if
+    # the task swallowed the RetryTaskError: it was sent all the same, as in Celery).
+    held = outcome.request.held or []
     if outcome.state == IGNORED:
         # The broker hears that the run ended (a task handed over must be finished), as an
         # ignore_result success would say it; nothing is stored and nothing is unlocked.
         summary = "ignored (raised Ignore)"
         logger.info("Task %s[%s] %s", name, task_id, summary)
         return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name,
-                        summary), outcome
-    publish = ()
+                        summary, held), outcome
+    publish = held
     if outcome.state == "SUCCESS":
         try:
-            publish = success_unlocks(message, outcome.result)
+            publish = held + success_unlocks(message, outcome.result)
         except (ConfigurationError, SerializationError, ProtocolError) as exc:
             # The task ran, but what follows it cannot be sent: its workflow stops here.
             exc = ConfigurationError("task %s[%s] succeeded, but what its result unlocks "
@@ -340,7 +349,7 @@ def _report(task, message, data, outcome, serializer, on_failure):
             on_failure(task, message, outcome)
     if outcome.state in ("FAILURE", "REVOKED"):
         return failed(data, task_id, name, outcome.state, outcome.result, outcome.traceback,
-                      outcome.runtime, serializer, summary, message.retries), outcome
+                      outcome.runtime, serializer, summary, message.retries, held), outcome
     return executed(task_id, name, outcome.state, outcome.result, outcome.traceback,
                     outcome.runtime, serializer, summary, message.retries, publish), outcome
 
@@ -349,7 +358,8 @@ def executed(task_id, name, state, result, tb, runtime, serializer, summary, ret
              publish=(), chained=()):
     """The `Executed` report of a run that ended in `state` with `result` (a value or an
     exception), its result meta serialized with `serializer`."""
-    children = [protocol.message_id_of(data) for data in publish] if state == "SUCCESS" else ()
+    children = [child for child in map(protocol.message_id_of, publish)
+                if child != task_id] if state == "SUCCESS" else ()     # not its own retry
     meta = ResultMeta(task_id, state, result, tb, name, retries, time.time(), children)
     content_type, payload = encode_result_meta(meta, serializer)
     if meta.status != state:            # the result itself could not be carried
@@ -359,12 +369,13 @@ def executed(task_id, name, state, result, tb, runtime, serializer, summary, ret
                     publish, chained)
 
 
-def failed(data, task_id, name, state, result, tb, runtime, serializer, summary, retries=0):
+def failed(data, task_id, name, state, result, tb, runtime, serializer, summary, retries=0,
+           held=()):
     """`executed` for a FAILURE or REVOKED of the task of encoded message `data`, with what
-    that unlocks in its workflow (`unlocked_by_failure`)."""
+    that unlocks in its workflow (`unlocked_by_failure`) and what the run sent (`held`)."""
     publish, chained = unlocked_by_failure(data, task_id)
     return executed(task_id, name, state, result, tb, runtime, serializer, summary, retries,
-                    publish, chained)
+                    list(held) + publish, chained)
 
 
 def unlocked_by_failure(data, task_id=""):

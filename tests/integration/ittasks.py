@@ -151,6 +151,29 @@ class PlannedRetry(Task):
         return task_retries
 
 
+class RetryThenWait(Task):
+    """Retries at once, then (in on_retry, before the worker hears of the RETRY) waits up to a
+    second for the retry to run; the retry fails. A retry published before its RETRY is
+    stored would run on the other pool process and store FAILURE first, which the RETRY
+    would then overwrite for good."""
+
+    name = "it.retry_then_wait"
+    max_retries = 1
+
+    def run(self, tag, task_retries=0):
+        _trace(tag, task_retries)
+        if task_retries == 0:
+            self.retry(args=[tag], countdown=0)
+        raise RuntimeError("the retry fails")
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        directory, tag = os.environ["ITTASKS_DIR"], args[0]
+        deadline = time.monotonic() + 1.0
+        while len(read_trace(directory, tag)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _trace(tag + "-hook", len(read_trace(directory, tag)))
+
+
 class CreateUserTask(Task):
     """The guide's first example."""
 

@@ -67,3 +67,18 @@ def test_the_worker_runs_a_retry_plan_exactly_as_the_eager_model(one_worker, fai
     runs = [int(line) for line in ittasks.read_trace(one_worker, tag)]
     assert runs == expected_runs
     assert [int(line) for line in ittasks.read_trace(one_worker, model_tag)] == expected_runs
+
+
+def test_a_retry_cannot_run_before_the_retry_that_sent_it_is_stored(start_worker, tmp_path):
+    # The first run's on_retry hook holds its report back for up to a second; the retry must
+    # not have run meanwhile (it is published with the RETRY), and the task ends in the
+    # retry's FAILURE, not in a RETRY stored after it.
+    start_worker()                      # two pool processes: one free for the retry
+    one_worker = tmp_path
+    tag = "race-" + uuid.uuid4().hex
+    result = ittasks.RetryThenWait.apply_async(args=[tag])
+    with pytest.raises(RuntimeError, match="the retry fails"):
+        result.get(timeout=30)
+    assert ittasks.read_trace(one_worker, tag + "-hook") == ["1"]
+    assert ittasks.read_trace(one_worker, tag) == ["0", "1"]
+    assert result.state == "FAILURE"

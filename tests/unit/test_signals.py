@@ -386,3 +386,34 @@ def test_a_worker_runs_receivers_with_the_request_current():
     task_success.connect(lambda sender=None, **kwargs: seen.append(sender.request.id))
     execute_delivery(delivered(add.name, (2, 3), id="u-3"))
     assert seen == ["u-3"]
+
+
+def test_what_a_worker_sends_with_a_result_sends_the_publish_signals(monkeypatch):
+    # A chain's next link and a retry are published by the worker with the result; their
+    # publish signals go in the pool process, as Celery's would (it sends both itself).
+    from minitask import chain, protocol
+    from minitask.sending import compose_signature
+    from minitask.worker.execution import execute_delivery
+
+    class NoPublish(Recorder):
+        def publish(self, data, *args, **kwargs):
+            pytest.fail("published from the pool process")
+
+        publish_many = publish
+
+        def ensure_queue(self, name):
+            pass
+
+    monkeypatch.setattr(transport, "connection", lambda settings=None: NoPublish())
+    sent = []
+    before_task_publish.connect(lambda sender=None, headers=None, **kw:
+                                sent.append(("before", sender, headers["retries"])))
+    after_task_publish.connect(lambda sender=None, headers=None, **kw:
+                               sent.append(("after", sender, headers["retries"])))
+    messages, _declare = compose_signature(chain(add.s(1, 1), fail.si()))
+    report = execute_delivery(protocol.encode_message(messages[0].encode()))
+    assert report.state == "SUCCESS" and len(report.publish) == 1
+    report = execute_delivery(delivered(flaky.name, id="f-1"))
+    assert report.state == "RETRY" and len(report.publish) == 1
+    assert sent == [("before", "sig.fail", 0), ("after", "sig.fail", 0),
+                    ("before", "sig.flaky", 1), ("after", "sig.flaky", 1)]
