@@ -622,7 +622,7 @@ class Worker:
                                  runtime, chained)
         if why is not None:
             state, content_type, payload, publish, chained = self._too_big(
-                task_id, task_name, state, why, data)
+                task_id, task_name, state, why, data, publish)
             store = True
         if not publish and not chained and consumer.connected:     # the usual case, inline
             consumer.store_result(task_id, state, content_type, payload, store, (), task_name,
@@ -640,20 +640,28 @@ class Worker:
             self.pending_results.append((arguments, data))
         return state
 
-    def _too_big(self, task_id, task_name, state, why, data):
+    def _too_big(self, task_id, task_name, state, why, data, publish=()):
         """A result the broker cannot take in one message (it would drop the connection,
         and the task would be reported lost) is a FAILURE saying so, unlocking what a failure
         unlocks (errbacks, the rest of its chain) rather than what the success would have;
-        without them if even that is too big. A RETRY's tombstone stays a RETRY, saying so
-        (its retry is sent already), and unlocks nothing."""
+        without them if even that is too big. A RETRY's tombstone stays a RETRY, saying so,
+        sent with its retry (`publish`), and unlocks nothing; a retry too big to send is
+        the FAILURE, as its publish would have raised in the task."""
         error = SerializationError("the result of task %s %s: return less (where the data "
                                    "is kept, say)" % (task_id, why))
+        if state == "RETRY":
+            meta = ResultMeta(task_id, state, error, None, task_name, 0, time.time())
+            content_type, payload = encode_result_meta(meta)
+            if self.consumer.oversized(task_id, state, content_type, payload, publish,
+                                       task_name) is None:
+                logger.error("Task %s[%s] result not stored: %s", task_name, task_id, error)
+                return state, content_type, payload, publish, ()
+            error = SerializationError("the retry of task %s %s: it cannot be sent"
+                                       % (task_id, why))
         logger.error("Task %s[%s] result not stored: %s", task_name, task_id, error)
-        state = "RETRY" if state == "RETRY" else "FAILURE"
+        state = "FAILURE"
         meta = ResultMeta(task_id, state, error, None, task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
-        if state == "RETRY":
-            return state, content_type, payload, (), ()
         publish, chained = unlocked_by_failure(data, task_id) if data else ((), ())
         if self.consumer.oversized(task_id, "FAILURE", content_type, payload, publish,
                                    task_name, None, chained) is not None:

@@ -306,6 +306,14 @@ def big_retry(self, size):
     return "ok after a retry"
 
 
+@task(name="it.retry_too_big", bind=True, max_retries=3)
+def retry_too_big(self, size):
+    """Retries with an argument of `size` bytes: a retry too big for the broker to take."""
+    if isinstance(size, int):
+        raise self.retry(args=["x" * size], countdown=0)
+    return "never: the retry cannot be sent"
+
+
 @task(name="it.slow_big")
 def slow_big(seconds, size, tag):
     _trace(tag, "start")

@@ -12,6 +12,7 @@ from cluster import Broker, Worker, wait_for
 from minitask import config, group
 from minitask.transport import reset_connection
 from minitask import protocol as P
+from minitask.exceptions import SerializationError
 from minitask.exceptions import (
     ContentDisallowed, MaxRetriesExceededError, NotRegistered, PublishRefusedError,
     RemoteTaskError, SerializationError, TaskRevokedError, TimeLimitExceeded, TimeoutError,
@@ -266,6 +267,21 @@ def test_a_retry_whose_reason_is_too_big_to_store_still_retries_and_fails_nothin
     assert result.get(timeout=30) == "ok after a retry"
     assert ittasks.add.delay(1, 1).get(timeout=10) == 2
     assert ittasks.read_trace(tmp_path, "retry-errback") == []
+
+
+@pytest.mark.broker_args("--max-message-bytes", str(MiB))
+def test_a_retry_too_big_to_send_is_the_tasks_failure_saying_so(broker, start_worker,
+                                                                 tmp_path):
+    """The retry goes with its RETRY; when the broker cannot take it, the task fails, naming
+    the retry, and its errbacks run, as when the publish failed in the task itself."""
+    start_worker()
+    result = ittasks.retry_too_big.apply_async((2 * MiB,),
+                                               link_error=ittasks.record.si("big-errback", 1))
+    with pytest.raises(SerializationError, match="the retry of task %s takes" % result.id):
+        result.get(timeout=30)
+    wait_for(lambda: ittasks.read_trace(tmp_path, "big-errback") == ["1"], 10,
+             what="the errback to run")
+    assert ittasks.add.delay(1, 1).get(timeout=10) == 2
 
 
 def test_a_result_kept_over_a_reconnect_is_checked_against_the_new_brokers_limit(
