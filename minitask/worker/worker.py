@@ -219,7 +219,7 @@ class Worker:
             sig = self._last_signal
             signals.worker_shutting_down.send(
                 self.hostname, sig=signal.Signals(sig).name if sig else None, how=how,
-                exitcode=0)
+                exitcode=0 if self.exit_error is None else 1)   # what run() will exit with
 
     def _finished_stopping(self):
         if self.stopping == "cold":

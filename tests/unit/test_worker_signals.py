@@ -27,6 +27,12 @@ class Consumer:
     def close(self):
         pass
 
+    def cancel_all(self):               # a warm shutdown takes no more tasks
+        pass
+
+    def set_extra_credit(self, credit):
+        pass
+
 
 @pytest.fixture
 def worker():
@@ -80,3 +86,17 @@ def test_a_body_whose_unpickling_exits_does_not_end_the_main_process(worker):
         TaskMessage("not.here", (Exits(),), id="t-9", serializer="pickle").encode())
     request = WorkerRequest(Job(1, 7, "t-9", "not.here", data), None, "w", ["pickle"])
     assert (request.id, request.args, request.kwargs) == ("t-9", (), {})
+
+
+def test_worker_shutting_down_gives_the_exit_code_the_worker_will_end_with(worker):
+    seen = []
+    signals.worker_shutting_down.connect(lambda exitcode=None, how=None, **kwargs:
+                                         seen.append((how, exitcode)))
+    try:
+        worker.start_failures = 99      # pool processes that never start: it gives up
+        worker.taking_tasks, worker.degraded = False, "no fork for you"    # said already
+        worker._start_failed("no fork for you")
+        assert worker.exit_error is not None
+    finally:
+        signals.worker_shutting_down.receivers = []
+    assert seen == [("Warm", 1)]
