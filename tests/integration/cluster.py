@@ -10,6 +10,7 @@ killed in the fixture's finalizer whatever the test did. Waits are polls with de
 the broker's own status, never bare sleeps.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -211,14 +212,10 @@ class Worker:
         self.proc.kill()
 
 
-@pytest.fixture
-def broker(tmp_path, request):
-    """A running broker with a journal in a temporary folder; the client settings point at it.
-
-    ``@pytest.mark.broker_args("--flag", "value")`` passes extra command-line flags.
-    """
-    marker = request.node.get_closest_marker("broker_args")
-    instance = Broker(tmp_path, args=marker.args if marker else ()).start()
+@contextlib.contextmanager
+def client_of(instance, tmp_path):
+    """This process's client settings point at broker `instance` (built-in or Redis), and
+    task traces go to `tmp_path`, until the block ends."""
     config.configure(BROKER_URL=instance.url, ACCEPT_CONTENT=["json", "pickle"])
     reset_connection()
     os.environ["ITTASKS_DIR"] = str(tmp_path)
@@ -227,6 +224,39 @@ def broker(tmp_path, request):
     finally:
         reset_connection()
         config.reset()
+
+
+def workers_of(broker, tmp_path, modules="ittasks", ready_timeout=30.0):
+    """The generator behind a `start_worker` fixture, on either transport: it yields
+    start(name="w1", args=(...)) -> a connected Worker; all are stopped afterwards."""
+    workers = []
+
+    def start(name=None, args=(), env=None, ready=True, modules=modules):
+        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args, env,
+                        modules)
+        workers.append(worker)
+        if ready:
+            worker.wait_ready(ready_timeout)
+        return worker
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            worker.proc.close()
+
+
+@pytest.fixture
+def broker(tmp_path, request):
+    """A running broker with a journal in a temporary folder; the client settings point at it.
+
+    ``@pytest.mark.broker_args("--flag", "value")`` passes extra command-line flags.
+    """
+    marker = request.node.get_closest_marker("broker_args")
+    instance = Broker(tmp_path, args=marker.args if marker else ()).start()
+    try:
+        with client_of(instance, tmp_path):
+            yield instance
+    finally:
         instance.proc.close()
         if os.environ.get("MINITASK_SHOW_LOGS"):
             print(instance.output())
@@ -235,17 +265,4 @@ def broker(tmp_path, request):
 @pytest.fixture
 def start_worker(broker, tmp_path):
     """start_worker(name="w1", args=(...)) -> a connected Worker; all are stopped afterwards."""
-    workers = []
-
-    def start(name=None, args=(), env=None, ready=True, modules="ittasks"):
-        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args, env,
-                        modules)
-        workers.append(worker)
-        if ready:
-            worker.wait_ready()
-        return worker
-    try:
-        yield start
-    finally:
-        for worker in workers:
-            worker.proc.close()
+    yield from workers_of(broker, tmp_path)

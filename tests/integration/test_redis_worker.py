@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import itflow  # noqa: E402
 from beatlog import assert_each_beat_sent_once_and_run_once, gaps, send_times  # noqa: E402
 import ittasks  # noqa: E402
-from cluster import ROOT, Worker, _env  # noqa: E402
+from cluster import ROOT, Worker, _env, client_of, workers_of  # noqa: E402
 from rediskit import (  # noqa: E402
     REDIS_SERVER, SKIP_REASON, RedisBroker, RedisServer, free_port, wait_for,
 )
@@ -59,34 +59,15 @@ def server(tmp_path_factory):
 @pytest.fixture
 def broker(server, tmp_path):
     """A fresh virtual host; the client settings of this process point at it."""
-    instance = RedisBroker(server, heartbeat=HEARTBEAT, handover_grace=GRACE)
-    config.configure(BROKER_URL=instance.url, ACCEPT_CONTENT=["json", "pickle"])
-    reset_connection()
-    os.environ["ITTASKS_DIR"] = str(tmp_path)
-    try:
+    with client_of(RedisBroker(server, heartbeat=HEARTBEAT, handover_grace=GRACE),
+                   tmp_path) as instance:
         yield instance
-    finally:
-        reset_connection()
-        config.reset()
 
 
 @pytest.fixture
 def start_worker(broker, tmp_path):
-    workers = []
-
-    def start(name=None, args=(), env=None, ready=True, modules="ittasks"):
-        """As the built-in broker's `start_worker` (cluster.py): same arguments."""
-        worker = Worker(broker, tmp_path, name or "w%d" % (len(workers) + 1), args, env,
-                        modules)
-        workers.append(worker)
-        if ready:
-            worker.wait_ready()
-        return worker
-    try:
-        yield start
-    finally:
-        for worker in workers:
-            worker.proc.close()
+    """As the built-in broker's `start_worker` (cluster.py): same arguments."""
+    yield from workers_of(broker, tmp_path)
 
 
 def cli(broker, *args):
