@@ -168,21 +168,6 @@ class Request:
         return "<Request %s[%s] retries=%d>" % (self.name, self.id, self.retries)
 
 
-def _routes_anew(task, options):
-    """True when a retry's call options choose where it goes (an exchange or routing key,
-    not a queue, which is declared) or ask the broker to refuse it (mandatory, immediate).
-
-    Such a retry is published at once, from the pool process, as Celery's is: the broker may
-    refuse it, and the task then fails with that error. A retry that goes where its task
-    came from, or to a named queue, cannot be refused so; it is held and published with the
-    RETRY (`sending.held_for_result`), for the broker refuses a result and what it unlocks
-    as one unit, which would leave the task unfinished."""
-    chosen = options.get("queue") is None and (options.get("exchange") is not None
-                                               or options.get("routing_key") is not None)
-    return bool(chosen or options.get("mandatory") or options.get("immediate")
-                or task.immediate)
-
-
 def _send_retry(task, request, args, kwargs, **options):
     workflow = getattr(request, "workflow", None)
     if workflow is None:
@@ -536,8 +521,6 @@ class Task(metaclass=TaskType):
         error.retry_task_id, error.retry_retries = task_id, retries + 1
         if request is None or not request.is_eager:
             held = getattr(request, "held", None)
-            if held is not None and _routes_anew(self, options):
-                held = None     # the pool process learns at once if it cannot be routed
             if request is not None:
                 # As Celery's: where the call went, unless a queue is named (its own
                 # exchange and key then); its expiry, which a retry never outlives.

@@ -38,7 +38,7 @@ import collections
 
 from .. import protocol as P
 
-__all__ = ["HEARTBEAT", "Client", "Consumer", "Delivery", "Result"]
+__all__ = ["HEARTBEAT", "Client", "Consumer", "Delivery", "Refused", "Result"]
 
 # Seconds between the heartbeats a worker promises; a broker (or the workers of a Redis) counts
 # a worker lost after missing about two.
@@ -186,6 +186,11 @@ class Client:
         raise NotImplementedError
 
 
+# A result the broker refused with what it unlocked (`Consumer.refused`): nothing of it
+# happened. `state` is the one that was to be stored, `context` what the worker passed.
+Refused = collections.namedtuple("Refused", "task_id state task_name context error")
+
+
 class Consumer:
     """A worker's connection: consume, ack, report. Non-blocking after `connect()`.
 
@@ -244,13 +249,25 @@ class Consumer:
         raise NotImplementedError
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=()):
+                     task_name="", runtime=None, chained=(), context=None):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
         `chained`: more task ids given the same result in the same step (the rest of a chain
         that stops at this task, which never runs: its waiters get this outcome).
         `store=False`: the task finished but keeps no result (ignore_result). `task_name` and
-        `runtime` (seconds; None when it did not run) are for the broker's per-task counts."""
+        `runtime` (seconds; None when it did not run) are for the broker's per-task counts.
+        A result with something to publish may be refused by the broker as one unit (a
+        message it cannot route, a journal that cannot be written): `refused()` then gives
+        it back, with `context`, for the worker to store what it can instead."""
         raise NotImplementedError
+
+    _refusals = ()                      # a transport's list of Refused, for refused()
+
+    def refused(self):
+        """The `Refused` units of `store_result` the broker turned down since the last call."""
+        if not self._refusals:          # every flush asks: the usual answer costs nothing
+            return ()
+        refused, self._refusals = self._refusals, []
+        return refused
 
     # The most a frame's body may take on this transport (the built-in broker's frame
     # limit, as it announced it); without a bound of its own, more than anything sent.

@@ -28,7 +28,8 @@ import time
 
 from .. import control, protocol as P
 from ..exceptions import (
-    BrokerConnectionError, BrokerError, ProtocolError, PublishRefusedError, TimeoutError,
+    BrokerConnectionError, BrokerError, MinitaskError, ProtocolError, PublishRefusedError,
+    TimeoutError,
 )
 from . import base, declare_topology, declare_worker_queues
 from .base import HEARTBEAT, Delivery
@@ -588,6 +589,8 @@ class Consumer(base.Consumer):
         self.paused = True              # no task consumers until resume()
         self.features = frozenset()     # what the broker offers beyond protocol 1
         self.max_body = P.MAX_FRAME_BYTES   # the broker's frame limit, as it announced it
+        self._units = {}                # seq of an ATOMIC result -> base.Refused, no error
+        self._refusals = []
 
     def connect(self, timeout=5.0):
         settings = self.settings
@@ -644,6 +647,8 @@ class Consumer(base.Consumer):
         except ProtocolError as exc:
             raise BrokerConnectionError("broker sent a malformed frame: %s" % exc) from None
         conversation = conn.conversation
+        if self._units:
+            self._settle_units(conversation)
         while conversation.errors:
             logger.error("broker refused a command: %s", conversation.errors.popleft())
         deliveries = list(conversation.deliveries)
@@ -671,16 +676,32 @@ class Consumer(base.Consumer):
         self._releases.append(tag)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=()):
+                     task_name="", runtime=None, chained=(), context=None):
         if self._started:
             # A task handed over this turn may be the one ending: its handover goes first.
             self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
             self._started = []
+        seq = 0
+        if publish or chained:          # a unit the broker may refuse: numbered, to hear it
+            seq = self.conn.conversation.numbered()
+            self._units[seq] = base.Refused(task_id, state, task_name, context, None)
         self.out += self._result_frames(task_id, state, content_type, payload, store, publish,
-                                        task_name, runtime, chained)
+                                        task_name, runtime, chained, seq)
+
+    def _settle_units(self, conversation):
+        """Forget the result units the broker confirmed; keep those it refused for
+        `refused()`."""
+        for seq in list(self._units):
+            try:
+                done = conversation.confirmed(seq)
+            except MinitaskError as exc:
+                self._refusals.append(self._units.pop(seq)._replace(error=exc))
+                continue
+            if done:
+                del self._units[seq]
 
     def _result_frames(self, task_id, state, content_type, payload, store=True, publish=(),
-                       task_name="", runtime=None, chained=()):
+                       task_name="", runtime=None, chained=(), seq=0):
         described = "described_results" in self.features
         frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
                                 content_type, payload, task_name if described else None,
@@ -695,8 +716,8 @@ class Consumer(base.Consumer):
         # ran).
         others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0, content_type,
                                   payload, None, None) for other in chained]
-        return P.encode_atomic(0, [frame] + others + [P.encode_frame(P.PUBLISH, 0, data)
-                                                      for data in publish])
+        return P.encode_atomic(seq, [frame] + others + [P.encode_frame(P.PUBLISH, 0, data)
+                                                        for data in publish])
 
     def oversized(self, task_id, state, content_type, payload, publish=(), task_name="",
                   runtime=None, chained=()):
@@ -823,6 +844,7 @@ class Consumer(base.Consumer):
             self.conn.link.close()
         self.conn = None
         self.out = bytearray()
+        self._units = {}                # their fate went with the connection
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         self._releases = []
         self._qos_sent = None

@@ -116,6 +116,13 @@ class Conversation:
         self.outgoing += data
         return seq
 
+    def numbered(self):
+        """A number for a frame its owner writes itself (a worker's ATOMIC result), to be
+        answered by a CONFIRM or an ERROR like any confirmable command (`confirmed`)."""
+        seq = self.next_seq()
+        self._unconfirmed.append(seq)
+        return seq
+
     def confirmable(self, kind, body):
         """Queue any command answered by a CONFIRM (RESULT_SET, KV_SET...); returns its number."""
         self.check_size(kind, body)

@@ -224,7 +224,8 @@ class Broker:
     def run_all(self, session, commands, refused=None):
         """One broker turn: ``self.<name>(session, *args, **kwargs)`` for each command under
         the lock, then deliver what became deliverable and wake whoever waits. Returns the
-        last answer. A refusal is raised, or, given `refused`, passed to it and the rest run."""
+        last answer. A refusal is raised, or, given `refused`, passed to it (with the
+        command's name and arguments) and the rest run."""
         with self.lock:
             if self.closed or not session.open:
                 raise BrokerConnectionError("the connection to memory://%s is closed"
@@ -237,7 +238,7 @@ class Broker:
                     except MinitaskError as exc:
                         if refused is None or isinstance(exc, BrokerConnectionError):
                             raise
-                        refused(name, exc)
+                        refused(name, args, exc)
             finally:
                 self._dispatch()
                 self.changed.notify_all()
@@ -1038,6 +1039,8 @@ class Consumer(base.Consumer):
 
     def _forget_turn(self):
         self._out = []                  # (command, args, {}), run by flush()
+        self._units = {}                # id of a store_result's args -> its base.Refused
+        self._refusals = []
         self._acks, self._started, self._starts, self._rejects = [], [], [], []
         self._releases = []
         self._qos_sent = None
@@ -1112,13 +1115,16 @@ class Consumer(base.Consumer):
         self._releases.append(tag)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=()):
+                     task_name="", runtime=None, chained=(), context=None):
         if self._started:
             # A task handed over this turn may be the one ending: its handover goes first.
             self._say("ack", self._started, True)
             self._started = []
         self._say("store_result", task_id, state, content_type, payload, store, list(publish),
                   list(chained))
+        if publish or chained:          # a unit the broker may refuse: see refused()
+            self._units[id(self._out[-1][1])] = base.Refused(task_id, state, task_name,
+                                                             context, None)
 
     def reply(self, reply_to, data):
         self._say("publish", data)
@@ -1189,7 +1195,15 @@ class Consumer(base.Consumer):
     def flush(self):
         if self._out and self.conn is not None:
             out, self._out = self._out, []
-            self.conn.broker.run_all(self.conn.session, out, refused=_log_refusal)
+            units, self._units = self._units, {}
+
+            def refused(name, args, exc):
+                unit = units.get(id(args))
+                if unit is None:
+                    _log_refusal(name, exc)
+                else:
+                    self._refusals.append(unit._replace(error=exc))
+            self.conn.broker.run_all(self.conn.session, out, refused=refused)
         return False
 
     def lost(self):

@@ -99,6 +99,7 @@ class Consumer(base.Consumer):
         # need their bookkeeping cleared when they end with nothing to store; kept across
         # reconnects, since the handover outlives the connection.
         self._handed = set()
+        self._refusals = []             # result units Redis turned down, for refused()
         self._forget_turn()
 
     def _forget_turn(self):
@@ -438,7 +439,7 @@ class Consumer(base.Consumer):
         self._rejects.append((tag, "release"))
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=()):
+                     task_name="", runtime=None, chained=(), context=None):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
         by a script call of its own; and only for a task handed over as it started: the ack
@@ -460,8 +461,11 @@ class Consumer(base.Consumer):
                 self._finished.append(task_id)
             return
         payload = bytes(payload)
+        # With something to publish, a call Redis may refuse (an unroutable message): it is
+        # then given back by `refused()`, and nothing of it happens.
+        unit = base.Refused(task_id, state, task_name, context, None) if publish else None
         self._calls.append(("result", (task_id, state, content_type, payload, store),
-                            list(publish)))
+                            list(publish), unit))
         for other in chained:       # void, as `task_id`'s own, if `task_id` succeeded
             self._calls.append(("result", (other, state, content_type, payload, True,
                                            task_id), []))
@@ -698,6 +702,8 @@ class Consumer(base.Consumer):
                     error = refused(reply)
                     if error is STALE:
                         stale.append(call)
+                    elif call[0] == "result" and len(call) > 3 and call[3] is not None:
+                        self._refusals.append(call[3]._replace(error=error))
                     else:
                         logger.error("Redis refused %s: %s", _name(call), error)
             if not stale:
@@ -719,17 +725,23 @@ class Consumer(base.Consumer):
                                folded(counts))
 
     def _build(self, call):
-        """A buffered call as what `client.run` takes. A result is stored even when what it
-        unlocks cannot be published (a chord's body on Redis): that is logged and left out."""
+        """A buffered call as what `client.run` takes; None for a result whose messages
+        cannot be routed (kept for `refused()`). A result stored by another path (a revoke
+        the worker saw) is stored even when its errbacks cannot be published: that is
+        logged and they are left out."""
         if call[0] == "fetch":
             return self._fetch_call()
         if call[0] != "result":
             return call
         client = self.client
-        _kind, result, publish = call
+        result, publish = call[1], call[2]
+        unit = call[3] if len(call) > 3 else None
         try:
             publications = client.publications(publish)
         except MinitaskError as exc:
+            if unit is not None:
+                self._refusals.append(unit._replace(error=exc))
+                return None
             logger.error("task %s: what its result unlocks is not published: %s",
                          result[0], exc)
             publications = []

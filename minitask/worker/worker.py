@@ -42,8 +42,8 @@ import time
 from .. import control, protocol as P, signals
 from ..config import safe_url
 from ..exceptions import (
-    BrokerConnectionError, PoolStartupError, SerializationError, TaskRevokedError,
-    WorkerLostError,
+    BrokerConnectionError, PoolStartupError, PublishRefusedError, SerializationError,
+    TaskRevokedError, WorkerLostError,
 )
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
@@ -366,6 +366,7 @@ class Worker:
                         self._control(delivery)
                     else:
                         self._receive(delivery)
+                self._store_refused()           # sent by this turn's end
             if mask & selectors.EVENT_WRITE:
                 self._flush_broker()
         except BrokerConnectionError as exc:
@@ -417,9 +418,14 @@ class Worker:
                                                          for job in self.ready)
 
     def _flush_broker(self):
-        """Write what the consumer has buffered; watch for writability while some is left."""
+        """Write what the consumer has buffered; watch for writability while some is left.
+        What a transport found refused as it wrote (Redis) is stored otherwise at once."""
         try:
             left = self.consumer.flush()
+            for _ in range(3):          # each refusal of one result stores less (at most 3)
+                if not self._store_refused():
+                    break
+                left = self.consumer.flush()
         except BrokerConnectionError as exc:
             self._connection_lost(exc)
             return
@@ -614,9 +620,11 @@ class Worker:
             self.consumer.ack(job.tag)
 
     def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
-               publish=(), chained=(), data=None):
+               publish=(), chained=(), data=None, attempt=0):
         """Store a result, with what it unlocks in a workflow, now or once connected again;
-        returns the state stored (FAILURE for what the broker cannot take: `_too_big`)."""
+        returns the state stored (FAILURE for what the broker cannot take: `_too_big`).
+        `attempt`: how many times the broker refused this task's result with what it
+        unlocked (`_store_refused`)."""
         consumer = self.consumer
         why = consumer.oversized(task_id, state, content_type, payload, publish, task_name,
                                  runtime, chained)
@@ -635,10 +643,40 @@ class Worker:
         if chained:
             arguments["chained"] = list(chained)
         if consumer.connected:
-            consumer.store_result(**arguments)
+            consumer.store_result(context=(data, attempt), **arguments)
         else:
             self.pending_results.append((arguments, data))
         return state
+
+    def _store_refused(self):
+        """Results the broker refused as one unit with what they unlocked (a message it
+        cannot route, a journal it cannot write): none of it happened, and the task would
+        never finish. It is a FAILURE saying so instead, with what a failure unlocks; then
+        without its errbacks, if they are refused too; then alone. True if any came."""
+        refused = self.consumer.refused()
+        for unit in refused:
+            data, attempt = unit.context or (None, 2)
+            if attempt == 0:
+                what = "its retry" if unit.state == "RETRY" else "what its %s unlocks" % (
+                    unit.state)
+                error = PublishRefusedError("task %s: the broker refused %s: %s"
+                                            % (unit.task_id, what, unit.error))
+                publish, chained = unlocked_by_failure(data, unit.task_id) if data else \
+                    ((), ())
+            else:
+                error = PublishRefusedError("task %s: the broker refused its errbacks: %s"
+                                            % (unit.task_id, unit.error))
+                publish = ()
+                chained = unlocked_by_failure(data, unit.task_id)[1] \
+                    if data and attempt == 1 else ()
+            logger.error("Task %s[%s] stored as FAILURE: %s", unit.task_name, unit.task_id,
+                         error)
+            meta = ResultMeta(unit.task_id, "FAILURE", error, None, unit.task_name, 0,
+                              time.time())
+            content_type, payload = encode_result_meta(meta)
+            self._store(unit.task_id, "FAILURE", content_type, payload, True, unit.task_name,
+                        None, publish, chained, data, attempt + 1)
+        return bool(refused)
 
     def _too_big(self, task_id, task_name, state, why, data, publish=()):
         """A result the broker cannot take in one message (it would drop the connection,

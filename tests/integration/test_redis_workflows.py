@@ -31,6 +31,7 @@ from test_workflows import (  # noqa: E402,F401  (collected here again, on Redis
     test_a_task_whose_worker_is_killed_calls_its_errback_and_ends_its_chain,
     test_an_immutable_link_gets_no_result, test_chain_called_with_partial_arguments,
     test_link_error_on_a_single_task, test_map_starmap_and_chunks,
+    test_a_link_the_broker_cannot_route_fails_its_task_and_ends_the_chain,
 )
 
 from minitask import chord  # noqa: E402

@@ -5,7 +5,7 @@ import pytest
 import itflow
 from cluster import wait_for
 from minitask import chain, chord, group
-from minitask.exceptions import ChordError
+from minitask.exceptions import ChordError, PublishRefusedError
 from minitask.result import AsyncResult
 from minitask.transport import reset_connection
 
@@ -68,6 +68,25 @@ def test_a_failing_link_stops_the_chain_and_calls_its_errback(broker, flow_worke
     assert failed.parent.parent.get(timeout=5) == 2
     trace = wait_for(lambda: itflow_trace(tmp_path, "errors"), what="the errback")
     assert trace == [failed.parent.id]
+
+
+@pytest.mark.parametrize("route", [{"exchange": "no-such-exchange"},
+                                   {"routing_key": "nowhere", "mandatory": True}])
+def test_a_link_the_broker_cannot_route_fails_its_task_and_ends_the_chain(
+        broker, flow_worker, tmp_path, route):
+    """The broker refuses a result with what it unlocks as one unit: the first task stayed
+    STARTED and the chain never ended. Its FAILURE says why, and reaches the errback and
+    the rest of the chain, as a send that failed in the task would."""
+    result = (itflow.add.s(1, 1) | itflow.add.s(2).set(**route) | itflow.add.s(3)) \
+        .on_error(itflow.errback.s("unroutable")).delay()
+    with pytest.raises(PublishRefusedError, match="the broker refused what its SUCCESS "
+                                                  "unlocks"):
+        result.get(timeout=20)
+    first = result.parent.parent
+    assert (first.state, result.parent.state) == ("FAILURE", "FAILURE")
+    assert wait_for(lambda: itflow_trace(tmp_path, "unroutable"), what="the errback") \
+        == [first.id]
+    assert itflow.add.delay(2, 2).get(timeout=20) == 4      # the worker carries on
 
 
 def test_link_error_on_a_single_task(broker, flow_worker, tmp_path):
