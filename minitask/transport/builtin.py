@@ -28,7 +28,7 @@ import time
 
 from .. import control, protocol as P
 from ..exceptions import (
-    BrokerConnectionError, BrokerError, MinitaskError, ProtocolError, PublishRefusedError,
+    BrokerConnectionError, BrokerError, ProtocolError, PublishRefusedError,
     TimeoutError,
 )
 from . import base, declare_topology, declare_worker_queues
@@ -682,7 +682,8 @@ class Consumer(base.Consumer):
             self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
             self._started = []
         seq = 0
-        if publish or chained:          # a unit the broker may refuse: numbered, to hear it
+        if (publish or chained) and "atomic_results" in self.features:
+            # A unit the broker may refuse: numbered, to hear it.
             seq = self.conn.conversation.numbered()
             self._units[seq] = base.Refused(task_id, state, task_name, context, None)
         self.out += self._result_frames(task_id, state, content_type, payload, store, publish,
@@ -691,14 +692,10 @@ class Consumer(base.Consumer):
     def _settle_units(self, conversation):
         """Forget the result units the broker confirmed; keep those it refused for
         `refused()`."""
-        for seq in list(self._units):
-            try:
-                done = conversation.confirmed(seq)
-            except MinitaskError as exc:
-                self._refusals.append(self._units.pop(seq)._replace(error=exc))
-                continue
-            if done:
-                del self._units[seq]
+        for seq, error in conversation.outcomes(self._units).items():
+            unit = self._units.pop(seq)
+            if error is not None:
+                self._refusals.append(unit._replace(error=error))
 
     def _result_frames(self, task_id, state, content_type, payload, store=True, publish=(),
                        task_name="", runtime=None, chained=(), seq=0):
@@ -708,16 +705,19 @@ class Consumer(base.Consumer):
                                 runtime)
         if not publish and not chained:
             return frame
-        if "atomic_results" not in self.features:
-            raise BrokerError("the broker at %s cannot store a result and publish what it "
-                              "unlocks in one step (it is older than this worker)"
-                              % self.settings.BROKER_URL, P.COMMAND_INVALID)
         # The rest of a stopped chain: the same result under each id (uncounted: they never
         # ran).
         others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0, content_type,
                                   payload, None, None) for other in chained]
-        return P.encode_atomic(seq, [frame] + others + [P.encode_frame(P.PUBLISH, 0, data)
-                                                        for data in publish])
+        published = [P.encode_frame(P.PUBLISH, 0, data) for data in publish]
+        if "atomic_results" not in self.features:
+            # A broker older than ATOMIC: the same frames one by one, the result first (so a
+            # retry still cannot run before its RETRY is stored), without the all-or-nothing.
+            _warn_once("the broker at %s is older than this worker: results and what they "
+                       "unlock are sent one by one, not as one unit (upgrade it)"
+                       % safe_url(self.settings.BROKER_URL))
+            return frame + b"".join(others) + b"".join(published)
+        return P.encode_atomic(seq, [frame] + others + published)
 
     def oversized(self, task_id, state, content_type, payload, publish=(), task_name="",
                   runtime=None, chained=()):

@@ -263,6 +263,14 @@ class Conversation:
         unconfirmed = self._unconfirmed
         return not unconfirmed or not any(seq in unconfirmed for seq in seqs)
 
+    def outcomes(self, seqs):
+        """``{seq: None when confirmed, else its ERROR}`` for those of the numbered `seqs`
+        answered by now (one pass, however many wait)."""
+        waiting = set(self._unconfirmed)
+        failed = self._failed
+        return {seq: failed.pop(seq, None) for seq in seqs
+                if seq in failed or seq not in waiting}
+
     def reply(self, seq):
         """``(kind, body)`` of `seq`'s reply once it came, else None; raises its ERROR."""
         failed = self._failed.pop(seq, None) if self._failed else None

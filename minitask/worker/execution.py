@@ -4,7 +4,9 @@ Used in two places, so the rules live once: a pool child runs every delivered ta
 `execute_delivery`, and `Task.apply()` runs a task eagerly through `run_eagerly` (retries
 inline). Neither talks to the broker except through `Task.retry()`: in a worker the retry
 it sends is held (`sending.held_for_result`) and published with the RETRY result, in one
-atomic step, so the retry can neither be lost nor run before that RETRY is stored.
+atomic step: the retry cannot run before that RETRY is stored, and if the step never
+happens (the worker or its connection lost first) neither does the retry; the task then
+runs again (acks_late) or ends in WorkerLostError, as any task lost with its worker.
 
 Outcomes: SUCCESS with the return value; RETRY with the tombstone (the ``exc`` given to
 ``retry()``, else the RetryTaskError itself); FAILURE with the exception and its traceback;

@@ -643,7 +643,7 @@ class Worker:
         if chained:
             arguments["chained"] = list(chained)
         if consumer.connected:
-            consumer.store_result(context=(data, attempt), **arguments)
+            consumer.store_result(context=(data, attempt, content_type, payload), **arguments)
         else:
             self.pending_results.append((arguments, data))
         return state
@@ -651,31 +651,44 @@ class Worker:
     def _store_refused(self):
         """Results the broker refused as one unit with what they unlocked (a message it
         cannot route, a journal it cannot write): none of it happened, and the task would
-        never finish. It is a FAILURE saying so instead, with what a failure unlocks; then
-        without its errbacks, if they are refused too; then alone. True if any came."""
+        never finish. A SUCCESS or RETRY becomes a FAILURE saying so, with what a failure
+        unlocks; a FAILURE or REVOKED keeps its own outcome, without its errbacks; refused
+        again, the outcome is stored under each id alone (nothing there to refuse).
+        True if any came."""
         refused = self.consumer.refused()
         for unit in refused:
-            data, attempt = unit.context or (None, 2)
-            if attempt == 0:
-                what = "its retry" if unit.state == "RETRY" else "what its %s unlocks" % (
-                    unit.state)
+            data, attempt, content_type, payload = unit.context or (None, 2, None, None)
+            task_id, name = unit.task_id, unit.task_name
+            chained = unlocked_by_failure(data, task_id)[1] if data else ()
+            if attempt == 0 and unit.state in ("SUCCESS", "RETRY"):
+                what = "its retry" if unit.state == "RETRY" else "what its SUCCESS unlocks"
                 error = PublishRefusedError("task %s: the broker refused %s: %s"
-                                            % (unit.task_id, what, unit.error))
-                publish, chained = unlocked_by_failure(data, unit.task_id) if data else \
-                    ((), ())
-            else:
-                error = PublishRefusedError("task %s: the broker refused its errbacks: %s"
-                                            % (unit.task_id, unit.error))
-                publish = ()
-                chained = unlocked_by_failure(data, unit.task_id)[1] \
-                    if data and attempt == 1 else ()
-            logger.error("Task %s[%s] stored as FAILURE: %s", unit.task_name, unit.task_id,
-                         error)
-            meta = ResultMeta(unit.task_id, "FAILURE", error, None, unit.task_name, 0,
-                              time.time())
-            content_type, payload = encode_result_meta(meta)
-            self._store(unit.task_id, "FAILURE", content_type, payload, True, unit.task_name,
-                        None, publish, chained, data, attempt + 1)
+                                            % (task_id, what, unit.error))
+                logger.error("Task %s[%s] stored as FAILURE: %s", name, task_id, error)
+                meta = ResultMeta(task_id, "FAILURE", error, None, name, 0, time.time())
+                content_type, payload = encode_result_meta(meta)
+                publish = unlocked_by_failure(data, task_id)[0] if data else ()
+                self._store(task_id, "FAILURE", content_type, payload, True, name, None,
+                            publish, chained, data, 1)
+                continue
+            state = "FAILURE" if unit.state in ("SUCCESS", "RETRY") else unit.state
+            if payload is None:         # nothing kept of it: say why it ended so
+                meta = ResultMeta(task_id, state, PublishRefusedError(
+                    "task %s: the broker refused what it unlocked: %s" % (task_id,
+                                                                          unit.error)),
+                    None, name, 0, time.time())
+                content_type, payload = encode_result_meta(meta)
+            if attempt <= 1:
+                logger.error("Task %s[%s]: the broker refused its errbacks, which are "
+                             "dropped: %s", name, task_id, unit.error)
+                self._store(task_id, state, content_type, payload, True, name, None, (),
+                            chained, data, 2)
+                continue
+            logger.error("Task %s[%s]: the broker refused its outcome with the rest of its "
+                         "chain (%s); stored one by one", name, task_id, unit.error)
+            for one in [task_id] + list(chained):
+                self._store(one, state, content_type, payload, True, name, None, (), (),
+                            None, 3)
         return bool(refused)
 
     def _too_big(self, task_id, task_name, state, why, data, publish=()):

@@ -318,3 +318,22 @@ def test_a_chord_of_a_thousand_tasks_and_its_body_fit_in_one_unit(broker):
     broker.turn()
     assert client.is_confirmed(seq)
     assert len(live_ids(broker.reopen().state)) == 1001
+
+
+def test_a_worker_sends_an_older_broker_the_units_frames_one_by_one_result_first():
+    # A broker without ATOMIC used to make the worker raise (and its main loop end) for any
+    # result with something to publish: every retry is one now.
+    from minitask import config
+    from minitask.transport.builtin import Consumer
+    consumer = Consumer(config.Settings({}), ["minitask"], 4, {}, "w1")
+    consumer.features = frozenset({"described_results"})
+    frames = consumer._result_frames("t-1", "RETRY", "application/json", b"{}", True,
+                                     [b"retry-message"], "tests.t", 0.1, ["t-2"])
+    decoder = P.Decoder()
+    decoder.feed(frames)
+    assert [(kind, seq) for kind, seq, _body in decoder.frames()] == [
+        (P.RESULT_SET, 0), (P.RESULT_SET, 0), (P.PUBLISH, 0)]
+    consumer.features = frozenset({"described_results", "atomic_results"})
+    decoder.feed(consumer._result_frames("t-1", "RETRY", "application/json", b"{}", True,
+                                         [b"retry-message"], "tests.t", 0.1, (), seq=7))
+    assert [(kind, seq) for kind, seq, _body in decoder.frames()] == [(P.ATOMIC, 7)]

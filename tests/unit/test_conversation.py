@@ -234,6 +234,19 @@ def test_all_confirmed_raises_the_first_refused_publish_in_order():
     assert conversation.all_confirmed(seqs)
 
 
+def test_numbered_frames_are_answered_by_outcome_once_each(how):
+    # A worker numbers the ATOMIC results it writes itself, to hear which the broker refused.
+    conversation = open_conversation()
+    seqs = [conversation.numbered() for _ in range(4)]
+    assert conversation.outcomes(seqs) == {}            # nothing answered yet
+    feed(conversation, P.encode_error(seqs[1], P.UNROUTABLE, "matched no queue")
+         + P.HEADER.pack(0, P.CONFIRM, seqs[2]), how)
+    outcomes = conversation.outcomes(seqs)
+    assert sorted(outcomes) == seqs[:3] and outcomes[seqs[0]] is None
+    assert isinstance(outcomes[seqs[1]], UnroutableError) and outcomes[seqs[2]] is None
+    assert conversation.outcomes([seqs[1], seqs[3]]) == {seqs[1]: None}   # told once
+
+
 def test_a_reply_is_filed_by_number_and_taken_once(how):
     conversation = open_conversation()
     seq = conversation.command(P.STATUS, {})

@@ -79,13 +79,30 @@ def test_a_refused_unit_becomes_a_failure_then_less_then_the_failure_alone(worke
         ("t-1", "SUCCESS", 1, []),              # refused: the link's exchange is gone
         ("t-1", "FAILURE", 1, ["t-2", "t-3"]),  # with the errback: refused as well
         ("t-1", "FAILURE", 0, ["t-2", "t-3"]),  # refused (the fake refuses any unit)
-        ("t-1", "FAILURE", 0, [])]              # alone: never a unit, never refused
-    meta = stored[1][4]
-    assert isinstance(meta.result, PublishRefusedError)
-    assert str(meta.result) == ("task t-1: the broker refused what its SUCCESS unlocks: "
-                                "no exchange 'gone'")
-    assert "refused its errbacks" in str(stored[2][4].result)
-    assert worker.consumer.refused() == []
+        ("t-1", "FAILURE", 0, []), ("t-2", "FAILURE", 0, []),   # one by one: never a
+        ("t-3", "FAILURE", 0, [])]              # unit, so never refused, and no waiter hangs
+    for _, _, _, _, meta in stored[1:]:
+        assert isinstance(meta.result, PublishRefusedError)
+        assert str(meta.result) == ("task t-1: the broker refused what its SUCCESS "
+                                    "unlocks: no exchange 'gone'")
+    assert not worker.consumer.refused()
+
+
+@pytest.mark.parametrize("state", ["FAILURE", "REVOKED"])
+def test_a_failure_whose_errbacks_are_refused_keeps_its_own_outcome(worker, state):
+    from minitask.message import ResultMeta, encode_result_meta
+    meta = ResultMeta("t-1", state, KeyError("the real reason"), "Traceback ...",
+                      "tests.first", 0, 0.0)
+    content_type, payload = encode_result_meta(meta)
+    errback = protocol.encode_message(TaskMessage("tests.errback", ("t-1",), {}).encode())
+    worker._store("t-1", state, content_type, payload, True, "tests.first", 0.001, [errback],
+                  ["t-2", "t-3"], message_with_workflow())
+    worker._flush_broker()
+    stored = worker.consumer.stored
+    assert [(task_id, kept, published) for task_id, kept, published, _, _ in stored] == [
+        ("t-1", state, 1), ("t-1", state, 0),   # without the errbacks
+        ("t-1", state, 0), ("t-2", state, 0), ("t-3", state, 0)]
+    assert all(isinstance(meta.result, KeyError) for *_, meta in stored)
 
 
 def test_a_refused_retry_fails_the_task_naming_its_retry(worker):
