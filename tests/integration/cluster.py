@@ -132,19 +132,31 @@ class Broker:
         return command
 
     def start(self, timeout=20.0):
-        self.starts += 1
-        self.proc = _Process(self.command(), str(self.tmp_path / ("broker-%d.log" % self.starts)),
-                             _env(self.env), ROOT)
-        line = wait_for(lambda: next((l for l in self.proc.lines
-                                      if l.startswith("minitask broker listening on")), None)
-                        or (not self.proc.alive() and "dead"),
-                        timeout, what="the broker to listen")
+        """Start it (again: on the same port, which a client of the killed broker may hold
+        for a moment: a connect retried to a port nobody listens on can connect the socket
+        to itself, TCP's simultaneous open; so a restart tries again for up to 10 s)."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            line = self._start_once(timeout)
+            if line != "dead" or not self.port or time.monotonic() > deadline or \
+                    "Address already in use" not in self.proc.output():
+                break
+            time.sleep(0.2)             # the other socket's holder must let go: nothing to poll
         if line == "dead":
             raise AssertionError("broker exited with %s:\n%s" % (self.proc.process.returncode,
                                                                   self.proc.output()))
         self.url = line.rsplit(" ", 1)[1]
         self.port = int(self.url.rsplit(":", 1)[1])
         return self
+
+    def _start_once(self, timeout):
+        self.starts += 1
+        self.proc = _Process(self.command(), str(self.tmp_path / ("broker-%d.log" % self.starts)),
+                             _env(self.env), ROOT)
+        return wait_for(lambda: next((l for l in self.proc.lines
+                                      if l.startswith("minitask broker listening on")), None)
+                        or (not self.proc.alive() and "dead"),
+                        timeout, what="the broker to listen")
 
     def kill(self):
         self.proc.kill()

@@ -365,8 +365,12 @@ def test_redis_out_of_memory_refuses_delay_and_the_worker_waits_it_out(tmp_path)
             admin.execute("CONFIG", "SET", "maxmemory", "1")
             with pytest.raises(PublishRefusedError, match="Redis is out of memory"):
                 ittasks.add.delay(1, 1)
-            wait_for(lambda: "refused a worker's call: Redis is out of memory"
-                     in worker.output(), 30, what="the worker to hear the refusal")
+            try:
+                wait_for(lambda: "refused a worker's call: Redis is out of memory"
+                         in worker.output(), 30, what="the worker to hear the refusal")
+            except AssertionError as exc:   # CI25 met this once: say what the worker did
+                raise AssertionError("%s; the worker's output ends:\n%s"
+                                     % (exc, worker.output()[-4000:])) from None
             assert worker.proc.alive()
             admin.execute("CONFIG", "SET", "maxmemory", "0")
             assert ittasks.add.delay(2, 2).get(timeout=30) == 4
