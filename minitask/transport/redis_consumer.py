@@ -327,7 +327,7 @@ class Consumer(base.Consumer):
             return []
         content_type, payload = transport_meta(held.task_id, "REVOKED", why, time.time())
         return [("result", (task_id, "REVOKED", content_type, payload, True, held.task_id),
-                 errbacks if task_id == held.task_id else [])
+                 errbacks if task_id == held.task_id else [], None)
                 for task_id in [held.task_id] + list(chained)]
 
     def _set_due(self, redis_now, next_due):
@@ -468,7 +468,7 @@ class Consumer(base.Consumer):
                             list(publish), unit))
         for other in chained:       # void, as `task_id`'s own, if `task_id` succeeded
             self._calls.append(("result", (other, state, content_type, payload, True,
-                                           task_id), []))
+                                           task_id), [], None))
 
     def reply(self, reply_to, data):
         key = self.client.keys.reply(reply_to) if self.client else None
@@ -702,7 +702,7 @@ class Consumer(base.Consumer):
                     error = refused(reply)
                     if error is STALE:
                         stale.append(call)
-                    elif call[0] == "result" and len(call) > 3 and call[3] is not None:
+                    elif call[0] == "result" and call[3] is not None:
                         self._refusals.append(call[3]._replace(error=error))
                     else:
                         logger.error("Redis refused %s: %s", _name(call), error)
@@ -734,8 +734,7 @@ class Consumer(base.Consumer):
         if call[0] != "result":
             return call
         client = self.client
-        result, publish = call[1], call[2]
-        unit = call[3] if len(call) > 3 else None
+        _kind, result, publish, unit = call      # unit: what refused() gives back, or None
         try:
             publications = client.publications(publish)
         except MinitaskError as exc:

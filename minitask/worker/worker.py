@@ -659,7 +659,7 @@ class Worker:
         for unit in refused:
             data, attempt, content_type, payload = unit.context or (None, 2, None, None)
             task_id, name = unit.task_id, unit.task_name
-            chained = unlocked_by_failure(data, task_id)[1] if data else ()
+            errbacks, chained = unlocked_by_failure(data, task_id) if data else ((), ())
             if attempt == 0 and unit.state in ("SUCCESS", "RETRY"):
                 what = "its retry" if unit.state == "RETRY" else "what its SUCCESS unlocks"
                 error = PublishRefusedError("task %s: the broker refused %s: %s"
@@ -667,9 +667,8 @@ class Worker:
                 logger.error("Task %s[%s] stored as FAILURE: %s", name, task_id, error)
                 meta = ResultMeta(task_id, "FAILURE", error, None, name, 0, time.time())
                 content_type, payload = encode_result_meta(meta)
-                publish = unlocked_by_failure(data, task_id)[0] if data else ()
                 self._store(task_id, "FAILURE", content_type, payload, True, name, None,
-                            publish, chained, data, 1)
+                            errbacks, chained, data, 1)
                 continue
             state = "FAILURE" if unit.state in ("SUCCESS", "RETRY") else unit.state
             if payload is None:         # nothing kept of it: say why it ended so
