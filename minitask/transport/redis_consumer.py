@@ -204,9 +204,9 @@ class Consumer(base.Consumer):
                         fetched = True
                     elif reply.prefix == "NOSCRIPT":    # SCRIPT FLUSH: the writer loads
                         refetch = True                  # them, and fetches instead
-                    else:
-                        raise BrokerConnectionError("%s: %s" % (self.client.options.display,
-                                                                reply))
+                    else:               # out of memory, above all: said as any refusal
+                        error = refused(reply)          # of the worker's calls
+                        raise reply if error is STALE else error
                     continue
                 control, bells = self._control(reply)
                 deliveries += control
