@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 
 from .exceptions import (  # noqa: E402  (the version is read by the modules below)
     MinitaskError, RetryTaskError, MaxRetriesExceededError, MaxRetriesExceeded, NotRegistered,
-    TimeoutError, UnroutableError, NotDeliverableError, PublishRefusedError, ContentDisallowed,
-    SerializationError, ConfigurationError, WorkerLostError, TaskRevokedError,
+    TimeoutError, UnroutableError, NotDeliverableError, PublishRefusedError, BrokerFullError,
+    ContentDisallowed, SerializationError, ConfigurationError, WorkerLostError, TaskRevokedError,
     TimeLimitExceeded, SoftTimeLimitExceeded, RemoteTaskError, BrokerConnectionError,
     AuthenticationError, ProtocolError, ChordError, DeadLetteredError,
 )
@@ -39,8 +39,8 @@ __all__ = [
     "chain", "group", "chord", "chunks", "xmap", "xstarmap", "configure",
     "get_settings", "MinitaskError", "RetryTaskError", "MaxRetriesExceededError",
     "MaxRetriesExceeded", "NotRegistered", "TimeoutError", "UnroutableError",
-    "NotDeliverableError", "PublishRefusedError", "ContentDisallowed", "SerializationError",
-    "ConfigurationError", "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded",
+    "NotDeliverableError", "PublishRefusedError", "BrokerFullError", "ContentDisallowed",
+    "SerializationError", "ConfigurationError", "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded",
     "SoftTimeLimitExceeded", "RemoteTaskError", "BrokerConnectionError",
     "AuthenticationError", "ProtocolError", "ChordError", "DeadLetteredError",
 ]

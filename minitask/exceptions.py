@@ -8,7 +8,7 @@ they travel back to the caller as data (see `minitask.serialization`) and are ra
 __all__ = [
     "MinitaskError", "RetryTaskError", "MaxRetriesExceededError", "MaxRetriesExceeded",
     "NotRegistered", "TimeoutError", "UnroutableError", "NotDeliverableError",
-    "PublishRefusedError", "ContentDisallowed", "SerializationError", "ConfigurationError",
+    "PublishRefusedError", "BrokerFullError", "ContentDisallowed", "SerializationError", "ConfigurationError",
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
     "BrokerError", "ReplyError", "PoolStartupError", "ChordError", "DeadLetteredError",
@@ -69,6 +69,12 @@ class NotDeliverableError(MinitaskError):
 
 class PublishRefusedError(MinitaskError):
     """Raised when the broker refuses a message: queue full, disk trouble, message too big."""
+
+
+class BrokerFullError(PublishRefusedError):
+    """The broker has no room for it now: a queue at its max_length, a journal it cannot
+    write (disk full), Redis at maxmemory. Nothing of it was taken; the same may succeed
+    later (a worker storing a result tries again, with backoff)."""
 
 
 class ContentDisallowed(MinitaskError):

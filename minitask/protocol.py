@@ -243,7 +243,8 @@ state), 406 BrokerError (precondition: redeclared differently, default exchange 
 408 TimeoutError, 409 BrokerError (exclusive queue in use), 413 PublishRefusedError
 (message too big), 503 BrokerConnectionError (shutting down, too many connections, a
 handshake dropped to make room, too much held in unfinished frames),
-507 PublishRefusedError (queue full, journal write failed), 500 BrokerError.
+507 BrokerFullError, a PublishRefusedError (queue full, journal write failed: the same
+may succeed later), 500 BrokerError.
 """
 
 import collections
@@ -254,8 +255,8 @@ import struct
 import sys
 
 from .exceptions import (
-    AuthenticationError, BrokerConnectionError, BrokerError, NotDeliverableError,
-    ProtocolError, PublishRefusedError, TimeoutError, UnroutableError,
+    AuthenticationError, BrokerConnectionError, BrokerError, BrokerFullError,
+    NotDeliverableError, ProtocolError, PublishRefusedError, TimeoutError, UnroutableError,
 )
 
 __all__ = [
@@ -312,7 +313,7 @@ _ERROR_CLASSES = {
     BAD_FRAME: ProtocolError, AUTH_FAILED: AuthenticationError, NOT_FOUND: BrokerError,
     COMMAND_INVALID: ProtocolError, PRECONDITION_FAILED: BrokerError, TIMED_OUT: TimeoutError,
     RESOURCE_LOCKED: BrokerError, TOO_LARGE: PublishRefusedError, INTERNAL: BrokerError,
-    UNAVAILABLE: BrokerConnectionError, REFUSED: PublishRefusedError,
+    UNAVAILABLE: BrokerConnectionError, REFUSED: BrokerFullError,
 }
 
 # Task states, in the order a task moves through them; the index is the wire code.

@@ -187,8 +187,10 @@ class Client:
 
 
 # A result the broker refused with what it unlocked (`Consumer.refused`): nothing of it
-# happened. `state` is the one that was to be stored, `context` what the worker passed.
-Refused = collections.namedtuple("Refused", "task_id state task_name context error")
+# happened. `state` is the one that was to be stored, `context` what the worker passed,
+# `ack` the delivery it was to ack (not acked: whatever is stored instead acks it).
+Refused = collections.namedtuple("Refused", "task_id state task_name context error ack",
+                                 defaults=(None,))
 
 
 class Consumer:
@@ -249,7 +251,7 @@ class Consumer:
         raise NotImplementedError
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=(), context=None):
+                     task_name="", runtime=None, chained=(), context=None, ack=None):
         """Store a task's result and publish the encoded messages it unlocks, atomically.
         `chained`: more task ids given the same result in the same step (the rest of a chain
         that stops at this task, which never runs: its waiters get this outcome).
@@ -257,7 +259,11 @@ class Consumer:
         `runtime` (seconds; None when it did not run) are for the broker's per-task counts.
         A result with something to publish may be refused by the broker as one unit (a
         message it cannot route, a journal that cannot be written): `refused()` then gives
-        it back, with `context`, for the worker to store what it can instead."""
+        it back, with `context`, for the worker to store what it can instead.
+        `ack`: the tag of the delivery to ack once the result is stored. A plain result's
+        ack follows it at once; a unit's waits until the broker took the unit, so that a
+        unit refused, or lost with the connection before the broker said, never leaves an
+        acks-late task acked with nothing stored: its message comes back instead."""
         raise NotImplementedError
 
     _refusals = ()                      # a transport's list of Refused, for refused()

@@ -676,26 +676,30 @@ class Consumer(base.Consumer):
         self._releases.append(tag)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=(), context=None):
+                     task_name="", runtime=None, chained=(), context=None, ack=None):
         if self._started:
             # A task handed over this turn may be the one ending: its handover goes first.
             self.out += P.encode_tags(P.ACK, P.STARTED, self._started)
             self._started = []
         seq = 0
         if (publish or chained) and "atomic_results" in self.features:
-            # A unit the broker may refuse: numbered, to hear it.
+            # A unit the broker may refuse: numbered, to hear it; acked once confirmed.
             seq = self.conn.conversation.numbered()
-            self._units[seq] = base.Refused(task_id, state, task_name, context, None)
+            self._units[seq] = base.Refused(task_id, state, task_name, context, None, ack)
+        elif ack is not None:
+            self._acks.append(ack)
         self.out += self._result_frames(task_id, state, content_type, payload, store, publish,
                                         task_name, runtime, chained, seq)
 
     def _settle_units(self, conversation):
-        """Forget the result units the broker confirmed; keep those it refused for
-        `refused()`."""
+        """Ack the deliveries of the result units the broker confirmed; keep those it
+        refused for `refused()`."""
         for seq, error in conversation.outcomes(self._units).items():
             unit = self._units.pop(seq)
             if error is not None:
                 self._refusals.append(unit._replace(error=error))
+            elif unit.ack is not None:
+                self._acks.append(unit.ack)
 
     def _result_frames(self, task_id, state, content_type, payload, store=True, publish=(),
                        task_name="", runtime=None, chained=(), seq=0):

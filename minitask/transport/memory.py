@@ -41,8 +41,8 @@ from .. import __version__, control, protocol as P
 from ..broker.results import KEEP_RECHECK, same_worker
 from ..broker.routing import Exchange
 from ..exceptions import (
-    BrokerConnectionError, BrokerError, DeadLetteredError, MinitaskError, NotDeliverableError,
-    ProtocolError, PublishRefusedError, TaskRevokedError, UnroutableError, WorkerLostError,
+    BrokerConnectionError, BrokerError, BrokerFullError, DeadLetteredError, MinitaskError,
+    NotDeliverableError, ProtocolError, TaskRevokedError, UnroutableError, WorkerLostError,
 )
 from ..joins import Joins, Parked, chord_error, chord_wait, headers_of, unlocked_by
 from ..message import ResultMeta, encode_result_meta
@@ -450,7 +450,7 @@ class Broker:
                                       % ", ".join(repr(queue.name) for queue in queues))
         for queue in queues:
             if queue.args["max_length"] is not None and queue.ready >= queue.args["max_length"]:
-                raise PublishRefusedError("queue %r is full (max_length %d)"
+                raise BrokerFullError("queue %r is full (max_length %d)"
                                           % (queue.name, queue.args["max_length"]))
         priority = P.DEFAULT_PRIORITY if fields.priority is None else fields.priority
         return bytes(data), queues, priority, fields.not_before, fields.expires_at
@@ -1115,7 +1115,7 @@ class Consumer(base.Consumer):
         self._releases.append(tag)
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=(), context=None):
+                     task_name="", runtime=None, chained=(), context=None, ack=None):
         if self._started:
             # A task handed over this turn may be the one ending: its handover goes first.
             self._say("ack", self._started, True)
@@ -1124,7 +1124,9 @@ class Consumer(base.Consumer):
                   list(chained))
         if publish or chained:          # a unit the broker may refuse: see refused()
             self._units[id(self._out[-1][1])] = base.Refused(task_id, state, task_name,
-                                                             context, None)
+                                                             context, None, ack)
+        elif ack is not None:
+            self._acks.append(ack)
 
     def reply(self, reply_to, data):
         self._say("publish", data)
@@ -1198,12 +1200,15 @@ class Consumer(base.Consumer):
             units, self._units = self._units, {}
 
             def refused(name, args, exc):
-                unit = units.get(id(args))
+                unit = units.pop(id(args), None)
                 if unit is None:
                     _log_refusal(name, exc)
                 else:
                     self._refusals.append(unit._replace(error=exc))
             self.conn.broker.run_all(self.conn.session, out, refused=refused)
+            taken = [unit.ack for unit in units.values() if unit.ack is not None]
+            if taken:                   # the units the broker took: their acks now
+                self.conn.broker.run_all(self.conn.session, [("ack", (taken, False), {})])
         return False
 
     def lost(self):

@@ -427,7 +427,10 @@ class Consumer(base.Consumer):
         self._starts.append(tag)
 
     def flush_due(self):
-        """Seconds until held-back starts must go (see `end_turn`); None when none wait."""
+        """Seconds until held-back starts must go (see `end_turn`), 0 for the acks of
+        results Redis took in the last flush; None when none wait."""
+        if self._acks:
+            return 0.0
         if not self._starts:
             return None
         return max(0.0, self._starts_at + START_DELAY - time.monotonic())
@@ -439,14 +442,15 @@ class Consumer(base.Consumer):
         self._rejects.append((tag, "release"))
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=(), context=None):
+                     task_name="", runtime=None, chained=(), context=None, ack=None):
         """Buffered for `flush()`. A task that keeps no result and unlocks nothing only has
         its bookkeeping cleared, for a whole turn's tasks at once (`end_turn`), rather than
         by a script call of its own; and only for a task handed over as it started: the ack
         of any other clears its bookkeeping already. (`task_name` and `runtime` are
         counted, as `redis_taskstats` says.) The rest of a stopped chain (`chained`) gets
         the same result in the same flush, by calls of its own: Redis runs them one after
-        the other, but a worker killed between them may leave some of them PENDING."""
+        the other, but a worker killed between them may leave some of them PENDING. The ack
+        of a result with something to publish goes in the flush after Redis took it."""
         self.tally.finished(task_name, state, runtime)
         if self._started and self.connected:
             # A task handed over this turn may be the one ending: its handover goes first.
@@ -456,6 +460,8 @@ class Consumer(base.Consumer):
                 self._calls.append(settlement.call(self.client.ttl_ms))
         handed = task_id in self._handed
         self._handed.discard(task_id)
+        if ack is not None and not publish:
+            self._acks.append(ack)
         if not store and not publish and not chained:
             if handed:
                 self._finished.append(task_id)
@@ -463,7 +469,7 @@ class Consumer(base.Consumer):
         payload = bytes(payload)
         # With something to publish, a call Redis may refuse (an unroutable message): it is
         # then given back by `refused()`, and nothing of it happens.
-        unit = base.Refused(task_id, state, task_name, context, None) if publish else None
+        unit = base.Refused(task_id, state, task_name, context, None, ack) if publish else None
         self._calls.append(("result", (task_id, state, content_type, payload, store),
                             list(publish), unit))
         for other in chained:       # void, as `task_id`'s own, if `task_id` succeeded
@@ -706,6 +712,8 @@ class Consumer(base.Consumer):
                         self._refusals.append(call[3]._replace(error=error))
                     else:
                         logger.error("Redis refused %s: %s", _name(call), error)
+                elif call[0] == "result" and call[3] is not None and call[3].ack is not None:
+                    self._acks.append(call[3].ack)      # taken: acked in the next flush
             if not stale:
                 return
             client.reload()

@@ -10,7 +10,7 @@ meta is built here when it is read.
 
 from .. import control, protocol as P
 from ..exceptions import (
-    ChordError, DeadLetteredError, ProtocolError, PublishRefusedError, TaskRevokedError,
+    BrokerFullError, ChordError, DeadLetteredError, ProtocolError, TaskRevokedError,
     WorkerLostError,
 )
 from ..message import ResultMeta, encode_result_meta
@@ -42,7 +42,7 @@ def refused(reply):
         text = text[len(reply.prefix) + 1:].split(" script: ", 1)[0]
         return P.error_for(int(reply.prefix[2:]), text)
     if reply.prefix == "OOM":           # maxmemory reached under noeviction: nothing written
-        return PublishRefusedError("Redis is out of memory (maxmemory): %s"
+        return BrokerFullError("Redis is out of memory (maxmemory): %s"
                                    % text.split(" script: ", 1)[0])
     return reply
 

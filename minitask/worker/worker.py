@@ -42,8 +42,8 @@ import time
 from .. import control, protocol as P, signals
 from ..config import safe_url
 from ..exceptions import (
-    BrokerConnectionError, PoolStartupError, PublishRefusedError, SerializationError,
-    TaskRevokedError, WorkerLostError,
+    BrokerConnectionError, BrokerFullError, PoolStartupError, PublishRefusedError,
+    SerializationError, TaskRevokedError, WorkerLostError,
 )
 from ..message import ResultMeta, encode_result_meta
 from ..ratelimit import TokenBucket, parse_rate
@@ -78,6 +78,11 @@ START_POLL = 0.02
 MAX_START_FAILURES = 5
 START_BACKOFF = 0.5
 MAX_START_BACKOFF = 8.0
+# A result the broker had no room for with what it unlocks (BrokerFullError: a full disk or
+# queue, Redis at maxmemory) is sent again after STORE_AGAIN seconds, doubling up to
+# MAX_STORE_AGAIN, for as long as it takes: the outcome is kept, never turned into a failure.
+STORE_AGAIN = 0.1
+MAX_STORE_AGAIN = 5.0
 
 
 class Worker:
@@ -116,6 +121,7 @@ class Worker:
         self._options = {}              # task name -> (acks_late, time_limit, soft_time_limit)
         self.revoked = {}               # task id -> when we heard (bounded)
         self.pending_results = []       # store_result() arguments waiting for a connection
+        self.stores_again = []          # results the broker had no room for (`_store_later`)
         self.seq = 0
         self.stopping = None            # None, "warm", "cold"
         self.stop_deadline = None
@@ -225,11 +231,16 @@ class Worker:
         if self.stopping == "cold":
             return True
         if self.stopping == "warm":
-            if self.pool.idle() or time.monotonic() >= self.stop_deadline:
+            done = self.pool.idle() and not self.stores_again
+            if done or time.monotonic() >= self.stop_deadline:
                 if not self.pool.idle():
                     logger.warning("worker %s: shutdown timeout; stopping running tasks",
                                    self.hostname)
                     self.stopping = "cold"
+                if self.stores_again:
+                    logger.error("worker %s: shutdown timeout; %d results the broker had no "
+                                 "room for are not stored (acks-late tasks will run again)",
+                                 self.hostname, len(self.stores_again))
                 return True
         return False
 
@@ -270,6 +281,8 @@ class Worker:
         now = self.clock()
         for item in self.scheduler.pop_due(now):
             self._due(item)
+        if self.stores_again:
+            self._store_again()
         self._assign()
         for job in self.pool.notice_starts():
             self._notice_start(job)
@@ -306,6 +319,9 @@ class Worker:
                 timeout = min(timeout, flush_due)
         if self._restart_at is not None:
             timeout = min(timeout, max(0.0, self._restart_at - time.monotonic()))
+        if self.stores_again:
+            timeout = min(timeout, max(0.0, min(entry[0] for entry in self.stores_again)
+                                       - time.monotonic()))
         if self.stopping == "warm":
             timeout = min(timeout, max(0.0, self.stop_deadline - time.monotonic()), 0.1)
         return timeout
@@ -353,6 +369,8 @@ class Worker:
         self.ready = collections.deque()
         self.scheduler = Scheduler(self.clock)
         self.held = 0
+        # A result waiting to be sent again with its ack: its message comes back (acks late).
+        self.stores_again = [entry for entry in self.stores_again if entry[2] is None]
         self.fast_credit.forget()
         self.boost = 0
         self.consumer.set_extra_credit(0)
@@ -612,19 +630,20 @@ class Worker:
             self.fast_credit.finished(runtime)
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
+        ack = job.tag if same_connection and not job.handed_over else None
         state = self._store(job.task_id, state, content_type, payload, store, job.task_name,
-                            runtime, publish, chained, job.data)
+                            runtime, publish, chained, job.data, ack=ack)
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
-        if same_connection and not job.handed_over:
-            self.consumer.ack(job.tag)
 
     def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
-               publish=(), chained=(), data=None, attempt=0):
+               publish=(), chained=(), data=None, attempt=0, ack=None, tries=0):
         """Store a result, with what it unlocks in a workflow, now or once connected again;
         returns the state stored (FAILURE for what the broker cannot take: `_too_big`).
         `attempt`: how many times the broker refused this task's result with what it
-        unlocked (`_store_refused`)."""
+        unlocked (`_store_refused`); `tries`: how many times it had no room for it.
+        `ack`: the delivery to ack once the broker took it (None: none, or the connection
+        that delivered it is gone)."""
         consumer = self.consumer
         why = consumer.oversized(task_id, state, content_type, payload, publish, task_name,
                                  runtime, chained)
@@ -634,7 +653,7 @@ class Worker:
             store = True
         if not publish and not chained and consumer.connected:     # the usual case, inline
             consumer.store_result(task_id, state, content_type, payload, store, (), task_name,
-                                  runtime)
+                                  runtime, ack=ack)
             return state
         arguments = dict(task_id=task_id, state=state, content_type=content_type,
                          payload=payload, store=store, task_name=task_name, runtime=runtime)
@@ -643,22 +662,31 @@ class Worker:
         if chained:
             arguments["chained"] = list(chained)
         if consumer.connected:
-            consumer.store_result(context=(data, attempt, content_type, payload), **arguments)
+            consumer.store_result(context=(data, attempt, arguments, tries), ack=ack,
+                                  **arguments)
         else:
             self.pending_results.append((arguments, data))
         return state
 
     def _store_refused(self):
-        """Results the broker refused as one unit with what they unlocked (a message it
-        cannot route, a journal it cannot write): none of it happened, and the task would
-        never finish. A SUCCESS or RETRY becomes a FAILURE saying so, with what a failure
-        unlocks; a FAILURE or REVOKED keeps its own outcome, without its errbacks; refused
-        again, the outcome is stored under each id alone (nothing there to refuse).
+        """Results the broker refused as one unit with what they unlocked: none of it
+        happened, and the task would never finish. One it had no room for (BrokerFullError:
+        a full disk or queue, Redis at maxmemory) is sent again as it was, with backoff
+        (`_store_later`). Otherwise (a message it cannot route) a SUCCESS or RETRY becomes a
+        FAILURE saying so, with what a failure unlocks; a FAILURE or REVOKED keeps its own
+        outcome, without its errbacks; refused again, the outcome is stored under each id
+        alone (nothing there to refuse). Each acks the delivery the refused one was to.
         True if any came."""
         refused = self.consumer.refused()
         for unit in refused:
-            data, attempt, content_type, payload = unit.context or (None, 2, None, None)
-            task_id, name = unit.task_id, unit.task_name
+            data, attempt, arguments, tries = unit.context or (None, 2, None, 0)
+            task_id, name, ack = unit.task_id, unit.task_name, unit.ack
+            if isinstance(unit.error, BrokerFullError) and arguments is not None:
+                self._store_later(unit, data, attempt, arguments, tries)
+                continue
+            content_type = payload = None
+            if arguments is not None:
+                content_type, payload = arguments["content_type"], arguments["payload"]
             errbacks, chained = unlocked_by_failure(data, task_id) if data else ((), ())
             if attempt == 0 and unit.state in ("SUCCESS", "RETRY"):
                 what = "its retry" if unit.state == "RETRY" else "what its SUCCESS unlocks"
@@ -668,7 +696,7 @@ class Worker:
                 meta = ResultMeta(task_id, "FAILURE", error, None, name, 0, time.time())
                 content_type, payload = encode_result_meta(meta)
                 self._store(task_id, "FAILURE", content_type, payload, True, name, None,
-                            errbacks, chained, data, 1)
+                            errbacks, chained, data, 1, ack)
                 continue
             state = "FAILURE" if unit.state in ("SUCCESS", "RETRY") else unit.state
             if payload is None:         # nothing kept of it: say why it ended so
@@ -681,14 +709,31 @@ class Worker:
                 logger.error("Task %s[%s]: the broker refused its errbacks, which are "
                              "dropped: %s", name, task_id, unit.error)
                 self._store(task_id, state, content_type, payload, True, name, None, (),
-                            chained, data, 2)
+                            chained, data, 2, ack)
                 continue
             logger.error("Task %s[%s]: the broker refused its outcome with the rest of its "
                          "chain (%s); stored one by one", name, task_id, unit.error)
             for one in [task_id] + list(chained):
                 self._store(one, state, content_type, payload, True, name, None, (), (),
-                            None, 3)
+                            None, 3, ack if one == task_id else None)
         return bool(refused)
+
+    def _store_later(self, unit, data, attempt, arguments, tries):
+        """Send a refused result again, as it was, once the broker may have room."""
+        delay = min(MAX_STORE_AGAIN, STORE_AGAIN * 2 ** min(tries, 16))
+        if tries % 20 == 0:             # the first time, then about every 100 s
+            logger.error("Task %s[%s]: the broker has no room for its %s with what it "
+                         "unlocks (%s); sending it again in %gs", unit.task_name,
+                         unit.task_id, unit.state, unit.error, delay)
+        self.stores_again.append((time.monotonic() + delay, arguments, unit.ack, data,
+                                  attempt, tries + 1))
+
+    def _store_again(self):
+        now, waiting = time.monotonic(), self.stores_again
+        self.stores_again = [entry for entry in waiting if entry[0] > now]
+        for _at, arguments, ack, data, attempt, tries in waiting:
+            if _at <= now:
+                self._store(data=data, attempt=attempt, ack=ack, tries=tries, **arguments)
 
     def _too_big(self, task_id, task_name, state, why, data, publish=()):
         """A result the broker cannot take in one message (it would drop the connection,
@@ -731,11 +776,11 @@ class Worker:
         meta = ResultMeta(job.task_id, state, exc, None, job.task_name, 0, time.time())
         content_type, payload = encode_result_meta(meta)
         publish, chained = unlocked_by_failure(job.data, job.task_id)
+        same_connection = job.generation == self.consumer.generation and \
+            self.consumer.connected
+        ack = job.tag if same_connection and not job.handed_over else None
         state = self._store(job.task_id, state, content_type, payload, True, job.task_name,
-                            None, publish, chained, job.data)
-        if job.generation == self.consumer.generation and self.consumer.connected \
-                and not job.handed_over:
-            self.consumer.ack(job.tag)
+                            None, publish, chained, job.data, ack=ack)
         self.counts[state.lower()] += 1
 
     # -- the pool's children ---------------------------------------------------------------------

@@ -15,8 +15,8 @@ from cluster import ROOT, Broker, _env, wait_for
 from minitask import protocol as P
 from minitask.transport.builtin import Connection
 from minitask.exceptions import (
-    BrokerConnectionError, BrokerError, NotDeliverableError, PublishRefusedError,
-    UnroutableError,
+    BrokerConnectionError, BrokerError, BrokerFullError, NotDeliverableError,
+    PublishRefusedError, UnroutableError,
 )
 
 
@@ -135,7 +135,7 @@ def test_a_full_queue_refuses_publishes(bare_broker):
         declare(conn, max_length=2)
         conn.publish(message(b"1"))
         conn.publish(message(b"2"))
-        with pytest.raises(PublishRefusedError, match="full"):
+        with pytest.raises(BrokerFullError, match="full"):
             conn.publish(message(b"3"))
 
 

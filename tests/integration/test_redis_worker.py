@@ -35,7 +35,7 @@ from test_worker_e2e import (  # noqa: E402,F401  (collected here again, on Redi
 
 from minitask import config, group  # noqa: E402
 from minitask.exceptions import (  # noqa: E402
-    PublishRefusedError, TaskRevokedError, WorkerLostError,
+    BrokerFullError, TaskRevokedError, WorkerLostError,
 )
 from minitask.transport import reset_connection  # noqa: E402
 from minitask.transport.redis_client import RedisClient  # noqa: E402
@@ -364,7 +364,7 @@ def test_redis_out_of_memory_refuses_delay_and_the_worker_waits_it_out(tmp_path)
             admin = RedisClient(server.url())
             admin.execute("CONFIG", "SET", "maxmemory-policy", "noeviction")
             admin.execute("CONFIG", "SET", "maxmemory", "1")
-            with pytest.raises(PublishRefusedError, match="Redis is out of memory"):
+            with pytest.raises(BrokerFullError, match="Redis is out of memory"):
                 ittasks.add.delay(1, 1)
             try:
                 wait_for(lambda: "refused a worker's call: Redis is out of memory"

@@ -10,7 +10,7 @@ import pytest
 
 from minitask import protocol as P
 from minitask.exceptions import (
-    AuthenticationError, BrokerConnectionError, BrokerError, MinitaskError,
+    AuthenticationError, BrokerConnectionError, BrokerError, BrokerFullError, MinitaskError,
     NotDeliverableError, ProtocolError, PublishRefusedError, TimeoutError, UnroutableError,
 )
 
@@ -495,7 +495,7 @@ ERROR_CLASSES = [
     (312, UnroutableError), (313, NotDeliverableError), (400, ProtocolError),
     (401, AuthenticationError), (404, BrokerError), (405, ProtocolError),
     (406, BrokerError), (408, TimeoutError), (409, BrokerError),
-    (413, PublishRefusedError), (503, BrokerConnectionError), (507, PublishRefusedError),
+    (413, PublishRefusedError), (503, BrokerConnectionError), (507, BrokerFullError),
     (500, BrokerError),
 ]
 

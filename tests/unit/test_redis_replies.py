@@ -4,7 +4,7 @@ import pytest
 
 from minitask import protocol as P
 from minitask.exceptions import (
-    BrokerError, NotDeliverableError, PublishRefusedError, ReplyError, TaskRevokedError,
+    BrokerError, BrokerFullError, NotDeliverableError, ReplyError, TaskRevokedError,
     UnroutableError, WorkerLostError,
 )
 from minitask.message import decode_result_meta
@@ -17,7 +17,7 @@ from minitask.transport.redis_replies import (
     ("MT312 message to exchange '' with routing key 'x' matched no queue", UnroutableError,
      None),
     ("MT313 no consumer of 'jobs' can take the message now", NotDeliverableError, None),
-    ("MT507 queue 'jobs' is full (max_length 2)", PublishRefusedError, None),
+    ("MT507 queue 'jobs' is full (max_length 2)", BrokerFullError, None),
     ("MT404 no queue 'ghost'", BrokerError, P.NOT_FOUND),
     ("MT409 queue 'q' is exclusive to another connection", BrokerError, P.RESOURCE_LOCKED),
 ])

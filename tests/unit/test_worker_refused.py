@@ -15,24 +15,37 @@ from minitask.worker.worker import Worker
 
 
 class Consumer:
-    """Refuses every result unit it is given (one with something to publish or chained)."""
+    """Refuses every result unit it is given (one with something to publish or chained)
+    with `error`, the first `refusals` of them (all by default)."""
 
     connected = True
     generation = 0
+    holds_deliveries = False
 
-    def __init__(self):
+    def flush_due(self):
+        return None
+
+    def __init__(self, error=None, refusals=None):
         self.stored, self.units, self._refused = [], [], []
+        self.error = error or PublishRefusedError("no exchange 'gone'")
+        self.refusals = refusals
+        self.acks = []                  # (tag, the index in `stored` of what acked it)
 
     def oversized(self, *args):
         return None
 
     def store_result(self, task_id, state, content_type, payload, store=True, publish=(),
-                     task_name="", runtime=None, chained=(), context=None):
+                     task_name="", runtime=None, chained=(), context=None, ack=None):
         self.stored.append((task_id, state, len(publish), list(chained),
                             decode_result_meta(task_id, state, content_type, payload)))
-        if publish or chained:
-            self._refused.append(Refused(task_id, state, task_name, context,
-                                         PublishRefusedError("no exchange 'gone'")))
+        unit = publish or chained
+        if unit and (self.refusals is None or self.refusals > 0):
+            if self.refusals is not None:
+                self.refusals -= 1
+            self._refused.append(Refused(task_id, state, task_name, context, self.error,
+                                         ack))
+        elif ack is not None:
+            self.acks.append((ack, len(self.stored) - 1))
 
     def refused(self):
         refused, self._refused = self._refused, []
@@ -116,3 +129,58 @@ def test_a_refused_retry_fails_the_task_naming_its_retry(worker):
     assert states == [("RETRY", 1), ("FAILURE", 0)]     # no workflow: nothing else to send
     assert str(worker.consumer.stored[1][4].result) == (
         "task t-1: the broker refused its retry: no exchange 'gone'")
+
+
+def test_the_ack_goes_with_what_is_stored_in_the_refused_units_place(worker):
+    """The broker never took the unit: acked then, an acks-late task lost with the
+    connection before the refusal was heard would stay PENDING for ever."""
+    link = protocol.encode_message(TaskMessage("tests.second", (2,), {}, id="t-2").encode())
+    worker._store("t-1", "SUCCESS", "application/json", b'{"result": 2}', True, "tests.first",
+                  0.001, [link], (), message_with_workflow(), ack=7)
+    assert worker.consumer.acks == []               # refused: not acked with it
+    worker._flush_broker()
+    # Refused three times, then stored one by one: the task's own store acks it, once.
+    assert worker.consumer.acks == [(7, 3)]
+    assert worker.consumer.stored[3][:2] == ("t-1", "FAILURE")
+
+
+def test_a_result_the_broker_has_no_room_for_is_sent_again_unchanged(worker, monkeypatch):
+    """A full disk or queue, or Redis at maxmemory: the outcome is kept, never a FAILURE."""
+    from minitask.exceptions import BrokerFullError
+    worker.consumer = Consumer(BrokerFullError("publish refused: No space left on device"),
+                               refusals=2)
+    now = [100.0]
+    monkeypatch.setattr("minitask.worker.worker.time.monotonic", lambda: now[0])
+    link = protocol.encode_message(TaskMessage("tests.second", (2,), {}, id="t-2").encode())
+    worker._store("t-1", "SUCCESS", "application/json", b'{"result": 2}', True, "tests.first",
+                  0.001, [link], (), message_with_workflow(), ack=7)
+    worker._flush_broker()
+    assert len(worker.stores_again) == 1 and worker._timeout() == pytest.approx(0.1)
+    worker._store_again()                           # not due yet
+    assert len(worker.consumer.stored) == 1
+    now[0] += 0.1
+    worker._store_again()                           # refused again: twice the wait
+    worker._flush_broker()
+    assert worker._timeout() == pytest.approx(0.2)
+    now[0] += 0.2
+    worker._store_again()                           # taken
+    worker._flush_broker()
+    assert [(task_id, state, published) for task_id, state, published, _, _
+            in worker.consumer.stored] == [("t-1", "SUCCESS", 1)] * 3
+    assert worker.consumer.acks == [(7, 2)] and not worker.stores_again
+
+
+def test_a_result_waiting_for_room_is_dropped_with_its_connection_when_acks_late(worker):
+    """Its message comes back with the connection (acks late): sent too, it would run
+    twice. Without an ack (acked as it started), it waits for the next connection."""
+    from minitask.exceptions import BrokerFullError
+    worker.consumer = Consumer(BrokerFullError("queue 'next' is full (max_length 1)"))
+    link = protocol.encode_message(TaskMessage("tests.second", (2,), {}, id="t-2").encode())
+    for task_id, ack in (("t-1", 7), ("t-5", None)):
+        worker._store(task_id, "SUCCESS", "application/json", b'{"result": 2}', True,
+                      "tests.first", 0.001, [link], (), message_with_workflow(), ack=ack)
+    worker._flush_broker()
+    assert [entry[2] for entry in worker.stores_again] == [7, None]
+    worker.consumer.lost = worker.consumer.set_extra_credit = lambda *args: None
+    worker._connection_lost(BrokerFullError("gone"))
+    assert [entry[1]["task_id"] for entry in worker.stores_again] == ["t-5"]

@@ -20,6 +20,8 @@ class Consumer:
 
     def store_result(self, task_id, state, *args, **kwargs):
         self.stored.append((task_id, state))
+        if kwargs.get("ack") is not None:       # acked with what is stored
+            self.acked.append(kwargs["ack"])
 
     def ack(self, tag):
         self.acked.append(tag)
