@@ -129,8 +129,9 @@ ACCEPTED = {
     "task_send_sent_event": (_one_of(False), EVENTS),
     "worker_direct": (_one_of(False), "workers have no queue of their own; route with "
                                       "TASK_ROUTES and -Q"),
-    "worker_hijack_root_logger": (_one_of(True), "the worker always sets up logging itself "
-                                                 "(-l, -f)"),
+    "worker_hijack_root_logger": (_one_of(True), "the worker sets up logging itself (-l, "
+                                                 "-f) unless a setup_logging receiver is "
+                                                 "connected, as in Celery: connect one"),
     "worker_redirect_stdouts": (_one_of(False), "a task's print() goes to the worker's "
                                                 "stdout, not its log"),
     "worker_timer_precision": (_always, "countdowns start on time from a heap scheduler, "

@@ -20,7 +20,7 @@ from .exceptions import MinitaskError
 from .admin import add_commands
 from . import __version__
 from .loaders import app_modules, current_loader, import_app_package
-from .log import setup_logging
+from .log import send_logging_signals, setup_logging
 from .broker.main import BrokerConfig, run_broker
 from .config import configure, parse_broker_url
 from .worker import Worker, djangofixup
@@ -359,6 +359,7 @@ def _run_worker(args):
     loader.on_worker_init()
     for name in args.include:
         loader.import_module(name)
+    send_logging_signals(settings.LOGLEVEL, settings.LOGFILE)
     worker = Worker(settings, hostname=args.hostname, start_method=settings.START_METHOD,
                     imports=args.include, beat=settings.BEAT, settings_overrides=overrides)
     return worker.run()

@@ -1,9 +1,15 @@
 """Logging set-up shared by the command line, the worker and `Task.get_logger()`.
 
 Only `setup_logging` (called by cli.py and the worker's pool children) touches the root
-logger, which it takes over. Task loggers write their own lines, each naming the task and its id, to the file the
-task's `logfile` names (the worker's, when run there) and do not propagate, so a line is never
-written twice.
+logger, which it takes over. Task loggers write their own lines, each naming the task and its
+id, to the file the task's `logfile` names (the worker's, when run there) and do not
+propagate, so a line is never written twice.
+
+Celery's logging signals, as Celery sends them: once the modules that may connect them are
+imported (`send_logging_signals`), a `setup_logging` receiver takes logging over (minitask's
+set-up is undone, and task loggers then only propagate to what the receivers set up); else
+`after_setup_logger` gets the root logger, and `after_setup_task_logger` each task's logger
+as it is first set up.
 """
 
 import logging
@@ -11,7 +17,8 @@ import sys
 import threading
 import time
 
-__all__ = ["setup_logging", "task_logger", "Throttle", "folded", "FORMAT", "TASK_FORMAT"]
+__all__ = ["setup_logging", "send_logging_signals", "task_logger", "Throttle", "folded",
+           "FORMAT", "TASK_FORMAT"]
 
 FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
@@ -67,17 +74,47 @@ def setup_logging(loglevel="WARNING", logfile=None, take_over=True):
     return root
 
 
+def send_logging_signals(loglevel="WARNING", logfile=None):
+    """Celery's `setup_logging` or `after_setup_logger`, once the modules that may connect
+    them are imported (after `setup_logging`, so that their import errors were logged).
+    With a `setup_logging` receiver, minitask's root handler goes: the receivers set logging
+    up (a dictConfig, say), as with Celery."""
+    from . import signals
+    level = level_of(loglevel)
+    if signals.setup_logging.receivers:
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h in _handlers.values()]:
+            root.removeHandler(handler)
+        signals.setup_logging.send(None, loglevel=level, logfile=logfile, format=FORMAT,
+                                   colorize=False)
+    elif signals.after_setup_logger.receivers:
+        signals.after_setup_logger.send(None, logger=logging.getLogger(), loglevel=level,
+                                        logfile=logfile, format=FORMAT, colorize=False)
+
+
 def task_logger(task_name, task_id, logfile=None, loglevel=None):
     """A logger adapter for one task run: `logfile` at `loglevel`, task name and id on each line."""
+    from . import signals
     logger = logging.getLogger("minitask.tasks.%s" % task_name)
+    extra = {"task_name": task_name, "task_id": task_id or "-"}
+    if signals.setup_logging.receivers:     # theirs: it propagates to what they set up
+        for old in [h for h in logger.handlers if h in _handlers.values()]:
+            logger.removeHandler(old)
+        logger.propagate = True
+        return logging.LoggerAdapter(logger, extra)
     handler = _handler(logfile, TASK_FORMAT)
+    level = level_of(loglevel)
+    logger.setLevel(level)
+    logger.propagate = False
     if handler not in logger.handlers:
         for old in [h for h in logger.handlers if h in _handlers.values()]:
             logger.removeHandler(old)
         logger.addHandler(handler)
-    logger.setLevel(level_of(loglevel))
-    logger.propagate = False
-    return logging.LoggerAdapter(logger, {"task_name": task_name, "task_id": task_id or "-"})
+        if signals.after_setup_task_logger.receivers:
+            signals.after_setup_task_logger.send(None, logger=logger, loglevel=level,
+                                                 logfile=logfile, format=TASK_FORMAT,
+                                                 colorize=False)
+    return logging.LoggerAdapter(logger, extra)
 
 
 class Throttle:

@@ -28,7 +28,8 @@ __all__ = [
     "Signal", "before_task_publish", "after_task_publish", "task_prerun", "task_postrun",
     "task_success", "task_failure", "task_retry", "task_received", "task_revoked",
     "worker_init", "worker_ready", "worker_shutting_down", "worker_shutdown",
-    "worker_process_init", "worker_process_shutdown",
+    "worker_process_init", "worker_process_shutdown", "setup_logging", "after_setup_logger",
+    "after_setup_task_logger",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,21 +172,25 @@ worker_shutdown = Signal(name="worker_shutdown")
 
 # Each pool process (sender: None).
 worker_process_init = Signal(name="worker_process_init")
+# Logging (`minitask.log`): in the worker and each pool process once the task modules are
+# imported; a setup_logging receiver takes logging over.
+setup_logging = Signal(name="setup_logging", providing_args=(
+    "loglevel", "logfile", "format", "colorize"))
+after_setup_logger = Signal(name="after_setup_logger", providing_args=(
+    "logger", "loglevel", "logfile", "format", "colorize"))
+after_setup_task_logger = Signal(name="after_setup_task_logger", providing_args=(
+    "logger", "loglevel", "logfile", "format", "colorize"))
 worker_process_shutdown = Signal(name="worker_process_shutdown",
                                  providing_args=("pid", "exitcode"))
 
 
 # Celery's signals that have no place here, and what to use instead: looking one up says so.
 # An AttributeError, which `hasattr` and `getattr(signals, name, None)` probes expect; an
-# import of one (`from minitask.signals import setup_logging`) is Python's ImportError.
+# import of one (`from minitask.signals import beat_init`) is Python's ImportError.
 _NOT_SENT = dict.fromkeys(
-    ("setup_logging", "after_setup_logger", "after_setup_task_logger"),
-    "the worker sets up logging from -l and -f (LOGLEVEL, LOGFILE) before it imports task "
-    "modules; change it in a worker_init or worker_process_init receiver")
-_NOT_SENT.update(dict.fromkeys(
     ("celeryd_init", "celeryd_after_setup", "beat_init", "beat_embedded_init",
      "import_modules"),
-    "use worker_init (its sender is the worker; beat runs inside one, -B)"))
+    "use worker_init (its sender is the worker; beat runs inside one, -B)")
 _NOT_SENT.update(dict.fromkeys(
     ("task_internal_error", "task_unknown", "task_rejected"),
     "the worker logs such a message in one line and stores the task's FAILURE"))

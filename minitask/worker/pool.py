@@ -55,7 +55,7 @@ from ..protocol import message_id_of
 from . import djangofixup
 from .execution import execute_delivery, failed
 from ..loaders import current_loader
-from ..log import setup_logging
+from ..log import send_logging_signals, setup_logging
 from ..result import set_task_join_will_block
 from .mail import failure_mailer
 from .. import config as settings_module, signals
@@ -723,6 +723,7 @@ class _ChildRunner:
             loader.on_worker_init()
             for name in self.config.imports:
                 loader.import_module(name)
+        send_logging_signals(self.config.loglevel, self.config.logfile)
         loader.on_worker_process_init()
         if signals.worker_process_init.receivers:
             signals.worker_process_init.send(None)

@@ -6,7 +6,10 @@ import logging.config
 import pytest
 
 from minitask import registry, task
-from minitask.log import TASK_FORMAT, level_of, setup_logging, task_logger
+from minitask import signals
+from minitask.log import (
+    FORMAT, TASK_FORMAT, level_of, send_logging_signals, setup_logging, task_logger,
+)
 
 
 from taskkit import isolated_tasks  # noqa: E402,F401  (fixtures)
@@ -185,3 +188,63 @@ def test_a_forked_pool_process_keeps_the_root_handlers_it_inherited(tmp_path, ro
     root_logger.addHandler(theirs)
     setup_logging("INFO", str(tmp_path / "child.log"), take_over=False)
     assert theirs in root_logger.handlers and len(root_logger.handlers) == 2
+
+
+# -- Celery's logging signals ----------------------------------------------------------------
+
+@pytest.fixture
+def receivers():
+    """Receivers connected in a test are gone after it."""
+    kept = {name: getattr(signals, name).receivers
+            for name in ("setup_logging", "after_setup_logger", "after_setup_task_logger")}
+    try:
+        yield
+    finally:
+        for name, connected in kept.items():
+            getattr(signals, name).receivers = connected
+
+
+def test_a_setup_logging_receiver_takes_logging_over_as_in_celery(
+        tmp_path, root_logger, receivers):
+    """Celery's idiom to keep the worker off a project's logging: with a receiver, minitask
+    undoes its own set-up and the receiver does it all; task lines propagate to it."""
+    seen = []
+
+    @signals.setup_logging.connect
+    def config_loggers(*args, **kwargs):
+        seen.append(kwargs)
+        logging.config.dictConfig({
+            "version": 1, "disable_existing_loggers": False,
+            "formatters": {"app": {"format": "APP %(name)s %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "formatter": "app",
+                                  "filename": str(tmp_path / "app.log")}},
+            "root": {"handlers": ["file"], "level": "INFO"}})
+    setup_logging("WARNING", str(tmp_path / "worker.log"))
+    send_logging_signals("WARNING", str(tmp_path / "worker.log"))
+    assert seen == [{"signal": signals.setup_logging, "sender": None, "loglevel": logging.WARNING,
+                     "logfile": str(tmp_path / "worker.log"), "format": FORMAT,
+                     "colorize": False}]
+    assert [type(h).__name__ for h in root_logger.handlers] == ["FileHandler"]
+    task_logger("tests.log.add", "id-1").info("from the task")
+    logging.getLogger("minitask.worker.test_log_probe").info("from the worker")
+    for handler in root_logger.handlers:
+        handler.close()
+    assert lines_of(tmp_path / "app.log") == ["APP minitask.tasks.tests.log.add from the task",
+                                              "APP minitask.worker.test_log_probe from the "
+                                              "worker"]
+    assert not (tmp_path / "worker.log").exists() or lines_of(tmp_path / "worker.log") == []
+
+
+def test_after_setup_logger_and_after_setup_task_logger_get_the_loggers_once(
+        tmp_path, root_logger, receivers):
+    seen = []
+    signals.after_setup_logger.connect(
+        lambda logger=None, loglevel=None, **kwargs: seen.append(("root", logger, loglevel)))
+    signals.after_setup_task_logger.connect(
+        lambda logger=None, format=None, **kwargs: seen.append(("task", logger.name, format)))
+    setup_logging("INFO", str(tmp_path / "worker.log"))
+    send_logging_signals("INFO", str(tmp_path / "worker.log"))
+    for task_id in ("id-1", "id-2"):
+        task_logger("tests.log.once", task_id, str(tmp_path / "task.log"), "INFO")
+    assert seen == [("root", root_logger, logging.INFO),
+                    ("task", "minitask.tasks.tests.log.once", TASK_FORMAT)]
