@@ -17,15 +17,32 @@ import sys
 import threading
 import time
 
-__all__ = ["setup_logging", "send_logging_signals", "task_logger", "Throttle", "folded",
-           "FORMAT", "TASK_FORMAT"]
+__all__ = ["setup_logging", "send_logging_signals", "task_logger", "get_task_logger",
+           "Throttle", "folded", "FORMAT", "TASK_FORMAT"]
 
 FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 TASK_FORMAT = ("[%(asctime)s: %(levelname)s/%(processName)s] "
                "%(task_name)s[%(task_id)s]: %(message)s")
 
+# The parent of `get_task_logger`'s loggers: task lines, each naming the running task.
+TASKS_LOGGER = "minitask.task"
+
 _handlers = {}                  # (logfile or None, format) -> shared handler
 _lock = threading.Lock()
+
+
+class _RunningTask(logging.Filter):
+    """Names the task running in this thread on a record that does not name one already
+    (a `get_task_logger` logger's; `get_logger`'s adapter names its own), as Celery's
+    TaskFormatter does: ``???`` outside a task."""
+
+    def filter(self, record):
+        if not hasattr(record, "task_id"):
+            from .task import current_request
+            request = current_request()
+            record.task_name = (request.name if request else None) or "???"
+            record.task_id = (request.id if request else None) or "???"
+        return True
 
 
 def _handler(logfile, fmt):
@@ -38,8 +55,21 @@ def _handler(logfile, fmt):
             else:
                 handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter(fmt))
+            if fmt == TASK_FORMAT:
+                handler.addFilter(_RunningTask())
             _handlers[key] = handler
         return handler
+
+
+def get_task_logger(name):
+    """Celery's ``get_task_logger(__name__)``: a logger for a tasks module. In a worker its
+    lines go to the worker's log, each naming the task running (``???`` outside one), and
+    not to the root logger as well; elsewhere they reach the root logger as any module's."""
+    if name in (TASKS_LOGGER, "minitask.tasks"):
+        raise ValueError("logger name %r is reserved for minitask's task loggers" % name)
+    logger = logging.getLogger(name)
+    logger.parent = logging.getLogger(TASKS_LOGGER)
+    return logger
 
 
 def level_of(loglevel, default=logging.WARNING):
@@ -67,6 +97,12 @@ def setup_logging(loglevel="WARNING", logfile=None, take_over=True):
     if handler not in root.handlers:
         root.addHandler(handler)
     root.setLevel(level_of(loglevel))
+    tasks = logging.getLogger(TASKS_LOGGER)
+    task_handler = _handler(logfile, TASK_FORMAT)
+    for old in [h for h in tasks.handlers if h in _handlers.values()]:
+        tasks.removeHandler(old)
+    tasks.addHandler(task_handler)
+    tasks.propagate = False
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
         if (name == "minitask" or name.startswith("minitask.")) \
                 and isinstance(logger, logging.Logger):
@@ -82,14 +118,20 @@ def send_logging_signals(loglevel="WARNING", logfile=None):
     from . import signals
     level = level_of(loglevel)
     if signals.setup_logging.receivers:
-        root = logging.getLogger()
-        for handler in [h for h in root.handlers if h in _handlers.values()]:
-            root.removeHandler(handler)
+        for logger in (logging.getLogger(), logging.getLogger(TASKS_LOGGER)):
+            for handler in [h for h in logger.handlers if h in _handlers.values()]:
+                logger.removeHandler(handler)
+        logging.getLogger(TASKS_LOGGER).propagate = True
         signals.setup_logging.send(None, loglevel=level, logfile=logfile, format=FORMAT,
                                    colorize=False)
-    elif signals.after_setup_logger.receivers:
+        return
+    if signals.after_setup_logger.receivers:
         signals.after_setup_logger.send(None, logger=logging.getLogger(), loglevel=level,
                                         logfile=logfile, format=FORMAT, colorize=False)
+    if signals.after_setup_task_logger.receivers:
+        signals.after_setup_task_logger.send(None, logger=logging.getLogger(TASKS_LOGGER),
+                                             loglevel=level, logfile=logfile,
+                                             format=TASK_FORMAT, colorize=False)
 
 
 def task_logger(task_name, task_id, logfile=None, loglevel=None):

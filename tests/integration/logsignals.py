@@ -1,6 +1,7 @@
 """A tasks module as a Celery project writes one to keep the worker off its logging: a
 `setup_logging` receiver with a dictConfig (the worker's own lines, and the tasks', go where
-it says), and a task logging through `get_logger`. Lines go to $ITTASKS_DIR/app.log."""
+it says), and a task logging through `get_logger`. Lines go to $ITTASKS_DIR/app.log. With
+$NO_SETUP_LOGGING set, no receiver is connected."""
 
 import logging
 import logging.config
@@ -10,7 +11,6 @@ from minitask import task
 from minitask.signals import setup_logging
 
 
-@setup_logging.connect
 def config_loggers(*args, **kwargs):
     logging.config.dictConfig({
         "version": 1,
@@ -21,6 +21,10 @@ def config_loggers(*args, **kwargs):
                                                        "app.log")}},
         "root": {"handlers": ["file"], "level": "INFO"},
     })
+
+
+if not os.environ.get("NO_SETUP_LOGGING"):
+    setup_logging.connect(config_loggers)
 
 
 @task(name="ls.hello")

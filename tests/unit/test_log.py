@@ -141,17 +141,21 @@ def test_level_of_reads_names_in_any_case_and_numbers(given, level):
 
 @pytest.fixture
 def root_logger():
-    """The root logger, its handlers and level put back after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    """The root logger, its handlers and level put back after the test (and those of
+    get_task_logger's parent, which setup_logging sets up too)."""
+    root, tasks = logging.getLogger(), logging.getLogger("minitask.task")
+    kept = [(logger, list(logger.handlers), logger.level, logger.propagate)
+            for logger in (root, tasks)]
     try:
         yield root
     finally:
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
-        for handler in handlers:
-            root.addHandler(handler)
-        root.setLevel(level)
+        for logger, handlers, level, propagate in kept:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            for handler in handlers:
+                logger.addHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def test_setup_logging_takes_the_root_logger_over_as_a_django_logging_setting_leaves_it(
@@ -247,4 +251,28 @@ def test_after_setup_logger_and_after_setup_task_logger_get_the_loggers_once(
     for task_id in ("id-1", "id-2"):
         task_logger("tests.log.once", task_id, str(tmp_path / "task.log"), "INFO")
     assert seen == [("root", root_logger, logging.INFO),
+                    ("task", "minitask.task", TASK_FORMAT),     # get_task_logger's parent
                     ("task", "minitask.tasks.tests.log.once", TASK_FORMAT)]
+
+
+def test_get_task_logger_names_the_running_task_and_writes_once(tmp_path, root_logger):
+    """Celery's get_task_logger(__name__): in a worker its lines go to the worker's log with
+    the task's name and id (``???`` outside a task), and not through the root logger too."""
+    from minitask.log import get_task_logger
+    from minitask.task import Request, pop_request, push_request
+    logfile = str(tmp_path / "worker.log")
+    setup_logging("INFO", logfile)
+    logger = get_task_logger("tests.log.module_probe")
+    push_request(Request(id="id-7", name="tests.log.add"))
+    try:
+        logger.info("inside")
+    finally:
+        pop_request()
+    logger.warning("outside")
+    for handler in root_logger.handlers + logging.getLogger("minitask.task").handlers:
+        handler.flush()
+    lines = lines_of(logfile)
+    assert [line.split("] ", 1)[1] for line in lines] == [
+        "tests.log.add[id-7]: inside", "???[???]: outside"]
+    with pytest.raises(ValueError, match="reserved"):
+        get_task_logger("minitask.task")
