@@ -42,6 +42,9 @@ PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = STATES
 # ever (the task waited for may be queued behind this one, for this very process).
 _join = {"will_block": False}
 
+# How often `get(on_message=...)` looks for a state before the final one (which comes at once).
+PROGRESS_POLL = 0.1
+
 WOULD_BLOCK = ("never call result.get() within a task: it may wait for a task queued "
                "behind this one; chain the tasks, or give a link callback (or pass "
                "disable_sync_subtasks=False, or use allow_join_result(), if you must)")
@@ -96,23 +99,37 @@ class ResultBase:
         return self.state
 
     def get(self, timeout=None, propagate=True, interval=None, no_ack=True,
-            follow_parents=True, callback=None, disable_sync_subtasks=True):
+            follow_parents=True, callback=None, on_message=None, on_interval=None,
+            disable_sync_subtasks=True):
         """Wait for the final state; return the value or raise the task's exception.
 
         Raises `minitask.exceptions.TimeoutError` when `timeout` seconds pass first.
-        `callback(task_id, value)` is called with the value, as Celery's. `interval`,
-        `no_ack` and `follow_parents` are accepted for Celery compatibility with no effect:
-        nothing polls, results are kept until they expire, and a failure in a chain is the
+        `callback(task_id, value)` is called with the value, as Celery's. `on_message(meta)`
+        is called with each state the task is seen in (Celery's raw result: a dict of
+        ``task_id``, ``status``, ``result``, ``traceback``, ``children``, ``date_done``),
+        progress reported with `update_state` included: states before the final one are
+        looked at every `PROGRESS_POLL` seconds, the final one comes at once.
+        `on_interval()` is called between those looks. `interval`, `no_ack` and
+        `follow_parents` are accepted for Celery compatibility with no effect: nothing polls
+        otherwise, results are kept until they expire, and a failure in a chain is the
         result of every task after it already. Inside a task, raises RuntimeError rather
         than wait, unless `disable_sync_subtasks` is False (Celery's rule); a result already
         known is returned.
         """
+        if on_message is not None or on_interval is not None:
+            timeout = self._watch(timeout, on_message, on_interval, disable_sync_subtasks)
         value = self._wait(timeout, propagate, disable_sync_subtasks)
         if callback is not None:
             callback(self.task_id, value)
         return value
 
     wait = get
+
+    def _watch(self, timeout, on_message, on_interval, disable_sync_subtasks):
+        """An eager result is final already: on_message hears it once."""
+        if on_message is not None:
+            on_message(_message(self.task_id, self._fetch()))
+        return timeout
 
     def maybe_throw(self, propagate=True, callback=None):
         """Celery's: raise the task's exception if it failed, else return its value (None
@@ -244,6 +261,34 @@ class AsyncResult(ResultBase):
             meta = self._meta = self._decode(state, content_type, payload)
         return self._outcome(meta, propagate)
 
+    def _watch(self, timeout, on_message, on_interval, disable_sync_subtasks):
+        """`get()`'s on_message and on_interval: wait in slices of PROGRESS_POLL seconds
+        until the final state (kept for `_wait`), or until `timeout` has passed, calling
+        them as the state changes and between slices. Returns what is left of `timeout`."""
+        if self._meta is not None:
+            if on_message is not None:
+                on_message(_message(self.task_id, self._meta))
+            return timeout
+        _assert_will_not_block(disable_sync_subtasks)
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        seen = None
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = PROGRESS_POLL if left is None else min(PROGRESS_POLL, left)
+            state, ready, date_done, content_type, payload = self._call(
+                lambda conn: conn.wait_result(self.task_id, wait))
+            if (state, bytes(payload or b"")) != seen:
+                seen = (state, bytes(payload or b""))
+                meta = self._decode(state, content_type, payload)
+                if ready:
+                    self._meta = meta
+                if on_message is not None:
+                    on_message(_message(self.task_id, meta, date_done if ready else None))
+            if ready or left == 0.0:
+                return left
+            if on_interval is not None:
+                on_interval()
+
     def revoke(self, terminate=False, signal="SIGTERM", wait=False, timeout=None):
         """Make sure the task never runs (and stop it if running, with `terminate`).
 
@@ -307,6 +352,13 @@ class EagerResult(ResultBase):
 
 def _utc(epoch):
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+
+
+def _message(task_id, meta, date_done=None):
+    """What Celery's `get(on_message=...)` passes: the result as its backend stores it."""
+    return {"task_id": task_id, "status": meta.status, "result": meta.result,
+            "traceback": meta.traceback, "children": [],
+            "date_done": _utc(date_done).isoformat() if date_done else None}
 
 
 class ResultSet:

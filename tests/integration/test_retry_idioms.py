@@ -16,10 +16,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import retryidioms as ri  # noqa: E402
-from cluster import Broker, client_of, wait_for, workers_of  # noqa: E402
+from both import broker, server  # noqa: E402,F401  (fixtures: each transport)
+from cluster import wait_for, workers_of  # noqa: E402
 from ittasks import _trace, read_trace  # noqa: E402
-from rediskit import REDIS_SERVER, SKIP_REASON, RedisBroker  # noqa: E402
-from test_redis_worker import GRACE, HEARTBEAT, server  # noqa: E402,F401  (redis-server)
 
 from minitask import chain, chord  # noqa: E402
 from minitask.exceptions import MaxRetriesExceededError  # noqa: E402
@@ -28,23 +27,6 @@ MODULES = "ittasks,retryidioms"
 
 
 # -- fixtures: one broker per test, on each transport ----------------------------------------
-
-@pytest.fixture(params=["builtin", "redis"])
-def broker(request, tmp_path):
-    if request.param == "builtin":
-        instance = Broker(tmp_path).start()
-    else:
-        if REDIS_SERVER is None:
-            pytest.skip(SKIP_REASON)
-        instance = RedisBroker(request.getfixturevalue("server"), heartbeat=HEARTBEAT,
-                               handover_grace=GRACE)
-    try:
-        with client_of(instance, tmp_path):
-            yield instance
-    finally:
-        if request.param == "builtin":
-            instance.proc.close()
-
 
 @pytest.fixture
 def start_worker(broker, tmp_path):
