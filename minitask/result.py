@@ -418,10 +418,11 @@ class ResultSet:
         del self.results[:]
 
     def join(self, timeout=None, propagate=True, interval=None, callback=None, no_ack=True,
-             disable_sync_subtasks=True):
+             on_message=None, on_interval=None, disable_sync_subtasks=True):
         """The list of values, in order; the first failure is raised when `propagate`.
         With `callback`, `callback(task_id, value)` is called for each, in order, and the
-        list is empty, as Celery's. `interval` and `no_ack` are accepted, with no effect
+        list is empty, as Celery's. `on_message` and `on_interval` as `AsyncResult.get`'s,
+        for each result in turn. `interval` and `no_ack` are accepted, with no effect
         (see `AsyncResult.get`). Inside a task, RuntimeError as `AsyncResult.get` (before
         any waiting)."""
         if any(isinstance(result, AsyncResult) and result._meta is None
@@ -432,6 +433,7 @@ class ResultSet:
         for result in self.results:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             value = result.get(timeout=remaining, propagate=propagate,
+                               on_message=on_message, on_interval=on_interval,
                                disable_sync_subtasks=disable_sync_subtasks)
             if callback is not None:
                 callback(result.id, value)

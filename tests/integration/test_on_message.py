@@ -56,3 +56,14 @@ def test_on_message_with_a_timeout_raises_after_hearing_what_came(broker):
     with pytest.raises(TimeoutError, match="state PENDING"):
         result.get(timeout=0.3, on_message=heard.append)
     assert [body["status"] for body in heard] == ["PENDING"]
+
+
+def test_a_groups_get_passes_on_message_for_each_result(start_worker):
+    from minitask import group
+    start_worker()
+    heard = []
+    result = group(ittasks.add.s(i, i) for i in range(3)).apply_async()
+    assert result.get(timeout=30, on_message=heard.append) == [0, 2, 4]
+    finals = [(body["task_id"], body["result"]) for body in heard
+              if body["status"] == "SUCCESS"]
+    assert finals == [(member.id, 2 * i) for i, member in enumerate(result.results)]
