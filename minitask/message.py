@@ -69,7 +69,7 @@ import os
 import random
 
 from . import protocol, serialization
-from .exceptions import ContentDisallowed, ProtocolError, SerializationError
+from .exceptions import ConfigurationError, ContentDisallowed, ProtocolError, SerializationError
 
 __all__ = ["TaskMessage", "ResultMeta", "new_task_id", "to_epoch", "from_epoch",
            "encode_result_meta", "decode_result_meta", "BODY_VERSION"]
@@ -98,15 +98,29 @@ def new_task_id():
     return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
 
 
-def to_epoch(value):
-    """Epoch seconds for a datetime (a naive one is taken as UTC), a number, or None -> 0."""
+def to_epoch(value, what="a time"):
+    """Epoch seconds for a datetime (a naive one is taken as UTC), an ISO 8601 string of one
+    (as Celery takes `eta` and `expires`), a number, or None -> 0. ConfigurationError,
+    naming `what`, for anything else."""
     if value is None:
         return 0.0
+    if isinstance(value, str):
+        text = value.strip()
+        try:        # fromisoformat takes no "Z" before Python 3.11
+            value = datetime.datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz"
+                                                    and text else text)
+        except ValueError:
+            raise ConfigurationError("%s=%r: expected a datetime, an ISO 8601 date and time "
+                                     "or a number" % (what, text)) from None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
         return value.timestamp()
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError("%s=%r: expected a datetime, an ISO 8601 date and time or "
+                                 "a number" % (what, value)) from None
 
 
 def from_epoch(value):

@@ -96,7 +96,7 @@ def compose_message(name, args=None, kwargs=None, task=None, settings=None, coun
         expires = now + expires.total_seconds()
     message = TaskMessage(
         name, args or (), kwargs or {}, id=task_id or new_task_id(), retries=retries,
-        eta=to_epoch(eta), expires=to_epoch(expires), exchange=exchange,
+        eta=to_epoch(eta, "eta"), expires=to_epoch(expires, "expires"), exchange=exchange,
         routing_key=routing_key, priority=priority,
         mandatory=own.mandatory if mandatory is None else mandatory,
         immediate=own.immediate if immediate is None else immediate,

@@ -26,7 +26,9 @@ import time
 from . import canvas, eager, registry as _registry_module, retry as policy
 from .canvas import Signature, chunks, group, send, xmap, xstarmap
 from .config import get_settings
-from .exceptions import ConfigurationError, RetryTaskError
+from .exceptions import (
+    BrokerConnectionError, ConfigurationError, MaxRetriesExceededError, RetryTaskError,
+)
 from .log import task_logger
 from .message import ResultMeta, encode_result_meta, from_epoch
 from .options import PUBLISH_OPTIONS, check_call_options, check_task_attributes, \
@@ -339,6 +341,10 @@ class Task(metaclass=TaskType):
     retry_jitter = True               # a random countdown from 0 up to the backoff
     throws = ()                       # expected exceptions: FAILURE, logged without traceback
     typing = None                     # True: check the arguments against run() when called
+    # Celery's names for the errors a caller and a task catch: ``except add.OperationalError``
+    # around delay() (the broker cannot be reached), ``except self.MaxRetriesExceededError``.
+    OperationalError = BrokerConnectionError
+    MaxRetriesExceededError = MaxRetriesExceededError
 
     @classmethod
     def _instance(cls):

@@ -327,9 +327,6 @@ def test_message_sending_retry_options(start_worker):
 
 # -- Connection Error Handling --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: Task has no OperationalError attribute "
-                                       "(Celery's Task.OperationalError), so the guide's "
-                                       "`except add.OperationalError` raises AttributeError")
 @pytest.mark.parametrize("scheme", ["minitask", "redis"])
 def test_connection_error_is_catchable_as_task_operational_error(tmp_path, scheme):
     """When the broker cannot be reached, add.delay(2, 2) raises, and the guide catches it

@@ -335,3 +335,15 @@ def test_a_result_payload_that_does_not_decode_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="id-7"):
         decode_result_meta("id-7", "SUCCESS", JSON_TYPE, b"[1, 2]")
 
+
+
+def test_eta_and_expires_take_iso_8601_strings_as_celery_does_and_name_bad_ones():
+    """Celery passes an ISO 8601 `expires` or `eta` through; a bad one was a bare
+    ValueError from float()."""
+    from minitask.exceptions import ConfigurationError
+    from minitask.message import to_epoch
+    assert to_epoch("2030-01-01T00:00:00Z") == to_epoch("2030-01-01T05:30:00+05:30") \
+        == to_epoch("2030-01-01 00:00:00") == 1893456000.0
+    for bad in ("soon", "", object()):
+        with pytest.raises(ConfigurationError, match="expires=.*expected a datetime"):
+            to_epoch(bad, "expires")

@@ -564,3 +564,19 @@ def test_the_guides_retry_with_the_kwargs_spread_works_eagerly_too(no_broker, no
 
     assert send_twitter_status.apply(("token", "hi")).get() == "posted"
     assert attempts == [0, 1, 2]
+
+
+def test_celerys_except_self_max_retries_exceeded_error_catches_the_give_up():
+    """Celery's Task.MaxRetriesExceededError (and Task.OperationalError for delay()):
+    ``except self.MaxRetriesExceededError`` used to raise AttributeError."""
+    from minitask.exceptions import BrokerConnectionError
+
+    @task(bind=True, name="tests.retry.gives_up", max_retries=1)
+    def gives_up(self):
+        try:
+            raise self.retry(countdown=0)
+        except self.MaxRetriesExceededError:
+            return "gave up after %d" % self.request.retries
+
+    assert gives_up.apply().get() == "gave up after 1"
+    assert gives_up.OperationalError is BrokerConnectionError
