@@ -362,6 +362,8 @@ class chain(Signature):
             step_result = step.freeze((_id or self.options.get("task_id")) if last else None)
             root_result(step_result).parent = result
             result = step_result
+        if result is not None:      # as in Celery: the chain's id is its last task's
+            self.options["task_id"] = result.id
         return result
 
     def __repr__(self):

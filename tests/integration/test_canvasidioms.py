@@ -313,9 +313,6 @@ def test_blow_your_mind_by_combining_partial_chains_groups_and_chords(broker, wo
         .get(timeout=T) == 6
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: a frozen chain's .id stays None; "
-                                       "Celery 5.4's guide: 'A chain will inherit the task "
-                                       "id of the last task in the chain'")
 def test_a_frozen_chain_inherits_the_id_of_its_last_task(broker, worker):
     # Celery's own test of the guide's "Task ID" paragraph (t/integration/test_canvas.py).
     last_task = add.s(2).set(task_id="fortytwo-%s" % os.getpid())
