@@ -19,12 +19,13 @@ any of them reaches every task of the workflow it can see through those links, i
 ones that have not been sent yet.
 """
 
+import collections
 import contextlib
 import datetime
 import time
 import uuid
 
-from .exceptions import TaskRevokedError, TimeoutError
+from .exceptions import ChordError, TaskRevokedError, TimeoutError
 from .message import decode_result_meta
 from .protocol import READY_STATES, STATES
 from .transport import with_connection
@@ -32,8 +33,8 @@ from .config import get_settings
 from .message import ResultMeta
 from .states import IGNORED
 
-__all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult", "STATES",
-           "READY_STATES", "allow_join_result", "task_join_will_block",
+__all__ = ["ResultBase", "AsyncResult", "EagerResult", "ResultSet", "GroupResult",
+           "ResultGraph", "STATES", "READY_STATES", "allow_join_result", "task_join_will_block",
            "PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
 PENDING, RECEIVED, STARTED, RETRY, SUCCESS, FAILURE, REVOKED = STATES
@@ -124,6 +125,19 @@ class ResultBase:
         return value
 
     wait = get
+
+    def collect(self, intermediate=False, **kwargs):
+        """Celery's: ``(result, value)`` for this result, then, breadth first, for the tasks
+        it sent on (`children`: its callbacks, its chain's next link), each waited for with
+        ``get(**kwargs)``. `intermediate` is accepted: every result is waited for."""
+        for _parent, node in _dependencies(self):
+            yield node, node.get(**kwargs)
+
+    @property
+    def graph(self):
+        """Celery's `graph`: this result and those it led to (`children`), as a
+        `ResultGraph`; a task not finished yet has no children in it."""
+        return ResultGraph(self)
 
     def _watch(self, timeout, on_message, on_interval, disable_sync_subtasks):
         """An eager result is final already: on_message hears it once."""
@@ -232,7 +246,15 @@ class AsyncResult(ResultBase):
 
     @property
     def traceback(self):
-        return self._fetch().traceback
+        """The task's traceback text; for a chord body failed by its header (ChordError,
+        which has none of its own), that header task's, as Celery's guide says, when this
+        handle knows its header (`parent`, as the chord's call returned it)."""
+        meta = self._fetch()
+        if meta.traceback is None and isinstance(meta.result, ChordError):
+            for header in getattr(self.parent, "results", ()):
+                if header.id in str(meta.result):
+                    return header.traceback
+        return meta.traceback
 
     @property
     def date_done(self):
@@ -352,6 +374,50 @@ class EagerResult(ResultBase):
 
 def _utc(epoch):
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+
+
+def _dependencies(root):
+    """``(parent, result)`` for `root` and, breadth first, every result it led to."""
+    queue = collections.deque([(None, root)])
+    while queue:
+        parent, node = queue.popleft()
+        yield parent, node
+        queue.extend((node, child) for child in getattr(node, "children", None) or ())
+
+
+class ResultGraph:
+    """What Celery's `AsyncResult.graph` gives, without its dot output: the results a
+    result led to (`nodes`, breadth first) and each one's `edges` (the results it sent
+    on). Its repr lists each result's id with how many it sent on, those indented below."""
+
+    def __init__(self, root):
+        self.root = root
+        self.nodes, self.edges = [], {}
+        for parent, node in _dependencies(root):
+            self.nodes.append(node)
+            self.edges.setdefault(node.id, [])
+            if parent is not None:
+                self.edges[parent.id].append(node)
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def __contains__(self, result):
+        return any(node.id == getattr(result, "id", result) for node in self.nodes)
+
+    def __getitem__(self, result):
+        return list(self.edges[getattr(result, "id", result)])
+
+    def __repr__(self):
+        lines = []
+        for node in self.nodes:
+            lines.append("%s(%d)" % (node.id, len(self.edges[node.id])))
+            lines.extend("     %s(%d)" % (child.id, len(self.edges.get(child.id, ())))
+                         for child in self.edges[node.id])
+        return "\n".join(lines)
 
 
 def _message(task_id, meta, date_done=None):

@@ -197,8 +197,6 @@ def test_link_applies_the_callback_with_the_parents_result(broker, worker, tmp_p
     assert failed.children == [] and trace(tmp_path, "other_task") == ["4"]
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: AsyncResult has no collect() and no "
-                                       "graph, which the guide's Chains section documents")
 def test_collect_iterates_over_the_result_graph(broker, worker):
     res = add.apply_async((2, 2), link=mul.s(16))
     assert res.get(timeout=T) == 4
@@ -210,6 +208,10 @@ def test_collect_iterates_over_the_result_graph(broker, worker):
     res = chain(add.s(4, 4), mul.s(8), mul.s(10))()
     assert res.get(timeout=T) == 640
     assert res.parent.parent.id in repr(res.parent.parent.graph)
+    graph = res.parent.parent.graph
+    assert [node.id for node in graph] == [res.parent.parent.id, res.parent.id, res.id]
+    assert [node.id for node in graph[res.parent.parent]] == [res.parent.id]
+    assert repr(graph).splitlines()[0] == "%s(1)" % res.parent.parent.id
 
 
 # -- Error callbacks -------------------------------------------------------------------------
@@ -550,15 +552,14 @@ def test_an_error_in_the_header_fails_the_body_with_chord_error(broker, worker):
         slow.get(timeout=T)                         # it ran to its end all the same
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: a chord body failed by its header has "
-                                       "result.traceback None; Celery's guide: 'You can also "
-                                       "find the original traceback in result.traceback'")
 def test_the_failed_chords_result_has_a_traceback(broker, worker):
     result = chord([add.s(4, 4), raising_task.s(), add.s(8, 8)], tsum.s())()
     with pytest.raises(ChordError):
         result.get(timeout=T)
     assert result.state == "FAILURE"
-    assert result.traceback
+    # The original traceback: the failed header task's (minitask finds it through parent).
+    assert result.traceback and "something something" in result.traceback
+    assert result.traceback == result.parent.results[1].traceback
 
 
 def test_chord_errbacks_and_callbacks_belong_to_the_body_and_run_once(broker, worker,
