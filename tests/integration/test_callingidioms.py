@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from both import broker, server  # noqa: E402,F401  (fixtures: each transport)
+from both import broker, server, settle  # noqa: E402,F401  (fixtures)
 from callingidioms import (  # noqa: E402
     Money, add, add_ignored, describe, divide, error_handler, hello, limited, on_error,
     on_error_bound, other_task, pickled_by_default, when, with_kwargs,
@@ -60,18 +60,6 @@ def ran(tmp_path, tag, count=1, timeout=20):
     wait_for(lambda: len(read_trace(tmp_path, tag)) >= count, timeout,
              what="%d run(s) of %s" % (count, tag))
     return runs(tmp_path, tag)
-
-
-def idle(broker):
-    """True once the broker shows nothing queued, delayed, unacked or running."""
-    status = broker.status()
-    return all(q["ready"] == 0 and q["unacked"] == 0 and q.get("delayed", 0) == 0
-               for q in status["queues"]) and \
-        all(w.get("running", 0) == 0 for w in status["workers"])
-
-
-def settle(broker, timeout=20):
-    wait_for(lambda: idle(broker), timeout, interval=0.05, what="the broker to be idle")
 
 
 def past(moment):

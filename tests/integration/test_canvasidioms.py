@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from both import broker, server  # noqa: E402,F401  (fixtures: each transport)
+from both import broker, idle, server, settle  # noqa: E402,F401  (fixtures)
 from canvasidioms import (  # noqa: E402
     add, another_task, apply_signature, create_user, double, fail, forgetful_task,
     import_contact, import_contacts, log_error, log_error_bound, log_error_request,
@@ -48,18 +48,6 @@ def worker(start_worker):
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def idle(broker):
-    """True once the broker shows nothing queued, delayed, unacked or running."""
-    status = broker.status()
-    return all(q["ready"] == 0 and q["unacked"] == 0 and q.get("delayed", 0) == 0
-               for q in status["queues"]) and \
-        all(w.get("running", 0) == 0 for w in status["workers"])
-
-
-def settle(broker, timeout=15):
-    wait_for(lambda: idle(broker), timeout, interval=0.05, what="the broker to be idle")
 
 
 def trace(tmp_path, name):

@@ -16,7 +16,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import retryidioms as ri  # noqa: E402
-from both import broker, server  # noqa: E402,F401  (fixtures: each transport)
+from both import broker, server, settle  # noqa: E402,F401  (fixtures)
 from cluster import wait_for, workers_of  # noqa: E402
 from ittasks import _trace, read_trace  # noqa: E402
 
@@ -35,18 +35,6 @@ def start_worker(broker, tmp_path):
 
 def new_tag(what):
     return "%s-%s" % (what, uuid.uuid4().hex[:10])
-
-
-def idle(broker):
-    """True once the broker shows nothing queued, delayed, unacked or running."""
-    status = broker.status()
-    return all(q["ready"] == 0 and q["unacked"] == 0 and q.get("delayed", 0) == 0
-               for q in status["queues"]) and \
-        all(w.get("running", 0) == 0 for w in status["workers"])
-
-
-def settle(broker, timeout=30):
-    wait_for(lambda: idle(broker), timeout, interval=0.05, what="the broker to be idle")
 
 
 def ints(tmp_path, tag):
