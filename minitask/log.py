@@ -61,6 +61,12 @@ def _handler(logfile, fmt):
         return handler
 
 
+def _drop_ours(logger):
+    """Remove the handlers minitask put on `logger` (a receiver's or a project's stay)."""
+    for handler in [h for h in logger.handlers if h in _handlers.values()]:
+        logger.removeHandler(handler)
+
+
 def get_task_logger(name):
     """Celery's ``get_task_logger(__name__)``: a logger for a tasks module. In a worker its
     lines go to the worker's log, each naming the task running (``???`` outside one), and
@@ -99,8 +105,7 @@ def setup_logging(loglevel="WARNING", logfile=None, take_over=True):
     root.setLevel(level_of(loglevel))
     tasks = logging.getLogger(TASKS_LOGGER)
     task_handler = _handler(logfile, TASK_FORMAT)
-    for old in [h for h in tasks.handlers if h in _handlers.values()]:
-        tasks.removeHandler(old)
+    _drop_ours(tasks)
     tasks.addHandler(task_handler)
     tasks.propagate = False
     for name, logger in list(logging.Logger.manager.loggerDict.items()):
@@ -118,9 +123,8 @@ def send_logging_signals(loglevel="WARNING", logfile=None):
     from . import signals
     level = level_of(loglevel)
     if signals.setup_logging.receivers:
-        for logger in (logging.getLogger(), logging.getLogger(TASKS_LOGGER)):
-            for handler in [h for h in logger.handlers if h in _handlers.values()]:
-                logger.removeHandler(handler)
+        _drop_ours(logging.getLogger())
+        _drop_ours(logging.getLogger(TASKS_LOGGER))
         logging.getLogger(TASKS_LOGGER).propagate = True
         signals.setup_logging.send(None, loglevel=level, logfile=logfile, format=FORMAT,
                                    colorize=False)
@@ -140,8 +144,7 @@ def task_logger(task_name, task_id, logfile=None, loglevel=None):
     logger = logging.getLogger("minitask.tasks.%s" % task_name)
     extra = {"task_name": task_name, "task_id": task_id or "-"}
     if signals.setup_logging.receivers:     # theirs: it propagates to what they set up
-        for old in [h for h in logger.handlers if h in _handlers.values()]:
-            logger.removeHandler(old)
+        _drop_ours(logger)
         logger.propagate = True
         return logging.LoggerAdapter(logger, extra)
     handler = _handler(logfile, TASK_FORMAT)
@@ -149,8 +152,7 @@ def task_logger(task_name, task_id, logfile=None, loglevel=None):
     logger.setLevel(level)
     logger.propagate = False
     if handler not in logger.handlers:
-        for old in [h for h in logger.handlers if h in _handlers.values()]:
-            logger.removeHandler(old)
+        _drop_ours(logger)
         logger.addHandler(handler)
         if signals.after_setup_task_logger.receivers:
             signals.after_setup_task_logger.send(None, logger=logger, loglevel=level,

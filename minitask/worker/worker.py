@@ -729,10 +729,11 @@ class Worker:
                                   attempt, tries + 1))
 
     def _store_again(self):
+        """Send the results `_store_later` kept whose wait is over."""
         now, waiting = time.monotonic(), self.stores_again
         self.stores_again = [entry for entry in waiting if entry[0] > now]
-        for _at, arguments, ack, data, attempt, tries in waiting:
-            if _at <= now:
+        for due, arguments, ack, data, attempt, tries in waiting:
+            if due <= now:
                 self._store(data=data, attempt=attempt, ack=ack, tries=tries, **arguments)
 
     def _too_big(self, task_id, task_name, state, why, data, publish=()):
