@@ -54,11 +54,12 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
     ("TASK_SERIALIZER", "json", "Encoding of task arguments and results: json, pickle, yaml, ..."),
     ("ACCEPT_CONTENT", ["json"], "Serializers a worker accepts (pickle only when listed)."),
     ("DEFAULT_RATE_LIMIT", None, "Rate limit of tasks that set none: \"100/m\", \"10/s\"."),
-    ("DEFAULT_EXCHANGE", "minitask", "Exchange of tasks that name none."),
+    ("DEFAULT_EXCHANGE", "minitask", "Exchange of tasks that name none; unset: DEFAULT_QUEUE."),
     ("DEFAULT_EXCHANGE_TYPE", "direct", "direct, topic, fanout or headers."),
     ("DEFAULT_QUEUE", "minitask", "Queue the broker declares at start and workers consume "
                                   "(set it alike for both)."),
-    ("DEFAULT_ROUTING_KEY", "minitask", "Routing key of tasks that name none."),
+    ("DEFAULT_ROUTING_KEY", "minitask", "Routing key of tasks that name none; unset: "
+                                        "DEFAULT_QUEUE."),
     ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}."),
     ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept."),
     ("ALWAYS_EAGER", False, "Run tasks in the calling process instead of sending them."),
@@ -234,6 +235,9 @@ def load_settings(module=None, environ=None, overrides=None):
               lambda label: "loader " + loader_path)
     apply(env_layer, lambda label: "environment " + label)
     apply(flag_layer, lambda label: "flag")
+    for name in ("DEFAULT_EXCHANGE", "DEFAULT_ROUTING_KEY"):
+        if sources[name] == "default":      # as Celery's: named after the default queue
+            values[name] = values["DEFAULT_QUEUE"]
     values["QUEUES"] = _complete_queues(values)
     _warn_about(notes, values)
     return Settings(values, sources, module_name)

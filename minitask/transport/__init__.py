@@ -137,8 +137,14 @@ def reset_connection():
 
 
 def declare_topology(conn, settings):
-    """Declare the default exchange and every exchange, queue and binding of ``QUEUES``."""
+    """Declare the default exchange, the default queue bound to it under the default routing
+    key, and every exchange, queue and binding of ``QUEUES``. The default queue is declared
+    here too, not only by the broker at its start, so that clients and workers whose
+    DEFAULT_QUEUE is not the broker's meet in theirs (Celery's "changing the name of the
+    default queue" sets it for the app alone)."""
     conn.declare_exchange(settings.DEFAULT_EXCHANGE, settings.DEFAULT_EXCHANGE_TYPE)
+    conn.declare_queue(settings.DEFAULT_QUEUE)
+    conn.bind(settings.DEFAULT_QUEUE, settings.DEFAULT_EXCHANGE, settings.DEFAULT_ROUTING_KEY)
     for name, spec in settings.QUEUES.items():
         conn.declare_exchange(spec["exchange"], spec["exchange_type"])
         conn.declare_queue(name, durable=spec.get("durable", True))
@@ -147,8 +153,8 @@ def declare_topology(conn, settings):
 
 def declare_worker_queues(conn, settings, queues):
     """Declare the queues a worker consumes that ``QUEUES`` does not describe, each bound to
-    the default exchange under its own name; the default queue is the broker's own, bound
-    already under DEFAULT_ROUTING_KEY."""
+    the default exchange under its own name; the default queue is bound already, under
+    DEFAULT_ROUTING_KEY (`declare_topology`)."""
     for name in queues:
         if name in settings.QUEUES:
             continue                    # declare_topology did it

@@ -60,6 +60,18 @@ def test_defaults_are_the_documented_ones():
     assert DEFAULTS["PREFETCH_MULTIPLIER"] == 4 and DEFAULTS["LOGLEVEL"] == "WARNING"
 
 
+def test_the_default_exchange_and_routing_key_follow_the_default_queue_unless_set():
+    """Celery's task_default_exchange and task_default_routing_key default to
+    task_default_queue: the guide's `task_default_queue = 'default'` alone must reach it."""
+    settings = load_settings(settings_module(task_default_queue="default"), environ={})
+    assert (settings.DEFAULT_QUEUE, settings.DEFAULT_EXCHANGE,
+            settings.DEFAULT_ROUTING_KEY) == ("default", "default", "default")
+    assert settings.QUEUES == {}
+    settings = load_settings(settings_module(DEFAULT_QUEUE="q", DEFAULT_EXCHANGE="x"),
+                             environ={"MINITASK_DEFAULT_ROUTING_KEY": "k"})
+    assert (settings.DEFAULT_EXCHANGE, settings.DEFAULT_ROUTING_KEY) == ("x", "k")
+
+
 def test_without_a_settings_module_every_value_is_the_default():
     settings = load_settings(environ={})
     assert settings.as_dict() == DEFAULTS
