@@ -328,8 +328,10 @@ class Messages:
             consumer = consumers[index]
             index = (index + 1) % count
             session = consumer.session
+            # Prefetch counts unacked messages, as AMQP's: a consumer that acks nothing (a
+            # worker's control queue) takes its messages however full the session's credit.
             if session.prefetch and len(session.unacked) >= session.prefetch \
-                    or session.unsent >= session.MAX_UNSENT:
+                    and not consumer.no_ack or session.unsent >= session.MAX_UNSENT:
                 idle += 1
                 continue
             message = queue.pop()
@@ -638,4 +640,4 @@ class Messages:
 
 
 def _can_take_now(queue):
-    return any(consumer.session.has_credit() for consumer in queue.consumers)
+    return any(consumer.no_ack or consumer.session.has_credit() for consumer in queue.consumers)

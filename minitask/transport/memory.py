@@ -173,7 +173,12 @@ class _Session:
         return not self.prefetch or len(self.unacked) < self.prefetch
 
 
-_Subscription = collections.namedtuple("_Subscription", "tag queue session no_ack")
+class _Subscription(collections.namedtuple("_Subscription", "tag queue session no_ack")):
+    __slots__ = ()
+
+    def can_take(self):
+        """Prefetch counts unacked messages: a consumer that acks nothing is never full."""
+        return self.no_ack or self.session.has_credit()
 
 
 def _refuse(code, text):
@@ -445,7 +450,7 @@ class Broker:
             raise UnroutableError("message to exchange %r with routing key %r matched no "
                                   "queue" % (exchange.name, key))
         if queues and fields.flags & P.IMMEDIATE and not any(
-                consumer.session.has_credit() for queue in queues for consumer in queue.consumers):
+                consumer.can_take() for queue in queues for consumer in queue.consumers):
             raise NotDeliverableError("no consumer of %s can take the message now"
                                       % ", ".join(repr(queue.name) for queue in queues))
         for queue in queues:
@@ -518,7 +523,7 @@ class Broker:
     def _deliver_one(self, queue):
         count = len(queue.consumers)
         index = next((i % count for i in range(queue.next_consumer, queue.next_consumer + count)
-                      if queue.consumers[i % count].session.has_credit()), None)
+                      if queue.consumers[i % count].can_take()), None)
         message = None if index is None else self._take(queue)
         if message is None:
             return False

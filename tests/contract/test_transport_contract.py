@@ -951,6 +951,19 @@ def test_a_paused_consumer_takes_no_tasks_until_resumed_but_hears_control(transp
     assert not stream.tasks
 
 
+def test_a_consumer_whose_prefetch_is_full_still_hears_control(transport):
+    """The stuck task's case: every delivery unacked (prefetch 1, one task taken), and a
+    revoke --terminate or an inspect must still reach the worker. On the built-in broker
+    it waited until a task was acked."""
+    conn = transport.jobs(message("jobs"), message("jobs"))
+    stream = transport.consumer(["jobs"], prefetch=1)
+    assert len(stream.receive()) == 1
+    conn.broadcast("ping", reply=False)
+    assert stream.command()["method"] == "ping"
+    stream.pump(0.2)
+    assert len(stream.tasks) == 0               # and still no second task
+
+
 def test_kv_set_is_read_back_by_every_client(transport):
     first, second = transport.client(), transport.client()
     first.kv_set("beat:first-run", {"every-minute": 60.0})

@@ -360,6 +360,23 @@ def test_prefetch_counts_unacked_messages_over_all_consumers_of_a_connection(kit
     assert kit.queue("q").ready + kit.queue("other").ready == 1
 
 
+def test_a_no_ack_consumer_is_not_held_back_by_a_full_prefetch(kit, client, worker):
+    """A worker's control queue is consumed with no_ack on the connection whose tasks fill
+    its prefetch: a stuck task's revoke --terminate must still reach it (AMQP's prefetch
+    counts unacked messages only). It used to wait until a task ended."""
+    client.ok(P.DECLARE_QUEUE, {"queue": "control"})
+    publish(client, "1", "2")
+    worker.qos(1)
+    worker.consume("q")
+    worker.consume("control", no_ack=True)
+    kit.turn()
+    assert ids_of(worker.deliveries()) == ["1"]             # the prefetch is full
+    publish(client, "c1", "c2", routing_key="control")
+    kit.turn()
+    assert ids_of(worker.deliveries()) == ["c1", "c2"]
+    assert kit.queue("q").ready == 1 and kit.queue("control").ready == 0
+
+
 def test_raising_the_prefetch_delivers_more_at_once(kit, client, worker):
     publish(client, "1", "2", "3")
     worker.qos(1)
