@@ -360,6 +360,9 @@ def run_result(args):
 # -- remote control ----------------------------------------------------------------------------
 
 def _destination(args):
+    """The worker names of ``-d``, or None for all. As many replies as names end the wait,
+    as in Celery: "if a destination is specified, this limit is set to the number of
+    destination hosts"."""
     return [name.strip() for name in args.destination.split(",")] if args.destination else None
 
 
@@ -367,8 +370,9 @@ def run_inspect(args):
     settings = _settings(args)
     held = None
     with _connect(settings) as conn:
-        replies = conn.broadcast(args.method, destination=_destination(args),
-                                 timeout=args.timeout)
+        destination = _destination(args)
+        replies = conn.broadcast(args.method, destination=destination, timeout=args.timeout,
+                                 limit=destination and len(destination))
         if args.method == "scheduled":
             # None from a broker older than the "scheduled" argument of STATUS.
             held = conn.status(scheduled=SCHEDULED_LISTED).get("scheduled")
@@ -496,7 +500,9 @@ def run_control(args):
             conn.revoke(arguments["task_ids"], terminate=args.terminate)
             replies = {"revoked": arguments["task_ids"], "terminate": args.terminate}
         else:
-            replies = conn.broadcast(method, arguments, _destination(args), args.timeout)
+            destination = _destination(args)
+            replies = conn.broadcast(method, arguments, destination, args.timeout,
+                                     limit=destination and len(destination))
     if not replies:
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if args.json:

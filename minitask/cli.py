@@ -24,6 +24,7 @@ from .log import send_logging_signals, setup_logging
 from .broker.main import BrokerConfig, run_broker
 from .config import configure, parse_broker_url
 from .worker import Worker, djangofixup
+from .worker.nodenames import default_node_name, log_file_name, node_name
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE"]
 
@@ -127,8 +128,10 @@ def build_parser():
                         help="comma-separated queues (default: DEFAULT_QUEUE plus QUEUES)")
     worker.add_argument("-l", "--loglevel", type=loglevel,
                         help="log level, any case (default: LOGLEVEL, WARNING)")
-    worker.add_argument("-f", "--logfile", help="log file (default: LOGFILE, stderr)")
-    worker.add_argument("-n", "--hostname", help="name of this worker (default pid@host)")
+    worker.add_argument("-f", "--logfile", help="log file (default: LOGFILE, stderr); %%p, "
+                        "%%n: the worker's name, its part before @")
+    worker.add_argument("-n", "--hostname", help="name of this worker (default pid@host); "
+                        "%%h, %%n, %%d: this host's name, without its domain, its domain")
     worker.add_argument("--prefetch-multiplier", type=positive_int,
                         help="messages reserved per pool process (default 4)")
     worker.add_argument("--max-tasks-per-child", type=positive_int,
@@ -353,14 +356,17 @@ def _run_worker(args):
     overrides = {key: value for key, value in worker_overrides(args).items()
                  if value is not None}
     settings = configure(**overrides)
+    hostname = node_name(args.hostname) if args.hostname else default_node_name()
+    logfile = settings.LOGFILE and log_file_name(settings.LOGFILE, hostname)
     djangofixup.setup()                 # before any tasks module: they may import models
-    _setup_logging(settings.LOGLEVEL, settings.LOGFILE)
+    _setup_logging(settings.LOGLEVEL, logfile)
     loader = current_loader()
     loader.on_worker_init()
     for name in args.include:
         loader.import_module(name)
-    send_logging_signals(settings.LOGLEVEL, settings.LOGFILE)
-    worker = Worker(settings, hostname=args.hostname, start_method=settings.START_METHOD,
+    send_logging_signals(settings.LOGLEVEL, logfile)
+    worker = Worker(settings, hostname=hostname, logfile=logfile,
+                    start_method=settings.START_METHOD,
                     imports=args.include, beat=settings.BEAT, settings_overrides=overrides)
     return worker.run()
 

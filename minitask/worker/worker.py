@@ -51,6 +51,7 @@ from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
 from .execution import unlocked_by_failure
+from .nodenames import default_node_name
 from .pool import SLOW_RUN, ChildConfig, Job, Pool, remember_revoked
 from .credit import FastCredit
 from .request import WorkerRequest
@@ -97,7 +98,7 @@ class Worker:
         self.queues = list(queues or settings.WORKER_QUEUES or
                            [settings.DEFAULT_QUEUE] + [q for q in settings.QUEUES
                                                        if q != settings.DEFAULT_QUEUE])
-        self.hostname = hostname or "%s@%s" % (os.getpid(), socket.gethostname())
+        self.hostname = hostname or default_node_name()
         multiplier = prefetch_multiplier or settings.PREFETCH_MULTIPLIER
         self.prefetch = self.concurrency * multiplier
         self.fast_credit = FastCredit(self.prefetch, multiplier)

@@ -424,12 +424,10 @@ def test_the_destination_is_decided_by_routes_then_call_options_then_task_attrib
             if run["task"] == 'tasks.add'] == [('minitask', 'minitask')]
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: -n/--hostname 'z@%h' is taken "
-                   "literally; Celery expands %h to the host name")
 def test_a_worker_named_z_at_percent_h(broker, celeryconfig, start_worker, tmp_path):
     """The guide starts server z with `celery -A proj worker -Q feed_tasks --hostname=z@%h`
     (and x, y with `--hostname=x@%h`): Celery expands %h to the machine's host name, so the
-    worker is z@<host>."""
+    worker is z@<host>. It used to be named 'z@%h'."""
     env = celeryconfig(MANUAL_ROUTING)
     start_worker(name="z", args=("-Q", "feed_tasks", "--hostname=z@%h"), env=env,
                  ready=False)
