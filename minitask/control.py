@@ -12,15 +12,25 @@ Methods the worker answers: ``ping``, ``revoke`` (``task_ids``, ``terminate``, `
 ``rate_limit`` (``task_name``, ``rate_limit``), ``shutdown``, ``add_consumer`` / ``cancel_consumer``
 (``queue``), and the inspections ``active``, ``scheduled``, ``reserved``, ``revoked``,
 ``registered``, ``stats``.
+
+The functions below are Celery's ``app.control`` for Python code, with Celery's replies:
+``control.ping()``, ``control.revoke(id, terminate=True)``, ``control.rate_limit(name,
+"10/m", reply=True)``, ``control.broadcast(...)``, ``control.inspect().active()`` and the
+rest. A reply is a list of ``{worker name: answer}`` (``inspect()``'s, one dict of them, or
+None when no worker answered in time). With ``destination``, the wait ends once each named
+worker answered.
 """
 
 import json
 import uuid
 
 from . import protocol
+from .exceptions import BrokerError, ConfigurationError
 
 __all__ = ["CONTROL_EXCHANGE", "CONTROL_TYPE", "REPLY_TYPE", "command_message",
-           "reply_message", "decode_body"]
+           "reply_message", "decode_body", "broadcast", "ping", "revoke", "terminate",
+           "rate_limit", "add_consumer", "cancel_consumer", "shutdown", "purge", "inspect",
+           "Inspect"]
 
 CONTROL_EXCHANGE = "minitask.control"
 CONTROL_TYPE = "minitask.control"
@@ -49,3 +59,148 @@ def reply_message(reply_to, ticket, hostname, reply):
 def decode_body(body):
     """The JSON object of a control message or reply; ProtocolError when it is not one."""
     return protocol.decode_json(body, "control message")
+
+
+# -- Celery's app.control, for Python code ----------------------------------------------------
+
+DEFAULT_TIMEOUT = 1.0           # Celery's: seconds to wait for replies
+
+
+def _with_connection(function):
+    from .transport import with_connection      # here: the transports import this module
+    return with_connection(function)
+
+
+def _names(destination):
+    """Celery takes a list of worker names, or one name."""
+    if destination is None:
+        return None
+    return [destination] if isinstance(destination, str) else list(destination)
+
+
+def _replies(method, arguments=None, destination=None, timeout=DEFAULT_TIMEOUT, limit=None):
+    """{worker name: reply} of the workers that answered within `timeout`."""
+    names = _names(destination)
+    if limit is None and names:
+        limit = len(names)
+    return _with_connection(lambda conn: conn.broadcast(
+        method, arguments, names, timeout=timeout, reply=True, limit=limit))
+
+
+def broadcast(command, arguments=None, destination=None, reply=False,
+              timeout=DEFAULT_TIMEOUT, limit=None, **_celery):
+    """Send `command` to every worker (or those `destination` names). With `reply`, the
+    answers, as Celery's ``[{name: answer}, ...]``; else None. (Celery's connection,
+    channel and callback arguments are taken and not needed.)"""
+    if not reply:
+        _with_connection(lambda conn: conn.broadcast(command, arguments,
+                                                     _names(destination), reply=False))
+        return None
+    replies = _replies(command, arguments, destination, timeout, limit)
+    return [{name: answer} for name, answer in sorted(replies.items())]
+
+
+def ping(destination=None, timeout=DEFAULT_TIMEOUT, **kwargs):
+    """``[{name: "pong"}, ...]`` of the workers that answered in time (the guide's)."""
+    return broadcast("ping", destination=destination, reply=True, timeout=timeout, **kwargs)
+
+
+def revoke(task_id, destination=None, terminate=False, signal="SIGTERM", **_celery):
+    """Revoke a task id or a list of them. The broker keeps the revocation for every worker,
+    those started later too, so `destination` and Celery's `reply` change nothing."""
+    task_ids = [task_id] if isinstance(task_id, str) else list(task_id)
+    _with_connection(lambda conn: conn.revoke(task_ids, terminate=terminate, signal=signal))
+
+
+def terminate(task_id, destination=None, signal="SIGTERM", **kwargs):
+    """Celery's shortcut for ``revoke(task_id, terminate=True)``."""
+    revoke(task_id, destination, terminate=True, signal=signal, **kwargs)
+
+
+def rate_limit(task_name, rate_limit, destination=None, **kwargs):
+    """Set a task's rate limit ("10/m"; 0 or None: none) on the workers, until they stop."""
+    return broadcast("rate_limit", {"task_name": task_name, "rate_limit": rate_limit},
+                     destination, **kwargs)
+
+
+def add_consumer(queue, exchange=None, exchange_type="direct", routing_key=None,
+                 options=None, destination=None, **kwargs):
+    """Make the workers consume `queue` too (declared, and bound to the default exchange by
+    its name; bind it otherwise in ``QUEUES``): Celery's exchange, type, key and options
+    are refused when given, rather than ignored."""
+    if exchange is not None or routing_key is not None or options:
+        raise ConfigurationError("add_consumer(%r): exchange, routing_key and options are not "
+                                 "taken; declare the queue's binding in QUEUES" % (queue,))
+    return broadcast("add_consumer", {"queue": queue}, destination, **kwargs)
+
+
+def cancel_consumer(queue, destination=None, **kwargs):
+    """Make the workers stop consuming `queue`."""
+    return broadcast("cancel_consumer", {"queue": queue}, destination, **kwargs)
+
+
+def shutdown(destination=None, **kwargs):
+    """A warm shutdown of the workers (running tasks finish)."""
+    return broadcast("shutdown", destination=destination, **kwargs)
+
+
+def purge():
+    """Drop the waiting messages of every queue the settings name (DEFAULT_QUEUE and
+    QUEUES); returns how many were dropped. A queue not declared yet counts as empty."""
+    from .config import get_settings
+
+    queues = list(dict.fromkeys([get_settings().DEFAULT_QUEUE] + list(get_settings().QUEUES)))
+
+    def drop(conn):
+        dropped = 0
+        for queue in queues:
+            try:
+                dropped += conn.purge(queue) or 0
+            except BrokerError as exc:
+                if exc.code != 404:
+                    raise
+        return dropped
+    return _with_connection(drop)
+
+
+def inspect(destination=None, timeout=DEFAULT_TIMEOUT, limit=None, **_celery):
+    """Celery's ``app.control.inspect()``: ``.active()``, ``.scheduled()``, ``.reserved()``,
+    ``.revoked()``, ``.registered()``, ``.stats()``, ``.ping()``."""
+    return Inspect(destination, timeout, limit)
+
+
+class Inspect:
+    """Asks the workers what they hold; each method returns ``{name: answer}`` of those
+    that answered within the timeout, or None when none did (as Celery's)."""
+
+    def __init__(self, destination=None, timeout=DEFAULT_TIMEOUT, limit=None):
+        self.destination, self.timeout, self.limit = destination, timeout, limit
+
+    def __repr__(self):
+        return "<Inspect destination=%r timeout=%g>" % (self.destination, self.timeout)
+
+    def _request(self, method):
+        return _replies(method, None, self.destination, self.timeout, self.limit) or None
+
+    def active(self):
+        return self._request("active")
+
+    def scheduled(self):
+        return self._request("scheduled")
+
+    def reserved(self):
+        return self._request("reserved")
+
+    def revoked(self):
+        return self._request("revoked")
+
+    def registered(self):
+        return self._request("registered")
+
+    registered_tasks = registered
+
+    def stats(self):
+        return self._request("stats")
+
+    def ping(self):
+        return self._request("ping")

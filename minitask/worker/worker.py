@@ -982,8 +982,9 @@ class Worker:
         logger.info("worker %s stopped", self.hostname)
 
     def stats(self):
+        # The queues consumed now: add_consumer and cancel_consumer change them.
         return dict({"hostname": self.hostname, "pid": os.getpid(),
-                     "concurrency": self.concurrency, "queues": list(self.queues),
+                     "concurrency": self.concurrency, "queues": list(self.consumer.queues),
                      "prefetch": self.prefetch,
                      "fast_credit": self.boost,
                      "fast_credit_earned": self.fast_credit.earned(),

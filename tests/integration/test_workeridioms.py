@@ -27,7 +27,9 @@ from ittasks import read_trace  # noqa: E402
 from workeridioms import add, mytask, pid, sleeptask, stuck  # noqa: E402
 
 from minitask import AsyncResult, group  # noqa: E402
-from minitask.exceptions import TaskRevokedError, TimeLimitExceeded  # noqa: E402
+from minitask.exceptions import (  # noqa: E402
+    ConfigurationError, TaskRevokedError, TimeLimitExceeded,
+)
 
 MODULES = "ittasks,workeridioms"
 NAME = "worker1@example.com"            # the guide's node name
@@ -75,24 +77,28 @@ def started(tmp_path, seconds):
 
 # -- Remote control from Python: app.control ------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: no Python remote-control API "
-                   "(app.control): minitask.control has no inspect(), ping(), revoke(), "
-                   "rate_limit(), broadcast(), add_consumer(), cancel_consumer()")
 def test_the_guides_app_control_calls_from_python(start_worker):
-    """The guide's pycon examples. The README names no stand-in for ``app.control`` (only
-    the command lines); the brief's ``minitask.control`` is the wire format's module."""
+    """The guide's pycon examples, ``app.control`` being ``minitask.control`` (there was no
+    Python stand-in: only the command lines)."""
     from minitask import control
     start_worker(name=NAME, args=["-c", "1"])
     assert control.ping(timeout=0.5) == [{NAME: "pong"}]
+    assert control.ping(destination=["nobody@nowhere"], timeout=0.2) == []
     i = control.inspect()
     assert i.registered()[NAME] and i.active() == {NAME: []}
+    assert control.inspect(["nobody@nowhere"], timeout=0.2).stats() is None
     assert control.broadcast("rate_limit", {"task_name": "workeridioms.add",
                                             "rate_limit": "200/m"}, reply=True,
                              destination=[NAME])[0][NAME]
-    control.rate_limit("workeridioms.add", "200/m", destination=[NAME])
+    assert control.rate_limit("workeridioms.add", "200/m", destination=[NAME]) is None
     assert control.add_consumer("foo", reply=True)[0][NAME]["ok"]
+    assert "foo" in i.stats()[NAME]["queues"]
     assert control.cancel_consumer("foo", reply=True)[0][NAME]["ok"]
     control.revoke("d9078da5-9915-40a0-bfa1-392c7bde42ed", terminate=True)
+    assert "d9078da5-9915-40a0-bfa1-392c7bde42ed" in control.inspect().revoked()[NAME]
+    assert add.delay(2, 2).get(timeout=10) == 4
+    with pytest.raises(ConfigurationError, match="QUEUES"):
+        control.add_consumer("bar", exchange="bar", routing_key="bar")
 
 
 # -- Inspecting workers, ping, revoke with terminate ------------------------------------------
