@@ -24,7 +24,7 @@ from .canvas import (
 from .exceptions import ChordError, ConfigurationError
 from .message import new_task_id
 from .result import FAILURE, REVOKED, EagerResult, GroupResult
-from .states import IGNORED
+from .states import IGNORED, REJECTED
 
 __all__ = ["run", "fail", "call_callbacks", "call_errbacks", "chord_error"]
 
@@ -52,8 +52,8 @@ def _run_chain(steps):
         step_result = run(step if index == 0 else step.clone((_value(result),)))
         root_result(step_result).parent = result
         result = step_result
-        if getattr(result, "state", None) == IGNORED:
-            break                       # it raised Ignore: nothing after it is sent
+        if getattr(result, "state", None) in (IGNORED, REJECTED):
+            break                       # it raised Ignore or Reject: nothing after it is sent
         failed = _failure_in(result)
         if failed is not None:
             for later in steps[index + 1:]:

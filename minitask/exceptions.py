@@ -12,7 +12,7 @@ __all__ = [
     "WorkerLostError", "TaskRevokedError", "TimeLimitExceeded", "SoftTimeLimitExceeded",
     "RemoteTaskError", "BrokerConnectionError", "AuthenticationError", "ProtocolError",
     "BrokerError", "ReplyError", "PoolStartupError", "ChordError", "DeadLetteredError",
-    "Ignore",
+    "Ignore", "Reject",
 ]
 
 
@@ -45,6 +45,24 @@ class Ignore(MinitaskError):
     """Raised by a task to end its run with nothing recorded, as Celery's: the message is
     acked, no state is stored over what the task reported itself (``update_state``), and
     nothing it would unlock is sent (callbacks, errbacks, the rest of a chain)."""
+
+
+class Reject(MinitaskError):
+    """Raised by a task to reject its message, as Celery's: with ``acks_late``, the message
+    goes back to its queue (``requeue=True``: beware of a loop; ``max_redeliveries`` ends
+    one) or is dead-lettered, or dropped with the task a FAILURE (DeadLetteredError) when
+    its queue has no dead-letter queue. Nothing is stored and nothing it would unlock is
+    sent. A task acked as it started (acks_late off) has no message left to reject: then it
+    is as Ignore."""
+
+    def __init__(self, reason=None, requeue=False):
+        self.reason = reason
+        self.requeue = requeue
+        super().__init__(reason, requeue)
+
+    def __str__(self):
+        return "%s%s" % (self.reason if self.reason is not None else "rejected",
+                         " (requeued)" if self.requeue else "")
 
 
 class NotRegistered(MinitaskError, KeyError):

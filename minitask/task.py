@@ -37,7 +37,7 @@ from .protocol import READY_STATES
 from .ratelimit import parse_rate
 from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
-from .states import IGNORED
+from .states import IGNORED, REJECTED
 from .serialization import check_serializer
 from .sending import compose_message, held_for_result, publish_message, send_task
 from .transport import with_connection
@@ -88,7 +88,8 @@ class Request:
 
     Celery's attribute names: `id`, `task` (the name), `args`, `kwargs` (with the default
     kwargs the task takes), `retries`, `is_eager`, `eta` and `expires` (ISO 8601 UTC text or
-    None), `hostname` (the worker's), `delivery_info` (exchange, routing_key, priority),
+    None), `hostname` (the worker's), `delivery_info` (exchange, routing_key, priority,
+    redelivered: whether the broker delivered the message before),
     `called_directly` (True when the task was called as a plain function), `timelimit`
     (hard, soft), `ignore_result`, `correlation_id` and `root_id` (the id: minitask has no
     parent tasks yet), `parent_id` and `group` (None). `get(name, default)` as in Celery.
@@ -101,6 +102,7 @@ class Request:
     workflow = None                     # the TaskMessage, when it carries workflow fields
     held = None                         # a worker's: what retry() sends, sent with the result
     serializer = None                   # the message's: its results are encoded so
+    redelivered = False                 # a worker's: delivered before (Reject's guide reads it)
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
@@ -153,7 +155,7 @@ class Request:
     @property
     def delivery_info(self):
         return {"exchange": self.exchange, "routing_key": self.routing_key,
-                "priority": self.priority}
+                "priority": self.priority, "redelivered": self.redelivered}
 
     @property
     def correlation_id(self):
@@ -482,7 +484,7 @@ class Task(metaclass=TaskType):
                              task_name=self.name)
         if outcome.state == "SUCCESS" and link is not None:
             result.children = eager.call_callbacks(link, outcome.result)
-        elif outcome.state not in ("SUCCESS", IGNORED) and errbacks:     # Ignore: nothing
+        elif outcome.state not in ("SUCCESS", IGNORED, REJECTED) and errbacks:  # nothing
             eager.call_errbacks(errbacks, message.id)
         return result
 

@@ -21,16 +21,23 @@ import traceback
 from .. import protocol, retry as retry_policy, signals
 from ..exceptions import (
     ChordError, ConfigurationError, ContentDisallowed, Ignore, NotRegistered, ProtocolError,
-    RetryTaskError, SerializationError, TaskRevokedError,
+    Reject, RetryTaskError, SerializationError, TaskRevokedError,
 )
 from ..message import ResultMeta, TaskMessage, encode_result_meta
-from ..states import IGNORED                 # a run that raised Ignore: nothing is recorded
+from ..states import IGNORED, REJECTED
 from ..result import AsyncResult
 from ..task import Request, Task, default_kwargs_for, pop_request, push_request, registry
 from ..loaders import current_loader
 from ..sending import chord_values, failure_unlocks, success_unlocks
 
-__all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure"]
+__all__ = ["Outcome", "run_task", "run_eagerly", "execute_delivery", "unlocked_by_failure",
+           "REJECTED", "REQUEUED"]
+
+# A run that raised Ignore or Reject records nothing. Reject's message is rejected by the
+# worker: back to its queue (REQUEUED, a state of the report to the worker only) or
+# dead-lettered or dropped (REJECTED).
+REQUEUED = "REQUEUED"
+_NOTHING_RECORDED = (IGNORED, REJECTED)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_
         loglevel, message.exchange, message.routing_key, message.priority, injected,
         message.eta, message.expires, task_object=task)
     request.serializer = message.serializer
+    request.redelivered = message.redelivered
     if hold:
         request.held = []
     if message.chain or message.callbacks or message.headers:
@@ -91,6 +99,8 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_
             outcome = _retried(exc, started)
         except Ignore:
             outcome = Outcome(IGNORED, None, None, time.perf_counter() - started)
+        except Reject as exc:
+            outcome = Outcome(REJECTED, exc, None, time.perf_counter() - started)
         except (Exception, SystemExit) as exc:     # the task's failure is its result
             outcome = _failed(task, exc, started)
         if hooks:
@@ -208,7 +218,7 @@ def _call_hooks(task, message, outcome):
     """The task's on_success / on_retry / on_failure, then after_return. A hook's own error is
     logged and changes nothing: the outcome is decided already. A run that raised Ignore
     calls none (as Celery's)."""
-    if outcome.state == IGNORED:
+    if outcome.state in _NOTHING_RECORDED:
         return
     task_id, args, kwargs = message.id, message.args, message.kwargs
     einfo = None if outcome.state == "SUCCESS" else ExceptionInfo(outcome.result,
@@ -219,8 +229,10 @@ def _call_hooks(task, message, outcome):
         calls = [("on_retry", (outcome.result, task_id, args, kwargs, einfo))]
     else:
         calls = [("on_failure", (outcome.result, task_id, args, kwargs, einfo))]
-    calls.append(("after_return", (outcome.state, outcome.result, task_id, args, kwargs,
-                                   einfo)))
+    # after_return's value of a retry is the Retry (RetryTaskError), as Celery's; on_retry
+    # has the exception given to retry().
+    retval = outcome.retry if outcome.state == "RETRY" else outcome.result
+    calls.append(("after_return", (outcome.state, retval, task_id, args, kwargs, einfo)))
     for hook, arguments in calls:
         try:
             getattr(task, hook)(*arguments)
@@ -260,8 +272,10 @@ Executed = collections.namedtuple(
 
 
 def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
-                     on_failure=None):
+                     on_failure=None, redelivered=False):
     """Decode, check and run one delivered task message; build its RESULT_SET frame.
+    (`redelivered`: the broker delivered it before; the task reads it in its
+    ``request.delivery_info``.)
 
     Every problem of the message itself — refused content type, a body that does not
     decode, an unregistered name, an expiry already past — becomes a stored FAILURE or
@@ -274,6 +288,7 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
     name = ""
     try:
         message = TaskMessage.from_bytes(data, accept)
+        message.redelivered = redelivered
         name = message.task
         task = registry.tasks[name]
     except (ContentDisallowed, SerializationError, ProtocolError, NotRegistered) as exc:
@@ -299,7 +314,7 @@ def execute_delivery(data, accept=None, logfile=None, loglevel=None, now=None,
     current_loader().on_task_init(task_id, task)
     outcome = run_task(task, message, logfile, loglevel, signal_outcome=False, hold=True)
     report, final = _report(task, message, data, outcome, serializer, on_failure)
-    if report.state != final.state and final.state != IGNORED:
+    if report.state != final.state and final.state not in _NOTHING_RECORDED:
         # Stored as FAILURE after all: the result itself could not be encoded.
         final = Outcome(report.state, SerializationError(report.summary), None,
                         outcome.runtime)
@@ -322,6 +337,13 @@ def _report(task, message, data, outcome, serializer, on_failure):
         logger.info("Task %s[%s] %s", name, task_id, summary)
         return Executed("SUCCESS", "", b"", False, outcome.runtime, task_id, name,
                         summary, held), outcome
+    if outcome.state == REJECTED:
+        # The worker rejects the message (`Worker._finished`); nothing is stored.
+        summary = "rejected: %s" % outcome.result
+        logger.info("Task %s[%s] %s", name, task_id, summary)
+        state = REQUEUED if outcome.result.requeue else REJECTED
+        return Executed(state, "", b"", False, outcome.runtime, task_id, name, summary,
+                        held), outcome
     publish = held
     if outcome.state == "SUCCESS":
         try:

@@ -319,7 +319,7 @@ class Pool:
         best.assigned += 1
         if self.max_tasks and best.assigned >= self.max_tasks:
             best.retiring = True
-        best.wbuf += _frame(("jobs", [(job.seq, job.epoch, job.data)]))
+        best.wbuf += _frame(("jobs", [(job.seq, job.epoch, job.data, job.redelivered)]))
         return True
 
     def flush(self, child):
@@ -769,7 +769,7 @@ class _ChildRunner:
                 # The worker died: the broker gives its unacked tasks to another worker now,
                 # so starting one more here would run it twice.
                 return
-            seq, epoch, data = self.pending.popleft()
+            seq, epoch, data, redelivered = self.pending.popleft()
             if epoch < shm[_EPOCH]:
                 self.results.append((seq, "skipped"))
                 continue
@@ -786,7 +786,8 @@ class _ChildRunner:
                 shm[base + _RUNNING] = 1.0
                 try:
                     report = self.execute(data, accept, self.config.logfile,
-                                          self.config.loglevel, on_failure=self.on_failure)
+                                          self.config.loglevel, on_failure=self.on_failure,
+                                          redelivered=redelivered)
                 except SoftTimeLimitExceeded as exc:    # landed just outside the task's code
                     report = failed(data, message_id_of(data), "", "FAILURE", exc, None, 0.0,
                                     "json", "soft time limit exceeded")

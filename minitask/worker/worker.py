@@ -50,7 +50,7 @@ from ..ratelimit import TokenBucket, parse_rate
 from ..task import registry
 from ..transport import consumer_for
 from ..transport.base import HEARTBEAT
-from .execution import unlocked_by_failure
+from .execution import REJECTED, REQUEUED, unlocked_by_failure
 from .nodenames import default_node_name
 from .pool import SLOW_RUN, ChildConfig, Job, Pool, remember_revoked
 from .credit import FastCredit
@@ -629,6 +629,10 @@ class Worker:
             self._signal_revoked(job, expired=summary == "expired")
         else:
             self.fast_credit.finished(runtime)
+        if state in (REJECTED, REQUEUED):
+            if self._reject(job, state == REQUEUED, same_connection, runtime, publish):
+                return
+            state = "SUCCESS"           # nothing to reject: as Ignore, nothing stored
         # Even with nothing to store (ignore_result) the broker hears how the task ended: a
         # task handed over must be finished, and the broker counts per task name.
         ack = job.tag if same_connection and not job.handed_over else None
@@ -636,6 +640,27 @@ class Worker:
                             runtime, publish, chained, job.data, ack=ack)
         self.counts[state.lower()] += 1
         self.counts["processed"] += 1
+
+    def _reject(self, job, requeue, same_connection, runtime, publish):
+        """The task raised Reject: its message goes back to its queue (`requeue`), or to its
+        dead-letter queue, or is dropped (the broker then fails the task with
+        DeadLetteredError). What the run sent (held) is sent all the same, as after Ignore.
+        False when there is no message to reject: acked as the task started (acks_late
+        off: Celery's Reject "won't have any effect"), or its connection is gone (it comes
+        back by itself)."""
+        if job.handed_over or not same_connection:
+            if job.handed_over:
+                logger.warning("Task %s[%s] raised Reject, which changes nothing for a task "
+                               "acked as it started: give it acks_late=True", job.task_name,
+                               job.task_id)
+            return False
+        if publish:
+            self._store(job.task_id, "SUCCESS", "", b"", False, job.task_name, runtime,
+                        publish, (), job.data)
+        self.consumer.reject(job.tag, requeue=requeue)
+        self.counts["requeued" if requeue else "rejected"] += 1
+        self.counts["processed"] += 1
+        return True
 
     def _store(self, task_id, state, content_type, payload, store, task_name, runtime=None,
                publish=(), chained=(), data=None, attempt=0, ack=None, tries=0):

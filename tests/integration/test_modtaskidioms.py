@@ -32,7 +32,9 @@ from modtaskidioms import (  # noqa: E402
 )
 
 from minitask import AsyncResult, registry, send_task, shared_task, states  # noqa: E402
-from minitask.exceptions import ConfigurationError, TaskRevokedError  # noqa: E402
+from minitask.exceptions import (  # noqa: E402
+    ConfigurationError, DeadLetteredError, Reject, TaskRevokedError,
+)
 
 MODULES = "ittasks,modtaskidioms"
 
@@ -341,24 +343,24 @@ def test_ignore_records_no_state_and_acks_the_message(broker, start_worker, tmp_
     assert tweets.state == states.FAILURE
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: no Reject semipredicate "
-                                       "(from minitask.exceptions import Reject: ImportError)")
-# (The guide's requeues also reads self.request.delivery_info['redelivered'], a key minitask's
-# delivery_info does not have: README, Task options, "delivery_info (exchange, routing_key,
-# priority)"; the guide: "Availability of keys in this dict depends on the message broker".)
 def test_reject_requeues_or_drops_the_message_of_an_acks_late_task(broker, start_worker,
                                                                     tmp_path):
-    """The guide's requeues (Reject('no reason', requeue=True): it runs again, redelivered)
-    and render_scene (Reject(exc, requeue=False) on MemoryError: not run again; "rejecting
-    a message has the same effect as acking it")."""
+    """The guide's requeues (Reject('no reason', requeue=True): it runs again, redelivered,
+    as its request.delivery_info['redelivered'] says) and render_scene (Reject(exc,
+    requeue=False) on MemoryError: not run again). Its queue has no dead-letter queue, so
+    the message is dropped and minitask says so: FAILURE, DeadLetteredError (where Celery's
+    result would stay STARTED for ever). There was no Reject (ImportError)."""
     start_worker()
     again = requeues.delay()
     assert again.get(timeout=20) is None
     assert read_trace(tmp_path, "requeues") == ["run", "run", "received two times"]
     scene = render_scene.delay('huge-scene.blend')
+    with pytest.raises(DeadLetteredError, match="rejected"):
+        scene.get(timeout=20)
     settle(broker)
     assert read_trace(tmp_path, "render_scene") == ['huge-scene.blend']
-    assert scene.state in (states.PENDING, states.STARTED), (scene.state, scene.info)
+    eager = render_scene.apply(('huge-scene.blend',))
+    assert eager.state == states.REJECTED and isinstance(eager.result, Reject)
 
 
 # -- acks_late and task_reject_on_worker_lost --------------------------------------------------

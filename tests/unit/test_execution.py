@@ -392,7 +392,7 @@ def test_a_bound_task_sees_celerys_request_attributes(monkeypatch):
         "id": "b-1", "task": bound.name, "args": (1,), "kwargs": {"task_id": "b-1"},
         "retries": 2, "eager": False, "direct": False, "host": "w1@box",
         "eta": "2023-11-14T22:13:20+00:00", "expires": "2027-01-15T08:00:00+00:00",
-        "info": {"exchange": "", "routing_key": "hipri", "priority": 3},
+        "info": {"exchange": "", "routing_key": "hipri", "priority": 3, "redelivered": False},
         "limits": (9, None), "root": "b-1", "parent": None, "missing": "dflt"}
 
 

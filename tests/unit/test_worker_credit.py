@@ -12,6 +12,7 @@ from minitask.worker.worker import IDLE_GRACE, Worker
 class RecordingConsumer:
     connected = True
     holds_deliveries = False
+    queues = ["minitask"]
 
     def __init__(self):
         self.extra = []
