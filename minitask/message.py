@@ -139,7 +139,8 @@ class TaskMessage:
 
     __slots__ = ("id", "task", "args", "kwargs", "retries", "eta", "expires", "exchange",
                  "routing_key", "priority", "mandatory", "immediate", "serializer",
-                 "redelivered", "delivery_tag", "chain", "callbacks", "chord", "headers")
+                 "redelivered", "delivery_tag", "chain", "callbacks", "chord", "headers",
+                 "argsrepr", "kwargsrepr")
 
     def __init__(self, task, args=(), kwargs=None, id=None, retries=0, eta=0.0, expires=0.0,
                  exchange="", routing_key="", priority=None, mandatory=False,
@@ -164,6 +165,8 @@ class TaskMessage:
         self.callbacks = callbacks
         self.chord = chord
         self.headers = headers
+        self.argsrepr = None                # what shows in place of the args (a string)
+        self.kwargsrepr = None
 
     def __repr__(self):
         return "<TaskMessage %s[%s] retries=%d>" % (self.task, self.id, self.retries)
@@ -178,7 +181,17 @@ class TaskMessage:
             body["callbacks"] = self.callbacks
         if self.chord is not None:
             body["chord"] = self.chord
+        if self.argsrepr is not None:
+            body["argsrepr"] = self.argsrepr
+        if self.kwargsrepr is not None:
+            body["kwargsrepr"] = self.kwargsrepr
         return body
+
+    def shown_args(self):
+        """``(args, kwargs)`` as logs and e-mails show them: Celery's argsrepr and kwargsrepr
+        when the call gave them (to hide secrets), else their repr."""
+        return (self.argsrepr if self.argsrepr is not None else repr(self.args),
+                self.kwargsrepr if self.kwargsrepr is not None else repr(self.kwargs))
 
     def encode(self):
         """The broker message for this call. Raises SerializationError in the caller's process
@@ -222,6 +235,11 @@ class TaskMessage:
                    headers=message.headers or None)
         if "chain" in body or "callbacks" in body or "chord" in body:
             _read_workflow(self, body)
+        if "argsrepr" in body or "kwargsrepr" in body:
+            for key in ("argsrepr", "kwargsrepr"):  # for display only: not text, dropped
+                value = body.get(key)
+                if isinstance(value, str):
+                    setattr(self, key, value)
         return self
 
     @classmethod

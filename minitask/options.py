@@ -26,9 +26,11 @@ __all__ = ["PUBLISH_OPTIONS", "WORKFLOW_OPTIONS", "TASK_ACCEPTED", "TASK_REFUSED
            "CALL_ACCEPTED", "CALL_REFUSED", "DECORATOR_OPTIONS", "check_task_attributes",
            "check_decorator_options", "check_call_options", "is_call_option"]
 
-# The call options minitask acts on (besides args and kwargs): when, where, how encoded.
+# The call options minitask acts on (besides args and kwargs): when, where, how encoded, and
+# how its arguments are shown (Celery's argsrepr and kwargsrepr, which hide secrets).
 PUBLISH_OPTIONS = ("countdown", "eta", "expires", "task_id", "queue", "exchange",
-                   "routing_key", "priority", "serializer", "mandatory", "immediate")
+                   "routing_key", "priority", "serializer", "mandatory", "immediate",
+                   "argsrepr", "kwargsrepr")
 
 # Call options that start a workflow: callbacks on success and errbacks on failure.
 WORKFLOW_OPTIONS = ("link", "link_error")

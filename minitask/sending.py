@@ -54,11 +54,12 @@ MAX_HEADER_BYTES = 0xFFFF
 def compose_message(name, args=None, kwargs=None, task=None, settings=None, countdown=None,
                     eta=None, expires=None, task_id=None, queue=None, routing_key=None,
                     exchange=None, mandatory=None, immediate=None, priority=None,
-                    serializer=None, retries=0):
+                    serializer=None, retries=0, argsrepr=None, kwargsrepr=None):
     """``(TaskMessage, queue to declare first or None)`` for a call of task `name`.
 
     `task` gives the defaults of the task's own options (None: a task not known here, as for
-    `send_task`); where the call goes follows `minitask.routes`.
+    `send_task`); where the call goes follows `minitask.routes`. `argsrepr` and
+    `kwargsrepr` (text) are shown in place of the arguments (worker e-mails, `inspect`).
     """
     if settings is None:
         settings = get_settings()
@@ -101,6 +102,12 @@ def compose_message(name, args=None, kwargs=None, task=None, settings=None, coun
         mandatory=own.mandatory if mandatory is None else mandatory,
         immediate=own.immediate if immediate is None else immediate,
         serializer=serializer or own.serializer or settings.TASK_SERIALIZER)
+    for option, value in (("argsrepr", argsrepr), ("kwargsrepr", kwargsrepr)):
+        if value is not None:
+            if not isinstance(value, str):
+                raise ConfigurationError("%s %r: expected text, as repr() gives it"
+                                         % (option, value))
+            setattr(message, option, value)
     return message, declare
 
 

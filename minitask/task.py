@@ -103,6 +103,7 @@ class Request:
     held = None                         # a worker's: what retry() sends, sent with the result
     serializer = None                   # the message's: its results are encoded so
     redelivered = False                 # a worker's: delivered before (Reject's guide reads it)
+    argsrepr = kwargsrepr = None        # the call's, when it gave them (text shown instead)
 
     def __init__(self, id, name, args=(), kwargs=None, retries=0, is_eager=False,
                  logfile=None, loglevel=None, exchange=None, routing_key=None, priority=None,
@@ -426,7 +427,7 @@ class Task(metaclass=TaskType):
     def apply_async(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,
                     task_id=None, routing_key=None, exchange=None, mandatory=None,
                     immediate=None, priority=None, serializer=None, retries=0, queue=None,
-                    link=None, link_error=None, **options):
+                    link=None, link_error=None, argsrepr=None, kwargsrepr=None, **options):
         """Send a call; returns its AsyncResult. The options are listed in the README's "Task
         options" (Celery's others are accepted with no effect, or refused, by name);
         `link` and `link_error` take a signature or a list of them (see `minitask.canvas`).
@@ -447,14 +448,15 @@ class Task(metaclass=TaskType):
                     "task_id": task_id, "routing_key": routing_key, "exchange": exchange,
                     "mandatory": mandatory, "immediate": immediate, "priority": priority,
                     "serializer": serializer, "queue": queue, "retries": retries or None,
-                    "link": link, "link_error": link_error}
+                    "link": link, "link_error": link_error, "argsrepr": argsrepr,
+                    "kwargsrepr": kwargsrepr}
             return send(Signature(self, args, kwargs, {name: value for name, value
                                                        in call.items() if value is not None}))
         message, declare = compose_message(
             self.name, args, kwargs, self, settings, countdown=countdown, eta=eta,
             expires=expires, task_id=task_id, queue=queue, routing_key=routing_key,
             exchange=exchange, mandatory=mandatory, immediate=immediate, priority=priority,
-            serializer=serializer, retries=retries)
+            serializer=serializer, retries=retries, argsrepr=argsrepr, kwargsrepr=kwargsrepr)
         publish_message(message, declare)
         return _AsyncResult(message.id, task_name=self.name)
 

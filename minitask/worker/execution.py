@@ -79,6 +79,7 @@ def run_task(task, message, logfile=None, loglevel=None, is_eager=False, signal_
         message.eta, message.expires, task_object=task)
     request.serializer = message.serializer
     request.redelivered = message.redelivered
+    request.argsrepr, request.kwargsrepr = message.argsrepr, message.kwargsrepr
     if hold:
         request.held = []
     if message.chain or message.callbacks or message.headers:

@@ -22,7 +22,7 @@ BODY = """\
 Task %(name)s with id %(id)s raised exception:
 %(exc)r
 
-Task was called with args: %(args)r kwargs: %(kwargs)r.
+Task was called with args: %(args)s kwargs: %(kwargs)s.
 
 The contents of the full traceback was:
 
@@ -36,8 +36,9 @@ minitask on %(hostname)s.
 
 def compose(settings, task, message, outcome, hostname):
     """The EmailMessage for one failure (separate so tests can read it)."""
+    args, kwargs = message.shown_args()         # argsrepr and kwargsrepr hide secrets
     values = {"name": task.name, "id": message.id, "exc": outcome.result,
-              "args": message.args, "kwargs": message.kwargs,
+              "args": args, "kwargs": kwargs,
               "traceback": outcome.traceback or "", "hostname": hostname}
     mail = EmailMessage()
     mail["Subject"] = (SUBJECT % values).replace("\n", " ")[:250]

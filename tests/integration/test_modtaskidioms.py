@@ -109,11 +109,10 @@ def test_a_bound_task_reads_the_request_fields_the_guide_lists(start_worker):
     assert second.parent.id != second.id
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: the guide's argsrepr/kwargsrepr call "
-                                       "options are refused as 'unknown option'")
 def test_argsrepr_and_kwargsrepr_hide_sensitive_arguments(start_worker):
     """"Hiding sensitive information in arguments": argsrepr and kwargsrepr change how the
-    arguments are shown in logs and monitoring, not what the task gets."""
+    arguments are shown in logs and monitoring, not what the task gets. (They were refused:
+    "unknown option argsrepr".)"""
     worker = start_worker()
     result = add.apply_async((2, 3), argsrepr='(<secret-x>, <secret-y>)')
     assert result.get(timeout=20) == 5
