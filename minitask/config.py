@@ -60,7 +60,8 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
                                   "(set it alike for both)."),
     ("DEFAULT_ROUTING_KEY", "minitask", "Routing key of tasks that name none; unset: "
                                         "DEFAULT_QUEUE."),
-    ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}."),
+    ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}; "
+                   "Celery's queue_arguments: x-max-priority, x-queue-type (no effect)."),
     ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept."),
     ("ALWAYS_EAGER", False, "Run tasks in the calling process instead of sending them."),
     ("SEND_TASK_ERROR_EMAILS", False, "E-mail ADMINS when a task fails."),
@@ -133,7 +134,12 @@ _ENV_NOT_SETTINGS = {"MINITASK_CONFIG_MODULE", "MINITASK_WORKER_HOSTNAME"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 _EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 _LOGLEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-_QUEUE_KEYS = ("exchange", "exchange_type", "binding_key", "routing_key", "arguments", "durable")
+_QUEUE_KEYS = ("exchange", "exchange_type", "binding_key", "routing_key", "arguments", "durable",
+               "queue_arguments")
+# Celery's queue_arguments (RabbitMQ's x- arguments) that change nothing here: every queue
+# has priorities 0..9, and is a classic one.
+_QUEUE_ARGUMENTS = {"x-max-priority": "every queue has priorities 0..9",
+                    "x-queue-type": "minitask queues have one type"}
 _REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 _BROKER_URL = re.compile(   # scheme :// ( [IPv6 with an optional %zone] | name ) [:port] [/]
     r"([A-Za-z]+)://(?:\[([0-9A-Fa-f:.]+(?:%\w+)?)\]|([\w.-]+))(?::([0-9]+))?/?\Z")
@@ -613,7 +619,20 @@ def _queue(label, queue, options):
     for key, kind in (("binding_key", str), ("arguments", dict)):
         if not isinstance(checked[key], kind):
             raise _bad(f"{label}[{key!r}]", checked[key], f"expected a {kind.__name__}")
+    _queue_arguments(f"{label}['queue_arguments']", options.get("queue_arguments", {}))
     return checked
+
+
+def _queue_arguments(label, value):
+    """Celery's queue_arguments: the ones that change nothing here are accepted (and
+    dropped); any other is refused, rather than ignored."""
+    if not isinstance(value, dict):
+        raise _bad(label, value, "expected a dict of RabbitMQ x- arguments")
+    other = sorted(set(value) - set(_QUEUE_ARGUMENTS), key=str)
+    if other:
+        raise _bad(label, value, "minitask takes only %s here (%s); %s is not supported"
+                   % (" and ".join(_QUEUE_ARGUMENTS), "; ".join(_QUEUE_ARGUMENTS.values()),
+                      ", ".join(map(str, other))))
 
 
 def _complete_queues(values):

@@ -371,11 +371,12 @@ def test_message_priorities_on_a_declared_queue(broker, celeryconfig, start_work
     argument", or task_queue_max_priority for all queues; then priority= orders the queue.
     README, Configuration: task_queue_max_priority is accepted ("every queue has priorities
     0..9 (0 first)"); Task options: priority is "0..9, **0 is the highest** (RabbitMQ's
-    Celery counts the other way)", so the most urgent calls here are sent with 0."""
+    Celery counts the other way)", so the most urgent calls here are sent with 0. Celery's
+    queue_arguments used to be refused as an unknown key of task_queues."""
     env = celeryconfig("""\
         task_queues = {
             'tasks': {'exchange': 'tasks', 'routing_key': 'tasks',
-                      'arguments': {'x-max-priority': 10}},
+                      'queue_arguments': {'x-max-priority': 10}},
         }
         task_queue_max_priority = 10
         task_routes = {'tasks.add': {'queue': 'tasks'},

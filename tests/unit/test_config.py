@@ -72,6 +72,17 @@ def test_the_default_exchange_and_routing_key_follow_the_default_queue_unless_se
     assert (settings.DEFAULT_EXCHANGE, settings.DEFAULT_ROUTING_KEY) == ("x", "k")
 
 
+def test_celerys_queue_arguments_that_change_nothing_are_taken_and_others_refused():
+    settings = load_settings(settings_module(task_queues={"tasks": {
+        "exchange": "tasks", "routing_key": "tasks",
+        "queue_arguments": {"x-max-priority": 10, "x-queue-type": "classic"}}}), environ={})
+    assert settings.QUEUES["tasks"]["binding_key"] == "tasks"
+    assert "queue_arguments" not in settings.QUEUES["tasks"]
+    message = load_error(task_queues={"tasks": {"queue_arguments": {"x-message-ttl": 60}}})
+    assert "queue_arguments" in message and "x-message-ttl is not supported" in message
+    assert "expected a dict" in load_error(QUEUES={"q": {"queue_arguments": [1]}})
+
+
 def test_without_a_settings_module_every_value_is_the_default():
     settings = load_settings(environ={})
     assert settings.as_dict() == DEFAULTS
@@ -262,11 +273,11 @@ def test_a_bad_environment_value_names_the_variable_and_value(name, text, messag
     ("QUEUES", ["video"], "QUEUES=['video']: expected a dict of queue name -> options"),
     ("QUEUES", {"": {}}, "QUEUES={'': {}}: expected a dict of queue name -> options"),
     ("QUEUES", {"video": "media"}, "QUEUES['video']='media': expected a dict of exchange, "
-     "exchange_type, binding_key, routing_key, arguments, durable (routing_key is "
-     "binding_key's old name: give one)"),
-    ("QUEUES", {"video": {"exchnage": "media"}}, "QUEUES['video']={'exchnage': 'media'}: "
-     "expected a dict of exchange, exchange_type, binding_key, routing_key, arguments, durable "
+     "exchange_type, binding_key, routing_key, arguments, durable, queue_arguments "
      "(routing_key is binding_key's old name: give one)"),
+    ("QUEUES", {"video": {"exchnage": "media"}}, "QUEUES['video']={'exchnage': 'media'}: "
+     "expected a dict of exchange, exchange_type, binding_key, routing_key, arguments, durable, "
+     "queue_arguments (routing_key is binding_key's old name: give one)"),
     ("QUEUES", {"video": {"exchange_type": "fan"}},
      "QUEUES['video']['exchange_type']='fan': expected direct, topic, fanout or headers"),
     ("QUEUES", {"video": {"exchange": ""}},
