@@ -249,23 +249,6 @@ def test_the_built_in_states_and_their_info(start_worker):
     assert {states.PENDING, states.STARTED, states.RETRY} <= states.UNREADY_STATES
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: STARTED's info has no 'pid' and "
-                                       "'hostname' (Celery: result.info['pid'])")
-def test_started_carries_the_pid_and_hostname_of_the_worker_process(start_worker):
-    """STARTED ":meta-data: pid and hostname of the worker process executing the task"
-    (track_started, which minitask always does)."""
-    start_worker(name="starter")
-    tag = new_tag("started")
-    result = twitter_down.delay(tag)
-    try:
-        wait_for(lambda: result.state == states.STARTED, 20, what="STARTED")
-        info = result.info
-    finally:
-        go("go-" + tag)
-    assert isinstance(info, dict), info
-    assert info["hostname"] == "starter" and isinstance(info["pid"], int), info
-
-
 # -- Custom task classes: base=, handlers ----------------------------------------------------
 
 def test_handlers_of_a_custom_base_class(start_worker, tmp_path):
