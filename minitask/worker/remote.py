@@ -13,6 +13,7 @@ import time
 
 from .. import control, protocol as P
 from ..exceptions import MinitaskError
+from ..message import TaskMessage
 from ..task import registry
 
 __all__ = ["handle_control", "HANDLERS"]
@@ -110,12 +111,24 @@ def cancel_consumer(worker, queue):
 def _job_info(job, now=None):
     info = {"id": job.task_id, "name": job.task_name, "redelivered": job.redelivered,
             "acks_late": job.acks_late}
+    info["args"], info["kwargs"] = _shown_args(job.data)
     if job.started_at:
         info["time_start"] = job.started_at
         info["runtime"] = round((now or time.time()) - job.started_at, 6)
     if job.child is not None:
         info["worker_pid"] = job.child.pid
     return info
+
+
+def _shown_args(data):
+    """The call's arguments as Celery's inspect shows them, ``("(8,)", "{}")``: its
+    argsrepr and kwargsrepr when it gave them. Only a JSON body is read here (the worker's
+    main process never unpickles); for another, or one that does not decode, ``"..."``."""
+    try:
+        message = TaskMessage.from_bytes(data, ("json",))
+    except MinitaskError:
+        return "...", "..."
+    return message.shown_args()
 
 
 def active(worker):

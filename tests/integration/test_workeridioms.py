@@ -123,6 +123,7 @@ def test_inspect_active_reserved_registered_stats_ping_then_revoke_terminate(
         ["control", "ping", "--timeout", "0.3"])
     (task,) = replies(active)[NAME]
     assert (task["name"], task["id"]) == ("workeridioms.sleeptask", running.id)
+    assert (task["args"], task["kwargs"]) == ("(8,)", "{}")       # the guide's form
     assert [t["id"] for t in replies(reserved)[NAME]] == [waiting.id]
     assert {"workeridioms.add", "workeridioms.sleeptask"} <= set(replies(registered)[NAME])
     stats = replies(stats)[NAME]

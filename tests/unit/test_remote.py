@@ -3,7 +3,7 @@ types, get an error reply or are ignored; they never raise into the worker's loo
 
 import pytest
 
-from minitask import control
+from minitask import control, protocol as P
 from minitask.protocol import decode_message
 from minitask.worker.remote import handle_control
 
@@ -76,3 +76,20 @@ def test_a_reply_over_the_brokers_frame_limit_says_so_rather_than_cut_the_connec
     [(reply_to, answer)] = worker.consumer.replies
     assert "revoked: the reply takes" in answer["reply"]["error"]
     assert "over the broker's frame limit of 300" in answer["reply"]["error"]
+
+
+def test_inspect_items_show_the_arguments_as_celery_does_and_never_unpickle():
+    """``'args': '(8,)', 'kwargs': '{}'``, argsrepr and kwargsrepr when the call gave them;
+    the main process reads no pickle (nor a body that does not decode). There were none."""
+    from minitask.message import TaskMessage
+    from minitask.worker.remote import _shown_args
+
+    def data(message):
+        return P.encode_message(message.encode())
+
+    assert _shown_args(data(TaskMessage("t", (8,), {}))) == ("(8,)", "{}")
+    hidden = TaskMessage("t", ("secret",), {"card": "1234"})
+    hidden.argsrepr, hidden.kwargsrepr = "(<hidden>,)", "{'card': '****'}"
+    assert _shown_args(data(hidden)) == ("(<hidden>,)", "{'card': '****'}")
+    assert _shown_args(data(TaskMessage("t", (8,), {}, serializer="pickle"))) == ("...", "...")
+    assert _shown_args(b"\x00garbage") == ("...", "...")
