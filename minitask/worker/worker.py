@@ -19,7 +19,8 @@ something not yet reported). Acks and started notices are batched per turn.
 
 Lifecycle: the worker takes tasks once every pool process has reported ready. SIGTERM or
 SIGINT is a warm shutdown — stop consuming, hand back everything not started, let running
-tasks finish for up to ``--shutdown-timeout`` seconds — and a second one is a cold shutdown.
+tasks finish for up to ``--shutdown-timeout`` seconds — and a second one is a cold shutdown,
+as SIGQUIT is at once (Celery's).
 A lost broker connection is retried with backoff while running tasks carry on; their results
 are sent once connected again.
 
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 # Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
 # they never use up the credit other tasks need; past it the broker keeps the rest.
+# Celery's cold shutdown signal (none on Windows).
+_SIGQUIT = getattr(signal, "SIGQUIT", None)
 MAX_HELD = 10000
 # How often a worker whose short tasks earned it extra credit looks again at what it holds
 # (at once when a task not known to be short comes).
@@ -148,7 +151,8 @@ class Worker:
         self.beat_service = None
         self._writing_children = set()   # children whose inbox waits for EVENT_WRITE
         self._signals = 0
-        self._last_signal = None        # the number of the last SIGTERM or SIGINT
+        self._last_signal = None        # the number of the last SIGTERM, SIGINT or SIGQUIT
+        self._quit = False              # a SIGQUIT came: a cold shutdown
         self._ready_sent = False        # worker_ready goes once
         self.taking_tasks = False       # consuming the task queues
         self.start_failures = 0         # failed tries to start them, in a row
@@ -198,8 +202,12 @@ class Worker:
         def on_signal(signum, frame):
             self._signals += 1          # acted on by the loop, never inside the handler
             self._last_signal = signum
+            if signum == _SIGQUIT:
+                self._quit = True
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        if _SIGQUIT is not None:
+            signal.signal(_SIGQUIT, on_signal)      # Celery's cold shutdown at once
         signal.set_wakeup_fd(self._wake_w.fileno())
 
     def stop(self, cold=False):
@@ -248,7 +256,7 @@ class Worker:
     def _turn(self):
         while self._signals:
             self._signals -= 1
-            self.stop(cold=self.stopping is not None)
+            self.stop(cold=self.stopping is not None or self._quit)
         if self._finished_stopping():
             return
         timeout = self._timeout()

@@ -38,15 +38,22 @@ def test_warm_shutdown_finishes_running_tasks_and_returns_the_rest(broker, start
     assert "(redelivered)" not in second.output()
 
 
-def test_a_second_signal_is_a_cold_shutdown(broker, start_worker, tmp_path):
+@pytest.mark.parametrize("how", ["a second SIGTERM", "SIGQUIT"])
+def test_a_second_signal_or_sigquit_is_a_cold_shutdown(broker, start_worker, tmp_path, how):
+    """SIGQUIT is Celery's cold shutdown; it used to kill the worker by its default action,
+    with no shutdown signals and its tasks lost until the broker's grace ran out."""
     worker = start_worker(args=["-c", "1", "--shutdown-timeout", "60"])
     ittasks.sleep_late.delay(30, "cold")
     wait_for(lambda: ittasks.read_trace(tmp_path, "cold") == ["start"], 10,
              what="the task to start")
-    os.kill(worker.proc.pid, signal.SIGTERM)
-    time.sleep(0.3)              # a person pressing Ctrl-C twice; the worker is waiting
-    os.kill(worker.proc.pid, signal.SIGTERM)
+    if how == "SIGQUIT":
+        os.kill(worker.proc.pid, signal.SIGQUIT)
+    else:
+        os.kill(worker.proc.pid, signal.SIGTERM)
+        time.sleep(0.3)          # a person pressing Ctrl-C twice; the worker is waiting
+        os.kill(worker.proc.pid, signal.SIGTERM)
     assert worker.proc.process.wait(10) == 0
+    assert "cold shutdown" in worker.output()
     wait_for(lambda: broker.queue()["ready"] == 1, 10, what="the acks_late task to return")
 
 
