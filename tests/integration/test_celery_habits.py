@@ -29,7 +29,7 @@ def test_a_bound_task_gets_itself_and_its_request_on_a_worker(broker, start_work
                     "retries": 0, "hostname": "habits1", "is_eager": False,
                     "called_directly": False,
                     "delivery_info": {"exchange": "minitask", "routing_key": "minitask",
-                                      "priority": None}}
+                                      "priority": None, "redelivered": False}}
 
 
 
