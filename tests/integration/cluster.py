@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -30,6 +31,11 @@ if HERE not in sys.path:
 from minitask import config  # noqa: E402
 from minitask.transport import reset_connection  # noqa: E402
 from minitask.transport.builtin import Connection  # noqa: E402
+
+
+def new_tag(what):
+    """A name of its own for one test's traces and go-signals: `what` and a random part."""
+    return "%s-%s" % (what, uuid.uuid4().hex[:10])
 
 
 def wait_for(predicate, timeout=20.0, interval=0.02, what="condition"):

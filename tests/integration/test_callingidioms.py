@@ -25,7 +25,7 @@ from callingidioms import (  # noqa: E402
     Money, add, add_ignored, describe, divide, error_handler, hello, limited, on_error,
     on_error_bound, other_task, pickled_by_default, when, with_kwargs,
 )
-from cluster import wait_for, workers_of  # noqa: E402
+from cluster import new_tag, wait_for, workers_of  # noqa: E402
 from ittasks import echo, read_trace  # noqa: E402
 
 from minitask import AsyncResult, config, group, send_task, shared_task, states  # noqa: E402
@@ -41,10 +41,6 @@ ACCEPT_ALL = {"MINITASK_ACCEPT_CONTENT": '["json", "pickle", "yaml"]'}
 @pytest.fixture
 def start_worker(broker, tmp_path):
     yield from workers_of(broker, tmp_path, MODULES, ready_timeout=60)
-
-
-def new_tag(what):
-    return "%s-%s" % (what, uuid.uuid4().hex[:10])
 
 
 def runs(tmp_path, tag):

@@ -22,7 +22,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server, settle  # noqa: E402,F401  (fixtures)
-from cluster import wait_for, workers_of  # noqa: E402
+from cluster import new_tag, wait_for, workers_of  # noqa: E402
 from ittasks import _trace, read_trace  # noqa: E402
 from modtaskidioms import (  # noqa: E402
     HttpNotFound, NaiveAuthenticateServer, add, add_decorated, add_raising, add_typed,
@@ -42,10 +42,6 @@ MODULES = "ittasks,modtaskidioms"
 @pytest.fixture
 def start_worker(broker, tmp_path):
     yield from workers_of(broker, tmp_path, MODULES, ready_timeout=60)
-
-
-def new_tag(what):
-    return "%s-%s" % (what, uuid.uuid4().hex[:10])
 
 
 def go(name):

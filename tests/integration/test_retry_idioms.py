@@ -9,7 +9,6 @@ where redis-server is not installed).
 
 import os
 import sys
-import uuid
 
 import pytest
 
@@ -17,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import retryidioms as ri  # noqa: E402
 from both import broker, server, settle  # noqa: E402,F401  (fixtures)
-from cluster import wait_for, workers_of  # noqa: E402
+from cluster import new_tag, wait_for, workers_of  # noqa: E402
 from ittasks import _trace, read_trace  # noqa: E402
 
 from minitask import chain, chord  # noqa: E402
@@ -31,10 +30,6 @@ MODULES = "ittasks,retryidioms"
 @pytest.fixture
 def start_worker(broker, tmp_path):
     yield from workers_of(broker, tmp_path, MODULES, ready_timeout=60)
-
-
-def new_tag(what):
-    return "%s-%s" % (what, uuid.uuid4().hex[:10])
 
 
 def ints(tmp_path, tag):

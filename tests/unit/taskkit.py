@@ -1,6 +1,7 @@
 """Fixtures the task-API unit tests share (imported by name: a conftest.py here would clash
 with the integration tests' own `conftest` module)."""
 
+import contextlib
 import os
 import sys
 
@@ -52,3 +53,20 @@ def no_broker(monkeypatch):
     def refuse(*args, **kwargs):
         pytest.fail("a connection to the broker was attempted")
     monkeypatch.setattr(transport, "connection", refuse)
+
+
+@contextlib.contextmanager
+def worker_on(consumer, concurrency=1):
+    """A Worker with no pool processes and no broker: `consumer` (a fake that records what
+    the worker says) stands for its connection. Its sockets are closed afterwards."""
+    from minitask.worker.worker import Worker
+
+    worker = Worker(config.Settings({"BROKER_URL": "memory://unit-worker"}),
+                    concurrency=concurrency)
+    worker.consumer = consumer
+    try:
+        yield worker
+    finally:
+        worker.selector.close()
+        worker._wake_r.close()
+        worker._wake_w.close()

@@ -7,14 +7,13 @@ import logging
 
 import pytest
 
-from minitask import Task, config, protocol, states, task
+from minitask import Task, protocol, states, task
 from minitask.exceptions import Reject, RetryTaskError
 from minitask.message import TaskMessage
 from minitask.worker.execution import REQUEUED, execute_delivery, run_task
 from minitask.worker.pool import Job
-from minitask.worker.worker import Worker
 
-from taskkit import isolated_tasks, no_broker  # noqa: E402,F401  (fixtures)
+from taskkit import isolated_tasks, no_broker, worker_on  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.usefixtures("isolated_tasks")
 
@@ -100,14 +99,8 @@ class Consumer:
 
 @pytest.fixture
 def worker():
-    worker = Worker(config.Settings({"BROKER_URL": "memory://worker-reject"}), concurrency=1)
-    worker.consumer = Consumer()
-    try:
+    with worker_on(Consumer()) as worker:
         yield worker
-    finally:
-        worker.selector.close()
-        worker._wake_r.close()
-        worker._wake_w.close()
 
 
 def report(state):

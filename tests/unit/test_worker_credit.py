@@ -3,10 +3,11 @@ it while it holds a task not known to be short (no processes: a recording consum
 
 import pytest
 
-from minitask import config
 from minitask.worker.credit import FACTOR
 from minitask.worker.pool import Job
-from minitask.worker.worker import IDLE_GRACE, Worker
+from minitask.worker.worker import IDLE_GRACE
+
+from taskkit import worker_on
 
 
 class RecordingConsumer:
@@ -38,16 +39,10 @@ class RecordingConsumer:
 
 @pytest.fixture
 def worker():
-    worker = Worker(config.Settings({"BROKER_URL": "memory://worker-credit"}), concurrency=2)
-    worker.consumer = RecordingConsumer()
-    worker._broker_fd = None
-    worker._flush_broker = lambda: None
-    try:
+    with worker_on(RecordingConsumer(), concurrency=2) as worker:
+        worker._broker_fd = None
+        worker._flush_broker = lambda: None
         yield worker
-    finally:
-        worker.selector.close()
-        worker._wake_r.close()
-        worker._wake_w.close()
 
 
 def earn(worker):

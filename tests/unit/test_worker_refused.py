@@ -7,11 +7,12 @@ import base64
 
 import pytest
 
-from minitask import config, protocol
+from minitask import protocol
 from minitask.exceptions import PublishRefusedError
 from minitask.message import TaskMessage, decode_result_meta
 from minitask.transport.base import Refused
-from minitask.worker.worker import Worker
+
+from taskkit import worker_on
 
 
 class Consumer:
@@ -60,17 +61,10 @@ class Consumer:
 
 @pytest.fixture
 def worker():
-    worker = Worker(config.Settings({"BROKER_URL": "memory://worker-refused"}),
-                    concurrency=1)
-    worker.consumer = Consumer()
-    worker.selector.register(worker._wake_r, 1, "broker")   # stands for the broker's socket
-    worker._broker_fd = worker._wake_r
-    try:
+    with worker_on(Consumer()) as worker:
+        worker.selector.register(worker._wake_r, 1, "broker")   # stands for the broker's socket
+        worker._broker_fd = worker._wake_r
         yield worker
-    finally:
-        worker.selector.close()
-        worker._wake_r.close()
-        worker._wake_w.close()
 
 
 def message_with_workflow():

@@ -3,9 +3,10 @@ processes: a recording consumer)."""
 
 import pytest
 
-from minitask import config, signals
+from minitask import signals
 from minitask.worker.pool import Job
-from minitask.worker.worker import Worker
+
+from taskkit import worker_on
 
 
 class Consumer:
@@ -38,15 +39,11 @@ class Consumer:
 
 @pytest.fixture
 def worker():
-    worker = Worker(config.Settings({"BROKER_URL": "memory://worker-signals"}), concurrency=1)
-    worker.consumer = Consumer()
-    try:
-        yield worker
-    finally:
-        signals.task_revoked.receivers = []
-        worker.selector.close()
-        worker._wake_r.close()
-        worker._wake_w.close()
+    with worker_on(Consumer()) as worker:
+        try:
+            yield worker
+        finally:
+            signals.task_revoked.receivers = []
 
 
 def report(state, summary):
