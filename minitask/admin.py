@@ -21,6 +21,7 @@ from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutE
 from .transport import client_for, declare_topology
 from .bench import add_command as add_bench
 from .config import configure, safe_url
+from .control import configured_queues
 from .message import TaskMessage
 from .result import AsyncResult
 
@@ -298,7 +299,7 @@ def _wait(result, args):
 def run_purge(args):
     settings = _settings(args)
     named = list(dict.fromkeys(args.queues + args.queue_list))
-    queues = [queue for queue in named or _configured_queues(settings)
+    queues = [queue for queue in named or configured_queues(settings)
               if queue not in args.exclude_queues]
     if not queues:
         raise ConfigurationError("no queue left to purge: --exclude-queues names them all")
@@ -327,11 +328,6 @@ def run_purge(args):
             print("purged %d messages from %s" % (count, queue) if count is not None
                   else "no queue %s in the broker yet" % queue)
     return 0
-
-
-def _configured_queues(settings):
-    """Celery's `purge` with no queue named: every queue the settings name."""
-    return list(dict.fromkeys([settings.DEFAULT_QUEUE] + list(settings.QUEUES)))
 
 
 def run_result(args):

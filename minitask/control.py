@@ -144,12 +144,17 @@ def shutdown(destination=None, **kwargs):
     return broadcast("shutdown", destination=destination, **kwargs)
 
 
+def configured_queues(settings):
+    """Every queue the settings name, DEFAULT_QUEUE first: what Celery's purge empties."""
+    return list(dict.fromkeys([settings.DEFAULT_QUEUE] + list(settings.QUEUES)))
+
+
 def purge():
     """Drop the waiting messages of every queue the settings name (DEFAULT_QUEUE and
     QUEUES); returns how many were dropped. A queue not declared yet counts as empty."""
     from .config import get_settings
 
-    queues = list(dict.fromkeys([get_settings().DEFAULT_QUEUE] + list(get_settings().QUEUES)))
+    queues = configured_queues(get_settings())
 
     def drop(conn):
         dropped = 0

@@ -64,10 +64,10 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
 
-# Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
-# they never use up the credit other tasks need; past it the broker keeps the rest.
 # Celery's cold shutdown signal (none on Windows).
 _SIGQUIT = getattr(signal, "SIGQUIT", None)
+# Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
+# they never use up the credit other tasks need; past it the broker keeps the rest.
 MAX_HELD = 10000
 # How often a worker whose short tasks earned it extra credit looks again at what it holds
 # (at once when a task not known to be short comes).
