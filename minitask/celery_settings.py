@@ -28,6 +28,7 @@ _repr.maxstring = _repr.maxother = 60
 MAPPED = {
     "broker_url": "BROKER_URL",
     "imports": "IMPORTS",
+    "include": "IMPORTS",       # "exact same semantics as imports": both lists are imported
     "accept_content": "ACCEPT_CONTENT",
     "task_serializer": "TASK_SERIALIZER",
     "task_default_rate_limit": "DEFAULT_RATE_LIMIT",
@@ -151,7 +152,6 @@ ACCEPTED = {
 
 # Celery names with no counterpart: the warning's advice (None: nothing to do instead).
 ADVICE = {
-    "include": "list these modules in IMPORTS",
     "task_annotations": "set the options on the tasks, or on a base class they share",
     "task_compression": "minitask does not compress messages",
     "task_publish_retry_policy": RECONNECT,

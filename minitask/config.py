@@ -398,6 +398,9 @@ def _layer(namespace, notes=None):
     layer = {}
     for name, spellings in found.items():
         spellings.sort(key=lambda entry: _SPELLINGS[name].index(entry[0]))
+        if name == "IMPORTS":
+            layer[name] = _imports_and_include(spellings)
+            continue
         first_label, first_value = spellings[0]
         for label, value in spellings[1:]:
             if _VALIDATORS[name](label, value) != _VALIDATORS[name](first_label, first_value):
@@ -408,6 +411,28 @@ def _layer(namespace, notes=None):
     return layer
 
 
+def _imports_and_include(spellings):
+    """IMPORTS from its spellings: Celery's `include` (and CELERY_INCLUDE) add their modules
+    to those of `imports`, as Celery imports both; the spellings of IMPORTS itself must
+    agree."""
+    own = [(label, value) for label, value in spellings if label not in _INCLUDE_SPELLINGS]
+    included = [(label, value) for label, value in spellings if label in _INCLUDE_SPELLINGS]
+    for group in (own, included):
+        for label, value in group[1:]:
+            if _VALIDATORS["IMPORTS"](label, value) != \
+                    _VALIDATORS["IMPORTS"](group[0][0], group[0][1]):
+                raise ConfigurationError(
+                    f"{group[0][0]}={_repr.repr(group[0][1])} and {label}={_repr.repr(value)} "
+                    f"are two spellings of IMPORTS that disagree: keep one")
+    if not own or not included:
+        return (own or included)[0]
+    label, value = own[0]
+    modules = _VALIDATORS["IMPORTS"](label, value) + \
+        _VALIDATORS["IMPORTS"](*included[0])
+    return label, list(dict.fromkeys(modules))
+
+
+_INCLUDE_SPELLINGS = ("include", "CELERY_INCLUDE")
 _warned = set()
 
 

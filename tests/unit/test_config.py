@@ -83,6 +83,17 @@ def test_celerys_queue_arguments_that_change_nothing_are_taken_and_others_refuse
     assert "expected a dict" in load_error(QUEUES={"q": {"queue_arguments": [1]}})
 
 
+def test_celerys_include_adds_its_modules_to_imports():
+    """Celery: include has "exact same semantics as imports"; both lists are imported. It
+    was ignored, with a warning, so the tutorial's include=['proj.tasks'] registered none."""
+    settings = load_settings(settings_module(imports=["a", "b"], include=["b", "c"]),
+                             environ={})
+    assert settings.IMPORTS == ["a", "b", "c"]
+    assert load_settings(settings_module(CELERY_INCLUDE=["proj.tasks"]),
+                         environ={}).IMPORTS == ["proj.tasks"]
+    assert "disagree" in load_error(imports=["a"], CELERY_IMPORTS=["b"])
+
+
 def test_without_a_settings_module_every_value_is_the_default():
     settings = load_settings(environ={})
     assert settings.as_dict() == DEFAULTS
@@ -711,8 +722,6 @@ def test_an_imported_module_or_class_under_a_celery_name_is_not_a_setting(caplog
                                     "results are encoded like their task's arguments"),
     ("CELERYD_POOL", "gevent", "CELERYD_POOL='gevent' has no effect in minitask: the pool is "
                                "always processes"),
-    ("include", ["a"], "ignoring include: minitask has no such setting; list these modules in "
-                       "IMPORTS"),
     ("redis_socket_timeout", 5, "ignoring redis_socket_timeout: minitask has no such setting; "
                                 "results live in the broker"),
     ("CELERY_RESULT_BACKEND", "rpc://", "ignoring CELERY_RESULT_BACKEND: minitask has no such "
