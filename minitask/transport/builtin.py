@@ -591,6 +591,9 @@ class Consumer(base.Consumer):
         self.max_body = P.MAX_FRAME_BYTES   # the broker's frame limit, as it announced it
         self._units = {}                # seq of an ATOMIC result -> base.Refused, no error
         self._refusals = []
+        # The results' time to live: the worker's RESULT_EXPIRES when its settings give one
+        # (Celery's result_expires is the app's, as on Redis), else the broker's (0).
+        self.result_ttl = settings.RESULT_EXPIRES if _given(settings, "RESULT_EXPIRES") else 0.0
 
     def connect(self, timeout=5.0):
         settings = self.settings
@@ -704,14 +707,15 @@ class Consumer(base.Consumer):
     def _result_frames(self, task_id, state, content_type, payload, store=True, publish=(),
                        task_name="", runtime=None, chained=(), seq=0):
         described = "described_results" in self.features
-        frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, 0.0,
+        ttl = self.result_ttl
+        frame = P.encode_result(P.RESULT_SET, 0, task_id, state, P.STORE if store else 0, ttl,
                                 content_type, payload, task_name if described else None,
                                 runtime)
         if not publish and not chained:
             return frame
         # The rest of a stopped chain: the same result under each id (uncounted: they never
         # ran).
-        others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, 0.0, content_type,
+        others = [P.encode_result(P.RESULT_SET, 0, other, state, P.STORE, ttl, content_type,
                                   payload, None, None) for other in chained]
         published = [P.encode_frame(P.PUBLISH, 0, data) for data in publish]
         if "atomic_results" not in self.features:
@@ -875,6 +879,12 @@ class Consumer(base.Consumer):
 def _encoded(message):
     """An encoded message (3.1): as given, or encoded from a `protocol.Message`."""
     return message if isinstance(message, (bytes, bytearray)) else P.encode_message(message)
+
+
+def _given(settings, name):
+    """Whether `settings` give `name` themselves (a module, the environment, a flag), rather
+    than take minitask's default."""
+    return settings.source(name) != "default"
 
 
 def _result_body(task_id, state, flags, ttl, content_type, payload):
