@@ -86,6 +86,8 @@ ACCEPTED = {
                    "times in messages are always UTC; crontab schedules follow TIMEZONE "
                    "(\"UTC\" unless set; \"local\" is the machine's own time)"),
     "task_track_started": (_always, "always on: a task reports STARTED when it begins"),
+    "beat_enable_remote_control": (_one_of(True), "the beat runs in a worker (--beat), which "
+                                                  "always answers remote control"),
     "task_create_missing_queues": (_one_of(True), "a queue not in QUEUES is always declared "
                                                   "when a call is routed to it"),
     "task_store_errors_even_if_ignored": (_one_of(True), "failures are always stored, even "

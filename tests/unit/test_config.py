@@ -722,6 +722,9 @@ def test_an_imported_module_or_class_under_a_celery_name_is_not_a_setting(caplog
                                     "results are encoded like their task's arguments"),
     ("CELERYD_POOL", "gevent", "CELERYD_POOL='gevent' has no effect in minitask: the pool is "
                                "always processes"),
+    ("beat_enable_remote_control", False, "beat_enable_remote_control=False has no effect in "
+                                          "minitask: the beat runs in a worker (--beat), which "
+                                          "always answers remote control"),
     ("redis_socket_timeout", 5, "ignoring redis_socket_timeout: minitask has no such setting; "
                                 "results live in the broker"),
     ("CELERY_RESULT_BACKEND", "rpc://", "ignoring CELERY_RESULT_BACKEND: minitask has no such "
