@@ -23,6 +23,7 @@ from .loaders import app_modules, current_loader, import_app_package
 from .log import send_logging_signals, setup_logging
 from .broker.main import BrokerConfig, run_broker
 from .config import configure, parse_broker_url
+from .app import send_app_signals
 from .worker import Worker, djangofixup
 from .worker.nodenames import default_node_name, log_file_name, node_name
 
@@ -365,6 +366,7 @@ def _run_worker(args):
     for name in args.include:
         loader.import_module(name)
     send_logging_signals(settings.LOGLEVEL, logfile)
+    send_app_signals()                  # before the beat reads what they add to its schedule
     worker = Worker(settings, hostname=hostname, logfile=logfile,
                     start_method=settings.START_METHOD,
                     imports=args.include, beat=settings.BEAT, settings_overrides=overrides)

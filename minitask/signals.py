@@ -29,7 +29,7 @@ __all__ = [
     "task_success", "task_failure", "task_retry", "task_received", "task_revoked",
     "worker_init", "worker_ready", "worker_shutting_down", "worker_shutdown",
     "worker_process_init", "worker_process_shutdown", "setup_logging", "after_setup_logger",
-    "after_setup_task_logger",
+    "after_setup_task_logger", "on_after_configure", "on_after_finalize",
 ]
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,10 @@ after_setup_task_logger = Signal(name="after_setup_task_logger", providing_args=
     "logger", "loglevel", "logfile", "format", "colorize"))
 worker_process_shutdown = Signal(name="worker_process_shutdown",
                                  providing_args=("pid", "exitcode"))
+# The app's own signals (app.on_after_configure in Celery): the sender is minitask.app's
+# current_app, whose add_periodic_task the Periodic Tasks guide calls.
+on_after_configure = Signal(name="on_after_configure", providing_args=("source",))
+on_after_finalize = Signal(name="on_after_finalize")
 
 
 # Celery's signals that have no place here, and what to use instead: looking one up says so.

@@ -25,6 +25,7 @@ import time
 from ..transport import client_for, declare_topology
 from ..exceptions import MinitaskError, PublishRefusedError
 from ..sending import compose_message
+from ..app import current_app
 from ..task import registry
 
 __all__ = ["Beat", "ScheduleEntry", "LEASE_NAME", "LEASE_SECONDS"]
@@ -88,8 +89,8 @@ class Beat:
         self.conn = None
         self.holding = False
         self.last_run = {}
-        self.entries = [ScheduleEntry(name, entry)
-                        for name, entry in sorted(settings.BEAT_SCHEDULE.items())]
+        self.entries = [ScheduleEntry(name, entry) for name, entry
+                        in sorted(current_app.periodic_tasks(settings).items())]
 
     def start(self):
         self.thread.start()

@@ -503,16 +503,13 @@ def test_a_solar_schedule_entry(broker, celeryconfig, start_worker, tmp_path):
     assert now <= met <= time.time()
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: no on_after_configure/on_after_finalize "
-                                       "and no add_periodic_task (ImportError), and the README "
-                                       "does not say")
 def test_add_periodic_task_from_on_after_configure_and_on_after_finalize(
         broker, celeryconfig, start_worker, tmp_path):
     """The guide's first example: periodic tasks set up from the app's on_after_configure
     signal (and, for tasks outside the app's module, on_after_finalize) with
     sender.add_periodic_task(seconds, signature, name=..., expires=...). With no app object,
-    the app's signals would be minitask.signals' (README, Signals: "Celery's signals, by
-    Celery's names, in minitask.signals")."""
+    the app's signals are minitask.signals', their sender minitask.app.current_app (there
+    were none: ImportError)."""
     name = "periodicsetup_%s" % uuid.uuid4().hex[:10]
     (tmp_path / (name + ".py")).write_text(textwrap.dedent("""\
         from minitask.schedules import crontab
