@@ -1,4 +1,5 @@
-"""Schedules of periodic tasks: a fixed interval (`schedule`) or wall-clock times (`crontab`).
+"""Schedules of periodic tasks: a fixed interval (`schedule`), wall-clock times (`crontab`),
+or the sun's (`solar`: sunrise, sunset, dawn, dusk, solar noon at a place).
 
 Both answer the beat's one question, ``is_due(last_run_at, now)``: is a send due, and how
 many seconds until it is worth asking again. Times are epoch seconds; the clock is the
@@ -17,18 +18,20 @@ Wall-clock time is read in a timezone: the ``TIMEZONE`` setting (``"UTC"`` by de
 implementations disagree on: a minute is due when the clock *shows* it for the first time, so
 a time the clock skips does not happen that day, and a time it shows twice counts once.
 
-A crontab never sends when the beat first meets it (``sends_at_start`` is False): it waits
-for its next time, as Celery's beat does. An interval sends at once, then every interval.
+A crontab or a solar schedule never sends when the beat first meets it (``sends_at_start``
+is False): it waits for its next time, as Celery's beat does. An interval sends at once, then
+every interval.
 """
 
 import calendar
 import datetime
+import math
 
 from .exceptions import ConfigurationError
 from .options import check_call_options
 
-__all__ = ["schedule", "crontab", "as_schedule", "get_timezone", "check_beat_schedule",
-           "DAY_NAMES", "MONTH_NAMES"]
+__all__ = ["schedule", "crontab", "solar", "as_schedule", "get_timezone",
+           "check_beat_schedule", "DAY_NAMES", "MONTH_NAMES", "SOLAR_EVENTS"]
 
 UTC = datetime.timezone.utc
 DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -78,7 +81,7 @@ def _interval_seconds(value):
 
 def as_schedule(value):
     """A schedule object for `value`: seconds, a timedelta, a `schedule` or a `crontab`."""
-    if isinstance(value, (schedule, crontab)):
+    if isinstance(value, (schedule, crontab, solar)):
         return value
     return schedule(value)
 
@@ -169,11 +172,7 @@ class crontab:
     def is_due(self, last_run_at, now):
         """``(due, seconds until the next look)``: due once a time of ours has come since
         `last_run_at` (once, however many came)."""
-        if last_run_at is None:
-            return False, max(0.0, self.next_after(now) - now)
-        if self.next_after(last_run_at) <= now:
-            return True, max(0.0, self.next_after(now) - now)
-        return False, max(0.0, self.next_after(last_run_at) - now)
+        return _due_by_times(self.next_after, last_run_at, now)
 
     def matches(self, when):
         """True if the minute that holds epoch second `when` is one of our times (as the
@@ -238,6 +237,98 @@ class crontab:
         return "<crontab: %s %s %s %s %s (m/h/dM/MY/d)>" % tuple(
             _show(field) for field in (self.spec[0], self.spec[1], self.spec[3],
                                        self.spec[4], self.spec[2]))
+
+
+def _due_by_times(next_after, last_run_at, now):
+    """`is_due` of a schedule of points in time (`next_after(t)`: the first after t, or
+    None when there is none within a year): due once one has come since `last_run_at`."""
+    if last_run_at is None:
+        upcoming = next_after(now)
+        return False, _DAY if upcoming is None else max(0.0, upcoming - now)
+    passed = next_after(last_run_at)
+    if passed is not None and passed <= now:
+        upcoming = next_after(now)
+        return True, _DAY if upcoming is None else max(0.0, upcoming - now)
+    return False, _DAY if passed is None else max(0.0, passed - now)
+
+
+_DAY = 86400.0
+
+# Celery's solar events: the sun's centre at this altitude (degrees), rising (+1), setting
+# (-1), or crossing the meridian (0). Sunrise and sunset are the upper limb at the horizon,
+# seen through the air: the centre 0.833 degrees below it.
+SOLAR_EVENTS = {
+    "dawn_astronomical": (-18.0, 1), "dawn_nautical": (-12.0, 1), "dawn_civil": (-6.0, 1),
+    "sunrise": (-0.833, 1), "solar_noon": (0.0, 0), "sunset": (-0.833, -1),
+    "dusk_civil": (-6.0, -1), "dusk_nautical": (-12.0, -1), "dusk_astronomical": (-18.0, -1),
+}
+_J2000 = 2451545.0              # the Julian day of 2000-01-01 12:00 UTC
+_UNIX_EPOCH_JD = 2440587.5      # the Julian day of 1970-01-01 00:00 UTC
+
+
+class solar:
+    """When the sun does `event` at latitude `lat`, longitude `lon` (degrees, north and east
+    positive): Celery's ``solar('sunset', -37.81753, 144.96715)``. Events are SOLAR_EVENTS'
+    names. Times come from the sunrise equation (NOAA's low-precision formulas: within about
+    a minute between the polar circles); a day when the event does not happen there (the
+    midnight sun) is skipped.
+    """
+
+    sends_at_start = False
+
+    def __init__(self, event, lat, lon):
+        if event not in SOLAR_EVENTS:
+            raise ConfigurationError("solar event %r: expected one of %s"
+                                     % (event, ", ".join(SOLAR_EVENTS)))
+        for name, value, limit in (("lat", lat, 90), ("lon", lon, 180)):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                    or not -limit <= value <= limit):
+                raise ConfigurationError("solar %s %r: expected degrees from -%d to %d"
+                                         % (name, value, limit, limit))
+        self.event, self.lat, self.lon = event, float(lat), float(lon)
+
+    def is_due(self, last_run_at, now):
+        """``(due, seconds until the next look)``, as a crontab's."""
+        return _due_by_times(self.next_after, last_run_at, now)
+
+    def next_after(self, when):
+        """The first time of the event strictly after epoch second `when`; None when it
+        does not happen there within a year."""
+        day = round((when / _DAY + _UNIX_EPOCH_JD) - _J2000)
+        for number in range(day - 1, day + 367):
+            instant = self._on_day(number)
+            if instant is not None and instant > when:
+                return instant
+        return None
+
+    def _on_day(self, number):
+        """The event on day `number` since J2000 (epoch seconds), or None that day."""
+        altitude, direction = SOLAR_EVENTS[self.event]
+        mean_time = number - self.lon / 360.0
+        anomaly = math.radians((357.5291 + 0.98560028 * mean_time) % 360.0)
+        centre = (1.9148 * math.sin(anomaly) + 0.0200 * math.sin(2 * anomaly)
+                  + 0.0003 * math.sin(3 * anomaly))
+        longitude = math.radians((math.degrees(anomaly) + centre + 180.0 + 102.9372) % 360.0)
+        transit = (_J2000 + mean_time + 0.0053 * math.sin(anomaly)
+                   - 0.0069 * math.sin(2 * longitude))
+        if direction:
+            declination = math.asin(math.sin(longitude) * math.sin(math.radians(23.4397)))
+            latitude = math.radians(self.lat)
+            cosine = ((math.sin(math.radians(altitude))
+                       - math.sin(latitude) * math.sin(declination))
+                      / (math.cos(latitude) * math.cos(declination) or 1e-12))
+            if not -1.0 <= cosine <= 1.0:
+                return None             # the sun stays above (or below) that altitude
+            half_day = math.degrees(math.acos(cosine)) / 360.0     # transit to event, days
+            transit -= direction * half_day                         # rising: before it
+        return (transit - _UNIX_EPOCH_JD) * _DAY
+
+    def __eq__(self, other):
+        return isinstance(other, solar) and (other.event, other.lat, other.lon) == (
+            self.event, self.lat, self.lon)
+
+    def __repr__(self):
+        return "<solar: %s at latitude %g, longitude %g>" % (self.event, self.lat, self.lon)
 
 
 def _show(field):

@@ -476,12 +476,10 @@ def test_relative_a_workflow_entry_and_the_beat_command_are_refused_saying_why(
 
 # -- Solar schedules; add_periodic_task -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: solar schedules are missing "
-                                       "(ImportError), and the README does not say")
 def test_a_solar_schedule_entry(broker, celeryconfig, start_worker, tmp_path):
     """The guide's "Executes at sunset in Melbourne": solar('sunset', -37.81753, 144.96715)
     as an entry's schedule. A beat worker takes it and, as for a crontab, waits for its next
-    time (within a day)."""
+    time (within a day). There was no solar (ImportError)."""
     env = celeryconfig("""\
         from minitask.schedules import solar
 

@@ -11,7 +11,7 @@ import pytest
 
 from minitask import PeriodicTask, crontab, periodic_task, schedule
 from minitask.exceptions import ConfigurationError
-from minitask.schedules import as_schedule, get_timezone
+from minitask.schedules import SOLAR_EVENTS, as_schedule, get_timezone, solar
 
 from taskkit import isolated_tasks  # noqa: E402,F401  (fixtures)
 
@@ -351,3 +351,47 @@ def test_celerys_days_of_the_month_and_months(fields, days):
         assert {day for _, day in found} == set(range(1, 8)) | set(range(15, 22))
     else:                                       # the first month of every quarter, every day
         assert {month for month, _ in found} == {1, 4, 7, 10} and len(found) == 31 + 30 + 31 + 31
+
+
+# -- solar (Celery's solar schedule; there was none: ImportError) ------------------------------
+
+def _utc(*args):
+    return datetime.datetime(*args, tzinfo=datetime.timezone.utc).timestamp()
+
+
+@pytest.mark.parametrize("event, lat, lon, after, expected", [
+    # Times as almanacs give them (to the minute; written here in UTC).
+    ("sunset", -37.81753, 144.96715, _utc(2026, 12, 8), _utc(2026, 12, 8, 9, 33)),
+    ("sunrise", -37.81753, 144.96715, _utc(2026, 12, 8), _utc(2026, 12, 8, 18, 51)),
+    ("sunrise", 51.5074, -0.1278, _utc(2026, 6, 21), _utc(2026, 6, 21, 3, 43)),
+    ("sunset", 51.5074, -0.1278, _utc(2026, 6, 21), _utc(2026, 6, 21, 20, 21)),
+    ("solar_noon", 51.5074, -0.1278, _utc(2026, 6, 21), _utc(2026, 6, 21, 12, 2)),
+    ("dusk_civil", 51.5074, -0.1278, _utc(2026, 6, 21), _utc(2026, 6, 21, 21, 8)),
+])
+def test_solar_times_agree_with_published_ones_within_three_minutes(event, lat, lon, after,
+                                                                     expected):
+    assert abs(solar(event, lat, lon).next_after(after) - expected) < 180
+
+
+def test_solar_events_come_in_order_and_a_day_without_one_is_skipped():
+    day = _utc(2026, 3, 20)
+    times = [solar(event, 48.85, 2.35).next_after(day) for event in SOLAR_EVENTS]
+    assert times == sorted(times) and times[-1] - times[0] < 86400
+    # Tromsø: no sunset under the midnight sun, the next one late in July.
+    sunset = solar("sunset", 69.65, 18.96).next_after(_utc(2026, 6, 21))
+    assert _utc(2026, 7, 20) < sunset < _utc(2026, 7, 30)
+
+
+def test_solar_is_due_as_a_crontab_is_and_refuses_what_celery_refuses():
+    sunset = solar("sunset", -37.81753, 144.96715)
+    first = sunset.next_after(_utc(2026, 12, 8))
+    assert sunset.is_due(None, first - 10) == (False, pytest.approx(10))
+    due, wait = sunset.is_due(first - 10, first + 1)
+    assert due and 86000 < wait < 86800
+    assert as_schedule(sunset) is sunset and sunset == solar("sunset", -37.81753, 144.96715)
+    assert not sunset.sends_at_start
+    for args, message in ((("sundown", 0, 0), "solar event 'sundown'"),
+                          (("sunset", 91, 0), "solar lat 91"),
+                          (("sunset", 0, "east"), "solar lon 'east'")):
+        with pytest.raises(ConfigurationError, match=message):
+            solar(*args)
