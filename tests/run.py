@@ -35,12 +35,12 @@ FAST = ["tests/unit", "tests/property"]
 # The whole suite runs as two pytest processes at once: most of its time is spent waiting
 # on brokers, workers and redis-server that the tests start, so two halves take little more
 # than the longer one. Each half is a set of folders, split so that they take about as long.
-# Some suites of tests/integration (most Redis ones, and three guides' idioms: about a third of
+# Some suites of tests/integration (most Redis ones, and two guides' idioms: about a third of
 # its time) run in the second half, which was otherwise done minutes before the first.
 # (test_redis_signals.py stays: it imports test_signals, a name tests/unit has too.) Globs are
 # expanded here, not by a shell.
 MOVED = ["tests/integration/test_redis_[!s]*.py", "tests/integration/test_workeridioms.py",
-         "tests/integration/test_periodicidioms.py", "tests/integration/test_tutorialidioms.py"]
+         "tests/integration/test_periodicidioms.py"]
 SHARDS = [["tests/integration"] + ["--ignore-glob=" + os.path.join(ROOT, moved)
                                    for moved in MOVED],
           ["tests/chaos", "tests/hostile", "tests/packaging", "tests/contract"] + FAST + MOVED]
