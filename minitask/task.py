@@ -384,6 +384,13 @@ class Task(metaclass=TaskType):
         return "<@task: %s>" % self.name
 
     @property
+    def app(self):
+        """Celery's ``self.app``: `minitask.app.current_app` (``conf``, ``control``,
+        ``tasks``, ``send_task``, ``add_periodic_task``); minitask has no app of its own."""
+        from .app import current_app        # here: app imports this module
+        return current_app
+
+    @property
     def request(self):
         """The running call's Request; outside one, a Request saying `called_directly`."""
         request = current_request()

@@ -41,6 +41,7 @@ import socket
 import time
 
 from .. import control, protocol as P, signals
+from ..app import current_app
 from ..config import safe_url
 from ..exceptions import (
     BrokerConnectionError, BrokerFullError, PoolStartupError, PublishRefusedError,
@@ -1013,6 +1014,11 @@ class Worker:
         self._wake_r.close()
         self._wake_w.close()
         logger.info("worker %s stopped", self.hostname)
+
+    @property
+    def app(self):
+        """Celery's ``sender.app`` of the worker signals: `minitask.app.current_app`."""
+        return current_app
 
     def stats(self):
         # The queues consumed now: add_consumer and cancel_consumer change them.

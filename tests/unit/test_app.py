@@ -76,3 +76,13 @@ def test_the_app_signals_go_once_with_the_app_as_sender(monkeypatch):
     assert current.conf.BROKER_URL == "minitask://127.0.0.1:5679"
     assert current.tasks["tests.app.test"] is greet
     assert current.control.inspect is not None
+
+
+def test_a_tasks_app_and_a_worker_senders_app_are_the_stand_in():
+    """Celery code reads ``self.app`` in a task's base class and ``sender.app`` in a worker
+    signal's receiver; neither had one."""
+    from minitask.worker.worker import Worker
+
+    assert greet.app is app_module.current_app
+    assert greet.app.tasks[greet.name] is greet
+    assert Worker.app.fget(None) is app_module.current_app
