@@ -1,9 +1,11 @@
 """Schedules of periodic tasks: a fixed interval (`schedule`), wall-clock times (`crontab`),
 or the sun's (`solar`: sunrise, sunset, dawn, dusk, solar noon at a place).
 
-Both answer the beat's one question, ``is_due(last_run_at, now)``: is a send due, and how
-many seconds until it is worth asking again. Times are epoch seconds; the clock is the
-caller's, so everything here is pure.
+Each answers the beat's one question, ``is_due(last_run_at, now)``: is a send due, and how
+many seconds until it is worth asking again (a ``schedstate(is_due, next)``, as Celery's).
+Times are epoch seconds; the clock is the caller's, so everything here is pure. Celery's
+forms work too, for scripts written against them (a beat health check): ``is_due(datetime)``
+and ``remaining_estimate(datetime)`` (a timedelta, negative when overdue) read the clock.
 
 `crontab` follows Celery's syntax and meaning: five fields (minute, hour, day_of_week,
 day_of_month, month_of_year), each ``*``, a number, a range ``a-b`` (``fri-mon`` wraps), a step
@@ -24,13 +26,15 @@ every interval.
 """
 
 import calendar
+import collections
 import datetime
 import math
+import time
 
 from .exceptions import ConfigurationError
 from .options import check_call_options
 
-__all__ = ["schedule", "crontab", "solar", "as_schedule", "get_timezone",
+__all__ = ["schedule", "crontab", "solar", "schedstate", "as_schedule", "get_timezone",
            "check_beat_schedule", "DAY_NAMES", "MONTH_NAMES", "SOLAR_EVENTS"]
 
 UTC = datetime.timezone.utc
@@ -41,7 +45,39 @@ MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "o
 _HORIZON_YEARS = 400
 
 
-class schedule:
+schedstate = collections.namedtuple("schedstate", "is_due next")
+schedstate.__doc__ = "Celery's answer of is_due: due now, and seconds until the next look."
+
+
+def _epoch(when):
+    """Epoch seconds of `when`: a number already, or a datetime (naive: UTC, as Celery's
+    beat records them with enable_utc)."""
+    if isinstance(when, datetime.datetime):
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return when
+
+
+class _Schedule:
+    """Celery's forms of the beat's question, on top of `_is_due` and `next_after`."""
+
+    def is_due(self, last_run_at, now=None):
+        """``schedstate(due, seconds until the next look)`` for an entry last sent at
+        `last_run_at` (epoch seconds or a datetime; None: never), at `now` (the clock's
+        time when not given)."""
+        now = time.time() if now is None else _epoch(now)
+        return schedstate(*self._is_due(None if last_run_at is None else _epoch(last_run_at),
+                                        now))
+
+    def remaining_estimate(self, last_run_at):
+        """Celery's: a timedelta from now to the first time due after `last_run_at` (a
+        datetime or epoch seconds), negative when that time has passed."""
+        due = self.next_after(_epoch(last_run_at))
+        if due is None:                 # a solar event that does not happen there in a year
+            return datetime.timedelta.max
+        return datetime.timedelta(seconds=due - time.time())
+
+
+class schedule(_Schedule):
     """Every `run_every` (seconds or a timedelta): Celery's `celery.schedules.schedule`."""
 
     sends_at_start = True
@@ -50,14 +86,17 @@ class schedule:
         self.run_every = run_every
         self.seconds = _interval_seconds(run_every)
 
-    def is_due(self, last_run_at, now):
-        """``(due, seconds until the next look)`` for an entry last sent at `last_run_at`."""
+    def _is_due(self, last_run_at, now):
         if last_run_at is None:
             return True, self.seconds
         remaining = last_run_at + self.seconds - now
         if remaining <= 0:
             return True, self.seconds
         return False, remaining
+
+    def next_after(self, when):
+        """The first time due after epoch second `when`: an interval later."""
+        return when + self.seconds
 
     def __eq__(self, other):
         return isinstance(other, schedule) and other.seconds == self.seconds
@@ -134,7 +173,7 @@ def _bad(label, value, expected):
                                              text[:97] + "...", expected))
 
 
-class crontab:
+class crontab(_Schedule):
     """Wall-clock times, as a cron line gives them: ``crontab(minute=0, hour="*/3")``.
 
     Raises ConfigurationError at once for a field that does not parse, or for a spec that
@@ -169,9 +208,8 @@ class crontab:
 
     # -- the beat's questions --------------------------------------------------------------------
 
-    def is_due(self, last_run_at, now):
-        """``(due, seconds until the next look)``: due once a time of ours has come since
-        `last_run_at` (once, however many came)."""
+    def _is_due(self, last_run_at, now):
+        """Due once a time of ours has come since `last_run_at` (once, however many came)."""
         return _due_by_times(self.next_after, last_run_at, now)
 
     def matches(self, when):
@@ -266,7 +304,7 @@ _J2000 = 2451545.0              # the Julian day of 2000-01-01 12:00 UTC
 _UNIX_EPOCH_JD = 2440587.5      # the Julian day of 1970-01-01 00:00 UTC
 
 
-class solar:
+class solar(_Schedule):
     """When the sun does `event` at latitude `lat`, longitude `lon` (degrees, north and east
     positive): Celery's ``solar('sunset', -37.81753, 144.96715)``. Events are SOLAR_EVENTS'
     names. Times come from the sunrise equation (NOAA's low-precision formulas: within about
@@ -287,8 +325,7 @@ class solar:
                                          % (name, value, limit, limit))
         self.event, self.lat, self.lon = event, float(lat), float(lon)
 
-    def is_due(self, last_run_at, now):
-        """``(due, seconds until the next look)``, as a crontab's."""
+    def _is_due(self, last_run_at, now):
         return _due_by_times(self.next_after, last_run_at, now)
 
     def next_after(self, when):

@@ -395,3 +395,24 @@ def test_solar_is_due_as_a_crontab_is_and_refuses_what_celery_refuses():
                           (("sunset", 0, "east"), "solar lon 'east'")):
         with pytest.raises(ConfigurationError, match=message):
             solar(*args)
+
+
+def test_celerys_forms_of_is_due_and_remaining_estimate_for_health_checks():
+    """A beat health-check script written against Celery: ``is_due(last_run_at)`` with a
+    datetime answers a schedstate; ``remaining_estimate(last_run_at)`` a timedelta (negative
+    when overdue). minitask's took epoch seconds and a `now` only, and had no
+    remaining_estimate."""
+    now = time.time()
+    last = datetime.datetime.fromtimestamp(now - 45, datetime.timezone.utc)
+    state = schedule(30).is_due(last)
+    assert state.is_due and state.next == 30.0 and tuple(state) == (True, 30.0)
+    assert schedule(30).is_due(last.replace(tzinfo=None)).is_due        # naive is UTC
+    overdue = schedule(30).remaining_estimate(last)
+    assert -16 < overdue.total_seconds() < -14
+    every_minute = crontab()
+    ahead = every_minute.remaining_estimate(datetime.datetime.now(datetime.timezone.utc))
+    assert datetime.timedelta(0) < ahead <= datetime.timedelta(seconds=60)
+    assert every_minute.is_due(None).is_due is False
+    sunset = solar("sunset", 51.5, 0.0).remaining_estimate(
+        datetime.datetime.now(datetime.timezone.utc))
+    assert datetime.timedelta(0) < sunset <= datetime.timedelta(days=1, minutes=5)
