@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -242,6 +243,30 @@ def client_of(instance, tmp_path):
     finally:
         reset_connection()
         config.reset()
+
+
+def settings_modules(broker, tmp_path, monkeypatch):
+    """The generator behind a fixture that writes settings modules: yields
+    write(name, text) -> the env a worker needs to read it. The module goes into tmp_path
+    (dedented), and this process reads it too, with the test's broker on top; written
+    modules are forgotten afterwards."""
+    written = []
+
+    def write(name, text):
+        (tmp_path / (name + ".py")).write_text(textwrap.dedent(text))
+        written.append(name)
+        monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
+        config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"])
+        reset_connection()
+        return {"MINITASK_CONFIG_MODULE": name,
+                "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        yield write
+    finally:
+        for name in written:
+            sys.modules.pop(name, None)
 
 
 def workers_of(broker, tmp_path, modules="ittasks", ready_timeout=30.0):

@@ -35,12 +35,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from beatlog import gaps, sends  # noqa: E402
 from both import broker, server  # noqa: E402,F401  (fixtures)
-from cluster import HERE, ROOT, _env, wait_for, workers_of  # noqa: E402
+from cluster import HERE, ROOT, _env, settings_modules, wait_for, workers_of  # noqa: E402
 from ittasks import read_trace  # noqa: E402
 
-from minitask import config, get_settings  # noqa: E402
+from minitask import get_settings  # noqa: E402
 from minitask.schedules import crontab  # noqa: E402
-from minitask.transport import reset_connection  # noqa: E402
 
 MODULES = "periodicidioms"
 TIMEOUT = 20
@@ -57,22 +56,9 @@ def celeryconfig(broker, tmp_path, monkeypatch):
     """celeryconfig(*texts) -> the worker's env: writes `texts` (the guide's settings) as a new
     settings module and points this process at it (with the broker's URL on top); a worker
     started with the returned env reads it too."""
-    written = []
-
-    def write(*texts):
-        name = "celeryconfig_%s" % uuid.uuid4().hex[:10]
-        (tmp_path / (name + ".py")).write_text("".join(textwrap.dedent(t) for t in texts))
-        written.append(name)
-        monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
-        config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"])
-        reset_connection()
-        return {"MINITASK_CONFIG_MODULE": name,
-                "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
+    for write in settings_modules(broker, tmp_path, monkeypatch):
+        yield lambda *texts: write("celeryconfig_%s" % uuid.uuid4().hex[:10],
+                                   "".join(textwrap.dedent(t) for t in texts))
 
 
 def last_run_key(entry):

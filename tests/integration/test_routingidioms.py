@@ -25,16 +25,15 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server, settle  # noqa: E402,F401  (fixtures)
-from cluster import HERE, ROOT, wait_for, workers_of  # noqa: E402
+from cluster import settings_modules, wait_for, workers_of  # noqa: E402
 from ittasks import read_trace  # noqa: E402
 from routingidioms import (  # noqa: E402
     add, cleanup, compress_image, compress_video, feeds_import_feed, import_feed, parse_feed,
     reload_cache, render_page, thumbnail, transcode,
 )
 
-from minitask import chord, config, group, send_task  # noqa: E402
+from minitask import chord, group, send_task  # noqa: E402
 from minitask.exceptions import BrokerError, ConfigurationError, UnroutableError  # noqa: E402
-from minitask.transport import reset_connection  # noqa: E402
 
 MODULES = "routingidioms"
 TIMEOUT = 20
@@ -50,22 +49,9 @@ def celeryconfig(broker, tmp_path, monkeypatch):
     """celeryconfig(*texts) -> the worker's env: writes `texts` (the guide's settings) as a new
     settings module and points this process at it (with the broker's URL on top); a worker
     started with the returned env reads it too."""
-    written = []
-
-    def write(*texts):
-        name = "celeryconfig_%s" % uuid.uuid4().hex[:10]
-        (tmp_path / (name + ".py")).write_text("".join(textwrap.dedent(t) for t in texts))
-        written.append(name)
-        monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
-        config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"])
-        reset_connection()
-        return {"MINITASK_CONFIG_MODULE": name,
-                "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
+    for write in settings_modules(broker, tmp_path, monkeypatch):
+        yield lambda *texts: write("celeryconfig_%s" % uuid.uuid4().hex[:10],
+                                   "".join(textwrap.dedent(t) for t in texts))
 
 
 def runs(tmp_path):

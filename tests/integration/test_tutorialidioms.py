@@ -21,7 +21,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import uuid
 from datetime import datetime, timezone
 
@@ -30,7 +29,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server  # noqa: E402,F401  (fixtures)
-from cluster import HERE, ROOT, Worker, _env, _Process, wait_for  # noqa: E402
+from cluster import HERE, Worker, _Process, _env, settings_modules, wait_for  # noqa: E402
 
 from minitask import AsyncResult, chain, chord, config, group  # noqa: E402
 from minitask.exceptions import NotRegistered  # noqa: E402
@@ -104,23 +103,7 @@ def project(broker, monkeypatch):
 def settings_module(broker, tmp_path, monkeypatch):
     """settings_module(name, text) -> the env a worker needs to read it: writes the module
     into tmp_path and points this process at it too (the test's broker on top)."""
-    written = []
-
-    def write(name, text):
-        (tmp_path / (name + ".py")).write_text(textwrap.dedent(text))
-        written.append(name)
-        monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
-        config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"])
-        reset_connection()
-        return {"MINITASK_CONFIG_MODULE": name,
-                "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        yield write
-    finally:
-        for name in written:
-            sys.modules.pop(name, None)
+    yield from settings_modules(broker, tmp_path, monkeypatch)
 
 
 def ready(broker, *queues):
