@@ -269,6 +269,16 @@ def settings_modules(broker, tmp_path, monkeypatch):
             sys.modules.pop(name, None)
 
 
+@pytest.fixture
+def celeryconfig(broker, tmp_path, monkeypatch):
+    """celeryconfig(*texts) -> the worker's env: writes `texts` (a guide's settings) as a new
+    settings module and points this process at it (with the broker's URL on top); a worker
+    started with the returned env reads it too."""
+    for write in settings_modules(broker, tmp_path, monkeypatch):
+        yield lambda *texts: write("celeryconfig_%s" % uuid.uuid4().hex[:10],
+                                   "".join(textwrap.dedent(t) for t in texts))
+
+
 def workers_of(broker, tmp_path, modules="ittasks", ready_timeout=30.0):
     """The generator behind a `start_worker` fixture, on either transport: it yields
     start(name="w1", args=(...)) -> a connected Worker; all are stopped afterwards."""

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from beatlog import gaps, sends  # noqa: E402
 from both import broker, server  # noqa: E402,F401  (fixtures)
-from cluster import HERE, ROOT, _env, settings_modules, wait_for, workers_of  # noqa: E402
+from cluster import HERE, ROOT, _env, celeryconfig, wait_for, workers_of  # noqa: E402,F401
 from ittasks import read_trace  # noqa: E402
 
 from minitask import get_settings  # noqa: E402
@@ -49,16 +49,6 @@ ZONE = "Asia/Kolkata"           # UTC+05:30 all year: a zone whose clock is neve
 @pytest.fixture
 def start_worker(broker, tmp_path):
     yield from workers_of(broker, tmp_path, MODULES, ready_timeout=60)
-
-
-@pytest.fixture
-def celeryconfig(broker, tmp_path, monkeypatch):
-    """celeryconfig(*texts) -> the worker's env: writes `texts` (the guide's settings) as a new
-    settings module and points this process at it (with the broker's URL on top); a worker
-    started with the returned env reads it too."""
-    for write in settings_modules(broker, tmp_path, monkeypatch):
-        yield lambda *texts: write("celeryconfig_%s" % uuid.uuid4().hex[:10],
-                                   "".join(textwrap.dedent(t) for t in texts))
 
 
 def last_run_key(entry):

@@ -17,15 +17,13 @@ refused route keys), the test checks minitask's documented behaviour and cites t
 import os
 import socket
 import sys
-import textwrap
-import uuid
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server, settle  # noqa: E402,F401  (fixtures)
-from cluster import settings_modules, wait_for, workers_of  # noqa: E402
+from cluster import celeryconfig, wait_for, workers_of  # noqa: E402,F401
 from ittasks import read_trace  # noqa: E402
 from routingidioms import (  # noqa: E402
     add, cleanup, compress_image, compress_video, feeds_import_feed, import_feed, parse_feed,
@@ -42,16 +40,6 @@ TIMEOUT = 20
 @pytest.fixture
 def start_worker(broker, tmp_path):
     yield from workers_of(broker, tmp_path, MODULES, ready_timeout=60)
-
-
-@pytest.fixture
-def celeryconfig(broker, tmp_path, monkeypatch):
-    """celeryconfig(*texts) -> the worker's env: writes `texts` (the guide's settings) as a new
-    settings module and points this process at it (with the broker's URL on top); a worker
-    started with the returned env reads it too."""
-    for write in settings_modules(broker, tmp_path, monkeypatch):
-        yield lambda *texts: write("celeryconfig_%s" % uuid.uuid4().hex[:10],
-                                   "".join(textwrap.dedent(t) for t in texts))
 
 
 def runs(tmp_path):
