@@ -191,6 +191,9 @@ def test_ignore_result_stores_successes_nothing_but_failures_still(broker, start
         failing.get(timeout=10)
     wait_for(lambda: broker.queue()["unacked"] == 0 and broker.queue()["ready"] == 0, 10,
              what="the queue to empty")
+    # Acked as it started (so the queue may be empty while it is still STARTED): once it
+    # ends, nothing of its success is kept. (CI38 read its state a moment too early.)
+    wait_for(lambda: ok.state != "STARTED", 10, what="the ignored task to end")
     assert ok.state == "PENDING"
 
 
