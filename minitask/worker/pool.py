@@ -104,7 +104,7 @@ class Job:
     __slots__ = ("seq", "tag", "task_id", "task_name", "data", "redelivered", "acks_late",
                  "time_limit", "soft_time_limit", "epoch", "child", "started_at",
                  "start_noticed", "handed_over", "soft_sent", "kill_reason", "kill_signum",
-                 "generation", "fast", "received_at", "expires_at")
+                 "generation", "fast", "received_at", "expires_at", "rate_held")
 
     def __init__(self, seq, tag, task_id, task_name, data, redelivered=False, acks_late=False,
                  time_limit=None, soft_time_limit=None, generation=0):
@@ -129,6 +129,7 @@ class Job:
         self.fast = False
         self.received_at = 0.0
         self.expires_at = 0.0           # epoch seconds; 0: it never expires
+        self.rate_held = False          # in the worker's scheduler, waiting for a rate token
 
     def __repr__(self):
         return "<Job %d %s[%s]>" % (self.seq, self.task_name, self.task_id)

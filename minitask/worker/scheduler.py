@@ -2,7 +2,8 @@
 
 `Scheduler(clock)` takes its clock, so tests move time with a fake clock. Entries are
 ``(due, seq, item)``: `seq` is a running counter, so equal due times come out in the order
-they went in and items are never compared. Nothing is cancelled in place: a job that must not
+they went in and items are never compared. Jobs waiting for a token are taken out again when their rate limit changes (`remove`);
+nothing else is cancelled in place: a job that must not
 run any more (revoked, or from a lost connection) is dropped by the worker when it comes out.
 """
 
@@ -39,6 +40,14 @@ class Scheduler:
     def next_due(self):
         """When the next item is due, or None."""
         return self._heap[0][0] if self._heap else None
+
+    def remove(self, matches):
+        """Take out the items `matches(item)` picks; they are returned soonest first."""
+        taken = [entry for entry in self._heap if matches(entry[2])]
+        if taken:
+            self._heap = [entry for entry in self._heap if not matches(entry[2])]
+            heapq.heapify(self._heap)
+        return [item for _due, _seq, item in sorted(taken, key=lambda e: e[:2])]
 
     def items(self):
         """Items with their due times, soonest first (for `inspect scheduled`)."""

@@ -536,6 +536,7 @@ class Worker:
         task = task or registry.tasks.get(job.task_name)
         rate = self._bucket(task) if task is not None else None
         if rate is not None and not rate.consume():
+            job.rate_held = True
             self._hold(job, self.clock() + rate.wait_time())
             return
         if self.boost and not self.pool.is_fast(job.task_name):
@@ -548,6 +549,7 @@ class Worker:
 
     def _due(self, job):
         self.held -= 1
+        job.rate_held = False
         if job.generation != self.consumer.generation:
             return
         if job.task_id in self.revoked:
@@ -578,6 +580,11 @@ class Worker:
             self.buckets.pop(task_name, None)
         elif task_name in self.buckets:
             self.buckets[task_name].set_rate(rate)
+        # Its tasks waiting for a token wait again under the new limit, none when it is
+        # lifted (Celery's wait out the time the old limit gave them: an hour, at 1/h).
+        for job in self.scheduler.remove(lambda job: job.rate_held and
+                                         job.task_name == task_name):
+            self._due(job)
 
     def _can_assign(self):
         return self.pool.has_free_child() or \

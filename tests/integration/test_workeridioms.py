@@ -215,9 +215,10 @@ def test_rate_limit_at_run_time_with_a_destination_and_replies(broker, start_wor
     wait_for(lambda: second.state == "RECEIVED", 10, what="the worker to hold the second")
     held = replies(celery(broker, "inspect", "scheduled", "-j", "-d", NAME, "-t", "0.3"))
     assert [t["id"] for t in held[NAME]] == [second.id]     # waiting for its token
-    # Lifted: the next call runs at once (the one already waiting keeps its turn, as a task
-    # held in Celery's old token bucket does).
+    # Lifted: the one already waiting runs at once too (Celery's would wait out the minute
+    # its old bucket gave it), and so does the next call.
     assert celery(broker, "control", "rate_limit", "workeridioms.add", "0", "-t", "0.3")[0] == 0
+    assert second.get(timeout=10) == 4
     assert add.delay(3, 3).get(timeout=10) == 6
 
 

@@ -53,3 +53,16 @@ def test_items_that_compare_badly_are_never_compared():
     scheduler.enter(1, first)
     scheduler.enter(1, second)
     assert scheduler.pop_due(1) == [first, second]
+
+
+@given(dues, st.integers(min_value=2, max_value=5))
+def test_remove_takes_exactly_the_matching_items_soonest_first(due_times, modulus):
+    scheduler = Scheduler(lambda: 0)
+    for index, due in enumerate(due_times):
+        scheduler.enter(due, (due, index))
+    taken = scheduler.remove(lambda item: item[1] % modulus == 0)
+    assert taken == sorted((due, index) for index, due in enumerate(due_times)
+                           if index % modulus == 0)
+    rest = scheduler.pop_due(max(due_times, default=0))
+    assert rest == sorted((due, index) for index, due in enumerate(due_times)
+                          if index % modulus != 0)
