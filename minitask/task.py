@@ -545,6 +545,11 @@ class Task(metaclass=TaskType):
                     options.setdefault("exchange", request.exchange)
                     options.setdefault("routing_key", request.routing_key)
                 options.setdefault("priority", request.priority)
+                # Arguments the call hid (argsrepr: a password) stay hidden in the retry's
+                # logs, e-mails and inspect lines, unless the retry says otherwise.
+                for name in ("argsrepr", "kwargsrepr"):
+                    if getattr(request, name) is not None:
+                        options.setdefault(name, getattr(request, name))
                 if request._expires:
                     options.setdefault("expires", from_epoch(request._expires))
             if held is None:

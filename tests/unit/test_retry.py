@@ -414,6 +414,33 @@ def test_a_resent_retry_keeps_the_original_routing(broker):
     assert (resent.exchange, resent.routing_key, resent.priority) == ("media", "video", 2)
 
 
+def test_a_resent_retry_keeps_hiding_the_arguments_its_call_hid(broker):
+    """argsrepr/kwargsrepr hide secrets from logs, e-mails and inspect: the retry of such
+    a call must not show them (Celery's shows the repr of the arguments again)."""
+    @task()
+    def failing(password, token=None):
+        failing.retry()
+
+    message = TaskMessage(failing.name, ("hunter2",), {"token": "s3cret"})
+    message.argsrepr, message.kwargsrepr = "('***',)", "{'token': '***'}"
+    run_task(failing, message)
+    [resent] = broker.resent()
+    assert resent.shown_args() == ("('***',)", "{'token': '***'}")
+    assert resent.args == ("hunter2",) and resent.kwargs == {"token": "s3cret"}
+
+
+def test_a_retry_may_give_its_own_argsrepr(broker):
+    @task()
+    def failing(password):
+        failing.retry(args=["other"], argsrepr="('###',)")
+
+    message = TaskMessage(failing.name, ("hunter2",))
+    message.argsrepr = "('***',)"
+    run_task(failing, message)
+    [resent] = broker.resent()
+    assert resent.shown_args() == ("('###',)", "{}") and resent.args == ("other",)
+
+
 def test_a_resent_retry_uses_task_id_and_task_retries_from_kwargs_when_passed(broker):
     @task()
     def failing(**kwargs):
