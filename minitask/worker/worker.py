@@ -857,7 +857,10 @@ class Worker:
         lost, unstarted = self.pool.reap(child)
         self._unwatch_child(child)
         retiring = child.retiring and not lost
-        if not retiring:
+        if any(job.kill_reason is not None for job in lost):
+            logger.info("pool process %d ended (%s): the worker stopped it, for its task",
+                        child.pid, how)
+        elif not retiring:
             logger.error("pool process %d died (%s)", child.pid, how)
         for job in lost:
             self._lost(job, how)
@@ -871,10 +874,12 @@ class Worker:
                 self.ready.appendleft(job)
 
     def _lost(self, job, how):
-        if job.kill_reason is not None:
-            state = "REVOKED" if isinstance(job.kill_reason, TaskRevokedError) else "FAILURE"
+        if isinstance(job.kill_reason, TaskRevokedError):    # as asked: logged as REVOKED
+            self._store_final(job, "REVOKED", "revoked and terminated (%s)" % how,
+                              job.kill_reason)
+        elif job.kill_reason is not None:                   # its time limit
             logger.error("Task %s[%s] %s", job.task_name, job.task_id, job.kill_reason)
-            self._store_final(job, state, str(job.kill_reason), job.kill_reason)
+            self._store_final(job, "FAILURE", str(job.kill_reason), job.kill_reason)
         elif job.acks_late and not job.handed_over:
             logger.error("Task %s[%s]: its process died (%s); it goes back to its queue",
                          job.task_name, job.task_id, how)

@@ -452,7 +452,7 @@ def test_revoke_reaches_a_running_worker_holding_the_countdown(broker, start_wor
 
 
 def test_revoke_with_terminate_stops_a_running_task(broker, start_worker, tmp_path):
-    start_worker()
+    worker = start_worker()
     result = ittasks.sleep.delay(30, "term")
     wait_for(lambda: ittasks.read_trace(tmp_path, "term") == ["start"], 10,
              what="the task to start")
@@ -460,6 +460,11 @@ def test_revoke_with_terminate_stops_a_running_task(broker, start_worker, tmp_pa
     with pytest.raises(TaskRevokedError):
         result.get(timeout=10)
     assert ittasks.add.delay(1, 2).get(timeout=10) == 3
+    # Said once, as what was asked for: not also as an error, nor as a pool process that died.
+    wait_for(lambda: "revoked and terminated" in worker.output(), 10, what="the log line")
+    said = [line for line in worker.output().splitlines() if result.id in line]
+    assert len([line for line in said if "terminated" in line]) == 1, said
+    assert "ERROR" not in worker.output(), worker.output()
 
 
 def test_revoke_with_terminate_stops_a_task_inside_one_long_call_into_c(broker, start_worker,
