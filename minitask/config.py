@@ -227,7 +227,7 @@ def load_settings(module=None, environ=None, overrides=None):
     notes = []
     module_layer = {} if module is None else _layer(vars(module), notes)
     apply(module_layer, lambda label: "module " + module_name)
-    env_layer, flag_layer = _env_layer(environ), _flag_layer(overrides or {})
+    env_layer, flag_layer = _env_layer(environ), _flag_layer(overrides or {}, notes)
     loader_path = values["LOADER"]
     for layer in (env_layer, flag_layer):
         if "LOADER" in layer:
@@ -462,14 +462,28 @@ def _env_layer(environ):
     return layer
 
 
-def _flag_layer(overrides):
+def _flag_layer(overrides, notes):
+    """`configure()`'s keywords and the command line's flags: minitask's names in either
+    case, or Celery's as a settings module may spell them (``app.conf.update(...)`` in
+    Celery's tutorials); a Celery name minitask has no use for goes to `notes`, and any
+    other name is refused."""
     layer = {}
     for key, value in overrides.items():
-        name = key.upper()
+        label, name = key, key.upper()
         if name not in DEFAULTS:
-            raise ConfigurationError(f"unknown setting {key!r}")
-        if value is not None:
-            layer[name] = (name, value)
+            kind, name = celery_settings.classify(key, value, _SETTING_OF)
+            if kind == "celery":
+                notes.append((key, name, value))
+                continue
+            if kind != "setting":
+                raise ConfigurationError(f"unknown setting {key!r}")
+        if value is None:
+            continue
+        if name in layer and _VALIDATORS[name](label, value) != _VALIDATORS[name](*layer[name]):
+            raise ConfigurationError(
+                f"{layer[name][0]}={_repr.repr(layer[name][1])} and {label}={_repr.repr(value)} "
+                f"are two spellings of {name} that disagree: keep one")
+        layer[name] = (label, value)
     return layer
 
 

@@ -604,6 +604,23 @@ def test_configure_reloads_with_overrides_and_each_call_replaces_the_last():
     assert config.configure(LOGLEVEL="error").ALWAYS_EAGER is False
 
 
+def test_configure_takes_celerys_names_as_a_settings_module_does(caplog):
+    """``app.conf.update(task_default_queue=..., ...)`` of Celery's tutorials, as
+    `configure`: Celery's names of minitask settings apply; those minitask has no use for
+    are warned about, as in a settings module; a name that is neither is still refused."""
+    configured = config.configure(task_default_queue="default", CELERY_ALWAYS_EAGER=True,
+                                  worker_prefetch_multiplier=1, result_backend="rpc://",
+                                  enable_utc=True)
+    assert (configured.DEFAULT_QUEUE, configured.ALWAYS_EAGER,
+            configured.PREFETCH_MULTIPLIER) == ("default", True, 1)
+    assert configured.source("DEFAULT_QUEUE") == "flag"
+    assert "result_backend" in caplog.text and "enable_utc" not in caplog.text
+    with pytest.raises(ConfigurationError, match="unknown setting 'task_defualt_queue'"):
+        config.configure(task_defualt_queue="default")
+    with pytest.raises(ConfigurationError, match="task_serializer.*TASK_SERIALIZER"):
+        config.configure(task_serializer="json", TASK_SERIALIZER="pickle")
+
+
 def test_a_failed_configure_keeps_the_settings_in_force():
     kept = config.configure(CONCURRENCY=2)
     with pytest.raises(ConfigurationError):
