@@ -138,7 +138,13 @@ def active(worker):
 
 
 def scheduled(worker):
-    return [dict(_job_info(job), eta=due) for due, job in worker.scheduler.items()]
+    """Each with its `eta` (epoch seconds), and the task again as `request`, where Celery's
+    items have it (``item['request']['id']``)."""
+    items = []
+    for due, job in worker.scheduler.items():
+        info = _job_info(job)
+        items.append(dict(info, eta=due, request=info))
+    return items
 
 
 def reserved(worker):

@@ -93,3 +93,22 @@ def test_inspect_items_show_the_arguments_as_celery_does_and_never_unpickle():
     assert _shown_args(data(hidden)) == ("(<hidden>,)", "{'card': '****'}")
     assert _shown_args(data(TaskMessage("t", (8,), {}, serializer="pickle"))) == ("...", "...")
     assert _shown_args(b"\x00garbage") == ("...", "...")
+
+
+def test_inspect_scheduled_items_nest_the_request_as_celerys_do():
+    """Celery's ``inspect().scheduled()`` items are ``{'eta': ..., 'request': {'id': ...,
+    'name': ..., 'args': ..., 'kwargs': ...}}``: code reading ``item['request']['id']``
+    works; minitask's own flat keys stay."""
+    from minitask.message import TaskMessage
+    from minitask.worker.pool import Job
+    from minitask.worker.remote import scheduled
+    from minitask.worker.scheduler import Scheduler
+
+    worker = FakeWorker()
+    worker.scheduler = Scheduler(lambda: 0)
+    data = P.encode_message(TaskMessage("t", (8,), {}, id="the-id").encode())
+    worker.scheduler.enter(1234.5, Job(1, 1, "the-id", "t", data))
+    [item] = scheduled(worker)
+    assert item["eta"] == 1234.5 and item["id"] == "the-id"
+    assert {key: item["request"][key] for key in ("id", "name", "args", "kwargs")} == {
+        "id": "the-id", "name": "t", "args": "(8,)", "kwargs": "{}"}
