@@ -716,15 +716,20 @@ class _ChildRunner:
         else:
             settings_module.configure(**self.config.settings_overrides)
             djangofixup.setup()         # before any tasks module: they may import models
-        # A forked child keeps the root handlers it inherited (the worker took the root
-        # over already; a tasks module may have added one since); a fresh one takes over.
-        setup_logging(self.config.loglevel, self.config.logfile, take_over=not forked)
+        # A forked child keeps the logging it inherited: the worker set it up and sent the
+        # logging signals before the fork (a tasks module may have added a handler since),
+        # and sending them again would have a receiver that adds a handler write every line
+        # twice; as Celery's, it sends none. A fresh one sets up and sends them itself.
+        if not forked:
+            setup_logging(self.config.loglevel, self.config.logfile)
+        elif not signals.setup_logging.receivers:   # else theirs, as the worker left it
+            setup_logging(self.config.loglevel, self.config.logfile, take_over=False)
         loader = current_loader()
-        if self.config.start_method != "fork":
+        if not forked:
             loader.on_worker_init()
             for name in self.config.imports:
                 loader.import_module(name)
-        send_logging_signals(self.config.loglevel, self.config.logfile)
+            send_logging_signals(self.config.loglevel, self.config.logfile)
         loader.on_worker_process_init()
         if signals.worker_process_init.receivers:
             signals.worker_process_init.send(None)

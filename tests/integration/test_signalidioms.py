@@ -326,9 +326,6 @@ def test_after_setup_logger_and_after_setup_task_logger_augment_the_workers_logg
     assert rows(tmp_path, "setup_logging") == []
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: a forked pool process sends the "
-                   "logging signals again, so a receiver that adds a handler (the guide's "
-                   "augmenting idiom) writes every pool-process line twice")
 def test_with_a_forked_pool_an_augmented_log_gets_each_line_once(start_worker, tmp_path, si):
     worker = start_worker(args=("-l", "INFO", "--start-method", "fork"))
     result = si.mul.delay(2, 3)
@@ -359,9 +356,6 @@ def test_a_setup_logging_receiver_gets_the_workers_settings_and_replaces_its_set
 
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: a forked pool process sends "
-                   "setup_logging again, so a receiver that adds a handler writes every "
-                   "pool-process line twice")
 def test_with_a_forked_pool_a_setup_logging_receivers_log_gets_each_line_once(
         start_worker, tmp_path, si):
     start_worker(args=("-l", "INFO", "--start-method", "fork"), env={"SI_SETUP_LOGGING": "1"})
