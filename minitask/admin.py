@@ -9,6 +9,7 @@ it is due). Celery's spellings of these commands' flags work too (``purge -f``, 
 -t 5 -j``, ``call -a '[1]' -k '{}'``).
 """
 
+import functools
 import json
 import signal
 import sys
@@ -21,17 +22,16 @@ from .exceptions import BrokerError, ConfigurationError, MinitaskError, TimeoutE
 from .transport import client_for, declare_topology
 from .bench import add_command as add_bench
 from .config import configure, safe_url
-from .control import configured_queues
+from .control import broker_scheduled, configured_queues
 from .message import TaskMessage
 from .result import AsyncResult
 
 __all__ = ["add_commands", "format_table", "format_mapping", "duration_text"]
 
-INSPECT_METHODS = ("active", "scheduled", "reserved", "revoked", "registered", "stats", "ping")
+INSPECT_METHODS = ("active", "scheduled", "reserved", "revoked", "registered", "stats", "ping",
+                   "query_task")
 CONTROL_METHODS = ("ping", "rate_limit", "revoke", "shutdown", "add_consumer",
                    "cancel_consumer")
-# `inspect scheduled` lists at most this many of the broker's own countdowns.
-SCHEDULED_LISTED = 1000
 
 
 def add_commands(commands, parser_class):
@@ -76,6 +76,7 @@ def add_commands(commands, parser_class):
 
     inspect = commands.add_parser("inspect", help="ask workers what they are doing")
     inspect.add_argument("method", nargs="?", default="active", choices=INSPECT_METHODS)
+    inspect.add_argument("ids", nargs="*", metavar="TASK_ID", help="query_task: the tasks")
     inspect.add_argument("-t", "--timeout", type=positive_seconds, default=1.0,
                          help="seconds to wait for replies (default 1)")
     inspect.add_argument("-d", "--destination", help="comma-separated worker names")
@@ -148,7 +149,7 @@ def _cell(value, width, index):
 
 # -- status ------------------------------------------------------------------------------------
 
-def serve_status(settings, address, announce=print):
+def serve_status(settings, address, announce=functools.partial(print, flush=True)):
     """``status --http``: the status page of the broker BROKER_URL names, until SIGTERM or
     Ctrl-C. Each report is asked of the broker as ``status`` asks it."""
     from .broker.http import StatusHTTPServer, TransportSource  # only for status --http
@@ -364,14 +365,20 @@ def _destination(args):
 
 def run_inspect(args):
     settings = _settings(args)
-    held = None
+    arguments, held = None, None
+    if args.method == "query_task":
+        if not args.ids:
+            raise ConfigurationError("query_task needs at least one task id")
+        arguments = {"ids": args.ids}
+    elif args.ids:
+        raise ConfigurationError("inspect %s takes no task ids (query_task does)" % args.method)
     with _connect(settings) as conn:
         destination = _destination(args)
-        replies = conn.broadcast(args.method, destination=destination, timeout=args.timeout,
-                                 limit=destination and len(destination))
+        replies = conn.broadcast(args.method, arguments, destination=destination,
+                                 timeout=args.timeout, limit=destination and len(destination))
         if args.method == "scheduled":
             # None from a broker older than the "scheduled" argument of STATUS.
-            held = conn.status(scheduled=SCHEDULED_LISTED).get("scheduled")
+            held = broker_scheduled(conn)
     if not replies and held is None:
         raise TimeoutError("no workers answered within %gs" % args.timeout)
     if held is not None:
@@ -387,6 +394,10 @@ def run_inspect(args):
             print("%s:" % hostname)
         if isinstance(reply, list):
             print("\n".join("  " + _describe_item(item) for item in reply) or "  (none)")
+        elif args.method == "query_task" and isinstance(reply, dict) and "error" not in reply:
+            print("\n".join("  %s: %s" % (found[0], _describe_item(found[1]))
+                            for found in reply.values() if isinstance(found, list)
+                            and len(found) == 2) or "  (none of them)")
         elif isinstance(reply, dict):
             print(format_mapping(reply, indent=2))
         else:

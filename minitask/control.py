@@ -25,6 +25,7 @@ import json
 import uuid
 
 from . import protocol
+from .config import safe_url
 from .exceptions import BrokerError, ConfigurationError
 
 __all__ = ["CONTROL_EXCHANGE", "CONTROL_TYPE", "REPLY_TYPE", "command_message",
@@ -64,6 +65,9 @@ def decode_body(body):
 # -- Celery's app.control, for Python code ----------------------------------------------------
 
 DEFAULT_TIMEOUT = 1.0           # Celery's: seconds to wait for replies
+# `scheduled` lists at most this many of the countdowns the broker holds.
+SCHEDULED_LISTED = 1000
+_BROKER = "broker"              # their key (a worker of that name: the broker's URL)
 
 
 def _with_connection(function):
@@ -184,14 +188,27 @@ class Inspect:
     def __repr__(self):
         return "<Inspect destination=%r timeout=%g>" % (self.destination, self.timeout)
 
-    def _request(self, method):
-        return _replies(method, None, self.destination, self.timeout, self.limit) or None
+    def _request(self, method, arguments=None):
+        return _replies(method, arguments, self.destination, self.timeout, self.limit) or None
 
     def active(self):
         return self._request("active")
 
     def scheduled(self):
-        return self._request("scheduled")
+        """The workers' tasks waiting for their eta (or a rate token); also, under
+        "broker", the countdowns the broker holds until shortly before they are due (a
+        worker holds what Celery's would only then), as ``minitask inspect scheduled``."""
+        names = _names(self.destination)
+        limit = len(names) if self.limit is None and names else self.limit
+
+        def ask(conn):
+            replies = conn.broadcast("scheduled", None, names, timeout=self.timeout,
+                                     reply=True, limit=limit)
+            held = broker_scheduled(conn)
+            if held:
+                replies[_BROKER if _BROKER not in replies else safe_url(conn.url)] = held
+            return replies or None
+        return _with_connection(ask)
 
     def reserved(self):
         return self._request("reserved")
@@ -207,5 +224,25 @@ class Inspect:
     def stats(self):
         return self._request("stats")
 
+    def query_task(self, *ids):
+        """``{name: {id: [state, task]}}``: which of these tasks each worker holds, and
+        how ("active", "reserved" or "scheduled"). Ids one by one, or as one list."""
+        return self._request("query_task", {"ids": _task_ids(ids)})
+
     def ping(self):
         return self._request("ping")
+
+
+def broker_scheduled(conn):
+    """The countdowns the broker holds (`conn`'s), as `scheduled` items (with the task again
+    as `request`); None from a broker older than the "scheduled" argument of STATUS."""
+    held = conn.status(scheduled=SCHEDULED_LISTED).get("scheduled")
+    return None if held is None else [dict(item, request=item) for item in held]
+
+
+def _task_ids(ids):
+    """``("a", "b")`` or ``(["a", "b"],)`` as ``["a", "b"]``, as Celery's calls take them."""
+    flat = []
+    for item in ids:
+        flat += [item] if isinstance(item, str) else list(item)
+    return flat

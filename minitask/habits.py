@@ -16,8 +16,8 @@ _SCHEDULE = ("periodic tasks are sent by a worker started with --beat (-B); the 
 
 # Flags of `celery worker` that minitask's worker does not take.
 _WORKER_FLAGS = {
-    "-E": "minitask sends no task events: the broker counts every task itself; watch "
-          "`minitask broker --http HOST:PORT` (its /metrics has per-task counters)",
+    "-E": "minitask sends no task events: every task is counted as it ends; watch "
+          "`minitask status --http HOST:PORT` (its /metrics has per-task counters)",
     "--autoscale": "minitask does not autoscale its pool: give its size with -c N",
     "-O": "minitask already works as -O fair: a task that runs longer than a few "
           "milliseconds goes only to an idle pool process; --prefetch-multiplier N sets how "
@@ -65,9 +65,9 @@ _SYNONYMS = {
 _COMMANDS = {
     "multi": "minitask has no multi: start one `minitask worker -n NAME` per worker under a "
              "service manager (systemd, supervisord); one worker already uses every CPU",
-    "flower": "the broker serves the monitoring page itself: minitask broker --http "
-              "127.0.0.1:5680 (Prometheus metrics at /metrics)",
-    "events": "minitask has no event stream: watch the broker's page (minitask broker --http "
+    "flower": "minitask serves the monitoring page itself: minitask status --http "
+              "127.0.0.1:5680, on any broker (Prometheus metrics at /metrics)",
+    "events": "minitask has no event stream: watch the status page (minitask status --http "
               "HOST:PORT), minitask status or minitask inspect active",
     "beat": "periodic tasks are sent by a worker started with --beat (-B); one beat sends at "
             "a time, whatever the number of workers",
@@ -75,7 +75,9 @@ _COMMANDS = {
     "report": "minitask --version tells the versions; minitask status tells the rest",
     "amqp": "minitask's broker is its own: minitask status, call, purge and result",
     "list": "minitask status lists the queues (--json: also the exchanges)",
-    "migrate": "minitask has no migrate: its broker is the only one",
+    "migrate": "minitask has no migrate: point the producers at the new broker and keep "
+               "the old workers until minitask status on the old one (-b OLD_URL) shows "
+               "its queues empty",
     "upgrade": "minitask reads Celery's setting names in the settings module; nothing to "
                "upgrade",
     "graph": "minitask has no graph: minitask status shows the workers and queues",
@@ -92,8 +94,6 @@ _METHODS = {
     "inspect": {
         "active_queues": "the queues each worker consumes are in minitask inspect stats "
                          "(and minitask status)",
-        "query_task": "minitask result TASK_ID tells a task's state; minitask inspect "
-                      "active lists what runs now",
         "conf": "a worker's settings are your settings module; minitask inspect stats "
                 "shows its pool, queues and broker",
         "report": "minitask inspect stats",

@@ -159,6 +159,23 @@ def revoked(worker):
     return sorted(worker.revoked)
 
 
+def query_task(worker, ids):
+    """Celery's ``query_task``: ``{id: [state, task]}`` for those of `ids` this worker
+    holds, the state "active" (running), "reserved" (waiting for a pool process) or
+    "scheduled" (waiting for its eta or a rate token); the task as `active` lists it."""
+    if isinstance(ids, str):
+        ids = [ids]
+    if not _names(ids):
+        raise TypeError("ids must be a list of task ids")
+    wanted, found = set(ids), {}
+    for state, tasks in (("active", active(worker)), ("reserved", reserved(worker)),
+                         ("scheduled", scheduled(worker))):
+        for info in tasks:
+            if info["id"] in wanted:
+                found.setdefault(info["id"], [state, info])
+    return found
+
+
 def registered(worker):
     return sorted(registry.tasks)
 
@@ -171,5 +188,6 @@ HANDLERS = {
     "ping": ping, "revoke": revoke, "rate_limit": rate_limit, "shutdown": shutdown,
     "add_consumer": add_consumer, "cancel_consumer": cancel_consumer, "active": active,
     "scheduled": scheduled, "reserved": reserved, "revoked": revoked,
+    "query_task": query_task,
     "registered": registered, "stats": stats,
 }

@@ -292,7 +292,7 @@ def test_status_and_metrics_say_how_many_journal_records_were_found_lost(tmp_pat
 
 @pytest.mark.parametrize("args, prefix, says", [
     (["worker", "-E"], "minitask worker: error: -E: ", "/metrics"),
-    (["worker", "--task-events"], "minitask worker: error: --task-events: ", "broker --http"),
+    (["worker", "--task-events"], "minitask worker: error: --task-events: ", "status --http"),
     (["worker", "--autoscale=10,3"], "minitask worker: error: --autoscale: ", "-c N"),
     (["worker", "-O", "fair"], "minitask worker: error: -O: ", "-O fair"),
     (["worker", "-Ofair"], "minitask worker: error: -O: ", "-O fair"),
@@ -319,8 +319,9 @@ def test_status_and_metrics_say_how_many_journal_records_were_found_lost(tmp_pat
     (["call", "it.add", "--eta", "2030-01-01"], "minitask call: error: --eta: ", "--countdown"),
     (["inspect", "nonsense"], "minitask inspect: error: argument method: ", "'nonsense'"),
     (["inspect", "active_queues"], "minitask inspect: error: active_queues: ", "inspect stats"),
-    (["inspect", "-t", "2", "query_task", "x"], "minitask inspect: error: query_task: ",
-     "minitask result TASK_ID"),
+    (["inspect", "-t", "2", "active", "x"], "minitask inspect: ", "(query_task does)"),
+    (["migrate", "redis://localhost", "amqp://localhost"], "minitask migrate: error: ",
+     "(-b OLD_URL)"),
     (["control", "time_limit", "it.add", "5"], "minitask control: error: time_limit: ",
      "@task(time_limit="),
     (["control", "-d", "w1", "pool_grow", "2"], "minitask control: error: pool_grow: ",

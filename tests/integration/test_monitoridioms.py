@@ -13,8 +13,8 @@ behaviour and cites the README.
 
 Already checked elsewhere, and not again here: ``control revoke --terminate``, ``control
 ping`` and the ``app.control`` calls without a destination (test_workeridioms.py), ``purge``
-of the built-in broker's default queue alone, ``result --json``, and ``events``, ``flower`` and
-``inspect -t 2 query_task`` refused with no broker named (test_cli.py), the status page's
+of the built-in broker's default queue alone, ``result --json``, and ``events`` and ``flower``
+refused with no broker named (test_cli.py), the status page's
 own endpoints on the built-in broker (test_status_page.py).
 """
 
@@ -143,6 +143,21 @@ def test_status_inspect_and_queue_lengths_of_a_busy_worker(broker, start_worker,
     assert list(python_stats) == [NAME]
     assert python_stats[NAME]["pid"] == worker_stats["pid"] > 0
     assert python_stats[NAME]["uptime"] > 0
+
+    # ``celery inspect query_task e9f6c8f0-... f8a2...``, and from Python, ids one by one or
+    # as a list: which of them the worker holds, and how (Celery's {id: [state, info]}).
+    query, query_text = celery(broker, ["inspect", "query_task", running.id, reserved.id,
+                                        "not-here", "-d", NAME, "-j"],
+                               ["inspect", "query_task", running.id, "-d", NAME])
+    found = ok_json(query)[NAME]
+    assert {task_id: found[task_id][0] for task_id in found} == {running.id: "active",
+                                                                 reserved.id: "reserved"}
+    assert found[reserved.id][1]["name"] == "tasks.add"
+    assert query_text[0] == 0 and "active: tasks.hold[%s]" % running.id in query_text[1]
+    by_python = i.query_task(running.id, reserved.id)[NAME]
+    assert {task_id: by_python[task_id][0] for task_id in by_python} == \
+        {task_id: found[task_id][0] for task_id in found}
+    assert list(i.query_task([reserved.id])[NAME]) == [reserved.id]
 
     control.revoke(later.id)
     assert ok_json(celery(broker, ["inspect", "revoked", "-j", "-d", NAME])[0]) == \
@@ -322,9 +337,6 @@ REFUSED = [
      "minitask control: error: enable_events: ", "minitask status --http"),
     (["control", "disable_events", "--timeout", "0.5"],
      "minitask control: error: disable_events: ", "/metrics"),
-    # `inspect ... query_task` refused, "`result TASK_ID` a task's state".
-    (["inspect", "-d", "w1@e.com,w2@e.com", "--timeout", "0.5", "query_task", "id1", "id2",
-      "idN"], "minitask inspect: error: query_task: ", "minitask result TASK_ID"),
     # `celery shell` refused "with what to use instead".
     (["shell"], "minitask shell: error: ", "python3"),
     # `celery events` refused: "the page, `minitask status`, `minitask inspect active`".
@@ -350,8 +362,6 @@ def test_refused_commands_answer_in_one_line_and_inspect_honours_its_timeout(bro
     assert control.inspect(timeout=0.3).active() is None
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: `migrate` is refused with 'its broker is "
-                   "the only one' (untrue since Redis), naming no minitask way")
 def test_migrate_is_refused_naming_the_minitask_way(broker):
     """``celery -A proj migrate redis://localhost amqp://localhost``: "migrate all the tasks
     on one broker to another". README, "Celery's command lines": ``migrate`` is "refused,
@@ -366,25 +376,6 @@ def test_migrate_is_refused_naming_the_minitask_way(broker):
     assert "only one" not in err and "minitask status" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: control.inspect().query_task(id) raises "
-                   "a bare AttributeError, naming no minitask way (the CLI's refusal does)")
-def test_query_task_from_python_is_refused_naming_the_minitask_way(broker):
-    """``app.control.inspect().query_task(id)``, the Python form of ``celery inspect
-    query_task <id>``. README: ``inspect ... query_task`` is "refused, each with what to use
-    instead (... `result TASK_ID` a task's state)", and "Every other Celery flag or command is
-    answered with the minitask way". From Python it is ``AttributeError: 'Inspect' object has
-    no attribute 'query_task'``, which names none."""
-    task_id = "e9f6c8f0-fec9-4ae8-a8c6-cf8c8451d4f8"
-    with pytest.raises(Exception) as refused:
-        control.inspect().query_task(task_id)
-    assert "result" in str(refused.value), refused.value
-    with pytest.raises(Exception) as refused:
-        control.inspect().query_task([task_id, "id2"])
-    assert "result" in str(refused.value), refused.value
-
-
-@pytest.mark.xfail(strict=True, reason="minitask bug: control.inspect().scheduled() leaves out "
-                   "the countdowns the broker holds, which `inspect scheduled` lists")
 def test_scheduled_from_python_lists_a_countdown_as_the_command_does(broker, start_worker):
     """``inspect scheduled``: "tasks reserved by the worker when they have an eta or
     countdown argument set", and its Python form ``app.control.inspect().scheduled()``.
@@ -402,8 +393,6 @@ def test_scheduled_from_python_lists_a_countdown_as_the_command_does(broker, sta
                         for item in items], scheduled
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: `status --http` does not flush its "
-                   "'minitask status page on URL' line: to a pipe or file it shows only at exit")
 def test_status_http_says_where_its_page_is_as_it_starts(broker, tmp_path):
     """Flower's ``celery -A proj flower`` says where it serves; its counterpart here,
     ``minitask status --http HOST:PORT`` (README, "The status page"), prints "minitask status

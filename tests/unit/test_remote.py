@@ -44,6 +44,8 @@ class FakeWorker:
      "rate_limit: task_name must be a string"),
     ({"method": "revoke", "reply_to": "q", "arguments": {"task_ids": 5}},
      "revoke: task_ids must be a list of ids"),
+    ({"method": "query_task", "reply_to": "q", "arguments": {"ids": 5}},
+     "query_task: ids must be a list of task ids"),
 ])
 def test_a_command_of_the_wrong_shape_is_answered_or_ignored_never_raised(body, replied):
     worker = FakeWorker()
