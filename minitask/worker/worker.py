@@ -70,6 +70,8 @@ _SIGQUIT = getattr(signal, "SIGQUIT", None)
 # Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
 # they never use up the credit other tasks need; past it the broker keeps the rest.
 MAX_HELD = 10000
+# `inspect stats` counts tasks per name for at most this many names.
+MAX_TOTALS = 10000
 # How often a worker whose short tasks earned it extra credit looks again at what it holds
 # (at once when a task not known to be short comes).
 BOOST_RECHECK = 0.005
@@ -132,6 +134,7 @@ class Worker:
         self.stop_deadline = None
         self.started_at = time.time()
         self.counts = collections.Counter()
+        self.totals = collections.Counter()     # tasks given to the pool, by name (Celery's)
         self._reconnect_at = 0.0
         self._backoff = 0.1
         self._last_send = 0.0
@@ -607,6 +610,8 @@ class Worker:
             if not self.pool.assign(job):
                 break
             ready.popleft()
+            if job.task_name in self.totals or len(self.totals) < MAX_TOTALS:
+                self.totals[job.task_name] += 1
             children[job.child] = True
         for child in children:          # one write per child for the jobs of this turn
             self._flush_child(child)
@@ -1043,5 +1048,19 @@ class Worker:
                      "counts": dict(self.counts), "start_method": self.pool.start_method,
                      "pool": [child.pid for child in self.pool.alive()],
                      "broker": safe_url(self.settings.BROKER_URL),
+                     # Celery's names: tasks taken per name, the prefetch, resource usage.
+                     "total": dict(self.totals), "prefetch_count": self.prefetch,
+                     "rusage": _rusage(),
                      "taking_tasks": self.taking_tasks,
                      "start_failures": self.start_failures}, **self._health())
+
+
+def _rusage():
+    """The main process's resource usage, as Celery's `stats` gives it (``utime``,
+    ``maxrss``, ...); None where the `resource` module is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {name[3:]: getattr(usage, name) for name in dir(usage) if name.startswith("ru_")}

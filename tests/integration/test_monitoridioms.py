@@ -133,6 +133,9 @@ def test_status_inspect_and_queue_lengths_of_a_busy_worker(broker, start_worker,
     assert held[NAME] == [] and [t["id"] for t in held["broker"]] == [later.id]
     assert {"tasks.add", "tasks.div", "tasks.hold"} <= set(ok_json(registered)[NAME])
     worker_stats = ok_json(stats)[NAME]
+    # Celery's keys of stats that scripts read: tasks taken per name, the prefetch, rusage.
+    assert worker_stats["total"]["tasks.hold"] == 1 and worker_stats["prefetch_count"] == 1
+    assert worker_stats["rusage"]["maxrss"] > 0 and worker_stats["rusage"]["utime"] >= 0
 
     i = control.inspect([NAME])         # the wait ends once that node answered
     (task,) = i.active()[NAME]
