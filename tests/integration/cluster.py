@@ -60,6 +60,22 @@ def _env(extra=None):
     return env
 
 
+def run_commands(broker, commands, env=None):
+    """Several ``python -m minitask -b URL WORDS`` command lines at once (`commands`: lists
+    of words; each may wait out its reply timeout): their (exit code, stdout, stderr), in
+    order."""
+    processes = [subprocess.Popen([sys.executable, "-m", "minitask", "-b", broker.url]
+                                  + list(words), env=_env(env), cwd=ROOT, text=True,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+                 for words in commands]
+    done = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        done.append((process.returncode, out, err))
+    return done
+
+
 class _Process:
     def __init__(self, command, log_path, env, cwd):
         self.log_path = log_path

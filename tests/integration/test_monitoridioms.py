@@ -21,7 +21,6 @@ own endpoints on the built-in broker (test_status_page.py).
 import json
 import os
 import re
-import subprocess
 import sys
 import urllib.request
 import uuid
@@ -31,7 +30,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server  # noqa: E402,F401  (fixtures)
-from cluster import ROOT, _env, _Process, settings_modules, wait_for, workers_of  # noqa: E402
+from cluster import (  # noqa: E402
+    ROOT, _env, _Process, run_commands, settings_modules, wait_for, workers_of,
+)
 from monitoridioms import add, div, hold  # noqa: E402
 from rediskit import free_port  # noqa: E402
 
@@ -58,16 +59,7 @@ def settings_module(broker, tmp_path, monkeypatch):
 def celery(broker, *commands, env=None):
     """Each of `commands` (a list of words) as ``python -m minitask -b URL WORDS``, all at
     once: their (exit code, stdout, stderr), in order."""
-    processes = [subprocess.Popen([sys.executable, "-m", "minitask", "-b", broker.url]
-                                  + list(words), env=_env(env), cwd=ROOT, text=True,
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-                 for words in commands]
-    done = []
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        done.append((process.returncode, out, err))
-    return done
+    return run_commands(broker, commands, env)
 
 
 def ok_json(outcome):

@@ -334,15 +334,21 @@ def test_with_a_forked_pool_an_augmented_log_gets_each_line_once(start_worker, t
         {"received": 1, "succeeded": 1, "task line": 1}
 
 
+def project_log(tmp_path):
+    """The log file of the project's setup_logging receiver, once a success is in it."""
+    project = tmp_path / "project.log"
+    wait_for(lambda: project.exists() and lines_with(project, "succeeded"), T,
+             what="the success line in the project's log")
+    return project
+
+
 def test_a_setup_logging_receiver_gets_the_workers_settings_and_replaces_its_set_up(
         start_worker, tmp_path, si):
     worker = start_worker(args=("-l", "INFO", "--start-method", "spawn"),
                           env={"SI_SETUP_LOGGING": "1"})
     result = si.mul.delay(2, 3)
     assert result.get(timeout=T) == 6
-    project = tmp_path / "project.log"
-    wait_for(lambda: project.exists() and lines_with(project, "succeeded"), T,
-             what="the success line in the project's log")
+    project = project_log(tmp_path)
     assert len(lines_with(project, "Task proj.tasks.mul[%s] succeeded" % result.id)) == 1
     assert len(lines_with(project, "Multiplying 2 by 3")) == 1
     assert all(line.startswith("PROJECT [") for line in project.read_text().splitlines())
@@ -355,15 +361,12 @@ def test_a_setup_logging_receiver_gets_the_workers_settings_and_replaces_its_set
     assert "Multiplying" not in worker.output()
 
 
-
 def test_with_a_forked_pool_a_setup_logging_receivers_log_gets_each_line_once(
         start_worker, tmp_path, si):
     start_worker(args=("-l", "INFO", "--start-method", "fork"), env={"SI_SETUP_LOGGING": "1"})
     result = si.mul.delay(2, 3)
     assert result.get(timeout=T) == 6
-    project = tmp_path / "project.log"
-    wait_for(lambda: project.exists() and lines_with(project, "succeeded"), T,
-             what="the success line in the project's log")
+    project = project_log(tmp_path)
     assert len(lines_with(project, "Received task: proj.tasks.mul[%s]" % result.id)) == 1
     assert len(lines_with(project, "Task proj.tasks.mul[%s] succeeded" % result.id)) == 1
     assert len(lines_with(project, "Multiplying 2 by 3")) == 1

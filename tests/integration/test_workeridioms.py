@@ -13,7 +13,6 @@ test checks minitask's documented behaviour and cites the README.
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -22,7 +21,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server  # noqa: E402,F401  (fixtures)
-from cluster import ROOT, _env, wait_for, workers_of  # noqa: E402
+from cluster import run_commands, wait_for, workers_of  # noqa: E402
 from ittasks import read_trace  # noqa: E402
 from workeridioms import add, mytask, pid, sleeptask, stuck  # noqa: E402
 
@@ -47,17 +46,8 @@ def celery(broker, *args):
 
 
 def run_all(broker, *commands):
-    """Several command lines at once (each waits out its reply timeout): their (exit code,
-    stdout, stderr), in order."""
-    processes = [subprocess.Popen([sys.executable, "-m", "minitask", "-b", broker.url]
-                                  + list(args), env=_env(), cwd=ROOT, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                 for args in commands]
-    done = []
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        done.append((process.returncode, out, err))
-    return done
+    """Several command lines at once: their (exit code, stdout, stderr), in order."""
+    return run_commands(broker, commands)
 
 
 def replies(outcome):
