@@ -145,7 +145,7 @@ class Consumer(base.Consumer):
                 reap(client, self.id, sorted(self.consumed), client.options.handover_grace)
             keys = client.keys
             self._connected_at = time.time()
-            self._described = self._description()
+            self._described = self._description(client)
             client.script(ops.register_call(keys, self.id, self._described,
                                             ops.ms(client.options.heartbeat), self.prefetch))
             if self.paused:
@@ -174,11 +174,14 @@ class Consumer(base.Consumer):
         self._renew_at, self._sweep_at = now + renew_every, now
         return self._fetch_and_arm(fetch=True)
 
-    def _description(self):
+    def _description(self, client=None):
+        # `heartbeat`: how often it renews what it holds, for other workers' backstops.
         return json.dumps(dict(self.worker_info, hostname=self.hostname,
                                queues=list(self.queues), consumed=sorted(self.consumed),
                                prefetch=self.prefetch, consumer=self.id,
-                               connected_at=self._connected_at), sort_keys=True)
+                               connected_at=self._connected_at,
+                               heartbeat=(client or self.client).options.heartbeat),
+                          sort_keys=True)
 
     @property
     def connected(self):

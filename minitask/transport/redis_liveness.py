@@ -185,30 +185,50 @@ def consumed_queues(description):
 
 
 def backstop(client, holder, every, idle):
-    """At most once per `every` seconds across all workers: give back every entry that
-    nobody renewed for `idle` seconds. Returns how many went back (None: not this time)."""
+    """At most once per `every` seconds across all workers: give back every entry that its
+    owner did not renew for `backstop_idle` of the owner's own heartbeat (a worker renews
+    at its own pace, whatever the sweeper's heartbeat); `idle` seconds for an owner that
+    does not say its heartbeat (gone, or of the release before). Returns how many went back
+    (None: not this time)."""
     keys = client.keys
     if not client.redis.execute("SET", keys.backstop, holder, "NX", "PX", ops.ms(every)):
         return None
+    flat = client.redis.execute("HGETALL", keys.consumers)
+    idle_of = {consumer.decode("utf-8"): backstop_idle(heartbeat)
+               for consumer, heartbeat in zip(flat[0::2], map(_heartbeat_of, flat[1::2]))
+               if heartbeat}
+    least = min([idle] + list(idle_of.values()))
     topology = client.reload()
     streams = [(queue, level, returned) for queue in sorted(topology.queues)
                for level in LEVELS for returned in (True, False)]
     replies = client.run([("XPENDING", keys.stream(queue, level, returned), GROUP, "IDLE",
-                           ops.ms(idle), "-", "+", PENDING_BATCH)
+                           ops.ms(least), "-", "+", PENDING_BATCH)
                           for queue, level, returned in streams])
     settlement = ops.Settlement(keys)
     for (queue, level, returned), reply in zip(streams, replies):
         if isinstance(reply, ReplyError):
             continue
-        for entry_id, owner, _idle, _count in reply:
+        for entry_id, owner, unrenewed, _count in reply:
+            owner = owner.decode("utf-8")
+            limit = ops.ms(idle_of.get(owner, idle))
+            if unrenewed < limit:
+                continue
             held = ops.Held(0, queue, level, returned, entry_id.decode("ascii"), b"", 0)
-            settlement.give_back(held, owner.decode("utf-8"), "requeue", topology,
-                                 min_idle=ops.ms(idle))
+            settlement.give_back(held, owner, "requeue", topology, min_idle=limit)
     if settlement:
         _log_dead_letters(client.script(settlement.call(client.ttl_ms)))
-        logger.warning("%s: %d messages unrenewed for %gs went back to their queues",
-                       client.options.display, settlement.count, idle)
+        logger.warning("%s: %d messages their workers stopped renewing went back to their "
+                       "queues", client.options.display, settlement.count)
     return settlement.count
+
+
+def _heartbeat_of(description):
+    """The heartbeat (seconds) a consumer's description says it renews by, or None."""
+    try:
+        heartbeat = float(json.loads(description).get("heartbeat"))
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return heartbeat if heartbeat > 0 else None
 
 
 def _log_dead_letters(reply):

@@ -472,11 +472,6 @@ class OtherApp:
         self.consumer.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="minitask bug: a process on the same Redis vhost with a much "
-                          "shorter heartbeat= gives a live worker's running acks_late task "
-                          "back (its backstop counts its own heartbeats): the task runs "
-                          "again, and again, while its first run goes on")
 def test_another_app_with_a_shorter_timeout_does_not_run_a_long_task_twice(
         redis_only, broker, start_worker, tmp_path):
     """Caveats, Visibility timeout: "Note: If multiple applications are sharing the same
