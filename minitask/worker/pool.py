@@ -69,11 +69,12 @@ _LEN = struct.Struct("!I")
 # The shared memory: _GLOBALS doubles, then one slot of _SLOT doubles per child.
 _EPOCH, _REVOKE_GEN = 0, 1              # globals: jobs queued before the epoch are skipped;
 _GLOBALS = 2                            # the revoke list changed (children read their inbox)
-# In a child's slot: the seq of the last job it started, when, whether it still runs it, and
-# the seq of the job a soft time limit or a terminating revoke was meant for (a signal must not
-# hit the next job; a SIGTERM meant for no job of the child is ignored).
-_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ, _TERM_SEQ = 0, 1, 2, 3, 4
-_SLOT = 5
+# In a child's slot: the seq of the last job it started, when, whether it still runs it, the
+# seq of the job a soft time limit or a terminating revoke was meant for (a signal must not
+# hit the next job; a SIGTERM meant for no job of the child is ignored), and the last seq the
+# worker took back from its queue (`Pool.take_back`).
+_STARTED_SEQ, _STARTED_AT, _RUNNING, _SOFT_SEQ, _TERM_SEQ, _TAKEN_BACK = 0, 1, 2, 3, 4, 5
+_SLOT = 6
 # What the worker sends a pool process for the SIGTERM of a revoke(terminate=True): a SIGTERM
 # itself is the main process's to act on (`_ChildRunner.on_sigterm`, in Python, so only once a
 # call into C returns), so where there are real-time signals it sends one of those, nobody
@@ -92,8 +93,10 @@ MAX_FAST_JOBS = 32
 # A task type whose average run is under this is "fast" (it may queue behind others).
 FAST_SECONDS = 0.002
 # A job of a fast task still running after this long is not taken for fast any more
-# (`runs_only_fast`).
+# (`runs_only_fast`), and the jobs queued behind it are taken back (`take_back`).
 SLOW_RUN = 0.02
+# A child sends the results of finished jobs at least this soon, even while a long job runs.
+RESULT_DELAY = 0.001
 # The exit code of a child that could not set itself up (EX_SOFTWARE).
 START_FAILED_EXIT = 70
 
@@ -154,10 +157,11 @@ class ChildConfig:
 class _Child:
     __slots__ = ("slot", "process", "inbox", "outbox", "in_fd", "out_fd", "wbuf", "rbuf",
                  "jobs", "by_seq", "assigned", "retiring", "closed", "pid", "ready",
-                 "failure")
+                 "failure", "start_lock")
 
-    def __init__(self, slot, process, inbox, outbox):
+    def __init__(self, slot, process, inbox, outbox, start_lock):
         self.slot = slot
+        self.start_lock = start_lock    # the child starts each job under it (`take_back`)
         self.process = process
         self.inbox = inbox              # parent's write end (a multiprocessing Connection)
         self.outbox = outbox            # parent's read end
@@ -233,6 +237,7 @@ class Pool:
             self.shm[base + offset] = 0.0
         child_in, parent_in = self.context.Pipe(duplex=False)       # parent -> child
         parent_out, child_out = self.context.Pipe(duplex=False)     # child -> parent
+        start_lock = self.context.Lock()
         close = []
         if self.start_method == "fork":
             close = [fd for fd in self.close_in_child() if fd is not None]
@@ -242,7 +247,7 @@ class Pool:
             close.extend((parent_in.fileno(), parent_out.fileno()))
         process = self.context.Process(
             target=child_main, name="minitask-pool-%d" % (slot + 1),
-            args=(slot, child_in, child_out, self.shm, self.config, close))
+            args=(slot, child_in, child_out, self.shm, self.config, close, start_lock))
         process.daemon = True
         if self.start_method == "forkserver":
             _start_under_forkserver(process)
@@ -252,7 +257,7 @@ class Pool:
         child_out.close()
         os.set_blocking(parent_in.fileno(), False)
         os.set_blocking(parent_out.fileno(), False)
-        child = self.children[slot] = _Child(slot, process, parent_in, parent_out)
+        child = self.children[slot] = _Child(slot, process, parent_in, parent_out, start_lock)
         logger.debug("pool child %d started (pid %d)", slot + 1, process.pid)
         return child
 
@@ -304,8 +309,10 @@ class Pool:
     def assign(self, job):
         """Give `job` to the least busy child that may take it; False when none may."""
         job.fast = self.is_fast(job.task_name)
-        best = None
+        best, now = None, time.time()
         for child in self.children.values():
+            if child.jobs and self._stalled(child, now):
+                continue                # nothing queues behind a job that runs long
             if child.can_take(job, self.max_tasks, self.max_queued) and (best is None
                                                          or len(child.jobs) < len(best.jobs)):
                 best = child
@@ -413,6 +420,42 @@ class Pool:
                     job.started_at = at if job.seq == seq else job.started_at or at
                     started.append(job)
         return started
+
+    def _stalled(self, child, now):
+        """Whether `child`'s job has run longer than SLOW_RUN (`now`: time.time())."""
+        _seq, started_at, running = self.slot_state(child)
+        return running and now - started_at > SLOW_RUN
+
+    def take_back(self, now):
+        """The jobs queued in a child behind one that has run longer than SLOW_RUN (`now`:
+        time.time()), taken back, in order, for whichever child is free first: a task of a
+        fast type may once run long, and what was queued behind it must not wait for it
+        while another child idles (Celery's -O fair). The child starts each job under its
+        start lock, after checking that it was not taken back; under that lock, the jobs
+        after the one it started last are not started and will not be."""
+        taken = []
+        for child in self.alive():
+            if len(child.jobs) < 2 or not self._stalled(child, now):
+                continue
+            if not child.start_lock.acquire(False):
+                continue                # starting its next job this moment: looked at again
+            try:
+                started = self.slot_state(child)[0]
+                behind = [job for job in child.jobs if job.seq > started]
+                if behind:
+                    self.shm[_GLOBALS + child.slot * _SLOT + _TAKEN_BACK] = \
+                        float(behind[-1].seq)
+            finally:
+                child.start_lock.release()
+            for job in behind:
+                child.jobs.remove(job)
+                del child.by_seq[job.seq]
+                job.child = None
+            child.assigned -= len(behind)
+            if child.retiring and not (self.max_tasks and child.assigned >= self.max_tasks):
+                child.retiring = False  # it will not reach its task count with these gone
+            taken += behind
+        return taken
 
     def time_limits(self, now):
         """Enforce soft and hard time limits; returns the jobs whose child was killed."""
@@ -589,7 +632,7 @@ def _frames(buffer):
 
 # -- the child -------------------------------------------------------------------------------
 
-def child_main(slot, inbox, outbox, shm, config, close_fds):
+def child_main(slot, inbox, outbox, shm, config, close_fds, start_lock):
     """A pool child's whole life: set up, say so, then run jobs until the inbox closes."""
     for fd in close_fds:
         try:
@@ -601,7 +644,7 @@ def child_main(slot, inbox, outbox, shm, config, close_fds):
     # A forked child inherits the worker's wake-up fd, closed here: a signal handled in
     # Python would write to whatever now has that number.
     signal.set_wakeup_fd(-1)
-    runner = _ChildRunner(slot, inbox, outbox, shm, config)
+    runner = _ChildRunner(slot, inbox, outbox, shm, config, start_lock)
     signal.signal(signal.SIGTERM, runner.on_sigterm)  # and on a SIGTERM sent to all of us,
     signal.siginterrupt(signal.SIGTERM, False)       # which must not cut a task's C calls short
     if _TERMINATE is not None:
@@ -686,8 +729,9 @@ def _not_the_projects():
 
 
 class _ChildRunner:
-    def __init__(self, slot, inbox, outbox, shm, config):
+    def __init__(self, slot, inbox, outbox, shm, config, start_lock):
         self.base = _GLOBALS + slot * _SLOT
+        self.start_lock = start_lock
         self.in_fd = inbox.fileno()
         self.out_fd = outbox.fileno()
         self._keep = (inbox, outbox)
@@ -695,6 +739,10 @@ class _ChildRunner:
         self.config = config
         self.pending = collections.deque()
         self.results = []
+        # Results go back in batches; one that waits while the next job runs is sent within
+        # RESULT_DELAY by the flusher thread (`_flush_later`), which `results_wait` wakes.
+        self.results_lock = threading.Lock()
+        self.results_wait = threading.Event()
         self.revoked = {}               # task id -> None, oldest first (`remember_revoked`)
         self.revoke_gen = shm[_REVOKE_GEN]
         self.buffer = bytearray()
@@ -762,6 +810,8 @@ class _ChildRunner:
         """Run jobs until the inbox closes (after `setup`)."""
         accept = self.config.accept
         shm, base = self.shm, self.base
+        threading.Thread(target=self._flush_later, name="minitask-results",
+                         daemon=True).start()
         while True:
             if not self.pending:
                 self.flush()
@@ -777,9 +827,18 @@ class _ChildRunner:
                 return
             seq, epoch, data, redelivered = self.pending.popleft()
             if epoch < shm[_EPOCH]:
-                self.results.append((seq, "skipped"))
+                self._add_result((seq, "skipped"))
                 continue
-            if self.revoked and message_id_of(data) in self.revoked:
+            if self.results and not self.results_wait.is_set():
+                self.results_wait.set()     # sent soon, should this job run long
+            with self.start_lock:
+                if seq <= shm[base + _TAKEN_BACK]:
+                    continue                # the worker gave it to another process
+                revoked = bool(self.revoked) and message_id_of(data) in self.revoked
+                if not revoked:
+                    shm[base + _STARTED_SEQ] = float(seq)
+                    shm[base + _STARTED_AT] = time.time()
+            if revoked:
                 report = failed(data, message_id_of(data), "", "REVOKED",
                                 TaskRevokedError("revoked before it started"), None, 0.0,
                                 "json", "revoked")
@@ -787,8 +846,6 @@ class _ChildRunner:
                 if self.django:
                     djangofixup.before_task()
                 self.current = seq
-                shm[base + _STARTED_SEQ] = float(seq)
-                shm[base + _STARTED_AT] = time.time()
                 shm[base + _RUNNING] = 1.0
                 try:
                     report = self.execute(data, accept, self.config.logfile,
@@ -802,9 +859,9 @@ class _ChildRunner:
                     self.current = None
                 if self.django:
                     djangofixup.after_task()
-            self.results.append((seq, report.state, report.content_type, report.payload,
-                                 report.store, report.runtime, report.summary, report.publish,
-                                 report.chained))
+            self._add_result((seq, report.state, report.content_type, report.payload,
+                              report.store, report.runtime, report.summary, report.publish,
+                              report.chained))
             self.done += 1
             if self.config.max_tasks and self.done >= self.config.max_tasks:
                 self.flush()
@@ -833,12 +890,31 @@ class _ChildRunner:
                 remember_revoked(self.revoked, dict.fromkeys(items))
         return True
 
+    def _add_result(self, item):
+        with self.results_lock:
+            self.results.append(item)
+
     def flush(self):
-        if not self.results:
-            return
-        self.send(("done", self.results))
-        self.results = []
-        self.last_flush = time.monotonic()
+        with self.results_lock:
+            if not self.results:
+                return
+            results, self.results = self.results, []
+            self.send(("done", results))    # whole, under the lock: frames never interleave
+            self.last_flush = time.monotonic()
+
+    def _flush_later(self):
+        """The flusher thread: once woken (results wait as a job starts), send them after
+        RESULT_DELAY, unless the loop did first. A job that runs long then holds back no
+        result of the jobs before it (their get(), their acks); a quick one lets the loop
+        send them with the next ones, in one write."""
+        while True:
+            self.results_wait.wait()
+            time.sleep(RESULT_DELAY)
+            self.results_wait.clear()
+            try:
+                self.flush()
+            except OSError:
+                return                  # the worker is gone; the loop finds that out too
 
     def send(self, item):
         """Write one (kind, items) frame to the worker, whole."""

@@ -299,6 +299,10 @@ class Worker:
         self._assign()
         for job in self.pool.notice_starts():
             self._notice_start(job)
+        taken_back = self.pool.take_back(now)
+        if taken_back:                  # queued behind a job that runs long: first in line
+            self.ready.extendleft(reversed(taken_back))
+            self._assign()
         for job in self.pool.time_limits(now):
             logger.error("Task %s[%s] ran past its time limit of %ss; killing its process",
                          job.task_name, job.task_id, job.time_limit)

@@ -187,9 +187,6 @@ def test_long_tasks_go_only_to_idle_processes_as_with_o_fair(broker, start_worke
     assert [r.get(timeout=TIMEOUT)[1] for r in (first, second)] == [first_pid, other_pid]
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: short tasks queued in a pool process "
-                                       "behind a task of a fast type that runs long wait for "
-                                       "it while the other process is idle (no -O fair)")
 def test_no_short_task_waits_behind_a_usually_fast_task_that_runs_long(broker, start_worker,
                                                                        tmp_path):
     """As above, -O fair's promise, with a long task whose type has run fast before (a cache
@@ -209,9 +206,6 @@ def test_no_short_task_waits_behind_a_usually_fast_task_that_runs_long(broker, s
         let_go(tmp_path, "stall")
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: a pool process holds back the results "
-                                       "of tasks it has finished until the task it runs next "
-                                       "ends")
 def test_a_finished_task_is_reported_while_the_next_one_runs(broker, start_worker, tmp_path):
     """A worker ``-c 1`` given short tasks then a long one (of a type known to be fast), all
     within its prefetch: the short ones run first, in order, and end SUCCESS; their results

@@ -8,6 +8,9 @@ report means, which jobs a dead child had started (lost) and which it had not (g
 
 import multiprocessing
 import os
+import threading
+import time
+import types
 
 import pytest
 
@@ -30,7 +33,8 @@ def pool():
         child_in, parent_in = multiprocessing.Pipe(duplex=False)
         parent_out, child_out = multiprocessing.Pipe(duplex=False)
         os.set_blocking(parent_out.fileno(), False)
-        child = pool_module._Child(slot, FakeProcess(1000 + slot), parent_in, parent_out)
+        child = pool_module._Child(slot, FakeProcess(1000 + slot), parent_in, parent_out,
+                                   multiprocessing.Lock())
         child.ready = True
         made.children[slot] = child
         pipes.append((child_in, child_out))
@@ -98,6 +102,105 @@ def test_a_child_queues_no_more_fast_jobs_than_the_pool_allows(pool):
     jobs = [job(n, "t.fast") for n in range(1, 10)]
     assert all(pool.assign(j) for j in jobs[:8])
     assert not pool.assign(jobs[8])
+
+
+def queue(pool, slot, *jobs):
+    """Jobs assigned to child `slot` and not reported yet, as `assign` leaves them."""
+    child = pool.children[slot]
+    for j in jobs:
+        j.child = child
+        child.jobs.append(j)
+        child.by_seq[j.seq] = j
+    child.assigned += len(jobs)
+    return child
+
+
+def test_jobs_queued_behind_one_that_runs_long_are_taken_back_in_order(pool):
+    """A fast task type that once runs long (an outside check of Celery's -O fair advice):
+    what was queued behind it goes to whichever child is free first, and the child will
+    skip it (its _TAKEN_BACK mark)."""
+    now = time.time()
+    running, second, third = job(1, "t.fast"), job(2, "t.fast"), job(3, "t.fast")
+    child = queue(pool, 0, running, second, third)
+    started(pool, 0, 1, at=now - pool_module.SLOW_RUN / 2)
+    assert pool.take_back(now) == []                # not long yet
+    started(pool, 0, 1, at=now - 1.0)
+    assert pool.take_back(now) == [second, third]
+    assert list(child.jobs) == [running] and list(child.by_seq) == [1]
+    assert child.assigned == 1 and second.child is None
+    assert pool.shm[_GLOBALS + pool_module._TAKEN_BACK] == 3.0
+    assert pool.take_back(now) == []                # nothing left behind it
+
+
+def test_nothing_is_taken_back_while_the_child_starts_a_job(pool):
+    now = time.time()
+    child = queue(pool, 0, job(1, "t.fast"), job(2, "t.fast"))
+    started(pool, 0, 1, at=now - 1.0)
+    child.start_lock.acquire()                      # the child, starting its next job
+    try:
+        assert pool.take_back(now) == []
+    finally:
+        child.start_lock.release()
+    assert len(pool.take_back(now)) == 1
+
+
+def test_nothing_queues_behind_a_job_that_runs_long(pool):
+    for slot in (1, 2):
+        pool.children[slot].ready = False
+    pool.runtimes["t.fast"] = 0.0001
+    queue(pool, 0, job(1, "t.fast"))
+    started(pool, 0, 1, at=time.time() - 1.0)
+    assert not pool.assign(job(2, "t.fast"))        # waits in the worker for a free child
+
+
+def test_a_pool_process_skips_a_job_taken_back_and_sends_results_while_a_job_runs():
+    """The child's side: a job at or below the _TAKEN_BACK mark is not run nor reported;
+    and the results of jobs done go back while the next job still runs (they waited for
+    it: an outside check saw get() wait three seconds for a job that ran after them)."""
+    child_in, parent_in = multiprocessing.Pipe(duplex=False)
+    parent_out, child_out = multiprocessing.Pipe(duplex=False)
+    shm = multiprocessing.RawArray("d", _GLOBALS + _SLOT)
+    config = ChildConfig()
+    config.accept = ("json",)
+    runner = pool_module._ChildRunner(0, child_in, child_out, shm, config,
+                                      multiprocessing.Lock())
+    ran, release = [], threading.Event()
+    results_seen = threading.Event()
+
+    def execute(data, accept, logfile, loglevel, on_failure=None, redelivered=False):
+        ran.append(data)
+        if data == b"slow":
+            results_seen.wait(5)        # until the worker side has the earlier results
+        return types.SimpleNamespace(state="SUCCESS", content_type="application/json",
+                                     payload=b"{}", store=True, runtime=0.0, summary="ok",
+                                     publish=(), chained=())
+
+    runner.execute, runner.on_failure = execute, None
+    # 2 and 3 were queued behind a job (1) that ran long, and taken back; 4 and 5 came later.
+    runner.pending.extend([(2, 0, b"gone", False), (3, 0, b"gone", False),
+                           (4, 0, b"quick", False), (5, 0, b"slow", False)])
+    shm[_GLOBALS + pool_module._TAKEN_BACK] = 3.0
+    got = []
+
+    def worker_side():
+        buffer = bytearray()
+        while not got:
+            buffer += os.read(parent_out.fileno(), 1 << 16)
+            for kind, items in pool_module._frames(buffer):
+                got.extend(item[0] for item in items)
+        results_seen.set()
+    reader = threading.Thread(target=worker_side)
+    reader.start()
+    parent_in.close()                   # no more jobs: the runner ends after these
+    try:
+        runner.run()
+    finally:
+        results_seen.set()
+        reader.join(5)
+        for end in (child_in, parent_out, child_out):
+            end.close()
+    assert ran == [b"quick", b"slow"]
+    assert got == [4]                   # before the slow job ended (it waited for this)
 
 
 def test_reports_come_back_in_order_and_teach_the_pool_which_tasks_are_fast(pool):
@@ -188,7 +291,8 @@ def test_a_pool_process_remembers_only_the_newest_revoked_ids(monkeypatch):
     child_in, parent_in = multiprocessing.Pipe(duplex=False)
     parent_out, child_out = multiprocessing.Pipe(duplex=False)
     shm = multiprocessing.RawArray("d", _GLOBALS + _SLOT)
-    runner = pool_module._ChildRunner(0, child_in, child_out, shm, ChildConfig())
+    runner = pool_module._ChildRunner(0, child_in, child_out, shm, ChildConfig(),
+                                      multiprocessing.Lock())
     try:
         for start in range(0, 20, 4):
             os.write(parent_in.fileno(), pool_module._frame(
