@@ -171,16 +171,23 @@ ADVICE = {
     "broker_failover_strategy": "one broker: BROKER_URL",
     "broker_heartbeat": "heartbeats are fixed (a worker sends one after 5 s of silence)",
     "broker_heartbeat_checkrate": "heartbeats are fixed (a worker sends one after 5 s of silence)",
-    "broker_use_ssl": "use minitasks:// in BROKER_URL, and BROKER_CA_FILE",
+    "broker_use_ssl": "use minitasks:// in BROKER_URL, and BROKER_CA_FILE (on Redis: "
+                      "rediss:// with its ssl_* URL options)",
     "broker_pool_acquire_timeout": "each thread has one connection",
     "broker_connection_timeout": "connecting gives up after 10 s",
     "broker_connection_max_retries": RECONNECT,
     "broker_login_method": "authentication is BROKER_SECRET's HMAC handshake",
     "broker_native_delayed_delivery_queue_type": "countdowns always wait in the broker",
-    "broker_transport_options": "the broker is minitask's own; see its command-line flags",
+    "broker_transport_options": "the built-in broker takes its own command-line flags; on "
+                                "Redis, BROKER_URL's options (heartbeat=, vhost=, the "
+                                "Sentinel service name) say what these did, and no "
+                                "visibility_timeout is needed",
+    # The Redis guide's own, at the top level too ("the shortest value will be used").
+    "visibility_timeout": "on Redis a live worker's tasks never come back, however long they "
+                          "run; a dead worker's come back after BROKER_URL's heartbeat=",
     "worker_deduplicate_successful_tasks": "use acks_late only for idempotent tasks",
     "worker_eta_task_limit": "countdowns wait in the broker, not in the worker",
-    "worker_disable_prefetch": "set PREFETCH_MULTIPLIER = 1",
+    "worker_disable_prefetch": "set TASK_ACKS_LATE = True and PREFETCH_MULTIPLIER = 1",
     "worker_enable_prefetch_count_reduction": None,
     "worker_lost_wait": "the broker's --worker-lost-grace",
     "worker_max_memory_per_child": "use MAX_TASKS_PER_CHILD",

@@ -140,7 +140,8 @@ _QUEUE_KEYS = ("exchange", "exchange_type", "binding_key", "routing_key", "argum
 # has priorities 0..9, and is a classic one.
 _QUEUE_ARGUMENTS = {"x-max-priority": "every queue has priorities 0..9",
                     "x-queue-type": "minitask queues have one type"}
-_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+_REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+socket",
+                  "unix")
 _BROKER_URL = re.compile(   # scheme :// ( [IPv6 with an optional %zone] | name ) [:port] [/]
     r"([A-Za-z]+)://(?:\[([0-9A-Fa-f:.]+(?:%\w+)?)\]|([\w.-]+))(?::([0-9]+))?/?\Z")
 
@@ -302,6 +303,16 @@ def safe_url(url):
     return scheme + sep + location + mark + _PASSWORD_OPTION.sub(r"\1**", query)
 
 
+def _sentinel_advice(url):
+    """What to write for Celery's ``sentinel://H:P;sentinel://H:P`` (its master's name in
+    broker_transport_options, which minitask does not read): the same Sentinels, in
+    minitask's one URL."""
+    hosts = [part.partition("://")[2].rpartition("@")[2].split("/")[0]
+             for part in url.split(";") if part.strip()]
+    return ("Celery's Sentinel form; write redis+sentinel://%s/MASTER_NAME (the master_name "
+            "of broker_transport_options)" % ",".join(host for host in hosts if host))
+
+
 def parse_broker_url(url, name="BROKER_URL"):
     """Split ``minitask[s]://HOST[:PORT]`` into (scheme, host, port, tls).
 
@@ -313,9 +324,11 @@ def parse_broker_url(url, name="BROKER_URL"):
     if scheme in _REDIS_SCHEMES:
         from .transport.redis_url import parse_redis_url  # transport imports this module
         parsed = parse_redis_url(url, name)
-        host, port = parsed.hosts[0]
+        host, port = parsed.hosts[0] if parsed.hosts else (parsed.path, None)
         return scheme, host, port, parsed.tls
     shown = safe_url(url)
+    if scheme == "sentinel":
+        raise _bad(name, shown, _sentinel_advice(url))
     match = _BROKER_URL.match(url) if isinstance(url, str) else None
     scheme = match.group(1).lower() if match else None
     if scheme not in ("minitask", "minitasks"):

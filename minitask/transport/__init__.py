@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 # URL scheme -> the module implementing it (imported when first used).
 SCHEMES = {"minitask": "builtin", "minitasks": "builtin", "memory": "memory",
            "redis": "redis", "rediss": "redis", "redis+sentinel": "redis",
-           "rediss+sentinel": "redis"}
+           "rediss+sentinel": "redis", "redis+socket": "redis", "unix": "redis"}
 
 # A lost connection is tried again for this long (a broker restart takes about a second);
 # a broker that was never reached is reported at once.

@@ -380,10 +380,15 @@ class RedisClient:
 
     def _connect(self):
         url = self.url
-        host, port = self._resolve() if url.sentinel else url.hosts[0]
+        if url.path is not None:
+            host, port = url.path, None
+            sock = self._open_unix(url.path)
+        else:
+            host, port = self._resolve() if url.sentinel else url.hosts[0]
+            sock = self._open(host, port)
         where = ("%s (primary at %s)" % (url.display, hostport(host, port)) if url.sentinel
                  else url.display)
-        link = _Link(self._open(host, port), where, (host, port))
+        link = _Link(sock, where, (host, port))
         try:
             self._handshake(link)
         except BaseException:
@@ -413,6 +418,19 @@ class RedisClient:
             raise BrokerConnectionError("%s with %s at %s failed: %s" % (
                 "TLS handshake" if url.tls else "setting up the connection", what,
                 hostport(host, port), exc)) from None
+        return sock
+
+    def _open_unix(self, path):
+        if not hasattr(socket, "AF_UNIX"):
+            raise ConfigurationError("%s: this system has no Unix sockets" % self.url.display)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.url.socket_connect_timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            sock.close()
+            raise BrokerConnectionError("cannot connect to Redis at %s: %s" % (
+                path, exc.strerror or exc)) from None
         return sock
 
     def _tls(self):

@@ -10,6 +10,8 @@ The URL
     rediss://...                     the same over TLS
     redis+sentinel://[[USER]:PASSWORD@]SENTINEL[:PORT][,SENTINEL[:PORT]...]/SERVICE[/DB][?OPTIONS]
     rediss+sentinel://...            the same, with TLS to the Sentinels and to the primary
+    redis+socket://[[USER]:PASSWORD@]/PATH[?OPTIONS]   a Unix socket (Celery's form; DB as
+    unix://...                       ``db=N`` or Celery's ``virtual_host=N``)
 
 HOST defaults to localhost, PORT to 6379 (26379 for a Sentinel), DB to 0. USER and PASSWORD
 are percent-decoded (write ``@ : / ? #`` in them as ``%40`` ...); a PASSWORD alone logs in as
@@ -74,7 +76,9 @@ DEFAULT_VHOST = "minitask"
 RETRY_SECONDS = 20.0
 
 _SCHEMES = {"redis": (False, False), "rediss": (True, False),
-            "redis+sentinel": (False, True), "rediss+sentinel": (True, True)}
+            "redis+sentinel": (False, True), "rediss+sentinel": (True, True),
+            "redis+socket": (False, False), "unix": (False, False)}
+_SOCKET_SCHEMES = ("redis+socket", "unix")
 _HOST = re.compile(r"^(?:\[([^\]]+)\]|([^\[\]:]*))(?::(\d+))?$")
 _VHOST = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CLIENT_NAME = re.compile(r"^[!-~]{1,128}$")      # CLIENT SETNAME refuses spaces
@@ -158,10 +162,11 @@ class RedisURL:
     docstring). `display` is the URL without credentials, for messages and logs."""
 
     def __init__(self, scheme, hosts, db=0, service=None, username=None, password=None,
-                 **options):
+                 path=None, **options):
         self.scheme = scheme
         self.tls, self.sentinel = _SCHEMES[scheme]
         self.hosts = list(hosts)
+        self.path = path                # a Unix socket's (then `hosts` is empty)
         self.db = db
         self.service = service
         self.username = username
@@ -178,6 +183,8 @@ class RedisURL:
 
     @property
     def display(self):
+        if self.path is not None:
+            return "%s://%s?db=%d" % (self.scheme, self.path, self.db)
         hosts = ",".join(hostport(host, port) for host, port in self.hosts)
         path = "/%s/%d" % (self.service, self.db) if self.sentinel else "/%d" % self.db
         return "%s://%s%s" % (self.scheme, hosts, path)
@@ -187,6 +194,9 @@ class RedisURL:
 
 
 def hostport(host, port):
+    """``host:port`` (IPv6 in brackets); a Unix socket's path (port None) alone."""
+    if port is None:
+        return host
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
 
 
@@ -198,10 +208,13 @@ def parse_redis_url(url, name="BROKER_URL"):
     scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
     scheme = scheme.lower()
     if not sep or scheme not in _SCHEMES:
-        raise ConfigurationError("%s: expected redis://, rediss:// or redis+sentinel:// "
-                                 "(got %r)" % (name, (url.split("@")[-1] if sep else url)))
+        raise ConfigurationError("%s: expected redis://, rediss://, redis+sentinel:// or "
+                                 "redis+socket:// (got %r)"
+                                 % (name, (url.split("@")[-1] if sep else url)))
     tls, sentinel = _SCHEMES[scheme]
     rest, _, query = rest.partition("?")
+    if scheme in _SOCKET_SCHEMES:
+        return _parse_socket_url(scheme, rest, query, name)
     netloc, _, path = rest.partition("/")
     userinfo, at, hostlist = netloc.rpartition("@")
     shown = "%s://%s%s" % (scheme, hostlist, "/" + path if path else "")
@@ -209,12 +222,7 @@ def parse_redis_url(url, name="BROKER_URL"):
     def bad(why):
         return ConfigurationError("%s %s: %s" % (name, shown, why))
 
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        if not colon:
-            raise bad("a user name without a password; write USER:PASSWORD@ or :PASSWORD@")
-        username, password = unquote(user) or None, unquote(secret)
+    username, password = _credentials(userinfo, at, bad)
     hosts = []
     for item in hostlist.split(","):
         match = _HOST.match(item)
@@ -234,8 +242,48 @@ def parse_redis_url(url, name="BROKER_URL"):
         raise bad("expected /%sDB, a database number, got /%s"
                   % ("SERVICE/" if sentinel else "", path))
     db = int(parts[0]) if parts else 0
-    options = {}
+    options = _options(parse_qsl(query, keep_blank_values=True), tls, sentinel, bad)
+    return RedisURL(scheme, hosts, db, service, username, password, **options)
+
+
+def _parse_socket_url(scheme, rest, query, name):
+    """``redis+socket://[[USER]:PASSWORD@]/PATH?OPTIONS`` (and ``unix://``): the database
+    as ``db=N``, or as Celery's ``virtual_host=N``."""
+    userinfo, at, path = rest.rpartition("@")
+    shown = "%s://%s" % (scheme, path)
+
+    def bad(why):
+        return ConfigurationError("%s %s: %s" % (name, shown, why))
+
+    username, password = _credentials(userinfo, at, bad)
+    if not path.startswith("/") or path == "/":
+        raise bad("expected the socket's absolute path, as %s:///var/run/redis.sock" % scheme)
+    db, pairs = 0, []
     for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in ("db", "virtual_host"):
+            if not value.isdigit():
+                raise bad("%s=%r: expected a database number" % (key, value))
+            db = int(value)
+        else:
+            pairs.append((key, value))
+    options = _options(pairs, False, False, bad)
+    return RedisURL(scheme, [], db, None, username, password, path=unquote(path), **options)
+
+
+def _credentials(userinfo, at, bad):
+    """``(username, password)`` from a URL's ``USER:PASSWORD@``; Nones without one."""
+    if not at:
+        return None, None
+    user, colon, secret = userinfo.partition(":")
+    if not colon:
+        raise bad("a user name without a password; write USER:PASSWORD@ or :PASSWORD@")
+    return unquote(user) or None, unquote(secret)
+
+
+def _options(pairs, tls, sentinel, bad):
+    """The URL's OPTIONS (``(name, value)`` pairs), checked and converted."""
+    options = {}
+    for key, value in pairs:
         if key not in _OPTIONS:
             raise bad("unknown option %r; expected one of %s" % (key, ", ".join(_OPTIONS)))
         if key in options:
@@ -248,4 +296,4 @@ def parse_redis_url(url, name="BROKER_URL"):
             options[key] = convert(value)
         except ValueError as exc:
             raise bad("%s=%r: %s" % (key, value, exc)) from None
-    return RedisURL(scheme, hosts, db, service, username, password, **options)
+    return options

@@ -11,6 +11,7 @@ cites the README.
 """
 
 import os
+import re
 import select
 import signal
 import sys
@@ -151,9 +152,6 @@ def test_the_guides_url_with_a_password_and_a_database_number(redis_only, broker
         own.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigurationError,
-                   reason="minitask bug: the guide's Unix socket URL redis+socket:///path "
-                          "(and ?virtual_host=db_number) is refused as an unknown scheme")
 def test_a_unix_socket_url_and_its_virtual_host(redis_only, broker, tmp_path, guide_redis):
     """``redis+socket:///path/to/redis.sock``, and ``?virtual_host=db_number`` for another
     database. The README's forms list redis://, rediss:// and redis+sentinel:// and say
@@ -176,14 +174,12 @@ def test_a_unix_socket_url_and_its_virtual_host(redis_only, broker, tmp_path, gu
         own.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigurationError,
-                   reason="minitask bug: the guide's Sentinel URL sentinel://h:p;sentinel://"
-                          "h:p with broker_transport_options master_name is refused")
 def test_a_list_of_sentinels_with_master_name(redis_only, broker, server, tmp_path,
                                               guide_redis):
     """``broker_url = 'sentinel://localhost:26379;sentinel://localhost:26380;...'`` and
-    ``broker_transport_options = {'master_name': "cluster1"}``. The README's form is
-    ``redis+sentinel://HOST:PORT,HOST:PORT/SERVICE``; it does not say Celery's is refused."""
+    ``broker_transport_options = {'master_name': "cluster1"}``. minitask reads no transport
+    options: the URL is refused in one line that writes minitask's form with those
+    Sentinels (README, Scaling out), and that form reaches the master through them."""
     folder = tmp_path / "sentinels"
     folder.mkdir()
     conf = "sentinel monitor cluster1 127.0.0.1 %d 1\n" % server.port
@@ -192,8 +188,12 @@ def test_a_list_of_sentinels_with_master_name(redis_only, broker, server, tmp_pa
         for sentinel in sentinels:
             sentinel.start()
         url = ";".join("sentinel://localhost:%d" % s.port for s in sentinels)
-        start = guide_redis(url, "broker_transport_options = {'master_name': 'cluster1'}\n",
-                            server)
+        hosts = ",".join("localhost:%d" % s.port for s in sentinels)
+        with pytest.raises(ConfigurationError, match=re.escape(
+                "Celery's Sentinel form; write redis+sentinel://%s/MASTER_NAME" % hosts)):
+            config.configure(broker_url=url)
+        config.reset()
+        start = guide_redis("redis+sentinel://%s/cluster1" % hosts, "", server)
         result = add.delay(2, 2)
         start()
         assert result.get(timeout=T) == 4
@@ -284,11 +284,6 @@ def test_countdowns_etas_retries_and_long_tasks_past_the_visibility_timeout_run_
     assert warned(worker.output(), "broker_transport_options") == 1
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigurationError,
-                   reason="minitask bug: app.conf.visibility_timeout, one of the three "
-                          "settings the guide says to set, is refused by configure() as an "
-                          "unknown setting (and ignored without a warning in a settings "
-                          "module)")
 def test_the_three_visibility_timeout_settings_the_guide_says_to_set(redis_only, broker,
                                                                      celeryconfig,
                                                                      start_worker):

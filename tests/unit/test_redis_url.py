@@ -61,6 +61,18 @@ def test_sentinel_urls_list_sentinels_then_the_service_and_db():
     assert parse_redis_url("rediss+sentinel://s1/m").tls
 
 
+def test_unix_socket_urls_in_celerys_form_and_redis_pys():
+    """Celery's ``redis+socket:///path?virtual_host=3`` (kombu's database number) and
+    redis-py's ``unix://[:PASSWORD@]/path?db=3``; minitask's own options still apply."""
+    url = parse_redis_url("redis+socket:///var/run/redis.sock?virtual_host=3&vhost=app")
+    assert (url.path, url.hosts, url.db, url.vhost, url.tls) == (
+        "/var/run/redis.sock", [], 3, "app", False)
+    assert url.display == "redis+socket:///var/run/redis.sock?db=3"
+    url = parse_redis_url("unix://:s%40cret@/tmp/r.sock?db=2&heartbeat=3")
+    assert (url.path, url.password, url.db, url.heartbeat) == ("/tmp/r.sock", "s@cret", 2, 3.0)
+    assert "cret" not in url.display
+
+
 def test_tls_options():
     url = parse_redis_url("rediss://h?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem"
                           "&ssl_keyfile=/k.pem&ssl_cert_reqs=CERT_NONE")
@@ -127,6 +139,10 @@ def test_publish_confirm_forms(text, expected):
     ("redis://h?ssl_ca_certs=/ca.pem", "needs a rediss:// URL"),
     ("redis://h?sentinel_password=x", "needs a redis+sentinel:// URL"),
     ("rediss://h?ssl_cert_reqs=maybe", "expected one of required"),
+    ("redis+socket://tmp/r.sock", "the socket's absolute path"),
+    ("redis+socket:///tmp/r.sock?virtual_host=a", "virtual_host='a': expected a database"),
+    ("unix:///tmp/r.sock?ssl_ca_certs=/ca.pem", "needs a rediss:// URL"),
+    ("redis+socket:///tmp/r.sock?vhots=x", "unknown option 'vhots'"),
 ])
 def test_bad_urls_are_refused_naming_what_is_wrong(url, message):
     with pytest.raises(ConfigurationError, match=re.escape(message)):
