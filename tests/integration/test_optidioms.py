@@ -104,8 +104,8 @@ def test_early_acks_with_a_multiplier_of_one_reserve_one_extra_task_per_process(
     of one, means the worker will reserve at most one extra task for every worker process".
     The guide's other way, ``worker_disable_prefetch = True``, has no counterpart: README,
     Configuration: every other Celery name "gets one warning at start naming it and the
-    minitask way" (here: set PREFETCH_MULTIPLIER = 1), so one task still waits behind the
-    long one."""
+    minitask way" (here: TASK_ACKS_LATE = True and PREFETCH_MULTIPLIER = 1, which the test
+    above follows), so one task still waits behind the long one."""
     env = celeryconfig("""\
         worker_prefetch_multiplier = 1
         worker_disable_prefetch = True
@@ -121,7 +121,7 @@ def test_early_acks_with_a_multiplier_of_one_reserve_one_extra_task_per_process(
     assert ready(broker, "minitask") == [2]
     assert [r.state for r in behind[1:]] == ["PENDING", "PENDING"]
     assert "worker_disable_prefetch" in worker.output()
-    assert "PREFETCH_MULTIPLIER = 1" in worker.output()
+    assert "TASK_ACKS_LATE = True and PREFETCH_MULTIPLIER = 1" in worker.output()
     let_go(tmp_path, "long")
     assert [r.get(timeout=TIMEOUT)[:2] for r in behind] == [[0, "w1"], [1, "w1"], [2, "w1"]]
 
