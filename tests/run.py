@@ -40,7 +40,8 @@ FAST = ["tests/unit", "tests/property"]
 # (test_redis_signals.py stays: it imports test_signals, a name tests/unit has too.) Globs are
 # expanded here, not by a shell.
 MOVED = ["tests/integration/test_redis_[!s]*.py", "tests/integration/test_workeridioms.py",
-         "tests/integration/test_periodicidioms.py"]
+         "tests/integration/test_periodicidioms.py", "tests/integration/test_optidioms.py",
+         "tests/integration/test_redisidioms.py"]
 SHARDS = [["tests/integration"] + ["--ignore-glob=" + os.path.join(ROOT, moved)
                                    for moved in MOVED],
           ["tests/chaos", "tests/hostile", "tests/packaging", "tests/contract"] + FAST + MOVED]
