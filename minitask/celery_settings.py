@@ -123,7 +123,8 @@ ACCEPTED = {
                                                           "allows"),
     "result_persistent": (_one_of(True), "results are always kept in the broker's journal"),
     "result_extended": (_one_of(False), "results carry the task's name, retries and "
-                                        "date_done, nothing more"),
+                                        "date_done (AsyncResult's .name, .retries, "
+                                        ".date_done), nothing more"),
     "worker_pool": (_one_of("prefork"), "the pool is always processes (-c N)"),
     "worker_enable_remote_control": (_one_of(True), "control and inspect always work"),
     "worker_disable_rate_limits": (_one_of(False), "rate limits always apply; remove "
@@ -178,6 +179,7 @@ ADVICE = {
     "broker_connection_max_retries": RECONNECT,
     "broker_login_method": "authentication is BROKER_SECRET's HMAC handshake",
     "broker_native_delayed_delivery_queue_type": "countdowns always wait in the broker",
+    "broker_channel_error_retry": RECONNECT,
     "broker_transport_options": "the built-in broker takes its own command-line flags; on "
                                 "Redis, BROKER_URL's options (heartbeat=, vhost=, the "
                                 "Sentinel service name) say what these did, and no "
@@ -245,6 +247,7 @@ ADVICE = {
     "control_exchange": "control messages use the broker's own queues",
     "control_queue_durable": "control messages use the broker's own queues",
     "control_queue_exclusive": "control messages use the broker's own queues",
+    "firestore_project": RESULTS,
     "security_key": SECURITY,
     "security_key_password": SECURITY,
     "security_certificate": SECURITY,
@@ -256,7 +259,7 @@ ADVICE = {
 _RESULT_BACKEND_PREFIXES = (
     "result_backend_", "database_", "cache_backend", "mongodb_", "redis_", "cassandra_",
     "s3_", "azureblockblob_", "gcs_", "elasticsearch_", "couchbase_", "arangodb_",
-    "cosmosdbsql_")
+    "cosmosdbsql_", "firestore_")
 
 # The result-backend settings Celery 5 documents, one per line of its configuration page.
 _RESULT_BACKEND_NAMES = """
@@ -276,6 +279,7 @@ s3_access_key_id s3_secret_access_key s3_bucket s3_base_path s3_endpoint_url s3_
 azureblockblob_container_name azureblockblob_base_path azureblockblob_retry_initial_backoff_sec
 azureblockblob_retry_increment_base azureblockblob_retry_max_attempts
 azureblockblob_connection_timeout azureblockblob_read_timeout gcs_bucket gcs_project
+gcs_ttl gcs_threadpool_maxsize
 gcs_base_path elasticsearch_retry_on_timeout elasticsearch_max_retries elasticsearch_timeout
 elasticsearch_save_meta_as_text couchbase_backend_settings arangodb_backend_settings
 cosmosdbsql_database_name cosmosdbsql_collection_name cosmosdbsql_consistency_level
@@ -395,17 +399,32 @@ def classify(label, value, setting_of):
     return None, None
 
 
+# Where Redis's way differs from the built-in broker's: the advice when BROKER_URL is Redis.
+ON_REDIS = {
+    "broker_heartbeat": "BROKER_URL's heartbeat= says how long a silent worker counts as alive",
+    "broker_heartbeat_checkrate": "BROKER_URL's heartbeat= says how long a silent worker "
+                                  "counts as alive",
+    "broker_connection_timeout": "BROKER_URL's socket_connect_timeout= (5 s by default)",
+    "worker_lost_wait": "BROKER_URL's handover_grace=",
+    "worker_send_task_events": "minitask has no event stream; its status page and /metrics "
+                               "(python -m minitask status --http HOST:PORT) show the same",
+}
+
+
 def warning(label, celery, value, settings, spellings):
     """The warning for a name `classify` found without effect here, naming it and the minitask
     way (a close spelling for a typo); None for a Celery setting whose value is what minitask
-    does anyway (`settings`: the final values)."""
+    does anyway (`settings`: the final values: the way may be Redis's)."""
+    on_redis = str(settings.get("BROKER_URL", "")).lower().startswith(("redis", "unix"))
     if celery in ACCEPTED:
         is_fine, reason = ACCEPTED[celery]
         if is_fine(value, settings):
             return None
+        if on_redis and celery in ON_REDIS:
+            reason = ON_REDIS[celery]
         return "%s=%s has no effect in minitask: %s" % (label, _repr.repr(value), reason)
     if celery is not None:
-        advice = advice_for(celery)
+        advice = ON_REDIS[celery] if on_redis and celery in ON_REDIS else advice_for(celery)
         return "ignoring %s: minitask has no such setting%s" % (
             label, "; " + advice if advice else "")
     close = difflib.get_close_matches(label, spellings, n=1, cutoff=0.85)

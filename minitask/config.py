@@ -62,7 +62,8 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
                                         "DEFAULT_QUEUE."),
     ("QUEUES", {}, "{queue: {exchange, exchange_type, binding_key, arguments, durable}}; "
                    "Celery's queue_arguments: x-max-priority, x-queue-type (no effect)."),
-    ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept."),
+    ("RESULT_EXPIRES", 86400.0, "Seconds (or a timedelta) that results are kept; None or 0: "
+                                "for ever (a hundred years)."),
     ("ALWAYS_EAGER", False, "Run tasks in the calling process instead of sending them."),
     ("SEND_TASK_ERROR_EMAILS", False, "E-mail ADMINS when a task fails."),
     ("ADMINS", [], "(name, email) pairs that receive task error e-mails."),
@@ -73,7 +74,8 @@ _SETTINGS = (   # name, default, the line the README's configuration reference s
     ("CONCURRENCY", None, "Worker pool processes (-c); None: one per CPU."),
     ("LOGLEVEL", "WARNING", "Worker log level (-l): DEBUG, INFO, WARNING, ERROR, CRITICAL."),
     ("LOGFILE", None, "Worker log file (-f); None: stderr."),
-    ("PREFETCH_MULTIPLIER", 4, "Messages a worker reserves per pool process."),
+    ("PREFETCH_MULTIPLIER", 4, "Messages a worker reserves per pool process; 0: as many as "
+                               "it wants, up to 10,000 a worker."),
     ("MAX_TASKS_PER_CHILD", None, "Tasks a pool process runs before it is replaced."),
     ("SHUTDOWN_TIMEOUT", 30.0, "Seconds a stopping worker waits for running tasks."),
     ("WORKER_QUEUES", None, "Queues a worker consumes (-Q); None: DEFAULT_QUEUE plus QUEUES."),
@@ -584,6 +586,8 @@ def _optional(check):
 def _names(label, value):
     if isinstance(value, str):
         value = _split(value)
+    if isinstance(value, (set, frozenset)):     # Celery's accept_content default is {'json'}
+        value = sorted(value, key=str)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
         raise _bad(label, value, "expected a list of names")
     return list(value)
@@ -616,6 +620,17 @@ def _seconds(minimum, strict):
                        f"expected seconds (a number {above} {minimum}, or a timedelta)")
         return float(value)
     return check
+
+
+# RESULT_EXPIRES of None or 0 (Celery's "never expire"): a hundred years.
+RESULTS_FOREVER = 100 * 365.25 * 86400.0
+
+
+def _result_expires(label, value):
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                         and value == 0):
+        return RESULTS_FOREVER
+    return _seconds(0, strict=True)(label, value)
 
 
 def _serializer(label, value):
@@ -766,11 +781,11 @@ _VALIDATORS = {
     "IMPORTS": _names, "TASK_SERIALIZER": _serializer,
     "ACCEPT_CONTENT": _names, "DEFAULT_RATE_LIMIT": _rate, "DEFAULT_EXCHANGE": _text,
     "DEFAULT_EXCHANGE_TYPE": _exchange_type, "DEFAULT_QUEUE": _text, "DEFAULT_ROUTING_KEY": _text,
-    "QUEUES": _queues, "RESULT_EXPIRES": _seconds(0, strict=True), "ALWAYS_EAGER": _flag,
+    "QUEUES": _queues, "RESULT_EXPIRES": _result_expires, "ALWAYS_EAGER": _flag,
     "SEND_TASK_ERROR_EMAILS": _flag, "ADMINS": _admins, "SERVER_EMAIL": _text,
     "EMAIL_HOST": _text, "EMAIL_PORT": _integer(0, 65535), "LOADER": _optional(_loader),
     "CONCURRENCY": _optional(_integer(1)), "LOGLEVEL": _loglevel, "LOGFILE": _optional(_text),
-    "PREFETCH_MULTIPLIER": _integer(1), "MAX_TASKS_PER_CHILD": _optional(_integer(1)),
+    "PREFETCH_MULTIPLIER": _integer(0), "MAX_TASKS_PER_CHILD": _optional(_integer(1)),
     "SHUTDOWN_TIMEOUT": _seconds(0, strict=False), "WORKER_QUEUES": _optional(_names),
     "BEAT": _flag, "START_METHOD": _optional(_start_method), "TASK_ACKS_LATE": _flag,
     "TASK_TIME_LIMIT": _optional(_seconds(0, strict=True)),

@@ -256,6 +256,21 @@ class AsyncResult(ResultBase):
                     return header.traceback
         return meta.traceback
 
+    # Celery's extended result fields (result_extended) that minitask does not store.
+    args = kwargs = worker = queue = None
+
+    @property
+    def name(self):
+        """The task's name, as its result was stored with it (Celery's with result_extended),
+        else as this handle was made; None when neither says."""
+        return self._fetch().task or self.task_name or None
+
+    @property
+    def retries(self):
+        """How many times it was retried, once its result says (None before: PENDING)."""
+        meta = self._fetch()
+        return meta.retries if meta.task else None
+
     @property
     def date_done(self):
         """When the task ended, as an aware UTC datetime (Celery's); None until it has."""

@@ -70,6 +70,8 @@ _SIGQUIT = getattr(signal, "SIGQUIT", None)
 # Scheduled and rate-limited messages held here raise the prefetch by as many, up to this, so
 # they never use up the credit other tasks need; past it the broker keeps the rest.
 MAX_HELD = 10000
+# What PREFETCH_MULTIPLIER = 0 (Celery's "no limit") reserves at most, for the whole worker.
+MAX_PREFETCH = 10000
 # `inspect stats` counts tasks per name for at most this many names.
 MAX_TOTALS = 10000
 # How often a worker whose short tasks earned it extra credit looks again at what it holds
@@ -106,6 +108,8 @@ class Worker:
                                                        if q != settings.DEFAULT_QUEUE])
         self.hostname = hostname or default_node_name()
         multiplier = prefetch_multiplier or settings.PREFETCH_MULTIPLIER
+        if not multiplier:              # Celery's 0: as many as it wants; here, up to a bound
+            multiplier = max(1, MAX_PREFETCH // self.concurrency)
         self.prefetch = self.concurrency * multiplier
         self.fast_credit = FastCredit(self.prefetch, multiplier)
         self.boost = 0                  # the extra credit asked for in the last turn

@@ -291,9 +291,6 @@ firestore_project = 'test-project2'
 """
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: documented Celery settings "
-                   "broker_channel_error_retry, gcs_ttl, gcs_threadpool_maxsize and "
-                   "firestore_project are ignored without a word")
 def test_every_setting_of_the_reference_is_used_or_warned_about(broker, settings,
                                                                  start_worker):
     """Four names of Celery's reference that minitask's list (minitask/celery_settings.py)
@@ -307,8 +304,6 @@ def test_every_setting_of_the_reference_is_used_or_warned_about(broker, settings
     assert_warned_once_each(worker.output().splitlines(), names, "worker")
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: accept_content as a set (the "
-                   "reference's default type) is refused at start")
 def test_accept_content_as_a_set(broker, settings, start_worker):
     """The reference: accept_content "Default: {'json'} (set, list, or tuple)"."""
     env, _ = settings("imports = ['confidioms']\naccept_content = {'json'}\n")
@@ -316,8 +311,6 @@ def test_accept_content_as_a_set(broker, settings, start_worker):
     assert add.delay(1, 2).get(timeout=TIMEOUT) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: result_expires = None (never "
-                   "expire, in the reference) is refused at start")
 def test_result_expires_none_means_never(broker, settings, start_worker):
     """The reference: "A value of None or 0 means results will never expire"."""
     env, _ = settings("imports = ['confidioms']\nresult_expires = None\n")
@@ -325,19 +318,15 @@ def test_result_expires_none_means_never(broker, settings, start_worker):
     assert add.delay(1, 2).get(timeout=TIMEOUT) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: worker_prefetch_multiplier = 0 "
-                   "(no limit, in the reference) is refused at start")
 def test_prefetch_multiplier_zero_means_no_limit(broker, settings, start_worker):
     """The reference: "Changing that setting to 0 will allow the worker to keep consuming as
     many messages as it wants"."""
     env, _ = settings("imports = ['confidioms']\nworker_prefetch_multiplier = 0\n")
     start_worker(name="greedy", env=env)
     assert add.delay(1, 2).get(timeout=TIMEOUT) == 3
+    assert stats_of("greedy")["prefetch_count"] == 10000     # README: up to 10,000
 
 
-@pytest.mark.xfail(strict=True, reason="minitask bug: result_extended's warning says results "
-                   "carry the task's name and retries, but AsyncResult has neither "
-                   "(.name, .retries raise AttributeError)")
 def test_result_extended_points_to_a_name_and_retries_that_can_be_read(broker, settings,
                                                                        start_worker):
     """The reference: result_extended "Enables extended task result attributes (name, args,
@@ -375,7 +364,7 @@ BUILT_IN_WAYS = {"ignoring broker_heartbeat": "heartbeats are fixed",
 
 
 def test_the_minitask_way_each_warning_names_is_the_transports_own(broker, settings,
-                                                                   start_worker, request):
+                                                                   start_worker):
     """Each of these Celery settings is warned about once, on either transport, naming the
     minitask way. On the built-in broker that is the broker's (its flags, its status page);
     on Redis those do not exist, and the warning should name Redis's way, as those of
@@ -391,9 +380,4 @@ def test_the_minitask_way_each_warning_names_is_the_transports_own(broker, setti
         for name, way in BUILT_IN_WAYS.items():
             assert any(name in line and way in line for line in lines), (name, lines)
         return
-    request.applymarker(pytest.mark.xfail(
-        strict=True, reason="minitask bug: on Redis, the warnings for broker_heartbeat, "
-        "broker_connection_timeout, worker_lost_wait and worker_send_task_events name the "
-        "built-in broker's ways (fixed heartbeats, a 10 s connect timeout, "
-        "--worker-lost-grace, `minitask broker --http`)"))
     assert [line for line in lines if any(way in line for way in BUILT_IN_WAYS.values())] == []

@@ -300,11 +300,11 @@ def test_a_bad_environment_value_names_the_variable_and_value(name, text, messag
     ("QUEUES", {"video": {"durable": "yes"}},
      "QUEUES['video']['durable']='yes': expected True or False"),
     ("EMAIL_PORT", "25", "EMAIL_PORT='25': expected an integer 0..65535"),
-    ("PREFETCH_MULTIPLIER", 0, "PREFETCH_MULTIPLIER=0: expected an integer >= 1"),
+    ("PREFETCH_MULTIPLIER", -1, "PREFETCH_MULTIPLIER=-1: expected an integer >= 0"),
     ("CONCURRENCY", 0, "CONCURRENCY=0: expected an integer >= 1"),
     ("CONCURRENCY", True, "CONCURRENCY=True: expected an integer >= 1"),
     ("MAX_TASKS_PER_CHILD", 2.5, "MAX_TASKS_PER_CHILD=2.5: expected an integer >= 1"),
-    ("RESULT_EXPIRES", 0, "RESULT_EXPIRES=0: expected seconds (a number above 0, or a timedelta)"),
+    ("RESULT_EXPIRES", -5, "RESULT_EXPIRES=-5: expected seconds (a number above 0, or a timedelta)"),
     ("RESULT_EXPIRES", datetime.timedelta(seconds=-1),
      "RESULT_EXPIRES=-1.0: expected seconds (a number above 0, or a timedelta)"),
     ("SHUTDOWN_TIMEOUT", float("nan"),
@@ -842,3 +842,19 @@ def test_a_beat_schedule_from_the_environment_is_json_with_seconds():
     settings = load_settings(environ={"MINITASK_BEAT_SCHEDULE":
                                       '{"p": {"task": "minitask.ping", "schedule": 10}}'})
     assert settings.BEAT_SCHEDULE["p"]["schedule"].seconds == 10.0
+
+
+def test_celerys_documented_forms_of_three_settings():
+    """From Celery's reference (an outside check): accept_content as a set, result_expires
+    None or 0 (never expire: a hundred years here), worker_prefetch_multiplier 0 (no limit
+    of its own: the worker bounds it)."""
+    settings = config.configure(accept_content={"json", "pickle"}, result_expires=0,
+                                worker_prefetch_multiplier=0)
+    assert settings.ACCEPT_CONTENT == ["json", "pickle"]
+    assert settings.RESULT_EXPIRES == config.RESULTS_FOREVER > 3e9
+    assert settings.PREFETCH_MULTIPLIER == 0
+    module = load_settings(types.SimpleNamespace(__name__="m", result_expires=None),
+                           environ={})
+    assert module.RESULT_EXPIRES == config.RESULTS_FOREVER
+    with pytest.raises(ConfigurationError, match="expected seconds"):
+        config.configure(result_expires=-1)
