@@ -114,7 +114,15 @@ ACCEPTED = {
                                                   "always goes back to its queue"),
     "task_default_queue_type": (_one_of("classic"), QUEUE_TYPE),
     "task_create_missing_queue_type": (_one_of("classic"), QUEUE_TYPE),
-    "task_create_missing_queue_exchange_type": (_one_of(None, "direct"),
+    # Celery's defaults, which are what minitask does: silent at those values only.
+    "task_store_eager_result": (_one_of(False), "eager results are not stored; keep the "
+                                                "EagerResult"),
+    "worker_deduplicate_successful_tasks": (_one_of(False), "use acks_late only for "
+                                                            "idempotent tasks"),
+    "worker_cancel_long_running_tasks_on_connection_loss": (_one_of(False), "running tasks "
+                                                            "carry on across a lost "
+                                                            "connection"),
+    "task_create_missing_queue_exchange_type": (_one_of(None, "", "direct"),
                                                 "a missing queue is reached through the "
                                                 "default exchange, by its own name"),
     "result_serializer": (_same_as("TASK_SERIALIZER"), "results are encoded like their "
@@ -158,7 +166,6 @@ ADVICE = {
     "task_annotations": "set the options on the tasks, or on a base class they share",
     "task_compression": "minitask does not compress messages",
     "task_publish_retry_policy": RECONNECT,
-    "task_store_eager_result": "eager results are not stored; keep the EagerResult",
     "task_inherit_parent_priority": NO_PARENTS,
     "result_backend": RESULTS,
     "result_compression": RESULTS,
@@ -187,7 +194,6 @@ ADVICE = {
     # The Redis guide's own, at the top level too ("the shortest value will be used").
     "visibility_timeout": "on Redis a live worker's tasks never come back, however long they "
                           "run; a dead worker's come back after BROKER_URL's heartbeat=",
-    "worker_deduplicate_successful_tasks": "use acks_late only for idempotent tasks",
     "worker_eta_task_limit": "countdowns wait in the broker, not in the worker",
     "worker_disable_prefetch": "set TASK_ACKS_LATE = True and PREFETCH_MULTIPLIER = 1",
     "worker_enable_prefetch_count_reduction": None,
@@ -195,8 +201,6 @@ ADVICE = {
     "worker_max_memory_per_child": "use MAX_TASKS_PER_CHILD",
     "worker_state_db": "revoked ids are kept by the broker",
     "worker_proc_alive_timeout": None,
-    "worker_cancel_long_running_tasks_on_connection_loss": "running tasks carry on across a "
-                                                           "lost connection",
     "worker_detect_quorum_queues": QUEUE_TYPE,
     "worker_soft_shutdown_timeout": "SHUTDOWN_TIMEOUT is how long a warm shutdown waits",
     "worker_enable_soft_shutdown_on_idle": "SHUTDOWN_TIMEOUT is how long a warm shutdown "

@@ -323,6 +323,10 @@ def parse_broker_url(url, name="BROKER_URL"):
     the Redis transport's parser; its first host is returned.
     """
     scheme = url.partition("://")[0].lower() if isinstance(url, str) else None
+    if scheme in _REDIS_SCHEMES + ("minitask", "minitasks") and ";" in url:
+        raise _bad(name, safe_url(url), "Celery's failover list (URLs joined by ';'): give "
+                                        "one broker; for failover, Redis Sentinel "
+                                        "(redis+sentinel://...)")
     if scheme in _REDIS_SCHEMES:
         from .transport.redis_url import parse_redis_url  # transport imports this module
         parsed = parse_redis_url(url, name)
