@@ -261,18 +261,24 @@ def client_of(instance, tmp_path):
         config.reset()
 
 
-def settings_modules(broker, tmp_path, monkeypatch):
+def settings_modules(broker, tmp_path, monkeypatch, accept=("json", "pickle"), fresh=False):
     """The generator behind a fixture that writes settings modules: yields
     write(name, text) -> the env a worker needs to read it. The module goes into tmp_path
-    (dedented), and this process reads it too, with the test's broker on top; written
-    modules are forgotten afterwards."""
+    (dedented), and this process reads it too, with the test's broker on top (and `accept`
+    as ACCEPT_CONTENT, unless None: then the module's own); written modules are forgotten
+    afterwards. With `fresh`, each is read as at a new start (its warnings said again)."""
     written = []
+    overrides = {"BROKER_URL": broker.url}
+    if accept is not None:
+        overrides["ACCEPT_CONTENT"] = list(accept)
 
     def write(name, text):
         (tmp_path / (name + ".py")).write_text(textwrap.dedent(text))
         written.append(name)
         monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
-        config.configure(BROKER_URL=broker.url, ACCEPT_CONTENT=["json", "pickle"])
+        if fresh:
+            config.reset()
+        config.configure(**overrides)
         reset_connection()
         return {"MINITASK_CONFIG_MODULE": name,
                 "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}

@@ -21,7 +21,6 @@ import collections
 import logging
 import os
 import sys
-import textwrap
 import uuid
 
 import pytest
@@ -29,7 +28,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from both import broker, server, settle  # noqa: E402,F401  (fixtures)
-from cluster import ROOT, HERE, new_tag, wait_for, workers_of  # noqa: E402
+from cluster import new_tag, settings_modules, wait_for, workers_of  # noqa: E402
 from ittasks import _trace, read_trace  # noqa: E402
 
 import routingidioms  # noqa: E402
@@ -66,31 +65,17 @@ def start_worker(broker, tmp_path):
 @pytest.fixture
 def settings(broker, tmp_path, monkeypatch, caplog):
     """settings(text) -> (the worker's env, the setting warnings this process logged): writes
-    `text` as a new settings module, as cluster.settings_modules does, but with only the
-    broker's URL on top (settings_modules also forces ACCEPT_CONTENT, which would make
-    result_accept_content=['json'] differ from it)."""
-    written = []
-
-    def write(text):
-        name = "celeryconfig_%s" % uuid.uuid4().hex[:10]
-        (tmp_path / (name + ".py")).write_text(textwrap.dedent(text))
-        written.append(name)
-        monkeypatch.setenv("MINITASK_CONFIG_MODULE", name)
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
-            config.reset()                                  # a new start: warn afresh
-            config.configure(BROKER_URL=broker.url)
-            reset_connection()
-        warned = [r.getMessage() for r in caplog.records if is_setting_warning(r.getMessage())]
-        return ({"MINITASK_CONFIG_MODULE": name,
-                 "PYTHONPATH": os.pathsep.join([ROOT, HERE, str(tmp_path)])}, warned)
-
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
+    `text` as a new settings module, read as at a new start, with only the broker's URL on
+    top (not ACCEPT_CONTENT, which would make result_accept_content=['json'] differ)."""
+    for write_module in settings_modules(broker, tmp_path, monkeypatch, accept=None,
+                                         fresh=True):
+        def write(text):
+            caplog.clear()
+            with caplog.at_level(logging.WARNING):
+                env = write_module("celeryconfig_%s" % uuid.uuid4().hex[:10], text)
+            return env, [r.getMessage() for r in caplog.records
+                         if is_setting_warning(r.getMessage())]
         yield write
-    finally:
-        for name in written:
-            sys.modules.pop(name, None)
 
 
 def is_setting_warning(line):
