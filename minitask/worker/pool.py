@@ -210,6 +210,10 @@ class Pool:
         self.epoch = 0
         self.runtimes = {}              # task name -> moving average of run time
         self.started_total = 0
+        # Jobs are numbered as they are handed out: each child gets them in rising order
+        # (what `notice_starts` and `reap` rely on), a job taken back and handed out again
+        # included, and above any mark of jobs taken back (`take_back`).
+        self.seq = 0
 
     # -- children --------------------------------------------------------------------------------
 
@@ -320,6 +324,8 @@ class Pool:
                     break
         if best is None:
             return False
+        self.seq += 1
+        job.seq = self.seq
         job.child = best
         job.epoch = self.epoch
         best.jobs.append(job)

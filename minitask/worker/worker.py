@@ -488,7 +488,7 @@ class Worker:
             self.consumer.ack(delivery.delivery_tag)
             return
         task = registry.tasks.get(name)
-        self.seq += 1
+        self.seq += 1                   # the pool numbers it again as it hands it out
         acks_late, time_limit, soft_time_limit = self._delivery_options(name, task)
         job = Job(self.seq, delivery.delivery_tag, task_id, name, data, delivery.redelivered,
                   acks_late=acks_late, time_limit=time_limit, soft_time_limit=soft_time_limit,

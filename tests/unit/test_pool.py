@@ -132,6 +132,28 @@ def test_jobs_queued_behind_one_that_runs_long_are_taken_back_in_order(pool):
     assert pool.take_back(now) == []                # nothing left behind it
 
 
+def test_a_job_taken_back_is_numbered_again_when_handed_out(pool):
+    """Each child must get its jobs in rising order, and the child skips what is at or
+    below its mark: a job taken back and handed out again (to any child, the same one
+    included) gets a number above both."""
+    for slot in (1, 2):
+        pool.children[slot].ready = False
+    pool.runtimes["t.fast"] = 0.0001
+    jobs = [job(n, "t.fast") for n in (7, 8, 9)]
+    assert all(pool.assign(j) for j in jobs)
+    assert [j.seq for j in jobs] == [1, 2, 3]           # numbered as handed out
+    now = time.time()
+    started(pool, 0, 1, at=now - 1.0)
+    taken = pool.take_back(now)
+    assert taken == jobs[1:]
+    started(pool, 0, 1, at=now - 1.0, running=False)     # the long one ended
+    pool.children[0].jobs.clear()
+    pool.children[0].by_seq.clear()
+    assert all(pool.assign(j) for j in taken)
+    mark = pool.shm[_GLOBALS + pool_module._TAKEN_BACK]
+    assert [j.seq for j in taken] == [4, 5] and min(j.seq for j in taken) > mark == 3.0
+
+
 def test_nothing_is_taken_back_while_the_child_starts_a_job(pool):
     now = time.time()
     child = queue(pool, 0, job(1, "t.fast"), job(2, "t.fast"))
