@@ -223,6 +223,25 @@ def test_a_finished_task_is_reported_while_the_next_one_runs(broker, start_worke
         let_go(tmp_path, "stall")
 
 
+def test_tasks_taken_back_from_the_only_process_run_there_once_it_is_free(broker,
+                                                                         start_worker,
+                                                                         tmp_path):
+    """With one pool process, what is taken back from behind a stalled task can only go back
+    to that process: it must run there once the stall ends (numbered again, not skipped as
+    taken back). Found in CI by the workflow chaos test, whose chain stayed PENDING."""
+    start_worker("w1", args=("-c", "1", "--prefetch-multiplier", "8"))
+    warm_up(tmp_path)
+    for _ in range(3):                  # add is known fast too: it queues behind the stall
+        assert group(add.s(i, i) for i in range(4)).apply_async().get(timeout=TIMEOUT) == \
+            [0, 2, 4, 6]
+    results = group([long_task.s("stall")] + [add.s(i, i) for i in range(4)]).apply_async()
+    started(tmp_path, "stall")
+    wait_for(lambda: [r.state for r in results.results[1:]] == ["RECEIVED"] * 4, TIMEOUT,
+             what="the four to wait behind the stall")
+    let_go(tmp_path, "stall")
+    assert [r.get(timeout=TIMEOUT) for r in results.results[1:]] == [0, 2, 4, 6]
+
+
 # -- Using transient queues --------------------------------------------------------------------
 
 def test_a_transient_queue_is_lost_with_the_broker_and_a_durable_one_is_not(
