@@ -446,8 +446,11 @@ class Pool:
             if not child.start_lock.acquire(False):
                 continue                # starting its next job this moment: looked at again
             try:
+                # Jobs of an earlier epoch stay: the child reports them skipped (it checks
+                # the epoch first), and their messages went back with their connection.
                 started = self.slot_state(child)[0]
-                behind = [job for job in child.jobs if job.seq > started]
+                behind = [job for job in child.jobs
+                          if job.seq > started and job.epoch == self.epoch]
                 if behind:
                     self.shm[_GLOBALS + child.slot * _SLOT + _TAKEN_BACK] = \
                         float(behind[-1].seq)

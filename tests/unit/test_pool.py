@@ -154,6 +154,16 @@ def test_a_job_taken_back_is_numbered_again_when_handed_out(pool):
     assert [j.seq for j in taken] == [4, 5] and min(j.seq for j in taken) > mark == 3.0
 
 
+def test_jobs_of_an_earlier_epoch_are_not_taken_back(pool):
+    """After a lost connection (a new epoch) the child skips what was queued, and the
+    broker gives those messages out again: taken back and run here, they would run twice."""
+    now = time.time()
+    child = queue(pool, 0, job(1, "t.fast"), job(2, "t.fast"))
+    pool.new_epoch()
+    started(pool, 0, 1, at=now - 1.0)
+    assert pool.take_back(now) == [] and len(child.jobs) == 2
+
+
 def test_nothing_is_taken_back_while_the_child_starts_a_job(pool):
     now = time.time()
     child = queue(pool, 0, job(1, "t.fast"), job(2, "t.fast"))
