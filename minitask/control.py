@@ -244,5 +244,10 @@ def _task_ids(ids):
     """``("a", "b")`` or ``(["a", "b"],)`` as ``["a", "b"]``, as Celery's calls take them."""
     flat = []
     for item in ids:
-        flat += [item] if isinstance(item, str) else list(item)
+        if isinstance(item, str):
+            flat.append(item)
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            flat += list(item)
+        else:
+            raise TypeError("query_task takes task ids (strings), not %r" % (item,))
     return flat
