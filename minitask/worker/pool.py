@@ -12,7 +12,10 @@ waits on the network and the main process pays one write per batch, not one per 
 child keeps up to `max_queued` (twice the prefetch multiplier, at most `MAX_FAST_JOBS`)
 queued only while every job queued there is known to be fast; a slow or unknown task waits
 in the main process until some child is idle, so one long task never holds up short ones
-behind it.
+behind it. A fast job that runs long anyway (`SLOW_RUN`) gets nothing more queued behind it,
+and what was is taken back for another child (`Pool.take_back`); the pool numbers jobs as it
+hands them out, so each child's come in rising order. Results go back in batches, and a
+child's flusher thread sends those that wait while its next job runs within `RESULT_DELAY`.
 
 Shared memory per child slot: the seq of the last job it started, when, whether it is still
 running, the job a soft time limit was meant for, and the signal the main process sent to stop
