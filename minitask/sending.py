@@ -27,6 +27,7 @@ import binascii
 import contextlib
 import datetime
 import json
+import os
 import threading
 import time
 
@@ -45,7 +46,7 @@ from .transport import with_connection
 
 __all__ = ["compose_message", "publish", "publish_message", "send_task", "compose_signature",
            "compose_unlocked", "errbacks_of", "success_unlocks", "failure_unlocks", "chord_values",
-           "send_workflow", "publish_all", "publish_chords", "held_for_result"]
+           "send_workflow", "publish_all", "publish_chords", "held_for_result", "on_commit"]
 
 # The most a message's headers may hold (protocol 3.1: a str16).
 MAX_HEADER_BYTES = 0xFFFF
@@ -467,3 +468,18 @@ def _flat(ids):
 
 def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def on_commit(send):
+    """Run `send` once the database transaction in progress commits, through Django's
+    ``transaction.on_commit`` (at once outside a transaction, never after a rollback); at
+    once where Django does not apply (no DJANGO_SETTINGS_MODULE, or no Django)."""
+    if os.environ.get("DJANGO_SETTINGS_MODULE"):
+        try:
+            from django.db import transaction
+        except ImportError:
+            transaction = None
+        if transaction is not None:
+            transaction.on_commit(send)
+            return
+    send()

@@ -15,6 +15,7 @@ pickles as a reference by name, never as code.
 """
 
 import datetime
+import functools
 import importlib
 import inspect
 import logging
@@ -39,7 +40,7 @@ from .result import AsyncResult as _AsyncResult, EagerResult
 from .schedules import as_schedule
 from .states import IGNORED, REJECTED
 from .serialization import check_serializer
-from .sending import compose_message, held_for_result, publish_message, send_task
+from .sending import compose_message, held_for_result, on_commit, publish_message, send_task
 from .transport import with_connection
 
 __all__ = ["Task", "TaskType", "PeriodicTask", "registry", "Request", "current_request",
@@ -429,6 +430,19 @@ class Task(metaclass=TaskType):
     def delay(self, *args, **kwargs):
         """Send a call with these arguments; returns its AsyncResult."""
         return self.apply_async(args, kwargs)
+
+    @_OnInstance
+    def delay_on_commit(self, *args, **kwargs):
+        """Celery 5.4's: `delay` once the database transaction in progress commits (never,
+        if it rolls back), so that the task never looks for a row not committed yet; at
+        once outside a transaction, or without Django. Returns None: nothing is sent yet."""
+        on_commit(functools.partial(self.delay, *args, **kwargs))
+
+    @_OnInstance
+    def apply_async_on_commit(self, args=None, kwargs=None, **options):
+        """Celery 5.4's: `apply_async` once the transaction in progress commits (see
+        `delay_on_commit`). Returns None."""
+        on_commit(functools.partial(self.apply_async, args, kwargs, **options))
 
     @_OnInstance
     def apply_async(self, args=None, kwargs=None, countdown=None, eta=None, expires=None,

@@ -7,6 +7,8 @@ reach a broker replace `minitask.transport.connection` with one that fails the t
 """
 import datetime
 import socket
+import sys
+import types
 
 import pytest
 
@@ -594,3 +596,29 @@ def test_periodic_task_is_due_after_run_every():
 def test_errors_are_minitask_errors():
     assert issubclass(ConfigurationError, MinitaskError)
     assert issubclass(BrokerConnectionError, MinitaskError)
+
+
+def test_delay_on_commit_sends_once_django_commits_and_at_once_without_django(monkeypatch):
+    """Celery 5.4's delay_on_commit / apply_async_on_commit: through Django's
+    transaction.on_commit where DJANGO_SETTINGS_MODULE is set, else at once; None back."""
+    sent = []
+
+    @task(name="t.commit")
+    def commit(x):
+        return x
+
+    monkeypatch.setattr(type(commit), "delay", lambda self, *a, **k: sent.append(("d", a)))
+    monkeypatch.setattr(type(commit), "apply_async",
+                        lambda self, args=None, kwargs=None, **o: sent.append(("a", args, o)))
+    monkeypatch.delenv("DJANGO_SETTINGS_MODULE", raising=False)
+    assert commit.delay_on_commit(1) is None and sent == [("d", (1,))]
+    callbacks = []
+    fake = types.ModuleType("django.db")
+    fake.transaction = types.SimpleNamespace(on_commit=callbacks.append)
+    monkeypatch.setitem(sys.modules, "django", types.ModuleType("django"))
+    monkeypatch.setitem(sys.modules, "django.db", fake)
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "proj.settings")
+    commit.apply_async_on_commit((2,), countdown=5)
+    assert len(sent) == 1 and len(callbacks) == 1      # held until the commit
+    callbacks[0]()
+    assert sent[1] == ("a", (2,), {"countdown": 5})
