@@ -153,8 +153,19 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = 8
 _repr.maxlevel = 3
 
 
+def _setting_named(name):
+    """The setting `name` spells: minitask's own name, or Celery's in any of its spellings
+    (``app.conf.timezone``, ``conf["CELERY_TIMEZONE"]``); else `name` as it is."""
+    if isinstance(name, str) and name not in DEFAULTS:
+        kind, setting = celery_settings.classify(name, None, _SETTING_OF)
+        if kind == "setting":
+            return setting
+    return name
+
+
 class Settings:
-    """The settings in force: read-only, by attribute (`s.BROKER_URL`) or key (`s["BROKER_URL"]`).
+    """The settings in force: read-only, by attribute (`s.BROKER_URL`) or key (`s["BROKER_URL"]`),
+    by minitask's names or Celery's (`s.timezone`, as Celery's ``app.conf.timezone``).
 
     Read-only so that a setting can only change through `configure`, which validates it and
     records its source. Names missing from `values` take their defaults.
@@ -176,7 +187,7 @@ class Settings:
         if name.startswith("_"):
             raise AttributeError(name)
         try:
-            return self._values[name]
+            return self._values[_setting_named(name)]
         except KeyError:
             raise AttributeError(f"no setting named {name!r}") from None
 
@@ -184,13 +195,13 @@ class Settings:
         raise AttributeError(f"settings are read-only: use minitask.config.configure({name}=...)")
 
     def __getitem__(self, name):
-        return self._values[name]
+        return self._values[_setting_named(name)]
 
     def __contains__(self, name):
-        return name in self._values
+        return _setting_named(name) in self._values
 
     def get(self, name, default=None):
-        return self._values.get(name, default)
+        return self._values.get(_setting_named(name), default)
 
     def as_dict(self):
         """Return a copy of every setting, in `DEFAULTS` order."""

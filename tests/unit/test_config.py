@@ -858,3 +858,15 @@ def test_celerys_documented_forms_of_three_settings():
     assert module.RESULT_EXPIRES == config.RESULTS_FOREVER
     with pytest.raises(ConfigurationError, match="expected seconds"):
         config.configure(result_expires=-1)
+
+
+def test_settings_read_by_celerys_names_as_app_conf_does():
+    """``app.conf.timezone`` (and ``CELERY_TIMEZONE``, ``conf["task_time_limit"]``) read the
+    setting Celery's name spells, as Celery's app.conf does (a Django guide check found
+    AttributeError); a name that is no setting is still an AttributeError."""
+    settings = config.configure(TIMEZONE="Australia/Tasmania", TASK_TIME_LIMIT=1800)
+    assert settings.timezone == settings.CELERY_TIMEZONE == "Australia/Tasmania"
+    assert settings["task_time_limit"] == settings.get("CELERYD_TIME_LIMIT") == 1800
+    assert "broker_url" in settings and settings.BROKER_URL == settings.broker_url
+    with pytest.raises(AttributeError, match="no setting named 'timezon'"):
+        settings.timezon
