@@ -60,6 +60,17 @@ def _env(extra=None):
     return env
 
 
+def project_env(home, **extra):
+    """The environment of a command run in a project at `home` (a Django one): this
+    process's, less the settings it points at (MINITASK_*, DJANGO_SETTINGS_MODULE), with
+    minitask and `home` on the path, plus `extra`."""
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("MINITASK_") and name != "DJANGO_SETTINGS_MODULE"}
+    env.update(PYTHONPATH=os.pathsep.join([ROOT, str(home)]), PYTHONDONTWRITEBYTECODE="1",
+               **extra)
+    return env
+
+
 def run_commands(broker, commands, env=None):
     """Several ``python -m minitask -b URL WORDS`` command lines at once (`commands`: lists
     of words; each may wait out its reply timeout): their (exit code, stdout, stderr), in

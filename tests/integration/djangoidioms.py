@@ -18,7 +18,7 @@ import sys
 import textwrap
 import uuid
 
-from cluster import ROOT, _Process
+from cluster import _Process, project_env
 
 # proj/proj/celery.py. Celery's has `app = Celery('proj')`,
 # `app.config_from_object('django.conf:settings', namespace='CELERY')` and
@@ -206,10 +206,7 @@ class GuideProject:
         self.home = folder / "proj"
         self.home.mkdir()
         # The guide's celery.py sets DJANGO_SETTINGS_MODULE itself: none in the environment.
-        self.env = {name: value for name, value in os.environ.items()
-                    if not name.startswith("MINITASK_") and name != "DJANGO_SETTINGS_MODULE"}
-        self.env.update(PYTHONPATH=os.pathsep.join([ROOT, str(self.home)]),
-                        PYTHONDONTWRITEBYTECODE="1")
+        self.env = project_env(self.home)
         admin = os.path.join(os.path.dirname(sys.executable), "django-admin")
         startproject = [admin] if os.path.exists(admin) else [sys.executable, "-m", "django"]
         run(startproject + ["startproject", "proj", str(self.home)], folder, self.env)

@@ -21,7 +21,7 @@ import textwrap
 import pytest
 
 import seedguide
-from cluster import ROOT, Broker, _Process, wait_for
+from cluster import Broker, _Process, project_env, wait_for
 from minitask import config, registry
 from minitask.transport import reset_connection
 from minitask.decorators import task
@@ -109,10 +109,7 @@ class DjangoProject:
         self.folder = folder
         self.home = folder / "proj"
         self.home.mkdir()
-        self.env = {name: value for name, value in os.environ.items()
-                    if not name.startswith("MINITASK_") and name != "DJANGO_SETTINGS_MODULE"}
-        self.env.update(PYTHONPATH=os.pathsep.join([ROOT, str(self.home)]),
-                        PYTHONDONTWRITEBYTECODE="1", DJANGO_SETTINGS_MODULE="proj.settings")
+        self.env = project_env(self.home, DJANGO_SETTINGS_MODULE="proj.settings")
         admin = os.path.join(os.path.dirname(sys.executable), "django-admin")
         startproject = [admin] if os.path.exists(admin) else [sys.executable, "-m", "django"]
         run(startproject + ["startproject", "proj", str(self.home)], folder, self.env)
