@@ -415,11 +415,11 @@ ON_REDIS = {
 }
 
 
-def warning(label, celery, value, settings, spellings):
+def warning(label, celery, value, settings, spellings, on_redis=False):
     """The warning for a name `classify` found without effect here, naming it and the minitask
     way (a close spelling for a typo); None for a Celery setting whose value is what minitask
-    does anyway (`settings`: the final values: the way may be Redis's)."""
-    on_redis = str(settings.get("BROKER_URL", "")).lower().startswith(("redis", "unix"))
+    does anyway (`settings`: the final values; `on_redis`: BROKER_URL is Redis's, whose
+    way may differ)."""
     if celery in ACCEPTED:
         is_fine, reason = ACCEPTED[celery]
         if is_fine(value, settings):

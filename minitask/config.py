@@ -316,6 +316,10 @@ def safe_url(url):
     return scheme + sep + location + mark + _PASSWORD_OPTION.sub(r"\1**", query)
 
 
+def _is_redis_url(url):
+    return isinstance(url, str) and url.partition("://")[0].lower() in _REDIS_SCHEMES
+
+
 def _sentinel_advice(url):
     """What to write for Celery's ``sentinel://H:P;sentinel://H:P`` (its master's name in
     broker_transport_options, which minitask does not read): the same Sentinels, in
@@ -334,7 +338,7 @@ def parse_broker_url(url, name="BROKER_URL"):
     the Redis transport's parser; its first host is returned.
     """
     scheme = url.partition("://")[0].lower() if isinstance(url, str) else None
-    if scheme in _REDIS_SCHEMES + ("minitask", "minitasks") and ";" in url:
+    if (_is_redis_url(url) or scheme in ("minitask", "minitasks")) and ";" in url:
         raise _bad(name, safe_url(url), "Celery's failover list (URLs joined by ';'): give "
                                         "one broker; for failover, Redis Sentinel "
                                         "(redis+sentinel://...)")
@@ -471,7 +475,8 @@ def _warn_about(notes, values):
     here, naming it and the minitask way; silence for Celery names whose value is what
     minitask does anyway."""
     for label, celery, value in notes:
-        message = celery_settings.warning(label, celery, value, values, _SETTING_OF)
+        message = celery_settings.warning(label, celery, value, values, _SETTING_OF,
+                                          on_redis=_is_redis_url(values["BROKER_URL"]))
         if message is None:
             continue
         if label not in _warned:
